@@ -1,0 +1,1 @@
+//! Myriad broker (being written).
