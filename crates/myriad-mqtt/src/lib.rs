@@ -27,10 +27,10 @@ pub use bytestring::ByteString;
 pub use codec::{decode, encode, encoded_len, variable_int_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish, PublishAck, SubAck,
-    Subscribe, SubscriptionRequest, UnsubAck, Unsubscribe, Will,
+    Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish, PublishAck, SubAck, Subscribe,
+    SubscriptionRequest, UnsubAck, Unsubscribe, Will,
 };
-pub use properties::{Properties, PropertyId};
+pub use properties::{Properties, PropertyContext, PropertyId};
 pub use reason::ReasonCode;
 pub use types::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 

@@ -111,12 +111,21 @@ impl PropertyId {
         };
         match self {
             UserProperty => !matches!(packet, P::PingReq | P::PingResp),
-            PayloadFormatIndicator | MessageExpiryInterval | ContentType | ResponseTopic
-            | CorrelationData | TopicAlias => packet == P::Publish,
+            PayloadFormatIndicator
+            | MessageExpiryInterval
+            | ContentType
+            | ResponseTopic
+            | CorrelationData
+            | TopicAlias => packet == P::Publish,
             SubscriptionIdentifier => matches!(packet, P::Publish | P::Subscribe),
             SessionExpiryInterval => matches!(packet, P::Connect | P::ConnAck | P::Disconnect),
-            AssignedClientIdentifier | ServerKeepAlive | ResponseInformation | MaximumQoS
-            | RetainAvailable | WildcardSubscriptionAvailable | SubscriptionIdentifierAvailable
+            AssignedClientIdentifier
+            | ServerKeepAlive
+            | ResponseInformation
+            | MaximumQoS
+            | RetainAvailable
+            | WildcardSubscriptionAvailable
+            | SubscriptionIdentifierAvailable
             | SharedSubscriptionAvailable => packet == P::ConnAck,
             AuthenticationMethod | AuthenticationData => {
                 matches!(packet, P::Connect | P::ConnAck | P::Auth)

@@ -104,7 +104,10 @@ impl ReasonCode {
 
     /// Parses a reason code byte; `None` for values the specification does not define.
     pub fn from_u8(value: u8) -> Option<ReasonCode> {
-        ReasonCode::ALL.iter().copied().find(|code| *code as u8 == value)
+        ReasonCode::ALL
+            .iter()
+            .copied()
+            .find(|code| *code as u8 == value)
     }
 
     /// The numeric value on the wire.
@@ -155,5 +158,117 @@ impl ReasonCode {
 impl std::fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?} (0x{:02X})", self, *self as u8)
+    }
+}
+
+impl ReasonCode {
+    /// Whether MQTT 5.0 defines this reason code for packets of type `packet`.
+    ///
+    /// Packets without a reason code (CONNECT, PUBLISH, SUBSCRIBE, UNSUBSCRIBE,
+    /// PINGREQ, PINGRESP) allow none.
+    pub fn allowed_in(self, packet: crate::PacketType) -> bool {
+        use crate::PacketType as P;
+        use ReasonCode::*;
+        match packet {
+            P::ConnAck => matches!(
+                self,
+                Success
+                    | UnspecifiedError
+                    | MalformedPacket
+                    | ProtocolError
+                    | ImplementationSpecificError
+                    | UnsupportedProtocolVersion
+                    | ClientIdentifierNotValid
+                    | BadUserNameOrPassword
+                    | NotAuthorized
+                    | ServerUnavailable
+                    | ServerBusy
+                    | Banned
+                    | BadAuthenticationMethod
+                    | TopicNameInvalid
+                    | PacketTooLarge
+                    | QuotaExceeded
+                    | PayloadFormatInvalid
+                    | RetainNotSupported
+                    | QoSNotSupported
+                    | UseAnotherServer
+                    | ServerMoved
+                    | ConnectionRateExceeded
+            ),
+            P::PubAck | P::PubRec => matches!(
+                self,
+                Success
+                    | NoMatchingSubscribers
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicNameInvalid
+                    | PacketIdentifierInUse
+                    | QuotaExceeded
+                    | PayloadFormatInvalid
+            ),
+            P::PubRel | P::PubComp => matches!(self, Success | PacketIdentifierNotFound),
+            P::SubAck => matches!(
+                self,
+                Success
+                    | GrantedQoS1
+                    | GrantedQoS2
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicFilterInvalid
+                    | PacketIdentifierInUse
+                    | QuotaExceeded
+                    | SharedSubscriptionsNotSupported
+                    | SubscriptionIdentifiersNotSupported
+                    | WildcardSubscriptionsNotSupported
+            ),
+            P::UnsubAck => matches!(
+                self,
+                Success
+                    | NoSubscriptionExisted
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicFilterInvalid
+                    | PacketIdentifierInUse
+            ),
+            P::Disconnect => matches!(
+                self,
+                Success
+                    | DisconnectWithWillMessage
+                    | UnspecifiedError
+                    | MalformedPacket
+                    | ProtocolError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | ServerBusy
+                    | ServerShuttingDown
+                    | KeepAliveTimeout
+                    | SessionTakenOver
+                    | TopicFilterInvalid
+                    | TopicNameInvalid
+                    | ReceiveMaximumExceeded
+                    | TopicAliasInvalid
+                    | PacketTooLarge
+                    | MessageRateTooHigh
+                    | QuotaExceeded
+                    | AdministrativeAction
+                    | PayloadFormatInvalid
+                    | RetainNotSupported
+                    | QoSNotSupported
+                    | UseAnotherServer
+                    | ServerMoved
+                    | SharedSubscriptionsNotSupported
+                    | ConnectionRateExceeded
+                    | MaximumConnectTime
+                    | SubscriptionIdentifiersNotSupported
+                    | WildcardSubscriptionsNotSupported
+            ),
+            P::Auth => matches!(self, Success | ContinueAuthentication | ReAuthenticate),
+            P::Connect | P::Publish | P::Subscribe | P::Unsubscribe | P::PingReq | P::PingResp => {
+                false
+            }
+        }
     }
 }

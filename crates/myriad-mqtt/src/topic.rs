@@ -88,7 +88,9 @@ mod tests {
 
     #[test]
     fn filter_validation() {
-        for ok in ["a", "a/b", "+", "#", "a/+/b", "a/#", "+/+", "/", "$SYS/#", "a//b"] {
+        for ok in [
+            "a", "a/b", "+", "#", "a/+/b", "a/#", "+/+", "/", "$SYS/#", "a//b",
+        ] {
             assert!(valid_topic_filter(ok), "{ok} should be valid");
         }
         for bad in ["", "a#", "a/#/b", "a+/b", "a/b+", "##", "a/\0"] {
