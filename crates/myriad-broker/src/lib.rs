@@ -1,1 +1,14 @@
-//! Myriad broker (being written).
+//! The Myriad MQTT broker.
+//!
+//! - [`core`]: the sans-IO broker state machine (sessions, QoS flows,
+//!   subscriptions, retained messages, wills, expiry).
+//! - [`shell`]: the tokio shell: TCP listener, one task per connection, and
+//!   the task that drives the core.
+//! - [`config`]: limits and policies.
+
+pub mod config;
+pub mod core;
+pub mod shell;
+
+pub use config::BrokerConfig;
+pub use core::{Broker, ConnId, ConnectionLoss, Output, SessionId};

@@ -1,0 +1,90 @@
+//! Broker limits and policies, read from the `[mqtt]` table of the config file.
+
+use serde::Deserialize;
+
+/// Settings of the MQTT broker. Every field has a default; unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// TCP address the MQTT listener binds to.
+    pub listen: String,
+    /// Largest keep alive the server accepts (Server Keep Alive in 5.0). A 5.0
+    /// client asking for more, or for 0, is told this value in CONNACK.
+    pub max_keep_alive_secs: u16,
+    /// Largest packet the server accepts, in bytes (announced in CONNACK).
+    pub max_packet_size: u32,
+    /// How many unacknowledged QoS 2 publications a client may have open at once.
+    pub receive_maximum: u16,
+    /// Highest topic alias a client may use (0 disables client aliases).
+    pub topic_alias_maximum: u16,
+    /// Upper bound on a session's expiry interval in seconds.
+    pub max_session_expiry_secs: u32,
+    /// Messages kept per session beyond its in-flight window (offline or slow clients).
+    pub max_queued_messages: usize,
+    /// Bytes of payload kept per session beyond its in-flight window.
+    pub max_queued_bytes: usize,
+    /// QoS 0 packets waiting to be written to one connection before new ones are dropped.
+    pub max_outbound_qos0: usize,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u16,
+    /// Topic filters whose subscription is refused (Not Authorized).
+    pub deny_subscribe: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: "0.0.0.0:1883".to_owned(),
+            max_keep_alive_secs: u16::MAX,
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            max_session_expiry_secs: u32::MAX,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_outbound_qos0: 1000,
+            connect_timeout_secs: 10,
+            deny_subscribe: Vec::new(),
+        }
+    }
+}
+
+/// A setting that is out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for mqtt.{key}: {reason}")]
+pub struct ConfigError {
+    /// The offending key, without the `mqtt.` prefix.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl BrokerConfig {
+    /// Checks ranges serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.max_packet_size < 64 {
+            return fail("max_packet_size", "must be at least 64 bytes");
+        }
+        if self.receive_maximum == 0 {
+            return fail("receive_maximum", "must be at least 1");
+        }
+        if self.max_keep_alive_secs == 0 {
+            return fail("max_keep_alive_secs", "must be at least 1");
+        }
+        if self.connect_timeout_secs == 0 {
+            return fail("connect_timeout_secs", "must be at least 1");
+        }
+        for filter in &self.deny_subscribe {
+            if !myriad_mqtt::topic::valid_topic_filter(filter) {
+                return fail("deny_subscribe", &format!("{filter:?} is not a topic filter"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! CONNECT, DISCONNECT, connection loss, wills and session expiry.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use myriad_mqtt::{
+    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, PublishAck,
+    ReasonCode, Will,
+};
+
+use super::message::Message;
+use super::session::{InflightState, NEVER_EXPIRES, Session};
+use super::{Broker, ConnId, Connection, ConnectionLoss, Output, SessionId};
+use crate::config::BrokerConfig;
+
+/// The keep alive the server enforces for `connect`, in seconds (0: none).
+///
+/// A 5.0 client asking for more than `max_keep_alive_secs`, or for none while
+/// a cap is configured, gets the cap (sent back as Server Keep Alive). A
+/// 3.1.1 client cannot be told, so its own value stands.
+pub fn negotiated_keep_alive(config: &BrokerConfig, connect: &Connect) -> u16 {
+    let asked = connect.keep_alive;
+    let cap = config.max_keep_alive_secs;
+    if connect.protocol.is_v5() && (asked > cap || (asked == 0 && cap < u16::MAX)) {
+        cap
+    } else {
+        asked
+    }
+}
+
+impl Broker {
+    /// Handles the CONNECT that opened `conn`. Returns true if the connection
+    /// was accepted (CONNACK success queued), false if it was refused (CONNACK
+    /// with an error and a close queued).
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, connect: Connect) -> bool {
+        let v5 = connect.protocol.is_v5();
+        let mut connack_properties = Properties::default();
+
+        if connect.properties.authentication_method.is_some() {
+            self.refuse(conn, ReasonCode::BadAuthenticationMethod);
+            return false;
+        }
+        let client_id = if connect.client_id.is_empty() {
+            if !v5 && !connect.clean_start {
+                self.refuse_v311(conn, connect.protocol, ReasonCode::ClientIdentifierNotValid);
+                return false;
+            }
+            let assigned = self.assign_client_id();
+            if v5 {
+                connack_properties.assigned_client_identifier = Some(assigned.clone());
+            }
+            assigned
+        } else {
+            connect.client_id.clone()
+        };
+
+        let asked_expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            NEVER_EXPIRES
+        };
+        let expiry = asked_expiry.min(self.config.max_session_expiry_secs);
+        if v5 && expiry != asked_expiry {
+            connack_properties.session_expiry_interval = Some(expiry);
+        }
+
+        // Take over a connection that holds this client id.
+        let existing = self.client_ids.get(&client_id).copied();
+        if let Some(session_id) = existing {
+            let old_conn = self.sessions.get(&session_id).and_then(|s| s.connection);
+            if let Some(old_conn) = old_conn {
+                self.take_over(now, old_conn, connect.clean_start);
+            }
+        }
+
+        // Resume or start the session.
+        let session_present = match existing {
+            Some(session_id) if !connect.clean_start && self.sessions.contains_key(&session_id) => {
+                self.cancel_timers(session_id);
+                true
+            }
+            Some(session_id) => {
+                self.end_session(now, session_id);
+                false
+            }
+            None => false,
+        };
+        let session_id = if session_present {
+            existing.unwrap_or_default()
+        } else {
+            let id = self.next_session_id;
+            self.next_session_id += 1;
+            self.sessions.insert(id, Session::new(id, client_id.clone(), expiry));
+            self.client_ids.insert(client_id.clone(), id);
+            id
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return false;
+        };
+        session.expiry_interval = expiry;
+        session.connection = Some(conn);
+
+        let keep_alive = negotiated_keep_alive(&self.config, &connect);
+        if v5 {
+            if keep_alive != connect.keep_alive {
+                connack_properties.server_keep_alive = Some(keep_alive);
+            }
+            self.announce_capabilities(&mut connack_properties);
+        }
+        let client_properties = &connect.properties;
+        self.connections.insert(
+            conn,
+            Connection {
+                session: session_id,
+                protocol: connect.protocol,
+                receive_maximum: client_properties.receive_maximum.unwrap_or(u16::MAX),
+                max_packet_size: client_properties.maximum_packet_size.unwrap_or(u32::MAX),
+                topic_alias_maximum: client_properties.topic_alias_maximum.unwrap_or(0),
+                inbound_aliases: HashMap::new(),
+                outbound_aliases: HashMap::new(),
+                will: connect.will,
+                connect_expiry_was_zero: asked_expiry == 0,
+            },
+        );
+        self.send(
+            conn,
+            Packet::ConnAck(ConnAck {
+                session_present,
+                reason_code: ReasonCode::Success,
+                properties: connack_properties,
+            }),
+        );
+        if session_present {
+            self.resend_inflight(now, conn, session_id);
+        }
+        self.pump(now, session_id);
+        true
+    }
+
+    /// Handles a DISCONNECT from the client.
+    pub(super) fn handle_disconnect(&mut self, now: Instant, conn: ConnId, disconnect: Disconnect) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        if let Some(new_expiry) = disconnect.properties.session_expiry_interval {
+            if connection.connect_expiry_was_zero && new_expiry != 0 {
+                self.disconnect_with(now, conn, ReasonCode::ProtocolError);
+                return;
+            }
+            let capped = new_expiry.min(self.config.max_session_expiry_secs);
+            let session = connection.session;
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.expiry_interval = capped;
+            }
+        }
+        let send_will = disconnect.reason_code == ReasonCode::DisconnectWithWillMessage;
+        self.outputs.push_back(Output::Close(conn));
+        self.detach(now, conn, send_will);
+    }
+
+    /// Handles the end of `conn` seen by the shell (socket closed, keep alive
+    /// expired, undecodable bytes). The will is published.
+    pub fn handle_connection_lost(&mut self, now: Instant, conn: ConnId, loss: ConnectionLoss) {
+        if !self.connections.contains_key(&conn) {
+            return;
+        }
+        let publish_will = loss != ConnectionLoss::ServerShutdown;
+        self.detach(now, conn, publish_will);
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: ReasonCode) {
+        self.send(
+            conn,
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: reason,
+                properties: Properties::default(),
+            }),
+        );
+        self.outputs.push_back(Output::Close(conn));
+    }
+
+    fn refuse_v311(&mut self, conn: ConnId, _protocol: ProtocolVersion, reason: ReasonCode) {
+        self.refuse(conn, reason);
+    }
+
+    fn assign_client_id(&mut self) -> myriad_mqtt::ByteString {
+        loop {
+            let candidate = format!("myriad-{:012x}", self.next_assigned_id);
+            self.next_assigned_id += 1;
+            if !self.client_ids.contains_key(candidate.as_str()) {
+                return candidate.into();
+            }
+        }
+    }
+
+    fn announce_capabilities(&self, properties: &mut Properties) {
+        let config = &self.config;
+        properties.receive_maximum = Some(config.receive_maximum);
+        properties.maximum_packet_size = Some(config.max_packet_size);
+        properties.topic_alias_maximum = Some(config.topic_alias_maximum);
+        properties.retain_available = Some(true);
+        properties.wildcard_subscription_available = Some(true);
+        properties.subscription_identifier_available = Some(true);
+        properties.shared_subscription_available = Some(true);
+    }
+
+    /// Closes the connection holding a client id another connection now claims.
+    fn take_over(&mut self, now: Instant, old_conn: ConnId, clean_start: bool) {
+        if let Some(old) = self.connections.get(&old_conn)
+            && old.protocol.is_v5()
+        {
+            self.send(
+                old_conn,
+                Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver)),
+            );
+        }
+        self.outputs.push_back(Output::Close(old_conn));
+        // A delayed will is not sent if the session is resumed before the delay ends.
+        let delayed = self
+            .connections
+            .get(&old_conn)
+            .and_then(|c| c.will.as_ref())
+            .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) > 0);
+        let publish_will = clean_start || !delayed;
+        self.detach(now, old_conn, publish_will);
+    }
+
+    /// Separates `conn` from its session; keeps, schedules or ends the session.
+    pub(super) fn detach(&mut self, now: Instant, conn: ConnId, publish_will: bool) {
+        let Some(connection) = self.connections.remove(&conn) else {
+            return;
+        };
+        let session_id = connection.session;
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        if session.connection != Some(conn) {
+            return;
+        }
+        session.connection = None;
+        let expiry = session.expiry_interval;
+        let will = connection.will.filter(|_| publish_will);
+        if let Some(will) = will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            if delay == 0 || expiry == 0 {
+                self.publish_will(now, session_id, will);
+            } else {
+                let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
+                session.will_due = Some(due);
+                self.wills_due.insert((due, session_id));
+                self.pending_wills.insert(session_id, will);
+            }
+        }
+        if expiry == 0 {
+            self.end_session(now, session_id);
+        } else if expiry != NEVER_EXPIRES {
+            let at = now + Duration::from_secs(u64::from(expiry));
+            if let Some(session) = self.sessions.get_mut(&session_id) {
+                session.expires_at = Some(at);
+            }
+            self.expiries.insert((at, session_id));
+        }
+    }
+
+    fn cancel_timers(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        if let Some(at) = session.expires_at.take() {
+            self.expiries.remove(&(at, session_id));
+        }
+        if let Some(at) = session.will_due.take() {
+            self.wills_due.remove(&(at, session_id));
+        }
+        self.pending_wills.remove(&session_id);
+    }
+
+    /// Removes a session: its subscriptions, queue and timers. A pending
+    /// delayed will is published now (the session ended first).
+    pub(super) fn end_session(&mut self, now: Instant, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        if let Some(at) = session.expires_at.take() {
+            self.expiries.remove(&(at, session_id));
+        }
+        if let Some(at) = session.will_due.take() {
+            self.wills_due.remove(&(at, session_id));
+        }
+        let will = self.pending_wills.remove(&session_id);
+        if let Some(session) = self.sessions.remove(&session_id) {
+            for filter in session.subscriptions.keys() {
+                let (group, inner) = super::subscribe::split_filter(filter);
+                self.tree.remove(inner, group, session_id);
+            }
+            if self.client_ids.get(&session.client_id) == Some(&session_id) {
+                self.client_ids.remove(&session.client_id);
+            }
+        }
+        if let Some(will) = will {
+            self.publish_will(now, session_id, will);
+        }
+    }
+
+    pub(super) fn publish_will(&mut self, now: Instant, session_id: SessionId, will: Will) {
+        let publish = Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic,
+            packet_id: 0,
+            payload: will.payload,
+            properties: will.properties,
+        };
+        let mut message = Message::from_publish(publish, Some(session_id), now);
+        message.properties.will_delay_interval = None;
+        self.publish_message(now, message);
+    }
+
+    /// On session resume: PUBLISH again with DUP every unacknowledged message,
+    /// PUBREL again every released QoS 2 flow, in their original order.
+    fn resend_inflight(&mut self, now: Instant, conn: ConnId, session_id: SessionId) {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return;
+        };
+        let packets: Vec<Packet> = session
+            .outbound
+            .inflight
+            .iter()
+            .map(|flow| match &flow.state {
+                InflightState::Published(delivery) => {
+                    Packet::Publish(delivery.to_publish(flow.packet_id, true, now))
+                }
+                InflightState::Released => Packet::PubRel(PublishAck::success(flow.packet_id)),
+            })
+            .collect();
+        for packet in packets {
+            match packet {
+                Packet::Publish(publish) => self.send_publish(conn, publish),
+                other => self.send(conn, other),
+            }
+        }
+    }
+}

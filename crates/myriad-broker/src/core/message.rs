@@ -1,0 +1,105 @@
+//! Application messages as the router carries them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use myriad_mqtt::{ByteString, Properties, Publish, QoS};
+
+use super::SessionId;
+
+/// One application message on its way through the broker. Shared (`Arc`) by
+/// every subscriber it is delivered to: fan-out never copies the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name (never an alias).
+    pub topic: ByteString,
+    /// Body.
+    pub payload: Bytes,
+    /// QoS the publisher used.
+    pub qos: QoS,
+    /// Retain flag as published.
+    pub retain: bool,
+    /// Properties to pass through (no topic alias, no subscription identifiers,
+    /// no message expiry: that is kept as `expires_at`).
+    pub properties: Properties,
+    /// When the message expires (5.0 Message Expiry Interval).
+    pub expires_at: Option<Instant>,
+    /// The session that published it, for No Local.
+    pub publisher: Option<SessionId>,
+}
+
+impl Message {
+    /// Builds the routed message from a received PUBLISH (topic already resolved).
+    pub fn from_publish(publish: Publish, publisher: Option<SessionId>, now: Instant) -> Message {
+        let mut properties = publish.properties;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at,
+            publisher,
+        }
+    }
+
+    /// Whether the message has expired at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Seconds of life left, rounded up, for the Message Expiry Interval sent on.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Payload bytes plus topic bytes: what a queued copy costs, roughly.
+    pub fn weight(&self) -> usize {
+        self.payload.len() + self.topic.len()
+    }
+}
+
+/// A message as one subscriber gets it: QoS and retain flag decided by its subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// QoS for this subscriber: the lower of the message's and the subscription's.
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions (5.0).
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// The PUBLISH to send for this delivery, before topic aliasing.
+    pub fn to_publish(&self, packet_id: u16, dup: bool, now: Instant) -> Publish {
+        let message = &self.message;
+        let mut properties = message.properties.clone();
+        properties.message_expiry_interval = message.remaining_expiry(now);
+        properties
+            .subscription_identifiers
+            .clone_from(&self.subscription_ids);
+        Publish {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: message.topic.clone(),
+            packet_id,
+            payload: message.payload.clone(),
+            properties,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The sans-IO broker core.
+//!
+//! [`Broker`] holds every session, subscription and retained message and
+//! runs the MQTT state machines. It does no I/O and reads no clock: the shell
+//! feeds it events with the current time (`handle_*`) and drains what it must
+//! send from [`Broker::poll_output`], like quinn-proto's `Connection`.
+
+pub mod connect;
+pub mod message;
+mod publish;
+pub mod retained;
+pub mod session;
+mod subscribe;
+pub mod tree;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+use myriad_mqtt::{
+    ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode, Will,
+};
+
+use crate::config::BrokerConfig;
+use retained::RetainedStore;
+use session::Session;
+use tree::SubscriptionTree;
+
+/// Identifies one network connection, chosen by the shell.
+pub type ConnId = u64;
+/// Identifies one session inside the broker.
+pub type SessionId = u64;
+
+/// Something the shell must do for the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write this packet to the connection.
+    Send(ConnId, Packet),
+    /// Close the connection after writing what was queued before this.
+    Close(ConnId),
+}
+
+/// Why a connection ended, as the shell saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionLoss {
+    /// The peer closed the socket or it failed.
+    Network,
+    /// Nothing was received for 1.5 times the keep alive.
+    KeepAliveTimeout,
+    /// The peer sent bytes that did not decode; the shell already answered.
+    ProtocolViolation(ReasonCode),
+    /// The server is shutting down.
+    ServerShutdown,
+}
+
+/// Counters the broker keeps about itself.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets handed to the shell for clients.
+    pub messages_sent: u64,
+    /// Messages dropped because a session's queue was full.
+    pub messages_dropped: u64,
+    /// Messages dropped because they exceeded a client's Maximum Packet Size.
+    pub messages_too_large: u64,
+    /// Messages that expired before delivery.
+    pub messages_expired: u64,
+}
+
+/// What the broker knows about one live connection.
+#[derive(Debug)]
+struct Connection {
+    session: SessionId,
+    protocol: ProtocolVersion,
+    /// The client's Receive Maximum: our outbound window.
+    receive_maximum: u16,
+    /// The client's Maximum Packet Size.
+    max_packet_size: u32,
+    /// The client's Topic Alias Maximum: how many aliases we may assign.
+    topic_alias_maximum: u16,
+    inbound_aliases: HashMap<u16, ByteString>,
+    outbound_aliases: HashMap<ByteString, u16>,
+    will: Option<Will>,
+    /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
+    connect_expiry_was_zero: bool,
+}
+
+/// The broker state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    connections: HashMap<ConnId, Connection>,
+    sessions: HashMap<SessionId, Session>,
+    client_ids: HashMap<ByteString, SessionId>,
+    tree: SubscriptionTree,
+    retained: RetainedStore,
+    /// Delayed wills by due time.
+    wills_due: BTreeSet<(Instant, SessionId)>,
+    pending_wills: HashMap<SessionId, Will>,
+    /// Offline sessions by expiry time.
+    expiries: BTreeSet<(Instant, SessionId)>,
+    outputs: VecDeque<Output>,
+    next_session_id: SessionId,
+    next_assigned_id: u64,
+    stats: BrokerStats,
+}
+
+impl Broker {
+    /// A broker with no sessions.
+    pub fn new(config: BrokerConfig) -> Broker {
+        Broker {
+            config,
+            connections: HashMap::new(),
+            sessions: HashMap::new(),
+            client_ids: HashMap::new(),
+            tree: SubscriptionTree::new(),
+            retained: RetainedStore::new(),
+            wills_due: BTreeSet::new(),
+            pending_wills: HashMap::new(),
+            expiries: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            next_session_id: 1,
+            next_assigned_id: 1,
+            stats: BrokerStats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The next thing the shell must do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BrokerStats {
+        self.stats
+    }
+
+    /// Number of sessions (connected or not).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of attached connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Number of subscriptions across all sessions.
+    pub fn subscription_count(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Whether a session exists for `client_id`, and whether it is connected.
+    pub fn session_state(&self, client_id: &str) -> Option<bool> {
+        let id = self.client_ids.get(client_id)?;
+        self.sessions.get(id).map(|s| s.connection.is_some())
+    }
+
+    /// When [`Broker::handle_timeout`] must next be called, if ever.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let will = self.wills_due.first().map(|(at, _)| *at);
+        let expiry = self.expiries.first().map(|(at, _)| *at);
+        match (will, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Publishes delayed wills and ends expired sessions that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, session)) = self.wills_due.first() {
+            if at > now {
+                break;
+            }
+            self.wills_due.remove(&(at, session));
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.will_due = None;
+            }
+            if let Some(will) = self.pending_wills.remove(&session) {
+                self.publish_will(now, session, will);
+            }
+        }
+        while let Some(&(at, session)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.expiries.remove(&(at, session));
+            self.end_session(now, session);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, packet: Packet) {
+        self.outputs.push_back(Output::Send(conn, packet));
+    }
+
+    /// Closes `conn` because of `reason`: a 5.0 client first gets DISCONNECT.
+    /// The session is detached as after a network loss (the will is published).
+    fn disconnect_with(&mut self, now: Instant, conn: ConnId, reason: ReasonCode) {
+        if let Some(c) = self.connections.get(&conn)
+            && c.protocol.is_v5()
+        {
+            self.send(conn, Packet::Disconnect(Disconnect::new(reason)));
+        }
+        self.outputs.push_back(Output::Close(conn));
+        self.detach(now, conn, true);
+    }
+}
+
+#[cfg(test)]
+mod tests;

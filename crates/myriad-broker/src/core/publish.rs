@@ -1,0 +1,354 @@
+//! Inbound PUBLISH and acknowledgements, routing, and outbound delivery.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use myriad_mqtt::{ByteString, Packet, Publish, PublishAck, QoS, ReasonCode};
+
+use super::message::{Delivery, Message};
+use super::session::{QueueLimits, QueueOutcome};
+use super::tree::Matched;
+use super::{Broker, ConnId, SessionId};
+
+impl Broker {
+    /// Handles a packet received on an accepted connection.
+    pub fn handle_packet(&mut self, now: Instant, conn: ConnId, packet: Packet) {
+        if !self.connections.contains_key(&conn) {
+            return;
+        }
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(now, conn, publish),
+            Packet::PubAck(ack) => {
+                if let Some(session) = self.session_of(conn) {
+                    let closed = self
+                        .sessions
+                        .get_mut(&session)
+                        .is_some_and(|s| s.outbound.acknowledge(ack.packet_id));
+                    if closed {
+                        self.pump(now, session);
+                    }
+                }
+            }
+            Packet::PubRec(rec) => self.handle_pubrec(now, conn, rec),
+            Packet::PubRel(rel) => self.handle_pubrel(conn, rel),
+            Packet::PubComp(comp) => {
+                if let Some(session) = self.session_of(conn) {
+                    let closed = self
+                        .sessions
+                        .get_mut(&session)
+                        .is_some_and(|s| s.outbound.complete(comp.packet_id));
+                    if closed {
+                        self.pump(now, session);
+                    }
+                }
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(now, conn, subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(conn, unsubscribe),
+            Packet::PingReq => self.send(conn, Packet::PingResp),
+            Packet::Disconnect(disconnect) => self.handle_disconnect(now, conn, disconnect),
+            // A second CONNECT, AUTH without an agreed method, or a server-only packet.
+            Packet::Connect(_)
+            | Packet::Auth(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => self.disconnect_with(now, conn, ReasonCode::ProtocolError),
+        }
+    }
+
+    /// Publishes a message from inside the process (device services, tests).
+    pub fn publish(&mut self, now: Instant, publish: Publish) {
+        let message = Message::from_publish(publish, None, now);
+        self.publish_message(now, message);
+    }
+
+    pub(super) fn session_of(&self, conn: ConnId) -> Option<SessionId> {
+        self.connections.get(&conn).map(|c| c.session)
+    }
+
+    fn handle_publish(&mut self, now: Instant, conn: ConnId, mut publish: Publish) {
+        self.stats.messages_received += 1;
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        let session_id = connection.session;
+        let v5 = connection.protocol.is_v5();
+        if let Some(alias) = publish.properties.topic_alias {
+            if alias == 0 || alias > self.config.topic_alias_maximum {
+                self.disconnect_with(now, conn, ReasonCode::TopicAliasInvalid);
+                return;
+            }
+            if publish.topic.is_empty() {
+                match connection.inbound_aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        self.disconnect_with(now, conn, ReasonCode::ProtocolError);
+                        return;
+                    }
+                }
+            } else {
+                connection
+                    .inbound_aliases
+                    .insert(alias, publish.topic.clone());
+            }
+        }
+        if publish.topic.is_empty() {
+            self.disconnect_with(now, conn, ReasonCode::ProtocolError);
+            return;
+        }
+        let packet_id = publish.packet_id;
+        let qos = publish.qos;
+        if qos == QoS::ExactlyOnce {
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                return;
+            };
+            if session.inbound_qos2.contains(&packet_id) {
+                // A resend of a message we already hold: acknowledge, do not route again.
+                self.send(conn, Packet::PubRec(PublishAck::success(packet_id)));
+                return;
+            }
+            if session.inbound_qos2.len() >= usize::from(self.config.receive_maximum) {
+                self.disconnect_with(now, conn, ReasonCode::ReceiveMaximumExceeded);
+                return;
+            }
+            session.inbound_qos2.insert(packet_id);
+        }
+        let message = Message::from_publish(publish, Some(session_id), now);
+        let matched = self.publish_message(now, message);
+        let reason_code = if matched == 0 && v5 {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
+        let ack = PublishAck {
+            packet_id,
+            reason_code,
+            properties: Default::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
+        }
+    }
+
+    fn handle_pubrec(&mut self, now: Instant, conn: ConnId, rec: PublishAck) {
+        let Some(session_id) = self.session_of(conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        match session.outbound.received(rec.packet_id, rec.reason_code.is_error()) {
+            Some(true) => self.send(conn, Packet::PubRel(PublishAck::success(rec.packet_id))),
+            Some(false) => self.pump(now, session_id),
+            None => {
+                let mut rel = PublishAck::success(rec.packet_id);
+                if self.is_v5(conn) {
+                    rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+                }
+                self.send(conn, Packet::PubRel(rel));
+            }
+        }
+    }
+
+    fn handle_pubrel(&mut self, conn: ConnId, rel: PublishAck) {
+        let Some(session_id) = self.session_of(conn) else {
+            return;
+        };
+        let known = self
+            .sessions
+            .get_mut(&session_id)
+            .is_some_and(|s| s.inbound_qos2.remove(&rel.packet_id));
+        let mut comp = PublishAck::success(rel.packet_id);
+        if !known && self.is_v5(conn) {
+            comp.reason_code = ReasonCode::PacketIdentifierNotFound;
+        }
+        self.send(conn, Packet::PubComp(comp));
+    }
+
+    fn is_v5(&self, conn: ConnId) -> bool {
+        self.connections
+            .get(&conn)
+            .is_some_and(|c| c.protocol.is_v5())
+    }
+
+    /// Stores (if retained) and routes a message to every matching
+    /// subscription. Returns how many sessions it was delivered to.
+    pub(super) fn publish_message(&mut self, now: Instant, message: Message) -> usize {
+        let message = Arc::new(message);
+        if message.retain {
+            self.retained.set(message.clone());
+        }
+        let mut matched = Vec::new();
+        let sessions = &self.sessions;
+        let connections = &self.connections;
+        let is_online = |id: SessionId| {
+            sessions
+                .get(&id)
+                .and_then(|s| s.connection)
+                .is_some_and(|c| connections.contains_key(&c))
+        };
+        self.tree.matches(&message.topic, &is_online, &mut matched);
+        let deliveries = merge_overlapping(&message, matched);
+        let count = deliveries.len();
+        for (session, delivery) in deliveries {
+            self.deliver(now, session, delivery);
+        }
+        count
+    }
+
+    /// Hands one delivery to a session: sent now if its window allows, queued otherwise.
+    pub(super) fn deliver(&mut self, now: Instant, session_id: SessionId, delivery: Delivery) {
+        let limits = QueueLimits {
+            max_messages: self.config.max_queued_messages,
+            max_bytes: self.config.max_queued_bytes,
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let window = session
+            .connection
+            .and_then(|c| self.connections.get(&c))
+            .map(|c| c.receive_maximum);
+        if let Some(window) = window
+            && (delivery.qos == QoS::AtMostOnce && session.outbound.queue.is_empty()
+                || delivery.qos != QoS::AtMostOnce && session.outbound.has_room(window))
+        {
+            self.transmit(now, session_id, delivery);
+            return;
+        }
+        match session.outbound.enqueue(delivery, limits) {
+            QueueOutcome::Queued => {}
+            QueueOutcome::DroppedOldest(_) | QueueOutcome::Rejected => {
+                session.dropped_messages += 1;
+                self.stats.messages_dropped += 1;
+            }
+        }
+    }
+
+    /// Sends queued deliveries of a connected session while its window allows.
+    pub(super) fn pump(&mut self, now: Instant, session_id: SessionId) {
+        loop {
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                return;
+            };
+            let Some(window) = session
+                .connection
+                .and_then(|c| self.connections.get(&c))
+                .map(|c| c.receive_maximum)
+            else {
+                return;
+            };
+            let Some(delivery) = session.outbound.next_sendable(window) else {
+                return;
+            };
+            self.transmit(now, session_id, delivery);
+        }
+    }
+
+    /// Sends one delivery to the session's connection, allocating a packet id
+    /// for QoS 1/2. Expired messages are dropped here.
+    fn transmit(&mut self, now: Instant, session_id: SessionId, delivery: Delivery) {
+        if delivery.message.is_expired(now) {
+            self.stats.messages_expired += 1;
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let Some(conn) = session.connection else {
+            return;
+        };
+        let packet_id = if delivery.qos == QoS::AtMostOnce {
+            0
+        } else {
+            session.outbound.allocate_packet_id()
+        };
+        let publish = delivery.to_publish(packet_id, false, now);
+        if !self.fits(conn, &publish) {
+            // MQTT-3.1.2-25: discard it and behave as if it had been delivered.
+            self.stats.messages_too_large += 1;
+            return;
+        }
+        if packet_id != 0
+            && let Some(session) = self.sessions.get_mut(&session_id)
+        {
+            session.outbound.record_sent(packet_id, delivery);
+        }
+        self.send_publish(conn, publish);
+    }
+
+    fn fits(&self, conn: ConnId, publish: &Publish) -> bool {
+        let Some(connection) = self.connections.get(&conn) else {
+            return false;
+        };
+        if connection.max_packet_size == u32::MAX {
+            return true;
+        }
+        let packet = Packet::Publish(publish.clone());
+        myriad_mqtt::encoded_len(&packet, connection.protocol)
+            .is_ok_and(|len| len <= connection.max_packet_size as usize)
+    }
+
+    /// Queues a PUBLISH for `conn`, replacing its topic by an alias where the
+    /// client accepts aliases (5.0).
+    pub(super) fn send_publish(&mut self, conn: ConnId, mut publish: Publish) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        if connection.topic_alias_maximum > 0 && connection.protocol.is_v5() {
+            match connection.outbound_aliases.get(&publish.topic) {
+                Some(&alias) => {
+                    publish.properties.topic_alias = Some(alias);
+                    publish.topic = ByteString::new();
+                }
+                None => {
+                    let used = connection.outbound_aliases.len();
+                    if used < usize::from(connection.topic_alias_maximum) {
+                        let alias = u16::try_from(used + 1).unwrap_or(u16::MAX);
+                        connection
+                            .outbound_aliases
+                            .insert(publish.topic.clone(), alias);
+                        publish.properties.topic_alias = Some(alias);
+                    }
+                }
+            }
+        }
+        self.stats.messages_sent += 1;
+        self.send(conn, Packet::Publish(publish));
+    }
+}
+
+/// Turns the matched subscriptions into one delivery per session for ordinary
+/// subscriptions (highest QoS, every subscription identifier) and one per
+/// shared-group pick. No Local subscriptions skip the publisher.
+fn merge_overlapping(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(SessionId, Delivery)> {
+    matched.retain(|m| !(m.subscription.options.no_local && Some(m.session) == message.publisher));
+    matched.sort_by_key(|m| (m.shared, m.session));
+    let mut out: Vec<(SessionId, Delivery)> = Vec::with_capacity(matched.len());
+    for m in matched {
+        let options = m.subscription.options;
+        let qos = message.qos.min(options.qos);
+        let retain = options.retain_as_published && message.retain;
+        if !m.shared
+            && let Some((session, delivery)) = out.last_mut()
+            && *session == m.session
+        {
+            delivery.qos = delivery.qos.max(qos);
+            delivery.retain |= retain;
+            delivery.subscription_ids.extend(m.subscription.id);
+            continue;
+        }
+        out.push((
+            m.session,
+            Delivery {
+                message: message.clone(),
+                qos,
+                retain,
+                subscription_ids: m.subscription.id.into_iter().collect(),
+            },
+        ));
+    }
+    out
+}

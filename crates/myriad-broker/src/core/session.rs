@@ -1,0 +1,334 @@
+//! Per-client session state: subscriptions, the outbound window and queue,
+//! and inbound QoS 2 packet identifiers. Pure data; the broker drives it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use myriad_mqtt::{ByteString, QoS};
+
+use super::message::Delivery;
+use super::tree::Subscription;
+use super::{ConnId, SessionId};
+
+/// Session expiry interval meaning "never expires" (MQTT 5.0: 0xFFFFFFFF).
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// What became of a delivery offered to a full queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOutcome {
+    /// Queued without dropping anything.
+    Queued,
+    /// Queued after dropping this older message.
+    DroppedOldest(Box<Delivery>),
+    /// Not queued: the queue is full of messages that outrank it.
+    Rejected,
+}
+
+/// Where one outbound QoS 1/2 flow stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InflightState {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery),
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// One outbound QoS 1/2 flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inflight {
+    /// Packet identifier of the flow.
+    pub packet_id: u16,
+    /// Its state.
+    pub state: InflightState,
+}
+
+/// Limits on a session's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most messages queued.
+    pub max_messages: usize,
+    /// Most payload bytes queued.
+    pub max_bytes: usize,
+}
+
+/// Messages on their way to one client.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    next_packet_id: u16,
+    /// Unacknowledged QoS 1/2 flows, oldest first.
+    pub inflight: VecDeque<Inflight>,
+    /// Messages waiting for the client to connect or for room in its window.
+    pub queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+}
+
+impl Outbound {
+    /// Bytes of payload waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Appends `delivery` to the queue, keeping it within `limits`: when full,
+    /// the oldest QoS 0 message goes first, then the oldest message of any QoS
+    /// (a QoS 0 newcomer is refused rather than push out a QoS 1/2 message).
+    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> QueueOutcome {
+        let weight = delivery.message.weight();
+        let full = |queue: &Outbound| {
+            queue.queue.len() >= limits.max_messages
+                || queue.queued_bytes + weight > limits.max_bytes
+        };
+        let mut outcome = QueueOutcome::Queued;
+        while full(self) && !self.queue.is_empty() {
+            let victim = match self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+                Some(index) => index,
+                None if delivery.qos == QoS::AtMostOnce => return QueueOutcome::Rejected,
+                None => 0,
+            };
+            if let Some(dropped) = self.queue.remove(victim) {
+                self.queued_bytes -= dropped.message.weight();
+                outcome = QueueOutcome::DroppedOldest(Box::new(dropped));
+            }
+        }
+        if full(self) {
+            return QueueOutcome::Rejected;
+        }
+        self.queued_bytes += weight;
+        self.queue.push_back(delivery);
+        outcome
+    }
+
+    /// Takes the next queued delivery that may be sent now: QoS 0 always,
+    /// QoS 1/2 only while fewer than `window` flows are in flight.
+    pub fn next_sendable(&mut self, window: u16) -> Option<Delivery> {
+        let front = self.queue.front()?;
+        if front.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(window) {
+            return None;
+        }
+        let delivery = self.queue.pop_front()?;
+        self.queued_bytes -= delivery.message.weight();
+        Some(delivery)
+    }
+
+    /// Whether a new QoS 1/2 delivery could be sent straight away.
+    pub fn has_room(&self, window: u16) -> bool {
+        self.queue.is_empty() && self.inflight.len() < usize::from(window)
+    }
+
+    /// Allocates a packet identifier not used by any in-flight flow.
+    pub fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if self.next_packet_id == 0 {
+                continue;
+            }
+            let candidate = self.next_packet_id;
+            if !self.inflight.iter().any(|f| f.packet_id == candidate) {
+                return candidate;
+            }
+        }
+    }
+
+    /// Records a QoS 1/2 PUBLISH as sent.
+    pub fn record_sent(&mut self, packet_id: u16, delivery: Delivery) {
+        self.inflight.push_back(Inflight {
+            packet_id,
+            state: InflightState::Published(delivery),
+        });
+    }
+
+    fn position(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|f| f.packet_id == packet_id)
+    }
+
+    /// Handles PUBACK: true if it closed a QoS 1 flow.
+    pub fn acknowledge(&mut self, packet_id: u16) -> bool {
+        match self.position(packet_id) {
+            Some(index)
+                if matches!(&self.inflight[index].state,
+                    InflightState::Published(d) if d.qos == QoS::AtLeastOnce) =>
+            {
+                self.inflight.remove(index);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles PUBREC. `Some(true)`: send PUBREL; `Some(false)`: the client
+    /// refused the message (error code), the flow is over; `None`: unknown id.
+    pub fn received(&mut self, packet_id: u16, refused: bool) -> Option<bool> {
+        let index = self.position(packet_id)?;
+        let flow = &mut self.inflight[index];
+        match &flow.state {
+            InflightState::Published(d) if d.qos == QoS::ExactlyOnce => {
+                if refused {
+                    self.inflight.remove(index);
+                    Some(false)
+                } else {
+                    flow.state = InflightState::Released;
+                    Some(true)
+                }
+            }
+            // A repeated PUBREC for a flow already released: send PUBREL again.
+            InflightState::Released => Some(true),
+            InflightState::Published(_) => None,
+        }
+    }
+
+    /// Handles PUBCOMP: true if it closed a QoS 2 flow.
+    pub fn complete(&mut self, packet_id: u16) -> bool {
+        match self.position(packet_id) {
+            Some(index) if self.inflight[index].state == InflightState::Released => {
+                self.inflight.remove(index);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One client's session, connected or not.
+#[derive(Debug)]
+pub struct Session {
+    /// Internal identifier.
+    pub id: SessionId,
+    /// The client identifier.
+    pub client_id: ByteString,
+    /// Subscriptions by full filter (including any `$share/{group}/` prefix).
+    pub subscriptions: HashMap<ByteString, Subscription>,
+    /// Session Expiry Interval in seconds ([`NEVER_EXPIRES`] for never).
+    pub expiry_interval: u32,
+    /// The connection currently attached, if any.
+    pub connection: Option<ConnId>,
+    /// When the session expires while disconnected.
+    pub expires_at: Option<Instant>,
+    /// When its delayed will is due, if one is pending.
+    pub will_due: Option<Instant>,
+    /// Outbound flows and queue.
+    pub outbound: Outbound,
+    /// Packet identifiers of inbound QoS 2 messages awaiting PUBREL.
+    pub inbound_qos2: HashSet<u16>,
+    /// Messages dropped from the queue since the session began.
+    pub dropped_messages: u64,
+}
+
+impl Session {
+    /// A fresh session.
+    pub fn new(id: SessionId, client_id: ByteString, expiry_interval: u32) -> Session {
+        Session {
+            id,
+            client_id,
+            subscriptions: HashMap::new(),
+            expiry_interval,
+            connection: None,
+            expires_at: None,
+            will_due: None,
+            outbound: Outbound::default(),
+            inbound_qos2: HashSet::new(),
+            dropped_messages: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::message::Message;
+    use bytes::Bytes;
+    use myriad_mqtt::Properties;
+    use std::sync::Arc;
+
+    fn delivery(qos: QoS, body: &'static str) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(body.as_bytes()),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 3,
+        max_bytes: 1000,
+    };
+
+    #[test]
+    fn full_queue_drops_qos0_first_then_oldest() {
+        let mut out = Outbound::default();
+        out.enqueue(delivery(QoS::AtLeastOnce, "a"), LIMITS);
+        out.enqueue(delivery(QoS::AtMostOnce, "b"), LIMITS);
+        out.enqueue(delivery(QoS::AtLeastOnce, "c"), LIMITS);
+        match out.enqueue(delivery(QoS::AtLeastOnce, "d"), LIMITS) {
+            QueueOutcome::DroppedOldest(d) => assert_eq!(d.message.payload, "b"),
+            other => panic!("unexpected {other:?}"),
+        }
+        match out.enqueue(delivery(QoS::ExactlyOnce, "e"), LIMITS) {
+            QueueOutcome::DroppedOldest(d) => assert_eq!(d.message.payload, "a"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtMostOnce, "f"), LIMITS),
+            QueueOutcome::Rejected
+        );
+        let bodies: Vec<_> = out.queue.iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(bodies, vec!["c", "d", "e"]);
+    }
+
+    #[test]
+    fn byte_limit_is_enforced() {
+        let mut out = Outbound::default();
+        let limits = QueueLimits {
+            max_messages: 100,
+            max_bytes: 5,
+        };
+        assert_eq!(out.enqueue(delivery(QoS::AtLeastOnce, "abc"), limits), QueueOutcome::Queued);
+        assert!(matches!(
+            out.enqueue(delivery(QoS::AtLeastOnce, "xyz"), limits),
+            QueueOutcome::DroppedOldest(_)
+        ));
+        assert_eq!(out.queued_bytes(), 4);
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtLeastOnce, "too long"), limits),
+            QueueOutcome::Rejected
+        );
+    }
+
+    #[test]
+    fn window_limits_qos1_but_not_qos0() {
+        let mut out = Outbound::default();
+        out.enqueue(delivery(QoS::AtLeastOnce, "a"), LIMITS);
+        let first = out.next_sendable(1).expect("room for one");
+        let id = out.allocate_packet_id();
+        out.record_sent(id, first);
+        out.enqueue(delivery(QoS::AtLeastOnce, "b"), LIMITS);
+        assert!(out.next_sendable(1).is_none());
+        assert!(out.acknowledge(id));
+        assert!(!out.acknowledge(id));
+        assert!(out.next_sendable(1).is_some());
+    }
+
+    #[test]
+    fn qos2_flow_and_packet_ids_skip_in_use() {
+        let mut out = Outbound::default();
+        let id = out.allocate_packet_id();
+        out.record_sent(id, delivery(QoS::ExactlyOnce, "x"));
+        assert_eq!(out.received(id, false), Some(true));
+        assert_eq!(out.received(id, false), Some(true));
+        assert!(!out.acknowledge(id));
+        assert!(out.complete(id));
+        assert!(!out.complete(id));
+        out.record_sent(2, delivery(QoS::AtLeastOnce, "y"));
+        out.next_packet_id = 1;
+        assert_eq!(out.allocate_packet_id(), 3);
+        out.next_packet_id = u16::MAX;
+        assert_eq!(out.allocate_packet_id(), 1);
+    }
+}

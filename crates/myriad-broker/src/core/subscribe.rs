@@ -1,0 +1,133 @@
+//! SUBSCRIBE and UNSUBSCRIBE.
+
+use std::time::Instant;
+
+use myriad_mqtt::topic::{self, parse_shared};
+use myriad_mqtt::{
+    Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+
+use super::message::Delivery;
+use super::tree::Subscription;
+use super::{Broker, ConnId};
+
+/// Splits a stored filter into its share group (if any) and the filter proper.
+/// The filter was validated when it was subscribed.
+pub(super) fn split_filter(filter: &str) -> (Option<&str>, &str) {
+    match parse_shared(filter) {
+        Ok(Some(shared)) => (Some(shared.group), shared.filter),
+        _ => (None, filter),
+    }
+}
+
+/// The highest QoS this broker grants.
+const MAXIMUM_QOS: QoS = QoS::ExactlyOnce;
+
+impl Broker {
+    fn is_denied(&self, filter: &str) -> bool {
+        self.config.deny_subscribe.iter().any(|denied| {
+            denied == filter || (!topic::has_wildcard(filter) && topic::matches(denied, filter))
+        })
+    }
+
+    pub(super) fn handle_subscribe(&mut self, now: Instant, conn: ConnId, subscribe: Subscribe) {
+        let Some(connection) = self.connections.get(&conn) else {
+            return;
+        };
+        let session_id = connection.session;
+        let v5 = connection.protocol.is_v5();
+        let subscription_id = subscribe.properties.subscription_identifiers.first().copied();
+        let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        for request in subscribe.filters {
+            let (group, inner) = match parse_shared(&request.filter) {
+                Ok(Some(shared)) => (Some(shared.group), shared.filter),
+                Ok(None) => (None, &*request.filter),
+                Err(_) => {
+                    reason_codes.push(ReasonCode::TopicFilterInvalid);
+                    continue;
+                }
+            };
+            if group.is_some() && request.options.no_local {
+                // MQTT-3.8.3-4: No Local on a shared subscription is a Protocol Error.
+                self.disconnect_with(now, conn, ReasonCode::ProtocolError);
+                return;
+            }
+            if self.is_denied(inner) {
+                reason_codes.push(if v5 {
+                    ReasonCode::NotAuthorized
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
+            let mut options = request.options;
+            options.qos = options.qos.min(MAXIMUM_QOS);
+            let subscription = Subscription {
+                options,
+                id: subscription_id,
+            };
+            let existed = self.tree.insert(inner, group, session_id, subscription);
+            if let Some(session) = self.sessions.get_mut(&session_id) {
+                session
+                    .subscriptions
+                    .insert(request.filter.clone(), subscription);
+            }
+            reason_codes.push(ReasonCode::granted(options.qos));
+            let send_retained = group.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for message in self.retained.matching(inner, now) {
+                    retained.push(Delivery {
+                        qos: message.qos.min(options.qos),
+                        message,
+                        retain: true,
+                        subscription_ids: subscription_id.into_iter().collect(),
+                    });
+                }
+            }
+        }
+        self.send(
+            conn,
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reason_codes,
+                properties: Default::default(),
+            }),
+        );
+        for delivery in retained {
+            self.deliver(now, session_id, delivery);
+        }
+    }
+
+    pub(super) fn handle_unsubscribe(&mut self, conn: ConnId, unsubscribe: Unsubscribe) {
+        let Some(session_id) = self.session_of(conn) else {
+            return;
+        };
+        let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let (group, inner) = split_filter(filter);
+            let removed = self.tree.remove(inner, group, session_id);
+            if let Some(session) = self.sessions.get_mut(&session_id) {
+                session.subscriptions.remove(filter);
+            }
+            reason_codes.push(if removed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        self.send(
+            conn,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                reason_codes,
+                properties: Default::default(),
+            }),
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! One task per connection: read and decode, hand packets to the core, write
+//! what the core queued, enforce keep alive.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use myriad_mqtt::{
+    ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::link::Link;
+use super::{Event, Shared};
+use crate::core::connect::negotiated_keep_alive;
+use crate::{ConnId, ConnectionLoss};
+
+/// Bytes read from the socket per readiness event.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Runs one connection until it closes.
+pub(super) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = BytesMut::new();
+    let max_size = shared.config.max_packet_size as usize;
+    let connect_timeout = Duration::from_secs(u64::from(shared.config.connect_timeout_secs));
+    let first = tokio::select! {
+        first = read_connect(&stream, &mut buf, max_size) => first,
+        _ = tokio::time::sleep(connect_timeout) => {
+            debug!(%peer, "no CONNECT in time");
+            return;
+        }
+        _ = shutdown.cancelled() => return,
+    };
+    let connect = match first {
+        Ok(Packet::Connect(connect)) => connect,
+        Ok(_) => {
+            debug!(%peer, "first packet was not CONNECT");
+            return;
+        }
+        Err(FirstPacketError::Io(e)) => {
+            debug!(%peer, error = %e, "connection failed before CONNECT");
+            return;
+        }
+        Err(FirstPacketError::Decode { error, level }) => {
+            debug!(%peer, %error, "bad CONNECT");
+            let _ = refuse_connect(&stream, &error, level).await;
+            return;
+        }
+    };
+    let protocol = connect.protocol;
+    let keep_alive = negotiated_keep_alive(&shared.config, &connect);
+    let client_id = connect.client_id.clone();
+    let link = Arc::new(Link::default());
+    if events
+        .send(Event::Connect {
+            conn,
+            connect,
+            link: link.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    debug!(%peer, client_id = %client_id, "connected");
+    let loss = serve(
+        &stream, conn, protocol, keep_alive, &link, &mut buf, max_size, &events, &shutdown,
+    )
+    .await;
+    if let Some(loss) = loss {
+        debug!(%peer, client_id = %client_id, ?loss, "connection lost");
+        let _ = events.send(Event::Lost { conn, loss }).await;
+    } else {
+        debug!(%peer, client_id = %client_id, "connection closed by the server");
+    }
+}
+
+/// The main loop after CONNECT. Returns how the connection was lost, or
+/// `None` when the core closed it.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    stream: &TcpStream,
+    conn: ConnId,
+    protocol: ProtocolVersion,
+    keep_alive: u16,
+    link: &Link,
+    buf: &mut BytesMut,
+    max_size: usize,
+    events: &mpsc::Sender<Event>,
+    shutdown: &CancellationToken,
+) -> Option<ConnectionLoss> {
+    // MQTT-3.1.2-22: close after one and a half keep alive periods of silence.
+    let grace = Duration::from_millis(u64::from(keep_alive) * 1500);
+    let mut last_seen = Instant::now();
+    let timer = sleep_until(last_seen + grace);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            _ = link.woken() => {
+                let (packets, closing) = link.take();
+                if write_packets(stream, packets.iter(), protocol).await.is_err() {
+                    return Some(ConnectionLoss::Network);
+                }
+                if closing {
+                    return None;
+                }
+            }
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return Some(ConnectionLoss::Network);
+                }
+                match read_available(stream, buf) {
+                    Ok(0) => return Some(ConnectionLoss::Network),
+                    Ok(_) => last_seen = Instant::now(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Some(ConnectionLoss::Network),
+                }
+                if let Err(error) = forward_packets(buf, conn, protocol, max_size, events).await {
+                    let reason = error.reason_code();
+                    if protocol.is_v5() {
+                        let disconnect = Packet::Disconnect(Disconnect::new(reason));
+                        let _ = write_packets(stream, [&disconnect], protocol).await;
+                    }
+                    return Some(ConnectionLoss::ProtocolViolation(reason));
+                }
+                if buf.is_empty() {
+                    // Idle connections keep no read buffer.
+                    *buf = BytesMut::new();
+                }
+            }
+            _ = &mut timer, if keep_alive > 0 => {
+                if last_seen.elapsed() >= grace {
+                    if protocol.is_v5() {
+                        let disconnect =
+                            Packet::Disconnect(Disconnect::new(ReasonCode::KeepAliveTimeout));
+                        let _ = write_packets(stream, [&disconnect], protocol).await;
+                    }
+                    return Some(ConnectionLoss::KeepAliveTimeout);
+                }
+                timer.as_mut().reset(last_seen + grace);
+            }
+            _ = shutdown.cancelled() => {
+                if protocol.is_v5() {
+                    let disconnect =
+                        Packet::Disconnect(Disconnect::new(ReasonCode::ServerShuttingDown));
+                    let _ = write_packets(stream, [&disconnect], protocol).await;
+                }
+                return Some(ConnectionLoss::ServerShutdown);
+            }
+        }
+    }
+}
+
+/// Why the first packet could not be had.
+enum FirstPacketError {
+    Io(io::Error),
+    Decode {
+        error: DecodeError,
+        /// The protocol level byte, if the CONNECT got that far.
+        level: Option<u8>,
+    },
+}
+
+async fn read_connect(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Packet, FirstPacketError> {
+    loop {
+        // CONNECT carries its own version; the one given here is not used for it.
+        match myriad_mqtt::decode(buf, ProtocolVersion::V5, max_size) {
+            Ok(Some(packet)) => return Ok(packet),
+            Ok(None) => {}
+            Err(error) => {
+                let level = connect_level(buf);
+                return Err(FirstPacketError::Decode { error, level });
+            }
+        }
+        stream.readable().await.map_err(FirstPacketError::Io)?;
+        match read_available(stream, buf) {
+            Ok(0) => {
+                return Err(FirstPacketError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(FirstPacketError::Io(e)),
+        }
+    }
+}
+
+/// Reads the protocol level of a CONNECT at the front of `buf`, if present.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    // Skip the fixed header's remaining length.
+    let mut index = 1;
+    while buf.get(index)? & 0x80 != 0 {
+        index += 1;
+        if index > 4 {
+            return None;
+        }
+    }
+    index += 1;
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(index)?, *buf.get(index + 1)?]));
+    buf.get(index + 2 + name_len).copied()
+}
+
+/// Answers a CONNECT that did not decode: a CONNACK with the reason where the
+/// client's version is known (or the 3.1.1 "unacceptable protocol version").
+async fn refuse_connect(
+    stream: &TcpStream,
+    error: &DecodeError,
+    level: Option<u8>,
+) -> io::Result<()> {
+    let unsupported = matches!(error, DecodeError::UnsupportedProtocolVersion(_));
+    let (protocol, reason) = match level {
+        Some(5) => (ProtocolVersion::V5, error.reason_code()),
+        _ if unsupported => (
+            ProtocolVersion::V311,
+            ReasonCode::UnsupportedProtocolVersion,
+        ),
+        // MQTT-3.1.4-1 (3.1.1): close without CONNACK on a malformed CONNECT.
+        _ => return Ok(()),
+    };
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: reason,
+        properties: Properties::default(),
+    });
+    write_packets(stream, [&connack], protocol).await
+}
+
+/// Decodes every whole packet in `buf` and hands each to the core.
+async fn forward_packets(
+    buf: &mut BytesMut,
+    conn: ConnId,
+    protocol: ProtocolVersion,
+    max_size: usize,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), DecodeError> {
+    while !buf.is_empty() {
+        // Reserve first so no decoded packet is held across the await.
+        let Ok(permit) = events.reserve().await else {
+            return Ok(());
+        };
+        match myriad_mqtt::decode(buf, protocol, max_size)? {
+            Some(packet) => permit.send(Event::Packet { conn, packet }),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// Reads what the socket has into `buf` without awaiting. The chunk buffer is
+/// on the stack of this plain function, never in the task's state.
+fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = stream.try_read(&mut chunk)?;
+    if buf.is_empty() {
+        *buf = BytesMut::from(&chunk[..n]);
+    } else {
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(n)
+}
+
+/// Encodes `packets` into one buffer and writes it with as few syscalls as the socket allows.
+async fn write_packets<'a>(
+    stream: &TcpStream,
+    packets: impl IntoIterator<Item = &'a Packet>,
+    protocol: ProtocolVersion,
+) -> io::Result<()> {
+    let mut out = BytesMut::new();
+    for packet in packets {
+        let before = out.len();
+        if let Err(error) = myriad_mqtt::encode(packet, protocol, &mut out) {
+            out.truncate(before);
+            debug!(%error, "dropping a packet that cannot be encoded");
+        }
+    }
+    let mut written = 0;
+    while written < out.len() {
+        stream.writable().await?;
+        match stream.try_write(&out[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The tokio shell around the sans-IO core.
+//!
+//! - one task per connection ([`connection`]) decodes, forwards packets to
+//!   the core task and writes what the core queued for it;
+//! - one core task owns the [`Broker`] and turns its outputs into pushes on
+//!   the connections' [`link::Link`]s;
+//! - [`serve`] accepts connections until the shutdown token is cancelled.
+
+mod connection;
+pub mod link;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use myriad_mqtt::{Connect, Packet, Publish};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::BrokerConfig;
+use crate::core::{Broker, Output};
+use crate::{ConnId, ConnectionLoss};
+use link::{Link, Pushed};
+
+/// Events from connection tasks (and the in-process API) to the core task.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A connection sent CONNECT.
+    Connect {
+        conn: ConnId,
+        connect: Box<Connect>,
+        link: Arc<Link>,
+    },
+    /// A connection sent a packet after CONNECT.
+    Packet { conn: ConnId, packet: Packet },
+    /// A connection ended.
+    Lost { conn: ConnId, loss: ConnectionLoss },
+    /// A message published from inside the process.
+    Publish(Box<Publish>),
+}
+
+/// State every connection task reads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+}
+
+/// Capacity of the channel from connection tasks to the core task. When it
+/// is full, connection tasks stop reading: backpressure reaches publishers.
+const EVENT_CAPACITY: usize = 8192;
+/// How many events the core handles before it flushes outputs.
+const EVENT_BATCH: usize = 256;
+/// How long shutdown waits for connection tasks to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A handle for publishing into a running broker from the same process.
+#[derive(Debug, Clone)]
+pub struct BrokerHandle {
+    events: mpsc::Sender<Event>,
+}
+
+impl BrokerHandle {
+    /// Publishes `publish` as if a client had sent it. Fails only if the broker stopped.
+    pub async fn publish(&self, publish: Publish) -> Result<(), BrokerStopped> {
+        self.events
+            .send(Event::Publish(Box::new(publish)))
+            .await
+            .map_err(|_| BrokerStopped)
+    }
+}
+
+/// The broker is no longer running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the broker has stopped")]
+pub struct BrokerStopped;
+
+/// Serves MQTT on `listener` until `shutdown` is cancelled, then says goodbye
+/// to every client (5.0: DISCONNECT Server shutting down) and returns.
+pub async fn serve(
+    config: BrokerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let (handle, events) = channel();
+    run(config, listener, shutdown, handle, events).await
+}
+
+/// A handle and the receiving end it feeds, for [`run`].
+pub fn channel() -> (BrokerHandle, EventReceiver) {
+    let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
+    (BrokerHandle { events: tx }, EventReceiver(rx))
+}
+
+/// The core task's end of the event channel.
+#[derive(Debug)]
+pub struct EventReceiver(mpsc::Receiver<Event>);
+
+/// Like [`serve`], with a [`BrokerHandle`] made by [`channel`] beforehand so
+/// other services can publish into the broker.
+pub async fn run(
+    config: BrokerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    handle: BrokerHandle,
+    events: EventReceiver,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+    });
+    let core = tokio::spawn(run_core(Broker::new(config.clone()), events.0, config));
+    let tracker = TaskTracker::new();
+    let next_conn = AtomicU64::new(1);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        tracker.spawn(connection::run(
+            stream,
+            peer,
+            conn,
+            shared.clone(),
+            handle.events.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        warn!("connections still open after the shutdown grace period");
+    }
+    drop(handle);
+    core.abort();
+    let _ = core.await;
+    info!("broker stopped");
+    Ok(())
+}
+
+/// The core task: applies events to the broker and dispatches its outputs.
+async fn run_core(mut broker: Broker, mut events: mpsc::Receiver<Event>, config: BrokerConfig) {
+    let mut links: HashMap<ConnId, Arc<Link>> = HashMap::new();
+    let mut woken: Vec<Arc<Link>> = Vec::new();
+    loop {
+        let deadline = broker.next_timeout();
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = sleep_until_some(deadline) => {
+                broker.handle_timeout(std::time::Instant::now());
+                dispatch(&mut broker, &mut links, &mut woken, &config);
+                continue;
+            }
+        };
+        let Some(event) = event else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        apply(&mut broker, &mut links, event, now);
+        for _ in 1..EVENT_BATCH {
+            match events.try_recv() {
+                Ok(event) => apply(&mut broker, &mut links, event, now),
+                Err(_) => break,
+            }
+        }
+        dispatch(&mut broker, &mut links, &mut woken, &config);
+    }
+}
+
+async fn sleep_until_some(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn apply(
+    broker: &mut Broker,
+    links: &mut HashMap<ConnId, Arc<Link>>,
+    event: Event,
+    now: std::time::Instant,
+) {
+    match event {
+        Event::Connect {
+            conn,
+            connect,
+            link,
+        } => {
+            links.insert(conn, link);
+            broker.handle_connect(now, conn, *connect);
+        }
+        Event::Packet { conn, packet } => broker.handle_packet(now, conn, packet),
+        Event::Lost { conn, loss } => {
+            links.remove(&conn);
+            broker.handle_connection_lost(now, conn, loss);
+        }
+        Event::Publish(publish) => broker.publish(now, *publish),
+    }
+}
+
+fn dispatch(
+    broker: &mut Broker,
+    links: &mut HashMap<ConnId, Arc<Link>>,
+    woken: &mut Vec<Arc<Link>>,
+    config: &BrokerConfig,
+) {
+    while let Some(output) = broker.poll_output() {
+        match output {
+            Output::Send(conn, packet) => {
+                if let Some(link) = links.get(&conn) {
+                    match link.push(packet, config.max_outbound_qos0) {
+                        Pushed::Queued => woken.push(link.clone()),
+                        Pushed::DroppedQos0 | Pushed::Closed => {}
+                    }
+                }
+            }
+            Output::Close(conn) => {
+                if let Some(link) = links.remove(&conn) {
+                    link.close();
+                    woken.push(link);
+                }
+            }
+        }
+    }
+    for link in woken.drain(..) {
+        link.wake();
+    }
+}
