@@ -15,6 +15,9 @@
 //! assert_eq!(packet, Some(Packet::PingReq));
 //! ```
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 mod codec;
 mod error;
 mod packet;
