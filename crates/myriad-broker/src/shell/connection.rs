@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use myriad_mqtt::{
-    ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
+    ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -35,46 +35,25 @@ pub(super) async fn run(
 ) {
     let mut buf = BytesMut::new();
     let max_size = shared.config.max_packet_size as usize;
-    let connect_timeout = Duration::from_secs(u64::from(shared.config.connect_timeout_secs));
-    let first = tokio::select! {
-        first = read_connect(&stream, &mut buf, max_size) => first,
-        _ = tokio::time::sleep(connect_timeout) => {
-            debug!(%peer, "no CONNECT in time");
-            return;
-        }
-        _ = shutdown.cancelled() => return,
-    };
-    let connect = match first {
-        Ok(Packet::Connect(connect)) => connect,
-        Ok(_) => {
-            debug!(%peer, "first packet was not CONNECT");
-            return;
-        }
-        Err(FirstPacketError::Io(e)) => {
-            debug!(%peer, error = %e, "connection failed before CONNECT");
-            return;
-        }
-        Err(FirstPacketError::Decode { error, level }) => {
-            debug!(%peer, %error, "bad CONNECT");
-            let _ = refuse_connect(&stream, &error, level).await;
-            return;
-        }
+    // The handshake's futures live in their own allocation, freed once it is
+    // done, so an idle connection's task keeps only the main loop's state.
+    let handshake = Box::pin(handshake(&stream, peer, &mut buf, &shared, &shutdown));
+    let Some(connect) = handshake.await else {
+        return;
     };
     let protocol = connect.protocol;
     let keep_alive = negotiated_keep_alive(&shared.config, &connect);
     let client_id = connect.client_id.clone();
     let link = Arc::new(Link::default());
-    if events
-        .send(Event::Connect {
-            conn,
-            connect,
-            link: link.clone(),
-        })
-        .await
-        .is_err()
-    {
+    // Reserve before building the event so it is never held across an await.
+    let Ok(permit) = Box::pin(events.reserve()).await else {
         return;
-    }
+    };
+    permit.send(Event::Connect {
+        conn,
+        connect,
+        link: link.clone(),
+    });
     debug!(%peer, client_id = %client_id, "connected");
     let loss = serve(
         &stream, conn, protocol, keep_alive, &link, &mut buf, max_size, &events, &shutdown,
@@ -82,9 +61,47 @@ pub(super) async fn run(
     .await;
     if let Some(loss) = loss {
         debug!(%peer, client_id = %client_id, ?loss, "connection lost");
-        let _ = events.send(Event::Lost { conn, loss }).await;
+        if let Ok(permit) = Box::pin(events.reserve()).await {
+            permit.send(Event::Lost { conn, loss });
+        }
     } else {
         debug!(%peer, client_id = %client_id, "connection closed by the server");
+    }
+}
+
+/// Reads the CONNECT (within the configured time), answering a bad one.
+async fn handshake(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<Box<Connect>> {
+    let max_size = shared.config.max_packet_size as usize;
+    let connect_timeout = Duration::from_secs(u64::from(shared.config.connect_timeout_secs));
+    let first = tokio::select! {
+        first = read_connect(stream, buf, max_size) => first,
+        _ = tokio::time::sleep(connect_timeout) => {
+            debug!(%peer, "no CONNECT in time");
+            return None;
+        }
+        _ = shutdown.cancelled() => return None,
+    };
+    match first {
+        Ok(Packet::Connect(connect)) => Some(connect),
+        Ok(_) => {
+            debug!(%peer, "first packet was not CONNECT");
+            None
+        }
+        Err(FirstPacketError::Io(e)) => {
+            debug!(%peer, error = %e, "connection failed before CONNECT");
+            None
+        }
+        Err(FirstPacketError::Decode { error, level }) => {
+            debug!(%peer, %error, "bad CONNECT");
+            let _ = refuse_connect(stream, &error, level).await;
+            None
+        }
     }
 }
 
@@ -112,7 +129,8 @@ async fn serve(
             biased;
             _ = link.woken() => {
                 let (packets, closing) = link.take();
-                if write_packets(stream, packets.iter(), protocol).await.is_err() {
+                // Boxed: the write's state exists only while writing.
+                if Box::pin(write_packets(stream, packets.iter(), protocol)).await.is_err() {
                     return Some(ConnectionLoss::Network);
                 }
                 if closing {
@@ -129,12 +147,10 @@ async fn serve(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(_) => return Some(ConnectionLoss::Network),
                 }
-                if let Err(error) = forward_packets(buf, conn, protocol, max_size, events).await {
+                let forwarded = Box::pin(forward_packets(buf, conn, protocol, max_size, events)).await;
+                if let Err(error) = forwarded {
                     let reason = error.reason_code();
-                    if protocol.is_v5() {
-                        let disconnect = Packet::Disconnect(Disconnect::new(reason));
-                        let _ = write_packets(stream, [&disconnect], protocol).await;
-                    }
+                    Box::pin(say_goodbye(stream, protocol, reason)).await;
                     return Some(ConnectionLoss::ProtocolViolation(reason));
                 }
                 if buf.is_empty() {
@@ -144,24 +160,24 @@ async fn serve(
             }
             _ = &mut timer, if keep_alive > 0 => {
                 if last_seen.elapsed() >= grace {
-                    if protocol.is_v5() {
-                        let disconnect =
-                            Packet::Disconnect(Disconnect::new(ReasonCode::KeepAliveTimeout));
-                        let _ = write_packets(stream, [&disconnect], protocol).await;
-                    }
+                    Box::pin(say_goodbye(stream, protocol, ReasonCode::KeepAliveTimeout)).await;
                     return Some(ConnectionLoss::KeepAliveTimeout);
                 }
                 timer.as_mut().reset(last_seen + grace);
             }
             _ = shutdown.cancelled() => {
-                if protocol.is_v5() {
-                    let disconnect =
-                        Packet::Disconnect(Disconnect::new(ReasonCode::ServerShuttingDown));
-                    let _ = write_packets(stream, [&disconnect], protocol).await;
-                }
+                Box::pin(say_goodbye(stream, protocol, ReasonCode::ServerShuttingDown)).await;
                 return Some(ConnectionLoss::ServerShutdown);
             }
         }
+    }
+}
+
+/// Sends a 5.0 client DISCONNECT with `reason` before the server closes (3.1.1 has no such packet).
+async fn say_goodbye(stream: &TcpStream, protocol: ProtocolVersion, reason: ReasonCode) {
+    if protocol.is_v5() {
+        let disconnect = Packet::Disconnect(Disconnect::new(reason));
+        let _ = write_all(stream, encode_one(disconnect, protocol)).await;
     }
 }
 
@@ -242,7 +258,7 @@ async fn refuse_connect(
         reason_code: reason,
         properties: Properties::default(),
     });
-    write_packets(stream, [&connack], protocol).await
+    write_all(stream, encode_one(connack, protocol)).await
 }
 
 /// Decodes every whole packet in `buf` and hands each to the core.
@@ -279,12 +295,11 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Encodes `packets` into one buffer and writes it with as few syscalls as the socket allows.
-async fn write_packets<'a>(
-    stream: &TcpStream,
+/// Encodes `packets` into one buffer (a packet that cannot be encoded is skipped).
+fn encode_all<'a>(
     packets: impl IntoIterator<Item = &'a Packet>,
     protocol: ProtocolVersion,
-) -> io::Result<()> {
+) -> BytesMut {
     let mut out = BytesMut::new();
     for packet in packets {
         let before = out.len();
@@ -293,6 +308,24 @@ async fn write_packets<'a>(
             debug!(%error, "dropping a packet that cannot be encoded");
         }
     }
+    out
+}
+
+/// Encodes `packets` into one buffer and writes it with as few syscalls as the socket allows.
+async fn write_packets<'a>(
+    stream: &TcpStream,
+    packets: impl IntoIterator<Item = &'a Packet>,
+    protocol: ProtocolVersion,
+) -> io::Result<()> {
+    write_all(stream, encode_all(packets, protocol)).await
+}
+
+/// Encodes one packet. A plain function, so the packet never sits in a task's state.
+fn encode_one(packet: Packet, protocol: ProtocolVersion) -> BytesMut {
+    encode_all([&packet], protocol)
+}
+
+async fn write_all(stream: &TcpStream, out: BytesMut) -> io::Result<()> {
     let mut written = 0;
     while written < out.len() {
         stream.writable().await?;
@@ -304,4 +337,33 @@ async fn write_packets<'a>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection's whole state is this future (plus its socket
+    /// registration and mailbox): keep it small.
+    #[tokio::test]
+    async fn idle_connection_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let shared = std::sync::Arc::new(super::Shared {
+            config: Default::default(),
+        });
+        let task = super::run(client, addr, 1, shared, tx, Default::default());
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "connection task state grew to {size} bytes");
+    }
+
+    #[test]
+    fn connect_level_is_read_from_a_partial_connect() {
+        let bytes = [0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02];
+        assert_eq!(super::connect_level(&bytes), Some(5));
+        assert_eq!(super::connect_level(&bytes[..5]), None);
+        assert_eq!(super::connect_level(&[0x30, 0x00]), None);
+    }
 }

@@ -27,7 +27,11 @@ use crate::{ConnId, ConnectionLoss};
 use link::{Link, Pushed};
 
 /// Events from connection tasks (and the in-process API) to the core task.
+///
+/// Packets travel unboxed: an event lives only in the channel, and boxing
+/// would cost an allocation per packet.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Event {
     /// A connection sent CONNECT.
     Connect {
