@@ -92,7 +92,8 @@ impl Broker {
         } else {
             let id = self.next_session_id;
             self.next_session_id += 1;
-            self.sessions.insert(id, Session::new(id, client_id.clone(), expiry));
+            self.sessions
+                .insert(id, Session::new(id, client_id.clone(), expiry));
             self.client_ids.insert(client_id.clone(), id);
             id
         };
@@ -120,7 +121,7 @@ impl Broker {
                 topic_alias_maximum: client_properties.topic_alias_maximum.unwrap_or(0),
                 inbound_aliases: HashMap::new(),
                 outbound_aliases: HashMap::new(),
-                will: connect.will,
+                will: connect.will.map(Box::new),
                 connect_expiry_was_zero: asked_expiry == 0,
             },
         );
@@ -305,7 +306,8 @@ impl Broker {
         }
     }
 
-    pub(super) fn publish_will(&mut self, now: Instant, session_id: SessionId, will: Will) {
+    pub(super) fn publish_will(&mut self, now: Instant, session_id: SessionId, will: Box<Will>) {
+        let will = *will;
         let publish = Publish {
             dup: false,
             qos: will.qos,
@@ -339,6 +341,17 @@ impl Broker {
             .collect();
         for packet in packets {
             match packet {
+                // The client may now accept smaller packets than when the
+                // message was first sent: discard it as if delivered (MQTT-3.1.2-25).
+                Packet::Publish(publish) if !self.fits(conn, &publish) => {
+                    self.stats.messages_too_large += 1;
+                    if let Some(session) = self.sessions.get_mut(&session_id) {
+                        session
+                            .outbound
+                            .inflight
+                            .retain(|flow| flow.packet_id != publish.packet_id);
+                    }
+                }
                 Packet::Publish(publish) => self.send_publish(conn, publish),
                 other => self.send(conn, other),
             }

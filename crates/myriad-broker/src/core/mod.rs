@@ -16,9 +16,7 @@ pub mod tree;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
-use myriad_mqtt::{
-    ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode, Will,
-};
+use myriad_mqtt::{ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
 
 use crate::config::BrokerConfig;
 use retained::RetainedStore;
@@ -31,7 +29,10 @@ pub type ConnId = u64;
 pub type SessionId = u64;
 
 /// Something the shell must do for the broker.
+///
+/// Outputs are drained at once; boxing the packet would cost an allocation each.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Output {
     /// Write this packet to the connection.
     Send(ConnId, Packet),
@@ -80,7 +81,7 @@ struct Connection {
     topic_alias_maximum: u16,
     inbound_aliases: HashMap<u16, ByteString>,
     outbound_aliases: HashMap<ByteString, u16>,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
     connect_expiry_was_zero: bool,
 }
@@ -96,7 +97,7 @@ pub struct Broker {
     retained: RetainedStore,
     /// Delayed wills by due time.
     wills_due: BTreeSet<(Instant, SessionId)>,
-    pending_wills: HashMap<SessionId, Will>,
+    pending_wills: HashMap<SessionId, Box<Will>>,
     /// Offline sessions by expiry time.
     expiries: BTreeSet<(Instant, SessionId)>,
     outputs: VecDeque<Output>,

@@ -139,7 +139,10 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        match session.outbound.received(rec.packet_id, rec.reason_code.is_error()) {
+        match session
+            .outbound
+            .received(rec.packet_id, rec.reason_code.is_error())
+        {
             Some(true) => self.send(conn, Packet::PubRel(PublishAck::success(rec.packet_id))),
             Some(false) => self.pump(now, session_id),
             None => {
@@ -279,7 +282,7 @@ impl Broker {
         self.send_publish(conn, publish);
     }
 
-    fn fits(&self, conn: ConnId, publish: &Publish) -> bool {
+    pub(super) fn fits(&self, conn: ConnId, publish: &Publish) -> bool {
         let Some(connection) = self.connections.get(&conn) else {
             return false;
         };
@@ -323,7 +326,10 @@ impl Broker {
 /// Turns the matched subscriptions into one delivery per session for ordinary
 /// subscriptions (highest QoS, every subscription identifier) and one per
 /// shared-group pick. No Local subscriptions skip the publisher.
-fn merge_overlapping(message: &Arc<Message>, mut matched: Vec<Matched>) -> Vec<(SessionId, Delivery)> {
+fn merge_overlapping(
+    message: &Arc<Message>,
+    mut matched: Vec<Matched>,
+) -> Vec<(SessionId, Delivery)> {
     matched.retain(|m| !(m.subscription.options.no_local && Some(m.session) == message.publisher));
     matched.sort_by_key(|m| (m.shared, m.session));
     let mut out: Vec<(SessionId, Delivery)> = Vec::with_capacity(matched.len());

@@ -278,7 +278,11 @@ mod tests {
             out.enqueue(delivery(QoS::AtMostOnce, "f"), LIMITS),
             QueueOutcome::Rejected
         );
-        let bodies: Vec<_> = out.queue.iter().map(|d| d.message.payload.clone()).collect();
+        let bodies: Vec<_> = out
+            .queue
+            .iter()
+            .map(|d| d.message.payload.clone())
+            .collect();
         assert_eq!(bodies, vec!["c", "d", "e"]);
     }
 
@@ -289,7 +293,10 @@ mod tests {
             max_messages: 100,
             max_bytes: 5,
         };
-        assert_eq!(out.enqueue(delivery(QoS::AtLeastOnce, "abc"), limits), QueueOutcome::Queued);
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtLeastOnce, "abc"), limits),
+            QueueOutcome::Queued
+        );
         assert!(matches!(
             out.enqueue(delivery(QoS::AtLeastOnce, "xyz"), limits),
             QueueOutcome::DroppedOldest(_)

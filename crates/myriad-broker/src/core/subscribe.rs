@@ -36,7 +36,11 @@ impl Broker {
         };
         let session_id = connection.session;
         let v5 = connection.protocol.is_v5();
-        let subscription_id = subscribe.properties.subscription_identifiers.first().copied();
+        let subscription_id = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         for request in subscribe.filters {

@@ -181,11 +181,15 @@ fn collect(
 }
 
 fn take_all(node: &mut Node, is_online: &dyn Fn(SessionId) -> bool, out: &mut Vec<Matched>) {
-    out.extend(node.subscribers.iter().map(|(session, subscription)| Matched {
-        session: *session,
-        subscription: *subscription,
-        shared: false,
-    }));
+    out.extend(
+        node.subscribers
+            .iter()
+            .map(|(session, subscription)| Matched {
+                session: *session,
+                subscription: *subscription,
+                shared: false,
+            }),
+    );
     for group in node.shared.values_mut() {
         if let Some((session, subscription)) = pick_member(group, is_online) {
             out.push(Matched {
@@ -256,8 +260,9 @@ mod tests {
     #[test]
     fn remove_prunes_and_reports() {
         let mut tree = SubscriptionTree::new();
-        tree.insert("a/b/c", None, 1, sub(QoS::AtMostOnce));
-        assert!(!tree.insert("a/b/c", None, 1, sub(QoS::AtLeastOnce)));
+        assert!(!tree.insert("a/b/c", None, 1, sub(QoS::AtMostOnce)));
+        assert!(tree.insert("a/b/c", None, 1, sub(QoS::AtLeastOnce)));
+        assert_eq!(tree.len(), 1);
         assert!(tree.remove("a/b/c", None, 1));
         assert!(!tree.remove("a/b/c", None, 1));
         assert!(tree.root.is_empty());
