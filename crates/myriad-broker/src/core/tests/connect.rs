@@ -292,3 +292,18 @@ fn assigned_client_id_session_can_be_resumed() {
     h.inject(msg("t", "x"));
     assert_eq!(h.payloads(c), vec!["x"]);
 }
+
+#[test]
+fn v311_clean_session_discards_a_stored_session() {
+    let mut h = H::new();
+    let c = h.connect(v311("c").resume());
+    h.subscribe(c, "t", QoS::AtMostOnce);
+    h.disconnect(c);
+    let (c, ack) = h.connect_ack(v311("c"));
+    assert!(!ack.session_present);
+    h.inject(msg("t", "x"));
+    h.assert_silent(c);
+    // Clean Session 1: nothing kept after this connection either.
+    h.disconnect(c);
+    assert_eq!(h.broker.session_count(), 0);
+}

@@ -536,3 +536,26 @@ fn oversize_inflight_message_is_not_resent_to_a_smaller_client() {
     let sub = h.connect(v5("s").resume().expiry(100));
     h.assert_silent(sub);
 }
+
+#[test]
+fn wrong_acknowledgement_types_are_ignored() {
+    let mut h = H::new();
+    let sub = h.connect(v5("s").receive_maximum(1));
+    h.subscribe(sub, "t", QoS::ExactlyOnce);
+    h.inject(msg_q("t", "a", QoS::ExactlyOnce, 0));
+    h.inject(msg_q("t", "b", QoS::ExactlyOnce, 0));
+    assert_eq!(h.payloads(sub), vec!["a"]);
+    // PUBACK and PUBCOMP do not end a QoS 2 flow awaiting PUBREC.
+    h.puback(sub, 1);
+    h.pubcomp(sub, 1);
+    h.assert_silent(sub);
+    h.pubrec(sub, 1);
+    assert_eq!(
+        h.packets(sub),
+        vec![Packet::PubRel(ack(1, ReasonCode::Success))]
+    );
+    h.puback(sub, 1);
+    h.assert_silent(sub);
+    h.pubcomp(sub, 1);
+    assert_eq!(h.payloads(sub), vec!["b"]);
+}

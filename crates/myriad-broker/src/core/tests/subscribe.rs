@@ -363,3 +363,42 @@ fn no_local_on_one_of_overlapping_subscriptions() {
     assert_eq!(packets[1], Packet::PubAck(ack(1, ReasonCode::Success)));
     assert_eq!(packets.len(), 2);
 }
+
+#[test]
+fn shared_group_after_a_member_leaves() {
+    let mut h = H::new();
+    let a = subscriber(&mut h, "a", "$share/g/t", QoS::AtMostOnce);
+    let b = h.connect(v5("b").resume().expiry(10));
+    h.subscribe(b, "$share/g/t", QoS::AtMostOnce);
+    let c = subscriber(&mut h, "c", "$share/g/t", QoS::AtMostOnce);
+    assert_eq!(h.unsubscribe(a, &["$share/g/t"]), vec![ReasonCode::Success]);
+    h.lose(b);
+    h.tick_at(10);
+    assert_eq!(h.broker.session_state("b"), None);
+    for i in 1..=3 {
+        h.inject(msg("t", &i.to_string()));
+    }
+    h.assert_silent(a);
+    assert_eq!(h.payloads(c), vec!["1", "2", "3"]);
+}
+
+#[test]
+fn v311_suback_and_unsuback() {
+    let mut h = H::new();
+    let c = h.connect(v311("c"));
+    assert_eq!(
+        h.subscribe_with(
+            c,
+            &[
+                ("$share//t", opts(QoS::AtMostOnce)),
+                ("t", opts(QoS::ExactlyOnce))
+            ],
+            None
+        ),
+        // Encoded as 0x80 and 0x02 on 3.1.1.
+        vec![ReasonCode::TopicFilterInvalid, ReasonCode::GrantedQoS2]
+    );
+    h.unsubscribe(c, &["t", "u"]);
+    h.inject(msg("t", "x"));
+    h.assert_silent(c);
+}

@@ -206,3 +206,23 @@ fn will_properties_are_carried_through() {
         }
     );
 }
+
+#[test]
+fn delayed_will_on_takeover_with_clean_start_is_published() {
+    // The takeover ends the old session, so the delay does not apply.
+    let (mut h, watcher, old) = setup(v5("c").resume().expiry(100).will(delayed(10)));
+    h.connect(v5("c"));
+    h.expect_disconnect(old, ReasonCode::SessionTakenOver);
+    assert_eq!(h.payloads(watcher), vec!["gone"]);
+    assert_eq!(h.broker.next_timeout(), None);
+}
+
+#[test]
+fn disconnect_with_will_message_respects_the_delay() {
+    let (mut h, watcher, c) = setup(v5("c").resume().expiry(100).will(delayed(10)));
+    h.disconnect_with(c, Disconnect::new(ReasonCode::DisconnectWithWillMessage));
+    assert_eq!(h.out(c), vec![Output::Close(c)]);
+    h.assert_silent(watcher);
+    h.tick_at(10);
+    assert_eq!(h.payloads(watcher), vec!["gone"]);
+}
