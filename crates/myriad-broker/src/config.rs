@@ -82,7 +82,10 @@ impl BrokerConfig {
         }
         for filter in &self.deny_subscribe {
             if !myriad_mqtt::topic::valid_topic_filter(filter) {
-                return fail("deny_subscribe", &format!("{filter:?} is not a topic filter"));
+                return fail(
+                    "deny_subscribe",
+                    &format!("{filter:?} is not a topic filter"),
+                );
             }
         }
         Ok(())

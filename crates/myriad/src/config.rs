@@ -54,9 +54,15 @@ mod tests {
     #[test]
     fn out_of_range_value_is_named() {
         let error = Config::parse("[mqtt]\nreceive_maximum = 0\n").expect_err("zero");
-        assert!(format!("{error:#}").contains("mqtt.receive_maximum"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("mqtt.receive_maximum"),
+            "{error:#}"
+        );
         let error = Config::parse("[mqtt]\nmax_packet_size = -1\n").expect_err("negative");
-        assert!(format!("{error:#}").contains("max_packet_size"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("max_packet_size"),
+            "{error:#}"
+        );
         let error = Config::parse("[mqtt]\ndeny_subscribe = [\"a/#/b\"]\n").expect_err("filter");
         assert!(format!("{error:#}").contains("deny_subscribe"), "{error:#}");
     }
@@ -69,6 +75,9 @@ mod tests {
         .expect("valid");
         assert_eq!(config.mqtt.listen, "127.0.0.1:1");
         assert_eq!(config.mqtt.max_keep_alive_secs, 60);
-        assert_eq!(config.mqtt.deny_subscribe, vec!["test/nosubscribe".to_owned()]);
+        assert_eq!(
+            config.mqtt.deny_subscribe,
+            vec!["test/nosubscribe".to_owned()]
+        );
     }
 }

@@ -14,10 +14,20 @@ use tracing::info;
 use config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "myriad", version, about = "An open IoT device platform: MQTT broker and device layer")]
+#[command(
+    name = "myriad",
+    version,
+    about = "An open IoT device platform: MQTT broker and device layer"
+)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "MYRIAD_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "MYRIAD_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

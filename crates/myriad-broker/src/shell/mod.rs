@@ -145,7 +145,10 @@ pub async fn run(
     }
     drop(listener);
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("connections still open after the shutdown grace period");
     }
     drop(handle);
