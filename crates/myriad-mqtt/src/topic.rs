@@ -82,6 +82,25 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether some topic name matches both filters (both already valid).
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let dollar = |f: &str| f.starts_with('$');
+    let leading_wildcard = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if (leading_wildcard(a) && dollar(b)) || (leading_wildcard(b) && dollar(a)) {
+        return false;
+    }
+    let mut a_levels = a.split('/');
+    let mut b_levels = b.split('/');
+    loop {
+        match (a_levels.next(), b_levels.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some(x), Some(y)) if x == "+" || y == "+" || x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +142,32 @@ mod tests {
         assert!(!matches("a/b", "a/b/c"));
         assert!(matches("a//b", "a//b"));
         assert!(matches("a/+/b", "a//b"));
+    }
+
+    #[test]
+    fn overlapping_filters() {
+        for (a, b) in [
+            ("secret/#", "#"),
+            ("secret/#", "secret/+"),
+            ("secret/#", "+/plans"),
+            ("secret/#", "secret"),
+            ("a/+/c", "a/b/+"),
+            ("a/b", "a/b"),
+            ("$SYS/x", "$SYS/#"),
+        ] {
+            assert!(filters_overlap(a, b), "{a} ~ {b}");
+            assert!(filters_overlap(b, a), "{b} ~ {a}");
+        }
+        for (a, b) in [
+            ("secret/#", "open/#"),
+            ("a/+", "a/b/c"),
+            ("a/b", "a/c"),
+            ("$SYS/x", "#"),
+            ("$SYS/x", "+/x"),
+        ] {
+            assert!(!filters_overlap(a, b), "{a} !~ {b}");
+            assert!(!filters_overlap(b, a), "{b} !~ {a}");
+        }
     }
 
     #[test]

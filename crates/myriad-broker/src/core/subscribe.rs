@@ -24,10 +24,12 @@ pub(super) fn split_filter(filter: &str) -> (Option<&str>, &str) {
 const MAXIMUM_QOS: QoS = QoS::ExactlyOnce;
 
 impl Broker {
+    /// A filter is denied if any topic it could match is covered by a denied filter.
     fn is_denied(&self, filter: &str) -> bool {
-        self.config.deny_subscribe.iter().any(|denied| {
-            denied == filter || (!topic::has_wildcard(filter) && topic::matches(denied, filter))
-        })
+        self.config
+            .deny_subscribe
+            .iter()
+            .any(|denied| topic::filters_overlap(denied, filter))
     }
 
     pub(super) fn handle_subscribe(&mut self, now: Instant, conn: ConnId, subscribe: Subscribe) {

@@ -263,12 +263,19 @@ fn denied_subscriptions() {
                 ("secret/#", opts(QoS::AtMostOnce)),
                 ("secret/plans", opts(QoS::AtMostOnce)),
                 ("$share/g/secret/#", opts(QoS::AtMostOnce)),
+                ("#", opts(QoS::AtMostOnce)),
+                ("+/plans", opts(QoS::AtMostOnce)),
+                ("secret/+", opts(QoS::AtMostOnce)),
             ],
             None
         ),
-        vec![ReasonCode::NotAuthorized; 3]
+        vec![ReasonCode::NotAuthorized; 6]
     );
-    assert_eq!(h.broker.subscription_count(), 1);
+    assert_eq!(
+        h.subscribe_with(v5c, &[("open/#", opts(QoS::AtMostOnce))], None),
+        vec![ReasonCode::Success]
+    );
+    assert_eq!(h.broker.subscription_count(), 2);
     h.inject(msg("secret/plans", "x"));
     h.assert_silent(v3);
     h.assert_silent(v5c);
