@@ -77,8 +77,8 @@ def test_reference_matcher_agrees_with_table():
 
 
 @pv
-def test_root_wildcards_do_not_match_dollar_topics(fresh_broker, client, version):
-    port = fresh_broker.port
+def test_root_wildcards_do_not_match_dollar_topics(broker_factory, client, version):
+    port = broker_factory({}).port  # own broker: no retained messages of other tests, no deny list
     hash_all = client(port, version)
     hash_all.subscribe("#", 1)
     plus = client(port, version)
@@ -101,8 +101,8 @@ def test_root_wildcards_do_not_match_dollar_topics(fresh_broker, client, version
 
 
 @pv
-def test_retained_dollar_topic_not_sent_to_root_wildcard(fresh_broker, client, version):
-    port = fresh_broker.port
+def test_retained_dollar_topic_not_sent_to_root_wildcard(broker_factory, client, version):
+    port = broker_factory({}).port
     pub = client(port, version)
     pub.publish("$state/a", b"d", qos=1, retain=True)
     pub.publish("state/a", b"n", qos=1, retain=True)
@@ -383,6 +383,15 @@ def test_denied_filter_refused(port, raw, client, uid, version):
 def test_denied_filter_paho(port, client, version):
     c = client(port, version)
     assert c.subscribe("denied/#", 1) == [0x80 if version == V311 else RC_NOT_AUTHORIZED]
+
+
+@pytest.mark.myriad_only
+@pv
+@pytest.mark.parametrize("flt", ["denied/x", "denied/+/y", "#", "+/x", "$share/g/denied/x"])
+def test_filters_overlapping_a_denied_one_refused(port, client, version, flt):
+    """A narrower or wider filter must not bypass the deny list."""
+    c = client(port, version)
+    assert c.subscribe(flt, 1) == [0x80 if version == V311 else RC_NOT_AUTHORIZED]
 
 
 @pytest.mark.myriad_only

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The project's one test command (README: `bash scripts/test.sh`).
+#
+#   1. cargo fmt --check
+#   2. cargo clippy --all-targets -- -D warnings
+#   3. cargo build --release            (the `myriad` binary the Python suite runs)
+#   4. cargo test --workspace --release (same profile as 3: dependencies compile once)
+#   5. python -m pytest tests -q        (external-client integration suite)
+#
+# Prerequisites (.ci/run installs them): a Rust toolchain with rustfmt and clippy,
+# Python 3 with tests/requirements.txt (a .venv/ at the repo root is used when
+# present), and mosquitto_pub/mosquitto_sub (Debian package mosquitto-clients).
+# Exits non-zero on the first failing step.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ -x .venv/bin/python ]; then
+  PYTHON=${PYTHON:-.venv/bin/python}
+else
+  PYTHON=${PYTHON:-python3}
+fi
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+export MYRIAD_BIN=${MYRIAD_BIN:-$TARGET_DIR/release/myriad}
+
+step() { printf '\n==> %s\n' "$*"; }
+SECONDS=0
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --release"
+cargo build --workspace --release
+
+step "cargo test --workspace --release"
+cargo test --workspace --release
+
+step "python -m pytest tests -q (broker: $MYRIAD_BIN)"
+"$PYTHON" -m pytest tests -q
+
+step "all checks passed in ${SECONDS}s"
