@@ -102,6 +102,17 @@ impl Broker {
         };
         session.expiry_interval = expiry;
         session.connection = Some(conn);
+        if expiry > 0 {
+            self.record_session(session_id);
+        } else if session.persisted {
+            // Resumed with expiry 0: the session now ends with this connection.
+            session.persisted = false;
+            let client_id = session.client_id.clone();
+            if self.recording {
+                self.changes
+                    .push(myriad_store::Change::DeleteSession { client_id });
+            }
+        }
 
         let keep_alive = negotiated_keep_alive(&self.config, &connect);
         if v5 {
@@ -252,18 +263,22 @@ impl Broker {
                 let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
                 session.will_due = Some(due);
                 self.wills_due.insert((due, session_id));
+                self.record_will(session_id, Some((due, &will)));
                 self.pending_wills.insert(session_id, will);
             }
         }
         if expiry == 0 {
             self.end_session(now, session_id);
-        } else if expiry != NEVER_EXPIRES {
+            return;
+        }
+        if expiry != NEVER_EXPIRES {
             let at = now + Duration::from_secs(u64::from(expiry));
             if let Some(session) = self.sessions.get_mut(&session_id) {
                 session.expires_at = Some(at);
             }
             self.expiries.insert((at, session_id));
         }
+        self.record_session(session_id);
     }
 
     fn cancel_timers(&mut self, session_id: SessionId) {
@@ -276,7 +291,9 @@ impl Broker {
         if let Some(at) = session.will_due.take() {
             self.wills_due.remove(&(at, session_id));
         }
-        self.pending_wills.remove(&session_id);
+        if self.pending_wills.remove(&session_id).is_some() {
+            self.record_will(session_id, None);
+        }
     }
 
     /// Removes a session: its subscriptions, queue and timers. A pending
@@ -293,6 +310,7 @@ impl Broker {
         }
         let will = self.pending_wills.remove(&session_id);
         if let Some(session) = self.sessions.remove(&session_id) {
+            self.record_session_end(&session);
             for filter in session.subscriptions.keys() {
                 let (group, inner) = super::subscribe::split_filter(filter);
                 self.tree.remove(inner, group, session_id);
@@ -345,11 +363,16 @@ impl Broker {
                 // message was first sent: discard it as if delivered (MQTT-3.1.2-25).
                 Packet::Publish(publish) if !self.fits(conn, &publish) => {
                     self.stats.messages_too_large += 1;
+                    let mut seq = None;
                     if let Some(session) = self.sessions.get_mut(&session_id) {
+                        seq = session.outbound.seq_of(publish.packet_id);
                         session
                             .outbound
                             .inflight
                             .retain(|flow| flow.packet_id != publish.packet_id);
+                    }
+                    if let Some(seq) = seq {
+                        self.record_outbound_done(session_id, seq);
                     }
                 }
                 Packet::Publish(publish) => self.send_publish(conn, publish),

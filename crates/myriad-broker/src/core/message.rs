@@ -81,6 +81,9 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions (5.0).
     pub subscription_ids: Vec<u32>,
+    /// Position in the session's outbound order, given when the session takes
+    /// it (0 until then); the key under which it is stored.
+    pub seq: u64,
 }
 
 impl Delivery {

@@ -7,6 +7,7 @@
 
 pub mod connect;
 pub mod message;
+pub mod persist;
 mod publish;
 pub mod retained;
 pub mod session;
@@ -104,10 +105,14 @@ pub struct Broker {
     next_session_id: SessionId,
     next_assigned_id: u64,
     stats: BrokerStats,
+    /// Whether changes are recorded for a store.
+    recording: bool,
+    changes: Vec<myriad_store::Change>,
+    clock: persist::Clock,
 }
 
 impl Broker {
-    /// A broker with no sessions.
+    /// A broker with no sessions that records nothing for a store.
     pub fn new(config: BrokerConfig) -> Broker {
         Broker {
             config,
@@ -123,6 +128,9 @@ impl Broker {
             next_session_id: 1,
             next_assigned_id: 1,
             stats: BrokerStats::default(),
+            recording: false,
+            changes: Vec::new(),
+            clock: persist::Clock::new(Instant::now(), persist::unix_now()),
         }
     }
 
@@ -188,6 +196,7 @@ impl Broker {
                 s.will_due = None;
             }
             if let Some(will) = self.pending_wills.remove(&session) {
+                self.record_will(session, None);
                 self.publish_will(now, session, will);
             }
         }

@@ -18,30 +18,10 @@ impl Broker {
         }
         match packet {
             Packet::Publish(publish) => self.handle_publish(now, conn, publish),
-            Packet::PubAck(ack) => {
-                if let Some(session) = self.session_of(conn) {
-                    let closed = self
-                        .sessions
-                        .get_mut(&session)
-                        .is_some_and(|s| s.outbound.acknowledge(ack.packet_id));
-                    if closed {
-                        self.pump(now, session);
-                    }
-                }
-            }
+            Packet::PubAck(ack) => self.close_flow(now, conn, ack.packet_id, QoS::AtLeastOnce),
             Packet::PubRec(rec) => self.handle_pubrec(now, conn, rec),
             Packet::PubRel(rel) => self.handle_pubrel(conn, rel),
-            Packet::PubComp(comp) => {
-                if let Some(session) = self.session_of(conn) {
-                    let closed = self
-                        .sessions
-                        .get_mut(&session)
-                        .is_some_and(|s| s.outbound.complete(comp.packet_id));
-                    if closed {
-                        self.pump(now, session);
-                    }
-                }
-            }
+            Packet::PubComp(comp) => self.close_flow(now, conn, comp.packet_id, QoS::ExactlyOnce),
             Packet::Subscribe(subscribe) => self.handle_subscribe(now, conn, subscribe),
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(conn, unsubscribe),
             Packet::PingReq => self.send(conn, Packet::PingResp),
@@ -53,6 +33,28 @@ impl Broker {
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
             | Packet::PingResp => self.disconnect_with(now, conn, ReasonCode::ProtocolError),
+        }
+    }
+
+    /// Ends an outbound flow on PUBACK (QoS 1) or PUBCOMP (QoS 2) and sends
+    /// what the freed window allows.
+    fn close_flow(&mut self, now: Instant, conn: ConnId, packet_id: u16, qos: QoS) {
+        let Some(session_id) = self.session_of(conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let seq = session.outbound.seq_of(packet_id);
+        let closed = match qos {
+            QoS::ExactlyOnce => session.outbound.complete(packet_id),
+            _ => session.outbound.acknowledge(packet_id),
+        };
+        if closed {
+            if let Some(seq) = seq {
+                self.record_outbound_done(session_id, seq);
+            }
+            self.pump(now, session_id);
         }
     }
 
@@ -112,6 +114,7 @@ impl Broker {
                 return;
             }
             session.inbound_qos2.insert(packet_id);
+            self.record_inbound_qos2(session_id, packet_id, true);
         }
         let message = Message::from_publish(publish, Some(session_id), now);
         let matched = self.publish_message(now, message);
@@ -139,12 +142,19 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
+        let seq = session.outbound.seq_of(rec.packet_id).unwrap_or(0);
         match session
             .outbound
             .received(rec.packet_id, rec.reason_code.is_error())
         {
-            Some(true) => self.send(conn, Packet::PubRel(PublishAck::success(rec.packet_id))),
-            Some(false) => self.pump(now, session_id),
+            Some(true) => {
+                self.record_released(session_id, seq, rec.packet_id);
+                self.send(conn, Packet::PubRel(PublishAck::success(rec.packet_id)));
+            }
+            Some(false) => {
+                self.record_outbound_done(session_id, seq);
+                self.pump(now, session_id);
+            }
             None => {
                 let mut rel = PublishAck::success(rec.packet_id);
                 if self.is_v5(conn) {
@@ -163,6 +173,9 @@ impl Broker {
             .sessions
             .get_mut(&session_id)
             .is_some_and(|s| s.inbound_qos2.remove(&rel.packet_id));
+        if known {
+            self.record_inbound_qos2(session_id, rel.packet_id, false);
+        }
         let mut comp = PublishAck::success(rel.packet_id);
         if !known && self.is_v5(conn) {
             comp.reason_code = ReasonCode::PacketIdentifierNotFound;
@@ -181,6 +194,7 @@ impl Broker {
     pub(super) fn publish_message(&mut self, now: Instant, message: Message) -> usize {
         let message = Arc::new(message);
         if message.retain {
+            self.record_retained(&message);
             self.retained.set(message.clone());
         }
         let mut matched = Vec::new();
@@ -221,12 +235,22 @@ impl Broker {
             self.transmit(now, session_id, delivery);
             return;
         }
-        match session.outbound.enqueue(delivery, limits) {
-            QueueOutcome::Queued => {}
-            QueueOutcome::DroppedOldest(_) | QueueOutcome::Rejected => {
-                session.dropped_messages += 1;
-                self.stats.messages_dropped += 1;
-            }
+        let outcome = session.outbound.enqueue(delivery, limits);
+        if outcome != QueueOutcome::Queued {
+            session.dropped_messages += 1;
+            self.stats.messages_dropped += 1;
+        }
+        if let QueueOutcome::DroppedOldest(dropped) = &outcome {
+            self.record_outbound_done(session_id, dropped.seq);
+        }
+        if outcome != QueueOutcome::Rejected
+            && let Some(queued) = self
+                .sessions
+                .get(&session_id)
+                .and_then(|s| s.outbound.queue.back())
+                .cloned()
+        {
+            self.record_outbound(session_id, &queued, None);
         }
     }
 
@@ -252,9 +276,10 @@ impl Broker {
 
     /// Sends one delivery to the session's connection, allocating a packet id
     /// for QoS 1/2. Expired messages are dropped here.
-    fn transmit(&mut self, now: Instant, session_id: SessionId, delivery: Delivery) {
+    fn transmit(&mut self, now: Instant, session_id: SessionId, mut delivery: Delivery) {
         if delivery.message.is_expired(now) {
             self.stats.messages_expired += 1;
+            self.record_outbound_done(session_id, delivery.seq);
             return;
         }
         let Some(session) = self.sessions.get_mut(&session_id) else {
@@ -266,18 +291,21 @@ impl Broker {
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             0
         } else {
+            session.outbound.assign_seq(&mut delivery);
             session.outbound.allocate_packet_id()
         };
         let publish = delivery.to_publish(packet_id, false, now);
         if !self.fits(conn, &publish) {
             // MQTT-3.1.2-25: discard it and behave as if it had been delivered.
             self.stats.messages_too_large += 1;
+            self.record_outbound_done(session_id, delivery.seq);
             return;
         }
-        if packet_id != 0
-            && let Some(session) = self.sessions.get_mut(&session_id)
-        {
-            session.outbound.record_sent(packet_id, delivery);
+        if packet_id != 0 {
+            self.record_outbound(session_id, &delivery, Some(packet_id));
+            if let Some(session) = self.sessions.get_mut(&session_id) {
+                session.outbound.record_sent(packet_id, delivery);
+            }
         }
         self.send_publish(conn, publish);
     }
@@ -353,6 +381,7 @@ fn merge_overlapping(
                 qos,
                 retain,
                 subscription_ids: m.subscription.id.into_iter().collect(),
+                seq: 0,
             },
         ));
     }

@@ -38,6 +38,8 @@ pub enum InflightState {
 pub struct Inflight {
     /// Packet identifier of the flow.
     pub packet_id: u16,
+    /// The delivery's position in the session's outbound order.
+    pub seq: u64,
     /// Its state.
     pub state: InflightState,
 }
@@ -55,6 +57,7 @@ pub struct QueueLimits {
 #[derive(Debug, Default)]
 pub struct Outbound {
     next_packet_id: u16,
+    next_seq: u64,
     /// Unacknowledged QoS 1/2 flows, oldest first.
     pub inflight: VecDeque<Inflight>,
     /// Messages waiting for the client to connect or for room in its window.
@@ -71,7 +74,8 @@ impl Outbound {
     /// Appends `delivery` to the queue, keeping it within `limits`: when full,
     /// the oldest QoS 0 message goes first, then the oldest message of any QoS
     /// (a QoS 0 newcomer is refused rather than push out a QoS 1/2 message).
-    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> QueueOutcome {
+    pub fn enqueue(&mut self, mut delivery: Delivery, limits: QueueLimits) -> QueueOutcome {
+        self.assign_seq(&mut delivery);
         let weight = delivery.message.weight();
         let full = |queue: &Outbound| {
             queue.queue.len() >= limits.max_messages
@@ -128,12 +132,49 @@ impl Outbound {
         }
     }
 
+    /// Gives `delivery` its place in the outbound order, if it has none yet.
+    pub fn assign_seq(&mut self, delivery: &mut Delivery) {
+        if delivery.seq == 0 {
+            self.next_seq += 1;
+            delivery.seq = self.next_seq;
+        }
+    }
+
+    /// Continues numbering after `seq` (used when a session is restored).
+    pub fn resume_seq_after(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+
     /// Records a QoS 1/2 PUBLISH as sent.
-    pub fn record_sent(&mut self, packet_id: u16, delivery: Delivery) {
+    pub fn record_sent(&mut self, packet_id: u16, mut delivery: Delivery) {
+        self.assign_seq(&mut delivery);
         self.inflight.push_back(Inflight {
             packet_id,
+            seq: delivery.seq,
             state: InflightState::Published(delivery),
         });
+    }
+
+    /// Puts a restored queued delivery back at the end of the queue (no limits:
+    /// it was within them when stored).
+    pub fn restore_queued(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.message.weight();
+        self.queue.push_back(delivery);
+    }
+
+    /// Puts a restored released QoS 2 flow back in flight.
+    pub fn restore_released(&mut self, packet_id: u16, seq: u64) {
+        self.inflight.push_back(Inflight {
+            packet_id,
+            seq,
+            state: InflightState::Released,
+        });
+    }
+
+    /// The outbound position of the flow using `packet_id`.
+    pub fn seq_of(&self, packet_id: u16) -> Option<u64> {
+        self.position(packet_id)
+            .map(|index| self.inflight[index].seq)
     }
 
     fn position(&self, packet_id: u16) -> Option<usize> {
@@ -210,6 +251,8 @@ pub struct Session {
     pub inbound_qos2: HashSet<u16>,
     /// Messages dropped from the queue since the session began.
     pub dropped_messages: u64,
+    /// Whether the store holds a record of this session.
+    pub persisted: bool,
 }
 
 impl Session {
@@ -226,6 +269,7 @@ impl Session {
             outbound: Outbound::default(),
             inbound_qos2: HashSet::new(),
             dropped_messages: 0,
+            persisted: false,
         }
     }
 }
@@ -252,6 +296,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            seq: 0,
         }
     }
 

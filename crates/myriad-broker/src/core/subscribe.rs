@@ -79,6 +79,7 @@ impl Broker {
                     .subscriptions
                     .insert(request.filter.clone(), subscription);
             }
+            self.record_subscription(session_id, &request.filter, Some(subscription));
             reason_codes.push(ReasonCode::granted(options.qos));
             let send_retained = group.is_none()
                 && match options.retain_handling {
@@ -93,6 +94,7 @@ impl Broker {
                         message,
                         retain: true,
                         subscription_ids: subscription_id.into_iter().collect(),
+                        seq: 0,
                     });
                 }
             }
@@ -120,6 +122,9 @@ impl Broker {
             let removed = self.tree.remove(inner, group, session_id);
             if let Some(session) = self.sessions.get_mut(&session_id) {
                 session.subscriptions.remove(filter);
+            }
+            if removed {
+                self.record_subscription(session_id, filter, None);
             }
             reason_codes.push(if removed {
                 ReasonCode::Success

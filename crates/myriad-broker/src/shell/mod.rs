@@ -15,13 +15,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use myriad_mqtt::{Connect, Packet, Publish};
+use myriad_store::{SessionStore, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
+use crate::core::persist::unix_now;
 use crate::core::{Broker, Output};
 use crate::{ConnId, ConnectionLoss};
 use link::{Link, Pushed};
@@ -84,13 +86,25 @@ pub struct BrokerStopped;
 
 /// Serves MQTT on `listener` until `shutdown` is cancelled, then says goodbye
 /// to every client (5.0: DISCONNECT Server shutting down) and returns.
+/// State lives in memory only.
 pub async fn serve(
     config: BrokerConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> Result<(), ServeError> {
     let (handle, events) = channel();
-    run(config, listener, shutdown, handle, events).await
+    run(config, None, listener, shutdown, handle, events).await
+}
+
+/// Why the broker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be read at start-up.
+    #[error("cannot load the store: {0}")]
+    Load(#[source] StoreError),
+    /// A commit failed: acknowledgements can no longer be backed, so the broker stops.
+    #[error("store commit failed, stopping: {0}")]
+    Commit(#[source] StoreError),
 }
 
 /// A handle and the receiving end it feeds, for [`run`].
@@ -104,18 +118,44 @@ pub fn channel() -> (BrokerHandle, EventReceiver) {
 pub struct EventReceiver(mpsc::Receiver<Event>);
 
 /// Like [`serve`], with a [`BrokerHandle`] made by [`channel`] beforehand so
-/// other services can publish into the broker.
+/// other services can publish into the broker, and optionally a store: state
+/// is restored from it, and every batch of changes is committed to it before
+/// the batch's packets (acknowledgements among them) are sent.
 pub async fn run(
     config: BrokerConfig,
+    store: Option<Box<dyn SessionStore>>,
     listener: TcpListener,
     shutdown: CancellationToken,
     handle: BrokerHandle,
     events: EventReceiver,
-) -> std::io::Result<()> {
+) -> Result<(), ServeError> {
     let shared = Arc::new(Shared {
         config: config.clone(),
     });
-    let core = tokio::spawn(run_core(Broker::new(config.clone()), events.0, config));
+    let broker = match store {
+        Some(mut store) => {
+            let snapshot = store.load().map_err(ServeError::Load)?;
+            let broker = Broker::restore(
+                config.clone(),
+                snapshot,
+                std::time::Instant::now(),
+                unix_now(),
+            );
+            info!(
+                sessions = broker.session_count(),
+                retained = broker.retained_count(),
+                "state restored"
+            );
+            Some((broker, store))
+        }
+        None => None,
+    };
+    let (broker, store) = match broker {
+        Some((broker, store)) => (broker, Some(store)),
+        None => (Broker::new(config.clone()), None),
+    };
+    let core_shutdown = shutdown.clone();
+    let core = tokio::spawn(run_core(broker, store, events.0, config, core_shutdown));
     let tracker = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
     loop {
@@ -123,6 +163,9 @@ pub async fn run(
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
+        if core.is_finished() {
+            break;
+        }
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
@@ -153,34 +196,52 @@ pub async fn run(
     }
     drop(handle);
     core.abort();
-    let _ = core.await;
+    let outcome = match core.await {
+        Ok(outcome) => outcome,
+        Err(_) => Ok(()),
+    };
     info!("broker stopped");
-    Ok(())
+    outcome
 }
 
-/// The core task: applies events to the broker and dispatches its outputs.
-async fn run_core(mut broker: Broker, mut events: mpsc::Receiver<Event>, config: BrokerConfig) {
+/// The core task: applies events to the broker, commits what they changed,
+/// then dispatches the outputs.
+async fn run_core(
+    mut broker: Broker,
+    mut store: Option<Box<dyn SessionStore>>,
+    mut events: mpsc::Receiver<Event>,
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let mut links: HashMap<ConnId, Arc<Link>> = HashMap::new();
     let mut woken: Vec<Arc<Link>> = Vec::new();
     loop {
         let deadline = broker.next_timeout();
-        let event = tokio::select! {
-            event = events.recv() => event,
-            _ = sleep_until_some(deadline) => {
-                broker.handle_timeout(std::time::Instant::now());
-                dispatch(&mut broker, &mut links, &mut woken, &config);
-                continue;
+        tokio::select! {
+            event = events.recv() => {
+                // None: every sender is gone, the broker is shutting down.
+                let Some(event) = event else {
+                    return Ok(());
+                };
+                let now = std::time::Instant::now();
+                apply(&mut broker, &mut links, event, now);
+                for _ in 1..EVENT_BATCH {
+                    match events.try_recv() {
+                        Ok(event) => apply(&mut broker, &mut links, event, now),
+                        Err(_) => break,
+                    }
+                }
             }
-        };
-        let Some(event) = event else {
-            return;
-        };
-        let now = std::time::Instant::now();
-        apply(&mut broker, &mut links, event, now);
-        for _ in 1..EVENT_BATCH {
-            match events.try_recv() {
-                Ok(event) => apply(&mut broker, &mut links, event, now),
-                Err(_) => break,
+            _ = sleep_until_some(deadline) => broker.handle_timeout(std::time::Instant::now()),
+        }
+        if let Some(store) = store.as_mut() {
+            let changes = broker.take_changes();
+            if !changes.is_empty()
+                && let Err(error) = store.commit(&changes)
+            {
+                error!(%error, "store commit failed; stopping the broker");
+                shutdown.cancel();
+                return Err(ServeError::Commit(error));
             }
         }
         dispatch(&mut broker, &mut links, &mut woken, &config);

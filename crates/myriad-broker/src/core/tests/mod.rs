@@ -7,6 +7,7 @@
 mod alias;
 mod connect;
 mod expiry;
+mod persist;
 mod properties;
 mod publish;
 mod retained;

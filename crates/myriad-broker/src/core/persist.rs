@@ -1,0 +1,350 @@
+//! What the broker records for its store, and how it comes back from a snapshot.
+//!
+//! When recording is on ([`Broker::restore`]), every change to state that
+//! must survive a restart is appended as a [`Change`]; the shell takes them
+//! with [`Broker::take_changes`] and commits them before it sends the
+//! outputs of the same batch, so no acknowledgement leaves before the
+//! message it acknowledges is stored. Only sessions that outlive their
+//! connection (expiry interval above 0) are recorded; QoS 0 messages never are.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use myriad_mqtt::{ByteString, QoS, Will};
+use myriad_store::{
+    Change, MessageRecord, OutboundRecord, OutboundState, SessionRecord, Snapshot,
+    SubscriptionRecord, UnixMillis,
+};
+
+use super::message::{Delivery, Message};
+use super::session::{NEVER_EXPIRES, Session};
+use super::subscribe::split_filter;
+use super::tree::Subscription;
+use super::{Broker, SessionId};
+use crate::config::BrokerConfig;
+
+/// The wall-clock time now, in milliseconds since the Unix epoch.
+pub fn unix_now() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Ties the monotonic clock the core runs on to wall-clock time for storage.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clock {
+    base: Instant,
+    base_unix: UnixMillis,
+}
+
+impl Clock {
+    pub(super) fn new(base: Instant, base_unix: UnixMillis) -> Clock {
+        Clock { base, base_unix }
+    }
+
+    pub(super) fn to_unix(self, at: Instant) -> UnixMillis {
+        let since = at.saturating_duration_since(self.base);
+        self.base_unix
+            .saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn to_instant(self, at: UnixMillis) -> Instant {
+        let ahead = at.saturating_sub(self.base_unix);
+        self.base + Duration::from_millis(ahead)
+    }
+}
+
+fn message_record(message: &Message, clock: Clock) -> MessageRecord {
+    MessageRecord {
+        topic: message.topic.clone(),
+        payload: message.payload.clone(),
+        qos: message.qos,
+        retain: message.retain,
+        properties: message.properties.clone(),
+        expires_at: message.expires_at.map(|at| clock.to_unix(at)),
+    }
+}
+
+fn message_from_record(record: MessageRecord, clock: Clock) -> Message {
+    Message {
+        topic: record.topic,
+        payload: record.payload,
+        qos: record.qos,
+        retain: record.retain,
+        properties: record.properties,
+        expires_at: record.expires_at.map(|at| clock.to_instant(at)),
+        publisher: None,
+    }
+}
+
+impl Broker {
+    /// A broker rebuilt from a store's snapshot, recording changes from now
+    /// on. `now` and `now_unix` are the same moment on both clocks.
+    pub fn restore(
+        config: BrokerConfig,
+        snapshot: Snapshot,
+        now: Instant,
+        now_unix: UnixMillis,
+    ) -> Broker {
+        let mut broker = Broker::new(config);
+        broker.clock = Clock::new(now, now_unix);
+        broker.recording = true;
+        let clock = broker.clock;
+        for message in snapshot.retained {
+            let message = Arc::new(message_from_record(message, clock));
+            if !message.is_expired(now) {
+                broker.retained.set(message);
+            }
+        }
+        for stored in snapshot.sessions {
+            let id = broker.next_session_id;
+            broker.next_session_id += 1;
+            let record = stored.record;
+            let mut session = Session::new(id, record.client_id.clone(), record.expiry_interval);
+            session.persisted = true;
+            for subscription in stored.subscriptions {
+                let (group, inner) = split_filter(&subscription.filter);
+                let entry = Subscription {
+                    options: subscription.options,
+                    id: subscription.id,
+                };
+                broker.tree.insert(inner, group, id, entry);
+                session
+                    .subscriptions
+                    .insert(subscription.filter.clone(), entry);
+            }
+            for (seq, outbound) in stored.outbound {
+                session.outbound.resume_seq_after(seq);
+                let delivery = outbound.message.map(|message| Delivery {
+                    message: Arc::new(message_from_record(message, clock)),
+                    qos: outbound.qos,
+                    retain: outbound.retain,
+                    subscription_ids: outbound.subscription_ids.clone(),
+                    seq,
+                });
+                match (outbound.state, delivery) {
+                    (OutboundState::Queued, Some(delivery)) => {
+                        session.outbound.restore_queued(delivery);
+                    }
+                    (OutboundState::Published { packet_id }, Some(delivery)) => {
+                        session.outbound.record_sent(packet_id, delivery);
+                    }
+                    (OutboundState::Released { packet_id }, _) => {
+                        session.outbound.restore_released(packet_id, seq);
+                    }
+                    // A queued or published record without its message cannot be delivered.
+                    (_, None) => {}
+                }
+            }
+            session.inbound_qos2.extend(stored.inbound_qos2);
+            broker.client_ids.insert(record.client_id.clone(), id);
+            // Restored sessions are offline: they expire as they would have.
+            let expires_at = match record.expires_at {
+                Some(at) => Some(clock.to_instant(at)),
+                None if record.expiry_interval != NEVER_EXPIRES => {
+                    Some(now + Duration::from_secs(u64::from(record.expiry_interval)))
+                }
+                None => None,
+            };
+            if let Some(at) = expires_at {
+                session.expires_at = Some(at);
+                broker.expiries.insert((at, id));
+            }
+            if let Some((due, message)) = stored.will {
+                let due = clock.to_instant(due);
+                session.will_due = Some(due);
+                broker.wills_due.insert((due, id));
+                let message = message_from_record(message, clock);
+                broker.pending_wills.insert(
+                    id,
+                    Box::new(Will {
+                        topic: message.topic,
+                        payload: message.payload,
+                        qos: message.qos,
+                        retain: message.retain,
+                        properties: message.properties,
+                    }),
+                );
+            }
+            broker.sessions.insert(id, session);
+        }
+        broker
+    }
+
+    /// The changes recorded since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The client id of `session` if its changes are recorded.
+    fn recorded(&self, session: SessionId) -> Option<ByteString> {
+        if !self.recording {
+            return None;
+        }
+        self.sessions
+            .get(&session)
+            .filter(|s| s.expiry_interval > 0)
+            .map(|s| s.client_id.clone())
+    }
+
+    pub(super) fn record_session(&mut self, session: SessionId) {
+        if self.recorded(session).is_none() {
+            return;
+        }
+        let clock = self.clock;
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.persisted = true;
+            let record = SessionRecord {
+                client_id: s.client_id.clone(),
+                expiry_interval: s.expiry_interval,
+                expires_at: s.expires_at.map(|at| clock.to_unix(at)),
+            };
+            self.changes.push(Change::PutSession(record));
+        }
+    }
+
+    /// Records the end of a session that had been recorded.
+    pub(super) fn record_session_end(&mut self, session: &Session) {
+        if self.recording && session.persisted {
+            let client_id = &session.client_id;
+            self.changes.push(Change::DeleteSession {
+                client_id: client_id.clone(),
+            });
+        }
+    }
+
+    pub(super) fn record_subscription(
+        &mut self,
+        session: SessionId,
+        filter: &ByteString,
+        subscription: Option<Subscription>,
+    ) {
+        let Some(client_id) = self.recorded(session) else {
+            return;
+        };
+        let filter = filter.clone();
+        self.changes.push(match subscription {
+            Some(entry) => Change::PutSubscription {
+                client_id,
+                subscription: SubscriptionRecord {
+                    filter,
+                    options: entry.options,
+                    id: entry.id,
+                },
+            },
+            None => Change::DeleteSubscription { client_id, filter },
+        });
+    }
+
+    /// Records a QoS 1/2 delivery queued (`packet_id` None) or sent.
+    pub(super) fn record_outbound(
+        &mut self,
+        session: SessionId,
+        delivery: &Delivery,
+        packet_id: Option<u16>,
+    ) {
+        if delivery.qos == QoS::AtMostOnce {
+            return;
+        }
+        let Some(client_id) = self.recorded(session) else {
+            return;
+        };
+        let state = match packet_id {
+            Some(packet_id) => OutboundState::Published { packet_id },
+            None => OutboundState::Queued,
+        };
+        let record = OutboundRecord {
+            state,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+            message: Some(message_record(&delivery.message, self.clock)),
+        };
+        self.changes.push(Change::PutOutbound {
+            client_id,
+            seq: delivery.seq,
+            record,
+        });
+    }
+
+    /// Records a QoS 2 delivery as released (PUBREL sent).
+    pub(super) fn record_released(&mut self, session: SessionId, seq: u64, packet_id: u16) {
+        let Some(client_id) = self.recorded(session) else {
+            return;
+        };
+        self.changes.push(Change::PutOutbound {
+            client_id,
+            seq,
+            record: OutboundRecord {
+                state: OutboundState::Released { packet_id },
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+                message: None,
+            },
+        });
+    }
+
+    /// Records that an outbound delivery is finished (acknowledged, dropped or expired).
+    pub(super) fn record_outbound_done(&mut self, session: SessionId, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        if let Some(client_id) = self.recorded(session) {
+            self.changes.push(Change::DeleteOutbound { client_id, seq });
+        }
+    }
+
+    pub(super) fn record_inbound_qos2(&mut self, session: SessionId, packet_id: u16, open: bool) {
+        let Some(client_id) = self.recorded(session) else {
+            return;
+        };
+        self.changes.push(if open {
+            Change::PutInboundQos2 {
+                client_id,
+                packet_id,
+            }
+        } else {
+            Change::DeleteInboundQos2 {
+                client_id,
+                packet_id,
+            }
+        });
+    }
+
+    pub(super) fn record_will(&mut self, session: SessionId, due: Option<(Instant, &Will)>) {
+        let Some(client_id) = self.recorded(session) else {
+            return;
+        };
+        let clock = self.clock;
+        self.changes.push(match due {
+            Some((at, will)) => Change::PutWill {
+                client_id,
+                due_at: clock.to_unix(at),
+                message: MessageRecord {
+                    topic: will.topic.clone(),
+                    payload: will.payload.clone(),
+                    qos: will.qos,
+                    retain: will.retain,
+                    properties: will.properties.clone(),
+                    expires_at: None,
+                },
+            },
+            None => Change::DeleteWill { client_id },
+        });
+    }
+
+    pub(super) fn record_retained(&mut self, message: &Message) {
+        if !self.recording {
+            return;
+        }
+        self.changes.push(if message.payload.is_empty() {
+            Change::DeleteRetained {
+                topic: message.topic.clone(),
+            }
+        } else {
+            Change::PutRetained(message_record(message, self.clock))
+        });
+    }
+}
