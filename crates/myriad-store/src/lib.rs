@@ -16,8 +16,8 @@ mod records;
 
 pub use memory::MemoryStore;
 pub use records::{
-    Change, MessageRecord, OutboundRecord, OutboundState, SessionRecord, Snapshot,
-    StoredSession, SubscriptionRecord, UnixMillis,
+    Change, MessageRecord, OutboundRecord, OutboundState, SessionRecord, Snapshot, StoredSession,
+    SubscriptionRecord, UnixMillis,
 };
 
 /// Why a store operation failed.

@@ -52,23 +52,21 @@ impl MemoryStore {
 
     fn apply(&mut self, change: &Change) -> Result<(), StoreError> {
         match change {
-            Change::PutSession(record) => {
-                match self.sessions.get_mut(&record.client_id) {
-                    Some(image) => image.record = record.clone(),
-                    None => {
-                        self.sessions.insert(
-                            record.client_id.clone(),
-                            SessionImage {
-                                record: record.clone(),
-                                subscriptions: BTreeMap::new(),
-                                outbound: BTreeMap::new(),
-                                inbound_qos2: BTreeSet::new(),
-                                will: None,
-                            },
-                        );
-                    }
+            Change::PutSession(record) => match self.sessions.get_mut(&record.client_id) {
+                Some(image) => image.record = record.clone(),
+                None => {
+                    self.sessions.insert(
+                        record.client_id.clone(),
+                        SessionImage {
+                            record: record.clone(),
+                            subscriptions: BTreeMap::new(),
+                            outbound: BTreeMap::new(),
+                            inbound_qos2: BTreeSet::new(),
+                            will: None,
+                        },
+                    );
                 }
-            }
+            },
             Change::DeleteSession { client_id } => {
                 self.sessions.remove(client_id);
             }
