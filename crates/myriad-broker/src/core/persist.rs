@@ -177,6 +177,11 @@ impl Broker {
         std::mem::take(&mut self.changes)
     }
 
+    /// Whether changes are waiting for [`Broker::take_changes`].
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
     /// The client id of `session` if its changes are recorded.
     fn recorded(&self, session: SessionId) -> Option<ByteString> {
         if !self.recording {

@@ -60,6 +60,35 @@ pub(crate) struct Shared {
 const EVENT_CAPACITY: usize = 8192;
 /// How many events the core handles before it flushes outputs.
 const EVENT_BATCH: usize = 256;
+
+/// When the core commits changes to the store (and so when acknowledgements go out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPolicy {
+    /// Commit after every event: each acknowledgement waits for its own commit.
+    PerEvent,
+    /// Commit once per batch: events arriving within `window` of the first
+    /// one (up to a batch of 256) share one commit.
+    Group {
+        /// How long the first event of a batch may wait for company.
+        window: Duration,
+    },
+}
+
+/// The persistent store and how to commit to it.
+pub struct Persistence {
+    /// Where state is kept.
+    pub store: Box<dyn SessionStore>,
+    /// When to commit.
+    pub policy: CommitPolicy,
+}
+
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persistence")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
 /// How long shutdown waits for connection tasks to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -123,7 +152,7 @@ pub struct EventReceiver(mpsc::Receiver<Event>);
 /// the batch's packets (acknowledgements among them) are sent.
 pub async fn run(
     config: BrokerConfig,
-    store: Option<Box<dyn SessionStore>>,
+    persistence: Option<Persistence>,
     listener: TcpListener,
     shutdown: CancellationToken,
     handle: BrokerHandle,
@@ -132,9 +161,9 @@ pub async fn run(
     let shared = Arc::new(Shared {
         config: config.clone(),
     });
-    let broker = match store {
-        Some(mut store) => {
-            let snapshot = store.load().map_err(ServeError::Load)?;
+    let broker = match persistence {
+        Some(mut persistence) => {
+            let snapshot = persistence.store.load().map_err(ServeError::Load)?;
             let broker = Broker::restore(
                 config.clone(),
                 snapshot,
@@ -146,16 +175,22 @@ pub async fn run(
                 retained = broker.retained_count(),
                 "state restored"
             );
-            Some((broker, store))
+            Some((broker, persistence))
         }
         None => None,
     };
-    let (broker, store) = match broker {
-        Some((broker, store)) => (broker, Some(store)),
+    let (broker, persistence) = match broker {
+        Some((broker, persistence)) => (broker, Some(persistence)),
         None => (Broker::new(config.clone()), None),
     };
     let core_shutdown = shutdown.clone();
-    let core = tokio::spawn(run_core(broker, store, events.0, config, core_shutdown));
+    let core = tokio::spawn(run_core(
+        broker,
+        persistence,
+        events.0,
+        config,
+        core_shutdown,
+    ));
     let tracker = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
     loop {
@@ -208,7 +243,7 @@ pub async fn run(
 /// then dispatches the outputs.
 async fn run_core(
     mut broker: Broker,
-    mut store: Option<Box<dyn SessionStore>>,
+    mut persistence: Option<Persistence>,
     mut events: mpsc::Receiver<Event>,
     config: BrokerConfig,
     shutdown: CancellationToken,
@@ -225,19 +260,28 @@ async fn run_core(
                 };
                 let now = std::time::Instant::now();
                 apply(&mut broker, &mut links, event, now);
-                for _ in 1..EVENT_BATCH {
-                    match events.try_recv() {
-                        Ok(event) => apply(&mut broker, &mut links, event, now),
-                        Err(_) => break,
+                let policy = persistence.as_ref().map(|p| p.policy);
+                match policy {
+                    Some(CommitPolicy::PerEvent) => {}
+                    Some(CommitPolicy::Group { window }) if !window.is_zero() => {
+                        gather(&mut broker, &mut links, &mut events, now + window).await;
+                    }
+                    _ => {
+                        for _ in 1..EVENT_BATCH {
+                            match events.try_recv() {
+                                Ok(event) => apply(&mut broker, &mut links, event, now),
+                                Err(_) => break,
+                            }
+                        }
                     }
                 }
             }
             _ = sleep_until_some(deadline) => broker.handle_timeout(std::time::Instant::now()),
         }
-        if let Some(store) = store.as_mut() {
+        if let Some(persistence) = persistence.as_mut() {
             let changes = broker.take_changes();
             if !changes.is_empty()
-                && let Err(error) = store.commit(&changes)
+                && let Err(error) = persistence.store.commit(&changes)
             {
                 error!(%error, "store commit failed; stopping the broker");
                 shutdown.cancel();
@@ -245,6 +289,32 @@ async fn run_core(
             }
         }
         dispatch(&mut broker, &mut links, &mut woken, &config);
+    }
+}
+
+/// Applies further events until the batch is full or `until` passes, so they
+/// share one commit. It waits only while the batch holds changes to commit:
+/// traffic that writes nothing durable (QoS 0, pings) is not delayed.
+async fn gather(
+    broker: &mut Broker,
+    links: &mut HashMap<ConnId, Arc<Link>>,
+    events: &mut mpsc::Receiver<Event>,
+    until: std::time::Instant,
+) {
+    let deadline = tokio::time::Instant::from_std(until);
+    for _ in 1..EVENT_BATCH {
+        let event = match events.try_recv() {
+            Ok(event) => event,
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) if !broker.has_changes() => return,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Some(event)) => event,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
+        apply(broker, links, event, std::time::Instant::now());
     }
 }
 

@@ -1,0 +1,219 @@
+//! The shell sends an acknowledgement only after the batch holding the
+//! message is committed, and stops rather than acknowledge what it cannot store.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use myriad_broker::BrokerConfig;
+use myriad_broker::shell::{self, CommitPolicy, Persistence, ServeError};
+use myriad_mqtt::{
+    Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
+    SubscriptionRequest,
+};
+use myriad_store::{Change, MemoryStore, SessionStore, Snapshot, StoreError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A store that logs each committed batch and can be told to fail.
+#[derive(Clone, Default)]
+struct ProbeStore {
+    inner: Arc<Mutex<(MemoryStore, Vec<Vec<Change>>, bool)>>,
+}
+
+impl ProbeStore {
+    fn fail_from_now(&self) {
+        self.inner.lock().expect("lock").2 = true;
+    }
+    fn batches(&self) -> Vec<Vec<Change>> {
+        self.inner.lock().expect("lock").1.clone()
+    }
+}
+
+impl SessionStore for ProbeStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.inner.lock().expect("lock").0.load()
+    }
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().expect("lock");
+        if inner.2 {
+            return Err(StoreError::Io {
+                path: "probe".into(),
+                source: std::io::Error::other("disk on fire"),
+            });
+        }
+        inner.0.commit(changes)?;
+        inner.1.push(changes.to_vec());
+        Ok(())
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, id: &str, expiry: u32) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut client = Client {
+            stream,
+            buf: BytesMut::new(),
+        };
+        client
+            .send(Packet::Connect(Box::new(Connect {
+                protocol: ProtocolVersion::V5,
+                clean_start: true,
+                keep_alive: 30,
+                client_id: id.into(),
+                will: None,
+                username: None,
+                password: None,
+                properties: Properties {
+                    session_expiry_interval: Some(expiry),
+                    ..Properties::default()
+                },
+            })))
+            .await;
+        assert!(matches!(client.recv().await, Some(Packet::ConnAck(_))));
+        client
+    }
+
+    async fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        myriad_mqtt::encode(&packet, ProtocolVersion::V5, &mut out).expect("encode");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// The next packet, or None when the server closed the connection.
+    async fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(packet) =
+                myriad_mqtt::decode(&mut self.buf, ProtocolVersion::V5, 1 << 20).expect("decode")
+            {
+                return Some(packet);
+            }
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("server answers within 5 s");
+            if read.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    }
+}
+
+fn publish(topic: &str, packet_id: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: topic.into(),
+        packet_id,
+        payload: Bytes::from_static(b"durable"),
+        properties: Properties::default(),
+    })
+}
+
+async fn start(
+    store: ProbeStore,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), ServeError>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let (handle, events) = shell::channel();
+    let persistence = Persistence {
+        store: Box::new(store),
+        policy: CommitPolicy::Group {
+            window: Duration::from_millis(2),
+        },
+    };
+    let server = tokio::spawn(shell::run(
+        BrokerConfig::default(),
+        Some(persistence),
+        listener,
+        shutdown.clone(),
+        handle,
+        events,
+    ));
+    (addr, shutdown, server)
+}
+
+#[tokio::test]
+async fn puback_follows_the_commit_of_the_queued_message() {
+    let store = ProbeStore::default();
+    let (addr, shutdown, server) = start(store.clone()).await;
+    let mut subscriber = Client::connect(addr, "sub", 600).await;
+    subscriber
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscriptionRequest {
+                filter: "t".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: Properties::default(),
+        }))
+        .await;
+    assert!(matches!(subscriber.recv().await, Some(Packet::SubAck(_))));
+    let mut publisher = Client::connect(addr, "pub", 0).await;
+    publisher.send(publish("t", 7)).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(ack)) if ack.packet_id == 7));
+    // By the time PUBACK arrived, the subscriber's copy was committed.
+    let stored = store.batches().into_iter().flatten().any(|change| {
+        matches!(&change, Change::PutOutbound { client_id, record, .. }
+            if client_id == "sub" && record.message.as_ref().is_some_and(|m| m.payload == "durable"))
+    });
+    assert!(
+        stored,
+        "no committed outbound record before PUBACK: {:?}",
+        store.batches()
+    );
+    shutdown.cancel();
+    server.await.expect("join").expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_failed_commit_stops_the_broker_without_acknowledging() {
+    let store = ProbeStore::default();
+    let (addr, _shutdown, server) = start(store.clone()).await;
+    let mut subscriber = Client::connect(addr, "sub", 600).await;
+    subscriber
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscriptionRequest {
+                filter: "t".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: Properties::default(),
+        }))
+        .await;
+    assert!(matches!(subscriber.recv().await, Some(Packet::SubAck(_))));
+    let mut publisher = Client::connect(addr, "pub", 0).await;
+    store.fail_from_now();
+    publisher.send(publish("t", 9)).await;
+    // The broker stops: the publisher sees its connection end, never a PUBACK.
+    loop {
+        match publisher.recv().await {
+            None => break,
+            Some(Packet::PubAck(_)) => panic!("acknowledged a message that was not stored"),
+            Some(_) => {}
+        }
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops")
+        .expect("join");
+    assert!(matches!(outcome, Err(ServeError::Commit(_))), "{outcome:?}");
+}
