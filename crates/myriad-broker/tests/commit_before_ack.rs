@@ -16,35 +16,42 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+#[derive(Default)]
+struct ProbeState {
+    store: MemoryStore,
+    batches: Vec<Vec<Change>>,
+    failing: bool,
+}
+
 /// A store that logs each committed batch and can be told to fail.
 #[derive(Clone, Default)]
 struct ProbeStore {
-    inner: Arc<Mutex<(MemoryStore, Vec<Vec<Change>>, bool)>>,
+    inner: Arc<Mutex<ProbeState>>,
 }
 
 impl ProbeStore {
     fn fail_from_now(&self) {
-        self.inner.lock().expect("lock").2 = true;
+        self.inner.lock().expect("lock").failing = true;
     }
     fn batches(&self) -> Vec<Vec<Change>> {
-        self.inner.lock().expect("lock").1.clone()
+        self.inner.lock().expect("lock").batches.clone()
     }
 }
 
 impl SessionStore for ProbeStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        self.inner.lock().expect("lock").0.load()
+        self.inner.lock().expect("lock").store.load()
     }
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().expect("lock");
-        if inner.2 {
+        if inner.failing {
             return Err(StoreError::Io {
                 path: "probe".into(),
                 source: std::io::Error::other("disk on fire"),
             });
         }
-        inner.0.commit(changes)?;
-        inner.1.push(changes.to_vec());
+        inner.store.commit(changes)?;
+        inner.batches.push(changes.to_vec());
         Ok(())
     }
 }
