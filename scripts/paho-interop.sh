@@ -73,6 +73,10 @@ listen = "127.0.0.1:0"
 max_keep_alive_secs = 60
 # test_subscribe_failure expects SUBACK failure (0x80) for this filter
 deny_subscribe = ["test/nosubscribe"]
+# test_flow_control2 sends Receive Maximum + 1 unacknowledged QoS 2 publishes and
+# waits for DISCONNECT 0x93; a small maximum keeps that quick and avoids a socket
+# buffer deadlock (the client does not read PUBRECs while it floods).
+receive_maximum = 20
 EOF
 
   SERVER_LOG="$LOG_DIR/myriad.log"
