@@ -277,6 +277,7 @@ def test_v5_disconnect_cannot_set_expiry_when_connect_had_zero(port, raw, uid):
     assert ack.session_present is False
 
 
+@pytest.mark.myriad_only
 def test_v5_session_expiry_capped_by_server(port, raw, uid):
     r = raw(port, V5)
     ack = r.connect(uid, clean=False, props={"SessionExpiryInterval": MAX_SESSION_EXPIRY * 10})
