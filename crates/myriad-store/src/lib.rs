@@ -10,10 +10,18 @@
 //! [`MemoryStore`] keeps the snapshot in memory: nothing survives the
 //! process, but it follows the same contract, so the broker's restore path
 //! is tested against it.
+//!
+//! [`EmbeddedStore`] keeps it in one [redb](https://docs.rs/redb) file: the
+//! default store, no server needed. See [`embedded`] for its layout and for
+//! what each durability mode guarantees.
 
+#![warn(missing_docs)]
+
+pub mod embedded;
 mod memory;
 mod records;
 
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use memory::MemoryStore;
 pub use records::{
     Change, MessageRecord, OutboundRecord, OutboundState, SessionRecord, Snapshot, StoredSession,
@@ -44,6 +52,15 @@ pub enum StoreError {
         /// The file involved.
         path: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// The storage engine refused the operation for another reason (for
+    /// example: another process has the file open, or a value is too large).
+    #[error("storage engine failed on {path}: {reason}")]
+    Engine {
+        /// The file involved.
+        path: String,
+        /// What the engine reported.
         reason: String,
     },
 }
