@@ -222,9 +222,11 @@ fn auth_on_v311() {
 fn publish_topic_with_wildcards_or_nul() {
     for version in [V3, V5] {
         let suffix: &[u8] = if version == V5 { &[0] } else { &[] };
-        for topic in [&b"a/+"[..], b"a/#", b"#", b"a\0b"] {
+        for topic in [&b"a/+"[..], b"a/#", b"#"] {
             topic_name_invalid(&packet(0x30, &cat(&[&s(topic), suffix])), version);
         }
+        // U+0000 in any string is a Malformed Packet (MQTT-1.5.4-2).
+        malformed(&packet(0x30, &cat(&[&s(b"a\0b"), suffix])), version);
     }
 }
 
@@ -288,7 +290,11 @@ fn subscribe_without_filters() {
 fn invalid_topic_filters() {
     for version in [V3, V5] {
         let p: &[u8] = if version == V5 { &[0] } else { &[] };
-        for filter in [&b""[..], b"a/#/b", b"a+", b"a/b#", b"a\0"] {
+        malformed(
+            &packet(0x82, &cat(&[&[0, 1], p, &s(b"a\0"), &[0]])),
+            version,
+        );
+        for filter in [&b""[..], b"a/#/b", b"a+", b"a/b#"] {
             topic_filter_invalid(
                 &packet(0x82, &cat(&[&[0, 1], p, &s(filter), &[0]])),
                 version,
@@ -458,11 +464,11 @@ fn duplicate_properties() {
 #[test]
 fn property_not_allowed_in_packet() {
     // Topic alias in CONNECT.
-    protocol(&connect_v5(0x02, &[0x23, 0, 1], &s(b"c")), V5);
+    malformed(&connect_v5(0x02, &[0x23, 0, 1], &s(b"c")), V5);
     // Will delay interval among the CONNECT properties (it belongs to the will).
-    protocol(&connect_v5(0x02, &[0x18, 0, 0, 0, 1], &s(b"c")), V5);
+    malformed(&connect_v5(0x02, &[0x18, 0, 0, 0, 1], &s(b"c")), V5);
     // Session expiry interval among the will properties.
-    protocol(
+    malformed(
         &connect_v5(
             0x06,
             &[],
@@ -471,9 +477,9 @@ fn property_not_allowed_in_packet() {
         V5,
     );
     // Maximum QoS in PUBLISH.
-    protocol(&packet(0x30, &cat(&[&s(b"t"), &props(&[0x24, 0])])), V5);
+    malformed(&packet(0x30, &cat(&[&s(b"t"), &props(&[0x24, 0])])), V5);
     // Reason string in SUBSCRIBE.
-    protocol(
+    malformed(
         &packet(
             0x82,
             &cat(&[&[0, 1], &props(&cat(&[&[0x1F], &s(b"x")])), &s(b"a"), &[0]]),

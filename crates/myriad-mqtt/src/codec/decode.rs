@@ -187,7 +187,7 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         } else {
             Properties::default()
         };
-        let topic = r.utf8()?;
+        let topic = r.string()?;
         if !valid_topic_name(&topic) {
             return Err(DecodeError::TopicNameInvalid("invalid will topic"));
         }
@@ -247,14 +247,14 @@ fn connack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeEr
 /// PUBLISH; the payload is a zero-copy slice of the input.
 fn publish(first: u8, r: &mut Reader, version: ProtocolVersion) -> Result<Publish, DecodeError> {
     let qos = QoS::from_u8((first >> 1) & 0x03).ok_or(malformed("PUBLISH with QoS 3"))?;
-    let topic = r.utf8()?;
+    let topic = r.string()?;
     if topic.is_empty() {
         if !version.is_v5() {
             return Err(DecodeError::TopicNameInvalid("empty topic name"));
         }
     } else if !valid_topic_name(&topic) {
         return Err(DecodeError::TopicNameInvalid(
-            "topic name contains a wildcard or U+0000",
+            "topic name contains a wildcard",
         ));
     }
     let packet_id = if qos == QoS::AtMostOnce {
@@ -312,7 +312,7 @@ fn optional_reason(
 
 /// Reads and validates a topic filter.
 fn topic_filter(r: &mut Reader, version: ProtocolVersion) -> Result<ByteString, DecodeError> {
-    let filter = r.utf8()?;
+    let filter = r.string()?;
     if !valid_topic_filter(&filter) {
         return Err(DecodeError::TopicFilterInvalid("invalid topic filter"));
     }

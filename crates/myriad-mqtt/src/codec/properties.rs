@@ -26,8 +26,9 @@ pub(crate) fn read_properties(
             .ok()
             .and_then(PropertyId::from_u8)
             .ok_or(malformed("unknown property identifier"))?;
+        // MQTT 5.0 section 2.2.2.2: an identifier not valid for the packet type is malformed.
         if !id.allowed_in(context) {
-            return Err(protocol("property not allowed in this packet"));
+            return Err(malformed("property not allowed in this packet"));
         }
         let repeatable = id == PropertyId::UserProperty
             || (id == PropertyId::SubscriptionIdentifier && subscription_ids_repeat);

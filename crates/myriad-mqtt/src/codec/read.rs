@@ -123,14 +123,8 @@ impl Reader {
         self.take(usize::from(len))
     }
 
-    /// Reads a UTF-8 Encoded String, validating UTF-8 but allowing U+0000
-    /// (for topic names and filters, where U+0000 has its own error).
-    pub(crate) fn utf8(&mut self) -> Result<ByteString, DecodeError> {
-        let bytes = self.binary()?;
-        ByteString::try_from(bytes).map_err(|_| malformed("string is not valid UTF-8"))
-    }
-
-    /// Reads a UTF-8 Encoded String; U+0000 is malformed.
+    /// Reads a UTF-8 Encoded String; U+0000 is malformed (MQTT-1.5.4-2), in
+    /// topic names and filters too.
     pub(crate) fn string(&mut self) -> Result<ByteString, DecodeError> {
         let bytes = self.binary()?;
         if bytes.contains(&0) {
@@ -166,7 +160,7 @@ mod tests {
         let mut reader = Reader::new(Bytes::from_static(b"\x00\x02hi\x00\x01\x00\x00\x01\xFF"));
         assert_eq!(reader.string().unwrap(), "hi");
         assert!(reader.string().is_err());
-        assert!(reader.utf8().is_err());
+        assert!(reader.string().is_err());
         assert!(reader.is_empty());
     }
 }
