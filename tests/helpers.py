@@ -8,6 +8,7 @@ skipped then).
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import re
@@ -102,6 +103,19 @@ def merge_config(base: dict[str, Any], override: dict[str, Any] | None) -> dict[
 
 # ------------------------------------------------------------------ broker process
 
+_RUNNING: set["Broker"] = set()
+
+
+@atexit.register
+def _stop_leftover_brokers() -> None:
+    """Last resort (e.g. a test run aborted mid-module): stop every broker we started, by PID."""
+    for b in list(_RUNNING):
+        try:
+            b.stop()
+        except Exception:
+            pass
+
+
 class Broker:
     """A broker process started for a test module (or a single test)."""
 
@@ -158,6 +172,7 @@ class Broker:
             if not found:
                 port_q.put(None)
 
+        _RUNNING.add(self)
         self._reader = threading.Thread(target=reader, daemon=True)
         self._reader.start()
         try:
@@ -196,6 +211,7 @@ class Broker:
             ["/usr/sbin/mosquitto", "-c", str(cfg)],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
+        _RUNNING.add(self)
 
         def up() -> bool:
             try:
@@ -227,6 +243,7 @@ class Broker:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
+        _RUNNING.discard(self)
         if self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)
