@@ -105,6 +105,8 @@ pub struct Broker {
     next_session_id: SessionId,
     next_assigned_id: u64,
     stats: BrokerStats,
+    /// When the next queued message expires (time to sweep queues).
+    next_sweep: Option<Instant>,
     /// Whether changes are recorded for a store.
     recording: bool,
     changes: Vec<myriad_store::Change>,
@@ -128,6 +130,7 @@ impl Broker {
             next_session_id: 1,
             next_assigned_id: 1,
             stats: BrokerStats::default(),
+            next_sweep: None,
             recording: false,
             changes: Vec::new(),
             clock: persist::Clock::new(Instant::now(), persist::unix_now()),
@@ -179,10 +182,7 @@ impl Broker {
     pub fn next_timeout(&self) -> Option<Instant> {
         let will = self.wills_due.first().map(|(at, _)| *at);
         let expiry = self.expiries.first().map(|(at, _)| *at);
-        match (will, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [will, expiry, self.next_sweep].into_iter().flatten().min()
     }
 
     /// Publishes delayed wills and ends expired sessions that are due at `now`.
@@ -207,6 +207,36 @@ impl Broker {
             self.expiries.remove(&(at, session));
             self.end_session(now, session);
         }
+        if self.next_sweep.is_some_and(|at| at <= now) {
+            self.sweep_expired_messages(now);
+        }
+    }
+
+    /// Removes expired messages from every session's queue, and sets the next
+    /// sweep to the earliest expiry still queued.
+    fn sweep_expired_messages(&mut self, now: Instant) {
+        let mut next: Option<Instant> = None;
+        let mut removed: Vec<(SessionId, u64)> = Vec::new();
+        for (id, session) in &mut self.sessions {
+            for seq in session.outbound.remove_expired(now) {
+                removed.push((*id, seq));
+            }
+            let earliest = session
+                .outbound
+                .queue
+                .iter()
+                .filter_map(|d| d.message.expires_at)
+                .min();
+            next = match (next, earliest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        self.stats.messages_expired += removed.len() as u64;
+        for (session, seq) in removed {
+            self.record_outbound_done(session, seq);
+        }
+        self.next_sweep = next;
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) {

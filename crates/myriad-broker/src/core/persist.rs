@@ -125,6 +125,9 @@ impl Broker {
                 });
                 match (outbound.state, delivery) {
                     (OutboundState::Queued, Some(delivery)) => {
+                        if let Some(at) = delivery.message.expires_at {
+                            broker.next_sweep = Some(broker.next_sweep.map_or(at, |n| n.min(at)));
+                        }
                         session.outbound.restore_queued(delivery);
                     }
                     (OutboundState::Published { packet_id }, Some(delivery)) => {

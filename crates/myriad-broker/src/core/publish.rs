@@ -235,10 +235,26 @@ impl Broker {
             self.transmit(now, session_id, delivery);
             return;
         }
+        let expires_at = delivery.message.expires_at;
         let outcome = session.outbound.enqueue(delivery, limits);
         if outcome != QueueOutcome::Queued {
             session.dropped_messages += 1;
             self.stats.messages_dropped += 1;
+            // One line for the first drop and then every 1000th, not one per message.
+            if session.dropped_messages % 1000 == 1 {
+                tracing::warn!(
+                    client_id = %session.client_id,
+                    dropped = session.dropped_messages,
+                    queued = session.outbound.queue.len(),
+                    queued_bytes = session.outbound.queued_bytes(),
+                    "session queue full: dropping oldest QoS 0 first, then oldest"
+                );
+            }
+        }
+        if outcome != QueueOutcome::Rejected
+            && let Some(at) = expires_at
+        {
+            self.next_sweep = Some(self.next_sweep.map_or(at, |next| next.min(at)));
         }
         if let QueueOutcome::DroppedOldest(dropped) = &outcome {
             self.record_outbound_done(session_id, dropped.seq);

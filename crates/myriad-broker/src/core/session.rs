@@ -155,6 +155,22 @@ impl Outbound {
         });
     }
 
+    /// Drops queued deliveries that have expired at `now`; returns their positions.
+    pub fn remove_expired(&mut self, now: Instant) -> Vec<u64> {
+        let mut removed = Vec::new();
+        let mut bytes = 0;
+        self.queue.retain(|d| {
+            let expired = d.message.is_expired(now);
+            if expired {
+                removed.push(d.seq);
+                bytes += d.message.weight();
+            }
+            !expired
+        });
+        self.queued_bytes -= bytes;
+        removed
+    }
+
     /// Puts a restored queued delivery back at the end of the queue (no limits:
     /// it was within them when stored).
     pub fn restore_queued(&mut self, delivery: Delivery) {

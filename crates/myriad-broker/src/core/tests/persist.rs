@@ -260,3 +260,27 @@ fn acknowledged_flows_leave_nothing_behind_in_the_store() {
     assert_eq!(snapshot.sessions.len(), 1);
     assert!(snapshot.sessions[0].outbound.is_empty());
 }
+
+#[test]
+fn expired_messages_leave_offline_queues_and_the_store() {
+    let mut p = P::new();
+    let s = p.h.connect(v5("s").expiry(300));
+    p.h.subscribe(s, "t", QoS::AtLeastOnce);
+    p.h.disconnect(s);
+    let publ = publisher(&mut p);
+    let mut short = msg_q("t", "short", QoS::AtLeastOnce, 1);
+    short.properties.message_expiry_interval = Some(5);
+    p.h.publish(publ, short);
+    p.h.publish(publ, msg_q("t", "long", QoS::AtLeastOnce, 2));
+    p.commit();
+    assert_eq!(p.store.load().expect("load").sessions[0].outbound.len(), 2);
+    assert_eq!(p.h.broker.next_timeout(), Some(p.h.at(5)));
+    p.h.tick_at(6);
+    p.commit();
+    assert_eq!(p.store.load().expect("load").sessions[0].outbound.len(), 1);
+    assert_eq!(p.h.broker.stats().messages_expired, 1);
+    // Only the session's own expiry is left to wait for.
+    assert_eq!(p.h.broker.next_timeout(), Some(p.h.at(300)));
+    let s = p.h.connect(v5("s").expiry(300).resume());
+    assert_eq!(p.h.payloads(s), vec!["long"]);
+}
