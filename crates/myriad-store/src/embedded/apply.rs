@@ -129,7 +129,10 @@ pub(super) fn apply(
         }
         Change::DeleteSubscription { client_id, filter } => {
             let key = keys::subscription(client_id.as_bytes(), filter.as_bytes());
-            tables.subscriptions.remove(key.as_slice()).map_err(engine)?;
+            tables
+                .subscriptions
+                .remove(key.as_slice())
+                .map_err(engine)?;
         }
         Change::PutOutbound {
             client_id,

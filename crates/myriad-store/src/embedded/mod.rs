@@ -280,7 +280,11 @@ fn check_format(db: &Database, file: &FileName) -> Result<(), StoreError> {
 
 /// Compacts the file when at least a quarter of it, and at least
 /// [`COMPACT_MIN_FREE`], is free. Returns whether it did.
-fn compact_if_worth_it(db: &mut Database, file: &FileName, path: &Path) -> Result<bool, StoreError> {
+fn compact_if_worth_it(
+    db: &mut Database,
+    file: &FileName,
+    path: &Path,
+) -> Result<bool, StoreError> {
     let len = file_len(path);
     let used = {
         let txn = db.begin_write().map_err(|e| file.engine(e))?;

@@ -98,7 +98,10 @@ pub(super) fn write(out: &mut Writer, props: &Properties) {
     e.bool(PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
     e.u32(MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval);
     e.bytes(CONTENT_TYPE, p.content_type.as_deref().map(str::as_bytes));
-    e.bytes(RESPONSE_TOPIC, p.response_topic.as_deref().map(str::as_bytes));
+    e.bytes(
+        RESPONSE_TOPIC,
+        p.response_topic.as_deref().map(str::as_bytes),
+    );
     e.bytes(CORRELATION_DATA, p.correlation_data.as_deref());
     for &id in &p.subscription_identifiers {
         e.count += 1;
@@ -123,7 +126,10 @@ pub(super) fn write(out: &mut Writer, props: &Properties) {
         RESPONSE_INFORMATION,
         p.response_information.as_deref().map(str::as_bytes),
     );
-    e.bytes(SERVER_REFERENCE, p.server_reference.as_deref().map(str::as_bytes));
+    e.bytes(
+        SERVER_REFERENCE,
+        p.server_reference.as_deref().map(str::as_bytes),
+    );
     e.bytes(REASON_STRING, p.reason_string.as_deref().map(str::as_bytes));
     e.u16(RECEIVE_MAXIMUM, p.receive_maximum);
     e.u16(TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
@@ -145,7 +151,10 @@ pub(super) fn write(out: &mut Writer, props: &Properties) {
         SUBSCRIPTION_IDENTIFIER_AVAILABLE,
         p.subscription_identifier_available,
     );
-    e.bool(SHARED_SUBSCRIPTION_AVAILABLE, p.shared_subscription_available);
+    e.bool(
+        SHARED_SUBSCRIPTION_AVAILABLE,
+        p.shared_subscription_available,
+    );
     out.varint(e.count);
     out.append(e.out);
 }

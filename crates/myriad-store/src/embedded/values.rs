@@ -362,7 +362,10 @@ mod tests {
                 id,
             };
             let value = encode_subscription(&record);
-            assert_eq!(decode_subscription(record.filter.clone(), &value), Ok(record));
+            assert_eq!(
+                decode_subscription(record.filter.clone(), &value),
+                Ok(record)
+            );
         }
     }
 

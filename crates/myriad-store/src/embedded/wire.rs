@@ -210,8 +210,13 @@ mod tests {
         eleven.extend([0x81; 11]);
         let mut r = Reader::new(Bytes::from(eleven), 1).expect("version");
         assert!(r.varint().is_err());
-        let mut r = Reader::new(Bytes::from_static(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), 1)
-            .expect("version");
+        let mut r = Reader::new(
+            Bytes::from_static(&[
+                1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+            ]),
+            1,
+        )
+        .expect("version");
         assert!(r.varint().is_err());
         let r = Reader::new(Bytes::from_static(&[1, 0]), 1).expect("version");
         assert!(r.finish().is_err());
