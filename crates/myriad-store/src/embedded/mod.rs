@@ -39,17 +39,33 @@
 //! [`EmbeddedStore::open`] creates the directory and the file if needed. A
 //! file that is not a redb database, or is damaged, is an error that names
 //! the file ([`StoreError::Corrupt`] or [`StoreError::Io`]), never a panic:
-//! the open verifies the checksum of every page of the file (redb's
-//! integrity check), which costs a read of the whole file, about as much as
-//! [`SessionStore::load`] itself. After a crash redb repairs the file at
-//! open (a full walk of it, the same cost).
+//! the open verifies the checksum of every page (redb's integrity check).
+//! That costs a read of the whole file, about as much as
+//! [`SessionStore::load`] itself, but without it redb panics on damaged
+//! data pages (tested: `garbage_in_data_pages_is_an_error_naming_the_file`).
+//! After a crash, redb repairs the file at open (rolls back to the last
+//! durable commit and rebuilds its allocator state).
 //!
-//! The file never shrinks while open (redb reuses freed pages but keeps the
-//! file's length). At open, when at least a quarter of the file (and at
-//! least [`COMPACT_MIN_FREE`]) is free, the store compacts it (redb
-//! `compact`), which moves live pages down and truncates the file; with less
-//! free space compaction is skipped, since it would gain little for its
-//! cost.
+//! The file never shrinks while open: redb reuses freed pages but keeps the
+//! file's length, and with `fsync: false` pages freed since the last
+//! checkpoint cannot be reused before the next one, so the file can grow
+//! by up to what changed in a checkpoint interval. At open, when at least a
+//! quarter of the file (and at least [`COMPACT_MIN_FREE`]) is free, the
+//! store compacts it (redb `compact`: live pages move down, the file is
+//! truncated); below that, compaction is skipped as not worth its cost.
+//! [`EmbeddedStore::open_report`] says what happened.
+//!
+//! # Cost (measured on the 2-core development VM, `examples/store_bench.rs`)
+//!
+//! - Commit, QoS 1-like traffic (each commit: new messages plus the acks of
+//!   the previous commit's): about 6,000 commits/s with `fsync: true` and
+//!   one message per commit (the disk's own fsync rate there), about
+//!   470,000 messages/s with 256 per commit; about 110,000 commits/s with
+//!   `fsync: false` and one per commit, about 880,000 messages/s with 256.
+//! - Start-up with 100,000 sessions and 1,000,000 queued 64-byte messages
+//!   (a 197 MB file): open about 0.6 s (integrity check), load about 0.65 s.
+//! - Compaction at open after half of those sessions were deleted: the
+//!   file went from 393 MB to 115 MB in about 0.4 s.
 
 mod apply;
 mod errors;
