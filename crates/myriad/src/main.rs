@@ -90,43 +90,67 @@ fn serve(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Handlers are in place before anyone learns the server is up, so a
+        // signal sent right after the listening line still shuts down cleanly.
+        let signals = Signals::register()?;
         let listener = TcpListener::bind(&config.mqtt.listen)
             .await
             .with_context(|| format!("cannot listen on {} (mqtt.listen)", config.mqtt.listen))?;
         let address = listener.local_addr()?;
         info!(%address, "MQTT listener bound");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
         let mut stdout = std::io::stdout();
         writeln!(stdout, "MQTT listening on {address}")?;
         stdout.flush()?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
         myriad_broker::shell::serve(config.mqtt, listener, shutdown).await?;
         Ok(())
     })
 }
 
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and Ctrl-C, registered up front.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Cancels `shutdown` on the first signal.
+    async fn cancel_on_signal(self, shutdown: CancellationToken) {
+        #[cfg(unix)]
+        {
+            let Signals {
+                mut terminate,
+                mut interrupt,
+            } = self;
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        info!("shutting down");
+        shutdown.cancel();
     }
-    info!("shutting down");
-    shutdown.cancel();
 }
