@@ -1,17 +1,12 @@
 //! `myriad`: the Myriad IoT device platform in one binary.
 
 mod config;
+mod serve;
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::info;
-
-use config::Config;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,21 +42,22 @@ enum Command {
     Serve(ServeArgs),
 }
 
+/// Options of `myriad serve`.
 #[derive(Debug, clap::Args)]
-struct ServeArgs {
+pub struct ServeArgs {
     /// Config file (TOML).
     #[arg(long, short, env = "MYRIAD_CONFIG")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// MQTT listen address, overriding `mqtt.listen`.
     #[arg(long, env = "MYRIAD_LISTEN")]
-    listen: Option<String>,
+    pub listen: Option<String>,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
@@ -74,83 +70,5 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
-    }
-}
-
-fn serve(args: ServeArgs) -> Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if let Some(listen) = args.listen {
-        config.mqtt.listen = listen;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        // Handlers are in place before anyone learns the server is up, so a
-        // signal sent right after the listening line still shuts down cleanly.
-        let signals = Signals::register()?;
-        let listener = TcpListener::bind(&config.mqtt.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (mqtt.listen)", config.mqtt.listen))?;
-        let address = listener.local_addr()?;
-        info!(%address, "MQTT listener bound");
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
-        let mut stdout = std::io::stdout();
-        writeln!(stdout, "MQTT listening on {address}")?;
-        stdout.flush()?;
-        myriad_broker::shell::serve(config.mqtt, listener, shutdown).await?;
-        Ok(())
-    })
-}
-
-/// SIGTERM and Ctrl-C, registered up front.
-struct Signals {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn register() -> Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Signals {})
-        }
-    }
-
-    /// Cancels `shutdown` on the first signal.
-    async fn cancel_on_signal(self, shutdown: CancellationToken) {
-        #[cfg(unix)]
-        {
-            let Signals {
-                mut terminate,
-                mut interrupt,
-            } = self;
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = self;
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        info!("shutting down");
-        shutdown.cancel();
     }
 }
