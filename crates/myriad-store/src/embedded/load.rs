@@ -98,6 +98,17 @@ pub(super) fn load(db: &Database, file: &FileName) -> Result<Snapshot, StoreErro
         sessions[i].subscriptions.push(record);
         Ok(())
     })?;
+    // Outbound records are large (over 500 bytes each in memory) and many:
+    // count them first so each session's vector is allocated once, at its
+    // size, instead of growing (and copying) by doubling.
+    let mut counts = vec![0usize; sessions.len()];
+    each_session_row(&txn, OUTBOUND, &prefixes, file, |i, _, _| {
+        counts[i] += 1;
+        Ok(())
+    })?;
+    for (session, count) in sessions.iter_mut().zip(counts) {
+        session.outbound.reserve_exact(count);
+    }
     each_session_row(&txn, OUTBOUND, &prefixes, file, |i, seq, value| {
         let seq: [u8; 8] = seq.try_into().map_err(|_| Malformed("bad seq"))?;
         let record = values::decode_outbound(value)?;
