@@ -127,6 +127,21 @@ sys.argv = [script, "--hostname", host, "--port", port]
 runpy.run_path(script, run_name="__main__")
 PY
 
+# One line explaining a failed case: the error unittest reported for the case, and,
+# when different, the last error printed before that report (the suite often catches the
+# real error, prints its traceback and then fails with a bare 'False != True'; the
+# 5.0 client's receiver thread also prints errors, e.g. on SUBACK codes it rejects).
+failure_cause() {
+  local log=$1 final first
+  final=$(awk '/^(FAIL|ERROR): /{on=1} /^Ran [0-9]+ test/{on=0} on && /^[A-Za-z_.]*(Error|Exception|timeout)(:|$)/{last=$0} END{print last}' "$log")
+  first=$(awk '/^(FAIL|ERROR): /{exit} /^[A-Za-z_.]*(Error|Exception|timeout)(:|$)/{last=$0} END{print last}' "$log")
+  if [ -n "$first" ] && [ "$first" != "$final" ]; then
+    printf '%s  [earlier: %s]' "${final:0:220}" "${first:0:160}"
+  else
+    printf '%s' "${final:0:220}"
+  fi
+}
+
 TOTAL_PASS=0
 TOTAL_FAIL=0
 SUMMARY=""
@@ -162,10 +177,8 @@ run_suite() {
         status=FAIL; cause="timed out after ${TEST_TIMEOUT}s"
       else
         status=FAIL
-        # first concrete error line (the suite often catches the real error, prints
-        # its traceback and then fails with a bare 'False != True')
-        cause=$(grep -m1 -E '^[A-Za-z_.]*(Error|Exception|Timeout|timeout)\b' "$log" || true)
-        [ -n "$cause" ] || cause=$(grep -m1 -E 'Error|Exception' "$log" || echo "exit $rc")
+        cause=$(failure_cause "$log")
+        [ -n "$cause" ] || cause="exit $rc"
       fi
       if [ -n "$SERVER_PID" ] && ! kill -0 "$SERVER_PID" 2>/dev/null; then
         cause="$cause [myriad is no longer running]"
