@@ -1,6 +1,7 @@
 //! The config file: one TOML document whose tables configure each part.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use myriad_broker::BrokerConfig;
@@ -12,6 +13,63 @@ use serde::Deserialize;
 pub struct Config {
     /// The MQTT broker.
     pub mqtt: BrokerConfig,
+    /// Where sessions, queued messages and retained messages are kept.
+    pub store: StoreConfig,
+}
+
+/// Which store keeps the broker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// The embedded database in `data_dir` (the default; no server needed).
+    Embedded,
+    /// Memory only: nothing survives a restart.
+    Memory,
+}
+
+/// When acknowledgements wait for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitMode {
+    /// One commit per acknowledgement.
+    PerAck,
+    /// Acknowledgements arriving within `group_window_ms` share one commit.
+    Group,
+}
+
+/// The `[store]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `embedded` or `memory`.
+    pub backend: StoreBackend,
+    /// Directory of the embedded database (relative to the working directory).
+    pub data_dir: PathBuf,
+    /// Whether each commit is synced to disk before acknowledgements go out.
+    pub fsync: bool,
+    /// `group` or `per_ack`.
+    pub commit: CommitMode,
+    /// How long a group commit waits for more acknowledgements, in milliseconds.
+    pub group_window_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Embedded,
+            data_dir: PathBuf::from("myriad-data"),
+            fsync: true,
+            commit: CommitMode::Group,
+            group_window_ms: 2,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The group commit window.
+    pub fn group_window(&self) -> Duration {
+        Duration::from_millis(self.group_window_ms)
+    }
 }
 
 impl Config {
@@ -29,6 +87,9 @@ impl Config {
             Err(error) => bail!("{}", error.to_string().trim_end()),
         };
         config.mqtt.validate()?;
+        if config.store.group_window_ms > 1000 {
+            bail!("invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)");
+        }
         Ok(config)
     }
 }
@@ -65,6 +126,22 @@ mod tests {
         );
         let error = Config::parse("[mqtt]\ndeny_subscribe = [\"a/#/b\"]\n").expect_err("filter");
         assert!(format!("{error:#}").contains("deny_subscribe"), "{error:#}");
+    }
+
+    #[test]
+    fn store_section() {
+        assert_eq!(Config::parse("").expect("empty").store, StoreConfig::default());
+        let config = Config::parse(
+            "[store]\nbackend = \"memory\"\ncommit = \"per_ack\"\nfsync = false\ndata_dir = \"/tmp/x\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.store.backend, StoreBackend::Memory);
+        assert_eq!(config.store.commit, CommitMode::PerAck);
+        assert!(!config.store.fsync);
+        let error = Config::parse("[store]\nbackend = \"sled\"\n").expect_err("unknown backend");
+        assert!(format!("{error:#}").contains("backend"), "{error:#}");
+        let error = Config::parse("[store]\ngroup_window_ms = 5000\n").expect_err("window");
+        assert!(format!("{error:#}").contains("store.group_window_ms"), "{error:#}");
     }
 
     #[test]

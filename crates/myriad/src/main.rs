@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// MQTT listen address, overriding `mqtt.listen`.
     #[arg(long, env = "MYRIAD_LISTEN")]
     pub listen: Option<String>,
+    /// Data directory of the embedded store, overriding `store.data_dir`.
+    #[arg(long, env = "MYRIAD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {

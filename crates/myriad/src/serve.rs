@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::ServeArgs;
-use crate::config::Config;
+use crate::config::{CommitMode, Config, StoreBackend, StoreConfig};
+use myriad_broker::shell::{CommitPolicy, Persistence};
+use myriad_store::{EmbeddedOptions, EmbeddedStore};
 
 /// Runs `myriad serve` until a signal stops it.
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -19,6 +21,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(listen) = args.listen {
         config.mqtt.listen = listen;
     }
+    if let Some(data_dir) = args.data_dir {
+        config.store.data_dir = data_dir;
+    }
+    let persistence = open_store(&config.store)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,9 +43,37 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let mut stdout = std::io::stdout();
         writeln!(stdout, "MQTT listening on {address}")?;
         stdout.flush()?;
-        myriad_broker::shell::serve(config.mqtt, listener, shutdown).await?;
+        let (handle, events) = myriad_broker::shell::channel();
+        myriad_broker::shell::run(config.mqtt, persistence, listener, shutdown, handle, events)
+            .await?;
         Ok(())
     })
+}
+
+/// Opens the configured store (none for `memory`).
+fn open_store(config: &StoreConfig) -> Result<Option<Persistence>> {
+    if config.backend == StoreBackend::Memory {
+        return Ok(None);
+    }
+    let store = EmbeddedStore::open(
+        &config.data_dir,
+        EmbeddedOptions {
+            fsync: config.fsync,
+        },
+    )
+    .with_context(|| format!("cannot open the store in {} (store.data_dir)", config.data_dir.display()))?;
+    let report = store.open_report();
+    info!(data_dir = %config.data_dir.display(), ?report, "store opened");
+    let policy = match config.commit {
+        CommitMode::PerAck => CommitPolicy::PerEvent,
+        CommitMode::Group => CommitPolicy::Group {
+            window: config.group_window(),
+        },
+    };
+    Ok(Some(Persistence {
+        store: Box::new(store),
+        policy,
+    }))
 }
 
 /// SIGTERM and Ctrl-C, registered up front.

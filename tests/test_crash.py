@@ -1,0 +1,247 @@
+"""Crash safety: kill -9 the broker at random points while QoS 1 and QoS 2
+traffic flows to offline persistent sessions, restart it on the same data
+directory, and check that every message whose PUBACK/PUBCOMP the publisher
+received is delivered, and that QoS 2 messages are delivered exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from helpers import HOST, broker_kind, myriad_bin, to_toml, unique, wait_until
+
+pytestmark = [
+    pytest.mark.myriad_only,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(broker_kind() == "mosquitto", reason="Myriad's own store"),
+]
+
+LISTEN_RE = re.compile(r"MQTT listening on [0-9.]+:(\d+)")
+ROUNDS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`myriad serve` on a fixed port and data directory, killed and restarted at will."""
+
+    def __init__(self, workdir: Path, port: int, store: dict):
+        self.workdir = workdir
+        self.port = port
+        self.config = workdir / "myriad.toml"
+        self.config.write_text(
+            to_toml({"mqtt": {"max_queued_messages": 1_000_000}, "store": store})
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+        log = open(self.workdir / f"broker{self.starts}.log", "wb")
+        self.starts += 1
+        self.proc = subprocess.Popen(
+            [str(myriad_bin()), "serve", "--config", str(self.config), "--listen", f"{HOST}:{self.port}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=self.workdir,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if LISTEN_RE.search(line):
+                return
+            if not line and self.proc.poll() is not None:
+                break
+        raise AssertionError(f"broker did not start: exit={self.proc.poll()} log={self.log_tail()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def log_tail(self) -> str:
+        logs = sorted(self.workdir.glob("broker*.log"))
+        return logs[-1].read_text(errors="replace")[-3000:] if logs else ""
+
+
+def make_client(client_id: str, version: int) -> mqtt.Client:
+    protocol = mqtt.MQTTv5 if version == 5 else mqtt.MQTTv311
+    kwargs = {"clean_session": False} if version == 4 else {}
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
+    c.reconnect_delay_set(min_delay=0.05, max_delay=0.3)
+    c.max_inflight_messages_set(20)
+    c.max_queued_messages_set(0)
+    return c
+
+
+def connect(c: mqtt.Client, port: int, version: int) -> None:
+    if version == 5:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect(HOST, port, keepalive=30, clean_start=False, properties=props)
+    else:
+        c.connect(HOST, port, keepalive=30)
+
+
+class Publisher:
+    """Publishes numbered messages until told to stop; remembers which completed."""
+
+    def __init__(self, name: str, version: int, qos: int, port: int):
+        self.name, self.qos = name, qos
+        self.client = make_client(name, version)
+        self.lock = threading.Lock()
+        self.mid_to_seq: dict[int, int] = {}
+        self.completed_mids: set[int] = set()
+        self.sent = 0
+        self.running = True
+        self.client.on_publish = self._on_publish
+        connect(self.client, port, version)
+        self.client.loop_start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self.lock:
+            self.completed_mids.add(mid)
+
+    def _run(self) -> None:
+        while self.running and self.sent < 60_000:
+            with self.lock:
+                in_flight = self.sent - len(self.completed_mids)
+            if in_flight > 200:
+                time.sleep(0.005)
+                continue
+            seq = self.sent
+            info = self.client.publish(f"crash/{self.name}", f"{self.name}:{seq}", qos=self.qos)
+            with self.lock:
+                self.mid_to_seq[info.mid] = seq
+            self.sent += 1
+            time.sleep(0.001)
+
+    def stop_publishing(self) -> None:
+        self.running = False
+        self.thread.join(timeout=10)
+
+    def acknowledged(self) -> set[int]:
+        with self.lock:
+            return {self.mid_to_seq[m] for m in self.completed_mids if m in self.mid_to_seq}
+
+    def all_completed(self) -> bool:
+        with self.lock:
+            return len(self.completed_mids) >= self.sent
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def collect(client_id: str, version: int, port: int, quiet: float = 2.0) -> list[str]:
+    """Resumes a persistent session and gathers payloads until nothing arrives for `quiet` s."""
+    received: list[str] = []
+    last = [time.monotonic()]
+    c = make_client(client_id, version)
+
+    def on_message(client, userdata, message):
+        received.append(message.payload.decode())
+        last[0] = time.monotonic()
+
+    c.on_message = on_message
+    connect(c, port, version)
+    c.loop_start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() - last[0] < quiet and time.monotonic() < deadline:
+        time.sleep(0.1)
+    c.disconnect()
+    c.loop_stop()
+    return received
+
+
+def subscribe_offline(client_id: str, version: int, qos: int, port: int) -> None:
+    c = make_client(client_id, version)
+    granted = []
+    c.on_subscribe = lambda client, userdata, mid, codes, props: granted.extend(codes)
+    connect(c, port, version)
+    c.loop_start()
+    c.subscribe("crash/#", qos=qos)
+    assert wait_until(lambda: granted, timeout=5), "no SUBACK"
+    c.disconnect()
+    c.loop_stop()
+
+
+@pytest.mark.parametrize("store", [{"fsync": True, "commit": "group"}, {"fsync": True, "commit": "per_ack"}], ids=["group", "per_ack"])
+def test_kill9_loses_no_acknowledged_message(tmp_path, store):
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "20261123")))
+    port = free_port()
+    server = Server(tmp_path, port, store)
+    server.start()
+    tag = unique("c")
+    sub2, sub1 = f"{tag}-sub-qos2", f"{tag}-sub-qos1"
+    try:
+        subscribe_offline(sub2, 5, 2, port)
+        subscribe_offline(sub1, 4, 1, port)
+        pub2 = Publisher(f"{tag}-pub-qos2", 5, 2, port)
+        pub1 = Publisher(f"{tag}-pub-qos1", 4, 1, port)
+        for _ in range(ROUNDS):
+            time.sleep(rng.uniform(0.3, 1.2))
+            server.kill9()
+            time.sleep(rng.uniform(0.05, 0.3))
+            server.start()
+        time.sleep(0.5)
+        for p in (pub1, pub2):
+            p.stop_publishing()
+        assert wait_until(lambda: pub1.all_completed() and pub2.all_completed(), timeout=30), (
+            f"publishers still waiting: qos1 {pub1.sent - len(pub1.completed_mids)}, "
+            f"qos2 {pub2.sent - len(pub2.completed_mids)}"
+        )
+        acked2, acked1 = pub2.acknowledged(), pub1.acknowledged()
+        assert len(acked2) > 50 and len(acked1) > 50, "too little traffic to mean anything"
+        pub1.close()
+        pub2.close()
+
+        got2 = collect(sub2, 5, port)
+        got1 = collect(sub1, 4, port)
+        qos2_counts = Counter(m for m in got2 if m.startswith(pub2.name + ":"))
+        missing2 = [s for s in acked2 if qos2_counts[f"{pub2.name}:{s}"] == 0]
+        duplicated2 = {m: n for m, n in qos2_counts.items() if n > 1}
+        assert not missing2, f"{len(missing2)} acknowledged QoS 2 messages lost, e.g. {sorted(missing2)[:10]}"
+        assert not duplicated2, f"QoS 2 messages delivered more than once: {list(duplicated2.items())[:10]}"
+        qos1_seen = set(got1)
+        missing1 = [s for s in acked1 if f"{pub1.name}:{s}" not in qos1_seen]
+        assert not missing1, f"{len(missing1)} acknowledged QoS 1 messages lost, e.g. {sorted(missing1)[:10]}"
+        print(
+            f"rounds={ROUNDS} qos2_acked={len(acked2)} qos1_acked={len(acked1)} "
+            f"qos2_delivered={sum(qos2_counts.values())} qos1_delivered={len(got1)}"
+        )
+    finally:
+        server.stop()
