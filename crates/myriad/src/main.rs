@@ -40,6 +40,8 @@ enum LogFormat {
 enum Command {
     /// Run the platform.
     Serve(ServeArgs),
+    /// Load generator and fleet simulator against any MQTT broker.
+    Sim(myriad_sim::SimArgs),
 }
 
 /// Options of `myriad serve`.
@@ -61,6 +63,7 @@ fn main() -> Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Sim(args) => Ok(myriad_sim::run(args)?),
     }
 }
 
