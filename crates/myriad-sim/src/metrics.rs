@@ -171,7 +171,7 @@ pub struct Latency {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
 pub struct LatencySummary {
     /// Number of samples.
-    pub count: u64,
+    pub latency_samples: u64,
     /// Median.
     pub p50_ms: f64,
     /// 99th percentile.
@@ -213,12 +213,12 @@ impl Latency {
             return LatencySummary::default();
         }
         LatencySummary {
-            count: h.len(),
+            latency_samples: h.len(),
             p50_ms: ms(h.value_at_quantile(0.5)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
-            mean_ms: h.mean() / 1000.0,
+            mean_ms: (h.mean()).round() / 1000.0,
         }
     }
 }
@@ -242,8 +242,10 @@ pub struct Counters {
     pub sent: AtomicU64,
     /// QoS 1/2 publications acknowledged by the broker.
     pub acked: AtomicU64,
-    /// Messages received by subscribers.
+    /// Messages received by subscribers (duplicates included).
     pub received: AtomicU64,
+    /// Distinct messages received (per receiving subscriber or shared group).
+    pub unique: AtomicU64,
     /// PINGRESPs received.
     pub pongs: AtomicU64,
     /// Generic event counter for scenarios (commands answered, reconnects, ...).
@@ -307,10 +309,10 @@ mod tests {
         other.record_ns(5_000_000_000);
         latency.merge(&other);
         let summary = latency.summary();
-        assert_eq!(summary.count, 1001);
+        assert_eq!(summary.latency_samples, 1001);
         assert!((summary.p50_ms - 500.0).abs() < 2.0, "{summary:?}");
         assert!((summary.p99_ms - 990.0).abs() < 5.0, "{summary:?}");
         assert!(summary.max_ms >= 4990.0, "{summary:?}");
-        assert_eq!(Latency::new().summary().count, 0);
+        assert_eq!(Latency::new().summary().latency_samples, 0);
     }
 }

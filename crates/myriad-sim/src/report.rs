@@ -8,6 +8,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{Result, SimError};
 
+/// Re-exported so programs that run `myriad sim` can parse its reports.
+pub use serde_json;
+
 /// Fields every report carries.
 #[derive(Debug, Clone, Serialize)]
 pub struct Header {
