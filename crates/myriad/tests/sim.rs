@@ -207,3 +207,32 @@ fn fanout_and_shared_qos2() {
     assert_eq!(num(&report, "expected"), 600, "{report}");
     assert_complete(&report);
 }
+
+#[test]
+fn fleet_reconnect_storm_brings_every_device_back() {
+    let broker = Broker::start("fleet");
+    let report = broker.sim(&[
+        "fleet",
+        "-n",
+        "50",
+        "--duration",
+        "4",
+        "--telemetry-interval",
+        "0.5",
+        "--command-rate",
+        "20",
+        "--storm-after",
+        "1.5",
+        "--keepalive",
+        "5",
+    ]);
+    assert_eq!(report["scenario"], "fleet");
+    assert_eq!(num(&report, "online_at_end"), 50, "{report}");
+    assert_eq!(num(&report, "reconnects"), 50, "{report}");
+    assert!(num(&report, "telemetry_sent") > 0, "{report}");
+    assert!(num(&report, "commands_answered") > 0, "{report}");
+    let storm = &report["storm"];
+    assert_eq!(num(storm, "online_before"), 50, "{report}");
+    assert!(storm["reconnect_secs"].is_number(), "{report}");
+    assert!(storm["peak_over_steady"].is_number(), "{report}");
+}
