@@ -80,8 +80,15 @@ receive_maximum = 20
 EOF
 
   SERVER_LOG="$LOG_DIR/myriad.log"
-  echo "== starting $BIN serve --listen 127.0.0.1:0 --config $CONFIG"
-  "$BIN" serve --listen 127.0.0.1:0 --config "$CONFIG" >"$SERVER_LOG" 2>&1 &
+  SERVE_ARGS=(serve --listen 127.0.0.1:0 --config "$CONFIG")
+  # a fresh store per run (newer binaries persist sessions/retained messages in a
+  # data directory, ./myriad-data by default)
+  if "$BIN" serve --help 2>/dev/null | grep -q -- '--data-dir'; then
+    rm -rf "$LOG_DIR/data"
+    SERVE_ARGS+=(--data-dir "$LOG_DIR/data")
+  fi
+  echo "== starting $BIN ${SERVE_ARGS[*]}"
+  "$BIN" "${SERVE_ARGS[@]}" >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   HOST=127.0.0.1
   PORT=""
