@@ -67,8 +67,9 @@ pub struct CommonArgs {
     /// 127.0.0.2, 127.0.0.3, ... (only against a loopback broker).
     #[arg(long, global = true, default_value_t = 20_000)]
     pub conns_per_source: usize,
-    /// Connection attempts in flight at once.
-    #[arg(long, global = true, default_value_t = 256)]
+    /// Connection attempts in flight at once (past a broker's listen backlog,
+    /// SYNs are dropped and retried a second later, which skews connect rates).
+    #[arg(long, global = true, default_value_t = 64)]
     pub connect_concurrency: usize,
     /// Worker threads of the simulator's runtime (default: all cores).
     #[arg(long, global = true)]
