@@ -10,12 +10,16 @@ from helpers import V5, V311, VERSION_IDS, VERSIONS, Client
 from mqtt_raw import (
     CONNACK,
     DISCONNECT,
+    PUBLISH,
+    SUBACK,
     PINGREQ_PACKET,
     RC_KEEP_ALIVE_TIMEOUT,
     V3_IDENTIFIER_REJECTED,
     Closed,
     RawClient,
     connect_packet,
+    publish_packet,
+    subscribe_packet,
 )
 
 MAX_KEEP_ALIVE = 10
@@ -212,3 +216,18 @@ def test_client_wrapper_reports_connack(port):
         assert c.connack[0] == 0
     finally:
         c.close()
+
+
+@pv
+def test_packets_pipelined_behind_connect_are_handled(port, uid, version):
+    """CONNECT, SUBSCRIBE and PUBLISH in one write: every one is answered,
+    without the client having to send anything more."""
+    with RawClient(port, version) as c:
+        c.send(
+            connect_packet(uid, version, True, 60, None, None)
+            + subscribe_packet([("pipe/t", 0)], 1, version, None)
+            + publish_packet("pipe/t", b"hello", 0, False, None, False, version, None)
+        )
+        assert c.recv_type(CONNACK, timeout=3).reason == 0
+        assert c.recv_type(SUBACK, timeout=3).pid == 1
+        assert c.recv_type(PUBLISH, timeout=3).payload == b"hello"

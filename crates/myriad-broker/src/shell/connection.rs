@@ -124,6 +124,14 @@ async fn serve(
     let mut last_seen = Instant::now();
     let timer = sleep_until(last_seen + grace);
     tokio::pin!(timer);
+    // Packets that arrived together with CONNECT are in `buf` already: the
+    // socket will not signal them again.
+    if !buf.is_empty() {
+        let drained = Box::pin(drain(stream, buf, conn, protocol, max_size, events)).await;
+        if let Err(loss) = drained {
+            return Some(loss);
+        }
+    }
     loop {
         tokio::select! {
             biased;
@@ -147,15 +155,9 @@ async fn serve(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(_) => return Some(ConnectionLoss::Network),
                 }
-                let forwarded = Box::pin(forward_packets(buf, conn, protocol, max_size, events)).await;
-                if let Err(error) = forwarded {
-                    let reason = error.reason_code();
-                    Box::pin(say_goodbye(stream, protocol, reason)).await;
-                    return Some(ConnectionLoss::ProtocolViolation(reason));
-                }
-                if buf.is_empty() {
-                    // Idle connections keep no read buffer.
-                    *buf = BytesMut::new();
+                let drained = Box::pin(drain(stream, buf, conn, protocol, max_size, events)).await;
+                if let Err(loss) = drained {
+                    return Some(loss);
                 }
             }
             _ = &mut timer, if keep_alive > 0 => {
@@ -179,6 +181,28 @@ async fn say_goodbye(stream: &TcpStream, protocol: ProtocolVersion, reason: Reas
         let disconnect = Packet::Disconnect(Disconnect::new(reason));
         let _ = write_all(stream, encode_one(disconnect, protocol)).await;
     }
+}
+
+/// Forwards every whole packet in `buf` to the core; on undecodable bytes
+/// says goodbye (5.0) and reports the violation. An emptied buffer is freed.
+async fn drain(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    conn: ConnId,
+    protocol: ProtocolVersion,
+    max_size: usize,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), ConnectionLoss> {
+    if let Err(error) = forward_packets(buf, conn, protocol, max_size, events).await {
+        let reason = error.reason_code();
+        say_goodbye(stream, protocol, reason).await;
+        return Err(ConnectionLoss::ProtocolViolation(reason));
+    }
+    if buf.is_empty() {
+        // Idle connections keep no read buffer.
+        *buf = BytesMut::new();
+    }
+    Ok(())
 }
 
 /// Why the first packet could not be had.

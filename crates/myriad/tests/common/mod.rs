@@ -45,6 +45,7 @@ pub struct Broker {
     pid: Option<u32>,
     pub port: u16,
     config: PathBuf,
+    data_dir: PathBuf,
     stderr_log: PathBuf,
 }
 
@@ -61,6 +62,9 @@ impl Broker {
         let dir = std::env::temp_dir();
         let config = dir.join(format!("{stem}.toml"));
         let stderr_log = dir.join(format!("{stem}.stderr.log"));
+        // Each broker keeps its own store, so tests neither share sessions
+        // nor contend for the database file.
+        let data_dir = dir.join(format!("{stem}.data"));
         std::fs::write(
             &config,
             format!("[mqtt]\nlisten = \"127.0.0.1:0\"\n{mqtt_extra}\n"),
@@ -74,6 +78,8 @@ impl Broker {
             .arg("127.0.0.1:0")
             .arg("--config")
             .arg(&config)
+            .arg("--data-dir")
+            .arg(&data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -88,6 +94,7 @@ impl Broker {
             pid,
             port: 0,
             config,
+            data_dir,
             stderr_log,
         };
 
@@ -159,6 +166,7 @@ impl Drop for Broker {
         }
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(&self.stderr_log);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
