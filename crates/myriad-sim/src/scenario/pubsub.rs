@@ -63,6 +63,11 @@ pub struct PubSubArgs {
     /// Shared subscription group (shared only).
     #[arg(long, default_value = "sim")]
     pub group: String,
+    /// Subscribers keep persistent sessions (3.1.1 clean session 0; 5.0 clean
+    /// start 0 and a one-hour session expiry), so a broker with a store
+    /// persists what it delivers to them.
+    #[arg(long)]
+    pub persistent_subscribers: bool,
 }
 
 impl PubSubArgs {
@@ -231,6 +236,10 @@ pub async fn run(env: Env, args: PubSubArgs, plan: Plan) -> Result<()> {
         let mut options = ConnectOptions::new(format!("{}-s{index}", env.prefix), env.version);
         options.keep_alive = args.keepalive;
         options.source = env.sources.source(index);
+        if args.persistent_subscribers {
+            options.clean_start = false;
+            options.session_expiry = Some(3600);
+        }
         subscribers.spawn(subscriber(
             env.broker,
             options,
