@@ -88,7 +88,9 @@ impl Config {
         };
         config.mqtt.validate()?;
         if config.store.group_window_ms > 1000 {
-            bail!("invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)");
+            bail!(
+                "invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)"
+            );
         }
         Ok(config)
     }
@@ -130,7 +132,10 @@ mod tests {
 
     #[test]
     fn store_section() {
-        assert_eq!(Config::parse("").expect("empty").store, StoreConfig::default());
+        assert_eq!(
+            Config::parse("").expect("empty").store,
+            StoreConfig::default()
+        );
         let config = Config::parse(
             "[store]\nbackend = \"memory\"\ncommit = \"per_ack\"\nfsync = false\ndata_dir = \"/tmp/x\"\n",
         )
@@ -141,7 +146,10 @@ mod tests {
         let error = Config::parse("[store]\nbackend = \"sled\"\n").expect_err("unknown backend");
         assert!(format!("{error:#}").contains("backend"), "{error:#}");
         let error = Config::parse("[store]\ngroup_window_ms = 5000\n").expect_err("window");
-        assert!(format!("{error:#}").contains("store.group_window_ms"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("store.group_window_ms"),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -61,7 +61,12 @@ fn open_store(config: &StoreConfig) -> Result<Option<Persistence>> {
             fsync: config.fsync,
         },
     )
-    .with_context(|| format!("cannot open the store in {} (store.data_dir)", config.data_dir.display()))?;
+    .with_context(|| {
+        format!(
+            "cannot open the store in {} (store.data_dir)",
+            config.data_dir.display()
+        )
+    })?;
     let report = store.open_report();
     info!(data_dir = %config.data_dir.display(), ?report, "store opened");
     let policy = match config.commit {
