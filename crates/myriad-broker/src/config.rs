@@ -27,7 +27,8 @@ pub struct BrokerConfig {
     pub max_outbound_qos0: usize,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u16,
-    /// Topic filters whose subscription is refused (Not Authorized).
+    /// Topics no client may read: a SUBSCRIBE whose filter lies inside one of
+    /// these is refused (0x80), and messages on them reach no subscriber.
     pub deny_subscribe: Vec<String>,
 }
 

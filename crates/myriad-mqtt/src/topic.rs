@@ -82,19 +82,19 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-/// Whether some topic name matches both filters (both already valid).
-pub fn filters_overlap(a: &str, b: &str) -> bool {
-    let dollar = |f: &str| f.starts_with('$');
-    let leading_wildcard = |f: &str| f.starts_with('+') || f.starts_with('#');
-    if (leading_wildcard(a) && dollar(b)) || (leading_wildcard(b) && dollar(a)) {
+/// Whether every topic `inner` matches is also matched by `outer` (both valid filters).
+pub fn filter_covers(outer: &str, inner: &str) -> bool {
+    // A leading wildcard does not match `$` topics (MQTT-4.7.2-1).
+    if (outer.starts_with('+') || outer.starts_with('#')) && inner.starts_with('$') {
         return false;
     }
-    let mut a_levels = a.split('/');
-    let mut b_levels = b.split('/');
+    let mut outer_levels = outer.split('/');
+    let mut inner_levels = inner.split('/');
     loop {
-        match (a_levels.next(), b_levels.next()) {
-            (Some("#"), _) | (_, Some("#")) => return true,
-            (Some(x), Some(y)) if x == "+" || y == "+" || x == y => {}
+        match (outer_levels.next(), inner_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(i)) if i != "#" => {}
+            (Some(o), Some(i)) if o == i && o != "+" && o != "#" => {}
             (None, None) => return true,
             _ => return false,
         }
@@ -145,28 +145,32 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_filters() {
-        for (a, b) in [
-            ("secret/#", "#"),
+    fn covering_filters() {
+        for (outer, inner) in [
+            ("secret/#", "secret/#"),
             ("secret/#", "secret/+"),
-            ("secret/#", "+/plans"),
             ("secret/#", "secret"),
-            ("a/+/c", "a/b/+"),
-            ("a/b", "a/b"),
-            ("$SYS/x", "$SYS/#"),
+            ("secret/#", "secret/a/b"),
+            ("a/+", "a/b"),
+            ("a/+", "a/+"),
+            ("#", "a/#"),
+            ("test/nosubscribe", "test/nosubscribe"),
         ] {
-            assert!(filters_overlap(a, b), "{a} ~ {b}");
-            assert!(filters_overlap(b, a), "{b} ~ {a}");
+            assert!(filter_covers(outer, inner), "{outer} covers {inner}");
         }
-        for (a, b) in [
-            ("secret/#", "open/#"),
+        for (outer, inner) in [
+            ("secret/#", "#"),
+            ("secret/#", "+/plans"),
+            ("a/+", "a/#"),
             ("a/+", "a/b/c"),
-            ("a/b", "a/c"),
-            ("$SYS/x", "#"),
-            ("$SYS/x", "+/x"),
+            ("a/b", "a/+"),
+            ("#", "$SYS/x"),
+            ("test/nosubscribe", "test/#"),
         ] {
-            assert!(!filters_overlap(a, b), "{a} !~ {b}");
-            assert!(!filters_overlap(b, a), "{b} !~ {a}");
+            assert!(
+                !filter_covers(outer, inner),
+                "{outer} does not cover {inner}"
+            );
         }
     }
 

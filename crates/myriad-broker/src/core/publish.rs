@@ -197,6 +197,9 @@ impl Broker {
             self.record_retained(&message);
             self.retained.set(message.clone());
         }
+        if self.is_topic_denied(&message.topic) {
+            return 0;
+        }
         let mut matched = Vec::new();
         let sessions = &self.sessions;
         let connections = &self.connections;

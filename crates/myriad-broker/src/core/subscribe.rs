@@ -24,12 +24,23 @@ pub(super) fn split_filter(filter: &str) -> (Option<&str>, &str) {
 const MAXIMUM_QOS: QoS = QoS::ExactlyOnce;
 
 impl Broker {
-    /// A filter is denied if any topic it could match is covered by a denied filter.
+    /// A subscription is refused when every topic its filter matches is denied.
+    /// A wider filter (`#`) is granted, and messages on denied topics are
+    /// withheld at delivery instead ([`Broker::is_topic_denied`]), the way a
+    /// read ACL works in Mosquitto.
     fn is_denied(&self, filter: &str) -> bool {
         self.config
             .deny_subscribe
             .iter()
-            .any(|denied| topic::filters_overlap(denied, filter))
+            .any(|denied| topic::filter_covers(denied, filter))
+    }
+
+    /// Whether messages on `topic` are withheld from every subscriber.
+    pub(super) fn is_topic_denied(&self, topic_name: &str) -> bool {
+        self.config
+            .deny_subscribe
+            .iter()
+            .any(|denied| topic::matches(denied, topic_name))
     }
 
     pub(super) fn handle_subscribe(&mut self, now: Instant, conn: ConnId, subscribe: Subscribe) {
@@ -37,7 +48,6 @@ impl Broker {
             return;
         };
         let session_id = connection.session;
-        let v5 = connection.protocol.is_v5();
         let subscription_id = subscribe
             .properties
             .subscription_identifiers
@@ -60,11 +70,10 @@ impl Broker {
                 return;
             }
             if self.is_denied(inner) {
-                reason_codes.push(if v5 {
-                    ReasonCode::NotAuthorized
-                } else {
-                    ReasonCode::UnspecifiedError
-                });
+                // The config deny list answers 0x80 in both versions, as
+                // Mosquitto-era clients and the Eclipse Paho suite expect;
+                // per-device ACLs answer 0x87 Not Authorized.
+                reason_codes.push(ReasonCode::UnspecifiedError);
                 continue;
             }
             let mut options = request.options;

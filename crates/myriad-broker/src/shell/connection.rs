@@ -67,6 +67,44 @@ pub(super) async fn run(
     } else {
         debug!(%peer, client_id = %client_id, "connection closed by the server");
     }
+    if loss != Some(ConnectionLoss::Network) {
+        Box::pin(linger(stream)).await;
+    }
+}
+
+/// How long a connection the server ended may keep draining the client's bytes.
+const LINGER: Duration = Duration::from_secs(1);
+/// How many of the client's bytes are drained at most.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// After the server ended a connection: close our direction, then read and
+/// discard until the client closes too (bounded by [`LINGER`] and
+/// [`LINGER_BYTES`]). A client still writing (PUBRELs after a DISCONNECT
+/// 0x93, say) then reads the DISCONNECT instead of running into a reset.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        tokio::select! {
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+            }
+            _ = sleep_until(deadline) => return,
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Reads the CONNECT (within the configured time), answering a bad one.

@@ -263,22 +263,30 @@ fn denied_subscriptions() {
                 ("secret/#", opts(QoS::AtMostOnce)),
                 ("secret/plans", opts(QoS::AtMostOnce)),
                 ("$share/g/secret/#", opts(QoS::AtMostOnce)),
-                ("#", opts(QoS::AtMostOnce)),
-                ("+/plans", opts(QoS::AtMostOnce)),
                 ("secret/+", opts(QoS::AtMostOnce)),
             ],
             None
         ),
-        vec![ReasonCode::NotAuthorized; 6]
+        vec![ReasonCode::UnspecifiedError; 4]
     );
+    // Wider filters are granted, but never carry denied topics.
     assert_eq!(
-        h.subscribe_with(v5c, &[("open/#", opts(QoS::AtMostOnce))], None),
-        vec![ReasonCode::Success]
+        h.subscribe_with(
+            v5c,
+            &[
+                ("#", opts(QoS::AtMostOnce)),
+                ("+/plans", opts(QoS::AtMostOnce))
+            ],
+            None
+        ),
+        vec![ReasonCode::Success; 2]
     );
-    assert_eq!(h.broker.subscription_count(), 2);
+    assert_eq!(h.broker.subscription_count(), 3);
     h.inject(msg("secret/plans", "x"));
     h.assert_silent(v3);
     h.assert_silent(v5c);
+    h.inject(msg("open/plans", "y"));
+    assert_eq!(h.payloads(v5c), vec!["y"]);
 }
 
 #[test]
