@@ -15,6 +15,24 @@ pub struct Config {
     pub mqtt: BrokerConfig,
     /// Where sessions, queued messages and retained messages are kept.
     pub store: StoreConfig,
+    /// Threads of the network runtime.
+    pub runtime: RuntimeConfig,
+}
+
+/// The `[runtime]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads serving connections: 1 (the default) runs one event loop,
+    /// which keeps packets from different connections in arrival order; 0
+    /// uses one thread per core; any other number that many threads.
+    pub threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { threads: 1 }
+    }
 }
 
 /// Which store keeps the broker's state.
@@ -150,6 +168,15 @@ mod tests {
             format!("{error:#}").contains("store.group_window_ms"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn runtime_section() {
+        assert_eq!(Config::parse("").expect("empty").runtime.threads, 1);
+        let config = Config::parse("[runtime]\nthreads = 0\n").expect("valid");
+        assert_eq!(config.runtime.threads, 0);
+        let error = Config::parse("[runtime]\nworkers = 2\n").expect_err("unknown key");
+        assert!(format!("{error:#}").contains("workers"), "{error:#}");
     }
 
     #[test]

@@ -25,10 +25,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
         config.store.data_dir = data_dir;
     }
     let persistence = open_store(&config.store)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = match config.runtime.threads {
+        // One event loop handles sockets in the order they became ready, so
+        // packets arriving on different connections reach the broker core in
+        // arrival order (as in Mosquitto); the core is one task either way.
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        threads => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+    }
+    .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Handlers are in place before anyone learns the server is up, so a
         // signal sent right after the listening line still shuts down cleanly.
