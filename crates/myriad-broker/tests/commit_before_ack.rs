@@ -124,6 +124,27 @@ fn publish(topic: &str, packet_id: u16) -> Packet {
     })
 }
 
+/// A subscriber to `t` at QoS 1 whose session outlives its connection, so
+/// deliveries to it are stored.
+async fn persistent_subscriber(addr: std::net::SocketAddr) -> Client {
+    let mut subscriber = Client::connect(addr, "sub", 600).await;
+    subscriber
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscriptionRequest {
+                filter: "t".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: Properties::default(),
+        }))
+        .await;
+    assert!(matches!(subscriber.recv().await, Some(Packet::SubAck(_))));
+    subscriber
+}
+
 async fn start(
     store: ProbeStore,
 ) -> (
@@ -156,21 +177,7 @@ async fn start(
 async fn puback_follows_the_commit_of_the_queued_message() {
     let store = ProbeStore::default();
     let (addr, shutdown, server) = start(store.clone()).await;
-    let mut subscriber = Client::connect(addr, "sub", 600).await;
-    subscriber
-        .send(Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![SubscriptionRequest {
-                filter: "t".into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..SubscriptionOptions::default()
-                },
-            }],
-            properties: Properties::default(),
-        }))
-        .await;
-    assert!(matches!(subscriber.recv().await, Some(Packet::SubAck(_))));
+    let _subscriber = persistent_subscriber(addr).await;
     let mut publisher = Client::connect(addr, "pub", 0).await;
     publisher.send(publish("t", 7)).await;
     assert!(matches!(publisher.recv().await, Some(Packet::PubAck(ack)) if ack.packet_id == 7));
@@ -192,21 +199,7 @@ async fn puback_follows_the_commit_of_the_queued_message() {
 async fn a_failed_commit_stops_the_broker_without_acknowledging() {
     let store = ProbeStore::default();
     let (addr, _shutdown, server) = start(store.clone()).await;
-    let mut subscriber = Client::connect(addr, "sub", 600).await;
-    subscriber
-        .send(Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![SubscriptionRequest {
-                filter: "t".into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..SubscriptionOptions::default()
-                },
-            }],
-            properties: Properties::default(),
-        }))
-        .await;
-    assert!(matches!(subscriber.recv().await, Some(Packet::SubAck(_))));
+    let _subscriber = persistent_subscriber(addr).await;
     let mut publisher = Client::connect(addr, "pub", 0).await;
     store.fail_from_now();
     publisher.send(publish("t", 9)).await;

@@ -163,7 +163,7 @@ impl SessionStore for MemoryStore {
                     deleted.insert(client_id);
                 }
                 other => {
-                    if let Some(client_id) = session_of(other) {
+                    if let Some(client_id) = other.needed_session() {
                         let exists = created.contains(client_id)
                             || (self.sessions.contains_key(client_id)
                                 && !deleted.contains(client_id));
@@ -181,24 +181,6 @@ impl SessionStore for MemoryStore {
         }
         self.commits += 1;
         Ok(())
-    }
-}
-
-/// The session a change belongs to, for changes that need an existing session.
-fn session_of(change: &Change) -> Option<&ByteString> {
-    match change {
-        Change::PutSubscription { client_id, .. }
-        | Change::DeleteSubscription { client_id, .. }
-        | Change::PutOutbound { client_id, .. }
-        | Change::DeleteOutbound { client_id, .. }
-        | Change::PutInboundQos2 { client_id, .. }
-        | Change::DeleteInboundQos2 { client_id, .. }
-        | Change::PutWill { client_id, .. }
-        | Change::DeleteWill { client_id } => Some(client_id),
-        Change::PutSession(_)
-        | Change::DeleteSession { .. }
-        | Change::PutRetained(_)
-        | Change::DeleteRetained { .. } => None,
     }
 }
 

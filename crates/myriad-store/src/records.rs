@@ -155,6 +155,27 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The session this change needs to exist already: every change that
+    /// names a session except the ones creating or deleting it.
+    pub fn needed_session(&self) -> Option<&ByteString> {
+        match self {
+            Change::PutSubscription { client_id, .. }
+            | Change::DeleteSubscription { client_id, .. }
+            | Change::PutOutbound { client_id, .. }
+            | Change::DeleteOutbound { client_id, .. }
+            | Change::PutInboundQos2 { client_id, .. }
+            | Change::DeleteInboundQos2 { client_id, .. }
+            | Change::PutWill { client_id, .. }
+            | Change::DeleteWill { client_id } => Some(client_id),
+            Change::PutSession(_)
+            | Change::DeleteSession { .. }
+            | Change::PutRetained(_)
+            | Change::DeleteRetained { .. } => None,
+        }
+    }
+}
+
 /// One session as loaded at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {

@@ -281,17 +281,21 @@ impl Broker {
         self.record_session(session_id);
     }
 
-    fn cancel_timers(&mut self, session_id: SessionId) {
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return;
-        };
+    /// Stops a session's expiry and delayed-will timers; returns the pending will, if any.
+    fn clear_timers(&mut self, session_id: SessionId) -> Option<Box<Will>> {
+        let session = self.sessions.get_mut(&session_id)?;
         if let Some(at) = session.expires_at.take() {
             self.expiries.remove(&(at, session_id));
         }
         if let Some(at) = session.will_due.take() {
             self.wills_due.remove(&(at, session_id));
         }
-        if self.pending_wills.remove(&session_id).is_some() {
+        self.pending_wills.remove(&session_id)
+    }
+
+    /// On resume: the session neither expires nor sends its delayed will.
+    fn cancel_timers(&mut self, session_id: SessionId) {
+        if self.clear_timers(session_id).is_some() {
             self.record_will(session_id, None);
         }
     }
@@ -299,16 +303,7 @@ impl Broker {
     /// Removes a session: its subscriptions, queue and timers. A pending
     /// delayed will is published now (the session ended first).
     pub(super) fn end_session(&mut self, now: Instant, session_id: SessionId) {
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return;
-        };
-        if let Some(at) = session.expires_at.take() {
-            self.expiries.remove(&(at, session_id));
-        }
-        if let Some(at) = session.will_due.take() {
-            self.wills_due.remove(&(at, session_id));
-        }
-        let will = self.pending_wills.remove(&session_id);
+        let will = self.clear_timers(session_id);
         if let Some(session) = self.sessions.remove(&session_id) {
             self.record_session_end(&session);
             for filter in session.subscriptions.keys() {

@@ -34,7 +34,7 @@ pub(super) fn check(
                 deleted.insert(client_id);
             }
             other => {
-                let Some(client_id) = session_of(other) else {
+                let Some(client_id) = other.needed_session() else {
                     continue;
                 };
                 if created.contains(client_id) {
@@ -60,24 +60,6 @@ pub(super) fn check(
         }
     }
     Ok(())
-}
-
-/// The session a change belongs to, for changes that need an existing session.
-fn session_of(change: &Change) -> Option<&ByteString> {
-    match change {
-        Change::PutSubscription { client_id, .. }
-        | Change::DeleteSubscription { client_id, .. }
-        | Change::PutOutbound { client_id, .. }
-        | Change::DeleteOutbound { client_id, .. }
-        | Change::PutInboundQos2 { client_id, .. }
-        | Change::DeleteInboundQos2 { client_id, .. }
-        | Change::PutWill { client_id, .. }
-        | Change::DeleteWill { client_id } => Some(client_id),
-        Change::PutSession(_)
-        | Change::DeleteSession { .. }
-        | Change::PutRetained(_)
-        | Change::DeleteRetained { .. } => None,
-    }
 }
 
 /// Removes every row of `table` whose key starts with `prefix`.
