@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use myriad_mqtt::{
-    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, PublishAck,
-    ReasonCode, Will,
+    ConnAck, Connect, Disconnect, Packet, Properties, Publish, PublishAck, ReasonCode, Will,
 };
 
 use super::message::Message;
@@ -42,7 +41,7 @@ impl Broker {
         }
         let client_id = if connect.client_id.is_empty() {
             if !v5 && !connect.clean_start {
-                self.refuse_v311(conn, connect.protocol, ReasonCode::ClientIdentifierNotValid);
+                self.refuse(conn, ReasonCode::ClientIdentifierNotValid);
                 return false;
             }
             let assigned = self.assign_client_id();
@@ -192,10 +191,6 @@ impl Broker {
             }),
         );
         self.outputs.push_back(Output::Close(conn));
-    }
-
-    fn refuse_v311(&mut self, conn: ConnId, _protocol: ProtocolVersion, reason: ReasonCode) {
-        self.refuse(conn, reason);
     }
 
     fn assign_client_id(&mut self) -> myriad_mqtt::ByteString {

@@ -276,6 +276,23 @@ impl Broker {
         });
     }
 
+    /// Records the delivery just appended to a session's queue (nothing is
+    /// copied unless the session is recorded).
+    pub(super) fn record_last_queued(&mut self, session: SessionId) {
+        if self.recorded(session).is_none() {
+            return;
+        }
+        let Some(queued) = self
+            .sessions
+            .get(&session)
+            .and_then(|s| s.outbound.queue.back())
+            .cloned()
+        else {
+            return;
+        };
+        self.record_outbound(session, &queued, None);
+    }
+
     /// Records a QoS 2 delivery as released (PUBREL sent).
     pub(super) fn record_released(&mut self, session: SessionId, seq: u64, packet_id: u16) {
         let Some(client_id) = self.recorded(session) else {

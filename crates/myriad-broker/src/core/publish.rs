@@ -262,14 +262,8 @@ impl Broker {
         if let QueueOutcome::DroppedOldest(dropped) = &outcome {
             self.record_outbound_done(session_id, dropped.seq);
         }
-        if outcome != QueueOutcome::Rejected
-            && let Some(queued) = self
-                .sessions
-                .get(&session_id)
-                .and_then(|s| s.outbound.queue.back())
-                .cloned()
-        {
-            self.record_outbound(session_id, &queued, None);
+        if outcome != QueueOutcome::Rejected {
+            self.record_last_queued(session_id);
         }
     }
 

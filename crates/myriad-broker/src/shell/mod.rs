@@ -161,7 +161,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         config: config.clone(),
     });
-    let broker = match persistence {
+    let (broker, persistence) = match persistence {
         Some(mut persistence) => {
             let snapshot = persistence.store.load().map_err(ServeError::Load)?;
             let broker = Broker::restore(
@@ -175,12 +175,8 @@ pub async fn run(
                 retained = broker.retained_count(),
                 "state restored"
             );
-            Some((broker, persistence))
+            (broker, Some(persistence))
         }
-        None => None,
-    };
-    let (broker, persistence) = match broker {
-        Some((broker, persistence)) => (broker, Some(persistence)),
         None => (Broker::new(config.clone()), None),
     };
     let core_shutdown = shutdown.clone();
