@@ -1,0 +1,20 @@
+//! The device layer: what a fleet operator works with every day.
+//!
+//! Everything here is sans-IO except [`store`]: the broker shell and the
+//! HTTP API call into these types; they never touch a socket.
+//!
+//! - [`registry`]: devices, application clients, search and paging;
+//! - [`credentials`]: Argon2 password hashes and login throttling;
+//! - [`acl`]: the device topic namespace and who may publish/subscribe where;
+//! - [`presence`]: online/offline state with ordered versions;
+//! - [`shadow`]: desired / reported / delta documents with versions;
+//! - [`import`]: streaming bulk provisioning from CSV or JSON lines;
+//! - [`store`]: the embedded (redb) store for all of the above.
+
+pub mod acl;
+pub mod credentials;
+pub mod import;
+pub mod presence;
+pub mod registry;
+pub mod shadow;
+pub mod store;
