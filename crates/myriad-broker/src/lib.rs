@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod core;
+pub mod hooks;
 pub mod shell;
 
 pub use config::BrokerConfig;

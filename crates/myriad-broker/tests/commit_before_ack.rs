@@ -1,19 +1,17 @@
 //! The shell sends an acknowledgement only after the batch holding the
 //! message is committed, and stops rather than acknowledge what it cannot store.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use common::Client;
 use myriad_broker::BrokerConfig;
 use myriad_broker::shell::{self, CommitPolicy, Persistence, ServeError};
-use myriad_mqtt::{
-    Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
-    SubscriptionRequest,
-};
+use myriad_mqtt::{Packet, QoS};
 use myriad_store::{Change, MemoryStore, SessionStore, Snapshot, StoreError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -56,92 +54,12 @@ impl SessionStore for ProbeStore {
     }
 }
 
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr, id: &str, expiry: u32) -> Client {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let mut client = Client {
-            stream,
-            buf: BytesMut::new(),
-        };
-        client
-            .send(Packet::Connect(Box::new(Connect {
-                protocol: ProtocolVersion::V5,
-                clean_start: true,
-                keep_alive: 30,
-                client_id: id.into(),
-                will: None,
-                username: None,
-                password: None,
-                properties: Properties {
-                    session_expiry_interval: Some(expiry),
-                    ..Properties::default()
-                },
-            })))
-            .await;
-        assert!(matches!(client.recv().await, Some(Packet::ConnAck(_))));
-        client
-    }
-
-    async fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        myriad_mqtt::encode(&packet, ProtocolVersion::V5, &mut out).expect("encode");
-        self.stream.write_all(&out).await.expect("write");
-    }
-
-    /// The next packet, or None when the server closed the connection.
-    async fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Some(packet) =
-                myriad_mqtt::decode(&mut self.buf, ProtocolVersion::V5, 1 << 20).expect("decode")
-            {
-                return Some(packet);
-            }
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
-                    .await
-                    .expect("server answers within 5 s");
-            if read.unwrap_or(0) == 0 {
-                return None;
-            }
-        }
-    }
-}
-
-fn publish(topic: &str, packet_id: u16) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: topic.into(),
-        packet_id,
-        payload: Bytes::from_static(b"durable"),
-        properties: Properties::default(),
-    })
-}
-
 /// A subscriber to `t` at QoS 1 whose session outlives its connection, so
 /// deliveries to it are stored.
 async fn persistent_subscriber(addr: std::net::SocketAddr) -> Client {
     let mut subscriber = Client::connect(addr, "sub", 600).await;
-    subscriber
-        .send(Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![SubscriptionRequest {
-                filter: "t".into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..SubscriptionOptions::default()
-                },
-            }],
-            properties: Properties::default(),
-        }))
-        .await;
-    assert!(matches!(subscriber.recv().await, Some(Packet::SubAck(_))));
+    let suback = subscriber.subscribe(1, "t", QoS::AtLeastOnce).await;
+    assert!(matches!(suback, Some(Packet::SubAck(_))));
     subscriber
 }
 
@@ -165,6 +83,7 @@ async fn start(
     let server = tokio::spawn(shell::run(
         BrokerConfig::default(),
         Some(persistence),
+        shell::Hooks::default(),
         listener,
         shutdown.clone(),
         handle,
@@ -179,7 +98,7 @@ async fn puback_follows_the_commit_of_the_queued_message() {
     let (addr, shutdown, server) = start(store.clone()).await;
     let _subscriber = persistent_subscriber(addr).await;
     let mut publisher = Client::connect(addr, "pub", 0).await;
-    publisher.send(publish("t", 7)).await;
+    publisher.send(common::publish("t", 7, b"durable")).await;
     assert!(matches!(publisher.recv().await, Some(Packet::PubAck(ack)) if ack.packet_id == 7));
     // By the time PUBACK arrived, the subscriber's copy was committed.
     let stored = store.batches().into_iter().flatten().any(|change| {
@@ -202,7 +121,7 @@ async fn a_failed_commit_stops_the_broker_without_acknowledging() {
     let _subscriber = persistent_subscriber(addr).await;
     let mut publisher = Client::connect(addr, "pub", 0).await;
     store.fail_from_now();
-    publisher.send(publish("t", 9)).await;
+    publisher.send(common::publish("t", 9, b"durable")).await;
     // The broker stops: the publisher sees its connection end, never a PUBACK.
     loop {
         match publisher.recv().await {

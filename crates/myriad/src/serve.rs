@@ -56,8 +56,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
         writeln!(stdout, "MQTT listening on {address}")?;
         stdout.flush()?;
         let (handle, events) = myriad_broker::shell::channel();
-        myriad_broker::shell::run(config.mqtt, persistence, listener, shutdown, handle, events)
-            .await?;
+        let hooks = myriad_broker::shell::Hooks::default();
+        myriad_broker::shell::run(
+            config.mqtt,
+            persistence,
+            hooks,
+            listener,
+            shutdown,
+            handle,
+            events,
+        )
+        .await?;
         Ok(())
     })
 }

@@ -11,6 +11,7 @@ use super::message::Message;
 use super::session::{InflightState, NEVER_EXPIRES, Session};
 use super::{Broker, ConnId, Connection, ConnectionLoss, Output, SessionId};
 use crate::config::BrokerConfig;
+use crate::hooks::{OfflineReason, Presence};
 
 /// The keep alive the server enforces for `connect`, in seconds (0: none).
 ///
@@ -133,6 +134,7 @@ impl Broker {
                 outbound_aliases: HashMap::new(),
                 will: connect.will.map(Box::new),
                 connect_expiry_was_zero: asked_expiry == 0,
+                acl: None,
             },
         );
         self.send(
@@ -143,6 +145,15 @@ impl Broker {
                 properties: connack_properties,
             }),
         );
+        if self.presence_events {
+            self.outputs.push_back(Output::Presence(Presence::Online {
+                conn,
+                client_id,
+                keep_alive,
+                protocol: connect.protocol,
+                session_present,
+            }));
+        }
         if session_present {
             self.resend_inflight(now, conn, session_id);
         }
@@ -168,7 +179,12 @@ impl Broker {
         }
         let send_will = disconnect.reason_code == ReasonCode::DisconnectWithWillMessage;
         self.outputs.push_back(Output::Close(conn));
-        self.detach(now, conn, send_will);
+        let reason = if send_will {
+            OfflineReason::ClientDisconnectWithWill
+        } else {
+            OfflineReason::ClientDisconnect
+        };
+        self.detach(now, conn, send_will, reason);
     }
 
     /// Handles the end of `conn` seen by the shell (socket closed, keep alive
@@ -178,7 +194,13 @@ impl Broker {
             return;
         }
         let publish_will = loss != ConnectionLoss::ServerShutdown;
-        self.detach(now, conn, publish_will);
+        let reason = match loss {
+            ConnectionLoss::Network => OfflineReason::NetworkLoss,
+            ConnectionLoss::KeepAliveTimeout => OfflineReason::KeepAliveTimeout,
+            ConnectionLoss::ProtocolViolation(code) => OfflineReason::ProtocolError(code),
+            ConnectionLoss::ServerShutdown => OfflineReason::ServerShutdown,
+        };
+        self.detach(now, conn, publish_will, reason);
     }
 
     fn refuse(&mut self, conn: ConnId, reason: ReasonCode) {
@@ -232,11 +254,17 @@ impl Broker {
             .and_then(|c| c.will.as_ref())
             .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) > 0);
         let publish_will = clean_start || !delayed;
-        self.detach(now, old_conn, publish_will);
+        self.detach(now, old_conn, publish_will, OfflineReason::TakenOver);
     }
 
     /// Separates `conn` from its session; keeps, schedules or ends the session.
-    pub(super) fn detach(&mut self, now: Instant, conn: ConnId, publish_will: bool) {
+    pub(super) fn detach(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        publish_will: bool,
+        reason: OfflineReason,
+    ) {
         let Some(connection) = self.connections.remove(&conn) else {
             return;
         };
@@ -248,6 +276,13 @@ impl Broker {
             return;
         }
         session.connection = None;
+        if self.presence_events {
+            self.outputs.push_back(Output::Presence(Presence::Offline {
+                conn,
+                client_id: session.client_id.clone(),
+                reason,
+            }));
+        }
         let expiry = session.expiry_interval;
         let will = connection.will.filter(|_| publish_will);
         if let Some(will) = will {

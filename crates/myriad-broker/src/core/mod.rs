@@ -15,11 +15,13 @@ mod subscribe;
 pub mod tree;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use myriad_mqtt::{ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
 
 use crate::config::BrokerConfig;
+use crate::hooks::{Acl, OfflineReason, Presence};
 use retained::RetainedStore;
 use session::Session;
 use tree::SubscriptionTree;
@@ -39,6 +41,9 @@ pub enum Output {
     Send(ConnId, Packet),
     /// Close the connection after writing what was queued before this.
     Close(ConnId),
+    /// A session went online or offline (only when enabled with
+    /// [`Broker::set_presence_events`]).
+    Presence(Presence),
 }
 
 /// Why a connection ended, as the shell saw it.
@@ -67,6 +72,10 @@ pub struct BrokerStats {
     pub messages_too_large: u64,
     /// Messages that expired before delivery.
     pub messages_expired: u64,
+    /// PUBLISH packets (and wills) refused by a connection's ACL.
+    pub publishes_denied: u64,
+    /// Subscriptions refused by a connection's ACL.
+    pub subscriptions_denied: u64,
 }
 
 /// What the broker knows about one live connection.
@@ -85,6 +94,8 @@ struct Connection {
     will: Option<Box<Will>>,
     /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
     connect_expiry_was_zero: bool,
+    /// What the connection may do, as its authenticator decided (`None`: anything).
+    acl: Option<Arc<dyn Acl>>,
 }
 
 /// The broker state machine. See the module documentation.
@@ -111,6 +122,8 @@ pub struct Broker {
     recording: bool,
     changes: Vec<myriad_store::Change>,
     clock: persist::Clock,
+    /// Whether [`Output::Presence`] events are produced.
+    presence_events: bool,
 }
 
 impl Broker {
@@ -134,6 +147,20 @@ impl Broker {
             recording: false,
             changes: Vec::new(),
             clock: persist::Clock::new(Instant::now(), persist::unix_now()),
+            presence_events: false,
+        }
+    }
+
+    /// Turns [`Output::Presence`] events on or off (off by default).
+    pub fn set_presence_events(&mut self, enabled: bool) {
+        self.presence_events = enabled;
+    }
+
+    /// Restricts what the client on `conn` may publish and subscribe to
+    /// (call right after [`Broker::handle_connect`] accepted it).
+    pub fn set_acl(&mut self, conn: ConnId, acl: Arc<dyn Acl>) {
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.acl = Some(acl);
         }
     }
 
@@ -252,7 +279,12 @@ impl Broker {
             self.send(conn, Packet::Disconnect(Disconnect::new(reason)));
         }
         self.outputs.push_back(Output::Close(conn));
-        self.detach(now, conn, true);
+        let offline = match reason {
+            ReasonCode::ServerShuttingDown => OfflineReason::ServerShutdown,
+            ReasonCode::KeepAliveTimeout => OfflineReason::KeepAliveTimeout,
+            other => OfflineReason::ProtocolError(other),
+        };
+        self.detach(now, conn, true, offline);
     }
 }
 

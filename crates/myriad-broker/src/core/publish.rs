@@ -100,6 +100,12 @@ impl Broker {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
+        if let Some(acl) = &connection.acl
+            && !acl.may_publish(&publish.topic)
+        {
+            self.refuse_publish(conn, v5, qos, packet_id);
+            return;
+        }
         if qos == QoS::ExactlyOnce {
             let Some(session) = self.sessions.get_mut(&session_id) else {
                 return;
@@ -131,6 +137,30 @@ impl Broker {
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
+        }
+    }
+
+    /// A PUBLISH the connection's ACL forbids is not routed. 5.0 clients get
+    /// 0x87 Not Authorized on PUBACK / PUBREC; 3.1.1 has no way to say so,
+    /// and the spec (MQTT-3.3.5-2) lets the server acknowledge as usual.
+    fn refuse_publish(&mut self, conn: ConnId, v5: bool, qos: QoS, packet_id: u16) {
+        self.stats.publishes_denied += 1;
+        let reason_code = if v5 {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::Success
+        };
+        let ack = PublishAck {
+            packet_id,
+            reason_code,
+            properties: Default::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
+            // A 3.1.1 QoS 2 flow must complete: PUBREC now, PUBREL answered
+            // with PUBCOMP (an unknown id gets PUBCOMP anyway).
             QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
         }
     }

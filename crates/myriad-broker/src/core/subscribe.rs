@@ -48,6 +48,7 @@ impl Broker {
             return;
         };
         let session_id = connection.session;
+        let connection_acl = connection.acl.clone();
         let subscription_id = subscribe
             .properties
             .subscription_identifiers
@@ -74,6 +75,14 @@ impl Broker {
                 // Mosquitto-era clients and the Eclipse Paho suite expect;
                 // per-device ACLs answer 0x87 Not Authorized.
                 reason_codes.push(ReasonCode::UnspecifiedError);
+                continue;
+            }
+            if let Some(acl) = &connection_acl
+                && !acl.may_subscribe(inner)
+            {
+                self.stats.subscriptions_denied += 1;
+                // 0x87 in 5.0; a 3.1.1 SUBACK can only say 0x80 Failure.
+                reason_codes.push(ReasonCode::NotAuthorized);
                 continue;
             }
             let mut options = request.options;

@@ -19,6 +19,7 @@ use tracing::debug;
 use super::link::Link;
 use super::{Event, Shared};
 use crate::core::connect::negotiated_keep_alive;
+use crate::hooks::{Acl, AuthDecision, ConnectInfo};
 use crate::{ConnId, ConnectionLoss};
 
 /// Bytes read from the socket per readiness event.
@@ -41,10 +42,14 @@ pub(super) async fn run(
     let Some(connect) = handshake.await else {
         return;
     };
+    let Some(acl) = Box::pin(admit(&stream, peer, &connect, &shared)).await else {
+        Box::pin(linger(stream)).await;
+        return;
+    };
     let protocol = connect.protocol;
     let keep_alive = negotiated_keep_alive(&shared.config, &connect);
     let client_id = connect.client_id.clone();
-    let link = Arc::new(Link::default());
+    let link = Arc::new(Link::new(Some(peer), connect.username.clone()));
     // Reserve before building the event so it is never held across an await.
     let Ok(permit) = Box::pin(events.reserve()).await else {
         return;
@@ -53,6 +58,7 @@ pub(super) async fn run(
         conn,
         connect,
         link: link.clone(),
+        acl,
     });
     debug!(%peer, client_id = %client_id, "connected");
     let loss = serve(
@@ -141,6 +147,67 @@ async fn handshake(
             None
         }
     }
+}
+
+/// Client identifiers with this prefix belong to in-process clients of the
+/// platform; a network client claiming one is refused (0x85 / return code 2).
+pub const RESERVED_CLIENT_ID_PREFIX: &str = "$myriad/";
+
+/// Asks the authenticator about `connect`. Returns the connection's ACL, or
+/// `None` after answering a refusal.
+async fn admit(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    connect: &Connect,
+    shared: &Shared,
+) -> Option<Option<Arc<dyn Acl>>> {
+    let protocol = connect.protocol;
+    if connect.client_id.starts_with(RESERVED_CLIENT_ID_PREFIX) {
+        debug!(%peer, client_id = %connect.client_id, "reserved client id refused");
+        let _ = write_all(
+            stream,
+            connack_refusal(protocol, ReasonCode::ClientIdentifierNotValid),
+        )
+        .await;
+        return None;
+    }
+    let Some(authenticator) = &shared.authenticator else {
+        return Some(None);
+    };
+    let info = ConnectInfo {
+        client_id: &connect.client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer,
+        protocol,
+    };
+    let refusal = match authenticator.authenticate(info).await {
+        AuthDecision::Allow(acl) => {
+            // As Mosquitto does: a will the client could not publish itself is refused up front.
+            let will_allowed = match (&acl, &connect.will) {
+                (Some(acl), Some(will)) => acl.may_publish(&will.topic),
+                _ => true,
+            };
+            if will_allowed {
+                return Some(acl);
+            }
+            ReasonCode::NotAuthorized
+        }
+        AuthDecision::Deny(reason) => reason,
+    };
+    debug!(%peer, client_id = %connect.client_id, ?refusal, "connection refused");
+    let _ = write_all(stream, connack_refusal(protocol, refusal)).await;
+    None
+}
+
+/// A CONNACK refusing the connection with `reason` (mapped to a return code for 3.1.1).
+fn connack_refusal(protocol: ProtocolVersion, reason: ReasonCode) -> BytesMut {
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: reason,
+        properties: Properties::default(),
+    });
+    encode_one(connack, protocol)
 }
 
 /// The main loop after CONNECT. Returns how the connection was lost, or
@@ -315,12 +382,7 @@ async fn refuse_connect(
         // MQTT-3.1.4-1 (3.1.1): close without CONNACK on a malformed CONNECT.
         _ => return Ok(()),
     };
-    let connack = Packet::ConnAck(ConnAck {
-        session_present: false,
-        reason_code: reason,
-        properties: Properties::default(),
-    });
-    write_all(stream, encode_one(connack, protocol)).await
+    write_all(stream, connack_refusal(protocol, reason)).await
 }
 
 /// Decodes every whole packet in `buf` and hands each to the core.
@@ -415,6 +477,7 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let shared = std::sync::Arc::new(super::Shared {
             config: Default::default(),
+            authenticator: None,
         });
         let task = super::run(client, addr, 1, shared, tx, Default::default());
         let size = std::mem::size_of_val(&task);

@@ -6,9 +6,10 @@
 //! become one write.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 
-use myriad_mqtt::{Packet, QoS};
+use myriad_mqtt::{ByteString, Packet, QoS};
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
@@ -23,6 +24,10 @@ struct Pending {
 pub struct Link {
     pending: Mutex<Pending>,
     notify: Notify,
+    /// Who is on the other end, for lifecycle events.
+    pub(crate) peer: Option<SocketAddr>,
+    /// The user name given at CONNECT.
+    pub(crate) username: Option<ByteString>,
 }
 
 /// What a push did.
@@ -37,6 +42,15 @@ pub enum Pushed {
 }
 
 impl Link {
+    /// A mailbox for a connection from `peer` (`None`: in-process) that gave `username`.
+    pub fn new(peer: Option<SocketAddr>, username: Option<ByteString>) -> Link {
+        Link {
+            peer,
+            username,
+            ..Link::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // A poisoned lock only means another thread panicked mid-push; the
         // queue itself is still a valid VecDeque.

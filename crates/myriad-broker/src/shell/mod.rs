@@ -7,6 +7,7 @@
 //! - [`serve`] accepts connections until the shutdown token is cancelled.
 
 mod connection;
+pub mod internal;
 pub mod link;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::config::BrokerConfig;
 use crate::core::persist::unix_now;
 use crate::core::{Broker, Output};
+use crate::hooks::{Acl, Authenticator, Lifecycle, Presence};
 use crate::{ConnId, ConnectionLoss};
 use link::{Link, Pushed};
 
@@ -40,6 +42,8 @@ pub(crate) enum Event {
         conn: ConnId,
         connect: Box<Connect>,
         link: Arc<Link>,
+        /// What the authenticator allowed (`None`: no restriction).
+        acl: Option<Arc<dyn Acl>>,
     },
     /// A connection sent a packet after CONNECT.
     Packet { conn: ConnId, packet: Packet },
@@ -53,6 +57,32 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
+    pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+}
+
+impl std::fmt::Debug for dyn Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticator")
+    }
+}
+
+/// What the layers above plug into a running broker.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Decides on every network CONNECT (`None`: everyone may connect, with no ACL).
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// Receives every session going online or offline, in order. Unbounded:
+    /// the receiver must keep up (one event per connect and disconnect).
+    pub lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("authenticator", &self.authenticator.is_some())
+            .field("lifecycle", &self.lifecycle.is_some())
+            .finish()
+    }
 }
 
 /// Capacity of the channel from connection tasks to the core task. When it
@@ -96,9 +126,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct BrokerHandle {
     events: mpsc::Sender<Event>,
+    /// Connection ids for network and in-process clients alike.
+    next_conn: Arc<AtomicU64>,
 }
 
 impl BrokerHandle {
+    fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Publishes `publish` as if a client had sent it. Fails only if the broker stopped.
     pub async fn publish(&self, publish: Publish) -> Result<(), BrokerStopped> {
         self.events
@@ -122,7 +158,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (handle, events) = channel();
-    run(config, None, listener, shutdown, handle, events).await
+    run(
+        config,
+        None,
+        Hooks::default(),
+        listener,
+        shutdown,
+        handle,
+        events,
+    )
+    .await
 }
 
 /// Why the broker stopped with an error.
@@ -139,7 +184,11 @@ pub enum ServeError {
 /// A handle and the receiving end it feeds, for [`run`].
 pub fn channel() -> (BrokerHandle, EventReceiver) {
     let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
-    (BrokerHandle { events: tx }, EventReceiver(rx))
+    let handle = BrokerHandle {
+        events: tx,
+        next_conn: Arc::new(AtomicU64::new(1)),
+    };
+    (handle, EventReceiver(rx))
 }
 
 /// The core task's end of the event channel.
@@ -153,6 +202,7 @@ pub struct EventReceiver(mpsc::Receiver<Event>);
 pub async fn run(
     config: BrokerConfig,
     persistence: Option<Persistence>,
+    hooks: Hooks,
     listener: TcpListener,
     shutdown: CancellationToken,
     handle: BrokerHandle,
@@ -160,8 +210,9 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let shared = Arc::new(Shared {
         config: config.clone(),
+        authenticator: hooks.authenticator,
     });
-    let (broker, persistence) = match persistence {
+    let (mut broker, persistence) = match persistence {
         Some(mut persistence) => {
             let snapshot = persistence.store.load().map_err(ServeError::Load)?;
             let broker = Broker::restore(
@@ -179,16 +230,17 @@ pub async fn run(
         }
         None => (Broker::new(config.clone()), None),
     };
+    broker.set_presence_events(hooks.lifecycle.is_some());
     let core_shutdown = shutdown.clone();
     let core = tokio::spawn(run_core(
         broker,
         persistence,
         events.0,
         config,
+        hooks.lifecycle,
         core_shutdown,
     ));
     let tracker = TaskTracker::new();
-    let next_conn = AtomicU64::new(1);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -207,7 +259,7 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = handle.next_conn_id();
         tracker.spawn(connection::run(
             stream,
             peer,
@@ -242,9 +294,14 @@ async fn run_core(
     mut persistence: Option<Persistence>,
     mut events: mpsc::Receiver<Event>,
     config: BrokerConfig,
+    lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut links: HashMap<ConnId, Arc<Link>> = HashMap::new();
+    let mut links = Links {
+        live: HashMap::new(),
+        departed: HashMap::new(),
+        lifecycle,
+    };
     let mut woken: Vec<Arc<Link>> = Vec::new();
     loop {
         let deadline = broker.next_timeout();
@@ -293,7 +350,7 @@ async fn run_core(
 /// traffic that writes nothing durable (QoS 0, pings) is not delayed.
 async fn gather(
     broker: &mut Broker,
-    links: &mut HashMap<ConnId, Arc<Link>>,
+    links: &mut Links,
     events: &mut mpsc::Receiver<Event>,
     until: std::time::Instant,
 ) {
@@ -321,24 +378,24 @@ async fn sleep_until_some(deadline: Option<std::time::Instant>) {
     }
 }
 
-fn apply(
-    broker: &mut Broker,
-    links: &mut HashMap<ConnId, Arc<Link>>,
-    event: Event,
-    now: std::time::Instant,
-) {
+fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::Instant) {
     match event {
         Event::Connect {
             conn,
             connect,
             link,
+            acl,
         } => {
-            links.insert(conn, link);
-            broker.handle_connect(now, conn, *connect);
+            links.live.insert(conn, link);
+            if broker.handle_connect(now, conn, *connect)
+                && let Some(acl) = acl
+            {
+                broker.set_acl(conn, acl);
+            }
         }
         Event::Packet { conn, packet } => broker.handle_packet(now, conn, packet),
         Event::Lost { conn, loss } => {
-            links.remove(&conn);
+            links.depart(conn);
             broker.handle_connection_lost(now, conn, loss);
         }
         Event::Publish(publish) => broker.publish(now, *publish),
@@ -347,14 +404,14 @@ fn apply(
 
 fn dispatch(
     broker: &mut Broker,
-    links: &mut HashMap<ConnId, Arc<Link>>,
+    links: &mut Links,
     woken: &mut Vec<Arc<Link>>,
     config: &BrokerConfig,
 ) {
     while let Some(output) = broker.poll_output() {
         match output {
             Output::Send(conn, packet) => {
-                if let Some(link) = links.get(&conn) {
+                if let Some(link) = links.live.get(&conn) {
                     match link.push(packet, config.max_outbound_qos0) {
                         Pushed::Queued => woken.push(link.clone()),
                         Pushed::DroppedQos0 | Pushed::Closed => {}
@@ -362,14 +419,57 @@ fn dispatch(
                 }
             }
             Output::Close(conn) => {
-                if let Some(link) = links.remove(&conn) {
+                if let Some(link) = links.depart(conn) {
                     link.close();
                     woken.push(link);
                 }
             }
+            Output::Presence(presence) => links.announce(presence),
         }
     }
+    links.departed.clear();
     for link in woken.drain(..) {
         link.wake();
+    }
+}
+
+/// The core task's view of the connections.
+struct Links {
+    /// Connections that may still be written to.
+    live: HashMap<ConnId, Arc<Link>>,
+    /// Connections that ended during this batch: their presence events may
+    /// still need the peer address.
+    departed: HashMap<ConnId, Arc<Link>>,
+    lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+}
+
+impl Links {
+    /// Stops writing to `conn`; keeps its details until the batch is dispatched.
+    fn depart(&mut self, conn: ConnId) -> Option<Arc<Link>> {
+        let link = self.live.remove(&conn)?;
+        if self.lifecycle.is_some() {
+            self.departed.insert(conn, link.clone());
+        }
+        Some(link)
+    }
+
+    /// Sends a presence event to the lifecycle channel with the peer's details.
+    fn announce(&mut self, presence: Presence) {
+        let Some(lifecycle) = &self.lifecycle else {
+            return;
+        };
+        let conn = match &presence {
+            Presence::Online { conn, .. } | Presence::Offline { conn, .. } => *conn,
+        };
+        let link = self.live.get(&conn).or_else(|| self.departed.get(&conn));
+        let event = Lifecycle {
+            peer: link.and_then(|l| l.peer),
+            username: link.and_then(|l| l.username.clone()),
+            presence,
+        };
+        if lifecycle.send(event).is_err() {
+            // The receiver is gone: stop producing events nobody reads.
+            self.lifecycle = None;
+        }
     }
 }

@@ -7,6 +7,7 @@
 mod alias;
 mod connect;
 mod expiry;
+mod hooks;
 mod persist;
 mod properties;
 mod publish;
@@ -36,6 +37,8 @@ struct H {
     next_packet_id: u16,
     /// Protocol and Maximum Packet Size of every connection opened.
     peers: HashMap<ConnId, (ProtocolVersion, u32)>,
+    /// Presence events, in order (when enabled).
+    presence: Vec<crate::hooks::Presence>,
 }
 
 impl H {
@@ -55,6 +58,7 @@ impl H {
             next_conn: 1,
             next_packet_id: 1,
             peers: HashMap::new(),
+            presence: Vec::new(),
         }
     }
 
@@ -77,6 +81,10 @@ impl H {
     /// encoded for its connection's protocol and fits its Maximum Packet Size.
     fn drain(&mut self) {
         while let Some(output) = self.broker.poll_output() {
+            if let Output::Presence(presence) = output {
+                self.presence.push(presence);
+                continue;
+            }
             if let Output::Send(conn, packet) = &output
                 && let Some(&(protocol, max_size)) = self.peers.get(conn)
             {
@@ -141,6 +149,7 @@ impl H {
             .map(|o| match o {
                 Output::Send(_, packet) => packet,
                 Output::Close(_) => panic!("connection {conn} unexpectedly closed"),
+                Output::Presence(_) => unreachable!("presence events are kept apart"),
             })
             .collect()
     }
@@ -293,6 +302,10 @@ impl H {
 fn conn_of(output: &Output) -> ConnId {
     match output {
         Output::Send(conn, _) | Output::Close(conn) => *conn,
+        Output::Presence(
+            crate::hooks::Presence::Online { conn, .. }
+            | crate::hooks::Presence::Offline { conn, .. },
+        ) => *conn,
     }
 }
 

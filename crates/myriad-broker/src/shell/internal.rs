@@ -1,0 +1,198 @@
+//! In-process MQTT clients: platform services (device shadows, commands)
+//! subscribe and receive through the broker's own session engine, without
+//! a socket and without encoding a byte.
+//!
+//! An internal client is an MQTT 5.0 session whose mailbox is read by the
+//! service instead of a connection task. Its client identifier starts with
+//! [`RESERVED_CLIENT_ID_PREFIX`], which network clients may not claim.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use myriad_mqtt::{
+    Connect, Packet, Properties, ProtocolVersion, Publish, PublishAck, QoS, SubAck, Subscribe,
+    SubscriptionOptions, SubscriptionRequest,
+};
+use tokio::sync::mpsc;
+
+use super::link::Link;
+use super::{BrokerHandle, BrokerStopped, Event};
+use crate::{ConnId, ConnectionLoss};
+
+pub use super::connection::RESERVED_CLIENT_ID_PREFIX;
+
+/// An in-process client attached to a running broker. See the module docs.
+#[derive(Debug)]
+pub struct InternalClient {
+    conn: ConnId,
+    link: Arc<Link>,
+    events: mpsc::Sender<Event>,
+    /// Packets taken from the mailbox and not yet handed out.
+    received: VecDeque<Packet>,
+    next_packet_id: u16,
+    closed: bool,
+}
+
+impl BrokerHandle {
+    /// Attaches an internal client named `$myriad/{name}` (clean session,
+    /// no expiry). A previous client of that name is taken over.
+    pub async fn connect_internal(&self, name: &str) -> Result<InternalClient, BrokerStopped> {
+        let conn = self.next_conn_id();
+        let link = Arc::new(Link::new(None, None));
+        let properties = Properties {
+            receive_maximum: Some(u16::MAX),
+            ..Properties::default()
+        };
+        let connect = Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: format!("{RESERVED_CLIENT_ID_PREFIX}{name}").into(),
+            will: None,
+            username: None,
+            password: None,
+            properties,
+        };
+        self.events
+            .send(Event::Connect {
+                conn,
+                connect: Box::new(connect),
+                link: link.clone(),
+                acl: None,
+            })
+            .await
+            .map_err(|_| BrokerStopped)?;
+        let mut client = InternalClient {
+            conn,
+            link,
+            events: self.events.clone(),
+            received: VecDeque::new(),
+            next_packet_id: 1,
+            closed: false,
+        };
+        match client.next_packet().await {
+            Some(Packet::ConnAck(connack)) if !connack.reason_code.is_error() => Ok(client),
+            _ => Err(BrokerStopped),
+        }
+    }
+}
+
+impl InternalClient {
+    /// Subscribes to `filter` with at most `qos` (QoS 2 is granted as 1: an
+    /// in-process reader needs no exactly-once handshake) and waits for the
+    /// broker to confirm, so messages published afterwards are received.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), BrokerStopped> {
+        let packet_id = self.packet_id();
+        let subscribe = Subscribe {
+            packet_id,
+            filters: vec![SubscriptionRequest {
+                filter: filter.into(),
+                options: SubscriptionOptions {
+                    qos: qos.min(QoS::AtLeastOnce),
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: Properties::default(),
+        };
+        self.send(Packet::Subscribe(subscribe)).await?;
+        // Hold back publications that arrive before the SUBACK.
+        let mut held = VecDeque::new();
+        let outcome = loop {
+            match self.next_packet().await {
+                Some(Packet::SubAck(SubAck { packet_id: id, .. })) if id == packet_id => {
+                    break Ok(());
+                }
+                Some(packet) => held.push_back(packet),
+                None => break Err(BrokerStopped),
+            }
+        };
+        held.append(&mut self.received);
+        self.received = held;
+        outcome
+    }
+
+    /// The next message for one of this client's subscriptions; `None` once
+    /// the broker closed the client. QoS 1 messages are acknowledged as
+    /// they are handed out.
+    pub async fn recv(&mut self) -> Option<Publish> {
+        loop {
+            match self.next_packet().await? {
+                Packet::Publish(publish) => {
+                    if publish.qos != QoS::AtMostOnce {
+                        let ack = Packet::PubAck(PublishAck::success(publish.packet_id));
+                        self.send(ack).await.ok()?;
+                    }
+                    return Some(publish);
+                }
+                // SUBACKs of earlier subscriptions, PINGRESPs and the like.
+                _ => continue,
+            }
+        }
+    }
+
+    /// Publishes `publish` as this client (QoS 0 or 1; a QoS 1 message gets
+    /// a packet id here and its PUBACK is skipped by [`InternalClient::recv`]).
+    pub async fn publish(&mut self, mut publish: Publish) -> Result<(), BrokerStopped> {
+        if publish.qos != QoS::AtMostOnce {
+            publish.qos = QoS::AtLeastOnce;
+            publish.packet_id = self.packet_id();
+        }
+        self.send(Packet::Publish(publish)).await
+    }
+
+    /// Detaches the client from the broker.
+    pub async fn disconnect(mut self) {
+        self.closed = true;
+        let _ = self
+            .events
+            .send(Event::Lost {
+                conn: self.conn,
+                loss: ConnectionLoss::Network,
+            })
+            .await;
+    }
+
+    async fn send(&self, packet: Packet) -> Result<(), BrokerStopped> {
+        self.events
+            .send(Event::Packet {
+                conn: self.conn,
+                packet,
+            })
+            .await
+            .map_err(|_| BrokerStopped)
+    }
+
+    fn packet_id(&mut self) -> u16 {
+        let id = self.next_packet_id;
+        self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    /// The next packet the broker sent this client, waiting for one.
+    async fn next_packet(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(packet) = self.received.pop_front() {
+                return Some(packet);
+            }
+            if self.closed {
+                return None;
+            }
+            self.link.woken().await;
+            let (packets, closing) = self.link.take();
+            self.received.extend(packets);
+            self.closed = closing;
+        }
+    }
+}
+
+impl Drop for InternalClient {
+    fn drop(&mut self) {
+        if !self.closed {
+            // Best effort: a full channel leaves the session to the broker's shutdown.
+            let _ = self.events.try_send(Event::Lost {
+                conn: self.conn,
+                loss: ConnectionLoss::Network,
+            });
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! A minimal raw MQTT client for the shell tests, built on our own codec.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use myriad_mqtt::{
+    Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
+    SubscriptionRequest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One client connection.
+pub struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    protocol: ProtocolVersion,
+}
+
+/// A CONNECT for `id` in `protocol` with a session expiry (5.0) / clean session when 0.
+pub fn connect_packet(protocol: ProtocolVersion, id: &str, expiry: u32) -> Connect {
+    Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties {
+            session_expiry_interval: protocol.is_v5().then_some(expiry),
+            ..Properties::default()
+        },
+    }
+}
+
+impl Client {
+    /// Connects (5.0) as `id` and expects a CONNACK.
+    pub async fn connect(addr: std::net::SocketAddr, id: &str, expiry: u32) -> Client {
+        let (client, answer) =
+            Client::open(addr, connect_packet(ProtocolVersion::V5, id, expiry)).await;
+        assert!(matches!(answer, Some(Packet::ConnAck(_))));
+        client
+    }
+
+    /// Sends `connect` and returns the client with the server's first answer.
+    pub async fn open(addr: std::net::SocketAddr, connect: Connect) -> (Client, Option<Packet>) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut client = Client {
+            stream,
+            buf: BytesMut::new(),
+            protocol: connect.protocol,
+        };
+        client.send(Packet::Connect(Box::new(connect))).await;
+        let answer = client.recv().await;
+        (client, answer)
+    }
+
+    /// Writes one packet.
+    pub async fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        myriad_mqtt::encode(&packet, self.protocol, &mut out).expect("encode");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// The next packet, or None when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(packet) =
+                myriad_mqtt::decode(&mut self.buf, self.protocol, 1 << 20).expect("decode")
+            {
+                return Some(packet);
+            }
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("server answers within 5 s");
+            if read.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Subscribes to `filter` at `qos` and returns the SUBACK.
+    pub async fn subscribe(&mut self, packet_id: u16, filter: &str, qos: QoS) -> Option<Packet> {
+        self.send(Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: vec![SubscriptionRequest {
+                filter: filter.into(),
+                options: SubscriptionOptions {
+                    qos,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: Properties::default(),
+        }))
+        .await;
+        self.recv().await
+    }
+
+    /// Closes the socket without DISCONNECT.
+    pub async fn cut(mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// A QoS 1 PUBLISH of `payload` to `topic`.
+pub fn publish(topic: &str, packet_id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: if packet_id == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        },
+        retain: false,
+        topic: topic.into(),
+        packet_id,
+        payload: Bytes::from_static(payload),
+        properties: Properties::default(),
+    })
+}
