@@ -135,8 +135,12 @@ impl Broker {
                 will: connect.will.map(Box::new),
                 connect_expiry_was_zero: asked_expiry == 0,
                 acl: None,
+                last_seen: now,
+                keep_alive_grace: super::keepalive::grace(keep_alive),
+                keep_alive_check: None,
             },
         );
+        self.watch_keep_alive(now, conn);
         self.send(
             conn,
             Packet::ConnAck(ConnAck {
@@ -268,6 +272,7 @@ impl Broker {
         let Some(connection) = self.connections.remove(&conn) else {
             return;
         };
+        self.unwatch_keep_alive(conn, connection.keep_alive_check);
         let session_id = connection.session;
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;

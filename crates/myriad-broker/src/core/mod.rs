@@ -6,6 +6,7 @@
 //! send from [`Broker::poll_output`], like quinn-proto's `Connection`.
 
 pub mod connect;
+mod keepalive;
 pub mod message;
 pub mod persist;
 mod publish;
@@ -96,6 +97,12 @@ struct Connection {
     connect_expiry_was_zero: bool,
     /// What the connection may do, as its authenticator decided (`None`: anything).
     acl: Option<Arc<dyn Acl>>,
+    /// When the last packet arrived.
+    last_seen: Instant,
+    /// How long the connection may stay silent (`None`: keep alive 0).
+    keep_alive_grace: Option<std::time::Duration>,
+    /// Its entry in [`Broker::keep_alive_checks`].
+    keep_alive_check: Option<Instant>,
 }
 
 /// The broker state machine. See the module documentation.
@@ -112,6 +119,8 @@ pub struct Broker {
     pending_wills: HashMap<SessionId, Box<Will>>,
     /// Offline sessions by expiry time.
     expiries: BTreeSet<(Instant, SessionId)>,
+    /// One keep alive check per connection, by time.
+    keep_alive_checks: BTreeSet<(Instant, ConnId)>,
     outputs: VecDeque<Output>,
     next_session_id: SessionId,
     next_assigned_id: u64,
@@ -139,6 +148,7 @@ impl Broker {
             wills_due: BTreeSet::new(),
             pending_wills: HashMap::new(),
             expiries: BTreeSet::new(),
+            keep_alive_checks: BTreeSet::new(),
             outputs: VecDeque::new(),
             next_session_id: 1,
             next_assigned_id: 1,
@@ -209,11 +219,17 @@ impl Broker {
     pub fn next_timeout(&self) -> Option<Instant> {
         let will = self.wills_due.first().map(|(at, _)| *at);
         let expiry = self.expiries.first().map(|(at, _)| *at);
-        [will, expiry, self.next_sweep].into_iter().flatten().min()
+        let keep_alive = self.next_keep_alive_check();
+        [will, expiry, keep_alive, self.next_sweep]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Publishes delayed wills and ends expired sessions that are due at `now`.
+    /// Closes connections silent past their keep alive, publishes delayed
+    /// wills and ends expired sessions that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.check_keep_alives(now);
         while let Some(&(at, session)) = self.wills_due.first() {
             if at > now {
                 break;

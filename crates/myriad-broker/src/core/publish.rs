@@ -13,9 +13,10 @@ use super::{Broker, ConnId, SessionId};
 impl Broker {
     /// Handles a packet received on an accepted connection.
     pub fn handle_packet(&mut self, now: Instant, conn: ConnId, packet: Packet) {
-        if !self.connections.contains_key(&conn) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
             return;
-        }
+        };
+        connection.last_seen = now;
         match packet {
             Packet::Publish(publish) => self.handle_publish(now, conn, publish),
             Packet::PubAck(ack) => self.close_flow(now, conn, ack.packet_id, QoS::AtLeastOnce),

@@ -1,5 +1,5 @@
 //! One task per connection: read and decode, hand packets to the core, write
-//! what the core queued, enforce keep alive.
+//! what the core queued. Keep alive is enforced by the core.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +18,6 @@ use tracing::debug;
 
 use super::link::Link;
 use super::{Event, Shared};
-use crate::core::connect::negotiated_keep_alive;
 use crate::hooks::{Acl, AuthDecision, ConnectInfo};
 use crate::{ConnId, ConnectionLoss};
 
@@ -47,7 +46,6 @@ pub(super) async fn run(
         return;
     };
     let protocol = connect.protocol;
-    let keep_alive = negotiated_keep_alive(&shared.config, &connect);
     let client_id = connect.client_id.clone();
     let link = Arc::new(Link::new(Some(peer), connect.username.clone()));
     // Reserve before building the event so it is never held across an await.
@@ -62,7 +60,7 @@ pub(super) async fn run(
     });
     debug!(%peer, client_id = %client_id, "connected");
     let loss = serve(
-        &stream, conn, protocol, keep_alive, &link, &mut buf, max_size, &events, &shutdown,
+        &stream, conn, protocol, &link, &mut buf, max_size, &events, &shutdown,
     )
     .await;
     if let Some(loss) = loss {
@@ -217,18 +215,12 @@ async fn serve(
     stream: &TcpStream,
     conn: ConnId,
     protocol: ProtocolVersion,
-    keep_alive: u16,
     link: &Link,
     buf: &mut BytesMut,
     max_size: usize,
     events: &mpsc::Sender<Event>,
     shutdown: &CancellationToken,
 ) -> Option<ConnectionLoss> {
-    // MQTT-3.1.2-22: close after one and a half keep alive periods of silence.
-    let grace = Duration::from_millis(u64::from(keep_alive) * 1500);
-    let mut last_seen = Instant::now();
-    let timer = sleep_until(last_seen + grace);
-    tokio::pin!(timer);
     // Packets that arrived together with CONNECT are in `buf` already: the
     // socket will not signal them again.
     if !buf.is_empty() {
@@ -256,7 +248,7 @@ async fn serve(
                 }
                 match read_available(stream, buf) {
                     Ok(0) => return Some(ConnectionLoss::Network),
-                    Ok(_) => last_seen = Instant::now(),
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(_) => return Some(ConnectionLoss::Network),
                 }
@@ -264,13 +256,6 @@ async fn serve(
                 if let Err(loss) = drained {
                     return Some(loss);
                 }
-            }
-            _ = &mut timer, if keep_alive > 0 => {
-                if last_seen.elapsed() >= grace {
-                    Box::pin(say_goodbye(stream, protocol, ReasonCode::KeepAliveTimeout)).await;
-                    return Some(ConnectionLoss::KeepAliveTimeout);
-                }
-                timer.as_mut().reset(last_seen + grace);
             }
             _ = shutdown.cancelled() => {
                 Box::pin(say_goodbye(stream, protocol, ReasonCode::ServerShuttingDown)).await;

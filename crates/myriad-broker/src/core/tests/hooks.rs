@@ -118,7 +118,7 @@ fn presence_reports_online_and_each_way_of_going_offline_in_order() {
     h.broker.set_presence_events(true);
     let a = h.connect(v5("a"));
     h.disconnect(a);
-    let b = h.connect(v311("b"));
+    let b = h.connect(v311("b").keep_alive(60));
     h.lose(b);
     let c1 = h.connect(v5("c"));
     let c2 = h.connect(v5("c"));

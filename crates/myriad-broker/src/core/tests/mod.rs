@@ -8,6 +8,7 @@ mod alias;
 mod connect;
 mod expiry;
 mod hooks;
+mod keepalive;
 mod persist;
 mod properties;
 mod publish;
@@ -313,12 +314,13 @@ fn payload(publish: &Publish) -> String {
     String::from_utf8(publish.payload.to_vec()).expect("UTF-8 payload")
 }
 
-/// A 5.0 CONNECT with Clean Start, keep alive 60 and no properties.
+/// A 5.0 CONNECT with Clean Start, keep alive 0 (tests of keep alive set
+/// their own, so the clock can jump without closing anyone) and no properties.
 fn v5(client_id: &str) -> Connect {
     Connect {
         protocol: ProtocolVersion::V5,
         clean_start: true,
-        keep_alive: 60,
+        keep_alive: 0,
         client_id: client_id.into(),
         will: None,
         username: None,
@@ -327,7 +329,7 @@ fn v5(client_id: &str) -> Connect {
     }
 }
 
-/// A 3.1.1 CONNECT with Clean Session and keep alive 60.
+/// A 3.1.1 CONNECT with Clean Session and keep alive 0.
 fn v311(client_id: &str) -> Connect {
     Connect {
         protocol: ProtocolVersion::V311,
