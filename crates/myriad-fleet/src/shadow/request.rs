@@ -265,9 +265,7 @@ mod tests {
         assert_eq!(
             request,
             UpdateRequest {
-                desired: SectionUpdate::Merge(
-                    json!({"a": 1}).as_object().cloned().unwrap_or_default()
-                ),
+                desired: SectionUpdate::Merge(Map::from_iter([("a".to_owned(), json!(1))])),
                 reported: SectionUpdate::Delete,
                 version: Some(3),
                 client_token: Some("t1".into()),
@@ -405,7 +403,10 @@ mod tests {
 
     #[test]
     fn depth_counts_objects_and_arrays() {
-        let section = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let section = |v: Value| match v {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        };
         assert!(exceeds_depth(&section(json!({"a": 1})), 0));
         assert!(!exceeds_depth(&section(json!({"a": 1})), 1));
         assert!(exceeds_depth(&section(json!({"a": {"b": 1}})), 1));

@@ -761,6 +761,27 @@ fn shadow_from(
     shadow
 }
 
+/// Plain recursive merge: objects merge, everything else (`null` included)
+/// is set as is. Unlike a shadow update it neither deletes nor drops empty
+/// objects, so it applies to arbitrary JSON objects.
+fn plain_merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (key, value) in patch {
+        match (value, target.get_mut(key)) {
+            (Value::Object(sub_patch), Some(Value::Object(sub_target))) => {
+                plain_merge(sub_target, sub_patch)
+            }
+            (Value::Object(sub_patch), _) => {
+                let mut sub_target = Map::new();
+                plain_merge(&mut sub_target, sub_patch);
+                target.insert(key.clone(), Value::Object(sub_target));
+            }
+            (other, _) => {
+                target.insert(key.clone(), other.clone());
+            }
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn delta_keys_are_within_desired(desired in object(), reported in object()) {
@@ -768,6 +789,18 @@ proptest! {
         assert_within_desired(&delta, &desired);
     }
 
+    /// On arbitrary objects (nulls and empty objects included), with a
+    /// plain merge.
+    #[test]
+    fn merging_the_delta_into_reported_empties_it(desired in object(), reported in object()) {
+        let delta = compute_delta(&desired, &reported);
+        let mut reported = reported;
+        plain_merge(&mut reported, &delta);
+        prop_assert_eq!(compute_delta(&desired, &reported), Map::new());
+    }
+
+    /// On stored documents (built through updates), with the shadow's own
+    /// merge: the device reporting the delta it was sent clears it.
     #[test]
     fn reporting_the_delta_empties_it(
         desired in object(),
