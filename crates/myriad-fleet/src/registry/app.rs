@@ -73,7 +73,11 @@ impl NewAppClient {
     }
 }
 
-fn validate_app(name: &str, publish: &[String], subscribe: &[String]) -> Result<(), ValidationError> {
+fn validate_app(
+    name: &str,
+    publish: &[String],
+    subscribe: &[String],
+) -> Result<(), ValidationError> {
     if name.len() > MAX_NAME_LEN {
         return Err(ValidationError::NameTooLong {
             len: name.len(),
@@ -105,7 +109,9 @@ fn validate_filters(list: &'static str, filters: &[String]) -> Result<(), Valida
             return Err(bad("is not a valid MQTT topic filter"));
         }
         if filter == "$share" || filter.starts_with("$share/") {
-            return Err(bad("is a shared subscription; grant the inner filter instead"));
+            return Err(bad(
+                "is a shared subscription; grant the inner filter instead",
+            ));
         }
     }
     Ok(())
@@ -128,9 +134,12 @@ mod tests {
     #[test]
     fn filters_are_validated() {
         assert!(
-            app(&["$commands/+/reboot"], &["devices/+/telemetry", "$events/#"])
-                .into_app(1)
-                .is_ok()
+            app(
+                &["$commands/+/reboot"],
+                &["devices/+/telemetry", "$events/#"]
+            )
+            .into_app(1)
+            .is_ok()
         );
         let err = app(&["a/#/b"], &[]).into_app(1).unwrap_err();
         assert_eq!(
@@ -149,8 +158,7 @@ mod tests {
 
     #[test]
     fn json_shape() {
-        let new: NewAppClient =
-            serde_json::from_str(r#"{"id":"ops","admin":true}"#).unwrap();
+        let new: NewAppClient = serde_json::from_str(r#"{"id":"ops","admin":true}"#).unwrap();
         let client = new.into_app(7).unwrap();
         assert_eq!(
             serde_json::to_value(&client).unwrap(),

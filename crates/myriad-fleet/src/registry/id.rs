@@ -143,7 +143,11 @@ mod tests {
             ("é", 'é', 0),
             ("a\0", '\0', 1),
         ] {
-            assert_eq!(DeviceId::new(bad), Err(IdError::BadChar { ch, at }), "{bad}");
+            assert_eq!(
+                DeviceId::new(bad),
+                Err(IdError::BadChar { ch, at }),
+                "{bad}"
+            );
         }
         let msg = DeviceId::new("a/b").unwrap_err().to_string();
         assert!(msg.contains("'/'") && msg.contains("byte 1"), "{msg}");
