@@ -1,1 +1,185 @@
-//! (being written)
+//! The fleet's embedded store: one [redb](https://docs.rs/redb) file,
+//! `{dir}/fleet.redb`.
+//!
+//! # Tables
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `devices` | device id | [`Device`] (less its id) |
+//! | `apps` | app id | [`AppClient`] (less its id) |
+//! | `credentials` | device or app id | PHC string |
+//! | `shadows` | device id | opaque bytes, the caller's own format |
+//! | `presence` | device id | last [`PresenceRecord`] |
+//! | `meta` | `format` | the layout version |
+//!
+//! Keys are the ids' UTF-8 bytes, so every table iterates in id order and
+//! an id prefix is one range scan. Values (but shadows) start with a
+//! format-version byte followed by postcard; a value that does not decode
+//! is a [`FleetStoreError::Corrupt`] naming the table and key, never a
+//! panic. Device ids and app ids share one namespace: creating one with an
+//! id the other kind uses fails with [`FleetStoreError::IdTaken`], so a
+//! login name identifies one principal ([`FleetStore::login_record`]).
+//! Deleting a device also deletes its credential, shadow and presence
+//! record in the same transaction.
+//!
+//! # Durability and cost
+//!
+//! Every write method is one redb write transaction, committed with
+//! `fsync` (`Durability::Immediate`) before it returns: a few hundred to a
+//! few thousand commits per second depending on the disk. Bulk writes go
+//! through [`FleetStore::insert_devices_batch`] and
+//! [`FleetStore::put_presence_batch`] (one commit for many rows).
+//!
+//! # Threads
+//!
+//! `FleetStore` is `Send + Sync`; share it with an `Arc`. Reads run in
+//! parallel, writes are serialized by redb. Every method blocks on disk
+//! I/O: async callers run them in `tokio::task::spawn_blocking`.
+
+mod apps;
+mod codec;
+mod devices;
+mod error;
+mod login;
+mod records;
+mod tables;
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+
+pub use devices::LIST_SCAN_BUDGET;
+use devices::get_in as devices_get;
+pub use error::FleetStoreError;
+pub use login::LoginRecord;
+
+#[cfg(doc)]
+use crate::{presence::PresenceRecord, registry::AppClient, registry::Device};
+use error::FileName;
+use tables::{FORMAT, FORMAT_KEY, META, Tables};
+
+/// The name of the database file inside the store's directory.
+pub const FILE_NAME: &str = "fleet.redb";
+
+/// The registry, credentials, shadows and presence records in one redb
+/// file (see the [module documentation](self)).
+pub struct FleetStore {
+    db: Database,
+    path: PathBuf,
+    file: FileName,
+}
+
+impl std::fmt::Debug for FleetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetStore {
+    /// Opens the store in `dir` (created if missing), in the file
+    /// `dir/fleet.redb` (created if missing). Verifies the checksums of the
+    /// whole file and repairs it after a crash.
+    ///
+    /// Fails with [`FleetStoreError::Io`] or [`FleetStoreError::CorruptFile`]
+    /// naming the file if it cannot be read, is not a redb file, is damaged
+    /// or has an unknown layout, and with [`FleetStoreError::Engine`] if
+    /// another process has it open.
+    pub fn open(dir: &Path) -> Result<FleetStore, FleetStoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| FleetStoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let file = FileName(path.display().to_string());
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(&path)
+            .map_err(|e| file.engine(e))?;
+        check_format(&db, &file)?;
+        Ok(FleetStore { db, path, file })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the file, reporting any error (dropping the store closes it
+    /// too, silently).
+    pub fn close(self) -> Result<(), FleetStoreError> {
+        let FleetStore { db, file, .. } = self;
+        db.close().map_err(|e| file.engine(e))
+    }
+
+    /// Runs `f` in one write transaction over every table; commits (with
+    /// `fsync`) if it returns `Ok`, writes nothing if it returns `Err`.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, FleetStoreError>,
+    ) -> Result<T, FleetStoreError> {
+        let file = &self.file;
+        let txn = self.db.begin_write().map_err(|e| file.engine(e))?;
+        let result = Tables::open(&txn, file).and_then(|mut tables| f(&mut tables));
+        match result {
+            Ok(value) => {
+                txn.commit().map_err(|e| file.engine(e))?;
+                Ok(value)
+            }
+            Err(err) => {
+                // Nothing of the transaction is written either way.
+                let _ = txn.abort();
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, FleetStoreError>,
+    ) -> Result<T, FleetStoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.file.engine(e))?;
+        f(&txn)
+    }
+}
+
+/// Creates the tables and the format entry in a new file; checks the
+/// format of an existing one.
+fn check_format(db: &Database, file: &FileName) -> Result<(), FleetStoreError> {
+    let txn = db.begin_write().map_err(|e| file.engine(e))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| file.engine(e))?;
+        let found = meta
+            .get(FORMAT_KEY)
+            .map_err(|e| file.engine(e))?
+            .map(|v| v.value().to_vec());
+        match found.as_deref() {
+            None => {
+                meta.insert(FORMAT_KEY, [FORMAT].as_slice())
+                    .map_err(|e| file.engine(e))?;
+            }
+            Some([FORMAT]) => {}
+            Some(other) => {
+                return Err(FleetStoreError::CorruptFile {
+                    path: file.0.clone(),
+                    reason: format!(
+                        "unknown fleet store format {other:?} (this build reads [{FORMAT}])"
+                    ),
+                });
+            }
+        }
+        Tables::open(&txn, file)?;
+    }
+    txn.commit().map_err(|e| file.engine(e))
+}
+
+/// Whether `table` has a row under `key`.
+fn has_key(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+    file: &FileName,
+) -> Result<bool, FleetStoreError> {
+    Ok(table.get(key).map_err(|e| file.engine(e))?.is_some())
+}

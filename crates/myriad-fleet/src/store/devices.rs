@@ -1,0 +1,224 @@
+//! Devices: create, read, update, delete, search, bulk insert.
+
+use std::ops::Bound;
+
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use super::error::{FileName, FleetStoreError};
+use super::tables::{DEVICES, DEVICES_NAME, Tables, read_table};
+use super::{FleetStore, codec, has_key};
+use crate::credentials::{PhcLimits, check_phc};
+use crate::registry::{Device, DeviceId, DevicePatch, DeviceQuery, NewDevice, Page};
+
+/// Most rows one [`FleetStore::list_devices`] call reads. A search whose
+/// filters match few devices returns a short (possibly empty) page with a
+/// `next` cursor after this many rows, so one request never scans a
+/// million-device table.
+pub const LIST_SCAN_BUDGET: usize = 50_000;
+
+/// Inserts a new device (and its credential), checking everything first
+/// so that a failed row writes nothing.
+fn insert_new(
+    tables: &mut Tables<'_>,
+    file: &FileName,
+    new: &NewDevice,
+    phc: Option<&str>,
+    now: u64,
+) -> Result<(), FleetStoreError> {
+    new.validate()?;
+    if let Some(phc) = phc {
+        check_phc(phc, &PhcLimits::default())?;
+    }
+    let key = new.id.as_str().as_bytes();
+    if has_key(&tables.devices, key, file)? {
+        return Err(FleetStoreError::DeviceExists(new.id.clone()));
+    }
+    if has_key(&tables.apps, key, file)? {
+        return Err(FleetStoreError::IdTaken {
+            id: new.id.to_string(),
+            by: "an app client",
+        });
+    }
+    let value = codec::encode_device(
+        &new.name,
+        &new.attributes,
+        &new.groups,
+        new.enabled,
+        now,
+        now,
+    )
+    .map_err(FleetStoreError::Encode)?;
+    tables
+        .devices
+        .insert(key, value.as_slice())
+        .map_err(|e| file.engine(e))?;
+    if let Some(phc) = phc {
+        let value = codec::encode_credential(phc);
+        tables
+            .credentials
+            .insert(key, value.as_slice())
+            .map_err(|e| file.engine(e))?;
+    }
+    Ok(())
+}
+
+/// Reads and decodes one device from any table handle.
+pub(super) fn get_in(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    file: &FileName,
+    id: &DeviceId,
+) -> Result<Option<Device>, FleetStoreError> {
+    let key = id.as_str().as_bytes();
+    let Some(guard) = table.get(key).map_err(|e| file.engine(e))? else {
+        return Ok(None);
+    };
+    codec::decode_device(key, guard.value())
+        .map(Some)
+        .map_err(|why| file.corrupt(DEVICES_NAME, key, why))
+}
+
+impl FleetStore {
+    /// Creates a device at `now` (unix ms). Fails with
+    /// [`FleetStoreError::DeviceExists`] if the id is taken by a device,
+    /// [`FleetStoreError::IdTaken`] if by an app client, and
+    /// [`FleetStoreError::Invalid`] if a field breaks the limits.
+    pub fn create_device(&self, new: &NewDevice, now: u64) -> Result<Device, FleetStoreError> {
+        let file = &self.file;
+        self.write(|tables| insert_new(tables, file, new, None, now))?;
+        Ok(new.clone().into_device(now)?)
+    }
+
+    /// The device `id`, if it exists.
+    pub fn get_device(&self, id: &DeviceId) -> Result<Option<Device>, FleetStoreError> {
+        self.read(|txn| get_in(&read_table(txn, DEVICES, &self.file)?, &self.file, id))
+    }
+
+    /// Applies `patch` to device `id` at `now`; returns the updated device.
+    pub fn update_device(
+        &self,
+        id: &DeviceId,
+        patch: &DevicePatch,
+        now: u64,
+    ) -> Result<Device, FleetStoreError> {
+        let file = &self.file;
+        self.write(|tables| {
+            let device = get_in(&tables.devices, file, id)?
+                .ok_or_else(|| FleetStoreError::DeviceNotFound(id.clone()))?;
+            let updated = patch.apply(&device, now)?;
+            let value = codec::encode_device_record(&updated).map_err(FleetStoreError::Encode)?;
+            tables
+                .devices
+                .insert(id.as_str().as_bytes(), value.as_slice())
+                .map_err(|e| file.engine(e))?;
+            Ok(updated)
+        })
+    }
+
+    /// Deletes device `id` with its credential, shadow and presence record
+    /// (one transaction); returns the deleted device.
+    pub fn delete_device(&self, id: &DeviceId) -> Result<Device, FleetStoreError> {
+        let file = &self.file;
+        self.write(|tables| {
+            let device = get_in(&tables.devices, file, id)?
+                .ok_or_else(|| FleetStoreError::DeviceNotFound(id.clone()))?;
+            let key = id.as_str().as_bytes();
+            for table in [
+                &mut tables.devices,
+                &mut tables.credentials,
+                &mut tables.shadows,
+                &mut tables.presence,
+            ] {
+                table.remove(key).map_err(|e| file.engine(e))?;
+            }
+            Ok(device)
+        })
+    }
+
+    /// How many devices there are.
+    pub fn count_devices(&self) -> Result<u64, FleetStoreError> {
+        self.read(|txn| {
+            read_table(txn, DEVICES, &self.file)?
+                .len()
+                .map_err(|e| self.file.engine(e))
+        })
+    }
+
+    /// One page of the devices matching `query`, in id order after
+    /// `query.after`. Walks the id index from the cursor (an `id_prefix`
+    /// narrows the walk to that key range), filters, and stops at
+    /// `query.limit` matches or after [`LIST_SCAN_BUDGET`] rows, whichever
+    /// comes first; `next` is `Some` unless the walk reached the end.
+    pub fn list_devices(&self, query: &DeviceQuery) -> Result<Page<Device>, FleetStoreError> {
+        query.validate()?;
+        let file = &self.file;
+        let limit = query.limit as usize;
+        let after = query.after.as_ref().map(|a| a.as_str().as_bytes());
+        let prefix = query
+            .id_prefix
+            .as_deref()
+            .map(str::as_bytes)
+            .filter(|p| !p.is_empty());
+        let lower = match (after, prefix) {
+            (Some(a), Some(p)) if a >= p => Bound::Excluded(a),
+            (_, Some(p)) => Bound::Included(p),
+            (Some(a), None) => Bound::Excluded(a),
+            (None, None) => Bound::Unbounded,
+        };
+        let in_range = |key: &[u8]| prefix.is_none_or(|p| key.starts_with(p));
+        self.read(|txn| {
+            let table = read_table(txn, DEVICES, file)?;
+            let rows = table
+                .range::<&[u8]>((lower, Bound::Unbounded))
+                .map_err(|e| file.engine(e))?;
+            let mut page = Page::default();
+            let mut last_scanned: Option<DeviceId> = None;
+            for (scanned, row) in rows.enumerate() {
+                let (key, value) = row.map_err(|e| file.engine(e))?;
+                let key = key.value();
+                if !in_range(key) {
+                    break;
+                }
+                if page.items.len() == limit || scanned == LIST_SCAN_BUDGET {
+                    // More rows follow: resume after the last row read.
+                    page.next = last_scanned;
+                    break;
+                }
+                let device = codec::decode_device(key, value.value())
+                    .map_err(|why| file.corrupt(DEVICES_NAME, key, why))?;
+                last_scanned = Some(device.id.clone());
+                if query.matches(&device) {
+                    page.items.push(device);
+                }
+            }
+            Ok(page)
+        })
+    }
+
+    /// Inserts many devices (each with an optional PHC string) in one write
+    /// transaction at `now`. Each row succeeds or fails on its own (a
+    /// failed row writes nothing); the outer `Err` means the transaction
+    /// itself failed and nothing was written. Duplicate ids, in the store
+    /// or earlier in `rows`, fail with [`FleetStoreError::DeviceExists`].
+    pub fn insert_devices_batch(
+        &self,
+        rows: &[(NewDevice, Option<String>)],
+        now: u64,
+    ) -> Result<Vec<Result<(), FleetStoreError>>, FleetStoreError> {
+        let file = &self.file;
+        self.write(|tables| {
+            let mut results = Vec::with_capacity(rows.len());
+            for (new, phc) in rows {
+                match insert_new(tables, file, new, phc.as_deref(), now) {
+                    // Engine errors leave the transaction in doubt: give up.
+                    Err(
+                        err @ (FleetStoreError::Io { .. }
+                        | FleetStoreError::Engine { .. }
+                        | FleetStoreError::CorruptFile { .. }),
+                    ) => return Err(err),
+                    other => results.push(other),
+                }
+            }
+            Ok(results)
+        })
+    }
+}

@@ -1,0 +1,75 @@
+//! The tables of the database file. Keys and values are raw bytes (see
+//! [`super::codec`]): redb's own string types would panic on stored bytes
+//! that are not UTF-8, ours report them as corrupt.
+
+use redb::{ReadOnlyTable, ReadTransaction, Table, TableDefinition, WriteTransaction};
+
+use super::error::{FileName, FleetStoreError};
+
+/// Raw key to raw value.
+pub(super) type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// Format of the file as a whole: `FORMAT_KEY` -> `[FORMAT]`.
+pub(super) const META: Def = TableDefinition::new("meta");
+/// Device id -> device.
+pub(super) const DEVICES: Def = TableDefinition::new("devices");
+/// App id -> app client.
+pub(super) const APPS: Def = TableDefinition::new("apps");
+/// Device or app id -> PHC string.
+pub(super) const CREDENTIALS: Def = TableDefinition::new("credentials");
+/// Device id -> shadow bytes (opaque, the caller's own format).
+pub(super) const SHADOWS: Def = TableDefinition::new("shadows");
+/// Device id -> last presence record.
+pub(super) const PRESENCE: Def = TableDefinition::new("presence");
+
+/// Table names for errors (redb's `TableHandle::name` borrows the def).
+pub(super) const DEVICES_NAME: &str = "devices";
+/// See [`DEVICES_NAME`].
+pub(super) const APPS_NAME: &str = "apps";
+/// See [`DEVICES_NAME`].
+pub(super) const CREDENTIALS_NAME: &str = "credentials";
+/// See [`DEVICES_NAME`].
+pub(super) const PRESENCE_NAME: &str = "presence";
+
+/// Key of the file format entry in [`META`].
+pub(super) const FORMAT_KEY: &[u8] = b"format";
+/// The layout this build writes and reads.
+pub(super) const FORMAT: u8 = 1;
+
+/// A raw table open for writing.
+pub(super) type RawTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
+
+/// Every table but [`META`], open for writing in one transaction.
+pub(super) struct Tables<'txn> {
+    pub(super) devices: RawTable<'txn>,
+    pub(super) apps: RawTable<'txn>,
+    pub(super) credentials: RawTable<'txn>,
+    pub(super) shadows: RawTable<'txn>,
+    pub(super) presence: RawTable<'txn>,
+}
+
+impl<'txn> Tables<'txn> {
+    /// Opens (creating if needed) every table.
+    pub(super) fn open(
+        txn: &'txn WriteTransaction,
+        file: &FileName,
+    ) -> Result<Self, FleetStoreError> {
+        let open = |def: Def| txn.open_table(def).map_err(|e| file.engine(e));
+        Ok(Tables {
+            devices: open(DEVICES)?,
+            apps: open(APPS)?,
+            credentials: open(CREDENTIALS)?,
+            shadows: open(SHADOWS)?,
+            presence: open(PRESENCE)?,
+        })
+    }
+}
+
+/// Opens one table for reading.
+pub(super) fn read_table(
+    txn: &ReadTransaction,
+    def: Def,
+    file: &FileName,
+) -> Result<ReadOnlyTable<&'static [u8], &'static [u8]>, FleetStoreError> {
+    txn.open_table(def).map_err(|e| file.engine(e))
+}
