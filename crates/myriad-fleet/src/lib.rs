@@ -16,5 +16,6 @@ pub mod credentials;
 pub mod import;
 pub mod presence;
 pub mod registry;
+pub mod service;
 pub mod shadow;
 pub mod store;

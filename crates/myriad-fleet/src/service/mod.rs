@@ -1,0 +1,26 @@
+//! The device layer plugged into a running broker.
+//!
+//! - [`auth::FleetAuthenticator`]: checks every CONNECT against the registry
+//!   (Argon2 hashes, a cache of verified passwords, login throttling) and
+//!   gives each connection the ACL of its principal;
+//! - [`presence::PresenceService`]: turns the broker's lifecycle events into
+//!   device presence, published on `$events/presence/{id}` and stored;
+//! - [`shadows::ShadowService`]: answers `$shadow/{id}/...` requests through
+//!   an in-process client, and the HTTP API's shadow calls.
+//!
+//! The store is synchronous (redb): point reads are made inline (they take
+//! microseconds), password hashing runs on the blocking pool.
+
+pub mod auth;
+pub mod presence;
+pub mod shadows;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

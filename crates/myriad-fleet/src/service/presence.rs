@@ -1,0 +1,196 @@
+//! Device presence from the broker's lifecycle events.
+//!
+//! Every session going online or offline whose client identifier is a
+//! registered device updates the [`PresenceTracker`], is stored, and is
+//! published (QoS 1) on `$events/presence/{id}` for applications. The
+//! broker closes silent connections after 1.5 times their keep alive, so a
+//! device whose socket is cut is offline within that time.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use myriad_broker::hooks::{Lifecycle, OfflineReason, Presence};
+use myriad_broker::shell::BrokerHandle;
+use myriad_mqtt::{ProtocolVersion, Publish, QoS};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::now_ms;
+use crate::presence::{
+    ConnectInfo, DisconnectReason, PresenceEvent, PresenceRecord, PresenceTracker,
+};
+use crate::registry::{DeviceId, Page};
+use crate::store::FleetStore;
+
+/// Presence of every device, kept current by [`PresenceService::run`].
+pub struct PresenceService {
+    store: Arc<FleetStore>,
+    tracker: Mutex<PresenceTracker>,
+}
+
+impl PresenceService {
+    /// Loads the stored presence. Devices recorded online cannot have kept
+    /// their connection across a restart: they are marked offline
+    /// (`server_restart`), and those events are returned for publishing.
+    pub fn recover(
+        store: Arc<FleetStore>,
+    ) -> Result<(PresenceService, Vec<PresenceEvent>), crate::store::FleetStoreError> {
+        let records = store.list_presence()?;
+        let (tracker, events) = PresenceTracker::recover(records, now_ms());
+        let service = PresenceService {
+            store,
+            tracker: Mutex::new(tracker),
+        };
+        for event in &events {
+            service.save(&event.device);
+        }
+        Ok((service, events))
+    }
+
+    fn tracker(&self) -> MutexGuard<'_, PresenceTracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The presence record of `device`, if it was ever seen.
+    pub fn get(&self, device: &DeviceId) -> Option<PresenceRecord> {
+        self.tracker().get(device).cloned()
+    }
+
+    /// Whether `device` is connected now.
+    pub fn is_online(&self, device: &DeviceId) -> bool {
+        self.tracker().is_online(device)
+    }
+
+    /// How many devices are connected.
+    pub fn online_count(&self) -> usize {
+        self.tracker().online_count()
+    }
+
+    /// Connected devices in id order, after the cursor.
+    pub fn list_online(&self, after: Option<&DeviceId>, limit: usize) -> Page<DeviceId> {
+        self.tracker().list_online(after, limit)
+    }
+
+    /// Forgets a deleted device.
+    pub fn forget(&self, device: &DeviceId) {
+        self.tracker().forget(device);
+    }
+
+    /// Applies one lifecycle event; returns the presence event it caused.
+    pub fn apply(&self, lifecycle: &Lifecycle) -> Option<PresenceEvent> {
+        let now = now_ms();
+        let event = match &lifecycle.presence {
+            Presence::Online {
+                conn,
+                client_id,
+                keep_alive,
+                protocol,
+                ..
+            } => {
+                let device = self.registered(client_id)?;
+                let info = ConnectInfo {
+                    address: lifecycle.peer,
+                    protocol: match protocol {
+                        ProtocolVersion::V5 => 5,
+                        ProtocolVersion::V311 => 4,
+                    },
+                    keep_alive_secs: *keep_alive,
+                };
+                self.tracker().connected(&device, *conn, now, &info)
+            }
+            Presence::Offline {
+                conn,
+                client_id,
+                reason,
+            } => {
+                let device = DeviceId::new(client_id.to_string()).ok()?;
+                self.tracker()
+                    .disconnected(&device, *conn, now, disconnect_reason(*reason))?
+            }
+        };
+        self.save(&event.device);
+        Some(event)
+    }
+
+    /// A registered device with this client id, if any.
+    fn registered(&self, client_id: &str) -> Option<DeviceId> {
+        let id = DeviceId::new(client_id).ok()?;
+        match self.store.get_device(&id) {
+            Ok(Some(_)) => Some(id),
+            Ok(None) => None,
+            Err(error) => {
+                warn!(%error, device = %client_id, "cannot read the registry for presence");
+                None
+            }
+        }
+    }
+
+    fn save(&self, device: &DeviceId) {
+        let Some(record) = self.get(device) else {
+            return;
+        };
+        if let Err(error) = self.store.put_presence(&record) {
+            warn!(%error, device = %device.as_str(), "cannot store presence");
+        }
+    }
+
+    /// Consumes lifecycle events until the broker stops, publishing each
+    /// presence change on `$events/presence/{id}`.
+    pub async fn run(
+        self: Arc<Self>,
+        mut lifecycle: mpsc::UnboundedReceiver<Lifecycle>,
+        broker: BrokerHandle,
+        recovered: Vec<PresenceEvent>,
+    ) {
+        for event in &recovered {
+            if publish_event(&broker, event).await.is_err() {
+                return;
+            }
+        }
+        while let Some(event) = lifecycle.recv().await {
+            if let Some(presence) = self.apply(&event)
+                && publish_event(&broker, &presence).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+async fn publish_event(
+    broker: &BrokerHandle,
+    event: &PresenceEvent,
+) -> Result<(), myriad_broker::shell::BrokerStopped> {
+    let payload = match event.payload() {
+        Ok(payload) => payload,
+        Err(error) => {
+            warn!(%error, "cannot encode a presence event");
+            return Ok(());
+        }
+    };
+    broker
+        .publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: event.topic().into(),
+            packet_id: 0,
+            payload: Bytes::from(payload),
+            properties: Default::default(),
+        })
+        .await
+}
+
+/// The device layer's name for why a session ended.
+fn disconnect_reason(reason: OfflineReason) -> DisconnectReason {
+    match reason {
+        OfflineReason::ClientDisconnect | OfflineReason::ClientDisconnectWithWill => {
+            DisconnectReason::ClientDisconnect
+        }
+        OfflineReason::NetworkLoss => DisconnectReason::NetworkLoss,
+        OfflineReason::KeepAliveTimeout => DisconnectReason::KeepAliveTimeout,
+        OfflineReason::ProtocolError(_) => DisconnectReason::ProtocolError,
+        OfflineReason::TakenOver => DisconnectReason::Takeover,
+        OfflineReason::ServerShutdown => DisconnectReason::ServerShutdown,
+    }
+}
