@@ -84,7 +84,7 @@ start_broker() {
     rm -rf "$dir" && mkdir -p "$dir"
     case $broker in
     myriad)
-        (cd "$dir" && exec "${BIN[myriad]}" serve --listen "127.0.0.1:$port" --data-dir "$dir/data") \
+        (cd "$dir" && exec "${BIN[myriad]}" serve --listen "127.0.0.1:$port" --api-listen 127.0.0.1:0 --data-dir "$dir/data") \
             >"$dir/out.log" 2>"$dir/err.log" &
         ;;
     mosquitto)

@@ -55,7 +55,7 @@ for mode in "${ORDER[@]}"; do
     dir=$WORK/$mode
     mkdir -p "$dir"
     printf '%s\n' "${CONFIGS[$mode]}" >"$dir/myriad.toml"
-    (cd "$dir" && exec "$OLDPWD/$BIN" serve --config myriad.toml --listen "127.0.0.1:$PORT" --data-dir data) \
+    (cd "$dir" && exec "$OLDPWD/$BIN" serve --config myriad.toml --listen "127.0.0.1:$PORT" --api-listen 127.0.0.1:0 --data-dir data) \
         >"$dir/out.log" 2>"$dir/err.log" &
     BPID=$!
     for _ in $(seq 100); do

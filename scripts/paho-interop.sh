@@ -80,7 +80,7 @@ receive_maximum = 20
 EOF
 
   SERVER_LOG="$LOG_DIR/myriad.log"
-  SERVE_ARGS=(serve --listen 127.0.0.1:0 --config "$CONFIG")
+  SERVE_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --config "$CONFIG")
   # a fresh store per run (newer binaries persist sessions/retained messages in a
   # data directory, ./myriad-data by default)
   if "$BIN" serve --help 2>/dev/null | grep -q -- '--data-dir'; then

@@ -32,6 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 LISTEN_RE = re.compile(r"^MQTT listening on 127\.0\.0\.1:(\d+)\s*$")
+API_RE = re.compile(r"^HTTP API listening on 127\.0\.0\.1:(\d+)\s*$")
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
@@ -126,6 +127,7 @@ class Broker:
         self.raw_config = raw_config
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self.api_port: int | None = None
         self.stdout_lines: list[str] = []
         self.log_path = self.workdir / "broker.log"
         self.host = HOST
@@ -150,7 +152,7 @@ class Broker:
         env.setdefault("RUST_BACKTRACE", "1")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(binary), "serve", "--config", str(cfg), "--listen", f"{HOST}:0"],
+            [str(binary), "serve", "--config", str(cfg), "--listen", f"{HOST}:0", "--api-listen", f"{HOST}:0"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -165,6 +167,9 @@ class Broker:
             for raw in self.proc.stdout:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 self.stdout_lines.append(line)
+                api = API_RE.match(line)
+                if api:
+                    self.api_port = int(api.group(1))
                 m = LISTEN_RE.match(line)
                 if m and not found:
                     found = True
@@ -584,3 +589,53 @@ class Client:
 def v5_opts(version: int, **props: Any) -> dict[str, Any] | None:
     """Properties only for 5.0 clients."""
     return props if version == V5 else None
+
+
+class ApiError(Exception):
+    """An HTTP error answer from the API: status and parsed JSON body."""
+
+    def __init__(self, status: int, body: Any):
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class Api:
+    """A tiny JSON client of the HTTP API (urllib only)."""
+
+    def __init__(self, port: int, token: str | None):
+        self.base = f"http://{HOST}:{port}"
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+             token: str | None = "default", timeout: float = 60.0) -> tuple[int, Any]:
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        tok = self.token if token == "default" else token
+        if tok is not None:
+            req.add_header("Authorization", f"Bearer {tok}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                text = resp.read()
+                return resp.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as e:
+            text = e.read()
+            try:
+                parsed = json.loads(text) if text else None
+            except ValueError:
+                parsed = text.decode(errors="replace")
+            return e.code, parsed
+
+    def ok(self, method: str, path: str, body: Any = None, expect: int | tuple[int, ...] = (200, 201, 204),
+           **kw: Any) -> Any:
+        status, data = self.call(method, path, body, **kw)
+        allowed = (expect,) if isinstance(expect, int) else expect
+        if status not in allowed:
+            raise ApiError(status, data)
+        return data

@@ -76,6 +76,8 @@ impl Broker {
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--api-listen")
+            .arg("127.0.0.1:0")
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
