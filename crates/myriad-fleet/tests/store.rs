@@ -16,11 +16,11 @@ fn device(i: usize) -> NewDevice {
     let mut new = NewDevice::new(id(&format!("dev-{i:05}")));
     new.name = format!("Device {i}");
     new.attributes
-        .insert("site".into(), if i % 3 == 0 { "ber" } else { "muc" }.into());
-    if i % 2 == 0 {
+        .insert("site".into(), if i.is_multiple_of(3) { "ber" } else { "muc" }.into());
+    if i.is_multiple_of(2) {
         new.groups.insert("even".into());
     }
-    new.enabled = i % 5 != 0;
+    new.enabled = !i.is_multiple_of(5);
     new
 }
 
