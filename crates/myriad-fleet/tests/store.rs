@@ -15,8 +15,10 @@ fn id(s: &str) -> DeviceId {
 fn device(i: usize) -> NewDevice {
     let mut new = NewDevice::new(id(&format!("dev-{i:05}")));
     new.name = format!("Device {i}");
-    new.attributes
-        .insert("site".into(), if i.is_multiple_of(3) { "ber" } else { "muc" }.into());
+    new.attributes.insert(
+        "site".into(),
+        if i.is_multiple_of(3) { "ber" } else { "muc" }.into(),
+    );
     if i.is_multiple_of(2) {
         new.groups.insert("even".into());
     }
