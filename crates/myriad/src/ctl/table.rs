@@ -26,12 +26,6 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// The number of rows.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
     /// The table as text, each line ending in `\n`, without trailing
     /// spaces.
     pub fn render(&self) -> String {
