@@ -10,21 +10,18 @@ use anyhow::{Context, Result, bail};
 /// The token file `myriad serve` writes in its default data directory.
 pub const DEFAULT_TOKEN_FILE: &str = "myriad-data/api-token";
 
-/// Resolves the token. `token` is `--token`/`MYRIAD_API_TOKEN`,
-/// `token_file` is `--token-file`/`MYRIAD_API_TOKEN_FILE` when given;
-/// `read` reads a file. A missing default file means no token (the server
-/// will then say whether it needs one); a named file that cannot be read,
-/// or any empty token, is an error.
+/// Resolves the token. `token` is `--token`/`MYRIAD_API_TOKEN` (empty
+/// counts as absent, like an unset variable), `token_file` is
+/// `--token-file`/`MYRIAD_API_TOKEN_FILE` when given; `read` reads a file.
+/// A missing default file means no token (the server will then say
+/// whether it needs one); a named file that cannot be read, or an empty
+/// file, is an error.
 pub fn resolve_token(
     token: Option<&str>,
     token_file: Option<&Path>,
     read: impl Fn(&Path) -> io::Result<String>,
 ) -> Result<Option<String>> {
-    if let Some(token) = token {
-        let token = token.trim();
-        if token.is_empty() {
-            bail!("the API token given by --token or MYRIAD_API_TOKEN is empty");
-        }
+    if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
         return Ok(Some(token.to_string()));
     }
     let (path, named) = match token_file {
@@ -97,8 +94,15 @@ mod tests {
     }
 
     #[test]
-    fn empty_tokens_are_errors() {
-        assert!(resolve_token(Some("  "), None, files(&[])).is_err());
+    fn empty_token_falls_back_to_the_file() {
+        let read = files(&[(DEFAULT_TOKEN_FILE, "from-default")]);
+        let token = resolve_token(Some(" "), None, read).unwrap();
+        assert_eq!(token.as_deref(), Some("from-default"));
+        assert_eq!(resolve_token(Some(""), None, files(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn empty_token_file_is_an_error() {
         let read = files(&[(DEFAULT_TOKEN_FILE, "\n")]);
         let error = resolve_token(None, None, read).unwrap_err();
         assert!(error.to_string().contains("is empty"), "{error}");
