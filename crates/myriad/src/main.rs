@@ -1,6 +1,7 @@
 //! `myriad`: the Myriad IoT device platform in one binary.
 
 mod config;
+mod ctl;
 mod serve;
 
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ enum Command {
     Serve(ServeArgs),
     /// Load generator and fleet simulator against any MQTT broker.
     Sim(myriad_sim::SimArgs),
+    /// Operate a running platform through its HTTP API.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Options of `myriad serve`.
@@ -64,6 +67,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Sim(args) => Ok(myriad_sim::run(args)?),
+        Command::Ctl(args) => ctl::run(args),
     }
 }
 

@@ -1,0 +1,95 @@
+//! Sends [`ApiRequest`]s over HTTP(S) with a blocking client.
+
+use std::fs::File;
+use std::time::Duration;
+
+use anyhow::Context;
+use ureq::Agent;
+use ureq::http::{Request, request::Builder};
+
+use super::error::CtlError;
+use super::request::{ApiBody, ApiRequest};
+
+/// Largest answer read, in bytes.
+const MAX_ANSWER: u64 = 256 * 1024 * 1024;
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of one platform's API.
+pub struct Client {
+    agent: Agent,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the API at `base` (`http://host:port`), sending
+    /// `token` as `Authorization: Bearer` when there is one.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            // Redirects would resend the token and cannot replay a streamed
+            // file: show them as errors instead.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .user_agent(format!("myriad-ctl/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Client {
+            agent,
+            base: base.to_string(),
+            token,
+        }
+    }
+
+    /// Sends `request`; the body of a `2xx` answer, or the error.
+    pub fn send(&self, request: &ApiRequest) -> Result<String, CtlError> {
+        let url = request.url(&self.base);
+        let mut builder = Request::builder()
+            .method(request.method.as_str())
+            .uri(&url)
+            .header("accept", "application/json");
+        if let Some(token) = &self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let sent = match &request.body {
+            ApiBody::Empty => self.agent.run(build(builder, (), &url)?),
+            ApiBody::Json(value) => {
+                let body = serde_json::to_vec(value).context("encoding the request body")?;
+                let builder = builder.header("content-type", "application/json");
+                self.agent.run(build(builder, body, &url)?)
+            }
+            ApiBody::File { path, content_type } => {
+                let file =
+                    File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                let builder = builder.header("content-type", *content_type);
+                self.agent.run(build(builder, file, &url)?)
+            }
+        };
+        let mut response = sent.map_err(|source| CtlError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_string()
+            .with_context(|| format!("reading the answer of {url}"))?;
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(CtlError::from_response(status, &body))
+        }
+    }
+}
+
+fn build<B>(builder: Builder, body: B, url: &str) -> Result<Request<B>, CtlError> {
+    builder.body(body).map_err(|e| {
+        CtlError::Other(anyhow::anyhow!(
+            "cannot build a request for {url} (check --api and the token): {e}"
+        ))
+    })
+}

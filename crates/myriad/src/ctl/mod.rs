@@ -1,0 +1,155 @@
+//! `myriad ctl`: the operator's command line, a thin client of the
+//! platform's HTTP API.
+//!
+//! - [`args`]: the commands and their options;
+//! - [`request`]: each command as an [`request::ApiRequest`], built
+//!   without I/O;
+//! - [`client`]: sends requests (blocking, `ureq`);
+//! - [`output`], [`lists`], [`table`]: what is printed;
+//! - [`token`], [`password`]: credentials of the operator and of devices;
+//! - [`error`]: error lines and exit codes (0 ok, 1 API or local error,
+//!   2 API unreachable).
+
+mod args;
+mod client;
+mod encode;
+mod error;
+mod lists;
+mod output;
+mod password;
+mod request;
+mod table;
+mod token;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use args::{ApiCommand, CtlCommand};
+use client::Client;
+use error::CtlError;
+use output::OutputFormat;
+use request::ApiRequest;
+
+/// Options and command of `myriad ctl`.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Where the API is and how to talk to it.
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// Options of every `ctl` command.
+#[derive(Debug, clap::Args)]
+pub struct GlobalOptions {
+    /// Base URL of the platform's HTTP API.
+    #[arg(
+        long,
+        global = true,
+        env = "MYRIAD_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api: String,
+    /// API token (sent as `Authorization: Bearer`); if absent, read from
+    /// the token file.
+    #[arg(long, global = true, env = "MYRIAD_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the API token [default: myriad-data/api-token].
+    #[arg(long, global = true, env = "MYRIAD_API_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Output format [default: table for lists, pretty JSON for single
+    /// objects]; `json` prints the server's JSON as received.
+    #[arg(long, global = true, value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+/// Runs a `ctl` command. Exits the process with 1 on an API or local
+/// error and 2 when the API cannot be reached, after printing
+/// `error: ...` to standard error.
+pub fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let code = match execute(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            error.exit_code()
+        }
+    };
+    if code != 0 {
+        let _ = io::stdout().flush();
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// Runs the command; its exit code when it did not fail outright.
+fn execute(args: CtlArgs) -> Result<i32, CtlError> {
+    let mut command = match args.command {
+        CtlCommand::HashPassword(password) => {
+            let password = password::password_of(&password, io::stdin().lock())?;
+            print_out(&format!("{}\n", password::hash(&password)?))?;
+            return Ok(0);
+        }
+        CtlCommand::Api(command) => command,
+    };
+    password::fill_from_stdin(&mut command, io::stdin().lock())?;
+    let request = request::request(&command)?;
+    let token = token::resolve_token(
+        args.global.token.as_deref(),
+        args.global.token_file.as_deref(),
+        |path| std::fs::read_to_string(path),
+    )?;
+    let client = Client::new(&args.global.api, token);
+    let bodies = fetch(&client, request, &command)?;
+    let rendered = output::render(output::shape(&command), args.global.output, &bodies)?;
+    print_out(&rendered.stdout)?;
+    for note in &rendered.notes {
+        eprintln!("{note}");
+    }
+    Ok(if rendered.failed { 1 } else { 0 })
+}
+
+/// Sends `request`, and for `--all` the requests of the following pages;
+/// the answer bodies in order.
+fn fetch(
+    client: &Client,
+    mut request: ApiRequest,
+    command: &ApiCommand,
+) -> Result<Vec<String>, CtlError> {
+    let mut bodies = vec![client.send(&request)?];
+    if !request::follows_all_pages(command) {
+        return Ok(bodies);
+    }
+    let mut after: Option<String> = None;
+    while let Some(next) = bodies
+        .last()
+        .map(|b| output::page_next(b))
+        .transpose()?
+        .flatten()
+    {
+        if after.as_deref() == Some(next.as_str()) {
+            return Err(
+                anyhow::anyhow!("the API returned the same page cursor {next:?} twice").into(),
+            );
+        }
+        request = request.with_param("after", &next);
+        bodies.push(client.send(&request)?);
+        after = Some(next);
+    }
+    Ok(bodies)
+}
+
+/// Writes to standard output; a closed pipe (`| head`) is not an error.
+fn print_out(text: &str) -> Result<(), CtlError> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(anyhow::Error::from(e)
+            .context("writing to standard output")
+            .into()),
+        _ => Ok(()),
+    }
+}
