@@ -1,5 +1,6 @@
-//! The OpenAPI document's frame: info, tags, the bearer security scheme,
-//! and the 401/500 answers every `/api/v1` operation shares.
+//! The OpenAPI document's frame: info, tags, the bearer security scheme
+//! ([`ApiDoc`]), and the 401/500 answers every `/api/v1` operation shares
+//! ([`secure_api_paths`], applied once the routes have added their paths).
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -33,8 +34,7 @@ const BEARER: &str = "bearer";
 )]
 pub(crate) struct ApiDoc;
 
-/// Adds the bearer scheme, and to every `/api/v1` operation the security
-/// requirement and the 401 and 500 answers.
+/// Adds the bearer security scheme.
 struct SecuredApi;
 
 impl Modify for SecuredApi {
@@ -44,22 +44,27 @@ impl Modify for SecuredApi {
             BEARER,
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            if !path.starts_with("/api/v1") {
-                continue;
-            }
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                secure(operation);
-            }
+    }
+}
+
+/// Gives every `/api/v1` operation of `openapi` the bearer security
+/// requirement and the 401 and 500 answers.
+pub(crate) fn secure_api_paths(openapi: &mut OpenApiDoc) {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if !path.starts_with("/api/v1") {
+            continue;
+        }
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            secure(operation);
         }
     }
 }
@@ -83,7 +88,7 @@ fn secure(operation: &mut Operation) {
 }
 
 /// A response carrying an [`ErrorBody`].
-pub(crate) fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     let content = Content::new(Some(Ref::from_schema_name("ErrorBody")));
     RefOr::T(
         ResponseBuilder::new()

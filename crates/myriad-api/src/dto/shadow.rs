@@ -18,7 +18,7 @@ use crate::error::ApiError;
 pub(crate) struct ShadowPatch {
     /// The change to `desired` (required; `null` deletes it all).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Object>, required = true)]
     pub desired: Option<Value>,
     /// The version the shadow must be at.
     pub version: Option<u64>,

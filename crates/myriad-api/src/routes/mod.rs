@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use crate::auth::require_token;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::openapi::ApiDoc;
+use crate::openapi::{ApiDoc, secure_api_paths};
 use crate::state::ApiState;
 use health::OpenApiJson;
 
@@ -58,11 +58,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::openapi_json))
         .merge(protected)
         .split_for_parts();
+    secure_api_paths(&mut doc);
     let doc = doc.to_json().unwrap_or_else(|error| {
         tracing::error!(%error, "cannot serialize the OpenAPI document");
         String::from("{}")
