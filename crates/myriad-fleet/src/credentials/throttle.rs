@@ -1,31 +1,5 @@
 //! Login throttling: refuse logins for a while after repeated failures,
 //! per principal and per source address, before spending Argon2 on them.
-//!
-//! # Rules
-//!
-//! For each principal (username) and each source address, failures are
-//! counted in a window ([`ThrottleLimits::window_ms`], starting at the
-//! first failure). The failure that brings the count to
-//! [`ThrottleLimits::max_failures`] blocks the key for
-//! [`ThrottleLimits::backoff_ms`]; each further block of the same key
-//! doubles that, up to [`ThrottleLimits::max_backoff_ms`]. A blocked
-//! login is refused without checking the password ([`ThrottleCheck`] says
-//! for how long). A successful login clears its principal's record (not
-//! its address's: many devices may share one NAT address). A key forgets
-//! its blocks once it has been quiet (no failures, not blocked) for
-//! `max_backoff_ms`.
-//!
-//! IPv6 addresses are counted per /64 network (one host usually has a
-//! whole /64); IPv4-mapped IPv6 addresses count as their IPv4 address.
-//!
-//! # Memory
-//!
-//! Each table holds at most [`ThrottleConfig::max_entries`] keys. When a
-//! table is full, expired entries are pruned (at most once a second); if
-//! it is still full, the new key is not tracked (counted in
-//! [`ThrottleStats::untracked`]) rather than evicting a live block an
-//! attacker could otherwise flush. Call [`LoginThrottle::prune`]
-//! periodically (e.g. every minute) to keep the tables small.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -193,8 +167,34 @@ impl<K: Hash + Eq> Table<K> {
     }
 }
 
+/// # Rules
+///
+/// For each principal (username) and each source address, failures are
+/// counted in a window ([`ThrottleLimits::window_ms`], starting at the
+/// first failure). The failure that brings the count to
+/// [`ThrottleLimits::max_failures`] blocks the key for
+/// [`ThrottleLimits::backoff_ms`]; each further block of the same key
+/// doubles that, up to [`ThrottleLimits::max_backoff_ms`]. A blocked
+/// login is refused without checking the password ([`ThrottleCheck`] says
+/// for how long). A successful login clears its principal's record (not
+/// its address's: many devices may share one NAT address). A key forgets
+/// its blocks once it has been quiet (no failures, not blocked) for
+/// `max_backoff_ms`.
+///
+/// IPv6 addresses are counted per /64 network (one host usually has a
+/// whole /64); IPv4-mapped IPv6 addresses count as their IPv4 address.
+///
+/// # Memory
+///
+/// Each table holds at most [`ThrottleConfig::max_entries`] keys. When a
+/// table is full, expired entries are pruned (at most once a second); if
+/// it is still full, the new key is not tracked (counted in
+/// [`ThrottleStats::untracked`]) rather than evicting a live block an
+/// attacker could otherwise flush. Call [`LoginThrottle::prune`]
+/// periodically (e.g. every minute) to keep the tables small.
+///
 /// Counts failed logins and refuses logins of blocked principals and
-/// addresses (see the [module documentation](self)). Sans-IO: every method
+/// addresses. Sans-IO: every method
 /// takes the current time in unix ms.
 #[derive(Debug)]
 pub struct LoginThrottle {
