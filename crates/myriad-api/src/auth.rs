@@ -1,0 +1,77 @@
+//! The bearer token check in front of every `/api/v1` route.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::state::ApiState;
+
+/// Lets the request through if it carries `Authorization: Bearer {token}`
+/// with the configured token; answers 401 otherwise.
+pub(crate) async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if token_matches(request.headers(), &state.token) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// Whether `headers` carry the bearer token `expected`. The comparison
+/// takes the same time wherever the tokens differ, and whatever their
+/// lengths: it compares BLAKE3 digests, whose equality is constant-time.
+/// An empty `expected` matches nothing.
+fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
+    if expected.is_empty() {
+        return false;
+    }
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token)
+    else {
+        return false;
+    };
+    blake3::hash(given.as_bytes()) == blake3::hash(expected.as_bytes())
+}
+
+/// The token of an `Authorization: Bearer ..` value (the scheme is
+/// case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches(' '))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(value).expect("valid header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn only_the_right_bearer_token_passes() {
+        assert!(token_matches(&headers("Bearer s3cret"), "s3cret"));
+        assert!(token_matches(&headers("bearer s3cret"), "s3cret"));
+        assert!(!token_matches(&headers("Bearer s3cre"), "s3cret"));
+        assert!(!token_matches(&headers("Bearer s3cret2"), "s3cret"));
+        assert!(!token_matches(&headers("Basic s3cret"), "s3cret"));
+        assert!(!token_matches(&headers("s3cret"), "s3cret"));
+        assert!(!token_matches(&HeaderMap::new(), "s3cret"));
+        assert!(!token_matches(&headers("Bearer "), ""));
+    }
+}

@@ -1,0 +1,115 @@
+//! The router: every route, its OpenAPI description, auth and body limits.
+
+mod apps;
+mod devices;
+mod health;
+mod presence;
+mod shadows;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Json, Router, middleware};
+use myriad_fleet::registry::{Device, DeviceId, DevicePatch};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::require_token;
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::openapi::{ApiDoc, secure_api_paths};
+use crate::state::ApiState;
+use health::OpenApiJson;
+
+/// Largest JSON body, 1 MiB.
+pub(crate) const JSON_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The whole API as an axum router, with `state` applied: `/healthz` and
+/// `/openapi.json` open, everything under `/api/v1` behind the bearer
+/// token (see the [crate documentation](crate)).
+pub fn router(state: ApiState) -> Router {
+    let protected = OpenApiRouter::new()
+        .routes(routes!(devices::create_device, devices::list_devices))
+        .routes(routes!(
+            devices::get_device,
+            devices::patch_device,
+            devices::delete_device
+        ))
+        .routes(routes!(devices::set_password))
+        .routes(routes!(presence::device_presence))
+        .routes(routes!(presence::list_online))
+        .routes(routes!(presence::presence_count))
+        .routes(routes!(
+            shadows::get_shadow,
+            shadows::patch_shadow,
+            shadows::delete_shadow
+        ))
+        .routes(routes!(apps::create_app, apps::list_apps))
+        .routes(routes!(apps::get_app, apps::delete_app))
+        .route(
+            "/api/v1/devices/import",
+            get(import_device_get)
+                .patch(import_device_patch)
+                .delete(import_device_delete),
+        )
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::openapi_json))
+        .merge(protected)
+        .split_for_parts();
+    secure_api_paths(&mut doc);
+    let doc = doc.to_json().unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot serialize the OpenAPI document");
+        String::from("{}")
+    });
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(OpenApiJson(Arc::from(doc))))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// 404 in the API's error shape.
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// 405 in the API's error shape.
+async fn method_not_allowed() -> ApiError {
+    ApiError::with_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+// `POST /api/v1/devices/import` takes the path of a device named
+// `import`; these keep GET, PATCH and DELETE working for such a device.
+
+/// The device id `import`.
+fn import_id() -> Result<DeviceId, ApiError> {
+    DeviceId::new("import").map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+async fn import_device_get(State(state): State<ApiState>) -> Result<Json<Device>, ApiError> {
+    devices::read_device(state, import_id()?).await.map(Json)
+}
+
+async fn import_device_patch(
+    State(state): State<ApiState>,
+    ApiJson(patch): ApiJson<DevicePatch>,
+) -> Result<Json<Device>, ApiError> {
+    devices::update_device(state, import_id()?, patch)
+        .await
+        .map(Json)
+}
+
+async fn import_device_delete(State(state): State<ApiState>) -> Result<StatusCode, ApiError> {
+    devices::remove_device(state, import_id()?).await
+}

@@ -1,0 +1,135 @@
+//! OpenAPI schemas of the fleet's own types, which do not derive
+//! `utoipa::ToSchema` (the device layer does not depend on the HTTP
+//! layer). These mirrors are for the document only, never built; a test
+//! (`schema_mirrors_match_the_fleet_types` below) checks that their field
+//! names match what the real types serialize.
+
+// Documentation-only types: their fields are read by the derive alone.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A registered device.
+#[derive(ToSchema)]
+#[schema(as = Device)]
+pub(crate) struct DeviceDoc {
+    /// The id, also the MQTT client id and user name.
+    id: String,
+    /// A human-readable name; may be empty.
+    name: String,
+    /// Free-form tags.
+    attributes: BTreeMap<String, String>,
+    /// Groups the device is in.
+    groups: BTreeSet<String>,
+    /// A disabled device may not log in.
+    enabled: bool,
+    /// When it was created (unix ms).
+    created_at: u64,
+    /// When it was last changed (unix ms).
+    updated_at: u64,
+}
+
+/// A partial update of a device: absent fields stay as they are.
+/// `attributes` merges (`null` removes a key); `groups` replaces the set;
+/// `enabled: false` also ends cached MQTT logins. Unknown fields are
+/// rejected.
+#[derive(ToSchema)]
+#[schema(as = DevicePatch)]
+pub(crate) struct DevicePatchDoc {
+    /// A new name.
+    name: Option<String>,
+    /// Attributes to set (a string) or remove (`null`).
+    attributes: Option<BTreeMap<String, Option<String>>>,
+    /// The new set of groups.
+    groups: Option<BTreeSet<String>>,
+    /// Enable or disable the device.
+    enabled: Option<bool>,
+}
+
+/// One page of devices, in id order. When `next` is not `null` there may
+/// be more: ask again with `after=next`. A page can be short (even empty)
+/// while `next` is set, when the search stopped to bound its work.
+#[derive(ToSchema)]
+#[schema(as = DevicePage)]
+pub(crate) struct DevicePageDoc {
+    /// The devices.
+    items: Vec<DeviceDoc>,
+    /// The cursor of the next page.
+    next: Option<String>,
+}
+
+/// The last known presence of a device. A device never seen is offline
+/// with version 0.
+#[derive(ToSchema)]
+#[schema(as = PresenceRecord)]
+pub(crate) struct PresenceRecordDoc {
+    /// The device.
+    device: String,
+    /// Whether it is connected.
+    online: bool,
+    /// Grows by one with every presence event of this device.
+    version: u64,
+    /// The broker's id of the current (or last) connection.
+    connection: u64,
+    /// When it last connected (unix ms).
+    last_connected_at: Option<u64>,
+    /// When it last disconnected (unix ms).
+    last_disconnected_at: Option<u64>,
+    /// When anything was last heard from it (unix ms).
+    last_seen: u64,
+    /// Why it last went offline: `client_disconnect`, `network_loss`,
+    /// `keep_alive_timeout`, `protocol_error`, `takeover`,
+    /// `server_shutdown`, `server_restart`, `kicked`, `auth_failed`,
+    /// `disabled` or `slow_consumer`.
+    disconnect_reason: Option<String>,
+    /// The address of the current (or last) connection, `ip:port`.
+    address: Option<String>,
+    /// MQTT protocol level of the current (or last) connection (4 or 5).
+    protocol: u8,
+    /// Keep-alive of the current (or last) connection, seconds.
+    keep_alive_secs: u16,
+}
+
+/// A registered application client.
+#[derive(ToSchema)]
+#[schema(as = AppClient)]
+pub(crate) struct AppClientDoc {
+    /// The id; the client logs in to MQTT as `app:{id}`.
+    id: String,
+    /// A human-readable name.
+    name: String,
+    /// Filters of the topics it may publish to.
+    publish: Vec<String>,
+    /// Filters it may subscribe within.
+    subscribe: Vec<String>,
+    /// An admin client may publish and subscribe anywhere.
+    admin: bool,
+    /// When it was created (unix ms).
+    created_at: u64,
+}
+
+/// A shadow document (AWS IoT Device Shadow format, timestamps in unix
+/// ms): `{"state": {"desired": {..}, "reported": {..}, "delta": {..}},
+/// "metadata": {"desired": {..}, "reported": {..}}, "version": 3,
+/// "timestamp": ms, "clientToken": ".."}`. `delta` (the part of `desired`
+/// that differs from `reported`) appears only when not empty.
+#[derive(ToSchema)]
+#[schema(as = ShadowDocument)]
+pub(crate) struct ShadowDocumentDoc {
+    /// `desired`, `reported` and, when not empty, `delta`.
+    #[schema(value_type = Object)]
+    state: Value,
+    /// Per-field `{"timestamp": ms}` of `desired` and `reported`.
+    #[schema(value_type = Object)]
+    metadata: Value,
+    /// Grows by one with every accepted update.
+    version: u64,
+    /// When this document was made (unix ms).
+    timestamp: u64,
+    /// The request's client token, when it had one.
+    #[schema(rename = "clientToken")]
+    client_token: Option<String>,
+}

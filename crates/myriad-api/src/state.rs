@@ -1,0 +1,39 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use myriad_fleet::credentials::HashParams;
+use myriad_fleet::service::auth::FleetAuthenticator;
+use myriad_fleet::service::presence::PresenceService;
+use myriad_fleet::service::shadows::ShadowService;
+use myriad_fleet::store::FleetStore;
+
+/// The services the API works on, and its bearer token. Cheap to clone
+/// (every service is behind an `Arc`).
+#[derive(Clone)]
+pub struct ApiState {
+    /// The registry, credentials, shadows and presence records.
+    pub store: Arc<FleetStore>,
+    /// Device shadows (shared with the MQTT side).
+    pub shadows: Arc<ShadowService>,
+    /// Who is online.
+    pub presence: Arc<PresenceService>,
+    /// The MQTT authenticator, told to forget cached logins when a
+    /// password changes or a principal goes away.
+    pub auth: Arc<FleetAuthenticator>,
+    /// Argon2 costs for passwords set through the API.
+    pub hash_params: HashParams,
+    /// The bearer token every `/api/v1` request must carry. Empty refuses
+    /// every request.
+    pub token: String,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("store", &self.store)
+            .field("hash_params", &self.hash_params)
+            .field("token", &"***")
+            .finish_non_exhaustive()
+    }
+}
