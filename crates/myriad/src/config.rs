@@ -17,6 +17,53 @@ pub struct Config {
     pub store: StoreConfig,
     /// Threads of the network runtime.
     pub runtime: RuntimeConfig,
+    /// Who may connect over MQTT.
+    pub auth: AuthConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
+}
+
+/// The `[auth]` table. Devices and application clients registered through
+/// the API log in with their credentials; this decides about the others.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Let clients without a user name connect (kept out of the device and
+    /// platform namespaces). On by default so `myriad serve` works out of
+    /// the box; turn it off in production.
+    pub allow_anonymous: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+        }
+    }
+}
+
+/// The `[api]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the HTTP API.
+    pub enabled: bool,
+    /// Address of the HTTP API.
+    pub listen: String,
+    /// The operators' bearer token. When unset (and `MYRIAD_API_TOKEN` is
+    /// not given), a random one is generated at start and written to
+    /// `{store.data_dir}/api-token`.
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".to_string(),
+            token: None,
+        }
+    }
 }
 
 /// The `[runtime]` table.
@@ -105,6 +152,9 @@ impl Config {
             Err(error) => bail!("{}", error.to_string().trim_end()),
         };
         config.mqtt.validate()?;
+        if config.api.token.as_deref().is_some_and(|t| t.len() < 16) {
+            bail!("invalid value for api.token: use at least 16 characters");
+        }
         if config.store.group_window_ms > 1000 {
             bail!(
                 "invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)"

@@ -2,6 +2,7 @@
 
 mod config;
 mod ctl;
+mod platform;
 mod serve;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub struct ServeArgs {
     /// Data directory of the embedded store, overriding `store.data_dir`.
     #[arg(long, env = "MYRIAD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// HTTP API listen address, overriding `api.listen`.
+    #[arg(long, env = "MYRIAD_API_LISTEN")]
+    pub api_listen: Option<String>,
 }
 
 fn main() -> Result<()> {

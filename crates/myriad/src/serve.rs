@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::ServeArgs;
 use crate::config::{CommitMode, Config, StoreBackend, StoreConfig};
+use crate::platform::Platform;
 use myriad_broker::shell::{CommitPolicy, Persistence};
 use myriad_store::{EmbeddedOptions, EmbeddedStore};
 
@@ -23,6 +24,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     if let Some(data_dir) = args.data_dir {
         config.store.data_dir = data_dir;
+    }
+    if let Some(api_listen) = args.api_listen {
+        config.api.listen = api_listen;
     }
     let persistence = open_store(&config.store)?;
     let runtime = match config.runtime.threads {
@@ -53,10 +57,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
         let mut stdout = std::io::stdout();
+        let (handle, events) = myriad_broker::shell::channel();
+        let (platform, hooks) = Platform::start(&config, &handle)?;
+        if config.api.enabled {
+            let token = api_token(&config)?;
+            let api_listener = TcpListener::bind(&config.api.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
+            let api_address = api_listener.local_addr()?;
+            info!(address = %api_address, "HTTP API listener bound");
+            writeln!(stdout, "HTTP API listening on {api_address}")?;
+            tokio::spawn(myriad_api::serve(
+                api_listener,
+                platform.api_state(token),
+                shutdown.clone(),
+            ));
+        }
+        // Last: the line scripts wait for means everything is up.
         writeln!(stdout, "MQTT listening on {address}")?;
         stdout.flush()?;
-        let (handle, events) = myriad_broker::shell::channel();
-        let hooks = myriad_broker::shell::Hooks::default();
         myriad_broker::shell::run(
             config.mqtt,
             persistence,
@@ -69,6 +88,50 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .await?;
         Ok(())
     })
+}
+
+/// The operators' bearer token: `api.token`, else `MYRIAD_API_TOKEN`, else
+/// a random one written to `{store.data_dir}/api-token` (readable by the
+/// owner only), where `myriad ctl` finds it.
+fn api_token(config: &Config) -> Result<String> {
+    if let Some(token) = &config.api.token {
+        return Ok(token.clone());
+    }
+    if let Ok(token) = std::env::var("MYRIAD_API_TOKEN")
+        && token.len() >= 16
+    {
+        return Ok(token);
+    }
+    let path = config.store.data_dir.join("api-token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        if existing.len() >= 16 {
+            return Ok(existing.to_string());
+        }
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(&config.store.data_dir)?;
+    write_private(&path, &token)
+        .with_context(|| format!("cannot write the API token to {}", path.display()))?;
+    info!(path = %path.display(), "generated an API token");
+    Ok(token)
+}
+
+/// Writes `text` to a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")
 }
 
 /// Opens the configured store (none for `memory`).

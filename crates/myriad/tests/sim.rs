@@ -22,7 +22,13 @@ impl Broker {
             std::env::temp_dir().join(format!("myriad-sim-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create broker dir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_myriad"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

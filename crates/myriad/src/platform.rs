@@ -1,0 +1,116 @@
+//! The device layer around the broker: registry store, authentication,
+//! presence and shadows, wired to the broker's hooks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use myriad_broker::hooks::Lifecycle;
+use myriad_broker::shell::{BrokerHandle, Hooks};
+use myriad_fleet::credentials::{DEFAULT_CACHE_CAPACITY, ThrottleConfig, VerifiedCache};
+use myriad_fleet::service::auth::FleetAuthenticator;
+use myriad_fleet::service::presence::PresenceService;
+use myriad_fleet::service::shadows::ShadowService;
+use myriad_fleet::shadow::ShadowLimits;
+use myriad_fleet::store::FleetStore;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{Config, StoreBackend};
+
+/// The device layer's services.
+pub struct Platform {
+    /// Registry, credentials, shadows and presence records.
+    pub store: Arc<FleetStore>,
+    /// CONNECT checks.
+    pub auth: Arc<FleetAuthenticator>,
+    /// Device presence.
+    pub presence: Arc<PresenceService>,
+    /// Device shadows.
+    pub shadows: Arc<ShadowService>,
+    /// Kept alive while the platform runs (memory backend only).
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl Platform {
+    /// What the HTTP API needs, with the operators' `token`.
+    pub fn api_state(&self, token: String) -> myriad_api::ApiState {
+        myriad_api::ApiState {
+            store: self.store.clone(),
+            shadows: self.shadows.clone(),
+            presence: self.presence.clone(),
+            auth: self.auth.clone(),
+            hash_params: myriad_fleet::credentials::HashParams::OWASP,
+            token,
+        }
+    }
+
+    /// Opens the device layer's store and builds its services; returns the
+    /// hooks to give the broker.
+    pub fn start(config: &Config, broker: &BrokerHandle) -> Result<(Platform, Hooks)> {
+        let (dir, scratch) = match config.store.backend {
+            StoreBackend::Embedded => (config.store.data_dir.clone(), None),
+            StoreBackend::Memory => {
+                let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
+                (PathBuf::from(scratch.path()), Some(scratch))
+            }
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {} (store.data_dir)", dir.display()))?;
+        let store =
+            Arc::new(FleetStore::open(&dir).with_context(|| {
+                format!("cannot open the device registry in {}", dir.display())
+            })?);
+        let cache = VerifiedCache::new(DEFAULT_CACHE_CAPACITY)
+            .context("cannot seed the credential cache")?;
+        let auth = Arc::new(FleetAuthenticator::new(
+            store.clone(),
+            config.auth.allow_anonymous,
+            ThrottleConfig::default(),
+            cache,
+        ));
+        if config.auth.allow_anonymous {
+            warn!(
+                "anonymous MQTT clients are allowed (auth.allow_anonymous); turn it off in production"
+            );
+        }
+        let (presence, recovered) =
+            PresenceService::recover(store.clone()).context("cannot load device presence")?;
+        if !recovered.is_empty() {
+            info!(
+                devices = recovered.len(),
+                "devices online at the last stop marked offline"
+            );
+        }
+        let presence = Arc::new(presence);
+        let shadows = Arc::new(ShadowService::new(
+            store.clone(),
+            broker.clone(),
+            ShadowLimits::default(),
+        ));
+        let (lifecycle_tx, lifecycle_rx) = mpsc::unbounded_channel::<Lifecycle>();
+        tokio::spawn(
+            presence
+                .clone()
+                .run(lifecycle_rx, broker.clone(), recovered),
+        );
+        let shadow_task = shadows.clone();
+        tokio::spawn(async move {
+            if shadow_task.run().await.is_err() {
+                info!("shadow service stopped with the broker");
+            }
+        });
+        let hooks = Hooks {
+            authenticator: Some(auth.clone()),
+            lifecycle: Some(lifecycle_tx),
+        };
+        let platform = Platform {
+            store,
+            auth,
+            presence,
+            shadows,
+            _scratch: scratch,
+        };
+        Ok((platform, hooks))
+    }
+}
