@@ -43,6 +43,7 @@
 
 mod auth;
 mod blocking;
+mod body_reader;
 mod dto;
 mod error;
 mod extract;

@@ -3,6 +3,7 @@
 mod apps;
 mod devices;
 mod health;
+mod import;
 mod presence;
 mod shadows;
 
@@ -57,6 +58,8 @@ pub fn router(state: ApiState) -> Router {
                 .delete(import_device_delete),
         )
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // Streams its body with its own limit (`IMPORT_BODY_LIMIT`).
+        .routes(routes!(import::import_devices))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
