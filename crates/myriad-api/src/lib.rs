@@ -41,6 +41,8 @@
 //! JSON bodies are limited to 1 MiB; the import route streams its body
 //! (bounded memory) and accepts up to 512 MiB. Past the limit: 413.
 
+#![warn(missing_docs)]
+
 mod auth;
 mod blocking;
 mod body_reader;

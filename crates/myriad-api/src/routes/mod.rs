@@ -100,10 +100,12 @@ fn import_id() -> Result<DeviceId, ApiError> {
     DeviceId::new("import").map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// `GET /api/v1/devices/import`: the device named `import`.
 async fn import_device_get(State(state): State<ApiState>) -> Result<Json<Device>, ApiError> {
     devices::read_device(state, import_id()?).await.map(Json)
 }
 
+/// `PATCH /api/v1/devices/import`: changes the device named `import`.
 async fn import_device_patch(
     State(state): State<ApiState>,
     ApiJson(patch): ApiJson<DevicePatch>,
@@ -113,6 +115,7 @@ async fn import_device_patch(
         .map(Json)
 }
 
+/// `DELETE /api/v1/devices/import`: deletes the device named `import`.
 async fn import_device_delete(State(state): State<ApiState>) -> Result<StatusCode, ApiError> {
     devices::remove_device(state, import_id()?).await
 }
