@@ -41,8 +41,11 @@
 //! JSON bodies are limited to 1 MiB; the import route streams its body
 //! (bounded memory) and accepts up to 512 MiB. Past the limit: 413.
 
+#![warn(missing_docs)]
+
 mod auth;
 mod blocking;
+mod body_reader;
 mod dto;
 mod error;
 mod extract;

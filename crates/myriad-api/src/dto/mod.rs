@@ -3,12 +3,14 @@
 
 mod app;
 mod device;
+mod import;
 mod paging;
 mod presence;
 mod shadow;
 
 pub(crate) use app::{AppList, CreateApp};
 pub(crate) use device::{CreateDevice, DeviceListParams, PasswordBody, check_password};
+pub(crate) use import::{ImportParams, ImportReportBody};
 pub(crate) use paging::parse_limit;
 pub(crate) use presence::{OnlinePage, PresenceCount, PresenceListParams};
 pub(crate) use shadow::ShadowPatch;

@@ -3,6 +3,7 @@
 mod apps;
 mod devices;
 mod health;
+mod import;
 mod presence;
 mod shadows;
 
@@ -57,6 +58,8 @@ pub fn router(state: ApiState) -> Router {
                 .delete(import_device_delete),
         )
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // Streams its body with its own limit (`IMPORT_BODY_LIMIT`).
+        .routes(routes!(import::import_devices))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -97,10 +100,12 @@ fn import_id() -> Result<DeviceId, ApiError> {
     DeviceId::new("import").map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// `GET /api/v1/devices/import`: the device named `import`.
 async fn import_device_get(State(state): State<ApiState>) -> Result<Json<Device>, ApiError> {
     devices::read_device(state, import_id()?).await.map(Json)
 }
 
+/// `PATCH /api/v1/devices/import`: changes the device named `import`.
 async fn import_device_patch(
     State(state): State<ApiState>,
     ApiJson(patch): ApiJson<DevicePatch>,
@@ -110,6 +115,7 @@ async fn import_device_patch(
         .map(Json)
 }
 
+/// `DELETE /api/v1/devices/import`: deletes the device named `import`.
 async fn import_device_delete(State(state): State<ApiState>) -> Result<StatusCode, ApiError> {
     devices::remove_device(state, import_id()?).await
 }

@@ -4,7 +4,9 @@
 mod apps;
 mod auth;
 mod devices;
+mod import;
 mod openapi;
 mod presence;
+mod serve;
 mod shadows;
 mod support;
