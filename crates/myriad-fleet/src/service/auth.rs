@@ -143,7 +143,8 @@ impl FleetAuthenticator {
         };
         let ip = Some(info.peer.ip());
         let now = now_ms();
-        if let ThrottleCheck::Refused { .. } = self.state().throttle.check(username, ip, now) {
+        let check = self.state().throttle.check(username, ip, now);
+        if let ThrottleCheck::Refused { .. } = check {
             self.state().stats.throttled += 1;
             debug!(username, peer = %info.peer, "login throttled");
             return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
@@ -167,7 +168,12 @@ impl FleetAuthenticator {
                 return AuthDecision::Deny(ReasonCode::ServerUnavailable);
             }
         };
-        let phc = match self.store.get_credential(username) {
+        // Credentials are kept under the bare id of the device or app.
+        let key = match &claim {
+            Claim::Device(id) => id.as_str(),
+            Claim::App(id) => id.as_str(),
+        };
+        let phc = match self.store.get_credential(key) {
             Ok(Some(phc)) => phc,
             Ok(None) => return self.failed(username, ip, now),
             Err(error) => {

@@ -98,6 +98,12 @@ impl PresenceService {
                 };
                 self.tracker().connected(&device, *conn, now, &info)
             }
+            // The connection that took over is reported online right after
+            // (same core step): the device never went offline.
+            Presence::Offline {
+                reason: OfflineReason::TakenOver,
+                ..
+            } => return None,
             Presence::Offline {
                 conn,
                 client_id,
