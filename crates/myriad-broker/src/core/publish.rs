@@ -130,6 +130,11 @@ impl Broker {
         } else {
             ReasonCode::Success
         };
+        self.acknowledge(conn, qos, packet_id, reason_code);
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH; nothing for QoS 0.
+    fn acknowledge(&mut self, conn: ConnId, qos: QoS, packet_id: u16, reason_code: ReasonCode) {
         let ack = PublishAck {
             packet_id,
             reason_code,
@@ -152,18 +157,9 @@ impl Broker {
         } else {
             ReasonCode::Success
         };
-        let ack = PublishAck {
-            packet_id,
-            reason_code,
-            properties: Default::default(),
-        };
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(conn, Packet::PubAck(ack)),
-            // A 3.1.1 QoS 2 flow must complete: PUBREC now, PUBREL answered
-            // with PUBCOMP (an unknown id gets PUBCOMP anyway).
-            QoS::ExactlyOnce => self.send(conn, Packet::PubRec(ack)),
-        }
+        // A 3.1.1 QoS 2 flow still completes: PUBREC now, and the PUBREL of
+        // an id the session does not hold is answered with PUBCOMP anyway.
+        self.acknowledge(conn, qos, packet_id, reason_code);
     }
 
     fn handle_pubrec(&mut self, now: Instant, conn: ConnId, rec: PublishAck) {
