@@ -371,3 +371,17 @@ def test_device_search_and_paging(broker, api):
     assert [d["id"] for d in floor1] == [f"{prefix}-{i:02d}" for i in range(25) if i % 3 == 1]
     odd = api.ok("GET", f"/api/v1/devices?id_prefix={prefix}&group=odd&limit=100")["items"]
     assert len(odd) == 12
+
+
+def test_with_anonymous_access_unknown_users_are_anonymous_but_devices_still_need_their_password(broker_factory):
+    b = broker_factory({"api": {"token": TOKEN}})
+    api = Api(b.api_port, TOKEN)
+    dev = unique("dev")
+    api.ok("POST", "/api/v1/devices", {"id": dev, "name": "x", "password": "right-pw-1"}, expect=201)
+    assert raw_connack(b.port, V5, dev, dev, b"wrong") == BAD_CREDENTIALS[0]
+    with RawClient(b.port, V5) as raw:
+        raw.connect(unique("guest"), username="some-user", password=b"whatever")
+        # Anonymous clients stay out of the device and platform namespaces.
+        assert raw.subscribe(f"$shadow/{dev}/#", qos=1).reasons == [0x87]
+        assert raw.subscribe(f"devices/{dev}/#", qos=1).reasons == [0x87]
+        assert raw.subscribe("plain/topic", qos=1).reasons == [1]

@@ -5,9 +5,10 @@
 //!   identifier, and its password;
 //! - an application client logs in with user name `app:{app_id}` and any
 //!   client identifier;
-//! - without a user name a client is anonymous: let in only when
-//!   `allow_anonymous` is set, and then kept out of the platform's
-//!   namespaces ([`AnonymousAcl`]).
+//! - without a user name, or with one the registry does not know, a client
+//!   is anonymous: let in only when `allow_anonymous` is set, and then kept
+//!   out of the platform's namespaces ([`AnonymousAcl`]). A registered
+//!   device or app with a wrong password is always refused.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -157,12 +158,12 @@ impl FleetAuthenticator {
             .password
             .and_then(|p| std::str::from_utf8(p).ok())
             .map(str::to_owned);
-        let (Some(claim), Some(password)) = (claim, password) else {
-            return self.failed(username, ip, now);
+        let Some(claim) = claim else {
+            return self.unknown(username, ip, now);
         };
         let principal = match self.principal(&claim) {
             Ok(Some(principal)) => principal,
-            Ok(None) => return self.failed(username, ip, now),
+            Ok(None) => return self.unknown(username, ip, now),
             Err(error) => {
                 warn!(%error, username, "cannot read the registry during login");
                 return AuthDecision::Deny(ReasonCode::ServerUnavailable);
@@ -172,6 +173,9 @@ impl FleetAuthenticator {
         let key = match &claim {
             Claim::Device(id) => id.as_str(),
             Claim::App(id) => id.as_str(),
+        };
+        let Some(password) = password else {
+            return self.failed(username, ip, now);
         };
         let phc = match self.store.get_credential(key) {
             Ok(Some(phc)) => phc,
@@ -236,6 +240,16 @@ impl FleetAuthenticator {
             }
             _ => false,
         }
+    }
+
+    /// A user name the registry does not know: with anonymous access on,
+    /// the client is let in as anonymous (as a broker without a password
+    /// file would); otherwise it is a failed login.
+    fn unknown(&self, username: &str, ip: Option<IpAddr>, now: u64) -> AuthDecision {
+        if self.allow_anonymous {
+            return AuthDecision::Allow(Some(Arc::new(AnonymousAcl)));
+        }
+        self.failed(username, ip, now)
     }
 
     fn failed(&self, username: &str, ip: Option<IpAddr>, now: u64) -> AuthDecision {
