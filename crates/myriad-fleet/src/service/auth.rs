@@ -22,7 +22,6 @@ use crate::acl::{Principal, may_publish, may_subscribe};
 use crate::credentials::{
     LoginThrottle, ThrottleCheck, ThrottleConfig, VerifiedCache, verify_password,
 };
-use crate::registry::{AppId, DeviceId};
 use crate::store::FleetStore;
 
 /// The prefix of application clients' user names.
@@ -94,12 +93,6 @@ struct AuthState {
     stats: AuthStats,
 }
 
-/// Who a user name claims to be.
-enum Claim {
-    Device(DeviceId),
-    App(AppId),
-}
-
 impl FleetAuthenticator {
     /// An authenticator reading `store`; anonymous clients are let in
     /// (unrestricted) only if `allow_anonymous`.
@@ -150,76 +143,43 @@ impl FleetAuthenticator {
             debug!(username, peer = %info.peer, "login throttled");
             return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
         }
-        let claim = match username.strip_prefix(APP_USERNAME_PREFIX) {
-            Some(app) => AppId::new(app).map(Claim::App).ok(),
-            None => DeviceId::new(username).map(Claim::Device).ok(),
-        };
-        let password = info
-            .password
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .map(str::to_owned);
-        let Some(claim) = claim else {
-            return self.unknown(username, ip, now);
-        };
-        let principal = match self.principal(&claim) {
-            Ok(Some(principal)) => principal,
-            Ok(None) => return self.unknown(username, ip, now),
+        // Devices log in by their id, apps by `app:{id}`; ids are one
+        // namespace, so the bare name finds at most one principal.
+        let app_login = username.strip_prefix(APP_USERNAME_PREFIX);
+        let record = match self.store.login_record(app_login.unwrap_or(username)) {
+            Ok(record) => record,
             Err(error) => {
                 warn!(%error, username, "cannot read the registry during login");
                 return AuthDecision::Deny(ReasonCode::ServerUnavailable);
             }
         };
-        // Credentials are kept under the bare id of the device or app.
-        let key = match &claim {
-            Claim::Device(id) => id.as_str(),
-            Claim::App(id) => id.as_str(),
+        let record =
+            record.filter(|r| matches!(r.principal, Principal::Device(_)) == app_login.is_none());
+        let Some(record) = record else {
+            return self.unknown(username, ip, now);
         };
-        let Some(password) = password else {
+        let password = info.password.and_then(|p| std::str::from_utf8(p).ok());
+        let (Some(phc), Some(password)) = (record.password_hash, password) else {
             return self.failed(username, ip, now);
         };
-        let phc = match self.store.get_credential(key) {
-            Ok(Some(phc)) => phc,
-            Ok(None) => return self.failed(username, ip, now),
-            Err(error) => {
-                warn!(%error, username, "cannot read credentials during login");
-                return AuthDecision::Deny(ReasonCode::ServerUnavailable);
-            }
-        };
-        if !self.verify(username, &phc, password).await {
+        if !self.verify(username, &phc, password.to_owned()).await {
             return self.failed(username, ip, now);
         }
-        if let Claim::Device(device) = &claim {
+        if let Principal::Device(device) = &record.principal {
             // A device's session is its own: the client id must be its id.
             if info.client_id != device.as_str() {
                 return AuthDecision::Deny(ReasonCode::ClientIdentifierNotValid);
             }
         }
-        let (principal, enabled) = principal;
-        if !enabled {
+        if !record.enabled {
             self.state().stats.disabled += 1;
             return AuthDecision::Deny(ReasonCode::NotAuthorized);
         }
+        let principal = record.principal;
         let mut state = self.state();
         state.throttle.record_success(username);
         state.stats.accepted += 1;
         AuthDecision::Allow(Some(Arc::new(PrincipalAcl(principal))))
-    }
-
-    /// The principal a claim names and whether it may log in, if registered.
-    fn principal(
-        &self,
-        claim: &Claim,
-    ) -> Result<Option<(Principal, bool)>, crate::store::FleetStoreError> {
-        Ok(match claim {
-            Claim::Device(id) => self
-                .store
-                .get_device(id)?
-                .map(|device| (Principal::Device(device.id), device.enabled)),
-            Claim::App(id) => self
-                .store
-                .get_app(id)?
-                .map(|app| (Principal::from_app(&app), true)),
-        })
     }
 
     /// Checks `password` against `phc`: from the cache, or with Argon2 on the blocking pool.
