@@ -137,6 +137,15 @@ pub enum Presence {
     },
 }
 
+impl Presence {
+    /// The connection the event is about.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Presence::Online { conn, .. } | Presence::Offline { conn, .. } => *conn,
+        }
+    }
+}
+
 /// A [`Presence`] event with what only the shell knows, as sent to the
 /// lifecycle channel given to [`crate::shell::run`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -466,7 +466,6 @@ mod tests {
         });
         let task = super::run(client, addr, 1, shared, tx, Default::default());
         let size = std::mem::size_of_val(&task);
-        eprintln!("connection task: {size} bytes");
         assert!(size <= 1024, "connection task state grew to {size} bytes");
     }
 

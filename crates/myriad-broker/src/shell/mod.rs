@@ -458,9 +458,7 @@ impl Links {
         let Some(lifecycle) = &self.lifecycle else {
             return;
         };
-        let conn = match &presence {
-            Presence::Online { conn, .. } | Presence::Offline { conn, .. } => *conn,
-        };
+        let conn = presence.conn();
         let link = self.live.get(&conn).or_else(|| self.departed.get(&conn));
         let event = Lifecycle {
             peer: link.and_then(|l| l.peer),

@@ -3,15 +3,11 @@
 use super::*;
 use crate::hooks::{OfflineReason, Presence};
 
-fn with_keep_alive(connect: Connect, secs: u16) -> Connect {
-    connect.keep_alive(secs)
-}
-
 #[test]
 fn a_silent_connection_is_closed_after_one_and_a_half_keep_alives() {
     let mut h = H::new();
     h.broker.set_presence_events(true);
-    let conn = h.connect(with_keep_alive(v5("quiet"), 10));
+    let conn = h.connect(v5("quiet").keep_alive(10));
     // Due at 15 s: nothing happens at 14 s.
     h.tick_at(14);
     h.assert_silent(conn);
@@ -31,7 +27,7 @@ fn a_silent_connection_is_closed_after_one_and_a_half_keep_alives() {
 fn any_packet_postpones_the_deadline_and_a_v311_client_is_just_closed() {
     let mut h = H::new();
     let watcher = subscriber(&mut h, "watcher", "wills", QoS::AtMostOnce);
-    let mut connect = with_keep_alive(v311("pinger"), 10);
+    let mut connect = v311("pinger").keep_alive(10);
     connect.will = Some(will("wills", "gone"));
     let conn = h.connect(connect);
     h.advance(12);
@@ -49,8 +45,8 @@ fn any_packet_postpones_the_deadline_and_a_v311_client_is_just_closed() {
 #[test]
 fn keep_alive_zero_is_never_checked_and_a_capped_one_is() {
     let mut h = H::with(|c| c.max_keep_alive_secs = 20);
-    let forever = h.connect(with_keep_alive(v311("forever"), 0));
-    let capped = h.connect(with_keep_alive(v5("capped"), 0));
+    let forever = h.connect(v311("forever").keep_alive(0));
+    let capped = h.connect(v5("capped").keep_alive(0));
     h.tick_at(29);
     h.assert_silent(capped);
     h.tick_at(30);
@@ -63,8 +59,8 @@ fn keep_alive_zero_is_never_checked_and_a_capped_one_is() {
 #[test]
 fn a_taken_over_connection_leaves_no_check_behind() {
     let mut h = H::new();
-    let first = h.connect(with_keep_alive(v5("same"), 10));
-    let second = h.connect(with_keep_alive(v5("same"), 100));
+    let first = h.connect(v5("same").keep_alive(10));
+    let second = h.connect(v5("same").keep_alive(100));
     h.expect_disconnect(first, ReasonCode::SessionTakenOver);
     h.tick_at(20);
     h.assert_silent(second);

@@ -303,10 +303,7 @@ impl H {
 fn conn_of(output: &Output) -> ConnId {
     match output {
         Output::Send(conn, _) | Output::Close(conn) => *conn,
-        Output::Presence(
-            crate::hooks::Presence::Online { conn, .. }
-            | crate::hooks::Presence::Offline { conn, .. },
-        ) => *conn,
+        Output::Presence(presence) => presence.conn(),
     }
 }
 
