@@ -90,8 +90,8 @@ struct Connection {
     max_packet_size: u32,
     /// The client's Topic Alias Maximum: how many aliases we may assign.
     topic_alias_maximum: u16,
-    inbound_aliases: HashMap<u16, ByteString>,
-    outbound_aliases: HashMap<ByteString, u16>,
+    /// Topic aliases in both directions (5.0), allocated on first use.
+    aliases: Option<Box<TopicAliases>>,
     will: Option<Box<Will>>,
     /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
     connect_expiry_was_zero: bool,
@@ -103,6 +103,23 @@ struct Connection {
     keep_alive_grace: Option<std::time::Duration>,
     /// Its entry in [`Broker::keep_alive_checks`].
     keep_alive_check: Option<Instant>,
+}
+
+impl Connection {
+    /// The connection's topic aliases, allocating them on first use.
+    fn aliases_mut(&mut self) -> &mut TopicAliases {
+        self.aliases.get_or_insert_with(Box::default)
+    }
+}
+
+/// One connection's topic aliases. Kept out of line: most clients use none,
+/// and two empty maps inline would cost every connection 96 bytes.
+#[derive(Debug, Default)]
+struct TopicAliases {
+    /// Aliases the client set, by alias.
+    inbound: HashMap<u16, ByteString>,
+    /// Aliases the broker assigned, by topic.
+    outbound: HashMap<ByteString, u16>,
 }
 
 /// The broker state machine. See the module documentation.

@@ -301,6 +301,7 @@ async fn run_core(
         live: HashMap::new(),
         departed: HashMap::new(),
         lifecycle,
+        shutting_down: false,
     };
     let mut woken: Vec<Arc<Link>> = Vec::new();
     loop {
@@ -330,6 +331,7 @@ async fn run_core(
                 }
             }
             _ = sleep_until_some(deadline) => broker.handle_timeout(std::time::Instant::now()),
+            _ = shutdown.cancelled(), if !links.shutting_down => links.shut_down(),
         }
         if let Some(persistence) = persistence.as_mut() {
             let changes = broker.take_changes();
@@ -338,6 +340,7 @@ async fn run_core(
             {
                 error!(%error, "store commit failed; stopping the broker");
                 shutdown.cancel();
+                links.shut_down();
                 return Err(ServeError::Commit(error));
             }
         }
@@ -386,6 +389,9 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
             link,
             acl,
         } => {
+            if links.shutting_down {
+                link.shut_down();
+            }
             links.live.insert(conn, link);
             if broker.handle_connect(now, conn, *connect)
                 && let Some(acl) = acl
@@ -441,9 +447,20 @@ struct Links {
     /// still need the peer address.
     departed: HashMap<ConnId, Arc<Link>>,
     lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+    /// The server is shutting down: every connection, present and arriving,
+    /// is told to say goodbye.
+    shutting_down: bool,
 }
 
 impl Links {
+    /// Tells every connection the server is shutting down.
+    fn shut_down(&mut self) {
+        self.shutting_down = true;
+        for link in self.live.values() {
+            link.shut_down();
+        }
+    }
+
     /// Stops writing to `conn`; keeps its details until the batch is dispatched.
     fn depart(&mut self, conn: ConnId) -> Option<Arc<Link>> {
         let link = self.live.remove(&conn)?;
