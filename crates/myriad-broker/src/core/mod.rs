@@ -12,6 +12,7 @@ pub mod persist;
 mod publish;
 pub mod retained;
 pub mod session;
+pub mod small_map;
 mod subscribe;
 pub mod tree;
 

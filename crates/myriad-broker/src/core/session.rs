@@ -1,12 +1,13 @@
 //! Per-client session state: subscriptions, the outbound window and queue,
 //! and inbound QoS 2 packet identifiers. Pure data; the broker drives it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use myriad_mqtt::{ByteString, QoS};
 
 use super::message::Delivery;
+use super::small_map::SmallMap;
 use super::tree::Subscription;
 use super::{ConnId, SessionId};
 
@@ -252,7 +253,7 @@ pub struct Session {
     /// The client identifier.
     pub client_id: ByteString,
     /// Subscriptions by full filter (including any `$share/{group}/` prefix).
-    pub subscriptions: HashMap<ByteString, Subscription>,
+    pub subscriptions: SmallMap<ByteString, Subscription>,
     /// Session Expiry Interval in seconds ([`NEVER_EXPIRES`] for never).
     pub expiry_interval: u32,
     /// The connection currently attached, if any.
@@ -339,7 +340,7 @@ impl Session {
         Session {
             id,
             client_id,
-            subscriptions: HashMap::new(),
+            subscriptions: SmallMap::new(),
             expiry_interval,
             connection: None,
             expires_at: None,
