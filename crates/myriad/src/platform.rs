@@ -103,6 +103,7 @@ impl Platform {
         let hooks = Hooks {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
+            receipts: None,
         };
         let platform = Platform {
             store,
