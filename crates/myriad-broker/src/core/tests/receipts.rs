@@ -24,13 +24,21 @@ fn puback_of_a_message_under_the_prefix_is_reported_once() {
     let mut h = H::new();
     h.broker.set_delivery_receipts(Some("$commands/".into()));
     let device = subscriber(&mut h, "d1", "$commands/d1/#", QoS::AtLeastOnce);
-    h.broker.publish(h.now, command("$commands/d1/reboot", b"c-1"));
-    h.broker.publish(h.now, msg_q("$other/d1", "x", QoS::AtLeastOnce, 0));
+    h.broker
+        .publish(h.now, command("$commands/d1/reboot", b"c-1"));
+    h.broker
+        .publish(h.now, msg_q("$other/d1", "x", QoS::AtLeastOnce, 0));
     h.drain();
     let sent = h.publishes(device);
     assert_eq!(sent.len(), 1);
-    assert!(receipts(&mut h, device).is_empty(), "no receipt before PUBACK");
-    h.packet(device, Packet::PubAck(ack(sent[0].packet_id, ReasonCode::Success)));
+    assert!(
+        receipts(&mut h, device).is_empty(),
+        "no receipt before PUBACK"
+    );
+    h.packet(
+        device,
+        Packet::PubAck(ack(sent[0].packet_id, ReasonCode::Success)),
+    );
     let got = receipts(&mut h, device);
     assert_eq!(
         got,
@@ -42,7 +50,10 @@ fn puback_of_a_message_under_the_prefix_is_reported_once() {
         }]
     );
     // A repeated PUBACK closes nothing and reports nothing.
-    h.packet(device, Packet::PubAck(ack(sent[0].packet_id, ReasonCode::Success)));
+    h.packet(
+        device,
+        Packet::PubAck(ack(sent[0].packet_id, ReasonCode::Success)),
+    );
     assert!(receipts(&mut h, device).is_empty());
 }
 
@@ -50,15 +61,22 @@ fn puback_of_a_message_under_the_prefix_is_reported_once() {
 fn no_receipts_unless_enabled_or_outside_the_prefix() {
     let mut h = H::new();
     let device = subscriber(&mut h, "d1", "$commands/d1/#", QoS::AtLeastOnce);
-    h.broker.publish(h.now, command("$commands/d1/reboot", b"c-1"));
+    h.broker
+        .publish(h.now, command("$commands/d1/reboot", b"c-1"));
     h.drain();
     let first = h.publishes(device);
-    h.packet(device, Packet::PubAck(ack(first[0].packet_id, ReasonCode::Success)));
+    h.packet(
+        device,
+        Packet::PubAck(ack(first[0].packet_id, ReasonCode::Success)),
+    );
     assert!(receipts(&mut h, device).is_empty());
     h.broker.set_delivery_receipts(Some("$commands/d2/".into()));
     h.broker.publish(h.now, command("$commands/d1/x", b"c-2"));
     h.drain();
     let second = h.publishes(device);
-    h.packet(device, Packet::PubAck(ack(second[0].packet_id, ReasonCode::Success)));
+    h.packet(
+        device,
+        Packet::PubAck(ack(second[0].packet_id, ReasonCode::Success)),
+    );
     assert!(receipts(&mut h, device).is_empty());
 }
