@@ -234,18 +234,25 @@ mod tests {
         assert_eq!(config.commands.default_timeout_ms, 500);
         assert_eq!(config.commands.rate_l3.burst, 3);
         assert_eq!(config.commands.breaker_device.consecutive_failures, 2);
-        assert_eq!(config.commands.breaker_device.cool_down_ms, 10_000, "other keys default");
+        assert_eq!(
+            config.commands.breaker_device.cool_down_ms, 10_000,
+            "other keys default"
+        );
         let error = Config::parse("[commands]\ntimeout = 5\n").expect_err("unknown key");
         assert!(format!("{error:#}").contains("timeout"), "{error:#}");
         let error = Config::parse("[commands.rate_l1]\nrate = 5\n").expect_err("unknown key");
         assert!(format!("{error:#}").contains("rate"), "{error:#}");
-        let error = Config::parse("[commands.breaker_class]\nfailure_rate = 2.0\n").expect_err("range");
+        let error =
+            Config::parse("[commands.breaker_class]\nfailure_rate = 2.0\n").expect_err("range");
         assert!(
             format!("{error:#}").contains("commands.breaker_class.failure_rate"),
             "{error:#}"
         );
         let error = Config::parse("[commands]\nmax_in_flight = 0\n").expect_err("zero");
-        assert!(format!("{error:#}").contains("commands.max_in_flight"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("commands.max_in_flight"),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -149,6 +149,24 @@ impl CommandService {
         self.engine().config().clone()
     }
 
+    /// Brings the engine's view of `device` in line with the presence
+    /// service (the presence event on MQTT may still be on its way).
+    async fn sync_presence(&self, device: &DeviceId) {
+        let online = self.presence.is_online(device);
+        let effects = {
+            let mut engine = self.engine();
+            match (online, engine.is_online(device.as_str())) {
+                (true, false) => engine.device_online(device.as_str(), now_ms()),
+                (false, true) => {
+                    engine.device_offline(device.as_str());
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            }
+        };
+        self.apply(effects).await;
+    }
+
     /// Sends a command to one registered device. An accepted L1 command is
     /// stored before this returns.
     pub async fn submit(
@@ -162,6 +180,7 @@ impl CommandService {
         let config = self.config();
         let spec = request.into_spec(&config, now_ms())?;
         let durable = spec.priority == crate::commands::Priority::L1;
+        self.sync_presence(device).await;
         let (command, effects) = {
             let shadows = StoreShadows(&self.store);
             self.engine()
@@ -269,6 +288,7 @@ impl CommandService {
                 self.engine().batch_refused(&batch);
                 continue;
             }
+            self.sync_presence(&device).await;
             loop {
                 let outcome = {
                     let shadows = StoreShadows(&self.store);
