@@ -328,3 +328,27 @@ def test_kill9_leaves_no_command_stuck(tmp_path):
             dev.close()
     finally:
         second.stop()
+
+
+def test_ctl_commands_send_get_cancel_and_batch(broker, api):
+    import subprocess
+
+    from helpers import myriad_bin
+
+    def ctl(*args: str) -> dict:
+        env = {"MYRIAD_API_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
+        proc = subprocess.run([str(myriad_bin()), "ctl", "--api", f"http://{HOST}:{broker.api_port}",
+                               "--output", "json", *args], capture_output=True, text=True, timeout=30, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    dev_id, _ = register(api)
+    sent = ctl("commands", "send", dev_id, "later", "--priority", "l1", "--payload", '{"n": 1}')
+    assert sent["status"] == "queued"
+    assert ctl("commands", "get", sent["id"])["name"] == "later"
+    assert ctl("commands", "cancel", sent["id"])["status"] == "cancelled"
+    listed = ctl("commands", "list", dev_id)
+    assert [c["id"] for c in listed["items"]] == [sent["id"]]
+    batch = ctl("commands", "batch", "ping", "--device", dev_id, "--priority", "l2")
+    assert wait_until(lambda: ctl("commands", "batch-status", batch["batch_id"])["dispatched"], 5)
+    assert "l1" in ctl("commands", "breakers")["classes"]
