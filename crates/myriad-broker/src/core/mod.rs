@@ -10,6 +10,7 @@ mod keepalive;
 pub mod message;
 pub mod persist;
 mod publish;
+pub mod receipts;
 pub mod retained;
 pub mod session;
 pub mod small_map;
@@ -46,6 +47,9 @@ pub enum Output {
     /// A session went online or offline (only when enabled with
     /// [`Broker::set_presence_events`]).
     Presence(Presence),
+    /// A client acknowledged a message under the receipt prefix (only when
+    /// enabled with [`Broker::set_delivery_receipts`]).
+    Delivered(receipts::DeliveryReceipt),
 }
 
 /// Why a connection ended, as the shell saw it.
@@ -151,6 +155,9 @@ pub struct Broker {
     clock: persist::Clock,
     /// Whether [`Output::Presence`] events are produced.
     presence_events: bool,
+    /// Topic prefix of messages whose acknowledgement is reported
+    /// ([`Output::Delivered`]); `None`: no receipts.
+    receipt_prefix: Option<String>,
 }
 
 impl Broker {
@@ -176,6 +183,7 @@ impl Broker {
             changes: Vec::new(),
             clock: persist::Clock::new(Instant::now(), persist::unix_now()),
             presence_events: false,
+            receipt_prefix: None,
         }
     }
 

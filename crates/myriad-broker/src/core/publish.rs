@@ -47,11 +47,19 @@ impl Broker {
             return;
         };
         let seq = session.outbound.seq_of(packet_id);
+        let receipt = match qos {
+            QoS::AtLeastOnce => self.receipt_for(conn, session_id, packet_id),
+            _ => None,
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
         let closed = match qos {
             QoS::ExactlyOnce => session.outbound.complete(packet_id),
             _ => session.outbound.acknowledge(packet_id),
         };
         if closed {
+            self.emit_receipt(receipt);
             if let Some(seq) = seq {
                 self.record_outbound_done(session_id, seq);
             }

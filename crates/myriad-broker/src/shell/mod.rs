@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
 use crate::core::persist::unix_now;
+use crate::core::receipts::DeliveryReceipt;
 use crate::core::{Broker, Output};
 use crate::hooks::{Acl, Authenticator, Lifecycle, Presence};
 use crate::{ConnId, ConnectionLoss};
@@ -74,6 +75,19 @@ pub struct Hooks {
     /// Receives every session going online or offline, in order. Unbounded:
     /// the receiver must keep up (one event per connect and disconnect).
     pub lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+    /// Receives a [`DeliveryReceipt`] whenever a client acknowledges a
+    /// message under the prefix (see [`crate::core::receipts`]).
+    pub receipts: Option<ReceiptHook>,
+}
+
+/// Where delivery receipts go, and for which topics.
+#[derive(Clone, Debug)]
+pub struct ReceiptHook {
+    /// Topic prefix of the messages to report (e.g. `$commands/`).
+    pub prefix: String,
+    /// Receives the receipts. Unbounded: one per acknowledged message
+    /// under the prefix; the receiver must keep up.
+    pub sender: mpsc::UnboundedSender<DeliveryReceipt>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -81,6 +95,7 @@ impl std::fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("authenticator", &self.authenticator.is_some())
             .field("lifecycle", &self.lifecycle.is_some())
+            .field("receipts", &self.receipts.is_some())
             .finish()
     }
 }
@@ -231,6 +246,8 @@ pub async fn run(
         None => (Broker::new(config.clone()), None),
     };
     broker.set_presence_events(hooks.lifecycle.is_some());
+    broker.set_delivery_receipts(hooks.receipts.as_ref().map(|r| r.prefix.clone()));
+    let receipts = hooks.receipts.map(|r| r.sender);
     let core_shutdown = shutdown.clone();
     let core = tokio::spawn(run_core(
         broker,
@@ -238,6 +255,7 @@ pub async fn run(
         events.0,
         config,
         hooks.lifecycle,
+        receipts,
         core_shutdown,
     ));
     let tracker = TaskTracker::new();
@@ -295,6 +313,7 @@ async fn run_core(
     mut events: mpsc::Receiver<Event>,
     config: BrokerConfig,
     lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+    receipts: Option<mpsc::UnboundedSender<DeliveryReceipt>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut links = Links {
@@ -302,6 +321,7 @@ async fn run_core(
         departed: HashMap::new(),
         lifecycle,
         shutting_down: false,
+        receipts,
     };
     let mut woken: Vec<Arc<Link>> = Vec::new();
     loop {
@@ -431,6 +451,13 @@ fn dispatch(
                 }
             }
             Output::Presence(presence) => links.announce(presence),
+            Output::Delivered(receipt) => {
+                if let Some(receipts) = &links.receipts
+                    && receipts.send(receipt).is_err()
+                {
+                    links.receipts = None;
+                }
+            }
         }
     }
     links.departed.clear();
@@ -450,6 +477,8 @@ struct Links {
     /// The server is shutting down: every connection, present and arriving,
     /// is told to say goodbye.
     shutting_down: bool,
+    /// Where delivery receipts go.
+    receipts: Option<mpsc::UnboundedSender<DeliveryReceipt>>,
 }
 
 impl Links {
