@@ -326,7 +326,9 @@ fn import_body(ids: &[String], phc: &str) -> Result<Bytes> {
 /// Runs `commands`.
 pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
     if args.devices == 0 || args.window == 0 {
-        return Err(SimError::Args("--devices and --window must be at least 1".to_owned()));
+        return Err(SimError::Args(
+            "--devices and --window must be at least 1".to_owned(),
+        ));
     }
     env.check_sockets(args.devices + args.window + 2)?;
     let duration = secs(args.duration, "duration")?;
@@ -423,12 +425,7 @@ pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
         options.username = Some(id.clone());
         options.password = Some(password.clone());
         options.source = env.sources.source(index);
-        devices.spawn(device(
-            shared.clone(),
-            env.broker,
-            options,
-            permits.clone(),
-        ));
+        devices.spawn(device(shared.clone(), env.broker, options, permits.clone()));
     }
     let connect_deadline = connect_started + connect_timeout;
     let total = args.devices as u64;
@@ -465,11 +462,7 @@ pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
         .await?;
     watcher.set_read_chunk(64 * 1024);
     let watcher_stop = CancellationToken::new();
-    let watcher_task = tokio::spawn(watch_events(
-        shared.clone(),
-        watcher,
-        watcher_stop.clone(),
-    ));
+    let watcher_task = tokio::spawn(watch_events(shared.clone(), watcher, watcher_stop.clone()));
 
     // 4. Workers.
     let mut broker = env.broker_pid.map(Watch::start).transpose()?;
@@ -622,7 +615,11 @@ async fn worker(
         tally.sent += 1;
         Counters::inc(&counters.sent);
         let response = match http
-            .request(Method::POST, &path, Some((body.clone(), "application/json")))
+            .request(
+                Method::POST,
+                &path,
+                Some((body.clone(), "application/json")),
+            )
             .await
         {
             Ok(response) => response,
@@ -659,7 +656,9 @@ async fn worker(
             Ok(accepted) => accepted.id,
             Err(error) => {
                 tally.errors += 1;
-                shared.errors.add(format!("POST commands: bad 201 body: {error}"));
+                shared
+                    .errors
+                    .add(format!("POST commands: bad 201 body: {error}"));
                 continue;
             }
         };
@@ -806,10 +805,7 @@ async fn answer(shared: &Shared, client: &mut Client) -> Result<()> {
             if let Some(Packet::Publish(command)) = client.auto_reply(packet)? {
                 let reply = reply_to(client.version(), &command)?;
                 let packet_id = client.next_packet_id();
-                client.queue(&Packet::Publish(Publish {
-                    packet_id,
-                    ..reply
-                }))?;
+                client.queue(&Packet::Publish(Publish { packet_id, ..reply }))?;
             }
         }
         client.flush().await?;
@@ -833,7 +829,10 @@ fn reply_to(version: ProtocolVersion, command: &Publish) -> Result<Publish> {
             )))?
     } else {
         let envelope: Envelope = serde_json::from_slice(&command.payload).map_err(|error| {
-            SimError::Args(format!("command on {}: bad envelope: {error}", command.topic))
+            SimError::Args(format!(
+                "command on {}: bad envelope: {error}",
+                command.topic
+            ))
         })?;
         envelope.reply_topic.into()
     };
@@ -881,7 +880,10 @@ mod tests {
         command.properties.correlation_data = Some(Bytes::from_static(b"c2"));
         let reply = reply_to(ProtocolVersion::V5, &command).expect("response topic");
         assert_eq!(&*reply.topic, "$commands/d1/reply/c2");
-        assert_eq!(reply.properties.correlation_data.as_deref(), Some(&b"c2"[..]));
+        assert_eq!(
+            reply.properties.correlation_data.as_deref(),
+            Some(&b"c2"[..])
+        );
     }
 
     #[test]
@@ -898,10 +900,20 @@ mod tests {
                 stop: CancellationToken::new(),
             };
             let at = Instant::now();
-            shared.deliver("early", Final { outcome: Outcome::Failed, at });
-            let fin = shared.wait_final("early".into(), Duration::from_millis(10)).await;
+            shared.deliver(
+                "early",
+                Final {
+                    outcome: Outcome::Failed,
+                    at,
+                },
+            );
+            let fin = shared
+                .wait_final("early".into(), Duration::from_millis(10))
+                .await;
             assert_eq!(fin.map(|f| f.outcome), Some(Outcome::Failed));
-            let missing = shared.wait_final("never".into(), Duration::from_millis(10)).await;
+            let missing = shared
+                .wait_final("never".into(), Duration::from_millis(10))
+                .await;
             assert!(missing.is_none());
             assert!(shared.slots.lock().expect("lock").is_empty());
         });
