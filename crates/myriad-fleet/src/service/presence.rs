@@ -76,8 +76,17 @@ impl PresenceService {
         self.tracker().forget(device);
     }
 
-    /// Applies one lifecycle event; returns the presence event it caused.
+    /// Applies one lifecycle event and stores the record it changed; returns
+    /// the presence event it caused.
     pub fn apply(&self, lifecycle: &Lifecycle) -> Option<PresenceEvent> {
+        let event = self.observe(lifecycle)?;
+        self.save(&event.device);
+        Some(event)
+    }
+
+    /// Applies one lifecycle event to the tracker only; the caller stores
+    /// the changed record (see [`PresenceService::save_batch`]).
+    fn observe(&self, lifecycle: &Lifecycle) -> Option<PresenceEvent> {
         let now = now_ms();
         let event = match &lifecycle.presence {
             Presence::Online {
@@ -114,8 +123,21 @@ impl PresenceService {
                     .disconnected(&device, *conn, now, disconnect_reason(*reason))?
             }
         };
-        self.save(&event.device);
         Some(event)
+    }
+
+    /// Stores the current records of `devices` in one commit.
+    fn save_batch(&self, devices: &[DeviceId]) {
+        let records: Vec<PresenceRecord> = {
+            let tracker = self.tracker();
+            devices
+                .iter()
+                .filter_map(|device| tracker.get(device).cloned())
+                .collect()
+        };
+        if let Err(error) = self.store.put_presence_batch(&records) {
+            warn!(%error, records = records.len(), "cannot store presence");
+        }
     }
 
     /// A registered device with this client id, if any.
@@ -153,15 +175,40 @@ impl PresenceService {
                 return;
             }
         }
-        while let Some(event) = lifecycle.recv().await {
-            if let Some(presence) = self.apply(&event)
-                && publish_event(&broker, &presence).await.is_err()
+        let mut batch = Vec::new();
+        while let Some(first) = lifecycle.recv().await {
+            // Whatever else is waiting joins this batch: one commit (one
+            // fsync) for a connection storm instead of one per device.
+            batch.extend(self.observe(&first));
+            while batch.len() < PRESENCE_BATCH {
+                match lifecycle.try_recv() {
+                    Ok(event) => batch.extend(self.observe(&event)),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let devices: Vec<DeviceId> = batch.iter().map(|e| e.device.clone()).collect();
+            let service = self.clone();
+            // Off the runtime: a commit waits for the disk.
+            if tokio::task::spawn_blocking(move || service.save_batch(&devices))
+                .await
+                .is_err()
             {
-                return;
+                warn!("presence store task failed");
+            }
+            for presence in batch.drain(..) {
+                if publish_event(&broker, &presence).await.is_err() {
+                    return;
+                }
             }
         }
     }
 }
+
+/// Lifecycle events applied and stored together at most.
+const PRESENCE_BATCH: usize = 1024;
 
 async fn publish_event(
     broker: &BrokerHandle,
