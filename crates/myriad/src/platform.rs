@@ -103,6 +103,7 @@ impl Platform {
         let hooks = Hooks {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
+            tracer: None,
         };
         let platform = Platform {
             store,

@@ -8,6 +8,7 @@
 pub mod connect;
 mod keepalive;
 pub mod message;
+pub mod observe;
 pub mod persist;
 mod publish;
 pub mod retained;
@@ -133,6 +134,8 @@ pub struct Broker {
     clock: persist::Clock,
     /// Whether [`Output::Presence`] events are produced.
     presence_events: bool,
+    /// Traffic counters and the trace-context carry.
+    observe: observe::Observe,
 }
 
 impl Broker {
@@ -158,6 +161,7 @@ impl Broker {
             changes: Vec::new(),
             clock: persist::Clock::new(Instant::now(), persist::unix_now()),
             presence_events: false,
+            observe: observe::Observe::default(),
         }
     }
 

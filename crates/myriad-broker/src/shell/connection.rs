@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::census::TaskGuard;
 use super::link::Link;
 use super::{Event, Shared};
 use crate::hooks::{Acl, AuthDecision, ConnectInfo};
@@ -26,6 +27,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Runs one connection until it closes.
 pub(super) async fn run(
+    _task: TaskGuard,
     stream: TcpStream,
     peer: SocketAddr,
     conn: ConnId,
@@ -58,6 +60,7 @@ pub(super) async fn run(
         link: link.clone(),
         acl,
     });
+    let _registered = shared.census.register();
     debug!(%peer, client_id = %client_id, "connected");
     let loss = serve(
         &stream, conn, protocol, &link, &mut buf, max_size, &events, &shutdown,
@@ -73,6 +76,10 @@ pub(super) async fn run(
     }
     if loss != Some(ConnectionLoss::Network) {
         Box::pin(linger(stream)).await;
+    }
+    if shared.census.leaking() {
+        // Test builds only: a deliberate leak for the watchdog to find.
+        shutdown.cancelled().await;
     }
 }
 
@@ -463,8 +470,10 @@ mod tests {
         let shared = std::sync::Arc::new(super::Shared {
             config: Default::default(),
             authenticator: None,
+            census: Default::default(),
         });
-        let task = super::run(client, addr, 1, shared, tx, Default::default());
+        let guard = shared.census.task();
+        let task = super::run(guard, client, addr, 1, shared, tx, Default::default());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "connection task state grew to {size} bytes");
     }

@@ -6,9 +6,11 @@
 //!   the connections' [`link::Link`]s;
 //! - [`serve`] accepts connections until the shutdown token is cancelled.
 
+pub mod census;
 mod connection;
 pub mod internal;
 pub mod link;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub(crate) enum Event {
     Lost { conn: ConnId, loss: ConnectionLoss },
     /// A message published from inside the process.
     Publish(Box<Publish>),
+    /// Asks the core for its counters and levels.
+    Snapshot(tokio::sync::oneshot::Sender<snapshot::BrokerSnapshot>),
 }
 
 /// State every connection task reads.
@@ -58,6 +62,8 @@ pub(crate) enum Event {
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+    /// Live connection tasks.
+    pub(crate) census: Arc<census::Census>,
 }
 
 impl std::fmt::Debug for dyn Authenticator {
@@ -74,6 +80,9 @@ pub struct Hooks {
     /// Receives every session going online or offline, in order. Unbounded:
     /// the receiver must keep up (one event per connect and disconnect).
     pub lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+    /// Continues W3C traces carried by routed messages (`None`: messages
+    /// pass untouched and nothing is parsed). See [`crate::trace`].
+    pub tracer: Option<Arc<dyn crate::trace::PublishTracer>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -81,6 +90,7 @@ impl std::fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("authenticator", &self.authenticator.is_some())
             .field("lifecycle", &self.lifecycle.is_some())
+            .field("tracer", &self.tracer.is_some())
             .finish()
     }
 }
@@ -128,6 +138,8 @@ pub struct BrokerHandle {
     events: mpsc::Sender<Event>,
     /// Connection ids for network and in-process clients alike.
     next_conn: Arc<AtomicU64>,
+    /// Live connection tasks.
+    census: Arc<census::Census>,
 }
 
 impl BrokerHandle {
@@ -187,6 +199,7 @@ pub fn channel() -> (BrokerHandle, EventReceiver) {
     let handle = BrokerHandle {
         events: tx,
         next_conn: Arc::new(AtomicU64::new(1)),
+        census: Arc::default(),
     };
     (handle, EventReceiver(rx))
 }
@@ -211,6 +224,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         config: config.clone(),
         authenticator: hooks.authenticator,
+        census: handle.census.clone(),
     });
     let (mut broker, persistence) = match persistence {
         Some(mut persistence) => {
@@ -231,6 +245,7 @@ pub async fn run(
         None => (Broker::new(config.clone()), None),
     };
     broker.set_presence_events(hooks.lifecycle.is_some());
+    broker.set_tracer(hooks.tracer);
     let core_shutdown = shutdown.clone();
     let core = tokio::spawn(run_core(
         broker,
@@ -260,7 +275,9 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let conn = handle.next_conn_id();
+        let task = handle.census.task();
         tracker.spawn(connection::run(
+            task,
             stream,
             peer,
             conn,
@@ -301,6 +318,7 @@ async fn run_core(
         live: HashMap::new(),
         departed: HashMap::new(),
         lifecycle,
+        dropped_qos0: 0,
     };
     let mut woken: Vec<Arc<Link>> = Vec::new();
     loop {
@@ -334,7 +352,7 @@ async fn run_core(
         if let Some(persistence) = persistence.as_mut() {
             let changes = broker.take_changes();
             if !changes.is_empty()
-                && let Err(error) = persistence.store.commit(&changes)
+                && let Err(error) = snapshot::timed_commit(&mut *persistence.store, &changes)
             {
                 error!(%error, "store commit failed; stopping the broker");
                 shutdown.cancel();
@@ -399,6 +417,9 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
             broker.handle_connection_lost(now, conn, loss);
         }
         Event::Publish(publish) => broker.publish(now, *publish),
+        Event::Snapshot(reply) => {
+            let _ = reply.send(snapshot::take(broker, links));
+        }
     }
 }
 
@@ -414,7 +435,8 @@ fn dispatch(
                 if let Some(link) = links.live.get(&conn) {
                     match link.push(packet, config.max_outbound_qos0) {
                         Pushed::Queued => woken.push(link.clone()),
-                        Pushed::DroppedQos0 | Pushed::Closed => {}
+                        Pushed::DroppedQos0 => links.dropped_qos0 += 1,
+                        Pushed::Closed => {}
                     }
                 }
             }
@@ -441,6 +463,8 @@ struct Links {
     /// still need the peer address.
     departed: HashMap<ConnId, Arc<Link>>,
     lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+    /// QoS 0 messages dropped because a connection fell too far behind.
+    dropped_qos0: u64,
 }
 
 impl Links {
