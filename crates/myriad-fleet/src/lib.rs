@@ -14,6 +14,7 @@
 pub mod acl;
 pub mod credentials;
 pub mod import;
+pub mod metrics;
 pub mod presence;
 pub mod registry;
 pub mod service;

@@ -10,7 +10,7 @@ pub mod census;
 mod connection;
 pub mod internal;
 pub mod link;
-mod snapshot;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -115,6 +115,7 @@ impl PresenceService {
             }
         };
         self.save(&event.device);
+        crate::metrics::presence_changed(event.online);
         Some(event)
     }
 
