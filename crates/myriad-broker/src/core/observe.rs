@@ -117,7 +117,7 @@ pub struct Levels {
     pub inflight: u64,
     /// Messages waiting in session queues.
     pub queued: u64,
-    /// Payload bytes waiting in session queues.
+    /// Bytes (payload + topic) waiting in session queues.
     pub queued_bytes: u64,
 }
 

@@ -140,7 +140,7 @@ fn describe() {
     );
     describe_gauge!(
         "myriad_queued_bytes",
-        "Payload bytes waiting in session queues."
+        "Bytes (payload + topic) waiting in session queues."
     );
     describe_histogram!(STORE_COMMIT_SECONDS, "Latency of broker store commits.");
     describe_counter!(

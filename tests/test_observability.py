@@ -1,0 +1,219 @@
+"""Observability end to end: `/metrics` scraped after real MQTT traffic
+(counters move by exactly what the traffic caused), `/readyz`, the token
+switch on `/metrics`, the leak watchdog's metrics, W3C trace context
+passed through untouched while tracing is off, and JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+
+from helpers import V311, V5, Api, Broker, Client, unique, wait_until
+from mqtt_raw import RawClient
+
+pytestmark = pytest.mark.myriad_only
+
+TOKEN = "observe-test-token-0123456789"
+BROKER_CONFIG = {"api": {"token": TOKEN}, "watchdog": {"interval_secs": 1}}
+
+SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$')
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, str, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def parse(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text format -> {(name, labels): value}."""
+    out: dict[tuple[str, frozenset], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE_RE.match(line)
+        assert m, f"not an exposition line: {line!r}"
+        labels = frozenset(LABEL_RE.findall(m.group(3) or ""))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+class Scrape:
+    def __init__(self, port: int):
+        status, ctype, text = get(port, "/metrics")
+        assert status == 200, text
+        assert ctype.startswith("text/plain"), ctype
+        self.text = text
+        self.samples = parse(text)
+
+    def __call__(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def has(self, name: str) -> bool:
+        return any(n == name for n, _ in self.samples)
+
+
+def test_message_and_connection_counters_move_with_traffic(broker):
+    before = Scrape(broker.api_port)
+    sub = Client(broker.port, client_id=unique("osub"), version=V5)
+    sub.subscribe("obs/#", qos=1)
+    pub = RawClient(broker.port, version=4)
+    pub.connect(unique("opub"))
+    for _ in range(3):
+        pub.publish("obs/zero", b"0123456789", qos=0)
+    for _ in range(2):
+        pub.publish("obs/one", b"abcdefg", qos=1)
+    got = sub.get_many(5)
+    assert sorted(m.qos for m in got) == [0, 0, 0, 1, 1]
+    mid = Scrape(broker.api_port)
+    assert mid("myriad_messages_received_total", qos="0") - before("myriad_messages_received_total", qos="0") == 3
+    assert mid("myriad_messages_received_total", qos="1") - before("myriad_messages_received_total", qos="1") == 2
+    assert mid("myriad_messages_received_bytes_total", qos="0") - before("myriad_messages_received_bytes_total", qos="0") == 30
+    assert mid("myriad_messages_received_bytes_total", qos="1") - before("myriad_messages_received_bytes_total", qos="1") == 14
+    assert mid("myriad_messages_sent_total", qos="0") - before("myriad_messages_sent_total", qos="0") == 3
+    assert mid("myriad_messages_sent_total", qos="1") - before("myriad_messages_sent_total", qos="1") == 2
+    assert mid("myriad_messages_sent_bytes_total", qos="1") - before("myriad_messages_sent_bytes_total", qos="1") == 14
+    assert mid("myriad_messages_received_total", qos="2") == before("myriad_messages_received_total", qos="2")
+    assert mid("myriad_connections_opened_total") - before("myriad_connections_opened_total") == 2
+    assert mid("myriad_connections_current") - before("myriad_connections_current") == 2
+    assert mid("myriad_connection_tasks_registered") - before("myriad_connection_tasks_registered") == 2
+    assert mid("myriad_subscriptions") - before("myriad_subscriptions") == 1
+
+    sub.disconnect()
+    pub.abort()
+
+    def closed_by(reason: str) -> float:
+        return Scrape(broker.api_port)("myriad_connections_closed_total", reason=reason)
+
+    assert wait_until(lambda: closed_by("network_loss") - mid("myriad_connections_closed_total", reason="network_loss") == 1)
+    after = Scrape(broker.api_port)
+    assert after("myriad_connections_closed_total", reason="client_disconnect") - mid(
+        "myriad_connections_closed_total", reason="client_disconnect") == 1
+    assert after("myriad_connections_current") == before("myriad_connections_current")
+    assert wait_until(lambda: Scrape(broker.api_port)("myriad_connection_tasks") == before("myriad_connection_tasks"))
+
+
+def test_retained_queued_and_offline_sessions(broker):
+    before = Scrape(broker.api_port)
+    topic = f"obsret/{unique()}"
+    with Client(broker.port, client_id=unique("ret")) as c:
+        c.publish(topic, b"kept", qos=1, retain=True)
+    # A persistent 5.0 session goes offline with a subscription: messages queue for it.
+    sid = unique("persist")
+    s = Client(broker.port, client_id=sid, version=V5, clean=False, connect_props={"SessionExpiryInterval": 300})
+    s.subscribe("obsq/#", qos=1)
+    s.disconnect()
+    with Client(broker.port, client_id=unique("qpub")) as c:
+        for i in range(4):
+            c.publish("obsq/x", f"m{i}".encode(), qos=1)
+    after = Scrape(broker.api_port)
+    assert after("myriad_retained_messages") - before("myriad_retained_messages") == 1
+    assert after("myriad_sessions_offline_persistent") - before("myriad_sessions_offline_persistent") == 1
+    assert after("myriad_queued_messages") - before("myriad_queued_messages") == 4
+    assert after("myriad_queued_bytes") - before("myriad_queued_bytes") == 4 * (len("m0") + len("obsq/x"))
+    # Retained and queued messages are stored: each commit is timed.
+    assert after("myriad_store_commit_duration_seconds_count") >= before("myriad_store_commit_duration_seconds_count") + 2
+    assert after("myriad_store_commit_duration_seconds_bucket", le="+Inf") == after(
+        "myriad_store_commit_duration_seconds_count")
+    # The session comes back: its queue drains into in-flight and acknowledgements.
+    s = Client(broker.port, client_id=sid, version=V5, clean=False, connect_props={"SessionExpiryInterval": 300})
+    assert len(s.get_many(4)) == 4
+    assert wait_until(lambda: Scrape(broker.api_port)("myriad_queued_messages") == before("myriad_queued_messages"))
+    s.close()
+    with Client(broker.port, client_id=unique("clr")) as c:
+        c.publish(topic, b"", qos=1, retain=True)
+
+
+def test_auth_failures_and_presence_changes(broker):
+    api = Api(broker.api_port, TOKEN)
+    dev = unique("odev")
+    api.ok("POST", "/api/v1/devices", {"id": dev, "name": "metrics", "password": "pw-123456"}, expect=201)
+    before = Scrape(broker.api_port)
+    with RawClient(broker.port, 5) as raw:
+        assert raw.connect(dev, username=dev, password=b"wrong", expect_rc=None).reason == 0x86
+    good = Client(broker.port, client_id=dev, username=dev, password="pw-123456")
+    assert wait_until(lambda: Scrape(broker.api_port)("myriad_devices_online") - before("myriad_devices_online") == 1)
+    good.disconnect()
+    assert wait_until(lambda: Scrape(broker.api_port)("myriad_presence_changes_total", to="offline")
+                      - before("myriad_presence_changes_total", to="offline") == 1)
+    after = Scrape(broker.api_port)
+    assert after("myriad_auth_failures_total", reason="bad_credentials") - before(
+        "myriad_auth_failures_total", reason="bad_credentials") == 1
+    assert after("myriad_auth_accepted_total") - before("myriad_auth_accepted_total") == 1
+    assert after("myriad_presence_changes_total", to="online") - before("myriad_presence_changes_total", to="online") == 1
+    assert after("myriad_devices_online") == before("myriad_devices_online")
+    # Presence events are published by the platform itself.
+    assert after("myriad_messages_internal_total") - before("myriad_messages_internal_total") >= 2
+
+
+def test_process_memory_tasks_and_watchdog(broker):
+    assert wait_until(lambda: Scrape(broker.api_port)("myriad_watchdog_checks_total") >= 2, timeout=10)
+    s = Scrape(broker.api_port)
+    assert s("myriad_process_resident_memory_bytes") > 1_000_000
+    assert s("myriad_allocator_allocated_bytes") > 0
+    assert s("myriad_allocator_resident_bytes") >= s("myriad_allocator_allocated_bytes") * 0.5
+    assert s("myriad_runtime_tasks_alive") >= 1
+    assert s("myriad_process_open_sockets") >= 2  # at least the two listeners
+    for kind in ("task_deviation", "socket_deviation", "memory_growth"):
+        assert s("myriad_watchdog_alert", kind=kind) == 0, s.text
+    assert "# TYPE myriad_messages_received_total counter" in s.text
+    assert "# TYPE myriad_store_commit_duration_seconds histogram" in s.text
+    # No label carries a client or device id.
+    assert "client_id" not in s.text and "device" not in "".join(
+        line for line in s.text.splitlines() if "{" in line and not line.startswith("#"))
+
+
+def test_readyz_and_healthz(broker):
+    status, ctype, text = get(broker.api_port, "/readyz")
+    assert status == 200, text
+    body = json.loads(text)
+    assert body == {"status": "ready",
+                    "checks": {"store_open": True, "listeners_bound": True, "cluster_joined": None}}
+    status, _, text = get(broker.api_port, "/healthz")
+    assert status == 200 and json.loads(text) == {"status": "ok"}
+
+
+@pytest.mark.parametrize("version", [V5, V311])
+def test_trace_context_passes_untouched_when_tracing_is_off(broker, version):
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    sub = Client(broker.port, client_id=unique("tsub"), version=V5)
+    sub.subscribe("trace/#", qos=0)
+    with Client(broker.port, client_id=unique("tpub"), version=V5) as pub:
+        pub.publish("trace/a", b"x", qos=1, props={"UserProperty": [("traceparent", tp), ("tracestate", "k=v")]})
+    m = sub.get()
+    assert m.props.get("UserProperty") == [("traceparent", tp), ("tracestate", "k=v")]
+    sub.close()
+
+
+def test_metrics_token_switch_and_json_logs(tmp_path):
+    b = Broker(tmp_path / "b", {"api": {"token": TOKEN}, "metrics": {"require_token": True},
+                                "log": {"format": "json"}, "store": {"backend": "memory"}}).start()
+    try:
+        assert get(b.api_port, "/metrics")[0] == 401
+        status, _, text = get(b.api_port, "/metrics", token=TOKEN)
+        assert status == 200 and "myriad_connections_current" in text
+        assert get(b.api_port, "/readyz")[0] == 200
+    finally:
+        b.stop()
+    lines = [line for line in b.log_path.read_text().splitlines() if line.strip()]
+    assert lines, "no log lines"
+    records = [json.loads(line) for line in lines]
+    assert any(r.get("fields", {}).get("message") == "MQTT listener bound" for r in records), records
+    assert all("level" in r and "timestamp" in r for r in records)
+
+
+def test_bad_observability_config_names_the_key(tmp_path):
+    b = Broker(tmp_path / "bad", {"tracing": {"sample_ratio": 2.0}})
+    with pytest.raises(RuntimeError):
+        b.start()
+    assert "tracing.sample_ratio" in b.log_path.read_text()
