@@ -132,12 +132,15 @@ async fn snapshot_counts_connections_and_traffic_by_qos() {
     server.stop().await;
 }
 
+/// What the tracer was asked: topic, parent, trace state.
+type Routed = (String, Option<TraceParent>, Option<String>);
+
 /// A tracer that continues every trace with span ids 1, 2, 3... and
 /// starts none.
 #[derive(Default)]
 struct Counting {
     next: AtomicU64,
-    seen: std::sync::Mutex<Vec<(String, Option<TraceParent>, Option<String>)>>,
+    seen: std::sync::Mutex<Vec<Routed>>,
 }
 
 impl PublishTracer for Counting {
