@@ -5,6 +5,7 @@ mod apps;
 mod auth;
 mod devices;
 mod import;
+mod observe;
 mod openapi;
 mod presence;
 mod serve;
