@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
 
@@ -217,3 +218,97 @@ def test_bad_observability_config_names_the_key(tmp_path):
     with pytest.raises(RuntimeError):
         b.start()
     assert "tracing.sample_ratio" in b.log_path.read_text()
+
+
+class Collector:
+    """A minimal OTLP/HTTP collector on loopback: keeps every POSTed body."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received: list[tuple[str, str, bytes]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length", "0"))
+                received.append((self.path, self.headers.get("Content-Type", ""), self.rfile.read(n)))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def body(self) -> bytes:
+        return b"".join(body for _, _, body in self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def traceparent_of(m) -> tuple[str, str, str]:
+    props = dict(m.props.get("UserProperty", []))
+    version, trace_id, parent_id, flags = props["traceparent"].split("-")
+    assert version == "00"
+    return trace_id, parent_id, flags
+
+
+def test_one_trace_through_broker_and_shadow_service_exported_over_otlp(tmp_path):
+    collector = Collector()
+    b = Broker(tmp_path / "otel", {
+        "api": {"token": TOKEN},
+        "store": {"backend": "memory"},
+        "tracing": {"otlp_endpoint": f"http://127.0.0.1:{collector.port}", "service_name": "myriad-test"},
+    }).start()
+    plain = ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174")
+    shadow = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    try:
+        # Broker only: publisher -> mqtt.route -> subscriber.
+        sub = Client(b.port, client_id=unique("tsub"))
+        sub.subscribe("tr/#", qos=1)
+        with Client(b.port, client_id=unique("tpub")) as pub:
+            pub.publish("tr/x", b"1", qos=1,
+                        props={"UserProperty": [("traceparent", f"00-{plain[0]}-{plain[1]}-01")]})
+        trace_id, route_span, flags = traceparent_of(sub.get())
+        assert trace_id == plain[0] and flags == "01"
+        assert route_span != plain[1]
+        sub.close()
+
+        # Through the device layer: update -> shadow service -> accepted.
+        api = Api(b.api_port, TOKEN)
+        dev = unique("tdev")
+        api.ok("POST", "/api/v1/devices", {"id": dev, "name": "t", "password": "pw-123456"}, expect=201)
+        d = Client(b.port, client_id=dev, username=dev, password="pw-123456")
+        d.subscribe(f"$shadow/{dev}/update/accepted", qos=1)
+        d.publish(f"$shadow/{dev}/update", json.dumps({"state": {"reported": {"t": 21}}}), qos=1,
+                  props={"UserProperty": [("traceparent", f"00-{shadow[0]}-{shadow[1]}-01"),
+                                          ("tracestate", "vendor=x")]})
+        accepted = d.get()
+        assert json.loads(accepted.payload)["state"]["reported"] == {"t": 21}
+        trace_id2, reply_span, _ = traceparent_of(accepted)
+        assert trace_id2 == shadow[0]
+        assert reply_span != shadow[1]
+        assert dict(accepted.props["UserProperty"])["tracestate"] == "vendor=x"
+        d.close()
+    finally:
+        b.stop()  # flushes the batch exporter
+    try:
+        assert wait_until(lambda: bytes.fromhex(shadow[0]) in collector.body(), timeout=10), collector.received
+        assert all(path == "/v1/traces" and ctype == "application/x-protobuf" for path, ctype, _ in collector.received)
+        body = collector.body()
+        # OTLP protobuf carries ids as raw bytes: each span and its parent are there.
+        for hex_id in (plain[0], plain[1], route_span, shadow[0], shadow[1], reply_span):
+            assert bytes.fromhex(hex_id) in body, hex_id
+        assert b"mqtt.route" in body and b"myriad-test" in body
+        # Two spans in the device-layer trace: the update's route span and the reply's.
+        assert body.count(bytes.fromhex(shadow[0])) >= 2
+    finally:
+        collector.close()

@@ -159,6 +159,17 @@ pub fn find_tracestate(properties: &[(ByteString, ByteString)]) -> Option<&str> 
         .map(|(_, v)| &**v)
 }
 
+/// The `traceparent` and `tracestate` entries of `properties`, to carry a
+/// trace into a message published in response (empty, without allocating,
+/// when there are none).
+pub fn trace_properties(properties: &[(ByteString, ByteString)]) -> Vec<(ByteString, ByteString)> {
+    properties
+        .iter()
+        .filter(|(k, _)| &**k == TRACEPARENT || &**k == TRACESTATE)
+        .cloned()
+        .collect()
+}
+
 /// Sets `traceparent` in `properties` to `context`: replaces the first one
 /// (dropping any others) or appends one. Other properties keep their order.
 pub fn set_traceparent(properties: &mut Vec<(ByteString, ByteString)>, context: &TraceParent) {
@@ -304,5 +315,10 @@ mod tests {
         let mut empty = Vec::new();
         set_traceparent(&mut empty, &tp);
         assert_eq!(find_traceparent(&empty), Some(tp));
+        let carried = trace_properties(&props);
+        assert_eq!(carried.len(), 2);
+        assert_eq!(&*carried[0].0, TRACEPARENT);
+        assert_eq!(&*carried[1].0, TRACESTATE);
+        assert!(trace_properties(&props[..1]).is_empty());
     }
 }
