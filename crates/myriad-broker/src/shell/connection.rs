@@ -60,7 +60,7 @@ pub(super) async fn run(
         link: link.clone(),
         acl,
     });
-    let _registered = shared.census.register();
+    let registered = shared.census.register();
     debug!(%peer, client_id = %client_id, "connected");
     let loss = serve(
         &stream, conn, protocol, &link, &mut buf, max_size, &events, &shutdown,
@@ -74,12 +74,14 @@ pub(super) async fn run(
     } else {
         debug!(%peer, client_id = %client_id, "connection closed by the server");
     }
-    if loss != Some(ConnectionLoss::Network) {
-        Box::pin(linger(stream)).await;
-    }
     if shared.census.leaking() {
         // Test builds only: a deliberate leak for the watchdog to find.
         shutdown.cancelled().await;
+    }
+    // The session is done with this task: lingering is not a leak.
+    drop(registered);
+    if loss != Some(ConnectionLoss::Network) {
+        Box::pin(linger(stream)).await;
     }
 }
 
