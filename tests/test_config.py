@@ -21,6 +21,10 @@ class Proc:
 
     def __init__(self, args: list[str], env_extra: dict[str, str] | None = None, cwd=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+        # The HTTP API on a free port unless a test says otherwise: the default
+        # 8080 may be taken on the machine running the tests.
+        if not any(a.startswith("--api-listen") for a in args):
+            env["MYRIAD_API_LISTEN"] = f"{HOST}:0"
         env.update(env_extra or {})
         self.p = subprocess.Popen(
             [str(myriad_bin()), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use myriad_fleet::credentials::CredentialError;
 use myriad_fleet::registry::ValidationError;
+use myriad_fleet::service::commands::CommandError;
 use myriad_fleet::service::shadows::ShadowServiceError;
 use myriad_fleet::store::FleetStoreError;
 
@@ -32,6 +33,14 @@ pub enum ApiError {
     /// 413: the body (or a shadow document) is too large.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 429: refused by a rate limit or under pressure; retry after this many seconds.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What refused it.
+        message: String,
+        /// Seconds to wait (the `Retry-After` header).
+        retry_after_secs: u64,
+    },
     /// Another client error with its own status (405, 415, ...).
     #[error("{message}")]
     Other {
@@ -54,6 +63,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Other { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,11 +101,22 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "API request failed");
         }
+        let retry_after = match &self {
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let body = ErrorBody {
             status: status.as_u16(),
             message: self.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -159,6 +180,25 @@ impl From<ShadowServiceError> for ApiError {
             }
             ShadowServiceError::Store(error) => error.into(),
             corrupt @ ShadowServiceError::Corrupt { .. } => ApiError::Internal(corrupt.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        let message = error.to_string();
+        match error {
+            CommandError::UnknownDevice(_) | CommandError::NotFound(_) => {
+                ApiError::NotFound(message)
+            }
+            CommandError::Invalid(_) => ApiError::BadRequest(message),
+            CommandError::Refused(refused) => ApiError::TooManyRequests {
+                message,
+                retry_after_secs: refused.retry_after_ms().div_ceil(1000).max(1),
+            },
+            CommandError::AlreadyFinal(_) => ApiError::Conflict(message),
+            CommandError::Store(error) => error.into(),
+            CommandError::Stopped => ApiError::Internal(message),
         }
     }
 }

@@ -30,6 +30,7 @@ const BEARER: &str = "bearer";
         (name = "presence", description = "Who is online"),
         (name = "shadows", description = "Device shadows: desired and reported state"),
         (name = "apps", description = "Application clients"),
+        (name = "commands", description = "Cloud-to-device commands: send, fan out, follow, cancel; breakers"),
     )
 )]
 pub(crate) struct ApiDoc;

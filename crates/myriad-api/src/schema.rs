@@ -133,3 +133,81 @@ pub(crate) struct ShadowDocumentDoc {
     #[schema(rename = "clientToken")]
     client_token: Option<String>,
 }
+
+/// A command with its status history.
+#[derive(ToSchema)]
+#[schema(as = Command)]
+pub(crate) struct CommandDoc {
+    /// Its id (32 hex digits, time-ordered).
+    id: String,
+    /// The target device.
+    device: String,
+    /// The command's name.
+    name: String,
+    /// `{"json": ..}` or `{"binary": [bytes]}`.
+    #[schema(value_type = Object)]
+    payload: Value,
+    /// `l1`, `l2` or `l3`.
+    priority: String,
+    /// Reply timeout once sent, ms.
+    timeout_ms: u64,
+    /// Expiry (unix ms).
+    expires_at: Option<u64>,
+    /// Whether it only reads state.
+    read: bool,
+    /// Its fan-out batch.
+    batch: Option<String>,
+    /// `queued`, `sent`, `delivered`, `succeeded`, `failed`, `timed_out`,
+    /// `expired` or `cancelled`.
+    status: String,
+    /// When it reached each status (unix ms), by status.
+    timestamps: BTreeMap<String, u64>,
+    /// Why it failed, timed out, expired, or was answered from the shadow
+    /// (`device_offline`, `breaker_open`, `timed_out`, `device_error`,
+    /// `no_reply`, `server_restart`, ...).
+    reason: Option<String>,
+    /// The device's result (or the shadow's `reported` section).
+    #[schema(value_type = Option<Object>)]
+    result: Option<Value>,
+    /// `device` or `shadow`.
+    source: Option<String>,
+    /// How many times it was published.
+    attempts: u32,
+}
+
+/// Progress of a fan-out batch.
+#[derive(ToSchema)]
+#[schema(as = CommandBatch)]
+pub(crate) struct BatchDoc {
+    /// Its id.
+    id: String,
+    /// The command's name.
+    name: String,
+    /// Its class.
+    priority: String,
+    /// When it was accepted (unix ms).
+    created_at: u64,
+    /// Whether every target has been handled.
+    dispatched: bool,
+    /// Targets handled so far.
+    targets: u64,
+    /// Targets that got no command (unknown device, device rate limit).
+    refused: u64,
+    /// Commands of the batch by current status.
+    statuses: BTreeMap<String, u64>,
+}
+
+/// Circuit breakers: one per class, and the per-device ones that are not
+/// closed and clean.
+#[derive(ToSchema)]
+#[schema(as = CommandBreakers)]
+pub(crate) struct BreakersDoc {
+    /// By class (`l1`, `l2`, `l3`): `{"state": "closed" | "open" |
+    /// "half_open", "consecutive_failures", "window_calls",
+    /// "window_failures", "opened", "retry_at"}`.
+    #[schema(value_type = Object)]
+    classes: Value,
+    /// `{"device", "priority", "state", ...}` per device and class.
+    #[schema(value_type = Vec<Object>)]
+    devices: Vec<Value>,
+}

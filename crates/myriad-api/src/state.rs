@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use myriad_fleet::credentials::HashParams;
 use myriad_fleet::service::auth::FleetAuthenticator;
+use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::store::FleetStore;
@@ -16,6 +17,8 @@ pub struct ApiState {
     pub store: Arc<FleetStore>,
     /// Device shadows (shared with the MQTT side).
     pub shadows: Arc<ShadowService>,
+    /// Cloud-to-device commands.
+    pub commands: Arc<CommandService>,
     /// Who is online.
     pub presence: Arc<PresenceService>,
     /// The MQTT authenticator, told to forget cached logins when a

@@ -63,6 +63,7 @@ async fn start() -> Server {
         authenticator: Some(Arc::new(Passwords)),
         lifecycle: Some(lifecycle_tx),
         tracer: None,
+        receipts: None,
     };
     let task = tokio::spawn(shell::run(
         BrokerConfig::default(),

@@ -93,6 +93,8 @@ impl Transport {
                         DisconnectReason::KeepAliveTimeout,
                     );
                 }
+                // Receipts are off in this example.
+                Output::Delivered(_) => {}
             }
         }
     }

@@ -8,10 +8,12 @@
 //! - [`acl`]: the device topic namespace and who may publish/subscribe where;
 //! - [`presence`]: online/offline state with ordered versions;
 //! - [`shadow`]: desired / reported / delta documents with versions;
+//! - [`commands`]: cloud-to-device commands (classes, breakers, limits);
 //! - [`import`]: streaming bulk provisioning from CSV or JSON lines;
 //! - [`store`]: the embedded (redb) store for all of the above.
 
 pub mod acl;
+pub mod commands;
 pub mod credentials;
 pub mod import;
 pub mod metrics;

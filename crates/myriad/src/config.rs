@@ -21,6 +21,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The HTTP API.
     pub api: ApiConfig,
+    /// Cloud-to-device commands: timeouts, retries, rate limits, breakers.
+    pub commands: myriad_fleet::commands::CommandsConfig,
     /// Log lines on stderr.
     pub log: LogConfig,
     /// The `/metrics` endpoint.
@@ -277,6 +279,9 @@ impl Config {
         if !(deviation > 0.0 && deviation <= 1.0) {
             bail!("invalid value for watchdog.max_deviation: above 0, at most 1");
         }
+        if let Err(problem) = config.commands.validate() {
+            bail!("invalid value for commands.{problem}");
+        }
         if config.store.group_window_ms > 1000 {
             bail!(
                 "invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)"
@@ -338,6 +343,36 @@ mod tests {
         let error = Config::parse("[store]\ngroup_window_ms = 5000\n").expect_err("window");
         assert!(
             format!("{error:#}").contains("store.group_window_ms"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn commands_section() {
+        let config = Config::parse(
+            "[commands]\ndefault_timeout_ms = 500\n[commands.rate_l3]\nper_second = 2.0\nburst = 3\n[commands.breaker_device]\nconsecutive_failures = 2\n",
+        )
+        .expect("valid");
+        assert_eq!(config.commands.default_timeout_ms, 500);
+        assert_eq!(config.commands.rate_l3.burst, 3);
+        assert_eq!(config.commands.breaker_device.consecutive_failures, 2);
+        assert_eq!(
+            config.commands.breaker_device.cool_down_ms, 10_000,
+            "other keys default"
+        );
+        let error = Config::parse("[commands]\ntimeout = 5\n").expect_err("unknown key");
+        assert!(format!("{error:#}").contains("timeout"), "{error:#}");
+        let error = Config::parse("[commands.rate_l1]\nrate = 5\n").expect_err("unknown key");
+        assert!(format!("{error:#}").contains("rate"), "{error:#}");
+        let error =
+            Config::parse("[commands.breaker_class]\nfailure_rate = 2.0\n").expect_err("range");
+        assert!(
+            format!("{error:#}").contains("commands.breaker_class.failure_rate"),
+            "{error:#}"
+        );
+        let error = Config::parse("[commands]\nmax_in_flight = 0\n").expect_err("zero");
+        assert!(
+            format!("{error:#}").contains("commands.max_in_flight"),
             "{error:#}"
         );
     }

@@ -1,14 +1,15 @@
 //! The device layer around the broker: registry store, authentication,
-//! presence and shadows, wired to the broker's hooks.
+//! presence, shadows and commands, wired to the broker's hooks.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use myriad_broker::hooks::Lifecycle;
-use myriad_broker::shell::{BrokerHandle, Hooks};
+use myriad_broker::shell::{BrokerHandle, Hooks, ReceiptHook};
 use myriad_fleet::credentials::{DEFAULT_CACHE_CAPACITY, ThrottleConfig, VerifiedCache};
 use myriad_fleet::service::auth::FleetAuthenticator;
+use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::shadow::ShadowLimits;
@@ -28,6 +29,8 @@ pub struct Platform {
     pub presence: Arc<PresenceService>,
     /// Device shadows.
     pub shadows: Arc<ShadowService>,
+    /// Cloud-to-device commands.
+    pub commands: Arc<CommandService>,
     /// Kept alive while the platform runs (memory backend only).
     _scratch: Option<tempfile::TempDir>,
 }
@@ -39,6 +42,7 @@ impl Platform {
             store: self.store.clone(),
             shadows: self.shadows.clone(),
             presence: self.presence.clone(),
+            commands: self.commands.clone(),
             auth: self.auth.clone(),
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
@@ -88,6 +92,20 @@ impl Platform {
             broker.clone(),
             ShadowLimits::default(),
         ));
+        let commands = CommandService::start(
+            config.commands.clone(),
+            store.clone(),
+            broker.clone(),
+            presence.clone(),
+        )
+        .context("cannot load commands")?;
+        let (receipts_tx, receipts_rx) = mpsc::unbounded_channel();
+        let command_task = commands.clone();
+        tokio::spawn(async move {
+            if command_task.run(receipts_rx).await.is_err() {
+                info!("command service stopped with the broker");
+            }
+        });
         let (lifecycle_tx, lifecycle_rx) = mpsc::unbounded_channel::<Lifecycle>();
         tokio::spawn(
             presence
@@ -104,12 +122,17 @@ impl Platform {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
             tracer: None,
+            receipts: Some(ReceiptHook {
+                prefix: "$commands/".to_string(),
+                sender: receipts_tx,
+            }),
         };
         let platform = Platform {
             store,
             auth,
             presence,
             shadows,
+            commands,
             _scratch: scratch,
         };
         Ok((platform, hooks))

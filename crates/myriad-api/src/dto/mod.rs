@@ -2,6 +2,7 @@
 //! the fleet's own types (those are documented by [`crate::schema`]).
 
 mod app;
+mod command;
 mod device;
 mod import;
 mod paging;
@@ -9,6 +10,7 @@ mod presence;
 mod shadow;
 
 pub(crate) use app::{AppList, CreateApp};
+pub(crate) use command::{BatchAccepted, CommandListParams, CommandPage, SendBatch, SendCommand};
 pub(crate) use device::{CreateDevice, DeviceListParams, PasswordBody, check_password};
 pub(crate) use import::{ImportParams, ImportReportBody};
 pub(crate) use paging::parse_limit;

@@ -1,6 +1,7 @@
 //! The router: every route, its OpenAPI description, auth and body limits.
 
 mod apps;
+mod commands;
 mod devices;
 mod health;
 mod import;
@@ -49,6 +50,14 @@ pub fn router(state: ApiState) -> Router {
             shadows::patch_shadow,
             shadows::delete_shadow
         ))
+        .routes(routes!(
+            commands::send_command,
+            commands::list_device_commands
+        ))
+        .routes(routes!(commands::send_batch))
+        .routes(routes!(commands::breakers))
+        .routes(routes!(commands::get_command, commands::cancel_command))
+        .routes(routes!(commands::get_batch))
         .routes(routes!(apps::create_app, apps::list_apps))
         .routes(routes!(apps::get_app, apps::delete_app))
         .route(

@@ -3,6 +3,7 @@
 
 mod apps;
 mod auth;
+mod commands;
 mod devices;
 mod import;
 mod observe;

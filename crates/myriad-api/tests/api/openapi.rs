@@ -45,6 +45,13 @@ async fn every_route_is_documented() {
         ("/api/v1/apps/{id}", "get"),
         ("/api/v1/apps/{id}", "delete"),
         ("/api/v1/devices/import", "post"),
+        ("/api/v1/devices/{id}/commands", "post"),
+        ("/api/v1/devices/{id}/commands", "get"),
+        ("/api/v1/commands", "post"),
+        ("/api/v1/commands/breakers", "get"),
+        ("/api/v1/commands/{command_id}", "get"),
+        ("/api/v1/commands/{command_id}", "delete"),
+        ("/api/v1/command-batches/{batch_id}", "get"),
     ];
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use myriad_api::{ApiState, router};
+use myriad_fleet::commands::CommandsConfig;
 use myriad_fleet::credentials::{HashParams, ThrottleConfig, VerifiedCache};
 use myriad_fleet::service::auth::FleetAuthenticator;
+use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::shadow::ShadowLimits;
@@ -43,10 +45,18 @@ impl Harness {
         drop(events);
         let shadows = Arc::new(ShadowService::new(
             store.clone(),
-            broker,
+            broker.clone(),
             ShadowLimits::default(),
         ));
         let (presence, _) = PresenceService::recover(store.clone()).expect("presence");
+        let presence = Arc::new(presence);
+        let commands = CommandService::start(
+            CommandsConfig::default(),
+            store.clone(),
+            broker.clone(),
+            presence.clone(),
+        )
+        .expect("commands");
         let auth = Arc::new(FleetAuthenticator::new(
             store.clone(),
             false,
@@ -56,7 +66,8 @@ impl Harness {
         let state = ApiState {
             store,
             shadows,
-            presence: Arc::new(presence),
+            presence,
+            commands,
             auth,
             hash_params: HashParams::INSECURE_FAST,
             token: TOKEN.into(),

@@ -1,6 +1,5 @@
 //! CONNECT, DISCONNECT, connection loss, wills and session expiry.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use myriad_mqtt::{
@@ -51,7 +50,9 @@ impl Broker {
             }
             assigned
         } else {
-            connect.client_id.clone()
+            // Its own small allocation: a slice of the CONNECT would keep the
+            // whole packet (password included) alive as long as the session.
+            detached(&connect.client_id)
         };
 
         let asked_expiry = if v5 {
@@ -130,8 +131,7 @@ impl Broker {
                 receive_maximum: client_properties.receive_maximum.unwrap_or(u16::MAX),
                 max_packet_size: client_properties.maximum_packet_size.unwrap_or(u32::MAX),
                 topic_alias_maximum: client_properties.topic_alias_maximum.unwrap_or(0),
-                inbound_aliases: HashMap::new(),
-                outbound_aliases: HashMap::new(),
+                aliases: None,
                 will: connect.will.map(Box::new),
                 connect_expiry_was_zero: asked_expiry == 0,
                 acl: None,
@@ -412,4 +412,10 @@ impl Broker {
             }
         }
     }
+}
+
+/// A copy of `text` in its own allocation, sharing nothing with the packet
+/// it was decoded from.
+pub(crate) fn detached(text: &myriad_mqtt::ByteString) -> myriad_mqtt::ByteString {
+    myriad_mqtt::ByteString::from(text.to_string())
 }

@@ -11,8 +11,10 @@ pub mod message;
 pub mod observe;
 pub mod persist;
 mod publish;
+pub mod receipts;
 pub mod retained;
 pub mod session;
+pub mod small_map;
 mod subscribe;
 pub mod tree;
 
@@ -46,6 +48,9 @@ pub enum Output {
     /// A session went online or offline (only when enabled with
     /// [`Broker::set_presence_events`]).
     Presence(Presence),
+    /// A client acknowledged a message under the receipt prefix (only when
+    /// enabled with [`Broker::set_delivery_receipts`]).
+    Delivered(receipts::DeliveryReceipt),
 }
 
 /// Why a connection ended, as the shell saw it.
@@ -91,8 +96,8 @@ struct Connection {
     max_packet_size: u32,
     /// The client's Topic Alias Maximum: how many aliases we may assign.
     topic_alias_maximum: u16,
-    inbound_aliases: HashMap<u16, ByteString>,
-    outbound_aliases: HashMap<ByteString, u16>,
+    /// Topic aliases in both directions (5.0), allocated on first use.
+    aliases: Option<Box<TopicAliases>>,
     will: Option<Box<Will>>,
     /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
     connect_expiry_was_zero: bool,
@@ -104,6 +109,23 @@ struct Connection {
     keep_alive_grace: Option<std::time::Duration>,
     /// Its entry in [`Broker::keep_alive_checks`].
     keep_alive_check: Option<Instant>,
+}
+
+impl Connection {
+    /// The connection's topic aliases, allocating them on first use.
+    fn aliases_mut(&mut self) -> &mut TopicAliases {
+        self.aliases.get_or_insert_with(Box::default)
+    }
+}
+
+/// One connection's topic aliases. Kept out of line: most clients use none,
+/// and two empty maps inline would cost every connection 96 bytes.
+#[derive(Debug, Default)]
+struct TopicAliases {
+    /// Aliases the client set, by alias.
+    inbound: HashMap<u16, ByteString>,
+    /// Aliases the broker assigned, by topic.
+    outbound: HashMap<ByteString, u16>,
 }
 
 /// The broker state machine. See the module documentation.
@@ -136,6 +158,9 @@ pub struct Broker {
     presence_events: bool,
     /// Traffic counters and the trace-context carry.
     observe: observe::Observe,
+    /// Topic prefix of messages whose acknowledgement is reported
+    /// ([`Output::Delivered`]); `None`: no receipts.
+    receipt_prefix: Option<String>,
 }
 
 impl Broker {
@@ -162,6 +187,7 @@ impl Broker {
             clock: persist::Clock::new(Instant::now(), persist::unix_now()),
             presence_events: false,
             observe: observe::Observe::default(),
+            receipt_prefix: None,
         }
     }
 

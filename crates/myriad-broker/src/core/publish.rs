@@ -47,11 +47,19 @@ impl Broker {
             return;
         };
         let seq = session.outbound.seq_of(packet_id);
+        let receipt = match qos {
+            QoS::AtLeastOnce => self.receipt_for(conn, session_id, packet_id),
+            _ => None,
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
         let closed = match qos {
             QoS::ExactlyOnce => session.outbound.complete(packet_id),
             _ => session.outbound.acknowledge(packet_id),
         };
         if closed {
+            self.emit_receipt(receipt);
             if let Some(seq) = seq {
                 self.record_outbound_done(session_id, seq);
             }
@@ -84,7 +92,11 @@ impl Broker {
                 return;
             }
             if publish.topic.is_empty() {
-                match connection.inbound_aliases.get(&alias) {
+                let known = connection
+                    .aliases
+                    .as_ref()
+                    .and_then(|a| a.inbound.get(&alias));
+                match known {
                     Some(topic) => publish.topic = topic.clone(),
                     None => {
                         self.disconnect_with(now, conn, ReasonCode::ProtocolError);
@@ -93,7 +105,8 @@ impl Broker {
                 }
             } else {
                 connection
-                    .inbound_aliases
+                    .aliases_mut()
+                    .inbound
                     .insert(alias, publish.topic.clone());
             }
         }
@@ -113,7 +126,7 @@ impl Broker {
             let Some(session) = self.sessions.get_mut(&session_id) else {
                 return;
             };
-            if session.inbound_qos2.contains(&packet_id) {
+            if session.inbound_qos2.contains(packet_id) {
                 // A resend of a message we already hold: acknowledge, do not route again.
                 self.send(conn, Packet::PubRec(PublishAck::success(packet_id)));
                 return;
@@ -201,7 +214,7 @@ impl Broker {
         let known = self
             .sessions
             .get_mut(&session_id)
-            .is_some_and(|s| s.inbound_qos2.remove(&rel.packet_id));
+            .is_some_and(|s| s.inbound_qos2.remove(rel.packet_id));
         if known {
             self.record_inbound_qos2(session_id, rel.packet_id, false);
         }
@@ -372,17 +385,21 @@ impl Broker {
             return;
         };
         if connection.topic_alias_maximum > 0 && connection.protocol.is_v5() {
-            match connection.outbound_aliases.get(&publish.topic) {
-                Some(&alias) => {
+            let known = (connection.aliases.as_ref())
+                .and_then(|a| a.outbound.get(&publish.topic))
+                .copied();
+            match known {
+                Some(alias) => {
                     publish.properties.topic_alias = Some(alias);
                     publish.topic = ByteString::new();
                 }
                 None => {
-                    let used = connection.outbound_aliases.len();
+                    let used = connection.aliases.as_ref().map_or(0, |a| a.outbound.len());
                     if used < usize::from(connection.topic_alias_maximum) {
                         let alias = u16::try_from(used + 1).unwrap_or(u16::MAX);
                         connection
-                            .outbound_aliases
+                            .aliases_mut()
+                            .outbound
                             .insert(publish.topic.clone(), alias);
                         publish.properties.topic_alias = Some(alias);
                     }

@@ -1,12 +1,13 @@
 //! Per-client session state: subscriptions, the outbound window and queue,
 //! and inbound QoS 2 packet identifiers. Pure data; the broker drives it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use myriad_mqtt::{ByteString, QoS};
 
 use super::message::Delivery;
+use super::small_map::SmallMap;
 use super::tree::Subscription;
 use super::{ConnId, SessionId};
 
@@ -252,7 +253,7 @@ pub struct Session {
     /// The client identifier.
     pub client_id: ByteString,
     /// Subscriptions by full filter (including any `$share/{group}/` prefix).
-    pub subscriptions: HashMap<ByteString, Subscription>,
+    pub subscriptions: SmallMap<ByteString, Subscription>,
     /// Session Expiry Interval in seconds ([`NEVER_EXPIRES`] for never).
     pub expiry_interval: u32,
     /// The connection currently attached, if any.
@@ -264,11 +265,73 @@ pub struct Session {
     /// Outbound flows and queue.
     pub outbound: Outbound,
     /// Packet identifiers of inbound QoS 2 messages awaiting PUBREL.
-    pub inbound_qos2: HashSet<u16>,
+    pub inbound_qos2: PacketIds,
     /// Messages dropped from the queue since the session began.
     pub dropped_messages: u64,
     /// Whether the store holds a record of this session.
     pub persisted: bool,
+}
+
+/// A set of packet identifiers: a sorted vector, 24 bytes when empty (a hash
+/// set is 48) and dense when not. It holds at most the server's Receive
+/// Maximum entries, so inserting into the middle stays cheap.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PacketIds(Vec<u16>);
+
+impl PacketIds {
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: u16) -> bool {
+        self.0.binary_search(&id).is_ok()
+    }
+
+    /// Adds `id`; returns false if it was there already.
+    pub fn insert(&mut self, id: u16) -> bool {
+        match self.0.binary_search(&id) {
+            Ok(_) => false,
+            Err(index) => {
+                self.0.insert(index, id);
+                true
+            }
+        }
+    }
+
+    /// Removes `id`; returns whether it was there.
+    pub fn remove(&mut self, id: u16) -> bool {
+        match self.0.binary_search(&id) {
+            Ok(index) => {
+                self.0.remove(index);
+                if self.0.is_empty() {
+                    // An idle session keeps no buffer.
+                    self.0 = Vec::new();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Number of identifiers held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The identifiers, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl Extend<u16> for PacketIds {
+    fn extend<I: IntoIterator<Item = u16>>(&mut self, ids: I) {
+        for id in ids {
+            self.insert(id);
+        }
+    }
 }
 
 impl Session {
@@ -277,13 +340,13 @@ impl Session {
         Session {
             id,
             client_id,
-            subscriptions: HashMap::new(),
+            subscriptions: SmallMap::new(),
             expiry_interval,
             connection: None,
             expires_at: None,
             will_due: None,
             outbound: Outbound::default(),
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: PacketIds::default(),
             dropped_messages: 0,
             persisted: false,
         }
@@ -293,6 +356,21 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packet_ids_behave_as_a_set() {
+        let mut ids = PacketIds::default();
+        assert!(ids.insert(7));
+        assert!(ids.insert(3));
+        assert!(!ids.insert(7));
+        assert!(ids.contains(3) && ids.contains(7) && !ids.contains(5));
+        assert_eq!(ids.iter().collect::<Vec<_>>(), vec![3, 7]);
+        assert!(ids.remove(3));
+        assert!(!ids.remove(3));
+        assert_eq!(ids.len(), 1);
+        assert!(ids.remove(7));
+        assert!(ids.is_empty());
+    }
     use crate::core::message::Message;
     use bytes::Bytes;
     use myriad_mqtt::Properties;

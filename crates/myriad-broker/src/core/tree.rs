@@ -1,10 +1,9 @@
 //! The subscription tree: topic filters by level, with `+`, `#` and `$share` groups.
 
-use std::collections::HashMap;
-
 use myriad_mqtt::SubscriptionOptions;
 
 use super::SessionId;
+use super::small_map::SmallMap;
 
 /// One session's subscription to one filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,16 +31,19 @@ struct SharedGroup {
     next: usize,
 }
 
+/// One topic level. Most nodes have one child or one subscriber (a device's
+/// own topics), so the maps are small-vector maps and shared groups, rare,
+/// live out of line.
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
-    subscribers: HashMap<SessionId, Subscription>,
-    shared: HashMap<Box<str>, SharedGroup>,
+    children: SmallMap<Box<str>, Node>,
+    subscribers: SmallMap<SessionId, Subscription>,
+    shared: Option<Box<SmallMap<Box<str>, SharedGroup>>>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
+        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_none()
     }
 }
 
@@ -79,12 +81,13 @@ impl SubscriptionTree {
     ) -> bool {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.children.get_or_default(level.into());
         }
         let replaced = match group {
             None => node.subscribers.insert(session, subscription).is_some(),
             Some(group) => {
-                let group = node.shared.entry(group.into()).or_default();
+                let groups = node.shared.get_or_insert_with(Box::default);
+                let group = groups.get_or_default(group.into());
                 match group.members.iter_mut().find(|(s, _)| *s == session) {
                     Some(member) => {
                         member.1 = subscription;
@@ -122,25 +125,45 @@ impl SubscriptionTree {
         is_online: &dyn Fn(SessionId) -> bool,
         out: &mut Vec<Matched>,
     ) {
-        let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        collect(&mut self.root, &levels, dollar, is_online, out);
+        // Topics of up to STACK_LEVELS levels (nearly all) are split on the stack.
+        let mut stack = [""; STACK_LEVELS];
+        let mut count = 0;
+        for level in topic.split('/') {
+            if count == STACK_LEVELS {
+                let levels: Vec<&str> = topic.split('/').collect();
+                collect(&mut self.root, &levels, dollar, is_online, out);
+                return;
+            }
+            stack[count] = level;
+            count += 1;
+        }
+        collect(&mut self.root, &stack[..count], dollar, is_online, out);
     }
 }
+
+/// Topic levels split without allocating when matching.
+const STACK_LEVELS: usize = 16;
 
 fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: SessionId) -> bool {
     let Some((first, rest)) = levels.split_first() else {
         return match group {
             None => node.subscribers.remove(&session).is_some(),
             Some(name) => {
-                let Some(shared) = node.shared.get_mut(name) else {
+                let Some(groups) = node.shared.as_mut() else {
+                    return false;
+                };
+                let Some(shared) = groups.get_mut(name) else {
                     return false;
                 };
                 let before = shared.members.len();
                 shared.members.retain(|(s, _)| *s != session);
                 let removed = shared.members.len() != before;
                 if shared.members.is_empty() {
-                    node.shared.remove(name);
+                    groups.remove(name);
+                    if groups.is_empty() {
+                        node.shared = None;
+                    }
                 }
                 removed
             }
@@ -190,7 +213,11 @@ fn take_all(node: &mut Node, is_online: &dyn Fn(SessionId) -> bool, out: &mut Ve
                 shared: false,
             }),
     );
-    for group in node.shared.values_mut() {
+    for group in node
+        .shared
+        .iter_mut()
+        .flat_map(|groups| groups.values_mut())
+    {
         if let Some((session, subscription)) = pick_member(group, is_online) {
             out.push(Matched {
                 session,
@@ -255,6 +282,23 @@ mod tests {
         assert_eq!(sessions(&mut tree, "a/b/c"), vec![3, 4]);
         assert_eq!(sessions(&mut tree, "$SYS/b"), vec![6]);
         assert_eq!(tree.len(), 6);
+    }
+
+    #[test]
+    fn deep_topics_match_past_the_stack_split() {
+        let mut tree = SubscriptionTree::new();
+        let deep: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+        let topic = deep.join("/");
+        tree.insert(&topic, None, 1, sub(QoS::AtMostOnce));
+        tree.insert("0/1/#", None, 2, sub(QoS::AtMostOnce));
+        tree.insert(
+            &format!("{}/+", deep[..39].join("/")),
+            None,
+            3,
+            sub(QoS::AtMostOnce),
+        );
+        assert_eq!(sessions(&mut tree, &topic), vec![1, 2, 3]);
+        assert_eq!(sessions(&mut tree, &deep[..16].join("/")), vec![2]);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! A count of live connection tasks, for metrics and the leak watchdog.
 //!
 //! Every network connection task holds a [`TaskGuard`] from the moment it
-//! is spawned, and a [`Registration`] once its CONNECT was handed to the
-//! core (it is then registered with its session). Both are released when
-//! the task ends, whatever way it ends, so the counts are what is alive.
+//! is spawned; once its CONNECT was handed to the core (it is then
+//! registered with its session) the guard becomes a [`RegisteredTask`],
+//! and back again when the session is done with the task. Dropping either
+//! releases what it counts, whatever way the task ends, so the counts are
+//! what is alive. Each guard is one pointer: it sits in the connection
+//! task's state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +20,8 @@ pub struct Census {
     spawned: AtomicU64,
     #[cfg(feature = "leak-test")]
     leak: std::sync::atomic::AtomicBool,
+    #[cfg(feature = "leak-test")]
+    release: tokio::sync::Notify,
 }
 
 /// The counts at one moment.
@@ -47,29 +52,14 @@ impl Census {
         TaskGuard(self.clone())
     }
 
-    /// Counts a task registered with its session until the guard drops.
-    pub(crate) fn register(self: &Arc<Self>) -> Registration {
-        self.registered.fetch_add(1, Ordering::Relaxed);
-        Registration(self.clone())
-    }
-
-    /// Test builds only: from now on, connection tasks whose connection
-    /// ended stay alive (and registered) until shutdown, a deliberate
-    /// leak for the watchdog to find.
+    /// Test builds only: while on, connection tasks whose connection ended
+    /// stay alive and registered (a deliberate leak for the watchdog to
+    /// find); turning it off lets them end.
     #[cfg(feature = "leak-test")]
     pub fn leak_connection_tasks(&self, on: bool) {
         self.leak.store(on, Ordering::Relaxed);
-    }
-
-    /// Whether tasks are to leak (always false outside test builds).
-    pub(crate) fn leaking(&self) -> bool {
-        #[cfg(feature = "leak-test")]
-        {
-            self.leak.load(Ordering::Relaxed)
-        }
-        #[cfg(not(feature = "leak-test"))]
-        {
-            false
+        if !on {
+            self.release.notify_waiters();
         }
     }
 }
@@ -78,19 +68,53 @@ impl Census {
 #[derive(Debug)]
 pub(crate) struct TaskGuard(Arc<Census>);
 
+impl TaskGuard {
+    /// The task is now registered with its session.
+    pub(crate) fn register(self) -> RegisteredTask {
+        let census = self.0.clone();
+        census.registered.fetch_add(1, Ordering::Relaxed);
+        // The task count moves over to the registered guard.
+        std::mem::forget(self);
+        RegisteredTask(census)
+    }
+}
+
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.tasks.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Held by a connection task registered with its session.
+/// Held by a live connection task registered with its session.
 #[derive(Debug)]
-pub(crate) struct Registration(Arc<Census>);
+pub(crate) struct RegisteredTask(Arc<Census>);
 
-impl Drop for Registration {
+impl RegisteredTask {
+    /// The session is done with the task, which still lives (lingering).
+    pub(crate) fn unregister(self) -> TaskGuard {
+        let census = self.0.clone();
+        census.registered.fetch_sub(1, Ordering::Relaxed);
+        std::mem::forget(self);
+        TaskGuard(census)
+    }
+
+    /// Test builds only: waits while tasks are to leak.
+    #[cfg(feature = "leak-test")]
+    pub(crate) async fn hold_if_leaking(&self) {
+        loop {
+            let released = self.0.release.notified();
+            if !self.0.leak.load(Ordering::Relaxed) {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for RegisteredTask {
     fn drop(&mut self) {
         self.0.registered.fetch_sub(1, Ordering::Relaxed);
+        self.0.tasks.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -103,7 +127,7 @@ mod tests {
         let census = Arc::new(Census::default());
         let task = census.task();
         let other = census.task();
-        let registered = census.register();
+        let registered = task.register();
         assert_eq!(
             census.counts(),
             CensusCounts {
@@ -112,12 +136,17 @@ mod tests {
                 spawned: 2
             }
         );
-        drop(registered);
-        drop(task);
-        assert_eq!(census.counts().tasks, 1);
+        let lingering = registered.unregister();
+        assert_eq!(census.counts().tasks, 2);
         assert_eq!(census.counts().registered, 0);
-        drop(other);
+        drop(lingering);
+        assert_eq!(census.counts().tasks, 1);
+        // A registered task that ends releases both counts.
+        let registered = other.register();
+        assert_eq!(census.counts().registered, 1);
+        drop(registered);
         assert_eq!(census.counts().tasks, 0);
+        assert_eq!(census.counts().registered, 0);
         assert_eq!(census.counts().spawned, 2);
     }
 }

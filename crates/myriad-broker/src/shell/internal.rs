@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use myriad_mqtt::{
-    Connect, Packet, Properties, ProtocolVersion, Publish, PublishAck, QoS, SubAck, Subscribe,
-    SubscriptionOptions, SubscriptionRequest,
+    ByteString, Connect, Packet, Properties, ProtocolVersion, Publish, PublishAck, QoS, SubAck,
+    Subscribe, SubscriptionOptions, SubscriptionRequest,
 };
 use tokio::sync::mpsc;
 
@@ -38,7 +38,8 @@ impl BrokerHandle {
     /// no expiry). A previous client of that name is taken over.
     pub async fn connect_internal(&self, name: &str) -> Result<InternalClient, BrokerStopped> {
         let conn = self.next_conn_id();
-        let link = Arc::new(Link::new(None, None));
+        let client_id: ByteString = format!("{RESERVED_CLIENT_ID_PREFIX}{name}").into();
+        let link = Arc::new(Link::new(None, client_id.clone(), None));
         let properties = Properties {
             receive_maximum: Some(u16::MAX),
             ..Properties::default()
@@ -47,7 +48,7 @@ impl BrokerHandle {
             protocol: ProtocolVersion::V5,
             clean_start: true,
             keep_alive: 0,
-            client_id: format!("{RESERVED_CLIENT_ID_PREFIX}{name}").into(),
+            client_id,
             will: None,
             username: None,
             password: None,

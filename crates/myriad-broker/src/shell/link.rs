@@ -1,31 +1,40 @@
 //! The outbound mailbox between the core task and one connection task.
 //!
-//! A mutex-guarded queue plus a `Notify`: it holds no memory while empty
-//! (unlike a channel, which keeps a block of slots per connection), and the
+//! A mutex-guarded queue plus the waiting task's waker: it holds no memory
+//! while empty (unlike a channel, which keeps a block of slots per
+//! connection), waiting on it needs no future state in the connection task
+//! (unlike `Notify`, whose waiter node lives in the waiting future), and the
 //! connection task drains everything queued in one go, so many packets
 //! become one write.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use myriad_mqtt::{ByteString, Packet, QoS};
-use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 struct Pending {
     packets: VecDeque<Packet>,
     qos0_publishes: usize,
     closing: bool,
+    /// The server is shutting down: the connection says goodbye and ends.
+    shutting_down: bool,
+    /// Woken flag: set by [`Link::wake`], cleared when the task sees it.
+    woken: bool,
+    /// The task waiting in [`Link::poll_woken`].
+    waker: Option<Waker>,
 }
 
 /// One connection's outbound mailbox.
 #[derive(Debug, Default)]
 pub struct Link {
     pending: Mutex<Pending>,
-    notify: Notify,
     /// Who is on the other end, for lifecycle events.
     pub(crate) peer: Option<SocketAddr>,
+    /// The client identifier given at CONNECT (for log lines).
+    pub(crate) client_id: ByteString,
     /// The user name given at CONNECT.
     pub(crate) username: Option<ByteString>,
 }
@@ -42,10 +51,16 @@ pub enum Pushed {
 }
 
 impl Link {
-    /// A mailbox for a connection from `peer` (`None`: in-process) that gave `username`.
-    pub fn new(peer: Option<SocketAddr>, username: Option<ByteString>) -> Link {
+    /// A mailbox for a connection from `peer` (`None`: in-process) that gave
+    /// `client_id` and `username`.
+    pub fn new(
+        peer: Option<SocketAddr>,
+        client_id: ByteString,
+        username: Option<ByteString>,
+    ) -> Link {
         Link {
             peer,
+            client_id,
             username,
             ..Link::default()
         }
@@ -80,14 +95,46 @@ impl Link {
         self.lock().closing = true;
     }
 
-    /// Wakes the connection task.
+    /// Asks the connection to say goodbye because the server is shutting down.
+    pub fn shut_down(&self) {
+        self.lock().shutting_down = true;
+        self.wake();
+    }
+
+    /// Whether [`Link::shut_down`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.lock().shutting_down
+    }
+
+    /// Wakes the connection task (a wake with no task waiting is remembered).
     pub fn wake(&self) {
-        self.notify.notify_one();
+        let waker = {
+            let mut pending = self.lock();
+            pending.woken = true;
+            pending.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Ready once woken since the last time it was ready; otherwise keeps
+    /// `cx`'s waker for [`Link::wake`]. The waiting costs the caller no state.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut pending = self.lock();
+        if std::mem::take(&mut pending.woken) {
+            return Poll::Ready(());
+        }
+        match &pending.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => pending.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Waits until woken.
     pub async fn woken(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await;
     }
 
     /// Takes everything queued, and whether the connection must then close.

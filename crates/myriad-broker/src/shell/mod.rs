@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
 use crate::core::persist::unix_now;
+use crate::core::receipts::DeliveryReceipt;
 use crate::core::{Broker, Output};
 use crate::hooks::{Acl, Authenticator, Lifecycle, Presence};
 use crate::{ConnId, ConnectionLoss};
@@ -62,8 +63,6 @@ pub(crate) enum Event {
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
-    /// Live connection tasks.
-    pub(crate) census: Arc<census::Census>,
 }
 
 impl std::fmt::Debug for dyn Authenticator {
@@ -83,6 +82,19 @@ pub struct Hooks {
     /// Continues W3C traces carried by routed messages (`None`: messages
     /// pass untouched and nothing is parsed). See [`crate::trace`].
     pub tracer: Option<Arc<dyn crate::trace::PublishTracer>>,
+    /// Receives a [`DeliveryReceipt`] whenever a client acknowledges a
+    /// message under the prefix (see [`crate::core::receipts`]).
+    pub receipts: Option<ReceiptHook>,
+}
+
+/// Where delivery receipts go, and for which topics.
+#[derive(Clone, Debug)]
+pub struct ReceiptHook {
+    /// Topic prefix of the messages to report (e.g. `$commands/`).
+    pub prefix: String,
+    /// Receives the receipts. Unbounded: one per acknowledged message
+    /// under the prefix; the receiver must keep up.
+    pub sender: mpsc::UnboundedSender<DeliveryReceipt>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -91,6 +103,7 @@ impl std::fmt::Debug for Hooks {
             .field("authenticator", &self.authenticator.is_some())
             .field("lifecycle", &self.lifecycle.is_some())
             .field("tracer", &self.tracer.is_some())
+            .field("receipts", &self.receipts.is_some())
             .finish()
     }
 }
@@ -224,7 +237,6 @@ pub async fn run(
     let shared = Arc::new(Shared {
         config: config.clone(),
         authenticator: hooks.authenticator,
-        census: handle.census.clone(),
     });
     let (mut broker, persistence) = match persistence {
         Some(mut persistence) => {
@@ -246,6 +258,8 @@ pub async fn run(
     };
     broker.set_presence_events(hooks.lifecycle.is_some());
     broker.set_tracer(hooks.tracer);
+    broker.set_delivery_receipts(hooks.receipts.as_ref().map(|r| r.prefix.clone()));
+    let receipts = hooks.receipts.map(|r| r.sender);
     let core_shutdown = shutdown.clone();
     let core = tokio::spawn(run_core(
         broker,
@@ -253,6 +267,7 @@ pub async fn run(
         events.0,
         config,
         hooks.lifecycle,
+        receipts,
         core_shutdown,
     ));
     let tracker = TaskTracker::new();
@@ -312,6 +327,7 @@ async fn run_core(
     mut events: mpsc::Receiver<Event>,
     config: BrokerConfig,
     lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+    receipts: Option<mpsc::UnboundedSender<DeliveryReceipt>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut links = Links {
@@ -319,6 +335,8 @@ async fn run_core(
         departed: HashMap::new(),
         lifecycle,
         dropped_qos0: 0,
+        shutting_down: false,
+        receipts,
     };
     let mut woken: Vec<Arc<Link>> = Vec::new();
     loop {
@@ -348,6 +366,7 @@ async fn run_core(
                 }
             }
             _ = sleep_until_some(deadline) => broker.handle_timeout(std::time::Instant::now()),
+            _ = shutdown.cancelled(), if !links.shutting_down => links.shut_down(),
         }
         if let Some(persistence) = persistence.as_mut() {
             let changes = broker.take_changes();
@@ -356,6 +375,7 @@ async fn run_core(
             {
                 error!(%error, "store commit failed; stopping the broker");
                 shutdown.cancel();
+                links.shut_down();
                 return Err(ServeError::Commit(error));
             }
         }
@@ -404,6 +424,9 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
             link,
             acl,
         } => {
+            if links.shutting_down {
+                link.shut_down();
+            }
             links.live.insert(conn, link);
             if broker.handle_connect(now, conn, *connect)
                 && let Some(acl) = acl
@@ -447,6 +470,13 @@ fn dispatch(
                 }
             }
             Output::Presence(presence) => links.announce(presence),
+            Output::Delivered(receipt) => {
+                if let Some(receipts) = &links.receipts
+                    && receipts.send(receipt).is_err()
+                {
+                    links.receipts = None;
+                }
+            }
         }
     }
     links.departed.clear();
@@ -465,9 +495,22 @@ struct Links {
     lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
     /// QoS 0 messages dropped because a connection fell too far behind.
     dropped_qos0: u64,
+    /// The server is shutting down: every connection, present and arriving,
+    /// is told to say goodbye.
+    shutting_down: bool,
+    /// Where delivery receipts go.
+    receipts: Option<mpsc::UnboundedSender<DeliveryReceipt>>,
 }
 
 impl Links {
+    /// Tells every connection the server is shutting down.
+    fn shut_down(&mut self) {
+        self.shutting_down = true;
+        for link in self.live.values() {
+            link.shut_down();
+        }
+    }
+
     /// Stops writing to `conn`; keeps its details until the batch is dispatched.
     fn depart(&mut self, conn: ConnId) -> Option<Arc<Link>> {
         let link = self.live.remove(&conn)?;

@@ -6,12 +6,15 @@
 //! - [`presence::PresenceService`]: turns the broker's lifecycle events into
 //!   device presence, published on `$events/presence/{id}` and stored;
 //! - [`shadows::ShadowService`]: answers `$shadow/{id}/...` requests through
-//!   an in-process client, and the HTTP API's shadow calls.
+//!   an in-process client, and the HTTP API's shadow calls;
+//! - [`commands::CommandService`]: cloud-to-device commands (priority
+//!   classes, breakers, rate limits, offline queue, fan-out).
 //!
 //! The store is synchronous (redb): point reads are made inline (they take
 //! microseconds), password hashing runs on the blocking pool.
 
 pub mod auth;
+pub mod commands;
 pub mod presence;
 pub mod shadows;
 

@@ -11,6 +11,7 @@
 //! | `shadows` | device id | opaque bytes, the caller's own format |
 //! | `presence` | device id | last [`PresenceRecord`] |
 //! | `meta` | `format` | the layout version |
+//! | `commands`, `commands_by_device`, `commands_active`, `command_batches` | see `store/commands.rs` | command records (JSON) |
 //!
 //! Keys are the ids' UTF-8 bytes, so every table iterates in id order and
 //! an id prefix is one range scan. Values (but shadows) start with a
@@ -38,6 +39,7 @@
 
 mod apps;
 mod codec;
+mod commands;
 mod devices;
 mod error;
 mod login;

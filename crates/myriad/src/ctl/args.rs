@@ -33,6 +33,9 @@ pub enum ApiCommand {
     /// Application and admin clients.
     #[command(subcommand)]
     Apps(AppsCommand),
+    /// Device commands: send, follow, cancel, fan out.
+    #[command(subcommand)]
+    Commands(super::commands::CommandsCommand),
 }
 
 /// `ctl devices ...`

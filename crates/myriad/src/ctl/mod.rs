@@ -12,6 +12,7 @@
 
 mod args;
 mod client;
+mod commands;
 mod encode;
 mod error;
 mod lists;

@@ -77,7 +77,7 @@ pub struct ApiRequest {
 }
 
 impl ApiRequest {
-    fn new(method: Method, path: String) -> Self {
+    pub(super) fn new(method: Method, path: String) -> Self {
         ApiRequest {
             method,
             path,
@@ -86,12 +86,12 @@ impl ApiRequest {
         }
     }
 
-    fn json(mut self, body: Value) -> Self {
+    pub(super) fn json(mut self, body: Value) -> Self {
         self.body = ApiBody::Json(body);
         self
     }
 
-    fn param(mut self, key: &str, value: Option<impl ToString>) -> Self {
+    pub(super) fn param(mut self, key: &str, value: Option<impl ToString>) -> Self {
         if let Some(value) = value {
             self.query.push((key.to_string(), value.to_string()));
         }
@@ -138,6 +138,7 @@ pub fn request(command: &ApiCommand) -> Result<ApiRequest> {
         ApiCommand::Presence(cmd) => presence(cmd),
         ApiCommand::Shadow(cmd) => shadow(cmd),
         ApiCommand::Apps(cmd) => apps(cmd)?,
+        ApiCommand::Commands(cmd) => super::commands::request(cmd),
     })
 }
 

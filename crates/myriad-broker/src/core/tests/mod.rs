@@ -12,6 +12,7 @@ mod keepalive;
 mod persist;
 mod properties;
 mod publish;
+mod receipts;
 mod retained;
 mod subscribe;
 mod will;
@@ -151,6 +152,7 @@ impl H {
                 Output::Send(_, packet) => packet,
                 Output::Close(_) => panic!("connection {conn} unexpectedly closed"),
                 Output::Presence(_) => unreachable!("presence events are kept apart"),
+                Output::Delivered(r) => panic!("unexpected delivery receipt {r:?}"),
             })
             .collect()
     }
@@ -304,6 +306,7 @@ fn conn_of(output: &Output) -> ConnId {
     match output {
         Output::Send(conn, _) | Output::Close(conn) => *conn,
         Output::Presence(presence) => presence.conn(),
+        Output::Delivered(receipt) => receipt.conn,
     }
 }
 

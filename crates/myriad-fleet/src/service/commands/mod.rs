@@ -1,0 +1,604 @@
+//! Cloud-to-device commands over MQTT and for the HTTP API: the async
+//! shell around the sans-IO [`Engine`].
+//!
+//! - commands are published (QoS 1) to `$commands/{device}/{name}`: MQTT
+//!   5.0 devices get Response Topic `$commands/{device}/reply/{command_id}`,
+//!   Correlation Data = the command id and a `command_id` user property;
+//!   MQTT 3.1.1 devices get a JSON envelope carrying the id and reply
+//!   topic (see [`Command::envelope_v311`]);
+//! - the device's PUBACK comes back as a broker delivery receipt
+//!   (`delivered`); its reply on the reply topic ends the command;
+//! - every status change is stored (batched, see [`log`]) and published
+//!   on `$events/commands/{device}/{command_id}`; an L1 command ending
+//!   without success raises `$events/alarms/commands/{device}/{command_id}`;
+//! - applications may also send commands by publishing a request to
+//!   `$commands/request` (answered on their response topic);
+//! - presence events (`$events/presence/{id}`) tell the engine which
+//!   devices are online: a device coming online gets its queued L1 commands.
+
+pub mod log;
+mod request;
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use myriad_broker::core::receipts::DeliveryReceipt;
+use myriad_broker::shell::{BrokerHandle, BrokerStopped};
+use myriad_mqtt::{Properties, Publish, QoS};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
+
+pub use request::{CommandRequest, Targets};
+
+use super::now_ms;
+use super::presence::PresenceService;
+use crate::commands::engine::BreakersSnapshot;
+use crate::commands::{
+    BatchId, BatchProgress, Command, CommandId, CommandsConfig, Effect, Engine, EngineStats,
+    Refused, Reply, ShadowReader,
+};
+use crate::registry::{DeviceId, DeviceQuery};
+use crate::store::{FleetStore, FleetStoreError};
+use log::CommandLog;
+
+/// Why a command operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No registered device has this id.
+    #[error("device {0} not found")]
+    UnknownDevice(String),
+    /// No command (or batch) with this id.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Refused by a rate limit or under pressure.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The command is final already.
+    #[error("command {} is already {}", .0.id, .0.status.as_str())]
+    AlreadyFinal(Box<Command>),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] FleetStoreError),
+    /// The command log or the broker stopped.
+    #[error("the command service stopped")]
+    Stopped,
+}
+
+/// Reads the `reported` section of shadows from the store.
+struct StoreShadows<'a>(&'a FleetStore);
+
+impl ShadowReader for StoreShadows<'_> {
+    fn reported(&self, device: &str) -> Option<Value> {
+        let id = DeviceId::new(device).ok()?;
+        let bytes = self.0.get_shadow(&id).ok()??;
+        let document: Value = serde_json::from_slice(&bytes).ok()?;
+        document.get("reported").cloned()
+    }
+}
+
+/// Commands of all devices. See the module docs.
+pub struct CommandService {
+    engine: Mutex<Engine>,
+    store: Arc<FleetStore>,
+    broker: BrokerHandle,
+    presence: Arc<PresenceService>,
+    log: CommandLog,
+    /// Wakes the timer task when a deadline may have moved earlier.
+    timers: Notify,
+    /// Effects of the restart rules, published when the service runs.
+    recovered: Mutex<Vec<Effect>>,
+    /// Itself, for tasks started from `&self` (fan-outs requested over MQTT).
+    this: Weak<CommandService>,
+}
+
+impl std::fmt::Debug for CommandService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandService").finish_non_exhaustive()
+    }
+}
+
+impl CommandService {
+    /// Loads the commands that were not final at the last stop and applies
+    /// the restart rules (see [`crate::commands::restart`]).
+    pub fn start(
+        config: CommandsConfig,
+        store: Arc<FleetStore>,
+        broker: BrokerHandle,
+        presence: Arc<PresenceService>,
+    ) -> Result<Arc<CommandService>, CommandError> {
+        let now = now_ms();
+        let mut engine = Engine::new(config, now);
+        let stored = store.active_commands()?;
+        let count = stored.len();
+        let recovered = engine.restore(stored, now);
+        if count > 0 {
+            info!(
+                commands = count,
+                changed = recovered.len(),
+                "commands recovered after a restart"
+            );
+        }
+        let log = CommandLog::start(store.clone()).map_err(|_| CommandError::Stopped)?;
+        Ok(Arc::new_cyclic(|this| CommandService {
+            engine: Mutex::new(engine),
+            store,
+            broker,
+            presence,
+            log,
+            timers: Notify::new(),
+            recovered: Mutex::new(recovered),
+            this: this.clone(),
+        }))
+    }
+
+    fn self_arc(&self) -> Option<Arc<CommandService>> {
+        self.this.upgrade()
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The settings.
+    pub fn config(&self) -> CommandsConfig {
+        self.engine().config().clone()
+    }
+
+    /// Brings the engine's view of `device` in line with the presence
+    /// service (the presence event on MQTT may still be on its way).
+    async fn sync_presence(&self, device: &DeviceId) {
+        let online = self.presence.is_online(device);
+        let effects = {
+            let mut engine = self.engine();
+            match (online, engine.is_online(device.as_str())) {
+                (true, false) => engine.device_online(device.as_str(), now_ms()),
+                (false, true) => {
+                    engine.device_offline(device.as_str());
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            }
+        };
+        self.apply(effects).await;
+    }
+
+    /// Sends a command to one registered device. An accepted L1 command is
+    /// stored before this returns.
+    pub async fn submit(
+        &self,
+        device: &DeviceId,
+        request: CommandRequest,
+    ) -> Result<Command, CommandError> {
+        if self.store.get_device(device)?.is_none() {
+            return Err(CommandError::UnknownDevice(device.as_str().to_string()));
+        }
+        let config = self.config();
+        let spec = request.into_spec(&config, now_ms())?;
+        let durable = spec.priority == crate::commands::Priority::L1;
+        self.sync_presence(device).await;
+        let (command, effects) = {
+            let shadows = StoreShadows(&self.store);
+            self.engine()
+                .submit(device.as_str(), spec, None, now_ms(), &shadows)?
+        };
+        let seq = self.apply(effects).await;
+        self.timers.notify_one();
+        if durable && !self.log.committed(seq).await {
+            return Err(CommandError::Stopped);
+        }
+        Ok(command)
+    }
+
+    /// Starts a fan-out to `targets`; returns at once with the batch,
+    /// whose progress [`CommandService::batch`] reports. The targets are
+    /// read page by page into a bounded queue and submitted at the pace
+    /// the rate limits allow, so memory stays bounded for any group size.
+    pub fn submit_batch(
+        self: &Arc<Self>,
+        targets: Targets,
+        request: CommandRequest,
+    ) -> Result<BatchProgress, CommandError> {
+        let config = self.config();
+        let now = now_ms();
+        let spec = request.into_spec(&config, now)?;
+        targets.validate()?;
+        let progress = BatchProgress {
+            id: BatchId::generate(now),
+            name: spec.name.clone(),
+            priority: spec.priority,
+            created_at: now,
+            dispatched: false,
+            targets: 0,
+            refused: 0,
+            statuses: Default::default(),
+        };
+        self.engine().batch_started(progress.clone());
+        if let Err(error) = self.store.put_batch(&progress) {
+            warn!(%error, "cannot store a batch");
+        }
+        let (tx, rx) = mpsc::channel::<DeviceId>(config.batch_buffer);
+        let reader = self.clone();
+        tokio::spawn(async move { reader.read_targets(targets, tx).await });
+        let sender = self.clone();
+        let batch = progress.id.clone();
+        tokio::spawn(async move { sender.dispatch_batch(batch, spec, rx).await });
+        Ok(progress)
+    }
+
+    /// Feeds the batch's devices into `tx` (bounded: waits for the sender).
+    async fn read_targets(self: Arc<Self>, targets: Targets, tx: mpsc::Sender<DeviceId>) {
+        match targets {
+            Targets::Devices(devices) => {
+                for device in devices {
+                    if tx.send(device).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Targets::Group(group) => {
+                let mut after = None;
+                loop {
+                    let query = DeviceQuery {
+                        group: Some(group.clone()),
+                        limit: 500,
+                        after: after.take(),
+                        ..DeviceQuery::default()
+                    };
+                    let store = self.store.clone();
+                    let page =
+                        tokio::task::spawn_blocking(move || store.list_devices(&query)).await;
+                    let page = match page {
+                        Ok(Ok(page)) => page,
+                        Ok(Err(error)) => {
+                            warn!(%error, "cannot read the devices of a batch");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    for device in page.items {
+                        if tx.send(device.id).await.is_err() {
+                            return;
+                        }
+                    }
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Submits one command per device read from `rx`, waiting (not
+    /// refusing) when a rate limit or the in-flight cap says so.
+    async fn dispatch_batch(
+        self: Arc<Self>,
+        batch: BatchId,
+        spec: crate::commands::CommandSpec,
+        mut rx: mpsc::Receiver<DeviceId>,
+    ) {
+        while let Some(device) = rx.recv().await {
+            let exists = matches!(self.store.get_device(&device), Ok(Some(_)));
+            if !exists {
+                self.engine().batch_refused(&batch);
+                continue;
+            }
+            self.sync_presence(&device).await;
+            loop {
+                let outcome = {
+                    let shadows = StoreShadows(&self.store);
+                    self.engine().submit(
+                        device.as_str(),
+                        spec.clone(),
+                        Some(batch.clone()),
+                        now_ms(),
+                        &shadows,
+                    )
+                };
+                match outcome {
+                    Ok((_, effects)) => {
+                        self.apply(effects).await;
+                        self.timers.notify_one();
+                        break;
+                    }
+                    Err(Refused::RateLimited { scope, .. }) if scope.starts_with("device") => {
+                        // One device over its own limit does not hold up the batch.
+                        self.engine().batch_refused(&batch);
+                        break;
+                    }
+                    Err(refused) => {
+                        let wait = refused.retry_after_ms().clamp(1, 1_000);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                }
+            }
+        }
+        let progress = {
+            let mut engine = self.engine();
+            engine.batch_dispatched(&batch);
+            engine.batch(&batch).cloned()
+        };
+        if let Some(progress) = progress
+            && let Err(error) = self.store.put_batch(&progress)
+        {
+            warn!(%error, "cannot store a batch");
+        }
+    }
+
+    /// The command `id` as it stands now.
+    pub fn get(&self, id: &CommandId) -> Result<Option<Command>, CommandError> {
+        if let Some(command) = self.engine().get(id) {
+            return Ok(Some(command.clone()));
+        }
+        if let Some(command) = self.log.pending(id) {
+            return Ok(Some(command));
+        }
+        Ok(self.store.get_command(id)?)
+    }
+
+    /// Commands of `device`, newest first, older than `before`.
+    pub fn list_for_device(
+        &self,
+        device: &DeviceId,
+        before: Option<&CommandId>,
+        limit: usize,
+    ) -> Result<Vec<Command>, CommandError> {
+        let stored = self
+            .store
+            .list_device_commands(device.as_str(), before, limit)?;
+        let engine = self.engine();
+        Ok(stored
+            .into_iter()
+            .map(|c| match engine.get(&c.id) {
+                Some(live) => live.clone(),
+                None => self.log.pending(&c.id).unwrap_or(c),
+            })
+            .collect())
+    }
+
+    /// Cancels a command that is not final.
+    pub async fn cancel(&self, id: &CommandId) -> Result<Command, CommandError> {
+        let cancelled = self.engine().cancel(id, now_ms());
+        match cancelled {
+            Some((command, effects)) => {
+                self.apply(effects).await;
+                self.timers.notify_one();
+                Ok(command)
+            }
+            None => match self.get(id)? {
+                Some(command) => Err(CommandError::AlreadyFinal(Box::new(command))),
+                None => Err(CommandError::NotFound(format!("command {id}"))),
+            },
+        }
+    }
+
+    /// Progress of batch `id`.
+    pub fn batch(&self, id: &BatchId) -> Result<Option<BatchProgress>, CommandError> {
+        if let Some(progress) = self.engine().batch(id) {
+            return Ok(Some(progress.clone()));
+        }
+        Ok(self.store.get_batch(id)?)
+    }
+
+    /// Breaker states now (for the API and metrics).
+    pub fn breakers(&self) -> BreakersSnapshot {
+        self.engine().breakers(now_ms())
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> EngineStats {
+        self.engine().stats()
+    }
+
+    /// Carries out effects; returns the log sequence of the last stored record.
+    async fn apply(&self, effects: Vec<Effect>) -> u64 {
+        let mut seq = 0;
+        for effect in effects {
+            let outcome = match effect {
+                Effect::Changed(command) => {
+                    let event = event_body(&command);
+                    let topic = format!("$events/commands/{}/{}", command.device, command.id);
+                    seq = self.log.write(command);
+                    self.publish(topic, event, Properties::default()).await
+                }
+                Effect::Publish(command) => self.publish_command(&command).await,
+                Effect::Alarm(command) => {
+                    let topic =
+                        format!("$events/alarms/commands/{}/{}", command.device, command.id);
+                    let body = json!({
+                        "alarm": "command_failed",
+                        "device": command.device,
+                        "command_id": command.id,
+                        "name": command.name,
+                        "status": command.status,
+                        "reason": command.reason,
+                        "at": now_ms(),
+                    });
+                    self.publish(topic, Bytes::from(body.to_string()), Properties::default())
+                        .await
+                }
+            };
+            if outcome.is_err() {
+                break;
+            }
+        }
+        seq
+    }
+
+    async fn publish_command(&self, command: &Command) -> Result<(), BrokerStopped> {
+        let v311 = DeviceId::new(command.device.as_str())
+            .ok()
+            .and_then(|id| self.presence.get(&id))
+            .is_some_and(|p| p.protocol == 4);
+        let payload = if v311 {
+            command.envelope_v311()
+        } else {
+            command.payload.to_bytes()
+        };
+        let properties = Properties {
+            response_topic: Some(command.reply_topic().into()),
+            correlation_data: Some(Bytes::copy_from_slice(command.id.as_str().as_bytes())),
+            user_properties: vec![("command_id".into(), command.id.as_str().into())],
+            message_expiry_interval: command.expires_at.map(|at| {
+                (at.saturating_sub(now_ms()) / 1000).clamp(1, u64::from(u32::MAX)) as u32
+            }),
+            ..Properties::default()
+        };
+        self.publish(command.topic(), Bytes::from(payload), properties)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        topic: String,
+        payload: Bytes,
+        properties: Properties,
+    ) -> Result<(), BrokerStopped> {
+        self.broker
+            .publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: topic.into(),
+                packet_id: 0,
+                payload,
+                properties,
+            })
+            .await
+    }
+
+    /// Runs the service until the broker stops: replies, presence, app
+    /// requests, delivery receipts and timers.
+    pub async fn run(
+        self: Arc<Self>,
+        mut receipts: mpsc::UnboundedReceiver<DeliveryReceipt>,
+    ) -> Result<(), BrokerStopped> {
+        let mut client = self.broker.connect_internal("commands").await?;
+        client
+            .subscribe("$commands/+/reply/#", QoS::AtLeastOnce)
+            .await?;
+        client
+            .subscribe("$events/presence/+", QoS::AtLeastOnce)
+            .await?;
+        client
+            .subscribe("$commands/request", QoS::AtLeastOnce)
+            .await?;
+        let recovered =
+            std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|e| e.into_inner()));
+        self.apply(recovered).await;
+        self.seed_online().await;
+        let timer = self.clone();
+        tokio::spawn(async move { timer.run_timers().await });
+        let receiver = self.clone();
+        tokio::spawn(async move {
+            while let Some(receipt) = receipts.recv().await {
+                receiver.on_receipt(receipt).await;
+            }
+        });
+        while let Some(publish) = client.recv().await {
+            self.handle(publish).await;
+        }
+        Ok(())
+    }
+
+    /// Marks devices the presence service knows as online (and sends
+    /// their queued L1 commands).
+    async fn seed_online(&self) {
+        let mut after: Option<DeviceId> = None;
+        loop {
+            let page = self.presence.list_online(after.as_ref(), 1_000);
+            let now = now_ms();
+            let mut effects = Vec::new();
+            {
+                let mut engine = self.engine();
+                for device in &page.items {
+                    effects.extend(engine.device_online(device.as_str(), now));
+                }
+            }
+            self.apply(effects).await;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+
+    async fn run_timers(self: Arc<Self>) {
+        loop {
+            let deadline = self.engine().next_deadline();
+            let wait = match deadline {
+                Some(at) => Duration::from_millis(at.saturating_sub(now_ms())),
+                None => Duration::from_secs(3_600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.timers.notified() => continue,
+            }
+            let effects = {
+                let shadows = StoreShadows(&self.store);
+                self.engine().tick(now_ms(), &shadows)
+            };
+            self.apply(effects).await;
+        }
+    }
+
+    async fn on_receipt(&self, receipt: DeliveryReceipt) {
+        let Some(id) = receipt
+            .correlation_data
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(CommandId::parse)
+        else {
+            return;
+        };
+        let effects = self.engine().delivered(&id, &receipt.client_id, now_ms());
+        self.apply(effects).await;
+    }
+
+    /// Handles one message of the internal client's subscriptions.
+    async fn handle(&self, publish: Publish) {
+        let topic = publish.topic.to_string();
+        let parts: Vec<&str> = topic.split('/').collect();
+        match parts.as_slice() {
+            ["$commands", device, "reply", id] => {
+                let Some(id) = CommandId::parse(id) else {
+                    return;
+                };
+                let reply = Reply::parse(&publish.payload);
+                let effects = self.engine().replied(&id, device, reply, now_ms());
+                self.apply(effects).await;
+                self.timers.notify_one();
+            }
+            ["$events", "presence", device] => {
+                let online = serde_json::from_slice::<Value>(&publish.payload)
+                    .ok()
+                    .and_then(|v| v.get("online").and_then(Value::as_bool));
+                match online {
+                    Some(true) => {
+                        let effects = self.engine().device_online(device, now_ms());
+                        self.apply(effects).await;
+                        self.timers.notify_one();
+                    }
+                    Some(false) => self.engine().device_offline(device),
+                    None => {}
+                }
+            }
+            ["$commands", "request"] => self.handle_request(publish).await,
+            _ => {}
+        }
+    }
+}
+
+/// The status event of `command` (everything but the payload).
+fn event_body(command: &Command) -> Bytes {
+    let mut body = serde_json::to_value(command).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut body {
+        map.remove("payload");
+    }
+    Bytes::from(body.to_string())
+}
