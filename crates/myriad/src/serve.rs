@@ -89,6 +89,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                     broker: handle.clone(),
                     auth: platform.auth.clone(),
                     presence: platform.presence.clone(),
+                    commands: platform.commands.clone(),
                 },
                 listeners_bound.clone(),
             );

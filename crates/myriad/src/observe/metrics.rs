@@ -19,6 +19,7 @@ use myriad_broker::core::observe::CloseReason;
 use myriad_broker::shell::BrokerHandle;
 use myriad_broker::shell::snapshot::BrokerSnapshot;
 use myriad_fleet::service::auth::FleetAuthenticator;
+use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::presence::PresenceService;
 
 use super::process;
@@ -157,24 +158,22 @@ fn describe() {
         "Presence changes of registered devices, by new state."
     );
     describe_counter!(
-        fleet::COMMANDS_ISSUED_TOTAL,
-        "Commands accepted for delivery, by class."
-    );
-    describe_counter!(
         fleet::COMMANDS_TOTAL,
-        "Commands that reached a final status, by class and status."
+        "Commands that reached a status, by class and status."
     );
     describe_histogram!(
         fleet::COMMAND_DURATION_SECONDS,
-        "Seconds from command issue to final status, by class."
+        "Seconds from command acceptance to a final status, by class."
     );
+    describe_gauge!(fleet::COMMANDS_ACTIVE, "Commands not final.");
+    describe_gauge!(fleet::COMMANDS_IN_FLIGHT, "Commands sent and not final.");
     describe_gauge!(
         fleet::COMMANDS_QUEUED,
-        "Commands waiting in offline queues, by class."
+        "L1 commands waiting in offline devices' queues."
     );
     describe_gauge!(
         fleet::COMMAND_BREAKER_STATE,
-        "Command breaker state by class: 0 closed, 1 half-open, 2 open."
+        "Command class breaker state: 0 closed, 1 half-open, 2 open."
     );
     describe_gauge!(
         "myriad_process_resident_memory_bytes",
@@ -224,6 +223,8 @@ pub struct Sources {
     pub auth: Arc<FleetAuthenticator>,
     /// Device presence.
     pub presence: Arc<PresenceService>,
+    /// Cloud-to-device commands.
+    pub commands: Arc<CommandService>,
 }
 
 /// What `/metrics` and `/readyz` answer with.
@@ -267,6 +268,7 @@ impl Observer {
             counter!("myriad_auth_failures_total", "reason" => reason).absolute(count);
         }
         gauge!("myriad_devices_online").set(self.sources.presence.online_count() as f64);
+        record_commands(&self.sources.commands);
         record_process();
     }
 }
@@ -323,6 +325,17 @@ fn record_broker(s: &BrokerSnapshot) {
     gauge!("myriad_inflight_messages").set(l.inflight as f64);
     gauge!("myriad_queued_messages").set(l.queued as f64);
     gauge!("myriad_queued_bytes").set(l.queued_bytes as f64);
+}
+
+fn record_commands(commands: &CommandService) {
+    use myriad_fleet::metrics as fleet;
+    let stats = commands.stats();
+    gauge!(fleet::COMMANDS_ACTIVE).set(stats.active as f64);
+    gauge!(fleet::COMMANDS_IN_FLIGHT).set(stats.in_flight as f64);
+    gauge!(fleet::COMMANDS_QUEUED).set(stats.queued_l1 as f64);
+    for (class, breaker) in commands.breakers().classes {
+        fleet::breaker_state(class, breaker.state);
+    }
 }
 
 fn record_process() {
