@@ -312,3 +312,32 @@ def test_one_trace_through_broker_and_shadow_service_exported_over_otlp(tmp_path
         assert body.count(bytes.fromhex(shadow[0])) >= 2
     finally:
         collector.close()
+
+
+def test_command_counts_by_class_and_status(broker):
+    from test_commands import Device, send, wait_online, wait_status
+
+    api = Api(broker.api_port, TOKEN)
+    dev = unique("cdev")
+    api.ok("POST", "/api/v1/devices", {"id": dev, "password": "dev-pw-123"}, expect=201)
+    before = Scrape(broker.api_port)
+    device = Device(broker.port, dev, "dev-pw-123", V5)
+    try:
+        wait_online(api, dev)
+        cmd = send(api, dev, name="reboot", payload={"delay": 1}, priority="l2")
+        done = wait_status(api, cmd["id"], {"succeeded", "failed", "timed_out"})
+        assert done["status"] == "succeeded", done
+    finally:
+        device.close()
+    after = Scrape(broker.api_port)
+    for status in ("queued", "sent", "delivered", "succeeded"):
+        key = ("myriad_commands_total", {"class": "l2", "status": status})
+        assert after(key[0], **key[1]) - before(key[0], **key[1]) == 1, status
+    assert after("myriad_commands_total", **{"class": "l2", "status": "failed"}) == before(
+        "myriad_commands_total", **{"class": "l2", "status": "failed"})
+    assert after("myriad_command_duration_seconds_count", **{"class": "l2"}) - before(
+        "myriad_command_duration_seconds_count", **{"class": "l2"}) == 1
+    for cls in ("l1", "l2", "l3"):
+        assert after.has("myriad_command_breaker_state")
+        assert after("myriad_command_breaker_state", **{"class": cls}) == 0
+    assert after("myriad_commands_active") == 0
