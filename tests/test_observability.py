@@ -341,3 +341,44 @@ def test_command_counts_by_class_and_status(broker):
         assert after.has("myriad_command_breaker_state")
         assert after("myriad_command_breaker_state", **{"class": cls}) == 0
     assert after("myriad_commands_active") == 0
+
+
+def test_connection_log_lines_carry_client_id_and_peer(tmp_path):
+    b = Broker(tmp_path / "logs", {"store": {"backend": "memory"},
+                                   "log": {"format": "json", "filter": "info,myriad_broker=debug"}}).start()
+    ids = [unique("log"), unique("log")]
+    try:
+        c = Client(b.port, client_id=ids[0])
+        c.disconnect()
+        raw = RawClient(b.port, version=5)
+        raw.connect(ids[1])
+        raw.abort()
+        with RawClient(b.port, version=5) as refused:  # reserved id: refused before a session exists
+            refused.connect("$myriad/nope", expect_rc=None)
+
+        def lines() -> list[dict]:
+            out = []
+            for line in b.log_path.read_text().splitlines():
+                if line.strip():
+                    out.append(json.loads(line))
+            return out
+
+        def connection_lines() -> list[dict]:
+            return [r for r in lines() if r.get("target", "").startswith("myriad_broker::shell::connection")]
+
+        ended = {"connection lost", "connection closed by the server"}
+        assert wait_until(lambda: set(ids) <= {r["fields"].get("client_id") for r in connection_lines()
+                                               if r["fields"].get("message") in ended})
+    finally:
+        b.stop()
+    records = connection_lines()
+    messages = {r["fields"]["message"] for r in records}
+    assert {"connected", "connection lost", "reserved client id refused"} <= messages, messages
+    for r in records:
+        fields = r["fields"]
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", fields.get("peer", "")), r
+        if fields["message"] not in ("no CONNECT in time", "first packet was not CONNECT",
+                                     "connection failed before CONNECT", "bad CONNECT"):
+            assert fields.get("client_id"), r
+    seen = {r["fields"].get("client_id") for r in records}
+    assert set(ids) <= seen, seen

@@ -50,6 +50,9 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// `text` or `json` (`--log-format` overrides it).
     pub format: LogFormat,
+    /// Which lines to write, as a `tracing` filter (e.g. `info`,
+    /// `info,myriad_broker=debug`); `MYRIAD_LOG` overrides it. Default `info`.
+    pub filter: Option<String>,
 }
 
 /// The `[metrics]` table.
@@ -263,6 +266,11 @@ impl Config {
         if config.api.token.as_deref().is_some_and(|t| t.len() < 16) {
             bail!("invalid value for api.token: use at least 16 characters");
         }
+        if let Some(filter) = &config.log.filter
+            && let Err(error) = tracing_subscriber::EnvFilter::try_new(filter)
+        {
+            bail!("invalid value for log.filter: {error}");
+        }
         let ratio = config.tracing.sample_ratio;
         if !(0.0..=1.0).contains(&ratio) {
             bail!("invalid value for tracing.sample_ratio: between 0 and 1");
@@ -419,6 +427,7 @@ mod tests {
                 "watchdog.max_deviation",
             ),
             ("[metrics]\ntoken = true\n", "token"),
+            ("[log]\nfilter = \"info,[\"\n", "log.filter"),
         ] {
             let error = Config::parse(text).expect_err(text);
             assert!(format!("{error:#}").contains(key), "{text}: {error:#}");

@@ -75,11 +75,11 @@ fn main() -> Result<()> {
         // Serve sets logging up once its config is read.
         Command::Serve(args) => serve::run(args, format),
         Command::Sim(args) => {
-            observe::logging::init(format.unwrap_or_default(), None);
+            observe::logging::init(format.unwrap_or_default(), None, None);
             Ok(myriad_sim::run(args)?)
         }
         Command::Ctl(args) => {
-            observe::logging::init(format.unwrap_or_default(), None);
+            observe::logging::init(format.unwrap_or_default(), None, None);
             ctl::run(args)
         }
     }

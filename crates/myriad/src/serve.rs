@@ -34,7 +34,11 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
     }
     // Built before the async runtime: the OTLP HTTP client blocks.
     let otel = observe::otel::provider(&config.tracing)?;
-    observe::logging::init(log_format.unwrap_or(config.log.format), otel.as_ref());
+    observe::logging::init(
+        log_format.unwrap_or(config.log.format),
+        config.log.filter.as_deref(),
+        otel.as_ref(),
+    );
     let prometheus = observe::metrics::install()?;
     let persistence = open_store(&config.store)?;
     let runtime = match config.runtime.threads {

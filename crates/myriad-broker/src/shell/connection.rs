@@ -116,15 +116,17 @@ async fn connected(mut c: Connected) {
 
 /// Reports how the connection ended and lingers where the server ended it.
 async fn finish(c: Connected, loss: Option<ConnectionLoss>) {
-    let peer = c.link.peer;
+    // Network connections always have a peer; logged as an address, like
+    // every other connection-level line.
+    let peer = c.link.peer.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let client_id = &c.link.client_id;
     if let Some(loss) = loss {
-        debug!(?peer, %client_id, ?loss, "connection lost");
+        debug!(%peer, %client_id, ?loss, "connection lost");
         if let Ok(permit) = c.events.reserve().await {
             permit.send(Event::Lost { conn: c.conn, loss });
         }
     } else {
-        debug!(?peer, %client_id, "connection closed by the server");
+        debug!(%peer, %client_id, "connection closed by the server");
     }
     #[cfg(feature = "leak-test")]
     c.task.hold_if_leaking().await;

@@ -1,6 +1,6 @@
 //! Log lines on stderr (human-readable or JSON lines), filtered by
-//! `MYRIAD_LOG` (default `info`), plus the OpenTelemetry layer when
-//! tracing export is on.
+//! `MYRIAD_LOG`, else the config's `log.filter`, else `info`; plus the
+//! OpenTelemetry layer when tracing export is on.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -12,10 +12,11 @@ use crate::config::LogFormat;
 
 type Base = Layered<EnvFilter, Registry>;
 
-/// Installs the global subscriber. `otel`: export `tracing` spans through
-/// this provider too.
-pub fn init(format: LogFormat, otel: Option<&SdkTracerProvider>) {
-    let filter = EnvFilter::try_from_env("MYRIAD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber with `filter` unless `MYRIAD_LOG` gives
+/// one. `otel`: export `tracing` spans through this provider too.
+pub fn init(format: LogFormat, filter: Option<&str>, otel: Option<&SdkTracerProvider>) {
+    let filter = EnvFilter::try_from_env("MYRIAD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(filter.unwrap_or("info")));
     let mut layers: Vec<Box<dyn Layer<Base> + Send + Sync>> = Vec::new();
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     layers.push(match format {
