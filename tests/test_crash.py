@@ -69,7 +69,7 @@ class Server:
         log = open(self.workdir / f"broker{self.starts}.log", "wb")
         self.starts += 1
         self.proc = subprocess.Popen(
-            [str(myriad_bin()), "serve", "--config", str(self.config), "--listen", f"{HOST}:{self.port}"],
+            [str(myriad_bin()), "serve", "--config", str(self.config), "--listen", f"{HOST}:{self.port}", "--api-listen", f"{HOST}:0"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,

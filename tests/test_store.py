@@ -51,7 +51,7 @@ def test_sessions_queues_and_retained_survive_a_graceful_restart(tmp_path, uid, 
 def start_expecting_failure(workdir: Path) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
     proc = subprocess.run(
-        [str(myriad_bin()), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(workdir / "data")],
+        [str(myriad_bin()), "serve", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--data-dir", str(workdir / "data")],
         cwd=workdir,
         env=env,
         stdin=subprocess.DEVNULL,

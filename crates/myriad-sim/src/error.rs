@@ -61,6 +61,24 @@ pub enum SimError {
     /// The final report could not be written.
     #[error("cannot write the report: {0}")]
     Report(String),
+    /// An HTTP exchange with the platform's API failed (transport or protocol).
+    #[error("HTTP error talking to {addr}: {reason}")]
+    Http {
+        /// The API address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The API answered a setup request with an unexpected status.
+    #[error("{what}: HTTP {status}: {body}")]
+    Api {
+        /// The request, e.g. `POST /api/v1/devices/import`.
+        what: String,
+        /// The status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
 }
 
 /// Shorthand for results in this crate.

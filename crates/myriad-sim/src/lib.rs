@@ -14,12 +14,16 @@
 //!   messages per broker CPU second.
 //! * `fleet`: devices that connect with credentials, send telemetry, answer
 //!   commands and reconnect with jittered backoff; optionally a reconnect storm.
+//! * `commands` (Myriad only): N registered devices answer commands sent
+//!   through the HTTP API; commands per second and latency from the API call
+//!   to the device's recorded reply.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod proc;
@@ -94,6 +98,8 @@ pub enum SimCommand {
     Shared(scenario::pubsub::PubSubArgs),
     /// Simulated devices: credentials, telemetry, commands, reconnects, storms.
     Fleet(scenario::fleet::FleetArgs),
+    /// Myriad's command service end to end: HTTP API -> device -> recorded reply.
+    Commands(scenario::commands::CommandsArgs),
 }
 
 /// Settings every scenario reads, resolved from [`CommonArgs`].
@@ -207,6 +213,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             SimCommand::P2p(a) => scenario::p2p::run(env, a).await,
             SimCommand::Shared(a) => scenario::shared::run(env, a).await,
             SimCommand::Fleet(a) => scenario::fleet::run(env, a).await,
+            SimCommand::Commands(a) => scenario::commands::run(env, a).await,
         }
     });
     // Tasks still winding down (closing sockets) must not hold up the exit.

@@ -380,7 +380,7 @@ impl Broker {
         };
         let packets: Vec<Packet> = session
             .outbound
-            .inflight
+            .inflight()
             .iter()
             .map(|flow| match &flow.state {
                 InflightState::Published(delivery) => {
@@ -398,10 +398,7 @@ impl Broker {
                     let mut seq = None;
                     if let Some(session) = self.sessions.get_mut(&session_id) {
                         seq = session.outbound.seq_of(publish.packet_id);
-                        session
-                            .outbound
-                            .inflight
-                            .retain(|flow| flow.packet_id != publish.packet_id);
+                        session.outbound.forget(publish.packet_id);
                     }
                     if let Some(seq) = seq {
                         self.record_outbound_done(session_id, seq);

@@ -296,7 +296,7 @@ impl Broker {
             }
             let earliest = session
                 .outbound
-                .queue
+                .queue()
                 .iter()
                 .filter_map(|d| d.message.expires_at)
                 .min();

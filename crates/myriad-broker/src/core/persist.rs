@@ -285,7 +285,7 @@ impl Broker {
         let Some(queued) = self
             .sessions
             .get(&session)
-            .and_then(|s| s.outbound.queue.back())
+            .and_then(|s| s.outbound.queue().back())
             .cloned()
         else {
             return;

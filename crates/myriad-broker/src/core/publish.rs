@@ -275,7 +275,7 @@ impl Broker {
             .and_then(|c| self.connections.get(&c))
             .map(|c| c.receive_maximum);
         if let Some(window) = window
-            && (delivery.qos == QoS::AtMostOnce && session.outbound.queue.is_empty()
+            && (delivery.qos == QoS::AtMostOnce && session.outbound.queue().is_empty()
                 || delivery.qos != QoS::AtMostOnce && session.outbound.has_room(window))
         {
             self.transmit(now, session_id, delivery);
@@ -291,7 +291,7 @@ impl Broker {
                 tracing::warn!(
                     client_id = %session.client_id,
                     dropped = session.dropped_messages,
-                    queued = session.outbound.queue.len(),
+                    queued = session.outbound.queue().len(),
                     queued_bytes = session.outbound.queued_bytes(),
                     "session queue full: dropping oldest QoS 0 first, then oldest"
                 );

@@ -46,7 +46,7 @@ impl Broker {
         let session = self.sessions.get(&session)?;
         let flow = session
             .outbound
-            .inflight
+            .inflight()
             .iter()
             .find(|f| f.packet_id == packet_id)?;
         let InflightState::Published(delivery) = &flow.state else {

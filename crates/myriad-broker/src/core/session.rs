@@ -59,14 +59,94 @@ pub struct QueueLimits {
 pub struct Outbound {
     next_packet_id: u16,
     next_seq: u64,
-    /// Unacknowledged QoS 1/2 flows, oldest first.
-    pub inflight: VecDeque<Inflight>,
+    /// Unacknowledged QoS 1/2 flows, oldest first. Changed only through
+    /// [`Outbound`]'s methods, which keep `in_use` in step.
+    inflight: VecDeque<Inflight>,
+    /// The packet ids of `inflight` as a bitmap, kept while more than
+    /// [`SCAN_LIMIT`] flows are in flight, so allocating an id does not scan
+    /// a window of up to 65,535 flows.
+    in_use: Option<Box<PacketIdBitmap>>,
     /// Messages waiting for the client to connect or for room in its window.
-    pub queue: VecDeque<Delivery>,
+    /// Changed only through [`Outbound`]'s methods, which keep the counts below in step.
+    queue: VecDeque<Delivery>,
     queued_bytes: usize,
+    /// How many of `queue` are QoS 0 (a full queue of QoS 1 messages is then
+    /// not scanned for one to drop).
+    queued_qos0: usize,
+}
+
+/// In-flight windows up to this size are scanned to allocate a packet id.
+const SCAN_LIMIT: usize = 32;
+
+/// One bit per packet identifier (8 KiB).
+#[derive(Debug)]
+struct PacketIdBitmap([u64; 1024]);
+
+impl PacketIdBitmap {
+    fn of<'a>(ids: impl Iterator<Item = &'a Inflight>) -> Box<PacketIdBitmap> {
+        let mut bitmap = Box::new(PacketIdBitmap([0; 1024]));
+        for flow in ids {
+            bitmap.set(flow.packet_id, true);
+        }
+        bitmap
+    }
+
+    fn set(&mut self, id: u16, used: bool) {
+        let (word, bit) = (usize::from(id / 64), id % 64);
+        if used {
+            self.0[word] |= 1 << bit;
+        } else {
+            self.0[word] &= !(1 << bit);
+        }
+    }
+
+    fn contains(&self, id: u16) -> bool {
+        self.0[usize::from(id / 64)] & (1 << (id % 64)) != 0
+    }
 }
 
 impl Outbound {
+    /// Unacknowledged QoS 1/2 flows, oldest first.
+    pub fn inflight(&self) -> &VecDeque<Inflight> {
+        &self.inflight
+    }
+
+    fn push_flow(&mut self, flow: Inflight) {
+        let id = flow.packet_id;
+        self.inflight.push_back(flow);
+        match &mut self.in_use {
+            Some(bitmap) => bitmap.set(id, true),
+            None if self.inflight.len() > SCAN_LIMIT => {
+                self.in_use = Some(PacketIdBitmap::of(self.inflight.iter()));
+            }
+            None => {}
+        }
+    }
+
+    fn remove_flow(&mut self, index: usize) {
+        let Some(flow) = self.inflight.remove(index) else {
+            return;
+        };
+        if let Some(bitmap) = &mut self.in_use {
+            bitmap.set(flow.packet_id, false);
+            if self.inflight.is_empty() {
+                self.in_use = None;
+            }
+        }
+    }
+
+    /// Drops the flow using `packet_id`, if any (the message is given up).
+    pub fn forget(&mut self, packet_id: u16) {
+        if let Some(index) = self.position(packet_id) {
+            self.remove_flow(index);
+        }
+    }
+
+    /// Messages waiting for the client to connect or for room in its window.
+    pub fn queue(&self) -> &VecDeque<Delivery> {
+        &self.queue
+    }
+
     /// Bytes of payload waiting in the queue.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
@@ -84,22 +164,37 @@ impl Outbound {
         };
         let mut outcome = QueueOutcome::Queued;
         while full(self) && !self.queue.is_empty() {
-            let victim = match self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+            let qos0 = if self.queued_qos0 == 0 {
+                None
+            } else {
+                self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)
+            };
+            let victim = match qos0 {
                 Some(index) => index,
                 None if delivery.qos == QoS::AtMostOnce => return QueueOutcome::Rejected,
                 None => 0,
             };
             if let Some(dropped) = self.queue.remove(victim) {
                 self.queued_bytes -= dropped.message.weight();
+                if dropped.qos == QoS::AtMostOnce {
+                    self.queued_qos0 -= 1;
+                }
                 outcome = QueueOutcome::DroppedOldest(Box::new(dropped));
             }
         }
         if full(self) {
             return QueueOutcome::Rejected;
         }
-        self.queued_bytes += weight;
-        self.queue.push_back(delivery);
+        self.push_queued(delivery);
         outcome
+    }
+
+    fn push_queued(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.message.weight();
+        if delivery.qos == QoS::AtMostOnce {
+            self.queued_qos0 += 1;
+        }
+        self.queue.push_back(delivery);
     }
 
     /// Takes the next queued delivery that may be sent now: QoS 0 always,
@@ -111,6 +206,9 @@ impl Outbound {
         }
         let delivery = self.queue.pop_front()?;
         self.queued_bytes -= delivery.message.weight();
+        if delivery.qos == QoS::AtMostOnce {
+            self.queued_qos0 -= 1;
+        }
         Some(delivery)
     }
 
@@ -127,7 +225,11 @@ impl Outbound {
                 continue;
             }
             let candidate = self.next_packet_id;
-            if !self.inflight.iter().any(|f| f.packet_id == candidate) {
+            let used = match &self.in_use {
+                Some(bitmap) => bitmap.contains(candidate),
+                None => self.inflight.iter().any(|f| f.packet_id == candidate),
+            };
+            if !used {
                 return candidate;
             }
         }
@@ -149,7 +251,7 @@ impl Outbound {
     /// Records a QoS 1/2 PUBLISH as sent.
     pub fn record_sent(&mut self, packet_id: u16, mut delivery: Delivery) {
         self.assign_seq(&mut delivery);
-        self.inflight.push_back(Inflight {
+        self.push_flow(Inflight {
             packet_id,
             seq: delivery.seq,
             state: InflightState::Published(delivery),
@@ -160,28 +262,30 @@ impl Outbound {
     pub fn remove_expired(&mut self, now: Instant) -> Vec<u64> {
         let mut removed = Vec::new();
         let mut bytes = 0;
+        let mut qos0 = 0;
         self.queue.retain(|d| {
             let expired = d.message.is_expired(now);
             if expired {
                 removed.push(d.seq);
                 bytes += d.message.weight();
+                qos0 += usize::from(d.qos == QoS::AtMostOnce);
             }
             !expired
         });
         self.queued_bytes -= bytes;
+        self.queued_qos0 -= qos0;
         removed
     }
 
     /// Puts a restored queued delivery back at the end of the queue (no limits:
     /// it was within them when stored).
     pub fn restore_queued(&mut self, delivery: Delivery) {
-        self.queued_bytes += delivery.message.weight();
-        self.queue.push_back(delivery);
+        self.push_queued(delivery);
     }
 
     /// Puts a restored released QoS 2 flow back in flight.
     pub fn restore_released(&mut self, packet_id: u16, seq: u64) {
-        self.inflight.push_back(Inflight {
+        self.push_flow(Inflight {
             packet_id,
             seq,
             state: InflightState::Released,
@@ -205,7 +309,7 @@ impl Outbound {
                 if matches!(&self.inflight[index].state,
                     InflightState::Published(d) if d.qos == QoS::AtLeastOnce) =>
             {
-                self.inflight.remove(index);
+                self.remove_flow(index);
                 true
             }
             _ => false,
@@ -220,7 +324,7 @@ impl Outbound {
         match &flow.state {
             InflightState::Published(d) if d.qos == QoS::ExactlyOnce => {
                 if refused {
-                    self.inflight.remove(index);
+                    self.remove_flow(index);
                     Some(false)
                 } else {
                     flow.state = InflightState::Released;
@@ -237,7 +341,7 @@ impl Outbound {
     pub fn complete(&mut self, packet_id: u16) -> bool {
         match self.position(packet_id) {
             Some(index) if self.inflight[index].state == InflightState::Released => {
-                self.inflight.remove(index);
+                self.remove_flow(index);
                 true
             }
             _ => false,
@@ -356,6 +460,30 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packet_ids_stay_unique_in_a_large_window_across_wrap_arounds() {
+        let mut out = Outbound::default();
+        let mut live = std::collections::HashSet::new();
+        for round in 0..100_000usize {
+            let id = out.allocate_packet_id();
+            assert_ne!(id, 0);
+            assert!(live.insert(id), "packet id {id} allocated twice");
+            out.record_sent(id, delivery(QoS::AtLeastOnce, "m"));
+            if live.len() > 500 {
+                // Acknowledge out of order, so old ids stay in flight across wraps.
+                let index = (round * 7919) % out.inflight().len();
+                let victim = out.inflight()[index].packet_id;
+                assert!(out.acknowledge(victim));
+                live.remove(&victim);
+            }
+        }
+        assert!(out.in_use.is_some());
+        for id in live.drain() {
+            assert!(out.acknowledge(id));
+        }
+        assert!(out.inflight().is_empty() && out.in_use.is_none());
+    }
 
     #[test]
     fn packet_ids_behave_as_a_set() {

@@ -1,5 +1,6 @@
 //! One module per scenario, plus the pieces they share.
 
+pub mod commands;
 pub mod conn;
 pub mod fanin;
 pub mod fanout;
