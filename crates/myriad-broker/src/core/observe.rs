@@ -192,8 +192,8 @@ impl Broker {
             if session.connection.is_none() {
                 levels.sessions_offline += 1;
             }
-            levels.inflight += session.outbound.inflight.len() as u64;
-            levels.queued += session.outbound.queue.len() as u64;
+            levels.inflight += session.outbound.inflight().len() as u64;
+            levels.queued += session.outbound.queue().len() as u64;
             levels.queued_bytes += session.outbound.queued_bytes() as u64;
         }
         levels
