@@ -8,6 +8,8 @@
 //! |---|---|
 //! | `GET /healthz` | liveness, no auth |
 //! | `GET /openapi.json` | the OpenAPI document, no auth |
+//! | `GET /metrics` | Prometheus text exposition ([`observed_router`]; token optional) |
+//! | `GET /readyz` | readiness: 200 or 503 with each check ([`observed_router`]), no auth |
 //! | `POST /api/v1/devices` | create a device (optionally with a password) |
 //! | `GET /api/v1/devices` | search devices, cursor paging |
 //! | `GET, PATCH, DELETE /api/v1/devices/{id}` | one device |
@@ -49,6 +51,7 @@ mod body_reader;
 mod dto;
 mod error;
 mod extract;
+mod observe;
 mod openapi;
 mod routes;
 mod schema;
@@ -57,8 +60,11 @@ mod state;
 
 pub use dto::ErrorBody;
 pub use error::ApiError;
+pub use observe::{
+    BoxFuture, Observability, ObserveOptions, PROMETHEUS_CONTENT_TYPE, Readiness, observed_router,
+};
 pub use routes::router;
-pub use serve::serve;
+pub use serve::{serve, serve_router};
 pub use state::ApiState;
 
 #[cfg(doc)]

@@ -10,6 +10,8 @@ pub mod config;
 pub mod core;
 pub mod hooks;
 pub mod shell;
+pub mod trace;
+pub mod watchdog;
 
 pub use config::BrokerConfig;
 pub use core::{Broker, ConnId, ConnectionLoss, Output, SessionId};

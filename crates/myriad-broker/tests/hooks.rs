@@ -62,6 +62,7 @@ async fn start() -> Server {
     let hooks = Hooks {
         authenticator: Some(Arc::new(Passwords)),
         lifecycle: Some(lifecycle_tx),
+        tracer: None,
         receipts: None,
     };
     let task = tokio::spawn(shell::run(

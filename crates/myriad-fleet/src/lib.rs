@@ -16,6 +16,7 @@ pub mod acl;
 pub mod commands;
 pub mod credentials;
 pub mod import;
+pub mod metrics;
 pub mod presence;
 pub mod registry;
 pub mod service;

@@ -23,6 +23,115 @@ pub struct Config {
     pub api: ApiConfig,
     /// Cloud-to-device commands: timeouts, retries, rate limits, breakers.
     pub commands: myriad_fleet::commands::CommandsConfig,
+    /// Log lines on stderr.
+    pub log: LogConfig,
+    /// The `/metrics` endpoint.
+    pub metrics: MetricsConfig,
+    /// The leak watchdog.
+    pub watchdog: WatchdogConfig,
+    /// Distributed tracing (OpenTelemetry over OTLP).
+    pub tracing: TracingConfig,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json` (`--log-format` overrides it).
+    pub format: LogFormat,
+    /// Which lines to write, as a `tracing` filter (e.g. `info`,
+    /// `info,myriad_broker=debug`); `MYRIAD_LOG` overrides it. Default `info`.
+    pub filter: Option<String>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether `GET /metrics` needs the API token (off: scrapers send none).
+    pub require_token: bool,
+}
+
+/// The `[watchdog]` table: see docs/observability.md.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogConfig {
+    /// Run the leak watchdog.
+    pub enabled: bool,
+    /// Seconds between checks.
+    pub interval_secs: u64,
+    /// Largest tolerated deviation between connection tasks, sessions and
+    /// sockets, as a fraction of the larger count.
+    pub max_deviation: f64,
+    /// Deviations up to this many connections are always tolerated.
+    pub slack: u64,
+    /// Consecutive checks of growing allocator memory (with connections
+    /// not growing) that raise a memory alert.
+    pub growth_checks: usize,
+    /// Least growth over those checks for a memory alert, in MiB.
+    pub growth_min_mib: u64,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        let rules = myriad_broker::watchdog::Rules::default();
+        WatchdogConfig {
+            enabled: true,
+            interval_secs: 30,
+            max_deviation: rules.max_deviation,
+            slack: rules.slack,
+            growth_checks: rules.growth_checks,
+            growth_min_mib: rules.growth_min_bytes / (1024 * 1024),
+        }
+    }
+}
+
+impl WatchdogConfig {
+    /// The rules the watchdog applies.
+    pub fn rules(&self) -> myriad_broker::watchdog::Rules {
+        myriad_broker::watchdog::Rules {
+            max_deviation: self.max_deviation,
+            slack: self.slack,
+            growth_checks: self.growth_checks,
+            growth_min_bytes: self.growth_min_mib.saturating_mul(1024 * 1024),
+        }
+    }
+}
+
+/// The `[tracing]` table. Off by default: without `otlp_endpoint` no span
+/// is exported and MQTT messages pass untouched.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/HTTP collector base URL, e.g. `http://127.0.0.1:4318` (spans go
+    /// to `{endpoint}/v1/traces`). Unset: tracing export is off.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction (0 to 1) of messages without a `traceparent` that start a
+    /// sampled trace. Messages with one follow its sampled flag.
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: None,
+            sample_ratio: 0.0,
+            service_name: "myriad".to_string(),
+        }
+    }
 }
 
 /// The `[auth]` table. Devices and application clients registered through
@@ -157,6 +266,27 @@ impl Config {
         if config.api.token.as_deref().is_some_and(|t| t.len() < 16) {
             bail!("invalid value for api.token: use at least 16 characters");
         }
+        if let Some(filter) = &config.log.filter
+            && let Err(error) = tracing_subscriber::EnvFilter::try_new(filter)
+        {
+            bail!("invalid value for log.filter: {error}");
+        }
+        let ratio = config.tracing.sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            bail!("invalid value for tracing.sample_ratio: between 0 and 1");
+        }
+        if let Some(endpoint) = &config.tracing.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            bail!("invalid value for tracing.otlp_endpoint: an http:// or https:// URL");
+        }
+        if config.watchdog.interval_secs == 0 {
+            bail!("invalid value for watchdog.interval_secs: at least 1");
+        }
+        let deviation = config.watchdog.max_deviation;
+        if !(deviation > 0.0 && deviation <= 1.0) {
+            bail!("invalid value for watchdog.max_deviation: above 0, at most 1");
+        }
         if let Err(problem) = config.commands.validate() {
             bail!("invalid value for commands.{problem}");
         }
@@ -262,6 +392,46 @@ mod tests {
         assert_eq!(config.runtime.threads, 0);
         let error = Config::parse("[runtime]\nworkers = 2\n").expect_err("unknown key");
         assert!(format!("{error:#}").contains("workers"), "{error:#}");
+    }
+
+    #[test]
+    fn observability_sections() {
+        let config = Config::parse("").expect("empty");
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert!(!config.metrics.require_token);
+        assert!(config.watchdog.enabled);
+        assert_eq!(
+            config.watchdog.rules(),
+            myriad_broker::watchdog::Rules::default()
+        );
+        assert_eq!(config.tracing.otlp_endpoint, None);
+        let config = Config::parse(
+            "[log]\nformat = \"json\"\n[metrics]\nrequire_token = true\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.25\n[watchdog]\ninterval_secs = 5\n",
+        )
+        .expect("valid");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert!(config.metrics.require_token);
+        assert_eq!(config.tracing.sample_ratio, 0.25);
+        assert_eq!(config.watchdog.interval_secs, 5);
+        for (text, key) in [
+            ("[log]\nformat = \"xml\"\n", "format"),
+            ("[tracing]\nsample_ratio = 1.5\n", "tracing.sample_ratio"),
+            (
+                "[tracing]\notlp_endpoint = \"127.0.0.1:4317\"\n",
+                "tracing.otlp_endpoint",
+            ),
+            ("[tracing]\nendpoint = \"x\"\n", "endpoint"),
+            ("[watchdog]\ninterval_secs = 0\n", "watchdog.interval_secs"),
+            (
+                "[watchdog]\nmax_deviation = 0.0\n",
+                "watchdog.max_deviation",
+            ),
+            ("[metrics]\ntoken = true\n", "token"),
+            ("[log]\nfilter = \"info,[\"\n", "log.filter"),
+        ] {
+            let error = Config::parse(text).expect_err(text);
+            assert!(format!("{error:#}").contains(key), "{text}: {error:#}");
+        }
     }
 
     #[test]

@@ -2,13 +2,16 @@
 
 mod config;
 mod ctl;
+mod observe;
 mod platform;
 mod serve;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+use config::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,25 +20,12 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "An open IoT device platform: MQTT broker and device layer"
 )]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "MYRIAD_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    /// Log format on stderr: `text` (default) or `json` lines; for
+    /// `serve` it overrides the config's `log.format`.
+    #[arg(long, global = true, value_enum, env = "MYRIAD_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +56,8 @@ pub struct ServeArgs {
 }
 
 /// jemalloc: size classes keep small per-connection allocations dense, and
-/// aligned allocations (tokio's task cells) cost no padding chunks.
+/// aligned allocations (tokio's task cells) cost no padding chunks. Its
+/// statistics feed `/metrics` and the leak watchdog.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -79,22 +70,17 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let format = cli.log_format;
     match cli.command {
-        Command::Serve(args) => serve::run(args),
-        Command::Sim(args) => Ok(myriad_sim::run(args)?),
-        Command::Ctl(args) => ctl::run(args),
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MYRIAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // Serve sets logging up once its config is read.
+        Command::Serve(args) => serve::run(args, format),
+        Command::Sim(args) => {
+            observe::logging::init(format.unwrap_or_default(), None, None);
+            Ok(myriad_sim::run(args)?)
+        }
+        Command::Ctl(args) => {
+            observe::logging::init(format.unwrap_or_default(), None, None);
+            ctl::run(args)
+        }
     }
 }

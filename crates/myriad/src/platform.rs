@@ -121,6 +121,7 @@ impl Platform {
         let hooks = Hooks {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
+            tracer: None,
             receipts: Some(ReceiptHook {
                 prefix: "$commands/".to_string(),
                 sender: receipts_tx,

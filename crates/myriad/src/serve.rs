@@ -1,6 +1,8 @@
 //! `myriad serve`: load the config, bind the listeners, run until a signal.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
@@ -8,13 +10,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::ServeArgs;
-use crate::config::{CommitMode, Config, StoreBackend, StoreConfig};
+use crate::config::{CommitMode, Config, LogFormat, StoreBackend, StoreConfig};
+use crate::observe;
 use crate::platform::Platform;
 use myriad_broker::shell::{CommitPolicy, Persistence};
 use myriad_store::{EmbeddedOptions, EmbeddedStore};
 
-/// Runs `myriad serve` until a signal stops it.
-pub fn run(args: ServeArgs) -> Result<()> {
+/// Runs `myriad serve` until a signal stops it; `log_format` (the
+/// command line's) overrides the config's.
+pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -28,6 +32,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(api_listen) = args.api_listen {
         config.api.listen = api_listen;
     }
+    // Built before the async runtime: the OTLP HTTP client blocks.
+    let otel = observe::otel::provider(&config.tracing)?;
+    observe::logging::init(
+        log_format.unwrap_or(config.log.format),
+        config.log.filter.as_deref(),
+        otel.as_ref(),
+    );
+    let prometheus = observe::metrics::install()?;
     let persistence = open_store(&config.store)?;
     let runtime = match config.runtime.threads {
         // One event loop handles sockets in the order they became ready, so
@@ -45,7 +57,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .build(),
     }
     .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let tracer = otel.as_ref().map(|provider| {
+        Arc::new(observe::otel::OtelPublishTracer::new(provider))
+            as Arc<dyn myriad_broker::trace::PublishTracer>
+    });
+    let outcome = runtime.block_on(async move {
         // Handlers are in place before anyone learns the server is up, so a
         // signal sent right after the listening line still shuts down cleanly.
         let signals = Signals::register()?;
@@ -58,7 +74,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
         let mut stdout = std::io::stdout();
         let (handle, events) = myriad_broker::shell::channel();
-        let (platform, hooks) = Platform::start(&config, &handle)?;
+        let (platform, mut hooks) = Platform::start(&config, &handle)?;
+        hooks.tracer = tracer;
+        tokio::spawn(observe::metrics::upkeep(prometheus.clone()));
+        observe::spawn_watchdog(&config.watchdog, &handle, &shutdown);
+        let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;
             let api_listener = TcpListener::bind(&config.api.listen)
@@ -67,12 +87,30 @@ pub fn run(args: ServeArgs) -> Result<()> {
             let api_address = api_listener.local_addr()?;
             info!(address = %api_address, "HTTP API listener bound");
             writeln!(stdout, "HTTP API listening on {api_address}")?;
-            tokio::spawn(myriad_api::serve(
-                api_listener,
+            let observer = observe::metrics::Observer::new(
+                prometheus,
+                observe::metrics::Sources {
+                    broker: handle.clone(),
+                    auth: platform.auth.clone(),
+                    presence: platform.presence.clone(),
+                    commands: platform.commands.clone(),
+                },
+                listeners_bound.clone(),
+            );
+            let router = myriad_api::observed_router(
                 platform.api_state(token),
+                Arc::new(observer),
+                myriad_api::ObserveOptions {
+                    metrics_require_token: config.metrics.require_token,
+                },
+            );
+            tokio::spawn(myriad_api::serve_router(
+                api_listener,
+                router,
                 shutdown.clone(),
             ));
         }
+        listeners_bound.store(true, Ordering::Release);
         // Last: the line scripts wait for means everything is up.
         writeln!(stdout, "MQTT listening on {address}")?;
         stdout.flush()?;
@@ -87,7 +125,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         )
         .await?;
         Ok(())
-    })
+    });
+    drop(runtime);
+    if let Some(provider) = otel
+        && let Err(error) = provider.shutdown()
+    {
+        tracing::warn!(%error, "cannot flush the last spans");
+    }
+    outcome
 }
 
 /// The operators' bearer token: `api.token`, else `MYRIAD_API_TOKEN`, else

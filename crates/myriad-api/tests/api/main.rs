@@ -6,6 +6,7 @@ mod auth;
 mod commands;
 mod devices;
 mod import;
+mod observe;
 mod openapi;
 mod presence;
 mod serve;

@@ -162,6 +162,7 @@ impl Broker {
             self.resend_inflight(now, conn, session_id);
         }
         self.pump(now, session_id);
+        self.observe.opened();
         true
     }
 
@@ -272,6 +273,7 @@ impl Broker {
         let Some(connection) = self.connections.remove(&conn) else {
             return;
         };
+        self.observe.closed(reason);
         self.unwatch_keep_alive(conn, connection.keep_alive_check);
         let session_id = connection.session;
         let Some(session) = self.sessions.get_mut(&session_id) else {

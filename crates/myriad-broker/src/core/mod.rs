@@ -8,6 +8,7 @@
 pub mod connect;
 mod keepalive;
 pub mod message;
+pub mod observe;
 pub mod persist;
 mod publish;
 pub mod receipts;
@@ -155,6 +156,8 @@ pub struct Broker {
     clock: persist::Clock,
     /// Whether [`Output::Presence`] events are produced.
     presence_events: bool,
+    /// Traffic counters and the trace-context carry.
+    observe: observe::Observe,
     /// Topic prefix of messages whose acknowledgement is reported
     /// ([`Output::Delivered`]); `None`: no receipts.
     receipt_prefix: Option<String>,
@@ -183,6 +186,7 @@ impl Broker {
             changes: Vec::new(),
             clock: persist::Clock::new(Instant::now(), persist::unix_now()),
             presence_events: false,
+            observe: observe::Observe::default(),
             receipt_prefix: None,
         }
     }

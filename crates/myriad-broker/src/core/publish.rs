@@ -69,6 +69,7 @@ impl Broker {
 
     /// Publishes a message from inside the process (device services, tests).
     pub fn publish(&mut self, now: Instant, publish: Publish) {
+        self.observe.traffic.messages_internal += 1;
         let message = Message::from_publish(publish, None, now);
         self.publish_message(now, message);
     }
@@ -79,6 +80,7 @@ impl Broker {
 
     fn handle_publish(&mut self, now: Instant, conn: ConnId, mut publish: Publish) {
         self.stats.messages_received += 1;
+        self.observe.received(&publish);
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
@@ -231,7 +233,8 @@ impl Broker {
 
     /// Stores (if retained) and routes a message to every matching
     /// subscription. Returns how many sessions it was delivered to.
-    pub(super) fn publish_message(&mut self, now: Instant, message: Message) -> usize {
+    pub(super) fn publish_message(&mut self, now: Instant, mut message: Message) -> usize {
+        self.observe.trace(&mut message);
         let message = Arc::new(message);
         if message.retain {
             self.record_retained(&message);
@@ -404,6 +407,7 @@ impl Broker {
             }
         }
         self.stats.messages_sent += 1;
+        self.observe.sent(&publish);
         self.send(conn, Packet::Publish(publish));
     }
 }

@@ -20,6 +20,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::census::{RegisteredTask, TaskGuard};
 use super::link::Link;
 use super::{Event, Shared};
 use crate::core::connect::detached;
@@ -31,8 +32,10 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Runs one connection until it closes. The handshake runs in its own
 /// allocation, freed once done; only the connected loop's state stays in the
-/// task, so an idle connection's task is as small as that loop.
+/// task, so an idle connection's task is as small as that loop. `task`
+/// counts it in the [`super::census::Census`] until it ends.
 pub(super) fn run(
+    task: TaskGuard,
     stream: TcpStream,
     peer: SocketAddr,
     conn: ConnId,
@@ -41,7 +44,7 @@ pub(super) fn run(
     shutdown: CancellationToken,
 ) -> Phased<impl Future<Output = Option<Connected>>, impl Future<Output = ()>> {
     Phased::new(
-        Box::pin(start(stream, peer, conn, shared, events, shutdown)),
+        Box::pin(start(task, stream, peer, conn, shared, events, shutdown)),
         connected,
     )
 }
@@ -53,13 +56,16 @@ pub(super) struct Connected {
     protocol: ProtocolVersion,
     link: Arc<Link>,
     buf: BytesMut,
-    max_size: usize,
+    max_size: u32,
     events: mpsc::Sender<Event>,
+    /// Counts this task, registered with its session, in the census.
+    task: RegisteredTask,
 }
 
 /// Reads and checks the CONNECT, then hands it to the core. `None` when the
 /// connection ended before that (refusals are answered here).
 async fn start(
+    task: TaskGuard,
     stream: TcpStream,
     peer: SocketAddr,
     conn: ConnId,
@@ -68,7 +74,7 @@ async fn start(
     shutdown: CancellationToken,
 ) -> Option<Connected> {
     let mut buf = BytesMut::new();
-    let max_size = shared.config.max_packet_size as usize;
+    let max_size = shared.config.max_packet_size;
     let connect = handshake(&stream, peer, &mut buf, &shared, &shutdown).await?;
     let Some(acl) = admit(&stream, peer, &connect, &shared).await else {
         linger(stream).await;
@@ -98,6 +104,7 @@ async fn start(
         buf,
         max_size,
         events,
+        task: task.register(),
     })
 }
 
@@ -109,16 +116,22 @@ async fn connected(mut c: Connected) {
 
 /// Reports how the connection ended and lingers where the server ended it.
 async fn finish(c: Connected, loss: Option<ConnectionLoss>) {
-    let peer = c.link.peer;
+    // Network connections always have a peer; logged as an address, like
+    // every other connection-level line.
+    let peer = c.link.peer.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let client_id = &c.link.client_id;
     if let Some(loss) = loss {
-        debug!(?peer, %client_id, ?loss, "connection lost");
+        debug!(%peer, %client_id, ?loss, "connection lost");
         if let Ok(permit) = c.events.reserve().await {
             permit.send(Event::Lost { conn: c.conn, loss });
         }
     } else {
-        debug!(?peer, %client_id, "connection closed by the server");
+        debug!(%peer, %client_id, "connection closed by the server");
     }
+    #[cfg(feature = "leak-test")]
+    c.task.hold_if_leaking().await;
+    // The session is done with this task: lingering is not a leak.
+    let _task = c.task.unregister();
     if loss != Some(ConnectionLoss::Network) {
         linger(c.stream).await;
     }
@@ -367,7 +380,7 @@ impl Connected {
             &mut self.buf,
             self.conn,
             self.protocol,
-            self.max_size,
+            self.max_size as usize,
             &self.events,
         )
         .await
@@ -601,7 +614,9 @@ mod tests {
             config: Default::default(),
             authenticator: None,
         });
-        let task = super::run(client, addr, 1, shared, tx, Default::default());
+        let census = std::sync::Arc::new(super::super::census::Census::default());
+        let guard = census.task();
+        let task = super::run(guard, client, addr, 1, shared, tx, Default::default());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 272, "connection task state grew to {size} bytes");
     }

@@ -6,9 +6,11 @@
 //!   the connections' [`link::Link`]s;
 //! - [`serve`] accepts connections until the shutdown token is cancelled.
 
+pub mod census;
 mod connection;
 pub mod internal;
 pub mod link;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +54,8 @@ pub(crate) enum Event {
     Lost { conn: ConnId, loss: ConnectionLoss },
     /// A message published from inside the process.
     Publish(Box<Publish>),
+    /// Asks the core for its counters and levels.
+    Snapshot(tokio::sync::oneshot::Sender<snapshot::BrokerSnapshot>),
 }
 
 /// State every connection task reads.
@@ -75,6 +79,9 @@ pub struct Hooks {
     /// Receives every session going online or offline, in order. Unbounded:
     /// the receiver must keep up (one event per connect and disconnect).
     pub lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+    /// Continues W3C traces carried by routed messages (`None`: messages
+    /// pass untouched and nothing is parsed). See [`crate::trace`].
+    pub tracer: Option<Arc<dyn crate::trace::PublishTracer>>,
     /// Receives a [`DeliveryReceipt`] whenever a client acknowledges a
     /// message under the prefix (see [`crate::core::receipts`]).
     pub receipts: Option<ReceiptHook>,
@@ -95,6 +102,7 @@ impl std::fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("authenticator", &self.authenticator.is_some())
             .field("lifecycle", &self.lifecycle.is_some())
+            .field("tracer", &self.tracer.is_some())
             .field("receipts", &self.receipts.is_some())
             .finish()
     }
@@ -143,6 +151,8 @@ pub struct BrokerHandle {
     events: mpsc::Sender<Event>,
     /// Connection ids for network and in-process clients alike.
     next_conn: Arc<AtomicU64>,
+    /// Live connection tasks.
+    census: Arc<census::Census>,
 }
 
 impl BrokerHandle {
@@ -202,6 +212,7 @@ pub fn channel() -> (BrokerHandle, EventReceiver) {
     let handle = BrokerHandle {
         events: tx,
         next_conn: Arc::new(AtomicU64::new(1)),
+        census: Arc::default(),
     };
     (handle, EventReceiver(rx))
 }
@@ -246,6 +257,7 @@ pub async fn run(
         None => (Broker::new(config.clone()), None),
     };
     broker.set_presence_events(hooks.lifecycle.is_some());
+    broker.set_tracer(hooks.tracer);
     broker.set_delivery_receipts(hooks.receipts.as_ref().map(|r| r.prefix.clone()));
     let receipts = hooks.receipts.map(|r| r.sender);
     let core_shutdown = shutdown.clone();
@@ -278,7 +290,9 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let conn = handle.next_conn_id();
+        let task = handle.census.task();
         tracker.spawn(connection::run(
+            task,
             stream,
             peer,
             conn,
@@ -320,6 +334,7 @@ async fn run_core(
         live: HashMap::new(),
         departed: HashMap::new(),
         lifecycle,
+        dropped_qos0: 0,
         shutting_down: false,
         receipts,
     };
@@ -356,7 +371,7 @@ async fn run_core(
         if let Some(persistence) = persistence.as_mut() {
             let changes = broker.take_changes();
             if !changes.is_empty()
-                && let Err(error) = persistence.store.commit(&changes)
+                && let Err(error) = snapshot::timed_commit(&mut *persistence.store, &changes)
             {
                 error!(%error, "store commit failed; stopping the broker");
                 shutdown.cancel();
@@ -425,6 +440,9 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
             broker.handle_connection_lost(now, conn, loss);
         }
         Event::Publish(publish) => broker.publish(now, *publish),
+        Event::Snapshot(reply) => {
+            let _ = reply.send(snapshot::take(broker, links));
+        }
     }
 }
 
@@ -440,7 +458,8 @@ fn dispatch(
                 if let Some(link) = links.live.get(&conn) {
                     match link.push(packet, config.max_outbound_qos0) {
                         Pushed::Queued => woken.push(link.clone()),
-                        Pushed::DroppedQos0 | Pushed::Closed => {}
+                        Pushed::DroppedQos0 => links.dropped_qos0 += 1,
+                        Pushed::Closed => {}
                     }
                 }
             }
@@ -474,6 +493,8 @@ struct Links {
     /// still need the peer address.
     departed: HashMap<ConnId, Arc<Link>>,
     lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
+    /// QoS 0 messages dropped because a connection fell too far behind.
+    dropped_qos0: u64,
     /// The server is shutting down: every connection, present and arriving,
     /// is told to say goodbye.
     shutting_down: bool,

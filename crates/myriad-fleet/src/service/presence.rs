@@ -123,6 +123,7 @@ impl PresenceService {
                     .disconnected(&device, *conn, now, disconnect_reason(*reason))?
             }
         };
+        crate::metrics::presence_changed(event.online);
         Some(event)
     }
 

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use myriad_broker::shell::{BrokerHandle, BrokerStopped, internal::InternalClient};
-use myriad_mqtt::{Publish, QoS};
+use myriad_broker::trace::trace_properties;
+use myriad_mqtt::{ByteString, Properties, Publish, QoS};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tracing::warn;
@@ -29,6 +30,9 @@ use crate::shadow::{
     GetRequest, Shadow, ShadowLimits, UpdateAccepted, UpdateRejected, UpdateRequest,
 };
 use crate::store::{FleetStore, FleetStoreError};
+
+/// One MQTT 5.0 user property (name, value).
+type UserProperty = (ByteString, ByteString);
 
 /// Why a shadow operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +93,19 @@ impl ShadowService {
         device: &DeviceId,
         request: UpdateRequest,
     ) -> Result<UpdateAccepted, ShadowServiceError> {
+        self.update_traced(device, request, &[]).await
+    }
+
+    /// [`Self::update`] for a request that carried `trace` (its W3C
+    /// `traceparent` / `tracestate` user properties): the documents it
+    /// publishes carry them too, so the trace continues through the
+    /// device layer.
+    async fn update_traced(
+        &self,
+        device: &DeviceId,
+        request: UpdateRequest,
+        trace: &[UserProperty],
+    ) -> Result<UpdateAccepted, ShadowServiceError> {
         self.require_device(device)?;
         let _turn = self.updates.lock().await;
         let mut shadow = self.load(device)?;
@@ -96,7 +113,7 @@ impl ShadowService {
             .apply_request(request, now_ms(), &self.limits)
             .map_err(ShadowServiceError::Rejected)?;
         self.save(device, &shadow)?;
-        self.announce(device, &accepted).await;
+        self.announce(device, &accepted, trace).await;
         Ok(accepted)
     }
 
@@ -137,20 +154,32 @@ impl ShadowService {
     }
 
     /// Publishes what an accepted update tells the device and applications.
-    async fn announce(&self, device: &DeviceId, accepted: &UpdateAccepted) {
+    async fn announce(&self, device: &DeviceId, accepted: &UpdateAccepted, trace: &[UserProperty]) {
         let base = format!("$shadow/{}/update", device.as_str());
         let _ = self
-            .send(&format!("{base}/accepted"), &accepted.accepted)
+            .send_traced(&format!("{base}/accepted"), &accepted.accepted, trace)
             .await;
         if let Some(delta) = &accepted.delta {
-            let _ = self.send(&format!("{base}/delta"), delta).await;
+            let _ = self
+                .send_traced(&format!("{base}/delta"), delta, trace)
+                .await;
         }
         let _ = self
-            .send(&format!("{base}/documents"), &accepted.documents)
+            .send_traced(&format!("{base}/documents"), &accepted.documents, trace)
             .await;
     }
 
-    async fn send(&self, topic: &str, body: &Value) -> Result<(), BrokerStopped> {
+    /// Publishes `body` on `topic` with the `trace` user properties.
+    async fn send_traced(
+        &self,
+        topic: &str,
+        body: &Value,
+        trace: &[UserProperty],
+    ) -> Result<(), BrokerStopped> {
+        let properties = Properties {
+            user_properties: trace.to_vec(),
+            ..Properties::default()
+        };
         self.broker
             .publish(Publish {
                 dup: false,
@@ -159,7 +188,7 @@ impl ShadowService {
                 topic: topic.into(),
                 packet_id: 0,
                 payload: Bytes::from(body.to_string()),
-                properties: Default::default(),
+                properties,
             })
             .await
     }
@@ -190,9 +219,13 @@ impl ShadowService {
         };
         let base = format!("$shadow/{id}/{action}");
         let now = now_ms();
+        let trace = trace_properties(&publish.properties.user_properties);
         let outcome = match action {
             "update" => match UpdateRequest::parse(&publish.payload, &self.limits) {
-                Ok(request) => self.update(&device, request).await.map(|_| None),
+                Ok(request) => self
+                    .update_traced(&device, request, &trace)
+                    .await
+                    .map(|_| None),
                 Err(rejected) => Err(ShadowServiceError::Rejected(rejected)),
             },
             "get" => match GetRequest::parse(&publish.payload, &self.limits) {
@@ -206,13 +239,17 @@ impl ShadowService {
         match outcome {
             // Update: accepted and delta were published by `update`.
             Ok(None) => Ok(()),
-            Ok(Some(document)) => self.send(&format!("{base}/accepted"), &document).await,
+            Ok(Some(document)) => {
+                self.send_traced(&format!("{base}/accepted"), &document, &trace)
+                    .await
+            }
             Err(error) => {
                 let body = rejection(&error, &publish.payload, now);
                 if let ShadowServiceError::Store(_) | ShadowServiceError::Corrupt { .. } = &error {
                     warn!(%error, device = id, "shadow request failed");
                 }
-                self.send(&format!("{base}/rejected"), &body).await
+                self.send_traced(&format!("{base}/rejected"), &body, &trace)
+                    .await
             }
         }
     }

@@ -401,6 +401,7 @@ impl CommandService {
         for effect in effects {
             let outcome = match effect {
                 Effect::Changed(command) => {
+                    crate::metrics::command_changed(&command);
                     let event = event_body(&command);
                     let topic = format!("$events/commands/{}/{}", command.device, command.id);
                     seq = self.log.write(command);
