@@ -156,6 +156,8 @@ pub struct Engine {
 
 /// Most finished batches kept in memory.
 const MAX_BATCHES: usize = 1_000;
+/// How often idle per-device rate limits and breakers are dropped (ms).
+const SWEEP_INTERVAL_MS: u64 = 10_000;
 
 impl Engine {
     /// An engine with no commands.
@@ -568,9 +570,18 @@ impl Engine {
         }
     }
 
-    /// The earliest time [`Engine::tick`] has work (unix ms).
+    /// The earliest time [`Engine::tick`] has work (unix ms): a timer, or
+    /// the next sweep of idle per-device limits and breakers while there
+    /// are any (a fan-out to offline devices leaves no timer but one bucket
+    /// per device).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.timers.first().map(|(at, _)| *at)
+        let timer = self.timers.first().map(|(at, _)| *at);
+        let sweep = (!self.device_limits.is_empty() || !self.device_breakers.is_empty())
+            .then_some(self.last_sweep + SWEEP_INTERVAL_MS);
+        match (timer, sweep) {
+            (Some(timer), Some(sweep)) => Some(timer.min(sweep)),
+            (timer, sweep) => timer.or(sweep),
+        }
     }
 
     /// Runs every timer due at `now`: reply timeouts, L1 resends and expiries.
@@ -586,7 +597,7 @@ impl Engine {
             }
             self.wake(&id, now, shadows, &mut effects);
         }
-        if now.saturating_sub(self.last_sweep) >= 10_000 {
+        if now.saturating_sub(self.last_sweep) >= SWEEP_INTERVAL_MS {
             self.last_sweep = now;
             self.device_limits.retain_recent(now);
             self.device_breakers.retain(|_, b| !b.is_idle(now));

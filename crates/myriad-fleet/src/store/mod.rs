@@ -79,6 +79,12 @@ impl std::fmt::Debug for FleetStore {
     }
 }
 
+/// redb's page cache for `fleet.redb`. redb keeps every page it writes in
+/// its cache (1 GiB by default), so without a smaller bound a fan-out of
+/// 100,000 commands grew the process by ~110 MiB that stayed. Reads past the
+/// cache still hit the kernel's page cache.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 impl FleetStore {
     /// Opens the store in `dir` (created if missing), in the file
     /// `dir/fleet.redb` (created if missing). Verifies the checksums of the
@@ -97,6 +103,7 @@ impl FleetStore {
         let file = FileName(path.display().to_string());
         let db = Database::builder()
             .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| file.engine(e))?;
         check_format(&db, &file)?;

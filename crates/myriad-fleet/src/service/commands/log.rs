@@ -76,6 +76,14 @@ impl CommandLog {
         lock(&self.pending).records.get(id).map(|(_, c)| c.clone())
     }
 
+    /// Waits while more than `backlog` records wait to be committed, so a
+    /// fan-out paces itself on the disk instead of queuing without bound;
+    /// false if the writer stopped.
+    pub async fn wait_backlog(&self, backlog: u64) -> bool {
+        let target = lock(&self.pending).next_seq.saturating_sub(backlog);
+        self.committed(target).await
+    }
+
     /// Waits until every record up to `seq` is committed; false if the
     /// writer stopped first.
     pub async fn committed(&self, seq: u64) -> bool {

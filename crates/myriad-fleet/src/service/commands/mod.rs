@@ -102,6 +102,9 @@ impl std::fmt::Debug for CommandService {
     }
 }
 
+/// Records a fan-out lets the command log fall behind by at most.
+const BATCH_LOG_BACKLOG: u64 = 4_096;
+
 impl CommandService {
     /// Loads the commands that were not final at the last stop and applies
     /// the restart rules (see [`crate::commands::restart`]).
@@ -275,7 +278,8 @@ impl CommandService {
     }
 
     /// Submits one command per device read from `rx`, waiting (not
-    /// refusing) when a rate limit or the in-flight cap says so.
+    /// refusing) when a rate limit or the in-flight cap says so, or while
+    /// the command log has more than [`BATCH_LOG_BACKLOG`] records to store.
     async fn dispatch_batch(
         self: Arc<Self>,
         batch: BatchId,
@@ -283,6 +287,9 @@ impl CommandService {
         mut rx: mpsc::Receiver<DeviceId>,
     ) {
         while let Some(device) = rx.recv().await {
+            if !self.log.wait_backlog(BATCH_LOG_BACKLOG).await {
+                return;
+            }
             let exists = matches!(self.store.get_device(&device), Ok(Some(_)));
             if !exists {
                 self.engine().batch_refused(&batch);
