@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use myriad_mqtt::{Connect, Packet, Publish};
+use bytes::Bytes;
+use myriad_mqtt::{ByteString, Connect, Packet, Properties, Publish, QoS};
 use myriad_store::{SessionStore, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -166,6 +167,26 @@ impl BrokerHandle {
             .send(Event::Publish(Box::new(publish)))
             .await
             .map_err(|_| BrokerStopped)
+    }
+
+    /// Publishes `payload` on `topic` at QoS 1, not retained, with
+    /// `properties`: what the platform's own services send.
+    pub async fn publish_at_least_once(
+        &self,
+        topic: ByteString,
+        payload: Bytes,
+        properties: Properties,
+    ) -> Result<(), BrokerStopped> {
+        self.publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic,
+            packet_id: 0,
+            payload,
+            properties,
+        })
+        .await
     }
 }
 

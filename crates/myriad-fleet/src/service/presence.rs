@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use myriad_broker::hooks::{Lifecycle, OfflineReason, Presence};
 use myriad_broker::shell::BrokerHandle;
-use myriad_mqtt::{ProtocolVersion, Publish, QoS};
+use myriad_mqtt::ProtocolVersion;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -223,15 +223,11 @@ async fn publish_event(
         }
     };
     broker
-        .publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: event.topic().into(),
-            packet_id: 0,
-            payload: Bytes::from(payload),
-            properties: Default::default(),
-        })
+        .publish_at_least_once(
+            event.topic().into(),
+            Bytes::from(payload),
+            Default::default(),
+        )
         .await
 }
 

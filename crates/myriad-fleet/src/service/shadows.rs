@@ -181,15 +181,7 @@ impl ShadowService {
             ..Properties::default()
         };
         self.broker
-            .publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: topic.into(),
-                packet_id: 0,
-                payload: Bytes::from(body.to_string()),
-                properties,
-            })
+            .publish_at_least_once(topic.into(), Bytes::from(body.to_string()), properties)
             .await
     }
 

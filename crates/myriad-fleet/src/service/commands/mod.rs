@@ -468,15 +468,7 @@ impl CommandService {
         properties: Properties,
     ) -> Result<(), BrokerStopped> {
         self.broker
-            .publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: topic.into(),
-                packet_id: 0,
-                payload,
-                properties,
-            })
+            .publish_at_least_once(topic.into(), payload, properties)
             .await
     }
 
