@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod embedded;
+pub mod format;
 mod memory;
 mod records;
 

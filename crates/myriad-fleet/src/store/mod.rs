@@ -58,7 +58,8 @@ pub use login::LoginRecord;
 #[cfg(doc)]
 use crate::{presence::PresenceRecord, registry::AppClient, registry::Device};
 use error::FileName;
-use tables::{FORMAT, FORMAT_KEY, META, Tables};
+use myriad_store::format::{FormatError, ensure_format};
+use tables::{FORMAT, Tables};
 
 /// The name of the database file inside the store's directory.
 pub const FILE_NAME: &str = "fleet.redb";
@@ -158,29 +159,19 @@ impl FleetStore {
 /// format of an existing one.
 fn check_format(db: &Database, file: &FileName) -> Result<(), FleetStoreError> {
     let txn = db.begin_write().map_err(|e| file.engine(e))?;
-    {
-        let mut meta = txn.open_table(META).map_err(|e| file.engine(e))?;
-        let found = meta
-            .get(FORMAT_KEY)
-            .map_err(|e| file.engine(e))?
-            .map(|v| v.value().to_vec());
-        match found.as_deref() {
-            None => {
-                meta.insert(FORMAT_KEY, [FORMAT].as_slice())
-                    .map_err(|e| file.engine(e))?;
-            }
-            Some([FORMAT]) => {}
-            Some(other) => {
-                return Err(FleetStoreError::CorruptFile {
-                    path: file.0.clone(),
-                    reason: format!(
-                        "unknown fleet store format {other:?} (this build reads [{FORMAT}])"
-                    ),
-                });
-            }
+    match ensure_format(&txn, FORMAT) {
+        Ok(()) => {}
+        Err(FormatError::Engine(e)) => return Err(file.engine(e)),
+        Err(FormatError::Unknown { found }) => {
+            return Err(FleetStoreError::CorruptFile {
+                path: file.0.clone(),
+                reason: format!(
+                    "unknown fleet store format {found:?} (this build reads [{FORMAT}])"
+                ),
+            });
         }
-        Tables::open(&txn, file)?;
     }
+    Tables::open(&txn, file)?;
     txn.commit().map_err(|e| file.engine(e))
 }
 

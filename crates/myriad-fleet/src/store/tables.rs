@@ -9,8 +9,6 @@ use super::error::{FileName, FleetStoreError};
 /// Raw key to raw value.
 pub(super) type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
-/// Format of the file as a whole: `FORMAT_KEY` -> `[FORMAT]`.
-pub(super) const META: Def = TableDefinition::new("meta");
 /// Device id -> device.
 pub(super) const DEVICES: Def = TableDefinition::new("devices");
 /// App id -> app client.
@@ -31,15 +29,13 @@ pub(super) const CREDENTIALS_NAME: &str = "credentials";
 /// See [`DEVICES_NAME`].
 pub(super) const PRESENCE_NAME: &str = "presence";
 
-/// Key of the file format entry in [`META`].
-pub(super) const FORMAT_KEY: &[u8] = b"format";
-/// The layout this build writes and reads.
+/// The layout this build writes and reads (checked by `myriad_store::format`).
 pub(super) const FORMAT: u8 = 1;
 
 /// A raw table open for writing.
 pub(super) type RawTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
 
-/// Every table but [`META`], open for writing in one transaction.
+/// Every table but `meta` (see `myriad_store::format`), open for writing in one transaction.
 pub(super) struct Tables<'txn> {
     pub(super) devices: RawTable<'txn>,
     pub(super) apps: RawTable<'txn>,

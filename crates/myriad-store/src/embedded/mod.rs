@@ -82,12 +82,13 @@ mod wire;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, Durability};
 
+use crate::format::FormatError;
 use crate::records::{Change, Snapshot};
 use crate::{SessionStore, StoreError};
 use errors::FileName;
-use tables::{FORMAT, FORMAT_KEY, META, Tables};
+use tables::{FORMAT, Tables};
 
 /// The name of the database file inside the store's directory.
 pub const FILE_NAME: &str = "myriad.redb";
@@ -273,27 +274,17 @@ impl SessionStore for EmbeddedStore {
 /// format of an existing one.
 fn check_format(db: &Database, file: &FileName) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(|e| file.engine(e))?;
-    {
-        let mut meta = txn.open_table(META).map_err(|e| file.engine(e))?;
-        let found = meta
-            .get(FORMAT_KEY)
-            .map_err(|e| file.engine(e))?
-            .map(|v| v.value().to_vec());
-        match found.as_deref() {
-            None => {
-                meta.insert(FORMAT_KEY, [FORMAT].as_slice())
-                    .map_err(|e| file.engine(e))?;
-            }
-            Some([FORMAT]) => {}
-            Some(other) => {
-                return Err(StoreError::Corrupt {
-                    path: file.0.clone(),
-                    reason: format!("unknown store format {other:?} (this build reads [{FORMAT}])"),
-                });
-            }
+    match crate::format::ensure_format(&txn, FORMAT) {
+        Ok(()) => {}
+        Err(FormatError::Engine(e)) => return Err(file.engine(e)),
+        Err(FormatError::Unknown { found }) => {
+            return Err(StoreError::Corrupt {
+                path: file.0.clone(),
+                reason: format!("unknown store format {found:?} (this build reads [{FORMAT}])"),
+            });
         }
-        Tables::open(&txn, file)?;
     }
+    Tables::open(&txn, file)?;
     txn.commit().map_err(|e| file.engine(e))
 }
 

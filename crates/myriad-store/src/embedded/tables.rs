@@ -10,8 +10,6 @@ use crate::StoreError;
 /// Raw key to raw value.
 pub(super) type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
-/// Format of the file as a whole: `FORMAT_KEY` -> `[FORMAT]`.
-pub(super) const META: Def = TableDefinition::new("meta");
 /// Client id -> session settings.
 pub(super) const SESSIONS: Def = TableDefinition::new("sessions");
 /// (client id, filter) -> options and identifier.
@@ -25,12 +23,10 @@ pub(super) const WILLS: Def = TableDefinition::new("wills");
 /// Topic -> retained message.
 pub(super) const RETAINED: Def = TableDefinition::new("retained");
 
-/// Key of the file format entry in [`META`].
-pub(super) const FORMAT_KEY: &[u8] = b"format";
-/// The key layout this build writes and reads.
+/// The key layout this build writes and reads (checked by [`crate::format`]).
 pub(super) const FORMAT: u8 = 1;
 
-/// Every table but [`META`], open for writing in one transaction.
+/// Every table but `meta` (see `myriad_store::format`), open for writing in one transaction.
 pub(super) struct Tables<'txn> {
     pub(super) sessions: Table<'txn, &'static [u8], &'static [u8]>,
     pub(super) subscriptions: Table<'txn, &'static [u8], &'static [u8]>,
