@@ -137,6 +137,19 @@ struct Active {
     retry_at: Option<u64>,
 }
 
+impl Active {
+    /// A command just taken on: not sent, no timer, no breaker call.
+    fn new(command: Command) -> Active {
+        Active {
+            command,
+            wake_at: None,
+            in_flight: false,
+            breaker_call: false,
+            retry_at: None,
+        }
+    }
+}
+
 /// The engine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -206,16 +219,7 @@ impl Engine {
             }
             self.queues.push(&command.device, command.id.clone());
             let id = command.id.clone();
-            self.active.insert(
-                id.clone(),
-                Active {
-                    command,
-                    wake_at: None,
-                    in_flight: false,
-                    breaker_call: false,
-                    retry_at: None,
-                },
-            );
+            self.active.insert(id.clone(), Active::new(command));
             self.arm(&id, now);
         }
         effects
@@ -254,16 +258,7 @@ impl Engine {
         let id = command.id.clone();
         let accepted = command.clone();
         let mut effects = vec![Effect::Changed(command.clone())];
-        self.active.insert(
-            id.clone(),
-            Active {
-                command,
-                wake_at: None,
-                in_flight: false,
-                breaker_call: false,
-                retry_at: None,
-            },
-        );
+        self.active.insert(id.clone(), Active::new(command));
         match priority {
             Priority::L1 => {
                 let head = self.queues.push(device, id.clone());
