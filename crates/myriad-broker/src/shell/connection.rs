@@ -1,7 +1,6 @@
 //! One task per connection: read and decode, hand packets to the core, write
 //! what the core queued. Keep alive is enforced by the core.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -82,8 +81,9 @@ async fn start(
     };
     let protocol = connect.protocol;
     // Copies, so the link does not keep the CONNECT packet alive.
-    let link = Arc::new(Link::new(
-        Some(peer),
+    let link = Arc::new(Link::network(
+        peer,
+        protocol,
         detached(&connect.client_id),
         connect.username.as_ref().map(detached),
     ));
@@ -346,10 +346,9 @@ async fn serve(c: &mut Connected) -> Option<ConnectionLoss> {
                     Box::pin(goodbye).await;
                     return Some(ConnectionLoss::ServerShutdown);
                 }
-                let (packets, closing) = c.link.take();
+                let (bytes, closing) = c.link.take_bytes();
                 // Boxed: the write's state exists only while writing.
-                let write = write_packets(&c.stream, packets, c.protocol);
-                if Box::pin(write).await.is_err() {
+                if Box::pin(write_all(&c.stream, bytes)).await.is_err() {
                     return Some(ConnectionLoss::Network);
                 }
                 if closing {
@@ -550,38 +549,17 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Encodes `packets` into one buffer (a packet that cannot be encoded is skipped).
-fn encode_all<'a>(
-    packets: impl IntoIterator<Item = &'a Packet>,
-    protocol: ProtocolVersion,
-) -> BytesMut {
+/// Encodes one packet. A plain function, so the packet never sits in a task's state.
+fn encode_one(packet: Packet, protocol: ProtocolVersion) -> BytesMut {
     let mut out = BytesMut::new();
-    for packet in packets {
-        let before = out.len();
-        if let Err(error) = myriad_mqtt::encode(packet, protocol, &mut out) {
-            out.truncate(before);
-            debug!(%error, "dropping a packet that cannot be encoded");
-        }
+    if let Err(error) = myriad_mqtt::encode(&packet, protocol, &mut out) {
+        debug!(%error, "dropping a packet that cannot be encoded");
+        out.clear();
     }
     out
 }
 
-/// Encodes `packets` into one buffer and writes it with as few syscalls as the socket allows.
-async fn write_packets(
-    stream: &TcpStream,
-    packets: VecDeque<Packet>,
-    protocol: ProtocolVersion,
-) -> io::Result<()> {
-    let out = encode_all(&packets, protocol);
-    drop(packets);
-    write_all(stream, out).await
-}
-
-/// Encodes one packet. A plain function, so the packet never sits in a task's state.
-fn encode_one(packet: Packet, protocol: ProtocolVersion) -> BytesMut {
-    encode_all([&packet], protocol)
-}
-
+/// Writes `out` with as few syscalls as the socket allows.
 async fn write_all(stream: &TcpStream, out: BytesMut) -> io::Result<()> {
     let mut written = 0;
     while written < out.len() {

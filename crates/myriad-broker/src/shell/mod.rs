@@ -15,6 +15,7 @@ pub mod snapshot;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -359,7 +360,7 @@ async fn run_core(
         shutting_down: false,
         receipts,
     };
-    let mut woken: Vec<Arc<Link>> = Vec::new();
+    let mut woken: Vec<Waker> = Vec::new();
     loop {
         let deadline = broker.next_timeout();
         tokio::select! {
@@ -467,27 +468,21 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
     }
 }
 
-fn dispatch(
-    broker: &mut Broker,
-    links: &mut Links,
-    woken: &mut Vec<Arc<Link>>,
-    config: &BrokerConfig,
-) {
+fn dispatch(broker: &mut Broker, links: &mut Links, woken: &mut Vec<Waker>, config: &BrokerConfig) {
     while let Some(output) = broker.poll_output() {
         match output {
             Output::Send(conn, packet) => {
                 if let Some(link) = links.live.get(&conn) {
                     match link.push(packet, config.max_outbound_qos0) {
-                        Pushed::Queued => woken.push(link.clone()),
+                        Pushed::Queued(waker) => woken.extend(waker),
                         Pushed::DroppedQos0 => links.dropped_qos0 += 1,
-                        Pushed::Closed => {}
+                        Pushed::Added | Pushed::Closed => {}
                     }
                 }
             }
             Output::Close(conn) => {
                 if let Some(link) = links.depart(conn) {
-                    link.close();
-                    woken.push(link);
+                    woken.extend(link.close());
                 }
             }
             Output::Presence(presence) => links.announce(presence),
@@ -501,8 +496,9 @@ fn dispatch(
         }
     }
     links.departed.clear();
-    for link in woken.drain(..) {
-        link.wake();
+    // Woken after the whole batch is queued, so each task writes it in one go.
+    for waker in woken.drain(..) {
+        waker.wake();
     }
 }
 
