@@ -125,6 +125,8 @@ pub enum Presence {
         protocol: ProtocolVersion,
         /// Whether an existing session was resumed.
         session_present: bool,
+        /// The user name given at CONNECT.
+        username: Option<ByteString>,
     },
     /// The connection of `client_id` ended.
     Offline {
@@ -154,6 +156,4 @@ pub struct Lifecycle {
     pub presence: Presence,
     /// The connection's peer address (`None` for in-process clients).
     pub peer: Option<SocketAddr>,
-    /// The user name given at CONNECT.
-    pub username: Option<ByteString>,
 }

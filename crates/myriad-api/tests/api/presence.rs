@@ -17,9 +17,9 @@ fn connect(h: &Harness, id: &str, conn: u64) {
             keep_alive: 30,
             protocol: ProtocolVersion::V5,
             session_present: false,
+            username: Some(ByteString::from(id)),
         },
         peer: Some("127.0.0.1:40000".parse().expect("address")),
-        username: Some(ByteString::from(id)),
     });
     assert!(event.is_some(), "{id} is registered");
 }

@@ -156,6 +156,7 @@ impl Broker {
                 keep_alive,
                 protocol: connect.protocol,
                 session_present,
+                username: connect.username.clone(),
             }));
         }
         if session_present {

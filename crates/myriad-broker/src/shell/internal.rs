@@ -39,7 +39,7 @@ impl BrokerHandle {
     pub async fn connect_internal(&self, name: &str) -> Result<InternalClient, BrokerStopped> {
         let conn = self.next_conn_id();
         let client_id: ByteString = format!("{RESERVED_CLIENT_ID_PREFIX}{name}").into();
-        let link = Arc::new(Link::internal(client_id.clone()));
+        let link = Arc::new(Link::internal(conn, client_id.clone()));
         let properties = Properties {
             receive_maximum: Some(u16::MAX),
             ..Properties::default()

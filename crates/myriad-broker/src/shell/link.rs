@@ -12,22 +12,21 @@
 //! connection task only writes. An in-process client's outbox holds packets.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV6};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use myriad_mqtt::{ByteString, Packet, ProtocolVersion, QoS};
+
+use crate::ConnId;
 use tracing::debug;
 
 /// What is waiting to go out.
 #[derive(Debug)]
 enum Outbox {
-    /// Encoded packets for a network connection speaking `protocol`.
-    Wire {
-        bytes: BytesMut,
-        protocol: ProtocolVersion,
-    },
+    /// Encoded packets for a network connection.
+    Wire { bytes: BytesMut },
     /// Packets for an in-process client.
     Packets(VecDeque<Packet>),
 }
@@ -47,16 +46,49 @@ struct Pending {
     waker: Option<Waker>,
 }
 
-/// One connection's outbound mailbox.
+/// One connection's outbound mailbox, and what the connection task and the
+/// core task both need to know about it (kept here rather than in the
+/// connection task, whose state every idle connection pays for in full).
 #[derive(Debug)]
 pub struct Link {
     pending: Mutex<Pending>,
-    /// Who is on the other end, for lifecycle events.
-    pub(crate) peer: Option<SocketAddr>,
+    /// Who is on the other end, for lifecycle events and log lines.
+    peer: Peer,
     /// The client identifier given at CONNECT (for log lines).
     pub(crate) client_id: ByteString,
-    /// The user name given at CONNECT.
-    pub(crate) username: Option<ByteString>,
+    /// The connection's identifier in the core.
+    pub(crate) conn: ConnId,
+    /// The protocol version the client speaks.
+    pub(crate) protocol: ProtocolVersion,
+}
+
+/// A peer address in 16 bytes instead of 32: IPv4 inline, IPv6 boxed.
+#[derive(Debug)]
+enum Peer {
+    InProcess,
+    V4 { ip: [u8; 4], port: u16 },
+    V6(Box<SocketAddrV6>),
+}
+
+impl Peer {
+    fn new(peer: Option<SocketAddr>) -> Peer {
+        match peer {
+            None => Peer::InProcess,
+            Some(SocketAddr::V4(v4)) => Peer::V4 {
+                ip: v4.ip().octets(),
+                port: v4.port(),
+            },
+            Some(SocketAddr::V6(v6)) => Peer::V6(Box::new(v6)),
+        }
+    }
+
+    fn get(&self) -> Option<SocketAddr> {
+        match self {
+            Peer::InProcess => None,
+            Peer::V4 { ip, port } => Some(SocketAddr::from((*ip, *port))),
+            Peer::V6(v6) => Some(SocketAddr::V6(**v6)),
+        }
+    }
 }
 
 /// What a push did.
@@ -75,31 +107,33 @@ pub enum Pushed {
 }
 
 impl Link {
-    /// A mailbox for a network connection from `peer` speaking `protocol`,
-    /// whose client gave `client_id` and `username`.
+    /// A mailbox for network connection `conn` from `peer` speaking
+    /// `protocol`, whose client gave `client_id`.
     pub fn network(
+        conn: ConnId,
         peer: SocketAddr,
         protocol: ProtocolVersion,
         client_id: ByteString,
-        username: Option<ByteString>,
     ) -> Link {
         let outbox = Outbox::Wire {
             bytes: BytesMut::new(),
-            protocol,
         };
-        Link::with(outbox, Some(peer), client_id, username)
+        Link::with(outbox, conn, Some(peer), protocol, client_id)
     }
 
-    /// A mailbox for an in-process client: packets are handed over as they are.
-    pub fn internal(client_id: ByteString) -> Link {
-        Link::with(Outbox::Packets(VecDeque::new()), None, client_id, None)
+    /// A mailbox for in-process client `conn` (MQTT 5.0): packets are
+    /// handed over as they are.
+    pub fn internal(conn: ConnId, client_id: ByteString) -> Link {
+        let outbox = Outbox::Packets(VecDeque::new());
+        Link::with(outbox, conn, None, ProtocolVersion::V5, client_id)
     }
 
     fn with(
         outbox: Outbox,
+        conn: ConnId,
         peer: Option<SocketAddr>,
+        protocol: ProtocolVersion,
         client_id: ByteString,
-        username: Option<ByteString>,
     ) -> Link {
         let pending = Pending {
             outbox,
@@ -111,10 +145,16 @@ impl Link {
         };
         Link {
             pending: Mutex::new(pending),
-            peer,
+            peer: Peer::new(peer),
             client_id,
-            username,
+            conn,
+            protocol,
         }
+    }
+
+    /// Who is on the other end (`None`: an in-process client).
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -139,9 +179,9 @@ impl Link {
             pending.qos0_publishes += 1;
         }
         match &mut pending.outbox {
-            Outbox::Wire { bytes, protocol } => {
+            Outbox::Wire { bytes } => {
                 let before = bytes.len();
-                if let Err(error) = myriad_mqtt::encode(&packet, *protocol, bytes) {
+                if let Err(error) = myriad_mqtt::encode(&packet, self.protocol, bytes) {
                     bytes.truncate(before);
                     debug!(%error, "dropping a packet that cannot be encoded");
                 }
@@ -212,7 +252,7 @@ impl Link {
         let mut pending = self.lock();
         pending.qos0_publishes = 0;
         let bytes = match &mut pending.outbox {
-            Outbox::Wire { bytes, .. } => std::mem::take(bytes),
+            Outbox::Wire { bytes } => std::mem::take(bytes),
             Outbox::Packets(_) => BytesMut::new(),
         };
         (bytes, pending.closing)
@@ -250,10 +290,10 @@ mod tests {
 
     fn link() -> Link {
         Link::network(
+            1,
             SocketAddr::from(([127, 0, 0, 1], 1)),
             ProtocolVersion::V311,
             "c".into(),
-            None,
         )
     }
 
@@ -320,8 +360,25 @@ mod tests {
     }
 
     #[test]
+    fn peer_addresses_come_back_as_given() {
+        let v6: SocketAddr = "[::1]:1883".parse().expect("address");
+        let v4: SocketAddr = "10.1.2.3:40000".parse().expect("address");
+        for peer in [v4, v6] {
+            assert_eq!(
+                Link::network(1, peer, ProtocolVersion::V5, "c".into()).peer(),
+                Some(peer)
+            );
+        }
+        assert_eq!(Link::internal(1, "c".into()).peer(), None);
+        assert!(
+            std::mem::size_of::<Link>() <= 144,
+            "a link fits jemalloc's 160-byte class with its counts"
+        );
+    }
+
+    #[test]
     fn internal_links_keep_packets() {
-        let link = Link::internal("$myriad/x".into());
+        let link = Link::internal(1, "$myriad/x".into());
         link.push(publish(QoS::AtLeastOnce), 8);
         let (packets, _) = link.take_packets();
         assert_eq!(packets.len(), 1);

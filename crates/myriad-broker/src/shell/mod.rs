@@ -65,6 +65,8 @@ pub(crate) enum Event {
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+    /// Where connection tasks send what they read.
+    pub(crate) events: mpsc::Sender<Event>,
 }
 
 impl std::fmt::Debug for dyn Authenticator {
@@ -259,6 +261,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         config: config.clone(),
         authenticator: hooks.authenticator,
+        events: handle.events.clone(),
     });
     let (mut broker, persistence) = match persistence {
         Some(mut persistence) => {
@@ -319,7 +322,6 @@ pub async fn run(
             peer,
             conn,
             shared.clone(),
-            handle.events.clone(),
             shutdown.clone(),
         ));
     }
@@ -545,8 +547,7 @@ impl Links {
         let conn = presence.conn();
         let link = self.live.get(&conn).or_else(|| self.departed.get(&conn));
         let event = Lifecycle {
-            peer: link.and_then(|l| l.peer),
-            username: link.and_then(|l| l.username.clone()),
+            peer: link.and_then(|l| l.peer()),
             presence,
         };
         if lifecycle.send(event).is_err() {

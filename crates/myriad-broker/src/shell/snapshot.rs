@@ -39,7 +39,7 @@ pub(super) fn take(broker: &Broker, links: &Links) -> BrokerSnapshot {
         stats: broker.stats(),
         traffic: broker.traffic(),
         levels: broker.levels(),
-        network_sessions: links.live.values().filter(|l| l.peer.is_some()).count() as u64,
+        network_sessions: links.live.values().filter(|l| l.peer().is_some()).count() as u64,
         dropped_qos0_slow: links.dropped_qos0,
     }
 }

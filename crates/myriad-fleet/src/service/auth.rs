@@ -84,6 +84,8 @@ pub struct AuthStats {
 pub struct FleetAuthenticator {
     store: Arc<FleetStore>,
     allow_anonymous: bool,
+    /// The one ACL every anonymous connection shares (no allocation each).
+    anonymous: Arc<AnonymousAcl>,
     state: Mutex<AuthState>,
 }
 
@@ -105,6 +107,7 @@ impl FleetAuthenticator {
         FleetAuthenticator {
             store,
             allow_anonymous,
+            anonymous: Arc::new(AnonymousAcl),
             state: Mutex::new(AuthState {
                 cache,
                 throttle: LoginThrottle::new(throttle),
@@ -130,7 +133,7 @@ impl FleetAuthenticator {
     async fn decide(&self, info: ConnectInfo<'_>) -> AuthDecision {
         let Some(username) = info.username else {
             return if self.allow_anonymous {
-                AuthDecision::Allow(Some(Arc::new(AnonymousAcl)))
+                AuthDecision::Allow(Some(self.anonymous.clone()))
             } else {
                 AuthDecision::Deny(ReasonCode::NotAuthorized)
             };
@@ -207,7 +210,7 @@ impl FleetAuthenticator {
     /// file would); otherwise it is a failed login.
     fn unknown(&self, username: &str, ip: Option<IpAddr>, now: u64) -> AuthDecision {
         if self.allow_anonymous {
-            return AuthDecision::Allow(Some(Arc::new(AnonymousAcl)));
+            return AuthDecision::Allow(Some(self.anonymous.clone()));
         }
         self.failed(username, ip, now)
     }
