@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use myriad_mqtt::{ByteString, Connect, Packet, Properties, Publish, QoS};
+use myriad_mqtt::{ByteString, Connect, Packet, PacketProperties, Publish, QoS};
 use myriad_store::{SessionStore, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -175,7 +175,7 @@ impl BrokerHandle {
         &self,
         topic: ByteString,
         payload: Bytes,
-        properties: Properties,
+        properties: PacketProperties,
     ) -> Result<(), BrokerStopped> {
         self.publish(Publish {
             dup: false,
