@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use myriad_broker::{Broker, BrokerConfig};
-use myriad_mqtt::{Properties, QoS, SubscriptionOptions};
+use myriad_mqtt::{PacketProperties, QoS, SubscriptionOptions};
 use myriad_store::{
     Change, EmbeddedOptions, EmbeddedStore, MessageRecord, OutboundRecord, OutboundState,
     SessionRecord, SessionStore, SubscriptionRecord,
@@ -79,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             payload: payload.clone(),
                             qos: QoS::AtLeastOnce,
                             retain: false,
-                            properties: Properties::default(),
+                            properties: PacketProperties::new(),
                             expires_at: None,
                         }),
                     },

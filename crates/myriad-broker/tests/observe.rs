@@ -75,7 +75,7 @@ fn publish_with(topic: &str, qos: QoS, payload: &'static [u8], props: Properties
         topic: topic.into(),
         packet_id: if qos == QoS::AtMostOnce { 0 } else { 7 },
         payload: Bytes::from_static(payload),
-        properties: props,
+        properties: props.into(),
     })
 }
 

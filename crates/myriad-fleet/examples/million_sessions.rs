@@ -25,7 +25,7 @@ use myriad_broker::{Broker, BrokerConfig, Output};
 use myriad_fleet::presence::{ConnectInfo, DisconnectReason, PresenceTracker};
 use myriad_fleet::registry::DeviceId;
 use myriad_mqtt::{
-    Connect, Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions,
+    Connect, Packet, PacketProperties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions,
     SubscriptionRequest,
 };
 
@@ -131,7 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             will: None,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         };
         broker.handle_connect(start, conn, connect);
         let subscribe = Subscribe {
@@ -143,7 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ..SubscriptionOptions::default()
                 },
             }],
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         };
         broker.handle_packet(start, conn, Packet::Subscribe(subscribe));
         transport.drain(&mut broker);

@@ -33,7 +33,7 @@ pub use packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish, PublishAck, SubAck, Subscribe,
     SubscriptionRequest, UnsubAck, Unsubscribe, Will,
 };
-pub use properties::{Properties, PropertyContext, PropertyId};
+pub use properties::{PacketProperties, Properties, PropertyContext, PropertyId};
 pub use reason::ReasonCode;
 pub use types::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 

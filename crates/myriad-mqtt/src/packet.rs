@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::{Properties, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use crate::{PacketProperties, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 
 /// The fifteen control packet types (the high nibble of the fixed header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,7 +129,7 @@ pub struct Connect {
     /// Password, if any.
     pub password: Option<Bytes>,
     /// CONNECT properties (5.0).
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 /// The will message carried in CONNECT.
@@ -144,7 +144,7 @@ pub struct Will {
     /// Whether the will is retained.
     pub retain: bool,
     /// Will properties (5.0).
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 /// CONNACK: the server's answer to CONNECT.
@@ -155,7 +155,7 @@ pub struct ConnAck {
     /// Result; on 3.1.1 mapped to the nearest return code.
     pub reason_code: ReasonCode,
     /// CONNACK properties (5.0).
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 /// PUBLISH: an application message.
@@ -174,7 +174,7 @@ pub struct Publish {
     /// Message body.
     pub payload: Bytes,
     /// PUBLISH properties (5.0).
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share this shape.
@@ -185,7 +185,7 @@ pub struct PublishAck {
     /// Result (5.0); Success on 3.1.1.
     pub reason_code: ReasonCode,
     /// Properties (5.0): reason string and user properties.
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 impl PublishAck {
@@ -194,7 +194,7 @@ impl PublishAck {
         PublishAck {
             packet_id,
             reason_code: ReasonCode::Success,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }
     }
 }
@@ -216,7 +216,7 @@ pub struct Subscribe {
     /// At least one filter.
     pub filters: Vec<SubscriptionRequest>,
     /// Properties (5.0): subscription identifier and user properties.
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 /// SUBACK.
@@ -227,7 +227,7 @@ pub struct SubAck {
     /// One code per filter, in order (3.1.1: 0, 1, 2 or 0x80).
     pub reason_codes: Vec<ReasonCode>,
     /// Properties (5.0).
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 /// UNSUBSCRIBE.
@@ -238,7 +238,7 @@ pub struct Unsubscribe {
     /// At least one filter.
     pub filters: Vec<ByteString>,
     /// Properties (5.0): user properties.
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 /// UNSUBACK.
@@ -249,7 +249,7 @@ pub struct UnsubAck {
     /// One code per filter (5.0); empty on 3.1.1.
     pub reason_codes: Vec<ReasonCode>,
     /// Properties (5.0).
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 /// DISCONNECT.
@@ -258,7 +258,7 @@ pub struct Disconnect {
     /// Reason (5.0); Success (normal disconnection) on 3.1.1.
     pub reason_code: ReasonCode,
     /// Properties (5.0).
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 impl Disconnect {
@@ -266,7 +266,7 @@ impl Disconnect {
     pub fn new(reason_code: ReasonCode) -> Disconnect {
         Disconnect {
             reason_code,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }
     }
 }
@@ -277,5 +277,28 @@ pub struct Auth {
     /// Success, Continue authentication or Re-authenticate.
     pub reason_code: ReasonCode,
     /// Properties: authentication method and data, reason string, user properties.
-    pub properties: Properties,
+    pub properties: PacketProperties,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PacketProperties;
+
+    /// Packets are moved through channels and queues on every delivery: keep
+    /// them small. Properties live out of line ([`PacketProperties`]) for this.
+    #[test]
+    fn packets_stay_small() {
+        assert!(size_of::<PacketProperties>() <= 8);
+        assert!(
+            size_of::<Publish>() <= 80,
+            "Publish is {}",
+            size_of::<Publish>()
+        );
+        assert!(
+            size_of::<Packet>() <= 80,
+            "Packet is {}",
+            size_of::<Packet>()
+        );
+    }
 }

@@ -5,6 +5,13 @@
 //! may carry is checked by the decoder ([`PropertyId::allowed_in`]); an
 //! encoder writes every field that is set. On 3.1.1 properties are neither
 //! read nor written.
+//!
+//! Packets (and wills) hold their properties through [`PacketProperties`],
+//! which keeps them out of line and allocates only when there are some: most
+//! packets carry none, and a `Properties` value is several hundred bytes.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -211,9 +218,239 @@ pub struct Properties {
     pub shared_subscription_available: Option<bool>,
 }
 
+/// The properties of a packet without any, shared by every unset [`PacketProperties`].
+static EMPTY: Properties = Properties::new();
+
 impl Properties {
+    /// Properties with nothing set; the same as `Properties::default()`, usable in `const`.
+    pub const fn new() -> Properties {
+        Properties {
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            subscription_identifiers: Vec::new(),
+            session_expiry_interval: None,
+            assigned_client_identifier: None,
+            server_keep_alive: None,
+            authentication_method: None,
+            authentication_data: None,
+            request_problem_information: None,
+            will_delay_interval: None,
+            request_response_information: None,
+            response_information: None,
+            server_reference: None,
+            reason_string: None,
+            receive_maximum: None,
+            topic_alias_maximum: None,
+            topic_alias: None,
+            maximum_qos: None,
+            retain_available: None,
+            user_properties: Vec::new(),
+            maximum_packet_size: None,
+            wildcard_subscription_available: None,
+            subscription_identifier_available: None,
+            shared_subscription_available: None,
+        }
+    }
+
     /// True when no property is set.
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        *self == EMPTY
+    }
+}
+
+/// The properties of a packet or a will, stored out of line.
+///
+/// Unset by default, without an allocation; reading through it (it
+/// dereferences to [`Properties`]) then sees empty properties. The first
+/// mutable access allocates, so `publish.properties.topic_alias = Some(3)`
+/// works as it would on a plain `Properties`. Equality compares the
+/// properties themselves: unset equals set-but-empty.
+#[derive(Clone, Default)]
+pub struct PacketProperties(Option<Box<Properties>>);
+
+impl PacketProperties {
+    /// Unset properties, without an allocation.
+    pub const fn new() -> PacketProperties {
+        PacketProperties(None)
+    }
+
+    /// True when no property is set (whether or not storage was allocated).
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(Properties::is_empty)
+    }
+
+    /// The stored properties; `None` when unset (nothing allocated).
+    ///
+    /// A `Some` may still be empty; use [`PacketProperties::is_empty`] to
+    /// ask whether any property is set.
+    pub fn get(&self) -> Option<&Properties> {
+        self.0.as_deref()
+    }
+
+    /// The stored properties, mutably, without allocating; `None` when unset.
+    pub fn get_mut(&mut self) -> Option<&mut Properties> {
+        self.0.as_deref_mut()
+    }
+
+    /// Frees the storage if no property is set, so that clones allocate nothing.
+    pub fn shrink(&mut self) {
+        if self.0.as_deref().is_some_and(Properties::is_empty) {
+            self.0 = None;
+        }
+    }
+
+    /// The properties by value; empty when unset.
+    pub fn into_inner(self) -> Properties {
+        self.0.map_or_else(Properties::new, |boxed| *boxed)
+    }
+
+    /// Takes the properties out, leaving these unset.
+    pub fn take(&mut self) -> Properties {
+        std::mem::take(self).into_inner()
+    }
+}
+
+impl Deref for PacketProperties {
+    type Target = Properties;
+
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl DerefMut for PacketProperties {
+    /// Allocates empty properties on first use.
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl From<Properties> for PacketProperties {
+    /// Stays unallocated when `properties` is empty.
+    fn from(properties: Properties) -> PacketProperties {
+        if properties.is_empty() {
+            PacketProperties(None)
+        } else {
+            PacketProperties(Some(Box::new(properties)))
+        }
+    }
+}
+
+impl From<PacketProperties> for Properties {
+    fn from(properties: PacketProperties) -> Properties {
+        properties.into_inner()
+    }
+}
+
+impl fmt::Debug for PacketProperties {
+    /// Formats as the [`Properties`] it stands for.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for PacketProperties {
+    fn eq(&self, other: &PacketProperties) -> bool {
+        match (self.0.as_deref(), other.0.as_deref()) {
+            (None, None) => true,
+            _ => **self == **other,
+        }
+    }
+}
+
+impl Eq for PacketProperties {}
+
+impl PartialEq<Properties> for PacketProperties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<PacketProperties> for Properties {
+    fn eq(&self, other: &PacketProperties) -> bool {
+        *self == **other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn const_new_is_default() {
+        assert_eq!(Properties::new(), Properties::default());
+        assert!(Properties::new().is_empty());
+    }
+
+    #[test]
+    fn unset_reads_as_empty_without_allocating() {
+        let props = PacketProperties::default();
+        assert!(props.get().is_none());
+        assert!(props.is_empty());
+        assert!(props.user_properties.is_empty());
+        assert_eq!(props.topic_alias, None);
+        assert!(props.clone().get().is_none());
+    }
+
+    #[test]
+    fn mutable_access_allocates() {
+        let mut props = PacketProperties::new();
+        props.topic_alias = Some(3);
+        assert_eq!(props.get().and_then(|p| p.topic_alias), Some(3));
+        assert!(!props.is_empty());
+        assert_eq!(props.clone(), props);
+    }
+
+    #[test]
+    fn from_empty_properties_stays_unset() {
+        assert!(
+            PacketProperties::from(Properties::default())
+                .get()
+                .is_none()
+        );
+        let set = Properties {
+            reason_string: Some("r".into()),
+            ..Properties::default()
+        };
+        let props = PacketProperties::from(set.clone());
+        assert_eq!(props.get(), Some(&set));
+        assert_eq!(props.into_inner(), set);
+    }
+
+    #[test]
+    fn equality_compares_contents() {
+        let mut allocated_empty = PacketProperties::new();
+        allocated_empty.user_properties.clear();
+        assert!(allocated_empty.get().is_some());
+        assert!(allocated_empty.is_empty());
+        assert_eq!(allocated_empty, PacketProperties::new());
+        assert_eq!(PacketProperties::new(), allocated_empty);
+        assert_eq!(allocated_empty, Properties::default());
+        let mut set = PacketProperties::new();
+        set.topic_alias = Some(1);
+        assert_ne!(set, PacketProperties::new());
+        assert_ne!(PacketProperties::new(), set);
+        assert_eq!(
+            format!("{:?}", PacketProperties::new()),
+            format!("{:?}", Properties::default())
+        );
+    }
+
+    #[test]
+    fn shrink_and_take() {
+        let mut props = PacketProperties::new();
+        props.subscription_identifiers.push(7);
+        props.shrink();
+        assert!(props.get().is_some());
+        props.subscription_identifiers.clear();
+        props.shrink();
+        assert!(props.get().is_none());
+        props.maximum_qos = Some(1);
+        let taken = props.take();
+        assert_eq!(taken.maximum_qos, Some(1));
+        assert!(props.get().is_none());
     }
 }

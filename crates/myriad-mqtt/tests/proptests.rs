@@ -208,8 +208,10 @@ fn properties(context: PropertyContext, version: ProtocolVersion) -> BoxedStrate
         .boxed()
 }
 
-fn packet_props(packet: PacketType, version: ProtocolVersion) -> BoxedStrategy<Properties> {
+fn packet_props(packet: PacketType, version: ProtocolVersion) -> BoxedStrategy<PacketProperties> {
     properties(PropertyContext::Packet(packet), version)
+        .prop_map(PacketProperties::from)
+        .boxed()
 }
 
 // ---------------------------------------------------------------- packet strategies
@@ -227,7 +229,7 @@ fn will(version: ProtocolVersion) -> impl Strategy<Value = Will> {
             payload,
             qos,
             retain,
-            properties,
+            properties: properties.into(),
         })
 }
 
@@ -681,7 +683,7 @@ fn encode_errors() {
             topic: "t".into(),
             packet_id,
             payload: Bytes::new(),
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         })
     };
     for version in [V3, V5] {
@@ -705,22 +707,22 @@ fn encode_errors() {
                     filter: "a".into(),
                     options: SubscriptionOptions::default(),
                 }],
-                properties: Properties::default(),
+                properties: PacketProperties::new(),
             }),
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: 0,
                 filters: vec!["a".into()],
-                properties: Properties::default(),
+                properties: PacketProperties::new(),
             }),
             Packet::SubAck(SubAck {
                 packet_id: 0,
                 reason_codes: vec![ReasonCode::Success],
-                properties: Properties::default(),
+                properties: PacketProperties::new(),
             }),
             Packet::UnsubAck(UnsubAck {
                 packet_id: 0,
                 reason_codes: vec![],
-                properties: Properties::default(),
+                properties: PacketProperties::new(),
             }),
         ] {
             assert_eq!(
@@ -747,11 +749,11 @@ fn encode_errors() {
                 payload: Bytes::from(vec![0; 65_536]),
                 qos: QoS::AtMostOnce,
                 retain: false,
-                properties: Properties::default(),
+                properties: PacketProperties::new(),
             }),
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         };
         assert!(matches!(
             encode(&Packet::Connect(Box::new(connect)), version, &mut buf),
@@ -765,7 +767,8 @@ fn encode_errors() {
         properties: Properties {
             reason_string: Some(ByteString::from("x".repeat(65_536))),
             ..Properties::default()
-        },
+        }
+        .into(),
     });
     assert!(matches!(
         encode(&ack, V5, &mut buf),
@@ -775,7 +778,7 @@ fn encode_errors() {
     // AUTH does not exist in 3.1.1.
     let auth = Packet::Auth(Auth {
         reason_code: ReasonCode::Success,
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     });
     assert_eq!(
         encode(&auth, V3, &mut buf),
@@ -793,7 +796,8 @@ fn encode_errors() {
         properties: Properties {
             subscription_identifiers: vec![MAX_VARIABLE_INT + 1],
             ..Properties::default()
-        },
+        }
+        .into(),
     });
     assert!(matches!(
         encode(&sub, V5, &mut buf),
@@ -825,7 +829,7 @@ fn v311_encoding_maps_codes() {
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason_code: ReasonCode::Banned,
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     });
     encode(&connack, V3, &mut buf).unwrap();
     assert_eq!(&buf[..], &[0x20, 0x02, 0x00, 0x05]);
@@ -836,7 +840,8 @@ fn v311_encoding_maps_codes() {
         properties: Properties {
             reason_string: Some("ignored".into()),
             ..Properties::default()
-        },
+        }
+        .into(),
     });
     encode(&suback, V3, &mut buf).unwrap();
     assert_eq!(&buf[..], &[0x90, 0x04, 0x00, 0x01, 0x80, 0x02]);

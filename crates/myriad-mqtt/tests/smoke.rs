@@ -24,7 +24,7 @@ fn connect_v311_bytes() {
         will: None,
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"p")),
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     };
     let wire = roundtrip(Packet::Connect(Box::new(connect)), ProtocolVersion::V311);
     assert_eq!(
@@ -46,7 +46,8 @@ fn publish_v5_bytes() {
             topic_alias: Some(1),
             user_properties: vec![("k".into(), "v".into())],
             ..Properties::default()
-        },
+        }
+        .into(),
     };
     let wire = roundtrip(Packet::Publish(publish), ProtocolVersion::V5);
     assert_eq!(
@@ -62,7 +63,7 @@ fn short_acks_v5() {
     let ack = PublishAck {
         packet_id: 5,
         reason_code: ReasonCode::NoMatchingSubscribers,
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     };
     let wire = roundtrip(Packet::PubAck(ack), ProtocolVersion::V5);
     assert_eq!(wire, vec![0x40, 0x03, 0x00, 0x05, 0x10]);
@@ -79,7 +80,7 @@ fn short_acks_v5() {
     let wire = roundtrip(
         Packet::Auth(Auth {
             reason_code: ReasonCode::Success,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }),
         ProtocolVersion::V5,
     );
@@ -107,7 +108,8 @@ fn subscribe_and_suback() {
         properties: Properties {
             subscription_identifiers: vec![300],
             ..Properties::default()
-        },
+        }
+        .into(),
     };
     let wire = roundtrip(Packet::Subscribe(sub), ProtocolVersion::V5);
     assert_eq!(
@@ -117,7 +119,7 @@ fn subscribe_and_suback() {
     let ack = SubAck {
         packet_id: 1,
         reason_codes: vec![ReasonCode::GrantedQoS1, ReasonCode::UnspecifiedError],
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     };
     let wire = roundtrip(Packet::SubAck(ack), ProtocolVersion::V311);
     assert_eq!(wire, vec![0x90, 0x04, 0x00, 0x01, 0x01, 0x80]);
@@ -133,4 +135,47 @@ fn publish_payload_is_zero_copy() {
     assert_eq!(&p.payload[..], b"abc");
     assert_eq!(p.payload.as_ptr() as usize, storage + 5);
     assert_eq!(p.topic.as_bytes().as_ptr() as usize, storage + 4);
+}
+
+/// Properties allocated but empty encode exactly as unset ones, and decoding
+/// a packet without properties allocates none.
+#[test]
+fn empty_properties_stay_unallocated() {
+    let mut allocated_empty = PacketProperties::new();
+    allocated_empty.user_properties.clear();
+    assert!(allocated_empty.get().is_some());
+    let publish = |properties: PacketProperties| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: 1,
+            payload: Bytes::from_static(b"x"),
+            properties,
+        })
+    };
+    let puback = |properties: PacketProperties| {
+        Packet::PubAck(PublishAck {
+            packet_id: 1,
+            reason_code: ReasonCode::NoMatchingSubscribers,
+            properties,
+        })
+    };
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        for make in [publish, puback] {
+            let mut unset = BytesMut::new();
+            encode(&make(PacketProperties::new()), version, &mut unset).unwrap();
+            let mut empty = BytesMut::new();
+            encode(&make(allocated_empty.clone()), version, &mut empty).unwrap();
+            assert_eq!(unset, empty);
+            let decoded = decode(&mut unset, version, usize::MAX).unwrap().unwrap();
+            let properties = match &decoded {
+                Packet::Publish(p) => &p.properties,
+                Packet::PubAck(a) => &a.properties,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert!(properties.get().is_none(), "{version:?} {decoded:?}");
+        }
+    }
 }

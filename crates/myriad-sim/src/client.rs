@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use myriad_mqtt::{
-    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, PublishAck, QoS,
-    ReasonCode, Subscribe, SubscriptionOptions, SubscriptionRequest, Will, decode, encode,
+    ConnAck, Connect, Disconnect, Packet, PacketProperties, Properties, ProtocolVersion, Publish,
+    PublishAck, QoS, ReasonCode, Subscribe, SubscriptionOptions, SubscriptionRequest, Will, decode,
+    encode,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -135,7 +136,7 @@ impl Client {
             will: options.will.clone(),
             username: options.username.as_deref().map(Into::into),
             password: options.password.clone(),
-            properties,
+            properties: properties.into(),
         };
         client.queue(&Packet::Connect(Box::new(connect)))?;
         client.flush().await?;
@@ -206,7 +207,7 @@ impl Client {
             topic: topic.into(),
             packet_id,
             payload,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }))
     }
 
@@ -317,7 +318,7 @@ impl Client {
                     },
                 })
                 .collect(),
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         };
         self.queue(&Packet::Subscribe(subscribe))?;
         self.flush().await?;

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use myriad_mqtt::{ByteString, Properties, QoS, SubscriptionOptions};
+use myriad_mqtt::{ByteString, PacketProperties, QoS, SubscriptionOptions};
 use myriad_store::{
     Change, EmbeddedOptions, EmbeddedStore, MessageRecord, OutboundRecord, OutboundState,
     SessionRecord, SessionStore, SubscriptionRecord,
@@ -74,7 +74,7 @@ fn outbound(n: u64, payload: &Bytes) -> OutboundRecord {
             payload: payload.clone(),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
             expires_at: None,
         }),
     }

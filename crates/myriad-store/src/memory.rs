@@ -188,7 +188,7 @@ impl SessionStore for MemoryStore {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use myriad_mqtt::{Properties, QoS, SubscriptionOptions};
+    use myriad_mqtt::{PacketProperties, QoS, SubscriptionOptions};
 
     fn session(id: &str) -> Change {
         Change::PutSession(SessionRecord {
@@ -217,7 +217,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
             expires_at: None,
         };
         store

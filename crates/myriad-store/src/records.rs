@@ -1,7 +1,7 @@
 //! The records a store keeps, and the changes that modify them.
 
 use bytes::Bytes;
-use myriad_mqtt::{ByteString, Properties, QoS, SubscriptionOptions};
+use myriad_mqtt::{ByteString, PacketProperties, QoS, SubscriptionOptions};
 
 /// Milliseconds since the Unix epoch (wall-clock: stored times must survive restarts).
 pub type UnixMillis = u64;
@@ -18,7 +18,7 @@ pub struct MessageRecord {
     /// Retain flag as published.
     pub retain: bool,
     /// Properties passed through (no alias, no subscription ids, no expiry interval).
-    pub properties: Properties,
+    pub properties: PacketProperties,
     /// When it expires, if it does.
     pub expires_at: Option<UnixMillis>,
 }

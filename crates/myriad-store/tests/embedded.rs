@@ -63,7 +63,8 @@ fn message(topic: &str, payload: &[u8]) -> MessageRecord {
             correlation_data: Some(Bytes::from_static(b"\x00corr")),
             user_properties: vec![("k".into(), "v".into())],
             ..Properties::default()
-        },
+        }
+        .into(),
         expires_at: Some(1_800_000_000_000),
     }
 }
@@ -792,7 +793,7 @@ mod random {
                     payload,
                     qos,
                     retain,
-                    properties,
+                    properties: properties.into(),
                     expires_at,
                 }
             })

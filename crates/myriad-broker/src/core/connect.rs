@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use myriad_mqtt::{
-    ConnAck, Connect, Disconnect, Packet, Properties, Publish, PublishAck, ReasonCode, Will,
+    ConnAck, Connect, Disconnect, Packet, PacketProperties, Properties, Publish, PublishAck,
+    ReasonCode, Will,
 };
 
 use super::message::Message;
@@ -146,7 +147,7 @@ impl Broker {
             Packet::ConnAck(ConnAck {
                 session_present,
                 reason_code: ReasonCode::Success,
-                properties: connack_properties,
+                properties: connack_properties.into(),
             }),
         );
         if self.presence_events {
@@ -215,7 +216,7 @@ impl Broker {
             Packet::ConnAck(ConnAck {
                 session_present: false,
                 reason_code: reason,
-                properties: Properties::default(),
+                properties: PacketProperties::new(),
             }),
         );
         self.outputs.push_back(Output::Close(conn));
@@ -296,7 +297,7 @@ impl Broker {
         if let Some(will) = will {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
             if delay == 0 || expiry == 0 {
-                self.publish_will(now, session_id, will);
+                self.publish_will(now, session_id, *will);
             } else {
                 let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
                 session.will_due = Some(due);
@@ -353,12 +354,11 @@ impl Broker {
             }
         }
         if let Some(will) = will {
-            self.publish_will(now, session_id, will);
+            self.publish_will(now, session_id, *will);
         }
     }
 
-    pub(super) fn publish_will(&mut self, now: Instant, session_id: SessionId, will: Box<Will>) {
-        let will = *will;
+    pub(super) fn publish_will(&mut self, now: Instant, session_id: SessionId, will: Will) {
         let publish = Publish {
             dup: false,
             qos: will.qos,
@@ -369,7 +369,10 @@ impl Broker {
             properties: will.properties,
         };
         let mut message = Message::from_publish(publish, Some(session_id), now);
-        message.properties.will_delay_interval = None;
+        if let Some(props) = message.properties.get_mut() {
+            props.will_delay_interval = None;
+            message.properties.shrink();
+        }
         self.publish_message(now, message);
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use myriad_mqtt::{ByteString, Properties, Publish, QoS};
+use myriad_mqtt::{ByteString, PacketProperties, Publish, QoS};
 
 use super::SessionId;
 
@@ -22,7 +22,7 @@ pub struct Message {
     pub retain: bool,
     /// Properties to pass through (no topic alias, no subscription identifiers,
     /// no message expiry: that is kept as `expires_at`).
-    pub properties: Properties,
+    pub properties: PacketProperties,
     /// When the message expires (5.0 Message Expiry Interval).
     pub expires_at: Option<Instant>,
     /// The session that published it, for No Local.
@@ -33,12 +33,15 @@ impl Message {
     /// Builds the routed message from a received PUBLISH (topic already resolved).
     pub fn from_publish(publish: Publish, publisher: Option<SessionId>, now: Instant) -> Message {
         let mut properties = publish.properties;
-        let expires_at = properties
-            .message_expiry_interval
-            .take()
-            .map(|secs| now + Duration::from_secs(u64::from(secs)));
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
+        // Through `get_mut`: a publication without properties allocates none.
+        let expiry_secs = properties.get_mut().and_then(|props| {
+            props.topic_alias = None;
+            props.subscription_identifiers.clear();
+            props.message_expiry_interval.take()
+        });
+        // Copies of the message should not allocate for nothing left.
+        properties.shrink();
+        let expires_at = expiry_secs.map(|secs| now + Duration::from_secs(u64::from(secs)));
         Message {
             topic: publish.topic,
             payload: publish.payload,
@@ -91,10 +94,17 @@ impl Delivery {
     pub fn to_publish(&self, packet_id: u16, dup: bool, now: Instant) -> Publish {
         let message = &self.message;
         let mut properties = message.properties.clone();
-        properties.message_expiry_interval = message.remaining_expiry(now);
-        properties
-            .subscription_identifiers
-            .clone_from(&self.subscription_ids);
+        // Writes only what changes, so that a message without properties
+        // delivered without expiry or identifiers allocates none.
+        let expiry = message.remaining_expiry(now);
+        if properties.message_expiry_interval != expiry {
+            properties.message_expiry_interval = expiry;
+        }
+        if properties.subscription_identifiers != self.subscription_ids {
+            properties
+                .subscription_identifiers
+                .clone_from(&self.subscription_ids);
+        }
         Publish {
             dup,
             qos: self.qos,
@@ -104,5 +114,63 @@ impl Delivery {
             payload: message.payload.clone(),
             properties,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(properties: PacketProperties) -> Publish {
+        Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: 1,
+            payload: Bytes::from_static(b"x"),
+            properties,
+        }
+    }
+
+    fn delivery(message: Message, subscription_ids: Vec<u32>) -> Delivery {
+        Delivery {
+            message: Arc::new(message),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids,
+            seq: 0,
+        }
+    }
+
+    /// The fan-out path allocates no properties for messages that carry none
+    /// once the per-hop ones (alias, identifiers, expiry) are taken off.
+    #[test]
+    fn no_properties_allocate_nothing() {
+        let now = Instant::now();
+        let mut hop_only = PacketProperties::new();
+        hop_only.topic_alias = Some(2);
+        hop_only.subscription_identifiers.push(5);
+        for properties in [PacketProperties::new(), hop_only] {
+            let message = Message::from_publish(publish(properties), None, now);
+            assert!(message.properties.get().is_none());
+            let out = delivery(message, Vec::new()).to_publish(1, false, now);
+            assert!(out.properties.get().is_none());
+        }
+    }
+
+    #[test]
+    fn expiry_and_identifiers_are_set_per_delivery() {
+        let now = Instant::now();
+        let mut properties = PacketProperties::new();
+        properties.message_expiry_interval = Some(60);
+        properties.topic_alias = Some(2);
+        let message = Message::from_publish(publish(properties), None, now);
+        assert!(message.properties.get().is_none());
+        assert_eq!(message.expires_at, Some(now + Duration::from_secs(60)));
+        let out = delivery(message, vec![7]).to_publish(1, false, now);
+        assert_eq!(out.properties.message_expiry_interval, Some(60));
+        assert_eq!(out.properties.subscription_identifiers, vec![7]);
+        assert_eq!(out.properties.topic_alias, None);
     }
 }

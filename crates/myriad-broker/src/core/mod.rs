@@ -270,7 +270,7 @@ impl Broker {
             }
             if let Some(will) = self.pending_wills.remove(&session) {
                 self.record_will(session, None);
-                self.publish_will(now, session, will);
+                self.publish_will(now, session, *will);
             }
         }
         while let Some(&(at, session)) = self.expiries.first() {

@@ -147,7 +147,7 @@ fn take_subtree(node: &Node, now: Instant, out: &mut Vec<Arc<Message>>, expired:
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use myriad_mqtt::{Properties, QoS};
+    use myriad_mqtt::{PacketProperties, QoS};
     use std::time::Duration;
 
     fn message(topic: &str, payload: &'static str, expires_at: Option<Instant>) -> Arc<Message> {
@@ -156,7 +156,7 @@ mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
             expires_at,
             publisher: None,
         })

@@ -501,7 +501,7 @@ mod tests {
     }
     use crate::core::message::Message;
     use bytes::Bytes;
-    use myriad_mqtt::Properties;
+    use myriad_mqtt::PacketProperties;
     use std::sync::Arc;
 
     fn delivery(qos: QoS, body: &'static str) -> Delivery {
@@ -511,7 +511,7 @@ mod tests {
                 payload: Bytes::from_static(body.as_bytes()),
                 qos,
                 retain: false,
-                properties: Properties::default(),
+                properties: PacketProperties::new(),
                 expires_at: None,
                 publisher: None,
             }),

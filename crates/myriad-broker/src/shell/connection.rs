@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use myriad_mqtt::{
-    ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode,
+    ConnAck, Connect, DecodeError, Disconnect, Packet, PacketProperties, ProtocolVersion,
+    ReasonCode,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -319,7 +320,7 @@ fn connack_refusal(protocol: ProtocolVersion, reason: ReasonCode) -> BytesMut {
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason_code: reason,
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     });
     encode_one(connack, protocol)
 }

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use myriad_mqtt::{
-    ByteString, Connect, Packet, Properties, ProtocolVersion, Publish, PublishAck, QoS, SubAck,
-    Subscribe, SubscriptionOptions, SubscriptionRequest,
+    ByteString, Connect, Packet, PacketProperties, Properties, ProtocolVersion, Publish,
+    PublishAck, QoS, SubAck, Subscribe, SubscriptionOptions, SubscriptionRequest,
 };
 use tokio::sync::mpsc;
 
@@ -52,7 +52,7 @@ impl BrokerHandle {
             will: None,
             username: None,
             password: None,
-            properties,
+            properties: properties.into(),
         };
         self.events
             .send(Event::Connect {
@@ -93,7 +93,7 @@ impl InternalClient {
                     ..SubscriptionOptions::default()
                 },
             }],
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         };
         self.send(Packet::Subscribe(subscribe)).await?;
         // Hold back publications that arrive before the SUBACK.

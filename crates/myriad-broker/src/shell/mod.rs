@@ -19,7 +19,7 @@ use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
-use myriad_mqtt::{ByteString, Connect, Packet, Properties, Publish, QoS};
+use myriad_mqtt::{ByteString, Connect, Packet, PacketProperties, Publish, QoS};
 use myriad_store::{SessionStore, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -178,7 +178,7 @@ impl BrokerHandle {
         &self,
         topic: ByteString,
         payload: Bytes,
-        properties: Properties,
+        properties: PacketProperties,
     ) -> Result<(), BrokerStopped> {
         self.publish(Publish {
             dup: false,

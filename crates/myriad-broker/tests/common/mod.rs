@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use myriad_mqtt::{
-    Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
-    SubscriptionRequest,
+    Connect, Packet, PacketProperties, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+    SubscriptionOptions, SubscriptionRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,7 +32,8 @@ pub fn connect_packet(protocol: ProtocolVersion, id: &str, expiry: u32) -> Conne
         properties: Properties {
             session_expiry_interval: protocol.is_v5().then_some(expiry),
             ..Properties::default()
-        },
+        }
+        .into(),
     }
 }
 
@@ -94,7 +95,7 @@ impl Client {
                     ..SubscriptionOptions::default()
                 },
             }],
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }))
         .await;
         self.recv().await
@@ -119,6 +120,6 @@ pub fn publish(topic: &str, packet_id: u16, payload: &'static [u8]) -> Packet {
         topic: topic.into(),
         packet_id,
         payload: Bytes::from_static(payload),
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     })
 }

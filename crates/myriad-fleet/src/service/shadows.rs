@@ -181,7 +181,11 @@ impl ShadowService {
             ..Properties::default()
         };
         self.broker
-            .publish_at_least_once(topic.into(), Bytes::from(body.to_string()), properties)
+            .publish_at_least_once(
+                topic.into(),
+                Bytes::from(body.to_string()),
+                properties.into(),
+            )
             .await
     }
 

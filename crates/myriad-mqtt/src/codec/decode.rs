@@ -7,9 +7,9 @@ use crate::codec::read::{Reader, malformed, protocol};
 use crate::properties::PropertyContext;
 use crate::topic::{parse_shared, valid_topic_filter, valid_topic_name};
 use crate::{
-    Auth, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketType, Properties,
-    ProtocolVersion, Publish, PublishAck, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    SubscriptionOptions, SubscriptionRequest, UnsubAck, Unsubscribe, Will,
+    Auth, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketProperties, PacketType,
+    Properties, ProtocolVersion, Publish, PublishAck, QoS, ReasonCode, RetainHandling, SubAck,
+    Subscribe, SubscriptionOptions, SubscriptionRequest, UnsubAck, Unsubscribe, Will,
 };
 
 /// Checks the first byte of the fixed header and returns the packet type.
@@ -102,11 +102,11 @@ fn properties(
     packet_type: PacketType,
     r: &mut Reader,
     version: ProtocolVersion,
-) -> Result<Properties, DecodeError> {
+) -> Result<PacketProperties, DecodeError> {
     if version.is_v5() {
         read_properties(r, PropertyContext::Packet(packet_type))
     } else {
-        Ok(Properties::default())
+        Ok(PacketProperties::new())
     }
 }
 
@@ -185,7 +185,7 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         let properties = if protocol.is_v5() {
             read_properties(r, PropertyContext::Will)?
         } else {
-            Properties::default()
+            PacketProperties::new()
         };
         let topic = r.string()?;
         if !valid_topic_name(&topic) {
@@ -297,13 +297,13 @@ fn optional_reason(
     packet_type: PacketType,
     r: &mut Reader,
     version: ProtocolVersion,
-) -> Result<(ReasonCode, Properties), DecodeError> {
+) -> Result<(ReasonCode, PacketProperties), DecodeError> {
     if !version.is_v5() || r.is_empty() {
-        return Ok((ReasonCode::Success, Properties::default()));
+        return Ok((ReasonCode::Success, PacketProperties::new()));
     }
     let code = reason_code(r.u8()?, packet_type)?;
     let properties = if r.is_empty() {
-        Properties::default()
+        PacketProperties::new()
     } else {
         read_properties(r, PropertyContext::Packet(packet_type))?
     };

@@ -3,7 +3,7 @@
 use crate::codec::properties::write_properties;
 use crate::codec::write::Sink;
 use crate::{
-    Auth, ConnAck, Connect, Disconnect, EncodeError, Packet, PacketType, Properties,
+    Auth, ConnAck, Connect, Disconnect, EncodeError, Packet, PacketProperties, PacketType,
     ProtocolVersion, Publish, PublishAck, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
@@ -63,9 +63,9 @@ pub(crate) fn body<S: Sink>(
     }
 }
 
-/// Writes properties on 5.0; nothing on 3.1.1.
+/// Writes a packet's properties on 5.0; nothing on 3.1.1.
 fn write_props<S: Sink>(
-    props: &Properties,
+    props: &PacketProperties,
     version: ProtocolVersion,
     s: &mut S,
 ) -> Result<(), EncodeError> {
@@ -183,7 +183,7 @@ fn write_publish_ack<S: Sink>(
 fn write_optional_reason<S: Sink>(
     packet_type: PacketType,
     code: ReasonCode,
-    properties: &Properties,
+    properties: &PacketProperties,
     short_reason: bool,
     s: &mut S,
 ) -> Result<(), EncodeError> {

@@ -3,19 +3,23 @@
 use crate::codec::read::{Reader, malformed, protocol};
 use crate::codec::write::{Counter, Sink};
 use crate::properties::PropertyContext;
-use crate::{DecodeError, EncodeError, MAX_VARIABLE_INT, PacketType, Properties, PropertyId};
+use crate::{
+    DecodeError, EncodeError, MAX_VARIABLE_INT, PacketProperties, PacketType, Properties,
+    PropertyId,
+};
 
 /// Reads a property length and the properties it covers, checking that each
 /// property is known, allowed in `context`, not repeated and in range.
+/// Nothing is allocated when the property length is 0.
 pub(crate) fn read_properties(
     reader: &mut Reader,
     context: PropertyContext,
-) -> Result<Properties, DecodeError> {
+) -> Result<PacketProperties, DecodeError> {
     let len = reader.variable_int()?;
-    let mut props = Properties::default();
     if len == 0 {
-        return Ok(props);
+        return Ok(PacketProperties::new());
     }
+    let mut props = Properties::new();
     let len = usize::try_from(len).map_err(|_| malformed("property length too large"))?;
     let mut r = Reader::new(reader.take(len)?);
     let subscription_ids_repeat = context == PropertyContext::Packet(PacketType::Publish);
@@ -39,7 +43,8 @@ pub(crate) fn read_properties(
         seen |= bit;
         read_one(id, &mut r, &mut props)?;
     }
-    Ok(props)
+    // Not empty: the block held at least one property.
+    Ok(PacketProperties::from(props))
 }
 
 /// Reads a byte that must be 0 or 1.
@@ -132,11 +137,23 @@ fn read_one(id: PropertyId, r: &mut Reader, props: &mut Properties) -> Result<()
     Ok(())
 }
 
-/// Writes the property length followed by every property that is set.
+/// Writes the property length followed by every property that is set; unset
+/// properties are just a property length of 0.
 pub(crate) fn write_properties<S: Sink>(
-    props: &Properties,
+    props: &PacketProperties,
     sink: &mut S,
 ) -> Result<(), EncodeError> {
+    match props.get() {
+        Some(props) => write_block(props, sink),
+        None => {
+            sink.put_u8(0);
+            Ok(())
+        }
+    }
+}
+
+/// Writes the property length followed by every property that is set.
+fn write_block<S: Sink>(props: &Properties, sink: &mut S) -> Result<(), EncodeError> {
     let mut counter = Counter::default();
     write_content(props, &mut counter)?;
     let len = u32::try_from(counter.0)

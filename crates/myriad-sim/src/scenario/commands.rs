@@ -843,7 +843,7 @@ fn reply_to(version: ProtocolVersion, command: &Publish) -> Result<Publish> {
         topic,
         packet_id: 0,
         payload: Bytes::from_static(REPLY),
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -870,7 +870,7 @@ mod tests {
             payload: Bytes::from_static(
                 br#"{"command_id":"c1","name":"bench","reply_topic":"$commands/d1/reply/c1","payload":null}"#,
             ),
-            properties: Properties::default(),
+            properties: Default::default(),
         };
         let reply = reply_to(ProtocolVersion::V311, &command).expect("envelope");
         assert_eq!(&*reply.topic, "$commands/d1/reply/c1");

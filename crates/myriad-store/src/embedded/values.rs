@@ -57,7 +57,7 @@ fn read_message(r: &mut Reader) -> Result<MessageRecord, Malformed> {
         payload,
         qos: qos(flags)?,
         retain: flags & 0b100 != 0,
-        properties: properties::read(r)?,
+        properties: properties::read(r)?.into(),
         expires_at,
     })
 }
@@ -275,7 +275,7 @@ mod tests {
             payload: Bytes::from_static(b"\x00\x01payload"),
             qos: QoS::ExactlyOnce,
             retain: true,
-            properties,
+            properties: properties.into(),
             expires_at,
         }
     }

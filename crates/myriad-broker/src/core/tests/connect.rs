@@ -25,7 +25,8 @@ fn v5_connack_announces_capabilities() {
                 subscription_identifier_available: Some(true),
                 shared_subscription_available: Some(true),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }
     );
     // QoS 2 is supported: Maximum QoS is absent.
@@ -41,7 +42,7 @@ fn v311_connack_has_no_properties() {
         ConnAck {
             session_present: false,
             reason_code: ReasonCode::Success,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }
     );
 }
@@ -54,10 +55,12 @@ fn v5_empty_client_id_gets_assigned_one() {
     let id1 = ack1
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("assigned id");
     let id2 = ack2
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("assigned id");
     assert!(!id1.is_empty());
     assert_ne!(id1, id2);
@@ -89,7 +92,7 @@ fn v311_empty_client_id_without_clean_session_is_refused() {
                     session_present: false,
                     // Encoded as the 3.1.1 return code 0x02 (identifier rejected).
                     reason_code: ReasonCode::ClientIdentifierNotValid,
-                    properties: Properties::default(),
+                    properties: PacketProperties::new(),
                 })
             ),
             Output::Close(7)
@@ -268,7 +271,7 @@ fn authentication_method_is_refused() {
                 Packet::ConnAck(ConnAck {
                     session_present: false,
                     reason_code: ReasonCode::BadAuthenticationMethod,
-                    properties: Properties::default(),
+                    properties: PacketProperties::new(),
                 })
             ),
             Output::Close(3)
@@ -283,6 +286,7 @@ fn assigned_client_id_session_can_be_resumed() {
     let id = ack
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("assigned id");
     h.subscribe(c, "t", QoS::AtMostOnce);
     h.lose(c);

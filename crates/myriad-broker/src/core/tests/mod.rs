@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use myriad_mqtt::{
-    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, PublishAck, QoS,
-    ReasonCode, Subscribe, SubscriptionOptions, SubscriptionRequest, Unsubscribe, Will,
+    ConnAck, Connect, Disconnect, Packet, PacketProperties, Properties, ProtocolVersion, Publish,
+    PublishAck, QoS, ReasonCode, Subscribe, SubscriptionOptions, SubscriptionRequest, Unsubscribe,
+    Will,
 };
 
 use super::{Broker, ConnId, ConnectionLoss, Output};
@@ -249,7 +250,8 @@ impl H {
             properties: Properties {
                 subscription_identifiers: id.into_iter().collect(),
                 ..Properties::default()
-            },
+            }
+            .into(),
         };
         self.packet(conn, Packet::Subscribe(subscribe));
         match self.next(conn) {
@@ -266,7 +268,7 @@ impl H {
         let unsubscribe = Unsubscribe {
             packet_id,
             filters: filters.iter().map(|f| (*f).into()).collect(),
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         };
         self.packet(conn, Packet::Unsubscribe(unsubscribe));
         match self.next(conn) {
@@ -325,7 +327,7 @@ fn v5(client_id: &str) -> Connect {
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     }
 }
 
@@ -387,7 +389,7 @@ fn will(topic: &str, body: &str) -> Will {
         payload: Bytes::copy_from_slice(body.as_bytes()),
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     }
 }
 
@@ -400,7 +402,7 @@ fn msg(topic: &str, body: &str) -> Publish {
         topic: topic.into(),
         packet_id: 0,
         payload: Bytes::copy_from_slice(body.as_bytes()),
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     }
 }
 
@@ -433,7 +435,7 @@ fn ack(packet_id: u16, reason_code: ReasonCode) -> PublishAck {
     PublishAck {
         packet_id,
         reason_code,
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     }
 }
 

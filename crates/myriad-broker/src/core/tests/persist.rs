@@ -196,7 +196,8 @@ fn sessions_that_end_with_their_connection_are_not_stored() {
             properties: Properties {
                 session_expiry_interval: Some(0),
                 ..Properties::default()
-            },
+            }
+            .into(),
         },
     );
     p.h.disconnect(c);

@@ -24,7 +24,7 @@ fn publish_properties_pass_through() {
     h.subscribe_with(sub, &[("t", opts(QoS::AtLeastOnce))], Some(9));
     let p = h.connect(v5("p"));
     let mut publish = msg_q("t", "hello", QoS::AtLeastOnce, 1);
-    publish.properties = rich_properties();
+    publish.properties = rich_properties().into();
     publish.properties.topic_alias = Some(3);
     h.publish(p, publish);
     assert_eq!(
@@ -65,7 +65,7 @@ fn properties_survive_queueing_and_retention() {
         retain: true,
         ..msg_q("t", "stored", QoS::AtLeastOnce, 0)
     };
-    publish.properties = rich_properties();
+    publish.properties = rich_properties().into();
     h.inject(publish);
     let sub = h.connect(v5("s").resume().expiry(100));
     assert_eq!(h.one_publish(sub).properties, rich_properties());

@@ -169,7 +169,7 @@ fn outbound_qos1_flow() {
             topic: "t".into(),
             packet_id: 1,
             payload: Bytes::from_static(b"a"),
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }
     );
     h.puback(sub, 1);

@@ -232,7 +232,7 @@ fn no_local_on_shared_subscription_is_protocol_error() {
                 filter: "$share/g/t".into(),
                 options,
             }],
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }),
     );
     h.expect_disconnect(c, ReasonCode::ProtocolError);

@@ -188,7 +188,8 @@ fn will_properties_are_carried_through() {
         will_delay_interval: Some(1),
         user_properties: vec![("k".into(), "v1".into()), ("k".into(), "v2".into())],
         ..Properties::default()
-    };
+    }
+    .into();
     let (mut h, watcher, c) = setup(v5("c").resume().expiry(100).will(w));
     h.lose(c);
     h.tick_at(1);

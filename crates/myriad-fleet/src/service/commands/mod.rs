@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use myriad_broker::core::receipts::DeliveryReceipt;
 use myriad_broker::shell::{BrokerHandle, BrokerStopped};
-use myriad_mqtt::{Properties, Publish, QoS};
+use myriad_mqtt::{PacketProperties, Properties, Publish, QoS};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
@@ -412,7 +412,7 @@ impl CommandService {
                     let event = event_body(&command);
                     let topic = format!("$events/commands/{}/{}", command.device, command.id);
                     seq = self.log.write(command);
-                    self.publish(topic, event, Properties::default()).await
+                    self.publish(topic, event, PacketProperties::new()).await
                 }
                 Effect::Publish(command) => self.publish_command(&command).await,
                 Effect::Alarm(command) => {
@@ -427,8 +427,12 @@ impl CommandService {
                         "reason": command.reason,
                         "at": now_ms(),
                     });
-                    self.publish(topic, Bytes::from(body.to_string()), Properties::default())
-                        .await
+                    self.publish(
+                        topic,
+                        Bytes::from(body.to_string()),
+                        PacketProperties::new(),
+                    )
+                    .await
                 }
             };
             if outcome.is_err() {
@@ -457,7 +461,7 @@ impl CommandService {
             }),
             ..Properties::default()
         };
-        self.publish(command.topic(), Bytes::from(payload), properties)
+        self.publish(command.topic(), Bytes::from(payload), properties.into())
             .await
     }
 
@@ -465,7 +469,7 @@ impl CommandService {
         &self,
         topic: String,
         payload: Bytes,
-        properties: Properties,
+        properties: PacketProperties,
     ) -> Result<(), BrokerStopped> {
         self.broker
             .publish_at_least_once(topic.into(), payload, properties)

@@ -153,7 +153,7 @@ impl CommandService {
             .publish(
                 response_topic.to_string(),
                 Bytes::from(answer.to_string()),
-                properties,
+                properties.into(),
             )
             .await;
     }

@@ -9,8 +9,8 @@ use myriad_broker::BrokerConfig;
 use myriad_broker::shell::{self, Hooks};
 use myriad_broker::trace::{TRACEPARENT, TRACESTATE, TraceParent, find_traceparent};
 use myriad_mqtt::{
-    Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
-    SubscriptionRequest,
+    Connect, Packet, PacketProperties, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+    SubscriptionOptions, SubscriptionRequest,
 };
 use opentelemetry::trace::SpanId;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -41,7 +41,7 @@ impl Raw {
             will: None,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         })))
         .await;
         assert!(matches!(raw.recv().await, Packet::ConnAck(_)));
@@ -80,7 +80,7 @@ impl Raw {
                     ..SubscriptionOptions::default()
                 },
             }],
-            properties: Properties::default(),
+            properties: PacketProperties::new(),
         }))
         .await;
         assert!(matches!(self.recv().await, Packet::SubAck(_)));
@@ -101,7 +101,8 @@ impl Raw {
                     .map(|(k, v)| (k.into(), v.into()))
                     .collect(),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }))
         .await;
         assert!(matches!(self.recv().await, Packet::PubAck(_)));
