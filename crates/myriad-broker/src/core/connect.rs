@@ -8,7 +8,7 @@ use myriad_mqtt::{
 };
 
 use super::message::Message;
-use super::session::{InflightState, NEVER_EXPIRES, Session};
+use super::session::{InflightState, NEVER_EXPIRES};
 use super::{Broker, ConnId, Connection, ConnectionLoss, Output, SessionId};
 use crate::config::BrokerConfig;
 use crate::hooks::{OfflineReason, Presence};
@@ -69,9 +69,9 @@ impl Broker {
         }
 
         // Take over a connection that holds this client id.
-        let existing = self.client_ids.get(&client_id).copied();
+        let existing = self.sessions.id_of(&client_id);
         if let Some(session_id) = existing {
-            let old_conn = self.sessions.get(&session_id).and_then(|s| s.connection);
+            let old_conn = self.sessions.get(session_id).and_then(|s| s.conn());
             if let Some(old_conn) = old_conn {
                 self.take_over(now, old_conn, connect.clean_start);
             }
@@ -79,7 +79,7 @@ impl Broker {
 
         // Resume or start the session.
         let session_present = match existing {
-            Some(session_id) if !connect.clean_start && self.sessions.contains_key(&session_id) => {
+            Some(session_id) if !connect.clean_start && self.sessions.contains(session_id) => {
                 self.cancel_timers(session_id);
                 true
             }
@@ -89,21 +89,32 @@ impl Broker {
             }
             None => false,
         };
-        let session_id = if session_present {
-            existing.unwrap_or_default()
-        } else {
-            let id = self.next_session_id;
-            self.next_session_id += 1;
-            self.sessions
-                .insert(id, Session::new(id, client_id.clone(), expiry));
-            self.client_ids.insert(client_id.clone(), id);
-            id
+        let session_id = match existing {
+            Some(id) if session_present => id,
+            // The session keeps the one copy of the client id.
+            _ => self.sessions.insert(client_id, expiry),
         };
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let keep_alive = negotiated_keep_alive(&self.config, &connect);
+        let client_properties = &connect.properties;
+        let connection = Connection {
+            id: conn,
+            last_seen: self.epoch.ticks(now),
+            acl: None,
+            will: connect.will.map(Box::new),
+            aliases: None,
+            max_packet_size: client_properties.maximum_packet_size.unwrap_or(u32::MAX),
+            keep_alive_check: 0,
+            receive_maximum: client_properties.receive_maximum.unwrap_or(u16::MAX),
+            topic_alias_maximum: client_properties.topic_alias_maximum.unwrap_or(0),
+            keep_alive,
+            protocol: connect.protocol,
+            connect_expiry_was_zero: asked_expiry == 0,
+        };
+        self.sessions.attach(session_id, Box::new(connection));
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return false;
         };
         session.expiry_interval = expiry;
-        session.connection = Some(conn);
         if expiry > 0 {
             self.record_session(session_id);
         } else if session.persisted {
@@ -116,31 +127,12 @@ impl Broker {
             }
         }
 
-        let keep_alive = negotiated_keep_alive(&self.config, &connect);
         if v5 {
             if keep_alive != connect.keep_alive {
                 connack_properties.server_keep_alive = Some(keep_alive);
             }
             self.announce_capabilities(&mut connack_properties);
         }
-        let client_properties = &connect.properties;
-        self.connections.insert(
-            conn,
-            Connection {
-                session: session_id,
-                protocol: connect.protocol,
-                receive_maximum: client_properties.receive_maximum.unwrap_or(u16::MAX),
-                max_packet_size: client_properties.maximum_packet_size.unwrap_or(u32::MAX),
-                topic_alias_maximum: client_properties.topic_alias_maximum.unwrap_or(0),
-                aliases: None,
-                will: connect.will.map(Box::new),
-                connect_expiry_was_zero: asked_expiry == 0,
-                acl: None,
-                last_seen: now,
-                keep_alive_grace: super::keepalive::grace(keep_alive),
-                keep_alive_check: None,
-            },
-        );
         self.watch_keep_alive(now, conn);
         self.send(
             conn,
@@ -150,7 +142,12 @@ impl Broker {
                 properties: connack_properties.into(),
             }),
         );
-        if self.presence_events {
+        if self.presence_events
+            && let Some(session) = self.sessions.get(session_id)
+        {
+            // A copy: a clone would give the session's client id a shared
+            // header for as long as the session lives.
+            let client_id = detached(&session.client_id);
             self.outputs.push_back(Output::Presence(Presence::Online {
                 conn,
                 client_id,
@@ -170,7 +167,7 @@ impl Broker {
 
     /// Handles a DISCONNECT from the client.
     pub(super) fn handle_disconnect(&mut self, now: Instant, conn: ConnId, disconnect: Disconnect) {
-        let Some(connection) = self.connections.get_mut(&conn) else {
+        let Some(connection) = self.connection(conn) else {
             return;
         };
         if let Some(new_expiry) = disconnect.properties.session_expiry_interval {
@@ -179,8 +176,7 @@ impl Broker {
                 return;
             }
             let capped = new_expiry.min(self.config.max_session_expiry_secs);
-            let session = connection.session;
-            if let Some(s) = self.sessions.get_mut(&session) {
+            if let Some(s) = self.sessions.attached_mut(conn) {
                 s.expiry_interval = capped;
             }
         }
@@ -197,7 +193,7 @@ impl Broker {
     /// Handles the end of `conn` seen by the shell (socket closed, keep alive
     /// expired, undecodable bytes). The will is published.
     pub fn handle_connection_lost(&mut self, now: Instant, conn: ConnId, loss: ConnectionLoss) {
-        if !self.connections.contains_key(&conn) {
+        if self.sessions.attached(conn).is_none() {
             return;
         }
         let publish_will = loss != ConnectionLoss::ServerShutdown;
@@ -226,7 +222,7 @@ impl Broker {
         loop {
             let candidate = format!("myriad-{:012x}", self.next_assigned_id);
             self.next_assigned_id += 1;
-            if !self.client_ids.contains_key(candidate.as_str()) {
+            if self.sessions.id_of(&candidate).is_none() {
                 return candidate.into();
             }
         }
@@ -245,7 +241,7 @@ impl Broker {
 
     /// Closes the connection holding a client id another connection now claims.
     fn take_over(&mut self, now: Instant, old_conn: ConnId, clean_start: bool) {
-        if let Some(old) = self.connections.get(&old_conn)
+        if let Some(old) = self.connection(old_conn)
             && old.protocol.is_v5()
         {
             self.send(
@@ -256,8 +252,7 @@ impl Broker {
         self.outputs.push_back(Output::Close(old_conn));
         // A delayed will is not sent if the session is resumed before the delay ends.
         let delayed = self
-            .connections
-            .get(&old_conn)
+            .connection(old_conn)
             .and_then(|c| c.will.as_ref())
             .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) > 0);
         let publish_will = clean_start || !delayed;
@@ -272,23 +267,18 @@ impl Broker {
         publish_will: bool,
         reason: OfflineReason,
     ) {
-        let Some(connection) = self.connections.remove(&conn) else {
+        let Some((session_id, connection)) = self.sessions.detach(conn) else {
             return;
         };
         self.observe.closed(reason);
-        self.unwatch_keep_alive(conn, connection.keep_alive_check);
-        let session_id = connection.session;
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        // Its keep alive entry is skipped when it comes up.
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
-        if session.connection != Some(conn) {
-            return;
-        }
-        session.connection = None;
         if self.presence_events {
             self.outputs.push_back(Output::Presence(Presence::Offline {
                 conn,
-                client_id: session.client_id.clone(),
+                client_id: detached(&session.client_id),
                 reason,
             }));
         }
@@ -300,7 +290,7 @@ impl Broker {
                 self.publish_will(now, session_id, *will);
             } else {
                 let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
-                session.will_due = Some(due);
+                session.set_will_due(Some(due));
                 self.wills_due.insert((due, session_id));
                 self.record_will(session_id, Some((due, &will)));
                 self.pending_wills.insert(session_id, will);
@@ -311,9 +301,12 @@ impl Broker {
             return;
         }
         if expiry != NEVER_EXPIRES {
-            let at = now + Duration::from_secs(u64::from(expiry));
-            if let Some(session) = self.sessions.get_mut(&session_id) {
-                session.expires_at = Some(at);
+            let at = self
+                .epoch
+                .ticks(now)
+                .after(Duration::from_secs(u64::from(expiry)));
+            if let Some(session) = self.sessions.get_mut(session_id) {
+                session.set_expires_at(Some(at));
             }
             self.expiries.insert((at, session_id));
         }
@@ -322,11 +315,13 @@ impl Broker {
 
     /// Stops a session's expiry and delayed-will timers; returns the pending will, if any.
     fn clear_timers(&mut self, session_id: SessionId) -> Option<Box<Will>> {
-        let session = self.sessions.get_mut(&session_id)?;
-        if let Some(at) = session.expires_at.take() {
+        let session = self.sessions.get_mut(session_id)?;
+        if let Some(at) = session.expires_at() {
+            session.set_expires_at(None);
             self.expiries.remove(&(at, session_id));
         }
-        if let Some(at) = session.will_due.take() {
+        if let Some(at) = session.will_due() {
+            session.set_will_due(None);
             self.wills_due.remove(&(at, session_id));
         }
         self.pending_wills.remove(&session_id)
@@ -343,14 +338,11 @@ impl Broker {
     /// delayed will is published now (the session ended first).
     pub(super) fn end_session(&mut self, now: Instant, session_id: SessionId) {
         let will = self.clear_timers(session_id);
-        if let Some(session) = self.sessions.remove(&session_id) {
+        if let Some(session) = self.sessions.remove(session_id) {
             self.record_session_end(&session);
             for filter in session.subscriptions.keys() {
                 let (group, inner) = super::subscribe::split_filter(filter);
                 self.tree.remove(inner, group, session_id);
-            }
-            if self.client_ids.get(&session.client_id) == Some(&session_id) {
-                self.client_ids.remove(&session.client_id);
             }
         }
         if let Some(will) = will {
@@ -379,11 +371,11 @@ impl Broker {
     /// On session resume: PUBLISH again with DUP every unacknowledged message,
     /// PUBREL again every released QoS 2 flow, in their original order.
     fn resend_inflight(&mut self, now: Instant, conn: ConnId, session_id: SessionId) {
-        let Some(session) = self.sessions.get(&session_id) else {
+        let Some(session) = self.sessions.get(session_id) else {
             return;
         };
         let packets: Vec<Packet> = session
-            .outbound
+            .outbound()
             .inflight()
             .iter()
             .map(|flow| match &flow.state {
@@ -397,18 +389,18 @@ impl Broker {
             match packet {
                 // The client may now accept smaller packets than when the
                 // message was first sent: discard it as if delivered (MQTT-3.1.2-25).
-                Packet::Publish(publish) if !self.fits(conn, &publish) => {
+                Packet::Publish(publish) if !self.fits(session_id, &publish) => {
                     self.stats.messages_too_large += 1;
                     let mut seq = None;
-                    if let Some(session) = self.sessions.get_mut(&session_id) {
-                        seq = session.outbound.seq_of(publish.packet_id);
-                        session.outbound.forget(publish.packet_id);
+                    if let Some(session) = self.sessions.get_mut(session_id) {
+                        seq = session.outbound().seq_of(publish.packet_id);
+                        session.outbound_mut().forget(publish.packet_id);
                     }
                     if let Some(seq) = seq {
                         self.record_outbound_done(session_id, seq);
                     }
                 }
-                Packet::Publish(publish) => self.send_publish(conn, publish),
+                Packet::Publish(publish) => self.send_publish(session_id, publish),
                 other => self.send(conn, other),
             }
         }

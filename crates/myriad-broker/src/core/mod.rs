@@ -14,8 +14,10 @@ mod publish;
 pub mod receipts;
 pub mod retained;
 pub mod session;
+mod sessions;
 pub mod small_map;
 mod subscribe;
+mod time;
 pub mod tree;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -27,7 +29,8 @@ use myriad_mqtt::{ByteString, Disconnect, Packet, ProtocolVersion, ReasonCode, W
 use crate::config::BrokerConfig;
 use crate::hooks::{Acl, OfflineReason, Presence};
 use retained::RetainedStore;
-use session::Session;
+use sessions::Sessions;
+use time::Ticks;
 use tree::SubscriptionTree;
 
 /// Identifies one network connection, chosen by the shell.
@@ -85,30 +88,34 @@ pub struct BrokerStats {
     pub subscriptions_denied: u64,
 }
 
-/// What the broker knows about one live connection.
+/// What the broker knows about one live connection. Held by the session it
+/// is attached to (boxed: offline sessions do without), found by id through
+/// the sessions' connection index. Kept small: see the test
+/// `idle_session_stays_small`.
 #[derive(Debug)]
 struct Connection {
-    session: SessionId,
-    protocol: ProtocolVersion,
-    /// The client's Receive Maximum: our outbound window.
-    receive_maximum: u16,
-    /// The client's Maximum Packet Size.
-    max_packet_size: u32,
-    /// The client's Topic Alias Maximum: how many aliases we may assign.
-    topic_alias_maximum: u16,
-    /// Topic aliases in both directions (5.0), allocated on first use.
-    aliases: Option<Box<TopicAliases>>,
-    will: Option<Box<Will>>,
-    /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
-    connect_expiry_was_zero: bool,
+    /// The shell's id of the connection.
+    id: ConnId,
+    /// When the last packet arrived.
+    last_seen: Ticks,
     /// What the connection may do, as its authenticator decided (`None`: anything).
     acl: Option<Arc<dyn Acl>>,
-    /// When the last packet arrived.
-    last_seen: Instant,
-    /// How long the connection may stay silent (`None`: keep alive 0).
-    keep_alive_grace: Option<std::time::Duration>,
-    /// Its entry in [`Broker::keep_alive_checks`].
-    keep_alive_check: Option<Instant>,
+    will: Option<Box<Will>>,
+    /// Topic aliases in both directions (5.0), allocated on first use.
+    aliases: Option<Box<TopicAliases>>,
+    /// The client's Maximum Packet Size.
+    max_packet_size: u32,
+    /// Which of the connection's entries in [`Broker::keep_alive`] is live.
+    keep_alive_check: keepalive::CheckMark,
+    /// The client's Receive Maximum: our outbound window.
+    receive_maximum: u16,
+    /// The client's Topic Alias Maximum: how many aliases we may assign.
+    topic_alias_maximum: u16,
+    /// Keep alive in force, in seconds (0: none).
+    keep_alive: u16,
+    protocol: ProtocolVersion,
+    /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
+    connect_expiry_was_zero: bool,
 }
 
 impl Connection {
@@ -132,20 +139,20 @@ struct TopicAliases {
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
-    connections: HashMap<ConnId, Connection>,
-    sessions: HashMap<SessionId, Session>,
-    client_ids: HashMap<ByteString, SessionId>,
+    /// Every session, with the indexes by client id and by connection.
+    sessions: Sessions,
     tree: SubscriptionTree,
     retained: RetainedStore,
     /// Delayed wills by due time.
     wills_due: BTreeSet<(Instant, SessionId)>,
     pending_wills: HashMap<SessionId, Box<Will>>,
     /// Offline sessions by expiry time.
-    expiries: BTreeSet<(Instant, SessionId)>,
-    /// One keep alive check per connection, by time.
-    keep_alive_checks: BTreeSet<(Instant, ConnId)>,
+    expiries: BTreeSet<(Ticks, SessionId)>,
+    /// Keep alive checks of the connections.
+    keep_alive: keepalive::KeepAliveChecks,
+    /// What compact moments ([`time::Ticks`]) count from.
+    epoch: time::Epoch,
     outputs: VecDeque<Output>,
-    next_session_id: SessionId,
     next_assigned_id: u64,
     stats: BrokerStats,
     /// When the next queued message expires (time to sweep queues).
@@ -168,17 +175,15 @@ impl Broker {
     pub fn new(config: BrokerConfig) -> Broker {
         Broker {
             config,
-            connections: HashMap::new(),
-            sessions: HashMap::new(),
-            client_ids: HashMap::new(),
+            sessions: Sessions::new(),
             tree: SubscriptionTree::new(),
             retained: RetainedStore::new(),
             wills_due: BTreeSet::new(),
             pending_wills: HashMap::new(),
             expiries: BTreeSet::new(),
-            keep_alive_checks: BTreeSet::new(),
+            keep_alive: keepalive::KeepAliveChecks::default(),
+            epoch: time::Epoch::new(Instant::now()),
             outputs: VecDeque::new(),
-            next_session_id: 1,
             next_assigned_id: 1,
             stats: BrokerStats::default(),
             next_sweep: None,
@@ -199,7 +204,7 @@ impl Broker {
     /// Restricts what the client on `conn` may publish and subscribe to
     /// (call right after [`Broker::handle_connect`] accepted it).
     pub fn set_acl(&mut self, conn: ConnId, acl: Arc<dyn Acl>) {
-        if let Some(connection) = self.connections.get_mut(&conn) {
+        if let Some(connection) = self.connection_mut(conn) {
             connection.acl = Some(acl);
         }
     }
@@ -226,7 +231,7 @@ impl Broker {
 
     /// Number of attached connections.
     pub fn connection_count(&self) -> usize {
-        self.connections.len()
+        self.sessions.connection_count()
     }
 
     /// Number of retained messages.
@@ -241,14 +246,14 @@ impl Broker {
 
     /// Whether a session exists for `client_id`, and whether it is connected.
     pub fn session_state(&self, client_id: &str) -> Option<bool> {
-        let id = self.client_ids.get(client_id)?;
+        let id = self.sessions.id_of(client_id)?;
         self.sessions.get(id).map(|s| s.connection.is_some())
     }
 
     /// When [`Broker::handle_timeout`] must next be called, if ever.
     pub fn next_timeout(&self) -> Option<Instant> {
         let will = self.wills_due.first().map(|(at, _)| *at);
-        let expiry = self.expiries.first().map(|(at, _)| *at);
+        let expiry = self.expiries.first().map(|(at, _)| self.epoch.instant(*at));
         let keep_alive = self.next_keep_alive_check();
         [will, expiry, keep_alive, self.next_sweep]
             .into_iter()
@@ -265,16 +270,17 @@ impl Broker {
                 break;
             }
             self.wills_due.remove(&(at, session));
-            if let Some(s) = self.sessions.get_mut(&session) {
-                s.will_due = None;
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.set_will_due(None);
             }
             if let Some(will) = self.pending_wills.remove(&session) {
                 self.record_will(session, None);
                 self.publish_will(now, session, *will);
             }
         }
+        let ticks = self.epoch.ticks(now);
         while let Some(&(at, session)) = self.expiries.first() {
-            if at > now {
+            if at > ticks {
                 break;
             }
             self.expiries.remove(&(at, session));
@@ -290,12 +296,15 @@ impl Broker {
     fn sweep_expired_messages(&mut self, now: Instant) {
         let mut next: Option<Instant> = None;
         let mut removed: Vec<(SessionId, u64)> = Vec::new();
-        for (id, session) in &mut self.sessions {
-            for seq in session.outbound.remove_expired(now) {
-                removed.push((*id, seq));
+        for session in self.sessions.values_mut() {
+            if session.outbound().queue().is_empty() {
+                continue;
+            }
+            for seq in session.outbound_mut().remove_expired(now) {
+                removed.push((session.id, seq));
             }
             let earliest = session
-                .outbound
+                .outbound()
                 .queue()
                 .iter()
                 .filter_map(|d| d.message.expires_at)
@@ -312,6 +321,16 @@ impl Broker {
         self.next_sweep = next;
     }
 
+    /// The live connection `conn`.
+    fn connection(&self, conn: ConnId) -> Option<&Connection> {
+        self.sessions.attached(conn)?.connection.as_deref()
+    }
+
+    /// The live connection `conn`, mutably.
+    fn connection_mut(&mut self, conn: ConnId) -> Option<&mut Connection> {
+        self.sessions.attached_mut(conn)?.connection.as_deref_mut()
+    }
+
     fn send(&mut self, conn: ConnId, packet: Packet) {
         self.outputs.push_back(Output::Send(conn, packet));
     }
@@ -319,7 +338,7 @@ impl Broker {
     /// Closes `conn` because of `reason`: a 5.0 client first gets DISCONNECT.
     /// The session is detached as after a network loss (the will is published).
     fn disconnect_with(&mut self, now: Instant, conn: ConnId, reason: ReasonCode) {
-        if let Some(c) = self.connections.get(&conn)
+        if let Some(c) = self.connection(conn)
             && c.protocol.is_v5()
         {
             self.send(conn, Packet::Disconnect(Disconnect::new(reason)));

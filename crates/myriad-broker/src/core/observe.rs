@@ -183,7 +183,7 @@ impl Broker {
     /// Walks every session: call it per scrape, not per message.
     pub fn levels(&self) -> Levels {
         let mut levels = Levels {
-            sessions_online: self.connections.len() as u64,
+            sessions_online: self.sessions.connection_count() as u64,
             retained: self.retained.len() as u64,
             subscriptions: self.tree.len() as u64,
             ..Levels::default()
@@ -192,9 +192,10 @@ impl Broker {
             if session.connection.is_none() {
                 levels.sessions_offline += 1;
             }
-            levels.inflight += session.outbound.inflight().len() as u64;
-            levels.queued += session.outbound.queue().len() as u64;
-            levels.queued_bytes += session.outbound.queued_bytes() as u64;
+            let outbound = session.outbound();
+            levels.inflight += outbound.inflight().len() as u64;
+            levels.queued += outbound.queue().len() as u64;
+            levels.queued_bytes += outbound.queued_bytes() as u64;
         }
         levels
     }

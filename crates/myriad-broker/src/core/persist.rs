@@ -98,10 +98,13 @@ impl Broker {
             }
         }
         for stored in snapshot.sessions {
-            let id = broker.next_session_id;
-            broker.next_session_id += 1;
             let record = stored.record;
-            let mut session = Session::new(id, record.client_id.clone(), record.expiry_interval);
+            let id = broker
+                .sessions
+                .insert(record.client_id.clone(), record.expiry_interval);
+            let Some(session) = broker.sessions.get_mut(id) else {
+                continue;
+            };
             session.persisted = true;
             for subscription in stored.subscriptions {
                 let (group, inner) = split_filter(&subscription.filter);
@@ -115,7 +118,7 @@ impl Broker {
                     .insert(subscription.filter.clone(), entry);
             }
             for (seq, outbound) in stored.outbound {
-                session.outbound.resume_seq_after(seq);
+                session.outbound_mut().resume_seq_after(seq);
                 let delivery = outbound.message.map(|message| Delivery {
                     message: Arc::new(message_from_record(message, clock)),
                     qos: outbound.qos,
@@ -128,20 +131,21 @@ impl Broker {
                         if let Some(at) = delivery.message.expires_at {
                             broker.next_sweep = Some(broker.next_sweep.map_or(at, |n| n.min(at)));
                         }
-                        session.outbound.restore_queued(delivery);
+                        session.outbound_mut().restore_queued(delivery);
                     }
                     (OutboundState::Published { packet_id }, Some(delivery)) => {
-                        session.outbound.record_sent(packet_id, delivery);
+                        session.outbound_mut().record_sent(packet_id, delivery);
                     }
                     (OutboundState::Released { packet_id }, _) => {
-                        session.outbound.restore_released(packet_id, seq);
+                        session.outbound_mut().restore_released(packet_id, seq);
                     }
                     // A queued or published record without its message cannot be delivered.
                     (_, None) => {}
                 }
             }
-            session.inbound_qos2.extend(stored.inbound_qos2);
-            broker.client_ids.insert(record.client_id.clone(), id);
+            if !stored.inbound_qos2.is_empty() {
+                session.inbound_qos2_mut().extend(stored.inbound_qos2);
+            }
             // Restored sessions are offline: they expire as they would have.
             let expires_at = match record.expires_at {
                 Some(at) => Some(clock.to_instant(at)),
@@ -151,12 +155,13 @@ impl Broker {
                 None => None,
             };
             if let Some(at) = expires_at {
-                session.expires_at = Some(at);
+                let at = broker.epoch.ticks(at);
+                session.set_expires_at(Some(at));
                 broker.expiries.insert((at, id));
             }
             if let Some((due, message)) = stored.will {
                 let due = clock.to_instant(due);
-                session.will_due = Some(due);
+                session.set_will_due(Some(due));
                 broker.wills_due.insert((due, id));
                 let message = message_from_record(message, clock);
                 broker.pending_wills.insert(
@@ -170,7 +175,6 @@ impl Broker {
                     }),
                 );
             }
-            broker.sessions.insert(id, session);
         }
         broker
     }
@@ -191,7 +195,7 @@ impl Broker {
             return None;
         }
         self.sessions
-            .get(&session)
+            .get(session)
             .filter(|s| s.expiry_interval > 0)
             .map(|s| s.client_id.clone())
     }
@@ -201,12 +205,13 @@ impl Broker {
             return;
         }
         let clock = self.clock;
-        if let Some(s) = self.sessions.get_mut(&session) {
+        let epoch = self.epoch;
+        if let Some(s) = self.sessions.get_mut(session) {
             s.persisted = true;
             let record = SessionRecord {
                 client_id: s.client_id.clone(),
                 expiry_interval: s.expiry_interval,
-                expires_at: s.expires_at.map(|at| clock.to_unix(at)),
+                expires_at: s.expires_at().map(|at| clock.to_unix(epoch.instant(at))),
             };
             self.changes.push(Change::PutSession(record));
         }
@@ -284,8 +289,8 @@ impl Broker {
         }
         let Some(queued) = self
             .sessions
-            .get(&session)
-            .and_then(|s| s.outbound.queue().back())
+            .get(session)
+            .and_then(|s| s.outbound().queue().back())
             .cloned()
         else {
             return;

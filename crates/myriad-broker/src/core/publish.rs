@@ -13,10 +13,11 @@ use super::{Broker, ConnId, SessionId};
 impl Broker {
     /// Handles a packet received on an accepted connection.
     pub fn handle_packet(&mut self, now: Instant, conn: ConnId, packet: Packet) {
-        let Some(connection) = self.connections.get_mut(&conn) else {
+        let ticks = self.epoch.ticks(now);
+        let Some(connection) = self.connection_mut(conn) else {
             return;
         };
-        connection.last_seen = now;
+        connection.last_seen = ticks;
         match packet {
             Packet::Publish(publish) => self.handle_publish(now, conn, publish),
             Packet::PubAck(ack) => self.close_flow(now, conn, ack.packet_id, QoS::AtLeastOnce),
@@ -43,20 +44,20 @@ impl Broker {
         let Some(session_id) = self.session_of(conn) else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(session) = self.sessions.get(session_id) else {
             return;
         };
-        let seq = session.outbound.seq_of(packet_id);
+        let seq = session.outbound().seq_of(packet_id);
         let receipt = match qos {
             QoS::AtLeastOnce => self.receipt_for(conn, session_id, packet_id),
             _ => None,
         };
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
         let closed = match qos {
-            QoS::ExactlyOnce => session.outbound.complete(packet_id),
-            _ => session.outbound.acknowledge(packet_id),
+            QoS::ExactlyOnce => session.outbound_mut().complete(packet_id),
+            _ => session.outbound_mut().acknowledge(packet_id),
         };
         if closed {
             self.emit_receipt(receipt);
@@ -75,19 +76,22 @@ impl Broker {
     }
 
     pub(super) fn session_of(&self, conn: ConnId) -> Option<SessionId> {
-        self.connections.get(&conn).map(|c| c.session)
+        self.sessions.attached(conn).map(|s| s.id)
     }
 
     fn handle_publish(&mut self, now: Instant, conn: ConnId, mut publish: Publish) {
         self.stats.messages_received += 1;
         self.observe.received(&publish);
-        let Some(connection) = self.connections.get_mut(&conn) else {
+        let Some(session_id) = self.session_of(conn) else {
             return;
         };
-        let session_id = connection.session;
+        let alias_maximum = self.config.topic_alias_maximum;
+        let Some(connection) = self.connection_mut(conn) else {
+            return;
+        };
         let v5 = connection.protocol.is_v5();
         if let Some(alias) = publish.properties.topic_alias {
-            if alias == 0 || alias > self.config.topic_alias_maximum {
+            if alias == 0 || alias > alias_maximum {
                 self.disconnect_with(now, conn, ReasonCode::TopicAliasInvalid);
                 return;
             }
@@ -123,19 +127,19 @@ impl Broker {
             return;
         }
         if qos == QoS::ExactlyOnce {
-            let Some(session) = self.sessions.get_mut(&session_id) else {
+            let Some(session) = self.sessions.get_mut(session_id) else {
                 return;
             };
-            if session.inbound_qos2.contains(packet_id) {
+            if session.inbound_qos2().contains(packet_id) {
                 // A resend of a message we already hold: acknowledge, do not route again.
                 self.send(conn, Packet::PubRec(PublishAck::success(packet_id)));
                 return;
             }
-            if session.inbound_qos2.len() >= usize::from(self.config.receive_maximum) {
+            if session.inbound_qos2().len() >= usize::from(self.config.receive_maximum) {
                 self.disconnect_with(now, conn, ReasonCode::ReceiveMaximumExceeded);
                 return;
             }
-            session.inbound_qos2.insert(packet_id);
+            session.inbound_qos2_mut().insert(packet_id);
             self.record_inbound_qos2(session_id, packet_id, true);
         }
         let message = Message::from_publish(publish, Some(session_id), now);
@@ -181,12 +185,12 @@ impl Broker {
         let Some(session_id) = self.session_of(conn) else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
-        let seq = session.outbound.seq_of(rec.packet_id).unwrap_or(0);
+        let seq = session.outbound().seq_of(rec.packet_id).unwrap_or(0);
         match session
-            .outbound
+            .outbound_mut()
             .received(rec.packet_id, rec.reason_code.is_error())
         {
             Some(true) => {
@@ -211,10 +215,9 @@ impl Broker {
         let Some(session_id) = self.session_of(conn) else {
             return;
         };
-        let known = self
-            .sessions
-            .get_mut(&session_id)
-            .is_some_and(|s| s.inbound_qos2.remove(rel.packet_id));
+        let known = self.sessions.get_mut(session_id).is_some_and(|s| {
+            s.inbound_qos2().contains(rel.packet_id) && s.inbound_qos2_mut().remove(rel.packet_id)
+        });
         if known {
             self.record_inbound_qos2(session_id, rel.packet_id, false);
         }
@@ -226,9 +229,7 @@ impl Broker {
     }
 
     fn is_v5(&self, conn: ConnId) -> bool {
-        self.connections
-            .get(&conn)
-            .is_some_and(|c| c.protocol.is_v5())
+        self.connection(conn).is_some_and(|c| c.protocol.is_v5())
     }
 
     /// Stores (if retained) and routes a message to every matching
@@ -245,13 +246,7 @@ impl Broker {
         }
         let mut matched = Vec::new();
         let sessions = &self.sessions;
-        let connections = &self.connections;
-        let is_online = |id: SessionId| {
-            sessions
-                .get(&id)
-                .and_then(|s| s.connection)
-                .is_some_and(|c| connections.contains_key(&c))
-        };
+        let is_online = |id: SessionId| sessions.get(id).is_some_and(|s| s.connection.is_some());
         self.tree.matches(&message.topic, &is_online, &mut matched);
         let deliveries = merge_overlapping(&message, matched);
         let count = deliveries.len();
@@ -267,32 +262,29 @@ impl Broker {
             max_messages: self.config.max_queued_messages,
             max_bytes: self.config.max_queued_bytes,
         };
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
-        let window = session
-            .connection
-            .and_then(|c| self.connections.get(&c))
-            .map(|c| c.receive_maximum);
+        let window = session.connection.as_ref().map(|c| c.receive_maximum);
         if let Some(window) = window
-            && (delivery.qos == QoS::AtMostOnce && session.outbound.queue().is_empty()
-                || delivery.qos != QoS::AtMostOnce && session.outbound.has_room(window))
+            && (delivery.qos == QoS::AtMostOnce && session.outbound().queue().is_empty()
+                || delivery.qos != QoS::AtMostOnce && session.outbound().has_room(window))
         {
             self.transmit(now, session_id, delivery);
             return;
         }
         let expires_at = delivery.message.expires_at;
-        let outcome = session.outbound.enqueue(delivery, limits);
+        let outcome = session.outbound_mut().enqueue(delivery, limits);
         if outcome != QueueOutcome::Queued {
-            session.dropped_messages += 1;
+            let dropped = session.count_dropped();
             self.stats.messages_dropped += 1;
             // One line for the first drop and then every 1000th, not one per message.
-            if session.dropped_messages % 1000 == 1 {
+            if dropped % 1000 == 1 {
                 tracing::warn!(
                     client_id = %session.client_id,
-                    dropped = session.dropped_messages,
-                    queued = session.outbound.queue().len(),
-                    queued_bytes = session.outbound.queued_bytes(),
+                    dropped,
+                    queued = session.outbound().queue().len(),
+                    queued_bytes = session.outbound().queued_bytes(),
                     "session queue full: dropping oldest QoS 0 first, then oldest"
                 );
             }
@@ -313,17 +305,16 @@ impl Broker {
     /// Sends queued deliveries of a connected session while its window allows.
     pub(super) fn pump(&mut self, now: Instant, session_id: SessionId) {
         loop {
-            let Some(session) = self.sessions.get_mut(&session_id) else {
+            let Some(session) = self.sessions.get_mut(session_id) else {
                 return;
             };
-            let Some(window) = session
-                .connection
-                .and_then(|c| self.connections.get(&c))
-                .map(|c| c.receive_maximum)
-            else {
+            let Some(window) = session.connection.as_ref().map(|c| c.receive_maximum) else {
                 return;
             };
-            let Some(delivery) = session.outbound.next_sendable(window) else {
+            if session.outbound().queue().is_empty() {
+                return;
+            }
+            let Some(delivery) = session.outbound_mut().next_sendable(window) else {
                 return;
             };
             self.transmit(now, session_id, delivery);
@@ -338,20 +329,21 @@ impl Broker {
             self.record_outbound_done(session_id, delivery.seq);
             return;
         }
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
-        let Some(conn) = session.connection else {
+        if session.connection.is_none() {
             return;
-        };
+        }
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             0
         } else {
-            session.outbound.assign_seq(&mut delivery);
-            session.outbound.allocate_packet_id()
+            let outbound = session.outbound_mut();
+            outbound.assign_seq(&mut delivery);
+            outbound.allocate_packet_id()
         };
         let publish = delivery.to_publish(packet_id, false, now);
-        if !self.fits(conn, &publish) {
+        if !self.fits(session_id, &publish) {
             // MQTT-3.1.2-25: discard it and behave as if it had been delivered.
             self.stats.messages_too_large += 1;
             self.record_outbound_done(session_id, delivery.seq);
@@ -359,15 +351,22 @@ impl Broker {
         }
         if packet_id != 0 {
             self.record_outbound(session_id, &delivery, Some(packet_id));
-            if let Some(session) = self.sessions.get_mut(&session_id) {
-                session.outbound.record_sent(packet_id, delivery);
+            if let Some(session) = self.sessions.get_mut(session_id) {
+                session.outbound_mut().record_sent(packet_id, delivery);
             }
         }
-        self.send_publish(conn, publish);
+        self.send_publish(session_id, publish);
     }
 
-    pub(super) fn fits(&self, conn: ConnId, publish: &Publish) -> bool {
-        let Some(connection) = self.connections.get(&conn) else {
+    /// Whether `publish` fits the Maximum Packet Size of the connection
+    /// attached to `session_id` (found through the session: no lookup by
+    /// connection id per delivery).
+    pub(super) fn fits(&self, session_id: SessionId, publish: &Publish) -> bool {
+        let Some(connection) = self
+            .sessions
+            .get(session_id)
+            .and_then(|s| s.connection.as_deref())
+        else {
             return false;
         };
         if connection.max_packet_size == u32::MAX {
@@ -378,12 +377,17 @@ impl Broker {
             .is_ok_and(|len| len <= connection.max_packet_size as usize)
     }
 
-    /// Queues a PUBLISH for `conn`, replacing its topic by an alias where the
-    /// client accepts aliases (5.0).
-    pub(super) fn send_publish(&mut self, conn: ConnId, mut publish: Publish) {
-        let Some(connection) = self.connections.get_mut(&conn) else {
+    /// Queues a PUBLISH for the connection attached to `session_id`,
+    /// replacing its topic by an alias where the client accepts aliases (5.0).
+    pub(super) fn send_publish(&mut self, session_id: SessionId, mut publish: Publish) {
+        let Some(connection) = self
+            .sessions
+            .get_mut(session_id)
+            .and_then(|s| s.connection.as_deref_mut())
+        else {
             return;
         };
+        let conn = connection.id;
         if connection.topic_alias_maximum > 0 && connection.protocol.is_v5() {
             let known = (connection.aliases.as_ref())
                 .and_then(|a| a.outbound.get(&publish.topic))

@@ -43,9 +43,9 @@ impl Broker {
         packet_id: u16,
     ) -> Option<DeliveryReceipt> {
         let prefix = self.receipt_prefix.as_deref()?;
-        let session = self.sessions.get(&session)?;
+        let session = self.sessions.get(session)?;
         let flow = session
-            .outbound
+            .outbound()
             .inflight()
             .iter()
             .find(|f| f.packet_id == packet_id)?;

@@ -8,8 +8,9 @@ use myriad_mqtt::{ByteString, QoS};
 
 use super::message::Delivery;
 use super::small_map::SmallMap;
+use super::time::Ticks;
 use super::tree::Subscription;
-use super::{ConnId, SessionId};
+use super::{ConnId, Connection, SessionId};
 
 /// Session expiry interval meaning "never expires" (MQTT 5.0: 0xFFFFFFFF).
 pub const NEVER_EXPIRES: u32 = u32::MAX;
@@ -106,6 +107,22 @@ impl PacketIdBitmap {
 }
 
 impl Outbound {
+    /// Nothing in flight or queued.
+    pub const EMPTY: Outbound = Outbound {
+        next_packet_id: 0,
+        next_seq: 0,
+        inflight: VecDeque::new(),
+        in_use: None,
+        queue: VecDeque::new(),
+        queued_bytes: 0,
+        queued_qos0: 0,
+    };
+
+    /// Whether nothing is in flight or queued.
+    pub fn is_idle(&self) -> bool {
+        self.inflight.is_empty() && self.queue.is_empty()
+    }
+
     /// Unacknowledged QoS 1/2 flows, oldest first.
     pub fn inflight(&self) -> &VecDeque<Inflight> {
         &self.inflight
@@ -350,31 +367,55 @@ impl Outbound {
 }
 
 /// One client's session, connected or not.
+///
+/// Kept small (see the test `idle_session_stays_small`): the attached
+/// connection and everything only sessions with traffic in flight need live
+/// out of line, allocated on first use.
 #[derive(Debug)]
 pub struct Session {
     /// Internal identifier.
     pub id: SessionId,
-    /// The client identifier.
+    /// The client identifier (also the key of the broker's client-id index).
     pub client_id: ByteString,
     /// Subscriptions by full filter (including any `$share/{group}/` prefix).
     pub subscriptions: SmallMap<ByteString, Subscription>,
+    /// The connection currently attached, if any.
+    pub(super) connection: Option<Box<Connection>>,
+    /// Outbound flows and queue, inbound QoS 2 ids, delayed will; `None`
+    /// while all of them are empty.
+    flows: Option<Box<Flows>>,
+    /// When the session expires while disconnected ([`Ticks::NEVER`]: it
+    /// does not, or it is connected).
+    expires_at: Ticks,
     /// Session Expiry Interval in seconds ([`NEVER_EXPIRES`] for never).
     pub expiry_interval: u32,
-    /// The connection currently attached, if any.
-    pub connection: Option<ConnId>,
-    /// When the session expires while disconnected.
-    pub expires_at: Option<Instant>,
-    /// When its delayed will is due, if one is pending.
-    pub will_due: Option<Instant>,
-    /// Outbound flows and queue.
-    pub outbound: Outbound,
-    /// Packet identifiers of inbound QoS 2 messages awaiting PUBREL.
-    pub inbound_qos2: PacketIds,
-    /// Messages dropped from the queue since the session began.
-    pub dropped_messages: u64,
     /// Whether the store holds a record of this session.
     pub persisted: bool,
 }
+
+/// The parts of a session that idle sessions do without.
+#[derive(Debug, Default)]
+struct Flows {
+    /// Outbound flows and queue.
+    outbound: Outbound,
+    /// Packet identifiers of inbound QoS 2 messages awaiting PUBREL.
+    inbound_qos2: PacketIds,
+    /// Messages dropped from the queue since the session began.
+    dropped_messages: u64,
+    /// When its delayed will is due, if one is pending.
+    will_due: Option<Instant>,
+}
+
+impl Flows {
+    /// Whether nothing is held (the box can go).
+    fn is_idle(&self) -> bool {
+        self.outbound.is_idle() && self.inbound_qos2.is_empty() && self.will_due.is_none()
+    }
+}
+
+/// What a session without flows reads.
+static NO_OUTBOUND: Outbound = Outbound::EMPTY;
+static NO_PACKET_IDS: PacketIds = PacketIds(Vec::new());
 
 /// A set of packet identifiers: a sorted vector, 24 bytes when empty (a hash
 /// set is 48) and dense when not. It holds at most the server's Receive
@@ -445,14 +486,85 @@ impl Session {
             id,
             client_id,
             subscriptions: SmallMap::new(),
-            expiry_interval,
             connection: None,
-            expires_at: None,
-            will_due: None,
-            outbound: Outbound::default(),
-            inbound_qos2: PacketIds::default(),
-            dropped_messages: 0,
+            flows: None,
+            expires_at: Ticks::NEVER,
+            expiry_interval,
             persisted: false,
+        }
+    }
+
+    /// The id of the connection currently attached, if any.
+    pub fn conn(&self) -> Option<ConnId> {
+        self.connection.as_ref().map(|c| c.id)
+    }
+
+    fn flows_mut(&mut self) -> &mut Flows {
+        self.flows.get_or_insert_with(Box::default)
+    }
+
+    /// Outbound flows and queue.
+    pub fn outbound(&self) -> &Outbound {
+        self.flows.as_ref().map_or(&NO_OUTBOUND, |f| &f.outbound)
+    }
+
+    /// Outbound flows and queue, mutably (allocated on first use).
+    pub fn outbound_mut(&mut self) -> &mut Outbound {
+        &mut self.flows_mut().outbound
+    }
+
+    /// Packet identifiers of inbound QoS 2 messages awaiting PUBREL.
+    pub fn inbound_qos2(&self) -> &PacketIds {
+        self.flows
+            .as_ref()
+            .map_or(&NO_PACKET_IDS, |f| &f.inbound_qos2)
+    }
+
+    /// Inbound QoS 2 packet identifiers, mutably (allocated on first use).
+    pub fn inbound_qos2_mut(&mut self) -> &mut PacketIds {
+        &mut self.flows_mut().inbound_qos2
+    }
+
+    /// Counts a message dropped from the queue; returns the count so far.
+    pub fn count_dropped(&mut self) -> u64 {
+        let flows = self.flows_mut();
+        flows.dropped_messages += 1;
+        flows.dropped_messages
+    }
+
+    /// When its delayed will is due, if one is pending.
+    pub fn will_due(&self) -> Option<Instant> {
+        self.flows.as_ref().and_then(|f| f.will_due)
+    }
+
+    /// Sets or clears the delayed will's due time.
+    pub fn set_will_due(&mut self, due: Option<Instant>) {
+        match due {
+            Some(_) => self.flows_mut().will_due = due,
+            None => {
+                if let Some(flows) = &mut self.flows {
+                    flows.will_due = None;
+                }
+            }
+        }
+    }
+
+    /// When the session expires while disconnected, if it is scheduled to.
+    pub(super) fn expires_at(&self) -> Option<Ticks> {
+        (self.expires_at != Ticks::NEVER).then_some(self.expires_at)
+    }
+
+    /// Schedules or clears the session's expiry.
+    pub(super) fn set_expires_at(&mut self, at: Option<Ticks>) {
+        self.expires_at = at.unwrap_or(Ticks::NEVER);
+    }
+
+    /// Frees the out-of-line flows if nothing is in them. Numbering of
+    /// outbound messages starts over, which is safe: no record of an earlier
+    /// one is left in flight or queued.
+    pub fn tidy(&mut self) {
+        if self.flows.as_ref().is_some_and(|f| f.is_idle()) {
+            self.flows = None;
         }
     }
 }
@@ -460,6 +572,42 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_session_stays_small() {
+        // Every session is one of these (a 96-byte allocation), every
+        // connection one more (64 bytes); a million idle devices hold a
+        // million of each. Grow them only with a reason.
+        let session = std::mem::size_of::<Session>();
+        assert!(session <= 96, "Session grew to {session} bytes");
+        let connection = std::mem::size_of::<Connection>();
+        assert!(connection <= 64, "Connection grew to {connection} bytes");
+    }
+
+    #[test]
+    fn flows_are_allocated_on_use_and_given_back_when_idle() {
+        let mut session = Session::new(1, "c".into(), 0);
+        assert!(session.outbound().is_idle() && session.inbound_qos2().is_empty());
+        assert!(session.flows.is_none());
+        session.set_will_due(None);
+        assert!(
+            session.flows.is_none(),
+            "clearing nothing allocates nothing"
+        );
+        session
+            .outbound_mut()
+            .record_sent(7, delivery(QoS::AtLeastOnce, "m"));
+        session.inbound_qos2_mut().insert(3);
+        session.tidy();
+        assert!(session.flows.is_some(), "flows in use are kept");
+        assert!(session.outbound_mut().acknowledge(7));
+        session.tidy();
+        assert!(session.flows.is_some(), "an inbound QoS 2 id is still held");
+        assert!(session.inbound_qos2_mut().remove(3));
+        session.tidy();
+        assert!(session.flows.is_none());
+        assert_eq!(session.outbound().inflight().len(), 0);
+    }
 
     #[test]
     fn packet_ids_stay_unique_in_a_large_window_across_wrap_arounds() {

@@ -44,10 +44,12 @@ impl Broker {
     }
 
     pub(super) fn handle_subscribe(&mut self, now: Instant, conn: ConnId, subscribe: Subscribe) {
-        let Some(connection) = self.connections.get(&conn) else {
+        let Some(session_id) = self.session_of(conn) else {
             return;
         };
-        let session_id = connection.session;
+        let Some(connection) = self.connection(conn) else {
+            return;
+        };
         let connection_acl = connection.acl.clone();
         let subscription_id = subscribe
             .properties
@@ -92,7 +94,7 @@ impl Broker {
                 id: subscription_id,
             };
             let existed = self.tree.insert(inner, group, session_id, subscription);
-            if let Some(session) = self.sessions.get_mut(&session_id) {
+            if let Some(session) = self.sessions.get_mut(session_id) {
                 session
                     .subscriptions
                     .insert(request.filter.clone(), subscription);
@@ -138,7 +140,7 @@ impl Broker {
         for filter in &unsubscribe.filters {
             let (group, inner) = split_filter(filter);
             let removed = self.tree.remove(inner, group, session_id);
-            if let Some(session) = self.sessions.get_mut(&session_id) {
+            if let Some(session) = self.sessions.get_mut(session_id) {
                 session.subscriptions.remove(filter);
             }
             if removed {
