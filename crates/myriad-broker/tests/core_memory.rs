@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use myriad_broker::{Broker, BrokerConfig};
-use myriad_mqtt::{Connect, Properties, ProtocolVersion};
+use myriad_mqtt::{Connect, PacketProperties, ProtocolVersion};
 
 /// Bytes requested and not yet freed, across the process.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -61,7 +61,7 @@ fn an_idle_connection_costs_the_core_few_bytes() {
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: PacketProperties::new(),
     };
     assert!(broker.handle_connect(start, 0, connect(0)));
     while broker.poll_output().is_some() {}

@@ -93,6 +93,11 @@ async fn start(
         acl,
     });
     debug!(%peer, client_id = %link.client_id, "connected");
+    if buf.is_empty() {
+        // The emptied buffer still holds the allocation the CONNECT was read
+        // into; an idle connection keeps none.
+        buf = BytesMut::new();
+    }
     Some(Connected {
         stream,
         link,
