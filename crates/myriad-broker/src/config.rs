@@ -25,6 +25,10 @@ pub struct BrokerConfig {
     pub max_queued_bytes: usize,
     /// QoS 0 packets waiting to be written to one connection before new ones are dropped.
     pub max_outbound_qos0: usize,
+    /// How long a QoS 1 PUBLISH may be held unacknowledged while a connected
+    /// subscriber's queue is full, in milliseconds (publisher flow control);
+    /// 0 turns holding off, so a full queue drops its oldest message at once.
+    pub publisher_hold_ms: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u16,
     /// Topics no client may read: a SUBSCRIBE whose filter lies inside one of
@@ -44,6 +48,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             max_outbound_qos0: 1000,
+            publisher_hold_ms: 5000,
             connect_timeout_secs: 10,
             deny_subscribe: Vec::new(),
         }

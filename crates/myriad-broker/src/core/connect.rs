@@ -271,6 +271,7 @@ impl Broker {
             return;
         };
         self.observe.closed(reason);
+        self.forget_connection(now, conn, session_id);
         // Its keep alive entry is skipped when it comes up.
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;

@@ -5,6 +5,7 @@
 //! feeds it events with the current time (`handle_*`) and drains what it must
 //! send from [`Broker::poll_output`], like quinn-proto's `Connection`.
 
+mod backpressure;
 pub mod connect;
 mod keepalive;
 pub mod message;
@@ -86,6 +87,8 @@ pub struct BrokerStats {
     pub publishes_denied: u64,
     /// Subscriptions refused by a connection's ACL.
     pub subscriptions_denied: u64,
+    /// QoS 1 PUBLISH packets held unacknowledged while a subscriber's queue was full.
+    pub publishes_held: u64,
 }
 
 /// What the broker knows about one live connection. Held by the session it
@@ -165,6 +168,8 @@ pub struct Broker {
     presence_events: bool,
     /// Traffic counters and the trace-context carry.
     observe: observe::Observe,
+    /// QoS 1 publications held back while a subscriber's queue is full.
+    backpressure: backpressure::Backpressure,
     /// Topic prefix of messages whose acknowledgement is reported
     /// ([`Output::Delivered`]); `None`: no receipts.
     receipt_prefix: Option<String>,
@@ -192,6 +197,7 @@ impl Broker {
             clock: persist::Clock::new(Instant::now(), persist::unix_now()),
             presence_events: false,
             observe: observe::Observe::default(),
+            backpressure: backpressure::Backpressure::default(),
             receipt_prefix: None,
         }
     }
@@ -255,7 +261,8 @@ impl Broker {
         let will = self.wills_due.first().map(|(at, _)| *at);
         let expiry = self.expiries.first().map(|(at, _)| self.epoch.instant(*at));
         let keep_alive = self.next_keep_alive_check();
-        [will, expiry, keep_alive, self.next_sweep]
+        let held = self.next_hold_deadline();
+        [will, expiry, keep_alive, self.next_sweep, held]
             .into_iter()
             .flatten()
             .min()
@@ -265,6 +272,7 @@ impl Broker {
     /// wills and ends expired sessions that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.check_keep_alives(now);
+        self.release_overdue(now);
         while let Some(&(at, session)) = self.wills_due.first() {
             if at > now {
                 break;

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use myriad_mqtt::{ByteString, Packet, Publish, PublishAck, QoS, ReasonCode};
 
+use super::backpressure::Routed;
 use super::message::{Delivery, Message};
 use super::session::{QueueLimits, QueueOutcome};
 use super::tree::Matched;
@@ -143,7 +144,27 @@ impl Broker {
             self.record_inbound_qos2(session_id, packet_id, true);
         }
         let message = Message::from_publish(publish, Some(session_id), now);
-        let matched = self.publish_message(now, message);
+        let matched = if qos == QoS::AtLeastOnce {
+            // Behind what this client already has held, or held itself
+            // when a connected subscriber's queue is full (see backpressure).
+            let message = if self.is_holding(conn) {
+                match self.hold_behind(now, conn, message, packet_id) {
+                    Ok(()) => return,
+                    Err(message) => message,
+                }
+            } else {
+                message
+            };
+            match self.route(now, message, Some(session_id)) {
+                Routed::To(count) => count,
+                Routed::Blocked(message, blocker) => {
+                    self.hold(now, conn, message, packet_id, blocker);
+                    return;
+                }
+            }
+        } else {
+            self.publish_message(now, message)
+        };
         let reason_code = if matched == 0 && v5 {
             ReasonCode::NoMatchingSubscribers
         } else {
@@ -153,7 +174,7 @@ impl Broker {
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH; nothing for QoS 0.
-    fn acknowledge(&mut self, conn: ConnId, qos: QoS, packet_id: u16, reason_code: ReasonCode) {
+    pub(super) fn acknowledge(&mut self, conn: ConnId, qos: QoS, packet_id: u16, reason_code: ReasonCode) {
         let ack = PublishAck {
             packet_id,
             reason_code,
@@ -228,32 +249,52 @@ impl Broker {
         self.send(conn, Packet::PubComp(comp));
     }
 
-    fn is_v5(&self, conn: ConnId) -> bool {
+    pub(super) fn is_v5(&self, conn: ConnId) -> bool {
         self.connection(conn).is_some_and(|c| c.protocol.is_v5())
     }
 
     /// Stores (if retained) and routes a message to every matching
     /// subscription. Returns how many sessions it was delivered to.
-    pub(super) fn publish_message(&mut self, now: Instant, mut message: Message) -> usize {
+    pub(super) fn publish_message(&mut self, now: Instant, message: Message) -> usize {
+        match self.route(now, message, None) {
+            Routed::To(count) => count,
+            Routed::Blocked(..) => 0,
+        }
+    }
+
+    /// [`Broker::publish_message`], except that with `hold_for` (the
+    /// publisher's session) a message one of whose connected subscribers has
+    /// a full queue is handed back untouched instead (see backpressure).
+    pub(super) fn route(
+        &mut self,
+        now: Instant,
+        mut message: Message,
+        hold_for: Option<SessionId>,
+    ) -> Routed {
+        let mut matched = Vec::new();
+        if !self.is_topic_denied(&message.topic) {
+            let sessions = &self.sessions;
+            let is_online =
+                |id: SessionId| sessions.get(id).is_some_and(|s| s.connection.is_some());
+            self.tree.matches(&message.topic, &is_online, &mut matched);
+        }
+        if let Some(publisher) = hold_for
+            && let Some(blocker) = self.blocker(&matched, publisher)
+        {
+            return Routed::Blocked(message, blocker);
+        }
         self.observe.trace(&mut message);
         let message = Arc::new(message);
         if message.retain {
             self.record_retained(&message);
             self.retained.set(message.clone());
         }
-        if self.is_topic_denied(&message.topic) {
-            return 0;
-        }
-        let mut matched = Vec::new();
-        let sessions = &self.sessions;
-        let is_online = |id: SessionId| sessions.get(id).is_some_and(|s| s.connection.is_some());
-        self.tree.matches(&message.topic, &is_online, &mut matched);
         let deliveries = merge_overlapping(&message, matched);
         let count = deliveries.len();
         for (session, delivery) in deliveries {
             self.deliver(now, session, delivery);
         }
-        count
+        Routed::To(count)
     }
 
     /// Hands one delivery to a session: sent now if its window allows, queued otherwise.
@@ -302,8 +343,14 @@ impl Broker {
         }
     }
 
-    /// Sends queued deliveries of a connected session while its window allows.
+    /// Sends queued deliveries of a connected session while its window
+    /// allows, then lets publishers held back by its queue go on.
     pub(super) fn pump(&mut self, now: Instant, session_id: SessionId) {
+        self.send_queued(now, session_id);
+        self.relieve(now, session_id);
+    }
+
+    fn send_queued(&mut self, now: Instant, session_id: SessionId) {
         loop {
             let Some(session) = self.sessions.get_mut(session_id) else {
                 return;

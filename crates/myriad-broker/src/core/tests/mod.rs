@@ -5,6 +5,7 @@
 //! connections it cares about.
 
 mod alias;
+mod backpressure;
 mod connect;
 mod expiry;
 mod hooks;

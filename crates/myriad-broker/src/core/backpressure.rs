@@ -1,0 +1,256 @@
+//! Publisher flow control: a QoS 1 PUBLISH that would overflow the queue of
+//! a connected subscriber is held, unacknowledged, until that queue has
+//! drained to half, instead of being accepted and then dropping the
+//! subscriber's oldest message.
+//!
+//! Holding back the PUBACK is MQTT's own flow control: a publisher stops
+//! once its in-flight window (Receive Maximum in 5.0, the client's own limit
+//! in 3.1.1) is full of unacknowledged messages, so a fast publisher slows
+//! to the pace of its slowest connected consumer and nothing it sent is
+//! lost. A message is held at most `mqtt.publisher_hold_ms`; after that it
+//! is routed as before (the full queue drops its oldest). Offline sessions
+//! never hold anyone back (their queues drop as before), nor does the
+//! publisher's own session.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use myriad_mqtt::{QoS, ReasonCode};
+
+use super::message::Message;
+use super::session::Outbound;
+use super::tree::Matched;
+use super::{Broker, ConnId, SessionId};
+
+/// One PUBLISH held back, in the order it arrived.
+#[derive(Debug)]
+struct Held {
+    message: Message,
+    packet_id: u16,
+    since: Instant,
+}
+
+/// Held publications and who waits on whom.
+#[derive(Debug, Default)]
+pub(super) struct Backpressure {
+    /// Held QoS 1 publications per publishing connection, oldest first.
+    held: HashMap<ConnId, VecDeque<Held>>,
+    /// Publishing connections waiting for each full session to drain.
+    waiting: HashMap<SessionId, Vec<ConnId>>,
+}
+
+/// What routing a message did.
+pub(super) enum Routed {
+    /// Delivered (or queued) to this many sessions.
+    To(usize),
+    /// Not routed: this connected session's queue is full.
+    Blocked(Message, SessionId),
+}
+
+impl Backpressure {
+    /// How many publications are held, over every connection.
+    pub(super) fn held_count(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum()
+    }
+}
+
+/// Whether `outbound` is full for `max_messages` / `max_bytes`.
+fn is_full(outbound: &Outbound, max_messages: usize, max_bytes: usize) -> bool {
+    outbound.queue().len() >= max_messages || outbound.queued_bytes() >= max_bytes
+}
+
+/// Whether `outbound` has drained enough to let held publishers go on.
+fn has_drained(outbound: &Outbound, max_messages: usize, max_bytes: usize) -> bool {
+    outbound.queue().len() <= max_messages / 2 && outbound.queued_bytes() <= max_bytes / 2
+}
+
+impl Broker {
+    /// QoS 1 publications held back right now, over every connection.
+    pub fn held_publications(&self) -> usize {
+        self.backpressure.held_count()
+    }
+
+    fn hold_limit(&self) -> Option<Duration> {
+        match self.config.publisher_hold_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(u64::from(ms))),
+        }
+    }
+
+    /// Whether a QoS 1 PUBLISH from `conn` must queue behind ones already
+    /// held (publications from one client keep their order).
+    pub(super) fn is_holding(&self, conn: ConnId) -> bool {
+        self.backpressure.held.contains_key(&conn)
+    }
+
+    /// Holds a QoS 1 PUBLISH from `conn` behind those already held. `false`
+    /// (not held) once as many are held as the server's Receive Maximum: a
+    /// client ignoring flow control gets the old behaviour.
+    pub(super) fn hold_behind(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        message: Message,
+        packet_id: u16,
+    ) -> Result<(), Message> {
+        let limit = usize::from(self.config.receive_maximum);
+        match self.backpressure.held.get_mut(&conn) {
+            Some(held) if held.len() < limit => {
+                held.push_back(Held {
+                    message,
+                    packet_id,
+                    since: now,
+                });
+                self.stats.publishes_held += 1;
+                Ok(())
+            }
+            _ => Err(message),
+        }
+    }
+
+    /// Holds `message` (the first held for `conn`) until `blocker` drains.
+    pub(super) fn hold(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        message: Message,
+        packet_id: u16,
+        blocker: SessionId,
+    ) {
+        self.stats.publishes_held += 1;
+        self.backpressure
+            .held
+            .entry(conn)
+            .or_default()
+            .push_back(Held {
+                message,
+                packet_id,
+                since: now,
+            });
+        self.wait_on(blocker, conn);
+    }
+
+    fn wait_on(&mut self, blocker: SessionId, conn: ConnId) {
+        let waiting = self.backpressure.waiting.entry(blocker).or_default();
+        if !waiting.contains(&conn) {
+            waiting.push(conn);
+        }
+    }
+
+    /// The first connected session other than `publisher` among `matched`
+    /// whose queue is full, if holding is on.
+    pub(super) fn blocker(&self, matched: &[Matched], publisher: SessionId) -> Option<SessionId> {
+        self.hold_limit()?;
+        let (max_messages, max_bytes) = (
+            self.config.max_queued_messages,
+            self.config.max_queued_bytes,
+        );
+        matched.iter().map(|m| m.session).find(|&id| {
+            id != publisher
+                && self.sessions.get(id).is_some_and(|s| {
+                    s.connection.is_some() && is_full(s.outbound(), max_messages, max_bytes)
+                })
+        })
+    }
+
+    /// After `session`'s queue shrank: lets the publishers waiting on it
+    /// go on once it has drained to half (or is gone or offline).
+    pub(super) fn relieve(&mut self, now: Instant, session: SessionId) {
+        if !self.backpressure.waiting.contains_key(&session) {
+            return;
+        }
+        let (max_messages, max_bytes) = (
+            self.config.max_queued_messages,
+            self.config.max_queued_bytes,
+        );
+        let still_full = self.sessions.get(session).is_some_and(|s| {
+            s.connection.is_some() && !has_drained(s.outbound(), max_messages, max_bytes)
+        });
+        if still_full {
+            return;
+        }
+        let Some(waiting) = self.backpressure.waiting.remove(&session) else {
+            return;
+        };
+        for conn in waiting {
+            self.release(now, conn);
+        }
+    }
+
+    /// Routes `conn`'s held publications in order until one is blocked
+    /// again; those held longer than the limit are routed regardless.
+    fn release(&mut self, now: Instant, conn: ConnId) {
+        let Some(publisher) = self.session_of(conn) else {
+            self.backpressure.held.remove(&conn);
+            return;
+        };
+        let limit = self.hold_limit().unwrap_or_default();
+        loop {
+            let Some(held) = self
+                .backpressure
+                .held
+                .get_mut(&conn)
+                .and_then(VecDeque::pop_front)
+            else {
+                break;
+            };
+            let overdue = now.saturating_duration_since(held.since) >= limit;
+            let hold_for = (!overdue).then_some(publisher);
+            match self.route(now, held.message, hold_for) {
+                Routed::To(count) => {
+                    let v5 = self.is_v5(conn);
+                    let reason = if count == 0 && v5 {
+                        ReasonCode::NoMatchingSubscribers
+                    } else {
+                        ReasonCode::Success
+                    };
+                    self.acknowledge(conn, QoS::AtLeastOnce, held.packet_id, reason);
+                }
+                Routed::Blocked(message, blocker) => {
+                    if let Some(queue) = self.backpressure.held.get_mut(&conn) {
+                        queue.push_front(Held { message, ..held });
+                    }
+                    self.wait_on(blocker, conn);
+                    return;
+                }
+            }
+        }
+        self.backpressure.held.remove(&conn);
+    }
+
+    /// A connection ended: what it had held is dropped unacknowledged (its
+    /// client sends it again), and whoever waited on its session goes on.
+    pub(super) fn forget_connection(&mut self, now: Instant, conn: ConnId, session: SessionId) {
+        self.backpressure.held.remove(&conn);
+        if let Some(waiting) = self.backpressure.waiting.remove(&session) {
+            for waiter in waiting {
+                self.release(now, waiter);
+            }
+        }
+    }
+
+    /// When the oldest held publication reaches the hold limit.
+    pub(super) fn next_hold_deadline(&self) -> Option<Instant> {
+        let limit = self.hold_limit()?;
+        self.backpressure
+            .held
+            .values()
+            .filter_map(|held| held.front())
+            .map(|held| held.since + limit)
+            .min()
+    }
+
+    /// Routes publications held past the limit.
+    pub(super) fn release_overdue(&mut self, now: Instant) {
+        let Some(limit) = self.hold_limit() else {
+            return;
+        };
+        let overdue: Vec<ConnId> = (self.backpressure.held.iter())
+            .filter(|(_, held)| held.front().is_some_and(|h| h.since + limit <= now))
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in overdue {
+            self.release(now, conn);
+        }
+    }
+}
