@@ -174,7 +174,13 @@ impl Broker {
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH; nothing for QoS 0.
-    pub(super) fn acknowledge(&mut self, conn: ConnId, qos: QoS, packet_id: u16, reason_code: ReasonCode) {
+    pub(super) fn acknowledge(
+        &mut self,
+        conn: ConnId,
+        qos: QoS,
+        packet_id: u16,
+        reason_code: ReasonCode,
+    ) {
         let ack = PublishAck {
             packet_id,
             reason_code,

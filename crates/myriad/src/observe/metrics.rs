@@ -118,6 +118,10 @@ fn describe() {
         "Messages dropped before delivery, by reason."
     );
     describe_counter!(
+        "myriad_publishes_held_total",
+        "QoS 1 PUBLISH packets held unacknowledged while a connected subscriber's queue was full."
+    );
+    describe_counter!(
         "myriad_publishes_denied_total",
         "PUBLISH packets refused by an ACL."
     );
@@ -316,6 +320,7 @@ fn record_broker(s: &BrokerSnapshot) {
         counter!("myriad_messages_dropped_total", "reason" => reason).absolute(count);
     }
     counter!("myriad_publishes_denied_total").absolute(s.stats.publishes_denied);
+    counter!("myriad_publishes_held_total").absolute(s.stats.publishes_held);
     counter!("myriad_subscriptions_denied_total").absolute(s.stats.subscriptions_denied);
     let l = &s.levels;
     gauge!("myriad_sessions_online").set(l.sessions_online as f64);

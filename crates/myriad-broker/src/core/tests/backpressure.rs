@@ -15,7 +15,10 @@ fn full_subscriber(hold_ms: u32) -> (H, ConnId, ConnId) {
     h.subscribe(sub, "t", QoS::AtLeastOnce);
     let publisher = h.connect(v311("p"));
     for i in 0..5u16 {
-        h.publish(publisher, msg_q("t", &format!("a{i}"), QoS::AtLeastOnce, i + 1));
+        h.publish(
+            publisher,
+            msg_q("t", &format!("a{i}"), QoS::AtLeastOnce, i + 1),
+        );
         assert_eq!(
             h.packets(publisher),
             vec![Packet::PubAck(PublishAck::success(i + 1))]
@@ -80,7 +83,10 @@ fn an_offline_subscriber_or_the_publishers_own_session_holds_nobody() {
     for i in 0..6u16 {
         h.publish(own, msg_q("own", "x", QoS::AtLeastOnce, 100 + i));
         let ack = Packet::PubAck(PublishAck::success(100 + i));
-        assert!(h.packets(own).contains(&ack), "publication {i} acknowledged");
+        assert!(
+            h.packets(own).contains(&ack),
+            "publication {i} acknowledged"
+        );
     }
     // A held publisher is let go when the full session goes offline.
     h.publish(publisher, msg_q("t", "b0", QoS::AtLeastOnce, 10));
