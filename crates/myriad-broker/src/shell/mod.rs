@@ -355,8 +355,8 @@ async fn run_core(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut links = Links {
-        live: HashMap::new(),
-        departed: HashMap::new(),
+        live: ConnMap::default(),
+        departed: ConnMap::default(),
         lifecycle,
         dropped_qos0: 0,
         shutting_down: false,
@@ -504,13 +504,17 @@ fn dispatch(broker: &mut Broker, links: &mut Links, woken: &mut Vec<Waker>, conf
     }
 }
 
+/// Links by connection id. Looked up once per packet sent, so hashed with
+/// foldhash (randomly seeded per process) rather than SipHash.
+type ConnMap = HashMap<ConnId, Arc<Link>, foldhash::fast::RandomState>;
+
 /// The core task's view of the connections.
 struct Links {
     /// Connections that may still be written to.
-    live: HashMap<ConnId, Arc<Link>>,
+    live: ConnMap,
     /// Connections that ended during this batch: their presence events may
     /// still need the peer address.
-    departed: HashMap<ConnId, Arc<Link>>,
+    departed: ConnMap,
     lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
     /// QoS 0 messages dropped because a connection fell too far behind.
     dropped_qos0: u64,
