@@ -67,12 +67,12 @@ for mode in "${ORDER[@]}"; do
         --persistent-subscribers | tail -n 1)
     kill -TERM "$BPID" && wait "$BPID" || true
     BPID=""
-    json=$(python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(json.dumps({"bench":"persistent_qos1","mode":sys.argv[1],"pairs":r["publishers"],"window":r["window"],"acked_per_sec":round(r["acked"]/r["publish_secs"]),"delivered_per_sec":r["delivered_per_sec"],"lost":r["lost"],"duplicates":r["duplicates"],"p50_ms":r["p50_ms"],"p99_ms":r["p99_ms"],"broker_cpu_secs":r["broker_cpu_secs"]}))' "$mode" "$line")
+    json=$(python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(json.dumps({"bench":"persistent_qos1","mode":sys.argv[1],"pairs":r["publishers"],"window":r["window"],"acked_per_sec":round(r["acked"]/r["publish_secs"]),"delivered_per_sec":r["delivered_per_sec"],"lost":r["lost"],"duplicates":r["duplicates"],"p50_ms":r["p50_ms"],"p99_ms":r["p99_ms"],"broker_cpu_secs":r["broker_cpu_secs"],"broker_rss_peak_mib":round(r.get("broker_rss_peak",0)/2**20,1)}))' "$mode" "$line")
     echo "$json"
     results+=("$json")
 done
 
-printf '\n| mode | acked msgs/s | delivered msgs/s | p50 ms | p99 ms | lost | dups |\n|---|---|---|---|---|---|---|\n'
+printf '\n| mode | acked msgs/s | delivered msgs/s | p50 ms | p99 ms | lost | dups | broker peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n'
 for json in "${results[@]}"; do
-    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("| %s | %d | %.0f | %s | %s | %d | %d |" % (r["mode"], r["acked_per_sec"], r["delivered_per_sec"], r["p50_ms"], r["p99_ms"], r["lost"], r["duplicates"]))' "$json"
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("| %s | %d | %.0f | %s | %s | %d | %d | %s |" % (r["mode"], r["acked_per_sec"], r["delivered_per_sec"], r["p50_ms"], r["p99_ms"], r["lost"], r["duplicates"], r["broker_rss_peak_mib"]))' "$json"
 done

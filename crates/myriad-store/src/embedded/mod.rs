@@ -94,6 +94,13 @@ use tables::{FORMAT, Tables};
 /// The name of the database file inside the store's directory.
 pub const FILE_NAME: &str = "myriad.redb";
 
+/// redb's page cache. redb keeps every page it writes in its cache (1 GiB
+/// by default), on top of the broker's own in-memory copy of every queued
+/// message: 100,000 queued 512-byte messages took the broker to 173 MB of
+/// RSS with the default. The store is read in full only at start-up; reads
+/// past the cache still hit the kernel's page cache.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// With `fsync: false`, a commit is made durable when the last durable
 /// commit is at least this old.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -175,6 +182,7 @@ impl EmbeddedStore {
         let file_len_before = file_len(&path);
         let mut db = Database::builder()
             .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| file.engine(e))?;
         check_format(&db, &file)?;
