@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use myriad_mqtt::{QoS, ReasonCode};
 
 use super::message::Message;
-use super::session::Outbound;
 use super::tree::Matched;
 use super::{Broker, ConnId, SessionId};
 
@@ -54,16 +53,6 @@ impl Backpressure {
     }
 }
 
-/// Whether `outbound` is full for `max_messages` / `max_bytes`.
-fn is_full(outbound: &Outbound, max_messages: usize, max_bytes: usize) -> bool {
-    outbound.queue().len() >= max_messages || outbound.queued_bytes() >= max_bytes
-}
-
-/// Whether `outbound` has drained enough to let held publishers go on.
-fn has_drained(outbound: &Outbound, max_messages: usize, max_bytes: usize) -> bool {
-    outbound.queue().len() <= max_messages / 2 && outbound.queued_bytes() <= max_bytes / 2
-}
-
 impl Broker {
     /// QoS 1 publications held back right now, over every connection.
     pub fn held_publications(&self) -> usize {
@@ -83,9 +72,9 @@ impl Broker {
         self.backpressure.held.contains_key(&conn)
     }
 
-    /// Holds a QoS 1 PUBLISH from `conn` behind those already held. `false`
-    /// (not held) once as many are held as the server's Receive Maximum: a
-    /// client ignoring flow control gets the old behaviour.
+    /// Holds a QoS 1 PUBLISH from `conn` behind those already held. Hands
+    /// the message back (not held) once as many are held as the server's
+    /// Receive Maximum: a client ignoring flow control gets the old behaviour.
     pub(super) fn hold_behind(
         &mut self,
         now: Instant,
@@ -141,15 +130,13 @@ impl Broker {
     /// whose queue is full, if holding is on.
     pub(super) fn blocker(&self, matched: &[Matched], publisher: SessionId) -> Option<SessionId> {
         self.hold_limit()?;
-        let (max_messages, max_bytes) = (
-            self.config.max_queued_messages,
-            self.config.max_queued_bytes,
-        );
+        let limits = self.queue_limits();
         matched.iter().map(|m| m.session).find(|&id| {
             id != publisher
-                && self.sessions.get(id).is_some_and(|s| {
-                    s.connection.is_some() && is_full(s.outbound(), max_messages, max_bytes)
-                })
+                && self
+                    .sessions
+                    .get(id)
+                    .is_some_and(|s| s.connection.is_some() && s.outbound().is_full(limits))
         })
     }
 
@@ -159,16 +146,18 @@ impl Broker {
         if !self.backpressure.waiting.contains_key(&session) {
             return;
         }
-        let (max_messages, max_bytes) = (
-            self.config.max_queued_messages,
-            self.config.max_queued_bytes,
-        );
-        let still_full = self.sessions.get(session).is_some_and(|s| {
-            s.connection.is_some() && !has_drained(s.outbound(), max_messages, max_bytes)
-        });
-        if still_full {
-            return;
+        let limits = self.queue_limits();
+        let still_full = self
+            .sessions
+            .get(session)
+            .is_some_and(|s| s.connection.is_some() && !s.outbound().is_half_empty(limits));
+        if !still_full {
+            self.release_waiters(now, session);
         }
+    }
+
+    /// Lets every publisher waiting on `session` go on.
+    fn release_waiters(&mut self, now: Instant, session: SessionId) {
         let Some(waiting) = self.backpressure.waiting.remove(&session) else {
             return;
         };
@@ -222,11 +211,7 @@ impl Broker {
     /// client sends it again), and whoever waited on its session goes on.
     pub(super) fn forget_connection(&mut self, now: Instant, conn: ConnId, session: SessionId) {
         self.backpressure.held.remove(&conn);
-        if let Some(waiting) = self.backpressure.waiting.remove(&session) {
-            for waiter in waiting {
-                self.release(now, waiter);
-            }
-        }
+        self.release_waiters(now, session);
     }
 
     /// When the oldest held publication reaches the hold limit.

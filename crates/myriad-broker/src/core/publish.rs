@@ -303,12 +303,17 @@ impl Broker {
         Routed::To(count)
     }
 
-    /// Hands one delivery to a session: sent now if its window allows, queued otherwise.
-    pub(super) fn deliver(&mut self, now: Instant, session_id: SessionId, delivery: Delivery) {
-        let limits = QueueLimits {
+    /// The configured limits on every session's queue.
+    pub(super) fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
             max_messages: self.config.max_queued_messages,
             max_bytes: self.config.max_queued_bytes,
-        };
+        }
+    }
+
+    /// Hands one delivery to a session: sent now if its window allows, queued otherwise.
+    pub(super) fn deliver(&mut self, now: Instant, session_id: SessionId, delivery: Delivery) {
+        let limits = self.queue_limits();
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };

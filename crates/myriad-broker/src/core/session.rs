@@ -169,6 +169,16 @@ impl Outbound {
         self.queued_bytes
     }
 
+    /// Whether the queue is at `limits` (the next message would push one out).
+    pub fn is_full(&self, limits: QueueLimits) -> bool {
+        self.queue.len() >= limits.max_messages || self.queued_bytes >= limits.max_bytes
+    }
+
+    /// Whether the queue is at most half of `limits`.
+    pub fn is_half_empty(&self, limits: QueueLimits) -> bool {
+        self.queue.len() <= limits.max_messages / 2 && self.queued_bytes <= limits.max_bytes / 2
+    }
+
     /// Appends `delivery` to the queue, keeping it within `limits`: when full,
     /// the oldest QoS 0 message goes first, then the oldest message of any QoS
     /// (a QoS 0 newcomer is refused rather than push out a QoS 1/2 message).

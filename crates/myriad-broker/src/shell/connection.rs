@@ -559,10 +559,7 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
 /// Encodes one packet. A plain function, so the packet never sits in a task's state.
 fn encode_one(packet: Packet, protocol: ProtocolVersion) -> BytesMut {
     let mut out = BytesMut::new();
-    if let Err(error) = myriad_mqtt::encode(&packet, protocol, &mut out) {
-        debug!(%error, "dropping a packet that cannot be encoded");
-        out.clear();
-    }
+    super::link::encode_into(&packet, protocol, &mut out);
     out
 }
 

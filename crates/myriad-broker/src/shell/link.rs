@@ -62,6 +62,16 @@ pub struct Link {
     pub(crate) protocol: ProtocolVersion,
 }
 
+/// Appends `packet` encoded for `protocol` to `out`; a packet that cannot be
+/// encoded is logged and skipped, leaving `out` as it was.
+pub(super) fn encode_into(packet: &Packet, protocol: ProtocolVersion, out: &mut BytesMut) {
+    let before = out.len();
+    if let Err(error) = myriad_mqtt::encode(packet, protocol, out) {
+        out.truncate(before);
+        debug!(%error, "dropping a packet that cannot be encoded");
+    }
+}
+
 /// A peer address in 16 bytes instead of 32: IPv4 inline, IPv6 boxed.
 #[derive(Debug)]
 enum Peer {
@@ -179,13 +189,7 @@ impl Link {
             pending.qos0_publishes += 1;
         }
         match &mut pending.outbox {
-            Outbox::Wire { bytes } => {
-                let before = bytes.len();
-                if let Err(error) = myriad_mqtt::encode(&packet, self.protocol, bytes) {
-                    bytes.truncate(before);
-                    debug!(%error, "dropping a packet that cannot be encoded");
-                }
-            }
+            Outbox::Wire { bytes } => encode_into(&packet, self.protocol, bytes),
             Outbox::Packets(packets) => packets.push_back(packet),
         }
         if std::mem::replace(&mut pending.woken, true) {
