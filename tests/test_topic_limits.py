@@ -185,6 +185,30 @@ def test_restart_with_deep_records_in_the_data_dir(tmp_path):
 
 
 @pv
+def test_deep_filter_with_defaults_is_refused_and_nothing_breaks(port, version):
+    """The issue's repro against the default config: the filter is refused
+    (0x8F / 0x80) instead of being walked, and the broker stays up."""
+    with RawClient(port, version) as r:
+        r.connect(unique("deep"))
+        filt = "/" * 40_000
+        refused = RC_TOPIC_FILTER_INVALID if version == V5 else V3_FAILURE
+        assert r.subscribe([(filt, 0), ("$share/g/" + "/" * 25_000, 0)]).reasons == [refused, refused]
+        r.unsubscribe([filt])
+        r.ping()
+        r.disconnect()
+    still_serving(port, version)
+
+
+@pv
+def test_deep_retained_with_defaults_is_refused(port, version):
+    with RawClient(port, version) as r:
+        r.connect(unique("deep"))
+        r.publish("/" * 45_000, b"deep", qos=1, retain=True, wait=False)
+        r.expect_disconnect(RC_TOPIC_NAME_INVALID if version == V5 else None)
+    still_serving(port, version)
+
+
+@pv
 def test_publish_beyond_max_topic_levels(port, version):
     with RawClient(port, version) as r:
         r.connect(unique("p"))
