@@ -34,6 +34,22 @@ pub struct BrokerConfig {
     /// Topics no client may read: a SUBSCRIBE whose filter lies inside one of
     /// these is refused (0x80), and messages on them reach no subscriber.
     pub deny_subscribe: Vec<String>,
+    /// Most levels a topic name or filter may have (a `$share/{group}/`
+    /// prefix not counted). A PUBLISH with a deeper topic gets DISCONNECT
+    /// 0x90 (5.0) or is closed (3.1.1); a deeper filter gets SUBACK 0x8F
+    /// (5.0) / 0x80 (3.1.1); a CONNECT whose will topic is deeper gets
+    /// CONNACK 0x90 (5.0) or is closed (3.1.1).
+    pub max_topic_levels: usize,
+    /// Most bytes a topic name or filter may have (UTF-8, a `$share/{group}/`
+    /// prefix included), at most 65,535 (the protocol's limit). Refused as
+    /// for `max_topic_levels`.
+    pub max_topic_length: usize,
+    /// Most subscriptions one session may hold; SUBSCRIBE for a new filter
+    /// beyond it gets 0x97 Quota Exceeded (5.0) / 0x80 (3.1.1).
+    pub max_subscriptions_per_client: usize,
+    /// Most topic aliases the server assigns towards one client (5.0): the
+    /// smaller of this and the client's Topic Alias Maximum; 0 assigns none.
+    pub max_outbound_aliases: u16,
 }
 
 impl Default for BrokerConfig {
@@ -51,6 +67,10 @@ impl Default for BrokerConfig {
             publisher_hold_ms: 5000,
             connect_timeout_secs: 10,
             deny_subscribe: Vec::new(),
+            max_topic_levels: 128,
+            max_topic_length: 4096,
+            max_subscriptions_per_client: 1000,
+            max_outbound_aliases: 64,
         }
     }
 }
@@ -85,6 +105,15 @@ impl BrokerConfig {
         }
         if self.connect_timeout_secs == 0 {
             return fail("connect_timeout_secs", "must be at least 1");
+        }
+        if self.max_topic_levels == 0 {
+            return fail("max_topic_levels", "must be at least 1");
+        }
+        if self.max_topic_length == 0 || self.max_topic_length > usize::from(u16::MAX) {
+            return fail("max_topic_length", "must be between 1 and 65535");
+        }
+        if self.max_subscriptions_per_client == 0 {
+            return fail("max_subscriptions_per_client", "must be at least 1");
         }
         for filter in &self.deny_subscribe {
             if !myriad_mqtt::topic::valid_topic_filter(filter) {

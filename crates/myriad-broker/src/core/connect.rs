@@ -10,6 +10,7 @@ use myriad_mqtt::{
 use super::message::Message;
 use super::session::{InflightState, NEVER_EXPIRES};
 use super::{Broker, ConnId, Connection, ConnectionLoss, Output, SessionId};
+use super::{detach, limits};
 use crate::config::BrokerConfig;
 use crate::hooks::{OfflineReason, Presence};
 
@@ -38,6 +39,24 @@ impl Broker {
 
         if connect.properties.authentication_method.is_some() {
             self.refuse(conn, ReasonCode::BadAuthenticationMethod);
+            return false;
+        }
+        if let Some(will) = &connect.will
+            && !limits::topic_fits(&self.config, &will.topic)
+        {
+            // 5.0 has a code for it (0x90: "not malformed, but not accepted
+            // by this Server"); 3.1.1 has none, and is closed as for a will
+            // topic the protocol itself rejects.
+            tracing::debug!(
+                conn,
+                length = will.topic.len(),
+                "will topic beyond mqtt.max_topic_levels or mqtt.max_topic_length"
+            );
+            if v5 {
+                self.refuse(conn, ReasonCode::TopicNameInvalid);
+            } else {
+                self.outputs.push_back(Output::Close(conn));
+            }
             return false;
         }
         let client_id = if connect.client_id.is_empty() {
@@ -100,12 +119,15 @@ impl Broker {
             id: conn,
             last_seen: self.epoch.ticks(now),
             acl: None,
-            will: connect.will.map(Box::new),
+            // Copied out: the will lives as long as the connection, and
+            // would pin the CONNECT's buffer (password included).
+            will: connect.will.map(|will| Box::new(detach::will(will))),
             aliases: None,
             max_packet_size: client_properties.maximum_packet_size.unwrap_or(u32::MAX),
             keep_alive_check: 0,
             receive_maximum: client_properties.receive_maximum.unwrap_or(u16::MAX),
-            topic_alias_maximum: client_properties.topic_alias_maximum.unwrap_or(0),
+            topic_alias_maximum: (client_properties.topic_alias_maximum.unwrap_or(0))
+                .min(self.config.max_outbound_aliases),
             keep_alive,
             protocol: connect.protocol,
             connect_expiry_was_zero: asked_expiry == 0,
@@ -154,7 +176,7 @@ impl Broker {
                 keep_alive,
                 protocol: connect.protocol,
                 session_present,
-                username: connect.username.clone(),
+                username: connect.username.as_ref().map(detach::string),
             }));
         }
         if session_present {

@@ -7,7 +7,9 @@
 
 mod backpressure;
 pub mod connect;
+mod detach;
 mod keepalive;
+mod limits;
 pub mod message;
 pub mod observe;
 pub mod persist;
@@ -112,7 +114,8 @@ struct Connection {
     keep_alive_check: keepalive::CheckMark,
     /// The client's Receive Maximum: our outbound window.
     receive_maximum: u16,
-    /// The client's Topic Alias Maximum: how many aliases we may assign.
+    /// How many topic aliases we may assign: the client's Topic Alias
+    /// Maximum, at most `mqtt.max_outbound_aliases`.
     topic_alias_maximum: u16,
     /// Keep alive in force, in seconds (0: none).
     keep_alive: u16,

@@ -20,7 +20,7 @@ use super::message::{Delivery, Message};
 use super::session::{NEVER_EXPIRES, Session};
 use super::subscribe::split_filter;
 use super::tree::Subscription;
-use super::{Broker, SessionId};
+use super::{Broker, SessionId, limits};
 use crate::config::BrokerConfig;
 
 /// The wall-clock time now, in milliseconds since the Unix epoch.
@@ -78,9 +78,51 @@ fn message_from_record(record: MessageRecord, clock: Clock) -> Message {
     }
 }
 
+/// Records a restore leaves out because the limits in force refuse them
+/// (a data dir written with higher limits, or by an older version).
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+}
+
+impl Skipped {
+    /// Lines logged one by one; past them only the total is.
+    const LOGGED: usize = 10;
+
+    fn note(&mut self, what: &str, client_id: Option<&ByteString>, topic: &str) {
+        self.count += 1;
+        if self.count <= Self::LOGGED {
+            let levels = topic.split('/').count();
+            let length = topic.len();
+            tracing::warn!(
+                client_id = client_id.map(|c| &**c),
+                levels,
+                length,
+                "stored {what} not restored: beyond mqtt.max_topic_levels, \
+                 mqtt.max_topic_length or mqtt.max_subscriptions_per_client"
+            );
+        }
+    }
+
+    fn report(&self) {
+        if self.count > 0 {
+            tracing::warn!(
+                skipped = self.count,
+                "stored records not restored: the configured limits refuse them (they stay in the store)"
+            );
+        }
+    }
+}
+
 impl Broker {
     /// A broker rebuilt from a store's snapshot, recording changes from now
     /// on. `now` and `now_unix` are the same moment on both clocks.
+    ///
+    /// A record the configured limits refuse (a topic or filter beyond
+    /// `mqtt.max_topic_levels` / `mqtt.max_topic_length`, subscriptions
+    /// beyond `mqtt.max_subscriptions_per_client`) is logged and left out:
+    /// whatever a data dir holds, start-up goes on. It stays in the store,
+    /// so raising the limits again brings it back.
     pub fn restore(
         config: BrokerConfig,
         snapshot: Snapshot,
@@ -91,7 +133,12 @@ impl Broker {
         broker.clock = Clock::new(now, now_unix);
         broker.recording = true;
         let clock = broker.clock;
+        let mut skipped = Skipped::default();
         for message in snapshot.retained {
+            if !limits::topic_fits(&broker.config, &message.topic) {
+                skipped.note("retained message", None, &message.topic);
+                continue;
+            }
             let message = Arc::new(message_from_record(message, clock));
             if !message.is_expired(now) {
                 broker.retained.set(message);
@@ -107,6 +154,19 @@ impl Broker {
             };
             session.persisted = true;
             for subscription in stored.subscriptions {
+                let client_id = Some(&record.client_id);
+                if !limits::filter_fits(&broker.config, &subscription.filter) {
+                    skipped.note("subscription", client_id, &subscription.filter);
+                    continue;
+                }
+                if session.subscriptions.len() >= broker.config.max_subscriptions_per_client {
+                    skipped.note(
+                        "subscription beyond the quota",
+                        client_id,
+                        &subscription.filter,
+                    );
+                    continue;
+                }
                 let (group, inner) = split_filter(&subscription.filter);
                 let entry = Subscription {
                     options: subscription.options,
@@ -119,6 +179,12 @@ impl Broker {
             }
             for (seq, outbound) in stored.outbound {
                 session.outbound_mut().resume_seq_after(seq);
+                if let Some(message) = &outbound.message
+                    && !limits::topic_fits(&broker.config, &message.topic)
+                {
+                    skipped.note("queued message", Some(&record.client_id), &message.topic);
+                    continue;
+                }
                 let delivery = outbound.message.map(|message| Delivery {
                     message: Arc::new(message_from_record(message, clock)),
                     qos: outbound.qos,
@@ -159,7 +225,14 @@ impl Broker {
                 session.set_expires_at(Some(at));
                 broker.expiries.insert((at, id));
             }
-            if let Some((due, message)) = stored.will {
+            let will = stored.will.filter(|(_, message)| {
+                let fits = limits::topic_fits(&broker.config, &message.topic);
+                if !fits {
+                    skipped.note("will", Some(&record.client_id), &message.topic);
+                }
+                fits
+            });
+            if let Some((due, message)) = will {
                 let due = clock.to_instant(due);
                 session.set_will_due(Some(due));
                 broker.wills_due.insert((due, id));
@@ -176,6 +249,7 @@ impl Broker {
                 );
             }
         }
+        skipped.report();
         broker
     }
 

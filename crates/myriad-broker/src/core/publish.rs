@@ -10,6 +10,7 @@ use super::message::{Delivery, Message};
 use super::session::{QueueLimits, QueueOutcome};
 use super::tree::Matched;
 use super::{Broker, ConnId, SessionId};
+use super::{detach, limits};
 
 impl Broker {
     /// Handles a packet received on an accepted connection.
@@ -70,7 +71,16 @@ impl Broker {
     }
 
     /// Publishes a message from inside the process (device services, tests).
+    /// A topic beyond `mqtt.max_topic_levels` or `mqtt.max_topic_length` is
+    /// dropped with a warning, as a client's would be refused.
     pub fn publish(&mut self, now: Instant, publish: Publish) {
+        if !limits::topic_fits(&self.config, &publish.topic) {
+            tracing::warn!(
+                length = publish.topic.len(),
+                "in-process publish dropped: topic beyond mqtt.max_topic_levels or mqtt.max_topic_length"
+            );
+            return;
+        }
         self.observe.traffic.messages_internal += 1;
         let message = Message::from_publish(publish, None, now);
         self.publish_message(now, message);
@@ -87,10 +97,22 @@ impl Broker {
             return;
         };
         let alias_maximum = self.config.topic_alias_maximum;
+        // An empty topic is resolved from an alias, checked when it was set.
+        let topic_fits =
+            publish.topic.is_empty() || limits::topic_fits(&self.config, &publish.topic);
         let Some(connection) = self.connection_mut(conn) else {
             return;
         };
         let v5 = connection.protocol.is_v5();
+        if !topic_fits {
+            tracing::debug!(
+                conn,
+                length = publish.topic.len(),
+                "PUBLISH topic beyond mqtt.max_topic_levels or mqtt.max_topic_length"
+            );
+            self.disconnect_with(now, conn, ReasonCode::TopicNameInvalid);
+            return;
+        }
         if let Some(alias) = publish.properties.topic_alias {
             if alias == 0 || alias > alias_maximum {
                 self.disconnect_with(now, conn, ReasonCode::TopicAliasInvalid);
@@ -109,10 +131,11 @@ impl Broker {
                     }
                 }
             } else {
+                // A copy: the packet's topic would pin its whole buffer.
                 connection
                     .aliases_mut()
                     .inbound
-                    .insert(alias, publish.topic.clone());
+                    .insert(alias, detach::string(&publish.topic));
             }
         }
         if publish.topic.is_empty() {
@@ -293,7 +316,15 @@ impl Broker {
         let message = Arc::new(message);
         if message.retain {
             self.record_retained(&message);
-            self.retained.set(message.clone());
+            // The store keeps its own copy: the routed one shares the
+            // publisher's read buffer, which a retained message would pin
+            // for as long as it is retained.
+            let kept = if message.payload.is_empty() {
+                message.clone()
+            } else {
+                Arc::new(detach::message(&message))
+            };
+            self.retained.set(kept);
         }
         let deliveries = merge_overlapping(&message, matched);
         let count = deliveries.len();
@@ -459,10 +490,11 @@ impl Broker {
                     let used = connection.aliases.as_ref().map_or(0, |a| a.outbound.len());
                     if used < usize::from(connection.topic_alias_maximum) {
                         let alias = u16::try_from(used + 1).unwrap_or(u16::MAX);
+                        // A copy: the message's topic shares the publisher's packet.
                         connection
                             .aliases_mut()
                             .outbound
-                            .insert(publish.topic.clone(), alias);
+                            .insert(detach::string(&publish.topic), alias);
                         publish.properties.topic_alias = Some(alias);
                     }
                 }

@@ -1,4 +1,8 @@
 //! Retained messages, indexed by topic level so wildcard subscriptions find them fast.
+//!
+//! As in the subscription tree, every walk is a loop over an explicit stack
+//! or path and dropping a node is iterative: a topic's depth is the
+//! publisher's choice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,17 +10,46 @@ use std::time::Instant;
 
 use super::message::Message;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
     message: Option<Arc<Message>>,
 }
 
+impl Node {
+    /// Whether the node stays when its child on a removal path goes.
+    fn keeps_without_one_child(&self) -> bool {
+        self.message.is_some() || self.children.len() > 1
+    }
+}
+
+impl Drop for Node {
+    /// Takes the subtree apart on a heap stack instead of the recursive drop glue.
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut pending: Vec<Node> = std::mem::take(&mut self.children).into_values().collect();
+        while let Some(mut node) = pending.pop() {
+            pending.extend(std::mem::take(&mut node.children).into_values());
+        }
+    }
+}
+
 /// The retained message of every topic that has one.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RetainedStore {
     root: Node,
     count: usize,
+}
+
+impl std::fmt::Debug for RetainedStore {
+    /// The size only: printing the nodes would walk a tree of any depth.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetainedStore")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RetainedStore {
@@ -50,11 +83,37 @@ impl RetainedStore {
         }
     }
 
-    /// Removes the retained message of `topic`, if any.
+    /// Removes the retained message of `topic`, if any, and the nodes left
+    /// empty (cut off below the deepest node that keeps something else).
     pub fn clear(&mut self, topic: &str) {
-        let levels: Vec<&str> = topic.split('/').collect();
-        if clear_at(&mut self.root, &levels) {
-            self.count -= 1;
+        let mut node = &mut self.root;
+        let mut cut = 0;
+        for (depth, level) in topic.split('/').enumerate() {
+            if depth > 0 && node.keeps_without_one_child() {
+                cut = depth;
+            }
+            match node.children.get_mut(level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        if node.message.take().is_none() {
+            return;
+        }
+        self.count -= 1;
+        if !node.children.is_empty() {
+            return;
+        }
+        let mut levels = topic.split('/');
+        let mut node = &mut self.root;
+        for level in levels.by_ref().take(cut) {
+            match node.children.get_mut(level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        if let Some(level) = levels.next() {
+            node.children.remove(level);
         }
     }
 
@@ -63,7 +122,7 @@ impl RetainedStore {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
         let mut expired = Vec::new();
-        collect(&self.root, &levels, true, now, &mut out, &mut expired);
+        collect(&self.root, &levels, now, &mut out, &mut expired);
         for topic in expired {
             self.clear(&topic);
         }
@@ -71,56 +130,47 @@ impl RetainedStore {
     }
 }
 
-fn clear_at(node: &mut Node, levels: &[&str]) -> bool {
-    let Some((first, rest)) = levels.split_first() else {
-        return node.message.take().is_some();
-    };
-    let Some(child) = node.children.get_mut(*first) else {
-        return false;
-    };
-    let cleared = clear_at(child, rest);
-    if child.message.is_none() && child.children.is_empty() {
-        node.children.remove(*first);
-    }
-    cleared
-}
-
+/// Depth-first walk over the nodes matching `filter`, on a heap stack.
 fn collect(
-    node: &Node,
+    root: &Node,
     filter: &[&str],
-    at_root: bool,
     now: Instant,
     out: &mut Vec<Arc<Message>>,
     expired: &mut Vec<String>,
 ) {
-    let Some((first, rest)) = filter.split_first() else {
-        take(node, now, out, expired);
-        return;
-    };
-    match *first {
-        "#" => {
-            // `#` also matches the parent level itself ("a/#" matches "a").
-            if !at_root {
-                take(node, now, out, expired);
-            }
-            for (name, child) in &node.children {
-                if at_root && name.starts_with('$') {
-                    continue;
+    let mut pending: Vec<(&Node, usize)> = vec![(root, 0)];
+    while let Some((node, depth)) = pending.pop() {
+        let at_root = depth == 0;
+        let Some(level) = filter.get(depth) else {
+            take(node, now, out, expired);
+            continue;
+        };
+        match *level {
+            "#" => {
+                // `#` also matches the parent level itself ("a/#" matches "a").
+                if !at_root {
+                    take(node, now, out, expired);
                 }
-                take_subtree(child, now, out, expired);
-            }
-        }
-        "+" => {
-            for (name, child) in &node.children {
-                if at_root && name.starts_with('$') {
-                    continue;
+                for (name, child) in &node.children {
+                    // Wildcards at the first level skip `$` topics (MQTT-4.7.2-1).
+                    if at_root && name.starts_with('$') {
+                        continue;
+                    }
+                    take_subtree(child, now, out, expired);
                 }
-                collect(child, rest, false, now, out, expired);
             }
-        }
-        level => {
-            if let Some(child) = node.children.get(level) {
-                collect(child, rest, false, now, out, expired);
+            "+" => {
+                for (name, child) in &node.children {
+                    if at_root && name.starts_with('$') {
+                        continue;
+                    }
+                    pending.push((child, depth + 1));
+                }
+            }
+            level => {
+                if let Some(child) = node.children.get(level) {
+                    pending.push((child, depth + 1));
+                }
             }
         }
     }
@@ -136,10 +186,12 @@ fn take(node: &Node, now: Instant, out: &mut Vec<Arc<Message>>, expired: &mut Ve
     }
 }
 
-fn take_subtree(node: &Node, now: Instant, out: &mut Vec<Arc<Message>>, expired: &mut Vec<String>) {
-    take(node, now, out, expired);
-    for child in node.children.values() {
-        take_subtree(child, now, out, expired);
+/// Every message at or below `top`, on a heap stack.
+fn take_subtree(top: &Node, now: Instant, out: &mut Vec<Arc<Message>>, expired: &mut Vec<String>) {
+    let mut pending = vec![top];
+    while let Some(node) = pending.pop() {
+        take(node, now, out, expired);
+        pending.extend(node.children.values());
     }
 }
 
@@ -199,6 +251,49 @@ mod tests {
         let past = Instant::now() - Duration::from_secs(1);
         store.set(message("x", "old", Some(past)));
         assert!(topics(&mut store, "x").is_empty());
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn walks_of_200_000_levels_do_not_recurse() {
+        use crate::core::tree::tests::{deep, on_small_stack};
+        on_small_stack(|| {
+            let mut store = RetainedStore::new();
+            let topic = deep(200_000, "b");
+            store.set(message(&topic, "1", None));
+            store.set(message(&deep(200_000, "c"), "2", None));
+            assert_eq!(store.len(), 2);
+            assert_eq!(store.matching(&deep(200_000, "+"), Instant::now()).len(), 2);
+            assert_eq!(store.matching("#", Instant::now()).len(), 2);
+            assert_eq!(store.matching(&deep(100_000, "#"), Instant::now()).len(), 2);
+            // Cleared by an empty retained message.
+            store.set(message(&topic, "", None));
+            assert_eq!(store.len(), 1);
+            // Expired when found.
+            let past = Instant::now() - Duration::from_secs(1);
+            store.set(message(&topic, "old", Some(past)));
+            assert_eq!(store.matching(&topic, Instant::now()).len(), 0);
+            assert_eq!(store.len(), 1);
+            // The other chain goes with the store.
+        });
+    }
+
+    #[test]
+    fn clearing_prunes_only_the_emptied_chain() {
+        let mut store = RetainedStore::new();
+        store.set(message("a/b/c/d", "1", None));
+        store.set(message("a/b", "2", None));
+        store.set(message("a/x", "3", None));
+        store.clear("a/b/c/d");
+        let b = store
+            .root
+            .children
+            .get("a")
+            .and_then(|a| a.children.get("b"));
+        assert!(b.is_some_and(|b| b.children.is_empty() && b.message.is_some()));
+        store.clear("a/b");
+        store.clear("a/x");
+        assert!(store.root.children.is_empty());
         assert!(store.is_empty());
     }
 }

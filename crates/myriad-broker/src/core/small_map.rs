@@ -154,6 +154,15 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
         few.into_iter().flatten().chain(many.into_iter().flatten())
     }
 
+    /// The values, by value, in no particular order.
+    pub fn into_values(self) -> impl Iterator<Item = V> {
+        let (few, many) = match self {
+            SmallMap::Few(entries) => (Some(entries.into_iter().map(|(_, v)| v)), None),
+            SmallMap::Many(map) => (None, Some(map.into_values())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
     fn value_at(&mut self, index: usize) -> &mut V {
         match self {
             SmallMap::Few(entries) => &mut entries[index].1,

@@ -10,6 +10,7 @@ mod connect;
 mod expiry;
 mod hooks;
 mod keepalive;
+mod limits;
 mod persist;
 mod properties;
 mod publish;
