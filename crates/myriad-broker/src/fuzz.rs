@@ -67,12 +67,15 @@ const MAX_TIMEOUTS_PER_ADVANCE: usize = 10_000;
 pub struct Options {
     /// Most levels of a generated deep topic or filter.
     pub max_deep_levels: usize,
+    /// Prints each operation and output to stderr (to read a crash input).
+    pub trace: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             max_deep_levels: DEFAULT_DEEP_LEVELS,
+            trace: false,
         }
     }
 }
@@ -459,7 +462,13 @@ pub fn scenario(data: &[u8]) -> Option<Scenario> {
 /// Runs `scenario`, panicking on the first broken invariant.
 pub fn run_scenario(scenario: &Scenario, options: &Options) {
     let mut harness = Harness::new(scenario.limits.config(), *options);
-    for op in scenario.ops.iter().take(MAX_OPS) {
+    if options.trace {
+        eprintln!("limits: {:?}", scenario.limits.config());
+    }
+    for (index, op) in scenario.ops.iter().take(MAX_OPS).enumerate() {
+        if options.trace {
+            eprintln!("op {index}: {op:?}");
+        }
         harness.step(op);
     }
     // Let everything that is scheduled happen.
@@ -1094,6 +1103,9 @@ impl Harness {
     }
 
     fn check_output(&mut self, output: Output) {
+        if self.options.trace {
+            eprintln!("  at {:?}: {}", self.offset, brief(&output));
+        }
         match output {
             Output::Send(conn, packet) => {
                 let Some(state) = self.conns.get_mut(&conn) else {
@@ -1286,4 +1298,50 @@ fn payload_of(payload: Payload) -> Bytes {
         Payload::Large(n) => usize::from(n),
     };
     Bytes::from(vec![b'p'; len])
+}
+
+/// One line about an output, payloads and empty properties left out.
+fn brief(output: &Output) -> String {
+    match output {
+        Output::Send(conn, Packet::Publish(p)) => format!(
+            "conn {conn} <- PUBLISH {} qos={:?} id={} dup={} retain={} {}B alias={:?}",
+            short(&p.topic),
+            p.qos,
+            p.packet_id,
+            p.dup,
+            p.retain,
+            p.payload.len(),
+            p.properties.topic_alias
+        ),
+        Output::Send(conn, Packet::SubAck(a)) => {
+            format!("conn {conn} <- SUBACK {} {:?}", a.packet_id, a.reason_codes)
+        }
+        Output::Send(conn, Packet::UnsubAck(a)) => {
+            format!(
+                "conn {conn} <- UNSUBACK {} {:?}",
+                a.packet_id, a.reason_codes
+            )
+        }
+        Output::Send(conn, Packet::ConnAck(a)) => format!(
+            "conn {conn} <- CONNACK {:?} present={} assigned={:?}",
+            a.reason_code, a.session_present, a.properties.assigned_client_identifier
+        ),
+        Output::Send(conn, Packet::PubAck(a)) => {
+            format!("conn {conn} <- PUBACK {} {:?}", a.packet_id, a.reason_code)
+        }
+        Output::Send(conn, Packet::PubRec(a)) => {
+            format!("conn {conn} <- PUBREC {} {:?}", a.packet_id, a.reason_code)
+        }
+        Output::Send(conn, Packet::PubRel(a)) => {
+            format!("conn {conn} <- PUBREL {} {:?}", a.packet_id, a.reason_code)
+        }
+        Output::Send(conn, Packet::PubComp(a)) => {
+            format!("conn {conn} <- PUBCOMP {} {:?}", a.packet_id, a.reason_code)
+        }
+        Output::Send(conn, Packet::Disconnect(d)) => {
+            format!("conn {conn} <- DISCONNECT {:?}", d.reason_code)
+        }
+        Output::Send(conn, packet) => format!("conn {conn} <- {:?}", packet.packet_type()),
+        other => format!("{other:?}"),
+    }
 }

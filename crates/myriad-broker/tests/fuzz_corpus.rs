@@ -3,8 +3,8 @@
 //! including the crash reproductions added to it, without the instrumented
 //! build.
 //!
-//! `MYRIAD_FUZZ_INPUT=path` replays that one file instead and prints the
-//! scenario it decodes to (for a crash file the fuzzer wrote).
+//! `MYRIAD_FUZZ_INPUT=path` replays that one file instead and prints each
+//! operation and output (for a crash file the fuzzer wrote).
 
 use std::path::{Path, PathBuf};
 
@@ -18,10 +18,11 @@ fn corpus() -> PathBuf {
 fn fuzz_corpus() {
     if let Ok(input) = std::env::var("MYRIAD_FUZZ_INPUT") {
         let data = std::fs::read(&input).expect("read MYRIAD_FUZZ_INPUT");
-        if let Some(scenario) = fuzz::scenario(&data) {
-            println!("{scenario:#?}");
-        }
-        fuzz::run(&data, &Options::default());
+        let options = Options {
+            trace: true,
+            ..Options::default()
+        };
+        fuzz::run(&data, &options);
         return;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(corpus())
