@@ -41,7 +41,7 @@ run() {
   echo "fuzz: $target for ${seconds}s over corpus/$target"
   if ! "$BIN/$target" "$scratch/$target" "corpus/$target" \
       -max_total_time="$seconds" -max_len=4096 -timeout=25 -rss_limit_mb=2048 \
-      -artifact_prefix="artifacts/$target/" -print_final_stats=1 >"$log" 2>&1; then
+      -handle_segv=0 -artifact_prefix="artifacts/$target/" -print_final_stats=1 >"$log" 2>&1; then
     tail -n 80 "$log"
     echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/ (see above)."
     if [ "$target" = session ]; then

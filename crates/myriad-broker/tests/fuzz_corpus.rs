@@ -4,7 +4,8 @@
 //! build.
 //!
 //! `MYRIAD_FUZZ_INPUT=path` replays that one file instead and prints each
-//! operation and output (for a crash file the fuzzer wrote).
+//! operation and output (for a crash file the fuzzer wrote), with
+//! `MYRIAD_FUZZ_DEEP_LEVELS` as the fuzz target reads it.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,10 @@ fn fuzz_corpus() {
         let data = std::fs::read(&input).expect("read MYRIAD_FUZZ_INPUT");
         let options = Options {
             trace: true,
-            ..Options::default()
+            max_deep_levels: std::env::var("MYRIAD_FUZZ_DEEP_LEVELS")
+                .ok()
+                .and_then(|levels| levels.parse().ok())
+                .unwrap_or(fuzz::DEFAULT_DEEP_LEVELS),
         };
         fuzz::run(&data, &options);
         return;
