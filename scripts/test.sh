@@ -6,6 +6,9 @@
 #   3. cargo build --release            (the `myriad` binary the Python suite runs)
 #   4. cargo test --workspace --release (same profile as 3: dependencies compile once)
 #   5. python -m pytest tests -q        (external-client integration suite)
+#   6. bash scripts/fuzz.sh 60          (bounded fuzzing: instrumented build + 60 s
+#                                        session + 10 s decode; MYRIAD_FUZZ_SECONDS
+#                                        sets the seconds, 0 skips the step)
 #
 # Prerequisites (.ci/run installs them): a Rust toolchain with rustfmt and clippy,
 # Python 3 with tests/requirements.txt (a .venv/ at the repo root is used when
@@ -39,5 +42,11 @@ cargo test --workspace --release
 
 step "python -m pytest tests -q (broker: $MYRIAD_BIN)"
 "$PYTHON" -m pytest tests -q
+
+FUZZ_SECONDS=${MYRIAD_FUZZ_SECONDS:-60}
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  step "bash scripts/fuzz.sh $FUZZ_SECONDS"
+  bash scripts/fuzz.sh "$FUZZ_SECONDS"
+fi
 
 step "all checks passed in ${SECONDS}s"

@@ -5,9 +5,12 @@
 //! - [`shell`]: the tokio shell: TCP listener, one task per connection, and
 //!   the task that drives the core.
 //! - [`config`]: limits and policies.
+//! - `fuzz` (feature `fuzz`): the session-engine fuzz harness.
 
 pub mod config;
 pub mod core;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod hooks;
 pub mod shell;
 pub mod trace;

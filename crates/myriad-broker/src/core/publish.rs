@@ -358,7 +358,12 @@ impl Broker {
         }
         let expires_at = delivery.message.expires_at;
         let outcome = session.outbound_mut().enqueue(delivery, limits);
-        if outcome != QueueOutcome::Queued {
+        let dropped_now = match &outcome {
+            QueueOutcome::Queued => 0,
+            QueueOutcome::DroppedOldest(dropped) => dropped.len(),
+            QueueOutcome::Rejected => 1,
+        };
+        for _ in 0..dropped_now {
             let dropped = session.count_dropped();
             self.stats.messages_dropped += 1;
             // One line for the first drop and then every 1000th, not one per message.
@@ -378,7 +383,9 @@ impl Broker {
             self.next_sweep = Some(self.next_sweep.map_or(at, |next| next.min(at)));
         }
         if let QueueOutcome::DroppedOldest(dropped) = &outcome {
-            self.record_outbound_done(session_id, dropped.seq);
+            for delivery in dropped {
+                self.record_outbound_done(session_id, delivery.seq);
+            }
         }
         if outcome != QueueOutcome::Rejected {
             self.record_last_queued(session_id);

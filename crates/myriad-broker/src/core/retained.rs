@@ -128,6 +128,18 @@ impl RetainedStore {
         }
         out
     }
+
+    /// Every retained message, expired or not, in no particular order. The
+    /// walk keeps its own stack: topics may be as deep as a peer makes them.
+    pub fn all(&self) -> Vec<Arc<Message>> {
+        let mut out = Vec::with_capacity(self.count);
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            out.extend(node.message.clone());
+            stack.extend(node.children.values());
+        }
+        out
+    }
 }
 
 /// Depth-first walk over the nodes matching `filter`, on a heap stack.

@@ -20,9 +20,10 @@ pub const NEVER_EXPIRES: u32 = u32::MAX;
 pub enum QueueOutcome {
     /// Queued without dropping anything.
     Queued,
-    /// Queued after dropping this older message.
-    DroppedOldest(Box<Delivery>),
-    /// Not queued: the queue is full of messages that outrank it.
+    /// Queued after dropping these older messages (oldest first).
+    DroppedOldest(Vec<Delivery>),
+    /// Not queued, and nothing dropped: the queue is full of messages that
+    /// outrank it, or it is larger than the whole byte limit.
     Rejected,
 }
 
@@ -182,38 +183,52 @@ impl Outbound {
     /// Appends `delivery` to the queue, keeping it within `limits`: when full,
     /// the oldest QoS 0 message goes first, then the oldest message of any QoS
     /// (a QoS 0 newcomer is refused rather than push out a QoS 1/2 message).
+    /// Nothing is dropped for a newcomer that would be refused anyway.
     pub fn enqueue(&mut self, mut delivery: Delivery, limits: QueueLimits) -> QueueOutcome {
-        self.assign_seq(&mut delivery);
         let weight = delivery.message.weight();
+        if weight > limits.max_bytes || limits.max_messages == 0 {
+            // It could not be queued even alone.
+            return QueueOutcome::Rejected;
+        }
         let full = |queue: &Outbound| {
             queue.queue.len() >= limits.max_messages
                 || queue.queued_bytes + weight > limits.max_bytes
         };
-        let mut outcome = QueueOutcome::Queued;
-        while full(self) && !self.queue.is_empty() {
-            let qos0 = if self.queued_qos0 == 0 {
-                None
-            } else {
-                self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)
-            };
-            let victim = match qos0 {
-                Some(index) => index,
-                None if delivery.qos == QoS::AtMostOnce => return QueueOutcome::Rejected,
-                None => 0,
-            };
-            if let Some(dropped) = self.queue.remove(victim) {
-                self.queued_bytes -= dropped.message.weight();
-                if dropped.qos == QoS::AtMostOnce {
-                    self.queued_qos0 -= 1;
-                }
-                outcome = QueueOutcome::DroppedOldest(Box::new(dropped));
+        if delivery.qos == QoS::AtMostOnce && full(self) {
+            // Only QoS 0 messages may make room for it: enough of them?
+            let (count, bytes) = (self.queue.iter())
+                .filter(|d| d.qos == QoS::AtMostOnce)
+                .fold((0, 0), |(n, b), d| (n + 1, b + d.message.weight()));
+            if self.queue.len() - count >= limits.max_messages
+                || self.queued_bytes - bytes + weight > limits.max_bytes
+            {
+                return QueueOutcome::Rejected;
             }
         }
-        if full(self) {
-            return QueueOutcome::Rejected;
+        self.assign_seq(&mut delivery);
+        let mut dropped = Vec::new();
+        while full(self) && !self.queue.is_empty() {
+            let victim = if self.queued_qos0 == 0 {
+                0
+            } else {
+                (self.queue.iter())
+                    .position(|d| d.qos == QoS::AtMostOnce)
+                    .unwrap_or(0)
+            };
+            if let Some(victim) = self.queue.remove(victim) {
+                self.queued_bytes -= victim.message.weight();
+                if victim.qos == QoS::AtMostOnce {
+                    self.queued_qos0 -= 1;
+                }
+                dropped.push(victim);
+            }
         }
         self.push_queued(delivery);
-        outcome
+        if dropped.is_empty() {
+            QueueOutcome::Queued
+        } else {
+            QueueOutcome::DroppedOldest(dropped)
+        }
     }
 
     fn push_queued(&mut self, delivery: Delivery) {
@@ -692,11 +707,11 @@ mod tests {
         out.enqueue(delivery(QoS::AtMostOnce, "b"), LIMITS);
         out.enqueue(delivery(QoS::AtLeastOnce, "c"), LIMITS);
         match out.enqueue(delivery(QoS::AtLeastOnce, "d"), LIMITS) {
-            QueueOutcome::DroppedOldest(d) => assert_eq!(d.message.payload, "b"),
+            QueueOutcome::DroppedOldest(d) => assert_eq!(d[0].message.payload, "b"),
             other => panic!("unexpected {other:?}"),
         }
         match out.enqueue(delivery(QoS::ExactlyOnce, "e"), LIMITS) {
-            QueueOutcome::DroppedOldest(d) => assert_eq!(d.message.payload, "a"),
+            QueueOutcome::DroppedOldest(d) => assert_eq!(d[0].message.payload, "a"),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(
@@ -731,6 +746,52 @@ mod tests {
             out.enqueue(delivery(QoS::AtLeastOnce, "too long"), limits),
             QueueOutcome::Rejected
         );
+        assert_eq!(
+            out.queue().len(),
+            1,
+            "a message that cannot fit evicts nothing"
+        );
+    }
+
+    /// Found by the session fuzz target: a message needing several evictions
+    /// reported only the last one (the store kept the others, and a restart
+    /// brought them back), and one larger than the byte limit emptied the
+    /// queue before it was refused itself.
+    #[test]
+    fn every_evicted_message_is_reported_and_a_refused_one_evicts_nothing() {
+        let limits = QueueLimits {
+            max_messages: 100,
+            max_bytes: 8,
+        };
+        let mut out = Outbound::default();
+        for body in ["a", "b", "c"] {
+            assert_eq!(
+                out.enqueue(delivery(QoS::AtLeastOnce, body), limits),
+                QueueOutcome::Queued
+            );
+        }
+        match out.enqueue(delivery(QoS::AtLeastOnce, "defg"), limits) {
+            QueueOutcome::DroppedOldest(dropped) => {
+                let bodies: Vec<_> = dropped.iter().map(|d| d.message.payload.clone()).collect();
+                assert_eq!(bodies, vec!["a", "b"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtLeastOnce, "far too long"), limits),
+            QueueOutcome::Rejected
+        );
+        assert_eq!(out.queue().len(), 2);
+        // A QoS 0 newcomer that QoS 0 evictions cannot make room for evicts none.
+        let mut out = Outbound::default();
+        out.enqueue(delivery(QoS::AtMostOnce, "a"), limits);
+        out.enqueue(delivery(QoS::AtLeastOnce, "bcd"), limits);
+        assert_eq!(
+            out.enqueue(delivery(QoS::AtMostOnce, "efghi"), limits),
+            QueueOutcome::Rejected
+        );
+        assert_eq!(out.queue().len(), 2);
+        assert_eq!(out.queued_bytes(), 2 + 4);
     }
 
     #[test]

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Bounded fuzzing run (CI step of scripts/test.sh; fuzz/README.md has the rest).
+#
+#   bash scripts/fuzz.sh [seconds]
+#
+# Builds the fuzz targets with coverage instrumentation on the stable
+# toolchain (no nightly, no sanitizer), then runs `session` for [seconds]
+# (default 60) and `decode` for a sixth of that, each starting from its seed
+# corpus in fuzz/corpus/<target>. New inputs go to a scratch directory, so the
+# seed corpus stays as committed. A crash, a timeout (a single input running
+# for over 25 s) or a leak past 2 GiB fails the run; the input is kept in
+# fuzz/artifacts/<target>/ and the script prints how to replay it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
+
+SECONDS_SESSION=${1:-60}
+SECONDS_DECODE=$((SECONDS_SESSION / 6 > 0 ? SECONDS_SESSION / 6 : 1))
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+TARGET_DIR=target/instrumented
+BIN="$TARGET_DIR/$TRIPLE/release"
+
+SECONDS=0
+echo "fuzz: building the instrumented targets ($TRIPLE)"
+# --target keeps the flags away from build scripts and proc macros.
+RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+  -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares \
+  --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
+  cargo build --release --locked --target "$TRIPLE" --target-dir "$TARGET_DIR" \
+  --bin session --bin decode
+echo "fuzz: built in ${SECONDS}s"
+
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+run() {
+  local target=$1 seconds=$2
+  local log="$scratch/$target.log"
+  mkdir -p "$scratch/$target" "artifacts/$target"
+  echo "fuzz: $target for ${seconds}s over corpus/$target"
+  if ! "$BIN/$target" "$scratch/$target" "corpus/$target" \
+      -max_total_time="$seconds" -max_len=4096 -timeout=25 -rss_limit_mb=2048 \
+      -handle_segv=0 -artifact_prefix="artifacts/$target/" -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 80 "$log"
+    echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/ (see above)."
+    if [ "$target" = session ]; then
+      echo "fuzz: replay it with MYRIAD_FUZZ_INPUT=<file> cargo test -p myriad-broker --test fuzz_corpus -- --nocapture"
+    fi
+    return 1
+  fi
+  grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
+  echo "fuzz: $target kept $(find "$scratch/$target" -type f | wc -l) new inputs"
+}
+
+run session "$SECONDS_SESSION"
+run decode "$SECONDS_DECODE"
+echo "fuzz: passed in ${SECONDS}s"
