@@ -47,11 +47,11 @@ pub const CLIENTS: usize = 4;
 pub const MAX_OPS: usize = 256;
 /// Default cap on the levels of a generated deep topic or filter.
 ///
-/// Deep topics overflow the stack of today's tree walks (issue 13, section
-/// 1): the cap keeps the fuzzer going past that known crash. Raise it with
-/// [`Options::max_deep_levels`] (the fuzz target reads
-/// `MYRIAD_FUZZ_DEEP_LEVELS`) to look for it.
-pub const DEFAULT_DEEP_LEVELS: usize = 100;
+/// The trees are walked and dropped without recursion (issue 13, section 1),
+/// so deep topics are fuzzed by default; the cap keeps each input fast.
+/// Change it with [`Options::max_deep_levels`] (the fuzz target reads
+/// `MYRIAD_FUZZ_DEEP_LEVELS`).
+pub const DEFAULT_DEEP_LEVELS: usize = 3000;
 /// Wall-clock time at the start of every run (the store keeps wall-clock times).
 const BASE_UNIX_MS: u64 = 1_700_000_000_000;
 /// Topic levels valid in names and filters: plain ones, an empty level, `$`
@@ -112,6 +112,12 @@ pub struct Limits {
     pub max_keep_alive: Option<u8>,
     /// Whether `deny/#` is in `deny_subscribe`.
     pub deny: bool,
+    /// Whether topics of any depth are allowed (else at most 4 levels).
+    pub deep_topics: bool,
+    /// Subscriptions per client: 1 to 8.
+    pub max_subscriptions: u8,
+    /// Topic aliases the server assigns: 0 to 4.
+    pub outbound_aliases: u8,
 }
 
 /// The server's Maximum Packet Size.
@@ -148,6 +154,10 @@ impl Limits {
             } else {
                 Vec::new()
             },
+            max_topic_levels: if self.deep_topics { 100_000 } else { 4 },
+            max_topic_length: if self.deep_topics { 65_535 } else { 64 },
+            max_subscriptions_per_client: 1 + usize::from(self.max_subscriptions % 8),
+            max_outbound_aliases: u16::from(self.outbound_aliases % 5),
             ..BrokerConfig::default()
         }
     }
