@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README: `bash scripts/test.sh`).
 #
+#   0. cargo metadata --locked for . and fuzz/ (fails fast on a stale lock file)
 #   1. cargo fmt --check
 #   2. cargo clippy --all-targets -- -D warnings
 #   3. cargo build --release            (the `myriad` binary the Python suite runs)
@@ -27,6 +28,10 @@ export MYRIAD_BIN=${MYRIAD_BIN:-$TARGET_DIR/release/myriad}
 
 step() { printf '\n==> %s\n' "$*"; }
 SECONDS=0
+
+step "lock files current (root and fuzz/: the fuzz build runs --locked)"
+cargo metadata --locked --format-version 1 >/dev/null
+cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -191,8 +191,11 @@ def test_listen_flag_overrides_config(proc, tmp_path):
         ('[mqtt]\nmax_keep_alive_secs = 70000\n', "max_keep_alive_secs"),
         ('[mqtt]\ndeny_subscribe = "a/#"\n', "deny_subscribe"),
         ('[mqtt]\nlisten = "not an address"\n', "listen"),
+        ('[mqtt]\nmax_connections = 0\n', "mqtt.max_connections"),
+        ('[mqtt]\nlisten_backlog = 0\n', "mqtt.listen_backlog"),
     ],
-    ids=["typo-key", "unknown-key", "string-for-int", "negative", "u16-overflow", "not-a-list", "bad-address"],
+    ids=["typo-key", "unknown-key", "string-for-int", "negative", "u16-overflow", "not-a-list", "bad-address",
+         "no-connections", "no-backlog"],
 )
 def test_bad_config_stops_startup_naming_the_key(proc, tmp_path, text, key):
     args = ["serve", "--config", write(tmp_path, text)]

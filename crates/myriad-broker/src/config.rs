@@ -31,6 +31,16 @@ pub struct BrokerConfig {
     pub publisher_hold_ms: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u16,
+    /// Network connections open at once, counting those still in their
+    /// handshake (and closing ones); a socket beyond it is closed as soon as
+    /// it is accepted. At start-up it is lowered to what the process's
+    /// open-file limit leaves room for (see `shell::connection_cap`).
+    pub max_connections: usize,
+    /// Length of the listen socket's queue of connections the kernel has
+    /// completed but the broker has not yet accepted (Linux caps it at
+    /// `net.core.somaxconn`). A burst of connects beyond it has its SYNs
+    /// dropped and retried a second later.
+    pub listen_backlog: u32,
     /// Topics no client may read: a SUBSCRIBE whose filter lies inside one of
     /// these is refused (0x80), and messages on them reach no subscriber.
     pub deny_subscribe: Vec<String>,
@@ -66,6 +76,8 @@ impl Default for BrokerConfig {
             max_outbound_qos0: 1000,
             publisher_hold_ms: 5000,
             connect_timeout_secs: 10,
+            max_connections: 100_000,
+            listen_backlog: 1024,
             deny_subscribe: Vec::new(),
             max_topic_levels: 128,
             max_topic_length: 4096,
@@ -114,6 +126,12 @@ impl BrokerConfig {
         }
         if self.max_subscriptions_per_client == 0 {
             return fail("max_subscriptions_per_client", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return fail("max_connections", "must be at least 1");
+        }
+        if self.listen_backlog == 0 || self.listen_backlog > 65_535 {
+            return fail("listen_backlog", "must be between 1 and 65535");
         }
         for filter in &self.deny_subscribe {
             if !myriad_mqtt::topic::valid_topic_filter(filter) {

@@ -1,9 +1,11 @@
 //! The shell sends an acknowledgement only after the batch holding the
-//! message is committed, and stops rather than acknowledge what it cannot store.
+//! message is committed, and stops rather than acknowledge what it cannot
+//! store; commits run off the event loop, so a slow disk does not stall
+//! other clients.
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::Client;
@@ -21,13 +23,35 @@ struct ProbeState {
     failing: bool,
 }
 
-/// A store that logs each committed batch and can be told to fail.
+/// A store that logs each committed batch and can be told to fail, or to
+/// hold its commits until released (a disk that takes its time).
 #[derive(Clone, Default)]
 struct ProbeStore {
     inner: Arc<Mutex<ProbeState>>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+/// Opens the store's gate when dropped, so a failing test never leaves a
+/// commit blocked (and the runtime unable to stop).
+struct GateGuard(ProbeStore);
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.0.set_gate(false);
+    }
 }
 
 impl ProbeStore {
+    /// While closed, commits wait.
+    fn set_gate(&self, closed: bool) {
+        let (lock, changed) = &*self.gate;
+        *lock.lock().expect("lock") = closed;
+        changed.notify_all();
+    }
+    fn close_gate(&self) -> GateGuard {
+        self.set_gate(true);
+        GateGuard(self.clone())
+    }
     fn fail_from_now(&self) {
         self.inner.lock().expect("lock").failing = true;
     }
@@ -41,6 +65,13 @@ impl SessionStore for ProbeStore {
         self.inner.lock().expect("lock").store.load()
     }
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        {
+            let (lock, changed) = &*self.gate;
+            let mut closed = lock.lock().expect("lock");
+            while *closed {
+                closed = changed.wait(closed).expect("lock");
+            }
+        }
         let mut inner = self.inner.lock().expect("lock");
         if inner.failing {
             return Err(StoreError::Io {
@@ -135,4 +166,181 @@ async fn a_failed_commit_stops_the_broker_without_acknowledging() {
         .expect("server stops")
         .expect("join");
     assert!(matches!(outcome, Err(ServeError::Commit(_))), "{outcome:?}");
+}
+
+/// A broker on its own thread and one-thread runtime (as `myriad serve`
+/// runs it), so a commit that blocks it cannot block the test's clients.
+struct Threaded {
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    thread: std::thread::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Threaded {
+    fn start(store: ProbeStore) -> Threaded {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                ready_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("ready");
+                let (handle, events) = shell::channel();
+                let persistence = Persistence {
+                    store: Box::new(store),
+                    policy: CommitPolicy::Group {
+                        window: Duration::from_millis(2),
+                    },
+                };
+                shell::run(
+                    BrokerConfig::default(),
+                    Some(persistence),
+                    shell::Hooks::default(),
+                    listener,
+                    token,
+                    handle,
+                    events,
+                )
+                .await
+            })
+        });
+        let addr = ready_rx.recv().expect("broker thread started");
+        Threaded {
+            addr,
+            shutdown,
+            thread,
+        }
+    }
+
+    fn stop(self) -> Result<(), ServeError> {
+        self.shutdown.cancel();
+        self.thread.join().expect("broker thread")
+    }
+}
+
+/// Waits up to `within` for the client's next packet (`None`: nothing came).
+async fn next_within(client: &mut Client, within: Duration) -> Option<Packet> {
+    tokio::time::timeout(within, client.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+// Before commits moved off the event loop, the stuck commit blocked the
+// broker's thread: no PINGRESP came, and the test failed at the first ping.
+#[tokio::test]
+async fn a_stuck_commit_holds_its_puback_but_not_other_clients_pings() {
+    let store = ProbeStore::default();
+    let server = Threaded::start(store.clone());
+    let addr = server.addr;
+    let _subscriber = persistent_subscriber(addr).await;
+    let mut publisher = Client::connect(addr, "pub", 0).await;
+    let mut idle = Client::connect(addr, "idle", 0).await;
+    let gate = store.close_gate();
+    publisher.send(common::publish("t", 5, b"slow disk")).await;
+    // The publisher's own ping may overtake its held PUBACK (MQTT orders
+    // only PUBLISH and its acknowledgements).
+    publisher.send(Packet::PingReq).await;
+    assert_eq!(
+        next_within(&mut publisher, Duration::from_secs(3)).await,
+        Some(Packet::PingResp),
+        "PINGRESP while the commit is stuck, PUBACK not yet"
+    );
+    for _ in 0..3 {
+        idle.send(Packet::PingReq).await;
+        assert_eq!(
+            next_within(&mut idle, Duration::from_secs(3)).await,
+            Some(Packet::PingResp),
+            "an idle client's ping waits for nobody's commit"
+        );
+    }
+    assert_eq!(
+        next_within(&mut publisher, Duration::from_millis(300)).await,
+        None,
+        "no PUBACK before the commit"
+    );
+    drop(gate);
+    assert!(
+        matches!(next_within(&mut publisher, Duration::from_secs(3)).await, Some(Packet::PubAck(ack)) if ack.packet_id == 5)
+    );
+    server.stop().expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_connack_held_for_its_commit_keeps_its_ping_behind_it() {
+    let store = ProbeStore::default();
+    let server = Threaded::start(store.clone());
+    let addr = server.addr;
+    let gate = store.close_gate();
+    // A stored session: its CONNACK waits for the session's commit, and a
+    // PINGREQ sent right behind the CONNECT must not be answered first.
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut client = Client::from_stream(stream, myriad_mqtt::ProtocolVersion::V5);
+    client
+        .send(Packet::Connect(Box::new(common::connect_packet(
+            myriad_mqtt::ProtocolVersion::V5,
+            "stored",
+            600,
+        ))))
+        .await;
+    client.send(Packet::PingReq).await;
+    assert_eq!(
+        next_within(&mut client, Duration::from_millis(300)).await,
+        None,
+        "nothing before the session is stored"
+    );
+    drop(gate);
+    assert!(matches!(
+        next_within(&mut client, Duration::from_secs(3)).await,
+        Some(Packet::ConnAck(_))
+    ));
+    assert_eq!(
+        next_within(&mut client, Duration::from_secs(3)).await,
+        Some(Packet::PingResp)
+    );
+    server.stop().expect("clean stop");
+}
+
+#[tokio::test]
+async fn outputs_keep_their_order_through_pipelined_commits() {
+    // Per acknowledgement: each PUBLISH is its own commit, and the core
+    // goes on applying while earlier ones commit; PUBACKs come back in order.
+    let store = ProbeStore::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let (handle, events) = shell::channel();
+    let server = tokio::spawn(shell::run(
+        BrokerConfig::default(),
+        Some(Persistence {
+            store: Box::new(store.clone()),
+            policy: CommitPolicy::PerEvent,
+        }),
+        shell::Hooks::default(),
+        listener,
+        shutdown.clone(),
+        handle,
+        events,
+    ));
+    let _subscriber = persistent_subscriber(addr).await;
+    let mut publisher = Client::connect(addr, "pub", 0).await;
+    for id in 1..=50u16 {
+        publisher.send(common::publish("t", id, b"m")).await;
+    }
+    for id in 1..=50u16 {
+        match publisher.recv().await {
+            Some(Packet::PubAck(ack)) => assert_eq!(ack.packet_id, id),
+            other => panic!("expected PUBACK {id}, got {other:?}"),
+        }
+    }
+    let commits = store.batches().len();
+    assert!(commits >= 50, "one commit per PUBLISH, got {commits}");
+    shutdown.cancel();
+    server.await.expect("join").expect("clean stop");
 }

@@ -5,6 +5,7 @@ mod ctl;
 mod observe;
 mod platform;
 mod serve;
+mod supervise;
 
 use std::path::PathBuf;
 

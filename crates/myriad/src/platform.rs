@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{Config, StoreBackend};
+use crate::supervise::Essential;
 
 /// The device layer's services.
 pub struct Platform {
@@ -49,9 +50,13 @@ impl Platform {
         }
     }
 
-    /// Opens the device layer's store and builds its services; returns the
-    /// hooks to give the broker.
-    pub fn start(config: &Config, broker: &BrokerHandle) -> Result<(Platform, Hooks)> {
+    /// Opens the device layer's store and builds its services (their tasks
+    /// run as `essential` ones); returns the hooks to give the broker.
+    pub fn start(
+        config: &Config,
+        broker: &BrokerHandle,
+        essential: &mut Essential,
+    ) -> Result<(Platform, Hooks)> {
         let (dir, scratch) = match config.store.backend {
             StoreBackend::Embedded => (config.store.data_dir.clone(), None),
             StoreBackend::Memory => {
@@ -101,19 +106,20 @@ impl Platform {
         .context("cannot load commands")?;
         let (receipts_tx, receipts_rx) = mpsc::unbounded_channel();
         let command_task = commands.clone();
-        tokio::spawn(async move {
+        essential.spawn("command service", async move {
             if command_task.run(receipts_rx).await.is_err() {
                 info!("command service stopped with the broker");
             }
         });
         let (lifecycle_tx, lifecycle_rx) = mpsc::unbounded_channel::<Lifecycle>();
-        tokio::spawn(
+        essential.spawn(
+            "presence service",
             presence
                 .clone()
                 .run(lifecycle_rx, broker.clone(), recovered),
         );
         let shadow_task = shadows.clone();
-        tokio::spawn(async move {
+        essential.spawn("shadow service", async move {
             if shadow_task.run().await.is_err() {
                 info!("shadow service stopped with the broker");
             }

@@ -13,8 +13,12 @@ use crate::ServeArgs;
 use crate::config::{CommitMode, Config, LogFormat, StoreBackend, StoreConfig};
 use crate::observe;
 use crate::platform::Platform;
+use crate::supervise::{self, Essential};
 use myriad_broker::shell::{CommitPolicy, Persistence};
 use myriad_store::{EmbeddedOptions, EmbeddedStore};
+
+/// How long the broker may take to stop after an essential task panicked.
+const ESSENTIAL_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Runs `myriad serve` until a signal stops it; `log_format` (the
 /// command line's) overrides the config's.
@@ -39,6 +43,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         config.log.filter.as_deref(),
         otel.as_ref(),
     );
+    supervise::log_panics();
     let prometheus = observe::metrics::install()?;
     let persistence = open_store(&config.store)?;
     let runtime = match config.runtime.threads {
@@ -65,19 +70,23 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         // Handlers are in place before anyone learns the server is up, so a
         // signal sent right after the listening line still shuts down cleanly.
         let signals = Signals::register()?;
-        let listener = TcpListener::bind(&config.mqtt.listen)
+        let listener = myriad_broker::shell::bind(&config.mqtt)
             .await
             .with_context(|| format!("cannot listen on {} (mqtt.listen)", config.mqtt.listen))?;
         let address = listener.local_addr()?;
         info!(%address, "MQTT listener bound");
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
+        let mut essential = Essential::default();
+        essential.spawn("signal handler", signals.cancel_on_signal(shutdown.clone()));
         let mut stdout = std::io::stdout();
         let (handle, events) = myriad_broker::shell::channel();
-        let (platform, mut hooks) = Platform::start(&config, &handle)?;
+        let (platform, mut hooks) = Platform::start(&config, &handle, &mut essential)?;
         hooks.tracer = tracer;
-        tokio::spawn(observe::metrics::upkeep(prometheus.clone()));
-        observe::spawn_watchdog(&config.watchdog, &handle, &shutdown);
+        essential.spawn(
+            "metrics upkeep",
+            observe::metrics::upkeep(prometheus.clone()),
+        );
+        observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
         let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;
@@ -104,26 +113,42 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                     metrics_require_token: config.metrics.require_token,
                 },
             );
-            tokio::spawn(myriad_api::serve_router(
-                api_listener,
-                router,
-                shutdown.clone(),
-            ));
+            let api_shutdown = shutdown.clone();
+            essential.spawn("HTTP API", async move {
+                if let Err(error) =
+                    myriad_api::serve_router(api_listener, router, api_shutdown).await
+                {
+                    tracing::error!(%error, "the HTTP API stopped");
+                }
+            });
         }
         listeners_bound.store(true, Ordering::Release);
         // Last: the line scripts wait for means everything is up.
         writeln!(stdout, "MQTT listening on {address}")?;
         stdout.flush()?;
-        myriad_broker::shell::run(
+        let broker = myriad_broker::shell::run(
             config.mqtt,
             persistence,
             hooks,
             listener,
-            shutdown,
+            shutdown.clone(),
             handle,
             events,
-        )
-        .await?;
+        );
+        tokio::pin!(broker);
+        tokio::select! {
+            outcome = &mut broker => outcome?,
+            (task, message) = essential.failure() => {
+                // The panic itself was logged by the hook. Stop as for a
+                // signal (bounded), then exit non-zero.
+                tracing::error!(task, "an essential task panicked; stopping");
+                shutdown.cancel();
+                if tokio::time::timeout(ESSENTIAL_STOP_GRACE, &mut broker).await.is_err() {
+                    tracing::warn!("the broker did not stop in time");
+                }
+                anyhow::bail!("the {task} panicked: {message}");
+            }
+        }
         Ok(())
     });
     drop(runtime);

@@ -18,6 +18,7 @@ pub struct Census {
     tasks: AtomicU64,
     registered: AtomicU64,
     spawned: AtomicU64,
+    refused: AtomicU64,
     #[cfg(feature = "leak-test")]
     leak: std::sync::atomic::AtomicBool,
     #[cfg(feature = "leak-test")]
@@ -33,6 +34,9 @@ pub struct CensusCounts {
     pub registered: u64,
     /// Connection tasks spawned since start.
     pub spawned: u64,
+    /// Connections closed as soon as accepted because `mqtt.max_connections`
+    /// were open, since start.
+    pub refused: u64,
 }
 
 impl Census {
@@ -42,7 +46,13 @@ impl Census {
             tasks: self.tasks.load(Ordering::Relaxed),
             registered: self.registered.load(Ordering::Relaxed),
             spawned: self.spawned.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts a connection closed at once because the limit was reached.
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a task that has just been spawned until the guard drops.
@@ -133,7 +143,8 @@ mod tests {
             CensusCounts {
                 tasks: 2,
                 registered: 1,
-                spawned: 2
+                spawned: 2,
+                refused: 0,
             }
         );
         let lingering = registered.unregister();

@@ -4,10 +4,15 @@
 //!   the core task and writes what the core queued for it;
 //! - one core task owns the [`Broker`] and turns its outputs into pushes on
 //!   the connections' [`link::Link`]s;
-//! - [`serve`] accepts connections until the shutdown token is cancelled.
+//! - [`serve`] accepts connections until the shutdown token is cancelled;
+//! - store commits run on the blocking pool ([`commit`]), never on the
+//!   event loop.
 
 pub mod census;
+mod commit;
 mod connection;
+#[cfg(feature = "fault-injection")]
+mod fault;
 pub mod internal;
 pub mod link;
 pub mod snapshot;
@@ -21,8 +26,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use myriad_mqtt::{ByteString, Connect, Packet, PacketProperties, Publish, QoS};
 use myriad_store::{SessionStore, StoreError};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -33,6 +39,7 @@ use crate::core::receipts::DeliveryReceipt;
 use crate::core::{Broker, Output};
 use crate::hooks::{Acl, Authenticator, Lifecycle, Presence};
 use crate::{ConnId, ConnectionLoss};
+use commit::{CommitFailure, Deferred, Durability};
 use link::{Link, Pushed};
 
 /// Events from connection tasks (and the in-process API) to the core task.
@@ -118,13 +125,15 @@ const EVENT_CAPACITY: usize = 8192;
 /// How many events the core handles before it flushes outputs.
 const EVENT_BATCH: usize = 256;
 
-/// When the core commits changes to the store (and so when acknowledgements go out).
+/// When the core commits changes to the store (and so when acknowledgements
+/// go out). Either way commits run off the event loop, one at a time, while
+/// the core goes on with later events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitPolicy {
-    /// Commit after every event: each acknowledgement waits for its own commit.
+    /// Every event's changes are one commit: each acknowledgement waits for its own.
     PerEvent,
-    /// Commit once per batch: events arriving within `window` of the first
-    /// one (up to a batch of 256) share one commit.
+    /// Changes made within `window` of the first one (or while the previous
+    /// commit runs; 256 events start it early) share one commit.
     Group {
         /// How long the first event of a batch may wait for company.
         window: Duration,
@@ -148,6 +157,8 @@ impl std::fmt::Debug for Persistence {
 }
 /// How long shutdown waits for connection tasks to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the core task to commit what is left.
+const CORE_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A handle for publishing into a running broker from the same process.
 #[derive(Debug, Clone)]
@@ -228,6 +239,85 @@ pub enum ServeError {
     /// A commit failed: acknowledgements can no longer be backed, so the broker stops.
     #[error("store commit failed, stopping: {0}")]
     Commit(#[source] StoreError),
+    /// An essential task panicked (a bug): the broker cannot go on.
+    #[error("the {task} panicked: {message}")]
+    Panicked {
+        /// Which task.
+        task: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+impl ServeError {
+    /// The error for `task` ending with `error` (a panic, or cancelled).
+    fn from_join(task: &'static str, error: JoinError) -> ServeError {
+        let message = match error.try_into_panic() {
+            Ok(payload) => panic_message(payload.as_ref()),
+            Err(error) => error.to_string(),
+        };
+        ServeError::Panicked { task, message }
+    }
+}
+
+/// The text a panic was raised with.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// Binds the MQTT listener to `config.listen` with a listen queue of
+/// `config.listen_backlog` (std and tokio use 128: a burst of connects
+/// beyond it has SYNs dropped, retried only a second later).
+pub async fn bind(config: &BrokerConfig) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host(&config.listen).await? {
+        let socket = match address {
+            std::net::SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(address)
+            .and_then(|()| socket.listen(config.listen_backlog))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
+/// How many network connections may be open at once: `max_connections`,
+/// lowered to what the process's open-file limit leaves room for after a
+/// reserve (a tenth of the limit plus 32) for the store, the HTTP API and
+/// the runtime. Past the limit `accept` would fail with EMFILE while every
+/// other part of the process is starved of descriptors too.
+pub fn connection_cap(max_connections: usize) -> usize {
+    match open_file_limit() {
+        Some(limit) => {
+            let room = limit.saturating_sub(limit / 10 + 32).max(1);
+            max_connections.min(usize::try_from(room).unwrap_or(usize::MAX))
+        }
+        None => max_connections,
+    }
+}
+
+/// The soft limit on open files of this process (Linux: /proc/self/limits).
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// A handle and the receiving end it feeds, for [`run`].
@@ -285,34 +375,51 @@ pub async fn run(
     broker.set_tracer(hooks.tracer);
     broker.set_delivery_receipts(hooks.receipts.as_ref().map(|r| r.prefix.clone()));
     let receipts = hooks.receipts.map(|r| r.sender);
-    let core_shutdown = shutdown.clone();
-    let core = tokio::spawn(run_core(
+    let stop = CancellationToken::new();
+    let mut core = tokio::spawn(run_core(
         broker,
-        persistence,
+        persistence.map(Durability::new),
         events.0,
-        config,
+        config.clone(),
         hooks.lifecycle,
         receipts,
-        core_shutdown,
+        shutdown.clone(),
+        stop.clone(),
     ));
+    let cap = connection_cap(config.max_connections);
+    if cap < config.max_connections {
+        info!(
+            max_connections = config.max_connections,
+            cap, "mqtt.max_connections lowered to what the open-file limit leaves room for"
+        );
+    }
+    let mut complaints = Complaints::default();
     let tracker = TaskTracker::new();
-    loop {
+    let failed = loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break None,
+            // A core that ends before shutdown failed (a panic, a commit):
+            // stop at once rather than at the next connection.
+            ended = &mut core => break Some(ended),
         };
-        if core.is_finished() {
-            break;
-        }
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors and the like: back off instead of
+                // spinning (the pending connection stays queued).
+                complaints.accept_failed(&error);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        // Handshaking and lingering connections hold a socket too.
+        if handle.census.counts().tasks >= cap as u64 {
+            handle.census.refused();
+            complaints.refused(cap);
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let conn = handle.next_conn_id();
         let task = handle.census.task();
@@ -324,8 +431,25 @@ pub async fn run(
             shared.clone(),
             shutdown.clone(),
         ));
-    }
+    };
     drop(listener);
+    if let Some(ended) = failed {
+        // Connections cannot be served without the core: say nothing more,
+        // the process is expected to end (and be restarted).
+        shutdown.cancel();
+        let outcome = match ended {
+            Ok(Ok(())) => Err(ServeError::Panicked {
+                task: "core task",
+                message: "stopped unexpectedly".to_owned(),
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(error) => Err(ServeError::from_join("core task", error)),
+        };
+        if let Err(error) = &outcome {
+            error!(%error, "broker core failed; stopping");
+        }
+        return outcome;
+    }
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -334,25 +458,73 @@ pub async fn run(
         warn!("connections still open after the shutdown grace period");
     }
     drop(handle);
-    core.abort();
-    let outcome = match core.await {
-        Ok(outcome) => outcome,
-        Err(_) => Ok(()),
+    // The core commits what is left, then ends.
+    stop.cancel();
+    let outcome = match tokio::time::timeout(CORE_STOP_GRACE, &mut core).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(error)) => Err(ServeError::from_join("core task", error)),
+        Err(_) => {
+            warn!("the core task did not stop in time");
+            core.abort();
+            Ok(())
+        }
     };
     info!("broker stopped");
     outcome
 }
 
-/// The core task: applies events to the broker, commits what they changed,
-/// then dispatches the outputs.
+/// How long the accept loop pauses after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At most one log line per this long about refused or failed accepts.
+const COMPLAINT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Rate-limited log lines of the accept loop: a flood of refusals must not
+/// become a flood of log lines.
+#[derive(Default)]
+struct Complaints {
+    refused: Option<tokio::time::Instant>,
+    failed: Option<tokio::time::Instant>,
+}
+
+impl Complaints {
+    fn due(last: &mut Option<tokio::time::Instant>) -> bool {
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|at| now < at + COMPLAINT_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    fn refused(&mut self, cap: usize) {
+        if Complaints::due(&mut self.refused) {
+            warn!(
+                max_connections = cap,
+                "connection limit reached: closing new connections (mqtt.max_connections)"
+            );
+        }
+    }
+
+    fn accept_failed(&mut self, error: &std::io::Error) {
+        if Complaints::due(&mut self.failed) {
+            warn!(%error, "accept failed; retrying every 50 ms");
+        }
+    }
+}
+
+/// The core task: applies events to the broker and hands their changes to
+/// the store's commits ([`commit`]); outputs go out at once, or once the
+/// changes before them are durable.
+#[allow(clippy::too_many_arguments)]
 async fn run_core(
     mut broker: Broker,
-    mut persistence: Option<Persistence>,
+    mut durability: Option<Durability>,
     mut events: mpsc::Receiver<Event>,
     config: BrokerConfig,
     lifecycle: Option<mpsc::UnboundedSender<Lifecycle>>,
     receipts: Option<mpsc::UnboundedSender<DeliveryReceipt>>,
     shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> Result<(), ServeError> {
     let mut links = Links {
         live: ConnMap::default(),
@@ -362,75 +534,128 @@ async fn run_core(
         shutting_down: false,
         receipts,
     };
-    let mut woken: Vec<Waker> = Vec::new();
+    let mut out = Outbound {
+        woken: Vec::new(),
+        released: Vec::new(),
+        max_qos0: config.max_outbound_qos0,
+    };
+    let per_event = durability.as_ref().is_some_and(Durability::per_event);
     loop {
-        let deadline = broker.next_timeout();
+        let timeout = broker.next_timeout();
+        let commit_due = durability.as_ref().and_then(Durability::due);
+        let wake_at = match (timeout, commit_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let room = durability.as_ref().is_none_or(Durability::has_room);
         tokio::select! {
-            event = events.recv() => {
+            event = events.recv(), if room => {
                 // None: every sender is gone, the broker is shutting down.
                 let Some(event) = event else {
-                    return Ok(());
+                    return finish(&mut broker, &mut links, durability.as_mut(), &mut out, &shutdown).await;
                 };
                 let now = std::time::Instant::now();
                 apply(&mut broker, &mut links, event, now);
-                let policy = persistence.as_ref().map(|p| p.policy);
-                match policy {
-                    Some(CommitPolicy::PerEvent) => {}
-                    Some(CommitPolicy::Group { window }) if !window.is_zero() => {
-                        gather(&mut broker, &mut links, &mut events, now + window).await;
+                let mut applied = 1;
+                while applied < EVENT_BATCH {
+                    if per_event {
+                        settle(&mut broker, &mut links, durability.as_mut(), &mut out, 1, now);
                     }
-                    _ => {
-                        for _ in 1..EVENT_BATCH {
-                            match events.try_recv() {
-                                Ok(event) => apply(&mut broker, &mut links, event, now),
-                                Err(_) => break,
-                            }
-                        }
+                    match events.try_recv() {
+                        Ok(event) => apply(&mut broker, &mut links, event, now),
+                        Err(_) => break,
                     }
+                    applied += 1;
+                }
+                settle(&mut broker, &mut links, durability.as_mut(), &mut out, applied, now);
+            }
+            done = commit_done(durability.as_mut()) => {
+                if let Some(d) = durability.as_mut()
+                    && let Err(failure) = d.committed(done, &mut out.released)
+                {
+                    return Err(commit_failed(&mut links, &shutdown, failure));
+                }
+                out.send_released(&mut links);
+            }
+            _ = sleep_until_some(wake_at) => {
+                let now = std::time::Instant::now();
+                if timeout.is_some_and(|at| at <= now) {
+                    broker.handle_timeout(now);
+                    settle(&mut broker, &mut links, durability.as_mut(), &mut out, 0, now);
                 }
             }
-            _ = sleep_until_some(deadline) => broker.handle_timeout(std::time::Instant::now()),
-            _ = shutdown.cancelled(), if !links.shutting_down => links.shut_down(),
-        }
-        if let Some(persistence) = persistence.as_mut() {
-            let changes = broker.take_changes();
-            if !changes.is_empty()
-                && let Err(error) = snapshot::timed_commit(&mut *persistence.store, &changes)
-            {
-                error!(%error, "store commit failed; stopping the broker");
-                shutdown.cancel();
+            _ = shutdown.cancelled(), if !links.shutting_down => {
                 links.shut_down();
-                return Err(ServeError::Commit(error));
+                let now = std::time::Instant::now();
+                settle(&mut broker, &mut links, durability.as_mut(), &mut out, 0, now);
+            }
+            // Polled only once shutting down (run() stops the core after
+            // the shutdown grace): one token less to poll per batch.
+            _ = stop.cancelled(), if links.shutting_down => {
+                // What connections sent before they ended is applied and committed.
+                let now = std::time::Instant::now();
+                while let Ok(event) = events.try_recv() {
+                    apply(&mut broker, &mut links, event, now);
+                }
+                settle(&mut broker, &mut links, durability.as_mut(), &mut out, 0, now);
+                return finish(&mut broker, &mut links, durability.as_mut(), &mut out, &shutdown).await;
             }
         }
-        dispatch(&mut broker, &mut links, &mut woken, &config);
+        if let Some(d) = durability.as_mut() {
+            d.start_if_due(std::time::Instant::now());
+        }
+        out.wake();
     }
 }
 
-/// Applies further events until the batch is full or `until` passes, so they
-/// share one commit. It waits only while the batch holds changes to commit:
-/// traffic that writes nothing durable (QoS 0, pings) is not delayed.
-async fn gather(
+/// Waits for the running commit, if there is a store.
+async fn commit_done(durability: Option<&mut Durability>) -> Result<commit::Finished, JoinError> {
+    match durability {
+        Some(durability) => durability.commit_done().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends the core after a failed commit: nothing held goes out, every
+/// connection is told the server is going away.
+fn commit_failed(
+    links: &mut Links,
+    shutdown: &CancellationToken,
+    failure: CommitFailure,
+) -> ServeError {
+    shutdown.cancel();
+    links.shut_down();
+    match failure {
+        CommitFailure::Store(error) => {
+            error!(%error, "store commit failed; stopping the broker");
+            ServeError::Commit(error)
+        }
+        CommitFailure::Task(error) => {
+            let error = ServeError::from_join("store commit task", error);
+            error!(%error, "store commit failed; stopping the broker");
+            error
+        }
+    }
+}
+
+/// Commits what is left and sends what that releases: the core's last act.
+async fn finish(
     broker: &mut Broker,
     links: &mut Links,
-    events: &mut mpsc::Receiver<Event>,
-    until: std::time::Instant,
-) {
-    let deadline = tokio::time::Instant::from_std(until);
-    for _ in 1..EVENT_BATCH {
-        let event = match events.try_recv() {
-            Ok(event) => event,
-            Err(mpsc::error::TryRecvError::Disconnected) => return,
-            Err(mpsc::error::TryRecvError::Empty) if !broker.has_changes() => return,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Ok(Some(event)) => event,
-                    Ok(None) | Err(_) => return,
-                }
-            }
-        };
-        apply(broker, links, event, std::time::Instant::now());
+    mut durability: Option<&mut Durability>,
+    out: &mut Outbound,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    let now = std::time::Instant::now();
+    settle(broker, links, durability.as_deref_mut(), out, 0, now);
+    if let Some(d) = durability
+        && let Err(failure) = d.flush(&mut out.released).await
+    {
+        return Err(commit_failed(links, shutdown, failure));
     }
+    out.send_released(links);
+    out.wake();
+    Ok(())
 }
 
 async fn sleep_until_some(deadline: Option<std::time::Instant>) {
@@ -441,6 +666,8 @@ async fn sleep_until_some(deadline: Option<std::time::Instant>) {
 }
 
 fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::Instant) {
+    #[cfg(feature = "fault-injection")]
+    fault::inspect(&event);
     match event {
         Event::Connect {
             conn,
@@ -470,38 +697,113 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
     }
 }
 
-fn dispatch(broker: &mut Broker, links: &mut Links, woken: &mut Vec<Waker>, config: &BrokerConfig) {
-    while let Some(output) = broker.poll_output() {
+/// What the core task is about to hand to connection tasks.
+struct Outbound {
+    /// Connection tasks to wake once the batch is queued, so each writes
+    /// its share in one go.
+    woken: Vec<Waker>,
+    /// Outputs a commit released, to send.
+    released: Vec<Deferred>,
+    /// QoS 0 packets a connection may have waiting.
+    max_qos0: usize,
+}
+
+impl Outbound {
+    /// Carries out one held output now.
+    fn send(&mut self, links: &mut Links, deferred: Deferred) {
+        match deferred {
+            Deferred::Send(conn, packet) => self.push(links, conn, packet),
+            Deferred::Close(conn) => self.close(links, conn),
+            Deferred::Lifecycle(event) => links.announce(event),
+            Deferred::Delivered(receipt) => links.deliver(receipt),
+        }
+    }
+
+    /// Carries out one output of the core now (nothing is held).
+    fn output(&mut self, links: &mut Links, output: Output) {
         match output {
-            Output::Send(conn, packet) => {
-                if let Some(link) = links.live.get(&conn) {
-                    match link.push(packet, config.max_outbound_qos0) {
-                        Pushed::Queued(waker) => woken.extend(waker),
-                        Pushed::DroppedQos0 => links.dropped_qos0 += 1,
-                        Pushed::Added | Pushed::Closed => {}
-                    }
+            Output::Send(conn, packet) => self.push(links, conn, packet),
+            Output::Close(conn) => self.close(links, conn),
+            Output::Presence(presence) => {
+                if let Some(event) = links.lifecycle_event(presence) {
+                    links.announce(event);
                 }
             }
-            Output::Close(conn) => {
-                if let Some(link) = links.depart(conn) {
-                    woken.extend(link.close());
-                }
-            }
-            Output::Presence(presence) => links.announce(presence),
-            Output::Delivered(receipt) => {
-                if let Some(receipts) = &links.receipts
-                    && receipts.send(receipt).is_err()
-                {
-                    links.receipts = None;
-                }
+            Output::Delivered(receipt) => links.deliver(receipt),
+        }
+    }
+
+    fn push(&mut self, links: &mut Links, conn: ConnId, packet: Packet) {
+        if let Some(link) = links.live.get(&conn) {
+            match link.push(packet, self.max_qos0) {
+                Pushed::Queued(waker) => self.woken.extend(waker),
+                Pushed::DroppedQos0 => links.dropped_qos0 += 1,
+                Pushed::Added | Pushed::Closed => {}
             }
         }
     }
-    links.departed.clear();
-    // Woken after the whole batch is queued, so each task writes it in one go.
-    for waker in woken.drain(..) {
-        waker.wake();
+
+    fn close(&mut self, links: &mut Links, conn: ConnId) {
+        if let Some(link) = links.depart(conn) {
+            self.woken.extend(link.close());
+        }
     }
+
+    /// Sends what the last commit released.
+    fn send_released(&mut self, links: &mut Links) {
+        let mut released = std::mem::take(&mut self.released);
+        for deferred in released.drain(..) {
+            self.send(links, deferred);
+        }
+        // Keeps the allocation for the next release.
+        self.released = released;
+    }
+
+    /// Wakes the connection tasks that have something to write.
+    fn wake(&mut self) {
+        for waker in self.woken.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Takes what the last `events` events (applied at `now`) changed and
+/// produced: changes go to the store's next commit; each output goes out
+/// now or waits for the changes before it to be durable.
+fn settle(
+    broker: &mut Broker,
+    links: &mut Links,
+    mut durability: Option<&mut Durability>,
+    out: &mut Outbound,
+    events: usize,
+    now: std::time::Instant,
+) {
+    if let Some(d) = durability.as_deref_mut() {
+        let changes = broker.take_changes();
+        d.record(changes, events, now);
+    }
+    while let Some(output) = broker.poll_output() {
+        let Some(d) = durability.as_deref_mut().filter(|d| d.pending()) else {
+            // Nothing waits for a commit: straight out, as without a store.
+            out.output(links, output);
+            continue;
+        };
+        let deferred = match output {
+            Output::Send(conn, packet) => Deferred::Send(conn, packet),
+            Output::Close(conn) => Deferred::Close(conn),
+            // The peer is looked up now: the link may be gone by the time
+            // the event is released.
+            Output::Presence(presence) => match links.lifecycle_event(presence) {
+                Some(event) => Deferred::Lifecycle(event),
+                None => continue,
+            },
+            Output::Delivered(receipt) => Deferred::Delivered(receipt),
+        };
+        if let Some(deferred) = d.hold(deferred) {
+            out.send(links, deferred);
+        }
+    }
+    links.departed.clear();
 }
 
 /// Links by connection id. Looked up once per packet sent, so hashed with
@@ -543,16 +845,31 @@ impl Links {
         Some(link)
     }
 
-    /// Sends a presence event to the lifecycle channel with the peer's details.
-    fn announce(&mut self, presence: Presence) {
-        let Some(lifecycle) = &self.lifecycle else {
-            return;
-        };
+    /// The lifecycle event for `presence`, with the peer's details
+    /// (`None`: nobody listens).
+    fn lifecycle_event(&self, presence: Presence) -> Option<Lifecycle> {
+        self.lifecycle.as_ref()?;
         let conn = presence.conn();
         let link = self.live.get(&conn).or_else(|| self.departed.get(&conn));
-        let event = Lifecycle {
+        Some(Lifecycle {
             peer: link.and_then(|l| l.peer()),
             presence,
+        })
+    }
+
+    /// Sends a delivery receipt to its hook.
+    fn deliver(&mut self, receipt: DeliveryReceipt) {
+        if let Some(receipts) = &self.receipts
+            && receipts.send(receipt).is_err()
+        {
+            self.receipts = None;
+        }
+    }
+
+    /// Sends a presence event to the lifecycle channel.
+    fn announce(&mut self, event: Lifecycle) {
+        let Some(lifecycle) = &self.lifecycle else {
+            return;
         };
         if lifecycle.send(event).is_err() {
             // The receiver is gone: stop producing events nobody reads.

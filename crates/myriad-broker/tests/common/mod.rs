@@ -46,6 +46,15 @@ impl Client {
         client
     }
 
+    /// A client on an open socket that has sent nothing yet.
+    pub fn from_stream(stream: TcpStream, protocol: ProtocolVersion) -> Client {
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            protocol,
+        }
+    }
+
     /// Sends `connect` and returns the client with the server's first answer.
     pub async fn open(addr: std::net::SocketAddr, connect: Connect) -> (Client, Option<Packet>) {
         let stream = TcpStream::connect(addr).await.expect("connect");

@@ -85,6 +85,10 @@ fn describe() {
         "myriad_connection_tasks_spawned_total",
         "Connection tasks spawned."
     );
+    describe_counter!(
+        "myriad_connections_refused_total",
+        "Sockets closed as soon as accepted because mqtt.max_connections were open."
+    );
     describe_gauge!(
         "myriad_sessions_online",
         "Sessions with a connection (network and in-process)."
@@ -262,6 +266,7 @@ impl Observer {
         gauge!("myriad_connection_tasks").set(census.tasks as f64);
         gauge!("myriad_connection_tasks_registered").set(census.registered as f64);
         counter!("myriad_connection_tasks_spawned_total").absolute(census.spawned);
+        counter!("myriad_connections_refused_total").absolute(census.refused);
         let auth = self.sources.auth.stats();
         counter!("myriad_auth_accepted_total").absolute(auth.accepted);
         for (reason, count) in [

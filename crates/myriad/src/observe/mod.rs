@@ -21,6 +21,7 @@ pub fn spawn_watchdog(
     config: &WatchdogConfig,
     broker: &BrokerHandle,
     shutdown: &CancellationToken,
+    essential: &mut crate::supervise::Essential,
 ) -> WatchdogStatus {
     let status = WatchdogStatus::default();
     if !config.enabled {
@@ -32,13 +33,16 @@ pub fn spawn_watchdog(
             process::allocator_stats().map(|stats| stats.allocated)
         })),
     };
-    tokio::spawn(myriad_broker::watchdog::task::run(
-        broker.clone(),
-        config.rules(),
-        Duration::from_secs(config.interval_secs),
-        probes,
-        status.clone(),
-        shutdown.clone(),
-    ));
+    essential.spawn(
+        "leak watchdog",
+        myriad_broker::watchdog::task::run(
+            broker.clone(),
+            config.rules(),
+            Duration::from_secs(config.interval_secs),
+            probes,
+            status.clone(),
+            shutdown.clone(),
+        ),
+    );
     status
 }
