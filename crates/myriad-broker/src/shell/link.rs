@@ -9,7 +9,13 @@
 //!
 //! A network connection's outbox holds bytes: the core task encodes each
 //! packet as it queues it, so a packet is never moved again and the
-//! connection task only writes. An in-process client's outbox holds packets.
+//! connection task only writes. A PUBLISH with a large payload is queued as
+//! its encoded header plus the message's own payload buffer (shared with
+//! every other subscriber, never copied), and the connection task writes
+//! the chunks with one vectored write. After each write it reports how many
+//! QoS 0 publications left (`Event::Written`), which paces the core's QoS 0
+//! sends and frees their share of the session's byte budget. An in-process
+//! client's outbox holds packets.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, SocketAddrV6};
