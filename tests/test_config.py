@@ -193,9 +193,13 @@ def test_listen_flag_overrides_config(proc, tmp_path):
         ('[mqtt]\nlisten = "not an address"\n', "listen"),
         ('[mqtt]\nmax_connections = 0\n', "mqtt.max_connections"),
         ('[mqtt]\nlisten_backlog = 0\n', "mqtt.listen_backlog"),
+        ('[mqtt]\nmax_inflight = 0\n', "mqtt.max_inflight"),
+        ('[mqtt]\nmax_inflight = 70000\n', "max_inflight"),
+        ('[mqtt]\nmax_outbound_qos0 = 0\n', "mqtt.max_outbound_qos0"),
+        ('[mqtt]\nmax_queued_bytes = 0\n', "mqtt.max_queued_bytes"),
     ],
     ids=["typo-key", "unknown-key", "string-for-int", "negative", "u16-overflow", "not-a-list", "bad-address",
-         "no-connections", "no-backlog"],
+         "no-connections", "no-backlog", "no-inflight", "inflight-overflow", "no-qos0-outbox", "no-budget"],
 )
 def test_bad_config_stops_startup_naming_the_key(proc, tmp_path, text, key):
     args = ["serve", "--config", write(tmp_path, text)]

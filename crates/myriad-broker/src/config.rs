@@ -21,13 +21,28 @@ pub struct BrokerConfig {
     pub max_session_expiry_secs: u32,
     /// Messages kept per session beyond its in-flight window (offline or slow clients).
     pub max_queued_messages: usize,
-    /// Bytes of payload kept per session beyond its in-flight window.
+    /// A session's whole byte budget: everything the server holds for one
+    /// subscriber counts against it: queued messages, QoS 1/2 messages in
+    /// flight (until acknowledged), QoS 0 messages handed to the connection
+    /// but not yet written to its socket, and 64 bytes per retained message
+    /// a SUBSCRIBE still has to send. A message weighs its payload, topic and
+    /// properties. A message that does not fit is dropped per the queue
+    /// policy (oldest QoS 0 first, then the oldest queued).
     pub max_queued_bytes: usize,
-    /// QoS 0 packets waiting to be written to one connection before new ones are dropped.
+    /// QoS 0 messages handed to one connection and not yet written to its
+    /// socket; beyond it they wait in the session's queue (and count against
+    /// `max_queued_bytes` there), so a client that reads slowly is paced.
     pub max_outbound_qos0: usize,
+    /// Most QoS 1/2 messages in flight (sent, not yet acknowledged) towards
+    /// one client: the outbound window is the smaller of this and the
+    /// client's Receive Maximum (EMQX uses 32, Mosquitto 20).
+    pub max_inflight: u16,
     /// How long a QoS 1 PUBLISH may be held unacknowledged while a connected
-    /// subscriber's queue is full, in milliseconds (publisher flow control);
-    /// 0 turns holding off, so a full queue drops its oldest message at once.
+    /// subscriber's queue is full, in milliseconds (publisher flow control).
+    /// 0 (the default) turns holding off: a full queue drops per its policy
+    /// at once. Holding lets any subscriber that stops reading slow every
+    /// publisher of the topics it subscribes to (`#`: all of them), so turn it
+    /// on only where every subscriber is trusted.
     pub publisher_hold_ms: u32,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u16,
@@ -74,7 +89,8 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             max_outbound_qos0: 1000,
-            publisher_hold_ms: 5000,
+            max_inflight: 32,
+            publisher_hold_ms: 0,
             connect_timeout_secs: 10,
             max_connections: 100_000,
             listen_backlog: 1024,
@@ -111,6 +127,15 @@ impl BrokerConfig {
         }
         if self.receive_maximum == 0 {
             return fail("receive_maximum", "must be at least 1");
+        }
+        if self.max_inflight == 0 {
+            return fail("max_inflight", "must be at least 1");
+        }
+        if self.max_outbound_qos0 == 0 {
+            return fail("max_outbound_qos0", "must be at least 1");
+        }
+        if self.max_queued_bytes == 0 {
+            return fail("max_queued_bytes", "must be at least 1");
         }
         if self.max_keep_alive_secs == 0 {
             return fail("max_keep_alive_secs", "must be at least 1");

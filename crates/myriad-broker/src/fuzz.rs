@@ -118,6 +118,10 @@ pub struct Limits {
     pub max_subscriptions: u8,
     /// Topic aliases the server assigns: 0 to 4.
     pub outbound_aliases: u8,
+    /// Outbound in-flight cap: 1 to 4.
+    pub max_inflight: u8,
+    /// QoS 0 messages a connection may have unwritten: 1 to 4.
+    pub max_outbound_qos0: u8,
 }
 
 /// The server's Maximum Packet Size.
@@ -158,6 +162,8 @@ impl Limits {
             max_topic_length: if self.deep_topics { 65_535 } else { 64 },
             max_subscriptions_per_client: 1 + usize::from(self.max_subscriptions % 8),
             max_outbound_aliases: u16::from(self.outbound_aliases % 5),
+            max_inflight: 1 + u16::from(self.max_inflight % 4),
+            max_outbound_qos0: 1 + usize::from(self.max_outbound_qos0 % 4),
             ..BrokerConfig::default()
         }
     }
@@ -618,7 +624,14 @@ impl Harness {
                 self.send(*client, Packet::Unsubscribe(unsubscribe));
             }
             Op::Ack { client, ack } => self.ack(*client, *ack),
-            Op::Ping { client } => self.send(*client, Packet::PingReq),
+            Op::Ping { client } => {
+                // A client that pings has read its socket: what the shell
+                // handed it is written.
+                if let Some(conn) = self.last_conn(*client) {
+                    self.broker.handle_written(self.now(), conn, usize::MAX);
+                }
+                self.send(*client, Packet::PingReq);
+            }
             Op::Disconnect {
                 client,
                 with_will,

@@ -27,7 +27,9 @@ pub mod topic;
 mod types;
 
 pub use bytestring::ByteString;
-pub use codec::{decode, encode, encoded_len, variable_int_len};
+pub use codec::{
+    decode, encode, encode_publish_header, encoded_len, properties_len, variable_int_len,
+};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish, PublishAck, SubAck, Subscribe,

@@ -125,7 +125,11 @@ impl Broker {
             aliases: None,
             max_packet_size: client_properties.maximum_packet_size.unwrap_or(u32::MAX),
             keep_alive_check: 0,
-            receive_maximum: client_properties.receive_maximum.unwrap_or(u16::MAX),
+            // The outbound window: the client's Receive Maximum, at most
+            // `mqtt.max_inflight` (a client announcing 65,535 and never
+            // acknowledging holds no more than that).
+            receive_maximum: (client_properties.receive_maximum.unwrap_or(u16::MAX))
+                .min(self.config.max_inflight),
             topic_alias_maximum: (client_properties.topic_alias_maximum.unwrap_or(0))
                 .min(self.config.max_outbound_aliases),
             keep_alive,

@@ -67,9 +67,12 @@ impl Message {
         })
     }
 
-    /// Payload bytes plus topic bytes: what a queued copy costs, roughly.
+    /// What one copy held for a subscriber counts against its session's
+    /// byte budget (`mqtt.max_queued_bytes`): payload, topic and the encoded
+    /// properties. The payload is shared by every subscriber, but each one
+    /// that holds it keeps it alive, so each counts it.
     pub fn weight(&self) -> usize {
-        self.payload.len() + self.topic.len()
+        self.payload.len() + self.topic.len() + myriad_mqtt::properties_len(&self.properties)
     }
 }
 

@@ -349,9 +349,14 @@ impl Broker {
             return;
         };
         let window = session.connection.as_ref().map(|c| c.receive_maximum);
+        let outbound = session.outbound();
+        let fits_budget = outbound.used_bytes() + delivery.message.weight() <= limits.max_bytes;
         if let Some(window) = window
-            && (delivery.qos == QoS::AtMostOnce && session.outbound().queue().is_empty()
-                || delivery.qos != QoS::AtMostOnce && session.outbound().has_room(window))
+            && fits_budget
+            && (delivery.qos == QoS::AtMostOnce
+                && outbound.queue().is_empty()
+                && outbound.unwritten_count() < self.config.max_outbound_qos0
+                || delivery.qos != QoS::AtMostOnce && outbound.has_room(window))
         {
             self.transmit(now, session_id, delivery);
             return;
@@ -396,10 +401,27 @@ impl Broker {
     /// allows, then lets publishers held back by its queue go on.
     pub(super) fn pump(&mut self, now: Instant, session_id: SessionId) {
         self.send_queued(now, session_id);
+        self.send_retained(now, session_id);
         self.relieve(now, session_id);
     }
 
+    /// The connection `conn` wrote `count` more QoS 0 messages to its
+    /// socket (reported by the shell after each write): they no longer
+    /// count against the session's budget, and more may be sent.
+    pub fn handle_written(&mut self, now: Instant, conn: ConnId, count: usize) {
+        let Some(session) = self.sessions.attached_mut(conn) else {
+            return;
+        };
+        if session.outbound().unwritten_count() == 0 {
+            return;
+        }
+        session.outbound_mut().written(count);
+        let session_id = session.id;
+        self.pump(now, session_id);
+    }
+
     fn send_queued(&mut self, now: Instant, session_id: SessionId) {
+        let max_unwritten = self.config.max_outbound_qos0;
         loop {
             let Some(session) = self.sessions.get_mut(session_id) else {
                 return;
@@ -410,11 +432,64 @@ impl Broker {
             if session.outbound().queue().is_empty() {
                 return;
             }
-            let Some(delivery) = session.outbound_mut().next_sendable(window) else {
+            let Some(delivery) = session.outbound_mut().next_sendable(window, max_unwritten) else {
                 return;
             };
             self.transmit(now, session_id, delivery);
         }
+    }
+
+    /// Sends pending retained deliveries while the connection has room
+    /// (after the queue: a SUBSCRIBE's retained messages are paced to the
+    /// client, never dropped for want of room).
+    fn send_retained(&mut self, now: Instant, session_id: SessionId) {
+        let max_unwritten = self.config.max_outbound_qos0;
+        loop {
+            let Some(session) = self.sessions.get_mut(session_id) else {
+                return;
+            };
+            let Some(window) = session.connection.as_ref().map(|c| c.receive_maximum) else {
+                return;
+            };
+            if session.outbound().pending_retained() == 0 {
+                return;
+            }
+            let Some(delivery) = session.outbound_mut().next_retained(window, max_unwritten) else {
+                return;
+            };
+            self.transmit(now, session_id, delivery);
+        }
+    }
+
+    /// Queues the retained messages a SUBSCRIBE asked for behind the
+    /// session's queue and sends what there is room for now.
+    pub(super) fn deliver_retained(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        deliveries: Vec<Delivery>,
+    ) {
+        let limits = self.queue_limits();
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let mut refused = 0u64;
+        for delivery in deliveries {
+            if !session.outbound_mut().add_retained(delivery, limits) {
+                refused += 1;
+            }
+        }
+        if refused > 0 {
+            let dropped = session.count_dropped();
+            self.stats.messages_dropped += refused;
+            tracing::warn!(
+                client_id = %session.client_id,
+                refused,
+                dropped,
+                "retained messages beyond the session's byte budget (mqtt.max_queued_bytes) not sent"
+            );
+        }
+        self.pump(now, session_id);
     }
 
     /// Sends one delivery to the session's connection, allocating a packet id
@@ -450,6 +525,11 @@ impl Broker {
             if let Some(session) = self.sessions.get_mut(session_id) {
                 session.outbound_mut().record_sent(packet_id, delivery);
             }
+        } else if let Some(session) = self.sessions.get_mut(session_id) {
+            // Counted until the shell reports it written (handle_written).
+            session
+                .outbound_mut()
+                .record_unwritten(delivery.message.weight());
         }
         self.send_publish(session_id, publish);
     }

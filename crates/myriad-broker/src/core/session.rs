@@ -52,11 +52,19 @@ pub struct Inflight {
 pub struct QueueLimits {
     /// Most messages queued.
     pub max_messages: usize,
-    /// Most payload bytes queued.
+    /// The session's whole byte budget: queued, in-flight and
+    /// handed-over-but-unwritten messages (their [`Message::weight`]s) and
+    /// the bookkeeping of pending retained deliveries all count against it.
+    ///
+    /// [`Message::weight`]: super::message::Message::weight
     pub max_bytes: usize,
 }
 
-/// Messages on their way to one client.
+/// What one pending retained delivery costs a session's byte budget: the
+/// entry itself (the message is the retained store's, shared).
+pub const RETAINED_ENTRY_COST: usize = 64;
+
+/// Messages on their way to one client, and what they cost its budget.
 #[derive(Debug, Default)]
 pub struct Outbound {
     next_packet_id: u16,
@@ -75,6 +83,15 @@ pub struct Outbound {
     /// How many of `queue` are QoS 0 (a full queue of QoS 1 messages is then
     /// not scanned for one to drop).
     queued_qos0: usize,
+    /// Weights of the QoS 1/2 messages in flight and not yet released.
+    inflight_bytes: usize,
+    /// Weights of the QoS 0 messages handed to the connection and not yet
+    /// reported written, oldest first.
+    unwritten: VecDeque<usize>,
+    unwritten_bytes: usize,
+    /// Retained messages a SUBSCRIBE asked for, sent as the client drains
+    /// (never dropped for lack of room in the connection's outbox).
+    retained: VecDeque<Delivery>,
 }
 
 /// In-flight windows up to this size are scanned to allocate a packet id.
@@ -117,11 +134,112 @@ impl Outbound {
         queue: VecDeque::new(),
         queued_bytes: 0,
         queued_qos0: 0,
+        inflight_bytes: 0,
+        unwritten: VecDeque::new(),
+        unwritten_bytes: 0,
+        retained: VecDeque::new(),
     };
 
-    /// Whether nothing is in flight or queued.
+    /// Whether nothing is in flight, queued, unwritten or pending.
     pub fn is_idle(&self) -> bool {
-        self.inflight.is_empty() && self.queue.is_empty()
+        self.inflight.is_empty()
+            && self.queue.is_empty()
+            && self.unwritten.is_empty()
+            && self.retained.is_empty()
+    }
+
+    /// Bytes of the session's budget in use: queued, in flight, unwritten
+    /// and pending retained deliveries (see [`QueueLimits::max_bytes`]).
+    pub fn used_bytes(&self) -> usize {
+        self.queued_bytes + self.held_outside_queue()
+    }
+
+    /// The part of [`Outbound::used_bytes`] that is not the queue.
+    fn held_outside_queue(&self) -> usize {
+        self.inflight_bytes
+            + self.unwritten_bytes
+            + self.retained.len().saturating_mul(RETAINED_ENTRY_COST)
+    }
+
+    /// Bytes of the messages in flight.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_bytes
+    }
+
+    /// QoS 0 messages handed to the connection and not yet written.
+    pub fn unwritten_count(&self) -> usize {
+        self.unwritten.len()
+    }
+
+    /// Records a QoS 0 message of `weight` handed to the connection.
+    pub fn record_unwritten(&mut self, weight: usize) {
+        self.unwritten.push_back(weight);
+        self.unwritten_bytes += weight;
+    }
+
+    /// The connection wrote the oldest `count` unwritten QoS 0 messages.
+    pub fn written(&mut self, count: usize) {
+        for _ in 0..count {
+            match self.unwritten.pop_front() {
+                Some(weight) => self.unwritten_bytes -= weight,
+                None => break,
+            }
+        }
+        if self.unwritten.is_empty() {
+            self.unwritten = VecDeque::new();
+        }
+    }
+
+    /// Forgets what the previous connection had not written (it is gone).
+    pub fn connection_gone(&mut self) {
+        self.unwritten = VecDeque::new();
+        self.unwritten_bytes = 0;
+    }
+
+    /// Retained deliveries waiting for room.
+    pub fn pending_retained(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Adds a retained delivery to send once there is room; false (not
+    /// added) when its entry does not fit the budget.
+    pub fn add_retained(&mut self, delivery: Delivery, limits: QueueLimits) -> bool {
+        if self.used_bytes() + RETAINED_ENTRY_COST > limits.max_bytes {
+            return false;
+        }
+        self.retained.push_back(delivery);
+        true
+    }
+
+    /// Takes the next pending retained delivery if it may be sent now: the
+    /// queue is empty, and the window (QoS 1/2) or the unwritten QoS 0
+    /// allowance (`max_unwritten`) has room.
+    pub fn next_retained(&mut self, window: u16, max_unwritten: usize) -> Option<Delivery> {
+        if !self.queue.is_empty() {
+            return None;
+        }
+        let front = self.retained.front()?;
+        let room = if front.qos == QoS::AtMostOnce {
+            self.unwritten.len() < max_unwritten
+        } else {
+            self.inflight.len() < usize::from(window)
+        };
+        if !room {
+            return None;
+        }
+        let delivery = self.retained.pop_front();
+        if self.retained.is_empty() {
+            self.retained = VecDeque::new();
+        }
+        delivery
+    }
+
+    /// Drops pending retained deliveries (the session went offline: a
+    /// reconnecting client subscribes again, or gets the queue).
+    pub fn clear_retained(&mut self) -> usize {
+        let count = self.retained.len();
+        self.retained = VecDeque::new();
+        count
     }
 
     /// Unacknowledged QoS 1/2 flows, oldest first.
@@ -131,6 +249,9 @@ impl Outbound {
 
     fn push_flow(&mut self, flow: Inflight) {
         let id = flow.packet_id;
+        if let InflightState::Published(delivery) = &flow.state {
+            self.inflight_bytes += delivery.message.weight();
+        }
         self.inflight.push_back(flow);
         match &mut self.in_use {
             Some(bitmap) => bitmap.set(id, true),
@@ -145,6 +266,9 @@ impl Outbound {
         let Some(flow) = self.inflight.remove(index) else {
             return;
         };
+        if let InflightState::Published(delivery) = &flow.state {
+            self.inflight_bytes -= delivery.message.weight();
+        }
         if let Some(bitmap) = &mut self.in_use {
             bitmap.set(flow.packet_id, false);
             if self.inflight.is_empty() {
@@ -172,12 +296,12 @@ impl Outbound {
 
     /// Whether the queue is at `limits` (the next message would push one out).
     pub fn is_full(&self, limits: QueueLimits) -> bool {
-        self.queue.len() >= limits.max_messages || self.queued_bytes >= limits.max_bytes
+        self.queue.len() >= limits.max_messages || self.used_bytes() >= limits.max_bytes
     }
 
     /// Whether the queue is at most half of `limits`.
     pub fn is_half_empty(&self, limits: QueueLimits) -> bool {
-        self.queue.len() <= limits.max_messages / 2 && self.queued_bytes <= limits.max_bytes / 2
+        self.queue.len() <= limits.max_messages / 2 && self.used_bytes() <= limits.max_bytes / 2
     }
 
     /// Appends `delivery` to the queue, keeping it within `limits`: when full,
@@ -185,6 +309,12 @@ impl Outbound {
     /// (a QoS 0 newcomer is refused rather than push out a QoS 1/2 message).
     /// Nothing is dropped for a newcomer that would be refused anyway.
     pub fn enqueue(&mut self, mut delivery: Delivery, limits: QueueLimits) -> QueueOutcome {
+        // What is in flight, unwritten or pending shares the budget: the
+        // queue gets the rest.
+        let limits = QueueLimits {
+            max_bytes: limits.max_bytes.saturating_sub(self.held_outside_queue()),
+            ..limits
+        };
         let weight = delivery.message.weight();
         if weight > limits.max_bytes || limits.max_messages == 0 {
             // It could not be queued even alone.
@@ -239,11 +369,17 @@ impl Outbound {
         self.queue.push_back(delivery);
     }
 
-    /// Takes the next queued delivery that may be sent now: QoS 0 always,
-    /// QoS 1/2 only while fewer than `window` flows are in flight.
-    pub fn next_sendable(&mut self, window: u16) -> Option<Delivery> {
+    /// Takes the next queued delivery that may be sent now: QoS 0 while
+    /// fewer than `max_unwritten` QoS 0 messages wait to be written, QoS 1/2
+    /// while fewer than `window` flows are in flight.
+    pub fn next_sendable(&mut self, window: u16, max_unwritten: usize) -> Option<Delivery> {
         let front = self.queue.front()?;
-        if front.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(window) {
+        let room = if front.qos == QoS::AtMostOnce {
+            self.unwritten.len() < max_unwritten
+        } else {
+            self.inflight.len() < usize::from(window)
+        };
+        if !room {
             return None;
         }
         let delivery = self.queue.pop_front()?;
@@ -369,6 +505,7 @@ impl Outbound {
                     self.remove_flow(index);
                     Some(false)
                 } else {
+                    self.inflight_bytes -= d.message.weight();
                     flow.state = InflightState::Released;
                     Some(true)
                 }
@@ -582,6 +719,14 @@ impl Session {
     /// Schedules or clears the session's expiry.
     pub(super) fn set_expires_at(&mut self, at: Option<Ticks>) {
         self.expires_at = at.unwrap_or(Ticks::NEVER);
+    }
+
+    /// Its connection went (or a new one came): what the old one had not
+    /// written is gone with it.
+    pub fn connection_gone(&mut self) {
+        if let Some(flows) = &mut self.flows {
+            flows.outbound.connection_gone();
+        }
     }
 
     /// Frees the out-of-line flows if nothing is in them. Numbering of
@@ -798,14 +943,14 @@ mod tests {
     fn window_limits_qos1_but_not_qos0() {
         let mut out = Outbound::default();
         out.enqueue(delivery(QoS::AtLeastOnce, "a"), LIMITS);
-        let first = out.next_sendable(1).expect("room for one");
+        let first = out.next_sendable(1, 8).expect("room for one");
         let id = out.allocate_packet_id();
         out.record_sent(id, first);
         out.enqueue(delivery(QoS::AtLeastOnce, "b"), LIMITS);
-        assert!(out.next_sendable(1).is_none());
+        assert!(out.next_sendable(1, 8).is_none());
         assert!(out.acknowledge(id));
         assert!(!out.acknowledge(id));
-        assert!(out.next_sendable(1).is_some());
+        assert!(out.next_sendable(1, 8).is_some());
     }
 
     #[test]

@@ -169,6 +169,7 @@ impl Sessions {
             }
         }
         if let Some(session) = self.get_mut(id) {
+            session.connection_gone();
             session.connection = Some(connection);
         }
     }
@@ -184,6 +185,7 @@ impl Sessions {
         let (slot, _) = entry.remove();
         let session = self.slots.get_mut(slot as usize)?.as_deref_mut()?;
         let connection = session.connection.take()?;
+        session.connection_gone();
         Some((session.id, connection))
     }
 

@@ -152,8 +152,8 @@ impl Broker {
                 properties: Default::default(),
             }),
         );
-        for delivery in retained.deliveries {
-            self.deliver(now, session_id, delivery);
+        if !retained.deliveries.is_empty() {
+            self.deliver_retained(now, session_id, retained.deliveries);
         }
     }
 

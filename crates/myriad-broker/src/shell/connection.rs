@@ -1,15 +1,16 @@
 //! One task per connection: read and decode, hand packets to the core, write
 //! what the core queued. Keep alive is enforced by the core.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use myriad_mqtt::{
     ConnAck, Connect, DecodeError, Disconnect, Packet, PacketProperties, ProtocolVersion,
     ReasonCode,
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::census::{RegisteredTask, TaskGuard};
-use super::link::Link;
+use super::link::{Batch, Link};
 use super::{Event, Shared};
 use crate::core::connect::detached;
 use crate::hooks::{Acl, AuthDecision, ConnectInfo};
@@ -353,9 +354,11 @@ async fn serve(c: &mut Connected) -> Option<ConnectionLoss> {
                     Box::pin(goodbye).await;
                     return Some(ConnectionLoss::ServerShutdown);
                 }
-                let (bytes, closing) = c.link.take_bytes();
+                let batch = c.link.take_batch();
+                let closing = batch.closing;
                 // Boxed: the write's state exists only while writing.
-                if Box::pin(write_all(&c.stream, bytes)).await.is_err() {
+                let written = write_batch(&c.stream, batch, c.link.conn, &c.shared.events);
+                if Box::pin(written).await.is_err() {
                     return Some(ConnectionLoss::Network);
                 }
                 if closing {
@@ -561,6 +564,67 @@ fn encode_one(packet: Packet, protocol: ProtocolVersion) -> BytesMut {
     let mut out = BytesMut::new();
     super::link::encode_into(&packet, protocol, &mut out);
     out
+}
+
+/// Writes a batch taken from the mailbox (vectored: headers and shared
+/// payloads as they are), then tells the core how many QoS 0 publications
+/// left, so that it sends more (see `Broker::handle_written`).
+async fn write_batch(
+    stream: &TcpStream,
+    mut batch: Batch,
+    conn: ConnId,
+    events: &mpsc::Sender<Event>,
+) -> io::Result<()> {
+    while !batch.chunks.is_empty() {
+        stream.writable().await?;
+        match write_some(stream, &batch.chunks) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                while n > 0 {
+                    let Some(front) = batch.chunks.front_mut() else {
+                        break;
+                    };
+                    if n >= front.len() {
+                        n -= front.len();
+                        batch.chunks.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
+                    }
+                }
+                while batch.chunks.front().is_some_and(Bytes::is_empty) {
+                    batch.chunks.pop_front();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if batch.qos0 > 0 {
+        let _ = events
+            .send(Event::Written {
+                conn,
+                qos0: batch.qos0,
+            })
+            .await;
+    }
+    Ok(())
+}
+
+/// Most buffers handed to one `writev` (Linux allows 1024).
+const MAX_IOVECS: usize = 64;
+
+/// One vectored write of the front of `chunks`.
+fn write_some(stream: &TcpStream, chunks: &VecDeque<Bytes>) -> io::Result<usize> {
+    if chunks.len() == 1 {
+        return chunks.front().map_or(Ok(0), |only| stream.try_write(only));
+    }
+    let slices: Vec<IoSlice<'_>> = chunks
+        .iter()
+        .take(MAX_IOVECS)
+        .map(|chunk| IoSlice::new(chunk))
+        .collect();
+    stream.try_write_vectored(&slices)
 }
 
 /// Writes `out` with as few syscalls as the socket allows.

@@ -179,9 +179,19 @@ impl InternalClient {
                 return None;
             }
             self.link.woken().await;
-            let (packets, closing) = self.link.take_packets();
+            let (packets, qos0, closing) = self.link.take_packets();
             self.received.extend(packets);
             self.closed = closing;
+            if qos0 > 0 {
+                // Handed over: the core may send more.
+                let _ = self
+                    .events
+                    .send(Event::Written {
+                        conn: self.conn,
+                        qos0,
+                    })
+                    .await;
+            }
         }
     }
 }

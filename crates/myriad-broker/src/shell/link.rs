@@ -9,24 +9,44 @@
 //!
 //! A network connection's outbox holds bytes: the core task encodes each
 //! packet as it queues it, so a packet is never moved again and the
-//! connection task only writes. An in-process client's outbox holds packets.
+//! connection task only writes. A PUBLISH with a large payload is queued as
+//! its encoded header plus the message's own payload buffer (shared with
+//! every other subscriber, never copied), and the connection task writes
+//! the chunks with one vectored write. After each write it reports how many
+//! QoS 0 publications left (`Event::Written`), which paces the core's QoS 0
+//! sends and frees their share of the session's byte budget. An in-process
+//! client's outbox holds packets.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, SocketAddrV6};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use myriad_mqtt::{ByteString, Packet, ProtocolVersion, QoS};
 
 use crate::ConnId;
 use tracing::debug;
 
+/// Payloads at least this large are written from the message's own buffer
+/// (vectored I/O) rather than copied behind their header.
+const SHARE_PAYLOAD_FROM: usize = 1024;
+
 /// What is waiting to go out.
 #[derive(Debug)]
 enum Outbox {
-    /// Encoded packets for a network connection.
-    Wire { bytes: BytesMut },
+    /// Encoded packets for a network connection: `chunks` then `tail`.
+    /// Small packets are encoded into `tail`; a large payload is not
+    /// copied: its header ends a chunk and the payload (shared with every
+    /// other subscriber and queue) is the next one.
+    Wire {
+        /// Boxed and allocated on first use: most connections never get a
+        /// large payload, and every idle link pays for what is inline (a
+        /// bare `VecDeque` would push the link past its size class).
+        #[allow(clippy::box_collection)]
+        chunks: Option<Box<VecDeque<Bytes>>>,
+        tail: BytesMut,
+    },
     /// Packets for an in-process client.
     Packets(VecDeque<Packet>),
 }
@@ -34,7 +54,8 @@ enum Outbox {
 #[derive(Debug)]
 struct Pending {
     outbox: Outbox,
-    /// QoS 0 publications in the outbox.
+    /// QoS 0 publications in the outbox (dropped ones included: the core
+    /// counts them until they are reported written).
     qos0_publishes: u32,
     closing: bool,
     /// The server is shutting down: the connection says goodbye and ends.
@@ -69,6 +90,54 @@ pub(super) fn encode_into(packet: &Packet, protocol: ProtocolVersion, out: &mut 
     if let Err(error) = myriad_mqtt::encode(packet, protocol, out) {
         out.truncate(before);
         debug!(%error, "dropping a packet that cannot be encoded");
+    }
+}
+
+/// Appends `packet` to a wire outbox: a PUBLISH with a large payload as its
+/// encoded header plus the payload itself (no copy), anything else encoded
+/// into `tail`.
+#[allow(clippy::box_collection)]
+fn encode_wire(
+    packet: &Packet,
+    protocol: ProtocolVersion,
+    chunks: &mut Option<Box<VecDeque<Bytes>>>,
+    tail: &mut BytesMut,
+) {
+    match packet {
+        Packet::Publish(publish) if publish.payload.len() >= SHARE_PAYLOAD_FROM => {
+            match myriad_mqtt::encode_publish_header(publish, protocol, tail) {
+                Ok(()) => {
+                    let chunks = chunks.get_or_insert_with(Box::default);
+                    chunks.push_back(std::mem::take(tail).freeze());
+                    chunks.push_back(publish.payload.clone());
+                }
+                Err(error) => debug!(%error, "dropping a packet that cannot be encoded"),
+            }
+        }
+        _ => encode_into(packet, protocol, tail),
+    }
+}
+
+/// What a connection task takes from its mailbox to write.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The bytes to write, in order.
+    pub chunks: VecDeque<Bytes>,
+    /// QoS 0 PUBLISH packets among them (to report once written).
+    pub qos0: usize,
+    /// Whether the connection must close once they are written.
+    pub closing: bool,
+}
+
+impl Batch {
+    /// Bytes left to write.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether nothing is left to write.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(Bytes::is_empty)
     }
 }
 
@@ -126,7 +195,8 @@ impl Link {
         client_id: ByteString,
     ) -> Link {
         let outbox = Outbox::Wire {
-            bytes: BytesMut::new(),
+            chunks: None,
+            tail: BytesMut::new(),
         };
         Link::with(outbox, conn, Some(peer), protocol, client_id)
     }
@@ -175,7 +245,8 @@ impl Link {
 
     /// Queues `packet` (encoding it for a network connection; a packet that
     /// cannot be encoded is dropped). QoS 0 publications beyond `max_qos0`
-    /// waiting ones are dropped.
+    /// waiting ones are dropped (a backstop: the core paces QoS 0 to
+    /// `mqtt.max_outbound_qos0` unwritten messages itself).
     pub fn push(&self, packet: Packet, max_qos0: usize) -> Pushed {
         let mut pending = self.lock();
         if pending.closing {
@@ -183,13 +254,14 @@ impl Link {
         }
         let qos0 = matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce);
         if qos0 {
-            if pending.qos0_publishes as usize >= max_qos0 {
+            // Counted even when dropped: the core waits for its report.
+            pending.qos0_publishes += 1;
+            if pending.qos0_publishes as usize > max_qos0 {
                 return Pushed::DroppedQos0;
             }
-            pending.qos0_publishes += 1;
         }
         match &mut pending.outbox {
-            Outbox::Wire { bytes } => encode_into(&packet, self.protocol, bytes),
+            Outbox::Wire { chunks, tail } => encode_wire(&packet, self.protocol, chunks, tail),
             Outbox::Packets(packets) => packets.push_back(packet),
         }
         if std::mem::replace(&mut pending.woken, true) {
@@ -250,28 +322,42 @@ impl Link {
         std::future::poll_fn(|cx| self.poll_woken(cx)).await;
     }
 
-    /// Takes the encoded bytes queued for a network connection, and whether
-    /// the connection must then close.
-    pub fn take_bytes(&self) -> (BytesMut, bool) {
+    /// Takes what is queued for a network connection: its bytes, how many
+    /// QoS 0 publications they hold, and whether the connection must then close.
+    pub fn take_batch(&self) -> Batch {
         let mut pending = self.lock();
-        pending.qos0_publishes = 0;
-        let bytes = match &mut pending.outbox {
-            Outbox::Wire { bytes } => std::mem::take(bytes),
-            Outbox::Packets(_) => BytesMut::new(),
-        };
-        (bytes, pending.closing)
+        let qos0 = std::mem::take(&mut pending.qos0_publishes) as usize;
+        let mut chunks = VecDeque::new();
+        if let Outbox::Wire {
+            chunks: queued,
+            tail,
+        } = &mut pending.outbox
+        {
+            if let Some(queued) = queued.take() {
+                chunks = *queued;
+            }
+            if !tail.is_empty() {
+                chunks.push_back(std::mem::take(tail).freeze());
+            }
+        }
+        Batch {
+            chunks,
+            qos0,
+            closing: pending.closing,
+        }
     }
 
     /// Takes the packets queued for an in-process client, and whether it
     /// must then close.
-    pub fn take_packets(&self) -> (VecDeque<Packet>, bool) {
+    /// Also returns how many QoS 0 publications were taken (to report).
+    pub fn take_packets(&self) -> (VecDeque<Packet>, usize, bool) {
         let mut pending = self.lock();
-        pending.qos0_publishes = 0;
+        let qos0 = std::mem::take(&mut pending.qos0_publishes) as usize;
         let packets = match &mut pending.outbox {
             Outbox::Packets(packets) => std::mem::take(packets),
             Outbox::Wire { .. } => VecDeque::new(),
         };
-        (packets, pending.closing)
+        (packets, qos0, pending.closing)
     }
 }
 
@@ -310,8 +396,13 @@ mod tests {
         ));
         let ack = Packet::PubAck(PublishAck::success(7));
         assert!(matches!(link.push(ack.clone(), 8), Pushed::Added));
-        let (bytes, closing) = link.take_bytes();
-        assert!(!closing);
+        let batch = link.take_batch();
+        assert!(!batch.closing);
+        let bytes: Vec<u8> = batch
+            .chunks
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .collect();
         let mut expected = BytesMut::new();
         myriad_mqtt::encode(
             &publish(QoS::AtLeastOnce),
@@ -320,8 +411,8 @@ mod tests {
         )
         .expect("encode");
         myriad_mqtt::encode(&ack, ProtocolVersion::V311, &mut expected).expect("encode");
-        assert_eq!(bytes, expected);
-        assert!(link.take_bytes().0.is_empty());
+        assert_eq!(bytes, expected.to_vec());
+        assert!(link.take_batch().is_empty());
     }
 
     #[test]
@@ -344,7 +435,7 @@ mod tests {
             link.push(publish(QoS::AtLeastOnce), 2),
             Pushed::Added
         ));
-        link.take_bytes();
+        assert_eq!(link.take_batch().qos0, 3, "a dropped one is reported too");
         assert!(matches!(
             link.push(publish(QoS::AtMostOnce), 2),
             Pushed::Added
@@ -359,8 +450,8 @@ mod tests {
             link.push(publish(QoS::AtLeastOnce), 8),
             Pushed::Closed
         ));
-        let (bytes, closing) = link.take_bytes();
-        assert!(bytes.is_empty() && closing);
+        let batch = link.take_batch();
+        assert!(batch.is_empty() && batch.closing);
     }
 
     #[test]
@@ -384,7 +475,61 @@ mod tests {
     fn internal_links_keep_packets() {
         let link = Link::internal(1, "$myriad/x".into());
         link.push(publish(QoS::AtLeastOnce), 8);
-        let (packets, _) = link.take_packets();
+        let (packets, qos0, _) = link.take_packets();
+        assert_eq!(qos0, 0);
         assert_eq!(packets.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod vectored_tests {
+    use super::*;
+    use myriad_mqtt::Publish;
+
+    /// A large payload goes out as its header plus the message's own buffer:
+    /// every connection's outbox shares it, none copies it.
+    #[test]
+    fn large_payloads_are_shared_not_copied() {
+        let payload = bytes::Bytes::from(vec![5u8; 100_000]);
+        let packet = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "big".into(),
+            packet_id: 0,
+            payload: payload.clone(),
+            properties: Default::default(),
+        });
+        let links: Vec<Link> = (0..3)
+            .map(|conn| {
+                Link::network(
+                    conn,
+                    SocketAddr::from(([127, 0, 0, 1], 1)),
+                    ProtocolVersion::V5,
+                    "c".into(),
+                )
+            })
+            .collect();
+        for link in &links {
+            link.push(packet.clone(), 8);
+        }
+        let mut expected = BytesMut::new();
+        myriad_mqtt::encode(&packet, ProtocolVersion::V5, &mut expected).expect("encode");
+        for link in &links {
+            let batch = link.take_batch();
+            assert_eq!(batch.qos0, 1);
+            assert_eq!(batch.chunks.len(), 2, "header, then the payload");
+            assert_eq!(
+                batch.chunks[1].as_ptr(),
+                payload.as_ptr(),
+                "the payload is not copied"
+            );
+            let bytes: Vec<u8> = batch
+                .chunks
+                .iter()
+                .flat_map(|c| c.iter().copied())
+                .collect();
+            assert_eq!(bytes, expected.to_vec());
+        }
     }
 }

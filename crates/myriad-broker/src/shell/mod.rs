@@ -61,6 +61,9 @@ pub(crate) enum Event {
     Packet { conn: ConnId, packet: Packet },
     /// A connection ended.
     Lost { conn: ConnId, loss: ConnectionLoss },
+    /// A connection wrote (or handed to its in-process client) `qos0` QoS 0
+    /// publications to its socket.
+    Written { conn: ConnId, qos0: usize },
     /// A message published from inside the process.
     Publish(Box<Publish>),
     /// Asks the core for its counters and levels.
@@ -690,6 +693,7 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
             links.depart(conn);
             broker.handle_connection_lost(now, conn, loss);
         }
+        Event::Written { conn, qos0 } => broker.handle_written(now, conn, qos0),
         Event::Publish(publish) => broker.publish(now, *publish),
         Event::Snapshot(reply) => {
             let _ = reply.send(snapshot::take(broker, links));

@@ -21,6 +21,14 @@ pub(crate) fn first_byte(packet: &Packet) -> u8 {
     ((packet_type as u8) << 4) | flags
 }
 
+/// The first byte of a PUBLISH's fixed header.
+pub(crate) fn first_byte_of_publish(publish: &Publish) -> u8 {
+    ((PacketType::Publish as u8) << 4)
+        | (u8::from(publish.dup) << 3)
+        | ((publish.qos as u8) << 1)
+        | u8::from(publish.retain)
+}
+
 /// Writes the variable header and payload of `packet`, validating it.
 pub(crate) fn body<S: Sink>(
     packet: &Packet,
@@ -151,6 +159,18 @@ fn write_publish<S: Sink>(
     version: ProtocolVersion,
     s: &mut S,
 ) -> Result<(), EncodeError> {
+    write_publish_header(p, version, s)?;
+    s.put_slice(&p.payload);
+    Ok(())
+}
+
+/// Writes the variable header of a PUBLISH (topic, packet id, properties):
+/// everything of its body but the payload.
+pub(crate) fn write_publish_header<S: Sink>(
+    p: &Publish,
+    version: ProtocolVersion,
+    s: &mut S,
+) -> Result<(), EncodeError> {
     if p.qos == QoS::AtMostOnce && p.dup {
         return Err(EncodeError::InvalidValue("DUP on a QoS 0 PUBLISH"));
     }
@@ -158,9 +178,7 @@ fn write_publish<S: Sink>(
     if p.qos != QoS::AtMostOnce {
         write_packet_id(p.packet_id, s)?;
     }
-    write_props(&p.properties, version, s)?;
-    s.put_slice(&p.payload);
-    Ok(())
+    write_props(&p.properties, version, s)
 }
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP; the 5.0 short forms when possible.

@@ -12,7 +12,9 @@ mod write;
 
 use bytes::{Buf, BytesMut};
 
-use crate::{DecodeError, EncodeError, MAX_VARIABLE_INT, Packet, ProtocolVersion};
+use crate::{
+    DecodeError, EncodeError, MAX_VARIABLE_INT, Packet, PacketProperties, ProtocolVersion, Publish,
+};
 use read::{Reader, parse_variable_int};
 use write::{Counter, Sink};
 
@@ -76,6 +78,48 @@ pub fn encode(
     encode::body(packet, version, buf)
 }
 
+/// Appends the fixed and variable header of `publish` for `version` to
+/// `buf`: everything [`encode`] writes except the payload, which the caller
+/// sends after it as it is (vectored I/O: one payload shared by every
+/// subscriber, never copied per connection). On error nothing is written.
+pub fn encode_publish_header(
+    publish: &Publish,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let mut counter = Counter::default();
+    encode::write_publish_header(publish, version, &mut counter)?;
+    let remaining = u32::try_from(counter.0.saturating_add(publish.payload.len()))
+        .ok()
+        .filter(|len| *len <= MAX_VARIABLE_INT)
+        .ok_or(EncodeError::PacketTooLarge)?;
+    let before = buf.len();
+    buf.reserve(1 + variable_int_len(remaining) + counter.0);
+    Sink::put_u8(buf, encode::first_byte_of_publish(publish));
+    let written = buf
+        .put_variable_int(remaining, "remaining length")
+        .and_then(|()| encode::write_publish_header(publish, version, buf));
+    if written.is_err() {
+        buf.truncate(before);
+    }
+    written
+}
+
+/// Bytes the 5.0 encoding of `properties` takes (its length prefix
+/// included), 0 when there are none: what a message's properties weigh
+/// in a queue.
+pub fn properties_len(properties: &PacketProperties) -> usize {
+    if properties.get().is_none() {
+        return 0;
+    }
+    let mut counter = Counter::default();
+    match properties::write_properties(properties, &mut counter) {
+        Ok(()) => counter.0,
+        // Unencodable properties are never sent; weigh them by their count.
+        Err(_) => counter.0.max(1),
+    }
+}
+
 /// The size in bytes of the whole encoded packet (fixed header included).
 ///
 /// Fails exactly when [`encode`] would.
@@ -101,5 +145,40 @@ pub fn variable_int_len(value: u32) -> usize {
         128..=16_383 => 2,
         16_384..=2_097_151 => 3,
         _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+    use crate::QoS;
+
+    /// Header then payload is byte for byte what `encode` writes, in both versions.
+    #[test]
+    fn publish_header_and_payload_make_the_whole_packet() {
+        let mut properties = PacketProperties::new();
+        properties.content_type = Some("text/plain".into());
+        for (qos, props) in [
+            (QoS::AtMostOnce, PacketProperties::new()),
+            (QoS::AtLeastOnce, properties),
+        ] {
+            let publish = Publish {
+                dup: false,
+                qos,
+                retain: true,
+                topic: "a/b".into(),
+                packet_id: 9,
+                payload: bytes::Bytes::from(vec![7u8; 300]),
+                properties: props,
+            };
+            for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+                let mut whole = BytesMut::new();
+                encode(&Packet::Publish(publish.clone()), version, &mut whole).expect("encode");
+                let mut split = BytesMut::new();
+                encode_publish_header(&publish, version, &mut split).expect("header");
+                split.extend_from_slice(&publish.payload);
+                assert_eq!(whole, split);
+            }
+        }
     }
 }

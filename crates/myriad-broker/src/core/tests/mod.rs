@@ -11,6 +11,7 @@ mod expiry;
 mod hooks;
 mod keepalive;
 mod limits;
+mod outbound;
 mod persist;
 mod properties;
 mod publish;
