@@ -143,12 +143,34 @@ pub struct AuthConfig {
     /// platform namespaces). On by default so `myriad serve` works out of
     /// the box; turn it off in production.
     pub allow_anonymous: bool,
+    /// Argon2 password verifications running at once (on the blocking
+    /// pool; each takes ~19 MiB and tens of ms of CPU). Default 4, at
+    /// least 1, at most 1024.
+    pub max_concurrent_password_checks: usize,
+    /// Logins waiting for a password-check slot; a login arriving when
+    /// this many wait is refused at once with CONNACK 0x88 Server
+    /// unavailable (3.1.1: 0x03), not counted as a failure. Default 64,
+    /// at most 100,000 (0: refuse whenever every slot is busy).
+    pub password_check_queue: usize,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
+        let checks = myriad_fleet::service::auth::PasswordChecks::default();
         AuthConfig {
             allow_anonymous: true,
+            max_concurrent_password_checks: checks.max_concurrent,
+            password_check_queue: checks.max_queued,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The bounds on password verification.
+    pub fn password_checks(&self) -> myriad_fleet::service::auth::PasswordChecks {
+        myriad_fleet::service::auth::PasswordChecks {
+            max_concurrent: self.max_concurrent_password_checks,
+            max_queued: self.password_check_queue,
         }
     }
 }
@@ -290,6 +312,12 @@ impl Config {
         if let Err(problem) = config.commands.validate() {
             bail!("invalid value for commands.{problem}");
         }
+        if !(1..=1024).contains(&config.auth.max_concurrent_password_checks) {
+            bail!("invalid value for auth.max_concurrent_password_checks: between 1 and 1024");
+        }
+        if config.auth.password_check_queue > 100_000 {
+            bail!("invalid value for auth.password_check_queue: at most 100000");
+        }
         if config.store.group_window_ms > 1000 {
             bail!(
                 "invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)"
@@ -383,6 +411,26 @@ mod tests {
             format!("{error:#}").contains("commands.max_in_flight"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn password_check_bounds() {
+        let config = Config::parse("").expect("empty");
+        assert_eq!(config.auth.max_concurrent_password_checks, 4);
+        assert_eq!(config.auth.password_check_queue, 64);
+        for (text, key) in [
+            (
+                "[auth]\nmax_concurrent_password_checks = 0\n",
+                "auth.max_concurrent_password_checks",
+            ),
+            (
+                "[auth]\npassword_check_queue = 1000000\n",
+                "auth.password_check_queue",
+            ),
+        ] {
+            let error = Config::parse(text).expect_err(text);
+            assert!(format!("{error:#}").contains(key), "{text}: {error:#}");
+        }
     }
 
     #[test]

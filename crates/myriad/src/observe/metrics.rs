@@ -269,10 +269,12 @@ impl Observer {
         counter!("myriad_connections_refused_total").absolute(census.refused);
         let auth = self.sources.auth.stats();
         counter!("myriad_auth_accepted_total").absolute(auth.accepted);
+        counter!("myriad_auth_password_hashes_total").absolute(auth.hashed);
         for (reason, count) in [
             ("bad_credentials", auth.bad_credentials),
             ("throttled", auth.throttled),
             ("disabled", auth.disabled),
+            ("busy", auth.busy),
         ] {
             counter!("myriad_auth_failures_total", "reason" => reason).absolute(count);
         }
