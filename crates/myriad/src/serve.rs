@@ -103,6 +103,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                     auth: platform.auth.clone(),
                     presence: platform.presence.clone(),
                     commands: platform.commands.clone(),
+                    shadows: platform.shadows.clone(),
                 },
                 listeners_bound.clone(),
             );

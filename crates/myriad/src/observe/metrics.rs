@@ -233,6 +233,8 @@ pub struct Sources {
     pub presence: Arc<PresenceService>,
     /// Cloud-to-device commands.
     pub commands: Arc<CommandService>,
+    /// Device shadows.
+    pub shadows: Arc<myriad_fleet::service::shadows::ShadowService>,
 }
 
 /// What `/metrics` and `/readyz` answer with.
@@ -278,6 +280,9 @@ impl Observer {
         ] {
             counter!("myriad_auth_failures_total", "reason" => reason).absolute(count);
         }
+        let shadows = self.sources.shadows.stats();
+        counter!("myriad_shadow_updates_stored_total").absolute(shadows.updates);
+        counter!("myriad_shadow_commits_total").absolute(shadows.commits);
         gauge!("myriad_devices_online").set(self.sources.presence.online_count() as f64);
         record_commands(&self.sources.commands);
         record_process();
