@@ -64,7 +64,7 @@ pub use observe::{
     BoxFuture, Observability, ObserveOptions, PROMETHEUS_CONTENT_TYPE, Readiness, observed_router,
 };
 pub use routes::router;
-pub use serve::{serve, serve_router};
+pub use serve::{BodyTimeout, HttpLimits, serve, serve_router, serve_router_with};
 pub use state::ApiState;
 
 #[cfg(doc)]

@@ -187,14 +187,44 @@ pub struct ApiConfig {
     /// not given), a random one is generated at start and written to
     /// `{store.data_dir}/api-token`.
     pub token: Option<String>,
+    /// HTTP connections kept at once. At the cap a new connection evicts
+    /// the quietest one without a request in flight (or is closed at once
+    /// if every connection has one). Default 1,024, between 1 and 100,000.
+    pub max_connections: usize,
+    /// Seconds a request head may take from its first byte (slowloris).
+    /// Default 10, between 1 and 3,600.
+    pub header_timeout_secs: u64,
+    /// Seconds a connection without a request in flight may stay quiet
+    /// (keep-alive). Default 60, between 1 and 3,600.
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body may stall without data before the request
+    /// fails and the connection is closed. Default 30, between 1 and 3,600.
+    pub body_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
+        let limits = myriad_api::HttpLimits::default();
         ApiConfig {
             enabled: true,
             listen: "127.0.0.1:8080".to_string(),
             token: None,
+            max_connections: limits.max_connections,
+            header_timeout_secs: limits.header_timeout.as_secs(),
+            idle_timeout_secs: limits.idle_timeout.as_secs(),
+            body_timeout_secs: limits.body_timeout.as_secs(),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The HTTP server's limits.
+    pub fn limits(&self) -> myriad_api::HttpLimits {
+        myriad_api::HttpLimits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
         }
     }
 }
@@ -312,6 +342,18 @@ impl Config {
         if let Err(problem) = config.commands.validate() {
             bail!("invalid value for commands.{problem}");
         }
+        if !(1..=100_000).contains(&config.api.max_connections) {
+            bail!("invalid value for api.max_connections: between 1 and 100000");
+        }
+        for (key, value) in [
+            ("header_timeout_secs", config.api.header_timeout_secs),
+            ("idle_timeout_secs", config.api.idle_timeout_secs),
+            ("body_timeout_secs", config.api.body_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&value) {
+                bail!("invalid value for api.{key}: between 1 and 3600 seconds");
+            }
+        }
         if !(1..=1024).contains(&config.auth.max_concurrent_password_checks) {
             bail!("invalid value for auth.max_concurrent_password_checks: between 1 and 1024");
         }
@@ -427,6 +469,16 @@ mod tests {
                 "[auth]\npassword_check_queue = 1000000\n",
                 "auth.password_check_queue",
             ),
+            ("[api]\nmax_connections = 0\n", "api.max_connections"),
+            (
+                "[api]\nheader_timeout_secs = 0\n",
+                "api.header_timeout_secs",
+            ),
+            (
+                "[api]\nidle_timeout_secs = 99999\n",
+                "api.idle_timeout_secs",
+            ),
+            ("[api]\nbody_timeout_secs = 0\n", "api.body_timeout_secs"),
         ] {
             let error = Config::parse(text).expect_err(text);
             assert!(format!("{error:#}").contains(key), "{text}: {error:#}");
