@@ -16,7 +16,9 @@ most), and prints one JSON line:
 
 ok: loaded p99 within 2x the idle p99 (RATIO, 2) or under FLOOR_MS (1 ms:
 on loopback an idle p99 of a few tenths of a millisecond doubles from
-scheduling noise alone). Knobs: SECS (6), WINDOW (64), PING_EVERY_MS (5).
+scheduling noise alone). Knobs: SECS (6), WINDOW (64), PING_EVERY_MS (5),
+RATE (updates/s the device offers at most; 0, the default: as fast as the
+window allows).
 Usage: .venv/bin/python bench/attacks/shadow_ping.py --bin target/release/myriad
 Finishes in about SECS + 8 s.
 """
@@ -46,6 +48,7 @@ WINDOW = int(os.environ.get("WINDOW", "64"))
 PING_EVERY = float(os.environ.get("PING_EVERY_MS", "5")) / 1000
 RATIO = float(os.environ.get("RATIO", "2"))
 FLOOR_MS = float(os.environ.get("FLOOR_MS", "1"))
+RATE = float(os.environ.get("RATE", "0"))
 TOKEN = "shadow-ping-bench-token-0123"
 
 
@@ -117,7 +120,12 @@ class Hammer(threading.Thread):
 
     def run(self) -> None:
         topic = f"$shadow/{self.dev}/update"
+        started = time.monotonic()
         while not self.stop.is_set():
+            if RATE > 0:
+                ahead = self.sent / RATE - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
             with self.cond:
                 while self.sent - self.accepted >= WINDOW and not self.stop.is_set():
                     self.cond.wait(0.1)
@@ -174,6 +182,7 @@ def main() -> None:
         "loaded_max_ms": round(max(loaded), 3),
         "pings": len(loaded),
         "updates_accepted_per_sec": round(rate),
+        "rate_cap": RATE,
         "broker_peak_rss_mb": round(peak, 1),
     }
     result["p99_ratio"] = round(result["loaded_p99_ms"] / max(result["idle_p99_ms"], 1e-9), 2)
