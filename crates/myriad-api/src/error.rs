@@ -179,7 +179,9 @@ impl From<ShadowServiceError> for ApiError {
                 ApiError::with_status(status, rejected.message)
             }
             ShadowServiceError::Store(error) => error.into(),
-            corrupt @ ShadowServiceError::Corrupt { .. } => ApiError::Internal(corrupt.to_string()),
+            other @ (ShadowServiceError::Corrupt { .. }
+            | ShadowServiceError::CommitFailed(_)
+            | ShadowServiceError::Stopped) => ApiError::Internal(other.to_string()),
         }
     }
 }

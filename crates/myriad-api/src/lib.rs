@@ -42,6 +42,13 @@
 //!
 //! JSON bodies are limited to 1 MiB; the import route streams its body
 //! (bounded memory) and accepts up to 512 MiB. Past the limit: 413.
+//!
+//! # Connection limits
+//!
+//! [`serve_router_with`] keeps at most [`HttpLimits::max_connections`]
+//! connections (evicting the quietest idle one at the cap) and closes
+//! connections whose request head, idle keep-alive time or request body
+//! exceeds its timeout; see [`HttpLimits`] and docs/limits.md.
 
 #![warn(missing_docs)]
 
@@ -64,7 +71,7 @@ pub use observe::{
     BoxFuture, Observability, ObserveOptions, PROMETHEUS_CONTENT_TYPE, Readiness, observed_router,
 };
 pub use routes::router;
-pub use serve::{serve, serve_router};
+pub use serve::{BodyTimeout, HttpLimits, serve, serve_router, serve_router_with};
 pub use state::ApiState;
 
 #[cfg(doc)]

@@ -143,12 +143,34 @@ pub struct AuthConfig {
     /// platform namespaces). On by default so `myriad serve` works out of
     /// the box; turn it off in production.
     pub allow_anonymous: bool,
+    /// Argon2 password verifications running at once (on the blocking
+    /// pool; each takes ~19 MiB and tens of ms of CPU). Default 4, at
+    /// least 1, at most 1024.
+    pub max_concurrent_password_checks: usize,
+    /// Logins waiting for a password-check slot; a login arriving when
+    /// this many wait is refused at once with CONNACK 0x88 Server
+    /// unavailable (3.1.1: 0x03), not counted as a failure. Default 64,
+    /// at most 100,000 (0: refuse whenever every slot is busy).
+    pub password_check_queue: usize,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
+        let checks = myriad_fleet::service::auth::PasswordChecks::default();
         AuthConfig {
             allow_anonymous: true,
+            max_concurrent_password_checks: checks.max_concurrent,
+            password_check_queue: checks.max_queued,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The bounds on password verification.
+    pub fn password_checks(&self) -> myriad_fleet::service::auth::PasswordChecks {
+        myriad_fleet::service::auth::PasswordChecks {
+            max_concurrent: self.max_concurrent_password_checks,
+            max_queued: self.password_check_queue,
         }
     }
 }
@@ -165,14 +187,44 @@ pub struct ApiConfig {
     /// not given), a random one is generated at start and written to
     /// `{store.data_dir}/api-token`.
     pub token: Option<String>,
+    /// HTTP connections kept at once. At the cap a new connection evicts
+    /// the quietest one without a request in flight (or is closed at once
+    /// if every connection has one). Default 1,024, between 1 and 100,000.
+    pub max_connections: usize,
+    /// Seconds a request head may take from its first byte (slowloris).
+    /// Default 10, between 1 and 3,600.
+    pub header_timeout_secs: u64,
+    /// Seconds a connection without a request in flight may stay quiet
+    /// (keep-alive). Default 60, between 1 and 3,600.
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body may stall without data before the request
+    /// fails and the connection is closed. Default 30, between 1 and 3,600.
+    pub body_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
+        let limits = myriad_api::HttpLimits::default();
         ApiConfig {
             enabled: true,
             listen: "127.0.0.1:8080".to_string(),
             token: None,
+            max_connections: limits.max_connections,
+            header_timeout_secs: limits.header_timeout.as_secs(),
+            idle_timeout_secs: limits.idle_timeout.as_secs(),
+            body_timeout_secs: limits.body_timeout.as_secs(),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The HTTP server's limits.
+    pub fn limits(&self) -> myriad_api::HttpLimits {
+        myriad_api::HttpLimits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
         }
     }
 }
@@ -290,6 +342,24 @@ impl Config {
         if let Err(problem) = config.commands.validate() {
             bail!("invalid value for commands.{problem}");
         }
+        if !(1..=100_000).contains(&config.api.max_connections) {
+            bail!("invalid value for api.max_connections: between 1 and 100000");
+        }
+        for (key, value) in [
+            ("header_timeout_secs", config.api.header_timeout_secs),
+            ("idle_timeout_secs", config.api.idle_timeout_secs),
+            ("body_timeout_secs", config.api.body_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&value) {
+                bail!("invalid value for api.{key}: between 1 and 3600 seconds");
+            }
+        }
+        if !(1..=1024).contains(&config.auth.max_concurrent_password_checks) {
+            bail!("invalid value for auth.max_concurrent_password_checks: between 1 and 1024");
+        }
+        if config.auth.password_check_queue > 100_000 {
+            bail!("invalid value for auth.password_check_queue: at most 100000");
+        }
         if config.store.group_window_ms > 1000 {
             bail!(
                 "invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)"
@@ -383,6 +453,36 @@ mod tests {
             format!("{error:#}").contains("commands.max_in_flight"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn password_check_bounds() {
+        let config = Config::parse("").expect("empty");
+        assert_eq!(config.auth.max_concurrent_password_checks, 4);
+        assert_eq!(config.auth.password_check_queue, 64);
+        for (text, key) in [
+            (
+                "[auth]\nmax_concurrent_password_checks = 0\n",
+                "auth.max_concurrent_password_checks",
+            ),
+            (
+                "[auth]\npassword_check_queue = 1000000\n",
+                "auth.password_check_queue",
+            ),
+            ("[api]\nmax_connections = 0\n", "api.max_connections"),
+            (
+                "[api]\nheader_timeout_secs = 0\n",
+                "api.header_timeout_secs",
+            ),
+            (
+                "[api]\nidle_timeout_secs = 99999\n",
+                "api.idle_timeout_secs",
+            ),
+            ("[api]\nbody_timeout_secs = 0\n", "api.body_timeout_secs"),
+        ] {
+            let error = Config::parse(text).expect_err(text);
+            assert!(format!("{error:#}").contains(key), "{text}: {error:#}");
+        }
     }
 
     #[test]

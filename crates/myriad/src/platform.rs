@@ -77,6 +77,7 @@ impl Platform {
             config.auth.allow_anonymous,
             ThrottleConfig::default(),
             cache,
+            config.auth.password_checks(),
         ));
         if config.auth.allow_anonymous {
             warn!(

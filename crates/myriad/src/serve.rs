@@ -103,6 +103,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                     auth: platform.auth.clone(),
                     presence: platform.presence.clone(),
                     commands: platform.commands.clone(),
+                    shadows: platform.shadows.clone(),
                 },
                 listeners_bound.clone(),
             );
@@ -114,9 +115,11 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                 },
             );
             let api_shutdown = shutdown.clone();
+            let api_limits = config.api.limits();
             essential.spawn("HTTP API", async move {
                 if let Err(error) =
-                    myriad_api::serve_router(api_listener, router, api_shutdown).await
+                    myriad_api::serve_router_with(api_listener, router, api_shutdown, api_limits)
+                        .await
                 {
                     tracing::error!(%error, "the HTTP API stopped");
                 }

@@ -62,6 +62,7 @@ impl Harness {
             false,
             ThrottleConfig::default(),
             VerifiedCache::new(1024).expect("cache"),
+            myriad_fleet::service::auth::PasswordChecks::default(),
         ));
         let state = ApiState {
             store,

@@ -14,7 +14,8 @@
 //!   microsecond check. A new password means a new PHC string, so the old
 //!   entry no longer matches.
 //! - [`LoginThrottle`]: refuses logins for a while after repeated failures
-//!   per principal and per source address, without checking the password.
+//!   per (principal, source address) and per source address, without
+//!   checking the password; attempts in flight count until they end.
 //!
 //! Clear passwords are never stored; types that hold one ([`Secret`])
 //! print `"***"` in `Debug`.
@@ -54,7 +55,7 @@
 //!         _ => None,
 //!     };
 //!     match &granted {
-//!         Some(_) => throttle.record_success(username),
+//!         Some(_) => throttle.record_success(username, ip),
 //!         None => throttle.record_failure(username, ip, now),
 //!     }
 //!     Ok(granted)
@@ -97,4 +98,6 @@ pub use hash::{
     verify_password,
 };
 pub use secret::Secret;
-pub use throttle::{LoginThrottle, ThrottleCheck, ThrottleConfig, ThrottleLimits, ThrottleStats};
+pub use throttle::{
+    IN_FLIGHT_RETRY_MS, LoginThrottle, ThrottleCheck, ThrottleConfig, ThrottleLimits, ThrottleStats,
+};

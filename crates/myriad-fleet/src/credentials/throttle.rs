@@ -1,5 +1,8 @@
 //! Login throttling: refuse logins for a while after repeated failures,
-//! per principal and per source address, before spending Argon2 on them.
+//! per (principal, source address) and per source address, before
+//! spending Argon2 on them. Attempts still being checked count as
+//! failures until they end, so a burst of simultaneous guesses is cut at
+//! the limit instead of all being hashed.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -21,8 +24,10 @@ pub struct ThrottleLimits {
 /// How a [`LoginThrottle`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Per principal (username): default 5 failures in 60 s, then 30 s
-    /// doubling up to 15 min.
+    /// Per principal (username) *and* source address: default 5 failures
+    /// in 60 s, then 30 s doubling up to 15 min. Keyed by the pair so that
+    /// someone who knows a device id cannot lock the real device out from
+    /// another address.
     pub principal: ThrottleLimits,
     /// Per source address: default 50 failures in 60 s, then 30 s doubling
     /// up to 15 min. Higher than per principal because whole fleets sit
@@ -85,11 +90,34 @@ struct Entry {
     blocked_until: u64,
     strikes: u32,
     last_failure: u64,
+    /// Attempts begun ([`LoginThrottle::begin`]) and not yet ended.
+    pending: u32,
 }
 
 impl Entry {
+    fn new(now: u64) -> Entry {
+        Entry {
+            window_start: now,
+            failures: 0,
+            blocked_until: 0,
+            strikes: 0,
+            last_failure: now,
+            pending: 0,
+        }
+    }
+
+    /// Failures still counting in the window at `now`.
+    fn live_failures(&self, limits: &ThrottleLimits, now: u64) -> u32 {
+        if now >= self.window_start.saturating_add(limits.window_ms) {
+            0
+        } else {
+            self.failures
+        }
+    }
+
     fn expired(&self, limits: &ThrottleLimits, now: u64) -> bool {
-        now >= self.blocked_until
+        self.pending == 0
+            && now >= self.blocked_until
             && now >= self.window_start.saturating_add(limits.window_ms)
             && now >= self.last_failure.saturating_add(limits.max_backoff_ms)
     }
@@ -123,10 +151,9 @@ impl<K: Hash + Eq> Table<K> {
         self.last_prune = Some(now);
     }
 
-    /// Records a failure; `None` if the key could not be tracked, else
-    /// whether it started a block.
-    fn fail(&mut self, key: K, now: u64, max_entries: usize) -> Option<bool> {
-        if !self.map.contains_key(&key) && self.map.len() >= max_entries {
+    /// Makes room for a new key if the table is full; false if there is none.
+    fn room_for(&mut self, key: &K, now: u64, max_entries: usize) -> bool {
+        if !self.map.contains_key(key) && self.map.len() >= max_entries {
             if self
                 .last_prune
                 .is_none_or(|at| now.saturating_sub(at) >= 1_000)
@@ -134,17 +161,58 @@ impl<K: Hash + Eq> Table<K> {
                 self.prune(now);
             }
             if self.map.len() >= max_entries {
-                return None;
+                return false;
             }
         }
+        true
+    }
+
+    /// Whether an attempt for `key` may go ahead (`0`) or how long it must
+    /// wait: blocked, or failures plus attempts in flight at the limit.
+    fn wait_for(&self, key: &K, now: u64) -> u64 {
+        let Some(entry) = self.map.get(key) else {
+            return 0;
+        };
+        let blocked = entry.blocked_until.saturating_sub(now);
+        if blocked > 0 {
+            return blocked;
+        }
+        let busy = entry
+            .live_failures(&self.limits, now)
+            .saturating_add(entry.pending);
+        if busy >= self.limits.max_failures {
+            IN_FLIGHT_RETRY_MS
+        } else {
+            0
+        }
+    }
+
+    /// Counts an attempt in flight for `key`; false if it could not be
+    /// tracked (table full).
+    fn begin(&mut self, key: K, now: u64, max_entries: usize) -> bool {
+        if !self.room_for(&key, now, max_entries) {
+            return false;
+        }
+        let entry = self.map.entry(key).or_insert_with(|| Entry::new(now));
+        entry.pending = entry.pending.saturating_add(1);
+        true
+    }
+
+    /// Ends an attempt counted by [`Self::begin`].
+    fn end(&mut self, key: &K) {
+        if let Some(entry) = self.map.get_mut(key) {
+            entry.pending = entry.pending.saturating_sub(1);
+        }
+    }
+
+    /// Records a failure; `None` if the key could not be tracked, else
+    /// whether it started a block.
+    fn fail(&mut self, key: K, now: u64, max_entries: usize) -> Option<bool> {
+        if !self.room_for(&key, now, max_entries) {
+            return None;
+        }
         let limits = self.limits;
-        let entry = self.map.entry(key).or_insert(Entry {
-            window_start: now,
-            failures: 0,
-            blocked_until: 0,
-            strikes: 0,
-            last_failure: now,
-        });
+        let entry = self.map.entry(key).or_insert_with(|| Entry::new(now));
         if entry.expired(&limits, now) {
             entry.strikes = 0;
         }
@@ -167,17 +235,29 @@ impl<K: Hash + Eq> Table<K> {
     }
 }
 
+/// How long a login refused because too many attempts of its key are in
+/// flight is told to wait, ms.
+pub const IN_FLIGHT_RETRY_MS: u64 = 1_000;
+
+/// The key of the per-principal table: user name and source address.
+type PrincipalKey = (String, Option<IpAddr>);
+
 /// # Rules
 ///
-/// For each principal (username) and each source address, failures are
+/// For each (principal, source address) pair and each source address, failures are
 /// counted in a window ([`ThrottleLimits::window_ms`], starting at the
 /// first failure). The failure that brings the count to
 /// [`ThrottleLimits::max_failures`] blocks the key for
 /// [`ThrottleLimits::backoff_ms`]; each further block of the same key
 /// doubles that, up to [`ThrottleLimits::max_backoff_ms`]. A blocked
 /// login is refused without checking the password ([`ThrottleCheck`] says
-/// for how long). A successful login clears its principal's record (not
-/// its address's: many devices may share one NAT address). A key forgets
+/// for how long). Attempts begun with [`LoginThrottle::begin`] and not yet
+/// ended count as failures while they run: with `max_failures` attempts of
+/// a key in flight, the next is refused (retry after
+/// [`IN_FLIGHT_RETRY_MS`]). A successful login clears its (principal,
+/// address) record (not its address's: many devices may share one NAT
+/// address). A principal is counted per address so that failures from one
+/// address never lock it out at another. A key forgets
 /// its blocks once it has been quiet (no failures, not blocked) for
 /// `max_backoff_ms`.
 ///
@@ -199,7 +279,7 @@ impl<K: Hash + Eq> Table<K> {
 #[derive(Debug)]
 pub struct LoginThrottle {
     max_entries: usize,
-    principals: Table<String>,
+    principals: Table<PrincipalKey>,
     addresses: Table<IpAddr>,
     stats: ThrottleStats,
 }
@@ -218,6 +298,11 @@ fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The per-principal key: the user name and the address's key.
+fn principal_key(principal: &str, ip: Option<IpAddr>) -> PrincipalKey {
+    (principal.to_string(), ip.map(address_key))
+}
+
 impl LoginThrottle {
     /// An empty throttle.
     pub fn new(config: ThrottleConfig) -> Self {
@@ -232,10 +317,11 @@ impl LoginThrottle {
     /// Whether a login of `principal` from `ip` may be checked now. A
     /// refusal is counted in [`ThrottleStats::refusals`].
     pub fn check(&mut self, principal: &str, ip: Option<IpAddr>, now_ms: u64) -> ThrottleCheck {
+        let key = principal_key(principal, ip);
         let by_principal = self
             .principals
             .map
-            .get(principal)
+            .get(&key)
             .map_or(0, |e| e.blocked_until.saturating_sub(now_ms));
         let by_address = ip.map_or(0, |ip| self.addresses.blocked_for(&address_key(ip), now_ms));
         let wait = by_principal.max(by_address);
@@ -249,13 +335,66 @@ impl LoginThrottle {
         }
     }
 
+    /// Like [`Self::check`], and if allowed counts the attempt as in flight
+    /// (for the principal at this address and for the address) until
+    /// [`Self::end`] (the caller must call it exactly once, whatever the
+    /// outcome). Refused as well when failures plus attempts in flight of a
+    /// key reach its `max_failures`. A refusal is counted in
+    /// [`ThrottleStats::refusals`].
+    pub fn begin(&mut self, principal: &str, ip: Option<IpAddr>, now_ms: u64) -> ThrottleCheck {
+        let key = principal_key(principal, ip);
+        let by_principal = self.principals.wait_for(&key, now_ms);
+        let by_address = ip.map_or(0, |ip| self.addresses.wait_for(&address_key(ip), now_ms));
+        let wait = by_principal.max(by_address);
+        if wait > 0 {
+            self.stats.refusals += 1;
+            return ThrottleCheck::Refused {
+                retry_after_ms: wait,
+            };
+        }
+        if !self.principals.begin(key, now_ms, self.max_entries) {
+            self.stats.untracked += 1;
+        }
+        if let Some(ip) = ip
+            && !self
+                .addresses
+                .begin(address_key(ip), now_ms, self.max_entries)
+        {
+            self.stats.untracked += 1;
+        }
+        ThrottleCheck::Allowed
+    }
+
+    /// Ends an attempt allowed by [`Self::begin`]: `Some(true)` it
+    /// succeeded ([`Self::record_success`]), `Some(false)` it failed
+    /// ([`Self::record_failure`]), `None` it was abandoned (client gone,
+    /// server busy) and counts as neither.
+    pub fn end(
+        &mut self,
+        principal: &str,
+        ip: Option<IpAddr>,
+        succeeded: Option<bool>,
+        now_ms: u64,
+    ) {
+        let key = principal_key(principal, ip);
+        self.principals.end(&key);
+        if let Some(ip) = ip {
+            self.addresses.end(&address_key(ip));
+        }
+        match succeeded {
+            Some(true) => self.record_success(principal, ip),
+            Some(false) => self.record_failure(principal, ip, now_ms),
+            None => {}
+        }
+    }
+
     /// Records a failed login (wrong password, unknown or disabled
     /// principal).
     pub fn record_failure(&mut self, principal: &str, ip: Option<IpAddr>, now_ms: u64) {
         self.stats.failures += 1;
         let results = [
             self.principals
-                .fail(principal.to_string(), now_ms, self.max_entries),
+                .fail(principal_key(principal, ip), now_ms, self.max_entries),
             match ip {
                 Some(ip) => self
                     .addresses
@@ -272,10 +411,19 @@ impl LoginThrottle {
         }
     }
 
-    /// Records a successful login: clears the principal's failures and
-    /// blocks.
-    pub fn record_success(&mut self, principal: &str) {
-        self.principals.map.remove(principal);
+    /// Records a successful login: clears the failures and blocks of the
+    /// principal at this address (attempts still in flight stay counted).
+    pub fn record_success(&mut self, principal: &str, ip: Option<IpAddr>) {
+        let key = principal_key(principal, ip);
+        if let Some(entry) = self.principals.map.get_mut(&key) {
+            if entry.pending == 0 {
+                self.principals.map.remove(&key);
+            } else {
+                let pending = entry.pending;
+                *entry = Entry::new(0);
+                entry.pending = pending;
+            }
+        }
     }
 
     /// Drops the entries that no longer matter.
@@ -316,7 +464,10 @@ mod tests {
         }
         t.record_failure("dev", IP, 1_004);
         assert_eq!(refused_for(&mut t, "dev", IP, 1_004), 30_000);
-        assert_eq!(refused_for(&mut t, "dev", None, 20_000), 11_004);
+        assert_eq!(refused_for(&mut t, "dev", IP, 20_000), 11_004);
+        // The same principal from another address is not blocked.
+        let elsewhere = Some(IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7)));
+        assert_eq!(t.check("dev", elsewhere, 20_000), ThrottleCheck::Allowed);
         // Another principal from the same address is not blocked.
         assert_eq!(t.check("other", IP, 1_005), ThrottleCheck::Allowed);
         assert_eq!(t.check("dev", IP, 31_004), ThrottleCheck::Allowed);
@@ -329,6 +480,45 @@ mod tests {
         assert_eq!(stats.failures, 10);
         assert_eq!(stats.lockouts, 2);
         assert_eq!(stats.refusals, 3);
+    }
+
+    #[test]
+    fn attempts_in_flight_count_until_they_end() {
+        let mut t = LoginThrottle::new(ThrottleConfig::default());
+        let elsewhere = Some(IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7)));
+        // 300 simultaneous attempts: only max_failures (5) go ahead.
+        let allowed = (0..300)
+            .filter(|_| t.begin("dev", IP, 1_000) == ThrottleCheck::Allowed)
+            .count();
+        assert_eq!(allowed, 5);
+        assert_eq!(
+            t.begin("dev", IP, 1_000),
+            ThrottleCheck::Refused {
+                retry_after_ms: IN_FLIGHT_RETRY_MS
+            }
+        );
+        // The real device at its own address is not held up.
+        assert_eq!(t.begin("dev", elsewhere, 1_000), ThrottleCheck::Allowed);
+        t.end("dev", elsewhere, Some(true), 1_001);
+        // The five fail: a block, and nothing left in flight.
+        for _ in 0..5 {
+            t.end("dev", IP, Some(false), 1_002);
+        }
+        assert_eq!(refused_for(&mut t, "dev", IP, 1_003), 29_999);
+        assert_eq!(t.check("dev", elsewhere, 1_003), ThrottleCheck::Allowed);
+        // Abandoned attempts free their place without counting.
+        let mut t = LoginThrottle::new(ThrottleConfig::default());
+        for _ in 0..5 {
+            assert_eq!(t.begin("dev", IP, 0), ThrottleCheck::Allowed);
+        }
+        for _ in 0..5 {
+            t.end("dev", IP, None, 1);
+        }
+        assert_eq!(t.begin("dev", IP, 2), ThrottleCheck::Allowed);
+        t.end("dev", IP, None, 3);
+        assert_eq!(t.stats().failures, 0);
+        t.prune(10_000_000);
+        assert_eq!(t.stats().tracked_principals, 0);
     }
 
     #[test]
@@ -346,7 +536,7 @@ mod tests {
         for i in 0..4 {
             t.record_failure("dev", IP, i);
         }
-        t.record_success("dev");
+        t.record_success("dev", IP);
         for i in 0..4 {
             t.record_failure("dev", IP, 10 + i);
         }

@@ -9,12 +9,23 @@
 //!   is anonymous: let in only when `allow_anonymous` is set, and then kept
 //!   out of the platform's namespaces ([`AnonymousAcl`]). A registered
 //!   device or app with a wrong password is always refused.
+//!
+//! Password checks are bounded ([`PasswordChecks`]): at most
+//! `max_concurrent` Argon2 runs at once on the blocking pool, at most
+//! `max_queued` logins waiting for one; a login arriving when the queue is
+//! full is refused with CONNACK 0x88 Server unavailable (3.1.1: 0x03)
+//! without hashing and without counting as a failure. The throttle counts
+//! attempts in flight per (user name, source address) and per address, so
+//! a burst of simultaneous guesses is cut at the failure limit (0x9F
+//! Connection rate exceeded; 3.1.1: 0x03) before any queueing.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use myriad_broker::hooks::{Acl, AuthDecision, Authenticator, BoxFuture, ConnectInfo};
 use myriad_mqtt::ReasonCode;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::now_ms;
@@ -78,6 +89,38 @@ pub struct AuthStats {
     pub throttled: u64,
     /// Logins refused because the device is disabled.
     pub disabled: u64,
+    /// Logins refused because the password-check queue was full.
+    pub busy: u64,
+    /// Argon2 verifications run (cache misses that got a slot).
+    pub hashed: u64,
+}
+
+/// Bounds on password verification (config `auth.max_concurrent_password_checks`
+/// and `auth.password_check_queue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordChecks {
+    /// Argon2 verifications running at once (at least 1). Default 4.
+    pub max_concurrent: usize,
+    /// Logins waiting for a verification slot; one more is refused with
+    /// 0x88 Server unavailable. Default 64.
+    pub max_queued: usize,
+}
+
+impl Default for PasswordChecks {
+    fn default() -> Self {
+        PasswordChecks {
+            max_concurrent: 4,
+            max_queued: 64,
+        }
+    }
+}
+
+/// What a password verification found.
+enum Verified {
+    Yes,
+    No,
+    /// The queue of checks was full: not checked.
+    Busy,
 }
 
 /// Checks CONNECTs against the registry. See the module docs.
@@ -87,6 +130,50 @@ pub struct FleetAuthenticator {
     /// The one ACL every anonymous connection shares (no allocation each).
     anonymous: Arc<AnonymousAcl>,
     state: Mutex<AuthState>,
+    /// Slots for Argon2 runs.
+    slots: Arc<Semaphore>,
+    /// Logins waiting for a slot now.
+    waiting: AtomicUsize,
+    max_queued: usize,
+}
+
+/// A login attempt counted in flight by the throttle; ended exactly once
+/// (dropped unfinished, e.g. the client went away: abandoned).
+struct Attempt<'a> {
+    auth: &'a FleetAuthenticator,
+    username: &'a str,
+    ip: Option<IpAddr>,
+    ended: bool,
+}
+
+impl Attempt<'_> {
+    fn end(mut self, succeeded: Option<bool>) {
+        self.ended = true;
+        self.auth
+            .state()
+            .throttle
+            .end(self.username, self.ip, succeeded, now_ms());
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.auth
+                .state()
+                .throttle
+                .end(self.username, self.ip, None, now_ms());
+        }
+    }
+}
+
+/// Decrements the waiting count when a queued login leaves the queue.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct AuthState {
@@ -103,6 +190,7 @@ impl FleetAuthenticator {
         allow_anonymous: bool,
         throttle: ThrottleConfig,
         cache: VerifiedCache,
+        checks: PasswordChecks,
     ) -> FleetAuthenticator {
         FleetAuthenticator {
             store,
@@ -113,6 +201,9 @@ impl FleetAuthenticator {
                 throttle: LoginThrottle::new(throttle),
                 stats: AuthStats::default(),
             }),
+            slots: Arc::new(Semaphore::new(checks.max_concurrent.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_queued: checks.max_queued,
         }
     }
 
@@ -140,12 +231,18 @@ impl FleetAuthenticator {
         };
         let ip = Some(info.peer.ip());
         let now = now_ms();
-        let check = self.state().throttle.check(username, ip, now);
+        let check = self.state().throttle.begin(username, ip, now);
         if let ThrottleCheck::Refused { .. } = check {
             self.state().stats.throttled += 1;
             debug!(username, peer = %info.peer, "login throttled");
             return AuthDecision::Deny(ReasonCode::ConnectionRateExceeded);
         }
+        let attempt = Attempt {
+            auth: self,
+            username,
+            ip,
+            ended: false,
+        };
         // Devices log in by their id, apps by `app:{id}`; ids are one
         // namespace, so the bare name finds at most one principal.
         let app_login = username.strip_prefix(APP_USERNAME_PREFIX);
@@ -159,14 +256,20 @@ impl FleetAuthenticator {
         let record =
             record.filter(|r| matches!(r.principal, Principal::Device(_)) == app_login.is_none());
         let Some(record) = record else {
-            return self.unknown(username, ip, now);
+            return self.unknown(attempt);
         };
         let password = info.password.and_then(|p| std::str::from_utf8(p).ok());
         let (Some(phc), Some(password)) = (record.password_hash, password) else {
-            return self.failed(username, ip, now);
+            return self.failed(attempt);
         };
-        if !self.verify(username, &phc, password.to_owned()).await {
-            return self.failed(username, ip, now);
+        match self.verify(username, &phc, password.to_owned()).await {
+            Verified::Yes => {}
+            Verified::No => return self.failed(attempt),
+            Verified::Busy => {
+                self.state().stats.busy += 1;
+                debug!(username, peer = %info.peer, "password checks busy");
+                return AuthDecision::Deny(ReasonCode::ServerUnavailable);
+            }
         }
         if let Principal::Device(device) = &record.principal {
             // A device's session is its own: the client id must be its id.
@@ -179,46 +282,65 @@ impl FleetAuthenticator {
             return AuthDecision::Deny(ReasonCode::NotAuthorized);
         }
         let principal = record.principal;
-        let mut state = self.state();
-        state.throttle.record_success(username);
-        state.stats.accepted += 1;
+        attempt.end(Some(true));
+        self.state().stats.accepted += 1;
         AuthDecision::Allow(Some(Arc::new(PrincipalAcl(principal))))
     }
 
-    /// Checks `password` against `phc`: from the cache, or with Argon2 on the blocking pool.
-    async fn verify(&self, principal: &str, phc: &str, password: String) -> bool {
+    /// Checks `password` against `phc`: from the cache, or with Argon2 on
+    /// the blocking pool once a slot is free (waiting in the bounded queue;
+    /// [`Verified::Busy`] when it is full).
+    async fn verify(&self, principal: &str, phc: &str, password: String) -> Verified {
         if self.state().cache.check(principal, phc, &password) {
-            return true;
+            return Verified::Yes;
         }
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Verified::Busy;
+                }
+                let _queued = Queued(&self.waiting);
+                match self.slots.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return Verified::Busy,
+                }
+            }
+        };
+        self.state().stats.hashed += 1;
         let owned_phc = phc.to_owned();
+        // The permit moves into the blocking task: the slot stays taken
+        // until Argon2 is done, even if this login is abandoned meanwhile.
         let checked = tokio::task::spawn_blocking(move || {
             let ok = verify_password(&owned_phc, &password).unwrap_or(false);
+            drop(permit);
             (ok, password)
         })
         .await;
         match checked {
             Ok((true, password)) => {
                 self.state().cache.remember(principal, phc, &password);
-                true
+                Verified::Yes
             }
-            _ => false,
+            _ => Verified::No,
         }
     }
 
     /// A user name the registry does not know: with anonymous access on,
     /// the client is let in as anonymous (as a broker without a password
     /// file would); otherwise it is a failed login.
-    fn unknown(&self, username: &str, ip: Option<IpAddr>, now: u64) -> AuthDecision {
+    fn unknown(&self, attempt: Attempt<'_>) -> AuthDecision {
         if self.allow_anonymous {
+            attempt.end(None);
             return AuthDecision::Allow(Some(self.anonymous.clone()));
         }
-        self.failed(username, ip, now)
+        self.failed(attempt)
     }
 
-    fn failed(&self, username: &str, ip: Option<IpAddr>, now: u64) -> AuthDecision {
-        let mut state = self.state();
-        state.throttle.record_failure(username, ip, now);
-        state.stats.bad_credentials += 1;
+    fn failed(&self, attempt: Attempt<'_>) -> AuthDecision {
+        attempt.end(Some(false));
+        self.state().stats.bad_credentials += 1;
         AuthDecision::Deny(ReasonCode::BadUserNameOrPassword)
     }
 }

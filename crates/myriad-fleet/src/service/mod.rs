@@ -11,7 +11,10 @@
 //!   classes, breakers, rate limits, offline queue, fan-out).
 //!
 //! The store is synchronous (redb): point reads are made inline (they take
-//! microseconds), password hashing runs on the blocking pool.
+//! microseconds); commits (which wait for `fsync`) never run on the event
+//! loop: shadows on their writer thread, presence and command records on
+//! the blocking pool or the command log's thread. Password hashing runs on
+//! the blocking pool, bounded by [`auth::PasswordChecks`].
 
 pub mod auth;
 pub mod commands;

@@ -11,17 +11,32 @@
 //!   accepted update. All at QoS 1, so a persistent session that is offline
 //!   gets the delta when it reconnects.
 //!
-//! Updates are applied one at a time (MQTT and HTTP alike), each read,
-//! applied and stored before the next, so versions never race.
+//! # Store I/O off the event loop
+//!
+//! Every read and write of the shadow service (MQTT and HTTP alike) goes
+//! through one writer thread fed by a bounded queue ([`SHADOW_QUEUE`]
+//! jobs; a full queue makes the sender wait, which holds the shadow
+//! service's MQTT client and so, through its bounded queue, the devices,
+//! never the event loop). The thread takes what is waiting (up to
+//! [`SHADOW_BATCH`] jobs), applies the updates one after the other in
+//! arrival order (so versions never race and each device's updates keep
+//! their order), stores every changed shadow in one commit (one `fsync`),
+//! and only then answers: `accepted`, `delta` and `documents` are
+//! published after the commit, so an update seen as accepted survives a
+//! crash. MQTT requests are pipelined: the service submits the next
+//! request while earlier ones wait for their commit, and publishes the
+//! answers in request order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use myriad_broker::shell::{BrokerHandle, BrokerStopped, internal::InternalClient};
 use myriad_broker::trace::trace_properties;
 use myriad_mqtt::{ByteString, Properties, Publish, QoS};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::now_ms;
@@ -30,6 +45,13 @@ use crate::shadow::{
     GetRequest, Shadow, ShadowLimits, UpdateAccepted, UpdateRejected, UpdateRequest,
 };
 use crate::store::{FleetStore, FleetStoreError};
+
+/// Jobs waiting for the shadow writer thread, at most.
+pub const SHADOW_QUEUE: usize = 1024;
+/// Jobs applied per commit, at most.
+pub const SHADOW_BATCH: usize = 256;
+/// MQTT requests submitted and not yet answered, at most.
+const PIPELINE: usize = 1024;
 
 /// One MQTT 5.0 user property (name, value).
 type UserProperty = (ByteString, ByteString);
@@ -46,6 +68,12 @@ pub enum ShadowServiceError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] FleetStoreError),
+    /// The commit holding this update failed (the update was not stored).
+    #[error("store commit failed: {0}")]
+    CommitFailed(String),
+    /// The writer thread is gone (the service is stopping).
+    #[error("the shadow writer stopped")]
+    Stopped,
     /// A stored shadow does not decode.
     #[error("stored shadow of {device} is corrupt: {message}")]
     Corrupt {
@@ -56,34 +84,282 @@ pub enum ShadowServiceError {
     },
 }
 
+/// Counters of the shadow writer, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// Updates stored.
+    pub updates: u64,
+    /// Commits made for them (one per batch).
+    pub commits: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    updates: AtomicU64,
+    commits: AtomicU64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ShadowServiceError>>;
+
+/// Work for the writer thread.
+enum Job {
+    Update {
+        device: DeviceId,
+        request: UpdateRequest,
+        reply: Reply<UpdateAccepted>,
+    },
+    Get {
+        device: DeviceId,
+        reply: Reply<Shadow>,
+    },
+    Delete {
+        device: DeviceId,
+        reply: Reply<bool>,
+    },
+}
+
+/// An answer held until the batch's commit.
+enum Held {
+    Update(
+        Reply<UpdateAccepted>,
+        Result<UpdateAccepted, ShadowServiceError>,
+        Option<usize>,
+    ),
+    Get(Reply<Shadow>, Result<Shadow, ShadowServiceError>),
+}
+
+/// The writer thread's side.
+struct Writer {
+    store: Arc<FleetStore>,
+    limits: ShadowLimits,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(self, mut jobs: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(SHADOW_BATCH);
+        while let Some(first) = jobs.blocking_recv() {
+            batch.push(first);
+            while batch.len() < SHADOW_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.apply(&mut batch);
+        }
+    }
+
+    /// Applies `batch` in order: updates and gets against the working
+    /// copies, one commit, then the answers; a delete commits what came
+    /// before it first.
+    fn apply(&self, batch: &mut Vec<Job>) {
+        let mut working: HashMap<DeviceId, Shadow> = HashMap::new();
+        let mut writes: Vec<(DeviceId, Vec<u8>)> = Vec::new();
+        let mut held: Vec<Held> = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                Job::Update {
+                    device,
+                    request,
+                    reply,
+                } => {
+                    let outcome = self.update(&mut working, &device, request);
+                    let slot = match &outcome {
+                        Ok(_) => match working.get(&device).map(serde_json::to_vec) {
+                            Some(Ok(bytes)) => {
+                                writes.push((device.clone(), bytes));
+                                Some(writes.len() - 1)
+                            }
+                            _ => None,
+                        },
+                        Err(_) => None,
+                    };
+                    held.push(Held::Update(reply, outcome, slot));
+                }
+                Job::Get { device, reply } => {
+                    let outcome = self.shadow(&mut working, &device).cloned();
+                    held.push(Held::Get(reply, outcome));
+                }
+                Job::Delete { device, reply } => {
+                    self.commit(&mut writes, &mut held);
+                    working.remove(&device);
+                    let outcome = self.require_device(&device).and_then(|()| {
+                        self.store
+                            .delete_shadow(&device)
+                            .map_err(ShadowServiceError::from)
+                    });
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        self.commit(&mut writes, &mut held);
+    }
+
+    /// Stores `writes` in one commit, then sends the `held` answers.
+    fn commit(&self, writes: &mut Vec<(DeviceId, Vec<u8>)>, held: &mut Vec<Held>) {
+        let result = if writes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.store.put_shadows(writes)
+        };
+        if !writes.is_empty() && result.is_ok() {
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .updates
+                .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        }
+        for answer in held.drain(..) {
+            match answer {
+                Held::Get(reply, outcome) => {
+                    let outcome = match (&result, outcome) {
+                        (Err(error), Ok(_)) => {
+                            Err(ShadowServiceError::CommitFailed(error.to_string()))
+                        }
+                        (_, outcome) => outcome,
+                    };
+                    let _ = reply.send(outcome);
+                }
+                Held::Update(reply, outcome, slot) => {
+                    let outcome = match (&result, slot, outcome) {
+                        (Err(error), _, Ok(_)) => {
+                            Err(ShadowServiceError::CommitFailed(error.to_string()))
+                        }
+                        (Ok(stored), Some(i), Ok(accepted)) => {
+                            if stored.get(i).copied().unwrap_or(false) {
+                                Ok(accepted)
+                            } else {
+                                Err(ShadowServiceError::UnknownDevice(
+                                    writes[i].0.as_str().to_string(),
+                                ))
+                            }
+                        }
+                        (_, _, outcome) => outcome,
+                    };
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        writes.clear();
+    }
+
+    fn update(
+        &self,
+        working: &mut HashMap<DeviceId, Shadow>,
+        device: &DeviceId,
+        request: UpdateRequest,
+    ) -> Result<UpdateAccepted, ShadowServiceError> {
+        let limits = self.limits;
+        let shadow = self.shadow(working, device)?;
+        shadow
+            .apply_request(request, now_ms(), &limits)
+            .map_err(ShadowServiceError::Rejected)
+    }
+
+    /// The working copy of `device`'s shadow, loaded on first use.
+    fn shadow<'w>(
+        &self,
+        working: &'w mut HashMap<DeviceId, Shadow>,
+        device: &DeviceId,
+    ) -> Result<&'w mut Shadow, ShadowServiceError> {
+        if !working.contains_key(device) {
+            self.require_device(device)?;
+            let shadow = load(&self.store, device)?;
+            working.insert(device.clone(), shadow);
+        }
+        working
+            .get_mut(device)
+            .ok_or_else(|| ShadowServiceError::UnknownDevice(device.as_str().to_string()))
+    }
+
+    fn require_device(&self, device: &DeviceId) -> Result<(), ShadowServiceError> {
+        require_device(&self.store, device)
+    }
+}
+
+fn require_device(store: &FleetStore, device: &DeviceId) -> Result<(), ShadowServiceError> {
+    match store.get_device(device)? {
+        Some(_) => Ok(()),
+        None => Err(ShadowServiceError::UnknownDevice(
+            device.as_str().to_string(),
+        )),
+    }
+}
+
+fn load(store: &FleetStore, device: &DeviceId) -> Result<Shadow, ShadowServiceError> {
+    match store.get_shadow(device)? {
+        None => Ok(Shadow::new()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| ShadowServiceError::Corrupt {
+            device: device.as_str().to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// Shadows of all devices. See the module docs.
 pub struct ShadowService {
     store: Arc<FleetStore>,
     broker: BrokerHandle,
     limits: ShadowLimits,
-    /// Serializes updates.
-    updates: Mutex<()>,
+    jobs: mpsc::Sender<Job>,
+    counters: Arc<Counters>,
 }
 
 impl ShadowService {
-    /// A service over `store`, publishing through `broker`.
+    /// A service over `store`, publishing through `broker`; starts its
+    /// writer thread (it ends when the service is dropped).
     pub fn new(
         store: Arc<FleetStore>,
         broker: BrokerHandle,
         limits: ShadowLimits,
     ) -> ShadowService {
+        let (jobs, rx) = mpsc::channel(SHADOW_QUEUE);
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            store: store.clone(),
+            limits,
+            counters: counters.clone(),
+        };
+        if let Err(error) = std::thread::Builder::new()
+            .name("shadow-writer".into())
+            .spawn(move || writer.run(rx))
+        {
+            // Without a writer every request fails with `Stopped`.
+            warn!(%error, "cannot start the shadow writer thread");
+        }
         ShadowService {
             store,
             broker,
             limits,
-            updates: Mutex::new(()),
+            jobs,
+            counters,
         }
     }
 
-    /// The shadow of `device` (a new, empty one if it has none yet).
+    /// Counters of the writer.
+    pub fn stats(&self) -> ShadowStats {
+        ShadowStats {
+            updates: self.counters.updates.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The stored shadow of `device` (a new, empty one if it has none yet).
+    /// Reads the store directly: call it off the event loop (the HTTP API
+    /// does, on the blocking pool).
     pub fn get(&self, device: &DeviceId) -> Result<Shadow, ShadowServiceError> {
-        self.require_device(device)?;
-        self.load(device)
+        require_device(&self.store, device)?;
+        load(&self.store, device)
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Job,
+    ) -> oneshot::Receiver<Result<T, ShadowServiceError>> {
+        let (tx, rx) = oneshot::channel();
+        // A send error drops `tx`: the receiver then reports `Stopped`.
+        let _ = self.jobs.send(make(tx)).await;
+        rx
     }
 
     /// Applies `request` to the shadow of `device`, stores it and publishes
@@ -93,64 +369,24 @@ impl ShadowService {
         device: &DeviceId,
         request: UpdateRequest,
     ) -> Result<UpdateAccepted, ShadowServiceError> {
-        self.update_traced(device, request, &[]).await
-    }
-
-    /// [`Self::update`] for a request that carried `trace` (its W3C
-    /// `traceparent` / `tracestate` user properties): the documents it
-    /// publishes carry them too, so the trace continues through the
-    /// device layer.
-    async fn update_traced(
-        &self,
-        device: &DeviceId,
-        request: UpdateRequest,
-        trace: &[UserProperty],
-    ) -> Result<UpdateAccepted, ShadowServiceError> {
-        self.require_device(device)?;
-        let _turn = self.updates.lock().await;
-        let mut shadow = self.load(device)?;
-        let accepted = shadow
-            .apply_request(request, now_ms(), &self.limits)
-            .map_err(ShadowServiceError::Rejected)?;
-        self.save(device, &shadow)?;
-        self.announce(device, &accepted, trace).await;
+        let device = device.clone();
+        let rx = self
+            .submit(|reply| Job::Update {
+                device: device.clone(),
+                request,
+                reply,
+            })
+            .await;
+        let accepted = rx.await.map_err(|_| ShadowServiceError::Stopped)??;
+        self.announce(&device, &accepted, &[]).await;
         Ok(accepted)
     }
 
     /// Deletes the shadow of `device`; false if it had none.
     pub async fn delete(&self, device: &DeviceId) -> Result<bool, ShadowServiceError> {
-        self.require_device(device)?;
-        let _turn = self.updates.lock().await;
-        Ok(self.store.delete_shadow(device)?)
-    }
-
-    fn require_device(&self, device: &DeviceId) -> Result<(), ShadowServiceError> {
-        match self.store.get_device(device)? {
-            Some(_) => Ok(()),
-            None => Err(ShadowServiceError::UnknownDevice(
-                device.as_str().to_string(),
-            )),
-        }
-    }
-
-    fn load(&self, device: &DeviceId) -> Result<Shadow, ShadowServiceError> {
-        match self.store.get_shadow(device)? {
-            None => Ok(Shadow::new()),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| ShadowServiceError::Corrupt {
-                    device: device.as_str().to_string(),
-                    message: e.to_string(),
-                })
-            }
-        }
-    }
-
-    fn save(&self, device: &DeviceId, shadow: &Shadow) -> Result<(), ShadowServiceError> {
-        let bytes = serde_json::to_vec(shadow).map_err(|e| ShadowServiceError::Corrupt {
-            device: device.as_str().to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(self.store.put_shadow(device, &bytes)?)
+        let device = device.clone();
+        let rx = self.submit(|reply| Job::Delete { device, reply }).await;
+        rx.await.map_err(|_| ShadowServiceError::Stopped)?
     }
 
     /// Publishes what an accepted update tells the device and applications.
@@ -196,52 +432,112 @@ impl ShadowService {
             .subscribe("$shadow/+/update", QoS::AtLeastOnce)
             .await?;
         client.subscribe("$shadow/+/get", QoS::AtLeastOnce).await?;
-        while let Some(publish) = client.recv().await {
-            self.handle(&publish).await?;
-        }
-        Ok(())
+        // Requests are submitted here and answered, in order, by the
+        // answering loop once their commit is done.
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(PIPELINE);
+        let answers = async {
+            while let Some(pending) = pending_rx.recv().await {
+                self.answer(pending).await?;
+            }
+            Ok::<(), BrokerStopped>(())
+        };
+        let requests = async {
+            while let Some(publish) = client.recv().await {
+                if let Some(pending) = self.submit_request(&publish).await
+                    && pending_tx.send(pending).await.is_err()
+                {
+                    break;
+                }
+            }
+            drop(pending_tx);
+            Ok::<(), BrokerStopped>(())
+        };
+        let (answered, _) = tokio::join!(answers, requests);
+        answered
     }
 
-    /// Handles one request from a device.
-    async fn handle(&self, publish: &Publish) -> Result<(), BrokerStopped> {
+    /// Parses one request from a device and hands it to the writer.
+    async fn submit_request(&self, publish: &Publish) -> Option<Pending> {
         let mut parts = publish.topic.split('/');
         let (Some("$shadow"), Some(id), Some(action), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Ok(());
+            return None;
         };
-        let Ok(device) = DeviceId::new(id) else {
-            return Ok(());
-        };
-        let base = format!("$shadow/{id}/{action}");
-        let now = now_ms();
+        let device = DeviceId::new(id).ok()?;
         let trace = trace_properties(&publish.properties.user_properties);
-        let outcome = match action {
+        let waiting = match action {
             "update" => match UpdateRequest::parse(&publish.payload, &self.limits) {
-                Ok(request) => self
-                    .update_traced(&device, request, &trace)
-                    .await
-                    .map(|_| None),
-                Err(rejected) => Err(ShadowServiceError::Rejected(rejected)),
+                Ok(request) => Waiting::Update(
+                    self.submit(|reply| Job::Update {
+                        device: device.clone(),
+                        request,
+                        reply,
+                    })
+                    .await,
+                ),
+                Err(rejected) => Waiting::Failed(ShadowServiceError::Rejected(rejected)),
             },
             "get" => match GetRequest::parse(&publish.payload, &self.limits) {
-                Ok(request) => self
-                    .get(&device)
-                    .map(|shadow| Some(shadow.get_document(request.client_token.as_deref(), now))),
-                Err(rejected) => Err(ShadowServiceError::Rejected(rejected)),
+                Ok(request) => Waiting::Get(
+                    request.client_token,
+                    self.submit(|reply| Job::Get {
+                        device: device.clone(),
+                        reply,
+                    })
+                    .await,
+                ),
+                Err(rejected) => Waiting::Failed(ShadowServiceError::Rejected(rejected)),
             },
-            _ => return Ok(()),
+            _ => return None,
+        };
+        Some(Pending {
+            device,
+            action: if action == "update" { "update" } else { "get" },
+            payload: publish.payload.clone(),
+            trace,
+            waiting,
+        })
+    }
+
+    /// Publishes the answer to one request once the writer has it.
+    async fn answer(&self, pending: Pending) -> Result<(), BrokerStopped> {
+        let Pending {
+            device,
+            action,
+            payload,
+            trace,
+            waiting,
+        } = pending;
+        let id = device.as_str();
+        let base = format!("$shadow/{id}/{action}");
+        let outcome = match waiting {
+            Waiting::Update(rx) => match rx.await {
+                Ok(Ok(accepted)) => {
+                    self.announce(&device, &accepted, &trace).await;
+                    return Ok(());
+                }
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(ShadowServiceError::Stopped),
+            },
+            Waiting::Get(token, rx) => match rx.await {
+                Ok(Ok(shadow)) => Ok(shadow.get_document(token.as_deref(), now_ms())),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(ShadowServiceError::Stopped),
+            },
+            Waiting::Failed(error) => Err(error),
         };
         match outcome {
-            // Update: accepted and delta were published by `update`.
-            Ok(None) => Ok(()),
-            Ok(Some(document)) => {
+            Ok(document) => {
                 self.send_traced(&format!("{base}/accepted"), &document, &trace)
                     .await
             }
             Err(error) => {
-                let body = rejection(&error, &publish.payload, now);
-                if let ShadowServiceError::Store(_) | ShadowServiceError::Corrupt { .. } = &error {
+                let body = rejection(&error, &payload, now_ms());
+                if !matches!(
+                    error,
+                    ShadowServiceError::Rejected(_) | ShadowServiceError::UnknownDevice(_)
+                ) {
                     warn!(%error, device = id, "shadow request failed");
                 }
                 self.send_traced(&format!("{base}/rejected"), &body, &trace)
@@ -249,6 +545,24 @@ impl ShadowService {
             }
         }
     }
+}
+
+/// A device's request handed to the writer, waiting for its answer.
+struct Pending {
+    device: DeviceId,
+    action: &'static str,
+    payload: Bytes,
+    trace: Vec<UserProperty>,
+    waiting: Waiting,
+}
+
+enum Waiting {
+    Update(oneshot::Receiver<Result<UpdateAccepted, ShadowServiceError>>),
+    Get(
+        Option<String>,
+        oneshot::Receiver<Result<Shadow, ShadowServiceError>>,
+    ),
+    Failed(ShadowServiceError),
 }
 
 /// The `rejected` body for `error`, echoing the request's client token when it has one.

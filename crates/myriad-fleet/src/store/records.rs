@@ -86,6 +86,32 @@ impl FleetStore {
         })
     }
 
+    /// Stores several shadow documents in one commit (one `fsync`), in
+    /// order; a device that no longer exists is skipped. Returns, per
+    /// entry, whether it was stored.
+    pub fn put_shadows(
+        &self,
+        shadows: &[(DeviceId, Vec<u8>)],
+    ) -> Result<Vec<bool>, FleetStoreError> {
+        let file = &self.file;
+        self.write(|tables| {
+            let mut stored = Vec::with_capacity(shadows.len());
+            for (device, bytes) in shadows {
+                let key = device.as_str().as_bytes();
+                if !has_key(&tables.devices, key, file)? {
+                    stored.push(false);
+                    continue;
+                }
+                tables
+                    .shadows
+                    .insert(key, bytes.as_slice())
+                    .map_err(|e| file.engine(e))?;
+                stored.push(true);
+            }
+            Ok(stored)
+        })
+    }
+
     /// The shadow bytes of `device`, if stored.
     pub fn get_shadow(&self, device: &DeviceId) -> Result<Option<Vec<u8>>, FleetStoreError> {
         let file = &self.file;

@@ -233,6 +233,8 @@ pub struct Sources {
     pub presence: Arc<PresenceService>,
     /// Cloud-to-device commands.
     pub commands: Arc<CommandService>,
+    /// Device shadows.
+    pub shadows: Arc<myriad_fleet::service::shadows::ShadowService>,
 }
 
 /// What `/metrics` and `/readyz` answer with.
@@ -269,13 +271,18 @@ impl Observer {
         counter!("myriad_connections_refused_total").absolute(census.refused);
         let auth = self.sources.auth.stats();
         counter!("myriad_auth_accepted_total").absolute(auth.accepted);
+        counter!("myriad_auth_password_hashes_total").absolute(auth.hashed);
         for (reason, count) in [
             ("bad_credentials", auth.bad_credentials),
             ("throttled", auth.throttled),
             ("disabled", auth.disabled),
+            ("busy", auth.busy),
         ] {
             counter!("myriad_auth_failures_total", "reason" => reason).absolute(count);
         }
+        let shadows = self.sources.shadows.stats();
+        counter!("myriad_shadow_updates_stored_total").absolute(shadows.updates);
+        counter!("myriad_shadow_commits_total").absolute(shadows.commits);
         gauge!("myriad_devices_online").set(self.sources.presence.online_count() as f64);
         record_commands(&self.sources.commands);
         record_process();

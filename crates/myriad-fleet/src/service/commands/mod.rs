@@ -221,16 +221,29 @@ impl CommandService {
             statuses: Default::default(),
         };
         self.engine().batch_started(progress.clone());
-        if let Err(error) = self.store.put_batch(&progress) {
-            warn!(%error, "cannot store a batch");
-        }
         let (tx, rx) = mpsc::channel::<DeviceId>(config.batch_buffer);
         let reader = self.clone();
         tokio::spawn(async move { reader.read_targets(targets, tx).await });
         let sender = self.clone();
-        let batch = progress.id.clone();
-        tokio::spawn(async move { sender.dispatch_batch(batch, spec, rx).await });
+        let first = progress.clone();
+        tokio::spawn(async move {
+            // Stored off the event loop (a commit waits for the disk), before
+            // the first command of the batch is submitted.
+            let batch = first.id.clone();
+            sender.store_batch(first).await;
+            sender.dispatch_batch(batch, spec, rx).await
+        });
         Ok(progress)
+    }
+
+    /// Stores a batch's progress on the blocking pool.
+    async fn store_batch(&self, progress: BatchProgress) {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.put_batch(&progress)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "cannot store a batch"),
+            Err(_) => warn!("the batch store task failed"),
+        }
     }
 
     /// Feeds the batch's devices into `tx` (bounded: waits for the sender).
@@ -330,10 +343,8 @@ impl CommandService {
             engine.batch_dispatched(&batch);
             engine.batch(&batch).cloned()
         };
-        if let Some(progress) = progress
-            && let Err(error) = self.store.put_batch(&progress)
-        {
-            warn!(%error, "cannot store a batch");
+        if let Some(progress) = progress {
+            self.store_batch(progress).await;
         }
     }
 

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""PING round trip of an idle client alone, then while one device hammers its
+shadow (issue 13 s.3, slice "fleet").
+
+Shadow writes used to run synchronous redb commits (fsync) on the event
+loop, so every client's packets waited for each one. This starts a broker
+(embedded store, fsync: the defaults) on 127.0.0.1 port 0, registers one
+device over the HTTP API, measures an idle MQTT 3.1.1 client's PING round
+trips alone, then again while the device publishes
+`$shadow/{id}/update` at QoS 1 back to back (WINDOW updates unanswered at
+most), and prints one JSON line:
+
+  {"bench":"attack","name":"shadow_ping", "idle_p50_ms", "idle_p99_ms",
+   "loaded_p50_ms", "loaded_p99_ms", "p99_ratio", "updates_accepted_per_sec",
+   "broker_peak_rss_mb", "ok"}
+
+ok: loaded p99 within 2x the idle p99 (RATIO, 2) or under FLOOR_MS (1 ms:
+on loopback an idle p99 of a few tenths of a millisecond doubles from
+scheduling noise alone). Knobs: SECS (6), WINDOW (64), PING_EVERY_MS (5),
+RATE (updates/s the device offers at most; 0, the default: as fast as the
+window allows).
+Usage: .venv/bin/python bench/attacks/shadow_ping.py --bin target/release/myriad
+Finishes in about SECS + 8 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from helpers import Api, Broker  # noqa: E402
+
+SECS = float(os.environ.get("SECS", "6"))
+WINDOW = int(os.environ.get("WINDOW", "64"))
+PING_EVERY = float(os.environ.get("PING_EVERY_MS", "5")) / 1000
+RATIO = float(os.environ.get("RATIO", "2"))
+FLOOR_MS = float(os.environ.get("FLOOR_MS", "1"))
+RATE = float(os.environ.get("RATE", "0"))
+TOKEN = "shadow-ping-bench-token-0123"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Pinger:
+    """An idle MQTT 3.1.1 client timing PINGREQ -> PINGRESP."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cid = b"pinger"
+        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+        self.sock.sendall(bytes([0x10, len(body)]) + body)
+        assert self.sock.recv(4)[:1] == b"\x20", "CONNACK"
+
+    def ping_ms(self) -> float:
+        started = time.perf_counter()
+        self.sock.sendall(b"\xc0\x00")
+        got = b""
+        while len(got) < 2:
+            chunk = self.sock.recv(2 - len(got))
+            if not chunk:
+                raise RuntimeError("broker closed the pinger")
+            got += chunk
+        return (time.perf_counter() - started) * 1000
+
+    def sample(self, seconds: float) -> list[float]:
+        out = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            out.append(self.ping_ms())
+            time.sleep(PING_EVERY)
+        return out
+
+
+class Hammer(threading.Thread):
+    """The device: shadow updates back to back, WINDOW unanswered at most."""
+
+    def __init__(self, port: int, dev: str, pw: str):
+        super().__init__(daemon=True)
+        self.dev = dev
+        self.accepted = 0
+        self.sent = 0
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        subscribed = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev, protocol=mqtt.MQTTv5,
+                             reconnect_on_failure=False)
+        self.c.max_inflight_messages_set(WINDOW)
+        self.c.max_queued_messages_set(0)
+        self.c.username_pw_set(dev, pw)
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.connect("127.0.0.1", port, keepalive=60)
+        self.c.loop_start()
+        self.c.subscribe(f"$shadow/{dev}/update/accepted", qos=0)
+        assert subscribed.wait(10), "no SUBACK"
+
+    def _on_message(self, client, userdata, message):
+        with self.cond:
+            self.accepted += 1
+            self.cond.notify_all()
+
+    def run(self) -> None:
+        topic = f"$shadow/{self.dev}/update"
+        started = time.monotonic()
+        while not self.stop.is_set():
+            if RATE > 0:
+                ahead = self.sent / RATE - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            with self.cond:
+                while self.sent - self.accepted >= WINDOW and not self.stop.is_set():
+                    self.cond.wait(0.1)
+            payload = json.dumps({"state": {"reported": {"n": self.sent, "temp": 20 + self.sent % 7}}})
+            self.c.publish(topic, payload, qos=1)
+            self.sent += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(timeout=5)
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(len(values) * q))], 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bin", default=os.environ.get("MYRIAD_BIN", "target/release/myriad"))
+    args = parser.parse_args()
+    binary = Path(args.bin)
+    binary = binary if binary.is_absolute() else (Path.cwd() / binary)
+    os.environ["MYRIAD_BIN"] = str(binary)
+    with tempfile.TemporaryDirectory(prefix="shadow-ping.") as work:
+        broker = Broker(Path(work), {"api": {"token": TOKEN}}).start()
+        try:
+            api = Api(broker.api_port, TOKEN)
+            dev, pw = "hammer-1", "hammer-password-1"
+            api.ok("POST", "/api/v1/devices", {"id": dev, "name": "hammer", "password": pw}, expect=201)
+            pinger = Pinger(broker.port)
+            hammer = Hammer(broker.port, dev, pw)
+            pinger.sample(0.5)  # warm up
+            idle = pinger.sample(3.0)
+            hammer.start()
+            time.sleep(0.5)
+            started, before = time.monotonic(), hammer.accepted
+            loaded = pinger.sample(SECS)
+            rate = (hammer.accepted - before) / (time.monotonic() - started)
+            hammer.close()
+            peak = peak_rss_mb(broker.proc.pid)
+        finally:
+            broker.stop()
+    result = {
+        "bench": "attack",
+        "name": "shadow_ping",
+        "binary": str(binary),
+        "idle_p50_ms": pct(idle, 0.5),
+        "idle_p99_ms": pct(idle, 0.99),
+        "loaded_p50_ms": pct(loaded, 0.5),
+        "loaded_p99_ms": pct(loaded, 0.99),
+        "loaded_max_ms": round(max(loaded), 3),
+        "pings": len(loaded),
+        "updates_accepted_per_sec": round(rate),
+        "rate_cap": RATE,
+        "broker_peak_rss_mb": round(peak, 1),
+    }
+    result["p99_ratio"] = round(result["loaded_p99_ms"] / max(result["idle_p99_ms"], 1e-9), 2)
+    result["ok"] = result["loaded_p99_ms"] <= max(RATIO * result["idle_p99_ms"], FLOOR_MS)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
