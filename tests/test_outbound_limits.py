@@ -14,22 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Broker, unique
+from helpers import Broker, unique, rss_mb
 from mqtt_raw import PUBACK, PUBLISH, RawClient, publish_packet
 
 pytestmark = [pytest.mark.myriad_only, pytest.mark.timeout(60)]
 
 MB = 1024 * 1024
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of `pid` in MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
 
 
 @pytest.fixture

@@ -44,18 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import Broker, myriad_bin  # noqa: E402
+from helpers import Broker, myriad_bin, rss_mb  # noqa: E402
 from mqtt_raw import PUBACK, PUBLISH, RawClient, publish_packet  # noqa: E402
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of `pid` in MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
 
 
 def stalled(port: int, filters, receive_maximum: int = 65535, client_id: str = "stall") -> RawClient:

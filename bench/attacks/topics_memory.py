@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import Broker, myriad_bin  # noqa: E402
+from helpers import Broker, myriad_bin, rss_mb  # noqa: E402
 from mqtt_raw import (  # noqa: E402
     SUBACK,
     SUBSCRIBE,
@@ -47,16 +47,6 @@ from mqtt_raw import (  # noqa: E402
 )
 
 MB = 1024 * 1024
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of `pid` in MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
 
 
 def subscribe_packet(filters: list[tuple[str, int]], pid: int, props=None) -> bytes:
