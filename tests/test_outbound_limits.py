@@ -84,9 +84,9 @@ def count_publishes(sub: RawClient, ack: bool, idle: float = 1.0) -> int:
 
 def test_outbound_window_is_capped_by_max_inflight(fresh):
     """A subscriber announcing Receive Maximum 65,535 and never
-    acknowledging gets at most mqtt.max_inflight (32) messages in flight;
-    the rest wait in its queue."""
-    broker = fresh()
+    acknowledging gets at most mqtt.max_inflight (here 32, as in EMQX)
+    messages in flight; the rest wait in its queue."""
+    broker = fresh({"max_inflight": 32})
     topic = unique("inflight")
     sub = RawClient(broker.port, 5)
     sub.connect(unique("sub"), props={"ReceiveMaximum": 65535})
@@ -94,6 +94,19 @@ def test_outbound_window_is_capped_by_max_inflight(fresh):
     flood(broker.port, topic, 200, 100, qos=1)
     got = count_publishes(sub, ack=False)
     assert got == 32, f"{got} messages in flight at once (max_inflight is 32)"
+    sub.close()
+
+
+def test_by_default_the_clients_receive_maximum_decides(fresh):
+    """With the default mqtt.max_inflight (65,535) the window is the
+    client's Receive Maximum: 100 announced, 100 in flight, no more."""
+    broker = fresh()
+    topic = unique("inflight-rm")
+    sub = RawClient(broker.port, 5)
+    sub.connect(unique("sub"), props={"ReceiveMaximum": 100})
+    sub.subscribe(topic, qos=1)
+    flood(broker.port, topic, 300, 10, qos=1)
+    assert count_publishes(sub, ack=False) == 100
     sub.close()
 
 

@@ -35,7 +35,9 @@ pub struct BrokerConfig {
     pub max_outbound_qos0: usize,
     /// Most QoS 1/2 messages in flight (sent, not yet acknowledged) towards
     /// one client: the outbound window is the smaller of this and the
-    /// client's Receive Maximum (EMQX uses 32, Mosquitto 20).
+    /// client's Receive Maximum. The default, 65,535, lets the client's
+    /// Receive Maximum decide (EMQX caps at 32, Mosquitto at 20); in-flight
+    /// messages count against `max_queued_bytes` whatever the window.
     pub max_inflight: u16,
     /// How long a QoS 1 PUBLISH may be held unacknowledged while a connected
     /// subscriber's queue is full, in milliseconds (publisher flow control).
@@ -89,7 +91,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             max_outbound_qos0: 1000,
-            max_inflight: 32,
+            max_inflight: u16::MAX,
             publisher_hold_ms: 0,
             connect_timeout_secs: 10,
             max_connections: 100_000,
