@@ -25,10 +25,8 @@ Finishes in about SECS + 8 s.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -37,11 +35,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from helpers import Api, Broker  # noqa: E402
+from _common import Pinger, binary_from_args, pct  # noqa: E402
+from helpers import Api, Broker, rss_mb  # noqa: E402
 
 SECS = float(os.environ.get("SECS", "6"))
 WINDOW = int(os.environ.get("WINDOW", "64"))
@@ -50,44 +50,6 @@ RATIO = float(os.environ.get("RATIO", "2"))
 FLOOR_MS = float(os.environ.get("FLOOR_MS", "1"))
 RATE = float(os.environ.get("RATE", "0"))
 TOKEN = "shadow-ping-bench-token-0123"
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class Pinger:
-    """An idle MQTT 3.1.1 client timing PINGREQ -> PINGRESP."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cid = b"pinger"
-        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-        self.sock.sendall(bytes([0x10, len(body)]) + body)
-        assert self.sock.recv(4)[:1] == b"\x20", "CONNACK"
-
-    def ping_ms(self) -> float:
-        started = time.perf_counter()
-        self.sock.sendall(b"\xc0\x00")
-        got = b""
-        while len(got) < 2:
-            chunk = self.sock.recv(2 - len(got))
-            if not chunk:
-                raise RuntimeError("broker closed the pinger")
-            got += chunk
-        return (time.perf_counter() - started) * 1000
-
-    def sample(self, seconds: float) -> list[float]:
-        out = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            out.append(self.ping_ms())
-            time.sleep(PING_EVERY)
-        return out
 
 
 class Hammer(threading.Thread):
@@ -140,25 +102,15 @@ class Hammer(threading.Thread):
         self.c.loop_stop()
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(len(values) * q))], 3)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bin", default=os.environ.get("MYRIAD_BIN", "target/release/myriad"))
-    args = parser.parse_args()
-    binary = Path(args.bin)
-    binary = binary if binary.is_absolute() else (Path.cwd() / binary)
-    os.environ["MYRIAD_BIN"] = str(binary)
+    binary = binary_from_args(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory(prefix="shadow-ping.") as work:
         broker = Broker(Path(work), {"api": {"token": TOKEN}}).start()
         try:
             api = Api(broker.api_port, TOKEN)
             dev, pw = "hammer-1", "hammer-password-1"
             api.ok("POST", "/api/v1/devices", {"id": dev, "name": "hammer", "password": pw}, expect=201)
-            pinger = Pinger(broker.port)
+            pinger = Pinger(broker.port, PING_EVERY)
             hammer = Hammer(broker.port, dev, pw)
             pinger.sample(0.5)  # warm up
             idle = pinger.sample(3.0)
@@ -168,7 +120,7 @@ def main() -> None:
             loaded = pinger.sample(SECS)
             rate = (hammer.accepted - before) / (time.monotonic() - started)
             hammer.close()
-            peak = peak_rss_mb(broker.proc.pid)
+            _, peak = rss_mb(broker.proc.pid)
         finally:
             broker.stop()
     result = {
