@@ -8,6 +8,7 @@
 mod audit;
 mod backpressure;
 pub mod connect;
+mod deep_drop;
 mod detach;
 mod keepalive;
 mod limits;
