@@ -131,3 +131,11 @@ def test_resumed_session_is_held_to_the_new_logins_acl(broker, api, version):
         finally:
             poor.close()
 
+
+def test_device_ids_with_the_app_prefix_are_refused(api):
+    """Item 6: `app:` device ids could never log in as devices: 400."""
+    status, body = api.call("POST", "/api/v1/devices", {"id": f"app:{unique('x')}", "password": "pw-123456"})
+    assert status == 400, body
+    assert "app:" in str(body)
+    # Other ids with a colon are still fine.
+    api.ok("POST", "/api/v1/devices", {"id": f"site:{unique('x')}", "password": "pw-123456"}, expect=201)
