@@ -4,6 +4,8 @@ device ids. Real clients: paho-mqtt 3.1.1 and 5.0 and raw sockets."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from helpers import V311, V5, Api, Client, unique
@@ -139,3 +141,31 @@ def test_device_ids_with_the_app_prefix_are_refused(api):
     assert "app:" in str(body)
     # Other ids with a colon are still fine.
     api.ok("POST", "/api/v1/devices", {"id": f"site:{unique('x')}", "password": "pw-123456"}, expect=201)
+
+
+def test_response_topic_is_authorised_against_the_requester(broker, api):
+    """Item 3: the platform publishes the answer to a `$commands/request` only
+    to a Response Topic the requesting client may publish to itself."""
+    dev, _ = make_device(api)
+    other, _ = make_device(api)
+    user, pw = make_app(api, ["$commands/request", "dash/replies/#"], ["dash/#"])
+    admin_user, admin_pw = make_app(api, [], [], admin=True)
+    with Client(broker.port, username=admin_user, password=admin_pw) as admin, \
+            Client(broker.port, username=user, password=pw) as app:
+        assert admin.subscribe([(f"devices/{other}/#", 1), (f"$shadow/{other}/#", 1),
+                                (f"$commands/{other}/#", 1)]) == [1, 1, 1]
+        request = json.dumps({"device": dev, "name": "reboot"})
+        for topic in (f"devices/{other}/telemetry", f"$shadow/{other}/update/delta",
+                      f"$commands/{other}/reboot", f"$commands/{other}/reply/123"):
+            rc = app.publish("$commands/request", request, qos=1,
+                             props={"ResponseTopic": topic, "CorrelationData": b"c1"})
+            assert rc == 0x87, (topic, rc)
+        admin.expect_none(0.5)
+        status, body = api.call("GET", f"/api/v1/devices/{dev}/commands")
+        assert status == 200 and not (body.get("items") if isinstance(body, dict) else body), body
+        # A Response Topic the app may publish to works.
+        assert app.subscribe("dash/replies/#", qos=1) == [1]
+        assert app.publish("$commands/request", request, qos=1,
+                           props={"ResponseTopic": "dash/replies/1", "CorrelationData": b"c2"}) == 0
+        answer = app.get()
+        assert answer.topic == "dash/replies/1" and json.loads(answer.payload)["name"] == "reboot"

@@ -43,9 +43,30 @@ pub const APP_USERNAME_PREFIX: &str = "app:";
 #[derive(Debug)]
 pub struct PrincipalAcl(pub Principal);
 
+/// The topic where applications request commands over MQTT; the platform
+/// publishes its answer to the request's Response Topic.
+pub const COMMAND_REQUEST_TOPIC: &str = "$commands/request";
+
 impl Acl for PrincipalAcl {
     fn may_publish(&self, topic: &str) -> bool {
         may_publish(&self.0, topic)
+    }
+    /// On top of [`may_publish`]: a request on `$commands/request` may name
+    /// as Response Topic only a topic the client may publish to itself (the
+    /// platform publishes its answer there on the client's behalf).
+    fn may_publish_message(
+        &self,
+        topic: &str,
+        _retain: bool,
+        response_topic: Option<&str>,
+    ) -> bool {
+        if !may_publish(&self.0, topic) {
+            return false;
+        }
+        match response_topic {
+            Some(answer_to) if topic == COMMAND_REQUEST_TOPIC => may_publish(&self.0, answer_to),
+            _ => true,
+        }
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         may_subscribe(&self.0, filter)
