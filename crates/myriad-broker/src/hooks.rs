@@ -50,6 +50,14 @@ impl fmt::Debug for ConnectInfo<'_> {
 pub trait Acl: Send + Sync + fmt::Debug {
     /// Whether the client may publish to `topic` (also checked for its will).
     fn may_publish(&self, topic: &str) -> bool;
+    /// Whether the client may publish this message: a PUBLISH to `topic`
+    /// with this retain flag and Response Topic (5.0). The default is
+    /// [`Acl::may_publish`] on `topic`; a layer that acts on some messages
+    /// (publishing its answer to the Response Topic, say) refines it.
+    fn may_publish_message(&self, topic: &str, retain: bool, response_topic: Option<&str>) -> bool {
+        let _ = (retain, response_topic);
+        self.may_publish(topic)
+    }
     /// Whether the client may subscribe to `filter` (for a shared
     /// subscription, the filter without its `$share/{group}/` prefix).
     fn may_subscribe(&self, filter: &str) -> bool;

@@ -145,7 +145,11 @@ impl Broker {
         let packet_id = publish.packet_id;
         let qos = publish.qos;
         if let Some(acl) = &connection.acl
-            && !acl.may_publish(&publish.topic)
+            && !acl.may_publish_message(
+                &publish.topic,
+                publish.retain,
+                publish.properties.response_topic.as_deref(),
+            )
         {
             self.refuse_publish(conn, v5, qos, packet_id);
             return;
