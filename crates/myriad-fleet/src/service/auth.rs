@@ -79,9 +79,10 @@ const PLATFORM_PREFIXES: [&str; 5] = ["$shadow/", "$commands/", "$ota/", "$event
 /// What anonymous clients may do: publish outside the device and platform
 /// namespaces (`devices/`, `$shadow/`, `$commands/`, `$ota/`, `$events/`),
 /// so they cannot impersonate a device, and subscribe to any filter not
-/// naming those namespaces. `#` and `+/...` are granted (`$` topics never
-/// match them, but `devices/...` telemetry does): anonymous access is for
-/// development; production sets `auth.allow_anonymous = false`.
+/// naming those namespaces. `#` and `+/...` are granted, but messages on
+/// `devices/...` (and the `$` namespaces, which they never match) are
+/// withheld at delivery, retained ones included: an anonymous client never
+/// reads device data.
 #[derive(Debug)]
 pub struct AnonymousAcl;
 
@@ -94,6 +95,12 @@ impl AnonymousAcl {
 impl Acl for AnonymousAcl {
     fn may_publish(&self, topic: &str) -> bool {
         AnonymousAcl::outside_platform(topic)
+    }
+    fn may_receive(&self, topic: &str) -> bool {
+        AnonymousAcl::outside_platform(topic)
+    }
+    fn filters_deliveries(&self) -> bool {
+        true
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         AnonymousAcl::outside_platform(filter)
