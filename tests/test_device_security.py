@@ -202,3 +202,27 @@ def test_anonymous_clients_read_no_device_data_by_default(broker_factory, versio
             anon.expect_none(0.5)
         finally:
             anon.close()
+
+
+@pytest.mark.parametrize("version", [V5, V311])
+def test_retain_is_refused_on_platform_request_topics(broker, api, version):
+    """Item 7: a retained request would be re-applied at every restart: the
+    retain flag is refused on `$shadow/{id}/update|get`, `$commands/request`
+    and `$commands/{id}/reply/...` (5.0: PUBACK 0x87), nothing is retained."""
+    dev, dev_pw = make_device(api)
+    admin_user, admin_pw = make_app(api, [], [], admin=True)
+    with Client(broker.port, client_id=dev, username=dev, password=dev_pw, version=version) as d, \
+            Client(broker.port, username=admin_user, password=admin_pw, version=version) as admin:
+        topics = [f"$shadow/{dev}/update", f"$shadow/{dev}/get", f"$commands/{dev}/reply/1"]
+        for topic in topics:
+            rc = d.publish(topic, b'{"state":{"reported":{"x":1}}}', qos=1, retain=True)
+            assert rc == (0x87 if version == V5 else 0), topic
+        rc = admin.publish("$commands/request", json.dumps({"device": dev, "name": "n"}), qos=1, retain=True)
+        assert rc == (0x87 if version == V5 else 0)
+        # Without retain the same device request is fine.
+        assert d.publish(f"$shadow/{dev}/update", b'{"state":{"reported":{"x":2}}}', qos=1) in (0, 0x10)
+    with Client(broker.port, username=admin_user, password=admin_pw) as watcher:
+        assert watcher.subscribe([(t, 1) for t in topics + ["$commands/request"]]) == [1, 1, 1, 1]
+        watcher.expect_none(0.5)
+    shadow = api.ok("GET", f"/api/v1/devices/{dev}/shadow")
+    assert "x" in json.dumps(shadow) and '"x": 1' not in json.dumps(shadow)
