@@ -169,3 +169,60 @@ def test_response_topic_is_authorised_against_the_requester(broker, api):
                            props={"ResponseTopic": "dash/replies/1", "CorrelationData": b"c2"}) == 0
         answer = app.get()
         assert answer.topic == "dash/replies/1" and json.loads(answer.payload)["name"] == "reboot"
+
+
+@pytest.mark.parametrize("version", [V5, V311])
+def test_anonymous_clients_read_no_device_data_by_default(broker_factory, version):
+    """Item 5: with the default `auth.allow_anonymous = true`, an anonymous `#`
+    (or `+/+/telemetry`) subscriber gets neither live nor retained device
+    messages; other topics still work for it."""
+    token = "anon-default-token-0123456789"
+    b = broker_factory({"api": {"token": token}})
+    api = Api(b.api_port, token)
+    dev, dev_pw = make_device(api)
+    with Client(b.port, client_id=dev, username=dev, password=dev_pw, version=version) as d:
+        assert d.publish(f"devices/{dev}/secret", b"retained-secret", qos=1, retain=True) in (0, 0x10)
+        with Client(b.port, version=version) as anon, Client(b.port, version=version) as pub:
+            assert anon.subscribe([("#", 1), ("+/+/telemetry", 1)]) == [1, 1]
+            assert d.publish(f"devices/{dev}/telemetry", b'{"t":1}', qos=1) in (0, 0x10)
+            assert pub.publish("lobby/x", b"public", qos=1) == 0
+            got = anon.drain(0.7)
+            assert [(m.topic, m.payload) for m in got] == [("lobby/x", b"public")]
+        # Queued for an offline anonymous session and resumed: still nothing.
+        cid = unique("anon")
+        props = {"SessionExpiryInterval": 300} if version == V5 else None
+        anon = Client(b.port, client_id=cid, version=version, clean=False, connect_props=props)
+        assert anon.subscribe("devices/#", qos=1) == ([0x87] if version == V5 else [0x80])
+        assert anon.subscribe("#", qos=1) == [1]
+        anon.disconnect()
+        assert d.publish(f"devices/{dev}/telemetry", b"{\"t\":2}", qos=1) in (0, 0x10)
+        anon = Client(b.port, client_id=cid, version=version, clean=False, connect_props=props)
+        try:
+            assert anon.session_present
+            anon.expect_none(0.5)
+        finally:
+            anon.close()
+
+
+@pytest.mark.parametrize("version", [V5, V311])
+def test_retain_is_refused_on_platform_request_topics(broker, api, version):
+    """Item 7: a retained request would be re-applied at every restart: the
+    retain flag is refused on `$shadow/{id}/update|get`, `$commands/request`
+    and `$commands/{id}/reply/...` (5.0: PUBACK 0x87), nothing is retained."""
+    dev, dev_pw = make_device(api)
+    admin_user, admin_pw = make_app(api, [], [], admin=True)
+    with Client(broker.port, client_id=dev, username=dev, password=dev_pw, version=version) as d, \
+            Client(broker.port, username=admin_user, password=admin_pw, version=version) as admin:
+        topics = [f"$shadow/{dev}/update", f"$shadow/{dev}/get", f"$commands/{dev}/reply/1"]
+        for topic in topics:
+            rc = d.publish(topic, b'{"state":{"reported":{"x":1}}}', qos=1, retain=True)
+            assert rc == (0x87 if version == V5 else 0), topic
+        rc = admin.publish("$commands/request", json.dumps({"device": dev, "name": "n"}), qos=1, retain=True)
+        assert rc == (0x87 if version == V5 else 0)
+        # Without retain the same device request is fine.
+        assert d.publish(f"$shadow/{dev}/update", b'{"state":{"reported":{"x":2}}}', qos=1) in (0, 0x10)
+    with Client(broker.port, username=admin_user, password=admin_pw) as watcher:
+        assert watcher.subscribe([(t, 1) for t in topics + ["$commands/request"]]) == [1, 1, 1, 1]
+        watcher.expect_none(0.5)
+    shadow = api.ok("GET", f"/api/v1/devices/{dev}/shadow")
+    assert "x" in json.dumps(shadow) and '"x": 1' not in json.dumps(shadow)

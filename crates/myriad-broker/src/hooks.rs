@@ -58,6 +58,18 @@ pub trait Acl: Send + Sync + fmt::Debug {
         let _ = (retain, response_topic);
         self.may_publish(topic)
     }
+    /// Whether messages on `topic` may reach the client through a wider
+    /// subscription it was granted (`#`, `+/...`): asked at delivery, and
+    /// only when [`Acl::filters_deliveries`] is true. Default: yes.
+    fn may_receive(&self, topic: &str) -> bool {
+        let _ = topic;
+        true
+    }
+    /// Whether [`Acl::may_receive`] must be asked for every message
+    /// delivered to this client (decided once at CONNECT). Default: no.
+    fn filters_deliveries(&self) -> bool {
+        false
+    }
     /// Whether the client may subscribe to `filter` (for a shared
     /// subscription, the filter without its `$share/{group}/` prefix).
     fn may_subscribe(&self, filter: &str) -> bool;

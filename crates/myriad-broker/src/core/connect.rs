@@ -152,6 +152,7 @@ impl Broker {
             protocol: connect.protocol,
             connect_expiry_was_zero: asked_expiry == 0,
         };
+        self.filtering_connections += usize::from(connection.filters_deliveries());
         self.sessions.attach(session_id, Box::new(connection));
         let Some(session) = self.sessions.get_mut(session_id) else {
             return false;
@@ -371,6 +372,9 @@ impl Broker {
         let Some((session_id, connection)) = self.sessions.detach(conn) else {
             return;
         };
+        self.filtering_connections = self
+            .filtering_connections
+            .saturating_sub(usize::from(connection.filters_deliveries()));
         self.observe.closed(reason);
         self.forget_connection(now, conn, session_id);
         // Its keep alive entry is skipped when it comes up.

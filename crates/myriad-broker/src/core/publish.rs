@@ -310,6 +310,17 @@ impl Broker {
             let is_online =
                 |id: SessionId| sessions.get(id).is_some_and(|s| s.connection.is_some());
             self.tree.matches(&message.topic, &is_online, &mut matched);
+            if self.filtering_connections > 0 {
+                let topic = &message.topic;
+                matched.retain(|m| {
+                    sessions
+                        .get(m.session)
+                        .and_then(|s| s.connection.as_deref())
+                        .filter(|c| c.filters_deliveries())
+                        .and_then(|c| c.acl.as_ref())
+                        .is_none_or(|acl| acl.may_receive(topic))
+                });
+            }
         }
         if let Some(publisher) = hold_for
             && let Some(blocker) = self.blocker(&matched, publisher)

@@ -43,6 +43,20 @@ pub const APP_USERNAME_PREFIX: &str = "app:";
 #[derive(Debug)]
 pub struct PrincipalAcl(pub Principal);
 
+/// Whether the platform acts on messages published to `topic`
+/// (`$shadow/{id}/update`, `$shadow/{id}/get`, `$commands/request`,
+/// `$commands/{id}/reply/...`), so a retained copy would be acted on again
+/// after every restart.
+pub fn is_platform_request(topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    matches!(
+        (levels.next(), levels.next(), levels.next(), levels.next()),
+        (Some("$commands"), Some("request"), None, _)
+            | (Some("$commands"), Some(_), Some("reply"), _)
+            | (Some("$shadow"), Some(_), Some("update" | "get"), None)
+    )
+}
+
 /// The topic where applications request commands over MQTT; the platform
 /// publishes its answer to the request's Response Topic.
 pub const COMMAND_REQUEST_TOPIC: &str = "$commands/request";
@@ -54,13 +68,12 @@ impl Acl for PrincipalAcl {
     /// On top of [`may_publish`]: a request on `$commands/request` may name
     /// as Response Topic only a topic the client may publish to itself (the
     /// platform publishes its answer there on the client's behalf).
-    fn may_publish_message(
-        &self,
-        topic: &str,
-        _retain: bool,
-        response_topic: Option<&str>,
-    ) -> bool {
-        if !may_publish(&self.0, topic) {
+    ///
+    /// And a platform request topic ([`is_platform_request`]) refuses the
+    /// retain flag: a retained request would be applied again at every
+    /// restart.
+    fn may_publish_message(&self, topic: &str, retain: bool, response_topic: Option<&str>) -> bool {
+        if !may_publish(&self.0, topic) || (retain && is_platform_request(topic)) {
             return false;
         }
         match response_topic {
@@ -79,9 +92,10 @@ const PLATFORM_PREFIXES: [&str; 5] = ["$shadow/", "$commands/", "$ota/", "$event
 /// What anonymous clients may do: publish outside the device and platform
 /// namespaces (`devices/`, `$shadow/`, `$commands/`, `$ota/`, `$events/`),
 /// so they cannot impersonate a device, and subscribe to any filter not
-/// naming those namespaces. `#` and `+/...` are granted (`$` topics never
-/// match them, but `devices/...` telemetry does): anonymous access is for
-/// development; production sets `auth.allow_anonymous = false`.
+/// naming those namespaces. `#` and `+/...` are granted, but messages on
+/// `devices/...` (and the `$` namespaces, which they never match) are
+/// withheld at delivery, retained ones included: an anonymous client never
+/// reads device data.
 #[derive(Debug)]
 pub struct AnonymousAcl;
 
@@ -94,6 +108,12 @@ impl AnonymousAcl {
 impl Acl for AnonymousAcl {
     fn may_publish(&self, topic: &str) -> bool {
         AnonymousAcl::outside_platform(topic)
+    }
+    fn may_receive(&self, topic: &str) -> bool {
+        AnonymousAcl::outside_platform(topic)
+    }
+    fn filters_deliveries(&self) -> bool {
+        true
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         AnonymousAcl::outside_platform(filter)
