@@ -91,7 +91,10 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         if !tls_settings.is_empty() {
             let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .context("cannot handle SIGHUP")?;
-            essential.spawn("TLS reload", reload_tls_on_hangup(hangups, tls_settings.clone()));
+            essential.spawn(
+                "TLS reload",
+                reload_tls_on_hangup(hangups, tls_settings.clone()),
+            );
         }
         let mut stdout = std::io::stdout();
         let (handle, events) = myriad_broker::shell::channel();
@@ -268,7 +271,10 @@ fn kind_name(kind: ListenerKind) -> &'static str {
 /// Connections already made keep what they negotiated; a file that does not
 /// load leaves that listener's settings as they were.
 #[cfg(unix)]
-async fn reload_tls_on_hangup(mut hangups: tokio::signal::unix::Signal, settings: Vec<Arc<TlsSettings>>) {
+async fn reload_tls_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    settings: Vec<Arc<TlsSettings>>,
+) {
     while hangups.recv().await.is_some() {
         for tls in &settings {
             match tls.reload() {

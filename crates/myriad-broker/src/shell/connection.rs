@@ -363,22 +363,7 @@ async fn serve(c: &mut Connected) -> Option<ConnectionLoss> {
                 }
             }
             Wake::Readable => {
-                match c.stream.read_available(&mut c.buf) {
-                    Ok(0) => return Some(ConnectionLoss::Network),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => {
-                        // A TLS error has an alert queued: send it.
-                        if c.stream.wants_write() {
-                            let _ = Box::pin(c.stream.flush()).await;
-                        }
-                        return Some(ConnectionLoss::Network);
-                    }
-                }
-                if c.stream.wants_write() && Box::pin(c.stream.flush()).await.is_err() {
-                    return Some(ConnectionLoss::Network);
-                }
-                if let Err(loss) = Box::pin(c.drain()).await {
+                if let Err(loss) = Box::pin(c.read_and_drain()).await {
                     return Some(loss);
                 }
             }
@@ -388,6 +373,22 @@ async fn serve(c: &mut Connected) -> Option<ConnectionLoss> {
 }
 
 impl Connected {
+    /// Reads what the socket has, sends what TLS has to say back (key
+    /// updates, alerts), and forwards the whole packets read to the core.
+    async fn read_and_drain(&mut self) -> Result<(), ConnectionLoss> {
+        let read = self.stream.read_available(&mut self.buf);
+        if self.stream.wants_write() && self.stream.flush().await.is_err() {
+            return Err(ConnectionLoss::Network);
+        }
+        match read {
+            Ok(0) => return Err(ConnectionLoss::Network),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(_) => return Err(ConnectionLoss::Network),
+        }
+        self.drain().await
+    }
+
     /// Forwards the whole packets in the read buffer to the core.
     async fn drain(&mut self) -> Result<(), ConnectionLoss> {
         drain(
@@ -602,7 +603,14 @@ mod tests {
         });
         let census = std::sync::Arc::new(super::super::census::Census::default());
         let guard = census.task();
-        let task = super::run(guard, client, addr, 1, shared, Default::default());
+        let task = super::run(
+            guard,
+            super::Transport::Tcp(client),
+            addr,
+            1,
+            shared,
+            Default::default(),
+        );
         let size = std::mem::size_of_val(&task);
         assert!(size <= 144, "connection task state grew to {size} bytes");
     }

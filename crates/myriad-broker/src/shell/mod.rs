@@ -11,14 +11,14 @@
 pub mod census;
 mod commit;
 mod connection;
-mod listen;
-pub mod tls;
-mod transport;
 #[cfg(feature = "fault-injection")]
 mod fault;
 pub mod internal;
 pub mod link;
+mod listen;
 pub mod snapshot;
+pub mod tls;
+mod transport;
 
 use std::collections::HashMap;
 use std::sync::Arc;

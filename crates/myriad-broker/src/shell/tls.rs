@@ -75,7 +75,9 @@ impl TlsSettings {
 }
 
 /// The rustls configuration `listener` describes (TLS 1.2 and 1.3).
-pub fn server_config(listener: &ListenerConfig) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+pub fn server_config(
+    listener: &ListenerConfig,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -85,7 +87,9 @@ pub fn server_config(listener: &ListenerConfig) -> Result<Arc<rustls::ServerConf
         (policy, Some(ca_path)) => {
             let mut roots = RootCertStore::empty();
             for cert in certificates(ca_path, "client_ca")? {
-                roots.add(cert).map_err(|e| file_error("client_ca", ca_path, e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| file_error("client_ca", ca_path, e))?;
             }
             let crls = match &listener.client_crl {
                 Some(path) => CertificateRevocationListDer::pem_file_iter(path)
@@ -101,9 +105,9 @@ pub fn server_config(listener: &ListenerConfig) -> Result<Arc<rustls::ServerConf
             } else {
                 verifier
             };
-            let verifier = verifier
-                .build()
-                .map_err(|e| TlsSetupError::Rustls(format!("client_ca {}: {e}", ca_path.display())))?;
+            let verifier = verifier.build().map_err(|e| {
+                TlsSetupError::Rustls(format!("client_ca {}: {e}", ca_path.display()))
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -119,7 +123,10 @@ pub fn server_config(listener: &ListenerConfig) -> Result<Arc<rustls::ServerConf
 }
 
 /// The certificates in the PEM file at `path` (at least one).
-fn certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+fn certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_error(what, path, e))?
         .collect::<Result<Vec<_>, _>>()
