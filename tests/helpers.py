@@ -335,7 +335,9 @@ class Client:
         password: str | None = None,
         connect: bool = True,
         expect_rc: int | None = 0,
+        tls: Any = None,
     ):
+        """``tls``: an ``ssl.SSLContext`` to connect over TLS with."""
         self.port = port
         self.version = version
         self.client_id = unique("c") if client_id is None else client_id
@@ -364,6 +366,8 @@ class Client:
         self.c.max_queued_messages_set(0)
         if username is not None:
             self.c.username_pw_set(username, password)
+        if tls is not None:
+            self.c.tls_set_context(tls)
         if will:
             self.c.will_set(
                 will["topic"], will.get("payload", b""), will.get("qos", 0), will.get("retain", False),

@@ -445,6 +445,19 @@ class RawClient:
         # PUBLISH packets that arrived while we waited for an acknowledgement
         self.stashed: list[Packet] = []
 
+    @classmethod
+    def over(cls, sock: socket.socket, version: int = 5) -> "RawClient":
+        """A raw client on an already connected socket (a TLS one, say)."""
+        self = cls.__new__(cls)
+        self.version = version
+        self.sock = sock
+        self.buf = bytearray()
+        self.closed = False
+        self._next_pid = 1
+        self.connack = None
+        self.stashed = []
+        return self
+
     # -- plumbing
     def next_pid(self) -> int:
         pid = self._next_pid

@@ -1,13 +1,19 @@
 //! Broker limits and policies, read from the `[mqtt]` table of the config file.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 /// Settings of the MQTT broker. Every field has a default; unknown keys are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// TCP address the MQTT listener binds to.
+    /// TCP address the plain MQTT listener binds to (empty: none, when
+    /// `listeners` has every listener).
     pub listen: String,
+    /// More listeners, each with its own address and kind (`[[mqtt.listeners]]`):
+    /// plain TCP or MQTT over TLS. `listen` stays the first plain one.
+    pub listeners: Vec<ListenerConfig>,
     /// Largest keep alive the server accepts (Server Keep Alive in 5.0). A 5.0
     /// client asking for more, or for 0, is told this value in CONNACK.
     pub max_keep_alive_secs: u16,
@@ -83,6 +89,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: "0.0.0.0:1883".to_owned(),
+            listeners: Vec::new(),
             max_keep_alive_secs: u16::MAX,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
@@ -160,12 +167,121 @@ impl BrokerConfig {
         if self.listen_backlog == 0 || self.listen_backlog > 65_535 {
             return fail("listen_backlog", "must be between 1 and 65535");
         }
+        if self.listen.is_empty() && self.listeners.is_empty() {
+            return fail("listen", "is empty and no mqtt.listeners are configured");
+        }
+        for listener in &self.listeners {
+            listener.validate()?;
+        }
         for filter in &self.deny_subscribe {
             if !myriad_mqtt::topic::valid_topic_filter(filter) {
                 return fail(
                     "deny_subscribe",
                     &format!("{filter:?} is not a topic filter"),
                 );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One `[[mqtt.listeners]]` entry: where to listen and how connections are
+/// carried.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// What the connections speak: plain MQTT over TCP or MQTT over TLS.
+    pub kind: ListenerKind,
+    /// Address to bind, such as `0.0.0.0:8883`.
+    pub listen: String,
+    /// PEM file with the server's certificate chain, leaf first (TLS only).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM file with the server's private key: PKCS#8, PKCS#1 or SEC1 (TLS only).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// PEM bundle of the CAs whose client certificates are accepted (TLS only;
+    /// required unless `client_certs` is `none`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// PEM file of certificate revocation lists from the client CAs: a client
+    /// certificate they revoke is refused (TLS only, with `client_ca`).
+    #[serde(default)]
+    pub client_crl: Option<PathBuf>,
+    /// Whether clients present certificates: `none` (the default), `optional`
+    /// (verified when presented) or `require`.
+    #[serde(default)]
+    pub client_certs: ClientCertPolicy,
+}
+
+/// How a listener's connections are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over plain TCP (conventionally port 1883).
+    Tcp,
+    /// MQTT over TLS 1.2 or 1.3 (conventionally port 8883), ALPN `mqtt` accepted.
+    Tls,
+}
+
+/// Whether a TLS listener asks clients for certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertPolicy {
+    /// No client certificates are asked for.
+    #[default]
+    None,
+    /// A client may present a certificate; one that does not verify against
+    /// `client_ca` is refused, a client without one is let in.
+    Optional,
+    /// Every client must present a certificate that verifies against `client_ca`.
+    Require,
+}
+
+impl ListenerConfig {
+    /// Checks that the fields present fit the kind.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.listen.is_empty() {
+            return fail("listeners.listen", "must not be empty");
+        }
+        match self.kind {
+            ListenerKind::Tcp => {
+                if self.cert.is_some()
+                    || self.key.is_some()
+                    || self.client_ca.is_some()
+                    || self.client_crl.is_some()
+                {
+                    return fail(
+                        "listeners.kind",
+                        "a tcp listener takes no cert, key, client_ca or client_crl (use kind = \"tls\")",
+                    );
+                }
+                if self.client_certs != ClientCertPolicy::None {
+                    return fail("listeners.client_certs", "needs kind = \"tls\"");
+                }
+            }
+            ListenerKind::Tls => {
+                if self.cert.is_none() {
+                    return fail("listeners.cert", "a tls listener needs a certificate chain");
+                }
+                if self.key.is_none() {
+                    return fail("listeners.key", "a tls listener needs a private key");
+                }
+                if self.client_certs != ClientCertPolicy::None && self.client_ca.is_none() {
+                    return fail(
+                        "listeners.client_ca",
+                        "client_certs = optional or require needs the CAs to verify against",
+                    );
+                }
+                if self.client_crl.is_some() && self.client_ca.is_none() {
+                    return fail("listeners.client_crl", "needs client_ca");
+                }
             }
         }
         Ok(())

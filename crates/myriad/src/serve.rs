@@ -14,6 +14,8 @@ use crate::config::{CommitMode, Config, LogFormat, StoreBackend, StoreConfig};
 use crate::observe;
 use crate::platform::Platform;
 use crate::supervise::{self, Essential};
+use myriad_broker::config::ListenerKind;
+use myriad_broker::shell::tls::TlsSettings;
 use myriad_broker::shell::{CommitPolicy, Persistence};
 use myriad_store::{EmbeddedOptions, EmbeddedStore};
 
@@ -70,14 +72,30 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         // Handlers are in place before anyone learns the server is up, so a
         // signal sent right after the listening line still shuts down cleanly.
         let signals = Signals::register()?;
-        let listener = myriad_broker::shell::bind(&config.mqtt)
-            .await
-            .with_context(|| format!("cannot listen on {} (mqtt.listen)", config.mqtt.listen))?;
-        let address = listener.local_addr()?;
-        info!(%address, "MQTT listener bound");
+        let listeners = myriad_broker::shell::bind_all(&config.mqtt).await?;
+        let mut addresses = Vec::new();
+        for listener in listeners.iter() {
+            let address = listener.local_addr()?;
+            info!(%address, kind = ?listener.kind(), "MQTT listener bound");
+            addresses.push((listener.kind(), address));
+        }
+        // The line scripts wait for names the first listener.
+        let Some(&(_, address)) = addresses.first() else {
+            anyhow::bail!("no MQTT listener configured (mqtt.listen, mqtt.listeners)");
+        };
+        let tls_settings = listeners.tls_settings();
         let shutdown = CancellationToken::new();
         let mut essential = Essential::default();
         essential.spawn("signal handler", signals.cancel_on_signal(shutdown.clone()));
+        #[cfg(unix)]
+        if !tls_settings.is_empty() {
+            let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot handle SIGHUP")?;
+            essential.spawn(
+                "TLS reload",
+                reload_tls_on_hangup(hangups, tls_settings.clone()),
+            );
+        }
         let mut stdout = std::io::stdout();
         let (handle, events) = myriad_broker::shell::channel();
         let (platform, mut hooks) = Platform::start(&config, &handle, &mut essential)?;
@@ -126,6 +144,9 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             });
         }
         listeners_bound.store(true, Ordering::Release);
+        for (kind, other) in addresses.iter().skip(1) {
+            writeln!(stdout, "MQTT ({}) listening on {other}", kind_name(*kind))?;
+        }
         // Last: the line scripts wait for means everything is up.
         writeln!(stdout, "MQTT listening on {address}")?;
         stdout.flush()?;
@@ -133,7 +154,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             config.mqtt,
             persistence,
             hooks,
-            listener,
+            listeners,
             shutdown.clone(),
             handle,
             events,
@@ -236,6 +257,36 @@ fn open_store(config: &StoreConfig) -> Result<Option<Persistence>> {
         store: Box::new(store),
         policy,
     }))
+}
+
+/// The name of a listener kind as the config spells it.
+fn kind_name(kind: ListenerKind) -> &'static str {
+    match kind {
+        ListenerKind::Tcp => "tcp",
+        ListenerKind::Tls => "tls",
+    }
+}
+
+/// Reads every TLS listener's certificate, key and CAs again on each SIGHUP.
+/// Connections already made keep what they negotiated; a file that does not
+/// load leaves that listener's settings as they were.
+#[cfg(unix)]
+async fn reload_tls_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    settings: Vec<Arc<TlsSettings>>,
+) {
+    while hangups.recv().await.is_some() {
+        for tls in &settings {
+            match tls.reload() {
+                Ok(()) => info!(listen = %tls.listener().listen, "TLS certificates reloaded"),
+                Err(error) => tracing::error!(
+                    listen = %tls.listener().listen,
+                    %error,
+                    "TLS reload failed; the previous certificates stay in force"
+                ),
+            }
+        }
+    }
 }
 
 /// SIGTERM and Ctrl-C, registered up front.

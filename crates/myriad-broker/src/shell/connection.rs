@@ -1,21 +1,19 @@
 //! One task per connection: read and decode, hand packets to the core, write
 //! what the core queued. Keep alive is enforced by the core.
 
-use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use myriad_mqtt::{
     ConnAck, Connect, DecodeError, Disconnect, Packet, PacketProperties, ProtocolVersion,
     ReasonCode,
 };
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -23,13 +21,11 @@ use tracing::debug;
 
 use super::census::{RegisteredTask, TaskGuard};
 use super::link::{Batch, Link};
+use super::transport::Transport;
 use super::{Event, Shared};
 use crate::core::connect::detached;
 use crate::hooks::{Acl, AuthDecision, ConnectInfo};
 use crate::{ConnId, ConnectionLoss};
-
-/// Bytes read from the socket per readiness event.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Runs one connection until it closes. The handshake runs in its own
 /// allocation, freed once done; only the connected loop's state stays in the
@@ -37,7 +33,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// counts it in the [`super::census::Census`] until it ends.
 pub(super) fn run(
     task: TaskGuard,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     conn: ConnId,
     shared: Arc<Shared>,
@@ -53,7 +49,7 @@ pub(super) fn run(
 /// Every idle connection holds this: what does not change (the connection's
 /// id, protocol, peer) lives in the link, settings in `shared`.
 pub(super) struct Connected {
-    stream: TcpStream,
+    stream: Transport,
     link: Arc<Link>,
     buf: BytesMut,
     shared: Arc<Shared>,
@@ -65,15 +61,15 @@ pub(super) struct Connected {
 /// connection ended before that (refusals are answered here).
 async fn start(
     task: TaskGuard,
-    stream: TcpStream,
+    mut stream: Transport,
     peer: SocketAddr,
     conn: ConnId,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Option<Connected> {
     let mut buf = BytesMut::new();
-    let connect = handshake(&stream, peer, &mut buf, &shared, &shutdown).await?;
-    let Some(acl) = admit(&stream, peer, &connect, &shared).await else {
+    let connect = handshake(&mut stream, peer, &mut buf, &shared, &shutdown).await?;
+    let Some(acl) = admit(&mut stream, peer, &connect, &shared).await else {
         linger(stream).await;
         return None;
     };
@@ -208,11 +204,11 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// discard until the client closes too (bounded by [`LINGER`] and
 /// [`LINGER_BYTES`]). A client still writing (PUBRELs after a DISCONNECT
 /// 0x93, say) then reads the DISCONNECT instead of running into a reset.
-async fn linger(mut stream: TcpStream) {
-    use tokio::io::AsyncWriteExt;
+async fn linger(mut stream: Transport) {
     if stream.shutdown().await.is_err() {
         return;
     }
+    let stream = stream.into_tcp();
     let deadline = Instant::now() + LINGER;
     let mut drained = 0;
     while drained < LINGER_BYTES {
@@ -236,7 +232,7 @@ async fn linger(mut stream: TcpStream) {
 
 /// Reads the CONNECT (within the configured time), answering a bad one.
 async fn handshake(
-    stream: &TcpStream,
+    stream: &mut Transport,
     peer: SocketAddr,
     buf: &mut BytesMut,
     shared: &Shared,
@@ -244,6 +240,7 @@ async fn handshake(
 ) -> Option<Box<Connect>> {
     let max_size = shared.config.max_packet_size as usize;
     let connect_timeout = Duration::from_secs(u64::from(shared.config.connect_timeout_secs));
+    // The TLS handshake, if any, counts against the same timeout.
     let first = tokio::select! {
         first = read_connect(stream, buf, max_size) => first,
         _ = tokio::time::sleep(connect_timeout) => {
@@ -277,7 +274,7 @@ pub const RESERVED_CLIENT_ID_PREFIX: &str = "$myriad/";
 /// Asks the authenticator about `connect`. Returns the connection's ACL, or
 /// `None` after answering a refusal.
 async fn admit(
-    stream: &TcpStream,
+    stream: &mut Transport,
     peer: SocketAddr,
     connect: &Connect,
     shared: &Shared,
@@ -285,11 +282,8 @@ async fn admit(
     let protocol = connect.protocol;
     if connect.client_id.starts_with(RESERVED_CLIENT_ID_PREFIX) {
         debug!(%peer, client_id = %connect.client_id, "reserved client id refused");
-        let _ = write_all(
-            stream,
-            connack_refusal(protocol, ReasonCode::ClientIdentifierNotValid),
-        )
-        .await;
+        let refusal = connack_refusal(protocol, ReasonCode::ClientIdentifierNotValid);
+        let _ = stream.write_all(&refusal).await;
         return None;
     }
     let Some(authenticator) = &shared.authenticator else {
@@ -317,7 +311,7 @@ async fn admit(
         AuthDecision::Deny(reason) => reason,
     };
     debug!(%peer, client_id = %connect.client_id, ?refusal, "connection refused");
-    let _ = write_all(stream, connack_refusal(protocol, refusal)).await;
+    let _ = stream.write_all(&connack_refusal(protocol, refusal)).await;
     None
 }
 
@@ -349,15 +343,18 @@ async fn serve(c: &mut Connected) -> Option<ConnectionLoss> {
         match std::future::poll_fn(|cx| poll_idle(c, cx)).await {
             Wake::Mail => {
                 if c.link.is_shutting_down() {
-                    let goodbye =
-                        say_goodbye(&c.stream, c.link.protocol, ReasonCode::ServerShuttingDown);
+                    let goodbye = say_goodbye(
+                        &mut c.stream,
+                        c.link.protocol,
+                        ReasonCode::ServerShuttingDown,
+                    );
                     Box::pin(goodbye).await;
                     return Some(ConnectionLoss::ServerShutdown);
                 }
                 let batch = c.link.take_batch();
                 let closing = batch.closing;
                 // Boxed: the write's state exists only while writing.
-                let written = write_batch(&c.stream, batch, c.link.conn, &c.shared.events);
+                let written = write_batch(&mut c.stream, batch, c.link.conn, &c.shared.events);
                 if Box::pin(written).await.is_err() {
                     return Some(ConnectionLoss::Network);
                 }
@@ -366,13 +363,7 @@ async fn serve(c: &mut Connected) -> Option<ConnectionLoss> {
                 }
             }
             Wake::Readable => {
-                match read_available(&c.stream, &mut c.buf) {
-                    Ok(0) => return Some(ConnectionLoss::Network),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return Some(ConnectionLoss::Network),
-                }
-                if let Err(loss) = Box::pin(c.drain()).await {
+                if let Err(loss) = Box::pin(c.read_and_drain()).await {
                     return Some(loss);
                 }
             }
@@ -382,10 +373,26 @@ async fn serve(c: &mut Connected) -> Option<ConnectionLoss> {
 }
 
 impl Connected {
+    /// Reads what the socket has, sends what TLS has to say back (key
+    /// updates, alerts), and forwards the whole packets read to the core.
+    async fn read_and_drain(&mut self) -> Result<(), ConnectionLoss> {
+        let read = self.stream.read_available(&mut self.buf);
+        if self.stream.wants_write() && self.stream.flush().await.is_err() {
+            return Err(ConnectionLoss::Network);
+        }
+        match read {
+            Ok(0) => return Err(ConnectionLoss::Network),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(_) => return Err(ConnectionLoss::Network),
+        }
+        self.drain().await
+    }
+
     /// Forwards the whole packets in the read buffer to the core.
     async fn drain(&mut self) -> Result<(), ConnectionLoss> {
         drain(
-            &self.stream,
+            &mut self.stream,
             &mut self.buf,
             self.link.conn,
             self.link.protocol,
@@ -421,17 +428,17 @@ fn poll_idle(c: &Connected, cx: &mut Context<'_>) -> Poll<Wake> {
 }
 
 /// Sends a 5.0 client DISCONNECT with `reason` before the server closes (3.1.1 has no such packet).
-async fn say_goodbye(stream: &TcpStream, protocol: ProtocolVersion, reason: ReasonCode) {
+async fn say_goodbye(stream: &mut Transport, protocol: ProtocolVersion, reason: ReasonCode) {
     if protocol.is_v5() {
         let disconnect = Packet::Disconnect(Disconnect::new(reason));
-        let _ = write_all(stream, encode_one(disconnect, protocol)).await;
+        let _ = stream.write_all(&encode_one(disconnect, protocol)).await;
     }
 }
 
 /// Forwards every whole packet in `buf` to the core; on undecodable bytes
 /// says goodbye (5.0) and reports the violation. An emptied buffer is freed.
 async fn drain(
-    stream: &TcpStream,
+    stream: &mut Transport,
     buf: &mut BytesMut,
     conn: ConnId,
     protocol: ProtocolVersion,
@@ -461,10 +468,11 @@ enum FirstPacketError {
 }
 
 async fn read_connect(
-    stream: &TcpStream,
+    stream: &mut Transport,
     buf: &mut BytesMut,
     max_size: usize,
 ) -> Result<Packet, FirstPacketError> {
+    stream.establish(buf).await.map_err(FirstPacketError::Io)?;
     loop {
         // CONNECT carries its own version; the one given here is not used for it.
         match myriad_mqtt::decode(buf, ProtocolVersion::V5, max_size) {
@@ -476,7 +484,7 @@ async fn read_connect(
             }
         }
         stream.readable().await.map_err(FirstPacketError::Io)?;
-        match read_available(stream, buf) {
+        match stream.read_available(buf) {
             Ok(0) => {
                 return Err(FirstPacketError::Io(io::ErrorKind::UnexpectedEof.into()));
             }
@@ -508,7 +516,7 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
 /// Answers a CONNECT that did not decode: a CONNACK with the reason where the
 /// client's version is known (or the 3.1.1 "unacceptable protocol version").
 async fn refuse_connect(
-    stream: &TcpStream,
+    stream: &mut Transport,
     error: &DecodeError,
     level: Option<u8>,
 ) -> io::Result<()> {
@@ -522,7 +530,7 @@ async fn refuse_connect(
         // MQTT-3.1.4-1 (3.1.1): close without CONNACK on a malformed CONNECT.
         _ => return Ok(()),
     };
-    write_all(stream, connack_refusal(protocol, reason)).await
+    stream.write_all(&connack_refusal(protocol, reason)).await
 }
 
 /// Decodes every whole packet in `buf` and hands each to the core.
@@ -546,19 +554,6 @@ async fn forward_packets(
     Ok(())
 }
 
-/// Reads what the socket has into `buf` without awaiting. The chunk buffer is
-/// on the stack of this plain function, never in the task's state.
-fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let mut chunk = [0u8; READ_CHUNK];
-    let n = stream.try_read(&mut chunk)?;
-    if buf.is_empty() {
-        *buf = BytesMut::from(&chunk[..n]);
-    } else {
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(n)
-}
-
 /// Encodes one packet. A plain function, so the packet never sits in a task's state.
 fn encode_one(packet: Packet, protocol: ProtocolVersion) -> BytesMut {
     let mut out = BytesMut::new();
@@ -570,36 +565,12 @@ fn encode_one(packet: Packet, protocol: ProtocolVersion) -> BytesMut {
 /// payloads as they are), then tells the core how many QoS 0 publications
 /// left, so that it sends more (see `Broker::handle_written`).
 async fn write_batch(
-    stream: &TcpStream,
+    stream: &mut Transport,
     mut batch: Batch,
     conn: ConnId,
     events: &mpsc::Sender<Event>,
 ) -> io::Result<()> {
-    while !batch.chunks.is_empty() {
-        stream.writable().await?;
-        match write_some(stream, &batch.chunks) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut n) => {
-                while n > 0 {
-                    let Some(front) = batch.chunks.front_mut() else {
-                        break;
-                    };
-                    if n >= front.len() {
-                        n -= front.len();
-                        batch.chunks.pop_front();
-                    } else {
-                        front.advance(n);
-                        n = 0;
-                    }
-                }
-                while batch.chunks.front().is_some_and(Bytes::is_empty) {
-                    batch.chunks.pop_front();
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
+    stream.write_chunks(&mut batch.chunks).await?;
     if batch.qos0 > 0 {
         let _ = events
             .send(Event::Written {
@@ -607,37 +578,6 @@ async fn write_batch(
                 qos0: batch.qos0,
             })
             .await;
-    }
-    Ok(())
-}
-
-/// Most buffers handed to one `writev` (Linux allows 1024).
-const MAX_IOVECS: usize = 64;
-
-/// One vectored write of the front of `chunks`.
-fn write_some(stream: &TcpStream, chunks: &VecDeque<Bytes>) -> io::Result<usize> {
-    if chunks.len() == 1 {
-        return chunks.front().map_or(Ok(0), |only| stream.try_write(only));
-    }
-    let slices: Vec<IoSlice<'_>> = chunks
-        .iter()
-        .take(MAX_IOVECS)
-        .map(|chunk| IoSlice::new(chunk))
-        .collect();
-    stream.try_write_vectored(&slices)
-}
-
-/// Writes `out` with as few syscalls as the socket allows.
-async fn write_all(stream: &TcpStream, out: BytesMut) -> io::Result<()> {
-    let mut written = 0;
-    while written < out.len() {
-        stream.writable().await?;
-        match stream.try_write(&out[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
     }
     Ok(())
 }
@@ -663,7 +603,14 @@ mod tests {
         });
         let census = std::sync::Arc::new(super::super::census::Census::default());
         let guard = census.task();
-        let task = super::run(guard, client, addr, 1, shared, Default::default());
+        let task = super::run(
+            guard,
+            super::Transport::Tcp(client),
+            addr,
+            1,
+            shared,
+            Default::default(),
+        );
         let size = std::mem::size_of_val(&task);
         assert!(size <= 144, "connection task state grew to {size} bytes");
     }

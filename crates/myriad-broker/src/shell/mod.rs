@@ -15,7 +15,10 @@ mod connection;
 mod fault;
 pub mod internal;
 pub mod link;
+mod listen;
 pub mod snapshot;
+pub mod tls;
+mod transport;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use myriad_mqtt::{ByteString, Connect, Packet, PacketProperties, Publish, QoS};
 use myriad_store::{SessionStore, StoreError};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +44,8 @@ use crate::hooks::{Acl, Authenticator, Lifecycle, Presence};
 use crate::{ConnId, ConnectionLoss};
 use commit::{CommitFailure, Deferred, Durability};
 use link::{Link, Pushed};
+use listen::Acceptor;
+pub use listen::{BindError, BoundListener, Listeners, bind_all};
 
 /// Events from connection tasks (and the in-process API) to the core task.
 ///
@@ -217,7 +222,7 @@ pub struct BrokerStopped;
 /// State lives in memory only.
 pub async fn serve(
     config: BrokerConfig,
-    listener: TcpListener,
+    listener: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (handle, events) = channel();
@@ -274,29 +279,10 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Binds the MQTT listener to `config.listen` with a listen queue of
-/// `config.listen_backlog` (std and tokio use 128: a burst of connects
-/// beyond it has SYNs dropped, retried only a second later).
+/// Binds the plain MQTT listener to `config.listen` with a listen queue of
+/// `config.listen_backlog` (see [`bind_all`] for every listener).
 pub async fn bind(config: &BrokerConfig) -> std::io::Result<TcpListener> {
-    let mut last_error = None;
-    for address in tokio::net::lookup_host(&config.listen).await? {
-        let socket = match address {
-            std::net::SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            std::net::SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        #[cfg(unix)]
-        socket.set_reuseaddr(true)?;
-        match socket
-            .bind(address)
-            .and_then(|()| socket.listen(config.listen_backlog))
-        {
-            Ok(listener) => return Ok(listener),
-            Err(error) => last_error = Some(error),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
-    }))
+    listen::bind(&config.listen, config.listen_backlog).await
 }
 
 /// How many network connections may be open at once: `max_connections`,
@@ -346,11 +332,12 @@ pub async fn run(
     config: BrokerConfig,
     persistence: Option<Persistence>,
     hooks: Hooks,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
     handle: BrokerHandle,
     events: EventReceiver,
 ) -> Result<(), ServeError> {
+    let listeners = listeners.into();
     let shared = Arc::new(Shared {
         config: config.clone(),
         authenticator: hooks.authenticator,
@@ -396,46 +383,23 @@ pub async fn run(
             cap, "mqtt.max_connections lowered to what the open-file limit leaves room for"
         );
     }
-    let mut complaints = Complaints::default();
     let tracker = TaskTracker::new();
-    let failed = loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => break None,
-            // A core that ends before shutdown failed (a panic, a commit):
-            // stop at once rather than at the next connection.
-            ended = &mut core => break Some(ended),
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of
-                // spinning (the pending connection stays queued).
-                complaints.accept_failed(&error);
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        // Handshaking and lingering connections hold a socket too.
-        if handle.census.counts().tasks >= cap as u64 {
-            handle.census.refused();
-            complaints.refused(cap);
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let conn = handle.next_conn_id();
-        let task = handle.census.task();
-        tracker.spawn(connection::run(
-            task,
-            stream,
-            peer,
-            conn,
-            shared.clone(),
-            shutdown.clone(),
-        ));
+    let accepting = listeners.accept_all(&Acceptor {
+        handle: handle.clone(),
+        shared: shared.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        cap,
+    });
+    let failed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        // A core that ends before shutdown failed (a panic, a commit):
+        // stop at once rather than at the next connection.
+        ended = &mut core => Some(ended),
     };
-    drop(listener);
+    // Every listener stops accepting (and is closed) before goodbyes.
+    shutdown.cancel();
+    accepting.join_all().await;
     if let Some(ended) = failed {
         // Connections cannot be served without the core: say nothing more,
         // the process is expected to end (and be restarted).
@@ -474,45 +438,6 @@ pub async fn run(
     };
     info!("broker stopped");
     outcome
-}
-
-/// How long the accept loop pauses after a failed accept.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// At most one log line per this long about refused or failed accepts.
-const COMPLAINT_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Rate-limited log lines of the accept loop: a flood of refusals must not
-/// become a flood of log lines.
-#[derive(Default)]
-struct Complaints {
-    refused: Option<tokio::time::Instant>,
-    failed: Option<tokio::time::Instant>,
-}
-
-impl Complaints {
-    fn due(last: &mut Option<tokio::time::Instant>) -> bool {
-        let now = tokio::time::Instant::now();
-        if last.is_some_and(|at| now < at + COMPLAINT_INTERVAL) {
-            return false;
-        }
-        *last = Some(now);
-        true
-    }
-
-    fn refused(&mut self, cap: usize) {
-        if Complaints::due(&mut self.refused) {
-            warn!(
-                max_connections = cap,
-                "connection limit reached: closing new connections (mqtt.max_connections)"
-            );
-        }
-    }
-
-    fn accept_failed(&mut self, error: &std::io::Error) {
-        if Complaints::due(&mut self.failed) {
-            warn!(%error, "accept failed; retrying every 50 ms");
-        }
-    }
 }
 
 /// The core task: applies events to the broker and hands their changes to

@@ -16,6 +16,9 @@ pub enum CtlCommand {
     /// Print an Argon2id PHC hash of a password, for `password_hash` in
     /// bulk import files. Needs no server.
     HashPassword(PasswordArgs),
+    /// Certificates for trying TLS locally. Needs no server.
+    #[command(subcommand)]
+    Certs(super::certs::CertsCommand),
 }
 
 /// The commands that map 1:1 to API requests (see [`super::request`]).

@@ -11,6 +11,7 @@
 //!   2 API unreachable).
 
 mod args;
+mod certs;
 mod client;
 mod commands;
 mod encode;
@@ -90,6 +91,10 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         CtlCommand::HashPassword(password) => {
             let password = password::password_of(&password, io::stdin().lock())?;
             print_out(&format!("{}\n", password::hash(&password)?))?;
+            return Ok(0);
+        }
+        CtlCommand::Certs(command) => {
+            print_out(&certs::run(&command)?)?;
             return Ok(0);
         }
         CtlCommand::Api(command) => command,

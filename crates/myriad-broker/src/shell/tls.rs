@@ -1,0 +1,155 @@
+//! TLS settings of a listener: the server's certificate chain and key, the
+//! CAs client certificates are checked against, read from PEM files.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::config::{ClientCertPolicy, ListenerConfig};
+
+/// ALPN protocol names a TLS listener accepts. A client offering none is
+/// let in; one offering only others is refused (as AWS IoT Core does).
+const ALPN: &[&[u8]] = &[b"mqtt"];
+
+/// Why a listener's TLS settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{what} {path}: {reason}")]
+    File {
+        /// Which setting (`cert`, `key`, `client_ca`).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the combination (a key that does not match the certificate, ...).
+    #[error("{0}")]
+    Rustls(String),
+}
+
+/// A TLS listener's current settings; [`TlsSettings::reload`] swaps in
+/// freshly read files without touching connections already made.
+#[derive(Debug)]
+pub struct TlsSettings {
+    listener: ListenerConfig,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsSettings {
+    /// Reads the files `listener` names.
+    pub fn load(listener: &ListenerConfig) -> Result<TlsSettings, TlsSetupError> {
+        Ok(TlsSettings {
+            listener: listener.clone(),
+            current: RwLock::new(server_config(listener)?),
+        })
+    }
+
+    /// The settings new connections get.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        match self.current.read() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the files again; on error the settings in force stay.
+    pub fn reload(&self) -> Result<(), TlsSetupError> {
+        let fresh = server_config(&self.listener)?;
+        match self.current.write() {
+            Ok(mut config) => *config = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// The listener these settings belong to.
+    pub fn listener(&self) -> &ListenerConfig {
+        &self.listener
+    }
+}
+
+/// The rustls configuration `listener` describes (TLS 1.2 and 1.3).
+pub fn server_config(
+    listener: &ListenerConfig,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    let builder = match (listener.client_certs, &listener.client_ca) {
+        (ClientCertPolicy::None, _) | (_, None) => builder.with_no_client_auth(),
+        (policy, Some(ca_path)) => {
+            let mut roots = RootCertStore::empty();
+            for cert in certificates(ca_path, "client_ca")? {
+                roots
+                    .add(cert)
+                    .map_err(|e| file_error("client_ca", ca_path, e))?;
+            }
+            let crls = match &listener.client_crl {
+                Some(path) => CertificateRevocationListDer::pem_file_iter(path)
+                    .map_err(|e| file_error("client_crl", path, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| file_error("client_crl", path, e))?,
+                None => Vec::new(),
+            };
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(crls);
+            let verifier = if policy == ClientCertPolicy::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier.build().map_err(|e| {
+                TlsSetupError::Rustls(format!("client_ca {}: {e}", ca_path.display()))
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let cert_path = required(&listener.cert, "cert")?;
+    let key_path = required(&listener.key, "key")?;
+    let chain = certificates(cert_path, "cert")?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| file_error("key", key_path, e))?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsSetupError::Rustls(format!("cert and key: {e}")))?;
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The certificates in the PEM file at `path` (at least one).
+fn certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(what, path, "no CERTIFICATE block in the file"));
+    }
+    Ok(certs)
+}
+
+/// The path of a setting validation has made sure is there.
+fn required<'a>(path: &'a Option<PathBuf>, what: &'static str) -> Result<&'a Path, TlsSetupError> {
+    path.as_deref().ok_or_else(|| TlsSetupError::File {
+        what,
+        path: PathBuf::new(),
+        reason: "not set".to_owned(),
+    })
+}
+
+fn file_error(what: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsSetupError {
+    TlsSetupError::File {
+        what,
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}

@@ -1,0 +1,311 @@
+//! The byte stream under one MQTT connection: plain TCP, or TLS over TCP.
+//!
+//! Both are driven by the socket's readiness with non-blocking reads and
+//! writes, so an idle connection keeps no read buffer and no future state:
+//! TLS decrypts straight into the connection's packet buffer, and its
+//! records are written from rustls's own buffer.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use rustls::ServerConnection;
+use tokio::net::TcpStream;
+
+/// Bytes read from the socket per readiness event.
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+
+/// Most buffers handed to one `writev` (Linux allows 1024).
+const MAX_IOVECS: usize = 64;
+
+/// A connection's stream.
+pub(super) enum Transport {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP (boxed: most connections of a plain listener pay nothing).
+    Tls(Box<TlsStream>),
+}
+
+/// TLS over TCP: the socket and rustls's state machine.
+pub(super) struct TlsStream {
+    tcp: TcpStream,
+    tls: ServerConnection,
+}
+
+impl Transport {
+    /// A TLS connection on `tcp` with `config`; the handshake runs in
+    /// [`Transport::establish`].
+    pub fn tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Transport> {
+        let tls = ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Transport::Tls(Box::new(TlsStream { tcp, tls })))
+    }
+
+    /// The socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Tcp(tcp) => tcp,
+            Transport::Tls(tls) => &tls.tcp,
+        }
+    }
+
+    /// The socket underneath, giving up TLS (for lingering after close).
+    pub fn into_tcp(self) -> TcpStream {
+        match self {
+            Transport::Tcp(tcp) => tcp,
+            Transport::Tls(tls) => tls.tcp,
+        }
+    }
+
+    /// Completes the TLS handshake (nothing for plain TCP). Application data
+    /// that came with the handshake's last flight is appended to `buf`.
+    pub async fn establish(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        let Transport::Tls(stream) = self else {
+            return Ok(());
+        };
+        while stream.tls.is_handshaking() {
+            if stream.tls.wants_write() {
+                stream.flush().await?;
+                continue;
+            }
+            stream.tcp.readable().await?;
+            match stream.read_available(buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // rustls has queued an alert saying why: send it.
+                    let _ = stream.flush().await;
+                    return Err(e);
+                }
+            }
+        }
+        // Session tickets (TLS 1.3) follow the handshake.
+        stream.flush().await
+    }
+
+    /// Polls for bytes to read (or end of stream). Plaintext is never left
+    /// inside rustls (each read takes it all), so the socket decides.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp().poll_read_ready(cx)
+    }
+
+    /// Waits until the socket is readable.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp().readable().await
+    }
+
+    /// Reads what the socket has, appending the plaintext to `buf` (a read
+    /// that completes no TLS record appends nothing). `Ok(0)` only at end of
+    /// stream; `WouldBlock` when nothing was there.
+    pub fn read_available(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(tcp) => read_plain(tcp, buf),
+            Transport::Tls(stream) => stream.read_available(buf),
+        }
+    }
+
+    /// Whether bytes wait to be written that no caller asked for (TLS
+    /// alerts, key updates, close notifications).
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Transport::Tcp(_) => false,
+            Transport::Tls(stream) => stream.tls.wants_write(),
+        }
+    }
+
+    /// Writes whatever [`Transport::wants_write`] reported.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(_) => Ok(()),
+            Transport::Tls(stream) => stream.flush().await,
+        }
+    }
+
+    /// Writes `out` whole.
+    pub async fn write_all(&mut self, out: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Tcp(tcp) => write_all_plain(tcp, out).await,
+            Transport::Tls(stream) => {
+                let mut written = 0;
+                while written < out.len() {
+                    let accepted = stream.tls.writer().write(&out[written..])?;
+                    match accepted {
+                        // rustls's buffer is full: send some first.
+                        0 => stream.flush().await?,
+                        n => written += n,
+                    }
+                }
+                stream.flush().await
+            }
+        }
+    }
+
+    /// Writes `chunks` whole (vectored on plain TCP), emptying it.
+    pub async fn write_chunks(&mut self, chunks: &mut VecDeque<Bytes>) -> io::Result<()> {
+        match self {
+            Transport::Tcp(tcp) => write_chunks_plain(tcp, chunks).await,
+            Transport::Tls(stream) => {
+                while let Some(front) = chunks.front_mut() {
+                    if front.is_empty() {
+                        chunks.pop_front();
+                        continue;
+                    }
+                    let accepted = stream.tls.writer().write(front)?;
+                    match accepted {
+                        0 => stream.flush().await?,
+                        n => front.advance(n),
+                    }
+                }
+                stream.flush().await
+            }
+        }
+    }
+
+    /// Ends our direction: a TLS close notification, then a TCP FIN.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if let Transport::Tls(stream) = self {
+            stream.tls.send_close_notify();
+            stream.flush().await?;
+        }
+        match self {
+            Transport::Tcp(tcp) => tcp.shutdown().await,
+            Transport::Tls(stream) => stream.tcp.shutdown().await,
+        }
+    }
+}
+
+impl TlsStream {
+    /// Reads one chunk from the socket into rustls and takes out all the
+    /// plaintext it yields.
+    fn read_available(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = self.tcp.try_read(&mut chunk)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut input = &chunk[..n];
+        while !input.is_empty() {
+            self.tls.read_tls(&mut input)?;
+            let state = self
+                .tls
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let plaintext = state.plaintext_bytes_to_read();
+            if plaintext > 0 {
+                let start = buf.len();
+                buf.resize(start + plaintext, 0);
+                self.tls.reader().read_exact(&mut buf[start..])?;
+            }
+            if state.peer_has_closed() && input.is_empty() {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes every TLS record rustls holds.
+    async fn flush(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            self.tcp.writable().await?;
+            match self.tls.write_tls(&mut TryWriter(&self.tcp)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `io::Write` over a non-blocking socket: `WouldBlock` when it is full.
+struct TryWriter<'a>(&'a TcpStream);
+
+impl Write for TryWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.try_write(data)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads what the socket has into `buf` without awaiting. The chunk buffer is
+/// on the stack of this plain function, never in the task's state.
+fn read_plain(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = stream.try_read(&mut chunk)?;
+    if buf.is_empty() {
+        *buf = BytesMut::from(&chunk[..n]);
+    } else {
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(n)
+}
+
+/// Writes `out` with as few syscalls as the socket allows.
+async fn write_all_plain(stream: &TcpStream, out: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    while written < out.len() {
+        stream.writable().await?;
+        match stream.try_write(&out[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `chunks` (headers and shared payloads as they are) with vectored
+/// writes, emptying it.
+async fn write_chunks_plain(stream: &TcpStream, chunks: &mut VecDeque<Bytes>) -> io::Result<()> {
+    while !chunks.is_empty() {
+        stream.writable().await?;
+        match write_some(stream, chunks) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                while n > 0 {
+                    let Some(front) = chunks.front_mut() else {
+                        break;
+                    };
+                    if n >= front.len() {
+                        n -= front.len();
+                        chunks.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
+                    }
+                }
+                while chunks.front().is_some_and(Bytes::is_empty) {
+                    chunks.pop_front();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One vectored write of the front of `chunks`.
+fn write_some(stream: &TcpStream, chunks: &VecDeque<Bytes>) -> io::Result<usize> {
+    if chunks.len() == 1 {
+        return chunks.front().map_or(Ok(0), |only| stream.try_write(only));
+    }
+    let slices: Vec<IoSlice<'_>> = chunks
+        .iter()
+        .take(MAX_IOVECS)
+        .map(|chunk| IoSlice::new(chunk))
+        .collect();
+    stream.try_write_vectored(&slices)
+}

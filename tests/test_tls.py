@@ -1,0 +1,312 @@
+"""MQTT over TLS (issue 16): several listeners in one process, TLS 1.2 and 1.3,
+ALPN, client certificates (optional / required, CRL), certificate reload on
+SIGHUP without dropping connections, and hostile input on the TLS port.
+
+Certificates come from `myriad ctl certs dev-ca` (the command the README shows);
+clients are paho-mqtt (3.1.1 and 5.0), mosquitto_pub/mosquitto_sub and raw
+`ssl` sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import HOST, V5, V311, Client, myriad_bin, unique
+from mqtt_raw import RawClient
+
+TLS_RE = re.compile(r"^MQTT \(tls\) listening on 127\.0\.0\.1:(\d+)\s*$")
+
+
+def make_certs(out: Path, *devices: str) -> Path:
+    cmd = [str(myriad_bin()), "ctl", "certs", "dev-ca", "--out", str(out)]
+    for device in devices:
+        cmd += ["--device", device]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    return out
+
+
+def tls_config(certs: Path, client_certs: str = "none", extra: str = "", crl: Path | None = None) -> str:
+    lines = [
+        "[mqtt]",
+        "connect_timeout_secs = 2",
+        "[[mqtt.listeners]]",
+        'kind = "tls"',
+        'listen = "127.0.0.1:0"',
+        f'cert = "{certs / "server.pem"}"',
+        f'key = "{certs / "server.key"}"',
+    ]
+    if client_certs != "none":
+        lines += [f'client_ca = "{certs / "ca.pem"}"', f'client_certs = "{client_certs}"']
+    if crl is not None:
+        lines.append(f'client_crl = "{crl}"')
+    return "\n".join(lines) + "\n" + extra
+
+
+def tls_port(broker) -> int:
+    for line in broker.stdout_lines:
+        m = TLS_RE.match(line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError(f"no TLS listening line in {broker.stdout_lines}")
+
+
+def context(certs: Path, device: str | None = None, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    if device is not None:
+        ctx.load_cert_chain(str(certs / f"{device}.pem"), str(certs / f"{device}.key"))
+    if version is not None:
+        ctx.minimum_version = version
+        ctx.maximum_version = version
+    return ctx
+
+
+def tls_socket(port: int, ctx: ssl.SSLContext, server_hostname: str = "localhost") -> ssl.SSLSocket:
+    raw = socket.create_connection((HOST, port), timeout=5)
+    return ctx.wrap_socket(raw, server_hostname=server_hostname)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    return make_certs(tmp_path_factory.mktemp("certs") / "pki", "dev1", "dev2")
+
+
+@pytest.fixture
+def tls_broker(broker_factory, certs):
+    """A broker with its plain listener and a TLS listener (client certificates optional)."""
+    return broker_factory(raw_config=tls_config(certs, "optional"))
+
+
+@pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
+def test_paho_over_tls_reaches_plain_subscribers(tls_broker, certs, version):
+    topic = unique("tls")
+    plain = Client(tls_broker.port, version=version)
+    secure_sub = Client(tls_port(tls_broker), version=version, tls=context(certs))
+    try:
+        plain.subscribe(topic, 1)
+        secure_sub.subscribe(topic, 1)
+        secure = Client(tls_port(tls_broker), version=version, tls=context(certs))
+        try:
+            secure.publish(topic, b"over tls", qos=1)
+            assert plain.get().payload == b"over tls"
+            assert secure_sub.get().payload == b"over tls"
+        finally:
+            secure.close()
+    finally:
+        plain.close()
+        secure_sub.close()
+
+
+@pytest.mark.parametrize("tls_version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls12", "tls13"])
+def test_tls_versions_and_alpn(tls_broker, certs, tls_version):
+    ctx = context(certs, version=tls_version)
+    ctx.set_alpn_protocols(["mqtt"])
+    with tls_socket(tls_port(tls_broker), ctx) as s:
+        assert s.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[tls_version]
+        assert s.selected_alpn_protocol() == "mqtt"
+        r = RawClient.over(s, V5)
+        r.connect(unique("c"))
+        r.close()
+
+
+def test_alpn_without_mqtt_is_refused(tls_broker, certs):
+    ctx = context(certs)
+    ctx.set_alpn_protocols(["h2"])
+    with pytest.raises(ssl.SSLError, match="NO_APPLICATION_PROTOCOL|no application protocol"):
+        tls_socket(tls_port(tls_broker), ctx).close()
+
+
+def test_mosquitto_clients_over_tls_and_mutual_tls(tls_broker, certs):
+    if not shutil.which("mosquitto_pub"):
+        pytest.skip("mosquitto-clients not installed")
+    port = str(tls_port(tls_broker))
+    topic = unique("mosq")
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-h", "localhost", "-p", port, "--cafile", str(certs / "ca.pem"),
+         "-t", topic, "-C", "2", "-W", "10", "-V", "mqttv5"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        time.sleep(0.5)  # let the subscription land
+        base = ["mosquitto_pub", "-h", "localhost", "-p", port, "--cafile", str(certs / "ca.pem"), "-t", topic, "-q", "1"]
+        subprocess.run(base + ["-m", "server-auth"], check=True, timeout=10)
+        subprocess.run(
+            base + ["--cert", str(certs / "dev1.pem"), "--key", str(certs / "dev1.key"), "-m", "mutual"],
+            check=True, timeout=10,
+        )
+        out, _ = sub.communicate(timeout=10)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert out.decode().split() == ["server-auth", "mutual"]
+
+
+def test_required_client_certificate(broker_factory, certs, tmp_path):
+    broker = broker_factory(raw_config=tls_config(certs, "require"))
+    port = tls_port(broker)
+    # Without a certificate: the handshake fails (TLS 1.3 reports it on first read).
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        s = tls_socket(port, context(certs))
+        s.sendall(b"\x10\x00")
+        if not s.recv(1):
+            raise ConnectionResetError("closed")
+    # A certificate from another CA: refused too.
+    other = make_certs(tmp_path / "other", "dev1")
+    stranger = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    stranger.load_cert_chain(str(other / "dev1.pem"), str(other / "dev1.key"))
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        s = tls_socket(port, stranger)
+        s.sendall(b"\x10\x00")
+        if not s.recv(1):
+            raise ConnectionResetError("closed")
+    # The device's own certificate: in.
+    c = Client(port, version=V5, tls=context(certs, "dev1"))
+    c.close()
+    broker.assert_alive()
+
+
+def test_revoked_client_certificate_is_refused(broker_factory, certs, tmp_path):
+    """A CRL from the CA revoking dev2: dev2 is refused, dev1 still gets in."""
+    crl = tmp_path / "crl.pem"
+    subprocess.run(
+        [str(myriad_bin()), "ctl", "certs", "revoke", "--ca-dir", str(certs), "--cert", str(certs / "dev2.pem"),
+         "--out", str(crl)],
+        check=True, capture_output=True, timeout=30,
+    )
+    broker = broker_factory(raw_config=tls_config(certs, "require", crl=crl))
+    port = tls_port(broker)
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        s = tls_socket(port, context(certs, "dev2"))
+        s.sendall(b"\x10\x00")
+        if not s.recv(1):
+            raise ConnectionResetError("closed")
+    Client(port, version=V5, tls=context(certs, "dev1")).close()
+
+
+def test_plain_mqtt_and_garbage_on_the_tls_port(tls_broker, certs):
+    """A plaintext CONNECT or random bytes on the TLS port get the connection
+    closed; the broker and its other clients are untouched."""
+    port = tls_port(tls_broker)
+    topic = unique("calm")
+    watcher = Client(tls_broker.port, version=V5)
+    try:
+        watcher.subscribe(topic, 0)
+        for junk in [bytes.fromhex("101000044d5154540502003c000003636964"), os.urandom(4096), b"\x16\x03\x01\xff\xff" + b"\x00" * 64]:
+            with socket.create_connection((HOST, port), timeout=5) as s:
+                s.sendall(junk)
+                s.settimeout(5)
+                try:
+                    while s.recv(4096):
+                        pass  # an alert, then end of stream
+                except ConnectionResetError:
+                    pass
+        Client(port, version=V5, tls=context(certs)).publish(topic, b"still fine", qos=0)
+        assert watcher.get().payload == b"still fine"
+    finally:
+        watcher.close()
+    tls_broker.assert_alive()
+
+
+def test_unfinished_handshake_is_closed_at_the_connect_timeout(tls_broker):
+    """A client that opens a TLS connection and never finishes the handshake
+    is closed after `connect_timeout_secs` (2 s here)."""
+    with socket.create_connection((HOST, tls_port(tls_broker)), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and nothing more
+        started = time.monotonic()
+        assert s.recv(1) == b""
+        assert time.monotonic() - started < 8
+
+
+def test_sighup_reloads_certificates_and_keeps_connections(broker_factory, certs, tmp_path):
+    live = tmp_path / "live"
+    shutil.copytree(certs, live)
+    broker = broker_factory(raw_config=tls_config(live))
+    port = tls_port(broker)
+    topic = unique("reload")
+    old = Client(port, version=V5, tls=context(certs))
+    try:
+        old.subscribe(topic, 1)
+        fresh = make_certs(tmp_path / "fresh")
+        for name in ("server.pem", "server.key"):
+            shutil.copy(fresh / name, live / name)
+        broker.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "TLS certificates reloaded" not in broker.log_tail(200):
+            assert time.monotonic() < deadline, broker.log_tail()
+            time.sleep(0.1)
+        # New connections see the new certificate: the old CA no longer verifies it.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_socket(port, context(certs)).close()
+        newcomer = Client(port, version=V5, tls=context(fresh))
+        try:
+            newcomer.publish(topic, b"after reload", qos=1)
+            # The connection made before the reload still works.
+            assert old.get().payload == b"after reload"
+        finally:
+            newcomer.close()
+    finally:
+        old.close()
+    broker.assert_alive()
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_certificates(broker_factory, certs, tmp_path):
+    live = tmp_path / "live"
+    shutil.copytree(certs, live)
+    broker = broker_factory(raw_config=tls_config(live))
+    (live / "server.key").write_text("not a key\n")
+    broker.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "TLS reload failed" not in broker.log_tail(200):
+        assert time.monotonic() < deadline, broker.log_tail()
+        time.sleep(0.1)
+    Client(tls_port(broker), version=V311, tls=context(certs)).close()
+
+
+@pytest.mark.parametrize(
+    "body,key",
+    [
+        ('kind = "tls"\nlisten = "127.0.0.1:0"\nkey = "k.pem"\n', "mqtt.listeners.cert"),
+        ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "c.pem"\n', "mqtt.listeners.key"),
+        ('kind = "tcp"\nlisten = "127.0.0.1:0"\ncert = "c.pem"\n', "mqtt.listeners.kind"),
+        ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "c.pem"\nkey = "k.pem"\nclient_certs = "require"\n',
+         "mqtt.listeners.client_ca"),
+        ('kind = "quic"\nlisten = "127.0.0.1:0"\n', "kind"),
+        ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "missing.pem"\nkey = "missing.key"\n', "mqtt.listeners[0]"),
+    ],
+    ids=["no-cert", "no-key", "tcp-with-cert", "require-without-ca", "unknown-kind", "missing-file"],
+)
+def test_bad_listener_config_stops_startup_naming_the_key(tmp_path, body, key):
+    cfg = tmp_path / "myriad.toml"
+    cfg.write_text("[[mqtt.listeners]]\n" + body)
+    res = subprocess.run(
+        [str(myriad_bin()), "serve", "--config", str(cfg), "--listen", f"{HOST}:0", "--api-listen", f"{HOST}:0"],
+        cwd=tmp_path, capture_output=True, timeout=20,
+    )
+    assert res.returncode != 0
+    assert key in res.stderr.decode(), res.stderr.decode()[-2000:]
+
+
+def test_bad_pem_names_the_file(tmp_path, certs):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
+    cfg = tmp_path / "myriad.toml"
+    cfg.write_text(
+        f'[[mqtt.listeners]]\nkind = "tls"\nlisten = "127.0.0.1:0"\ncert = "{bad}"\nkey = "{certs / "server.key"}"\n'
+    )
+    res = subprocess.run(
+        [str(myriad_bin()), "serve", "--config", str(cfg), "--listen", f"{HOST}:0", "--api-listen", f"{HOST}:0"],
+        cwd=tmp_path, capture_output=True, timeout=20,
+    )
+    assert res.returncode != 0
+    err = res.stderr.decode()
+    assert "mqtt.listeners[0]" in err and "cert" in err and str(bad) in err, err[-2000:]
