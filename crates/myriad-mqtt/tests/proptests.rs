@@ -70,16 +70,16 @@ fn reason(packet: PacketType, version: ProtocolVersion) -> BoxedStrategy<ReasonC
             .into_iter()
             .filter(|code| code.allowed_in(packet))
             .collect(),
-        (ProtocolVersion::V311, PacketType::ConnAck) => {
+        (ProtocolVersion::V311 | ProtocolVersion::V31, PacketType::ConnAck) => {
             (0..=5).filter_map(ReasonCode::from_v311_connack).collect()
         }
-        (ProtocolVersion::V311, PacketType::SubAck) => vec![
+        (ProtocolVersion::V311 | ProtocolVersion::V31, PacketType::SubAck) => vec![
             ReasonCode::Success,
             ReasonCode::GrantedQoS1,
             ReasonCode::GrantedQoS2,
             ReasonCode::UnspecifiedError,
         ],
-        (ProtocolVersion::V311, _) => vec![ReasonCode::Success],
+        (ProtocolVersion::V311 | ProtocolVersion::V31, _) => vec![ReasonCode::Success],
     };
     proptest::sample::select(codes).boxed()
 }
