@@ -30,7 +30,7 @@ if [ $# -gt 0 ]; then
   scripts=()
   for name in "$@"; do scripts+=("bench/attacks/${name%.py}.py"); done
 else
-  mapfile -t scripts < <(ls bench/attacks/*.py | sort)
+  mapfile -t scripts < <(ls bench/attacks/[!_]*.py | sort)
 fi
 
 if [ ! -x "$BIN" ]; then

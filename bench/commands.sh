@@ -26,25 +26,12 @@ FSYNC=${FSYNC:-true}               # [store] fsync (true is the default)
 MQTT_PORT=${MQTT_PORT:-21893}
 API_PORT=${API_PORT:-21894}
 BIN=${MYRIAD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/myriad}
-WORK=$(mktemp -d /tmp/myriad-cmdbench.XXXXXX)
-BPID=""
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+bench_init cmdbench
 
 log() { echo "== $*" >&2; }
 
-stop_server() {
-    if [[ -n "$BPID" ]] && kill -0 "$BPID" 2>/dev/null; then
-        kill "$BPID" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$BPID" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$BPID" 2>/dev/null; then
-            kill -9 "$BPID" 2>/dev/null || true
-        fi
-    fi
-    BPID=""
-}
-trap 'stop_server; rm -rf "$WORK"' EXIT
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "building myriad (release)"
@@ -106,7 +93,7 @@ args=(--broker "127.0.0.1:$MQTT_PORT" --broker-pid "$BPID" --mqtt "$MQTT" --labe
 log "myriad sim ${args[*]}"
 status=0
 MYRIAD_API_TOKEN=$TOKEN timeout $((DURATION + 150)) "$BIN" sim "${args[@]}" >"$WORK/report.json" || status=$?
-stop_server
+stop_broker
 if [[ $status -ne 0 ]]; then
     echo "myriad sim exited with $status; server log tail:" >&2
     tail -n 20 "$WORK/err.log" >&2

@@ -24,16 +24,9 @@ MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p myriad" >&2; exit 1; }
 [ -x "$MOSQUITTO" ] || { echo "no $MOSQUITTO (apt-get install mosquitto)" >&2; exit 1; }
 BIN=$(realpath "$BIN")
-WORK=$(mktemp -d /tmp/myriad-connect-rate.XXXXXX)
-BPID=""
-cleanup() {
-    if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then
-        kill -TERM "$BPID" 2>/dev/null || true
-        wait "$BPID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_init connect-rate
 
 overflows() {
     if command -v nstat >/dev/null; then
@@ -79,8 +72,7 @@ for round in $(seq "$ROUNDS"); do
             --mqtt 3 --connect-concurrency "$INFLIGHT" --label "$broker" -q \
             conn -n "$N" --hold 1 --settle 0.5 | tail -n 1)
         after=$(overflows)
-        kill -TERM "$BPID" && wait "$BPID" || true
-        BPID=""
+        stop_broker
         python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])

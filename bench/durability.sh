@@ -24,16 +24,10 @@ BIN=${MYRIAD_BIN:-target/release/myriad}
 if [ -z "${MYRIAD_BIN:-}" ]; then
     cargo build --release -p myriad >&2
 fi
-WORK=$(mktemp -d /tmp/myriad-durability.XXXXXX)
-BPID=""
-cleanup() {
-    if [ -n "$BPID" ] && kill -0 "$BPID" 2>/dev/null; then
-        kill -TERM "$BPID" 2>/dev/null || true
-        wait "$BPID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+BIN=$(realpath "$BIN")  # the broker runs in its own directory
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_init durability
 
 declare -A CONFIGS=(
     [memory]='[store]
@@ -55,7 +49,7 @@ for mode in "${ORDER[@]}"; do
     dir=$WORK/$mode
     mkdir -p "$dir"
     printf '%s\n' "${CONFIGS[$mode]}" >"$dir/myriad.toml"
-    (cd "$dir" && exec "$OLDPWD/$BIN" serve --config myriad.toml --listen "127.0.0.1:$PORT" --api-listen 127.0.0.1:0 --data-dir data) \
+    (cd "$dir" && exec "$BIN" serve --config myriad.toml --listen "127.0.0.1:$PORT" --api-listen 127.0.0.1:0 --data-dir data) \
         >"$dir/out.log" 2>"$dir/err.log" &
     BPID=$!
     for _ in $(seq 100); do
@@ -65,8 +59,7 @@ for mode in "${ORDER[@]}"; do
     line=$("$BIN" sim --broker "127.0.0.1:$PORT" --broker-pid "$BPID" --label "$mode" -q \
         p2p --pairs "$PAIRS" --qos 1 --window "$WINDOW" --duration "$DURATION" \
         --persistent-subscribers | tail -n 1)
-    kill -TERM "$BPID" && wait "$BPID" || true
-    BPID=""
+    stop_broker
     json=$(python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(json.dumps({"bench":"persistent_qos1","mode":sys.argv[1],"pairs":r["publishers"],"window":r["window"],"acked_per_sec":round(r["acked"]/r["publish_secs"]),"delivered_per_sec":r["delivered_per_sec"],"lost":r["lost"],"duplicates":r["duplicates"],"p50_ms":r["p50_ms"],"p99_ms":r["p99_ms"],"broker_cpu_secs":r["broker_cpu_secs"],"broker_rss_peak_mib":round(r.get("broker_rss_peak",0)/2**20,1)}))' "$mode" "$line")
     echo "$json"
     results+=("$json")

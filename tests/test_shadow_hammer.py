@@ -17,7 +17,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from helpers import Api, Broker, unique
 
 TOKEN = "shadow-hammer-token-0123456789"
-BROKER_CONFIG = {"auth": {"allow_anonymous": False}, "api": {"token": TOKEN}}
+# These tests measure the writer thread: the per-device request limit
+# (shadows.requests_per_device, 20/s by default) is off here and tested below.
+BROKER_CONFIG = {
+    "auth": {"allow_anonymous": False},
+    "api": {"token": TOKEN},
+    "shadows": {"requests_per_device": {"per_second": 0}},
+}
+LIMITED_CONFIG = {"auth": {"allow_anonymous": False}, "api": {"token": TOKEN},
+                  "shadows": {"requests_per_device": {"per_second": 5, "burst": 10}}}
 
 
 class Hammer:
@@ -138,3 +146,44 @@ def test_kill_9_keeps_the_last_accepted_shadow(tmp_path):
         assert shadow["state"]["reported"]["n"] == shadow["version"] - 1
     finally:
         second.stop()
+
+
+def test_a_device_over_its_request_rate_is_answered_429_at_once(broker_factory):
+    """One device publishing updates back to back: the first `burst` are
+    accepted, the rest are rejected with code 429 (echoing the client
+    token) without being stored; another device is not affected, and the
+    first one is served again once its bucket refills."""
+    b = broker_factory(LIMITED_CONFIG)
+    api = Api(b.api_port, TOKEN)
+    hog, other = unique("hog"), unique("other")
+    for dev in (hog, other):
+        api.ok("POST", "/api/v1/devices", {"id": dev, "name": dev, "password": "hammer-pw-1"}, expect=201)
+    h = Hammer(b.port, hog, "hammer-pw-1")
+    o = Hammer(b.port, other, "hammer-pw-1")
+    try:
+        n = 60
+        for i in range(n):
+            h.send(i)
+        h.wait_accepted(n)
+        # 10 of burst, plus what refilled at 5/s while the 60 were answered.
+        assert 10 <= len(h.accepted) <= 14, len(h.accepted)
+        assert len(h.rejected) == n - len(h.accepted)
+        assert {r["code"] for r in h.rejected} == {429}
+        assert all(r["clientToken"].startswith("t") for r in h.rejected)
+        shadow = api.ok("GET", f"/api/v1/devices/{hog}/shadow")
+        assert shadow["version"] == len(h.accepted)
+        # Another device has its own bucket.
+        for i in range(5):
+            o.send(i)
+        o.wait_accepted(5)
+        assert len(o.accepted) == 5 and o.rejected == []
+        # The hog is served again after its bucket refills.
+        time.sleep(0.5)
+        before = len(h.accepted)
+        h.send(1000)
+        h.wait_accepted(n + 1)
+        assert len(h.accepted) == before + 1, h.rejected[-1:]
+    finally:
+        h.close()
+        o.close()
+    b.assert_alive()

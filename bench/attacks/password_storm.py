@@ -22,7 +22,6 @@ Finishes in a few seconds (about 30 s against a binary hashing every attempt).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -34,7 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import binary_from_args  # noqa: E402
 from helpers import Api, Broker  # noqa: E402
 from mqtt_raw import connect_packet, decode_varint  # noqa: E402
 
@@ -70,12 +71,7 @@ def connack(port: int, dev: str, password: bytes, source: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bin", default=os.environ.get("MYRIAD_BIN", "target/release/myriad"))
-    args = parser.parse_args()
-    binary = Path(args.bin)
-    binary = binary if binary.is_absolute() else (Path.cwd() / binary)
-    os.environ["MYRIAD_BIN"] = str(binary)
+    binary = binary_from_args(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory(prefix="password-storm.") as work:
         broker = Broker(Path(work), {"auth": {"allow_anonymous": False}, "api": {"token": TOKEN}}).start()
         try:

@@ -18,17 +18,18 @@ ok: loaded p99 within 2x the idle p99 (RATIO, 2) or under FLOOR_MS (1 ms:
 on loopback an idle p99 of a few tenths of a millisecond doubles from
 scheduling noise alone). Knobs: SECS (6), WINDOW (64), PING_EVERY_MS (5),
 RATE (updates/s the device offers at most; 0, the default: as fast as the
-window allows).
+window allows), LIMIT (the broker's shadows.requests_per_device.per_second;
+unset: its default, 20/s; 0: no limit, to measure the writer itself).
+updates_answered_per_sec counts accepted and rejected (429) answers.
 Usage: .venv/bin/python bench/attacks/shadow_ping.py --bin target/release/myriad
 Finishes in about SECS + 8 s.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -37,11 +38,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from helpers import Api, Broker  # noqa: E402
+from _common import Pinger, binary_from_args, pct  # noqa: E402
+from helpers import Api, Broker, rss_mb  # noqa: E402
 
 SECS = float(os.environ.get("SECS", "6"))
 WINDOW = int(os.environ.get("WINDOW", "64"))
@@ -49,54 +52,18 @@ PING_EVERY = float(os.environ.get("PING_EVERY_MS", "5")) / 1000
 RATIO = float(os.environ.get("RATIO", "2"))
 FLOOR_MS = float(os.environ.get("FLOOR_MS", "1"))
 RATE = float(os.environ.get("RATE", "0"))
+LIMIT = os.environ.get("LIMIT")  # shadows.requests_per_device.per_second; unset: the default
 TOKEN = "shadow-ping-bench-token-0123"
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class Pinger:
-    """An idle MQTT 3.1.1 client timing PINGREQ -> PINGRESP."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cid = b"pinger"
-        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-        self.sock.sendall(bytes([0x10, len(body)]) + body)
-        assert self.sock.recv(4)[:1] == b"\x20", "CONNACK"
-
-    def ping_ms(self) -> float:
-        started = time.perf_counter()
-        self.sock.sendall(b"\xc0\x00")
-        got = b""
-        while len(got) < 2:
-            chunk = self.sock.recv(2 - len(got))
-            if not chunk:
-                raise RuntimeError("broker closed the pinger")
-            got += chunk
-        return (time.perf_counter() - started) * 1000
-
-    def sample(self, seconds: float) -> list[float]:
-        out = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            out.append(self.ping_ms())
-            time.sleep(PING_EVERY)
-        return out
-
-
-class Hammer(threading.Thread):
+class Hammer:
     """The device: shadow updates back to back, WINDOW unanswered at most."""
 
     def __init__(self, port: int, dev: str, pw: str):
-        super().__init__(daemon=True)
         self.dev = dev
         self.accepted = 0
+        self.rejected = 0
+        self.counters = None  # shared (accepted, rejected) values when in a child process
         self.sent = 0
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -110,13 +77,21 @@ class Hammer(threading.Thread):
         self.c.on_subscribe = lambda *a: subscribed.set()
         self.c.connect("127.0.0.1", port, keepalive=60)
         self.c.loop_start()
-        self.c.subscribe(f"$shadow/{dev}/update/accepted", qos=0)
+        self.c.subscribe(f"$shadow/{dev}/update/+", qos=0)
         assert subscribed.wait(10), "no SUBACK"
 
     def _on_message(self, client, userdata, message):
         with self.cond:
-            self.accepted += 1
+            if message.topic.endswith("/accepted"):
+                self.accepted += 1
+            elif message.topic.endswith("/rejected"):
+                self.rejected += 1
+            if self.counters is not None:
+                self.counters[0].value, self.counters[1].value = self.accepted, self.rejected
             self.cond.notify_all()
+
+    def answered(self) -> int:
+        return self.accepted + self.rejected
 
     def run(self) -> None:
         topic = f"$shadow/{self.dev}/update"
@@ -127,48 +102,59 @@ class Hammer(threading.Thread):
                 if ahead > 0:
                     time.sleep(ahead)
             with self.cond:
-                while self.sent - self.accepted >= WINDOW and not self.stop.is_set():
+                while self.sent - self.answered() >= WINDOW and not self.stop.is_set():
                     self.cond.wait(0.1)
             payload = json.dumps({"state": {"reported": {"n": self.sent, "temp": 20 + self.sent % 7}}})
             self.c.publish(topic, payload, qos=1)
             self.sent += 1
 
     def close(self) -> None:
-        self.stop.set()
-        self.join(timeout=5)
         self.c.disconnect()
         self.c.loop_stop()
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(len(values) * q))], 3)
+def hammer_process(port, dev, pw, accepted, rejected, stop) -> None:
+    """The device, in a child process: hammers until `stop`, counting answers into the shared values."""
+    hammer = Hammer(port, dev, pw)
+    hammer.stop = stop
+    hammer.counters = (accepted, rejected)
+    hammer.run()
+    hammer.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bin", default=os.environ.get("MYRIAD_BIN", "target/release/myriad"))
-    args = parser.parse_args()
-    binary = Path(args.bin)
-    binary = binary if binary.is_absolute() else (Path.cwd() / binary)
-    os.environ["MYRIAD_BIN"] = str(binary)
+    binary = binary_from_args(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory(prefix="shadow-ping.") as work:
-        broker = Broker(Path(work), {"api": {"token": TOKEN}}).start()
+        config = {"api": {"token": TOKEN}}
+        if LIMIT is not None:
+            config["shadows"] = {"requests_per_device": {"per_second": float(LIMIT)}}
+        broker = Broker(Path(work), config).start()
         try:
             api = Api(broker.api_port, TOKEN)
             dev, pw = "hammer-1", "hammer-password-1"
             api.ok("POST", "/api/v1/devices", {"id": dev, "name": "hammer", "password": pw}, expect=201)
-            pinger = Pinger(broker.port)
-            hammer = Hammer(broker.port, dev, pw)
+            pinger = Pinger(broker.port, PING_EVERY)
             pinger.sample(0.5)  # warm up
             idle = pinger.sample(3.0)
-            hammer.start()
-            time.sleep(0.5)
-            started, before = time.monotonic(), hammer.accepted
+            # The device runs in a process of its own: in this one its paho
+            # thread would hold the GIL while the pinger waits, and the
+            # pinger would time Python, not the broker.
+            ctx = multiprocessing.get_context("fork")
+            accepted, rejected = ctx.Value("q", 0), ctx.Value("q", 0)
+            stop = ctx.Event()
+            child = ctx.Process(target=hammer_process, args=(broker.port, dev, pw, accepted, rejected, stop))
+            child.start()
+            time.sleep(1.0)
+            started, before, answered_before = time.monotonic(), accepted.value, accepted.value + rejected.value
             loaded = pinger.sample(SECS)
-            rate = (hammer.accepted - before) / (time.monotonic() - started)
-            hammer.close()
-            peak = peak_rss_mb(broker.proc.pid)
+            elapsed = time.monotonic() - started
+            rate = (accepted.value - before) / elapsed
+            answered_rate = (accepted.value + rejected.value - answered_before) / elapsed
+            stop.set()
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+            _, peak = rss_mb(broker.proc.pid)
         finally:
             broker.stop()
     result = {
@@ -182,6 +168,8 @@ def main() -> None:
         "loaded_max_ms": round(max(loaded), 3),
         "pings": len(loaded),
         "updates_accepted_per_sec": round(rate),
+        "updates_answered_per_sec": round(answered_rate),
+        "device_limit_per_sec": LIMIT,
         "rate_cap": RATE,
         "broker_peak_rss_mb": round(peak, 1),
     }

@@ -28,18 +28,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import Broker  # noqa: E402
+from _common import Pinger, pct  # noqa: E402
+from helpers import Broker, myriad_bin, rss_mb  # noqa: E402
 
 PAIRS = int(os.environ.get("PAIRS", "16"))
 WINDOW = int(os.environ.get("WINDOW", "32"))
@@ -51,68 +51,17 @@ BOUND_MB = float(os.environ.get("BOUND_MB", "256"))
 STORE = os.environ.get("STORE", "embedded")
 
 
-def binary() -> Path:
-    p = Path(os.environ.get("MYRIAD_BIN", "target/release/myriad"))
-    return p if p.is_absolute() else ROOT / p
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value.strip()
-    kb = lambda k: int(fields.get(k, "0 kB").split()[0])  # noqa: E731
-    return kb("VmRSS") / 1024, kb("VmHWM") / 1024
-
-
-class Pinger:
-    """An idle MQTT 3.1.1 client timing PINGREQ -> PINGRESP."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cid = b"pinger"
-        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-        self.sock.sendall(bytes([0x10, len(body)]) + body)
-        assert self.sock.recv(4)[:1] == b"\x20", "CONNACK"
-
-    def ping_ms(self) -> float:
-        started = time.perf_counter()
-        self.sock.sendall(b"\xc0\x00")
-        got = b""
-        while len(got) < 2:
-            chunk = self.sock.recv(2 - len(got))
-            if not chunk:
-                raise RuntimeError("broker closed the pinger")
-            got += chunk
-        assert got == b"\xd0\x00", got
-        return (time.perf_counter() - started) * 1000
-
-    def sample(self, seconds: float) -> list[float]:
-        out = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            out.append(self.ping_ms())
-            time.sleep(PING_EVERY)
-        return out
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(len(values) * q))], 3)
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shell-commit-ping.") as work:
-        os.environ["MYRIAD_BIN"] = str(binary())
+        os.environ["MYRIAD_BIN"] = str(myriad_bin())
         config = {"api": {"enabled": False}, "store": {"backend": STORE}}
         broker = Broker(Path(work), config).start()
         try:
-            pinger = Pinger(broker.port)
+            pinger = Pinger(broker.port, PING_EVERY)
             pinger.sample(0.5)  # warm up
             idle = pinger.sample(3.0)
             sim = subprocess.Popen(
-                [str(binary()), "sim", "--broker", f"127.0.0.1:{broker.port}", "--broker-pid",
+                [str(myriad_bin()), "sim", "--broker", f"127.0.0.1:{broker.port}", "--broker-pid",
                  str(broker.proc.pid), "-q", "p2p", "--pairs", str(PAIRS), "--qos", "1",
                  "--window", str(WINDOW), "--duration", str(SECS), "--persistent-subscribers"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -129,7 +78,7 @@ def main() -> None:
         "bench": "attack",
         "name": "shell_commit_ping",
         "store": STORE,
-        "binary": str(binary()),
+        "binary": str(myriad_bin()),
         "idle_p50_ms": pct(idle, 0.5),
         "idle_p99_ms": pct(idle, 0.99),
         "loaded_p50_ms": pct(loaded, 0.5),

@@ -179,6 +179,10 @@ impl From<ShadowServiceError> for ApiError {
                 ApiError::with_status(status, rejected.message)
             }
             ShadowServiceError::Store(error) => error.into(),
+            ShadowServiceError::TooManyRequests { retry_after_ms } => ApiError::TooManyRequests {
+                message: format!("too many shadow requests: retry in {retry_after_ms} ms"),
+                retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
+            },
             other @ (ShadowServiceError::Corrupt { .. }
             | ShadowServiceError::CommitFailed(_)
             | ShadowServiceError::Stopped) => ApiError::Internal(other.to_string()),

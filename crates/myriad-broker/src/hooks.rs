@@ -50,6 +50,26 @@ impl fmt::Debug for ConnectInfo<'_> {
 pub trait Acl: Send + Sync + fmt::Debug {
     /// Whether the client may publish to `topic` (also checked for its will).
     fn may_publish(&self, topic: &str) -> bool;
+    /// Whether the client may publish this message: a PUBLISH to `topic`
+    /// with this retain flag and Response Topic (5.0). The default is
+    /// [`Acl::may_publish`] on `topic`; a layer that acts on some messages
+    /// (publishing its answer to the Response Topic, say) refines it.
+    fn may_publish_message(&self, topic: &str, retain: bool, response_topic: Option<&str>) -> bool {
+        let _ = (retain, response_topic);
+        self.may_publish(topic)
+    }
+    /// Whether messages on `topic` may reach the client through a wider
+    /// subscription it was granted (`#`, `+/...`): asked at delivery, and
+    /// only when [`Acl::filters_deliveries`] is true. Default: yes.
+    fn may_receive(&self, topic: &str) -> bool {
+        let _ = topic;
+        true
+    }
+    /// Whether [`Acl::may_receive`] must be asked for every message
+    /// delivered to this client (decided once at CONNECT). Default: no.
+    fn filters_deliveries(&self) -> bool {
+        false
+    }
     /// Whether the client may subscribe to `filter` (for a shared
     /// subscription, the filter without its `$share/{group}/` prefix).
     fn may_subscribe(&self, filter: &str) -> bool;

@@ -94,39 +94,26 @@ async fn persistent_subscriber(addr: std::net::SocketAddr) -> Client {
     subscriber
 }
 
-async fn start(
-    store: ProbeStore,
-) -> (
-    std::net::SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<Result<(), ServeError>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let (handle, events) = shell::channel();
+async fn start(store: ProbeStore) -> common::Server {
     let persistence = Persistence {
         store: Box::new(store),
         policy: CommitPolicy::Group {
             window: Duration::from_millis(2),
         },
     };
-    let server = tokio::spawn(shell::run(
+    common::serve(
         BrokerConfig::default(),
         Some(persistence),
         shell::Hooks::default(),
-        listener,
-        shutdown.clone(),
-        handle,
-        events,
-    ));
-    (addr, shutdown, server)
+    )
+    .await
 }
 
 #[tokio::test]
 async fn puback_follows_the_commit_of_the_queued_message() {
     let store = ProbeStore::default();
-    let (addr, shutdown, server) = start(store.clone()).await;
+    let server = start(store.clone()).await;
+    let addr = server.addr;
     let _subscriber = persistent_subscriber(addr).await;
     let mut publisher = Client::connect(addr, "pub", 0).await;
     publisher.send(common::publish("t", 7, b"durable")).await;
@@ -141,14 +128,13 @@ async fn puback_follows_the_commit_of_the_queued_message() {
         "no committed outbound record before PUBACK: {:?}",
         store.batches()
     );
-    shutdown.cancel();
-    server.await.expect("join").expect("clean stop");
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn a_failed_commit_stops_the_broker_without_acknowledging() {
     let store = ProbeStore::default();
-    let (addr, _shutdown, server) = start(store.clone()).await;
+    let common::Server { addr, task, .. } = start(store.clone()).await;
     let _subscriber = persistent_subscriber(addr).await;
     let mut publisher = Client::connect(addr, "pub", 0).await;
     store.fail_from_now();
@@ -161,7 +147,7 @@ async fn a_failed_commit_stops_the_broker_without_acknowledging() {
             Some(_) => {}
         }
     }
-    let outcome = tokio::time::timeout(Duration::from_secs(10), server)
+    let outcome = tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .expect("server stops")
         .expect("join");
@@ -312,22 +298,16 @@ async fn outputs_keep_their_order_through_pipelined_commits() {
     // Per acknowledgement: each PUBLISH is its own commit, and the core
     // goes on applying while earlier ones commit; PUBACKs come back in order.
     let store = ProbeStore::default();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let (handle, events) = shell::channel();
-    let server = tokio::spawn(shell::run(
+    let server = common::serve(
         BrokerConfig::default(),
         Some(Persistence {
             store: Box::new(store.clone()),
             policy: CommitPolicy::PerEvent,
         }),
         shell::Hooks::default(),
-        listener,
-        shutdown.clone(),
-        handle,
-        events,
-    ));
+    )
+    .await;
+    let addr = server.addr;
     let _subscriber = persistent_subscriber(addr).await;
     let mut publisher = Client::connect(addr, "pub", 0).await;
     for id in 1..=50u16 {
@@ -341,6 +321,5 @@ async fn outputs_keep_their_order_through_pipelined_commits() {
     }
     let commits = store.batches().len();
     assert!(commits >= 50, "one commit per PUBLISH, got {commits}");
-    shutdown.cancel();
-    server.await.expect("join").expect("clean stop");
+    server.stop().await;
 }

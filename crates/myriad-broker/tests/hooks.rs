@@ -12,11 +12,9 @@ use myriad_broker::BrokerConfig;
 use myriad_broker::hooks::{
     Acl, AuthDecision, Authenticator, BoxFuture, ConnectInfo, Lifecycle, OfflineReason, Presence,
 };
-use myriad_broker::shell::{self, BrokerHandle, Hooks, ServeError};
+use myriad_broker::shell::Hooks;
 use myriad_mqtt::{Packet, ProtocolVersion, QoS, ReasonCode, Will};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
 struct OwnOnly(String);
@@ -45,19 +43,20 @@ impl Authenticator for Passwords {
     }
 }
 
+/// The shell with a password authenticator and a lifecycle channel.
 struct Server {
-    addr: std::net::SocketAddr,
-    shutdown: CancellationToken,
-    handle: BrokerHandle,
+    shell: common::Server,
     lifecycle: mpsc::UnboundedReceiver<Lifecycle>,
-    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = common::Server;
+    fn deref(&self) -> &common::Server {
+        &self.shell
+    }
 }
 
 async fn start() -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let (handle, events) = shell::channel();
     let (lifecycle_tx, lifecycle) = mpsc::unbounded_channel();
     let hooks = Hooks {
         authenticator: Some(Arc::new(Passwords)),
@@ -65,28 +64,13 @@ async fn start() -> Server {
         tracer: None,
         receipts: None,
     };
-    let task = tokio::spawn(shell::run(
-        BrokerConfig::default(),
-        None,
-        hooks,
-        listener,
-        shutdown.clone(),
-        handle.clone(),
-        events,
-    ));
-    Server {
-        addr,
-        shutdown,
-        handle,
-        lifecycle,
-        task,
-    }
+    let shell = common::serve(BrokerConfig::default(), None, hooks).await;
+    Server { shell, lifecycle }
 }
 
 impl Server {
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("join").expect("clean stop");
+        self.shell.stop().await;
     }
 
     async fn next_lifecycle(&mut self) -> Lifecycle {

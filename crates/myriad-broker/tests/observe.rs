@@ -11,49 +11,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Client, publish};
 use myriad_broker::BrokerConfig;
-use myriad_broker::shell::{self, BrokerHandle, Hooks, ServeError};
+use myriad_broker::shell::Hooks;
 use myriad_broker::trace::{PublishTracer, TRACEPARENT, TraceParent, find_traceparent};
 use myriad_broker::watchdog::task::{Probes, WatchdogStatus};
 use myriad_broker::watchdog::{Alert, Rules};
 use myriad_mqtt::{Packet, Properties, Publish, QoS};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-struct Server {
-    addr: std::net::SocketAddr,
-    shutdown: CancellationToken,
-    handle: BrokerHandle,
-    task: tokio::task::JoinHandle<Result<(), ServeError>>,
-}
+use common::Server;
 
 async fn start(hooks: Hooks) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let (handle, events) = shell::channel();
-    let task = tokio::spawn(shell::run(
-        BrokerConfig::default(),
-        None,
-        hooks,
-        listener,
-        shutdown.clone(),
-        handle.clone(),
-        events,
-    ));
-    Server {
-        addr,
-        shutdown,
-        handle,
-        task,
-    }
-}
-
-impl Server {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let stopped = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-        stopped.expect("stops").expect("join").expect("clean stop");
-    }
+    common::serve(BrokerConfig::default(), None, hooks).await
 }
 
 /// Polls `check` every 20 ms for up to 5 s.

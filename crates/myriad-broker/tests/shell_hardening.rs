@@ -13,8 +13,7 @@ use myriad_broker::shell::{self, Hooks, ServeError};
 use myriad_broker::trace::{PublishTracer, TraceParent};
 use myriad_mqtt::{Packet, ProtocolVersion};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 /// A tracer with a bug: it panics on the topic `boom` (it runs in the core task).
 struct Buggy;
@@ -31,37 +30,14 @@ impl PublishTracer for Buggy {
     }
 }
 
-async fn start(
-    config: BrokerConfig,
-    hooks: Hooks,
-) -> (
-    std::net::SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<Result<(), ServeError>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let (handle, events) = shell::channel();
-    let server = tokio::spawn(shell::run(
-        config,
-        None,
-        hooks,
-        listener,
-        shutdown.clone(),
-        handle,
-        events,
-    ));
-    (addr, shutdown, server)
-}
-
 #[tokio::test]
 async fn a_panic_in_the_core_ends_the_run_with_an_error_at_once() {
     let hooks = Hooks {
         tracer: Some(Arc::new(Buggy)),
         ..Hooks::default()
     };
-    let (addr, _shutdown, server) = start(BrokerConfig::default(), hooks).await;
+    let common::Server { addr, task, .. } =
+        common::serve(BrokerConfig::default(), None, hooks).await;
     let _bystander = Client::connect(addr, "bystander", 0).await;
     let mut client = Client::connect(addr, "victim", 0).await;
     client.send(publish("fine", 1, b"x")).await;
@@ -69,7 +45,7 @@ async fn a_panic_in_the_core_ends_the_run_with_an_error_at_once() {
     client.send(publish("boom", 2, b"x")).await;
     // No new connection arrives to make the accept loop notice: the run
     // must end by itself, with an error naming the panic.
-    let outcome = tokio::time::timeout(Duration::from_secs(2), server)
+    let outcome = tokio::time::timeout(Duration::from_secs(2), task)
         .await
         .expect("the run ends promptly after the core panicked")
         .expect("join");
@@ -97,7 +73,8 @@ async fn connections_beyond_the_cap_are_closed_and_the_others_served() {
         max_connections: 3,
         ..BrokerConfig::default()
     };
-    let (addr, shutdown, server) = start(config, Hooks::default()).await;
+    let server = common::serve(config, None, Hooks::default()).await;
+    let addr = server.addr;
     let mut first = Client::connect(addr, "first", 0).await;
     let second = Client::connect(addr, "second", 0).await;
     // A connection still in its handshake counts too.
@@ -122,8 +99,7 @@ async fn connections_beyond_the_cap_are_closed_and_the_others_served() {
     let (_third, answer) =
         Client::open(addr, connect_packet(ProtocolVersion::V311, "third", 0)).await;
     assert!(matches!(answer, Some(Packet::ConnAck(_))), "{answer:?}");
-    shutdown.cancel();
-    server.await.expect("join").expect("clean stop");
+    server.stop().await;
 }
 
 #[test]

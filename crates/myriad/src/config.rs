@@ -23,6 +23,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Cloud-to-device commands: timeouts, retries, rate limits, breakers.
     pub commands: myriad_fleet::commands::CommandsConfig,
+    /// Device shadows over MQTT: requests per device.
+    pub shadows: myriad_fleet::service::shadows::ShadowConfig,
     /// Log lines on stderr.
     pub log: LogConfig,
     /// The `/metrics` endpoint.
@@ -341,6 +343,9 @@ impl Config {
         }
         if let Err(problem) = config.commands.validate() {
             bail!("invalid value for commands.{problem}");
+        }
+        if let Err(problem) = config.shadows.validate() {
+            bail!("invalid value for shadows.{problem}");
         }
         if !(1..=100_000).contains(&config.api.max_connections) {
             bail!("invalid value for api.max_connections: between 1 and 100000");

@@ -93,11 +93,10 @@ impl Platform {
             );
         }
         let presence = Arc::new(presence);
-        let shadows = Arc::new(ShadowService::new(
-            store.clone(),
-            broker.clone(),
-            ShadowLimits::default(),
-        ));
+        let shadows = Arc::new(
+            ShadowService::new(store.clone(), broker.clone(), ShadowLimits::default())
+                .with_config(config.shadows),
+        );
         let commands = CommandService::start(
             config.commands.clone(),
             store.clone(),

@@ -1,10 +1,11 @@
 //! CONNECT, DISCONNECT, connection loss, wills and session expiry.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use myriad_mqtt::{
-    ConnAck, Connect, Disconnect, Packet, PacketProperties, Properties, Publish, PublishAck,
-    ProtocolVersion, ReasonCode, Will,
+    ByteString, ConnAck, Connect, Disconnect, Packet, PacketProperties, Properties,
+    ProtocolVersion, Publish, PublishAck, ReasonCode, Will,
 };
 
 use super::message::Message;
@@ -12,7 +13,7 @@ use super::session::{InflightState, NEVER_EXPIRES};
 use super::{Broker, ConnId, Connection, ConnectionLoss, Output, SessionId};
 use super::{detach, limits};
 use crate::config::BrokerConfig;
-use crate::hooks::{OfflineReason, Presence};
+use crate::hooks::{Acl, OfflineReason, Presence};
 
 /// The longest client identifier an MQTT 3.1 client may use, in bytes.
 pub const MAX_V31_CLIENT_ID_BYTES: usize = 23;
@@ -37,6 +38,21 @@ impl Broker {
     /// was accepted (CONNACK success queued), false if it was refused (CONNACK
     /// with an error and a close queued).
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId, connect: Connect) -> bool {
+        self.handle_connect_as(now, conn, connect, None)
+    }
+
+    /// [`Broker::handle_connect`] for a client restricted by `acl` (`None`:
+    /// anything). The ACL is in force before anything is delivered: a
+    /// resumed session loses the subscriptions `acl` does not allow, and
+    /// the queued or unacknowledged messages it could not subscribe to
+    /// (the session may have been built under another login's rights).
+    pub fn handle_connect_as(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        connect: Connect,
+        acl: Option<Arc<dyn Acl>>,
+    ) -> bool {
         let v5 = connect.protocol.is_v5();
         let mut connack_properties = Properties::default();
 
@@ -129,7 +145,7 @@ impl Broker {
         let connection = Connection {
             id: conn,
             last_seen: self.epoch.ticks(now),
-            acl: None,
+            acl,
             // Copied out: the will lives as long as the connection, and
             // would pin the CONNECT's buffer (password included).
             will: connect.will.map(|will| Box::new(detach::will(will))),
@@ -147,6 +163,7 @@ impl Broker {
             protocol: connect.protocol,
             connect_expiry_was_zero: asked_expiry == 0,
         };
+        self.filtering_connections += usize::from(connection.filters_deliveries());
         self.sessions.attach(session_id, Box::new(connection));
         let Some(session) = self.sessions.get_mut(session_id) else {
             return false;
@@ -195,11 +212,70 @@ impl Broker {
             }));
         }
         if session_present {
+            self.recheck_resumed(conn, session_id);
             self.resend_inflight(now, conn, session_id);
         }
         self.pump(now, session_id);
         self.observe.opened();
         true
+    }
+
+    /// Holds a resumed session to the ACL of the connection now attached:
+    /// drops the subscriptions it does not allow and the queued or in-flight
+    /// messages on topics it could not subscribe to.
+    fn recheck_resumed(&mut self, conn: ConnId, session_id: SessionId) {
+        let Some(acl) = self.connection(conn).and_then(|c| c.acl.clone()) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let refused: Vec<ByteString> = session
+            .subscriptions
+            .keys()
+            .filter(|filter| !acl.may_subscribe(super::subscribe::split_filter(filter).1))
+            .cloned()
+            .collect();
+        let denied = |topic: &str| !acl.may_subscribe(topic);
+        let mut done = session
+            .outbound_mut()
+            .remove_queued_if(|d| denied(&d.message.topic));
+        let stale: Vec<u16> = session
+            .outbound()
+            .inflight()
+            .iter()
+            .filter(|flow| match &flow.state {
+                InflightState::Published(delivery) => denied(&delivery.message.topic),
+                InflightState::Released => false,
+            })
+            .map(|flow| flow.packet_id)
+            .collect();
+        for packet_id in stale {
+            if let Some(seq) = session.outbound().seq_of(packet_id) {
+                done.push(seq);
+            }
+            session.outbound_mut().forget(packet_id);
+        }
+        for filter in &refused {
+            session.subscriptions.remove(filter);
+        }
+        for filter in &refused {
+            let (group, inner) = super::subscribe::split_filter(filter);
+            self.tree.remove(inner, group, session_id);
+            self.record_subscription(session_id, filter, None);
+        }
+        if !refused.is_empty() || !done.is_empty() {
+            tracing::debug!(
+                conn,
+                subscriptions = refused.len(),
+                messages = done.len(),
+                "resumed session held to the new login's ACL"
+            );
+            self.stats.subscriptions_denied += refused.len() as u64;
+        }
+        for seq in done {
+            self.record_outbound_done(session_id, seq);
+        }
     }
 
     /// Handles a DISCONNECT from the client.
@@ -313,6 +389,9 @@ impl Broker {
         let Some((session_id, connection)) = self.sessions.detach(conn) else {
             return;
         };
+        self.filtering_connections = self
+            .filtering_connections
+            .saturating_sub(usize::from(connection.filters_deliveries()));
         self.observe.closed(reason);
         self.forget_connection(now, conn, session_id);
         // Its keep alive entry is skipped when it comes up.

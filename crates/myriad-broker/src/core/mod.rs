@@ -8,6 +8,7 @@
 mod audit;
 mod backpressure;
 pub mod connect;
+mod deep_drop;
 mod detach;
 mod keepalive;
 mod limits;
@@ -126,6 +127,12 @@ struct Connection {
 }
 
 impl Connection {
+    /// Whether the connection's ACL withholds topics at delivery
+    /// ([`Acl::filters_deliveries`]). Not a field: `Connection` is full.
+    fn filters_deliveries(&self) -> bool {
+        self.acl.as_ref().is_some_and(|a| a.filters_deliveries())
+    }
+
     /// The connection's topic aliases, allocating them on first use.
     fn aliases_mut(&mut self) -> &mut TopicAliases {
         self.aliases.get_or_insert_with(Box::default)
@@ -174,6 +181,9 @@ pub struct Broker {
     observe: observe::Observe,
     /// QoS 1 publications held back while a subscriber's queue is full.
     backpressure: backpressure::Backpressure,
+    /// Connections whose ACL withholds topics at delivery (when 0, routing
+    /// skips the check).
+    filtering_connections: usize,
     /// Topic prefix of messages whose acknowledgement is reported
     /// ([`Output::Delivered`]); `None`: no receipts.
     receipt_prefix: Option<String>,
@@ -203,6 +213,7 @@ impl Broker {
             observe: observe::Observe::default(),
             backpressure: backpressure::Backpressure::default(),
             receipt_prefix: None,
+            filtering_connections: 0,
         }
     }
 
@@ -215,7 +226,11 @@ impl Broker {
     /// (call right after [`Broker::handle_connect`] accepted it).
     pub fn set_acl(&mut self, conn: ConnId, acl: Arc<dyn Acl>) {
         if let Some(connection) = self.connection_mut(conn) {
+            let before = connection.filters_deliveries();
             connection.acl = Some(acl);
+            let after = connection.filters_deliveries();
+            self.filtering_connections =
+                self.filtering_connections - usize::from(before) + usize::from(after);
         }
     }
 

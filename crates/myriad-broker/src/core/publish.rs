@@ -173,10 +173,13 @@ impl Broker {
         // Mosquitto: 5.0 gets 0x87, 3.1.1 the usual acknowledgement).
         let system = publish.topic == "$SYS" || publish.topic.starts_with("$SYS/");
         if system
-            || connection
-                .acl
-                .as_ref()
-                .is_some_and(|acl| !acl.may_publish(&publish.topic))
+            || connection.acl.as_ref().is_some_and(|acl| {
+                !acl.may_publish_message(
+                    &publish.topic,
+                    publish.retain,
+                    publish.properties.response_topic.as_deref(),
+                )
+            })
         {
             self.refuse_publish(conn, v5, qos, packet_id);
             return;
@@ -337,6 +340,17 @@ impl Broker {
             let is_online =
                 |id: SessionId| sessions.get(id).is_some_and(|s| s.connection.is_some());
             self.tree.matches(&message.topic, &is_online, &mut matched);
+            if self.filtering_connections > 0 {
+                let topic = &message.topic;
+                matched.retain(|m| {
+                    sessions
+                        .get(m.session)
+                        .and_then(|s| s.connection.as_deref())
+                        .filter(|c| c.filters_deliveries())
+                        .and_then(|c| c.acl.as_ref())
+                        .is_none_or(|acl| acl.may_receive(topic))
+                });
+            }
         }
         if let Some(publisher) = hold_for
             && let Some(blocker) = self.blocker(&matched, publisher)

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::deep_drop::{Subtree, drop_children};
 use super::message::Message;
 
 #[derive(Default)]
@@ -23,16 +24,15 @@ impl Node {
     }
 }
 
+impl Subtree for Node {
+    fn take_children(&mut self) -> impl Iterator<Item = Node> {
+        std::mem::take(&mut self.children).into_values()
+    }
+}
+
 impl Drop for Node {
-    /// Takes the subtree apart on a heap stack instead of the recursive drop glue.
     fn drop(&mut self) {
-        if self.children.is_empty() {
-            return;
-        }
-        let mut pending: Vec<Node> = std::mem::take(&mut self.children).into_values().collect();
-        while let Some(mut node) = pending.pop() {
-            pending.extend(std::mem::take(&mut node.children).into_values());
-        }
+        drop_children(self);
     }
 }
 

@@ -438,11 +438,16 @@ impl Outbound {
 
     /// Drops queued deliveries that have expired at `now`; returns their positions.
     pub fn remove_expired(&mut self, now: Instant) -> Vec<u64> {
+        self.remove_queued_if(|d| d.message.is_expired(now))
+    }
+
+    /// Removes the queued deliveries `drop` picks; returns their sequence numbers.
+    pub fn remove_queued_if(&mut self, mut drop: impl FnMut(&Delivery) -> bool) -> Vec<u64> {
         let mut removed = Vec::new();
         let mut bytes = 0;
         let mut qos0 = 0;
         self.queue.retain(|d| {
-            let expired = d.message.is_expired(now);
+            let expired = drop(d);
             if expired {
                 removed.push(d.seq);
                 bytes += d.message.weight();

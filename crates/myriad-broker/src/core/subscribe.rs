@@ -225,7 +225,11 @@ impl Broker {
                 RetainHandling::DoNotSend => false,
             };
         if send_retained {
+            let filtered = acl.filter(|a| a.filters_deliveries());
             for message in self.retained.matching(inner, now) {
+                if filtered.is_some_and(|a| !a.may_receive(&message.topic)) {
+                    continue;
+                }
                 retained.add(message, options.qos, subscription_id);
             }
         }

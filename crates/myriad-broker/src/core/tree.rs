@@ -13,6 +13,7 @@ use myriad_mqtt::SubscriptionOptions;
 use smallvec::SmallVec;
 
 use super::SessionId;
+use super::deep_drop::{Subtree, drop_children};
 use super::small_map::SmallMap;
 
 /// One session's subscription to one filter.
@@ -64,18 +65,15 @@ impl Node {
     }
 }
 
+impl Subtree for Node {
+    fn take_children(&mut self) -> impl Iterator<Item = Node> {
+        std::mem::take(&mut self.children).into_values()
+    }
+}
+
 impl Drop for Node {
-    /// Takes the subtree apart level by level on a heap stack: the drop glue
-    /// alone would recurse once per level.
     fn drop(&mut self) {
-        if self.children.is_empty() {
-            return;
-        }
-        let mut pending: Vec<Node> = std::mem::take(&mut self.children).into_values().collect();
-        while let Some(mut node) = pending.pop() {
-            pending.extend(std::mem::take(&mut node.children).into_values());
-            // `node` drops here without children: no recursion.
-        }
+        drop_children(self);
     }
 }
 

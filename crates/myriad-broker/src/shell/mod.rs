@@ -682,11 +682,7 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
                 link.shut_down();
             }
             links.live.insert(conn, link);
-            if broker.handle_connect(now, conn, *connect)
-                && let Some(acl) = acl
-            {
-                broker.set_acl(conn, acl);
-            }
+            broker.handle_connect_as(now, conn, *connect, acl);
         }
         Event::Packet { conn, packet } => broker.handle_packet(now, conn, packet),
         Event::Lost { conn, loss } => {

@@ -5,12 +5,59 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use myriad_broker::BrokerConfig;
+use myriad_broker::shell::{self, BrokerHandle, Hooks, Persistence, ServeError};
 use myriad_mqtt::{
     Connect, Packet, PacketProperties, Properties, ProtocolVersion, Publish, QoS, Subscribe,
     SubscriptionOptions, SubscriptionRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A broker shell serving on 127.0.0.1, port 0, in a spawned task.
+pub struct Server {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Cancelling it stops the run.
+    pub shutdown: CancellationToken,
+    /// For in-process publishes and snapshots.
+    pub handle: BrokerHandle,
+    /// The run itself.
+    pub task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+/// Starts `shell::run` with `config`, `persistence` and `hooks`.
+pub async fn serve(config: BrokerConfig, persistence: Option<Persistence>, hooks: Hooks) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let (handle, events) = shell::channel();
+    let task = tokio::spawn(shell::run(
+        config,
+        persistence,
+        hooks,
+        listener,
+        shutdown.clone(),
+        handle.clone(),
+        events,
+    ));
+    Server {
+        addr,
+        shutdown,
+        handle,
+        task,
+    }
+}
+
+impl Server {
+    /// Cancels the run and expects it to end cleanly within 10 s.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        stopped.expect("stops").expect("join").expect("clean stop");
+    }
+}
 
 /// One client connection.
 pub struct Client {

@@ -78,8 +78,17 @@ impl NewDevice {
         }
     }
 
-    /// Checks every field against the registry's [limits](super#limits).
+    /// Checks every field against the registry's [limits](super#limits),
+    /// and that the id does not start with `app:` (the prefix of
+    /// application clients' user names: such a device could never log in).
     pub fn validate(&self) -> Result<(), ValidationError> {
+        // The same prefix as `service::auth::APP_USERNAME_PREFIX`.
+        if self.id.as_str().starts_with("app:") {
+            return Err(ValidationError::Id {
+                id: self.id.as_str().to_string(),
+                reason: super::IdError::ReservedPrefix,
+            });
+        }
         validate_fields(&self.name, &self.attributes, &self.groups)
     }
 

@@ -15,6 +15,10 @@ pub enum IdError {
         /// The limit.
         max: usize,
     },
+    /// A device id starting with `app:`, the prefix of application
+    /// clients' user names: such a device could never log in.
+    #[error("starts with \"app:\", which is reserved for application clients' user names")]
+    ReservedPrefix,
     /// The string holds a character outside `[A-Za-z0-9_.:-]`.
     #[error("has {ch:?} at byte {at}; only A-Z a-z 0-9 _ . : - are allowed")]
     BadChar {

@@ -33,6 +33,7 @@ use crate::acl::{Principal, may_publish, may_subscribe};
 use crate::credentials::{
     LoginThrottle, ThrottleCheck, ThrottleConfig, VerifiedCache, verify_password,
 };
+use crate::registry::DeviceId;
 use crate::store::FleetStore;
 
 /// The prefix of application clients' user names.
@@ -42,9 +43,43 @@ pub const APP_USERNAME_PREFIX: &str = "app:";
 #[derive(Debug)]
 pub struct PrincipalAcl(pub Principal);
 
+/// Whether the platform acts on messages published to `topic`
+/// (`$shadow/{id}/update`, `$shadow/{id}/get`, `$commands/request`,
+/// `$commands/{id}/reply/...`), so a retained copy would be acted on again
+/// after every restart.
+pub fn is_platform_request(topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    matches!(
+        (levels.next(), levels.next(), levels.next(), levels.next()),
+        (Some("$commands"), Some("request"), None, _)
+            | (Some("$commands"), Some(_), Some("reply"), _)
+            | (Some("$shadow"), Some(_), Some("update" | "get"), None)
+    )
+}
+
+/// The topic where applications request commands over MQTT; the platform
+/// publishes its answer to the request's Response Topic.
+pub const COMMAND_REQUEST_TOPIC: &str = "$commands/request";
+
 impl Acl for PrincipalAcl {
     fn may_publish(&self, topic: &str) -> bool {
         may_publish(&self.0, topic)
+    }
+    /// On top of [`may_publish`]: a request on `$commands/request` may name
+    /// as Response Topic only a topic the client may publish to itself (the
+    /// platform publishes its answer there on the client's behalf).
+    ///
+    /// And a platform request topic ([`is_platform_request`]) refuses the
+    /// retain flag: a retained request would be applied again at every
+    /// restart.
+    fn may_publish_message(&self, topic: &str, retain: bool, response_topic: Option<&str>) -> bool {
+        if !may_publish(&self.0, topic) || (retain && is_platform_request(topic)) {
+            return false;
+        }
+        match response_topic {
+            Some(answer_to) if topic == COMMAND_REQUEST_TOPIC => may_publish(&self.0, answer_to),
+            _ => true,
+        }
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         may_subscribe(&self.0, filter)
@@ -57,9 +92,10 @@ const PLATFORM_PREFIXES: [&str; 5] = ["$shadow/", "$commands/", "$ota/", "$event
 /// What anonymous clients may do: publish outside the device and platform
 /// namespaces (`devices/`, `$shadow/`, `$commands/`, `$ota/`, `$events/`),
 /// so they cannot impersonate a device, and subscribe to any filter not
-/// naming those namespaces. `#` and `+/...` are granted (`$` topics never
-/// match them, but `devices/...` telemetry does): anonymous access is for
-/// development; production sets `auth.allow_anonymous = false`.
+/// naming those namespaces. `#` and `+/...` are granted, but messages on
+/// `devices/...` (and the `$` namespaces, which they never match) are
+/// withheld at delivery, retained ones included: an anonymous client never
+/// reads device data.
 #[derive(Debug)]
 pub struct AnonymousAcl;
 
@@ -72,6 +108,12 @@ impl AnonymousAcl {
 impl Acl for AnonymousAcl {
     fn may_publish(&self, topic: &str) -> bool {
         AnonymousAcl::outside_platform(topic)
+    }
+    fn may_receive(&self, topic: &str) -> bool {
+        AnonymousAcl::outside_platform(topic)
+    }
+    fn filters_deliveries(&self) -> bool {
+        true
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         AnonymousAcl::outside_platform(filter)
@@ -223,10 +265,12 @@ impl FleetAuthenticator {
 
     async fn decide(&self, info: ConnectInfo<'_>) -> AuthDecision {
         let Some(username) = info.username else {
-            return if self.allow_anonymous {
-                AuthDecision::Allow(Some(self.anonymous.clone()))
-            } else {
+            return if !self.allow_anonymous {
                 AuthDecision::Deny(ReasonCode::NotAuthorized)
+            } else if self.is_device_id(info.client_id) {
+                AuthDecision::Deny(ReasonCode::ClientIdentifierNotValid)
+            } else {
+                AuthDecision::Allow(Some(self.anonymous.clone()))
             };
         };
         let ip = Some(info.peer.ip());
@@ -256,7 +300,7 @@ impl FleetAuthenticator {
         let record =
             record.filter(|r| matches!(r.principal, Principal::Device(_)) == app_login.is_none());
         let Some(record) = record else {
-            return self.unknown(attempt);
+            return self.unknown(attempt, info.client_id);
         };
         let password = info.password.and_then(|p| std::str::from_utf8(p).ok());
         let (Some(phc), Some(password)) = (record.password_hash, password) else {
@@ -271,11 +315,19 @@ impl FleetAuthenticator {
                 return AuthDecision::Deny(ReasonCode::ServerUnavailable);
             }
         }
-        if let Principal::Device(device) = &record.principal {
+        match &record.principal {
             // A device's session is its own: the client id must be its id.
-            if info.client_id != device.as_str() {
+            Principal::Device(device) if info.client_id != device.as_str() => {
                 return AuthDecision::Deny(ReasonCode::ClientIdentifierNotValid);
             }
+            Principal::Device(_) => {}
+            // ... and no other login may take it (resume its session, read
+            // its queued commands, or kick it off).
+            _ if self.is_device_id(info.client_id) => {
+                attempt.end(None);
+                return AuthDecision::Deny(ReasonCode::ClientIdentifierNotValid);
+            }
+            _ => {}
         }
         if !record.enabled {
             self.state().stats.disabled += 1;
@@ -330,12 +382,31 @@ impl FleetAuthenticator {
     /// A user name the registry does not know: with anonymous access on,
     /// the client is let in as anonymous (as a broker without a password
     /// file would); otherwise it is a failed login.
-    fn unknown(&self, attempt: Attempt<'_>) -> AuthDecision {
+    fn unknown(&self, attempt: Attempt<'_>, client_id: &str) -> AuthDecision {
         if self.allow_anonymous {
             attempt.end(None);
+            if self.is_device_id(client_id) {
+                return AuthDecision::Deny(ReasonCode::ClientIdentifierNotValid);
+            }
             return AuthDecision::Allow(Some(self.anonymous.clone()));
         }
         self.failed(attempt)
+    }
+
+    /// Whether `client_id` is a registered device's id: that client id
+    /// belongs to the device's own login alone. A registry that cannot be
+    /// read answers yes (refusing is the safe side).
+    fn is_device_id(&self, client_id: &str) -> bool {
+        let Ok(id) = DeviceId::new(client_id) else {
+            return false;
+        };
+        match self.store.get_device(&id) {
+            Ok(found) => found.is_some(),
+            Err(error) => {
+                warn!(%error, client_id, "cannot read the registry during login");
+                true
+            }
+        }
     }
 
     fn failed(&self, attempt: Attempt<'_>) -> AuthDecision {

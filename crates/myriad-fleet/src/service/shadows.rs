@@ -26,20 +26,31 @@
 //! crash. MQTT requests are pipelined: the service submits the next
 //! request while earlier ones wait for their commit, and publishes the
 //! answers in request order.
+//!
+//! # Requests per device
+//!
+//! Each device may make [`ShadowConfig::requests_per_device`] MQTT requests
+//! (`update` and `get` together; default 20/s, bursts of 40); beyond it a
+//! request is answered at once on `.../rejected` with code 429 and never
+//! reaches the writer, so one device publishing in a loop costs the broker
+//! little and holds nobody (AWS IoT's Device Shadow service throttles the
+//! same way, with the same code). The HTTP API is not counted here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use myriad_broker::shell::{BrokerHandle, BrokerStopped, internal::InternalClient};
 use myriad_broker::trace::trace_properties;
 use myriad_mqtt::{ByteString, Properties, Publish, QoS};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::now_ms;
+use crate::commands::limits::{KeyedBuckets, RateLimit};
 use crate::registry::DeviceId;
 use crate::shadow::{
     GetRequest, Shadow, ShadowLimits, UpdateAccepted, UpdateRejected, UpdateRequest,
@@ -52,6 +63,41 @@ pub const SHADOW_QUEUE: usize = 1024;
 pub const SHADOW_BATCH: usize = 256;
 /// MQTT requests submitted and not yet answered, at most.
 const PIPELINE: usize = 1024;
+
+/// Devices with a request bucket before idle (refilled) buckets are
+/// dropped: the throttle's memory follows the devices active in the last
+/// few seconds.
+const TRACKED_DEVICES: usize = 4096;
+
+/// The `[shadows]` config table.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// MQTT requests (`update` and `get` together) one device may make:
+    /// `per_second` sustained, bursts of `burst`; beyond it they are
+    /// rejected with code 429. `per_second = 0` turns the limit off.
+    pub requests_per_device: RateLimit,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig {
+            requests_per_device: RateLimit {
+                per_second: 20.0,
+                burst: 40,
+            },
+        }
+    }
+}
+
+impl ShadowConfig {
+    /// Checks the values; `Err` names the bad key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.requests_per_device
+            .validate()
+            .map_err(|e| format!("requests_per_device.{e}"))
+    }
+}
 
 /// One MQTT 5.0 user property (name, value).
 type UserProperty = (ByteString, ByteString);
@@ -74,6 +120,12 @@ pub enum ShadowServiceError {
     /// The writer thread is gone (the service is stopping).
     #[error("the shadow writer stopped")]
     Stopped,
+    /// The device made more requests than `requests_per_device` allows.
+    #[error("too many requests: retry in {retry_after_ms} ms")]
+    TooManyRequests {
+        /// When a token is next free.
+        retry_after_ms: u64,
+    },
     /// A stored shadow does not decode.
     #[error("stored shadow of {device} is corrupt: {message}")]
     Corrupt {
@@ -303,6 +355,8 @@ pub struct ShadowService {
     limits: ShadowLimits,
     jobs: mpsc::Sender<Job>,
     counters: Arc<Counters>,
+    /// Per-device request buckets for MQTT requests.
+    throttle: Mutex<KeyedBuckets<DeviceId>>,
 }
 
 impl ShadowService {
@@ -333,7 +387,32 @@ impl ShadowService {
             limits,
             jobs,
             counters,
+            throttle: Mutex::new(KeyedBuckets::new(
+                ShadowConfig::default().requests_per_device,
+            )),
         }
+    }
+
+    /// The same service with `config` applied.
+    pub fn with_config(self, config: ShadowConfig) -> ShadowService {
+        ShadowService {
+            throttle: Mutex::new(KeyedBuckets::new(config.requests_per_device)),
+            ..self
+        }
+    }
+
+    /// Takes one of `device`'s request tokens at `now` (unix ms).
+    fn admit(&self, device: &DeviceId, now: u64) -> Result<(), ShadowServiceError> {
+        let mut throttle = self
+            .throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if throttle.len() >= TRACKED_DEVICES {
+            throttle.retain_recent(now);
+        }
+        throttle
+            .try_take(device, now)
+            .map_err(|retry_after_ms| ShadowServiceError::TooManyRequests { retry_after_ms })
     }
 
     /// Counters of the writer.
@@ -466,8 +545,12 @@ impl ShadowService {
         };
         let device = DeviceId::new(id).ok()?;
         let trace = trace_properties(&publish.properties.user_properties);
-        let waiting = match action {
-            "update" => match UpdateRequest::parse(&publish.payload, &self.limits) {
+        if !matches!(action, "update" | "get") {
+            return None;
+        }
+        let waiting = match self.admit(&device, now_ms()).map(|()| action) {
+            Err(throttled) => Waiting::Failed(throttled),
+            Ok("update") => match UpdateRequest::parse(&publish.payload, &self.limits) {
                 Ok(request) => Waiting::Update(
                     self.submit(|reply| Job::Update {
                         device: device.clone(),
@@ -478,7 +561,7 @@ impl ShadowService {
                 ),
                 Err(rejected) => Waiting::Failed(ShadowServiceError::Rejected(rejected)),
             },
-            "get" => match GetRequest::parse(&publish.payload, &self.limits) {
+            Ok(_get) => match GetRequest::parse(&publish.payload, &self.limits) {
                 Ok(request) => Waiting::Get(
                     request.client_token,
                     self.submit(|reply| Job::Get {
@@ -489,7 +572,6 @@ impl ShadowService {
                 ),
                 Err(rejected) => Waiting::Failed(ShadowServiceError::Rejected(rejected)),
             },
-            _ => return None,
         };
         Some(Pending {
             device,
@@ -536,7 +618,9 @@ impl ShadowService {
                 let body = rejection(&error, &payload, now_ms());
                 if !matches!(
                     error,
-                    ShadowServiceError::Rejected(_) | ShadowServiceError::UnknownDevice(_)
+                    ShadowServiceError::Rejected(_)
+                        | ShadowServiceError::UnknownDevice(_)
+                        | ShadowServiceError::TooManyRequests { .. }
                 ) {
                     warn!(%error, device = id, "shadow request failed");
                 }
@@ -572,6 +656,7 @@ fn rejection(error: &ShadowServiceError, payload: &[u8], now: u64) -> Value {
         other => {
             let code = match other {
                 ShadowServiceError::UnknownDevice(_) => 404,
+                ShadowServiceError::TooManyRequests { .. } => 429,
                 _ => 500,
             };
             let token = serde_json::from_slice::<Value>(payload)

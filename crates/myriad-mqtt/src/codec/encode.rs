@@ -145,7 +145,9 @@ fn write_connack<S: Sink>(
     s: &mut S,
 ) -> Result<(), EncodeError> {
     // 3.1 has no session present flag: the byte is reserved (as Mosquitto, 0).
-    s.put_u8(u8::from(c.session_present && version != ProtocolVersion::V31));
+    s.put_u8(u8::from(
+        c.session_present && version != ProtocolVersion::V31,
+    ));
     if version.is_v5() {
         write_reason(c.reason_code, PacketType::ConnAck, s)?;
     } else {
