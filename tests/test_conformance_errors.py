@@ -322,3 +322,91 @@ def test_keep_alive_zero_gets_the_cap(broker_factory, raw):
     old.connect("ka-zero-311", keepalive=0)
     old.expect_nothing(2.0)
     old.ping()
+
+
+# ---------------------------------------------------------------- CONNECT refusals close the connection
+
+def _closed_promptly(r: RawClient) -> list:
+    """The server closes within a second (no waiting for the client to go away)."""
+    return r.expect_closed(timeout=1.0)
+
+
+def _connect_with_name(name_field: bytes, level: int, version: int) -> bytes:
+    from mqtt_raw import CONNECT
+
+    body = name_field + bytes([level, 0x02]) + u16(60)
+    if version == V5:
+        body += b"\x00"  # property length
+    return fixed(CONNECT, 0, body + mqtt_str("namelen"))
+
+
+NAME_LENGTH_CASES = {
+    # the length field does not match the name that follows
+    "short-by-one": lambda name: u16(len(name) - 1) + name,
+    "long-by-one": lambda name: u16(len(name) + 1) + name,
+    "zero": lambda name: u16(0) + name,
+    "past-the-packet": lambda name: u16(0x7FFF) + name,
+}
+
+
+@pv
+@pytest.mark.parametrize("case", list(NAME_LENGTH_CASES))
+def test_connect_wrong_protocol_name_length_closes(port, raw, version, case):
+    """A protocol name length that does not fit the name: the connection is closed at once,
+    at most after a CONNACK refusing the protocol (3.x return code 1, 5.0 0x84 or 0x81)."""
+    name = b"MQIsdp" if version == V31 else b"MQTT"
+    r = raw(port, version)
+    r.send(_connect_with_name(NAME_LENGTH_CASES[case](name), version, version))
+    seen = _closed_promptly(r)
+    from mqtt_raw import CONNACK
+
+    assert all(p.type == CONNACK and p.body[1] in (0x01, 0x81, 0x84) for p in seen), seen
+
+
+@pv
+@pytest.mark.parametrize("name", [b"MQTX", b"mqtt", b"MQIsdP", b"MQTT\x00", b""], ids=["MQTX", "lower", "MQIsdP", "nul", "empty"])
+def test_connect_wrong_protocol_name_closes(port, raw, version, name):
+    r = raw(port, version)
+    r.send(_connect_with_name(u16(len(name)) + name, version, version))
+    seen = _closed_promptly(r)
+    from mqtt_raw import CONNACK
+
+    assert all(p.type == CONNACK and p.body[1] in (0x01, 0x81, 0x84) for p in seen), seen
+
+
+@pv
+def test_connect_reserved_flag_closes_at_once(port, raw, version):
+    from mqtt_raw import connect_packet
+
+    r = raw(port, version)
+    r.send(connect_packet("reserved", version, reserved_flag=True))
+    seen = _closed_promptly(r)
+    assert all(p.body[1] == RC_MALFORMED for p in seen) if version == V5 else seen == [], seen
+
+
+# (version, CONNECT arguments, expected return code / 5.0 reason)
+REFUSALS = {
+    "v31-id-24-bytes": (V31, {"client_id": "x" * 24}, 0x02),
+    "v31-empty-id": (V31, {"client_id": ""}, 0x02),
+    "v311-empty-id-persistent": (V311, {"client_id": "", "clean": False}, 0x02),
+    "v31-reserved-id": (V31, {"client_id": "$myriad/x"}, 0x02),
+    "v311-reserved-id": (V311, {"client_id": "$myriad/x"}, 0x02),
+    "v5-reserved-id": (V5, {"client_id": "$myriad/x"}, 0x85),
+    "v311-level-3": (V311, {"client_id": "lvl", "level": 3}, 0x01),
+    "v31-level-4": (V31, {"client_id": "lvl", "level": 4}, 0x01),
+    "v311-level-2": (V311, {"client_id": "lvl", "level": 2}, 0x01),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_nonzero_connack_is_followed_by_close(port, raw, case):
+    """MQTT-3.2.2-5 / MQTT-3.2.2-7: after a CONNACK with a non-zero code the server closes,
+    and nothing the client sends afterwards is answered."""
+    from mqtt_raw import CONNACK, PINGREQ_PACKET, connect_packet
+
+    version, kwargs, code = REFUSALS[case]
+    r = raw(port, version)
+    r.send(connect_packet(version=version, **kwargs) + PINGREQ_PACKET)
+    seen = _closed_promptly(r)
+    assert len(seen) == 1 and seen[0].type == CONNACK, seen
+    assert seen[0].body[1] == code, seen
