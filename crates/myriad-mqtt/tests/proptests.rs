@@ -19,6 +19,19 @@ fn string() -> impl Strategy<Value = ByteString> {
         .prop_map(|chars| ByteString::from(chars.into_iter().collect::<String>()))
 }
 
+/// [`string`] without the control characters the decoder refuses in
+/// client identifiers and user names (U+0001-U+001F, U+007F-U+009F).
+fn strict_string() -> impl Strategy<Value = ByteString> {
+    vec(
+        any::<char>().prop_filter(
+            "no control character",
+            |c| !matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}'),
+        ),
+        0..8,
+    )
+    .prop_map(|chars| ByteString::from(chars.into_iter().collect::<String>()))
+}
+
 /// A valid, non-empty topic name.
 fn topic_name() -> impl Strategy<Value = ByteString> {
     "[a-z0-9$ é/]{1,12}".prop_map(ByteString::from)
@@ -237,9 +250,9 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (
         any::<bool>(),
         any::<u16>(),
-        string(),
+        strict_string(),
         opt(will(version)),
-        opt(string()),
+        opt(strict_string()),
         opt(bytes()),
         packet_props(PacketType::Connect, version),
     )
