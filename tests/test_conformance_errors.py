@@ -410,3 +410,20 @@ def test_nonzero_connack_is_followed_by_close(port, raw, case):
     seen = _closed_promptly(r)
     assert len(seen) == 1 and seen[0].type == CONNACK, seen
     assert seen[0].body[1] == code, seen
+
+
+@pv
+def test_pubrel_for_unknown_id_gets_pubcomp_not_an_error(port, raw, uid, version):
+    """Packet ids are per direction: a client PUBREL names one of the client's own QoS 2
+    messages. One for an id it never published (here: the id of the server's QoS 2
+    delivery still awaiting PUBREC) gets PUBCOMP (5.0: 0x92), and that delivery goes on."""
+    r, pid = receiving(raw, port, uid, version, 2)
+    r.send(ack_packet(PUBREL, pid, version))
+    comp = r.recv_type(PUBCOMP)
+    assert comp.pid == pid
+    if version == V5:
+        assert comp.reason == 0x92, comp
+    r.send(ack_packet(PUBREC, pid, version))
+    assert r.recv_type(PUBREL).pid == pid
+    r.send(ack_packet(PUBCOMP, pid, version))
+    r.ping()
