@@ -163,8 +163,9 @@ impl std::fmt::Display for ReasonCode {
 
 impl ReasonCode {
     /// Whether a client may send this code in DISCONNECT (MQTT 5.0
-    /// section 3.14.2.1): the codes marked "Server" there (server busy,
-    /// shutting down, keep alive timeout, session taken over, ...) may not.
+    /// section 3.14.2.1): the codes marked "Server" there (not authorized,
+    /// server busy, shutting down, keep alive timeout, session taken over,
+    /// ...) may not.
     pub fn client_may_disconnect_with(self) -> bool {
         use ReasonCode::*;
         matches!(
@@ -175,7 +176,6 @@ impl ReasonCode {
                 | MalformedPacket
                 | ProtocolError
                 | ImplementationSpecificError
-                | NotAuthorized
                 | TopicNameInvalid
                 | ReceiveMaximumExceeded
                 | TopicAliasInvalid

@@ -786,3 +786,29 @@ fn short_forms_v5() {
     assert_eq!(auth.reason_code, ReasonCode::Success);
     assert!(auth.properties.is_empty());
 }
+
+#[test]
+fn disconnect_codes_a_client_may_send() {
+    // MQTT 5.0 section 3.14.2.1: the codes marked "Client" or "Client or Server".
+    let client = [
+        0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99,
+    ];
+    let server_only = [
+        0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    ];
+    for byte in 0..=u8::MAX {
+        let Some(code) = ReasonCode::from_u8(byte) else {
+            continue;
+        };
+        if !code.allowed_in(PacketType::Disconnect) {
+            assert!(!client.contains(&byte) && !server_only.contains(&byte));
+            continue;
+        }
+        assert_eq!(
+            code.client_may_disconnect_with(),
+            client.contains(&byte),
+            "{byte:#04x}"
+        );
+        assert_eq!(client.contains(&byte), !server_only.contains(&byte));
+    }
+}
