@@ -1,4 +1,4 @@
-"""A tiny hand-written MQTT 3.1.1 / 5.0 wire codec and a blocking raw-socket client.
+"""A tiny hand-written MQTT 3.1 / 3.1.1 / 5.0 wire codec and a blocking raw-socket client.
 
 Used where paho-mqtt hides the bytes we need to control or inspect: malformed
 packets, exact reason codes, DUP flags, packet identifiers, topic aliases and
@@ -240,11 +240,14 @@ def connect_packet(
     will: Will | None = None,
     username: str | None = None,
     password: bytes | None = None,
-    protocol_name: str | bytes = "MQTT",
+    protocol_name: str | bytes | None = None,
     level: int | None = None,
     reserved_flag: bool = False,
 ) -> bytes:
     level = version if level is None else level
+    if protocol_name is None:
+        # MQTT 3.1 (level 3) calls itself "MQIsdp"
+        protocol_name = "MQIsdp" if version == 3 else "MQTT"
     flags = 0
     if clean:
         flags |= 0x02

@@ -418,8 +418,8 @@ def test_unknown_future_protocol_level(port, raw, healthy, level):
 
 @pytest.mark.parametrize(
     "name,level",
-    [("MQTT", 3), ("MQTT", 2), ("MQIsdp", 3)],
-    ids=["MQTT-level3", "MQTT-level2", "MQIsdp-level3"],
+    [("MQTT", 3), ("MQTT", 2), ("MQIsdp", 4)],
+    ids=["MQTT-level3", "MQTT-level2", "MQIsdp-level4"],
 )
 def test_old_protocol_level_gets_v311_connack_0x01(port, raw, healthy, name, level):
     r = raw(port, V311)

@@ -1,5 +1,5 @@
 """Interoperability with the Eclipse Mosquitto command-line clients (Debian package
-mosquitto-clients): mosquitto_pub / mosquitto_sub, MQTT 3.1.1 and 5.0."""
+mosquitto-clients): mosquitto_pub / mosquitto_sub, MQTT 3.1, 3.1.1 and 5.0."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if not (shutil.which("mosquitto_pub") and shutil.which("mosquitto_sub")):
         raise RuntimeError("mosquitto-clients is not installed (.ci/run installs it)")
     pytest.skip("mosquitto-clients not installed (apt-get install mosquitto-clients)", allow_module_level=True)
 
-VERSIONS = ["mqttv311", "mqttv5"]
+VERSIONS = ["mqttv31", "mqttv311", "mqttv5"]
 pv = pytest.mark.parametrize("ver", VERSIONS)
 
 
@@ -144,6 +144,24 @@ def test_wildcards(port, subs, uid, ver):
     pub(port, ver, f"{uid}/b/temp", "-m", "2")
     rc, msgs = s.wait()
     assert (rc, msgs) == (0, [f"{uid}/a/temp 1", f"{uid}/b/temp 2"])
+
+
+def test_every_version_pair(port, subs, uid):
+    """One subscriber per version (-V mqttv31, mqttv311, mqttv5); each publisher version reaches all three."""
+    for pub_ver in VERSIONS:
+        listeners = {ver: subs(port, ver, f"{uid}/all", "-q", "1", "-C", "1", "-W", "10") for ver in VERSIONS}
+        pub(port, pub_ver, f"{uid}/all", "-q", "1", "-m", f"from {pub_ver}")
+        for ver, s in listeners.items():
+            rc, msgs = s.wait()
+            assert (rc, msgs) == (0, [f"{uid}/all from {pub_ver}"]), (pub_ver, ver, s.lines)
+
+
+def test_v31_long_client_id_refused(port, uid):
+    """3.1 client identifiers are 1 to 23 bytes: mosquitto_pub reports the refusal."""
+    cmd = ["mosquitto_pub", "-h", HOST, "-p", str(port), "-V", "mqttv31", "-i", "x" * 24, "-t", f"{uid}/n", "-m", "x"]
+    res = subprocess.run(cmd, capture_output=True, timeout=15)
+    assert res.returncode != 0
+    assert b"identifier rejected" in res.stderr.lower(), res.stderr
 
 
 def test_v5_user_property_and_content_type_to_paho(port, client, uid):

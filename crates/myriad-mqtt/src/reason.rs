@@ -162,6 +162,31 @@ impl std::fmt::Display for ReasonCode {
 }
 
 impl ReasonCode {
+    /// Whether a client may send this code in DISCONNECT (MQTT 5.0
+    /// section 3.14.2.1): the codes marked "Server" there (not authorized,
+    /// server busy, shutting down, keep alive timeout, session taken over,
+    /// ...) may not.
+    pub fn client_may_disconnect_with(self) -> bool {
+        use ReasonCode::*;
+        matches!(
+            self,
+            Success
+                | DisconnectWithWillMessage
+                | UnspecifiedError
+                | MalformedPacket
+                | ProtocolError
+                | ImplementationSpecificError
+                | TopicNameInvalid
+                | ReceiveMaximumExceeded
+                | TopicAliasInvalid
+                | PacketTooLarge
+                | MessageRateTooHigh
+                | QuotaExceeded
+                | AdministrativeAction
+                | PayloadFormatInvalid
+        )
+    }
+
     /// Whether MQTT 5.0 defines this reason code for packets of type `packet`.
     ///
     /// Packets without a reason code (CONNECT, PUBLISH, SUBSCRIBE, UNSUBSCRIBE,

@@ -3,6 +3,10 @@
 /// The protocol level a client speaks, fixed by its CONNECT packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProtocolVersion {
+    /// MQTT 3.1 (protocol name `MQIsdp`, level 3). On the wire it is 3.1.1
+    /// but for the protocol name, client identifiers of 1 to 23 bytes and
+    /// a CONNACK without the session present flag.
+    V31,
     /// MQTT 3.1.1 (protocol level 4).
     V311,
     /// MQTT 5.0 (protocol level 5).
@@ -13,8 +17,17 @@ impl ProtocolVersion {
     /// The protocol level byte carried in CONNECT.
     pub fn level(self) -> u8 {
         match self {
+            ProtocolVersion::V31 => 3,
             ProtocolVersion::V311 => 4,
             ProtocolVersion::V5 => 5,
+        }
+    }
+
+    /// The protocol name carried in CONNECT: `MQIsdp` for 3.1, `MQTT` otherwise.
+    pub fn protocol_name(self) -> &'static str {
+        match self {
+            ProtocolVersion::V31 => "MQIsdp",
+            ProtocolVersion::V311 | ProtocolVersion::V5 => "MQTT",
         }
     }
 

@@ -19,6 +19,19 @@ fn string() -> impl Strategy<Value = ByteString> {
         .prop_map(|chars| ByteString::from(chars.into_iter().collect::<String>()))
 }
 
+/// [`string`] without the control characters the decoder refuses in
+/// client identifiers and user names (U+0001-U+001F, U+007F-U+009F).
+fn strict_string() -> impl Strategy<Value = ByteString> {
+    vec(
+        any::<char>().prop_filter(
+            "no control character",
+            |c| !matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}'),
+        ),
+        0..8,
+    )
+    .prop_map(|chars| ByteString::from(chars.into_iter().collect::<String>()))
+}
+
 /// A valid, non-empty topic name.
 fn topic_name() -> impl Strategy<Value = ByteString> {
     "[a-z0-9$ é/]{1,12}".prop_map(ByteString::from)
@@ -70,16 +83,16 @@ fn reason(packet: PacketType, version: ProtocolVersion) -> BoxedStrategy<ReasonC
             .into_iter()
             .filter(|code| code.allowed_in(packet))
             .collect(),
-        (ProtocolVersion::V311, PacketType::ConnAck) => {
+        (ProtocolVersion::V311 | ProtocolVersion::V31, PacketType::ConnAck) => {
             (0..=5).filter_map(ReasonCode::from_v311_connack).collect()
         }
-        (ProtocolVersion::V311, PacketType::SubAck) => vec![
+        (ProtocolVersion::V311 | ProtocolVersion::V31, PacketType::SubAck) => vec![
             ReasonCode::Success,
             ReasonCode::GrantedQoS1,
             ReasonCode::GrantedQoS2,
             ReasonCode::UnspecifiedError,
         ],
-        (ProtocolVersion::V311, _) => vec![ReasonCode::Success],
+        (ProtocolVersion::V311 | ProtocolVersion::V31, _) => vec![ReasonCode::Success],
     };
     proptest::sample::select(codes).boxed()
 }
@@ -237,9 +250,9 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (
         any::<bool>(),
         any::<u16>(),
-        string(),
+        strict_string(),
         opt(will(version)),
-        opt(string()),
+        opt(strict_string()),
         opt(bytes()),
         packet_props(PacketType::Connect, version),
     )

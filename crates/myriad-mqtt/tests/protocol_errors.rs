@@ -339,15 +339,28 @@ fn connect_protocol_name_and_level() {
         0x10,
         &cat(&[&s(b"MQTX"), &[4, 2, 0, 60], &s(b"c")]),
     ));
-    unsupported(&packet(
-        0x10,
-        &cat(&[&s(b"MQIsdp"), &[3, 2, 0, 60], &s(b"c")]),
-    ));
     for level in [0, 3, 6, 0x84] {
         unsupported(&packet(
             0x10,
             &cat(&[&s(b"MQTT"), &[level, 2, 0, 60], &s(b"c")]),
         ));
+    }
+    // MQTT 3.1 is "MQIsdp" at level 3, and only there.
+    for level in [0, 2, 4, 5] {
+        unsupported(&packet(
+            0x10,
+            &cat(&[&s(b"MQIsdp"), &[level, 2, 0, 60], &s(b"c")]),
+        ));
+    }
+    for version in [V3, V5] {
+        let Packet::Connect(c) = ok(
+            &packet(0x10, &cat(&[&s(b"MQIsdp"), &[3, 2, 0, 60], &s(b"c")])),
+            version,
+        ) else {
+            panic!("expected CONNECT")
+        };
+        assert_eq!(c.protocol, ProtocolVersion::V31);
+        assert_eq!(&c.client_id[..], "c");
     }
     // CONNECT carries its own version whatever the connection's.
     for version in [V3, V5] {
@@ -359,6 +372,32 @@ fn connect_protocol_name_and_level() {
             panic!("expected CONNECT")
         };
         assert_eq!(c.protocol, V3);
+    }
+}
+
+#[test]
+fn control_characters_are_malformed() {
+    // U+0001-U+001F and U+007F-U+009F (docs/conformance.md); others pass.
+    for bad in ["\u{1}", "\u{1f}", "\u{7f}", "\u{80}", "\u{9f}"] {
+        let bad = format!("a{bad}b");
+        let bad = bad.as_bytes();
+        malformed(&connect_v3(0x02, &s(bad)), V3);
+        malformed(&connect_v3(0x82, &cat(&[&s(b"c"), &s(bad)])), V3);
+        malformed(
+            &connect_v3(0x06, &cat(&[&s(b"c"), &s(bad), &s(b"payload")])),
+            V3,
+        );
+        for version in [V3, V5] {
+            let p: &[u8] = if version == V5 { &[0] } else { &[] };
+            malformed(&packet(0x30, &cat(&[&s(bad), p, b"x"])), version);
+            malformed(&packet(0x82, &cat(&[&[0, 1], p, &s(bad), &[0]])), version);
+            malformed(&packet(0xA2, &cat(&[&[0, 1], p, &s(bad)])), version);
+        }
+    }
+    for fine in ["\u{a0}", "é", "€", " ", "~"] {
+        let fine = format!("a{fine}b");
+        ok(&connect_v3(0x02, &s(fine.as_bytes())), V3);
+        ok(&packet(0x30, &cat(&[&s(fine.as_bytes()), b"x"])), V3);
     }
 }
 
@@ -746,4 +785,30 @@ fn short_forms_v5() {
     };
     assert_eq!(auth.reason_code, ReasonCode::Success);
     assert!(auth.properties.is_empty());
+}
+
+#[test]
+fn disconnect_codes_a_client_may_send() {
+    // MQTT 5.0 section 3.14.2.1: the codes marked "Client" or "Client or Server".
+    let client = [
+        0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99,
+    ];
+    let server_only = [
+        0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    ];
+    for byte in 0..=u8::MAX {
+        let Some(code) = ReasonCode::from_u8(byte) else {
+            continue;
+        };
+        if !code.allowed_in(PacketType::Disconnect) {
+            assert!(!client.contains(&byte) && !server_only.contains(&byte));
+            continue;
+        }
+        assert_eq!(
+            code.client_may_disconnect_with(),
+            client.contains(&byte),
+            "{byte:#04x}"
+        );
+        assert_eq!(client.contains(&byte), !server_only.contains(&byte));
+    }
 }

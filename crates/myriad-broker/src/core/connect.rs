@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use myriad_mqtt::{
-    ByteString, ConnAck, Connect, Disconnect, Packet, PacketProperties, Properties, Publish,
-    PublishAck, ReasonCode, Will,
+    ByteString, ConnAck, Connect, Disconnect, Packet, PacketProperties, Properties,
+    ProtocolVersion, Publish, PublishAck, ReasonCode, Will,
 };
 
 use super::message::Message;
@@ -14,6 +14,9 @@ use super::{Broker, ConnId, Connection, ConnectionLoss, Output, SessionId};
 use super::{detach, limits};
 use crate::config::BrokerConfig;
 use crate::hooks::{Acl, OfflineReason, Presence};
+
+/// The longest client identifier an MQTT 3.1 client may use, in bytes.
+pub const MAX_V31_CLIENT_ID_BYTES: usize = 23;
 
 /// The keep alive the server enforces for `connect`, in seconds (0: none).
 ///
@@ -73,6 +76,14 @@ impl Broker {
             } else {
                 self.outputs.push_back(Output::Close(conn));
             }
+            return false;
+        }
+        // 3.1 (MQTT 3.1 section 3.1): a client identifier of 1 to 23 bytes,
+        // else return code 2 (identifier rejected).
+        if connect.protocol == ProtocolVersion::V31
+            && !(1..=MAX_V31_CLIENT_ID_BYTES).contains(&connect.client_id.len())
+        {
+            self.refuse(conn, ReasonCode::ClientIdentifierNotValid);
             return false;
         }
         let client_id = if connect.client_id.is_empty() {
@@ -272,6 +283,12 @@ impl Broker {
         let Some(connection) = self.connection(conn) else {
             return;
         };
+        if !disconnect.reason_code.client_may_disconnect_with() {
+            // A code only a server may send: treated as malformed (as the
+            // reason code byte is the one thing wrong with the packet).
+            self.disconnect_with(now, conn, ReasonCode::MalformedPacket);
+            return;
+        }
         if let Some(new_expiry) = disconnect.properties.session_expiry_interval {
             if connection.connect_expiry_was_zero && new_expiry != 0 {
                 self.disconnect_with(now, conn, ReasonCode::ProtocolError);

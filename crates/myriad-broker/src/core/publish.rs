@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use myriad_mqtt::{ByteString, Packet, Publish, PublishAck, QoS, ReasonCode};
+use myriad_mqtt::{ByteString, Packet, PacketType, Publish, PublishAck, QoS, ReasonCode};
 
 use super::backpressure::Routed;
 use super::message::{Delivery, Message};
@@ -20,6 +20,25 @@ impl Broker {
             return;
         };
         connection.last_seen = ticks;
+        // A well-formed acknowledgement of the wrong type for the flow
+        // its packet id names is a protocol error (MQTT 5.0 section 4.13).
+        let ack = match &packet {
+            Packet::PubAck(a) => Some((PacketType::PubAck, a.packet_id)),
+            Packet::PubRec(a) => Some((PacketType::PubRec, a.packet_id)),
+            Packet::PubComp(a) => Some((PacketType::PubComp, a.packet_id)),
+            _ => None,
+        };
+        if let Some((ack_type, packet_id)) = ack
+            && self.session_of(conn).is_some_and(|id| {
+                self.sessions
+                    .get(id)
+                    .is_some_and(|s| s.outbound().wrong_ack(packet_id, ack_type))
+            })
+        {
+            tracing::debug!(conn, packet_id, ?ack_type, "wrong acknowledgement type");
+            self.disconnect_with(now, conn, ReasonCode::ProtocolError);
+            return;
+        }
         match packet {
             Packet::Publish(publish) => self.handle_publish(now, conn, publish),
             Packet::PubAck(ack) => self.close_flow(now, conn, ack.packet_id, QoS::AtLeastOnce),
@@ -96,6 +115,12 @@ impl Broker {
         let Some(session_id) = self.session_of(conn) else {
             return;
         };
+        if !publish.properties.subscription_identifiers.is_empty() {
+            // Only a server puts Subscription Identifiers on a PUBLISH
+            // (MQTT-3.3.4-6): well formed, but a protocol error.
+            self.disconnect_with(now, conn, ReasonCode::ProtocolError);
+            return;
+        }
         let alias_maximum = self.config.topic_alias_maximum;
         // An empty topic is resolved from an alias, checked when it was set.
         let topic_fits =
@@ -144,12 +169,17 @@ impl Broker {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
-        if let Some(acl) = &connection.acl
-            && !acl.may_publish_message(
-                &publish.topic,
-                publish.retain,
-                publish.properties.response_topic.as_deref(),
-            )
+        // `$SYS/...` is the server's: a client may not publish there (as
+        // Mosquitto: 5.0 gets 0x87, 3.1.1 the usual acknowledgement).
+        let system = publish.topic == "$SYS" || publish.topic.starts_with("$SYS/");
+        if system
+            || connection.acl.as_ref().is_some_and(|acl| {
+                !acl.may_publish_message(
+                    &publish.topic,
+                    publish.retain,
+                    publish.properties.response_topic.as_deref(),
+                )
+            })
         {
             self.refuse_publish(conn, v5, qos, packet_id);
             return;

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use myriad_mqtt::{ByteString, QoS};
+use myriad_mqtt::{ByteString, PacketType, QoS};
 
 use super::message::Delivery;
 use super::small_map::SmallMap;
@@ -483,6 +483,23 @@ impl Outbound {
 
     fn position(&self, packet_id: u16) -> Option<usize> {
         self.inflight.iter().position(|f| f.packet_id == packet_id)
+    }
+
+    /// Whether a flow uses `packet_id` and an acknowledgement of type
+    /// `ack` (PUBACK, PUBREC or PUBCOMP) is the wrong one for it: PUBREC or
+    /// PUBCOMP for a QoS 1 message, PUBACK for a QoS 2 one, PUBCOMP before
+    /// PUBREC. Unknown identifiers are not wrong (a late duplicate).
+    pub fn wrong_ack(&self, packet_id: u16, ack: PacketType) -> bool {
+        let Some(index) = self.position(packet_id) else {
+            return false;
+        };
+        match (&self.inflight[index].state, ack) {
+            (InflightState::Published(d), PacketType::PubAck) => d.qos != QoS::AtLeastOnce,
+            (InflightState::Published(d), PacketType::PubRec) => d.qos != QoS::ExactlyOnce,
+            (InflightState::Published(_), PacketType::PubComp) => true,
+            (InflightState::Released, PacketType::PubAck) => true,
+            _ => false,
+        }
     }
 
     /// Handles PUBACK: true if it closed a QoS 1 flow.

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use myriad_broker::hooks::{Lifecycle, OfflineReason, Presence};
 use myriad_broker::shell::BrokerHandle;
-use myriad_mqtt::ProtocolVersion;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -99,10 +98,7 @@ impl PresenceService {
                 let device = self.registered(client_id)?;
                 let info = ConnectInfo {
                     address: lifecycle.peer,
-                    protocol: match protocol {
-                        ProtocolVersion::V5 => 5,
-                        ProtocolVersion::V311 => 4,
-                    },
+                    protocol: protocol.level(),
                     keep_alive_secs: *keep_alive,
                 };
                 self.tracker().connected(&device, *conn, now, &info)

@@ -43,7 +43,7 @@ pub(crate) fn check_first_byte(
             }
         }
     }
-    if packet_type == PacketType::Auth && version == ProtocolVersion::V311 {
+    if packet_type == PacketType::Auth && !version.is_v5() {
         return Err(DecodeError::UnexpectedPacket(PacketType::Auth));
     }
     Ok(packet_type)
@@ -117,6 +117,25 @@ fn reason_code(byte: u8, packet_type: PacketType) -> Result<ReasonCode, DecodeEr
         .ok_or(malformed("reason code not defined for this packet"))
 }
 
+/// Whether `s` holds a control character, U+0001 to U+001F or U+007F to
+/// U+009F. The spec lets a receiver treat these as malformed (MQTT 5.0
+/// section 1.5.4); Myriad does, as Mosquitto does, in topic names, topic
+/// filters, client identifiers and user names (docs/conformance.md).
+pub(crate) fn has_control_character(s: &str) -> bool {
+    s.chars()
+        .any(|c| matches!(c, '\u{1}'..='\u{1f}' | '\u{7f}'..='\u{9f}'))
+}
+
+/// Reads a string that may not hold control characters (see
+/// [`has_control_character`]).
+fn strict_string(r: &mut Reader, what: &'static str) -> Result<ByteString, DecodeError> {
+    let s = r.string()?;
+    if has_control_character(&s) {
+        return Err(malformed(what));
+    }
+    Ok(s)
+}
+
 /// Reads a non-zero packet identifier.
 fn packet_id(r: &mut Reader) -> Result<u16, DecodeError> {
     match r.u16()? {
@@ -138,25 +157,19 @@ fn check_auth_data(props: &Properties) -> Result<(), DecodeError> {
 /// CONNECT: the protocol version comes from the packet itself.
 fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let name = r.binary()?;
-    match &name[..] {
-        b"MQTT" => {}
-        b"MQIsdp" => {
+    let level = r.u8()?;
+    let protocol = match (&name[..], level) {
+        (b"MQTT", 4) => ProtocolVersion::V311,
+        (b"MQTT", 5) => ProtocolVersion::V5,
+        (b"MQIsdp", 3) => ProtocolVersion::V31,
+        (b"MQTT" | b"MQIsdp", _) => {
             return Err(DecodeError::UnsupportedProtocolVersion(
-                "MQTT 3.1 (MQIsdp) is not supported",
+                "unsupported protocol level",
             ));
         }
         _ => {
             return Err(DecodeError::UnsupportedProtocolVersion(
                 "unknown protocol name",
-            ));
-        }
-    }
-    let protocol = match r.u8()? {
-        4 => ProtocolVersion::V311,
-        5 => ProtocolVersion::V5,
-        _ => {
-            return Err(DecodeError::UnsupportedProtocolVersion(
-                "unsupported protocol level",
             ));
         }
     };
@@ -174,20 +187,20 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         return Err(malformed("will QoS or will retain set without will flag"));
     }
     let will_qos = QoS::from_u8(will_qos).ok_or(malformed("will QoS 3"))?;
-    if protocol == ProtocolVersion::V311 && password_flag && !username_flag {
+    if !protocol.is_v5() && password_flag && !username_flag {
         return Err(malformed("password flag without user name flag"));
     }
     let keep_alive = r.u16()?;
     let properties = properties(PacketType::Connect, r, protocol)?;
     check_auth_data(&properties)?;
-    let client_id = r.string()?;
+    let client_id = strict_string(r, "control character in client identifier")?;
     let will = if will_flag {
         let properties = if protocol.is_v5() {
             read_properties(r, PropertyContext::Will)?
         } else {
             PacketProperties::new()
         };
-        let topic = r.string()?;
+        let topic = strict_string(r, "control character in will topic")?;
         if !valid_topic_name(&topic) {
             return Err(DecodeError::TopicNameInvalid("invalid will topic"));
         }
@@ -203,7 +216,7 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         None
     };
     let username = if username_flag {
-        Some(r.string()?)
+        Some(strict_string(r, "control character in user name")?)
     } else {
         None
     };
@@ -247,7 +260,7 @@ fn connack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeEr
 /// PUBLISH; the payload is a zero-copy slice of the input.
 fn publish(first: u8, r: &mut Reader, version: ProtocolVersion) -> Result<Publish, DecodeError> {
     let qos = QoS::from_u8((first >> 1) & 0x03).ok_or(malformed("PUBLISH with QoS 3"))?;
-    let topic = r.string()?;
+    let topic = strict_string(r, "control character in topic name")?;
     if topic.is_empty() {
         if !version.is_v5() {
             return Err(DecodeError::TopicNameInvalid("empty topic name"));
@@ -312,7 +325,7 @@ fn optional_reason(
 
 /// Reads and validates a topic filter.
 fn topic_filter(r: &mut Reader, version: ProtocolVersion) -> Result<ByteString, DecodeError> {
-    let filter = r.string()?;
+    let filter = strict_string(r, "control character in topic filter")?;
     if !valid_topic_filter(&filter) {
         return Err(DecodeError::TopicFilterInvalid("invalid topic filter"));
     }

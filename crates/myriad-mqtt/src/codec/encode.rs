@@ -109,10 +109,10 @@ fn write_packet_id<S: Sink>(id: u16, s: &mut S) -> Result<(), EncodeError> {
 /// CONNECT, in the version it names itself.
 fn write_connect<S: Sink>(c: &Connect, s: &mut S) -> Result<(), EncodeError> {
     let version = c.protocol;
-    if version == ProtocolVersion::V311 && c.password.is_some() && c.username.is_none() {
+    if !version.is_v5() && c.password.is_some() && c.username.is_none() {
         return Err(EncodeError::InvalidValue("password without user name"));
     }
-    s.put_str("MQTT", "protocol name")?;
+    s.put_str(version.protocol_name(), "protocol name")?;
     s.put_u8(version.level());
     let mut flags = (u8::from(c.username.is_some()) << 7)
         | (u8::from(c.password.is_some()) << 6)
@@ -144,7 +144,10 @@ fn write_connack<S: Sink>(
     version: ProtocolVersion,
     s: &mut S,
 ) -> Result<(), EncodeError> {
-    s.put_u8(u8::from(c.session_present));
+    // 3.1 has no session present flag: the byte is reserved (as Mosquitto, 0).
+    s.put_u8(u8::from(
+        c.session_present && version != ProtocolVersion::V31,
+    ));
     if version.is_v5() {
         write_reason(c.reason_code, PacketType::ConnAck, s)?;
     } else {

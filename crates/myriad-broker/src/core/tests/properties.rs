@@ -40,19 +40,16 @@ fn publish_properties_pass_through() {
 }
 
 #[test]
-fn publisher_subscription_identifiers_are_not_forwarded() {
+fn publisher_subscription_identifiers_are_a_protocol_error() {
+    // Only a server puts Subscription Identifiers on a PUBLISH (MQTT-3.3.4-6).
     let mut h = H::new();
     let sub = subscriber(&mut h, "s", "t", QoS::AtMostOnce);
     let p = h.connect(v5("p"));
     let mut publish = msg("t", "x");
     publish.properties.subscription_identifiers = vec![77];
     h.publish(p, publish);
-    assert!(
-        h.one_publish(sub)
-            .properties
-            .subscription_identifiers
-            .is_empty()
-    );
+    h.expect_disconnect(p, ReasonCode::ProtocolError);
+    h.assert_silent(sub);
 }
 
 #[test]

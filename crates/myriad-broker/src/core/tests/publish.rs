@@ -1,6 +1,7 @@
 //! Inbound and outbound QoS flows, flow control, queueing, expiry and size limits.
 
 use super::*;
+use myriad_mqtt::PacketType;
 
 #[test]
 fn qos0_inbound_is_not_acknowledged() {
@@ -538,24 +539,65 @@ fn oversize_inflight_message_is_not_resent_to_a_smaller_client() {
 }
 
 #[test]
-fn wrong_acknowledgement_types_are_ignored() {
+fn wrong_acknowledgement_types_are_protocol_errors() {
+    // PUBACK or PUBCOMP for a QoS 2 flow awaiting PUBREC.
+    for wrong in [PacketType::PubAck, PacketType::PubComp] {
+        let mut h = H::new();
+        let sub = h.connect(v5("s"));
+        h.subscribe(sub, "t", QoS::ExactlyOnce);
+        h.inject(msg_q("t", "a", QoS::ExactlyOnce, 0));
+        assert_eq!(h.payloads(sub), vec!["a"]);
+        match wrong {
+            PacketType::PubAck => h.puback(sub, 1),
+            _ => h.pubcomp(sub, 1),
+        }
+        h.expect_disconnect(sub, ReasonCode::ProtocolError);
+    }
+    // PUBREC or PUBCOMP for a QoS 1 flow.
+    for wrong in [PacketType::PubRec, PacketType::PubComp] {
+        let mut h = H::new();
+        let sub = h.connect(v5("s"));
+        h.subscribe(sub, "t", QoS::AtLeastOnce);
+        h.inject(msg_q("t", "a", QoS::AtLeastOnce, 0));
+        assert_eq!(h.payloads(sub), vec!["a"]);
+        match wrong {
+            PacketType::PubRec => h.pubrec(sub, 1),
+            _ => h.pubcomp(sub, 1),
+        }
+        h.expect_disconnect(sub, ReasonCode::ProtocolError);
+    }
+    // PUBACK after PUBREL (the flow awaits PUBCOMP).
     let mut h = H::new();
-    let sub = h.connect(v5("s").receive_maximum(1));
+    let sub = h.connect(v5("s"));
     h.subscribe(sub, "t", QoS::ExactlyOnce);
     h.inject(msg_q("t", "a", QoS::ExactlyOnce, 0));
-    h.inject(msg_q("t", "b", QoS::ExactlyOnce, 0));
     assert_eq!(h.payloads(sub), vec!["a"]);
-    // PUBACK and PUBCOMP do not end a QoS 2 flow awaiting PUBREC.
-    h.puback(sub, 1);
-    h.pubcomp(sub, 1);
-    h.assert_silent(sub);
     h.pubrec(sub, 1);
     assert_eq!(
         h.packets(sub),
         vec![Packet::PubRel(ack(1, ReasonCode::Success))]
     );
     h.puback(sub, 1);
+    h.expect_disconnect(sub, ReasonCode::ProtocolError);
+}
+
+#[test]
+fn acknowledgements_for_ids_not_in_flight_are_ignored() {
+    let mut h = H::new();
+    let sub = h.connect(v5("s").receive_maximum(1));
+    h.subscribe(sub, "t", QoS::ExactlyOnce);
+    h.inject(msg_q("t", "a", QoS::ExactlyOnce, 0));
+    h.inject(msg_q("t", "b", QoS::ExactlyOnce, 0));
+    assert_eq!(h.payloads(sub), vec!["a"]);
+    // Late duplicates for an id nobody uses: no error.
+    h.puback(sub, 9);
+    h.pubcomp(sub, 9);
     h.assert_silent(sub);
+    h.pubrec(sub, 1);
+    assert_eq!(
+        h.packets(sub),
+        vec![Packet::PubRel(ack(1, ReasonCode::Success))]
+    );
     h.pubcomp(sub, 1);
     assert_eq!(h.payloads(sub), vec!["b"]);
 }
