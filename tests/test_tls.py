@@ -310,3 +310,53 @@ def test_bad_pem_names_the_file(tmp_path, certs):
     assert res.returncode != 0
     err = res.stderr.decode()
     assert "mqtt.listeners[0]" in err and "cert" in err and str(bad) in err, err[-2000:]
+
+
+def metric_lines(api_port: int) -> list[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=10) as resp:
+        return resp.read().decode().splitlines()
+
+
+def metric(lines: list[str], name: str, **labels: str) -> float:
+    """The value of `name` whose labels include `labels` (0 if absent)."""
+    for line in lines:
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_handshake_metrics_and_certificate_expiry(broker_factory, certs, tmp_path):
+    broker = broker_factory(raw_config=tls_config(certs, "require"))
+    port = tls_port(broker)
+    Client(port, version=V5, tls=context(certs, "dev1")).close()
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):  # no client certificate
+        s = tls_socket(port, context(certs))
+        s.sendall(b"\x10\x00")
+        if not s.recv(1):
+            raise ConnectionResetError("closed")
+    with socket.create_connection((HOST, port), timeout=5) as s:  # not TLS at all
+        s.sendall(bytes.fromhex("101000044d5154540502003c000003636964"))
+        try:
+            while s.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    name = "myriad_tls_handshakes_total"
+    deadline = time.monotonic() + 10
+    while True:
+        lines = metric_lines(broker.api_port)
+        got = (
+            metric(lines, name, result="ok"),
+            metric(lines, name, result="failed", reason="client_certificate"),
+            metric(lines, name, result="failed", reason="malformed"),
+        )
+        if got == (1, 1, 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got == (1, 1, 1), [line for line in lines if name in line]
+    expiry = metric(lines, "myriad_tls_certificate_expiry_timestamp_seconds")
+    assert expiry > time.time() + 86400, [line for line in lines if "expiry" in line]

@@ -84,6 +84,9 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             anyhow::bail!("no MQTT listener configured (mqtt.listen, mqtt.listeners)");
         };
         let tls_settings = listeners.tls_settings();
+        for tls in &tls_settings {
+            record_certificate_expiry(tls);
+        }
         let shutdown = CancellationToken::new();
         let mut essential = Essential::default();
         essential.spawn("signal handler", signals.cancel_on_signal(shutdown.clone()));
@@ -267,6 +270,33 @@ fn kind_name(kind: ListenerKind) -> &'static str {
     }
 }
 
+/// Gauge of when a TLS listener's server certificate expires (Unix seconds),
+/// labelled with the listener's address.
+pub const TLS_CERT_EXPIRY: &str = "myriad_tls_certificate_expiry_timestamp_seconds";
+
+/// Sets [`TLS_CERT_EXPIRY`] for `tls`'s leaf certificate (logged if unreadable).
+fn record_certificate_expiry(tls: &TlsSettings) {
+    let listener = tls.listener();
+    let Some(path) = &listener.cert else {
+        return;
+    };
+    let not_after = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| {
+            let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| e.to_string())?;
+            let cert = pem.parse_x509().map_err(|e| e.to_string())?;
+            Ok(cert.validity().not_after.timestamp())
+        });
+    match not_after {
+        Ok(at) => {
+            metrics::gauge!(TLS_CERT_EXPIRY, "listener" => listener.listen.clone()).set(at as f64)
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the certificate's expiry")
+        }
+    }
+}
+
 /// Reads every TLS listener's certificate, key and CAs again on each SIGHUP.
 /// Connections already made keep what they negotiated; a file that does not
 /// load leaves that listener's settings as they were.
@@ -278,7 +308,10 @@ async fn reload_tls_on_hangup(
     while hangups.recv().await.is_some() {
         for tls in &settings {
             match tls.reload() {
-                Ok(()) => info!(listen = %tls.listener().listen, "TLS certificates reloaded"),
+                Ok(()) => {
+                    record_certificate_expiry(tls);
+                    info!(listen = %tls.listener().listen, "TLS certificates reloaded");
+                }
                 Err(error) => tracing::error!(
                     listen = %tls.listener().listen,
                     %error,

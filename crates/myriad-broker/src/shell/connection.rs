@@ -244,7 +244,13 @@ async fn handshake(
     let first = tokio::select! {
         first = read_connect(stream, buf, max_size) => first,
         _ = tokio::time::sleep(connect_timeout) => {
-            debug!(%peer, "no CONNECT in time");
+            if stream.is_handshaking() {
+                let timeout = io::Error::from(io::ErrorKind::TimedOut);
+                super::tls::count_handshake(Err(&timeout));
+                debug!(%peer, "TLS handshake not finished in time");
+            } else {
+                debug!(%peer, "no CONNECT in time");
+            }
             return None;
         }
         _ = shutdown.cancelled() => return None,

@@ -11,6 +11,61 @@ use rustls::server::WebPkiClientVerifier;
 
 use crate::config::{ClientCertPolicy, ListenerConfig};
 
+/// Counter of TLS handshakes, labelled `result` (`ok`, `failed`) and, for
+/// failures, `reason` (see [`failure_reason`]).
+pub const TLS_HANDSHAKES_TOTAL: &str = "myriad_tls_handshakes_total";
+
+/// Counts one finished handshake.
+pub(super) fn count_handshake(outcome: Result<(), &std::io::Error>) {
+    match outcome {
+        Ok(()) => metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "ok").increment(1),
+        Err(error) => metrics::counter!(
+            TLS_HANDSHAKES_TOTAL,
+            "result" => "failed",
+            "reason" => failure_reason(error)
+        )
+        .increment(1),
+    }
+}
+
+/// Why a handshake failed, as a small fixed set: `client_certificate` (none
+/// presented where required, or one that does not verify or is revoked),
+/// `alpn` (no protocol in common), `incompatible` (no common version or
+/// cipher suite), `malformed` (not TLS, or broken TLS), `alert_received`
+/// (the client refused ours), `closed` (the client went away), `timeout`
+/// (not finished within `connect_timeout_secs`) and `other`.
+pub fn failure_reason(error: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    if error.kind() == std::io::ErrorKind::TimedOut {
+        return "timeout";
+    }
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return match error.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => "closed",
+            _ => "other",
+        };
+    };
+    match tls {
+        E::InvalidCertificate(_) | E::NoCertificatesPresented | E::InvalidCertRevocationList(_) => {
+            "client_certificate"
+        }
+        E::NoApplicationProtocol => "alpn",
+        E::PeerIncompatible(_) => "incompatible",
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. }
+        | E::DecryptError
+        | E::PeerMisbehaved(_) => "malformed",
+        E::AlertReceived(_) => "alert_received",
+        _ => "other",
+    }
+}
+
 /// ALPN protocol names a TLS listener accepts. A client offering none is
 /// let in; one offering only others is refused (as AWS IoT Core does).
 const ALPN: &[&[u8]] = &[b"mqtt"];

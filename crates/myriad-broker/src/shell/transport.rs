@@ -64,25 +64,14 @@ impl Transport {
         let Transport::Tls(stream) = self else {
             return Ok(());
         };
-        while stream.tls.is_handshaking() {
-            if stream.tls.wants_write() {
-                stream.flush().await?;
-                continue;
-            }
-            stream.tcp.readable().await?;
-            match stream.read_available(buf) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    // rustls has queued an alert saying why: send it.
-                    let _ = stream.flush().await;
-                    return Err(e);
-                }
-            }
-        }
-        // Session tickets (TLS 1.3) follow the handshake.
-        stream.flush().await
+        let outcome = stream.handshake(buf).await;
+        super::tls::count_handshake(outcome.as_ref().map(|_| ()));
+        outcome
+    }
+
+    /// Whether a TLS handshake was started and has not finished.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self, Transport::Tls(stream) if stream.tls.is_handshaking())
     }
 
     /// Polls for bytes to read (or end of stream). Plaintext is never left
@@ -178,6 +167,29 @@ impl Transport {
 }
 
 impl TlsStream {
+    /// Drives the handshake to its end (see [`Transport::establish`]).
+    async fn handshake(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        while self.tls.is_handshaking() {
+            if self.tls.wants_write() {
+                self.flush().await?;
+                continue;
+            }
+            self.tcp.readable().await?;
+            match self.read_available(buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // rustls has queued an alert saying why: send it.
+                    let _ = self.flush().await;
+                    return Err(e);
+                }
+            }
+        }
+        // Session tickets (TLS 1.3) follow the handshake.
+        self.flush().await
+    }
+
     /// Reads one chunk from the socket into rustls and takes out all the
     /// plaintext it yields.
     fn read_available(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

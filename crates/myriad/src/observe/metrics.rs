@@ -58,6 +58,14 @@ pub async fn upkeep(handle: PrometheusHandle) {
 
 /// HELP texts.
 fn describe() {
+    describe_counter!(
+        myriad_broker::shell::tls::TLS_HANDSHAKES_TOTAL,
+        "TLS handshakes on MQTT listeners, by result and (failed) reason."
+    );
+    describe_gauge!(
+        crate::serve::TLS_CERT_EXPIRY,
+        "When a TLS listener's server certificate expires, Unix seconds (days left: (x - time()) / 86400)."
+    );
     use myriad_broker::shell::snapshot::STORE_COMMIT_SECONDS;
     use myriad_broker::watchdog::task as dog;
     use myriad_fleet::metrics as fleet;
