@@ -51,8 +51,11 @@ pub enum DevicesCommand {
     Update(DeviceUpdate),
     /// Remove a device (its credentials, shadow and presence go too).
     Delete(IdArg),
-    /// Set a device's MQTT password.
+    /// Set a device's MQTT password (its open connection is closed).
     SetPassword(SetPassword),
+    /// Close a device's open MQTT connection (it may reconnect at once;
+    /// `update --disable` keeps it out).
+    Kick(IdArg),
     /// Provision devices in bulk from a CSV or JSON-lines file.
     Import(DeviceImport),
 }
