@@ -141,6 +141,7 @@ impl Platform {
             store.clone(),
             auth.clone(),
             presence.clone(),
+            commands.clone(),
             broker.clone(),
         ));
         let platform = Platform {

@@ -161,9 +161,11 @@ pub(crate) async fn update_device(
     Ok(device)
 }
 
-/// Deletes a device with its password, shadow and presence record, ends
-/// the cached MQTT logins of its password and closes its open connection
-/// (5.0: DISCONNECT 0x87; presence `disabled`).
+/// Deletes a device and everything kept for it: its password, shadow and
+/// presence record, its open connection (5.0: DISCONNECT 0x87; presence
+/// `disabled`), its MQTT session and queued messages, the retained
+/// messages of its namespace, and its commands that are not final
+/// (`cancelled`, reason `device_deleted`).
 #[utoipa::path(
     delete,
     path = "/api/v1/devices/{id}",

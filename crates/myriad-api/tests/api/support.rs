@@ -69,6 +69,7 @@ impl Harness {
             store.clone(),
             auth.clone(),
             presence.clone(),
+            commands.clone(),
             broker.clone(),
         ));
         let state = ApiState {

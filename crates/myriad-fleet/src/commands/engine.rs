@@ -784,6 +784,32 @@ impl Engine {
         Some((command, effects))
     }
 
+    /// Cancels every command of `device` that is not final (queued ones
+    /// included) with `reason`, in id order. The device is taken offline
+    /// first, so no queued command is sent while the others are cancelled.
+    pub fn cancel_device(&mut self, device: &str, reason: &str, now: u64) -> Vec<Effect> {
+        self.device_offline(device);
+        let mut ids: Vec<CommandId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.command.device == device)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        let mut effects = Vec::new();
+        for id in ids {
+            self.finish(
+                &id,
+                now,
+                CommandStatus::Cancelled,
+                Some(reason),
+                |_| {},
+                &mut effects,
+            );
+        }
+        effects
+    }
+
     /// The command, if it is not final.
     pub fn get(&self, id: &CommandId) -> Option<&Command> {
         self.active.get(id).map(|a| &a.command)

@@ -12,13 +12,17 @@ use std::sync::Arc;
 
 use myriad_broker::core::evict::{Evicted, Eviction};
 use myriad_broker::shell::{BrokerHandle, BrokerStopped};
-use myriad_mqtt::ReasonCode;
+use myriad_mqtt::{ByteString, ReasonCode};
 use tracing::warn;
 
 use super::auth::FleetAuthenticator;
+use super::commands::CommandService;
 use super::presence::PresenceService;
 use crate::registry::{Device, DeviceId};
 use crate::store::{FleetStore, FleetStoreError};
+
+/// The reason the pending commands of a deleted device are cancelled with.
+pub const DEVICE_DELETED: &str = "device_deleted";
 
 /// Why a device's connection is closed. Presence records the disconnect
 /// as `disabled` for [`Revocation::Disabled`] and [`Revocation::Deleted`]
@@ -64,11 +68,31 @@ pub enum DeviceAdminError {
     Stopped,
 }
 
+/// The topic filters of `device`'s namespace whose retained messages go
+/// with the device: everything under `devices/{id}`, `$shadow/{id}`,
+/// `$commands/{id}`, `$ota/{id}`, and its events.
+pub fn namespace_filters(device: &DeviceId) -> Vec<ByteString> {
+    let id = device.as_str();
+    [
+        format!("devices/{id}/#"),
+        format!("$shadow/{id}/#"),
+        format!("$commands/{id}/#"),
+        format!("$ota/{id}/#"),
+        format!("$events/presence/{id}"),
+        format!("$events/commands/{id}/#"),
+        format!("$events/alarms/commands/{id}/#"),
+    ]
+    .into_iter()
+    .map(ByteString::from)
+    .collect()
+}
+
 /// Device operations that reach the broker. See the module docs.
 pub struct DeviceAdmin {
     store: Arc<FleetStore>,
     auth: Arc<FleetAuthenticator>,
     presence: Arc<PresenceService>,
+    commands: Arc<CommandService>,
     broker: BrokerHandle,
 }
 
@@ -84,12 +108,14 @@ impl DeviceAdmin {
         store: Arc<FleetStore>,
         auth: Arc<FleetAuthenticator>,
         presence: Arc<PresenceService>,
+        commands: Arc<CommandService>,
         broker: BrokerHandle,
     ) -> DeviceAdmin {
         DeviceAdmin {
             store,
             auth,
             presence,
+            commands,
             broker,
         }
     }
@@ -134,9 +160,24 @@ impl DeviceAdmin {
         Ok(self.revoke(device, Revocation::Kick).await)
     }
 
-    /// Deletes `device`: its registry entry, credential, shadow and
-    /// presence record (one store transaction, on the blocking pool), its
-    /// cached logins, and its open connection (DISCONNECT 0x87, no will).
+    /// Deletes `device` and everything the platform keeps for it. This
+    /// is the one place a device is deleted; a feature that keeps
+    /// something per device adds its cleanup here. In order:
+    ///
+    /// 1. the registry entry, its credential, shadow and presence record
+    ///    (one store transaction, on the blocking pool): from here on the
+    ///    device cannot log in;
+    /// 2. its cached logins;
+    /// 3. in the broker, one core event: its open connection (DISCONNECT
+    ///    0x87, no will), its session with its subscriptions and queued
+    ///    messages, and the retained messages of its namespace
+    ///    ([`namespace_filters`]), committed with the broker's next store
+    ///    commit (the broker's writer path, off the event loop);
+    /// 4. its commands that are not final: `cancelled` with reason
+    ///    `device_deleted`, stored (by the command log's writer) before
+    ///    this returns;
+    /// 5. its presence in memory (its offline event is published if the
+    ///    broker's has not been yet).
     pub async fn delete(&self, device: &DeviceId) -> Result<Deleted, DeviceAdminError> {
         let store = self.store.clone();
         let id = device.clone();
@@ -146,10 +187,14 @@ impl DeviceAdmin {
         self.auth.forget(device.as_str());
         let evicted = self
             .evict(Eviction {
+                client_id: device.as_str().into(),
+                reason: Revocation::Deleted.reason_code(),
                 publish_will: Revocation::Deleted.publishes_will(),
-                ..Eviction::disconnect(device.as_str(), Revocation::Deleted.reason_code())
+                discard_session: true,
+                clear_retained: namespace_filters(device),
             })
             .await;
+        let commands_cancelled = self.commands.cancel_device(device, DEVICE_DELETED).await;
         if let Some(event) = self.presence.forget(device)
             && super::presence::publish_event(&self.broker, &event)
                 .await
@@ -160,6 +205,7 @@ impl DeviceAdmin {
         Ok(Deleted {
             device: removed,
             evicted,
+            commands_cancelled,
         })
     }
 }
@@ -171,4 +217,6 @@ pub struct Deleted {
     pub device: Device,
     /// What the broker removed.
     pub evicted: Evicted,
+    /// How many commands were cancelled.
+    pub commands_cancelled: usize,
 }

@@ -49,7 +49,8 @@ pub enum DevicesCommand {
     List(DeviceList),
     /// Change a device's name, attributes, groups or enabled state.
     Update(DeviceUpdate),
-    /// Remove a device (its credentials, shadow and presence go too).
+    /// Remove a device and everything kept for it (credentials, shadow,
+    /// presence, MQTT session, retained messages, pending commands).
     Delete(IdArg),
     /// Set a device's MQTT password (its open connection is closed).
     SetPassword(SetPassword),
