@@ -139,3 +139,30 @@ def test_kick_from_ctl(broker, api):
 def test_openapi_documents_the_disconnect_route(api):
     doc = api.ok("GET", "/openapi.json")
     assert "post" in doc["paths"]["/api/v1/devices/{id}/disconnect"]
+
+
+@pytest.mark.parametrize("version", [V5, V311])
+def test_takeover_by_the_same_device_is_recorded(broker, api, version):
+    """Item 11: the same device connecting again while its connection is
+    open: the online event says `takeover`, the record keeps it."""
+    dev, pw = make_device(api)
+    admin_user, admin_pw = make_admin(api)
+    with Client(broker.port, username=admin_user, password=admin_pw) as admin:
+        assert admin.subscribe(f"$events/presence/{dev}", qos=1) == [1]
+        first = Client(broker.port, client_id=dev, username=dev, password=pw, version=version)
+        try:
+            event = json.loads(admin.get().payload)
+            assert (event["online"], event["reason"]) == (True, None)
+            second = Client(broker.port, client_id=dev, username=dev, password=pw, version=version)
+            try:
+                first.wait_disconnected(5.0)
+                event = json.loads(admin.get().payload)
+                assert (event["online"], event["reason"]) == (True, "takeover"), event
+                admin.expect_none(0.3)
+                record = api.ok("GET", f"/api/v1/devices/{dev}/presence")
+                assert record["online"] is True and record["disconnect_reason"] == "takeover", record
+                assert record["last_disconnected_at"] is not None
+            finally:
+                second.close()
+        finally:
+            first.close()
