@@ -748,6 +748,16 @@ impl Engine {
             let mut delivered = self.delivered(id, device, now);
             effects.append(&mut delivered);
         }
+        if reply.in_progress {
+            // A progress report: the command stays open, its report is
+            // its current result (published with the status event).
+            if let Some(active) = self.active.get_mut(id) {
+                active.command.result = reply.result;
+                active.command.source = Some(ResultSource::Device);
+                effects.push(Effect::Changed(active.command.clone()));
+            }
+            return effects;
+        }
         let status = if reply.success {
             CommandStatus::Succeeded
         } else {
