@@ -5,6 +5,7 @@ use std::sync::Arc;
 use myriad_fleet::credentials::HashParams;
 use myriad_fleet::service::auth::FleetAuthenticator;
 use myriad_fleet::service::commands::CommandService;
+use myriad_fleet::service::devices::DeviceAdmin;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::store::FleetStore;
@@ -24,6 +25,9 @@ pub struct ApiState {
     /// The MQTT authenticator, told to forget cached logins when a
     /// password changes or a principal goes away.
     pub auth: Arc<FleetAuthenticator>,
+    /// Operations that reach a device's live connection (disable, new
+    /// password, kick) and device deletion.
+    pub devices: Arc<DeviceAdmin>,
     /// Argon2 costs for passwords set through the API.
     pub hash_params: HashParams,
     /// The bearer token every `/api/v1` request must carry. Empty refuses

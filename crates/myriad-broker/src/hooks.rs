@@ -112,6 +112,10 @@ pub enum OfflineReason {
     TakenOver,
     /// The server is shutting down.
     ServerShutdown,
+    /// The layer above closed the connection through
+    /// [`crate::shell::BrokerHandle::evict`] (an operator's kick, revoked
+    /// credentials); the reason code the client was given.
+    Kicked(ReasonCode),
 }
 
 impl OfflineReason {
@@ -125,6 +129,7 @@ impl OfflineReason {
             OfflineReason::ProtocolError(_) => "protocol_error",
             OfflineReason::TakenOver => "taken_over",
             OfflineReason::ServerShutdown => "server_shutdown",
+            OfflineReason::Kicked(_) => "kicked",
         }
     }
 }

@@ -10,6 +10,7 @@ use myriad_broker::shell::{BrokerHandle, Hooks, ReceiptHook};
 use myriad_fleet::credentials::{DEFAULT_CACHE_CAPACITY, ThrottleConfig, VerifiedCache};
 use myriad_fleet::service::auth::FleetAuthenticator;
 use myriad_fleet::service::commands::CommandService;
+use myriad_fleet::service::devices::DeviceAdmin;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::shadow::ShadowLimits;
@@ -32,6 +33,8 @@ pub struct Platform {
     pub shadows: Arc<ShadowService>,
     /// Cloud-to-device commands.
     pub commands: Arc<CommandService>,
+    /// Operations reaching live connections; device deletion.
+    pub devices: Arc<DeviceAdmin>,
     /// Kept alive while the platform runs (memory backend only).
     _scratch: Option<tempfile::TempDir>,
 }
@@ -45,6 +48,7 @@ impl Platform {
             presence: self.presence.clone(),
             commands: self.commands.clone(),
             auth: self.auth.clone(),
+            devices: self.devices.clone(),
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
         }
@@ -133,12 +137,20 @@ impl Platform {
                 sender: receipts_tx,
             }),
         };
+        let devices = Arc::new(DeviceAdmin::new(
+            store.clone(),
+            auth.clone(),
+            presence.clone(),
+            commands.clone(),
+            broker.clone(),
+        ));
         let platform = Platform {
             store,
             auth,
             presence,
             shadows,
             commands,
+            devices,
             _scratch: scratch,
         };
         Ok((platform, hooks))

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use myriad_fleet::credentials::Secret;
 use myriad_fleet::registry::{DeviceId, DeviceQuery, NewDevice, ValidationError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{non_empty, parse_limit};
@@ -70,6 +70,15 @@ pub(crate) struct PasswordBody {
     /// The new MQTT password; stored only as an Argon2id hash.
     #[schema(value_type = String, format = Password)]
     pub password: Secret,
+}
+
+/// The answer to `POST /api/v1/devices/{id}/disconnect`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Disconnected {
+    /// The device id.
+    pub device: String,
+    /// Whether an open connection was closed (false: the device was offline).
+    pub disconnected: bool,
 }
 
 /// Refuses an empty password (an empty one is never what an operator

@@ -11,7 +11,9 @@ mod shadow;
 
 pub(crate) use app::{AppList, CreateApp};
 pub(crate) use command::{BatchAccepted, CommandListParams, CommandPage, SendBatch, SendCommand};
-pub(crate) use device::{CreateDevice, DeviceListParams, PasswordBody, check_password};
+pub(crate) use device::{
+    CreateDevice, DeviceListParams, Disconnected, PasswordBody, check_password,
+};
 pub(crate) use import::{ImportParams, ImportReportBody};
 pub(crate) use paging::parse_limit;
 pub(crate) use presence::{OnlinePage, PresenceCount, PresenceListParams};

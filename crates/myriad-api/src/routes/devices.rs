@@ -5,11 +5,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use myriad_fleet::credentials::hash_password;
 use myriad_fleet::registry::{Device, DeviceId, DevicePatch, NewDevice, Page};
+use myriad_fleet::service::devices::{DeviceAdminError, Revocation};
 use myriad_fleet::service::now_ms;
 use myriad_fleet::store::FleetStoreError;
 
 use crate::blocking::blocking;
-use crate::dto::{CreateDevice, DeviceListParams, ErrorBody, PasswordBody};
+use crate::dto::{CreateDevice, DeviceListParams, Disconnected, ErrorBody, PasswordBody};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, DevicePath};
 use crate::schema::{DeviceDoc, DevicePageDoc, DevicePatchDoc};
@@ -123,7 +124,8 @@ pub(crate) async fn read_device(state: ApiState, id: DeviceId) -> Result<Device,
 }
 
 /// Changes some fields of a device. Disabling it (`"enabled": false`) also
-/// ends the cached MQTT logins of its password.
+/// ends the cached MQTT logins of its password and closes its open
+/// connection (5.0: DISCONNECT 0x87; presence `disabled`).
 #[utoipa::path(
     patch,
     path = "/api/v1/devices/{id}",
@@ -150,17 +152,20 @@ pub(crate) async fn update_device(
     id: DeviceId,
     patch: DevicePatch,
 ) -> Result<Device, ApiError> {
-    let auth = state.auth.clone();
+    let admin = state.devices.clone();
     let disables = patch.enabled == Some(false);
     let device = blocking(move || Ok(state.store.update_device(&id, &patch, now_ms())?)).await?;
     if disables {
-        auth.forget(device.id.as_str());
+        admin.revoke(&device.id, Revocation::Disabled).await;
     }
     Ok(device)
 }
 
-/// Deletes a device with its password, shadow and presence record, and
-/// ends the cached MQTT logins of its password.
+/// Deletes a device and everything kept for it: its password, shadow and
+/// presence record, its open connection (5.0: DISCONNECT 0x87; presence
+/// `disabled`), its MQTT session and queued messages, the retained
+/// messages of its namespace, and its commands that are not final
+/// (`cancelled`, reason `device_deleted`).
 #[utoipa::path(
     delete,
     path = "/api/v1/devices/{id}",
@@ -181,16 +186,46 @@ pub(crate) async fn delete_device(
 
 /// Deletes device `id` and forgets it everywhere.
 pub(crate) async fn remove_device(state: ApiState, id: DeviceId) -> Result<StatusCode, ApiError> {
-    let store = state.store.clone();
-    let gone = id.clone();
-    blocking(move || Ok(store.delete_device(&gone)?)).await?;
-    state.presence.forget(&id);
-    state.auth.forget(id.as_str());
+    state.devices.delete(&id).await.map_err(admin_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Sets a device's MQTT password (stored as an Argon2id hash) and ends the
-/// cached logins of the old one.
+/// Closes the device's open MQTT connection, if it has one (5.0: DISCONNECT
+/// 0x98 Administrative action; presence `kicked`). The device may connect
+/// again at once: disable it to keep it out.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/disconnect",
+    tag = "devices",
+    params(("id" = String, Path, description = "The device id")),
+    responses(
+        (status = 200, description = "Whether a connection was closed", body = Disconnected),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
+pub(crate) async fn disconnect_device(
+    State(state): State<ApiState>,
+    DevicePath(id): DevicePath,
+) -> Result<Json<Disconnected>, ApiError> {
+    let disconnected = state.devices.kick(&id).await.map_err(admin_error)?;
+    Ok(Json(Disconnected {
+        device: id.into_string(),
+        disconnected,
+    }))
+}
+
+/// The API error for a failed device operation.
+fn admin_error(error: DeviceAdminError) -> ApiError {
+    match error {
+        DeviceAdminError::Store(error) => error.into(),
+        DeviceAdminError::Stopped => ApiError::Internal(error.to_string()),
+    }
+}
+
+/// Sets a device's MQTT password (stored as an Argon2id hash), ends the
+/// cached logins of the old one and closes the connection opened with it
+/// (5.0: DISCONNECT 0x98; presence `kicked`).
 #[utoipa::path(
     put,
     path = "/api/v1/devices/{id}/password",
@@ -209,8 +244,8 @@ pub(crate) async fn set_password(
     ApiJson(body): ApiJson<PasswordBody>,
 ) -> Result<StatusCode, ApiError> {
     crate::dto::check_password(&body.password)?;
-    let auth = state.auth.clone();
-    let principal = id.as_str().to_string();
+    let admin = state.devices.clone();
+    let device = id.clone();
     blocking(move || {
         if state.store.get_device(&id)?.is_none() {
             return Err(device_not_found(&id));
@@ -221,6 +256,6 @@ pub(crate) async fn set_password(
         Ok(())
     })
     .await?;
-    auth.forget(&principal);
+    admin.revoke(&device, Revocation::PasswordChanged).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -42,6 +42,7 @@ pub fn router(state: ApiState) -> Router {
             devices::delete_device
         ))
         .routes(routes!(devices::set_password))
+        .routes(routes!(devices::disconnect_device))
         .routes(routes!(presence::device_presence))
         .routes(routes!(presence::list_online))
         .routes(routes!(presence::presence_count))

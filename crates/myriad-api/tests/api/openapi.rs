@@ -34,6 +34,7 @@ async fn every_route_is_documented() {
         ("/api/v1/devices/{id}", "patch"),
         ("/api/v1/devices/{id}", "delete"),
         ("/api/v1/devices/{id}/password", "put"),
+        ("/api/v1/devices/{id}/disconnect", "post"),
         ("/api/v1/devices/{id}/presence", "get"),
         ("/api/v1/presence", "get"),
         ("/api/v1/presence/count", "get"),

@@ -10,6 +10,7 @@ use myriad_fleet::commands::CommandsConfig;
 use myriad_fleet::credentials::{HashParams, ThrottleConfig, VerifiedCache};
 use myriad_fleet::service::auth::FleetAuthenticator;
 use myriad_fleet::service::commands::CommandService;
+use myriad_fleet::service::devices::DeviceAdmin;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::shadow::ShadowLimits;
@@ -64,12 +65,20 @@ impl Harness {
             VerifiedCache::new(1024).expect("cache"),
             myriad_fleet::service::auth::PasswordChecks::default(),
         ));
+        let devices = Arc::new(DeviceAdmin::new(
+            store.clone(),
+            auth.clone(),
+            presence.clone(),
+            commands.clone(),
+            broker.clone(),
+        ));
         let state = ApiState {
             store,
             shadows,
             presence,
             commands,
             auth,
+            devices,
             hash_params: HashParams::INSECURE_FAST,
             token: TOKEN.into(),
         };

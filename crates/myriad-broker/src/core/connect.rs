@@ -437,7 +437,7 @@ impl Broker {
     }
 
     /// Stops a session's expiry and delayed-will timers; returns the pending will, if any.
-    fn clear_timers(&mut self, session_id: SessionId) -> Option<Box<Will>> {
+    pub(super) fn clear_timers(&mut self, session_id: SessionId) -> Option<Box<Will>> {
         let session = self.sessions.get_mut(session_id)?;
         if let Some(at) = session.expires_at() {
             session.set_expires_at(None);

@@ -10,6 +10,7 @@ mod backpressure;
 pub mod connect;
 mod deep_drop;
 mod detach;
+pub mod evict;
 mod keepalive;
 mod limits;
 pub mod message;

@@ -29,17 +29,20 @@ pub enum CloseReason {
     TakenOver,
     /// The server shut down.
     ServerShutdown,
+    /// The layer above closed the connection (a kick, revoked credentials).
+    Kicked,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::ClientDisconnect,
         CloseReason::NetworkLoss,
         CloseReason::KeepAliveTimeout,
         CloseReason::ProtocolError,
         CloseReason::TakenOver,
         CloseReason::ServerShutdown,
+        CloseReason::Kicked,
     ];
 
     /// The label value.
@@ -51,6 +54,7 @@ impl CloseReason {
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::TakenOver => "taken_over",
             CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::Kicked => "kicked",
         }
     }
 
@@ -70,6 +74,7 @@ impl From<OfflineReason> for CloseReason {
             OfflineReason::ProtocolError(_) => CloseReason::ProtocolError,
             OfflineReason::TakenOver => CloseReason::TakenOver,
             OfflineReason::ServerShutdown => CloseReason::ServerShutdown,
+            OfflineReason::Kicked(_) => CloseReason::Kicked,
         }
     }
 }
@@ -80,7 +85,7 @@ pub struct Traffic {
     /// Connections accepted (CONNACK success), network and in-process.
     pub connections_opened: u64,
     /// Connections closed, by [`CloseReason`] (index = position in [`CloseReason::ALL`]).
-    pub connections_closed: [u64; 6],
+    pub connections_closed: [u64; 7],
     /// PUBLISH packets received from clients, by QoS.
     pub messages_in: [u64; 3],
     /// Payload bytes of those, by QoS.

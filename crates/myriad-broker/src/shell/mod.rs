@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
+use crate::core::evict::{Evicted, Eviction};
 use crate::core::persist::unix_now;
 use crate::core::receipts::DeliveryReceipt;
 use crate::core::{Broker, Output};
@@ -73,6 +74,8 @@ pub(crate) enum Event {
     Publish(Box<Publish>),
     /// Asks the core for its counters and levels.
     Snapshot(tokio::sync::oneshot::Sender<snapshot::BrokerSnapshot>),
+    /// Closes a client's connection (and maybe more) by client id.
+    Evict(Box<Eviction>, tokio::sync::oneshot::Sender<Evicted>),
 }
 
 /// State every connection task reads.
@@ -209,6 +212,21 @@ impl BrokerHandle {
             properties,
         })
         .await
+    }
+}
+
+impl BrokerHandle {
+    /// Carries out `eviction` in the core (close the connection of a
+    /// client id with a reason code; maybe discard its session and clear
+    /// retained messages) and says what it did. The changes go to the
+    /// store with the core's next commit.
+    pub async fn evict(&self, eviction: Eviction) -> Result<Evicted, BrokerStopped> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.events
+            .send(Event::Evict(Box::new(eviction), reply))
+            .await
+            .map_err(|_| BrokerStopped)?;
+        done.await.map_err(|_| BrokerStopped)
     }
 }
 
@@ -618,6 +636,9 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
         Event::Publish(publish) => broker.publish(now, *publish),
         Event::Snapshot(reply) => {
             let _ = reply.send(snapshot::take(broker, links));
+        }
+        Event::Evict(eviction, reply) => {
+            let _ = reply.send(broker.evict(now, &eviction));
         }
     }
 }

@@ -748,6 +748,16 @@ impl Engine {
             let mut delivered = self.delivered(id, device, now);
             effects.append(&mut delivered);
         }
+        if reply.in_progress {
+            // A progress report: the command stays open, its report is
+            // its current result (published with the status event).
+            if let Some(active) = self.active.get_mut(id) {
+                active.command.result = reply.result;
+                active.command.source = Some(ResultSource::Device);
+                effects.push(Effect::Changed(active.command.clone()));
+            }
+            return effects;
+        }
         let status = if reply.success {
             CommandStatus::Succeeded
         } else {
@@ -782,6 +792,32 @@ impl Engine {
         );
         let command = last_changed(&effects, id)?;
         Some((command, effects))
+    }
+
+    /// Cancels every command of `device` that is not final (queued ones
+    /// included) with `reason`, in id order. The device is taken offline
+    /// first, so no queued command is sent while the others are cancelled.
+    pub fn cancel_device(&mut self, device: &str, reason: &str, now: u64) -> Vec<Effect> {
+        self.device_offline(device);
+        let mut ids: Vec<CommandId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.command.device == device)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        let mut effects = Vec::new();
+        for id in ids {
+            self.finish(
+                &id,
+                now,
+                CommandStatus::Cancelled,
+                Some(reason),
+                |_| {},
+                &mut effects,
+            );
+        }
+        effects
     }
 
     /// The command, if it is not final.

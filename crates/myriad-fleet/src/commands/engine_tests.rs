@@ -63,6 +63,7 @@ fn submit(e: &mut Engine, device: &str, s: CommandSpec, now: u64) -> (Command, V
 fn ok() -> Reply {
     Reply {
         success: true,
+        in_progress: false,
         result: Some(json!("done")),
     }
 }
@@ -70,6 +71,7 @@ fn ok() -> Reply {
 fn err() -> Reply {
     Reply {
         success: false,
+        in_progress: false,
         result: Some(json!({"code": 3})),
     }
 }

@@ -396,26 +396,49 @@ impl Command {
 /// A device's reply, parsed from its payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
-    /// Whether the device reports success.
+    /// Whether the device reports success (meaningless while `in_progress`).
     pub success: bool,
-    /// The result it sent.
+    /// The device reports progress, not an outcome: the command stays open.
+    pub in_progress: bool,
+    /// The result it sent (for a progress report: the whole report).
     pub result: Option<Value>,
 }
 
+/// What a reply's `"status"` says, compared without regard to case.
+fn reply_status(status: &str) -> Option<(bool, bool)> {
+    let status = status.to_ascii_lowercase();
+    match status.as_str() {
+        "succeeded" | "success" | "ok" | "done" => Some((true, false)),
+        "failed" | "failure" | "fail" | "error" | "rejected" => Some((false, false)),
+        "in_progress" | "in-progress" | "progress" | "running" => Some((true, true)),
+        _ => None,
+    }
+}
+
 impl Reply {
-    /// Parses a reply payload: a JSON object with `"status"` (`"succeeded"`
-    /// or `"ok"` for success, `"failed"` or `"error"` for failure) and an
-    /// optional `"result"`. Any other payload is a success whose result is
-    /// the payload itself (JSON if it parses, else its text, else base64).
+    /// Parses a reply payload: a JSON object whose `"status"` is, in any
+    /// case, `"succeeded"` / `"ok"` (success), `"failed"` / `"error"`
+    /// (failure), with an optional `"result"`; or `"in_progress"` (as AWS
+    /// IoT Jobs' IN_PROGRESS): a progress report (`"progress"`,
+    /// `"statusDetails"`, ..) that leaves the command open, kept whole as
+    /// its current result. Any other payload, an unknown status included,
+    /// is a success whose result is the payload itself (JSON if it parses,
+    /// else its text, else base64).
     pub fn parse(payload: &[u8]) -> Reply {
         let parsed = serde_json::from_slice::<Value>(payload).ok();
         if let Some(Value::Object(map)) = &parsed
             && let Some(Value::String(status)) = map.get("status")
+            && let Some((success, in_progress)) = reply_status(status)
         {
-            let success = !matches!(status.as_str(), "failed" | "error" | "fail");
+            let result = if in_progress {
+                parsed.clone()
+            } else {
+                map.get("result").cloned()
+            };
             return Reply {
                 success,
-                result: map.get("result").cloned(),
+                in_progress,
+                result,
             };
         }
         let result = match parsed {
@@ -433,6 +456,7 @@ impl Reply {
         };
         Reply {
             success: true,
+            in_progress: false,
             result,
         }
     }
@@ -451,6 +475,27 @@ mod tests {
         assert_eq!(CommandId::parse(a.as_str()), Some(a.clone()));
         assert_eq!(CommandId::parse("nope"), None);
         assert_ne!(CommandId::generate(5), CommandId::generate(5));
+    }
+
+    #[test]
+    fn replies_are_read_without_regard_to_case() {
+        let failed = Reply::parse(br#"{"status":"FAILED","result":{"code":3}}"#);
+        assert!(!failed.success && !failed.in_progress);
+        assert_eq!(failed.result, Some(serde_json::json!({"code": 3})));
+        let ok = Reply::parse(br#"{"status":"Succeeded"}"#);
+        assert!(ok.success && !ok.in_progress);
+        let progress = Reply::parse(br#"{"status":"in_progress","progress":30}"#);
+        assert!(progress.in_progress);
+        assert_eq!(
+            progress.result,
+            Some(serde_json::json!({"status": "in_progress", "progress": 30}))
+        );
+        let odd = Reply::parse(br#"{"status":"weird","x":1}"#);
+        assert!(odd.success && !odd.in_progress);
+        assert_eq!(
+            odd.result,
+            Some(serde_json::json!({"status": "weird", "x": 1}))
+        );
     }
 
     #[test]

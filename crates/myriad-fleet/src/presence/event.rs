@@ -90,8 +90,9 @@ impl PresenceRecord {
 ///  "reason":"keep_alive_timeout","address":"192.0.2.1:51234"}
 /// ```
 ///
-/// `reason` is `null` for `online` events; `address` is `null` when
-/// unknown. Consumers keep the highest `version` per device.
+/// `reason` is `null` for `online` events, except `"takeover"` when the
+/// connection replaced one of the same device that was still open;
+/// `address` is `null` when unknown. Consumers keep the highest `version` per device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceEvent {
     /// The device.

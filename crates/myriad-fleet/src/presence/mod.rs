@@ -17,7 +17,9 @@
 //!
 //! A session takeover (the same client id connecting again while its old
 //! connection is still open) yields one `online` event for the new
-//! connection; the old connection's later disconnect is ignored, because
+//! connection, with reason [`DisconnectReason::Takeover`] (the record
+//! keeps it as its last disconnect); the old connection's later
+//! disconnect is ignored, because
 //! it names a connection id that is no longer the device's current one.
 //! The broker must report a device's connects and disconnects in the
 //! order they happen.

@@ -78,6 +78,14 @@ impl PresenceTracker {
             .records
             .entry(device.clone())
             .or_insert_with(|| PresenceRecord::new(device.clone()));
+        // Online on another connection: this one takes it over. The old
+        // connection's end is recorded (reason `takeover`) and the online
+        // event says so.
+        let takeover = record.online && record.connection != conn;
+        if takeover {
+            record.last_disconnected_at = Some(at_ms);
+            record.disconnect_reason = Some(DisconnectReason::Takeover);
+        }
         record.online = true;
         record.version += 1;
         record.connection = conn;
@@ -86,7 +94,10 @@ impl PresenceTracker {
         record.address = info.address;
         record.protocol = info.protocol;
         record.keep_alive_secs = info.keep_alive_secs;
-        let event = record.event(at_ms);
+        let mut event = record.event(at_ms);
+        if takeover {
+            event.reason = Some(DisconnectReason::Takeover);
+        }
         self.online.insert(device.clone());
         event
     }
@@ -230,6 +241,11 @@ mod tests {
         let e = t.connected(&d, 2, 110, &ConnectInfo::default());
         assert!(e.online);
         assert_eq!(e.version, 2);
+        // The takeover is recorded, and named in the online event.
+        assert_eq!(e.reason, Some(DisconnectReason::Takeover));
+        let record = t.get(&d).unwrap();
+        assert_eq!(record.disconnect_reason, Some(DisconnectReason::Takeover));
+        assert_eq!(record.last_disconnected_at, Some(110));
         // The old connection closes after the new one took over.
         assert!(
             t.disconnected(&d, 1, 120, DisconnectReason::Takeover)

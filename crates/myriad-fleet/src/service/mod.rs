@@ -8,7 +8,9 @@
 //! - [`shadows::ShadowService`]: answers `$shadow/{id}/...` requests through
 //!   an in-process client, and the HTTP API's shadow calls;
 //! - [`commands::CommandService`]: cloud-to-device commands (priority
-//!   classes, breakers, rate limits, offline queue, fan-out).
+//!   classes, breakers, rate limits, offline queue, fan-out);
+//! - [`devices::DeviceAdmin`]: operator actions that reach a device's live
+//!   connection (disable, new password, kick) and device deletion.
 //!
 //! The store is synchronous (redb): point reads are made inline (they take
 //! microseconds); commits (which wait for `fsync`) never run on the event
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod commands;
+pub mod devices;
 pub mod presence;
 pub mod shadows;
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use myriad_broker::hooks::{Lifecycle, OfflineReason, Presence};
 use myriad_broker::shell::BrokerHandle;
+use myriad_mqtt::ReasonCode;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -70,9 +71,24 @@ impl PresenceService {
         self.tracker().list_online(after, limit)
     }
 
-    /// Forgets a deleted device.
-    pub fn forget(&self, device: &DeviceId) {
-        self.tracker().forget(device);
+    /// Forgets a deleted device. If it is still recorded online (the
+    /// broker's offline event for its closed connection has not been
+    /// applied yet), returns its offline event (reason `disabled`) for the
+    /// caller to publish; the broker's event then finds nothing to change.
+    pub fn forget(&self, device: &DeviceId) -> Option<PresenceEvent> {
+        let mut tracker = self.tracker();
+        let event = tracker
+            .get(device)
+            .filter(|record| record.online)
+            .map(|record| record.connection)
+            .and_then(|conn| {
+                tracker.disconnected(device, conn, now_ms(), DisconnectReason::Disabled)
+            });
+        tracker.forget(device);
+        if event.is_some() {
+            crate::metrics::presence_changed(false);
+        }
+        event
     }
 
     /// Applies one lifecycle event and stores the record it changed; returns
@@ -207,7 +223,8 @@ impl PresenceService {
 /// Lifecycle events applied and stored together at most.
 const PRESENCE_BATCH: usize = 1024;
 
-async fn publish_event(
+/// Publishes `event` on `$events/presence/{id}` (QoS 1).
+pub(crate) async fn publish_event(
     broker: &BrokerHandle,
     event: &PresenceEvent,
 ) -> Result<(), myriad_broker::shell::BrokerStopped> {
@@ -238,5 +255,9 @@ fn disconnect_reason(reason: OfflineReason) -> DisconnectReason {
         OfflineReason::ProtocolError(_) => DisconnectReason::ProtocolError,
         OfflineReason::TakenOver => DisconnectReason::Takeover,
         OfflineReason::ServerShutdown => DisconnectReason::ServerShutdown,
+        // The device layer closes a disabled or deleted device's
+        // connection with 0x87, anything else (kick, new password) with 0x98.
+        OfflineReason::Kicked(ReasonCode::NotAuthorized) => DisconnectReason::Disabled,
+        OfflineReason::Kicked(_) => DisconnectReason::Kicked,
     }
 }

@@ -52,10 +52,14 @@ pub enum DevicesCommand {
     List(DeviceList),
     /// Change a device's name, attributes, groups or enabled state.
     Update(DeviceUpdate),
-    /// Remove a device (its credentials, shadow and presence go too).
+    /// Remove a device and everything kept for it (credentials, shadow,
+    /// presence, MQTT session, retained messages, pending commands).
     Delete(IdArg),
-    /// Set a device's MQTT password.
+    /// Set a device's MQTT password (its open connection is closed).
     SetPassword(SetPassword),
+    /// Close a device's open MQTT connection (it may reconnect at once;
+    /// `update --disable` keeps it out).
+    Kick(IdArg),
     /// Provision devices in bulk from a CSV or JSON-lines file.
     Import(DeviceImport),
 }

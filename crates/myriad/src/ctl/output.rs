@@ -44,9 +44,10 @@ pub fn shape(command: &ApiCommand) -> Shape {
             DevicesCommand::List(_) => Shape::DeviceList,
             DevicesCommand::Import(_) => Shape::Import,
             DevicesCommand::Delete(_) | DevicesCommand::SetPassword(_) => Shape::NoContent,
-            DevicesCommand::Create(_) | DevicesCommand::Get(_) | DevicesCommand::Update(_) => {
-                Shape::Object
-            }
+            DevicesCommand::Create(_)
+            | DevicesCommand::Get(_)
+            | DevicesCommand::Update(_)
+            | DevicesCommand::Kick(_) => Shape::Object,
         },
         ApiCommand::Presence(PresenceCommand::List(_)) => Shape::PresenceList,
         ApiCommand::Presence(_) => Shape::Object,

@@ -162,6 +162,9 @@ fn devices(cmd: &DevicesCommand) -> Result<ApiRequest> {
             ApiRequest::new(Method::Put, format!("{}/password", device_path(&set.id)))
                 .json(json!({ "password": password }))
         }
+        DevicesCommand::Kick(arg) => {
+            ApiRequest::new(Method::Post, format!("{}/disconnect", device_path(&arg.id)))
+        }
         DevicesCommand::Import(import) => device_import(import)?,
     })
 }

@@ -167,6 +167,19 @@ fn devices_get_and_delete_encode_the_id() {
 }
 
 #[test]
+fn devices_kick_posts_to_disconnect() {
+    assert_eq!(
+        req(&["devices", "kick", "d:1"]),
+        expect(
+            Method::Post,
+            "/api/v1/devices/d%3A1/disconnect",
+            &[],
+            ApiBody::Empty
+        )
+    );
+}
+
+#[test]
 fn devices_list_without_filters() {
     assert_eq!(req(&["devices", "list"]), get("/api/v1/devices"));
 }

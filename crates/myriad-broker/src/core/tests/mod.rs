@@ -7,6 +7,7 @@
 mod alias;
 mod backpressure;
 mod connect;
+mod evict;
 mod expiry;
 mod hooks;
 mod keepalive;

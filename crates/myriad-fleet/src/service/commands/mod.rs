@@ -395,6 +395,25 @@ impl CommandService {
         }
     }
 
+    /// Cancels every command of `device` that is not final with `reason`
+    /// (a deleted device); returns how many were cancelled.
+    pub async fn cancel_device(&self, device: &DeviceId, reason: &str) -> usize {
+        let effects = self
+            .engine()
+            .cancel_device(device.as_str(), reason, now_ms());
+        let cancelled = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Changed(_)))
+            .count();
+        let seq = self.apply(effects).await;
+        // Stored before the caller reports the device gone.
+        if seq > 0 {
+            self.log.committed(seq).await;
+        }
+        self.timers.notify_one();
+        cancelled
+    }
+
     /// Progress of batch `id`.
     pub fn batch(&self, id: &BatchId) -> Result<Option<BatchProgress>, CommandError> {
         if let Some(progress) = self.engine().batch(id) {
