@@ -302,6 +302,30 @@ def test_shadow_version_conflicts_and_bad_requests_are_rejected(broker, api, dev
         c.close()
 
 
+@pytest.mark.parametrize("version", [V5, V311])
+def test_a_device_near_its_reported_limit_does_not_block_operator_updates(broker, api, device, version):
+    """desired and reported have 8 KiB each (issue 15 item 13): a device that
+    fills reported still gets the operator's desired change, and its own next
+    report past 8 KiB names the section."""
+    dev, pw = device()
+    c = shadow_client(broker, dev, pw, version)
+    try:
+        c.publish(f"$shadow/{dev}/update", json.dumps({"state": {"reported": {"blob": "r" * 8000}}}), qos=1)
+        replies(c, "/update/accepted")
+        doc = api.ok("PATCH", f"/api/v1/devices/{dev}/shadow", {"desired": {"blob": "d" * 8000}})
+        assert doc["version"] == 2
+        (delta,) = replies(c, "/update/delta")
+        assert delta["state"]["blob"] == "d" * 8000
+        c.publish(f"$shadow/{dev}/update", json.dumps({"state": {"reported": {"more": "x" * 400}}}), qos=1)
+        (rej,) = replies(c, "/update/rejected")
+        assert rej["code"] == 413 and "reported" in rej["message"], rej
+        status, body = api.call("PATCH", f"/api/v1/devices/{dev}/shadow", {"desired": {"more": "y" * 400}})
+        assert status == 413 and "desired" in body["message"], body
+        assert api.ok("GET", f"/api/v1/devices/{dev}/shadow")["version"] == 2
+    finally:
+        c.close()
+
+
 def test_a_persistent_session_gets_the_delta_set_while_it_was_offline(broker, api, device):
     dev, pw = device()
     c = shadow_client(broker, dev, pw, V5, clean=False, connect_props={"SessionExpiryInterval": 600})

@@ -155,15 +155,19 @@ impl Shadow {
         let new_desired = apply_section(&self.desired, &self.metadata.desired, &desired, now_ms);
         let new_reported =
             apply_section(&self.reported, &self.metadata.reported, &reported, now_ms);
-        let size = serialized_len(new_desired.as_ref().map_or(&self.desired, |(s, _)| s))
-            .saturating_add(serialized_len(
-                new_reported.as_ref().map_or(&self.reported, |(s, _)| s),
-            ));
-        if size > limits.max_document_bytes {
-            return Err(reject(ShadowError::DocumentTooLarge {
-                size,
-                max: limits.max_document_bytes,
-            }));
+        // Each section against its own limit, and only the sections this
+        // update changes: one that was within a limit since lowered never
+        // blocks updates to the other.
+        for (section, changed, max) in [
+            (Section::Desired, &new_desired, limits.max_desired_bytes),
+            (Section::Reported, &new_reported, limits.max_reported_bytes),
+        ] {
+            if let Some((state, _)) = changed {
+                let size = serialized_len(state);
+                if size > max {
+                    return Err(reject(ShadowError::DocumentTooLarge { section, size, max }));
+                }
+            }
         }
 
         let previous = self.snapshot();

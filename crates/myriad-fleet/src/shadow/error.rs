@@ -84,11 +84,14 @@ pub enum ShadowError {
         /// The configured maximum.
         max: usize,
     },
-    /// The document after the update would be larger than
-    /// [`ShadowLimits::max_document_bytes`](super::ShadowLimits::max_document_bytes).
-    #[error("the document would be {size} bytes after the update, the maximum is {max}")]
+    /// A section after the update would be larger than its limit
+    /// ([`ShadowLimits::max_desired_bytes`](super::ShadowLimits::max_desired_bytes),
+    /// [`ShadowLimits::max_reported_bytes`](super::ShadowLimits::max_reported_bytes)).
+    #[error("state.{section} would be {size} bytes after the update, the maximum is {max}")]
     DocumentTooLarge {
-        /// Serialized size of desired + reported after the update, in bytes.
+        /// The section that would be too large.
+        section: Section,
+        /// Serialized size of the section after the update, in bytes.
         size: usize,
         /// The configured maximum.
         max: usize,

@@ -10,10 +10,14 @@ pub const MAX_CLIENT_TOKEN_BYTES: usize = 64;
 /// Size and shape limits applied to shadow requests and documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShadowLimits {
-    /// Largest document after an update: the serialized `desired` object plus
-    /// the serialized `reported` object (metadata not counted), in bytes.
-    /// Exceeding it rejects the update with code 413. Default 8192.
-    pub max_document_bytes: usize,
+    /// Largest serialized `desired` object after an update (metadata not
+    /// counted), in bytes. An update that would make it larger is rejected
+    /// with code 413. Default 8192. Separate from `reported`, so a device
+    /// near its own limit never blocks an operator's desired update.
+    pub max_desired_bytes: usize,
+    /// Largest serialized `reported` object after an update, in bytes, as
+    /// for `max_desired_bytes`. Default 8192.
+    pub max_reported_bytes: usize,
     /// Deepest nesting inside `state.desired` / `state.reported` of a
     /// request: a key directly in the section is at level 1, and every object
     /// or array value adds a level. Exceeding it rejects the update with
@@ -27,7 +31,8 @@ pub struct ShadowLimits {
 impl Default for ShadowLimits {
     fn default() -> Self {
         ShadowLimits {
-            max_document_bytes: 8192,
+            max_desired_bytes: 8192,
+            max_reported_bytes: 8192,
             max_depth: 6,
             max_request_bytes: 16384,
         }

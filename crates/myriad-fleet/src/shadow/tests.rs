@@ -414,20 +414,21 @@ fn exhausted_version_is_409() {
 }
 
 #[test]
-fn document_too_large_is_413_and_leaves_the_shadow_unchanged() {
+fn section_too_large_is_413_and_leaves_the_shadow_unchanged() {
     let mut shadow = Shadow::new();
     let tight = ShadowLimits {
-        max_document_bytes: 30,
+        max_desired_bytes: 20,
+        max_reported_bytes: 20,
         ..limits()
     };
-    // {"a":"0123456789"} = 18 bytes, + {} = 2 bytes for reported.
+    // {"a":"0123456789"} = 18 bytes.
     shadow
         .apply_update(br#"{"state":{"desired":{"a":"0123456789"}}}"#, 10, &tight)
         .expect("fits");
     let before = shadow.clone();
     let rejected = shadow
         .apply_update(
-            br#"{"state":{"reported":{"b":"0123456789"}},"clientToken":"big"}"#,
+            br#"{"state":{"desired":{"b":"0123456789"}},"clientToken":"big"}"#,
             20,
             &tight,
         )
@@ -435,14 +436,14 @@ fn document_too_large_is_413_and_leaves_the_shadow_unchanged() {
     assert_eq!(rejected.code, 413);
     assert_eq!(
         rejected.message,
-        "the document would be 36 bytes after the update, the maximum is 30"
+        "state.desired would be 35 bytes after the update, the maximum is 20"
     );
     assert_eq!(rejected.client_token.as_deref(), Some("big"));
     assert_eq!(shadow, before);
     // Deleting makes room again: the size counted is the one after the update.
     shadow
         .apply_update(
-            br#"{"state":{"desired":null,"reported":{"b":"0123456789"}}}"#,
+            br#"{"state":{"desired":{"a":null,"b":"0123456789"}}}"#,
             30,
             &tight,
         )
@@ -450,19 +451,53 @@ fn document_too_large_is_413_and_leaves_the_shadow_unchanged() {
 }
 
 #[test]
-fn default_document_limit_is_8192_bytes() {
+fn a_full_reported_section_does_not_block_desired_updates() {
     let mut shadow = Shadow::new();
-    // {"k":"…"} is 8 bytes + the string; reported {} is 2 more.
-    let fits = "x".repeat(8192 - 10);
-    accept(&mut shadow, json!({"state": {"desired": {"k": fits}}}), 10);
-    let too_big = "x".repeat(8192 - 9);
+    let tight = ShadowLimits {
+        max_desired_bytes: 20,
+        max_reported_bytes: 20,
+        ..limits()
+    };
+    // The device fills its reported section to the byte.
+    shadow
+        .apply_update(br#"{"state":{"reported":{"r":"01234567890"}}}"#, 10, &tight)
+        .expect("reported fits");
+    // The operator can still change desired, up to desired's own limit.
+    shadow
+        .apply_update(br#"{"state":{"desired":{"d":"0123456789"}}}"#, 20, &tight)
+        .expect("desired has its own budget");
+    let rejected = shadow
+        .apply_update(br#"{"state":{"reported":{"s":1}}}"#, 30, &tight)
+        .expect_err("reported is full");
+    assert!(matches!(
+        rejected.reason,
+        ShadowError::DocumentTooLarge {
+            section: Section::Reported,
+            max: 20,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn default_section_limits_are_8192_bytes_each() {
+    let mut shadow = Shadow::new();
+    // {"k":"…"} is 8 bytes + the string.
+    let fits = "x".repeat(8192 - 8);
+    accept(
+        &mut shadow,
+        json!({"state": {"desired": {"k": fits.clone()}}}),
+        10,
+    );
+    accept(&mut shadow, json!({"state": {"reported": {"k": fits}}}), 20);
+    let too_big = "x".repeat(8192 - 7);
     let rejected = reject(
         &mut shadow,
         json!({"state": {"desired": {"k": too_big}}}),
-        20,
+        30,
     );
     assert_eq!(rejected.code, 413);
-    assert_eq!(shadow.version(), 1);
+    assert_eq!(shadow.version(), 2);
 }
 
 #[test]
@@ -740,7 +775,8 @@ fn shadow_from(
     patch: &Map<String, Value>,
 ) -> Shadow {
     let big = ShadowLimits {
-        max_document_bytes: usize::MAX,
+        max_desired_bytes: usize::MAX,
+        max_reported_bytes: usize::MAX,
         max_depth: 64,
         max_request_bytes: usize::MAX,
     };
@@ -822,7 +858,8 @@ proptest! {
         let expected = shadow.delta_message(3);
         let out = shadow
             .update_reported(Value::Object(delta.clone()), None, 3, &ShadowLimits {
-                max_document_bytes: usize::MAX,
+                max_desired_bytes: usize::MAX,
+                max_reported_bytes: usize::MAX,
                 max_depth: 64,
                 max_request_bytes: usize::MAX,
             })
