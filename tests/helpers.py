@@ -646,6 +646,20 @@ class Api:
             raise ApiError(status, data)
         return data
 
+    def create_device(self, prefix: str = "dev", password: str = "dev-pw-1") -> tuple[str, str]:
+        """Registers a device with a unique id; returns (id, password), its MQTT login."""
+        dev_id = unique(prefix)
+        self.ok("POST", "/api/v1/devices", {"id": dev_id, "password": password}, expect=201)
+        return dev_id, password
+
+    def create_app(self, publish: list[str] | None = None, subscribe: list[str] | None = None,
+                   admin: bool = False, prefix: str = "app", password: str = "app-pw-1") -> tuple[str, str]:
+        """Registers an app client with a unique id; returns its MQTT login ("app:{id}", password)."""
+        app_id = unique(prefix)
+        self.ok("POST", "/api/v1/apps", {"id": app_id, "publish": publish or [], "subscribe": subscribe or [],
+                                         "admin": admin, "password": password}, expect=201)
+        return f"app:{app_id}", password
+
 
 def rss_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of `pid` in MiB."""

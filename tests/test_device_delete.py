@@ -21,13 +21,6 @@ def api(broker) -> Api:
     return Api(broker.api_port, TOKEN)
 
 
-def make_admin(api: Api) -> tuple[str, str]:
-    app_id = unique("adm")
-    api.ok("POST", "/api/v1/apps", {"id": app_id, "publish": [], "subscribe": [], "admin": True,
-                                    "password": "app-pw-1"}, expect=201)
-    return f"app:{app_id}", "app-pw-1"
-
-
 def session_props(version: int) -> dict | None:
     return {"SessionExpiryInterval": 3600} if version == V5 else None
 
@@ -37,7 +30,7 @@ def session_props(version: int) -> dict | None:
 def test_a_device_created_again_starts_from_nothing(broker, api, version, online):
     dev = unique("r1")
     api.ok("POST", "/api/v1/devices", {"id": dev, "password": "old-pw-1"}, expect=201)
-    admin_user, admin_pw = make_admin(api)
+    admin_user, admin_pw = api.create_app(admin=True, prefix="adm")
     d = Client(broker.port, client_id=dev, username=dev, password="old-pw-1", version=version, clean=False,
                connect_props=session_props(version))
     assert d.subscribe([(f"$commands/{dev}/#", 1), (f"devices/{dev}/#", 1)]) == [1, 1]

@@ -28,19 +28,6 @@ def api(broker) -> Api:
     return Api(broker.api_port, TOKEN)
 
 
-def make_device(api: Api) -> tuple[str, str]:
-    dev_id = unique("rv")
-    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-1"}, expect=201)
-    return dev_id, "dev-pw-1"
-
-
-def make_admin(api: Api) -> tuple[str, str]:
-    app_id = unique("adm")
-    api.ok("POST", "/api/v1/apps", {"id": app_id, "publish": [], "subscribe": [], "admin": True,
-                                    "password": "app-pw-1"}, expect=201)
-    return f"app:{app_id}", "app-pw-1"
-
-
 def revoke(api: Api, action: str, dev: str) -> None:
     if action == "disable":
         api.ok("PATCH", f"/api/v1/devices/{dev}", {"enabled": False})
@@ -67,8 +54,8 @@ EXPECTED = {
 @pytest.mark.parametrize("version", [V5, V311])
 @pytest.mark.parametrize("action", ["disable", "password", "delete", "kick"])
 def test_revocation_closes_the_live_connection(broker, api, version, action):
-    dev, pw = make_device(api)
-    admin_user, admin_pw = make_admin(api)
+    dev, pw = api.create_device("rv")
+    admin_user, admin_pw = api.create_app(admin=True, prefix="adm")
     code, presence_reason, will_published = EXPECTED[action]
     with Client(broker.port, username=admin_user, password=admin_pw) as admin:
         assert admin.subscribe([(f"$events/presence/{dev}", 1), (f"devices/{dev}/#", 1)]) == [1, 1]
@@ -106,14 +93,14 @@ def test_revocation_closes_the_live_connection(broker, api, version, action):
 
 
 def test_kick_of_an_offline_or_unknown_device(api):
-    dev, _ = make_device(api)
+    dev, _ = api.create_device("rv")
     assert api.ok("POST", f"/api/v1/devices/{dev}/disconnect") == {"device": dev, "disconnected": False}
     status, body = api.call("POST", f"/api/v1/devices/{unique('nope')}/disconnect")
     assert status == 404, body
 
 
 def test_kick_from_ctl(broker, api):
-    dev, pw = make_device(api)
+    dev, pw = api.create_device("rv")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
     env["MYRIAD_API"] = f"http://127.0.0.1:{broker.api_port}"
     env["MYRIAD_API_TOKEN"] = TOKEN
@@ -145,8 +132,8 @@ def test_openapi_documents_the_disconnect_route(api):
 def test_takeover_by_the_same_device_is_recorded(broker, api, version):
     """Item 11: the same device connecting again while its connection is
     open: the online event says `takeover`, the record keeps it."""
-    dev, pw = make_device(api)
-    admin_user, admin_pw = make_admin(api)
+    dev, pw = api.create_device("rv")
+    admin_user, admin_pw = api.create_app(admin=True, prefix="adm")
     with Client(broker.port, username=admin_user, password=admin_pw) as admin:
         assert admin.subscribe(f"$events/presence/{dev}", qos=1) == [1]
         first = Client(broker.port, client_id=dev, username=dev, password=pw, version=version)

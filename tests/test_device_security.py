@@ -22,19 +22,6 @@ def api(broker) -> Api:
     return Api(broker.api_port, TOKEN)
 
 
-def make_device(api: Api) -> tuple[str, str]:
-    dev_id = unique("sensor")
-    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-1"}, expect=201)
-    return dev_id, "dev-pw-1"
-
-
-def make_app(api: Api, publish: list[str], subscribe: list[str], admin: bool = False) -> tuple[str, str]:
-    app_id = unique("app")
-    api.ok("POST", "/api/v1/apps", {"id": app_id, "publish": publish, "subscribe": subscribe,
-                                    "admin": admin, "password": "app-pw-1"}, expect=201)
-    return f"app:{app_id}", "app-pw-1"
-
-
 def session_props(version: int) -> dict | None:
     return {"SessionExpiryInterval": 300} if version == V5 else None
 
@@ -44,9 +31,9 @@ def test_app_cannot_take_a_devices_client_id(broker, api, version):
     """Item 1: an app allowed only dash/# connecting with a device's client id
     gets 0x85, neither resumes the device's session (queued command) nor
     kicks the live device off."""
-    dev, dev_pw = make_device(api)
-    user, pw = make_app(api, ["dash/#"], ["dash/#"])
-    admin_user, admin_pw = make_app(api, [], [], admin=True)
+    dev, dev_pw = api.create_device("sensor")
+    user, pw = api.create_app(["dash/#"], ["dash/#"])
+    admin_user, admin_pw = api.create_app([], [], admin=True)
     d = Client(broker.port, client_id=dev, username=dev, password=dev_pw, version=version, clean=False,
                connect_props=session_props(version))
     assert d.subscribe(f"$commands/{dev}/#", qos=1) in ([1],)
@@ -88,7 +75,7 @@ def test_anonymous_client_cannot_take_a_devices_client_id(broker_factory):
     token = "anon-security-token-0123456789"
     b = broker_factory({"auth": {"allow_anonymous": True}, "api": {"token": token}})
     api = Api(b.api_port, token)
-    dev, dev_pw = make_device(api)
+    dev, dev_pw = api.create_device("sensor")
     d = Client(b.port, client_id=dev, username=dev, password=dev_pw)
     try:
         for version in (V5, V311):
@@ -109,9 +96,9 @@ def test_anonymous_client_cannot_take_a_devices_client_id(broker_factory):
 def test_resumed_session_is_held_to_the_new_logins_acl(broker, api, version):
     """Item 1: a session built by one login and resumed by another keeps
     only the subscriptions (and queued messages) the new login may have."""
-    rich_user, rich_pw = make_app(api, [], ["secret/#", "dash/#"])
-    poor_user, poor_pw = make_app(api, [], ["dash/#"])
-    admin_user, admin_pw = make_app(api, [], [], admin=True)
+    rich_user, rich_pw = api.create_app([], ["secret/#", "dash/#"])
+    poor_user, poor_pw = api.create_app([], ["dash/#"])
+    admin_user, admin_pw = api.create_app([], [], admin=True)
     cid = unique("shared")
     rich = Client(broker.port, client_id=cid, username=rich_user, password=rich_pw, version=version,
                   clean=False, connect_props=session_props(version))
@@ -146,10 +133,10 @@ def test_device_ids_with_the_app_prefix_are_refused(api):
 def test_response_topic_is_authorised_against_the_requester(broker, api):
     """Item 3: the platform publishes the answer to a `$commands/request` only
     to a Response Topic the requesting client may publish to itself."""
-    dev, _ = make_device(api)
-    other, _ = make_device(api)
-    user, pw = make_app(api, ["$commands/request", "dash/replies/#"], ["dash/#"])
-    admin_user, admin_pw = make_app(api, [], [], admin=True)
+    dev, _ = api.create_device("sensor")
+    other, _ = api.create_device("sensor")
+    user, pw = api.create_app(["$commands/request", "dash/replies/#"], ["dash/#"])
+    admin_user, admin_pw = api.create_app([], [], admin=True)
     with Client(broker.port, username=admin_user, password=admin_pw) as admin, \
             Client(broker.port, username=user, password=pw) as app:
         assert admin.subscribe([(f"devices/{other}/#", 1), (f"$shadow/{other}/#", 1),
@@ -179,7 +166,7 @@ def test_anonymous_clients_read_no_device_data_by_default(broker_factory, versio
     token = "anon-default-token-0123456789"
     b = broker_factory({"api": {"token": token}})
     api = Api(b.api_port, token)
-    dev, dev_pw = make_device(api)
+    dev, dev_pw = api.create_device("sensor")
     with Client(b.port, client_id=dev, username=dev, password=dev_pw, version=version) as d:
         assert d.publish(f"devices/{dev}/secret", b"retained-secret", qos=1, retain=True) in (0, 0x10)
         with Client(b.port, version=version) as anon, Client(b.port, version=version) as pub:
@@ -209,8 +196,8 @@ def test_retain_is_refused_on_platform_request_topics(broker, api, version):
     """Item 7: a retained request would be re-applied at every restart: the
     retain flag is refused on `$shadow/{id}/update|get`, `$commands/request`
     and `$commands/{id}/reply/...` (5.0: PUBACK 0x87), nothing is retained."""
-    dev, dev_pw = make_device(api)
-    admin_user, admin_pw = make_app(api, [], [], admin=True)
+    dev, dev_pw = api.create_device("sensor")
+    admin_user, admin_pw = api.create_app([], [], admin=True)
     with Client(broker.port, client_id=dev, username=dev, password=dev_pw, version=version) as d, \
             Client(broker.port, username=admin_user, password=admin_pw, version=version) as admin:
         topics = [f"$shadow/{dev}/update", f"$shadow/{dev}/get", f"$commands/{dev}/reply/1"]
