@@ -360,3 +360,19 @@ def test_handshake_metrics_and_certificate_expiry(broker_factory, certs, tmp_pat
     assert got == (1, 1, 1), [line for line in lines if name in line]
     expiry = metric(lines, "myriad_tls_certificate_expiry_timestamp_seconds")
     assert expiry > time.time() + 86400, [line for line in lines if "expiry" in line]
+
+
+def test_messages_larger_than_the_tls_send_buffer(tls_broker, certs):
+    """A 300 KiB message to a TLS subscriber passes rustls's 64 KiB send
+    buffer several times over: it arrives whole."""
+    topic = unique("big")
+    payload = os.urandom(300 * 1024)
+    sub = Client(tls_port(tls_broker), version=V5, tls=context(certs))
+    pub = Client(tls_port(tls_broker), version=V311, tls=context(certs))
+    try:
+        sub.subscribe(topic, 1)
+        pub.publish(topic, payload, qos=1)
+        assert sub.get(timeout=10).payload == payload
+    finally:
+        pub.close()
+        sub.close()

@@ -117,15 +117,7 @@ impl Transport {
         match self {
             Transport::Tcp(tcp) => write_all_plain(tcp, out).await,
             Transport::Tls(stream) => {
-                let mut written = 0;
-                while written < out.len() {
-                    let accepted = stream.tls.writer().write(&out[written..])?;
-                    match accepted {
-                        // rustls's buffer is full: send some first.
-                        0 => stream.flush().await?,
-                        n => written += n,
-                    }
-                }
+                stream.encrypt(out).await?;
                 stream.flush().await
             }
         }
@@ -136,16 +128,8 @@ impl Transport {
         match self {
             Transport::Tcp(tcp) => write_chunks_plain(tcp, chunks).await,
             Transport::Tls(stream) => {
-                while let Some(front) = chunks.front_mut() {
-                    if front.is_empty() {
-                        chunks.pop_front();
-                        continue;
-                    }
-                    let accepted = stream.tls.writer().write(front)?;
-                    match accepted {
-                        0 => stream.flush().await?,
-                        n => front.advance(n),
-                    }
+                while let Some(chunk) = chunks.pop_front() {
+                    stream.encrypt(&chunk).await?;
                 }
                 stream.flush().await
             }
@@ -216,6 +200,20 @@ impl TlsStream {
             }
         }
         Ok(n)
+    }
+
+    /// Hands `plaintext` to rustls, sending records whenever its buffer
+    /// (64 KiB by default) is full; some records may still wait in it.
+    async fn encrypt(&mut self, plaintext: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        while written < plaintext.len() {
+            let accepted = self.tls.writer().write(&plaintext[written..])?;
+            match accepted {
+                0 => self.flush().await?,
+                n => written += n,
+            }
+        }
+        Ok(())
     }
 
     /// Writes every TLS record rustls holds.
