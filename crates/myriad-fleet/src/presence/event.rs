@@ -13,7 +13,7 @@ use crate::registry::DeviceId;
 pub struct ConnectInfo {
     /// The client's address, if known.
     pub address: Option<SocketAddr>,
-    /// MQTT protocol level: 4 for 3.1.1, 5 for 5.0 (0 if unknown).
+    /// MQTT protocol level: 3 for 3.1, 4 for 3.1.1, 5 for 5.0 (0 if unknown).
     pub protocol: u8,
     /// The keep-alive the session runs with, seconds.
     pub keep_alive_secs: u16,
