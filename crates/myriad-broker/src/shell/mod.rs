@@ -420,8 +420,8 @@ pub async fn run(
     accepting.join_all().await;
     if let Some(ended) = failed {
         // Connections cannot be served without the core: say nothing more,
-        // the process is expected to end (and be restarted).
-        shutdown.cancel();
+        // the process is expected to end (and be restarted). `shutdown`
+        // was cancelled above, which also ends every connection task.
         let outcome = match ended {
             Ok(Ok(())) => Err(ServeError::Panicked {
                 task: "core task",
