@@ -241,6 +241,7 @@ def test_many_packets_in_one_frame(wsb):
         assert c.recv_type(raw.SUBACK)
         assert [c.recv_type(raw.PUBLISH).payload for _ in range(20)] == [f"m{i}".encode() for i in range(20)]
         c.recv_type(raw.PINGRESP)
+    assert wait_metric(wsb, "myriad_ws_upgrades_total", 1, result="ok") >= 1
 
 
 def test_mqttv31_subprotocol_for_mqtt_3_1_clients(wsb):

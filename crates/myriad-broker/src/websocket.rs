@@ -636,6 +636,42 @@ mod tests {
         check(big, "too_large", 1009);
     }
 
+    proptest::proptest! {
+        /// Any bytes: no panic, and whatever is appended never exceeds the input.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), step in 1usize..64) {
+            let len = bytes.len();
+            let (_, out, _) = decode_all(&mut FrameDecoder::default(), bytes, step);
+            proptest::prop_assert!(out.len() <= len);
+        }
+
+        /// Valid messages, each split into fragments, read in any chunking:
+        /// the payloads come out whole and in order.
+        #[test]
+        fn fragmented_messages_in_any_chunking(
+            messages in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 1..4),
+                1..5,
+            ),
+            step in 1usize..100,
+        ) {
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for fragments in &messages {
+                for (i, fragment) in fragments.iter().enumerate() {
+                    let opcode = if i == 0 { BINARY } else { CONTINUATION };
+                    let fin = if i + 1 == fragments.len() { 0x80 } else { 0 };
+                    bytes.extend(client_frame(fin | opcode, fragment));
+                    expected.extend_from_slice(fragment);
+                }
+            }
+            let (status, out, replies) = decode_all(&mut FrameDecoder::default(), bytes, step);
+            proptest::prop_assert_eq!(status, Ok(Status::Open));
+            proptest::prop_assert_eq!(&out[..], &expected[..]);
+            proptest::prop_assert!(replies.is_empty());
+        }
+    }
+
     #[test]
     fn server_headers_use_the_shortest_length() {
         assert_eq!(binary_header(5), [0x82, 5]);
