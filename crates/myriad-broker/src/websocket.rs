@@ -445,6 +445,11 @@ impl FrameDecoder {
                     [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
                     [_] => return Err(FrameError::protocol("close_payload")),
                 };
+                // RFC 6455 §7.4: codes an endpoint may send (1005, 1006 and
+                // 1015 only name local conditions).
+                if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                    return Err(FrameError::protocol("close_payload"));
+                }
                 replies.extend_from_slice(&close_frame(code));
                 return Ok(Status::Closed);
             }
@@ -630,6 +635,12 @@ mod tests {
         );
         check(client_frame(0xC0 | BINARY, b"x"), "reserved_bits", 1002);
         check(client_frame(0x83, b"x"), "opcode", 1002);
+        check(
+            client_frame(0x80 | CLOSE, &1005u16.to_be_bytes()),
+            "close_payload",
+            1002,
+        );
+        check(client_frame(0x80 | CLOSE, b"x"), "close_payload", 1002);
         let mut big = vec![0x82, 0xFF];
         big.extend_from_slice(&(2u64 << 20).to_be_bytes());
         big.extend_from_slice(&MASK);
