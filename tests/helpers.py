@@ -336,8 +336,11 @@ class Client:
         connect: bool = True,
         expect_rc: int | None = 0,
         tls: Any = None,
+        transport: str = "tcp",
+        ws_path: str = "/mqtt",
     ):
-        """``tls``: an ``ssl.SSLContext`` to connect over TLS with."""
+        """``tls``: an ``ssl.SSLContext`` to connect over TLS with;
+        ``transport="websockets"``: MQTT over WebSocket on ``ws_path``."""
         self.port = port
         self.version = version
         self.client_id = unique("c") if client_id is None else client_id
@@ -360,8 +363,11 @@ class Client:
             client_id=self.client_id,
             protocol=mqtt.MQTTv5 if version == V5 else mqtt.MQTTv311,
             reconnect_on_failure=False,
+            transport=transport,
             **kwargs,
         )
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
         self.c.max_inflight_messages_set(8)  # stay within any server Receive Maximum the tests configure
         self.c.max_queued_messages_set(0)
         if username is not None:

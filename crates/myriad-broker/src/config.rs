@@ -12,7 +12,8 @@ pub struct BrokerConfig {
     /// `listeners` has every listener).
     pub listen: String,
     /// More listeners, each with its own address and kind (`[[mqtt.listeners]]`):
-    /// plain TCP or MQTT over TLS. `listen` stays the first plain one.
+    /// plain TCP, MQTT over TLS, MQTT over WebSocket (`ws`) or over
+    /// WebSocket over TLS (`wss`). `listen` stays the first plain one.
     pub listeners: Vec<ListenerConfig>,
     /// Largest keep alive the server accepts (Server Keep Alive in 5.0). A 5.0
     /// client asking for more, or for 0, is told this value in CONNACK.
@@ -83,6 +84,16 @@ pub struct BrokerConfig {
     /// Most topic aliases the server assigns towards one client (5.0): the
     /// smaller of this and the client's Topic Alias Maximum; 0 assigns none.
     pub max_outbound_aliases: u16,
+    /// Most bytes of a WebSocket upgrade request (request line and headers)
+    /// on `ws`/`wss` listeners; a longer one is answered 431 and closed. The
+    /// whole upgrade counts against `connect_timeout_secs` (with the TLS
+    /// handshake and the CONNECT).
+    pub ws_max_handshake_bytes: usize,
+    /// Largest payload of one WebSocket frame a client may send, in bytes; a
+    /// bigger frame is answered with close 1009 and the connection closed.
+    /// A packet may span frames, but clients (MQTT.js, paho) send one frame
+    /// per packet: keep it at least `max_packet_size`.
+    pub ws_max_frame_size: usize,
 }
 
 impl Default for BrokerConfig {
@@ -108,6 +119,8 @@ impl Default for BrokerConfig {
             max_topic_length: 4096,
             max_subscriptions_per_client: 1000,
             max_outbound_aliases: 64,
+            ws_max_handshake_bytes: 8 * 1024,
+            ws_max_frame_size: 1024 * 1024,
         }
     }
 }
@@ -167,6 +180,15 @@ impl BrokerConfig {
         if self.listen_backlog == 0 || self.listen_backlog > 65_535 {
             return fail("listen_backlog", "must be between 1 and 65535");
         }
+        if !(256..=1024 * 1024).contains(&self.ws_max_handshake_bytes) {
+            return fail(
+                "ws_max_handshake_bytes",
+                "must be between 256 and 1048576 bytes",
+            );
+        }
+        if self.ws_max_frame_size < 64 {
+            return fail("ws_max_frame_size", "must be at least 64 bytes");
+        }
         if self.listen.is_empty() && self.listeners.is_empty() {
             return fail("listen", "is empty and no mqtt.listeners are configured");
         }
@@ -190,11 +212,16 @@ impl BrokerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// What the connections speak: plain MQTT over TCP or MQTT over TLS.
+    /// What the connections speak: plain MQTT over TCP, MQTT over TLS, or
+    /// MQTT over WebSocket without (`ws`) or with TLS (`wss`).
     pub kind: ListenerKind,
     /// Address to bind, such as `0.0.0.0:8883`.
     pub listen: String,
-    /// PEM file with the server's certificate chain, leaf first (TLS only).
+    /// The HTTP path WebSocket clients upgrade on (`ws` and `wss` only;
+    /// default `/mqtt`). A request for another path gets 404.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// PEM file with the server's certificate chain, leaf first (`tls` and `wss`).
     #[serde(default)]
     pub cert: Option<PathBuf>,
     /// PEM file with the server's private key: PKCS#8, PKCS#1 or SEC1 (TLS only).
@@ -222,7 +249,37 @@ pub enum ListenerKind {
     Tcp,
     /// MQTT over TLS 1.2 or 1.3 (conventionally port 8883), ALPN `mqtt` accepted.
     Tls,
+    /// MQTT over WebSocket (conventionally port 8083), path `path`.
+    Ws,
+    /// MQTT over WebSocket over TLS (conventionally port 8084): the TLS
+    /// settings of `tls`, then the WebSocket upgrade of `ws`.
+    Wss,
 }
+
+impl ListenerKind {
+    /// Whether connections start with TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    /// Whether connections carry MQTT in WebSocket frames.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+
+    /// The name the config spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+}
+
+/// The WebSocket path of a listener without `path`.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 /// Whether a TLS listener asks clients for certificates.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -239,6 +296,11 @@ pub enum ClientCertPolicy {
 }
 
 impl ListenerConfig {
+    /// The WebSocket path (`path`, or [`DEFAULT_WS_PATH`]).
+    pub fn ws_path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_WS_PATH)
+    }
+
     /// Checks that the fields present fit the kind.
     fn validate(&self) -> Result<(), ConfigError> {
         let fail = |key, reason: &str| {
@@ -250,8 +312,21 @@ impl ListenerConfig {
         if self.listen.is_empty() {
             return fail("listeners.listen", "must not be empty");
         }
+        if self.kind.is_websocket() {
+            if let Some(path) = &self.path
+                && (!path.starts_with('/')
+                    || path.contains(|c: char| c.is_whitespace() || c == '?'))
+            {
+                return fail(
+                    "listeners.path",
+                    "must start with / and have no spaces or query",
+                );
+            }
+        } else if self.path.is_some() {
+            return fail("listeners.path", "needs kind = \"ws\" or \"wss\"");
+        }
         match self.kind {
-            ListenerKind::Tcp => {
+            ListenerKind::Tcp | ListenerKind::Ws => {
                 if self.cert.is_some()
                     || self.key.is_some()
                     || self.client_ca.is_some()
@@ -259,19 +334,22 @@ impl ListenerConfig {
                 {
                     return fail(
                         "listeners.kind",
-                        "a tcp listener takes no cert, key, client_ca or client_crl (use kind = \"tls\")",
+                        "a tcp or ws listener takes no cert, key, client_ca or client_crl (use kind = \"tls\" or \"wss\")",
                     );
                 }
                 if self.client_certs != ClientCertPolicy::None {
-                    return fail("listeners.client_certs", "needs kind = \"tls\"");
+                    return fail("listeners.client_certs", "needs kind = \"tls\" or \"wss\"");
                 }
             }
-            ListenerKind::Tls => {
+            ListenerKind::Tls | ListenerKind::Wss => {
                 if self.cert.is_none() {
-                    return fail("listeners.cert", "a tls listener needs a certificate chain");
+                    return fail(
+                        "listeners.cert",
+                        "a tls or wss listener needs a certificate chain",
+                    );
                 }
                 if self.key.is_none() {
-                    return fail("listeners.key", "a tls listener needs a private key");
+                    return fail("listeners.key", "a tls or wss listener needs a private key");
                 }
                 if self.client_certs != ClientCertPolicy::None && self.client_ca.is_none() {
                     return fail(

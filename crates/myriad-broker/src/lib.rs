@@ -5,6 +5,7 @@
 //! - [`shell`]: the tokio shell: TCP listener, one task per connection, and
 //!   the task that drives the core.
 //! - [`config`]: limits and policies.
+//! - [`websocket`]: MQTT over WebSocket, sans-IO (upgrade and framing).
 //! - `fuzz` (feature `fuzz`): the session-engine fuzz harness.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod hooks;
 pub mod shell;
 pub mod trace;
 pub mod watchdog;
+pub mod websocket;
 
 pub use config::BrokerConfig;
 pub use core::{Broker, ConnId, ConnectionLoss, Output, SessionId};

@@ -264,10 +264,7 @@ fn open_store(config: &StoreConfig) -> Result<Option<Persistence>> {
 
 /// The name of a listener kind as the config spells it.
 fn kind_name(kind: ListenerKind) -> &'static str {
-    match kind {
-        ListenerKind::Tcp => "tcp",
-        ListenerKind::Tls => "tls",
-    }
+    kind.name()
 }
 
 /// Gauge of when a TLS listener's server certificate expires (Unix seconds),

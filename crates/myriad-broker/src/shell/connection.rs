@@ -248,6 +248,9 @@ async fn handshake(
                 let timeout = io::Error::from(io::ErrorKind::TimedOut);
                 super::tls::count_handshake(Err(&timeout));
                 debug!(%peer, "TLS handshake not finished in time");
+            } else if stream.is_upgrading() {
+                super::ws::count_refused(super::ws::TIMEOUT_REASON);
+                debug!(%peer, "WebSocket upgrade not finished in time");
             } else {
                 debug!(%peer, "no CONNECT in time");
             }
@@ -390,6 +393,11 @@ impl Connected {
             Ok(0) => return Err(ConnectionLoss::Network),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            // A refused WebSocket frame, answered with a close frame: the
+            // connection lingers so that the client reads it.
+            Err(e) if super::ws::is_frame_error(&e) => {
+                return Err(ConnectionLoss::ProtocolViolation(ReasonCode::ProtocolError));
+            }
             Err(_) => return Err(ConnectionLoss::Network),
         }
         self.drain().await
@@ -490,7 +498,12 @@ async fn read_connect(
             }
         }
         stream.readable().await.map_err(FirstPacketError::Io)?;
-        match stream.read_available(buf) {
+        let read = stream.read_available(buf);
+        // WebSocket pongs or a close frame owed to the client.
+        if stream.wants_write() {
+            stream.flush().await.map_err(FirstPacketError::Io)?;
+        }
+        match read {
             Ok(0) => {
                 return Err(FirstPacketError::Io(io::ErrorKind::UnexpectedEof.into()));
             }
@@ -611,7 +624,7 @@ mod tests {
         let guard = census.task();
         let task = super::run(
             guard,
-            super::Transport::Tcp(client),
+            super::Transport::from(super::super::transport::Stream::Tcp(client)),
             addr,
             1,
             shared,

@@ -1,5 +1,6 @@
 //! The listeners: binding every configured address, and one accept loop per
-//! listener handing its connections (plain or TLS) to connection tasks.
+//! listener handing its connections (plain, TLS, WebSocket over either) to
+//! connection tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::tls::{TlsSettings, TlsSetupError};
-use super::transport::Transport;
+use super::transport::{Stream, Transport};
+use super::ws::{WsSettings, WsStream};
 use super::{BrokerHandle, Shared, connection};
 use crate::config::{BrokerConfig, ListenerKind};
 
@@ -26,8 +28,10 @@ const COMPLAINT_INTERVAL: Duration = Duration::from_secs(10);
 pub struct BoundListener {
     socket: TcpListener,
     kind: ListenerKind,
-    /// The TLS settings (TLS listeners only).
+    /// The TLS settings (`tls` and `wss` listeners only).
     tls: Option<Arc<TlsSettings>>,
+    /// The WebSocket settings (`ws` and `wss` listeners only).
+    ws: Option<Arc<WsSettings>>,
 }
 
 impl BoundListener {
@@ -58,6 +62,7 @@ impl From<TcpListener> for Listeners {
             socket,
             kind: ListenerKind::Tcp,
             tls: None,
+            ws: None,
         }])
     }
 }
@@ -125,15 +130,21 @@ pub async fn bind_all(config: &BrokerConfig) -> Result<Listeners, BindError> {
             socket,
             kind: ListenerKind::Tcp,
             tls: None,
+            ws: None,
         });
     }
     for (index, entry) in config.listeners.iter().enumerate() {
-        let tls = match entry.kind {
-            ListenerKind::Tcp => None,
-            ListenerKind::Tls => Some(Arc::new(
+        let tls = if entry.kind.is_tls() {
+            Some(Arc::new(
                 TlsSettings::load(entry).map_err(|source| BindError::Tls { index, source })?,
-            )),
+            ))
+        } else {
+            None
         };
+        let ws = entry
+            .kind
+            .is_websocket()
+            .then(|| Arc::new(WsSettings::new(entry, config)));
         let socket = bind(&entry.listen, config.listen_backlog)
             .await
             .map_err(|source| BindError::Bind {
@@ -145,6 +156,7 @@ pub async fn bind_all(config: &BrokerConfig) -> Result<Listeners, BindError> {
             socket,
             kind: entry.kind,
             tls,
+            ws,
         });
     }
     Ok(Listeners(listeners))
@@ -211,15 +223,19 @@ async fn accept_loop(listener: BoundListener, acceptor: Acceptor) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let transport = match &listener.tls {
-            None => Transport::Tcp(stream),
-            Some(tls) => match Transport::tls(stream, tls.current()) {
-                Ok(transport) => transport,
+        let stream = match &listener.tls {
+            None => Stream::Tcp(stream),
+            Some(tls) => match Stream::tls(stream, tls.current()) {
+                Ok(stream) => stream,
                 Err(error) => {
                     debug!(%peer, %error, "cannot start TLS");
                     continue;
                 }
             },
+        };
+        let transport = match &listener.ws {
+            None => Transport::from(stream),
+            Some(ws) => Transport::Ws(Box::new(WsStream::new(stream, ws.clone()))),
         };
         let conn = acceptor.handle.next_conn_id();
         let task = acceptor.handle.census.task();

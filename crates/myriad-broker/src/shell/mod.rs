@@ -19,6 +19,7 @@ mod listen;
 pub mod snapshot;
 pub mod tls;
 mod transport;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::sync::Arc;

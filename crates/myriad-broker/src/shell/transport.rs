@@ -1,4 +1,6 @@
-//! The byte stream under one MQTT connection: plain TCP, or TLS over TCP.
+//! The byte stream under one MQTT connection: plain TCP or TLS over TCP
+//! ([`Stream`]), carrying MQTT directly or in WebSocket frames
+//! ([`super::ws::WsStream`]).
 //!
 //! Both are driven by the socket's readiness with non-blocking reads and
 //! writes, so an idle connection keeps no read buffer and no future state:
@@ -14,14 +16,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use rustls::ServerConnection;
 use tokio::net::TcpStream;
 
+use super::ws::WsStream;
+
 /// Bytes read from the socket per readiness event.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 
 /// Most buffers handed to one `writev` (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
 
-/// A connection's stream.
-pub(super) enum Transport {
+/// A connection's byte stream.
+pub(super) enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// TLS over TCP (boxed: most connections of a plain listener pay nothing).
@@ -34,34 +38,34 @@ pub(super) struct TlsStream {
     tls: ServerConnection,
 }
 
-impl Transport {
+impl Stream {
     /// A TLS connection on `tcp` with `config`; the handshake runs in
-    /// [`Transport::establish`].
-    pub fn tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Transport> {
+    /// [`Stream::establish`].
+    pub fn tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Stream> {
         let tls = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(Transport::Tls(Box::new(TlsStream { tcp, tls })))
+        Ok(Stream::Tls(Box::new(TlsStream { tcp, tls })))
     }
 
     /// The socket underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            Transport::Tcp(tcp) => tcp,
-            Transport::Tls(tls) => &tls.tcp,
+            Stream::Tcp(tcp) => tcp,
+            Stream::Tls(tls) => &tls.tcp,
         }
     }
 
     /// The socket underneath, giving up TLS (for lingering after close).
     pub fn into_tcp(self) -> TcpStream {
         match self {
-            Transport::Tcp(tcp) => tcp,
-            Transport::Tls(tls) => tls.tcp,
+            Stream::Tcp(tcp) => tcp,
+            Stream::Tls(tls) => tls.tcp,
         }
     }
 
     /// Completes the TLS handshake (nothing for plain TCP). Application data
     /// that came with the handshake's last flight is appended to `buf`.
     pub async fn establish(&mut self, buf: &mut BytesMut) -> io::Result<()> {
-        let Transport::Tls(stream) = self else {
+        let Stream::Tls(stream) = self else {
             return Ok(());
         };
         let outcome = stream.handshake(buf).await;
@@ -71,7 +75,7 @@ impl Transport {
 
     /// Whether a TLS handshake was started and has not finished.
     pub fn is_handshaking(&self) -> bool {
-        matches!(self, Transport::Tls(stream) if stream.tls.is_handshaking())
+        matches!(self, Stream::Tls(stream) if stream.tls.is_handshaking())
     }
 
     /// Polls for bytes to read (or end of stream). Plaintext is never left
@@ -90,8 +94,8 @@ impl Transport {
     /// stream; `WouldBlock` when nothing was there.
     pub fn read_available(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Transport::Tcp(tcp) => read_plain(tcp, buf),
-            Transport::Tls(stream) => stream.read_available(buf),
+            Stream::Tcp(tcp) => read_plain(tcp, buf),
+            Stream::Tls(stream) => stream.read_available(buf),
         }
     }
 
@@ -99,24 +103,24 @@ impl Transport {
     /// alerts, key updates, close notifications).
     pub fn wants_write(&self) -> bool {
         match self {
-            Transport::Tcp(_) => false,
-            Transport::Tls(stream) => stream.tls.wants_write(),
+            Stream::Tcp(_) => false,
+            Stream::Tls(stream) => stream.tls.wants_write(),
         }
     }
 
-    /// Writes whatever [`Transport::wants_write`] reported.
+    /// Writes whatever [`Stream::wants_write`] reported.
     pub async fn flush(&mut self) -> io::Result<()> {
         match self {
-            Transport::Tcp(_) => Ok(()),
-            Transport::Tls(stream) => stream.flush().await,
+            Stream::Tcp(_) => Ok(()),
+            Stream::Tls(stream) => stream.flush().await,
         }
     }
 
     /// Writes `out` whole.
     pub async fn write_all(&mut self, out: &[u8]) -> io::Result<()> {
         match self {
-            Transport::Tcp(tcp) => write_all_plain(tcp, out).await,
-            Transport::Tls(stream) => {
+            Stream::Tcp(tcp) => write_all_plain(tcp, out).await,
+            Stream::Tls(stream) => {
                 stream.encrypt(out).await?;
                 stream.flush().await
             }
@@ -126,8 +130,8 @@ impl Transport {
     /// Writes `chunks` whole (vectored on plain TCP), emptying it.
     pub async fn write_chunks(&mut self, chunks: &mut VecDeque<Bytes>) -> io::Result<()> {
         match self {
-            Transport::Tcp(tcp) => write_chunks_plain(tcp, chunks).await,
-            Transport::Tls(stream) => {
+            Stream::Tcp(tcp) => write_chunks_plain(tcp, chunks).await,
+            Stream::Tls(stream) => {
                 while let Some(chunk) = chunks.pop_front() {
                     stream.encrypt(&chunk).await?;
                 }
@@ -139,19 +143,131 @@ impl Transport {
     /// Ends our direction: a TLS close notification, then a TCP FIN.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        if let Transport::Tls(stream) = self {
+        if let Stream::Tls(stream) = self {
             stream.tls.send_close_notify();
             stream.flush().await?;
         }
         match self {
-            Transport::Tcp(tcp) => tcp.shutdown().await,
-            Transport::Tls(stream) => stream.tcp.shutdown().await,
+            Stream::Tcp(tcp) => tcp.shutdown().await,
+            Stream::Tls(stream) => stream.tcp.shutdown().await,
+        }
+    }
+}
+
+/// What a connection reads MQTT from and writes it to.
+pub(super) enum Transport {
+    /// MQTT directly on the stream.
+    Direct(Stream),
+    /// MQTT in WebSocket frames (boxed: plain listeners pay nothing).
+    Ws(Box<WsStream>),
+}
+
+impl From<Stream> for Transport {
+    fn from(stream: Stream) -> Transport {
+        Transport::Direct(stream)
+    }
+}
+
+impl Transport {
+    /// The socket underneath, giving up TLS and WebSocket (for lingering
+    /// after close).
+    pub fn into_tcp(self) -> TcpStream {
+        match self {
+            Transport::Direct(stream) => stream.into_tcp(),
+            Transport::Ws(ws) => ws.into_stream().into_tcp(),
+        }
+    }
+
+    /// Completes the TLS handshake and the WebSocket upgrade, if any.
+    /// MQTT bytes that came with them are appended to `buf`.
+    pub async fn establish(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        match self {
+            Transport::Direct(stream) => stream.establish(buf).await,
+            Transport::Ws(ws) => ws.establish(buf).await,
+        }
+    }
+
+    /// Whether a TLS handshake was started and has not finished.
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            Transport::Direct(stream) => stream.is_handshaking(),
+            Transport::Ws(ws) => ws.stream().is_handshaking(),
+        }
+    }
+
+    /// Whether a WebSocket upgrade is still to finish.
+    pub fn is_upgrading(&self) -> bool {
+        matches!(self, Transport::Ws(ws) if ws.is_upgrading())
+    }
+
+    /// Polls for bytes to read (or end of stream).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Direct(stream) => stream.poll_read_ready(cx),
+            Transport::Ws(ws) => ws.poll_read_ready(cx),
+        }
+    }
+
+    /// Waits until there is something to read.
+    pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
+    }
+
+    /// Reads what the socket has, appending the MQTT bytes to `buf`.
+    /// `Ok(0)` only at end of stream (or after a WebSocket close);
+    /// `WouldBlock` when nothing was there.
+    pub fn read_available(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Transport::Direct(stream) => stream.read_available(buf),
+            Transport::Ws(ws) => ws.read_available(buf),
+        }
+    }
+
+    /// Whether bytes wait to be written that no caller asked for (TLS
+    /// alerts, WebSocket pongs and close frames).
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Transport::Direct(stream) => stream.wants_write(),
+            Transport::Ws(ws) => ws.wants_write(),
+        }
+    }
+
+    /// Writes whatever [`Transport::wants_write`] reported.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Direct(stream) => stream.flush().await,
+            Transport::Ws(ws) => ws.flush().await,
+        }
+    }
+
+    /// Writes `out` whole (one WebSocket frame on a WebSocket).
+    pub async fn write_all(&mut self, out: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Direct(stream) => stream.write_all(out).await,
+            Transport::Ws(ws) => ws.write_all(out).await,
+        }
+    }
+
+    /// Writes `chunks` whole (one WebSocket frame on a WebSocket), emptying it.
+    pub async fn write_chunks(&mut self, chunks: &mut VecDeque<Bytes>) -> io::Result<()> {
+        match self {
+            Transport::Direct(stream) => stream.write_chunks(chunks).await,
+            Transport::Ws(ws) => ws.write_chunks(chunks).await,
+        }
+    }
+
+    /// Ends our direction: a WebSocket close frame, a TLS close
+    /// notification, then a TCP FIN.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Direct(stream) => stream.shutdown().await,
+            Transport::Ws(ws) => ws.shutdown().await,
         }
     }
 }
 
 impl TlsStream {
-    /// Drives the handshake to its end (see [`Transport::establish`]).
+    /// Drives the handshake to its end (see [`Stream::establish`]).
     async fn handshake(&mut self, buf: &mut BytesMut) -> io::Result<()> {
         while self.tls.is_handshaking() {
             if self.tls.wants_write() {

@@ -62,6 +62,14 @@ fn describe() {
         myriad_broker::shell::tls::TLS_HANDSHAKES_TOTAL,
         "TLS handshakes on MQTT listeners, by result and (failed) reason."
     );
+    describe_counter!(
+        myriad_broker::shell::ws::WS_UPGRADES_TOTAL,
+        "WebSocket upgrades on ws/wss listeners, by result and (refused) reason."
+    );
+    describe_counter!(
+        myriad_broker::shell::ws::WS_FRAMES_REFUSED_TOTAL,
+        "WebSocket connections closed for a refused frame, by reason."
+    );
     describe_gauge!(
         crate::serve::TLS_CERT_EXPIRY,
         "When a TLS listener's server certificate expires, Unix seconds (days left: (x - time()) / 86400)."
