@@ -53,7 +53,8 @@ pub(crate) async fn send_command(
 
 /// Sends a command to a list of devices or a group. Returns at once with a
 /// batch id; the commands are created in the background at the pace the
-/// rate limits allow.
+/// rate limits allow. The batch is stored until every target is handled,
+/// so a restart resumes it.
 #[utoipa::path(
     post,
     path = "/api/v1/commands",
@@ -177,7 +178,10 @@ pub(crate) async fn list_device_commands(
     Ok(Json(CommandPage { items, next }))
 }
 
-/// Progress of a fan-out batch.
+/// Progress of a fan-out batch. A batch interrupted by a restart (kill -9
+/// or SIGTERM) resumes when the server starts again: `targets`, `refused`
+/// and `statuses` are rebuilt from the commands stored for it and the
+/// targets not yet handled get their command (each target one command).
 #[utoipa::path(
     get,
     path = "/api/v1/command-batches/{batch_id}",
