@@ -44,7 +44,7 @@ pub const APP_USERNAME_PREFIX: &str = "app:";
 pub struct PrincipalAcl(pub Principal);
 
 /// Whether the platform acts on messages published to `topic`
-/// (`$shadow/{id}/update`, `$shadow/{id}/get`, `$commands/request`,
+/// (`$shadow/{id}/update`, `$shadow/{id}/get`, `$shadow/{id}/delete`, `$commands/request`,
 /// `$commands/{id}/reply/...`), so a retained copy would be acted on again
 /// after every restart.
 pub fn is_platform_request(topic: &str) -> bool {
@@ -53,7 +53,12 @@ pub fn is_platform_request(topic: &str) -> bool {
         (levels.next(), levels.next(), levels.next(), levels.next()),
         (Some("$commands"), Some("request"), None, _)
             | (Some("$commands"), Some(_), Some("reply"), _)
-            | (Some("$shadow"), Some(_), Some("update" | "get"), None)
+            | (
+                Some("$shadow"),
+                Some(_),
+                Some("update" | "get" | "delete"),
+                None
+            )
     )
 }
 
