@@ -197,6 +197,9 @@ pub(crate) struct BatchDoc {
     refused: u64,
     /// Commands of the batch by current status.
     statuses: BTreeMap<String, u64>,
+    /// Whether the batch was cancelled (`DELETE`): targets not yet handled
+    /// got no command, its open commands were cancelled.
+    cancelled: bool,
 }
 
 /// Circuit breakers: one per class, and the per-device ones that are not

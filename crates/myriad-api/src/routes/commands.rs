@@ -205,6 +205,31 @@ pub(crate) async fn get_batch(
         .ok_or_else(|| ApiError::NotFound(format!("batch {text} not found")))
 }
 
+/// Cancels a fan-out batch: its targets not yet handled get no command,
+/// and its commands not final become `cancelled` with reason
+/// `batch_cancelled`. Answers with the batch's progress (`cancelled`:
+/// true); a batch cancelled is not resumed after a restart. Cancelling a
+/// cancelled or finished batch cancels what is still open (nothing).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/command-batches/{batch_id}",
+    tag = "commands",
+    params(("batch_id" = String, Path, description = "The batch id")),
+    responses(
+        (status = 200, description = "Cancelled; its progress", body = BatchDoc),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such batch", body = ErrorBody),
+    )
+)]
+pub(crate) async fn cancel_batch(
+    State(state): State<ApiState>,
+    Path(text): Path<String>,
+) -> Result<Json<BatchProgress>, ApiError> {
+    let id = BatchId::parse(&text)
+        .ok_or_else(|| ApiError::BadRequest(format!("batch id {text:?} is not 32 hex digits")))?;
+    Ok(Json(state.commands.cancel_batch(&id).await?))
+}
+
 /// Circuit breaker states: per class, and per device where not closed.
 #[utoipa::path(
     get,

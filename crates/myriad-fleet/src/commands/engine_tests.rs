@@ -335,6 +335,7 @@ fn batch_progress_follows_statuses() {
         targets: 0,
         refused: 0,
         statuses: Default::default(),
+        cancelled: false,
     });
     e.device_online("a", 0);
     let (c, _) = e

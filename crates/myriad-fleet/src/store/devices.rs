@@ -62,6 +62,10 @@ fn insert_new(
     Ok(())
 }
 
+/// One page of groups: (name, device count) in name order, and the cursor
+/// of the next page.
+pub type GroupPage = (Vec<(String, u64)>, Option<String>);
+
 /// Reads and decodes one device from any table handle.
 pub(super) fn get_in(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -191,6 +195,50 @@ impl FleetStore {
                 }
             }
             Ok(page)
+        })
+    }
+
+    /// One page of the device groups, in name order after `after`, with how
+    /// many devices each has: at most `limit` groups, and `next` is the
+    /// last one when more follow. Groups have no index of their own: this
+    /// reads every device once (decoding only its groups), so its cost
+    /// grows with the registry, and keeps at most `limit` + 1 groups.
+    pub fn list_groups(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<GroupPage, FleetStoreError> {
+        let file = &self.file;
+        let limit = limit.max(1);
+        self.read(|txn| {
+            let table = read_table(txn, DEVICES, file)?;
+            let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+            for row in table.iter().map_err(|e| file.engine(e))? {
+                let (key, value) = row.map_err(|e| file.engine(e))?;
+                let device = codec::decode_device(key.value(), value.value())
+                    .map_err(|why| file.corrupt(DEVICES_NAME, key.value(), why))?;
+                for group in device.groups {
+                    if after.is_some_and(|a| group.as_str() <= a) {
+                        continue;
+                    }
+                    if let Some(count) = counts.get_mut(&group) {
+                        *count += 1;
+                    } else {
+                        counts.insert(group, 1);
+                        if counts.len() > limit + 1 {
+                            counts.pop_last();
+                        }
+                    }
+                }
+            }
+            let more = counts.len() > limit;
+            let items: Vec<(String, u64)> = counts.into_iter().take(limit).collect();
+            let next = if more {
+                items.last().map(|(g, _)| g.clone())
+            } else {
+                None
+            };
+            Ok((items, next))
         })
     }
 

@@ -102,6 +102,9 @@ impl std::fmt::Debug for CommandService {
     }
 }
 
+/// The reason the commands of a cancelled batch are cancelled with.
+pub const BATCH_CANCELLED: &str = "batch_cancelled";
+
 /// Records a fan-out lets the command log fall behind by at most.
 const BATCH_LOG_BACKLOG: u64 = 4_096;
 /// Most targets of a fan-out submitted before their records are committed.
@@ -226,6 +229,7 @@ impl CommandService {
             targets: 0,
             refused: 0,
             statuses: Default::default(),
+            cancelled: false,
         };
         let job = BatchJob {
             id: progress.id.clone(),
@@ -296,6 +300,13 @@ impl CommandService {
                 }
                 Err(_) => continue,
             };
+            if stored.as_ref().is_some_and(|p| p.cancelled) {
+                // Cancelled while a resume point was being stored.
+                if let Some(progress) = stored {
+                    self.store_checkpoint(progress, None).await;
+                }
+                continue;
+            }
             let mut progress = stored.unwrap_or_else(|| BatchProgress {
                 id: job.id.clone(),
                 name: job.spec.name.clone(),
@@ -305,6 +316,7 @@ impl CommandService {
                 targets: 0,
                 refused: 0,
                 statuses: Default::default(),
+                cancelled: false,
             });
             {
                 let mut engine = self.engine();
@@ -453,7 +465,13 @@ impl CommandService {
                 loop {
                     let outcome = {
                         let shadows = StoreShadows(&self.store);
-                        self.engine().submit(
+                        let mut engine = self.engine();
+                        // Checked under the same lock as the submit: a
+                        // cancel sweeps every command submitted before it.
+                        if engine.batch_cancelled(&batch) {
+                            break;
+                        }
+                        engine.submit(
                             device.as_str(),
                             spec.clone(),
                             Some(batch.clone()),
@@ -486,6 +504,10 @@ impl CommandService {
                 return;
             }
             self.timers.notify_one();
+            if self.engine().batch_cancelled(&batch) {
+                // [`CommandService::cancel_batch`] stored the batch without its job.
+                return;
+            }
             if last_checkpoint.elapsed() >= Duration::from_millis(BATCH_CHECKPOINT_MS) {
                 last_checkpoint = std::time::Instant::now();
                 let progress = self.engine().batch(&batch).cloned();
@@ -498,6 +520,9 @@ impl CommandService {
         }
         let progress = {
             let mut engine = self.engine();
+            if engine.batch_cancelled(&batch) {
+                return;
+            }
             engine.batch_dispatched(&batch);
             engine.batch(&batch).cloned()
         };
@@ -591,6 +616,36 @@ impl CommandService {
         }
         self.timers.notify_one();
         cancelled
+    }
+
+    /// Cancels batch `id` (`DELETE` on a batch): its targets not yet
+    /// handled get no command, and its commands not final become
+    /// `cancelled` with reason `batch_cancelled` (stored before this
+    /// returns). The batch stays readable, marked `cancelled`, and is not
+    /// resumed after a restart.
+    pub async fn cancel_batch(&self, id: &BatchId) -> Result<BatchProgress, CommandError> {
+        let Some(progress) = self.batch(id)? else {
+            return Err(CommandError::NotFound(format!("batch {id}")));
+        };
+        let effects = {
+            let mut engine = self.engine();
+            if engine.batch(id).is_none() {
+                engine.batch_started(progress);
+            }
+            engine.cancel_batch(id, BATCH_CANCELLED, now_ms())
+        };
+        let seq = self.apply(effects).await;
+        if seq > 0 && !self.log.committed(seq).await {
+            return Err(CommandError::Stopped);
+        }
+        self.timers.notify_one();
+        let progress = self
+            .engine()
+            .batch(id)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(format!("batch {id}")))?;
+        self.store_checkpoint(progress.clone(), None).await;
+        Ok(progress)
     }
 
     /// Progress of batch `id`.
