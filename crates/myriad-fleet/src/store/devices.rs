@@ -66,6 +66,64 @@ fn insert_new(
 /// of the next page.
 pub type GroupPage = (Vec<(String, u64)>, Option<String>);
 
+/// What [`FleetStore::upsert_devices_batch`] did with one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// A new device.
+    Created,
+    /// An existing device was updated.
+    Updated {
+        /// Its password was replaced.
+        password_changed: bool,
+        /// It was enabled and is now disabled.
+        disabled: bool,
+    },
+}
+
+/// Creates the device of `new`, or replaces the fields of the existing
+/// one (its creation time kept; its password replaced only when `phc` is
+/// given), checking everything first so that a failed row writes nothing.
+fn upsert(
+    tables: &mut Tables<'_>,
+    file: &FileName,
+    new: &NewDevice,
+    phc: Option<&str>,
+    now: u64,
+) -> Result<Upserted, FleetStoreError> {
+    let Some(old) = get_in(&tables.devices, file, &new.id)? else {
+        return insert_new(tables, file, new, phc, now).map(|()| Upserted::Created);
+    };
+    new.validate()?;
+    if let Some(phc) = phc {
+        check_phc(phc, &PhcLimits::default())?;
+    }
+    let key = new.id.as_str().as_bytes();
+    let value = codec::encode_device(
+        &new.name,
+        &new.attributes,
+        &new.groups,
+        new.enabled,
+        old.created_at,
+        now,
+    )
+    .map_err(FleetStoreError::Encode)?;
+    tables
+        .devices
+        .insert(key, value.as_slice())
+        .map_err(|e| file.engine(e))?;
+    if let Some(phc) = phc {
+        let value = codec::encode_credential(phc);
+        tables
+            .credentials
+            .insert(key, value.as_slice())
+            .map_err(|e| file.engine(e))?;
+    }
+    Ok(Upserted::Updated {
+        password_changed: phc.is_some(),
+        disabled: old.enabled && !new.enabled,
+    })
+}
+
 /// Reads and decodes one device from any table handle.
 pub(super) fn get_in(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -239,6 +297,30 @@ impl FleetStore {
                 None
             };
             Ok((items, next))
+        })
+    }
+
+    /// Like [`FleetStore::insert_devices_batch`], but a row whose id is an
+    /// existing device updates it (see [`Upserted`]) instead of failing.
+    pub fn upsert_devices_batch(
+        &self,
+        rows: &[(NewDevice, Option<String>)],
+        now: u64,
+    ) -> Result<Vec<Result<Upserted, FleetStoreError>>, FleetStoreError> {
+        let file = &self.file;
+        self.write(|tables| {
+            let mut results = Vec::with_capacity(rows.len());
+            for (new, phc) in rows {
+                match upsert(tables, file, new, phc.as_deref(), now) {
+                    Err(
+                        err @ (FleetStoreError::Io { .. }
+                        | FleetStoreError::Engine { .. }
+                        | FleetStoreError::CorruptFile { .. }),
+                    ) => return Err(err),
+                    other => results.push(other),
+                }
+            }
+            Ok(results)
         })
     }
 

@@ -272,6 +272,11 @@ pub struct DeviceImport {
     /// or `.ndjson`).
     #[arg(long, value_enum)]
     pub format: Option<ImportFormat>,
+    /// Update devices that exist already (their name, attributes, groups
+    /// and enabled state become the row's; the password only when the row
+    /// gives one) instead of reporting their rows as failed.
+    #[arg(long)]
+    pub upsert: bool,
 }
 
 /// `ctl shadow set-desired`

@@ -252,7 +252,8 @@ fn device_import(import: &DeviceImport) -> Result<ApiRequest> {
         None => format_from_extension(&import.file)?,
     };
     let mut request = ApiRequest::new(Method::Post, format!("{}/import", devices_path()))
-        .param("format", Some(format.as_str()));
+        .param("format", Some(format.as_str()))
+        .param("upsert", import.upsert.then_some("true"));
     request.body = ApiBody::File {
         path: import.file.clone(),
         content_type: format.content_type(),
