@@ -382,4 +382,69 @@ mod tests {
             Some(CommandStatus::Succeeded)
         );
     }
+
+    #[test]
+    fn batch_index_and_jobs_round_trip() {
+        use crate::commands::{BatchTargets, CommandSpec, Payload, Priority};
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = FleetStore::open(dir.path()).expect("open");
+        let batch = BatchId::generate(1);
+        let mut a = command("d1", 2);
+        a.batch = Some(batch.clone());
+        let mut b = command("d2", 3);
+        b.batch = Some(batch.clone());
+        b.set_status(CommandStatus::Cancelled, 4, Some("x"));
+        store.put_commands(&[a.clone(), b.clone()]).expect("put");
+        assert_eq!(
+            store.batch_command(&batch, "d1").expect("get"),
+            Some(a.id.clone())
+        );
+        assert_eq!(store.batch_command(&batch, "d3").expect("get"), None);
+        let mut statuses = store.batch_command_statuses(&batch).expect("statuses");
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            vec![
+                (a.id.clone(), CommandStatus::Queued),
+                (b.id.clone(), CommandStatus::Cancelled)
+            ]
+        );
+        let progress = BatchProgress {
+            id: batch.clone(),
+            name: "x".into(),
+            priority: Priority::L1,
+            created_at: 1,
+            dispatched: false,
+            targets: 2,
+            refused: 0,
+            statuses: Default::default(),
+            cancelled: false,
+        };
+        let job = BatchJob {
+            id: batch.clone(),
+            spec: CommandSpec {
+                name: "x".into(),
+                payload: Payload::Json(serde_json::json!({"k": 1})),
+                priority: Priority::L1,
+                timeout_ms: 5,
+                expires_at: None,
+                read: false,
+            },
+            targets: BatchTargets::Group("g".into()),
+            handled: 2,
+            after: Some("d2".into()),
+        };
+        store
+            .put_batch_checkpoint(&progress, Some(&job))
+            .expect("checkpoint");
+        drop(store);
+        let store = FleetStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.batch_jobs().expect("jobs"), vec![job]);
+        assert_eq!(
+            store.get_batch(&batch).expect("batch"),
+            Some(progress.clone())
+        );
+        store.put_batch_checkpoint(&progress, None).expect("done");
+        assert!(store.batch_jobs().expect("jobs").is_empty());
+    }
 }
