@@ -174,6 +174,9 @@ impl From<ShadowServiceError> for ApiError {
             ShadowServiceError::UnknownDevice(id) => {
                 ApiError::NotFound(format!("device {id} not found"))
             }
+            ShadowServiceError::NoShadow(id) => {
+                ApiError::NotFound(format!("device {id} has no shadow"))
+            }
             ShadowServiceError::Rejected(rejected) => {
                 let status = StatusCode::from_u16(rejected.code).unwrap_or(StatusCode::BAD_REQUEST);
                 ApiError::with_status(status, rejected.message)

@@ -78,7 +78,9 @@ pub(crate) struct PresenceRecordDoc {
     last_connected_at: Option<u64>,
     /// When it last disconnected (unix ms).
     last_disconnected_at: Option<u64>,
-    /// When anything was last heard from it (unix ms).
+    /// When anything was last heard from it (unix ms). While it stays
+    /// connected this moves every `devices.last_seen_flush_secs` (default
+    /// 30 s); at disconnect it is the time of the disconnect.
     last_seen: u64,
     /// Why it last went offline: `client_disconnect`, `network_loss`,
     /// `keep_alive_timeout`, `protocol_error`, `takeover`,
@@ -195,6 +197,9 @@ pub(crate) struct BatchDoc {
     refused: u64,
     /// Commands of the batch by current status.
     statuses: BTreeMap<String, u64>,
+    /// Whether the batch was cancelled (`DELETE`): targets not yet handled
+    /// got no command, its open commands were cancelled.
+    cancelled: bool,
 }
 
 /// Circuit breakers: one per class, and the per-device ones that are not

@@ -106,7 +106,7 @@ fn device_may_publish(id: &str, topic: &str) -> bool {
     }
     match (namespace, rest) {
         ("devices", _) => true,
-        ("$shadow", Some(rest)) => rest == "update" || rest == "get",
+        ("$shadow", Some(rest)) => matches!(rest, "update" | "get" | "delete"),
         ("$commands", Some(rest)) => is_or_below(rest, "reply"),
         ("$ota", Some(rest)) => rest == "progress",
         _ => false,

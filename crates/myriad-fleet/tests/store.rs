@@ -388,3 +388,54 @@ fn a_file_that_is_not_a_store_is_an_error() {
     let err = FleetStore::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("fleet.redb"), "{err}");
 }
+
+#[test]
+fn groups_are_counted_in_name_order_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FleetStore::open(dir.path()).unwrap();
+    for (i, groups) in [vec!["b", "a"], vec!["a"], vec!["c"], vec![]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut new = NewDevice::new(id(&format!("g-{i}")));
+        new.groups = groups.into_iter().map(String::from).collect();
+        store.create_device(&new, 1).unwrap();
+    }
+    let (all, next) = store.list_groups(None, 10).unwrap();
+    assert_eq!(all, vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 1)]);
+    assert_eq!(next, None);
+    let (first, next) = store.list_groups(None, 2).unwrap();
+    assert_eq!(first, vec![("a".into(), 2), ("b".into(), 1)]);
+    assert_eq!(next.as_deref(), Some("b"));
+    let (rest, next) = store.list_groups(Some("b"), 2).unwrap();
+    assert_eq!((rest, next), (vec![("c".into(), 1)], None));
+}
+
+#[test]
+fn upsert_updates_fields_keeps_creation_and_reports_revocations() {
+    use myriad_fleet::store::Upserted;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FleetStore::open(dir.path()).unwrap();
+    let mut new = NewDevice::new(id("u-1"));
+    new.name = "One".into();
+    store.create_device(&new, 5).unwrap();
+    let phc = hash_password("pw-123456", &HashParams::default()).unwrap();
+    let mut changed = new.clone();
+    changed.name = "Renamed".into();
+    changed.enabled = false;
+    let fresh = NewDevice::new(id("u-2"));
+    let results = store
+        .upsert_devices_batch(&[(changed, Some(phc)), (fresh, None)], 9)
+        .unwrap();
+    assert!(matches!(
+        results[0],
+        Ok(Upserted::Updated {
+            password_changed: true,
+            disabled: true
+        })
+    ));
+    assert!(matches!(results[1], Ok(Upserted::Created)));
+    let device = store.get_device(&id("u-1")).unwrap().unwrap();
+    assert_eq!((device.name.as_str(), device.enabled), ("Renamed", false));
+    assert_eq!((device.created_at, device.updated_at), (5, 9));
+}

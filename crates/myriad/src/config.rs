@@ -25,6 +25,8 @@ pub struct Config {
     pub commands: myriad_fleet::commands::CommandsConfig,
     /// Device shadows over MQTT: requests per device.
     pub shadows: myriad_fleet::service::shadows::ShadowConfig,
+    /// The device registry: how often `last_seen` is sampled and stored.
+    pub devices: DevicesConfig,
     /// Log lines on stderr.
     pub log: LogConfig,
     /// The `/metrics` endpoint.
@@ -55,6 +57,25 @@ pub struct LogConfig {
     /// Which lines to write, as a `tracing` filter (e.g. `info`,
     /// `info,myriad_broker=debug`); `MYRIAD_LOG` overrides it. Default `info`.
     pub filter: Option<String>,
+}
+
+/// The `[devices]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Seconds between two samples of online devices' activity: each
+    /// moves `last_seen` of the devices heard from since the last one and
+    /// stores those records in one commit (no write per packet). 1 to
+    /// 3600; default 30.
+    pub last_seen_flush_secs: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            last_seen_flush_secs: 30,
+        }
+    }
 }
 
 /// The `[metrics]` table.
@@ -333,6 +354,9 @@ impl Config {
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
             bail!("invalid value for tracing.otlp_endpoint: an http:// or https:// URL");
+        }
+        if !(1..=3600).contains(&config.devices.last_seen_flush_secs) {
+            bail!("invalid value for devices.last_seen_flush_secs: between 1 and 3600 seconds");
         }
         if config.watchdog.interval_secs == 0 {
             bail!("invalid value for watchdog.interval_secs: at least 1");

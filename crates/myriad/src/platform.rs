@@ -122,6 +122,13 @@ impl Platform {
                 .clone()
                 .run(lifecycle_rx, broker.clone(), recovered),
         );
+        essential.spawn(
+            "last_seen sampler",
+            presence.clone().run_last_seen(
+                broker.clone(),
+                std::time::Duration::from_secs(config.devices.last_seen_flush_secs),
+            ),
+        );
         let shadow_task = shadows.clone();
         essential.spawn("shadow service", async move {
             if shadow_task.run().await.is_err() {

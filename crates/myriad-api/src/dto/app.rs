@@ -54,6 +54,50 @@ impl CreateApp {
     }
 }
 
+/// A change to an app client: only the fields given change. `publish` and
+/// `subscribe`, when given, replace the lists. Unknown fields are
+/// rejected.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateApp {
+    /// A new name.
+    pub name: Option<String>,
+    /// New filters of the topics it may publish to.
+    pub publish: Option<Vec<String>>,
+    /// New filters it may subscribe within.
+    pub subscribe: Option<Vec<String>>,
+    /// Whether it may publish and subscribe anywhere.
+    pub admin: Option<bool>,
+    /// A new MQTT password; stored only as an Argon2id hash.
+    #[schema(value_type = Option<String>, format = Password)]
+    pub password: Option<Secret>,
+}
+
+impl UpdateApp {
+    /// `app` with the changes applied and validated, and the new password
+    /// (checked) if any.
+    pub fn apply(self, app: &AppClient) -> Result<(AppClient, Option<Secret>), ApiError> {
+        let mut updated = app.clone();
+        if let Some(name) = self.name {
+            updated.name = name;
+        }
+        if let Some(publish) = self.publish {
+            updated.publish = publish;
+        }
+        if let Some(subscribe) = self.subscribe {
+            updated.subscribe = subscribe;
+        }
+        if let Some(admin) = self.admin {
+            updated.admin = admin;
+        }
+        updated.validate()?;
+        if let Some(password) = &self.password {
+            check_password(password)?;
+        }
+        Ok((updated, self.password))
+    }
+}
+
 /// Every app client, in id order.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AppList {

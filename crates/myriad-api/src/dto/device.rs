@@ -210,3 +210,31 @@ mod tests {
         assert!(serde_json::from_str::<CreateDevice>(r#"{"id":"d1","x":1}"#).is_err());
     }
 }
+
+/// The query string of `GET /api/v1/groups`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct GroupListParams {
+    /// Most groups in the page (1..=1000, default 100).
+    pub limit: Option<String>,
+    /// Groups after this one (the previous page's `next`).
+    pub after: Option<String>,
+}
+
+/// One device group and how many devices are in it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupCount {
+    /// The group's name.
+    pub group: String,
+    /// Devices in the group.
+    pub devices: u64,
+}
+
+/// One page of device groups, in name order.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupPage {
+    /// The groups.
+    pub items: Vec<GroupCount>,
+    /// The cursor for the next page (`after`), absent on the last page.
+    pub next: Option<String>,
+}

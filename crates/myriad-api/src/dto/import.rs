@@ -14,9 +14,25 @@ pub(crate) struct ImportParams {
     /// object a line).
     #[param(required = true, value_type = String, pattern = "^(csv|jsonl)$")]
     pub format: Option<String>,
+    /// `true`: a row whose id is an existing device updates it (name,
+    /// attributes, groups, enabled replaced by the row's; the password only
+    /// when the row gives one) instead of failing.
+    #[param(value_type = Option<bool>)]
+    pub upsert: Option<String>,
 }
 
 impl ImportParams {
+    /// Whether to update existing devices; 400 if not `true` / `false`.
+    pub fn upsert(&self) -> Result<bool, ApiError> {
+        match self.upsert.as_deref() {
+            None | Some("") | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "upsert must be true or false, got {other:?}"
+            ))),
+        }
+    }
+
     /// The format asked for; 400 if absent or unknown.
     pub fn format(&self) -> Result<ImportFormat, ApiError> {
         match self.format.as_deref() {
@@ -39,6 +55,8 @@ impl ImportParams {
 pub(crate) struct ImportReportBody {
     /// Devices created.
     pub imported: u64,
+    /// Existing devices updated (with `upsert=true`).
+    pub updated: u64,
     /// Bad rows, in file order (at most 1,000).
     pub failed: Vec<RowErrorBody>,
     /// Whether the import stopped because of too many bad rows (later rows
@@ -64,6 +82,7 @@ impl From<ImportReport> for ImportReportBody {
     fn from(report: ImportReport) -> Self {
         ImportReportBody {
             imported: report.imported,
+            updated: report.updated,
             failed: report.failed.into_iter().map(RowErrorBody::from).collect(),
             truncated_errors: report.truncated_errors,
             stopped_at_line: report.stopped_at_line,

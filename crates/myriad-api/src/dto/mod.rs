@@ -9,10 +9,11 @@ mod paging;
 mod presence;
 mod shadow;
 
-pub(crate) use app::{AppList, CreateApp};
+pub(crate) use app::{AppList, CreateApp, UpdateApp};
 pub(crate) use command::{BatchAccepted, CommandListParams, CommandPage, SendBatch, SendCommand};
 pub(crate) use device::{
-    CreateDevice, DeviceListParams, Disconnected, PasswordBody, check_password,
+    CreateDevice, DeviceListParams, Disconnected, GroupCount, GroupListParams, GroupPage,
+    PasswordBody, check_password,
 };
 pub(crate) use import::{ImportParams, ImportReportBody};
 pub(crate) use paging::parse_limit;

@@ -1,4 +1,5 @@
-//! Application clients: create (with a password), list, read, delete.
+//! Application clients: create (with a password), list, read, update,
+//! delete.
 //!
 //! # Credential key
 //!
@@ -20,7 +21,7 @@ use myriad_fleet::service::now_ms;
 use myriad_fleet::store::FleetStoreError;
 
 use crate::blocking::blocking;
-use crate::dto::{AppList, CreateApp, ErrorBody};
+use crate::dto::{AppList, CreateApp, ErrorBody, UpdateApp};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, AppPath};
 use crate::schema::AppClientDoc;
@@ -115,8 +116,50 @@ pub(crate) async fn get_app(
     Ok(Json(app))
 }
 
-/// Deletes an app client and its password, and ends its cached MQTT
-/// logins.
+/// Changes an app client (name, ACL lists, admin flag, password) in
+/// place. Any change closes its live MQTT connections (5.0: DISCONNECT
+/// 0x98 Administrative action; no will) and forgets its cached logins: a
+/// connection's rights are fixed at CONNECT, so the client reconnects and
+/// gets the new ones (with the new password if it changed).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/apps/{id}",
+    tag = "apps",
+    params(("id" = String, Path, description = "The app client id")),
+    request_body = UpdateApp,
+    responses(
+        (status = 200, description = "The app client as changed", body = AppClientDoc),
+        (status = 400, description = "Invalid body, field, filter or password", body = ErrorBody),
+        (status = 404, description = "No such app client", body = ErrorBody),
+    )
+)]
+pub(crate) async fn update_app(
+    State(state): State<ApiState>,
+    AppPath(id): AppPath,
+    ApiJson(body): ApiJson<UpdateApp>,
+) -> Result<Json<AppClient>, ApiError> {
+    let admin = state.devices.clone();
+    let app = blocking(move || {
+        let store = &state.store;
+        let app = store
+            .get_app(&id)?
+            .ok_or_else(|| FleetStoreError::AppNotFound(id.clone()))?;
+        let (updated, password) = body.apply(&app)?;
+        if let Some(password) = password {
+            let phc = hash_password(password.expose(), &state.hash_params)?;
+            store.put_credential(credential_key(&updated.id), &phc)?;
+        }
+        store.put_app(&updated)?;
+        Ok(updated)
+    })
+    .await?;
+    admin.revoke_app(app.id.as_str(), false).await;
+    Ok(Json(app))
+}
+
+/// Deletes an app client and its password, ends its cached MQTT logins
+/// and closes its live connections (5.0: DISCONNECT 0x87 Not authorized;
+/// no will).
 #[utoipa::path(
     delete,
     path = "/api/v1/apps/{id}",
@@ -133,9 +176,12 @@ pub(crate) async fn delete_app(
     AppPath(id): AppPath,
 ) -> Result<StatusCode, ApiError> {
     let auth = state.auth.clone();
+    let admin = state.devices.clone();
     let name = login_name(&id);
+    let app = id.as_str().to_string();
     // `delete_app` removes the credential under `credential_key` too.
     blocking(move || Ok(state.store.delete_app(&id)?)).await?;
     auth.forget(&name);
+    admin.revoke_app(&app, true).await;
     Ok(StatusCode::NO_CONTENT)
 }

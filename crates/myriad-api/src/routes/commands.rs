@@ -53,7 +53,8 @@ pub(crate) async fn send_command(
 
 /// Sends a command to a list of devices or a group. Returns at once with a
 /// batch id; the commands are created in the background at the pace the
-/// rate limits allow.
+/// rate limits allow. The batch is stored until every target is handled,
+/// so a restart resumes it.
 #[utoipa::path(
     post,
     path = "/api/v1/commands",
@@ -177,7 +178,10 @@ pub(crate) async fn list_device_commands(
     Ok(Json(CommandPage { items, next }))
 }
 
-/// Progress of a fan-out batch.
+/// Progress of a fan-out batch. A batch interrupted by a restart (kill -9
+/// or SIGTERM) resumes when the server starts again: `targets`, `refused`
+/// and `statuses` are rebuilt from the commands stored for it and the
+/// targets not yet handled get their command (each target one command).
 #[utoipa::path(
     get,
     path = "/api/v1/command-batches/{batch_id}",
@@ -199,6 +203,31 @@ pub(crate) async fn get_batch(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("batch {text} not found")))
+}
+
+/// Cancels a fan-out batch: its targets not yet handled get no command,
+/// and its commands not final become `cancelled` with reason
+/// `batch_cancelled`. Answers with the batch's progress (`cancelled`:
+/// true); a batch cancelled is not resumed after a restart. Cancelling a
+/// cancelled or finished batch cancels what is still open (nothing).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/command-batches/{batch_id}",
+    tag = "commands",
+    params(("batch_id" = String, Path, description = "The batch id")),
+    responses(
+        (status = 200, description = "Cancelled; its progress", body = BatchDoc),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such batch", body = ErrorBody),
+    )
+)]
+pub(crate) async fn cancel_batch(
+    State(state): State<ApiState>,
+    Path(text): Path<String>,
+) -> Result<Json<BatchProgress>, ApiError> {
+    let id = BatchId::parse(&text)
+        .ok_or_else(|| ApiError::BadRequest(format!("batch id {text:?} is not 32 hex digits")))?;
+    Ok(Json(state.commands.cancel_batch(&id).await?))
 }
 
 /// Circuit breaker states: per class, and per device where not closed.

@@ -10,7 +10,10 @@ use myriad_fleet::service::now_ms;
 use myriad_fleet::store::FleetStoreError;
 
 use crate::blocking::blocking;
-use crate::dto::{CreateDevice, DeviceListParams, Disconnected, ErrorBody, PasswordBody};
+use crate::dto::{
+    CreateDevice, DeviceListParams, Disconnected, ErrorBody, GroupCount, GroupListParams,
+    GroupPage, PasswordBody,
+};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, DevicePath};
 use crate::schema::{DeviceDoc, DevicePageDoc, DevicePatchDoc};
@@ -71,6 +74,36 @@ fn insert_with_credential(
         None => return Err(ApiError::Internal("the store reported no result".into())),
     }
     Ok(device)
+}
+
+/// The device groups, in name order, with how many devices each has, one
+/// page at a time. Groups have no index: each call reads every device once
+/// (its cost grows with the registry), keeping at most `limit` + 1 groups.
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups",
+    tag = "devices",
+    params(GroupListParams),
+    responses(
+        (status = 200, description = "One page of groups", body = GroupPage),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_groups(
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<GroupListParams>,
+) -> Result<Json<GroupPage>, ApiError> {
+    let limit = crate::dto::parse_limit(params.limit.as_deref())? as usize;
+    let after = params.after.filter(|a| !a.is_empty());
+    let (items, next) =
+        blocking(move || Ok(state.store.list_groups(after.as_deref(), limit)?)).await?;
+    Ok(Json(GroupPage {
+        items: items
+            .into_iter()
+            .map(|(group, devices)| GroupCount { group, devices })
+            .collect(),
+        next,
+    }))
 }
 
 /// Searches devices, in id order, one page at a time.

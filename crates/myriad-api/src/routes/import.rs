@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use myriad_fleet::import::{ImportError, ImportOptions, import};
+use myriad_fleet::service::devices::Revocation;
 use myriad_fleet::service::now_ms;
 
 use crate::blocking::blocking;
@@ -22,7 +23,10 @@ pub(crate) const IMPORT_BODY_LIMIT: u64 = 512 * 1024 * 1024;
 /// Imports devices from a CSV or JSON-lines body, streamed: the body is
 /// parsed as it arrives and inserted in batches of 1,000 rows, so memory
 /// stays bounded whatever its size. Good rows land; bad rows are reported
-/// by line. CSV columns: `id` (required), `name`, `enabled`, `groups`
+/// by line (1-based line numbers of the file; a quoted CSV field may span
+/// lines). With `upsert=true` a row whose id exists updates that device
+/// (an updated device whose password changed or that was disabled loses
+/// its open connection). CSV columns: `id` (required), `name`, `enabled`, `groups`
 /// (`;`-separated), `attributes` (`k=v;k=v`), `password` or
 /// `password_hash` (an Argon2 PHC string; prefer it for big files, a plain
 /// password costs an Argon2 hash per row). JSON lines: the fields of a new
@@ -49,6 +53,7 @@ pub(crate) async fn import_devices(
     body: Body,
 ) -> Result<Json<ImportReportBody>, ApiError> {
     let format = params.format()?;
+    let upsert = params.upsert()?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -61,11 +66,25 @@ pub(crate) async fn import_devices(
     let reader = body.reader;
     let options = ImportOptions {
         hash_params: state.hash_params,
+        upsert,
         ..ImportOptions::new(format, now_ms())
     };
+    let admin = state.devices.clone();
     let outcome = blocking(move || Ok(import(&state.store, reader, &options))).await?;
     match outcome {
-        Ok(report) => Ok(Json(report.into())),
+        Ok(mut report) => {
+            // Updated devices whose password changed or that were disabled
+            // lose their open connection, as with the single-device routes.
+            for (device, disabled) in std::mem::take(&mut report.revoked) {
+                let why = if disabled {
+                    Revocation::Disabled
+                } else {
+                    Revocation::PasswordChanged
+                };
+                admin.revoke(&device, why).await;
+            }
+            Ok(Json(report.into()))
+        }
         Err(_) if exceeded.load(Ordering::Relaxed) => Err(too_large()),
         Err(error @ (ImportError::Header(_) | ImportError::Read { .. })) => {
             Err(ApiError::BadRequest(error.to_string()))

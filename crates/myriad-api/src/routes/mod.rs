@@ -58,9 +58,10 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(commands::send_batch))
         .routes(routes!(commands::breakers))
         .routes(routes!(commands::get_command, commands::cancel_command))
-        .routes(routes!(commands::get_batch))
+        .routes(routes!(commands::get_batch, commands::cancel_batch))
         .routes(routes!(apps::create_app, apps::list_apps))
-        .routes(routes!(apps::get_app, apps::delete_app))
+        .routes(routes!(apps::get_app, apps::update_app, apps::delete_app))
+        .routes(routes!(devices::list_groups))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)

@@ -60,7 +60,12 @@ pub(crate) async fn patch_shadow(
     Ok(Json(accepted.accepted))
 }
 
-/// Deletes the shadow of a device.
+/// Deletes the shadow of a device. The device is told on
+/// `$shadow/{id}/delete/accepted` (`{"version", "timestamp"}`). The deletion
+/// is itself a version: the version goes up by one and stays (after a
+/// restart too), so a client holding the deleted shadow's version gets 409
+/// and the next update starts above it. 404 when the device has no shadow
+/// (never written, or deleted already).
 #[utoipa::path(
     delete,
     path = "/api/v1/devices/{id}/shadow",
@@ -76,7 +81,7 @@ pub(crate) async fn delete_shadow(
     State(state): State<ApiState>,
     DevicePath(id): DevicePath,
 ) -> Result<StatusCode, ApiError> {
-    if state.shadows.delete(&id).await? {
+    if state.shadows.delete(&id).await?.is_some() {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("device {id} has no shadow")))

@@ -44,7 +44,9 @@ async fn every_route_is_documented() {
         ("/api/v1/apps", "post"),
         ("/api/v1/apps", "get"),
         ("/api/v1/apps/{id}", "get"),
+        ("/api/v1/apps/{id}", "patch"),
         ("/api/v1/apps/{id}", "delete"),
+        ("/api/v1/groups", "get"),
         ("/api/v1/devices/import", "post"),
         ("/api/v1/devices/{id}/commands", "post"),
         ("/api/v1/devices/{id}/commands", "get"),
@@ -53,6 +55,7 @@ async fn every_route_is_documented() {
         ("/api/v1/commands/{command_id}", "get"),
         ("/api/v1/commands/{command_id}", "delete"),
         ("/api/v1/command-batches/{batch_id}", "get"),
+        ("/api/v1/command-batches/{batch_id}", "delete"),
     ];
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {

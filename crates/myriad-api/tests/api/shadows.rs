@@ -139,7 +139,7 @@ async fn bad_updates_and_unknown_devices() {
 }
 
 #[tokio::test]
-async fn delete_removes_the_shadow() {
+async fn delete_empties_the_shadow_and_keeps_its_version_growing() {
     let h = Harness::new();
     h.create_device("d1").await;
     assert_error(
@@ -154,6 +154,11 @@ async fn delete_removes_the_shadow() {
     let reply = h.call(Method::DELETE, SHADOW, None).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     let reply = h.get(SHADOW).await;
-    assert_eq!(reply.body["version"], 0);
+    // The deletion is itself a version (issue 15 item 12): 1 -> 2.
+    assert_eq!(reply.body["version"], 2);
     assert_eq!(reply.body["state"]["desired"], json!({}));
+    assert_error(
+        &h.call(Method::DELETE, SHADOW, None).await,
+        StatusCode::NOT_FOUND,
+    );
 }

@@ -5,6 +5,7 @@
 //! feeds it events with the current time (`handle_*`) and drains what it must
 //! send from [`Broker::poll_output`], like quinn-proto's `Connection`.
 
+pub mod activity;
 mod audit;
 mod backpressure;
 pub mod connect;

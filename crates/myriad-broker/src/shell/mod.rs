@@ -8,6 +8,7 @@
 //! - store commits run on the blocking pool ([`commit`]), never on the
 //!   event loop.
 
+mod activity;
 pub mod census;
 mod commit;
 mod connection;
@@ -77,6 +78,11 @@ pub(crate) enum Event {
     Snapshot(tokio::sync::oneshot::Sender<snapshot::BrokerSnapshot>),
     /// Closes a client's connection (and maybe more) by client id.
     Evict(Box<Eviction>, tokio::sync::oneshot::Sender<Evicted>),
+    /// Asks the core which connections were heard from since a moment.
+    Activity(
+        Option<std::time::Instant>,
+        tokio::sync::oneshot::Sender<Vec<crate::core::activity::Activity>>,
+    ),
 }
 
 /// State every connection task reads.
@@ -640,6 +646,9 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
         }
         Event::Evict(eviction, reply) => {
             let _ = reply.send(broker.evict(now, &eviction));
+        }
+        Event::Activity(since, reply) => {
+            let _ = reply.send(broker.activity(since));
         }
     }
 }

@@ -87,6 +87,10 @@ pub struct BatchProgress {
     pub refused: u64,
     /// Commands of the batch by current status.
     pub statuses: HashMap<CommandStatus, u64>,
+    /// Whether the batch was cancelled: targets not yet handled get no
+    /// command, its commands not final were cancelled.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 /// Breaker states for the API and metrics.
@@ -818,6 +822,40 @@ impl Engine {
             );
         }
         effects
+    }
+
+    /// Cancels batch `batch`: marks it cancelled (no more of its targets
+    /// are submitted) and cancels its commands that are not final with
+    /// `reason`, in id order. The caller follows the batch already
+    /// ([`Engine::batch_started`]).
+    pub fn cancel_batch(&mut self, batch: &BatchId, reason: &str, now: u64) -> Vec<Effect> {
+        if let Some(progress) = self.batches.get_mut(batch) {
+            progress.cancelled = true;
+        }
+        let mut ids: Vec<CommandId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.command.batch.as_ref() == Some(batch))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        let mut effects = Vec::new();
+        for id in ids {
+            self.finish(
+                &id,
+                now,
+                CommandStatus::Cancelled,
+                Some(reason),
+                |_| {},
+                &mut effects,
+            );
+        }
+        effects
+    }
+
+    /// Whether batch `batch` was cancelled.
+    pub fn batch_cancelled(&self, batch: &BatchId) -> bool {
+        self.batches.get(batch).is_some_and(|b| b.cancelled)
     }
 
     /// The command, if it is not final.

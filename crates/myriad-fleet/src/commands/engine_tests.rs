@@ -335,6 +335,7 @@ fn batch_progress_follows_statuses() {
         targets: 0,
         refused: 0,
         statuses: Default::default(),
+        cancelled: false,
     });
     e.device_online("a", 0);
     let (c, _) = e
@@ -354,4 +355,44 @@ fn batch_progress_follows_statuses() {
         p.statuses.get(&CommandStatus::Sent).copied().unwrap_or(0),
         0
     );
+}
+
+#[test]
+fn cancelling_a_batch_cancels_its_open_commands_only() {
+    let mut e = Engine::new(config(), 0);
+    let batch = BatchId::generate(0);
+    e.batch_started(BatchProgress {
+        id: batch.clone(),
+        name: "do".into(),
+        priority: Priority::L1,
+        created_at: 0,
+        dispatched: false,
+        targets: 0,
+        refused: 0,
+        statuses: Default::default(),
+        cancelled: false,
+    });
+    let (queued, _) = e
+        .submit("a", spec(Priority::L1), Some(batch.clone()), 0, &NO_SHADOW)
+        .expect("ok");
+    let (other, _) = e
+        .submit("b", spec(Priority::L1), None, 0, &NO_SHADOW)
+        .expect("ok");
+    let effects = e.cancel_batch(&batch, "batch_cancelled", 5);
+    assert!(e.batch_cancelled(&batch));
+    let changed: Vec<&Command> = effects
+        .iter()
+        .filter_map(|ef| match ef {
+            Effect::Changed(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].id, queued.id);
+    assert_eq!(changed[0].status, CommandStatus::Cancelled);
+    assert_eq!(changed[0].reason.as_deref(), Some("batch_cancelled"));
+    assert!(!effects.iter().any(|ef| matches!(ef, Effect::Alarm(_))));
+    assert!(e.get(&other.id).is_some(), "a command of no batch stays");
+    let p = e.batch(&batch).expect("followed");
+    assert_eq!(p.statuses.get(&CommandStatus::Cancelled), Some(&1));
 }

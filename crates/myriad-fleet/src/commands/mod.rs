@@ -23,5 +23,6 @@ pub use engine::{
     BatchProgress, BreakersSnapshot, Effect, Engine, EngineStats, Refused, ShadowReader,
 };
 pub use model::{
-    BatchId, Command, CommandId, CommandSpec, CommandStatus, Payload, Priority, Reply, ResultSource,
+    BatchId, BatchJob, BatchTargets, Command, CommandId, CommandSpec, CommandStatus, Payload,
+    Priority, Reply, ResultSource,
 };

@@ -232,7 +232,7 @@ pub enum ResultSource {
 }
 
 /// What the caller asks for, before the platform accepts it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandSpec {
     /// The command's name: one topic level of `[A-Za-z0-9_.-]`, not `reply`.
     pub name: String,
@@ -246,6 +246,35 @@ pub struct CommandSpec {
     pub expires_at: Option<u64>,
     /// Whether it only reads state (L2 reads fall back to the shadow).
     pub read: bool,
+}
+
+/// The devices a fan-out batch goes to, as stored with the batch so that
+/// it can resume after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchTargets {
+    /// These devices, in this order.
+    Devices(Vec<String>),
+    /// Every device of this group, in id order.
+    Group(String),
+}
+
+/// What a fan-out batch still has to do, stored until every target is
+/// handled: a restart (kill -9 or SIGTERM) resumes it from `handled` /
+/// `after`, skipping targets that already have a command of the batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchJob {
+    /// The batch.
+    pub id: BatchId,
+    /// The command every target gets.
+    pub spec: CommandSpec,
+    /// Its targets.
+    pub targets: BatchTargets,
+    /// Targets handled (in target order) when this was stored; their
+    /// commands were stored before.
+    pub handled: u64,
+    /// The last group member handled (groups are read in id order).
+    pub after: Option<String>,
 }
 
 /// Longest command name.

@@ -90,10 +90,21 @@ fn id_of(text: &str) -> Option<String> {
     value.get("id")?.as_str().map(str::to_string)
 }
 
+/// The message of a row that does not parse: serde's own position is
+/// within the row (always "line 1"), so only its column is kept; the
+/// row's line in the file goes with the error.
+fn bad_json(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let what = match text.rfind(" at line ") {
+        Some(at) => &text[..at],
+        None => text.as_str(),
+    };
+    format!("bad JSON row: {what} (column {})", error.column())
+}
+
 fn parse(bytes: &[u8]) -> Parsed {
     let text = std::str::from_utf8(bytes).map_err(|e| (None, format!("not UTF-8: {e}")))?;
-    let row: JsonRow =
-        serde_json::from_str(text).map_err(|e| (id_of(text), format!("bad JSON row: {e}")))?;
+    let row: JsonRow = serde_json::from_str(text).map_err(|e| (id_of(text), bad_json(&e)))?;
     Ok(RawRow {
         id: row.id,
         name: row.name,

@@ -38,6 +38,13 @@
 //!   and `password_hash`, has a `password_hash` that is not an acceptable
 //!   Argon2 PHC string ([`crate::credentials::check_phc`]), or has an id
 //!   that exists already (in the store or earlier in the file).
+//! - With [`ImportOptions::upsert`], a row whose id is an existing device
+//!   updates it instead of being bad: its name, attributes, groups and
+//!   `enabled` become the row's (an absent or empty field gives the
+//!   default, as for a new device), its creation time stays, and its
+//!   password is replaced only when the row gives one. Devices whose
+//!   password changed or that were disabled are listed in
+//!   [`ImportReport::revoked`] for the caller to close their connections.
 //! - After more than [`ImportOptions::max_errors`] bad rows (default
 //!   1,000) the import stops: the rows read so far that were good still
 //!   land, [`ImportReport::truncated_errors`] is set and
@@ -61,8 +68,8 @@ mod row;
 use std::io::BufRead;
 
 use crate::credentials::HashParams;
-use crate::registry::NewDevice;
-use crate::store::{FleetStore, FleetStoreError};
+use crate::registry::{DeviceId, NewDevice};
+use crate::store::{FleetStore, FleetStoreError, Upserted};
 use row::{RawRow, Source};
 
 pub use jsonl_rows::MAX_LINE_LEN;
@@ -89,6 +96,8 @@ pub struct ImportOptions {
     pub hash_params: HashParams,
     /// Creation time of the imported devices (unix ms).
     pub now: u64,
+    /// Update existing devices instead of refusing their rows.
+    pub upsert: bool,
 }
 
 impl ImportOptions {
@@ -100,6 +109,7 @@ impl ImportOptions {
             batch_size: 1_000,
             hash_params: HashParams::default(),
             now,
+            upsert: false,
         }
     }
 }
@@ -120,6 +130,11 @@ pub struct RowError {
 pub struct ImportReport {
     /// Devices created.
     pub imported: u64,
+    /// Existing devices updated (with [`ImportOptions::upsert`]).
+    pub updated: u64,
+    /// Devices updated whose password changed or that were disabled
+    /// (`true`: disabled): their open connections must be closed.
+    pub revoked: Vec<(DeviceId, bool)>,
     /// Bad rows, in file order (at most `max_errors`).
     pub failed: Vec<RowError>,
     /// Whether the import stopped because of too many bad rows (so
@@ -188,20 +203,39 @@ impl Importer<'_> {
         if self.rows.is_empty() {
             return Ok(true);
         }
-        let results = self
-            .store
-            .insert_devices_batch(&self.rows, self.options.now)
-            .map_err(|source| ImportError::Store {
-                source,
-                imported: self.report.imported,
-            })?;
+        let results: Vec<Result<Upserted, FleetStoreError>> = if self.options.upsert {
+            self.store
+                .upsert_devices_batch(&self.rows, self.options.now)
+        } else {
+            self.store
+                .insert_devices_batch(&self.rows, self.options.now)
+                .map(|results| {
+                    results
+                        .into_iter()
+                        .map(|r| r.map(|()| Upserted::Created))
+                        .collect()
+                })
+        }
+        .map_err(|source| ImportError::Store {
+            source,
+            imported: self.report.imported,
+        })?;
         let rows = std::mem::take(&mut self.rows);
         let lines = std::mem::take(&mut self.lines);
         let last_line = lines.last().copied();
         let mut go_on = true;
         for ((result, (new, _)), line) in results.into_iter().zip(rows).zip(lines) {
             match result {
-                Ok(()) => self.report.imported += 1,
+                Ok(Upserted::Created) => self.report.imported += 1,
+                Ok(Upserted::Updated {
+                    password_changed,
+                    disabled,
+                }) => {
+                    self.report.updated += 1;
+                    if password_changed || disabled {
+                        self.report.revoked.push((new.id, disabled));
+                    }
+                }
                 Err(err) if go_on => {
                     go_on = self.bad(RowError {
                         line,
@@ -240,7 +274,8 @@ pub fn import(
         report: ImportReport::default(),
     };
     loop {
-        let imported = importer.report.imported + importer.rows.len() as u64;
+        let imported =
+            importer.report.imported + importer.report.updated + importer.rows.len() as u64;
         let Some((line, parsed)) = source.next_row(imported)? else {
             break;
         };

@@ -133,6 +133,21 @@ impl PresenceTracker {
         }
     }
 
+    /// Connection `conn` of `device` sent a packet at `at_ms` (a periodic
+    /// sample of the broker's activity stamps): moves `last_seen` if `conn`
+    /// is the device's current connection; true if it moved.
+    pub fn seen_on(&mut self, device: &DeviceId, conn: u64, at_ms: u64) -> bool {
+        match self.records.get_mut(device) {
+            Some(record)
+                if record.online && record.connection == conn && at_ms > record.last_seen =>
+            {
+                record.last_seen = at_ms;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `device` is connected.
     pub fn is_online(&self, device: &DeviceId) -> bool {
         self.online.contains(device)

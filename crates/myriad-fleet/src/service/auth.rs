@@ -19,9 +19,10 @@
 //! a burst of simultaneous guesses is cut at the failure limit (0x9F
 //! Connection rate exceeded; 3.1.1: 0x03) before any queueing.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use myriad_broker::hooks::{Acl, AuthDecision, Authenticator, BoxFuture, ConnectInfo};
 use myriad_mqtt::ReasonCode;
@@ -36,6 +37,9 @@ use crate::credentials::{
 use crate::registry::DeviceId;
 use crate::store::FleetStore;
 
+/// App id -> (client id, weak handle on the ACL of that connection).
+type AppLogins = HashMap<String, Vec<(String, Weak<PrincipalAcl>)>>;
+
 /// The prefix of application clients' user names.
 pub const APP_USERNAME_PREFIX: &str = "app:";
 
@@ -44,7 +48,7 @@ pub const APP_USERNAME_PREFIX: &str = "app:";
 pub struct PrincipalAcl(pub Principal);
 
 /// Whether the platform acts on messages published to `topic`
-/// (`$shadow/{id}/update`, `$shadow/{id}/get`, `$commands/request`,
+/// (`$shadow/{id}/update`, `$shadow/{id}/get`, `$shadow/{id}/delete`, `$commands/request`,
 /// `$commands/{id}/reply/...`), so a retained copy would be acted on again
 /// after every restart.
 pub fn is_platform_request(topic: &str) -> bool {
@@ -53,7 +57,12 @@ pub fn is_platform_request(topic: &str) -> bool {
         (levels.next(), levels.next(), levels.next(), levels.next()),
         (Some("$commands"), Some("request"), None, _)
             | (Some("$commands"), Some(_), Some("reply"), _)
-            | (Some("$shadow"), Some(_), Some("update" | "get"), None)
+            | (
+                Some("$shadow"),
+                Some(_),
+                Some("update" | "get" | "delete"),
+                None
+            )
     )
 }
 
@@ -177,6 +186,11 @@ pub struct FleetAuthenticator {
     /// Logins waiting for a slot now.
     waiting: AtomicUsize,
     max_queued: usize,
+    /// The connections of each app client (by app id): client id and a
+    /// weak handle on the ACL given at login. The broker holds that ACL
+    /// as long as the connection lives, so a handle that still upgrades
+    /// is a live connection (see [`FleetAuthenticator::app_connections`]).
+    app_logins: Mutex<AppLogins>,
 }
 
 /// A login attempt counted in flight by the throttle; ended exactly once
@@ -246,6 +260,7 @@ impl FleetAuthenticator {
             slots: Arc::new(Semaphore::new(checks.max_concurrent.max(1))),
             waiting: AtomicUsize::new(0),
             max_queued: checks.max_queued,
+            app_logins: Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,6 +271,36 @@ impl FleetAuthenticator {
     /// Counters so far.
     pub fn stats(&self) -> AuthStats {
         self.state().stats
+    }
+
+    fn app_logins(&self) -> MutexGuard<'_, AppLogins> {
+        self.app_logins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a connection of app client `app` (dropping the handles of
+    /// its connections that ended, so the list follows the live ones).
+    fn app_logged_in(&self, app: &str, client_id: &str, acl: &Arc<PrincipalAcl>) {
+        let mut logins = self.app_logins();
+        logins.retain(|_, list| {
+            list.retain(|(_, acl)| acl.strong_count() > 0);
+            !list.is_empty()
+        });
+        logins
+            .entry(app.to_string())
+            .or_default()
+            .push((client_id.to_string(), Arc::downgrade(acl)));
+    }
+
+    /// The client ids of app client `app`'s live connections, forgotten
+    /// here (the caller closes them: the app was changed or deleted).
+    pub fn app_connections(&self, app: &str) -> Vec<String> {
+        self.app_logins()
+            .remove(app)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, acl)| acl.strong_count() > 0)
+            .map(|(client_id, _)| client_id)
+            .collect()
     }
 
     /// Forgets cached verifications of `principal` (its password changed or it was removed).
@@ -336,7 +381,11 @@ impl FleetAuthenticator {
         let principal = record.principal;
         attempt.end(Some(true));
         self.state().stats.accepted += 1;
-        AuthDecision::Allow(Some(Arc::new(PrincipalAcl(principal))))
+        let acl = Arc::new(PrincipalAcl(principal));
+        if let Some(app) = app_login {
+            self.app_logged_in(app, info.client_id, &acl);
+        }
+        AuthDecision::Allow(Some(acl))
     }
 
     /// Checks `password` against `phc`: from the cache, or with Argon2 on

@@ -134,6 +134,33 @@ impl DeviceAdmin {
         self.evict(eviction).await.disconnected
     }
 
+    /// Closes every live connection of app client `app`: it was changed
+    /// (its password, ACL or admin flag; 5.0 DISCONNECT 0x98
+    /// Administrative action) or `deleted` (0x87 Not authorized); no will
+    /// either way. Its cached logins are forgotten first, so it must log in
+    /// again and gets its new rights. Returns how many connections were
+    /// closed.
+    pub async fn revoke_app(&self, app: &str, deleted: bool) -> usize {
+        let reason = if deleted {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::AdministrativeAction
+        };
+        self.auth
+            .forget(&format!("{}{app}", super::auth::APP_USERNAME_PREFIX));
+        let mut closed = 0;
+        for client_id in self.auth.app_connections(app) {
+            let eviction = Eviction {
+                publish_will: false,
+                ..Eviction::disconnect(client_id.as_str(), reason)
+            };
+            if self.evict(eviction).await.disconnected {
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Carries out `eviction`; nothing if the broker has stopped (the
     /// process is shutting down: no connection is left to close).
     async fn evict(&self, eviction: Eviction) -> Evicted {

@@ -7,6 +7,7 @@
 //! device whose socket is cut is offline within that time.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use myriad_broker::hooks::{Lifecycle, OfflineReason, Presence};
@@ -215,6 +216,53 @@ impl PresenceService {
                 if publish_event(&broker, &presence).await.is_err() {
                     return;
                 }
+            }
+        }
+    }
+}
+
+impl PresenceService {
+    /// Moves `last_seen` of online devices while they stay connected:
+    /// every `interval`, asks the broker which connections sent a packet
+    /// since the previous sample (the core stamps each connection at every
+    /// packet; nothing is written per packet) and stores the records that
+    /// moved in one commit. A disconnect stores the record at once (its
+    /// `last_seen` is the disconnect time). Ends when the broker stops.
+    pub async fn run_last_seen(self: Arc<Self>, broker: BrokerHandle, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut since: Option<Instant> = None;
+        loop {
+            ticker.tick().await;
+            let asked = Instant::now();
+            let Ok(activity) = broker.activity(since).await else {
+                return;
+            };
+            since = Some(asked);
+            let (now, wall) = (Instant::now(), now_ms());
+            let moved: Vec<DeviceId> = {
+                let mut tracker = self.tracker();
+                activity
+                    .into_iter()
+                    .filter_map(|a| {
+                        let device = DeviceId::new(a.client_id.to_string()).ok()?;
+                        let ago = now.saturating_duration_since(a.last_seen).as_millis() as u64;
+                        tracker
+                            .seen_on(&device, a.conn, wall.saturating_sub(ago))
+                            .then_some(device)
+                    })
+                    .collect()
+            };
+            if moved.is_empty() {
+                continue;
+            }
+            let service = self.clone();
+            if tokio::task::spawn_blocking(move || service.save_batch(&moved))
+                .await
+                .is_err()
+            {
+                warn!("presence store task failed");
             }
         }
     }

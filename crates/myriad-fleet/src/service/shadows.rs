@@ -1,11 +1,14 @@
 //! Device shadows over MQTT and for the HTTP API.
 //!
 //! Topics (the device's namespace, see docs/topics.md):
-//! - the device publishes `$shadow/{id}/update` (an update request) and
-//!   `$shadow/{id}/get` (empty or `{"clientToken": ..}`);
+//! - the device publishes `$shadow/{id}/update` (an update request),
+//!   `$shadow/{id}/get` and `$shadow/{id}/delete` (empty or
+//!   `{"clientToken": ..}`);
 //! - the platform answers on `$shadow/{id}/update/accepted`,
 //!   `$shadow/{id}/update/rejected`, `$shadow/{id}/get/accepted`,
-//!   `$shadow/{id}/get/rejected`, and publishes `$shadow/{id}/update/delta`
+//!   `$shadow/{id}/get/rejected`, `$shadow/{id}/delete/accepted` (also
+//!   after an HTTP delete: the device is told) and
+//!   `$shadow/{id}/delete/rejected` (404 when there is no shadow), and publishes `$shadow/{id}/update/delta`
 //!   whenever an update leaves `desired` different from `reported`, and
 //!   `$shadow/{id}/update/documents` (previous and current) after every
 //!   accepted update. All at QoS 1, so a persistent session that is offline
@@ -108,6 +111,9 @@ pub enum ShadowServiceError {
     /// No registered device has this id.
     #[error("no device {0}")]
     UnknownDevice(String),
+    /// The device has no shadow to delete.
+    #[error("no shadow exists for {0}")]
+    NoShadow(String),
     /// The update was rejected (bad request, version conflict, too large).
     #[error("{}", .0.message)]
     Rejected(UpdateRejected),
@@ -166,7 +172,8 @@ enum Job {
     },
     Delete {
         device: DeviceId,
-        reply: Reply<bool>,
+        client_token: Option<String>,
+        reply: Reply<Option<Value>>,
     },
 }
 
@@ -178,6 +185,11 @@ enum Held {
         Option<usize>,
     ),
     Get(Reply<Shadow>, Result<Shadow, ShadowServiceError>),
+    Delete(
+        Reply<Option<Value>>,
+        Result<Option<Value>, ShadowServiceError>,
+        Option<usize>,
+    ),
 }
 
 /// The writer thread's side.
@@ -202,9 +214,8 @@ impl Writer {
         }
     }
 
-    /// Applies `batch` in order: updates and gets against the working
-    /// copies, one commit, then the answers; a delete commits what came
-    /// before it first.
+    /// Applies `batch` in order: updates, gets and deletes against the
+    /// working copies, one commit, then the answers.
     fn apply(&self, batch: &mut Vec<Job>) {
         let mut working: HashMap<DeviceId, Shadow> = HashMap::new();
         let mut writes: Vec<(DeviceId, Vec<u8>)> = Vec::new();
@@ -233,15 +244,25 @@ impl Writer {
                     let outcome = self.shadow(&mut working, &device).cloned();
                     held.push(Held::Get(reply, outcome));
                 }
-                Job::Delete { device, reply } => {
-                    self.commit(&mut writes, &mut held);
-                    working.remove(&device);
-                    let outcome = self.require_device(&device).and_then(|()| {
-                        self.store
-                            .delete_shadow(&device)
-                            .map_err(ShadowServiceError::from)
-                    });
-                    let _ = reply.send(outcome);
+                Job::Delete {
+                    device,
+                    client_token,
+                    reply,
+                } => {
+                    let outcome = self
+                        .shadow(&mut working, &device)
+                        .map(|shadow| shadow.delete(client_token.as_deref(), now_ms()));
+                    let slot = match &outcome {
+                        Ok(Some(_)) => match working.get(&device).map(serde_json::to_vec) {
+                            Some(Ok(bytes)) => {
+                                writes.push((device.clone(), bytes));
+                                Some(writes.len() - 1)
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    held.push(Held::Delete(reply, outcome, slot));
                 }
             }
         }
@@ -269,6 +290,24 @@ impl Writer {
                             Err(ShadowServiceError::CommitFailed(error.to_string()))
                         }
                         (_, outcome) => outcome,
+                    };
+                    let _ = reply.send(outcome);
+                }
+                Held::Delete(reply, outcome, slot) => {
+                    let outcome = match (&result, slot, outcome) {
+                        (Err(error), _, Ok(Some(_))) => {
+                            Err(ShadowServiceError::CommitFailed(error.to_string()))
+                        }
+                        (Ok(stored), Some(i), Ok(Some(document))) => {
+                            if stored.get(i).copied().unwrap_or(false) {
+                                Ok(Some(document))
+                            } else {
+                                Err(ShadowServiceError::UnknownDevice(
+                                    writes[i].0.as_str().to_string(),
+                                ))
+                            }
+                        }
+                        (_, _, outcome) => outcome,
                     };
                     let _ = reply.send(outcome);
                 }
@@ -461,11 +500,24 @@ impl ShadowService {
         Ok(accepted)
     }
 
-    /// Deletes the shadow of `device`; false if it had none.
-    pub async fn delete(&self, device: &DeviceId) -> Result<bool, ShadowServiceError> {
-        let device = device.clone();
-        let rx = self.submit(|reply| Job::Delete { device, reply }).await;
-        rx.await.map_err(|_| ShadowServiceError::Stopped)?
+    /// Deletes the shadow of `device` (see [`Shadow::delete`]: the version
+    /// stays and grows by one) and tells the device on
+    /// `$shadow/{id}/delete/accepted`; `None` if it had no shadow.
+    pub async fn delete(&self, device: &DeviceId) -> Result<Option<Value>, ShadowServiceError> {
+        let id = device.clone();
+        let rx = self
+            .submit(|reply| Job::Delete {
+                device: id,
+                client_token: None,
+                reply,
+            })
+            .await;
+        let deleted = rx.await.map_err(|_| ShadowServiceError::Stopped)??;
+        if let Some(document) = &deleted {
+            let topic = format!("$shadow/{}/delete/accepted", device.as_str());
+            let _ = self.send_traced(&topic, document, &[]).await;
+        }
+        Ok(deleted)
     }
 
     /// Publishes what an accepted update tells the device and applications.
@@ -511,6 +563,9 @@ impl ShadowService {
             .subscribe("$shadow/+/update", QoS::AtLeastOnce)
             .await?;
         client.subscribe("$shadow/+/get", QoS::AtLeastOnce).await?;
+        client
+            .subscribe("$shadow/+/delete", QoS::AtLeastOnce)
+            .await?;
         // Requests are submitted here and answered, in order, by the
         // answering loop once their commit is done.
         let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(PIPELINE);
@@ -545,9 +600,12 @@ impl ShadowService {
         };
         let device = DeviceId::new(id).ok()?;
         let trace = trace_properties(&publish.properties.user_properties);
-        if !matches!(action, "update" | "get") {
-            return None;
-        }
+        let action = match action {
+            "update" => "update",
+            "get" => "get",
+            "delete" => "delete",
+            _ => return None,
+        };
         let waiting = match self.admit(&device, now_ms()).map(|()| action) {
             Err(throttled) => Waiting::Failed(throttled),
             Ok("update") => match UpdateRequest::parse(&publish.payload, &self.limits) {
@@ -555,6 +613,17 @@ impl ShadowService {
                     self.submit(|reply| Job::Update {
                         device: device.clone(),
                         request,
+                        reply,
+                    })
+                    .await,
+                ),
+                Err(rejected) => Waiting::Failed(ShadowServiceError::Rejected(rejected)),
+            },
+            Ok("delete") => match GetRequest::parse(&publish.payload, &self.limits) {
+                Ok(request) => Waiting::Delete(
+                    self.submit(|reply| Job::Delete {
+                        device: device.clone(),
+                        client_token: request.client_token,
                         reply,
                     })
                     .await,
@@ -575,7 +644,7 @@ impl ShadowService {
         };
         Some(Pending {
             device,
-            action: if action == "update" { "update" } else { "get" },
+            action,
             payload: publish.payload.clone(),
             trace,
             waiting,
@@ -607,6 +676,12 @@ impl ShadowService {
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(ShadowServiceError::Stopped),
             },
+            Waiting::Delete(rx) => match rx.await {
+                Ok(Ok(Some(document))) => Ok(document),
+                Ok(Ok(None)) => Err(ShadowServiceError::NoShadow(id.to_string())),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(ShadowServiceError::Stopped),
+            },
             Waiting::Failed(error) => Err(error),
         };
         match outcome {
@@ -620,6 +695,7 @@ impl ShadowService {
                     error,
                     ShadowServiceError::Rejected(_)
                         | ShadowServiceError::UnknownDevice(_)
+                        | ShadowServiceError::NoShadow(_)
                         | ShadowServiceError::TooManyRequests { .. }
                 ) {
                     warn!(%error, device = id, "shadow request failed");
@@ -646,6 +722,7 @@ enum Waiting {
         Option<String>,
         oneshot::Receiver<Result<Shadow, ShadowServiceError>>,
     ),
+    Delete(oneshot::Receiver<Result<Option<Value>, ShadowServiceError>>),
     Failed(ShadowServiceError),
 }
 
@@ -655,7 +732,7 @@ fn rejection(error: &ShadowServiceError, payload: &[u8], now: u64) -> Value {
         ShadowServiceError::Rejected(rejected) => rejected.to_json(now),
         other => {
             let code = match other {
-                ShadowServiceError::UnknownDevice(_) => 404,
+                ShadowServiceError::UnknownDevice(_) | ShadowServiceError::NoShadow(_) => 404,
                 ShadowServiceError::TooManyRequests { .. } => 429,
                 _ => 500,
             };

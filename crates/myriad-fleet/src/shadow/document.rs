@@ -34,6 +34,10 @@ pub struct Shadow {
     metadata: ShadowMetadata,
     version: u64,
     updated_at: u64,
+    /// Deleted ([`Shadow::delete`]): no state, but the version stays, so
+    /// the next shadow starts above it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
 }
 
 /// The outcome of an accepted update: the messages to publish.
@@ -181,6 +185,7 @@ impl Shadow {
         }
         self.version = new_version;
         self.updated_at = now_ms;
+        self.deleted = false;
 
         let touched_desired = !desired.is_keep();
         let mut state = Map::new();
@@ -329,6 +334,34 @@ impl Shadow {
             "version": self.version,
             "timestamp": now_ms,
         }))
+    }
+
+    /// Whether there is a shadow to delete: written at least once and not
+    /// deleted since.
+    pub fn exists(&self) -> bool {
+        self.version > 0 && !self.deleted
+    }
+
+    /// Deletes the shadow's state (AWS IoT's shadow delete). The deletion
+    /// is itself a version: the version goes up by one and stays, so a
+    /// client still holding the deleted shadow's version gets 409, and the
+    /// next update starts above it. Returns the `delete/accepted` document
+    /// `{"version", "timestamp": now_ms, "clientToken"?}`, or `None` when
+    /// there is no shadow ([`Shadow::exists`]).
+    pub fn delete(&mut self, client_token: Option<&str>, now_ms: u64) -> Option<Value> {
+        if !self.exists() {
+            return None;
+        }
+        self.desired.clear();
+        self.reported.clear();
+        self.metadata = ShadowMetadata::default();
+        self.version = self.version.saturating_add(1);
+        self.updated_at = now_ms;
+        self.deleted = true;
+        Some(envelope(
+            json!({"version": self.version, "timestamp": now_ms}),
+            client_token,
+        ))
     }
 
     /// `{"state": {"desired", "reported"}, "metadata": {..}, "version"}`.

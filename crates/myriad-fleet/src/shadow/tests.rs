@@ -870,3 +870,37 @@ proptest! {
         prop_assert_eq!(expected.is_some(), !delta.is_empty());
     }
 }
+
+#[test]
+fn delete_keeps_the_version_growing_and_survives_serialization() {
+    let mut shadow = Shadow::new();
+    assert!(
+        shadow.delete(Some("t"), 1).is_none(),
+        "nothing to delete yet"
+    );
+    accept(&mut shadow, json!({"state": {"reported": {"a": 1}}}), 2);
+    accept(&mut shadow, json!({"state": {"desired": {"b": 1}}}), 3);
+    let deleted = shadow.delete(Some("t1"), 4).expect("deleted");
+    assert_eq!(
+        deleted,
+        json!({"version": 3, "timestamp": 4, "clientToken": "t1"})
+    );
+    assert!(shadow.delete(None, 5).is_none(), "deleted already");
+    assert!(shadow.desired().is_empty() && shadow.reported().is_empty());
+    // Stored and read back: still deleted, still at version 3.
+    let mut shadow: Shadow =
+        serde_json::from_slice(&serde_json::to_vec(&shadow).expect("json")).expect("back");
+    assert_eq!(shadow.version(), 3);
+    assert!(!shadow.exists());
+    let stale = reject(
+        &mut shadow,
+        json!({"state": {"reported": {"a": 2}}, "version": 2}),
+        6,
+    );
+    assert_eq!(stale.code, 409);
+    assert_eq!(
+        accept(&mut shadow, json!({"state": {"reported": {"a": 2}}}), 7).version,
+        4
+    );
+    assert!(shadow.exists());
+}

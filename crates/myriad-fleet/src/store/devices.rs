@@ -62,6 +62,68 @@ fn insert_new(
     Ok(())
 }
 
+/// One page of groups: (name, device count) in name order, and the cursor
+/// of the next page.
+pub type GroupPage = (Vec<(String, u64)>, Option<String>);
+
+/// What [`FleetStore::upsert_devices_batch`] did with one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// A new device.
+    Created,
+    /// An existing device was updated.
+    Updated {
+        /// Its password was replaced.
+        password_changed: bool,
+        /// It was enabled and is now disabled.
+        disabled: bool,
+    },
+}
+
+/// Creates the device of `new`, or replaces the fields of the existing
+/// one (its creation time kept; its password replaced only when `phc` is
+/// given), checking everything first so that a failed row writes nothing.
+fn upsert(
+    tables: &mut Tables<'_>,
+    file: &FileName,
+    new: &NewDevice,
+    phc: Option<&str>,
+    now: u64,
+) -> Result<Upserted, FleetStoreError> {
+    let Some(old) = get_in(&tables.devices, file, &new.id)? else {
+        return insert_new(tables, file, new, phc, now).map(|()| Upserted::Created);
+    };
+    new.validate()?;
+    if let Some(phc) = phc {
+        check_phc(phc, &PhcLimits::default())?;
+    }
+    let key = new.id.as_str().as_bytes();
+    let value = codec::encode_device(
+        &new.name,
+        &new.attributes,
+        &new.groups,
+        new.enabled,
+        old.created_at,
+        now,
+    )
+    .map_err(FleetStoreError::Encode)?;
+    tables
+        .devices
+        .insert(key, value.as_slice())
+        .map_err(|e| file.engine(e))?;
+    if let Some(phc) = phc {
+        let value = codec::encode_credential(phc);
+        tables
+            .credentials
+            .insert(key, value.as_slice())
+            .map_err(|e| file.engine(e))?;
+    }
+    Ok(Upserted::Updated {
+        password_changed: phc.is_some(),
+        disabled: old.enabled && !new.enabled,
+    })
+}
+
 /// Reads and decodes one device from any table handle.
 pub(super) fn get_in(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -191,6 +253,74 @@ impl FleetStore {
                 }
             }
             Ok(page)
+        })
+    }
+
+    /// One page of the device groups, in name order after `after`, with how
+    /// many devices each has: at most `limit` groups, and `next` is the
+    /// last one when more follow. Groups have no index of their own: this
+    /// reads every device once (decoding only its groups), so its cost
+    /// grows with the registry, and keeps at most `limit` + 1 groups.
+    pub fn list_groups(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<GroupPage, FleetStoreError> {
+        let file = &self.file;
+        let limit = limit.max(1);
+        self.read(|txn| {
+            let table = read_table(txn, DEVICES, file)?;
+            let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+            for row in table.iter().map_err(|e| file.engine(e))? {
+                let (key, value) = row.map_err(|e| file.engine(e))?;
+                let device = codec::decode_device(key.value(), value.value())
+                    .map_err(|why| file.corrupt(DEVICES_NAME, key.value(), why))?;
+                for group in device.groups {
+                    if after.is_some_and(|a| group.as_str() <= a) {
+                        continue;
+                    }
+                    if let Some(count) = counts.get_mut(&group) {
+                        *count += 1;
+                    } else {
+                        counts.insert(group, 1);
+                        if counts.len() > limit + 1 {
+                            counts.pop_last();
+                        }
+                    }
+                }
+            }
+            let more = counts.len() > limit;
+            let items: Vec<(String, u64)> = counts.into_iter().take(limit).collect();
+            let next = if more {
+                items.last().map(|(g, _)| g.clone())
+            } else {
+                None
+            };
+            Ok((items, next))
+        })
+    }
+
+    /// Like [`FleetStore::insert_devices_batch`], but a row whose id is an
+    /// existing device updates it (see [`Upserted`]) instead of failing.
+    pub fn upsert_devices_batch(
+        &self,
+        rows: &[(NewDevice, Option<String>)],
+        now: u64,
+    ) -> Result<Vec<Result<Upserted, FleetStoreError>>, FleetStoreError> {
+        let file = &self.file;
+        self.write(|tables| {
+            let mut results = Vec::with_capacity(rows.len());
+            for (new, phc) in rows {
+                match upsert(tables, file, new, phc.as_deref(), now) {
+                    Err(
+                        err @ (FleetStoreError::Io { .. }
+                        | FleetStoreError::Engine { .. }
+                        | FleetStoreError::CorruptFile { .. }),
+                    ) => return Err(err),
+                    other => results.push(other),
+                }
+            }
+            Ok(results)
         })
     }
 

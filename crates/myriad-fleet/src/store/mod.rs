@@ -50,8 +50,8 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
-pub use devices::LIST_SCAN_BUDGET;
 use devices::get_in as devices_get;
+pub use devices::{LIST_SCAN_BUDGET, Upserted};
 pub use error::FleetStoreError;
 pub use login::LoginRecord;
 

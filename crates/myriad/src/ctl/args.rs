@@ -62,6 +62,8 @@ pub enum DevicesCommand {
     Kick(IdArg),
     /// Provision devices in bulk from a CSV or JSON-lines file.
     Import(DeviceImport),
+    /// List the device groups with how many devices each has.
+    Groups(PageArgs),
 }
 
 /// `ctl presence ...`
@@ -95,6 +97,9 @@ pub enum AppsCommand {
     List,
     /// Show one application client.
     Get(IdArg),
+    /// Change an application client's name, ACL, admin flag or password
+    /// (its open connections are closed).
+    Update(AppUpdate),
     /// Remove an application client.
     Delete(IdArg),
 }
@@ -267,6 +272,11 @@ pub struct DeviceImport {
     /// or `.ndjson`).
     #[arg(long, value_enum)]
     pub format: Option<ImportFormat>,
+    /// Update devices that exist already (their name, attributes, groups
+    /// and enabled state become the row's; the password only when the row
+    /// gives one) instead of reporting their rows as failed.
+    #[arg(long)]
+    pub upsert: bool,
 }
 
 /// `ctl shadow set-desired`
@@ -306,6 +316,39 @@ pub struct AppCreate {
     /// The client's MQTT password.
     #[command(flatten)]
     pub password: PasswordArgs,
+}
+
+/// `ctl apps update`
+#[derive(Debug, Args)]
+pub struct AppUpdate {
+    /// The client id.
+    pub id: String,
+    /// A new name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A topic filter the client may publish to; repeat for more. When
+    /// given, the filters replace the current ones.
+    #[arg(long = "publish", value_name = "FILTER")]
+    pub publish: Vec<String>,
+    /// Remove every publish filter.
+    #[arg(long, conflicts_with = "publish")]
+    pub clear_publish: bool,
+    /// A topic filter the client may subscribe within; repeat for more.
+    /// When given, the filters replace the current ones.
+    #[arg(long = "subscribe", value_name = "FILTER")]
+    pub subscribe: Vec<String>,
+    /// Remove every subscribe filter.
+    #[arg(long, conflicts_with = "subscribe")]
+    pub clear_subscribe: bool,
+    /// Make it an admin client.
+    #[arg(long, conflicts_with = "no_admin")]
+    pub admin: bool,
+    /// Make it an ordinary app client.
+    #[arg(long)]
+    pub no_admin: bool,
+    /// A new MQTT password.
+    #[command(flatten)]
+    pub password: OptionalPasswordArgs,
 }
 
 /// Parses `key=value` (split at the first `=`; the key may not be empty).

@@ -22,6 +22,9 @@ pub enum CommandsCommand {
     Batch(CommandBatch),
     /// Show the progress of a batch.
     BatchStatus(BatchIdArg),
+    /// Cancel a batch: targets not yet handled get no command, its open
+    /// commands are cancelled.
+    BatchCancel(BatchIdArg),
     /// Show the circuit breakers.
     Breakers,
 }
@@ -178,6 +181,13 @@ pub fn request(cmd: &CommandsCommand) -> ApiRequest {
         }
         CommandsCommand::BatchStatus(arg) => ApiRequest::new(
             Method::Get,
+            format!(
+                "{API_PREFIX}/command-batches/{}",
+                percent_encode(&arg.batch_id)
+            ),
+        ),
+        CommandsCommand::BatchCancel(arg) => ApiRequest::new(
+            Method::Delete,
             format!(
                 "{API_PREFIX}/command-batches/{}",
                 percent_encode(&arg.batch_id)

@@ -129,6 +129,8 @@ impl<'de> Deserialize<'de> for Ordered {
 struct ImportReport {
     imported: u64,
     #[serde(default)]
+    updated: u64,
+    #[serde(default)]
     failed: Vec<ImportFailure>,
     #[serde(default)]
     truncated_errors: bool,
@@ -145,11 +147,20 @@ struct ImportFailure {
 /// when any row failed.
 pub fn import_report(body: &str) -> Result<Rendered> {
     let report: ImportReport = serde_json::from_str(body).context(NOT_JSON)?;
-    let mut out = format!(
-        "imported {}, failed {}\n",
-        report.imported,
-        report.failed.len()
-    );
+    let mut out = if report.updated > 0 {
+        format!(
+            "imported {}, updated {}, failed {}\n",
+            report.imported,
+            report.updated,
+            report.failed.len()
+        )
+    } else {
+        format!(
+            "imported {}, failed {}\n",
+            report.imported,
+            report.failed.len()
+        )
+    };
     for failure in &report.failed {
         let message: String = failure
             .message

@@ -45,6 +45,7 @@ pub fn shape(command: &ApiCommand) -> Shape {
             DevicesCommand::Import(_) => Shape::Import,
             DevicesCommand::Delete(_) | DevicesCommand::SetPassword(_) => Shape::NoContent,
             DevicesCommand::Create(_)
+            | DevicesCommand::Groups(_)
             | DevicesCommand::Get(_)
             | DevicesCommand::Update(_)
             | DevicesCommand::Kick(_) => Shape::Object,

@@ -35,6 +35,9 @@ pub fn fill_from_stdin(command: &mut ApiCommand, input: impl Read) -> Result<()>
         ApiCommand::Apps(AppsCommand::Create(create)) => {
             (create.password.password_stdin).then_some(&mut create.password.password)
         }
+        ApiCommand::Apps(AppsCommand::Update(update)) => {
+            (update.password.password_stdin).then_some(&mut update.password.password)
+        }
         _ => None,
     };
     if let Some(slot) = slot {

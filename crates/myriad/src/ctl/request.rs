@@ -123,6 +123,7 @@ pub fn follows_all_pages(command: &ApiCommand) -> bool {
     match command {
         ApiCommand::Devices(DevicesCommand::List(list)) => list.page.all,
         ApiCommand::Presence(PresenceCommand::List(page)) => page.all,
+        ApiCommand::Devices(DevicesCommand::Groups(page)) => page.all,
         _ => false,
     }
 }
@@ -166,6 +167,9 @@ fn devices(cmd: &DevicesCommand) -> Result<ApiRequest> {
             ApiRequest::new(Method::Post, format!("{}/disconnect", device_path(&arg.id)))
         }
         DevicesCommand::Import(import) => device_import(import)?,
+        DevicesCommand::Groups(page) => {
+            ApiRequest::new(Method::Get, format!("{API_PREFIX}/groups")).pages(page)
+        }
     })
 }
 
@@ -248,7 +252,8 @@ fn device_import(import: &DeviceImport) -> Result<ApiRequest> {
         None => format_from_extension(&import.file)?,
     };
     let mut request = ApiRequest::new(Method::Post, format!("{}/import", devices_path()))
-        .param("format", Some(format.as_str()));
+        .param("format", Some(format.as_str()))
+        .param("upsert", import.upsert.then_some("true"));
     request.body = ApiBody::File {
         path: import.file.clone(),
         content_type: format.content_type(),
@@ -323,6 +328,33 @@ fn apps(cmd: &AppsCommand) -> Result<ApiRequest> {
         }
         AppsCommand::List => ApiRequest::new(Method::Get, apps_path),
         AppsCommand::Get(arg) => ApiRequest::new(Method::Get, app_path(&arg.id)),
+        AppsCommand::Update(update) => {
+            let mut body = Map::new();
+            if let Some(name) = &update.name {
+                body.insert("name".into(), json!(name));
+            }
+            if !update.publish.is_empty() || update.clear_publish {
+                body.insert("publish".into(), json!(update.publish));
+            }
+            if !update.subscribe.is_empty() || update.clear_subscribe {
+                body.insert("subscribe".into(), json!(update.subscribe));
+            }
+            if update.admin || update.no_admin {
+                body.insert("admin".into(), json!(update.admin));
+            }
+            if update.password.password_stdin && update.password.password.is_none() {
+                bail!("the password has not been read from standard input yet");
+            }
+            if let Some(password) = &update.password.password {
+                body.insert("password".into(), json!(password));
+            }
+            if body.is_empty() {
+                bail!(
+                    "nothing to change: give --name, --publish, --subscribe, --admin or a password"
+                );
+            }
+            ApiRequest::new(Method::Patch, app_path(&update.id)).json(Value::Object(body))
+        }
         AppsCommand::Delete(arg) => ApiRequest::new(Method::Delete, app_path(&arg.id)),
     })
 }

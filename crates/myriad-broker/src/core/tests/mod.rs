@@ -4,6 +4,7 @@
 //! buffer and taken per connection, so each test only looks at the
 //! connections it cares about.
 
+mod activity;
 mod alias;
 mod backpressure;
 mod connect;

@@ -71,6 +71,11 @@ impl CommandLog {
         seq
     }
 
+    /// The sequence number of the last record queued.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.pending).next_seq
+    }
+
     /// The latest version of `id` not yet committed.
     pub fn pending(&self, id: &CommandId) -> Option<Command> {
         lock(&self.pending).records.get(id).map(|(_, c)| c.clone())

@@ -36,8 +36,8 @@ use super::now_ms;
 use super::presence::PresenceService;
 use crate::commands::engine::BreakersSnapshot;
 use crate::commands::{
-    BatchId, BatchProgress, Command, CommandId, CommandsConfig, Effect, Engine, EngineStats,
-    Refused, Reply, ShadowReader,
+    BatchId, BatchJob, BatchProgress, BatchTargets, Command, CommandId, CommandsConfig, Effect,
+    Engine, EngineStats, Refused, Reply, ShadowReader,
 };
 use crate::registry::{DeviceId, DeviceQuery};
 use crate::store::{FleetStore, FleetStoreError};
@@ -102,8 +102,15 @@ impl std::fmt::Debug for CommandService {
     }
 }
 
+/// The reason the commands of a cancelled batch are cancelled with.
+pub const BATCH_CANCELLED: &str = "batch_cancelled";
+
 /// Records a fan-out lets the command log fall behind by at most.
 const BATCH_LOG_BACKLOG: u64 = 4_096;
+/// Most targets of a fan-out submitted before their records are committed.
+const BATCH_CHUNK: usize = 256;
+/// Least time between two stored resume points of a fan-out, ms.
+const BATCH_CHECKPOINT_MS: u64 = 500;
 
 impl CommandService {
     /// Loads the commands that were not final at the last stop and applies
@@ -201,6 +208,9 @@ impl CommandService {
     /// whose progress [`CommandService::batch`] reports. The targets are
     /// read page by page into a bounded queue and submitted at the pace
     /// the rate limits allow, so memory stays bounded for any group size.
+    /// The batch (its command, targets and a resume point) is stored
+    /// until every target is handled: a restart resumes it (see
+    /// [`CommandService::resume_batches`]).
     pub fn submit_batch(
         self: &Arc<Self>,
         targets: Targets,
@@ -219,45 +229,150 @@ impl CommandService {
             targets: 0,
             refused: 0,
             statuses: Default::default(),
+            cancelled: false,
+        };
+        let job = BatchJob {
+            id: progress.id.clone(),
+            spec,
+            targets: match targets {
+                Targets::Devices(devices) => BatchTargets::Devices(
+                    devices
+                        .into_iter()
+                        .map(|d| d.as_str().to_string())
+                        .collect(),
+                ),
+                Targets::Group(group) => BatchTargets::Group(group),
+            },
+            handled: 0,
+            after: None,
         };
         self.engine().batch_started(progress.clone());
-        let (tx, rx) = mpsc::channel::<DeviceId>(config.batch_buffer);
-        let reader = self.clone();
-        tokio::spawn(async move { reader.read_targets(targets, tx).await });
         let sender = self.clone();
         let first = progress.clone();
         tokio::spawn(async move {
             // Stored off the event loop (a commit waits for the disk), before
             // the first command of the batch is submitted.
-            let batch = first.id.clone();
-            sender.store_batch(first).await;
-            sender.dispatch_batch(batch, spec, rx).await
+            sender.store_checkpoint(first, Some(job.clone())).await;
+            sender.start_dispatch(job, false);
         });
         Ok(progress)
     }
 
-    /// Stores a batch's progress on the blocking pool.
-    async fn store_batch(&self, progress: BatchProgress) {
+    /// Starts the reader and the sender of `job` from its resume point.
+    fn start_dispatch(self: Arc<Self>, job: BatchJob, resumed: bool) {
+        let (tx, rx) = mpsc::channel::<(u64, DeviceId)>(self.config().batch_buffer);
+        let reader = self.clone();
+        let targets = job.targets.clone();
+        let (handled, after) = (job.handled, job.after.clone());
+        tokio::spawn(async move { reader.read_targets(targets, handled, after, tx).await });
+        tokio::spawn(async move { self.dispatch_batch(job, rx, resumed).await });
+    }
+
+    /// Resumes the batches a stop (kill -9 or SIGTERM) interrupted: their
+    /// counters are rebuilt from the commands stored for them, and the
+    /// targets from the stored resume point on get their command unless
+    /// they already have one of the batch.
+    async fn resume_batches(self: &Arc<Self>) {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.put_batch(&progress)).await {
+        let jobs = match tokio::task::spawn_blocking(move || store.batch_jobs()).await {
+            Ok(Ok(jobs)) => jobs,
+            Ok(Err(error)) => {
+                warn!(%error, "cannot read the batches to resume");
+                return;
+            }
+            Err(_) => return,
+        };
+        for job in jobs {
+            let store = self.store.clone();
+            let id = job.id.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                Ok::<_, FleetStoreError>((
+                    store.get_batch(&id)?,
+                    store.batch_command_statuses(&id)?,
+                ))
+            })
+            .await;
+            let (stored, commands) = match read {
+                Ok(Ok(found)) => found,
+                Ok(Err(error)) => {
+                    warn!(%error, batch = %job.id, "cannot resume a batch");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if stored.as_ref().is_some_and(|p| p.cancelled) {
+                // Cancelled while a resume point was being stored.
+                if let Some(progress) = stored {
+                    self.store_checkpoint(progress, None).await;
+                }
+                continue;
+            }
+            let mut progress = stored.unwrap_or_else(|| BatchProgress {
+                id: job.id.clone(),
+                name: job.spec.name.clone(),
+                priority: job.spec.priority,
+                created_at: now_ms(),
+                dispatched: false,
+                targets: 0,
+                refused: 0,
+                statuses: Default::default(),
+                cancelled: false,
+            });
+            {
+                let mut engine = self.engine();
+                progress.dispatched = false;
+                progress.targets = progress.refused + commands.len() as u64;
+                progress.statuses.clear();
+                for (command, status) in commands {
+                    let status = engine.get(&command).map_or(status, |c| c.status);
+                    *progress.statuses.entry(status).or_default() += 1;
+                }
+                engine.batch_started(progress.clone());
+            }
+            info!(batch = %job.id, targets = progress.targets, "resuming a fan-out batch");
+            self.clone().start_dispatch(job, true);
+        }
+    }
+
+    /// Stores a batch's progress and what it still has to do, on the
+    /// blocking pool.
+    async fn store_checkpoint(&self, progress: BatchProgress, job: Option<BatchJob>) {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || {
+            store.put_batch_checkpoint(&progress, job.as_ref())
+        })
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(error)) => warn!(%error, "cannot store a batch"),
             Err(_) => warn!("the batch store task failed"),
         }
     }
 
-    /// Feeds the batch's devices into `tx` (bounded: waits for the sender).
-    async fn read_targets(self: Arc<Self>, targets: Targets, tx: mpsc::Sender<DeviceId>) {
+    /// Feeds the batch's devices into `tx` (bounded: waits for the sender)
+    /// with their position, from position `handled` (a list) or after
+    /// device `after` (a group, read in id order).
+    async fn read_targets(
+        self: Arc<Self>,
+        targets: BatchTargets,
+        handled: u64,
+        after: Option<String>,
+        tx: mpsc::Sender<(u64, DeviceId)>,
+    ) {
         match targets {
-            Targets::Devices(devices) => {
-                for device in devices {
-                    if tx.send(device).await.is_err() {
+            BatchTargets::Devices(devices) => {
+                for (position, device) in devices.into_iter().enumerate().skip(handled as usize) {
+                    let Ok(device) = DeviceId::new(device) else {
+                        continue;
+                    };
+                    if tx.send((position as u64, device)).await.is_err() {
                         return;
                     }
                 }
             }
-            Targets::Group(group) => {
-                let mut after = None;
+            BatchTargets::Group(group) => {
+                let mut after = after.and_then(|a| DeviceId::new(a).ok());
+                let mut position = handled;
                 loop {
                     let query = DeviceQuery {
                         group: Some(group.clone()),
@@ -277,9 +392,10 @@ impl CommandService {
                         Err(_) => return,
                     };
                     for device in page.items {
-                        if tx.send(device.id).await.is_err() {
+                        if tx.send((position, device.id)).await.is_err() {
                             return;
                         }
+                        position += 1;
                     }
                     match page.next {
                         Some(next) => after = Some(next),
@@ -293,59 +409,147 @@ impl CommandService {
     /// Submits one command per device read from `rx`, waiting (not
     /// refusing) when a rate limit or the in-flight cap says so, or while
     /// the command log has more than [`BATCH_LOG_BACKLOG`] records to store.
+    ///
+    /// Targets are taken in chunks of up to [`BATCH_CHUNK`]: a chunk's
+    /// command records are committed before any of its commands is
+    /// published, so a device never gets a command the store does not
+    /// know (a resumed batch would send it another). The resume point is
+    /// stored at most every [`BATCH_CHECKPOINT_MS`], after the records of
+    /// the targets it covers are committed; a resumed batch looks up each
+    /// target past it and skips those that have a command of the batch.
     async fn dispatch_batch(
         self: Arc<Self>,
-        batch: BatchId,
-        spec: crate::commands::CommandSpec,
-        mut rx: mpsc::Receiver<DeviceId>,
+        mut job: BatchJob,
+        mut rx: mpsc::Receiver<(u64, DeviceId)>,
+        resumed: bool,
     ) {
-        while let Some(device) = rx.recv().await {
+        let batch = job.id.clone();
+        let spec = job.spec.clone();
+        let mut last_checkpoint = std::time::Instant::now();
+        let mut chunk = Vec::with_capacity(BATCH_CHUNK);
+        loop {
+            chunk.clear();
+            match rx.recv().await {
+                Some(first) => chunk.push(first),
+                None => break,
+            }
+            while chunk.len() < BATCH_CHUNK {
+                match rx.try_recv() {
+                    Ok(next) => chunk.push(next),
+                    Err(_) => break,
+                }
+            }
             if !self.log.wait_backlog(BATCH_LOG_BACKLOG).await {
                 return;
             }
-            let exists = matches!(self.store.get_device(&device), Ok(Some(_)));
-            if !exists {
-                self.engine().batch_refused(&batch);
-                continue;
-            }
-            self.sync_presence(&device).await;
-            loop {
-                let outcome = {
-                    let shadows = StoreShadows(&self.store);
-                    self.engine().submit(
-                        device.as_str(),
-                        spec.clone(),
-                        Some(batch.clone()),
-                        now_ms(),
-                        &shadows,
+            let mut effects = Vec::new();
+            for (position, device) in chunk.drain(..) {
+                job.handled = position + 1;
+                if let BatchTargets::Group(_) = job.targets {
+                    job.after = Some(device.as_str().to_string());
+                }
+                if resumed
+                    && matches!(
+                        self.store.batch_command(&batch, device.as_str()),
+                        Ok(Some(_))
                     )
-                };
-                match outcome {
-                    Ok((_, effects)) => {
-                        self.apply(effects).await;
-                        self.timers.notify_one();
-                        break;
+                {
+                    continue;
+                }
+                let exists = matches!(self.store.get_device(&device), Ok(Some(_)));
+                if !exists {
+                    self.engine().batch_refused(&batch);
+                    continue;
+                }
+                self.sync_presence(&device).await;
+                loop {
+                    let outcome = {
+                        let shadows = StoreShadows(&self.store);
+                        let mut engine = self.engine();
+                        // Checked under the same lock as the submit: a
+                        // cancel sweeps every command submitted before it.
+                        if engine.batch_cancelled(&batch) {
+                            break;
+                        }
+                        engine.submit(
+                            device.as_str(),
+                            spec.clone(),
+                            Some(batch.clone()),
+                            now_ms(),
+                            &shadows,
+                        )
+                    };
+                    match outcome {
+                        Ok((_, more)) => {
+                            effects.extend(more);
+                            break;
+                        }
+                        Err(Refused::RateLimited { scope, .. }) if scope.starts_with("device") => {
+                            // One device over its own limit does not hold up the batch.
+                            self.engine().batch_refused(&batch);
+                            break;
+                        }
+                        Err(refused) => {
+                            // What the chunk has so far goes out before the wait.
+                            if !self.apply_durable(std::mem::take(&mut effects)).await {
+                                return;
+                            }
+                            let wait = refused.retry_after_ms().clamp(1, 1_000);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
                     }
-                    Err(Refused::RateLimited { scope, .. }) if scope.starts_with("device") => {
-                        // One device over its own limit does not hold up the batch.
-                        self.engine().batch_refused(&batch);
-                        break;
-                    }
-                    Err(refused) => {
-                        let wait = refused.retry_after_ms().clamp(1, 1_000);
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
-                    }
+                }
+            }
+            if !self.apply_durable(effects).await {
+                return;
+            }
+            self.timers.notify_one();
+            if self.engine().batch_cancelled(&batch) {
+                // [`CommandService::cancel_batch`] stored the batch without its job.
+                return;
+            }
+            if last_checkpoint.elapsed() >= Duration::from_millis(BATCH_CHECKPOINT_MS) {
+                last_checkpoint = std::time::Instant::now();
+                let progress = self.engine().batch(&batch).cloned();
+                if let Some(progress) = progress
+                    && self.log.committed(self.log.last_seq()).await
+                {
+                    self.store_checkpoint(progress, Some(job.clone())).await;
                 }
             }
         }
         let progress = {
             let mut engine = self.engine();
+            if engine.batch_cancelled(&batch) {
+                return;
+            }
             engine.batch_dispatched(&batch);
             engine.batch(&batch).cloned()
         };
-        if let Some(progress) = progress {
-            self.store_batch(progress).await;
+        if let Some(progress) = progress
+            && self.log.committed(self.log.last_seq()).await
+        {
+            self.store_checkpoint(progress, None).await;
         }
+    }
+
+    /// Carries out `effects`, storing their command records before any
+    /// command is published (see [`CommandService::dispatch_batch`]);
+    /// false if the command log stopped.
+    async fn apply_durable(&self, effects: Vec<Effect>) -> bool {
+        if !effects.iter().any(|e| matches!(e, Effect::Publish(_))) {
+            self.apply(effects).await;
+            return true;
+        }
+        let (changes, rest): (Vec<Effect>, Vec<Effect>) = effects
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Changed(_)));
+        let seq = self.apply(changes).await;
+        if !self.log.committed(seq).await {
+            return false;
+        }
+        self.apply(rest).await;
+        true
     }
 
     /// The command `id` as it stands now.
@@ -412,6 +616,36 @@ impl CommandService {
         }
         self.timers.notify_one();
         cancelled
+    }
+
+    /// Cancels batch `id` (`DELETE` on a batch): its targets not yet
+    /// handled get no command, and its commands not final become
+    /// `cancelled` with reason `batch_cancelled` (stored before this
+    /// returns). The batch stays readable, marked `cancelled`, and is not
+    /// resumed after a restart.
+    pub async fn cancel_batch(&self, id: &BatchId) -> Result<BatchProgress, CommandError> {
+        let Some(progress) = self.batch(id)? else {
+            return Err(CommandError::NotFound(format!("batch {id}")));
+        };
+        let effects = {
+            let mut engine = self.engine();
+            if engine.batch(id).is_none() {
+                engine.batch_started(progress);
+            }
+            engine.cancel_batch(id, BATCH_CANCELLED, now_ms())
+        };
+        let seq = self.apply(effects).await;
+        if seq > 0 && !self.log.committed(seq).await {
+            return Err(CommandError::Stopped);
+        }
+        self.timers.notify_one();
+        let progress = self
+            .engine()
+            .batch(id)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(format!("batch {id}")))?;
+        self.store_checkpoint(progress.clone(), None).await;
+        Ok(progress)
     }
 
     /// Progress of batch `id`.
@@ -526,6 +760,7 @@ impl CommandService {
             std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|e| e.into_inner()));
         self.apply(recovered).await;
         self.seed_online().await;
+        self.resume_batches().await;
         let timer = self.clone();
         tokio::spawn(async move { timer.run_timers().await });
         let receiver = self.clone();
