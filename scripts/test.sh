@@ -4,8 +4,10 @@
 #   0. cargo metadata --locked for . and fuzz/ (fails fast on a stale lock file)
 #   1. cargo fmt --check
 #   2. cargo clippy --all-targets -- -D warnings
-#   3. cargo build --release            (the `myriad` binary the Python suite runs)
-#   4. cargo test --workspace --release (same profile as 3: dependencies compile once)
+#   3. cargo build --profile ci         (the `myriad` binary the Python suite runs:
+#                                        release optimisation without LTO, see
+#                                        Cargo.toml; benchmarks use --release)
+#   4. cargo test --workspace --profile ci (same profile as 3: dependencies compile once)
 #   5. python -m pytest tests -q        (external-client integration suite)
 #   6. bash scripts/fuzz.sh 60          (bounded fuzzing: instrumented build + 60 s
 #                                        session + 10 s decode; MYRIAD_FUZZ_SECONDS
@@ -25,7 +27,7 @@ else
   PYTHON=${PYTHON:-python3}
 fi
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-export MYRIAD_BIN=${MYRIAD_BIN:-$TARGET_DIR/release/myriad}
+export MYRIAD_BIN=${MYRIAD_BIN:-$TARGET_DIR/ci/myriad}
 
 step() { printf '\n==> %s\n' "$*"; }
 SECONDS=0
@@ -40,11 +42,11 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo build --release"
-cargo build --workspace --release
+step "cargo build --profile ci"
+cargo build --workspace --profile ci
 
-step "cargo test --workspace --release"
-cargo test --workspace --release
+step "cargo test --workspace --profile ci"
+cargo test --workspace --profile ci
 
 step "python -m pytest tests -q (broker: $MYRIAD_BIN)"
 "$PYTHON" -m pytest tests -q
