@@ -72,7 +72,8 @@ pub use observe::{
 };
 pub use routes::router;
 pub use serve::{
-    ApiTls, BodyTimeout, HttpLimits, serve, serve_router, serve_router_tls, serve_router_with,
+    ApiTls, BodyTimeout, HandshakeObserver, HttpLimits, TlsConfigSource, serve, serve_router,
+    serve_router_tls, serve_router_with,
 };
 pub use state::ApiState;
 

@@ -168,15 +168,21 @@ pub async fn serve_router_with(
     serve_listener(listener, router, shutdown, limits, None).await
 }
 
+/// Gives the rustls settings for the next TLS connection.
+pub type TlsConfigSource = Arc<dyn Fn() -> Arc<tokio_rustls::rustls::ServerConfig> + Send + Sync>;
+
+/// Told how each TLS handshake ended.
+pub type HandshakeObserver = Arc<dyn Fn(Result<(), &io::Error>) + Send + Sync>;
+
 /// Where a TLS API listener gets its settings and reports its handshakes.
 #[derive(Clone)]
 pub struct ApiTls {
     /// The rustls settings for the next connection (called once per
     /// connection, so a reload takes effect for new connections only).
-    pub config: Arc<dyn Fn() -> Arc<tokio_rustls::rustls::ServerConfig> + Send + Sync>,
+    pub config: TlsConfigSource,
     /// Told how each handshake ended (for metrics); a handshake that did
     /// not finish in time ends with [`io::ErrorKind::TimedOut`].
-    pub on_handshake: Arc<dyn Fn(Result<(), &io::Error>) + Send + Sync>,
+    pub on_handshake: HandshakeObserver,
 }
 
 impl std::fmt::Debug for ApiTls {
