@@ -71,7 +71,10 @@ pub use observe::{
     BoxFuture, Observability, ObserveOptions, PROMETHEUS_CONTENT_TYPE, Readiness, observed_router,
 };
 pub use routes::router;
-pub use serve::{BodyTimeout, HttpLimits, serve, serve_router, serve_router_with};
+pub use serve::{
+    ApiTls, BodyTimeout, HandshakeObserver, HttpLimits, TlsConfigSource, serve, serve_router,
+    serve_router_tls, serve_router_with,
+};
 pub use state::ApiState;
 
 #[cfg(doc)]

@@ -165,6 +165,54 @@ pub async fn serve_router_with(
     shutdown: CancellationToken,
     limits: HttpLimits,
 ) -> std::io::Result<()> {
+    serve_listener(listener, router, shutdown, limits, None).await
+}
+
+/// Gives the rustls settings for the next TLS connection.
+pub type TlsConfigSource = Arc<dyn Fn() -> Arc<tokio_rustls::rustls::ServerConfig> + Send + Sync>;
+
+/// Told how each TLS handshake ended.
+pub type HandshakeObserver = Arc<dyn Fn(Result<(), &io::Error>) + Send + Sync>;
+
+/// Where a TLS API listener gets its settings and reports its handshakes.
+#[derive(Clone)]
+pub struct ApiTls {
+    /// The rustls settings for the next connection (called once per
+    /// connection, so a reload takes effect for new connections only).
+    pub config: TlsConfigSource,
+    /// Told how each handshake ended (for metrics); a handshake that did
+    /// not finish in time ends with [`io::ErrorKind::TimedOut`].
+    pub on_handshake: HandshakeObserver,
+}
+
+impl std::fmt::Debug for ApiTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTls").finish_non_exhaustive()
+    }
+}
+
+/// [`serve_router_with`] over TLS: each accepted connection first
+/// completes a TLS handshake with `tls`'s current settings, within
+/// [`HttpLimits::header_timeout`] (else it is closed). Handshaking
+/// connections count against [`HttpLimits::max_connections`] like idle
+/// ones (and are evicted first when they have been quiet longest).
+pub async fn serve_router_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    limits: HttpLimits,
+    tls: ApiTls,
+) -> std::io::Result<()> {
+    serve_listener(listener, router, shutdown, limits, Some(tls)).await
+}
+
+async fn serve_listener(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    limits: HttpLimits,
+    tls: Option<ApiTls>,
+) -> std::io::Result<()> {
     let registry = Arc::new(Registry::default());
     let epoch = Instant::now();
     let mut tasks = JoinSet::new();
@@ -193,8 +241,23 @@ pub async fn serve_router_with(
         let router = router.clone();
         let registry = registry.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
-            serve_connection(stream, conn, router, shutdown, limits).await;
+            match tls {
+                None => serve_connection(stream, conn, router, shutdown, limits).await,
+                Some(tls) => {
+                    let handshake = handshake(stream, &tls, limits.header_timeout);
+                    let stream = tokio::select! {
+                        stream = handshake => stream,
+                        _ = conn.evict.cancelled() => None,
+                        _ = shutdown.cancelled() => None,
+                    };
+                    if let Some(stream) = stream {
+                        conn.touch();
+                        serve_connection(stream, conn, router, shutdown, limits).await;
+                    }
+                }
+            }
             registry.remove(id);
         });
     }
@@ -203,14 +266,41 @@ pub async fn serve_router_with(
     Ok(())
 }
 
-/// Serves one connection until it ends, times out or is evicted.
-async fn serve_connection(
+/// Completes the TLS handshake on `stream` within `timeout`, reporting
+/// how it ended; `None` if it failed.
+async fn handshake(
     stream: tokio::net::TcpStream,
+    tls: &ApiTls,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from((tls.config)());
+    let outcome = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake not finished in time",
+        )),
+    };
+    (tls.on_handshake)(outcome.as_ref().map(|_| ()));
+    match outcome {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            debug!(%error, "HTTP API TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Serves one connection until it ends, times out or is evicted.
+async fn serve_connection<S>(
+    stream: S,
     conn: Arc<Conn>,
     router: axum::Router,
     shutdown: CancellationToken,
     limits: HttpLimits,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(TimedIo {
         inner: stream,
         conn: conn.clone(),

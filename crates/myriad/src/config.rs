@@ -223,6 +223,61 @@ pub struct ApiConfig {
     /// Seconds a request body may stall without data before the request
     /// fails and the connection is closed. Default 30, between 1 and 3,600.
     pub body_timeout_secs: u64,
+    /// Serve the API over TLS instead of plain HTTP (`[api.tls]`; absent:
+    /// plain HTTP). See docs/tls.md.
+    pub tls: Option<ApiTlsConfig>,
+}
+
+/// The `[api.tls]` table: the API's certificate and, optionally, the CAs
+/// operators' client certificates are checked against. The same keys, and
+/// the same loading and SIGHUP reload, as a `tls` MQTT listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// PEM file with the server's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the server's private key: PKCS#8, PKCS#1 or SEC1.
+    pub key: PathBuf,
+    /// PEM bundle of the CAs whose client certificates are accepted
+    /// (required unless `client_certs` is `none`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// PEM file of revocation lists from the client CAs (with `client_ca`).
+    #[serde(default)]
+    pub client_crl: Option<PathBuf>,
+    /// Whether clients present certificates: `none` (the default),
+    /// `optional` (verified when presented) or `require`.
+    #[serde(default)]
+    pub client_certs: myriad_broker::config::ClientCertPolicy,
+}
+
+impl ApiTlsConfig {
+    /// The equivalent TLS listener entry (for the broker's TLS loader).
+    pub fn listener(&self, listen: &str) -> myriad_broker::config::ListenerConfig {
+        myriad_broker::config::ListenerConfig {
+            kind: myriad_broker::config::ListenerKind::Tls,
+            listen: listen.to_string(),
+            path: None,
+            cert: Some(self.cert.clone()),
+            key: Some(self.key.clone()),
+            client_ca: self.client_ca.clone(),
+            client_crl: self.client_crl.clone(),
+            client_certs: self.client_certs,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        use myriad_broker::config::ClientCertPolicy;
+        if self.client_certs != ClientCertPolicy::None && self.client_ca.is_none() {
+            bail!(
+                "invalid value for api.tls.client_ca: client_certs = optional or require needs the CAs to verify against"
+            );
+        }
+        if self.client_crl.is_some() && self.client_ca.is_none() {
+            bail!("invalid value for api.tls.client_crl: needs client_ca");
+        }
+        Ok(())
+    }
 }
 
 impl Default for ApiConfig {
@@ -236,6 +291,7 @@ impl Default for ApiConfig {
             header_timeout_secs: limits.header_timeout.as_secs(),
             idle_timeout_secs: limits.idle_timeout.as_secs(),
             body_timeout_secs: limits.body_timeout.as_secs(),
+            tls: None,
         }
     }
 }
@@ -383,6 +439,9 @@ impl Config {
                 bail!("invalid value for api.{key}: between 1 and 3600 seconds");
             }
         }
+        if let Some(tls) = &config.api.tls {
+            tls.validate()?;
+        }
         if !(1..=1024).contains(&config.auth.max_concurrent_password_checks) {
             bail!("invalid value for auth.max_concurrent_password_checks: between 1 and 1024");
         }
@@ -508,6 +567,14 @@ mod tests {
                 "api.idle_timeout_secs",
             ),
             ("[api]\nbody_timeout_secs = 0\n", "api.body_timeout_secs"),
+            (
+                "[api.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_certs = \"require\"\n",
+                "api.tls.client_ca",
+            ),
+            (
+                "[api.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_crl = \"r.pem\"\n",
+                "api.tls.client_crl",
+            ),
         ] {
             let error = Config::parse(text).expect_err(text);
             assert!(format!("{error:#}").contains(key), "{text}: {error:#}");

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::ServeArgs;
-use crate::config::{CommitMode, Config, LogFormat, StoreBackend, StoreConfig};
+use crate::config::{ApiTlsConfig, CommitMode, Config, LogFormat, StoreBackend, StoreConfig};
 use crate::observe;
 use crate::platform::Platform;
 use crate::supervise::{self, Essential};
@@ -83,7 +83,15 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         let Some(&(_, address)) = addresses.first() else {
             anyhow::bail!("no MQTT listener configured (mqtt.listen, mqtt.listeners)");
         };
-        let tls_settings = listeners.tls_settings();
+        let mut tls_settings = listeners.tls_settings();
+        let api_tls = match &config.api.tls {
+            Some(tls) if config.api.enabled => {
+                let settings = Arc::new(load_api_tls(tls)?);
+                tls_settings.push(settings.clone());
+                Some(settings)
+            }
+            _ => None,
+        };
         for tls in &tls_settings {
             record_certificate_expiry(tls);
         }
@@ -115,8 +123,12 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
             let api_address = api_listener.local_addr()?;
-            info!(address = %api_address, "HTTP API listener bound");
-            writeln!(stdout, "HTTP API listening on {api_address}")?;
+            info!(address = %api_address, tls = api_tls.is_some(), "HTTP API listener bound");
+            if api_tls.is_some() {
+                writeln!(stdout, "HTTP API (tls) listening on {api_address}")?;
+            } else {
+                writeln!(stdout, "HTTP API listening on {api_address}")?;
+            }
             let observer = observe::metrics::Observer::new(
                 prometheus,
                 observe::metrics::Sources {
@@ -137,11 +149,33 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             );
             let api_shutdown = shutdown.clone();
             let api_limits = config.api.limits();
+            let api_tls = api_tls.map(|settings| myriad_api::ApiTls {
+                config: Arc::new(move || settings.current()),
+                on_handshake: Arc::new(count_api_handshake),
+            });
             essential.spawn("HTTP API", async move {
-                if let Err(error) =
-                    myriad_api::serve_router_with(api_listener, router, api_shutdown, api_limits)
+                let served = match api_tls {
+                    Some(tls) => {
+                        myriad_api::serve_router_tls(
+                            api_listener,
+                            router,
+                            api_shutdown,
+                            api_limits,
+                            tls,
+                        )
                         .await
-                {
+                    }
+                    None => {
+                        myriad_api::serve_router_with(
+                            api_listener,
+                            router,
+                            api_shutdown,
+                            api_limits,
+                        )
+                        .await
+                    }
+                };
+                if let Err(error) = served {
                     tracing::error!(%error, "the HTTP API stopped");
                 }
             });
@@ -267,8 +301,49 @@ fn kind_name(kind: ListenerKind) -> &'static str {
     kind.name()
 }
 
+/// The label value of the HTTP API in [`TLS_CERT_EXPIRY`] and
+/// `myriad_tls_handshakes_total` (`listener="api"`).
+const API_LISTENER_LABEL: &str = "api";
+
+/// Reads `[api.tls]`'s files; an error names the key.
+fn load_api_tls(tls: &ApiTlsConfig) -> Result<TlsSettings> {
+    use myriad_broker::shell::tls::{HTTP_ALPN, TlsSetupError};
+    TlsSettings::load_with_alpn(&tls.listener(API_LISTENER_LABEL), HTTP_ALPN).map_err(|error| {
+        match error {
+            TlsSetupError::File { what, path, reason } => anyhow::anyhow!(
+                "invalid value for api.tls.{what}: {}: {reason}",
+                path.display()
+            ),
+            TlsSetupError::Rustls(reason) => {
+                anyhow::anyhow!("invalid value for api.tls (cert, key): {reason}")
+            }
+        }
+    })
+}
+
+/// Counts one TLS handshake of the HTTP API in
+/// `myriad_tls_handshakes_total{listener="api"}`.
+fn count_api_handshake(outcome: std::result::Result<(), &std::io::Error>) {
+    use myriad_broker::shell::tls::{TLS_HANDSHAKES_TOTAL, failure_reason};
+    match outcome {
+        Ok(()) => metrics::counter!(
+            TLS_HANDSHAKES_TOTAL,
+            "listener" => API_LISTENER_LABEL,
+            "result" => "ok"
+        )
+        .increment(1),
+        Err(error) => metrics::counter!(
+            TLS_HANDSHAKES_TOTAL,
+            "listener" => API_LISTENER_LABEL,
+            "result" => "failed",
+            "reason" => failure_reason(error)
+        )
+        .increment(1),
+    }
+}
+
 /// Gauge of when a TLS listener's server certificate expires (Unix seconds),
-/// labelled with the listener's address.
+/// labelled with the listener's address (`api` for the HTTP API).
 pub const TLS_CERT_EXPIRY: &str = "myriad_tls_certificate_expiry_timestamp_seconds";
 
 /// Sets [`TLS_CERT_EXPIRY`] for `tls`'s leaf certificate (logged if unreadable).

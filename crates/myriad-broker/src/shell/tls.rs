@@ -70,6 +70,9 @@ pub fn failure_reason(error: &std::io::Error) -> &'static str {
 /// let in; one offering only others is refused (as AWS IoT Core does).
 const ALPN: &[&[u8]] = &[b"mqtt"];
 
+/// ALPN protocol names the HTTP API over TLS accepts (see [`TlsSettings::load_with_alpn`]).
+pub const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
+
 /// Why a listener's TLS settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -93,15 +96,26 @@ pub enum TlsSetupError {
 #[derive(Debug)]
 pub struct TlsSettings {
     listener: ListenerConfig,
+    alpn: &'static [&'static [u8]],
     current: RwLock<Arc<rustls::ServerConfig>>,
 }
 
 impl TlsSettings {
     /// Reads the files `listener` names.
     pub fn load(listener: &ListenerConfig) -> Result<TlsSettings, TlsSetupError> {
+        TlsSettings::load_with_alpn(listener, ALPN)
+    }
+
+    /// Like [`TlsSettings::load`], accepting the ALPN protocols `alpn`
+    /// instead of `mqtt` (the HTTP API uses [`HTTP_ALPN`]).
+    pub fn load_with_alpn(
+        listener: &ListenerConfig,
+        alpn: &'static [&'static [u8]],
+    ) -> Result<TlsSettings, TlsSetupError> {
         Ok(TlsSettings {
             listener: listener.clone(),
-            current: RwLock::new(server_config(listener)?),
+            alpn,
+            current: RwLock::new(server_config_with_alpn(listener, alpn)?),
         })
     }
 
@@ -115,7 +129,7 @@ impl TlsSettings {
 
     /// Reads the files again; on error the settings in force stay.
     pub fn reload(&self) -> Result<(), TlsSetupError> {
-        let fresh = server_config(&self.listener)?;
+        let fresh = server_config_with_alpn(&self.listener, self.alpn)?;
         match self.current.write() {
             Ok(mut config) => *config = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -132,6 +146,14 @@ impl TlsSettings {
 /// The rustls configuration `listener` describes (TLS 1.2 and 1.3).
 pub fn server_config(
     listener: &ListenerConfig,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    server_config_with_alpn(listener, ALPN)
+}
+
+/// [`server_config`] accepting the ALPN protocols `alpn`.
+pub fn server_config_with_alpn(
+    listener: &ListenerConfig,
+    alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -173,7 +195,7 @@ pub fn server_config(
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsSetupError::Rustls(format!("cert and key: {e}")))?;
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

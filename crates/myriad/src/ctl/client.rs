@@ -4,8 +4,11 @@ use std::fs::File;
 use std::time::Duration;
 
 use anyhow::Context;
+use std::path::Path;
+
 use ureq::Agent;
 use ureq::http::{Request, request::Builder};
+use ureq::tls::{RootCerts, TlsConfig};
 
 use super::error::CtlError;
 use super::request::{ApiBody, ApiRequest};
@@ -26,7 +29,40 @@ impl Client {
     /// A client of the API at `base` (`http://host:port`), sending
     /// `token` as `Authorization: Bearer` when there is one.
     pub fn new(base: &str, token: Option<String>) -> Self {
-        let agent = Agent::config_builder()
+        Client::build(base, token, None)
+    }
+
+    /// Like [`Client::new`], trusting for `https://` only the CA
+    /// certificates in the PEM file at `ca_path`.
+    pub fn with_ca(base: &str, token: Option<String>, ca_path: &Path) -> Result<Self, CtlError> {
+        let pem = std::fs::read(ca_path)
+            .with_context(|| format!("reading --cacert {}", ca_path.display()))?;
+        let mut roots = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            let item = item.with_context(|| format!("reading --cacert {}", ca_path.display()))?;
+            if let ureq::tls::PemItem::Certificate(cert) = item {
+                roots.push(cert);
+            }
+        }
+        if roots.is_empty() {
+            return Err(anyhow::anyhow!(
+                "--cacert {}: no CERTIFICATE block in the file",
+                ca_path.display()
+            )
+            .into());
+        }
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&roots))
+            .build();
+        Ok(Client::build(base, token, Some(tls)))
+    }
+
+    fn build(base: &str, token: Option<String>, tls: Option<TlsConfig>) -> Self {
+        let mut config = Agent::config_builder();
+        if let Some(tls) = tls {
+            config = config.tls_config(tls);
+        }
+        let agent = config
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             // Redirects would resend the token and cannot replay a streamed

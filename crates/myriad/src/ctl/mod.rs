@@ -58,6 +58,11 @@ pub struct GlobalOptions {
     /// the token file.
     #[arg(long, global = true, env = "MYRIAD_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the CA(s) an `https://` API's certificate must chain to
+    /// (for instance `ca.pem` of `myriad ctl certs dev-ca`); without it the
+    /// public web PKI roots are used.
+    #[arg(long, global = true, env = "MYRIAD_API_CACERT")]
+    pub cacert: Option<PathBuf>,
     /// File holding the API token [default: myriad-data/api-token].
     #[arg(long, global = true, env = "MYRIAD_API_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -106,7 +111,10 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         args.global.token_file.as_deref(),
         |path| std::fs::read_to_string(path),
     )?;
-    let client = Client::new(&args.global.api, token);
+    let client = match &args.global.cacert {
+        Some(path) => Client::with_ca(&args.global.api, token, path)?,
+        None => Client::new(&args.global.api, token),
+    };
     let bodies = fetch(&client, request, &command)?;
     let rendered = output::render(output::shape(&command), args.global.output, &bodies)?;
     print_out(&rendered.stdout)?;
