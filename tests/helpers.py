@@ -32,7 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 LISTEN_RE = re.compile(r"^MQTT listening on 127\.0\.0\.1:(\d+)\s*$")
-API_RE = re.compile(r"^HTTP API listening on 127\.0\.0\.1:(\d+)\s*$")
+API_RE = re.compile(r"^HTTP API (?:\(tls\) )?listening on 127\.0\.0\.1:(\d+)\s*$")
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
