@@ -193,6 +193,53 @@ def test_revoked_client_certificate_is_refused(broker_factory, certs, tmp_path):
     Client(port, version=V5, tls=context(certs, "dev1")).close()
 
 
+def make_expired_cert(certs: Path, device: str, out: Path) -> Path:
+    """A client certificate for `device` from the right CA whose validity ended
+    in 2020 (`openssl ca` sets both dates; `ctl certs dev-ca` cannot)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.txt").write_text("")
+    (out / "serial").write_text("1000\n")
+    (out / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = dev\n[dev]\ndatabase = index.txt\nserial = serial\nnew_certs_dir = .\n"
+        "default_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n"
+        "[client]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n"
+    )
+    run = dict(check=True, capture_output=True, timeout=30, cwd=out)
+    subprocess.run(["openssl", "req", "-new", "-key", str(certs / f"{device}.key"), "-subj", f"/CN={device}",
+                    "-out", "req.csr"], **run)
+    subprocess.run(["openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", str(certs / "ca.pem"),
+                    "-keyfile", str(certs / "ca.key"), "-in", "req.csr", "-out", "expired.pem",
+                    "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-extensions", "client",
+                    "-notext"], **run)
+    return out / "expired.pem"
+
+
+def test_expired_client_certificate_is_refused(broker_factory, certs, tmp_path):
+    """dev1's key with a certificate from the right CA that expired in 2020:
+    the handshake fails and is counted; the valid certificate still gets in."""
+    expired = make_expired_cert(certs, "dev1", tmp_path / "expired")
+    broker = broker_factory(raw_config=tls_config(certs, "require"))
+    port = tls_port(broker)
+    stale = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    stale.load_cert_chain(str(expired), str(certs / "dev1.key"))
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        s = tls_socket(port, stale)
+        s.sendall(b"\x10\x00")
+        if not s.recv(1):
+            raise ConnectionResetError("closed")
+    Client(port, version=V5, tls=context(certs, "dev1")).close()
+    name = "myriad_tls_handshakes_total"
+    deadline = time.monotonic() + 10
+    while True:
+        lines = metric_lines(broker.api_port)
+        refused = metric(lines, name, result="failed", reason="client_certificate")
+        if refused == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert refused == 1, [line for line in lines if name in line]
+    broker.assert_alive()
+
+
 def test_plain_mqtt_and_garbage_on_the_tls_port(tls_broker, certs):
     """A plaintext CONNECT or random bytes on the TLS port get the connection
     closed; the broker and its other clients are untouched."""
