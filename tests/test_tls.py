@@ -329,8 +329,12 @@ def test_sighup_with_a_broken_file_keeps_the_old_certificates(broker_factory, ce
          "mqtt.listeners.client_ca"),
         ('kind = "quic"\nlisten = "127.0.0.1:0"\n', "kind"),
         ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "missing.pem"\nkey = "missing.key"\n', "mqtt.listeners[0]"),
+        ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "c.pem"\nkey = "k.pem"\nclient_crl = "crl.pem"\n',
+         "mqtt.listeners.client_crl"),
+        ('kind = "tcp"\nlisten = ""\n', "mqtt.listeners.listen"),
     ],
-    ids=["no-cert", "no-key", "tcp-with-cert", "require-without-ca", "unknown-kind", "missing-file"],
+    ids=["no-cert", "no-key", "tcp-with-cert", "require-without-ca", "unknown-kind", "missing-file",
+         "crl-without-ca", "empty-listen"],
 )
 def test_bad_listener_config_stops_startup_naming_the_key(tmp_path, body, key):
     cfg = tmp_path / "myriad.toml"
