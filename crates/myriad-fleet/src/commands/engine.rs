@@ -803,25 +803,7 @@ impl Engine {
     /// first, so no queued command is sent while the others are cancelled.
     pub fn cancel_device(&mut self, device: &str, reason: &str, now: u64) -> Vec<Effect> {
         self.device_offline(device);
-        let mut ids: Vec<CommandId> = self
-            .active
-            .iter()
-            .filter(|(_, a)| a.command.device == device)
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort();
-        let mut effects = Vec::new();
-        for id in ids {
-            self.finish(
-                &id,
-                now,
-                CommandStatus::Cancelled,
-                Some(reason),
-                |_| {},
-                &mut effects,
-            );
-        }
-        effects
+        self.cancel_where(|command| command.device == device, reason, now)
     }
 
     /// Cancels batch `batch`: marks it cancelled (no more of its targets
@@ -832,10 +814,21 @@ impl Engine {
         if let Some(progress) = self.batches.get_mut(batch) {
             progress.cancelled = true;
         }
+        self.cancel_where(|command| command.batch.as_ref() == Some(batch), reason, now)
+    }
+
+    /// Cancels every command that is not final and that `selects` picks,
+    /// with `reason`, in id order.
+    fn cancel_where(
+        &mut self,
+        selects: impl Fn(&Command) -> bool,
+        reason: &str,
+        now: u64,
+    ) -> Vec<Effect> {
         let mut ids: Vec<CommandId> = self
             .active
             .iter()
-            .filter(|(_, a)| a.command.batch.as_ref() == Some(batch))
+            .filter(|(_, a)| selects(&a.command))
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();

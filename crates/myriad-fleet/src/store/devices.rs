@@ -25,10 +25,7 @@ fn insert_new(
     phc: Option<&str>,
     now: u64,
 ) -> Result<(), FleetStoreError> {
-    new.validate()?;
-    if let Some(phc) = phc {
-        check_phc(phc, &PhcLimits::default())?;
-    }
+    check_row(new, phc)?;
     let key = new.id.as_str().as_bytes();
     if has_key(&tables.devices, key, file)? {
         return Err(FleetStoreError::DeviceExists(new.id.clone()));
@@ -39,12 +36,35 @@ fn insert_new(
             by: "an app client",
         });
     }
+    put_device(tables, file, new, phc, now, now)
+}
+
+/// The checks of a row that need no table: its fields and its PHC string.
+fn check_row(new: &NewDevice, phc: Option<&str>) -> Result<(), FleetStoreError> {
+    new.validate()?;
+    if let Some(phc) = phc {
+        check_phc(phc, &PhcLimits::default())?;
+    }
+    Ok(())
+}
+
+/// Writes the record of `new` (created at `created_at`, updated `now`) and,
+/// when given, its credential, replacing what is stored under its id.
+fn put_device(
+    tables: &mut Tables<'_>,
+    file: &FileName,
+    new: &NewDevice,
+    phc: Option<&str>,
+    created_at: u64,
+    now: u64,
+) -> Result<(), FleetStoreError> {
+    let key = new.id.as_str().as_bytes();
     let value = codec::encode_device(
         &new.name,
         &new.attributes,
         &new.groups,
         new.enabled,
-        now,
+        created_at,
         now,
     )
     .map_err(FleetStoreError::Encode)?;
@@ -93,31 +113,8 @@ fn upsert(
     let Some(old) = get_in(&tables.devices, file, &new.id)? else {
         return insert_new(tables, file, new, phc, now).map(|()| Upserted::Created);
     };
-    new.validate()?;
-    if let Some(phc) = phc {
-        check_phc(phc, &PhcLimits::default())?;
-    }
-    let key = new.id.as_str().as_bytes();
-    let value = codec::encode_device(
-        &new.name,
-        &new.attributes,
-        &new.groups,
-        new.enabled,
-        old.created_at,
-        now,
-    )
-    .map_err(FleetStoreError::Encode)?;
-    tables
-        .devices
-        .insert(key, value.as_slice())
-        .map_err(|e| file.engine(e))?;
-    if let Some(phc) = phc {
-        let value = codec::encode_credential(phc);
-        tables
-            .credentials
-            .insert(key, value.as_slice())
-            .map_err(|e| file.engine(e))?;
-    }
+    check_row(new, phc)?;
+    put_device(tables, file, new, phc, old.created_at, now)?;
     Ok(Upserted::Updated {
         password_changed: phc.is_some(),
         disabled: old.enabled && !new.enabled,
@@ -307,21 +304,7 @@ impl FleetStore {
         rows: &[(NewDevice, Option<String>)],
         now: u64,
     ) -> Result<Vec<Result<Upserted, FleetStoreError>>, FleetStoreError> {
-        let file = &self.file;
-        self.write(|tables| {
-            let mut results = Vec::with_capacity(rows.len());
-            for (new, phc) in rows {
-                match upsert(tables, file, new, phc.as_deref(), now) {
-                    Err(
-                        err @ (FleetStoreError::Io { .. }
-                        | FleetStoreError::Engine { .. }
-                        | FleetStoreError::CorruptFile { .. }),
-                    ) => return Err(err),
-                    other => results.push(other),
-                }
-            }
-            Ok(results)
-        })
+        self.write_device_rows(rows, now, upsert)
     }
 
     /// Inserts many devices (each with an optional PHC string) in one write
@@ -334,12 +317,29 @@ impl FleetStore {
         rows: &[(NewDevice, Option<String>)],
         now: u64,
     ) -> Result<Vec<Result<(), FleetStoreError>>, FleetStoreError> {
+        self.write_device_rows(rows, now, insert_new)
+    }
+
+    /// Writes each of `rows` with `write_row` in one write transaction: a
+    /// row's own error is its result, an engine error (which leaves the
+    /// transaction in doubt) ends the batch and writes nothing.
+    fn write_device_rows<T>(
+        &self,
+        rows: &[(NewDevice, Option<String>)],
+        now: u64,
+        write_row: impl Fn(
+            &mut Tables<'_>,
+            &FileName,
+            &NewDevice,
+            Option<&str>,
+            u64,
+        ) -> Result<T, FleetStoreError>,
+    ) -> Result<Vec<Result<T, FleetStoreError>>, FleetStoreError> {
         let file = &self.file;
         self.write(|tables| {
             let mut results = Vec::with_capacity(rows.len());
             for (new, phc) in rows {
-                match insert_new(tables, file, new, phc.as_deref(), now) {
-                    // Engine errors leave the transaction in doubt: give up.
+                match write_row(tables, file, new, phc.as_deref(), now) {
                     Err(
                         err @ (FleetStoreError::Io { .. }
                         | FleetStoreError::Engine { .. }
