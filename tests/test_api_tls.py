@@ -26,17 +26,10 @@ from pathlib import Path
 import pytest
 
 from helpers import HOST, myriad_bin, unique
+from test_tls import context, make_certs, metric
 
 TOKEN = "api-tls-test-token-0123456789"
 API_TLS_RE = re.compile(r"^HTTP API \(tls\) listening on 127\.0\.0\.1:(\d+)\s*$")
-
-
-def make_certs(out: Path, *devices: str) -> Path:
-    cmd = [str(myriad_bin()), "ctl", "certs", "dev-ca", "--out", str(out)]
-    for device in devices:
-        cmd += ["--device", device]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
-    return out
 
 
 def api_tls_config(certs: Path, client_certs: str = "none", extra: str = "") -> str:
@@ -61,13 +54,6 @@ def api_tls_port(broker) -> int:
     raise AssertionError(f"no 'HTTP API (tls) listening' line in {broker.stdout_lines}")
 
 
-def context(certs: Path, device: str | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-    if device is not None:
-        ctx.load_cert_chain(str(certs / f"{device}.pem"), str(certs / f"{device}.key"))
-    return ctx
-
-
 def get(port: int, path: str, ctx: ssl.SSLContext, token: str | None = TOKEN) -> tuple[int, bytes]:
     req = urllib.request.Request(f"https://localhost:{port}{path}")
     if token:
@@ -77,15 +63,6 @@ def get(port: int, path: str, ctx: ssl.SSLContext, token: str | None = TOKEN) ->
             return resp.status, resp.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def metric(lines: list[str], name: str, **labels: str) -> float:
-    for line in lines:
-        if not line.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def metric_lines(port: int, certs: Path) -> list[str]:
