@@ -325,15 +325,13 @@ def test_sighup_with_a_broken_file_keeps_the_old_certificates(broker_factory, ce
         ('kind = "tls"\nlisten = "127.0.0.1:0"\nkey = "k.pem"\n', "mqtt.listeners.cert"),
         ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "c.pem"\n', "mqtt.listeners.key"),
         ('kind = "tcp"\nlisten = "127.0.0.1:0"\ncert = "c.pem"\n', "mqtt.listeners.kind"),
-        ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "c.pem"\nkey = "k.pem"\nclient_certs = "require"\n',
-         "mqtt.listeners.client_ca"),
         ('kind = "quic"\nlisten = "127.0.0.1:0"\n', "kind"),
         ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "missing.pem"\nkey = "missing.key"\n', "mqtt.listeners[0]"),
         ('kind = "tls"\nlisten = "127.0.0.1:0"\ncert = "c.pem"\nkey = "k.pem"\nclient_crl = "crl.pem"\n',
          "mqtt.listeners.client_crl"),
         ('kind = "tcp"\nlisten = ""\n', "mqtt.listeners.listen"),
     ],
-    ids=["no-cert", "no-key", "tcp-with-cert", "require-without-ca", "unknown-kind", "missing-file",
+    ids=["no-cert", "no-key", "tcp-with-cert", "unknown-kind", "missing-file",
          "crl-without-ca", "empty-listen"],
 )
 def test_bad_listener_config_stops_startup_naming_the_key(tmp_path, body, key):

@@ -132,10 +132,12 @@ impl From<FleetStoreError> for ApiError {
         match error {
             FleetStoreError::DeviceExists(_)
             | FleetStoreError::AppExists(_)
-            | FleetStoreError::IdTaken { .. } => ApiError::Conflict(message),
+            | FleetStoreError::IdTaken { .. }
+            | FleetStoreError::CertificateConflict(_) => ApiError::Conflict(message),
             FleetStoreError::DeviceNotFound(_)
             | FleetStoreError::AppNotFound(_)
-            | FleetStoreError::PrincipalNotFound(_) => ApiError::NotFound(message),
+            | FleetStoreError::PrincipalNotFound(_)
+            | FleetStoreError::CertificateNotFound(_) => ApiError::NotFound(message),
             FleetStoreError::Invalid(_) => ApiError::BadRequest(message),
             FleetStoreError::Credential(error) => error.into(),
             FleetStoreError::Io { .. }

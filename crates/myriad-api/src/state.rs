@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use myriad_fleet::credentials::HashParams;
 use myriad_fleet::service::auth::FleetAuthenticator;
+use myriad_fleet::service::certs::CertificateService;
 use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::devices::DeviceAdmin;
 use myriad_fleet::service::presence::PresenceService;
@@ -28,6 +29,8 @@ pub struct ApiState {
     /// Operations that reach a device's live connection (disable, new
     /// password, kick) and device deletion.
     pub devices: Arc<DeviceAdmin>,
+    /// Device certificates and CAs.
+    pub certs: Arc<CertificateService>,
     /// Argon2 costs for passwords set through the API.
     pub hash_params: HashParams,
     /// The bearer token every `/api/v1` request must carry. Empty refuses

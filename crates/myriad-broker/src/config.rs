@@ -227,8 +227,10 @@ pub struct ListenerConfig {
     /// PEM file with the server's private key: PKCS#8, PKCS#1 or SEC1 (TLS only).
     #[serde(default)]
     pub key: Option<PathBuf>,
-    /// PEM bundle of the CAs whose client certificates are accepted (TLS only;
-    /// required unless `client_certs` is `none`).
+    /// PEM bundle of the CAs whose client certificates are accepted (TLS
+    /// only). Optional: with `client_certs = "optional"` or `"require"` and
+    /// no `client_ca`, only the CAs and pinned certificates registered with
+    /// the device registry are trusted.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
     /// PEM file of certificate revocation lists from the client CAs: a client
@@ -288,10 +290,11 @@ pub enum ClientCertPolicy {
     /// No client certificates are asked for.
     #[default]
     None,
-    /// A client may present a certificate; one that does not verify against
-    /// `client_ca` is refused, a client without one is let in.
+    /// A client may present a certificate; one that verifies neither against
+    /// `client_ca` nor against the registry's CAs and pins is refused, a
+    /// client without one is let in.
     Optional,
-    /// Every client must present a certificate that verifies against `client_ca`.
+    /// Every client must present a certificate that verifies (as for `optional`).
     Require,
 }
 
@@ -350,12 +353,6 @@ impl ListenerConfig {
                 }
                 if self.key.is_none() {
                     return fail("listeners.key", "a tls or wss listener needs a private key");
-                }
-                if self.client_certs != ClientCertPolicy::None && self.client_ca.is_none() {
-                    return fail(
-                        "listeners.client_ca",
-                        "client_certs = optional or require needs the CAs to verify against",
-                    );
                 }
                 if self.client_crl.is_some() && self.client_ca.is_none() {
                     return fail("listeners.client_crl", "needs client_ca");

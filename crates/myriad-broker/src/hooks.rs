@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use myriad_mqtt::{ByteString, ProtocolVersion, ReasonCode};
+pub use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 
 use crate::ConnId;
 
@@ -32,6 +33,11 @@ pub struct ConnectInfo<'a> {
     pub peer: SocketAddr,
     /// The client's protocol version.
     pub protocol: ProtocolVersion,
+    /// The certificate chain a TLS client presented, end entity first,
+    /// already verified by the listener (against its `client_ca`, the
+    /// [`crate::shell::client_trust::ClientTrust`] the layer above gave, or
+    /// a pinned fingerprint); empty without one.
+    pub certificates: &'a [CertificateDer<'static>],
 }
 
 impl fmt::Debug for ConnectInfo<'_> {
@@ -42,6 +48,7 @@ impl fmt::Debug for ConnectInfo<'_> {
             .field("password", &self.password.map(|_| "<redacted>"))
             .field("peer", &self.peer)
             .field("protocol", &self.protocol)
+            .field("certificates", &self.certificates.len())
             .finish()
     }
 }

@@ -13,6 +13,7 @@
 //! - [`store`]: the embedded (redb) store for all of the above.
 
 pub mod acl;
+pub mod certs;
 pub mod commands;
 pub mod credentials;
 pub mod import;

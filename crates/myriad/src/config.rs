@@ -175,6 +175,24 @@ pub struct AuthConfig {
     /// unavailable (3.1.1: 0x03), not counted as a failure. Default 64,
     /// at most 100,000 (0: refuse whenever every slot is busy).
     pub password_check_queue: usize,
+    /// Where a TLS client certificate names its device: `cn` (the subject
+    /// common name, the default) or `san_uri` (a URI subject alternative
+    /// name starting with `certificate_uri_prefix`, less the prefix).
+    pub certificate_identity: CertificateIdentityKind,
+    /// The URI prefix for `certificate_identity = "san_uri"`. Default
+    /// `urn:myriad:device:`; not empty, at most 256 bytes.
+    pub certificate_uri_prefix: String,
+}
+
+/// `auth.certificate_identity`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateIdentityKind {
+    /// The subject CN.
+    #[default]
+    Cn,
+    /// A URI SAN with the configured prefix.
+    SanUri,
 }
 
 impl Default for AuthConfig {
@@ -184,11 +202,23 @@ impl Default for AuthConfig {
             allow_anonymous: true,
             max_concurrent_password_checks: checks.max_concurrent,
             password_check_queue: checks.max_queued,
+            certificate_identity: CertificateIdentityKind::Cn,
+            certificate_uri_prefix: myriad_fleet::certs::identity::DEFAULT_URI_PREFIX.to_owned(),
         }
     }
 }
 
 impl AuthConfig {
+    /// Where certificates name their device.
+    pub fn certificate_identity(&self) -> myriad_fleet::certs::CertificateIdentity {
+        match self.certificate_identity {
+            CertificateIdentityKind::Cn => myriad_fleet::certs::CertificateIdentity::CommonName,
+            CertificateIdentityKind::SanUri => myriad_fleet::certs::CertificateIdentity::SanUri {
+                prefix: self.certificate_uri_prefix.clone(),
+            },
+        }
+    }
+
     /// The bounds on password verification.
     pub fn password_checks(&self) -> myriad_fleet::service::auth::PasswordChecks {
         myriad_fleet::service::auth::PasswordChecks {
@@ -447,6 +477,11 @@ impl Config {
         }
         if config.auth.password_check_queue > 100_000 {
             bail!("invalid value for auth.password_check_queue: at most 100000");
+        }
+        if config.auth.certificate_uri_prefix.is_empty()
+            || config.auth.certificate_uri_prefix.len() > 256
+        {
+            bail!("invalid value for auth.certificate_uri_prefix: 1 to 256 bytes");
         }
         if config.store.group_window_ms > 1000 {
             bail!(

@@ -9,6 +9,7 @@ use myriad_broker::hooks::Lifecycle;
 use myriad_broker::shell::{BrokerHandle, Hooks, ReceiptHook};
 use myriad_fleet::credentials::{DEFAULT_CACHE_CAPACITY, ThrottleConfig, VerifiedCache};
 use myriad_fleet::service::auth::FleetAuthenticator;
+use myriad_fleet::service::certs::CertificateService;
 use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::devices::DeviceAdmin;
 use myriad_fleet::service::presence::PresenceService;
@@ -35,6 +36,8 @@ pub struct Platform {
     pub commands: Arc<CommandService>,
     /// Operations reaching live connections; device deletion.
     pub devices: Arc<DeviceAdmin>,
+    /// Device certificates and CAs.
+    pub certs: Arc<CertificateService>,
     /// Kept alive while the platform runs (memory backend only).
     _scratch: Option<tempfile::TempDir>,
 }
@@ -49,6 +52,7 @@ impl Platform {
             commands: self.commands.clone(),
             auth: self.auth.clone(),
             devices: self.devices.clone(),
+            certs: self.certs.clone(),
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
         }
@@ -76,13 +80,16 @@ impl Platform {
             })?);
         let cache = VerifiedCache::new(DEFAULT_CACHE_CAPACITY)
             .context("cannot seed the credential cache")?;
-        let auth = Arc::new(FleetAuthenticator::new(
-            store.clone(),
-            config.auth.allow_anonymous,
-            ThrottleConfig::default(),
-            cache,
-            config.auth.password_checks(),
-        ));
+        let auth = Arc::new(
+            FleetAuthenticator::new(
+                store.clone(),
+                config.auth.allow_anonymous,
+                ThrottleConfig::default(),
+                cache,
+                config.auth.password_checks(),
+            )
+            .with_certificate_identity(config.auth.certificate_identity()),
+        );
         if config.auth.allow_anonymous {
             warn!(
                 "anonymous MQTT clients are allowed (auth.allow_anonymous); turn it off in production"
@@ -151,6 +158,11 @@ impl Platform {
             commands.clone(),
             broker.clone(),
         ));
+        let certs = Arc::new(CertificateService::new(
+            store.clone(),
+            auth.clone(),
+            broker.clone(),
+        ));
         let platform = Platform {
             store,
             auth,
@@ -158,6 +170,7 @@ impl Platform {
             shadows,
             commands,
             devices,
+            certs,
             _scratch: scratch,
         };
         Ok((platform, hooks))

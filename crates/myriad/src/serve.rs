@@ -83,7 +83,8 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         let Some(&(_, address)) = addresses.first() else {
             anyhow::bail!("no MQTT listener configured (mqtt.listen, mqtt.listeners)");
         };
-        let mut tls_settings = listeners.tls_settings();
+        let mqtt_tls = listeners.tls_settings();
+        let mut tls_settings = mqtt_tls.clone();
         let api_tls = match &config.api.tls {
             Some(tls) if config.api.enabled => {
                 let settings = Arc::new(load_api_tls(tls)?);
@@ -110,6 +111,10 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         let mut stdout = std::io::stdout();
         let (handle, events) = myriad_broker::shell::channel();
         let (platform, mut hooks) = Platform::start(&config, &handle, &mut essential)?;
+        platform
+            .certs
+            .attach(mqtt_tls)
+            .context("cannot load the registered CAs for the TLS listeners")?;
         hooks.tracer = tracer;
         essential.spawn(
             "metrics upkeep",

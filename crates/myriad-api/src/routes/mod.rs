@@ -1,6 +1,7 @@
 //! The router: every route, its OpenAPI description, auth and body limits.
 
 mod apps;
+mod certs;
 mod commands;
 mod devices;
 mod health;
@@ -62,6 +63,14 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(apps::create_app, apps::list_apps))
         .routes(routes!(apps::get_app, apps::update_app, apps::delete_app))
         .routes(routes!(devices::list_groups))
+        .routes(routes!(
+            certs::add_device_certificate,
+            certs::list_device_certificates
+        ))
+        .routes(routes!(certs::revoke_device_certificate))
+        .routes(routes!(certs::add_ca, certs::list_cas))
+        .routes(routes!(certs::set_crl))
+        .routes(routes!(certs::delete_ca))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)

@@ -72,7 +72,13 @@ impl Harness {
             commands.clone(),
             broker.clone(),
         ));
+        let certs = Arc::new(myriad_fleet::service::certs::CertificateService::new(
+            store.clone(),
+            auth.clone(),
+            broker.clone(),
+        ));
         let state = ApiState {
+            certs,
             store,
             shadows,
             presence,

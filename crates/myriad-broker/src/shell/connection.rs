@@ -304,6 +304,7 @@ async fn admit(
         password: connect.password.as_deref(),
         peer,
         protocol,
+        certificates: stream.peer_certificates(),
     };
     let refusal = match authenticator.authenticate(info).await {
         AuthDecision::Allow(acl) => {

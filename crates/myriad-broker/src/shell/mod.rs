@@ -10,6 +10,7 @@
 
 mod activity;
 pub mod census;
+pub mod client_trust;
 mod commit;
 mod connection;
 #[cfg(feature = "fault-injection")]

@@ -6,9 +6,11 @@ use std::sync::{Arc, RwLock};
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 
+use super::client_trust::{ClientTrust, ClientVerifier};
 use crate::config::{ClientCertPolicy, ListenerConfig};
 
 /// Counter of TLS handshakes, labelled `result` (`ok`, `failed`) and, for
@@ -92,12 +94,37 @@ pub enum TlsSetupError {
 }
 
 /// A TLS listener's current settings; [`TlsSettings::reload`] swaps in
-/// freshly read files without touching connections already made.
+/// freshly read files, and [`TlsSettings::set_client_trust`] new trust,
+/// without touching connections already made.
 #[derive(Debug)]
 pub struct TlsSettings {
     listener: ListenerConfig,
     alpn: &'static [&'static [u8]],
-    current: RwLock<Arc<rustls::ServerConfig>>,
+    trust: RwLock<Arc<ClientTrust>>,
+    current: RwLock<Built>,
+}
+
+/// A listener's rustls configuration and its client-certificate verifier.
+#[derive(Debug, Clone)]
+struct Built {
+    config: Arc<rustls::ServerConfig>,
+    verifier: Option<Arc<ClientVerifier>>,
+}
+
+/// Reads a lock whose writers never panic while holding it (a poisoned one is used as is).
+fn read_lock<T: Clone>(lock: &RwLock<T>) -> T {
+    match lock.read() {
+        Ok(value) => value.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Replaces the value behind `lock`.
+fn write_lock<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut slot) => *slot = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
 }
 
 impl TlsSettings {
@@ -112,28 +139,53 @@ impl TlsSettings {
         listener: &ListenerConfig,
         alpn: &'static [&'static [u8]],
     ) -> Result<TlsSettings, TlsSetupError> {
+        let trust = Arc::new(ClientTrust::default());
         Ok(TlsSettings {
             listener: listener.clone(),
             alpn,
-            current: RwLock::new(server_config_with_alpn(listener, alpn)?),
+            current: RwLock::new(build(listener, alpn, &trust)?),
+            trust: RwLock::new(trust),
         })
     }
 
     /// The settings new connections get.
     pub fn current(&self) -> Arc<rustls::ServerConfig> {
-        match self.current.read() {
-            Ok(config) => config.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        read_lock(&self.current).config
+    }
+
+    /// Whether a client certificate `chain` (end entity first) would be
+    /// accepted by a new connection now; false for a listener that asks
+    /// for no certificates. For re-checking live connections after the
+    /// trust changed (a CA removed, a CRL or pin revoked).
+    pub fn client_certificate_verifies(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        match read_lock(&self.current).verifier {
+            Some(verifier) => verifier
+                .verify_client_cert(end_entity, intermediates, UnixTime::now())
+                .is_ok(),
+            None => false,
         }
     }
 
     /// Reads the files again; on error the settings in force stay.
     pub fn reload(&self) -> Result<(), TlsSetupError> {
-        let fresh = server_config_with_alpn(&self.listener, self.alpn)?;
-        match self.current.write() {
-            Ok(mut config) => *config = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
+        let trust = read_lock(&self.trust);
+        let fresh = build(&self.listener, self.alpn, &trust)?;
+        write_lock(&self.current, fresh);
+        Ok(())
+    }
+
+    /// Trusts `trust` from the next connection on, beside the listener's
+    /// own `client_ca` (a listener with `client_certs = "none"` asks for no
+    /// certificate and ignores it). Reads the listener's files again; on
+    /// error the settings in force stay.
+    pub fn set_client_trust(&self, trust: ClientTrust) -> Result<(), TlsSetupError> {
+        let trust = Arc::new(trust);
+        let fresh = build(&self.listener, self.alpn, &trust)?;
+        write_lock(&self.trust, trust);
+        write_lock(&self.current, fresh);
         Ok(())
     }
 
@@ -155,37 +207,36 @@ pub fn server_config_with_alpn(
     listener: &ListenerConfig,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    server_config_with_trust(listener, alpn, &ClientTrust::default())
+}
+
+/// [`server_config_with_alpn`] trusting `trust` for client certificates
+/// as well (see [`super::client_trust`]).
+pub fn server_config_with_trust(
+    listener: &ListenerConfig,
+    alpn: &[&[u8]],
+    trust: &ClientTrust,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    Ok(build(listener, alpn, trust)?.config)
+}
+
+fn build(
+    listener: &ListenerConfig,
+    alpn: &[&[u8]],
+    trust: &ClientTrust,
+) -> Result<Built, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
-    let builder = match (listener.client_certs, &listener.client_ca) {
-        (ClientCertPolicy::None, _) | (_, None) => builder.with_no_client_auth(),
-        (policy, Some(ca_path)) => {
-            let mut roots = RootCertStore::empty();
-            for cert in certificates(ca_path, "client_ca")? {
-                roots
-                    .add(cert)
-                    .map_err(|e| file_error("client_ca", ca_path, e))?;
-            }
-            let crls = match &listener.client_crl {
-                Some(path) => CertificateRevocationListDer::pem_file_iter(path)
-                    .map_err(|e| file_error("client_crl", path, e))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| file_error("client_crl", path, e))?,
-                None => Vec::new(),
-            };
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(crls);
-            let verifier = if policy == ClientCertPolicy::Optional {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            let verifier = verifier.build().map_err(|e| {
-                TlsSetupError::Rustls(format!("client_ca {}: {e}", ca_path.display()))
-            })?;
-            builder.with_client_cert_verifier(verifier)
+    let (builder, verifier) = match listener.client_certs {
+        ClientCertPolicy::None => (builder.with_no_client_auth(), None),
+        policy => {
+            let verifier = Arc::new(client_verifier(listener, policy, trust, provider)?);
+            (
+                builder.with_client_cert_verifier(verifier.clone()),
+                Some(verifier),
+            )
         }
     };
     let cert_path = required(&listener.cert, "cert")?;
@@ -196,7 +247,61 @@ pub fn server_config_with_alpn(
         .with_single_cert(chain, key)
         .map_err(|e| TlsSetupError::Rustls(format!("cert and key: {e}")))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok(Built {
+        config: Arc::new(config),
+        verifier,
+    })
+}
+
+/// The client-certificate verifier of `listener`: its `client_ca` and
+/// `client_crl` files plus `trust`.
+fn client_verifier(
+    listener: &ListenerConfig,
+    policy: ClientCertPolicy,
+    trust: &ClientTrust,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<ClientVerifier, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    if let Some(ca_path) = &listener.client_ca {
+        for cert in certificates(ca_path, "client_ca")? {
+            roots
+                .add(cert)
+                .map_err(|e| file_error("client_ca", ca_path, e))?;
+        }
+    }
+    for ca in &trust.cas {
+        // A registered CA rustls cannot use is skipped, not fatal: the
+        // registry checked it when it was added.
+        let _ = roots.add(ca.clone());
+    }
+    let mut crls = match &listener.client_crl {
+        Some(path) => CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| file_error("client_crl", path, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_error("client_crl", path, e))?,
+        None => Vec::new(),
+    };
+    crls.extend(trust.crls.iter().cloned());
+    let algorithms = provider.signature_verification_algorithms;
+    let chains = if roots.is_empty() {
+        None
+    } else {
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(crls)
+            // A CA without a CRL is trusted without one; a CA with one
+            // always knows its certificates' status.
+            .allow_unknown_revocation_status()
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsSetupError::Rustls(format!("client certificate CAs: {e}")))?;
+        Some(verifier)
+    };
+    Ok(ClientVerifier {
+        chains,
+        pins: trust.pins.clone(),
+        mandatory: policy == ClientCertPolicy::Require,
+        algorithms,
+    })
 }
 
 /// The certificates in the PEM file at `path` (at least one).

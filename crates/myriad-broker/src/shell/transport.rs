@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::ServerConnection;
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
 use super::ws::WsStream;
@@ -76,6 +77,15 @@ impl Stream {
     /// Whether a TLS handshake was started and has not finished.
     pub fn is_handshaking(&self) -> bool {
         matches!(self, Stream::Tls(stream) if stream.tls.is_handshaking())
+    }
+
+    /// The certificate chain the TLS client presented and the handshake
+    /// verified (end entity first); empty without TLS or a certificate.
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        match self {
+            Stream::Tls(stream) => stream.tls.peer_certificates().unwrap_or(&[]),
+            Stream::Tcp(_) => &[],
+        }
     }
 
     /// Polls for bytes to read (or end of stream). Plaintext is never left
@@ -192,6 +202,14 @@ impl Transport {
         match self {
             Transport::Direct(stream) => stream.is_handshaking(),
             Transport::Ws(ws) => ws.stream().is_handshaking(),
+        }
+    }
+
+    /// See [`Stream::peer_certificates`].
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        match self {
+            Transport::Direct(stream) => stream.peer_certificates(),
+            Transport::Ws(ws) => ws.stream().peer_certificates(),
         }
     }
 

@@ -10,6 +10,20 @@
 //!   out of the platform's namespaces ([`AnonymousAcl`]). A registered
 //!   device or app with a wrong password is always refused.
 //!
+//! A TLS client whose certificate names a device (its CN, or a URI SAN:
+//! [`CertificateIdentity`]) logs in as that device without a password when
+//! it sends no user name or the device id as user name; the client id must
+//! be the device id. The listener has verified the certificate already (a
+//! registered CA issued it, or it is pinned); here it must name a
+//! registered, enabled device, and if its fingerprint is registered it
+//! must be registered active for that device. A certificate naming no
+//! registered device is refused, or, with `allow_anonymous`, let in as an
+//! anonymous client (as an unknown user name is). A password sent along is
+//! not checked. A certificate naming no device, with a user name, leaves
+//! the decision to the password (an app client on a listener that
+//! requires certificates). Every certificate login is counted in
+//! `myriad_certificate_logins_total{result, reason}`.
+//!
 //! Password checks are bounded ([`PasswordChecks`]): at most
 //! `max_concurrent` Argon2 runs at once on the blocking pool, at most
 //! `max_queued` logins waiting for one; a login arriving when the queue is
@@ -24,13 +38,16 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use myriad_broker::hooks::{Acl, AuthDecision, Authenticator, BoxFuture, ConnectInfo};
+use myriad_broker::hooks::{
+    Acl, AuthDecision, Authenticator, BoxFuture, CertificateDer, ConnectInfo,
+};
 use myriad_mqtt::ReasonCode;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::now_ms;
 use crate::acl::{Principal, may_publish, may_subscribe};
+use crate::certs::{CertificateIdentity, CertificateStatus, Fingerprint, ParsedCertificate};
 use crate::credentials::{
     LoginThrottle, ThrottleCheck, ThrottleConfig, VerifiedCache, verify_password,
 };
@@ -39,6 +56,17 @@ use crate::store::FleetStore;
 
 /// App id -> (client id, weak handle on the ACL of that connection).
 type AppLogins = HashMap<String, Vec<(String, Weak<PrincipalAcl>)>>;
+
+/// Counter of logins with a certificate naming a device, labelled `result`
+/// (`accepted`, `refused`) and, for refusals, `reason`.
+pub const CERTIFICATE_LOGINS_TOTAL: &str = "myriad_certificate_logins_total";
+
+/// A device connection that logged in with a certificate: the chain it
+/// presented and a weak handle on its ACL (alive while the connection is).
+struct CertLogin {
+    chain: Vec<CertificateDer<'static>>,
+    acl: Weak<PrincipalAcl>,
+}
 
 /// The prefix of application clients' user names.
 pub const APP_USERNAME_PREFIX: &str = "app:";
@@ -191,6 +219,11 @@ pub struct FleetAuthenticator {
     /// as long as the connection lives, so a handle that still upgrades
     /// is a live connection (see [`FleetAuthenticator::app_connections`]).
     app_logins: Mutex<AppLogins>,
+    /// Where certificates name their device.
+    identity: CertificateIdentity,
+    /// Device id -> its live connection's certificate, for re-checking it
+    /// when a certificate, CA or CRL is revoked.
+    cert_logins: Mutex<HashMap<String, CertLogin>>,
 }
 
 /// A login attempt counted in flight by the throttle; ended exactly once
@@ -261,7 +294,47 @@ impl FleetAuthenticator {
             waiting: AtomicUsize::new(0),
             max_queued: checks.max_queued,
             app_logins: Mutex::new(HashMap::new()),
+            identity: CertificateIdentity::default(),
+            cert_logins: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes device names from certificates the `identity` way (the
+    /// default is the subject CN).
+    pub fn with_certificate_identity(mut self, identity: CertificateIdentity) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// Where certificates name their device.
+    pub fn certificate_identity(&self) -> &CertificateIdentity {
+        &self.identity
+    }
+
+    fn cert_logins(&self) -> MutexGuard<'_, HashMap<String, CertLogin>> {
+        self.cert_logins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The certificate chains of the live connections that logged in with
+    /// one, by device id (connections that ended are dropped here).
+    pub fn certificate_logins(&self) -> Vec<(String, Vec<CertificateDer<'static>>)> {
+        let mut logins = self.cert_logins();
+        logins.retain(|_, login| login.acl.strong_count() > 0);
+        logins
+            .iter()
+            .map(|(device, login)| (device.clone(), login.chain.clone()))
+            .collect()
+    }
+
+    /// The fingerprint of the certificate `device`'s live connection logged
+    /// in with, if it did.
+    pub fn certificate_login(&self, device: &str) -> Option<Fingerprint> {
+        let logins = self.cert_logins();
+        let login = logins.get(device)?;
+        if login.acl.strong_count() == 0 {
+            return None;
+        }
+        login.chain.first().map(|der| Fingerprint::of(der))
     }
 
     fn state(&self) -> MutexGuard<'_, AuthState> {
@@ -309,6 +382,9 @@ impl FleetAuthenticator {
     }
 
     async fn decide(&self, info: ConnectInfo<'_>) -> AuthDecision {
+        if let Some(decision) = self.decide_certificate(&info) {
+            return decision;
+        }
         let Some(username) = info.username else {
             return if !self.allow_anonymous {
                 AuthDecision::Deny(ReasonCode::NotAuthorized)
@@ -458,11 +534,117 @@ impl FleetAuthenticator {
         }
     }
 
+    /// The decision on a client whose certificate names a device, or
+    /// `None` when the certificate (or its absence) leaves it to the user
+    /// name and password (see the module docs).
+    fn decide_certificate(&self, info: &ConnectInfo<'_>) -> Option<AuthDecision> {
+        let end_entity = info.certificates.first()?;
+        let cert = match ParsedCertificate::from_der(end_entity) {
+            Ok(cert) => cert,
+            Err(error) => {
+                debug!(%error, peer = %info.peer, "unreadable client certificate");
+                return info
+                    .username
+                    .is_none()
+                    .then(|| self.cert_names_nobody(info, "no_identity"));
+            }
+        };
+        let named = match (self.identity.device_name(&cert), info.username) {
+            (Ok(named), None) => named,
+            (Ok(named), Some(username)) if username == named => named,
+            (_, Some(_)) => return None,
+            (Err(error), None) => {
+                debug!(%error, peer = %info.peer, "client certificate names no device");
+                return Some(self.cert_names_nobody(info, "no_identity"));
+            }
+        };
+        let device = match DeviceId::new(named) {
+            Ok(id) => self.store.get_device(&id),
+            Err(_) => Ok(None),
+        };
+        let device = match device {
+            Ok(Some(device)) => device,
+            Ok(None) => return Some(self.cert_names_nobody(info, "unregistered")),
+            Err(error) => {
+                warn!(%error, "cannot read the registry during login");
+                return Some(cert_refused(info, "store", ReasonCode::ServerUnavailable));
+            }
+        };
+        if !device.enabled {
+            self.state().stats.disabled += 1;
+            return Some(cert_refused(info, "disabled", ReasonCode::NotAuthorized));
+        }
+        if info.client_id != named {
+            return Some(cert_refused(
+                info,
+                "client_id",
+                ReasonCode::ClientIdentifierNotValid,
+            ));
+        }
+        match self.store.device_certificate(&cert.fingerprint) {
+            Ok(Some(pinned)) if pinned.device != device.id => {
+                return Some(cert_refused(
+                    info,
+                    "other_device",
+                    ReasonCode::NotAuthorized,
+                ));
+            }
+            Ok(Some(pinned)) if pinned.status == CertificateStatus::Revoked => {
+                return Some(cert_refused(info, "revoked", ReasonCode::NotAuthorized));
+            }
+            // Active and this device's; not registered: a trusted CA issued it.
+            Ok(_) => {}
+            Err(error) => {
+                warn!(%error, "cannot read the registry during login");
+                return Some(cert_refused(info, "store", ReasonCode::ServerUnavailable));
+            }
+        }
+        self.state().stats.accepted += 1;
+        metrics::counter!(CERTIFICATE_LOGINS_TOTAL, "result" => "accepted").increment(1);
+        let acl = Arc::new(PrincipalAcl(Principal::Device(device.id)));
+        self.cert_logins().insert(
+            named.to_owned(),
+            CertLogin {
+                chain: info
+                    .certificates
+                    .iter()
+                    .map(|c| c.clone().into_owned())
+                    .collect(),
+                acl: Arc::downgrade(&acl),
+            },
+        );
+        Some(AuthDecision::Allow(Some(acl)))
+    }
+
+    /// A certificate that names no registered device, without a user name:
+    /// refused (`reason`), or anonymous when anonymous clients are allowed
+    /// (as a user name the registry does not know is), counted as
+    /// `result="anonymous"`.
+    fn cert_names_nobody(&self, info: &ConnectInfo<'_>, reason: &'static str) -> AuthDecision {
+        if !self.allow_anonymous {
+            return cert_refused(info, reason, ReasonCode::NotAuthorized);
+        }
+        if self.is_device_id(info.client_id) {
+            return cert_refused(info, "client_id", ReasonCode::ClientIdentifierNotValid);
+        }
+        metrics::counter!(CERTIFICATE_LOGINS_TOTAL, "result" => "anonymous", "reason" => reason)
+            .increment(1);
+        AuthDecision::Allow(Some(self.anonymous.clone()))
+    }
+
     fn failed(&self, attempt: Attempt<'_>) -> AuthDecision {
         attempt.end(Some(false));
         self.state().stats.bad_credentials += 1;
         AuthDecision::Deny(ReasonCode::BadUserNameOrPassword)
     }
+}
+
+/// Refuses a certificate login with `code`, counted under `reason`.
+fn cert_refused(info: &ConnectInfo<'_>, reason: &'static str, code: ReasonCode) -> AuthDecision {
+    debug!(peer = %info.peer, client_id = info.client_id, reason, "certificate login refused");
+    metrics::counter!(CERTIFICATE_LOGINS_TOTAL, "result" => "refused", "reason" => reason)
+        .increment(1);
+    AuthDecision::Deny(code)
 }
 
 impl Authenticator for FleetAuthenticator {

@@ -9,6 +9,8 @@
 //!   an in-process client, and the HTTP API's shadow calls;
 //! - [`commands::CommandService`]: cloud-to-device commands (priority
 //!   classes, breakers, rate limits, offline queue, fan-out);
+//! - [`certs::CertificateService`]: device certificates and CAs, the trust
+//!   the TLS listeners get from the registry, revocation;
 //! - [`devices::DeviceAdmin`]: operator actions that reach a device's live
 //!   connection (disable, new password, kick) and device deletion.
 //!
@@ -19,6 +21,7 @@
 //! the blocking pool, bounded by [`auth::PasswordChecks`].
 
 pub mod auth;
+pub mod certs;
 pub mod commands;
 pub mod devices;
 pub mod presence;

@@ -64,11 +64,13 @@ struct PresenceV1 {
     keep_alive_secs: u16,
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Malformed> {
+/// A value as stored: the version byte, then postcard.
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Malformed> {
     postcard::to_extend(value, vec![V1]).map_err(|e| format!("cannot encode record: {e}"))
 }
 
-fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Malformed> {
+/// A stored value back (see [`encode`]).
+pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Malformed> {
     let (&version, body) = bytes.split_first().ok_or("empty value")?;
     if version != V1 {
         return Err(format!("unknown record version {version}"));

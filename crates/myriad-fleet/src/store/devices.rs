@@ -189,6 +189,7 @@ impl FleetStore {
             ] {
                 table.remove(key).map_err(|e| file.engine(e))?;
             }
+            super::certs::remove_device_certificates(tables, file, id)?;
             Ok(device)
         })
     }

@@ -71,6 +71,13 @@ pub enum FleetStoreError {
     /// No device or app client with this id.
     #[error("no device or app client {0}")]
     PrincipalNotFound(String),
+    /// A certificate or CA that cannot be added or changed as asked
+    /// (already registered, revoked, over the limit).
+    #[error("{0}")]
+    CertificateConflict(String),
+    /// No such certificate or CA.
+    #[error("{0}")]
+    CertificateNotFound(String),
     /// The record is not valid.
     #[error(transparent)]
     Invalid(#[from] ValidationError),

@@ -10,6 +10,9 @@
 //! | `credentials` | device or app id | PHC string |
 //! | `shadows` | device id | opaque bytes, the caller's own format |
 //! | `presence` | device id | last [`PresenceRecord`] |
+//! | `device_certificates` | SHA-256 fingerprint | [`crate::certs::DeviceCertificate`] |
+//! | `device_certificates_by_device` | device id, `0x00`, fingerprint | empty |
+//! | `certificate_authorities` | SHA-256 fingerprint | [`crate::certs::CertificateAuthority`] |
 //! | `meta` | `format` | the layout version |
 //! | `commands`, `commands_by_device`, `commands_active`, `command_batches` | see `store/commands.rs` | command records (JSON) |
 //!
@@ -20,8 +23,8 @@
 //! panic. Device ids and app ids share one namespace: creating one with an
 //! id the other kind uses fails with [`FleetStoreError::IdTaken`], so a
 //! login name identifies one principal ([`FleetStore::login_record`]).
-//! Deleting a device also deletes its credential, shadow and presence
-//! record in the same transaction.
+//! Deleting a device also deletes its credential, shadow, presence record
+//! and certificates in the same transaction.
 //!
 //! # Durability and cost
 //!
@@ -38,6 +41,7 @@
 //! I/O: async callers run them in `tokio::task::spawn_blocking`.
 
 mod apps;
+mod certs;
 mod codec;
 mod commands;
 mod devices;

@@ -20,6 +20,13 @@ pub(super) const SHADOWS: Def = TableDefinition::new("shadows");
 /// Device id -> last presence record.
 pub(super) const PRESENCE: Def = TableDefinition::new("presence");
 
+/// Certificate fingerprint -> device certificate.
+pub(super) const DEVICE_CERTS: Def = TableDefinition::new("device_certificates");
+/// Device id, `0x00`, fingerprint -> empty: each device's certificates.
+pub(super) const CERTS_BY_DEVICE: Def = TableDefinition::new("device_certificates_by_device");
+/// CA fingerprint -> certificate authority.
+pub(super) const CAS: Def = TableDefinition::new("certificate_authorities");
+
 /// Table names for errors (redb's `TableHandle::name` borrows the def).
 pub(super) const DEVICES_NAME: &str = "devices";
 /// See [`DEVICES_NAME`].
@@ -42,6 +49,9 @@ pub(super) struct Tables<'txn> {
     pub(super) credentials: RawTable<'txn>,
     pub(super) shadows: RawTable<'txn>,
     pub(super) presence: RawTable<'txn>,
+    pub(super) device_certs: RawTable<'txn>,
+    pub(super) certs_by_device: RawTable<'txn>,
+    pub(super) cas: RawTable<'txn>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -57,6 +67,9 @@ impl<'txn> Tables<'txn> {
             credentials: open(CREDENTIALS)?,
             shadows: open(SHADOWS)?,
             presence: open(PRESENCE)?,
+            device_certs: open(DEVICE_CERTS)?,
+            certs_by_device: open(CERTS_BY_DEVICE)?,
+            cas: open(CAS)?,
         })
     }
 }

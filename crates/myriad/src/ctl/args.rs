@@ -39,6 +39,12 @@ pub enum ApiCommand {
     /// Device commands: send, follow, cancel, fan out.
     #[command(subcommand)]
     Commands(super::commands::CommandsCommand),
+    /// Device certificates pinned in the registry: add, list, revoke.
+    #[command(subcommand)]
+    DeviceCerts(super::registry_certs::DeviceCertsCommand),
+    /// Certificate authorities whose certificates identify devices.
+    #[command(subcommand)]
+    Cas(super::registry_certs::CasCommand),
 }
 
 /// `ctl devices ...`

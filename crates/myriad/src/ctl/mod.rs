@@ -19,6 +19,7 @@ mod error;
 mod lists;
 mod output;
 mod password;
+mod registry_certs;
 mod request;
 mod table;
 mod token;

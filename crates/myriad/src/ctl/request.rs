@@ -140,6 +140,8 @@ pub fn request(command: &ApiCommand) -> Result<ApiRequest> {
         ApiCommand::Shadow(cmd) => shadow(cmd),
         ApiCommand::Apps(cmd) => apps(cmd)?,
         ApiCommand::Commands(cmd) => super::commands::request(cmd),
+        ApiCommand::DeviceCerts(cmd) => super::registry_certs::device_certs_request(cmd)?,
+        ApiCommand::Cas(cmd) => super::registry_certs::cas_request(cmd)?,
     })
 }
 
