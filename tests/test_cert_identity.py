@@ -24,7 +24,16 @@ from pathlib import Path
 import pytest
 
 from helpers import V5, V311, Api, Broker, Client, myriad_bin, unique
-from test_tls import context, make_certs, make_expired_cert, metric, metric_lines, tls_port, tls_socket
+from test_tls import (
+    context,
+    make_certs,
+    make_expired_cert,
+    metric,
+    metric_lines,
+    tls_config,
+    tls_port,
+    tls_socket,
+)
 
 TOKEN = "cert-identity-token"
 NOT_AUTHORIZED = 0x87
@@ -32,20 +41,10 @@ BAD_CLIENT_ID = 0x85
 
 
 def listener_config(certs: Path, extra: str = "", client_ca: bool = False, anonymous: bool = False) -> str:
-    lines = [
-        "[mqtt]",
-        "connect_timeout_secs = 2",
-        "[[mqtt.listeners]]",
-        'kind = "tls"',
-        'listen = "127.0.0.1:0"',
-        f'cert = "{certs / "server.pem"}"',
-        f'key = "{certs / "server.key"}"',
-        'client_certs = "optional"',
-    ]
-    if client_ca:
-        lines.append(f'client_ca = "{certs / "ca.pem"}"')
-    lines += ["[auth]", f"allow_anonymous = {'true' if anonymous else 'false'}", extra, "[api]", f'token = "{TOKEN}"']
-    return "\n".join(lines) + "\n"
+    """A TLS listener asking for optional client certificates (trusting only
+    the registry unless `client_ca`), anonymous clients off, a known API token."""
+    auth = f"[auth]\nallow_anonymous = {'true' if anonymous else 'false'}\n{extra}\n[api]\ntoken = \"{TOKEN}\"\n"
+    return tls_config(certs, "optional", extra=auth, client_ca=client_ca)
 
 
 def self_signed(out: Path, name: str, cn: str, uri: str | None = None, days: int = 30) -> tuple[Path, Path]:

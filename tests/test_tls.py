@@ -35,7 +35,11 @@ def make_certs(out: Path, *devices: str) -> Path:
     return out
 
 
-def tls_config(certs: Path, client_certs: str = "none", extra: str = "", crl: Path | None = None) -> str:
+def tls_config(certs: Path, client_certs: str = "none", extra: str = "", crl: Path | None = None,
+               client_ca: bool = True) -> str:
+    """A broker config with one TLS listener using the dev-ca server certificate;
+    with client certificates asked for, its CA is the listener's `client_ca`
+    (unless `client_ca` is false: then only the registry's CAs and pins count)."""
     lines = [
         "[mqtt]",
         "connect_timeout_secs = 2",
@@ -46,7 +50,9 @@ def tls_config(certs: Path, client_certs: str = "none", extra: str = "", crl: Pa
         f'key = "{certs / "server.key"}"',
     ]
     if client_certs != "none":
-        lines += [f'client_ca = "{certs / "ca.pem"}"', f'client_certs = "{client_certs}"']
+        lines.append(f'client_certs = "{client_certs}"')
+        if client_ca:
+            lines.append(f'client_ca = "{certs / "ca.pem"}"')
     if crl is not None:
         lines.append(f'client_crl = "{crl}"')
     return "\n".join(lines) + "\n" + extra
