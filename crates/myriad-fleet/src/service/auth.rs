@@ -61,11 +61,55 @@ type AppLogins = HashMap<String, Vec<(String, Weak<PrincipalAcl>)>>;
 /// (`accepted`, `refused`) and, for refusals, `reason`.
 pub const CERTIFICATE_LOGINS_TOTAL: &str = "myriad_certificate_logins_total";
 
-/// A device connection that logged in with a certificate: the chain it
-/// presented and a weak handle on its ACL (alive while the connection is).
-struct CertLogin {
+/// The ACL of a device connection that logged in with a certificate,
+/// holding the chain it presented. The broker keeps it as long as the
+/// connection lives, so the chain is freed with the connection; the
+/// authenticator keeps only a weak handle ([`CertLogins`]).
+#[derive(Debug)]
+pub struct CertifiedAcl {
+    acl: PrincipalAcl,
     chain: Vec<CertificateDer<'static>>,
-    acl: Weak<PrincipalAcl>,
+}
+
+impl Acl for CertifiedAcl {
+    fn may_publish(&self, topic: &str) -> bool {
+        self.acl.may_publish(topic)
+    }
+    fn may_publish_message(&self, topic: &str, retain: bool, response_topic: Option<&str>) -> bool {
+        self.acl.may_publish_message(topic, retain, response_topic)
+    }
+    fn may_subscribe(&self, filter: &str) -> bool {
+        self.acl.may_subscribe(filter)
+    }
+}
+
+/// Device id -> weak handle on the [`CertifiedAcl`] of its latest
+/// certificate login. Handles of ended connections are dropped whenever
+/// the map reaches `prune_at` (then set to twice the live entries, at
+/// least [`CertLogins::MIN_PRUNE_AT`]), so it holds at most about twice
+/// the live certificate logins; a dead handle holds no chain.
+#[derive(Default)]
+struct CertLogins {
+    by_device: HashMap<String, Weak<CertifiedAcl>>,
+    prune_at: usize,
+}
+
+impl CertLogins {
+    const MIN_PRUNE_AT: usize = 1024;
+
+    fn insert(&mut self, device: String, acl: &Arc<CertifiedAcl>) {
+        if self.by_device.len() >= self.prune_at.max(Self::MIN_PRUNE_AT) {
+            self.by_device.retain(|_, acl| acl.strong_count() > 0);
+            self.prune_at = self.by_device.len() * 2;
+        }
+        self.by_device.insert(device, Arc::downgrade(acl));
+    }
+
+    fn live(&self) -> impl Iterator<Item = (&String, Arc<CertifiedAcl>)> {
+        self.by_device
+            .iter()
+            .filter_map(|(device, acl)| acl.upgrade().map(|acl| (device, acl)))
+    }
 }
 
 /// The prefix of application clients' user names.
@@ -223,7 +267,7 @@ pub struct FleetAuthenticator {
     identity: CertificateIdentity,
     /// Device id -> its live connection's certificate, for re-checking it
     /// when a certificate, CA or CRL is revoked.
-    cert_logins: Mutex<HashMap<String, CertLogin>>,
+    cert_logins: Mutex<CertLogins>,
 }
 
 /// A login attempt counted in flight by the throttle; ended exactly once
@@ -295,7 +339,7 @@ impl FleetAuthenticator {
             max_queued: checks.max_queued,
             app_logins: Mutex::new(HashMap::new()),
             identity: CertificateIdentity::default(),
-            cert_logins: Mutex::new(HashMap::new()),
+            cert_logins: Mutex::new(CertLogins::default()),
         }
     }
 
@@ -311,30 +355,24 @@ impl FleetAuthenticator {
         &self.identity
     }
 
-    fn cert_logins(&self) -> MutexGuard<'_, HashMap<String, CertLogin>> {
+    fn cert_logins(&self) -> MutexGuard<'_, CertLogins> {
         self.cert_logins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The certificate chains of the live connections that logged in with
-    /// one, by device id (connections that ended are dropped here).
+    /// one, by device id.
     pub fn certificate_logins(&self) -> Vec<(String, Vec<CertificateDer<'static>>)> {
-        let mut logins = self.cert_logins();
-        logins.retain(|_, login| login.acl.strong_count() > 0);
-        logins
-            .iter()
-            .map(|(device, login)| (device.clone(), login.chain.clone()))
+        self.cert_logins()
+            .live()
+            .map(|(device, acl)| (device.clone(), acl.chain.clone()))
             .collect()
     }
 
     /// The fingerprint of the certificate `device`'s live connection logged
     /// in with, if it did.
     pub fn certificate_login(&self, device: &str) -> Option<Fingerprint> {
-        let logins = self.cert_logins();
-        let login = logins.get(device)?;
-        if login.acl.strong_count() == 0 {
-            return None;
-        }
-        login.chain.first().map(|der| Fingerprint::of(der))
+        let acl = self.cert_logins().by_device.get(device)?.upgrade()?;
+        acl.chain.first().map(|der| Fingerprint::of(der))
     }
 
     fn state(&self) -> MutexGuard<'_, AuthState> {
@@ -601,18 +639,15 @@ impl FleetAuthenticator {
         }
         self.state().stats.accepted += 1;
         metrics::counter!(CERTIFICATE_LOGINS_TOTAL, "result" => "accepted").increment(1);
-        let acl = Arc::new(PrincipalAcl(Principal::Device(device.id)));
-        self.cert_logins().insert(
-            named.to_owned(),
-            CertLogin {
-                chain: info
-                    .certificates
-                    .iter()
-                    .map(|c| c.clone().into_owned())
-                    .collect(),
-                acl: Arc::downgrade(&acl),
-            },
-        );
+        let acl = Arc::new(CertifiedAcl {
+            acl: PrincipalAcl(Principal::Device(device.id)),
+            chain: info
+                .certificates
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
+        });
+        self.cert_logins().insert(named.to_owned(), &acl);
         Some(AuthDecision::Allow(Some(acl)))
     }
 
@@ -650,5 +685,40 @@ fn cert_refused(info: &ConnectInfo<'_>, reason: &'static str, code: ReasonCode) 
 impl Authenticator for FleetAuthenticator {
     fn authenticate<'a>(&'a self, info: ConnectInfo<'a>) -> BoxFuture<'a, AuthDecision> {
         Box::pin(self.decide(info))
+    }
+}
+
+#[cfg(test)]
+mod cert_login_tests {
+    use super::*;
+
+    fn acl(device: &str) -> Arc<CertifiedAcl> {
+        Arc::new(CertifiedAcl {
+            acl: PrincipalAcl(Principal::Device(DeviceId::new(device).expect("id"))),
+            chain: vec![CertificateDer::from(vec![1u8; 600])],
+        })
+    }
+
+    #[test]
+    fn ended_certificate_logins_are_dropped_and_the_map_stays_bounded() {
+        let mut logins = CertLogins::default();
+        let kept: Vec<_> = (0..10).map(|i| acl(&format!("live-{i}"))).collect();
+        for (i, acl) in kept.iter().enumerate() {
+            logins.insert(format!("live-{i}"), acl);
+        }
+        // 100,000 logins whose connections ended at once.
+        for i in 0..100_000 {
+            logins.insert(format!("gone-{i}"), &acl(&format!("gone-{i}")));
+        }
+        assert!(
+            logins.by_device.len() <= 2 * CertLogins::MIN_PRUNE_AT + 10,
+            "{} handles kept",
+            logins.by_device.len()
+        );
+        let mut live: Vec<String> = logins.live().map(|(d, _)| d.clone()).collect();
+        live.sort();
+        let mut expected: Vec<String> = (0..10).map(|i| format!("live-{i}")).collect();
+        expected.sort();
+        assert_eq!(live, expected);
     }
 }
