@@ -9,6 +9,7 @@ clients are paho-mqtt (3.1.1 and 5.0), mosquitto_pub/mosquitto_sub and raw
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import HOST, V5, V311, Client, myriad_bin, unique
+from helpers import HOST, V5, V311, Api, Client, myriad_bin, unique
 from mqtt_raw import RawClient
 
 TLS_RE = re.compile(r"^MQTT \(tls\) listening on 127\.0\.0\.1:(\d+)\s*$")
@@ -321,6 +322,69 @@ def test_sighup_with_a_broken_file_keeps_the_old_certificates(broker_factory, ce
         assert time.monotonic() < deadline, broker.log_tail()
         time.sleep(0.1)
     Client(tls_port(broker), version=V311, tls=context(certs)).close()
+
+
+RELOAD_TOKEN = "tls-reload-test-token-0123456789"
+
+
+def ctl_tls_reload(api_port: int, token: str = RELOAD_TOKEN) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+    return subprocess.run(
+        [str(myriad_bin()), "ctl", "--api", f"http://{HOST}:{api_port}", "--token", token, "--output", "json",
+         "tls", "reload"],
+        capture_output=True, text=True, timeout=30, env=env,
+    )
+
+
+def test_api_reload_swaps_the_certificate_and_keeps_connections(broker_factory, certs, tmp_path):
+    """`myriad ctl tls reload` (POST /api/v1/tls/reload) reads the new files:
+    new connections get the new certificate, the connection made before
+    stays up and keeps receiving."""
+    live = tmp_path / "live"
+    shutil.copytree(certs, live)
+    broker = broker_factory(raw_config=tls_config(live, extra=f'[api]\ntoken = "{RELOAD_TOKEN}"\n'))
+    port = tls_port(broker)
+    topic = unique("api-reload")
+    old = Client(port, version=V5, tls=context(certs))
+    try:
+        old.subscribe(topic, 1)
+        assert Api(broker.api_port, None).call("POST", "/api/v1/tls/reload")[0] == 401
+        fresh = make_certs(tmp_path / "fresh")
+        for name in ("server.pem", "server.key"):
+            shutil.copy(fresh / name, live / name)
+        done = ctl_tls_reload(broker.api_port)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"listeners": [{"listener": LISTEN, "reloaded": True}]}
+        # New connections see the new certificate: the old CA no longer verifies it.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_socket(port, context(certs)).close()
+        newcomer = Client(port, version=V5, tls=context(fresh))
+        try:
+            newcomer.publish(topic, b"after api reload", qos=1)
+            # The connection made before the reload still works.
+            assert old.get().payload == b"after api reload"
+        finally:
+            newcomer.close()
+    finally:
+        old.close()
+    broker.assert_alive()
+
+
+def test_api_reload_with_a_broken_file_names_it_and_keeps_the_old_certificate(broker_factory, certs, tmp_path):
+    live = tmp_path / "live"
+    shutil.copytree(certs, live)
+    broker = broker_factory(raw_config=tls_config(live, extra=f'[api]\ntoken = "{RELOAD_TOKEN}"\n'))
+    (live / "server.pem").write_text("not a certificate\n")
+    status, body = Api(broker.api_port, RELOAD_TOKEN).call("POST", "/api/v1/tls/reload")
+    assert status == 500, body
+    assert str(live / "server.pem") in body["message"], body
+    assert body["message"].startswith(f"TLS reload failed for listener {LISTEN}: cert "), body
+    done = ctl_tls_reload(broker.api_port)
+    assert done.returncode == 1
+    assert str(live / "server.pem") in done.stderr, done.stderr
+    # The certificate in force stays: the original CA still verifies new connections.
+    Client(tls_port(broker), version=V311, tls=context(certs)).close()
+    broker.assert_alive()
 
 
 @pytest.mark.parametrize(

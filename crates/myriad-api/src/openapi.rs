@@ -31,6 +31,7 @@ const BEARER: &str = "bearer";
         (name = "shadows", description = "Device shadows: desired and reported state"),
         (name = "apps", description = "Application clients"),
         (name = "commands", description = "Cloud-to-device commands: send, fan out, follow, cancel; breakers"),
+        (name = "tls", description = "TLS listeners: reload certificates, keys and CAs"),
     )
 )]
 pub(crate) struct ApiDoc;

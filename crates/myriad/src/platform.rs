@@ -40,8 +40,13 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// What the HTTP API needs, with the operators' `token`.
-    pub fn api_state(&self, token: String) -> myriad_api::ApiState {
+    /// What the HTTP API needs, with the operators' `token` and what
+    /// reloads the TLS listeners' files (`tls_reload`).
+    pub fn api_state(
+        &self,
+        token: String,
+        tls_reload: myriad_api::TlsReloader,
+    ) -> myriad_api::ApiState {
         myriad_api::ApiState {
             store: self.store.clone(),
             shadows: self.shadows.clone(),
@@ -51,6 +56,7 @@ impl Platform {
             devices: self.devices.clone(),
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
+            tls_reload,
         }
     }
 

@@ -7,6 +7,7 @@ mod health;
 mod import;
 mod presence;
 mod shadows;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(apps::create_app, apps::list_apps))
         .routes(routes!(apps::get_app, apps::update_app, apps::delete_app))
         .routes(routes!(devices::list_groups))
+        .routes(routes!(tls::reload_tls))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)

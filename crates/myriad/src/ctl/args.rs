@@ -39,6 +39,18 @@ pub enum ApiCommand {
     /// Device commands: send, follow, cancel, fan out.
     #[command(subcommand)]
     Commands(super::commands::CommandsCommand),
+    /// The server's TLS listeners.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+/// `ctl tls ...`
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Read every TLS listener's certificate, key and CAs again (as
+    /// SIGHUP does); open connections stay. Fails naming the file when
+    /// one does not load (that listener keeps its settings).
+    Reload,
 }
 
 /// `ctl devices ...`

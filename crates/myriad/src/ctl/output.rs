@@ -57,7 +57,7 @@ pub fn shape(command: &ApiCommand) -> Shape {
         ApiCommand::Apps(AppsCommand::List) => Shape::AppList,
         ApiCommand::Apps(AppsCommand::Delete(_)) => Shape::NoContent,
         ApiCommand::Apps(_) => Shape::Object,
-        ApiCommand::Commands(_) => Shape::Object,
+        ApiCommand::Commands(_) | ApiCommand::Tls(_) => Shape::Object,
     }
 }
 

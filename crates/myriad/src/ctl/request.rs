@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::args::{
     ApiCommand, AppsCommand, DeviceCreate, DeviceImport, DeviceList, DeviceUpdate, DevicesCommand,
-    ImportFormat, PageArgs, PresenceCommand, ShadowCommand,
+    ImportFormat, PageArgs, PresenceCommand, ShadowCommand, TlsCommand,
 };
 use super::encode::{percent_encode, query_string};
 
@@ -140,6 +140,9 @@ pub fn request(command: &ApiCommand) -> Result<ApiRequest> {
         ApiCommand::Shadow(cmd) => shadow(cmd),
         ApiCommand::Apps(cmd) => apps(cmd)?,
         ApiCommand::Commands(cmd) => super::commands::request(cmd),
+        ApiCommand::Tls(TlsCommand::Reload) => {
+            ApiRequest::new(Method::Post, format!("{API_PREFIX}/tls/reload"))
+        }
     })
 }
 
