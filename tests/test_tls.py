@@ -9,6 +9,7 @@ clients are paho-mqtt (3.1.1 and 5.0), mosquitto_pub/mosquitto_sub and raw
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import HOST, V5, V311, Client, myriad_bin, unique
+from helpers import HOST, V5, V311, Api, Client, myriad_bin, unique
 from mqtt_raw import RawClient
 
 TLS_RE = re.compile(r"^MQTT \(tls\) listening on 127\.0\.0\.1:(\d+)\s*$")
@@ -35,6 +36,10 @@ def make_certs(out: Path, *devices: str) -> Path:
     return out
 
 
+# The TLS listener's configured address: its `listener` label in the metrics.
+LISTEN = "127.0.0.1:0"
+
+
 def tls_config(certs: Path, client_certs: str = "none", extra: str = "", crl: Path | None = None,
                client_ca: bool = True) -> str:
     """A broker config with one TLS listener using the dev-ca server certificate;
@@ -45,7 +50,7 @@ def tls_config(certs: Path, client_certs: str = "none", extra: str = "", crl: Pa
         "connect_timeout_secs = 2",
         "[[mqtt.listeners]]",
         'kind = "tls"',
-        'listen = "127.0.0.1:0"',
+        f'listen = "{LISTEN}"',
         f'cert = "{certs / "server.pem"}"',
         f'key = "{certs / "server.key"}"',
     ]
@@ -238,7 +243,7 @@ def test_expired_client_certificate_is_refused(broker_factory, certs, tmp_path):
     deadline = time.monotonic() + 10
     while True:
         lines = metric_lines(broker.api_port)
-        refused = metric(lines, name, result="failed", reason="client_certificate")
+        refused = metric(lines, name, listener=LISTEN, result="failed", reason="client_certificate")
         if refused == 1 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -325,6 +330,69 @@ def test_sighup_with_a_broken_file_keeps_the_old_certificates(broker_factory, ce
     Client(tls_port(broker), version=V311, tls=context(certs)).close()
 
 
+RELOAD_TOKEN = "tls-reload-test-token-0123456789"
+
+
+def ctl_tls_reload(api_port: int, token: str = RELOAD_TOKEN) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+    return subprocess.run(
+        [str(myriad_bin()), "ctl", "--api", f"http://{HOST}:{api_port}", "--token", token, "--output", "json",
+         "tls", "reload"],
+        capture_output=True, text=True, timeout=30, env=env,
+    )
+
+
+def test_api_reload_swaps_the_certificate_and_keeps_connections(broker_factory, certs, tmp_path):
+    """`myriad ctl tls reload` (POST /api/v1/tls/reload) reads the new files:
+    new connections get the new certificate, the connection made before
+    stays up and keeps receiving."""
+    live = tmp_path / "live"
+    shutil.copytree(certs, live)
+    broker = broker_factory(raw_config=tls_config(live, extra=f'[api]\ntoken = "{RELOAD_TOKEN}"\n'))
+    port = tls_port(broker)
+    topic = unique("api-reload")
+    old = Client(port, version=V5, tls=context(certs))
+    try:
+        old.subscribe(topic, 1)
+        assert Api(broker.api_port, None).call("POST", "/api/v1/tls/reload")[0] == 401
+        fresh = make_certs(tmp_path / "fresh")
+        for name in ("server.pem", "server.key"):
+            shutil.copy(fresh / name, live / name)
+        done = ctl_tls_reload(broker.api_port)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"listeners": [{"listener": LISTEN, "reloaded": True}]}
+        # New connections see the new certificate: the old CA no longer verifies it.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_socket(port, context(certs)).close()
+        newcomer = Client(port, version=V5, tls=context(fresh))
+        try:
+            newcomer.publish(topic, b"after api reload", qos=1)
+            # The connection made before the reload still works.
+            assert old.get().payload == b"after api reload"
+        finally:
+            newcomer.close()
+    finally:
+        old.close()
+    broker.assert_alive()
+
+
+def test_api_reload_with_a_broken_file_names_it_and_keeps_the_old_certificate(broker_factory, certs, tmp_path):
+    live = tmp_path / "live"
+    shutil.copytree(certs, live)
+    broker = broker_factory(raw_config=tls_config(live, extra=f'[api]\ntoken = "{RELOAD_TOKEN}"\n'))
+    (live / "server.pem").write_text("not a certificate\n")
+    status, body = Api(broker.api_port, RELOAD_TOKEN).call("POST", "/api/v1/tls/reload")
+    assert status == 500, body
+    assert str(live / "server.pem") in body["message"], body
+    assert body["message"].startswith(f"TLS reload failed for listener {LISTEN}: cert "), body
+    done = ctl_tls_reload(broker.api_port)
+    assert done.returncode == 1
+    assert str(live / "server.pem") in done.stderr, done.stderr
+    # The certificate in force stays: the original CA still verifies new connections.
+    Client(tls_port(broker), version=V311, tls=context(certs)).close()
+    broker.assert_alive()
+
+
 @pytest.mark.parametrize(
     "body,key",
     [
@@ -405,15 +473,18 @@ def test_handshake_metrics_and_certificate_expiry(broker_factory, certs, tmp_pat
     while True:
         lines = metric_lines(broker.api_port)
         got = (
-            metric(lines, name, result="ok"),
-            metric(lines, name, result="failed", reason="client_certificate"),
-            metric(lines, name, result="failed", reason="malformed"),
+            metric(lines, name, listener=LISTEN, result="ok"),
+            metric(lines, name, listener=LISTEN, result="failed", reason="client_certificate"),
+            metric(lines, name, listener=LISTEN, result="failed", reason="malformed"),
         )
         if got == (1, 1, 1) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert got == (1, 1, 1), [line for line in lines if name in line]
-    expiry = metric(lines, "myriad_tls_certificate_expiry_timestamp_seconds")
+    # Every MQTT handshake counted carries the listener's address, as the expiry gauge does.
+    counted = [x for x in lines if x.startswith(name + "{")]
+    assert counted and all(f'listener="{LISTEN}"' in x for x in counted), counted
+    expiry = metric(lines, "myriad_tls_certificate_expiry_timestamp_seconds", listener=LISTEN)
     assert expiry > time.time() + 86400, [line for line in lines if "expiry" in line]
 
 
@@ -431,3 +502,112 @@ def test_messages_larger_than_the_tls_send_buffer(tls_broker, certs):
     finally:
         pub.close()
         sub.close()
+
+
+# rustls refuses a handshake message whose body is longer than this (its
+# MAX_HANDSHAKE_SIZE, 0xffff): docs/limits.md "TLS connections".
+MAX_HANDSHAKE_BODY = 0xFFFF
+# Received TLS bytes the broker holds without a whole record or handshake
+# message (MAX_TLS_RECEIVE in shell/transport.rs).
+MAX_TLS_RECEIVE = 96 * 1024
+
+
+def client_hello(body_len: int) -> bytes:
+    """A TLS 1.3 ClientHello (x25519, ECDSA P-256 signatures) whose body is
+    exactly `body_len` bytes, filled up with a padding extension."""
+
+    def ext(kind: int, data: bytes) -> bytes:
+        return kind.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+    extensions = (
+        ext(43, b"\x02\x03\x04")  # supported_versions: TLS 1.3
+        + ext(10, b"\x00\x02\x00\x1d")  # supported_groups: x25519
+        + ext(13, b"\x00\x04\x04\x03\x08\x04")  # signature_algorithms
+        + ext(51, b"\x00\x24\x00\x1d\x00\x20" + os.urandom(32))  # key_share: x25519
+    )
+    head = b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32) + b"\x00\x06\x13\x01\x13\x02\x13\x03" + b"\x01\x00"
+    pad = body_len - len(head) - 2 - len(extensions) - 4
+    assert 0 <= pad
+    extensions += ext(21, bytes(pad))  # padding
+    body = head + len(extensions).to_bytes(2, "big") + extensions
+    assert len(body) == body_len
+    return b"\x01" + body_len.to_bytes(3, "big") + body
+
+
+def records(message: bytes, size: int = 16384) -> bytes:
+    """`message` as TLS handshake records of at most `size` bytes each."""
+    out = b""
+    for at in range(0, len(message), size):
+        part = message[at : at + size]
+        out += b"\x16\x03\x01" + len(part).to_bytes(2, "big") + part
+    return out
+
+
+def first_record_type(port: int, data: bytes) -> tuple[int | None, float]:
+    """Sends `data` on a fresh connection; returns the content type of the
+    first record the broker answers with (None: closed without one) and
+    how long the answer took."""
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        started = time.monotonic()
+        try:
+            s.sendall(data)
+            head = s.recv(5)
+        except (ConnectionResetError, BrokenPipeError):
+            head = b""
+        return (head[0] if head else None), time.monotonic() - started
+
+
+def test_handshake_message_size_limit(tls_broker, certs):
+    """A ClientHello of exactly 64 KiB - 1 body bytes (rustls's limit) gets a
+    ServerHello. One of 64 KiB and one of 64 KiB + 1 are refused as soon as
+    the broker reads their length: closed without an answer (rustls sends
+    no alert for it), well before the 2 s connect timeout, and counted as
+    malformed; the broker goes on serving others."""
+    port = tls_port(tls_broker)
+    answer, _ = first_record_type(port, records(client_hello(MAX_HANDSHAKE_BODY)))
+    assert answer == 0x16  # a handshake record: the ServerHello
+    for body_len in (MAX_HANDSHAKE_BODY + 1, 64 * 1024 + 1):
+        answer, took = first_record_type(port, records(client_hello(body_len)))
+        assert (answer, took < 1.5) == (None, True), (body_len, answer, took)
+    Client(port, version=V5, tls=context(certs)).close()
+    name = "myriad_tls_handshakes_total"
+    deadline = time.monotonic() + 10
+    while True:
+        lines = metric_lines(tls_broker.api_port)
+        refused = metric(lines, name, listener=LISTEN, result="failed", reason="malformed")
+        if refused == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert refused == 2, [line for line in lines if name in line]
+    assert metric(lines, name, listener=LISTEN, result="ok") == 1
+    tls_broker.assert_alive()
+
+
+def test_received_bytes_without_a_whole_message_are_bounded(tls_broker, certs):
+    """A ClientHello trickled in 1-byte records: the broker holds up to
+    MAX_TLS_RECEIVE bytes of it and waits; one byte more and it closes the
+    connection (counted as malformed) and goes on serving others."""
+    port = tls_port(tls_broker)
+    trickle = records(client_hello(MAX_HANDSHAKE_BODY), size=1)[:MAX_TLS_RECEIVE + 1]
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.sendall(trickle[:MAX_TLS_RECEIVE])
+        s.settimeout(0.7)
+        with pytest.raises(socket.timeout):  # at the limit: still waiting for the rest
+            s.recv(1)
+        s.settimeout(5)
+        s.sendall(trickle[MAX_TLS_RECEIVE:])
+        try:
+            assert s.recv(1) == b""  # one past: closed, no answer
+        except ConnectionResetError:
+            pass
+    Client(port, version=V5, tls=context(certs)).close()
+    name = "myriad_tls_handshakes_total"
+    deadline = time.monotonic() + 10
+    while True:
+        lines = metric_lines(tls_broker.api_port)
+        refused = metric(lines, name, listener=LISTEN, result="failed", reason="malformed")
+        if refused == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert refused == 1, [line for line in lines if name in line]
+    tls_broker.assert_alive()

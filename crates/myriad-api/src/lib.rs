@@ -20,6 +20,7 @@
 //! | `GET /api/v1/presence/count` | online and registered counts |
 //! | `GET, PATCH, DELETE /api/v1/devices/{id}/shadow` | a device's shadow |
 //! | `POST, GET /api/v1/apps`, `GET, DELETE /api/v1/apps/{id}` | app clients |
+//! | `POST /api/v1/tls/reload` | read every TLS listener's certificate, key and CAs again (as SIGHUP) |
 //!
 //! Every route under `/api/v1` needs `Authorization: Bearer {token}`
 //! ([`ApiState::token`], compared in constant time; an empty configured
@@ -71,6 +72,7 @@ pub use observe::{
     BoxFuture, Observability, ObserveOptions, PROMETHEUS_CONTENT_TYPE, Readiness, observed_router,
 };
 pub use routes::router;
+pub use routes::tls::{TlsListenerReloaded, TlsReloadOutcome, TlsReloadReport, TlsReloader};
 pub use serve::{
     ApiTls, BodyTimeout, HandshakeObserver, HttpLimits, TlsConfigSource, serve, serve_router,
     serve_router_tls, serve_router_with,

@@ -32,6 +32,7 @@ const BEARER: &str = "bearer";
         (name = "apps", description = "Application clients"),
         (name = "commands", description = "Cloud-to-device commands: send, fan out, follow, cancel; breakers"),
         (name = "certificates", description = "Device certificates (pinned by fingerprint) and the CAs whose certificates identify devices"),
+        (name = "tls", description = "TLS listeners: reload certificates, keys and CAs"),
     )
 )]
 pub(crate) struct ApiDoc;

@@ -11,6 +11,8 @@ use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::store::FleetStore;
 
+use crate::routes::tls::TlsReloader;
+
 /// The services the API works on, and its bearer token. Cheap to clone
 /// (every service is behind an `Arc`).
 #[derive(Clone)]
@@ -36,6 +38,8 @@ pub struct ApiState {
     /// The bearer token every `/api/v1` request must carry. Empty refuses
     /// every request.
     pub token: String,
+    /// Reloads every TLS listener's files (`POST /api/v1/tls/reload`).
+    pub tls_reload: TlsReloader,
 }
 
 impl std::fmt::Debug for ApiState {

@@ -43,8 +43,13 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// What the HTTP API needs, with the operators' `token`.
-    pub fn api_state(&self, token: String) -> myriad_api::ApiState {
+    /// What the HTTP API needs, with the operators' `token` and what
+    /// reloads the TLS listeners' files (`tls_reload`).
+    pub fn api_state(
+        &self,
+        token: String,
+        tls_reload: myriad_api::TlsReloader,
+    ) -> myriad_api::ApiState {
         myriad_api::ApiState {
             store: self.store.clone(),
             shadows: self.shadows.clone(),
@@ -55,6 +60,7 @@ impl Platform {
             certs: self.certs.clone(),
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
+            tls_reload,
         }
     }
 

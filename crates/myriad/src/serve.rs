@@ -145,8 +145,11 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                 },
                 listeners_bound.clone(),
             );
+            let reload_settings = tls_settings.clone();
+            let tls_reload: myriad_api::TlsReloader =
+                Arc::new(move || reload_tls(&reload_settings));
             let router = myriad_api::observed_router(
-                platform.api_state(token),
+                platform.api_state(token, tls_reload),
                 Arc::new(observer),
                 myriad_api::ObserveOptions {
                     metrics_require_token: config.metrics.require_token,
@@ -383,20 +386,36 @@ async fn reload_tls_on_hangup(
     settings: Vec<Arc<TlsSettings>>,
 ) {
     while hangups.recv().await.is_some() {
-        for tls in &settings {
-            match tls.reload() {
+        reload_tls(&settings);
+    }
+}
+
+/// Reads every TLS listener's certificate, key and CAs again (on SIGHUP and
+/// `POST /api/v1/tls/reload`), logging each outcome. A listener whose
+/// files do not load keeps its settings in force; the others reload.
+fn reload_tls(settings: &[Arc<TlsSettings>]) -> Vec<myriad_api::TlsReloadOutcome> {
+    settings
+        .iter()
+        .map(|tls| {
+            let listen = &tls.listener().listen;
+            let result = tls.reload();
+            match &result {
                 Ok(()) => {
                     record_certificate_expiry(tls);
-                    info!(listen = %tls.listener().listen, "TLS certificates reloaded");
+                    info!(%listen, "TLS certificates reloaded");
                 }
                 Err(error) => tracing::error!(
-                    listen = %tls.listener().listen,
+                    %listen,
                     %error,
                     "TLS reload failed; the previous certificates stay in force"
                 ),
             }
-        }
-    }
+            myriad_api::TlsReloadOutcome {
+                listener: listen.clone(),
+                result,
+            }
+        })
+        .collect()
 }
 
 /// SIGTERM and Ctrl-C, registered up front.

@@ -8,6 +8,7 @@ mod health;
 mod import;
 mod presence;
 mod shadows;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 
@@ -71,6 +72,7 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(certs::add_ca, certs::list_cas))
         .routes(routes!(certs::set_crl))
         .routes(routes!(certs::delete_ca))
+        .routes(routes!(tls::reload_tls))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)

@@ -12,3 +12,4 @@ mod presence;
 mod serve;
 mod shadows;
 mod support;
+mod tls;

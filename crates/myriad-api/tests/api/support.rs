@@ -87,6 +87,7 @@ impl Harness {
             devices,
             hash_params: HashParams::INSECURE_FAST,
             token: TOKEN.into(),
+            tls_reload: std::sync::Arc::new(Vec::new),
         };
         Harness { state, _dir: dir }
     }

@@ -245,8 +245,7 @@ async fn handshake(
         first = read_connect(stream, buf, max_size) => first,
         _ = tokio::time::sleep(connect_timeout) => {
             if stream.is_handshaking() {
-                let timeout = io::Error::from(io::ErrorKind::TimedOut);
-                super::tls::count_handshake(Err(&timeout));
+                stream.count_handshake_timeout();
                 debug!(%peer, "TLS handshake not finished in time");
             } else if stream.is_upgrading() {
                 super::ws::count_refused(super::ws::TIMEOUT_REASON);

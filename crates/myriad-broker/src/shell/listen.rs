@@ -199,6 +199,11 @@ pub(super) struct Acceptor {
 /// Accepts connections on `listener` until shutdown.
 async fn accept_loop(listener: BoundListener, acceptor: Acceptor) {
     let mut complaints = Complaints::default();
+    // The `listener` label of its connections' handshake counter.
+    let label: Arc<str> = listener.tls.as_ref().map_or_else(
+        || Arc::from(""),
+        |tls| Arc::from(tls.listener().listen.as_str()),
+    );
     loop {
         let accepted = tokio::select! {
             accepted = listener.socket.accept() => accepted,
@@ -225,7 +230,7 @@ async fn accept_loop(listener: BoundListener, acceptor: Acceptor) {
         let _ = stream.set_nodelay(true);
         let stream = match &listener.tls {
             None => Stream::Tcp(stream),
-            Some(tls) => match Stream::tls(stream, tls.current()) {
+            Some(tls) => match Stream::tls(stream, tls.current(), label.clone()) {
                 Ok(stream) => stream,
                 Err(error) => {
                     debug!(%peer, %error, "cannot start TLS");

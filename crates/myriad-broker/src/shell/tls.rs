@@ -13,16 +13,25 @@ use rustls::server::danger::ClientCertVerifier;
 use super::client_trust::{ClientTrust, ClientVerifier};
 use crate::config::{ClientCertPolicy, ListenerConfig};
 
-/// Counter of TLS handshakes, labelled `result` (`ok`, `failed`) and, for
-/// failures, `reason` (see [`failure_reason`]).
+/// Counter of TLS handshakes, labelled `listener` (the listener's
+/// configured address, as in the certificate expiry gauge; `api` for the
+/// HTTP API), `result` (`ok`, `failed`) and, for failures, `reason` (see
+/// [`failure_reason`]).
 pub const TLS_HANDSHAKES_TOTAL: &str = "myriad_tls_handshakes_total";
 
-/// Counts one finished handshake.
-pub(super) fn count_handshake(outcome: Result<(), &std::io::Error>) {
+/// Counts one finished handshake on the MQTT listener `listener`.
+pub(super) fn count_handshake(listener: &str, outcome: Result<(), &std::io::Error>) {
+    let listener = listener.to_owned();
     match outcome {
-        Ok(()) => metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "ok").increment(1),
+        Ok(()) => metrics::counter!(
+            TLS_HANDSHAKES_TOTAL,
+            "listener" => listener,
+            "result" => "ok"
+        )
+        .increment(1),
         Err(error) => metrics::counter!(
             TLS_HANDSHAKES_TOTAL,
+            "listener" => listener,
             "result" => "failed",
             "reason" => failure_reason(error)
         )
@@ -33,13 +42,20 @@ pub(super) fn count_handshake(outcome: Result<(), &std::io::Error>) {
 /// Why a handshake failed, as a small fixed set: `client_certificate` (none
 /// presented where required, or one that does not verify or is revoked),
 /// `alpn` (no protocol in common), `incompatible` (no common version or
-/// cipher suite), `malformed` (not TLS, or broken TLS), `alert_received`
+/// cipher suite), `malformed` (not TLS, or broken TLS, or more than 96 KiB
+/// received without a whole record or handshake message), `alert_received`
 /// (the client refused ours), `closed` (the client went away), `timeout`
 /// (not finished within `connect_timeout_secs`) and `other`.
 pub fn failure_reason(error: &std::io::Error) -> &'static str {
     use rustls::Error as E;
     if error.kind() == std::io::ErrorKind::TimedOut {
         return "timeout";
+    }
+    if let Some(super::transport::TlsReceiveError::TooLarge { .. }) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<super::transport::TlsReceiveError>())
+    {
+        return "malformed";
     }
     let Some(tls) = error
         .get_ref()

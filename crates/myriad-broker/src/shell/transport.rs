@@ -3,24 +3,50 @@
 //! ([`super::ws::WsStream`]).
 //!
 //! Both are driven by the socket's readiness with non-blocking reads and
-//! writes, so an idle connection keeps no read buffer and no future state:
-//! TLS decrypts straight into the connection's packet buffer, and its
-//! records are written from rustls's own buffer.
+//! writes, so an idle connection keeps no read buffer and no future state.
+//! TLS runs rustls's unbuffered API: the received bytes of an unfinished
+//! record and the encrypted records waiting for the socket are in buffers
+//! of ours, freed as soon as they are empty, so an idle TLS connection
+//! holds only rustls's state (keys, no buffers).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use rustls::ServerConnection;
 use rustls::pki_types::CertificateDer;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic,
+};
 use tokio::net::TcpStream;
 
 use super::ws::WsStream;
 
 /// Bytes read from the socket per readiness event.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
+
+/// Most received TLS bytes held that do not yet make a whole record or
+/// handshake message: a 64 KiB handshake message (rustls refuses bigger
+/// ones) in full-size records, plus one read. Past it the connection is
+/// refused (`malformed`).
+pub(super) const MAX_TLS_RECEIVE: usize = 96 * 1024;
+
+/// Encrypted bytes waiting for the socket past which the connection task
+/// waits for the socket before encrypting more (rustls's buffered default).
+const MAX_TLS_SEND: usize = 64 * 1024;
+
+/// Plaintext encrypted per call: one full TLS record.
+const ENCRYPT_CHUNK: usize = 16 * 1024;
+
+/// Room first offered to rustls for one handshake message or record
+/// (grown to what it asks for when short).
+const RECORD_ROOM: usize = 4096;
+
+/// A record's header and AEAD tag (and TLS 1.3's content type), first
+/// offered beside the plaintext.
+const RECORD_OVERHEAD: usize = 5 + 16 + 1;
 
 /// Most buffers handed to one `writev` (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
@@ -33,18 +59,39 @@ pub(super) enum Stream {
     Tls(Box<TlsStream>),
 }
 
-/// TLS over TCP: the socket and rustls's state machine.
+/// TLS over TCP: the socket, rustls's state machine and our buffers.
 pub(super) struct TlsStream {
     tcp: TcpStream,
-    tls: ServerConnection,
+    tls: UnbufferedServerConnection,
+    /// The listener's address (`listener` label of the handshake counter).
+    listener: Arc<str>,
+    /// Received bytes rustls has not consumed (part of a record or of a
+    /// handshake message); unallocated when empty.
+    incoming: Vec<u8>,
+    /// TLS records to send; unallocated when empty.
+    outgoing: Vec<u8>,
+    /// How much of `outgoing` the socket took.
+    written: usize,
 }
 
 impl Stream {
-    /// A TLS connection on `tcp` with `config`; the handshake runs in
-    /// [`Stream::establish`].
-    pub fn tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Stream> {
-        let tls = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(Stream::Tls(Box::new(TlsStream { tcp, tls })))
+    /// A TLS connection on `tcp` with `config`, accepted by the listener
+    /// `listener` (its address, for the handshake counter); the handshake
+    /// runs in [`Stream::establish`].
+    pub fn tls(
+        tcp: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        listener: Arc<str>,
+    ) -> io::Result<Stream> {
+        let tls = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Stream::Tls(Box::new(TlsStream {
+            tcp,
+            tls,
+            listener,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            written: 0,
+        })))
     }
 
     /// The socket underneath.
@@ -70,8 +117,17 @@ impl Stream {
             return Ok(());
         };
         let outcome = stream.handshake(buf).await;
-        super::tls::count_handshake(outcome.as_ref().map(|_| ()));
+        super::tls::count_handshake(&stream.listener, outcome.as_ref().map(|_| ()));
         outcome
+    }
+
+    /// Counts a TLS handshake that did not finish in time (nothing for
+    /// plain TCP).
+    pub fn count_handshake_timeout(&self) {
+        if let Stream::Tls(stream) = self {
+            let timeout = io::Error::from(io::ErrorKind::TimedOut);
+            super::tls::count_handshake(&stream.listener, Err(&timeout));
+        }
     }
 
     /// Whether a TLS handshake was started and has not finished.
@@ -114,7 +170,7 @@ impl Stream {
     pub fn wants_write(&self) -> bool {
         match self {
             Stream::Tcp(_) => false,
-            Stream::Tls(stream) => stream.tls.wants_write(),
+            Stream::Tls(stream) => stream.wants_write(),
         }
     }
 
@@ -154,7 +210,7 @@ impl Stream {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
         if let Stream::Tls(stream) = self {
-            stream.tls.send_close_notify();
+            stream.queue_close_notify()?;
             stream.flush().await?;
         }
         match self {
@@ -210,6 +266,15 @@ impl Transport {
         match self {
             Transport::Direct(stream) => stream.peer_certificates(),
             Transport::Ws(ws) => ws.stream().peer_certificates(),
+        }
+    }
+
+    /// Counts a TLS handshake that did not finish in time (nothing
+    /// without TLS).
+    pub fn count_handshake_timeout(&self) {
+        match self {
+            Transport::Direct(stream) => stream.count_handshake_timeout(),
+            Transport::Ws(ws) => ws.stream().count_handshake_timeout(),
         }
     }
 
@@ -285,10 +350,16 @@ impl Transport {
 }
 
 impl TlsStream {
+    /// Whether there is a TLS error or close notification (or anything
+    /// else rustls queued) waiting in `outgoing`.
+    fn wants_write(&self) -> bool {
+        self.written < self.outgoing.len()
+    }
+
     /// Drives the handshake to its end (see [`Stream::establish`]).
     async fn handshake(&mut self, buf: &mut BytesMut) -> io::Result<()> {
         while self.tls.is_handshaking() {
-            if self.tls.wants_write() {
+            if self.wants_write() {
                 self.flush().await?;
                 continue;
             }
@@ -298,7 +369,7 @@ impl TlsStream {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    // rustls has queued an alert saying why: send it.
+                    // The alert saying why is queued in `outgoing`: send it.
                     let _ = self.flush().await;
                     return Err(e);
                 }
@@ -308,78 +379,283 @@ impl TlsStream {
         self.flush().await
     }
 
-    /// Reads one chunk from the socket into rustls and takes out all the
-    /// plaintext it yields.
+    /// Reads one chunk from the socket and hands rustls all the records it
+    /// completes, appending their plaintext to `buf`. Bytes of an
+    /// unfinished record (or handshake message) stay in `incoming`, which
+    /// is freed once empty.
     fn read_available(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
         let n = self.tcp.try_read(&mut chunk)?;
         if n == 0 {
             return Ok(0);
         }
-        let mut input = &chunk[..n];
-        while !input.is_empty() {
-            self.tls.read_tls(&mut input)?;
-            let state = self
-                .tls
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let plaintext = state.plaintext_bytes_to_read();
-            if plaintext > 0 {
-                let start = buf.len();
-                buf.resize(start + plaintext, 0);
-                self.tls.reader().read_exact(&mut buf[start..])?;
-            }
-            if state.peer_has_closed() && input.is_empty() {
-                break;
-            }
+        if self.incoming.len() + n > MAX_TLS_RECEIVE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                TlsReceiveError::TooLarge {
+                    held: self.incoming.len() + n,
+                },
+            ));
         }
-        Ok(n)
+        self.incoming.extend_from_slice(&chunk[..n]);
+        let outcome = self.process(Some(buf));
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        outcome.map(|()| n)
     }
 
-    /// Hands `plaintext` to rustls, sending records whenever its buffer
-    /// (64 KiB by default) is full; some records may still wait in it.
-    async fn encrypt(&mut self, plaintext: &[u8]) -> io::Result<()> {
-        let mut written = 0;
-        while written < plaintext.len() {
-            let accepted = self.tls.writer().write(&plaintext[written..])?;
-            match accepted {
-                0 => self.flush().await?,
-                n => written += n,
+    /// Runs rustls over `incoming` until it needs more bytes: plaintext goes
+    /// to `buf` (`None`: none may come, see [`TlsStream::encrypt`]), TLS
+    /// messages rustls wants sent go to `outgoing`. On a TLS error, the
+    /// alert rustls queued for it is put in `outgoing` too.
+    fn process(&mut self, mut buf: Option<&mut BytesMut>) -> io::Result<()> {
+        loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.tls.process_tls_records(&mut self.incoming);
+            let mut blocked = false;
+            let mut failure = None;
+            match state {
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    while let Some(record) = traffic.next_record() {
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                match buf.as_deref_mut() {
+                                    Some(buf) => buf.extend_from_slice(record.payload),
+                                    None => {
+                                        failure = Some(io::Error::other(
+                                            TlsReceiveError::UnexpectedPlaintext,
+                                        ));
+                                        break;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                failure = Some(io::Error::new(io::ErrorKind::InvalidData, e));
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.outgoing, RECORD_ROOM, |out| encode.encode(out))?;
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    // Sent by the next flush, in order with the rest of `outgoing`.
+                    transmit.done();
+                }
+                Ok(ConnectionState::PeerClosed) => {}
+                Ok(
+                    ConnectionState::Closed
+                    | ConnectionState::BlockedHandshake
+                    | ConnectionState::WriteTraffic(_),
+                ) => blocked = true,
+                Ok(_) => {
+                    // Early data (never enabled) or a state a later rustls adds.
+                    failure = Some(io::Error::other(TlsReceiveError::UnexpectedState));
+                }
+                Err(e) => failure = Some(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
+            self.incoming.drain(..discard);
+            if let Some(failure) = failure {
+                self.queue_alerts();
+                return Err(failure);
+            }
+            if blocked {
+                return Ok(());
+            }
+        }
+    }
+
+    /// After a TLS error: moves the alert rustls queued for it to `outgoing`.
+    fn queue_alerts(&mut self) {
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.tls.process_tls_records(&mut self.incoming);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    if encode_into(&mut self.outgoing, RECORD_ROOM, |out| encode.encode(out))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => return,
+            }
+            self.incoming.drain(..discard);
+        }
+    }
+
+    /// Encrypts `plaintext` into `outgoing`, sending records whenever
+    /// [`MAX_TLS_SEND`] bytes wait there.
+    async fn encrypt(&mut self, plaintext: &[u8]) -> io::Result<()> {
+        for piece in plaintext.chunks(ENCRYPT_CHUNK) {
+            if self.outgoing.len() - self.written >= MAX_TLS_SEND {
+                self.flush().await?;
+            }
+            self.with_write_traffic(|traffic, out| {
+                encode_into(out, piece.len() + RECORD_OVERHEAD, |spare| {
+                    traffic.encrypt(piece, spare)
+                })
+            })?;
         }
         Ok(())
     }
 
-    /// Writes every TLS record rustls holds.
+    /// Queues a close notification (nothing while handshaking).
+    fn queue_close_notify(&mut self) -> io::Result<()> {
+        if self.tls.is_handshaking() {
+            return Ok(());
+        }
+        self.with_write_traffic(|traffic, out| {
+            encode_into(out, RECORD_OVERHEAD, |spare| {
+                traffic.queue_close_notify(spare)
+            })
+        })
+    }
+
+    /// Brings rustls to its `WriteTraffic` state (queueing what it has to
+    /// send first, such as a key update) and calls `write` there.
+    fn with_write_traffic(
+        &mut self,
+        write: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut write = Some(write);
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.tls.process_tls_records(&mut self.incoming);
+            let mut finished = false;
+            let mut failure = None;
+            match state {
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                    if let Some(write) = write.take() {
+                        write(&mut traffic, &mut self.outgoing)?;
+                    }
+                    finished = true;
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.outgoing, RECORD_ROOM, |out| encode.encode(out))?;
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                Ok(ConnectionState::PeerClosed) => {}
+                Ok(ConnectionState::Closed) => {
+                    failure = Some(io::Error::from(io::ErrorKind::BrokenPipe));
+                }
+                Ok(_) => failure = Some(io::Error::other(TlsReceiveError::UnexpectedState)),
+                Err(e) => failure = Some(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            self.incoming.drain(..discard);
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+            if finished {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes every TLS record waiting in `outgoing`, then frees it.
     async fn flush(&mut self) -> io::Result<()> {
-        while self.tls.wants_write() {
+        while self.wants_write() {
             self.tcp.writable().await?;
-            match self.tls.write_tls(&mut TryWriter(&self.tcp)) {
+            match self.tcp.try_write(&self.outgoing[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
+                Ok(n) => self.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
+        self.outgoing = Vec::new();
+        self.written = 0;
         Ok(())
     }
 }
 
-/// `io::Write` over a non-blocking socket: `WouldBlock` when it is full.
-struct TryWriter<'a>(&'a TcpStream);
-
-impl Write for TryWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0.try_write(data)
+/// Appends what `encode` writes to `out`, growing `out` to the size rustls
+/// asks for when the first guess is too small.
+fn encode_into<E>(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> io::Result<()>
+where
+    E: Into<EncodeFailure>,
+{
+    let start = out.len();
+    loop {
+        out.resize(start + room, 0);
+        match encode(&mut out[start..]).map_err(Into::into) {
+            Ok(written) => {
+                out.truncate(start + written);
+                return Ok(());
+            }
+            Err(EncodeFailure::Room(required)) if required > room => room = required,
+            Err(failure) => {
+                out.truncate(start);
+                return Err(io::Error::other(failure.into_error()));
+            }
+        }
     }
+}
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
-    }
+/// Why rustls could not write into our buffer.
+enum EncodeFailure {
+    /// It needs this many bytes of room.
+    Room(usize),
+    /// Anything else.
+    Other(String),
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+impl EncodeFailure {
+    fn into_error(self) -> TlsReceiveError {
+        match self {
+            EncodeFailure::Room(required) => {
+                TlsReceiveError::Encode(format!("{required} bytes of room needed"))
+            }
+            EncodeFailure::Other(why) => TlsReceiveError::Encode(why),
+        }
     }
+}
+
+impl From<EncodeError> for EncodeFailure {
+    fn from(error: EncodeError) -> EncodeFailure {
+        match error {
+            EncodeError::InsufficientSize(size) => EncodeFailure::Room(size.required_size),
+            other => EncodeFailure::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<EncryptError> for EncodeFailure {
+    fn from(error: EncryptError) -> EncodeFailure {
+        match error {
+            EncryptError::InsufficientSize(size) => EncodeFailure::Room(size.required_size),
+            other => EncodeFailure::Other(other.to_string()),
+        }
+    }
+}
+
+/// What went wrong on a TLS connection outside rustls's own errors.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TlsReceiveError {
+    /// The peer sent more than [`MAX_TLS_RECEIVE`] bytes that do not yet
+    /// make up a whole record or handshake message.
+    #[error("{held} received TLS bytes without a complete message (at most {MAX_TLS_RECEIVE})")]
+    TooLarge {
+        /// Bytes that would have been held.
+        held: usize,
+    },
+    /// Application data arrived where none can be taken.
+    #[error("TLS application data where none was expected")]
+    UnexpectedPlaintext,
+    /// rustls reached a state this connection does not use (early data).
+    #[error("unexpected TLS connection state")]
+    UnexpectedState,
+    /// rustls could not encode or encrypt into our buffer.
+    #[error("TLS encoding failed: {0}")]
+    Encode(String),
 }
 
 /// Reads what the socket has into `buf` without awaiting. The chunk buffer is

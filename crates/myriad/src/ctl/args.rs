@@ -45,6 +45,18 @@ pub enum ApiCommand {
     /// Certificate authorities whose certificates identify devices.
     #[command(subcommand)]
     Cas(super::registry_certs::CasCommand),
+    /// The server's TLS listeners.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+/// `ctl tls ...`
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Read every TLS listener's certificate, key and CAs again (as
+    /// SIGHUP does); open connections stay. Fails naming the file when
+    /// one does not load (that listener keeps its settings).
+    Reload,
 }
 
 /// `ctl devices ...`

@@ -57,7 +57,10 @@ pub fn shape(command: &ApiCommand) -> Shape {
         ApiCommand::Apps(AppsCommand::List) => Shape::AppList,
         ApiCommand::Apps(AppsCommand::Delete(_)) => Shape::NoContent,
         ApiCommand::Apps(_) => Shape::Object,
-        ApiCommand::Commands(_) | ApiCommand::DeviceCerts(_) | ApiCommand::Cas(_) => Shape::Object,
+        ApiCommand::Commands(_)
+        | ApiCommand::DeviceCerts(_)
+        | ApiCommand::Cas(_)
+        | ApiCommand::Tls(_) => Shape::Object,
     }
 }
 

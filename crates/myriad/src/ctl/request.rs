@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::args::{
     ApiCommand, AppsCommand, DeviceCreate, DeviceImport, DeviceList, DeviceUpdate, DevicesCommand,
-    ImportFormat, PageArgs, PresenceCommand, ShadowCommand,
+    ImportFormat, PageArgs, PresenceCommand, ShadowCommand, TlsCommand,
 };
 use super::encode::{percent_encode, query_string};
 
@@ -142,6 +142,9 @@ pub fn request(command: &ApiCommand) -> Result<ApiRequest> {
         ApiCommand::Commands(cmd) => super::commands::request(cmd),
         ApiCommand::DeviceCerts(cmd) => super::registry_certs::device_certs_request(cmd)?,
         ApiCommand::Cas(cmd) => super::registry_certs::cas_request(cmd)?,
+        ApiCommand::Tls(TlsCommand::Reload) => {
+            ApiRequest::new(Method::Post, format!("{API_PREFIX}/tls/reload"))
+        }
     })
 }
 

@@ -180,6 +180,15 @@ fn devices_kick_posts_to_disconnect() {
 }
 
 #[test]
+fn tls_reload_posts_to_the_reload_route() {
+    assert_eq!(
+        req(&["tls", "reload"]),
+        expect(Method::Post, "/api/v1/tls/reload", &[], ApiBody::Empty)
+    );
+    assert!(parse(&["tls", "reload", "extra"]).is_err());
+}
+
+#[test]
 fn devices_list_without_filters() {
     assert_eq!(req(&["devices", "list"]), get("/api/v1/devices"));
 }

@@ -60,7 +60,7 @@ pub async fn upkeep(handle: PrometheusHandle) {
 fn describe() {
     describe_counter!(
         myriad_broker::shell::tls::TLS_HANDSHAKES_TOTAL,
-        "TLS handshakes on MQTT listeners, by result and (failed) reason."
+        "TLS handshakes on MQTT listeners (by address) and the HTTP API (`api`), by result and (failed) reason."
     );
     describe_counter!(
         myriad_broker::shell::ws::WS_UPGRADES_TOTAL,
