@@ -5,10 +5,17 @@
 //!
 //! * [`gorilla`]: the Gorilla chunk codec for open (head) chunks — delta-of-delta timestamps,
 //!   XOR floats, delta-of-delta integers, one bit per boolean.
+//! * [`head`]: the open chunk per series, with an out-of-order window and last-write-wins
+//!   duplicates.
+//! * [`index`]: the series index, (device, metric, labels) -> series id with inverted postings.
 
 mod bits;
 pub mod gorilla;
+pub mod head;
+pub mod index;
 mod value;
 
 pub use gorilla::{ChunkEncoder, DecodeError, EncodeError, decode_chunk, decode_chunk_into};
+pub use head::{AppendError, Appended, Head, HeadConfig};
+pub use index::{IndexError, IndexLimits, SeriesId, SeriesIndex, SeriesKey};
 pub use value::{Point, Value, ValueKind};
