@@ -8,14 +8,24 @@
 //! * [`head`]: the open chunk per series, with an out-of-order window and last-write-wins
 //!   duplicates.
 //! * [`index`]: the series index, (device, metric, labels) -> series id with inverted postings.
+//! * [`wal`]: write-ahead log records (length, CRC32, version) and a reader that stops at a torn
+//!   or corrupt tail.
+//! * [`engine`]: index + head, producing WAL bytes for what they accept and replaying a log.
+//! * [`storage`]: the byte-file trait the caller implements, with an in-memory one for tests.
 
 mod bits;
+pub mod engine;
 pub mod gorilla;
 pub mod head;
 pub mod index;
+pub mod storage;
 mod value;
+pub mod wal;
 
+pub use engine::{AppendReport, Engine, EngineError, PointError, ReplayReport};
 pub use gorilla::{ChunkEncoder, DecodeError, EncodeError, decode_chunk, decode_chunk_into};
 pub use head::{AppendError, Appended, Head, HeadConfig};
 pub use index::{IndexError, IndexLimits, SeriesId, SeriesIndex, SeriesKey};
+pub use storage::{MemStorage, Storage};
 pub use value::{Point, Value, ValueKind};
+pub use wal::{WalEncodeError, WalReader, WalRecord, WalStop};
