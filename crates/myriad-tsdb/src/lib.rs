@@ -11,9 +11,13 @@
 //! * [`wal`]: write-ahead log records (length, CRC32, version) and a reader that stops at a torn
 //!   or corrupt tail.
 //! * [`engine`]: index + head, producing WAL bytes for what they accept and replaying a log.
+//! * [`block`]: sealed blocks per time partition, columns re-encoded with `pco`, rollups.
+//! * [`db`]: engine plus blocks — seal, raw / aggregated / latest / rollup queries, retention.
 //! * [`storage`]: the byte-file trait the caller implements, with an in-memory one for tests.
 
 mod bits;
+pub mod block;
+pub mod db;
 pub mod engine;
 pub mod gorilla;
 pub mod head;
@@ -22,6 +26,8 @@ pub mod storage;
 mod value;
 pub mod wal;
 
+pub use block::{BlockError, Rollup, SealedBlock, SealedSeries};
+pub use db::{Agg, Db, DbConfig, DbError};
 pub use engine::{AppendReport, Engine, EngineError, PointError, ReplayReport};
 pub use gorilla::{ChunkEncoder, DecodeError, EncodeError, decode_chunk, decode_chunk_into};
 pub use head::{AppendError, Appended, Head, HeadConfig};

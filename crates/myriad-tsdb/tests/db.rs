@@ -1,0 +1,348 @@
+//! Sealed blocks (pco columns, rollups), queries over head + blocks, retention.
+
+use std::collections::BTreeMap;
+
+use myriad_tsdb::block::{HOUR_MS, MINUTE_MS};
+use myriad_tsdb::db::MAX_BUCKETS;
+use myriad_tsdb::{
+    Agg, BlockError, Db, DbConfig, DbError, HeadConfig, IndexLimits, Point, SealedBlock, SeriesId,
+    SeriesKey, Value,
+};
+use proptest::prelude::*;
+
+const H: i64 = 3_600_000;
+
+fn db() -> Db {
+    Db::new(DbConfig {
+        index: IndexLimits::default(),
+        head: HeadConfig {
+            ooo_window_ms: 10 * H,
+            max_ooo_points: 100_000,
+        },
+        partition_ms: H,
+    })
+    .expect("config")
+}
+
+fn series(db: &mut Db, device: &str, metric: &str) -> SeriesId {
+    db.engine_mut()
+        .series(&SeriesKey::new(device, metric), &mut Vec::new())
+        .expect("series")
+}
+
+fn write(db: &mut Db, id: SeriesId, pts: &[(i64, Value)]) {
+    let batch: Vec<_> = pts
+        .iter()
+        .map(|&(ts, value)| (id, Point { ts, value }))
+        .collect();
+    let r = db
+        .engine_mut()
+        .append(&batch, &mut Vec::new())
+        .expect("append");
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+}
+
+fn f(v: f64) -> Value {
+    Value::F64(v)
+}
+
+#[test]
+fn seal_splits_partitions_and_round_trips() {
+    let mut d = db();
+    let t = series(&mut d, "dev1", "temp");
+    let c = series(&mut d, "dev1", "events");
+    let b = series(&mut d, "dev1", "door");
+    let pts: Vec<(i64, Value)> = (0..720)
+        .map(|i| (i * 10_000, f(20.0 + (i % 7) as f64 / 10.0)))
+        .collect();
+    write(&mut d, t, &pts);
+    write(
+        &mut d,
+        c,
+        &(0..720)
+            .map(|i| (i * 10_000, Value::I64(i / 3)))
+            .collect::<Vec<_>>(),
+    );
+    write(
+        &mut d,
+        b,
+        &[(5, Value::Bool(true)), (H + 5, Value::Bool(false))],
+    );
+    let before = d.raw(t, 0, 2 * H).expect("raw");
+    let sealed = d.seal().expect("seal");
+    assert_eq!(sealed, vec![0, H], "two hourly partitions");
+    assert_eq!(d.engine().head().points(t), 0);
+    assert_eq!(d.blocks()[&0].partition, 0);
+    assert_eq!(d.blocks()[&H].partition, H);
+    assert_eq!(d.blocks()[&0].points(), 360 + 360 + 1);
+    assert_eq!(d.raw(t, 0, 2 * H).expect("raw"), before);
+    assert_eq!(
+        d.raw(t, 0, 2 * H).expect("raw"),
+        pts.iter()
+            .map(|&(ts, value)| Point { ts, value })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(d.raw(b, 0, 2 * H).expect("raw").len(), 2);
+    assert_eq!(d.raw(c, 3_590_000, 3_610_000).expect("raw").len(), 2);
+
+    // Serialised blocks load into a fresh database and answer the same.
+    let mut e = db();
+    series(&mut e, "dev1", "temp");
+    for blk in d.blocks().values() {
+        let bytes = blk.to_bytes();
+        assert_eq!(&SealedBlock::from_bytes(&bytes).expect("parse"), blk);
+        e.load_block(&bytes).expect("load");
+    }
+    assert_eq!(e.raw(t, 0, 2 * H).expect("raw"), before);
+    assert_eq!(e.latest(t).expect("latest"), before.last().copied());
+    assert_eq!(e.latest(SeriesId(99)).expect("latest"), None);
+}
+
+#[test]
+fn late_and_duplicate_points_after_seal_win() {
+    let mut d = db();
+    let t = series(&mut d, "dev1", "temp");
+    write(&mut d, t, &[(1000, f(1.0)), (2000, f(2.0)), (3000, f(3.0))]);
+    d.seal().expect("seal");
+    // Rewrite a sealed timestamp and add a late one: the head wins over the block.
+    write(&mut d, t, &[(2000, f(20.0)), (1500, f(1.5))]);
+    let want = vec![
+        Point {
+            ts: 1000,
+            value: f(1.0),
+        },
+        Point {
+            ts: 1500,
+            value: f(1.5),
+        },
+        Point {
+            ts: 2000,
+            value: f(20.0),
+        },
+        Point {
+            ts: 3000,
+            value: f(3.0),
+        },
+    ];
+    assert_eq!(d.raw(t, 0, 10_000).expect("raw"), want);
+    // Sealed again: merged into the partition's block, the newer value winning.
+    assert_eq!(d.seal().expect("seal"), vec![0]);
+    assert_eq!(d.blocks().len(), 1);
+    assert_eq!(d.raw(t, 0, 10_000).expect("raw"), want);
+    assert_eq!(
+        d.aggregate(t, 0, 10_000, 10_000, Agg::Sum).expect("agg"),
+        vec![(0, 25.5)]
+    );
+    // The rollups count the rewritten point once, with its new value.
+    let r = d.rollups(t, MINUTE_MS, 0, H).expect("rollups");
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].count, r[0].min, r[0].max, r[0].sum, r[0].last),
+        (4, 1.0, 20.0, 25.5, 3.0)
+    );
+}
+
+/// Naive reference aggregation over a sorted map.
+fn reference(
+    points: &BTreeMap<i64, f64>,
+    from: i64,
+    to: i64,
+    step: i64,
+    agg: Agg,
+) -> Vec<(i64, f64)> {
+    let mut buckets: BTreeMap<i64, Vec<(i64, f64)>> = BTreeMap::new();
+    for (&ts, &v) in points.range(from..to) {
+        buckets
+            .entry(ts.div_euclid(step) * step)
+            .or_default()
+            .push((ts, v));
+    }
+    buckets
+        .into_iter()
+        .filter_map(|(start, b)| {
+            let vals: Vec<f64> = b.iter().map(|x| x.1).collect();
+            let v = match agg {
+                Agg::Avg => vals.iter().sum::<f64>() / vals.len() as f64,
+                Agg::Min => vals.iter().copied().fold(f64::INFINITY, f64::min),
+                Agg::Max => vals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                Agg::Sum => vals.iter().sum(),
+                Agg::Count => vals.len() as f64,
+                Agg::Last => *vals.last()?,
+                Agg::Rate => {
+                    if b.len() < 2 {
+                        return None;
+                    }
+                    let mut inc = 0.0;
+                    for w in vals.windows(2) {
+                        inc += if w[1] >= w[0] { w[1] - w[0] } else { w[1] };
+                    }
+                    inc / ((b[b.len() - 1].0 - b[0].0) as f64 / 1000.0)
+                }
+            };
+            Some((start, v))
+        })
+        .collect()
+}
+
+fn close(a: &[(i64, f64)], b: &[(i64, f64)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() <= 1e-9 * (1.0 + y.1.abs()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every aggregation over head + blocks (sealed at a random point, with rewrites) equals a
+    /// naive computation over last-write-wins points; the stored rollups equal the raw ones.
+    #[test]
+    fn queries_match_reference(
+        writes in prop::collection::vec((0i64..3 * H, 0i64..1000), 1..300),
+        seal_at in any::<prop::sample::Index>(),
+        step in prop_oneof![Just(MINUTE_MS), Just(10_000i64), 1i64..2 * H],
+        from in 0i64..H,
+        len in 1i64..4 * H,
+    ) {
+        let mut d = db();
+        let id = series(&mut d, "d", "m");
+        let mut model = BTreeMap::new();
+        let seal_at = seal_at.index(writes.len());
+        let mut newest = i64::MIN;
+        for (i, &(ts, v)) in writes.iter().enumerate() {
+            let v = v as f64 / 10.0;
+            write(&mut d, id, &[(ts, f(v))]);
+            model.insert(ts, v);
+            newest = newest.max(ts);
+            if i == seal_at {
+                d.seal().expect("seal");
+            }
+        }
+        let to = from + len;
+        let raw: Vec<Point> = model.range(from..to).map(|(&ts, &v)| Point { ts, value: f(v) }).collect();
+        prop_assert_eq!(d.raw(id, from, to).expect("raw"), raw);
+        for agg in [Agg::Avg, Agg::Min, Agg::Max, Agg::Sum, Agg::Count, Agg::Last, Agg::Rate] {
+            let got = d.aggregate(id, from, to, step, agg).expect("agg");
+            let want = reference(&model, from, to, step, agg);
+            prop_assert!(close(&got, &want), "{:?}: {:?} != {:?}", agg, got, want);
+        }
+        prop_assert_eq!(d.latest(id).expect("latest").map(|p| p.ts), Some(newest));
+        // After sealing everything, the rollups equal aggregations of the raw points.
+        d.seal().expect("seal");
+        for width in [MINUTE_MS, HOUR_MS] {
+            let r = d.rollups(id, width, 0, 4 * H).expect("rollups");
+            let count: Vec<(i64, f64)> = r.iter().map(|r| (r.start, r.count as f64)).collect();
+            prop_assert!(close(&count, &reference(&model, 0, 4 * H, width, Agg::Count)));
+            let min: Vec<(i64, f64)> = r.iter().map(|r| (r.start, r.min)).collect();
+            prop_assert!(close(&min, &reference(&model, 0, 4 * H, width, Agg::Min)));
+            let max: Vec<(i64, f64)> = r.iter().map(|r| (r.start, r.max)).collect();
+            prop_assert!(close(&max, &reference(&model, 0, 4 * H, width, Agg::Max)));
+            let sum: Vec<(i64, f64)> = r.iter().map(|r| (r.start, r.sum)).collect();
+            prop_assert!(close(&sum, &reference(&model, 0, 4 * H, width, Agg::Sum)));
+            let last: Vec<(i64, f64)> = r.iter().map(|r| (r.start, r.last)).collect();
+            prop_assert!(close(&last, &reference(&model, 0, 4 * H, width, Agg::Last)));
+        }
+    }
+
+    /// A corrupted block is refused with an error, never a panic.
+    #[test]
+    fn corrupt_block_is_refused(at in any::<prop::sample::Index>(), xor in 1u8..=255, cut in any::<prop::sample::Index>()) {
+        let mut d = db();
+        let id = series(&mut d, "d", "m");
+        write(&mut d, id, &(0..100).map(|i| (i * 1000, f(i as f64))).collect::<Vec<_>>());
+        d.seal().expect("seal");
+        let bytes = d.blocks()[&0].to_bytes();
+        let mut bad = bytes.clone();
+        bad[at.index(bytes.len())] ^= xor;
+        prop_assert!(SealedBlock::from_bytes(&bad).is_err());
+        prop_assert!(SealedBlock::from_bytes(&bytes[..cut.index(bytes.len())]).is_err());
+    }
+}
+
+#[test]
+fn rate_handles_counter_reset() {
+    let mut d = db();
+    let c = series(&mut d, "d", "count");
+    write(
+        &mut d,
+        c,
+        &[
+            (0, Value::I64(10)),
+            (10_000, Value::I64(20)),
+            (20_000, Value::I64(5)),
+            (30_000, Value::I64(15)),
+        ],
+    );
+    // Increase 10 + 5 (reset) + 10 = 25 over 30 s.
+    let r = d.aggregate(c, 0, 60_000, 60_000, Agg::Rate).expect("rate");
+    assert_eq!(r, vec![(0, 25.0 / 30.0)]);
+    // A bucket with one point has no rate.
+    assert!(
+        d.aggregate(c, 0, 60_000, 10_000, Agg::Rate)
+            .expect("rate")
+            .is_empty()
+    );
+}
+
+#[test]
+fn retention_drops_whole_partitions() {
+    let mut d = db();
+    let t = series(&mut d, "d", "m");
+    write(
+        &mut d,
+        t,
+        &[(10, f(1.0)), (H + 10, f(2.0)), (2 * H + 10, f(3.0))],
+    );
+    d.seal().expect("seal");
+    assert_eq!(d.blocks().len(), 3);
+    // A partition ending one ms after the cutoff is kept; one ending at it is dropped.
+    assert_eq!(d.drop_before(2 * H - 1), 1);
+    assert_eq!(d.drop_before(2 * H), 1);
+    assert_eq!(
+        d.raw(t, 0, 3 * H).expect("raw"),
+        vec![Point {
+            ts: 2 * H + 10,
+            value: f(3.0)
+        }]
+    );
+    assert_eq!(d.drop_before(0), 0);
+}
+
+#[test]
+fn query_limits_and_one_past() {
+    let mut d = db();
+    let t = series(&mut d, "d", "m");
+    write(&mut d, t, &[(10, f(1.0))]);
+    assert_eq!(d.aggregate(t, 0, 10, 0, Agg::Avg), Err(DbError::BadStep(0)));
+    assert_eq!(
+        d.aggregate(t, 0, 10, -5, Agg::Avg),
+        Err(DbError::BadStep(-5))
+    );
+    assert_eq!(
+        d.aggregate(t, 0, MAX_BUCKETS - 1, 1, Agg::Avg)
+            .expect("at the limit"),
+        vec![(10, 1.0)]
+    );
+    assert_eq!(
+        d.aggregate(t, 0, MAX_BUCKETS, 1, Agg::Avg),
+        Err(DbError::TooManyBuckets {
+            buckets: MAX_BUCKETS + 1
+        })
+    );
+    assert!(
+        d.aggregate(t, 10, 10, 1, Agg::Avg)
+            .expect("empty range")
+            .is_empty()
+    );
+    assert!(matches!(
+        Db::new(DbConfig {
+            partition_ms: 0,
+            ..DbConfig::default()
+        }),
+        Err(DbError::BadPartition(0))
+    ));
+    assert_eq!(
+        SealedBlock::from_bytes(&[1, 2]),
+        Err(BlockError::Corrupt("truncated"))
+    );
+}
