@@ -4,7 +4,8 @@
 //! Per series a block holds a timestamp column (`i64` ms) and a value column (`f64`, `i64`, or
 //! booleans as `i64` 0/1), each compressed separately with `pco` at its default level, and two
 //! rollup tables (1 minute and 1 hour buckets: start, min, max, sum, count, last), also as `pco`
-//! columns. Serialised layout (integers little endian):
+//! columns (sums exactly, as integers of 10^-k, when all values are multiples of 10^-k).
+//! Serialised layout (integers little endian):
 //!
 //! ```text
 //! "MTB" version(1)  i64 partition start  u32 series count
@@ -199,7 +200,7 @@ impl SealedSeries {
         let starts: Vec<i64> = simple_decompress(s).map_err(pco_err)?;
         let min: Vec<f64> = simple_decompress(mn).map_err(pco_err)?;
         let max: Vec<f64> = simple_decompress(mx).map_err(pco_err)?;
-        let sum: Vec<f64> = simple_decompress(sm).map_err(pco_err)?;
+        let sum: Vec<f64> = decode_sums(sm)?;
         let count: Vec<u64> = simple_decompress(c).map_err(pco_err)?;
         let last: Vec<f64> = simple_decompress(l).map_err(pco_err)?;
         let n = r.n as usize;
@@ -233,11 +234,72 @@ fn compress<T: pco::data_types::Number>(v: &[T]) -> Result<Vec<u8>, BlockError> 
     simple_compress(v, &ChunkConfig::default()).map_err(pco_err)
 }
 
-fn encode_rollups(r: &[Rollup]) -> Result<RollupCols, BlockError> {
+/// The smallest `k` in 0..=6 such that every value is an exact multiple of 10^-k (as a float
+/// round trip), if any: sums of such values are then stored exactly as integers of 10^-k.
+fn decimal_scale(points: &[Point]) -> Option<u32> {
+    (0..=6u32).find(|&k| {
+        let m = 10f64.powi(k as i32);
+        points.iter().all(|p| {
+            let v = as_f64(p.value);
+            let q = (v * m).round();
+            q.abs() < 9.0e15 && q / m == v
+        })
+    })
+}
+
+/// Sum column: one mode byte, then pco bytes. Mode 0: `f64` sums. Mode `k + 1`: `i64` sums in
+/// units of 10^-k, exact (chosen when every value is a multiple of 10^-k and the sums fit 2^53).
+fn encode_sums(points: &[Point], width: i64, r: &[Rollup]) -> Result<Vec<u8>, BlockError> {
+    if let Some(k) = decimal_scale(points) {
+        let m = 10f64.powi(k as i32);
+        let mut sums: Vec<i64> = Vec::with_capacity(r.len());
+        let mut ok = true;
+        for p in points {
+            let start = p.ts.div_euclid(width) * width;
+            let q = (as_f64(p.value) * m).round() as i64;
+            if sums.len() < r.len() && r.get(sums.len()).is_some_and(|b| b.start == start) {
+                sums.push(0);
+            }
+            match sums.last_mut().and_then(|s| s.checked_add(q)) {
+                Some(v) if v.unsigned_abs() < (1u64 << 53) => {
+                    if let Some(l) = sums.last_mut() {
+                        *l = v;
+                    }
+                }
+                _ => ok = false,
+            }
+        }
+        if ok && sums.len() == r.len() {
+            let mut out = vec![k as u8 + 1];
+            out.extend(compress(&sums)?);
+            return Ok(out);
+        }
+    }
+    let mut out = vec![0];
+    out.extend(compress(&r.iter().map(|r| r.sum).collect::<Vec<f64>>())?);
+    Ok(out)
+}
+
+fn decode_sums(col: &[u8]) -> Result<Vec<f64>, BlockError> {
+    let (&mode, rest) = col
+        .split_first()
+        .ok_or(BlockError::Corrupt("empty sum column"))?;
+    match mode {
+        0 => simple_decompress(rest).map_err(pco_err),
+        1..=7 => {
+            let m = 10f64.powi(i32::from(mode) - 1);
+            let q: Vec<i64> = simple_decompress(rest).map_err(pco_err)?;
+            Ok(q.into_iter().map(|q| q as f64 / m).collect())
+        }
+        _ => Err(BlockError::Corrupt("sum column mode")),
+    }
+}
+
+fn encode_rollups(points: &[Point], width: i64) -> Result<RollupCols, BlockError> {
+    let r = rollup(points, width);
     let starts: Vec<i64> = r.iter().map(|r| r.start).collect();
     let min: Vec<f64> = r.iter().map(|r| r.min).collect();
     let max: Vec<f64> = r.iter().map(|r| r.max).collect();
-    let sum: Vec<f64> = r.iter().map(|r| r.sum).collect();
     let count: Vec<u64> = r.iter().map(|r| r.count).collect();
     let last: Vec<f64> = r.iter().map(|r| r.last).collect();
     Ok(RollupCols {
@@ -246,7 +308,7 @@ fn encode_rollups(r: &[Rollup]) -> Result<RollupCols, BlockError> {
             compress(&starts)?,
             compress(&min)?,
             compress(&max)?,
-            compress(&sum)?,
+            encode_sums(points, width, &r)?,
             compress(&count)?,
             compress(&last)?,
         ],
@@ -285,8 +347,8 @@ impl SealedSeries {
             ts_col: compress(&ts)?,
             val_col,
             rollups: [
-                encode_rollups(&rollup(points, MINUTE_MS))?,
-                encode_rollups(&rollup(points, HOUR_MS))?,
+                encode_rollups(points, MINUTE_MS)?,
+                encode_rollups(points, HOUR_MS)?,
             ],
         })
     }

@@ -346,3 +346,25 @@ fn query_limits_and_one_past() {
         Err(BlockError::Corrupt("truncated"))
     );
 }
+
+#[test]
+fn rollup_sums_exact_for_decimals_and_fall_back_otherwise() {
+    let mut d = db();
+    let dec = series(&mut d, "d", "decimal");
+    let third = series(&mut d, "d", "third");
+    let big = series(&mut d, "d", "big");
+    // 0.1 + 0.2 + 0.7 in floats is 0.9999999999999999; stored as tenths it is exactly 1.
+    write(&mut d, dec, &[(0, f(0.1)), (1000, f(0.2)), (2000, f(0.7))]);
+    write(&mut d, third, &[(0, f(1.0 / 3.0)), (1000, f(2.0 / 3.0))]);
+    write(
+        &mut d,
+        big,
+        &[(0, Value::I64(1 << 52)), (1000, Value::I64(1 << 52))],
+    );
+    d.seal().expect("seal");
+    let sum = |id| d.rollups(id, MINUTE_MS, 0, H).expect("rollups")[0].sum;
+    assert_eq!(sum(dec), 1.0);
+    assert_eq!(sum(third), 1.0 / 3.0 + 2.0 / 3.0);
+    // 2^53 does not fit the exact integer form: the float form is used.
+    assert_eq!(sum(big), 2f64.powi(53));
+}
