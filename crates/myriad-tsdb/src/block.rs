@@ -4,7 +4,8 @@
 //! Per series a block holds a timestamp column (`i64` ms) and a value column (`f64`, `i64`, or
 //! booleans as `i64` 0/1), each compressed separately with `pco` at its default level, and two
 //! rollup tables (1 minute and 1 hour buckets: start, min, max, sum, count, last), also as `pco`
-//! columns (sums exactly, as integers of 10^-k, when all values are multiples of 10^-k).
+//! columns (min, max, sum and last as integers of 10^-k when all values are multiples of 10^-k;
+//! sums are then exact).
 //! Serialised layout (integers little endian):
 //!
 //! ```text
@@ -163,8 +164,7 @@ impl SealedSeries {
             return Err(BlockError::Corrupt("timestamp column length"));
         }
         let vals: Vec<Value> = match self.kind {
-            ValueKind::F64 => simple_decompress::<f64>(&self.val_col)
-                .map_err(pco_err)?
+            ValueKind::F64 => decode_decimal(&self.val_col)?
                 .into_iter()
                 .map(Value::F64)
                 .collect(),
@@ -198,11 +198,11 @@ impl SealedSeries {
         };
         let [s, mn, mx, sm, c, l] = &r.cols;
         let starts: Vec<i64> = simple_decompress(s).map_err(pco_err)?;
-        let min: Vec<f64> = simple_decompress(mn).map_err(pco_err)?;
-        let max: Vec<f64> = simple_decompress(mx).map_err(pco_err)?;
-        let sum: Vec<f64> = decode_sums(sm)?;
+        let min: Vec<f64> = decode_decimal(mn)?;
+        let max: Vec<f64> = decode_decimal(mx)?;
+        let sum: Vec<f64> = decode_decimal(sm)?;
         let count: Vec<u64> = simple_decompress(c).map_err(pco_err)?;
-        let last: Vec<f64> = simple_decompress(l).map_err(pco_err)?;
+        let last: Vec<f64> = decode_decimal(l)?;
         let n = r.n as usize;
         if [
             starts.len(),
@@ -280,10 +280,30 @@ fn encode_sums(points: &[Point], width: i64, r: &[Rollup]) -> Result<Vec<u8>, Bl
     Ok(out)
 }
 
-fn decode_sums(col: &[u8]) -> Result<Vec<f64>, BlockError> {
+/// A float column in the same form as the sums: as `i64` units of 10^-`k` (mode `k + 1`) when
+/// every value round-trips bit-exactly that way, else as `f64` (mode 0).
+fn encode_decimal(values: &[f64], k: Option<u32>) -> Result<Vec<u8>, BlockError> {
+    if let Some(k) = k {
+        let m = 10f64.powi(k as i32);
+        let q: Vec<i64> = values.iter().map(|v| (v * m).round() as i64).collect();
+        if q.iter()
+            .zip(values)
+            .all(|(&q, v)| (q as f64 / m).to_bits() == v.to_bits())
+        {
+            let mut out = vec![k as u8 + 1];
+            out.extend(compress(&q)?);
+            return Ok(out);
+        }
+    }
+    let mut out = vec![0];
+    out.extend(compress(values)?);
+    Ok(out)
+}
+
+fn decode_decimal(col: &[u8]) -> Result<Vec<f64>, BlockError> {
     let (&mode, rest) = col
         .split_first()
-        .ok_or(BlockError::Corrupt("empty sum column"))?;
+        .ok_or(BlockError::Corrupt("empty decimal column"))?;
     match mode {
         0 => simple_decompress(rest).map_err(pco_err),
         1..=7 => {
@@ -291,12 +311,13 @@ fn decode_sums(col: &[u8]) -> Result<Vec<f64>, BlockError> {
             let q: Vec<i64> = simple_decompress(rest).map_err(pco_err)?;
             Ok(q.into_iter().map(|q| q as f64 / m).collect())
         }
-        _ => Err(BlockError::Corrupt("sum column mode")),
+        _ => Err(BlockError::Corrupt("decimal column mode")),
     }
 }
 
 fn encode_rollups(points: &[Point], width: i64) -> Result<RollupCols, BlockError> {
     let r = rollup(points, width);
+    let k = decimal_scale(points);
     let starts: Vec<i64> = r.iter().map(|r| r.start).collect();
     let min: Vec<f64> = r.iter().map(|r| r.min).collect();
     let max: Vec<f64> = r.iter().map(|r| r.max).collect();
@@ -306,11 +327,11 @@ fn encode_rollups(points: &[Point], width: i64) -> Result<RollupCols, BlockError
         n: u32::try_from(r.len()).map_err(|_| BlockError::Corrupt("too many buckets"))?,
         cols: [
             compress(&starts)?,
-            compress(&min)?,
-            compress(&max)?,
+            encode_decimal(&min, k)?,
+            encode_decimal(&max, k)?,
             encode_sums(points, width, &r)?,
             compress(&count)?,
-            compress(&last)?,
+            encode_decimal(&last, k)?,
         ],
     })
 }
@@ -325,9 +346,10 @@ impl SealedSeries {
             u32::try_from(points.len()).map_err(|_| BlockError::Corrupt("too many points"))?;
         let ts: Vec<i64> = points.iter().map(|p| p.ts).collect();
         let val_col = match kind {
-            ValueKind::F64 => {
-                compress(&points.iter().map(|p| as_f64(p.value)).collect::<Vec<f64>>())?
-            }
+            ValueKind::F64 => encode_decimal(
+                &points.iter().map(|p| as_f64(p.value)).collect::<Vec<f64>>(),
+                decimal_scale(points),
+            )?,
             ValueKind::I64 | ValueKind::Bool => compress(
                 &points
                     .iter()

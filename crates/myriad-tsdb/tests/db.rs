@@ -368,3 +368,40 @@ fn rollup_sums_exact_for_decimals_and_fall_back_otherwise() {
     // 2^53 does not fit the exact integer form: the float form is used.
     assert_eq!(sum(big), 2f64.powi(53));
 }
+
+#[test]
+fn sealed_floats_round_trip_bit_exact_in_both_column_forms() {
+    let mut d = db();
+    let dec = series(&mut d, "d", "decimal");
+    let odd = series(&mut d, "d", "odd");
+    let decimals = [0.1, 21.5, -3.25, 0.0, 1e-6, 123456.7];
+    let odds = [
+        1.0 / 3.0,
+        -0.0,
+        f64::NAN,
+        f64::INFINITY,
+        1e300,
+        f64::MIN_POSITIVE,
+    ];
+    let pts = |vals: &[f64]| {
+        vals.iter()
+            .enumerate()
+            .map(|(i, &v)| (i as i64 * 1000, f(v)))
+            .collect::<Vec<_>>()
+    };
+    write(&mut d, dec, &pts(&decimals));
+    write(&mut d, odd, &pts(&odds));
+    d.seal().expect("seal");
+    for (id, want) in [(dec, &decimals), (odd, &odds)] {
+        let got: Vec<u64> = d
+            .raw(id, 0, H)
+            .expect("raw")
+            .iter()
+            .map(|p| match p.value {
+                Value::F64(v) => v.to_bits(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    }
+}
