@@ -14,6 +14,21 @@
 //! * [`block`]: sealed blocks per time partition, columns re-encoded with `pco`, rollups.
 //! * [`db`]: engine plus blocks — seal, raw / aggregated / latest / rollup queries, retention.
 //! * [`storage`]: the byte-file trait the caller implements, with an in-memory one for tests.
+//!
+//! # Limits (what one more does)
+//!
+//! | input | limit | one past |
+//! |---|---|---|
+//! | late point | [`HeadConfig::ooo_window_ms`] (1 h) before the series' newest | [`AppendError::TooOld`] |
+//! | late points buffered per series until seal | [`HeadConfig::max_ooo_points`] (4,096) | [`AppendError::OutOfOrderFull`] (rewriting a buffered timestamp still works) |
+//! | series | [`IndexLimits::max_series`] (2,000,000) | [`IndexError::TooManySeries`] |
+//! | extra labels per series | [`IndexLimits::max_labels`] (32) | [`IndexError::TooManyLabels`] |
+//! | device id, metric, label name or value | [`IndexLimits::max_text_len`] (256 bytes) | [`IndexError::TooLong`] |
+//! | points per [`Engine::append`] batch | [`engine::MAX_BATCH_POINTS`] | [`WalEncodeError::TooLarge`], batch refused whole |
+//! | WAL record length read back | [`wal::MAX_RECORD_LEN`] (64 MiB) | replay stops: [`WalStop::BadLength`] |
+//! | buckets per aggregation | [`db::MAX_BUCKETS`] (100,000) | [`DbError::TooManyBuckets`] |
+
+#![deny(missing_docs)]
 
 mod bits;
 pub mod block;

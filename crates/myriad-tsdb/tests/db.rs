@@ -405,3 +405,34 @@ fn sealed_floats_round_trip_bit_exact_in_both_column_forms() {
         assert_eq!(got, want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A block altered *with* a matching CRC (so only the parser and pco stand guard) gives
+    /// errors or other values when read, never a panic.
+    #[test]
+    fn altered_block_with_valid_crc_never_panics(
+        at in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+        decimal in any::<bool>(),
+    ) {
+        let mut d = db();
+        let id = series(&mut d, "d", "m");
+        let v = |i: i64| if decimal { i as f64 / 10.0 } else { i as f64 / 3.0 };
+        write(&mut d, id, &(0..500).map(|i| (i * 1000, f(v(i % 17)))).collect::<Vec<_>>());
+        d.seal().expect("seal");
+        let mut bytes = d.blocks()[&0].to_bytes();
+        let body = bytes.len() - 4;
+        bytes[at.index(body)] ^= xor;
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        if let Ok(block) = SealedBlock::from_bytes(&bytes) {
+            for s in block.series.values() {
+                let _ = s.points();
+                let _ = s.rollups(MINUTE_MS);
+                let _ = s.rollups(HOUR_MS);
+            }
+        }
+    }
+}
