@@ -121,7 +121,7 @@ impl Engine {
         let mut report = AppendReport::default();
         let mut accepted = Vec::with_capacity(points.len());
         for (i, &(id, p)) in points.iter().enumerate() {
-            if self.index.key(id).is_none() {
+            if !self.index.contains(id) {
                 report.refused.push((i, PointError::UnknownSeries(id)));
                 continue;
             }
@@ -151,8 +151,8 @@ impl Engine {
                 },
                 WalRecord::Points(pts) => {
                     for (id, p) in pts {
-                        let ok = self.index.key(id).is_some()
-                            && self.head.append(id, p.ts, p.value).is_ok();
+                        let ok =
+                            self.index.contains(id) && self.head.append(id, p.ts, p.value).is_ok();
                         if ok {
                             report.points += 1;
                         } else {

@@ -5,6 +5,7 @@
 //! sorted posting lists of the matchers, shortest first, without scanning all series.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Dense identifier of a series, assigned in creation order from 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,11 +122,14 @@ pub enum IndexError {
 }
 
 /// The series index.
+///
+/// Each key is stored once, in a compact canonical form (length-prefixed device, metric and
+/// sorted label pairs) shared by the id -> key vector and the key -> id map.
 #[derive(Debug, Clone, Default)]
 pub struct SeriesIndex {
     limits: IndexLimits,
-    by_key: HashMap<SeriesKey, SeriesId>,
-    keys: Vec<SeriesKey>,
+    by_key: HashMap<Arc<[u8]>, SeriesId>,
+    keys: Vec<Arc<[u8]>>,
     /// label name -> label value -> series ids, ascending.
     postings: HashMap<String, HashMap<String, Vec<SeriesId>>>,
 }
@@ -151,12 +155,17 @@ impl SeriesIndex {
 
     /// The id of `key`, if it exists.
     pub fn get(&self, key: &SeriesKey) -> Option<SeriesId> {
-        self.by_key.get(key).copied()
+        self.by_key.get(encode_key(key).as_slice()).copied()
     }
 
-    /// The key of `id`, if it exists.
-    pub fn key(&self, id: SeriesId) -> Option<&SeriesKey> {
-        self.keys.get(id.0 as usize)
+    /// Whether series `id` exists.
+    pub fn contains(&self, id: SeriesId) -> bool {
+        (id.0 as usize) < self.keys.len()
+    }
+
+    /// The key of `id`, if it exists (decoded from the compact form).
+    pub fn key(&self, id: SeriesId) -> Option<SeriesKey> {
+        self.keys.get(id.0 as usize).and_then(|k| decode_key(k))
     }
 
     /// Checks a key against the limits.
@@ -232,7 +241,7 @@ impl SeriesIndex {
                 limit: self.limits.max_series,
             });
         }
-        if self.by_key.contains_key(&key) {
+        if self.get(&key).is_some() {
             return Err(IndexError::IdOutOfSequence { want, got: id.0 });
         }
         self.insert(id, key);
@@ -249,8 +258,9 @@ impl SeriesIndex {
                 .or_default()
                 .push(id);
         }
-        self.by_key.insert(key.clone(), id);
-        self.keys.push(key);
+        let compact: Arc<[u8]> = encode_key(&key).into();
+        self.by_key.insert(compact.clone(), id);
+        self.keys.push(compact);
     }
 
     /// Series whose labels equal every `(name, value)` matcher, ascending.
@@ -293,4 +303,64 @@ impl SeriesIndex {
         v.sort_unstable();
         v
     }
+}
+
+fn put_part(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The canonical compact form of a key: device, metric, then each label name and value (sorted by
+/// name), each as a LEB128 length and the UTF-8 bytes.
+fn encode_key(key: &SeriesKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        8 + key.device.len()
+            + key.metric.len()
+            + key
+                .labels
+                .iter()
+                .map(|(k, v)| 4 + k.len() + v.len())
+                .sum::<usize>(),
+    );
+    put_part(&mut out, &key.device);
+    put_part(&mut out, &key.metric);
+    for (k, v) in &key.labels {
+        put_part(&mut out, k);
+        put_part(&mut out, v);
+    }
+    out
+}
+
+fn take_part(b: &mut &[u8]) -> Option<String> {
+    let mut n = 0usize;
+    for i in 0..5 {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        n |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if n > b.len() {
+                return None;
+            }
+            let (s, rest) = b.split_at(n);
+            *b = rest;
+            return String::from_utf8(s.to_vec()).ok();
+        }
+    }
+    None
+}
+
+/// Inverse of [`encode_key`]; `None` for bytes it did not produce.
+fn decode_key(mut b: &[u8]) -> Option<SeriesKey> {
+    let mut key = SeriesKey::new(take_part(&mut b)?, take_part(&mut b)?);
+    while !b.is_empty() {
+        let k = take_part(&mut b)?;
+        let v = take_part(&mut b)?;
+        key.labels.insert(k, v);
+    }
+    Some(key)
 }

@@ -202,10 +202,10 @@ fn index_selects_by_device_metric_and_labels() {
     let sel = idx
         .select(&[("metric", "hum"), ("group", "odd"), ("site", "s3")])
         .expect("select");
-    let devices: Vec<&str> = sel
+    let devices: Vec<String> = sel
         .iter()
         .filter_map(|id| idx.key(*id))
-        .map(|k| k.device.as_str())
+        .map(|k| k.device)
         .collect();
     assert_eq!(
         devices,
@@ -296,4 +296,29 @@ fn index_restore_requires_dense_ids() {
         idx.get_or_create(&SeriesKey::new("c", "m")),
         Ok((SeriesId(2), true))
     );
+}
+
+proptest! {
+    /// Keys with any text (NULs, separators, multi-byte) survive the index's compact form, and
+    /// distinct keys get distinct ids.
+    #[test]
+    fn index_keys_round_trip_and_stay_distinct(
+        keys in prop::collection::vec(
+            ("\\PC{1,12}", "[a-z\\x00=,]{1,6}", prop::collection::btree_map("[a-z\\x00]{1,4}", "\\PC{0,5}", 0..4)),
+            1..40,
+        ),
+    ) {
+        let mut idx = SeriesIndex::new(IndexLimits::default());
+        let mut seen: BTreeMap<SeriesKey, SeriesId> = BTreeMap::new();
+        for (device, metric, labels) in keys {
+            let labels = labels.into_iter().filter(|(k, _)| k != "device" && k != "metric").collect();
+            let key = SeriesKey { device, metric, labels };
+            let (id, created) = idx.get_or_create(&key).expect("valid key");
+            prop_assert_eq!(created, !seen.contains_key(&key));
+            prop_assert_eq!(*seen.entry(key.clone()).or_insert(id), id);
+            prop_assert_eq!(idx.key(id), Some(key.clone()));
+            prop_assert_eq!(idx.get(&key), Some(id));
+        }
+        prop_assert_eq!(idx.len(), seen.len());
+    }
 }

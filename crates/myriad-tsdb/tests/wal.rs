@@ -28,7 +28,7 @@ fn snapshot(e: &Engine) -> Snapshot {
     (0..e.index().len() as u32)
         .map(SeriesId)
         .map(|id| {
-            let key = e.index().key(id).cloned().expect("dense ids");
+            let key = e.index().key(id).expect("dense ids");
             (
                 key,
                 e.head().range(id, i64::MIN, i64::MAX),
