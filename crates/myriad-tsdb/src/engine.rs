@@ -137,6 +137,17 @@ impl Engine {
         Ok(report)
     }
 
+    /// Appends a series record for every series to `wal`: the start of a new log segment once
+    /// the head has been sealed and the blocks persisted, so the old segment can be deleted.
+    pub fn checkpoint(&self, wal: &mut Vec<u8>) -> Result<(), EngineError> {
+        for id in (0..self.index.len() as u32).map(SeriesId) {
+            if let Some(key) = self.index.key(id) {
+                wal::encode_series(id, &key, wal)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rebuilds index and head from a log (normally into an empty engine), stopping at the first
     /// record that is torn, fails its CRC or does not parse.
     pub fn replay(&mut self, log: &[u8]) -> ReplayReport {
