@@ -9,7 +9,7 @@
 //! Serialised layout (integers little endian):
 //!
 //! ```text
-//! "MTB" version(1)  i64 partition start  u32 series count
+//! "MTB" version(1)  i64 partition start  u8 raw dropped (0/1)  u32 series count
 //! per series: u32 id, u8 kind tag, u32 count, i64 first ts, i64 last ts,
 //!             col ts, col values, 2 x (u32 buckets, col start, col min, col max,
 //!             col sum, col count, col last)
@@ -157,8 +157,18 @@ impl SealedSeries {
             .sum()
     }
 
+    /// Drops the raw columns, keeping the rollups and the time range.
+    pub fn drop_raw(&mut self) {
+        self.count = 0;
+        self.ts_col = Vec::new();
+        self.val_col = Vec::new();
+    }
+
     /// Decodes the raw points.
     pub fn points(&self) -> Result<Vec<Point>, BlockError> {
+        if self.count == 0 {
+            return Ok(Vec::new());
+        }
         let ts: Vec<i64> = simple_decompress(&self.ts_col).map_err(pco_err)?;
         if ts.len() != self.count as usize {
             return Err(BlockError::Corrupt("timestamp column length"));
@@ -381,6 +391,8 @@ impl SealedSeries {
 pub struct SealedBlock {
     /// Partition start (ms, a multiple of the partition width).
     pub partition: i64,
+    /// Whether the raw columns were dropped by retention (the rollups remain).
+    pub raw_dropped: bool,
     /// Series in this block.
     pub series: BTreeMap<SeriesId, SealedSeries>,
 }
@@ -440,6 +452,7 @@ impl SealedBlock {
         out.extend_from_slice(MAGIC);
         out.push(BLOCK_VERSION);
         out.extend_from_slice(&self.partition.to_le_bytes());
+        out.push(u8::from(self.raw_dropped));
         out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
         for (id, s) in &self.series {
             out.extend_from_slice(&id.0.to_le_bytes());
@@ -481,6 +494,11 @@ impl SealedBlock {
             return Err(BlockError::Corrupt("version"));
         }
         let partition = c.i64()?;
+        let raw_dropped = match c.arr::<1>()?[0] {
+            0 => false,
+            1 => true,
+            _ => return Err(BlockError::Corrupt("flags")),
+        };
         let n = c.u32()?;
         let mut series = BTreeMap::new();
         for _ in 0..n {
@@ -518,6 +536,10 @@ impl SealedBlock {
         if !c.0.is_empty() {
             return Err(BlockError::Corrupt("trailing bytes"));
         }
-        Ok(Self { partition, series })
+        Ok(Self {
+            partition,
+            raw_dropped,
+            series,
+        })
     }
 }

@@ -8,7 +8,8 @@
 //! * Queries: [`Db::raw`], [`Db::aggregate`] (avg, min, max, sum, count, last, rate per step
 //!   bucket, over head and blocks), [`Db::latest`], and [`Db::rollups`] (the 1 min / 1 h rollups
 //!   stored at seal time, blocks only).
-//! * Retention: [`Db::drop_before`] drops whole partitions that end at or before a cutoff.
+//! * Retention: [`Db::drop_raw_before`] drops the raw columns of partitions that end at or before
+//!   a cutoff and keeps their rollups; [`Db::drop_before`] drops whole partitions.
 
 use crate::block::{BlockError, Rollup, SealedBlock, SealedSeries, as_f64};
 use crate::engine::Engine;
@@ -88,6 +89,8 @@ pub struct Db {
     partition_ms: i64,
     /// One block per partition start.
     blocks: BTreeMap<i64, SealedBlock>,
+    /// Points refused at seal because their partition's raw data had already expired.
+    expired_points: u64,
 }
 
 impl Db {
@@ -100,6 +103,7 @@ impl Db {
             engine: Engine::new(cfg.index, cfg.head),
             partition_ms: cfg.partition_ms,
             blocks: BTreeMap::new(),
+            expired_points: 0,
         })
     }
 
@@ -144,6 +148,12 @@ impl Db {
                     partition,
                     ..SealedBlock::default()
                 });
+                if block.raw_dropped {
+                    // Raw retention already passed this partition: its rollups are final.
+                    self.expired_points += part.len() as u64;
+                    rest = tail;
+                    continue;
+                }
                 let encoded = match block.series.get(&id) {
                     Some(old) => SealedSeries::encode(kind, &merge_newer(old.points()?, part))?,
                     None => SealedSeries::encode(kind, part)?,
@@ -241,6 +251,7 @@ impl Db {
             .blocks
             .values()
             .filter_map(|b| b.series.get(&id))
+            .filter(|s| !s.is_empty())
             .max_by_key(|s| s.time_range().1);
         match newest {
             Some(s) => Ok(s.points()?.last().copied()),
@@ -283,7 +294,29 @@ impl Db {
         Ok(out)
     }
 
-    /// Drops every block whose partition ends at or before `cutoff`; returns how many.
+    /// Drops the raw columns of every block whose partition ends at or before `cutoff`, keeping
+    /// its rollups (so rollups can be kept longer than raw data); returns how many blocks lost
+    /// raw data. Points that reach such a partition later are refused at seal and counted in
+    /// [`Db::expired_points`]. Raw queries return nothing for those partitions.
+    pub fn drop_raw_before(&mut self, cutoff: i64) -> usize {
+        let w = self.partition_ms;
+        let mut n = 0;
+        for b in self.blocks.values_mut() {
+            if b.partition.saturating_add(w) <= cutoff && !b.raw_dropped {
+                b.raw_dropped = true;
+                b.series.values_mut().for_each(SealedSeries::drop_raw);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Points refused at seal because their partition's raw data had expired (a counter).
+    pub fn expired_points(&self) -> u64 {
+        self.expired_points
+    }
+
+    /// Drops every block (raw and rollups) whose partition ends at or before `cutoff`; returns how many.
     pub fn drop_before(&mut self, cutoff: i64) -> usize {
         let w = self.partition_ms;
         let before = self.blocks.len();

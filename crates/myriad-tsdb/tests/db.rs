@@ -550,3 +550,45 @@ fn restart_from_blocks_and_checkpointed_wal() {
         vec![t]
     );
 }
+
+#[test]
+fn raw_retention_keeps_rollups_and_counts_late_points() {
+    let mut d = db();
+    let t = series(&mut d, "d", "m");
+    write(&mut d, t, &[(0, f(1.0)), (30_000, f(3.0)), (H, f(5.0))]);
+    d.seal().expect("seal");
+    // Partition [0, H) ends at H: a cutoff of H - 1 leaves it; H drops its raw data.
+    assert_eq!(d.drop_raw_before(H - 1), 0);
+    assert_eq!(d.drop_raw_before(H), 1);
+    assert_eq!(d.drop_raw_before(H), 0, "already dropped");
+    assert_eq!(
+        d.raw(t, 0, 2 * H).expect("raw"),
+        vec![Point {
+            ts: H,
+            value: f(5.0)
+        }]
+    );
+    let r = d.rollups(t, MINUTE_MS, 0, H).expect("rollups");
+    assert_eq!((r.len(), r[0].count, r[0].sum, r[0].last), (1, 2, 4.0, 3.0));
+    assert_eq!(d.rollups(t, HOUR_MS, 0, 2 * H).expect("rollups").len(), 2);
+    // The flag survives serialisation.
+    let bytes = d.blocks()[&0].to_bytes();
+    let back = SealedBlock::from_bytes(&bytes).expect("parse");
+    assert!(back.raw_dropped);
+    assert_eq!(back.points(), 0);
+    // A late point for the expired partition is refused at seal and counted; rollups unchanged.
+    write(&mut d, t, &[(10_000, f(100.0))]);
+    assert_eq!(d.seal().expect("seal"), Vec::<i64>::new());
+    assert_eq!(d.expired_points(), 1);
+    assert_eq!(d.rollups(t, MINUTE_MS, 0, H).expect("rollups"), r);
+    assert_eq!(
+        d.latest(t).expect("latest"),
+        Some(Point {
+            ts: H,
+            value: f(5.0)
+        })
+    );
+    // Whole-partition retention then removes the rollups too.
+    assert_eq!(d.drop_before(H), 1);
+    assert!(d.rollups(t, MINUTE_MS, 0, H).expect("rollups").is_empty());
+}
