@@ -68,6 +68,12 @@ pub struct Rollup {
     pub last: f64,
 }
 
+/// The start of the `width`-ms bucket holding `ts` (`width` > 0), clamped to `i64::MIN` where
+/// the true start is below it, so any timestamp is safe.
+pub fn floor_to(ts: i64, width: i64) -> i64 {
+    ts.saturating_sub(ts.rem_euclid(width))
+}
+
 /// A value as a float for aggregation (booleans as 0 and 1).
 pub fn as_f64(v: Value) -> f64 {
     match v {
@@ -81,7 +87,7 @@ pub fn as_f64(v: Value) -> f64 {
 pub fn rollup(points: &[Point], width: i64) -> Vec<Rollup> {
     let mut out: Vec<Rollup> = Vec::new();
     for p in points {
-        let start = p.ts.div_euclid(width) * width;
+        let start = floor_to(p.ts, width);
         let v = as_f64(p.value);
         match out.last_mut() {
             Some(r) if r.start == start => {
@@ -265,7 +271,7 @@ fn encode_sums(points: &[Point], width: i64, r: &[Rollup]) -> Result<Vec<u8>, Bl
         let mut sums: Vec<i64> = Vec::with_capacity(r.len());
         let mut ok = true;
         for p in points {
-            let start = p.ts.div_euclid(width) * width;
+            let start = floor_to(p.ts, width);
             let q = (as_f64(p.value) * m).round() as i64;
             if sums.len() < r.len() && r.get(sums.len()).is_some_and(|b| b.start == start) {
                 sums.push(0);

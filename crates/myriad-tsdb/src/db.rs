@@ -11,7 +11,7 @@
 //! * Retention: [`Db::drop_raw_before`] drops the raw columns of partitions that end at or before
 //!   a cutoff and keeps their rollups; [`Db::drop_before`] drops whole partitions.
 
-use crate::block::{BlockError, Rollup, SealedBlock, SealedSeries, as_f64};
+use crate::block::{BlockError, Rollup, SealedBlock, SealedSeries, as_f64, floor_to};
 use crate::engine::Engine;
 use crate::head::HeadConfig;
 use crate::index::{IndexLimits, SeriesId};
@@ -140,7 +140,7 @@ impl Db {
             };
             let mut rest = points.as_slice();
             while let Some(p) = rest.first() {
-                let partition = p.ts.div_euclid(self.partition_ms) * self.partition_ms;
+                let partition = floor_to(p.ts, self.partition_ms);
                 let end = partition.saturating_add(self.partition_ms);
                 let n = rest.partition_point(|q| q.ts < end);
                 let (part, tail) = rest.split_at(n);
@@ -174,7 +174,7 @@ impl Db {
     ) -> impl Iterator<Item = &SealedSeries> {
         let w = self.partition_ms;
         self.blocks
-            .range(from.div_euclid(w).saturating_mul(w)..)
+            .range(floor_to(from, w)..)
             .map(|(_, b)| b)
             .take_while(move |b| b.partition < to)
             .filter_map(move |b| b.series.get(&id))
@@ -348,7 +348,7 @@ pub fn aggregate_points(points: &[Point], step: i64, agg: Agg) -> Vec<(i64, f64)
     let mut out = Vec::new();
     let mut rest = points;
     while let Some(first) = rest.first() {
-        let start = first.ts.div_euclid(step) * step;
+        let start = floor_to(first.ts, step);
         let end = start.saturating_add(step);
         let n = rest.partition_point(|p| p.ts < end);
         let (bucket, tail) = rest.split_at(n);
@@ -380,5 +380,5 @@ fn rate(bucket: &[Point]) -> Option<f64> {
         let (a, b) = (as_f64(w[0].value), as_f64(w[1].value));
         increase += if b >= a { b - a } else { b };
     }
-    Some(increase * 1000.0 / (last.ts - first.ts) as f64)
+    Some(increase * 1000.0 / (last.ts as f64 - first.ts as f64))
 }

@@ -592,3 +592,39 @@ fn raw_retention_keeps_rollups_and_counts_late_points() {
     assert_eq!(d.drop_before(H), 1);
     assert!(d.rollups(t, MINUTE_MS, 0, H).expect("rollups").is_empty());
 }
+
+/// Timestamps at the ends of the i64 range seal, query and aggregate without overflow.
+#[test]
+fn extreme_timestamps_are_safe() {
+    let mut d = db();
+    let t = series(&mut d, "d", "m");
+    let lo = i64::MIN + 1;
+    let hi = i64::MAX - 1;
+    write(&mut d, t, &[(hi, f(3.0))]);
+    let mut wide = Db::new(DbConfig {
+        partition_ms: 3 * H,
+        ..DbConfig::default()
+    })
+    .expect("config");
+    let w = series(&mut wide, "d", "m");
+    write(&mut wide, w, &[(lo, f(1.0)), (0, f(2.0)), (hi, f(3.0))]);
+    for db in [&mut d, &mut wide] {
+        db.seal().expect("seal");
+    }
+    let all = wide.raw(w, i64::MIN, i64::MAX).expect("raw");
+    assert_eq!(
+        all.iter().map(|p| p.ts).collect::<Vec<_>>(),
+        vec![lo, 0, hi]
+    );
+    let counts = wide.aggregate(w, i64::MIN, i64::MAX, i64::MAX / 2, Agg::Count);
+    assert!(
+        matches!(counts, Ok(ref c) if c.iter().map(|x| x.1).sum::<f64>() == 3.0),
+        "{counts:?}"
+    );
+    let r = wide
+        .rollups(w, MINUTE_MS, i64::MIN, i64::MAX)
+        .expect("rollups");
+    assert_eq!(r.iter().map(|r| r.count).sum::<u64>(), 3);
+    assert_eq!(r[0].start, i64::MIN, "clamped bucket start");
+    assert_eq!(d.latest(t).expect("latest").map(|p| p.ts), Some(hi));
+}
