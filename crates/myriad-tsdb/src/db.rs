@@ -11,7 +11,9 @@
 //! * Retention: [`Db::drop_raw_before`] drops the raw columns of partitions that end at or before
 //!   a cutoff and keeps their rollups; [`Db::drop_before`] drops whole partitions.
 
-use crate::block::{BlockError, Rollup, SealedBlock, SealedSeries, as_f64, floor_to};
+use crate::block::{
+    BlockError, HOUR_MS, MINUTE_MS, Rollup, SealedBlock, SealedSeries, as_f64, floor_to,
+};
 use crate::engine::Engine;
 use crate::head::HeadConfig;
 use crate::index::{IndexLimits, SeriesId};
@@ -221,6 +223,10 @@ impl Db {
 
     /// `agg` of series `id` over buckets of `step` ms aligned to multiples of `step`, for points
     /// with `from <= ts < to`: `(bucket start, value)` for each bucket that has a value.
+    ///
+    /// Partitions whose raw data was dropped ([`Db::drop_raw_before`]) answer from their stored
+    /// rollups when `step` is a multiple of 1 min (or 1 h), for every function but `Rate`; there
+    /// a rollup bucket counts whole if its start is in the range.
     pub fn aggregate(
         &self,
         id: SeriesId,
@@ -239,7 +245,39 @@ impl Db {
         if buckets > MAX_BUCKETS {
             return Err(DbError::TooManyBuckets { buckets });
         }
-        Ok(aggregate_points(&self.raw(id, from, to)?, step, agg))
+        let mut out = aggregate_points(&self.raw(id, from, to)?, step, agg);
+        // Partitions whose raw data expired answer from their rollups, when the step is a
+        // multiple of a rollup width (rollup buckets then nest in step buckets). No rate there.
+        let width = [HOUR_MS, MINUTE_MS].into_iter().find(|w| step % w == 0);
+        if let (Some(width), false) = (width, agg == Agg::Rate) {
+            let mut rolled = Vec::new();
+            for b in self
+                .blocks
+                .range(floor_to(from, self.partition_ms)..)
+                .map(|(_, b)| b)
+                .take_while(|b| b.partition < to)
+                .filter(|b| b.raw_dropped)
+            {
+                if let Some(s) = b.series.get(&id) {
+                    rolled.extend(
+                        s.rollups(width)?
+                            .into_iter()
+                            .filter(|r| r.start >= from && r.start < to),
+                    );
+                }
+            }
+            if !rolled.is_empty() {
+                let extra = aggregate_rollups(&rolled, step, agg);
+                out.extend(
+                    extra
+                        .into_iter()
+                        .filter(|(start, _)| out.binary_search_by_key(start, |x| x.0).is_err())
+                        .collect::<Vec<_>>(),
+                );
+                out.sort_by_key(|x| x.0);
+            }
+        }
+        Ok(out)
     }
 
     /// The newest point of series `id` in head or blocks.
@@ -340,6 +378,35 @@ fn merge_newer(older: Vec<Point>, newer: &[Point]) -> Vec<Point> {
         out.push(p);
     }
     out.extend(old);
+    out
+}
+
+/// Aggregates sorted rollups into `step`-aligned buckets (`step` a multiple of their width);
+/// `Rate` gives nothing.
+fn aggregate_rollups(rollups: &[Rollup], step: i64, agg: Agg) -> Vec<(i64, f64)> {
+    let mut out = Vec::new();
+    let mut rest = rollups;
+    while let Some(first) = rest.first() {
+        let start = floor_to(first.start, step);
+        let end = start.saturating_add(step);
+        let n = rest.partition_point(|r| r.start < end);
+        let (bucket, tail) = rest.split_at(n);
+        rest = tail;
+        let count: u64 = bucket.iter().map(|r| r.count).sum();
+        let sum: f64 = bucket.iter().map(|r| r.sum).sum();
+        let v = match agg {
+            Agg::Avg => Some(sum / count as f64),
+            Agg::Min => bucket.iter().map(|r| r.min).reduce(f64::min),
+            Agg::Max => bucket.iter().map(|r| r.max).reduce(f64::max),
+            Agg::Sum => Some(sum),
+            Agg::Count => Some(count as f64),
+            Agg::Last => bucket.last().map(|r| r.last),
+            Agg::Rate => None,
+        };
+        if let Some(v) = v {
+            out.push((start, v));
+        }
+    }
     out
 }
 

@@ -628,3 +628,52 @@ fn extreme_timestamps_are_safe() {
     assert_eq!(r[0].start, i64::MIN, "clamped bucket start");
     assert_eq!(d.latest(t).expect("latest").map(|p| p.ts), Some(hi));
 }
+
+/// After raw retention, aggregations with a step that is a multiple of a rollup width answer
+/// from the rollups with the same values as from the raw points before.
+#[test]
+fn aggregates_fall_back_to_rollups_after_raw_retention() {
+    let mut d = db();
+    let t = series(&mut d, "d", "m");
+    let pts: Vec<(i64, Value)> = (0..1000)
+        .map(|i| (i * 7_000, f(((i * 37) % 101) as f64 / 10.0)))
+        .collect();
+    write(&mut d, t, &pts);
+    d.seal().expect("seal");
+    let aggs = [
+        Agg::Avg,
+        Agg::Min,
+        Agg::Max,
+        Agg::Sum,
+        Agg::Count,
+        Agg::Last,
+    ];
+    let steps = [MINUTE_MS, 5 * MINUTE_MS, H, 2 * H];
+    let before: Vec<Vec<(i64, f64)>> = steps
+        .iter()
+        .flat_map(|&s| aggs.iter().map(move |&a| (s, a)))
+        .map(|(s, a)| d.aggregate(t, 0, 2 * H, s, a).expect("agg"))
+        .collect();
+    assert_eq!(d.drop_raw_before(2 * H), 2);
+    assert!(d.raw(t, 0, 2 * H).expect("raw").is_empty());
+    let after: Vec<Vec<(i64, f64)>> = steps
+        .iter()
+        .flat_map(|&s| aggs.iter().map(move |&a| (s, a)))
+        .map(|(s, a)| d.aggregate(t, 0, 2 * H, s, a).expect("agg"))
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert!(!b.is_empty());
+        assert!(close(a, b), "{a:?} != {b:?}");
+    }
+    // No rate, and nothing for a step that is not a multiple of a minute.
+    assert!(
+        d.aggregate(t, 0, 2 * H, MINUTE_MS, Agg::Rate)
+            .expect("rate")
+            .is_empty()
+    );
+    assert!(
+        d.aggregate(t, 0, 2 * H, 90_000, Agg::Avg)
+            .expect("agg")
+            .is_empty()
+    );
+}
