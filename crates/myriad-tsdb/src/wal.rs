@@ -9,7 +9,8 @@
 //! u8   version WAL_VERSION (1)
 //! body:
 //!   u8 type 1 = series: varint id, str device, str metric, varint n, n x (str name, str value)
-//!   u8 type 2 = points: varint n, n x (varint series id, zigzag varint ts,
+//!   u8 type 2 = points: varint n, n x (varint series id, zigzag varint ts - previous ts
+//!                        (the first point's previous is 0; wrapping),
 //!                        u8 kind tag, value: f64 8 bytes | i64 zigzag varint | bool 1 byte)
 //! str = varint length + UTF-8 bytes; varint = LEB128, at most 10 bytes
 //! ```
@@ -154,9 +155,11 @@ pub fn encode_points(
 ) -> Result<(), WalEncodeError> {
     let start = begin(out, TYPE_POINTS);
     put_varint(out, points.len() as u64);
+    let mut prev = 0i64;
     for (id, p) in points {
         put_varint(out, u64::from(id.0));
-        put_varint(out, zigzag(p.ts));
+        put_varint(out, zigzag(p.ts.wrapping_sub(prev)));
+        prev = p.ts;
         out.push(p.value.kind().tag());
         match p.value {
             Value::F64(f) => out.extend_from_slice(&f.to_le_bytes()),
@@ -239,9 +242,11 @@ fn parse_body(b: &[u8]) -> Result<WalRecord, WalStop> {
                 return Err(WalStop::Malformed("point count exceeds body"));
             }
             let mut pts = Vec::with_capacity(n as usize);
+            let mut prev = 0i64;
             for _ in 0..n {
                 let id = r.id()?;
-                let ts = unzigzag(r.varint()?);
+                let ts = prev.wrapping_add(unzigzag(r.varint()?));
+                prev = ts;
                 let value = match ValueKind::from_tag(r.u8()?) {
                     Some(ValueKind::F64) => {
                         let b: [u8; 8] = r

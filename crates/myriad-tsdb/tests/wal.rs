@@ -407,3 +407,26 @@ fn reader_stops_on_bad_header_fields() {
         (0, Some(WalStop::Malformed("trailing bytes in record")))
     );
 }
+
+/// Timestamps are delta-coded within a record (wrapping), so extremes round-trip.
+#[test]
+fn points_record_round_trips_extreme_timestamps() {
+    let pts: Vec<(SeriesId, Point)> = [i64::MAX, i64::MIN, 0, -1, i64::MAX, 1_764_806_400_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &ts)| {
+            (
+                SeriesId(i as u32 * 1000),
+                Point {
+                    ts,
+                    value: Value::F64(i as f64),
+                },
+            )
+        })
+        .collect();
+    let mut rec = Vec::new();
+    encode_points(&pts, &mut rec).expect("enc");
+    let mut r = WalReader::new(&rec);
+    assert_eq!(r.next(), Some(WalRecord::Points(pts)));
+    assert_eq!((r.next(), r.valid_len(), r.stop()), (None, rec.len(), None));
+}
