@@ -1,0 +1,52 @@
+//! Myriad's telemetry storage engine, sans-IO.
+//!
+//! The engine has no clock, no threads and no I/O: timestamps come in as arguments (milliseconds
+//! since the Unix epoch) and bytes to persist come out for the caller to write and fsync.
+//!
+//! * [`gorilla`]: the Gorilla chunk codec for open (head) chunks — delta-of-delta timestamps,
+//!   XOR floats, delta-of-delta integers, one bit per boolean.
+//! * [`head`]: the open chunk per series, with an out-of-order window and last-write-wins
+//!   duplicates.
+//! * [`index`]: the series index, (device, metric, labels) -> series id with inverted postings.
+//! * [`wal`]: write-ahead log records (length, CRC32, version) and a reader that stops at a torn
+//!   or corrupt tail.
+//! * [`engine`]: index + head, producing WAL bytes for what they accept and replaying a log.
+//! * [`block`]: sealed blocks per time partition, columns re-encoded with `pco`, rollups.
+//! * [`db`]: engine plus blocks — seal, raw / aggregated / latest / rollup queries, retention.
+//! * [`storage`]: the byte-file trait the caller implements, with an in-memory one for tests.
+//!
+//! # Limits (what one more does)
+//!
+//! | input | limit | one past |
+//! |---|---|---|
+//! | late point | [`HeadConfig::ooo_window_ms`] (1 h) before the series' newest | [`AppendError::TooOld`] |
+//! | late points buffered per series until seal | [`HeadConfig::max_ooo_points`] (4,096) | [`AppendError::OutOfOrderFull`] (rewriting a buffered timestamp still works) |
+//! | series | [`IndexLimits::max_series`] (2,000,000) | [`IndexError::TooManySeries`] |
+//! | extra labels per series | [`IndexLimits::max_labels`] (32) | [`IndexError::TooManyLabels`] |
+//! | device id, metric, label name or value | [`IndexLimits::max_text_len`] (256 bytes) | [`IndexError::TooLong`] |
+//! | points per [`Engine::append`] batch | [`engine::MAX_BATCH_POINTS`] | [`WalEncodeError::TooLarge`], batch refused whole |
+//! | WAL record length read back | [`wal::MAX_RECORD_LEN`] (64 MiB) | replay stops: [`WalStop::BadLength`] |
+//! | buckets per aggregation | [`db::MAX_BUCKETS`] (100,000) | [`DbError::TooManyBuckets`] |
+
+#![deny(missing_docs)]
+
+mod bits;
+pub mod block;
+pub mod db;
+pub mod engine;
+pub mod gorilla;
+pub mod head;
+pub mod index;
+pub mod storage;
+mod value;
+pub mod wal;
+
+pub use block::{BlockError, Rollup, SealedBlock, SealedSeries};
+pub use db::{Agg, Db, DbConfig, DbError};
+pub use engine::{AppendReport, Engine, EngineError, PointError, ReplayReport};
+pub use gorilla::{ChunkEncoder, DecodeError, EncodeError, decode_chunk, decode_chunk_into};
+pub use head::{AppendError, Appended, Head, HeadConfig};
+pub use index::{IndexError, IndexLimits, SeriesId, SeriesIndex, SeriesKey};
+pub use storage::{MemStorage, Storage};
+pub use value::{Point, Value, ValueKind};
+pub use wal::{WalEncodeError, WalReader, WalRecord, WalStop};
