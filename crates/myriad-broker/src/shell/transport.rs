@@ -729,3 +729,98 @@ fn write_some(stream: &TcpStream, chunks: &VecDeque<Bytes>) -> io::Result<usize>
         .collect();
     stream.try_write_vectored(&slices)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    use super::*;
+
+    /// A server configuration with a self-signed `localhost` certificate and
+    /// a client configuration trusting it.
+    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let cert = certified.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server configuration");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("trust anchor");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Plaintext bigger than one TLS record, and than `MAX_TLS_SEND`.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// After a handshake, a 40 KB request and a 200 KB answer (several
+    /// records each way, several flushes of the send buffer), an idle TLS
+    /// connection holds neither a receive nor a send buffer.
+    #[tokio::test]
+    async fn an_idle_tls_connection_keeps_no_buffer() {
+        let (server_config, client_config) = configs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let request = pattern(40_000, 1);
+        let reply = pattern(4 * MAX_TLS_SEND - 123, 2);
+        let (done, idle) = std::sync::mpsc::channel::<()>();
+        let client = {
+            let request = request.clone();
+            let reply_len = reply.len();
+            std::thread::spawn(move || {
+                let name = ServerName::try_from("localhost").expect("name");
+                let conn = rustls::ClientConnection::new(client_config, name).expect("client");
+                let tcp = std::net::TcpStream::connect(address).expect("connect");
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                tls.write_all(&request).expect("request");
+                let mut got = vec![0; reply_len];
+                tls.read_exact(&mut got).expect("reply");
+                // Stay connected (and quiet) while the server looks at itself.
+                let _ = idle.recv();
+                got
+            })
+        };
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut stream = Stream::tls(tcp, server_config, Arc::from("test")).expect("tls");
+        let mut buf = BytesMut::new();
+        stream.establish(&mut buf).await.expect("handshake");
+        while buf.len() < request.len() {
+            stream.readable().await.expect("readable");
+            match stream.read_available(&mut buf) {
+                Ok(0) => panic!("closed after {} bytes", buf.len()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        assert_eq!(&buf[..], &request[..]);
+        stream.write_all(&reply).await.expect("write");
+        assert!(!stream.wants_write());
+        let Stream::Tls(tls) = &stream else {
+            panic!("not TLS")
+        };
+        assert_eq!((tls.incoming.capacity(), tls.outgoing.capacity()), (0, 0));
+        done.send(()).expect("client waiting");
+        assert!(client.join().expect("client thread") == reply);
+    }
+}
