@@ -14,6 +14,7 @@ use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::devices::DeviceAdmin;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
+use myriad_fleet::service::telemetry::TelemetryService;
 use myriad_fleet::shadow::ShadowLimits;
 use myriad_fleet::store::FleetStore;
 use tokio::sync::mpsc;
@@ -148,6 +149,21 @@ impl Platform {
                 info!("shadow service stopped with the broker");
             }
         });
+        if config.telemetry.enabled {
+            let tdir = dir.join("telemetry");
+            let service = TelemetryService::open(&tdir, config.store.fsync, config.telemetry)
+                .with_context(|| {
+                    format!("cannot open the telemetry store in {}", tdir.display())
+                })?;
+            let service = Arc::new(service);
+            let task = service.clone();
+            let handle = broker.clone();
+            essential.spawn("telemetry service", async move {
+                if task.run(handle).await.is_err() {
+                    info!("telemetry service stopped with the broker");
+                }
+            });
+        }
         let hooks = Hooks {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
