@@ -121,3 +121,91 @@ def test_bad_telemetry_key_stops_startup(tmp_path):
     with pytest.raises(RuntimeError):
         b.start()
     assert "telemetry.seal_interval_secs" in b.log_path.read_text(), b.log_tail()
+
+
+# ------------------------------------------------------------------ queries over HTTP
+
+
+def series_of(answer: dict) -> dict[str, list]:
+    return {s["metric"]: s["points"] for s in answer["series"]}
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_api_raw_and_averages(broker, api, version):
+    dev, pw = api.create_device("tq")
+    base = (int(time.time() * 1000) // 60_000) * 60_000 - 600_000
+    with Client(broker.port, dev, version, username=dev, password=pw) as c:
+        t = f"devices/{dev}/telemetry"
+        # Single messages: 10, 20 in the first minute; 30 in the second.
+        c.publish(t, json.dumps({"temp": 10, "ts": base + 1_000}), qos=1)
+        c.publish(t, json.dumps({"temp": 20, "ts": base + 2_000, "on": True}), qos=1)
+        batch = {"points": [{"ts": base + 61_000, "temp": 30}, {"ts": base + 62_000, "temp": 50, "on": False}]}
+        c.publish(t, json.dumps(batch), qos=1)
+
+    def raw() -> dict:
+        return api.ok("GET", f"/api/v1/devices/{dev}/telemetry?from={base}&to={base + 120_000}")
+
+    assert wait_until(lambda: len(series_of(raw()).get("temp", [])) == 4, 10), raw()
+    got = series_of(raw())
+    assert got["temp"] == [[base + 1_000, 10.0], [base + 2_000, 20.0], [base + 61_000, 30.0], [base + 62_000, 50.0]]
+    assert got["on"] == [[base + 2_000, True], [base + 62_000, False]]
+    only = api.ok("GET", f"/api/v1/devices/{dev}/telemetry?metrics=temp&from={base}&to={base + 60_000}")
+    assert series_of(only) == {"temp": [[base + 1_000, 10.0], [base + 2_000, 20.0]]}
+    avg = api.ok("GET", f"/api/v1/devices/{dev}/telemetry?metrics=temp&from={base}&to={base + 120_000}&step=60000")
+    assert avg["agg"] == "avg" and avg["step"] == 60_000
+    assert series_of(avg) == {"temp": [[base, 15.0], [base + 60_000, 40.0]]}
+    # Buckets are aligned to multiples of step.
+    mx = api.ok("GET", f"/api/v1/devices/{dev}/telemetry?metrics=temp&from={base}&to={base + 120_000}&step=60000&agg=max")
+    assert mx["agg"] == "max"
+    assert series_of(mx) == {"temp": [[base, 20.0], [base + 60_000, 50.0]]}
+    latest = api.ok("GET", f"/api/v1/devices/{dev}/telemetry/latest")
+    assert latest["metrics"] == {"temp": {"ts": base + 62_000, "value": 50.0},
+                                 "on": {"ts": base + 62_000, "value": False}}
+
+
+def test_api_bad_parameters_are_named(broker, api):
+    dev, _ = api.create_device("tp")
+    path = f"/api/v1/devices/{dev}/telemetry"
+    for query, name in [
+        ("from=abc", "from"), ("to=1.5", "to"), ("from=10&to=10", "from"),
+        ("step=0", "step"), ("step=x", "step"), ("agg=median&step=1000", "agg"),
+        ("agg=avg", "step"), ("metrics=a%20b", "metrics"),
+        ("metrics=" + ",".join(f"m{i}" for i in range(65)), "metrics"),
+        ("from=0&to=100000000&step=1000", "step"),
+    ]:
+        status, body = api.call("GET", f"{path}?{query}")
+        assert status == 400, (query, status, body)
+        assert name in json.dumps(body), (query, body)
+    # At the limits: 64 metrics and exactly 100,000 buckets ((to - from) / step + 1) are fine.
+    api.ok("GET", f"{path}?metrics=" + ",".join(f"m{i}" for i in range(64)))
+    api.ok("GET", f"{path}?from=0&to=99999999&step=1000")
+    assert api.call("GET", "/api/v1/devices/nosuchdev/telemetry")[0] == 404
+    assert api.call("GET", "/api/v1/devices/nosuchdev/telemetry/latest")[0] == 404
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["restart", "kill9"])
+def test_data_survives_restart_and_kill(tmp_path, kill):
+    node = tmp_path / "node"
+    b = Broker(node, BROKER_CONFIG).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        dev, pw = api.create_device("tr")
+        now = int(time.time() * 1000)
+        with Client(b.port, dev, V5, username=dev, password=pw) as c:
+            for i in range(50):
+                c.publish(f"devices/{dev}/telemetry", json.dumps({"v": i, "ts": now - 100_000 + i}), qos=1)
+        # Acknowledged at QoS 1 and counted as stored by the writer (in the WAL).
+        assert wait_until(lambda: Scrape(b.api_port)(POINTS) == 50, 10)
+    finally:
+        if kill:
+            b.proc.kill()
+            b.proc.wait(timeout=10)
+        b.stop()
+    b = Broker(node, BROKER_CONFIG).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        got = api.ok("GET", f"/api/v1/devices/{dev}/telemetry?from={now - 200_000}&to={now}")
+        assert series_of(got) == {"v": [[now - 100_000 + i, float(i)] for i in range(50)]}
+        assert api.ok("GET", f"/api/v1/devices/{dev}/telemetry/latest")["metrics"]["v"]["value"] == 49.0
+    finally:
+        b.stop()

@@ -39,6 +39,8 @@ pub struct Platform {
     pub devices: Arc<DeviceAdmin>,
     /// Device certificates and CAs.
     pub certs: Arc<CertificateService>,
+    /// Device telemetry (`None` when `telemetry.enabled = false`).
+    pub telemetry: Option<Arc<TelemetryService>>,
     /// Kept alive while the platform runs (memory backend only).
     _scratch: Option<tempfile::TempDir>,
 }
@@ -59,6 +61,7 @@ impl Platform {
             auth: self.auth.clone(),
             devices: self.devices.clone(),
             certs: self.certs.clone(),
+            telemetry: self.telemetry.clone(),
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
             tls_reload,
@@ -149,7 +152,7 @@ impl Platform {
                 info!("shadow service stopped with the broker");
             }
         });
-        if config.telemetry.enabled {
+        let telemetry = if config.telemetry.enabled {
             let tdir = dir.join("telemetry");
             let service = TelemetryService::open(&tdir, config.store.fsync, config.telemetry)
                 .with_context(|| {
@@ -163,7 +166,10 @@ impl Platform {
                     info!("telemetry service stopped with the broker");
                 }
             });
-        }
+            Some(service)
+        } else {
+            None
+        };
         let hooks = Hooks {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
@@ -193,6 +199,7 @@ impl Platform {
             commands,
             devices,
             certs,
+            telemetry,
             _scratch: scratch,
         };
         Ok((platform, hooks))
