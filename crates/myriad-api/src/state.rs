@@ -9,6 +9,7 @@ use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::devices::DeviceAdmin;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
+use myriad_fleet::service::telemetry::TelemetryService;
 use myriad_fleet::store::FleetStore;
 
 use crate::routes::tls::TlsReloader;
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub devices: Arc<DeviceAdmin>,
     /// Device certificates and CAs.
     pub certs: Arc<CertificateService>,
+    /// Device telemetry (`None` when disabled: its routes answer 503).
+    pub telemetry: Option<Arc<TelemetryService>>,
     /// Argon2 costs for passwords set through the API.
     pub hash_params: HashParams,
     /// The bearer token every `/api/v1` request must carry. Empty refuses

@@ -10,6 +10,7 @@
 //! - [`shadow`]: desired / reported / delta documents with versions;
 //! - [`commands`]: cloud-to-device commands (classes, breakers, limits);
 //! - [`import`]: streaming bulk provisioning from CSV or JSON lines;
+//! - [`telemetry`]: parsing device telemetry messages into samples;
 //! - [`store`]: the embedded (redb) store for all of the above.
 
 pub mod acl;
@@ -23,3 +24,4 @@ pub mod registry;
 pub mod service;
 pub mod shadow;
 pub mod store;
+pub mod telemetry;

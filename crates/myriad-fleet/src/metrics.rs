@@ -27,6 +27,11 @@ pub const COMMANDS_IN_FLIGHT: &str = "myriad_commands_in_flight";
 pub const COMMANDS_QUEUED: &str = "myriad_commands_queued";
 /// Gauge: class breaker state by `class`: 0 closed, 1 half-open, 2 open.
 pub const COMMAND_BREAKER_STATE: &str = "myriad_command_breaker_state";
+/// Counter: telemetry samples (one metric's value at one timestamp) stored.
+pub const TELEMETRY_POINTS_TOTAL: &str = "myriad_telemetry_points_total";
+/// Counter: telemetry samples refused, by `reason`
+/// ([`crate::telemetry::Refusal::as_str`]; a payload that is not a JSON object counts once).
+pub const TELEMETRY_POINTS_REFUSED_TOTAL: &str = "myriad_telemetry_points_refused_total";
 
 /// Records a presence change.
 pub(crate) fn presence_changed(online: bool) {

@@ -1,6 +1,6 @@
-//! Myriad's telemetry storage engine, sans-IO.
+//! Myriad's telemetry storage engine: a sans-IO core plus one file-backed shell ([`file`]).
 //!
-//! The engine has no clock, no threads and no I/O: timestamps come in as arguments (milliseconds
+//! The engine modules have no clock, no threads and no I/O: timestamps come in as arguments (milliseconds
 //! since the Unix epoch) and bytes to persist come out for the caller to write and fsync.
 //!
 //! * [`gorilla`]: the Gorilla chunk codec for open (head) chunks — delta-of-delta timestamps,
@@ -13,6 +13,8 @@
 //! * [`engine`]: index + head, producing WAL bytes for what they accept and replaying a log.
 //! * [`block`]: sealed blocks per time partition, columns re-encoded with `pco`, rollups.
 //! * [`db`]: engine plus blocks — seal, raw / aggregated / latest / rollup queries, retention.
+//! * [`file`]: the file-backed shell (WAL segments, atomic block files, recovery at open), the
+//!   only module doing I/O.
 //! * [`storage`]: the byte-file trait the caller implements, with an in-memory one for tests.
 //!
 //! # Limits (what one more does)
@@ -34,6 +36,7 @@ mod bits;
 pub mod block;
 pub mod db;
 pub mod engine;
+pub mod file;
 pub mod gorilla;
 pub mod head;
 pub mod index;
@@ -44,6 +47,7 @@ pub mod wal;
 pub use block::{BlockError, Rollup, SealedBlock, SealedSeries};
 pub use db::{Agg, Db, DbConfig, DbError};
 pub use engine::{AppendReport, Engine, EngineError, PointError, ReplayReport};
+pub use file::{FileDb, FileDbError, OpenReport, TornSegment};
 pub use gorilla::{ChunkEncoder, DecodeError, EncodeError, decode_chunk, decode_chunk_into};
 pub use head::{AppendError, Appended, Head, HeadConfig};
 pub use index::{IndexError, IndexLimits, SeriesId, SeriesIndex, SeriesKey};

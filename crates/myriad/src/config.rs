@@ -35,6 +35,8 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     /// Distributed tracing (OpenTelemetry over OTLP).
     pub tracing: TracingConfig,
+    /// Device telemetry storage (`devices/{id}/telemetry`), in `{store.data_dir}/telemetry`.
+    pub telemetry: myriad_fleet::service::telemetry::TelemetryConfig,
 }
 
 /// How log lines are written.
@@ -457,6 +459,9 @@ impl Config {
         if let Err(problem) = config.shadows.validate() {
             bail!("invalid value for shadows.{problem}");
         }
+        if let Err(problem) = config.telemetry.validate() {
+            bail!("invalid value for telemetry.{problem}");
+        }
         if !(1..=100_000).contains(&config.api.max_connections) {
             bail!("invalid value for api.max_connections: between 1 and 100000");
         }
@@ -508,6 +513,26 @@ mod tests {
         assert!(format!("{error:#}").contains("max_keepalive"), "{error:#}");
         let error = Config::parse("[mqt]\n").expect_err("unknown table");
         assert!(format!("{error:#}").contains("mqt"), "{error:#}");
+    }
+
+    #[test]
+    fn telemetry_table() {
+        let config = Config::parse("").expect("empty");
+        assert!(config.telemetry.enabled);
+        assert_eq!(config.telemetry.seal_interval_secs, 600);
+        let config = Config::parse("[telemetry]\nenabled = false\nseal_interval_secs = 86400\n")
+            .expect("valid");
+        assert!(!config.telemetry.enabled);
+        let error = Config::parse("[telemetry]\nenabld = true\n").expect_err("unknown key");
+        assert!(format!("{error:#}").contains("enabld"), "{error:#}");
+        for bad in [0, 86_401] {
+            let error = Config::parse(&format!("[telemetry]\nseal_interval_secs = {bad}\n"))
+                .expect_err("out of range");
+            assert!(
+                format!("{error:#}").contains("telemetry.seal_interval_secs"),
+                "{error:#}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::devices::DeviceAdmin;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
+use myriad_fleet::service::telemetry::TelemetryService;
 use myriad_fleet::shadow::ShadowLimits;
 use myriad_fleet::store::FleetStore;
 use tokio::sync::mpsc;
@@ -38,6 +39,8 @@ pub struct Platform {
     pub devices: Arc<DeviceAdmin>,
     /// Device certificates and CAs.
     pub certs: Arc<CertificateService>,
+    /// Device telemetry (`None` when `telemetry.enabled = false`).
+    pub telemetry: Option<Arc<TelemetryService>>,
     /// Kept alive while the platform runs (memory backend only).
     _scratch: Option<tempfile::TempDir>,
 }
@@ -58,6 +61,7 @@ impl Platform {
             auth: self.auth.clone(),
             devices: self.devices.clone(),
             certs: self.certs.clone(),
+            telemetry: self.telemetry.clone(),
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
             tls_reload,
@@ -148,6 +152,24 @@ impl Platform {
                 info!("shadow service stopped with the broker");
             }
         });
+        let telemetry = if config.telemetry.enabled {
+            let tdir = dir.join("telemetry");
+            let service = TelemetryService::open(&tdir, config.store.fsync, config.telemetry)
+                .with_context(|| {
+                    format!("cannot open the telemetry store in {}", tdir.display())
+                })?;
+            let service = Arc::new(service);
+            let task = service.clone();
+            let handle = broker.clone();
+            essential.spawn("telemetry service", async move {
+                if task.run(handle).await.is_err() {
+                    info!("telemetry service stopped with the broker");
+                }
+            });
+            Some(service)
+        } else {
+            None
+        };
         let hooks = Hooks {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
@@ -177,6 +199,7 @@ impl Platform {
             commands,
             devices,
             certs,
+            telemetry,
             _scratch: scratch,
         };
         Ok((platform, hooks))

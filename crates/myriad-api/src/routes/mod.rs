@@ -8,6 +8,7 @@ mod health;
 mod import;
 mod presence;
 mod shadows;
+mod telemetry;
 pub(crate) mod tls;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(presence::device_presence))
         .routes(routes!(presence::list_online))
         .routes(routes!(presence::presence_count))
+        .routes(routes!(telemetry::device_telemetry))
+        .routes(routes!(telemetry::latest_telemetry))
         .routes(routes!(
             shadows::get_shadow,
             shadows::patch_shadow,

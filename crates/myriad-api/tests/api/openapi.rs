@@ -38,6 +38,8 @@ async fn every_route_is_documented() {
         ("/api/v1/devices/{id}/presence", "get"),
         ("/api/v1/presence", "get"),
         ("/api/v1/presence/count", "get"),
+        ("/api/v1/devices/{id}/telemetry", "get"),
+        ("/api/v1/devices/{id}/telemetry/latest", "get"),
         ("/api/v1/devices/{id}/shadow", "get"),
         ("/api/v1/devices/{id}/shadow", "patch"),
         ("/api/v1/devices/{id}/shadow", "delete"),

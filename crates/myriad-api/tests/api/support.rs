@@ -85,6 +85,7 @@ impl Harness {
             commands,
             auth,
             devices,
+            telemetry: None,
             hash_params: HashParams::INSECURE_FAST,
             token: TOKEN.into(),
             tls_reload: std::sync::Arc::new(Vec::new),

@@ -26,6 +26,7 @@ pub mod commands;
 pub mod devices;
 pub mod presence;
 pub mod shadows;
+pub mod telemetry;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,336 @@
+//! Telemetry messages from devices: parsing `devices/{id}/telemetry` payloads into points.
+//!
+//! Two forms, both JSON objects:
+//!
+//! * single: `{"temp": 21.5, "on": true, "ts": 1733350000000}` — every key but `ts` is a metric;
+//!   `ts` (optional, integer milliseconds since the Unix epoch) defaults to the arrival time;
+//! * batch: `{"points": [{"ts": .., "temp": ..}, ..]}` — each element is a single-form object.
+//!
+//! Numbers are stored as 64-bit floats (integers above 2^53 lose precision), booleans as
+//! booleans. A sample (one metric's value at one timestamp) that breaks a rule is refused alone,
+//! with a [`Refusal`] reason, and the rest of the message is kept; see [`TelemetryLimits`] for
+//! the limits and what one past each does.
+
+use serde_json::{Map, Value};
+
+/// Limits on one telemetry message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryLimits {
+    /// Points (timestamps) per message: the batch's elements after this many are refused
+    /// ([`Refusal::TooManyPoints`], each of their samples counted).
+    pub max_points: usize,
+    /// Metrics per point: a point with more is refused whole ([`Refusal::TooManyMetrics`]).
+    pub max_metrics: usize,
+    /// Bytes of a metric name (names are `[A-Za-z0-9_.:-]`, 1 to this many bytes); a longer or
+    /// otherwise invalid name is refused ([`Refusal::BadName`]).
+    pub max_name_len: usize,
+    /// How far ahead of the arrival time a `ts` may be, in ms; further is refused
+    /// ([`Refusal::BadTs`]) so a wrong device clock cannot push a series' window into the future.
+    pub max_future_ms: i64,
+}
+
+impl Default for TelemetryLimits {
+    fn default() -> Self {
+        TelemetryLimits {
+            max_points: 1_000,
+            max_metrics: 64,
+            max_name_len: 128,
+            max_future_ms: 3_600_000,
+        }
+    }
+}
+
+/// Why a sample (or a whole message) was refused; [`Refusal::as_str`] is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Refusal {
+    /// The payload is not a JSON object (or `points` is not an array of objects).
+    BadJson,
+    /// The value is not a number or a boolean (strings, null, arrays, objects).
+    BadValue,
+    /// The value is a number that does not fit a finite 64-bit float.
+    NotFinite,
+    /// The metric name is empty, too long or has a character outside `[A-Za-z0-9_.:-]`.
+    BadName,
+    /// `ts` is not an integer >= 0, or is too far in the future.
+    BadTs,
+    /// The point has more metrics than allowed.
+    TooManyMetrics,
+    /// The message has more points than allowed.
+    TooManyPoints,
+    /// The store refused it: older than the series' out-of-order window.
+    TooOld,
+    /// The store refused it: too many late points buffered for the series.
+    OutOfOrderFull,
+    /// The store refused it: the metric was stored with another type (number vs boolean).
+    KindMismatch,
+    /// The store refused it: series limit or key limits.
+    Series,
+    /// The store could not write it (I/O error, queue closed).
+    Store,
+}
+
+impl Refusal {
+    /// Every reason, for pre-registering metric labels.
+    pub const ALL: [Refusal; 12] = [
+        Refusal::BadJson,
+        Refusal::BadValue,
+        Refusal::NotFinite,
+        Refusal::BadName,
+        Refusal::BadTs,
+        Refusal::TooManyMetrics,
+        Refusal::TooManyPoints,
+        Refusal::TooOld,
+        Refusal::OutOfOrderFull,
+        Refusal::KindMismatch,
+        Refusal::Series,
+        Refusal::Store,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BadJson => "bad_json",
+            Refusal::BadValue => "bad_value",
+            Refusal::NotFinite => "not_finite",
+            Refusal::BadName => "bad_name",
+            Refusal::BadTs => "bad_ts",
+            Refusal::TooManyMetrics => "too_many_metrics",
+            Refusal::TooManyPoints => "too_many_points",
+            Refusal::TooOld => "too_old",
+            Refusal::OutOfOrderFull => "out_of_order_full",
+            Refusal::KindMismatch => "kind_mismatch",
+            Refusal::Series => "series",
+            Refusal::Store => "store",
+        }
+    }
+}
+
+/// A sample's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sample {
+    /// A number.
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// One accepted sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedSample {
+    /// The metric name (valid).
+    pub metric: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// The value.
+    pub value: Sample,
+}
+
+/// What a message parsed into.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    /// Accepted samples, in message order.
+    pub samples: Vec<ParsedSample>,
+    /// Refused samples (or messages, for [`Refusal::BadJson`]) by reason, one entry each.
+    pub refused: Vec<Refusal>,
+}
+
+/// Whether `name` is a valid metric name under `limits`.
+pub fn valid_metric_name(name: &str, limits: &TelemetryLimits) -> bool {
+    !name.is_empty()
+        && name.len() <= limits.max_name_len
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Parses one payload that arrived at `arrival_ms`.
+pub fn parse(payload: &[u8], arrival_ms: i64, limits: &TelemetryLimits) -> Parsed {
+    let mut out = Parsed::default();
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
+        out.refused.push(Refusal::BadJson);
+        return out;
+    };
+    if let Some(points) = map.get("points") {
+        let Value::Array(points) = points else {
+            out.refused.push(Refusal::BadJson);
+            return out;
+        };
+        for (i, point) in points.iter().enumerate() {
+            let Value::Object(point) = point else {
+                out.refused.push(Refusal::BadJson);
+                continue;
+            };
+            if i >= limits.max_points {
+                let n = point.keys().filter(|k| *k != "ts").count().max(1);
+                out.refused
+                    .extend(std::iter::repeat_n(Refusal::TooManyPoints, n));
+                continue;
+            }
+            parse_point(point, arrival_ms, limits, &mut out);
+        }
+    } else {
+        parse_point(&map, arrival_ms, limits, &mut out);
+    }
+    out
+}
+
+fn parse_point(
+    point: &Map<String, Value>,
+    arrival_ms: i64,
+    limits: &TelemetryLimits,
+    out: &mut Parsed,
+) {
+    let metrics = point.keys().filter(|k| *k != "ts").count();
+    let ts = match point.get("ts") {
+        None => Some(arrival_ms),
+        Some(v) => v
+            .as_i64()
+            .filter(|&t| t >= 0 && t <= arrival_ms.saturating_add(limits.max_future_ms)),
+    };
+    let Some(ts) = ts else {
+        out.refused
+            .extend(std::iter::repeat_n(Refusal::BadTs, metrics.max(1)));
+        return;
+    };
+    if metrics > limits.max_metrics {
+        out.refused
+            .extend(std::iter::repeat_n(Refusal::TooManyMetrics, metrics));
+        return;
+    }
+    for (name, value) in point {
+        if name == "ts" {
+            continue;
+        }
+        if !valid_metric_name(name, limits) {
+            out.refused.push(Refusal::BadName);
+            continue;
+        }
+        let value = match value {
+            Value::Bool(b) => Sample::Bool(*b),
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if f.is_finite() => Sample::Number(f),
+                _ => {
+                    out.refused.push(Refusal::NotFinite);
+                    continue;
+                }
+            },
+            _ => {
+                out.refused.push(Refusal::BadValue);
+                continue;
+            }
+        };
+        out.samples.push(ParsedSample {
+            metric: name.clone(),
+            ts,
+            value,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_733_350_000_000;
+
+    fn p(s: &str) -> Parsed {
+        parse(s.as_bytes(), NOW, &TelemetryLimits::default())
+    }
+
+    #[test]
+    fn single_and_batch() {
+        let r = p(r#"{"temp": 21.5, "on": true, "n": 3}"#);
+        assert!(r.refused.is_empty());
+        assert_eq!(r.samples.len(), 3);
+        assert!(r.samples.iter().all(|s| s.ts == NOW));
+        assert!(r.samples.contains(&ParsedSample {
+            metric: "n".into(),
+            ts: NOW,
+            value: Sample::Number(3.0)
+        }));
+        let r = p(r#"{"temp": 1, "ts": 1000}"#);
+        assert_eq!(r.samples[0].ts, 1000);
+        let r = p(r#"{"points":[{"ts":1,"a":1},{"ts":2,"a":2,"b":false},{"a":3}]}"#);
+        assert!(r.refused.is_empty());
+        let ts: Vec<_> = r.samples.iter().map(|s| s.ts).collect();
+        assert_eq!(ts, vec![1, 2, 2, NOW]);
+    }
+
+    #[test]
+    fn bad_values_refused_alone() {
+        // JSON has no NaN or infinity: such a number makes the whole document bad JSON.
+        for bad in [
+            r#"{"ok": 1, "big": 1e999}"#,
+            r#"{"ok": 1, "n": NaN}"#,
+            r#"{"i": Infinity}"#,
+        ] {
+            let r = p(bad);
+            assert!(r.samples.is_empty());
+            assert_eq!(r.refused, vec![Refusal::BadJson], "{bad}");
+        }
+        let r = p(r#"{"s": "x", "z": null, "a": [1], "ok": 1}"#);
+        assert_eq!(r.samples.len(), 1);
+        assert_eq!(r.refused, vec![Refusal::BadValue; 3]);
+        for bad in ["[1]", "3", "not json", r#"{"points": 3}"#] {
+            assert_eq!(p(bad).refused, vec![Refusal::BadJson], "{bad}");
+        }
+        let r = p(r#"{"points":[1, {"a":1}]}"#);
+        assert_eq!(r.refused, vec![Refusal::BadJson]);
+        assert_eq!(r.samples.len(), 1);
+    }
+
+    #[test]
+    fn ts_rules() {
+        for bad in [
+            r#"{"a":1,"ts":-1}"#,
+            r#"{"a":1,"ts":1.5}"#,
+            r#"{"a":1,"ts":"1"}"#,
+            &format!(r#"{{"a":1,"ts":{}}}"#, NOW + 3_600_001),
+        ] {
+            assert_eq!(p(bad).refused, vec![Refusal::BadTs], "{bad}");
+        }
+        assert_eq!(
+            p(&format!(r#"{{"a":1,"ts":{}}}"#, NOW + 3_600_000))
+                .samples
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn limits_at_and_one_past() {
+        let l = TelemetryLimits::default();
+        let name = |n: usize| "m".repeat(n);
+        assert_eq!(
+            p(&format!(r#"{{"{}":1}}"#, name(l.max_name_len)))
+                .samples
+                .len(),
+            1
+        );
+        assert_eq!(
+            p(&format!(r#"{{"{}":1}}"#, name(l.max_name_len + 1))).refused,
+            vec![Refusal::BadName]
+        );
+        assert_eq!(
+            p(r#"{"a b":1,"":2,"é":3}"#).refused,
+            vec![Refusal::BadName; 3]
+        );
+        let point = |n: usize| {
+            let fields: Vec<_> = (0..n).map(|i| format!(r#""m{i}":1"#)).collect();
+            format!("{{{}}}", fields.join(","))
+        };
+        assert_eq!(p(&point(l.max_metrics)).samples.len(), l.max_metrics);
+        let r = p(&point(l.max_metrics + 1));
+        assert!(r.samples.is_empty());
+        assert_eq!(r.refused, vec![Refusal::TooManyMetrics; l.max_metrics + 1]);
+        let batch = |n: usize| {
+            let pts: Vec<_> = (0..n).map(|i| format!(r#"{{"ts":{i},"a":1}}"#)).collect();
+            format!(r#"{{"points":[{}]}}"#, pts.join(","))
+        };
+        let r = p(&batch(l.max_points));
+        assert_eq!((r.samples.len(), r.refused.len()), (l.max_points, 0));
+        let r = p(&batch(l.max_points + 1));
+        assert_eq!(r.samples.len(), l.max_points);
+        assert_eq!(r.refused, vec![Refusal::TooManyPoints]);
+    }
+}

@@ -1,0 +1,331 @@
+//! File-backed shell around [`Db`]: WAL segment files and block files in one directory.
+//!
+//! This is the only module of the crate that does I/O. It is synchronous (plain `std::fs`) and
+//! meant to be owned by one writer thread, never called on an async event loop.
+//!
+//! Layout of the directory:
+//!
+//! * `wal-{seq:016}.log`: WAL segments, replayed in sequence order at open. Each batch written
+//!   by [`FileDb::write`] / [`FileDb::append`] is one `write` to the newest segment, followed by
+//!   an `fsync` when the store was opened with `fsync = true`. With `fsync = false` the bytes are
+//!   in the OS page cache when the call returns: they survive a killed process, not a power loss.
+//! * `block-{partition}.blk`: one sealed block per time partition ([`SealedBlock::to_bytes`]),
+//!   written atomically: a `.tmp` file is written and fsynced, renamed over the old block, and the
+//!   directory fsynced.
+//!
+//! [`FileDb::seal`] writes the changed blocks, starts a new segment holding a checkpoint (every
+//! series record) and only then deletes the older segments, so a crash at any step leaves either
+//! the old segments (replayed again, merging the same points into the blocks at the next seal)
+//! or the new one.
+//!
+//! Recovery ([`FileDb::open`]): leftover `.tmp` files are removed, blocks are loaded (a block that
+//! does not decode is renamed to `.corrupt`, logged and reported, not loaded), then the segments
+//! are replayed; a segment whose tail is torn or corrupt is truncated to its last whole record,
+//! the dropped bytes logged and reported. Nothing read from the directory can make it panic.
+
+use crate::db::{Db, DbConfig, DbError};
+use crate::engine::{AppendReport, EngineError};
+use crate::index::{SeriesId, SeriesKey};
+use crate::value::Point;
+use crate::wal::WalStop;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Why a file-backed operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileDbError {
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The database refused a seal or its configuration.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The engine refused a series key or a batch.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FileDbError + 'a {
+    move |source| FileDbError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A WAL segment whose tail was dropped at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornSegment {
+    /// The segment's file name.
+    pub file: String,
+    /// Bytes kept (the segment was truncated to this length).
+    pub kept: usize,
+    /// Bytes dropped.
+    pub dropped: usize,
+    /// Why replay stopped.
+    pub stop: Option<WalStop>,
+}
+
+/// What [`FileDb::open`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Blocks loaded.
+    pub blocks: usize,
+    /// Block files that did not decode (renamed to `.corrupt`), with the error.
+    pub bad_blocks: Vec<(String, String)>,
+    /// WAL segments replayed.
+    pub segments: usize,
+    /// Series restored from the WAL.
+    pub series: usize,
+    /// Points restored into the head.
+    pub points: usize,
+    /// Segments whose tail was dropped.
+    pub torn: Vec<TornSegment>,
+}
+
+/// A [`Db`] persisted in a directory (see the module docs).
+#[derive(Debug)]
+pub struct FileDb {
+    dir: PathBuf,
+    fsync: bool,
+    db: Db,
+    seq: u64,
+    /// Oldest segment still on disk.
+    oldest: u64,
+    wal: File,
+    /// Series records not yet written (flushed with the next batch).
+    pending: Vec<u8>,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("wal-{seq:016}.log")
+}
+
+fn parse_segment(name: &str) -> Option<u64> {
+    name.strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
+}
+
+fn block_name(partition: i64) -> String {
+    format!("block-{partition}.blk")
+}
+
+fn is_block(name: &str) -> bool {
+    name.strip_prefix("block-")
+        .and_then(|s| s.strip_suffix(".blk"))
+        .is_some_and(|s| s.parse::<i64>().is_ok())
+}
+
+impl FileDb {
+    /// Opens (creating if needed) the store in `dir` and recovers its content.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        cfg: DbConfig,
+        fsync: bool,
+    ) -> Result<(Self, OpenReport), FileDbError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let mut db = Db::new(cfg)?;
+        let mut report = OpenReport::default();
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io("list", &dir))? {
+            let entry = entry.map_err(io("list", &dir))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        let mut segments = Vec::new();
+        for name in &names {
+            let path = dir.join(name);
+            if name.ends_with(".tmp") {
+                fs::remove_file(&path).map_err(io("remove", &path))?;
+            } else if is_block(name) {
+                let bytes = fs::read(&path).map_err(io("read", &path))?;
+                match db.load_block(&bytes) {
+                    Ok(()) => report.blocks += 1,
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "telemetry block does not decode; renamed to .corrupt and skipped");
+                        let to = dir.join(format!("{name}.corrupt"));
+                        fs::rename(&path, &to).map_err(io("rename", &path))?;
+                        report.bad_blocks.push((name.clone(), e.to_string()));
+                    }
+                }
+            } else if let Some(seq) = parse_segment(name) {
+                segments.push((seq, name.clone()));
+            }
+        }
+        segments.sort();
+        for (_, name) in &segments {
+            let path = dir.join(name);
+            let bytes = fs::read(&path).map_err(io("read", &path))?;
+            let r = db.engine_mut().replay(&bytes);
+            report.segments += 1;
+            report.series += r.series;
+            report.points += r.points;
+            if r.dropped_bytes > 0 {
+                tracing::warn!(file = %path.display(), kept = r.valid_len, dropped = r.dropped_bytes, stop = ?r.stop, "telemetry WAL tail torn or corrupt; dropped");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io("open", &path))?;
+                f.set_len(r.valid_len as u64)
+                    .map_err(io("truncate", &path))?;
+                f.sync_all().map_err(io("fsync", &path))?;
+                report.torn.push(TornSegment {
+                    file: name.clone(),
+                    kept: r.valid_len,
+                    dropped: r.dropped_bytes,
+                    stop: r.stop,
+                });
+            }
+        }
+        let seq = segments.last().map_or(1, |(s, _)| *s);
+        let oldest = segments.first().map_or(seq, |(s, _)| *s);
+        let path = dir.join(segment_name(seq));
+        let wal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        if segments.is_empty() {
+            sync_dir(&dir)?;
+        }
+        Ok((
+            Self {
+                dir,
+                fsync,
+                db,
+                seq,
+                oldest,
+                wal,
+                pending: Vec::new(),
+            },
+            report,
+        ))
+    }
+
+    /// The database (for queries).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The id of `key`, creating the series if needed. A new series' record is written with the
+    /// next batch (before its points).
+    pub fn series(&mut self, key: &SeriesKey) -> Result<SeriesId, FileDbError> {
+        Ok(self.db.engine_mut().series(key, &mut self.pending)?)
+    }
+
+    /// Applies a batch and writes the accepted points (and pending series records) to the WAL
+    /// as one write, fsynced if so configured; when it returns `Ok`, the accepted points are as
+    /// durable as configured. If the write fails, the points are in memory but not in the log.
+    pub fn append(&mut self, points: &[(SeriesId, Point)]) -> Result<AppendReport, FileDbError> {
+        let mut buf = std::mem::take(&mut self.pending);
+        let report = match self.db.engine_mut().append(points, &mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                self.pending = buf;
+                return Err(e.into());
+            }
+        };
+        self.write_wal(&buf)?;
+        Ok(report)
+    }
+
+    /// Resolves each point's series key and appends them as one batch ([`FileDb::append`]).
+    /// A key the index refuses refuses the whole call before anything is written.
+    pub fn write(&mut self, points: &[(SeriesKey, Point)]) -> Result<AppendReport, FileDbError> {
+        let mut batch = Vec::with_capacity(points.len());
+        for (key, p) in points {
+            batch.push((self.series(key)?, *p));
+        }
+        self.append(&batch)
+    }
+
+    fn write_wal(&mut self, bytes: &[u8]) -> Result<(), FileDbError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(self.seq));
+        self.wal.write_all(bytes).map_err(io("write", &path))?;
+        if self.fsync {
+            self.wal.sync_data().map_err(io("fsync", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Seals the head into blocks, writes the changed blocks atomically, starts a new WAL segment
+    /// with a checkpoint and deletes the older segments. Returns the partitions written.
+    pub fn seal(&mut self) -> Result<Vec<i64>, FileDbError> {
+        let changed = self.db.seal()?;
+        for p in &changed {
+            if let Some(block) = self.db.blocks().get(p) {
+                write_atomic(&self.dir, &block_name(*p), &block.to_bytes())?;
+            }
+        }
+        let mut cp = std::mem::take(&mut self.pending);
+        cp.clear();
+        self.db.engine().checkpoint(&mut cp)?;
+        let next = self.seq + 1;
+        let path = self.dir.join(segment_name(next));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        f.write_all(&cp).map_err(io("write", &path))?;
+        f.sync_all().map_err(io("fsync", &path))?;
+        sync_dir(&self.dir)?;
+        drop(f);
+        self.wal = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let old = self.seq;
+        self.seq = next;
+        for seq in self.oldest..=old {
+            let p = self.dir.join(segment_name(seq));
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("remove", &p)(e)),
+            }
+            self.oldest = seq + 1;
+        }
+        Ok(changed)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), FileDbError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
+}
+
+/// Writes `name` in `dir` atomically: temp file, fsync, rename, directory fsync.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FileDbError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let dst = dir.join(name);
+    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    drop(f);
+    fs::rename(&tmp, &dst).map_err(io("rename", &tmp))?;
+    sync_dir(dir)
+}
