@@ -285,38 +285,6 @@ def test_unfinished_handshake_is_closed_at_the_connect_timeout(tls_broker):
         assert time.monotonic() - started < 8
 
 
-def test_sighup_reloads_certificates_and_keeps_connections(broker_factory, certs, tmp_path):
-    live = tmp_path / "live"
-    shutil.copytree(certs, live)
-    broker = broker_factory(raw_config=tls_config(live))
-    port = tls_port(broker)
-    topic = unique("reload")
-    old = Client(port, version=V5, tls=context(certs))
-    try:
-        old.subscribe(topic, 1)
-        fresh = make_certs(tmp_path / "fresh")
-        for name in ("server.pem", "server.key"):
-            shutil.copy(fresh / name, live / name)
-        broker.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "TLS certificates reloaded" not in broker.log_tail(200):
-            assert time.monotonic() < deadline, broker.log_tail()
-            time.sleep(0.1)
-        # New connections see the new certificate: the old CA no longer verifies it.
-        with pytest.raises(ssl.SSLCertVerificationError):
-            tls_socket(port, context(certs)).close()
-        newcomer = Client(port, version=V5, tls=context(fresh))
-        try:
-            newcomer.publish(topic, b"after reload", qos=1)
-            # The connection made before the reload still works.
-            assert old.get().payload == b"after reload"
-        finally:
-            newcomer.close()
-    finally:
-        old.close()
-    broker.assert_alive()
-
-
 def test_sighup_with_a_broken_file_keeps_the_old_certificates(broker_factory, certs, tmp_path):
     live = tmp_path / "live"
     shutil.copytree(certs, live)
@@ -342,33 +310,41 @@ def ctl_tls_reload(api_port: int, token: str = RELOAD_TOKEN) -> subprocess.Compl
     )
 
 
-def test_api_reload_swaps_the_certificate_and_keeps_connections(broker_factory, certs, tmp_path):
-    """`myriad ctl tls reload` (POST /api/v1/tls/reload) reads the new files:
-    new connections get the new certificate, the connection made before
-    stays up and keeps receiving."""
+@pytest.mark.parametrize("trigger", ["sighup", "api"])
+def test_reload_swaps_the_certificate_and_keeps_connections(broker_factory, certs, tmp_path, trigger):
+    """SIGHUP, or `myriad ctl tls reload` (POST /api/v1/tls/reload), reads the
+    new files: new connections get the new certificate, the connection made
+    before stays up and keeps receiving."""
     live = tmp_path / "live"
     shutil.copytree(certs, live)
     broker = broker_factory(raw_config=tls_config(live, extra=f'[api]\ntoken = "{RELOAD_TOKEN}"\n'))
     port = tls_port(broker)
-    topic = unique("api-reload")
+    topic = unique("reload")
     old = Client(port, version=V5, tls=context(certs))
     try:
         old.subscribe(topic, 1)
-        assert Api(broker.api_port, None).call("POST", "/api/v1/tls/reload")[0] == 401
         fresh = make_certs(tmp_path / "fresh")
         for name in ("server.pem", "server.key"):
             shutil.copy(fresh / name, live / name)
-        done = ctl_tls_reload(broker.api_port)
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == {"listeners": [{"listener": LISTEN, "reloaded": True}]}
+        if trigger == "sighup":
+            broker.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "TLS certificates reloaded" not in broker.log_tail(200):
+                assert time.monotonic() < deadline, broker.log_tail()
+                time.sleep(0.1)
+        else:
+            assert Api(broker.api_port, None).call("POST", "/api/v1/tls/reload")[0] == 401
+            done = ctl_tls_reload(broker.api_port)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout) == {"listeners": [{"listener": LISTEN, "reloaded": True}]}
         # New connections see the new certificate: the old CA no longer verifies it.
         with pytest.raises(ssl.SSLCertVerificationError):
             tls_socket(port, context(certs)).close()
         newcomer = Client(port, version=V5, tls=context(fresh))
         try:
-            newcomer.publish(topic, b"after api reload", qos=1)
+            newcomer.publish(topic, b"after reload", qos=1)
             # The connection made before the reload still works.
-            assert old.get().payload == b"after api reload"
+            assert old.get().payload == b"after reload"
         finally:
             newcomer.close()
     finally:
