@@ -550,6 +550,42 @@ mod tests {
     }
 
     #[test]
+    fn at_most_the_limit_of_cas_are_registered() {
+        let (_dir, store) = store();
+        let ca = |byte: u8| CertificateAuthority {
+            fingerprint: Fingerprint([byte; 32]),
+            subject: format!("CN=ca{byte}"),
+            not_before: 0,
+            not_after: 10,
+            created_at: 1,
+            der: vec![byte],
+            crl: None,
+            crl_revoked: 0,
+            crl_updated_at: None,
+        };
+        for byte in 0..MAX_CERTIFICATE_AUTHORITIES as u8 {
+            store
+                .add_certificate_authority(&ca(byte))
+                .expect("within the limit");
+        }
+        let one_more = ca(MAX_CERTIFICATE_AUTHORITIES as u8);
+        assert!(matches!(
+            store.add_certificate_authority(&one_more),
+            Err(FleetStoreError::CertificateConflict(_))
+        ));
+        store
+            .delete_certificate_authority(&Fingerprint([0; 32]))
+            .expect("delete");
+        store
+            .add_certificate_authority(&one_more)
+            .expect("room again");
+        assert_eq!(
+            store.certificate_authorities().expect("list").len(),
+            MAX_CERTIFICATE_AUTHORITIES
+        );
+    }
+
+    #[test]
     fn cas_round_trip_with_their_crl() {
         let (_dir, store) = store();
         let ca = CertificateAuthority {
