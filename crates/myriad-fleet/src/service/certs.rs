@@ -73,12 +73,18 @@ impl PinnedCertificates for RegistryPins {
 }
 
 /// The registry's CAs, their CRLs and its pins, as the listeners take them.
+/// A CA record that cannot be read (disk damage) is logged and left out,
+/// so it never stops start-up.
 fn trust_from(store: &Arc<FleetStore>) -> Result<ClientTrust, CertServiceError> {
     let mut trust = ClientTrust {
         pins: Some(Arc::new(RegistryPins(store.clone()))),
         ..ClientTrust::default()
     };
-    for ca in store.certificate_authorities()? {
+    let (cas, damaged) = store.readable_certificate_authorities()?;
+    for error in damaged {
+        warn!(%error, "a registered CA cannot be read and is not trusted");
+    }
+    for ca in cas {
         trust.cas.push(CertificateDer::from(ca.der));
         if let Some(crl) = ca.crl {
             trust.crls.push(CertificateRevocationListDer::from(crl));

@@ -389,6 +389,28 @@ impl FleetStore {
         })
     }
 
+    /// Every registered CA that decodes, and an error for each one that
+    /// does not (the listeners' trust is built from the readable ones, so a
+    /// damaged record cannot stop start-up).
+    pub fn readable_certificate_authorities(
+        &self,
+    ) -> Result<(Vec<CertificateAuthority>, Vec<FleetStoreError>), FleetStoreError> {
+        let file = &self.file;
+        self.read(|txn| {
+            let table = read_table(txn, CAS, file)?;
+            let mut cas = Vec::new();
+            let mut damaged = Vec::new();
+            for row in table.iter().map_err(|e| file.engine(e))? {
+                let (key, value) = row.map_err(|e| file.engine(e))?;
+                match decode_ca(key.value(), value.value()) {
+                    Ok(ca) => cas.push(ca),
+                    Err(why) => damaged.push(file.corrupt(CAS_NAME, key.value(), why)),
+                }
+            }
+            Ok((cas, damaged))
+        })
+    }
+
     /// The registered CA `fingerprint`, if any.
     pub fn certificate_authority(
         &self,
@@ -582,6 +604,44 @@ mod tests {
         assert_eq!(
             store.certificate_authorities().expect("list").len(),
             MAX_CERTIFICATE_AUTHORITIES
+        );
+    }
+
+    #[test]
+    fn a_damaged_ca_record_is_reported_and_the_others_stay_readable() {
+        let (_dir, store) = store();
+        let good = CertificateAuthority {
+            fingerprint: Fingerprint([1; 32]),
+            subject: "CN=good".into(),
+            not_before: 0,
+            not_after: 10,
+            created_at: 1,
+            der: vec![1],
+            crl: None,
+            crl_revoked: 0,
+            crl_updated_at: None,
+        };
+        store.add_certificate_authority(&good).expect("add");
+        store
+            .write(|tables| {
+                tables
+                    .cas
+                    .insert([2u8; 32].as_slice(), [1u8, 0xff, 0xff].as_slice())
+                    .map_err(|e| store.file.engine(e))?;
+                Ok(())
+            })
+            .expect("write a damaged record");
+        assert!(matches!(
+            store.certificate_authorities(),
+            Err(FleetStoreError::Corrupt { .. })
+        ));
+        let (cas, damaged) = store.readable_certificate_authorities().expect("read");
+        assert_eq!(cas, vec![good]);
+        assert_eq!(damaged.len(), 1);
+        assert!(
+            damaged[0].to_string().contains("certificate_authorities"),
+            "{}",
+            damaged[0]
         );
     }
 
