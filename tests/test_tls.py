@@ -239,15 +239,7 @@ def test_expired_client_certificate_is_refused(broker_factory, certs, tmp_path):
         if not s.recv(1):
             raise ConnectionResetError("closed")
     Client(port, version=V5, tls=context(certs, "dev1")).close()
-    name = "myriad_tls_handshakes_total"
-    deadline = time.monotonic() + 10
-    while True:
-        lines = metric_lines(broker.api_port)
-        refused = metric(lines, name, listener=LISTEN, result="failed", reason="client_certificate")
-        if refused == 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert refused == 1, [line for line in lines if name in line]
+    wait_for_handshakes(broker.api_port, 1, result="failed", reason="client_certificate")
     broker.assert_alive()
 
 
@@ -411,6 +403,23 @@ def test_bad_pem_names_the_file(tmp_path, certs):
     assert "mqtt.listeners[0]" in err and "cert" in err and str(bad) in err, err[-2000:]
 
 
+HANDSHAKES = "myriad_tls_handshakes_total"
+
+
+def wait_for_handshakes(api_port: int, expected: float, **labels: str) -> list[str]:
+    """Reads /metrics (for up to 10 s) until the TLS listener's handshake
+    counter with `labels` is `expected`; asserts it and returns the lines."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = metric_lines(api_port)
+        got = metric(lines, HANDSHAKES, listener=LISTEN, **labels)
+        if got == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got == expected, [line for line in lines if HANDSHAKES in line]
+    return lines
+
+
 def metric_lines(api_port: int) -> list[str]:
     import urllib.request
 
@@ -546,16 +555,8 @@ def test_handshake_message_size_limit(tls_broker, certs):
         answer, took = first_record_type(port, records(client_hello(body_len)))
         assert (answer, took < 1.5) == (None, True), (body_len, answer, took)
     Client(port, version=V5, tls=context(certs)).close()
-    name = "myriad_tls_handshakes_total"
-    deadline = time.monotonic() + 10
-    while True:
-        lines = metric_lines(tls_broker.api_port)
-        refused = metric(lines, name, listener=LISTEN, result="failed", reason="malformed")
-        if refused == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert refused == 2, [line for line in lines if name in line]
-    assert metric(lines, name, listener=LISTEN, result="ok") == 1
+    lines = wait_for_handshakes(tls_broker.api_port, 2, result="failed", reason="malformed")
+    assert metric(lines, HANDSHAKES, listener=LISTEN, result="ok") == 1
     tls_broker.assert_alive()
 
 
@@ -577,13 +578,5 @@ def test_received_bytes_without_a_whole_message_are_bounded(tls_broker, certs):
         except ConnectionResetError:
             pass
     Client(port, version=V5, tls=context(certs)).close()
-    name = "myriad_tls_handshakes_total"
-    deadline = time.monotonic() + 10
-    while True:
-        lines = metric_lines(tls_broker.api_port)
-        refused = metric(lines, name, listener=LISTEN, result="failed", reason="malformed")
-        if refused == 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert refused == 1, [line for line in lines if name in line]
+    wait_for_handshakes(tls_broker.api_port, 1, result="failed", reason="malformed")
     tls_broker.assert_alive()
