@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use myriad_fleet::service::telemetry::{MetricSeries, StoredPoint, TelemetryError};
+use myriad_fleet::service::telemetry::{MetricSeries, StoredPoint, TelemetryError, TelemetryRange};
 use myriad_fleet::telemetry::{Sample, TelemetryLimits, valid_metric_name};
 use myriad_tsdb::{Agg, DbError};
 use serde::{Deserialize, Serialize};
@@ -234,9 +234,15 @@ pub(crate) async fn device_telemetry(
     };
     read_device(state, id.clone()).await?;
     let device = id.as_str().to_owned();
+    let range = TelemetryRange {
+        device: device.clone(),
+        metrics,
+        from,
+        to,
+    };
     let series = match (step, &agg) {
         (Some(step), Some((_, f))) => telemetry
-            .aggregate(&device, metrics, from, to, step, *f)
+            .aggregate(range, step, *f)
             .await
             .map_err(query_error)?
             .into_iter()
@@ -246,10 +252,7 @@ pub(crate) async fn device_telemetry(
             })
             .collect(),
         _ => {
-            let raw = telemetry
-                .raw(&device, metrics, from, to)
-                .await
-                .map_err(query_error)?;
+            let raw = telemetry.raw(range).await.map_err(query_error)?;
             let total: usize = raw.iter().map(|s| s.points.len()).sum();
             if total > MAX_RAW_POINTS {
                 return Err(ApiError::BadRequest(format!(

@@ -99,23 +99,31 @@ pub struct MetricSeries<T> {
 
 type Reply<T> = oneshot::Sender<Result<T, TelemetryError>>;
 
+/// What a query reads: `device`'s `metrics` (all its metrics if empty)
+/// with `from <= ts < to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryRange {
+    /// The device id.
+    pub device: String,
+    /// Metric names; empty for all of the device's.
+    pub metrics: Vec<String>,
+    /// Start, Unix ms, included.
+    pub from: i64,
+    /// End, Unix ms, excluded.
+    pub to: i64,
+}
+
 enum Job {
     Write {
         device: String,
         samples: Vec<crate::telemetry::ParsedSample>,
     },
     Raw {
-        device: String,
-        metrics: Vec<String>,
-        from: i64,
-        to: i64,
+        range: TelemetryRange,
         reply: Reply<Vec<MetricSeries<StoredPoint>>>,
     },
     Aggregate {
-        device: String,
-        metrics: Vec<String>,
-        from: i64,
-        to: i64,
+        range: TelemetryRange,
         step: i64,
         agg: Agg,
         reply: Reply<Vec<MetricSeries<(i64, f64)>>>,
@@ -234,42 +242,23 @@ impl TelemetryService {
         rx.await.map_err(|_| TelemetryError::Stopped)?
     }
 
-    /// Raw points of `device`'s `metrics` (all its metrics if empty) with `from <= ts < to`.
+    /// Raw points in `range`.
     pub async fn raw(
         &self,
-        device: &str,
-        metrics: Vec<String>,
-        from: i64,
-        to: i64,
+        range: TelemetryRange,
     ) -> Result<Vec<MetricSeries<StoredPoint>>, TelemetryError> {
-        let device = device.to_owned();
-        self.ask(|reply| Job::Raw {
-            device,
-            metrics,
-            from,
-            to,
-            reply,
-        })
-        .await
+        self.ask(|reply| Job::Raw { range, reply }).await
     }
 
-    /// `agg` per `step` ms bucket of `device`'s `metrics` (all if empty) over `[from, to)`.
-    #[allow(clippy::too_many_arguments)]
+    /// `agg` per `step` ms bucket over `range`.
     pub async fn aggregate(
         &self,
-        device: &str,
-        metrics: Vec<String>,
-        from: i64,
-        to: i64,
+        range: TelemetryRange,
         step: i64,
         agg: Agg,
     ) -> Result<Vec<MetricSeries<(i64, f64)>>, TelemetryError> {
-        let device = device.to_owned();
         self.ask(|reply| Job::Aggregate {
-            device,
-            metrics,
-            from,
-            to,
+            range,
             step,
             agg,
             reply,
@@ -301,6 +290,23 @@ fn to_sample(v: Value) -> Sample {
 }
 
 /// The series of `device` to answer for: the named metrics that exist, or all of them.
+/// `read` of each series `range` names, with its metric.
+fn per_metric<T>(
+    db: &FileDb,
+    range: &TelemetryRange,
+    mut read: impl FnMut(SeriesId) -> Result<Vec<T>, TelemetryError>,
+) -> Result<Vec<MetricSeries<T>>, TelemetryError> {
+    series_of(db, &range.device, &range.metrics)
+        .into_iter()
+        .map(|(metric, id)| {
+            Ok(MetricSeries {
+                metric,
+                points: read(id)?,
+            })
+        })
+        .collect()
+}
+
 fn series_of(db: &FileDb, device: &str, metrics: &[String]) -> Vec<(String, SeriesId)> {
     let index = db.db().engine().index();
     if metrics.is_empty() {
@@ -330,46 +336,29 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
     while let Some(job) = jobs.blocking_recv() {
         match job {
             Job::Write { device, samples } => write(&mut db, &device, &samples),
-            Job::Raw {
-                device,
-                metrics,
-                from,
-                to,
-                reply,
-            } => {
-                let r = series_of(&db, &device, &metrics)
-                    .into_iter()
-                    .map(|(metric, id)| {
-                        let points = db
-                            .db()
-                            .raw(id, from, to)?
-                            .into_iter()
-                            .map(|p| StoredPoint {
-                                ts: p.ts,
-                                value: to_sample(p.value),
-                            })
-                            .collect();
-                        Ok(MetricSeries { metric, points })
-                    })
-                    .collect();
+            Job::Raw { range, reply } => {
+                let r = per_metric(&db, &range, |id| {
+                    Ok(db
+                        .db()
+                        .raw(id, range.from, range.to)?
+                        .into_iter()
+                        .map(|p| StoredPoint {
+                            ts: p.ts,
+                            value: to_sample(p.value),
+                        })
+                        .collect())
+                });
                 let _ = reply.send(r);
             }
             Job::Aggregate {
-                device,
-                metrics,
-                from,
-                to,
+                range,
                 step,
                 agg,
                 reply,
             } => {
-                let r = series_of(&db, &device, &metrics)
-                    .into_iter()
-                    .map(|(metric, id)| {
-                        let points = db.db().aggregate(id, from, to, step, agg)?;
-                        Ok(MetricSeries { metric, points })
-                    })
-                    .collect();
+                let r = per_metric(&db, &range, |id| {
+                    Ok(db.db().aggregate(id, range.from, range.to, step, agg)?)
+                });
                 let _ = reply.send(r);
             }
             Job::Latest { device, reply } => {
