@@ -211,31 +211,9 @@ impl TlsSettings {
     }
 }
 
-/// The rustls configuration `listener` describes (TLS 1.2 and 1.3).
-pub fn server_config(
-    listener: &ListenerConfig,
-) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
-    server_config_with_alpn(listener, ALPN)
-}
-
-/// [`server_config`] accepting the ALPN protocols `alpn`.
-pub fn server_config_with_alpn(
-    listener: &ListenerConfig,
-    alpn: &[&[u8]],
-) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
-    server_config_with_trust(listener, alpn, &ClientTrust::default())
-}
-
-/// [`server_config_with_alpn`] trusting `trust` for client certificates
-/// as well (see [`super::client_trust`]).
-pub fn server_config_with_trust(
-    listener: &ListenerConfig,
-    alpn: &[&[u8]],
-    trust: &ClientTrust,
-) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
-    Ok(build(listener, alpn, trust)?.config)
-}
-
+/// The rustls configuration `listener` describes (TLS 1.2 and 1.3),
+/// accepting the ALPN protocols `alpn` and trusting `trust` for client
+/// certificates beside the listener's own files (see [`super::client_trust`]).
 fn build(
     listener: &ListenerConfig,
     alpn: &[&[u8]],
