@@ -667,6 +667,20 @@ class Api:
         return f"app:{app_id}", password
 
 
+def send_and_read_until_closed(port: int, payload: bytes) -> bytes:
+    """Sends `payload` on a plain TCP connection and returns everything the
+    server wrote until it closed (a reset counts as closed)."""
+    got = b""
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.sendall(payload)
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+        except ConnectionResetError:
+            pass
+    return got
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of `pid` in MiB."""
     fields = {}

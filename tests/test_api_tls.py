@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import HOST, myriad_bin, unique
+from helpers import HOST, myriad_bin, send_and_read_until_closed, unique
 from test_tls import context, make_certs, metric
 
 TOKEN = "api-tls-test-token-0123456789"
@@ -148,14 +148,7 @@ def test_ctl_plain_http_still_works(broker_factory):
 
 def test_plain_http_and_a_wrong_ca_are_refused(api_broker, certs, other_certs):
     port = api_tls_port(api_broker)
-    with socket.create_connection((HOST, port), timeout=5) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        got = b""
-        try:
-            while chunk := s.recv(4096):
-                got += chunk
-        except ConnectionResetError:
-            pass
+    got = send_and_read_until_closed(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert b"HTTP/1." not in got and b"ok" not in got, got
     with pytest.raises(ssl.SSLCertVerificationError):
         with socket.create_connection((HOST, port), timeout=5) as raw:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import mqtt_raw as raw
-from helpers import HOST, V5, V311, Client, myriad_bin, unique
+from helpers import HOST, V5, V311, Client, myriad_bin, send_and_read_until_closed, unique
 from mqtt_raw import RawClient
 from test_tls import context, make_certs, metric, metric_lines
 from ws_raw import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, UpgradeRefused, WsSocket, frame, upgrade_request
@@ -282,14 +282,7 @@ def test_server_initiated_close_sends_a_close_frame(wsb):
 
 def refused_status(port: int, payload: bytes) -> tuple[int, bytes]:
     """Sends `payload`, returns the HTTP status and what followed, after the server closed."""
-    with socket.create_connection((HOST, port), timeout=5) as s:
-        s.sendall(payload)
-        got = b""
-        try:
-            while chunk := s.recv(4096):
-                got += chunk
-        except ConnectionResetError:
-            pass
+    got = send_and_read_until_closed(port, payload)
     assert got.startswith(b"HTTP/1.1 "), got
     return int(got.split(b" ")[1]), got
 
