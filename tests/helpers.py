@@ -667,6 +667,20 @@ class Api:
         return f"app:{app_id}", password
 
 
+def json_ctl(api_port: int, token: str):
+    """A function running `myriad ctl --output json ARGS...` against the API on
+    `api_port` with `token` (no other MYRIAD_* settings leak in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+    env["MYRIAD_API"] = f"http://127.0.0.1:{api_port}"
+    env["MYRIAD_API_TOKEN"] = token
+
+    def ctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(myriad_bin()), "ctl", "--output", "json", *args], capture_output=True,
+                              text=True, env=env, timeout=60)
+
+    return ctl
+
+
 def send_and_read_until_closed(port: int, payload: bytes) -> bytes:
     """Sends `payload` on a plain TCP connection and returns everything the
     server wrote until it closed (a reset counts as closed)."""

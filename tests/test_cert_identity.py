@@ -15,7 +15,6 @@ and `myriad ctl`. Certificates: `myriad ctl certs dev-ca` and openssl.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import V5, V311, Api, Broker, Client, myriad_bin, unique
+from helpers import V5, V311, Api, Broker, Client, json_ctl, myriad_bin, unique
 from test_tls import (
     context,
     make_certs,
@@ -321,13 +320,7 @@ def test_bad_pem_gets_a_400_naming_what_is_wrong(cert_broker, api, pki, other_ca
 
 
 def test_ctl_registers_lists_and_revokes(cert_broker, api, pki, other_ca, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    env["MYRIAD_API"] = f"http://127.0.0.1:{cert_broker.api_port}"
-    env["MYRIAD_API_TOKEN"] = TOKEN
-
-    def ctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(myriad_bin()), "ctl", "--output", "json", *args], capture_output=True,
-                              text=True, env=env, timeout=60)
+    ctl = json_ctl(cert_broker.api_port, TOKEN)
 
     dev = unique("ctl")
     api.ok("POST", "/api/v1/devices", {"id": dev}, expect=201)

@@ -7,12 +7,10 @@ kick` close it on demand. Real clients: paho-mqtt 3.1.1 and 5.0."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from helpers import V311, V5, Api, Client, myriad_bin, unique
+from helpers import V5, V311, Api, Client, json_ctl, unique
 
 TOKEN = "device-revocation-token-0123456789"
 BROKER_CONFIG = {"auth": {"allow_anonymous": False}, "api": {"token": TOKEN}}
@@ -101,13 +99,7 @@ def test_kick_of_an_offline_or_unknown_device(api):
 
 def test_kick_from_ctl(broker, api):
     dev, pw = api.create_device("rv")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    env["MYRIAD_API"] = f"http://127.0.0.1:{broker.api_port}"
-    env["MYRIAD_API_TOKEN"] = TOKEN
-
-    def ctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(myriad_bin()), "ctl", "--output", "json", *args], capture_output=True,
-                              text=True, env=env, timeout=60)
+    ctl = json_ctl(broker.api_port, TOKEN)
 
     d = Client(broker.port, client_id=dev, username=dev, password=pw)
     try:
