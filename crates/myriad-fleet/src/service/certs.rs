@@ -93,6 +93,18 @@ fn trust_from(store: &Arc<FleetStore>) -> Result<ClientTrust, CertServiceError> 
     Ok(trust)
 }
 
+/// Gives every one of `listeners` the registry's current trust.
+fn hand_trust_to(
+    store: &Arc<FleetStore>,
+    listeners: &[Arc<TlsSettings>],
+) -> Result<(), CertServiceError> {
+    let trust = trust_from(store)?;
+    for listener in listeners {
+        listener.set_client_trust(trust.clone())?;
+    }
+    Ok(())
+}
+
 /// See the module docs.
 pub struct CertificateService {
     store: Arc<FleetStore>,
@@ -139,11 +151,8 @@ impl CertificateService {
     }
 
     fn apply_trust(&self) -> Result<(), CertServiceError> {
-        let trust = trust_from(&self.store)?;
-        for listener in self.listeners().iter() {
-            listener.set_client_trust(trust.clone())?;
-        }
-        Ok(())
+        let listeners = self.listeners().clone();
+        hand_trust_to(&self.store, &listeners)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -317,10 +326,7 @@ impl CertificateService {
         let auth = self.auth.clone();
         let stale =
             tokio::task::spawn_blocking(move || -> Result<Vec<String>, CertServiceError> {
-                let trust = trust_from(&store)?;
-                for listener in &listeners {
-                    listener.set_client_trust(trust.clone())?;
-                }
+                hand_trust_to(&store, &listeners)?;
                 // Logins made from here on were checked with the new trust.
                 Ok(auth
                     .certificate_logins()
