@@ -80,6 +80,12 @@ pub trait Acl: Send + Sync + fmt::Debug {
     /// Whether the client may subscribe to `filter` (for a shared
     /// subscription, the filter without its `$share/{group}/` prefix).
     fn may_subscribe(&self, filter: &str) -> bool;
+    /// The device this connection authenticated as, if it is one: an
+    /// [`IngestSink`] takes the messages a device publishes about itself.
+    /// Default: none.
+    fn device(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The answer to a CONNECT.
@@ -100,6 +106,37 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Authenticator: Send + Sync + 'static {
     /// Decides on one CONNECT.
     fn authenticate<'a>(&'a self, info: ConnectInfo<'a>) -> BoxFuture<'a, AuthDecision>;
+}
+
+/// Why an [`IngestSink`] could not take a message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the ingest sink refused the message: {0}")]
+pub struct IngestRefused(pub String);
+
+/// Takes what a client publishes to one topic of its own (a device's
+/// telemetry) before the broker routes it, so that the publisher's
+/// acknowledgement waits until the sink has stored it.
+///
+/// The connection task asks [`IngestSink::topic_for`] once, after CONNECT;
+/// from then on every PUBLISH of that client to that topic (named, or
+/// through a Topic Alias set to it) is handed to [`IngestSink::ingest`] and
+/// awaited *before* the packet goes on to the broker core, which checks
+/// the ACL, routes it to subscribers and acknowledges it as usual. The
+/// client's later packets wait meanwhile (so its acknowledgements keep
+/// their order); other clients do not. When the sink refuses, the message
+/// is not routed: a 5.0 client gets PUBACK / PUBREC 0x80 (Unspecified
+/// error), a 3.1.1 client is disconnected without an acknowledgement (it
+/// sends the message again), and a QoS 0 message is dropped.
+pub trait IngestSink: Send + Sync + 'static {
+    /// The topic of this client whose messages go to the sink, if any.
+    fn topic_for(&self, client_id: &str, acl: Option<&dyn Acl>) -> Option<String>;
+    /// Takes one message published to the client's topic; resolves once it
+    /// is stored (as durably as the sink promises).
+    fn ingest(
+        &self,
+        topic: &str,
+        payload: bytes::Bytes,
+    ) -> BoxFuture<'static, Result<(), IngestRefused>>;
 }
 
 /// Why a session went offline.

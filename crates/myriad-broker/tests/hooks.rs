@@ -63,6 +63,7 @@ async fn start() -> Server {
         lifecycle: Some(lifecycle_tx),
         tracer: None,
         receipts: None,
+        ingest: None,
     };
     let shell = common::serve(BrokerConfig::default(), None, hooks).await;
     Server { shell, lifecycle }

@@ -235,6 +235,17 @@ impl FileDb {
     /// as one write, fsynced if so configured; when it returns `Ok`, the accepted points are as
     /// durable as configured. If the write fails, the points are in memory but not in the log.
     pub fn append(&mut self, points: &[(SeriesId, Point)]) -> Result<AppendReport, FileDbError> {
+        let report = self.append_unsynced(points)?;
+        self.sync()?;
+        Ok(report)
+    }
+
+    /// [`FileDb::append`] without the fsync: the record is written to the WAL file but durable
+    /// only after the next [`FileDb::sync`] (group commit: many appends, one fsync).
+    pub fn append_unsynced(
+        &mut self,
+        points: &[(SeriesId, Point)],
+    ) -> Result<AppendReport, FileDbError> {
         let mut buf = std::mem::take(&mut self.pending);
         let report = match self.db.engine_mut().append(points, &mut buf) {
             Ok(r) => r,
@@ -245,6 +256,16 @@ impl FileDb {
         };
         self.write_wal(&buf)?;
         Ok(report)
+    }
+
+    /// Makes every record written so far durable (fsync of the WAL segment) when the store was
+    /// opened with `fsync`; otherwise nothing.
+    pub fn sync(&mut self) -> Result<(), FileDbError> {
+        if self.fsync {
+            let path = self.dir.join(segment_name(self.seq));
+            self.wal.sync_data().map_err(io("fsync", &path))?;
+        }
+        Ok(())
     }
 
     /// Resolves each point's series key and appends them as one batch ([`FileDb::append`]).
@@ -263,9 +284,6 @@ impl FileDb {
         }
         let path = self.dir.join(segment_name(self.seq));
         self.wal.write_all(bytes).map_err(io("write", &path))?;
-        if self.fsync {
-            self.wal.sync_data().map_err(io("fsync", &path))?;
-        }
         Ok(())
     }
 

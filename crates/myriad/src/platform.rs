@@ -159,13 +159,6 @@ impl Platform {
                     format!("cannot open the telemetry store in {}", tdir.display())
                 })?;
             let service = Arc::new(service);
-            let task = service.clone();
-            let handle = broker.clone();
-            essential.spawn("telemetry service", async move {
-                if task.run(handle).await.is_err() {
-                    info!("telemetry service stopped with the broker");
-                }
-            });
             Some(service)
         } else {
             None
@@ -178,6 +171,9 @@ impl Platform {
                 prefix: "$commands/".to_string(),
                 sender: receipts_tx,
             }),
+            ingest: telemetry
+                .clone()
+                .map(|t| t as Arc<dyn myriad_broker::hooks::IngestSink>),
         };
         let devices = Arc::new(DeviceAdmin::new(
             store.clone(),

@@ -40,7 +40,7 @@ impl Broker {
             return;
         }
         match packet {
-            Packet::Publish(publish) => self.handle_publish(now, conn, publish),
+            Packet::Publish(publish) => self.handle_publish(now, conn, publish, false),
             Packet::PubAck(ack) => self.close_flow(now, conn, ack.packet_id, QoS::AtLeastOnce),
             Packet::PubRec(rec) => self.handle_pubrec(now, conn, rec),
             Packet::PubRel(rel) => self.handle_pubrel(conn, rel),
@@ -109,7 +109,8 @@ impl Broker {
         self.sessions.attached(conn).map(|s| s.id)
     }
 
-    fn handle_publish(&mut self, now: Instant, conn: ConnId, mut publish: Publish) {
+    /// `stored`: the ingest sink took the message (it counts as a match).
+    fn handle_publish(&mut self, now: Instant, conn: ConnId, mut publish: Publish, stored: bool) {
         self.stats.messages_received += 1;
         self.observe.received(&publish);
         let Some(session_id) = self.session_of(conn) else {
@@ -222,12 +223,41 @@ impl Broker {
         } else {
             self.publish_message(now, message)
         };
-        let reason_code = if matched == 0 && v5 {
+        let reason_code = if matched == 0 && v5 && !stored {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
         };
         self.acknowledge(conn, qos, packet_id, reason_code);
+    }
+
+    /// A PUBLISH the shell's ingest sink has stored: handled as any other,
+    /// except that a 5.0 client is acknowledged with Success even when no
+    /// session subscribes (the sink took it), not 0x10.
+    pub fn handle_ingested(&mut self, now: Instant, conn: ConnId, publish: Publish) {
+        let ticks = self.epoch.ticks(now);
+        let Some(connection) = self.connection_mut(conn) else {
+            return;
+        };
+        connection.last_seen = ticks;
+        self.handle_publish(now, conn, publish, true);
+    }
+
+    /// A PUBLISH the shell's ingest sink could not store: not routed. A 5.0
+    /// client gets 0x80 (Unspecified error) on PUBACK / PUBREC; 3.1.1 has no
+    /// way to say so, and acknowledging would tell it the message is kept,
+    /// so its connection is closed (it sends the message again). QoS 0:
+    /// nothing to answer.
+    pub fn refuse_ingested(&mut self, now: Instant, conn: ConnId, qos: QoS, packet_id: u16) {
+        self.stats.messages_received += 1;
+        if qos == QoS::AtMostOnce {
+            return;
+        }
+        if self.is_v5(conn) {
+            self.acknowledge(conn, qos, packet_id, ReasonCode::UnspecifiedError);
+        } else {
+            self.disconnect_with(now, conn, ReasonCode::UnspecifiedError);
+        }
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH; nothing for QoS 0.

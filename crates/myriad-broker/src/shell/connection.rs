@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::census::{RegisteredTask, TaskGuard};
+use super::ingest::{Ingest, IngestRoute};
 use super::link::{Batch, Link};
 use super::transport::Transport;
 use super::{Event, Shared};
@@ -74,13 +75,15 @@ async fn start(
         return None;
     };
     let protocol = connect.protocol;
+    let ingest = shared
+        .ingest
+        .as_ref()
+        .and_then(|sink| sink.topic_for(&connect.client_id, acl.as_deref()))
+        .map(IngestRoute::new);
     // Copies, so the link does not keep the CONNECT packet alive.
-    let link = Arc::new(Link::network(
-        conn,
-        peer,
-        protocol,
-        detached(&connect.client_id),
-    ));
+    let link = Arc::new(
+        Link::network(conn, peer, protocol, detached(&connect.client_id)).with_ingest(ingest),
+    );
     // Reserve before building the event so it is never held across an await.
     let permit = shared.events.reserve().await.ok()?;
     permit.send(Event::Connect {
@@ -405,15 +408,20 @@ impl Connected {
 
     /// Forwards the whole packets in the read buffer to the core.
     async fn drain(&mut self) -> Result<(), ConnectionLoss> {
-        drain(
-            &mut self.stream,
-            &mut self.buf,
-            self.link.conn,
-            self.link.protocol,
-            self.shared.config.max_packet_size as usize,
-            &self.shared.events,
-        )
-        .await
+        let ingest = self
+            .shared
+            .ingest
+            .as_deref()
+            .zip(self.link.ingest.as_deref());
+        let reader = Reader {
+            conn: self.link.conn,
+            protocol: self.link.protocol,
+            max_size: self.shared.config.max_packet_size as usize,
+            alias_maximum: self.shared.config.topic_alias_maximum,
+            events: &self.shared.events,
+            ingest,
+        };
+        drain(&mut self.stream, &mut self.buf, &reader).await
     }
 }
 
@@ -449,19 +457,26 @@ async fn say_goodbye(stream: &mut Transport, protocol: ProtocolVersion, reason: 
     }
 }
 
+/// How one connection's packets are decoded and where they go.
+struct Reader<'a> {
+    conn: ConnId,
+    protocol: ProtocolVersion,
+    max_size: usize,
+    alias_maximum: u16,
+    events: &'a mpsc::Sender<Event>,
+    ingest: Ingest<'a>,
+}
+
 /// Forwards every whole packet in `buf` to the core; on undecodable bytes
 /// says goodbye (5.0) and reports the violation. An emptied buffer is freed.
 async fn drain(
     stream: &mut Transport,
     buf: &mut BytesMut,
-    conn: ConnId,
-    protocol: ProtocolVersion,
-    max_size: usize,
-    events: &mpsc::Sender<Event>,
+    reader: &Reader<'_>,
 ) -> Result<(), ConnectionLoss> {
-    if let Err(error) = forward_packets(buf, conn, protocol, max_size, events).await {
+    if let Err(error) = forward_packets(buf, reader).await {
         let reason = error.reason_code();
-        say_goodbye(stream, protocol, reason).await;
+        say_goodbye(stream, reader.protocol, reason).await;
         return Err(ConnectionLoss::ProtocolViolation(reason));
     }
     if buf.is_empty() {
@@ -552,22 +567,50 @@ async fn refuse_connect(
     stream.write_all(&connack_refusal(protocol, reason)).await
 }
 
-/// Decodes every whole packet in `buf` and hands each to the core.
-async fn forward_packets(
-    buf: &mut BytesMut,
-    conn: ConnId,
-    protocol: ProtocolVersion,
-    max_size: usize,
-    events: &mpsc::Sender<Event>,
-) -> Result<(), DecodeError> {
+/// Decodes every whole packet in `buf` and hands each to the core; a
+/// PUBLISH to the connection's ingest topic goes to the sink first (see
+/// [`crate::hooks::IngestSink`]).
+async fn forward_packets(buf: &mut BytesMut, reader: &Reader<'_>) -> Result<(), DecodeError> {
+    let conn = reader.conn;
     while !buf.is_empty() {
         // Reserve first so no decoded packet is held across the await.
-        let Ok(permit) = events.reserve().await else {
+        let Ok(permit) = reader.events.reserve().await else {
             return Ok(());
         };
-        match myriad_mqtt::decode(buf, protocol, max_size)? {
-            Some(packet) => permit.send(Event::Packet { conn, packet }),
-            None => break,
+        let Some(packet) = myriad_mqtt::decode(buf, reader.protocol, reader.max_size)? else {
+            break;
+        };
+        let (publish, sink, route) = match (packet, reader.ingest) {
+            (Packet::Publish(publish), Some((sink, route)))
+                if route.takes(&publish, reader.alias_maximum) =>
+            {
+                (publish, sink, route)
+            }
+            (packet, _) => {
+                permit.send(Event::Packet { conn, packet });
+                continue;
+            }
+        };
+        // The permit is not held while the sink works: others may go on.
+        drop(permit);
+        let (qos, packet_id) = (publish.qos, publish.packet_id);
+        let stored = sink.ingest(route.topic(), publish.payload.clone()).await;
+        let Ok(permit) = reader.events.reserve().await else {
+            return Ok(());
+        };
+        match stored {
+            Ok(()) => permit.send(Event::Ingested {
+                conn,
+                publish: Box::new(publish),
+            }),
+            Err(error) => {
+                debug!(conn, topic = route.topic(), %error, "ingest sink refused a message");
+                permit.send(Event::IngestRefused {
+                    conn,
+                    qos,
+                    packet_id,
+                });
+            }
         }
     }
     Ok(())
@@ -618,6 +661,7 @@ mod tests {
         let shared = std::sync::Arc::new(super::Shared {
             config: Default::default(),
             authenticator: None,
+            ingest: None,
             events,
         });
         let census = std::sync::Arc::new(super::super::census::Census::default());

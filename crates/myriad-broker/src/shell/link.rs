@@ -81,6 +81,8 @@ pub struct Link {
     pub(crate) conn: ConnId,
     /// The protocol version the client speaks.
     pub(crate) protocol: ProtocolVersion,
+    /// Where the client's own messages for the ingest sink go, if anywhere.
+    pub(crate) ingest: Option<Box<super::ingest::IngestRoute>>,
 }
 
 /// Appends `packet` encoded for `protocol` to `out`; a packet that cannot be
@@ -229,7 +231,14 @@ impl Link {
             client_id,
             conn,
             protocol,
+            ingest: None,
         }
+    }
+
+    /// The same link, whose client's messages to `route`'s topic go to the ingest sink.
+    pub(crate) fn with_ingest(mut self, route: Option<super::ingest::IngestRoute>) -> Link {
+        self.ingest = route.map(Box::new);
+        self
     }
 
     /// Who is on the other end (`None`: an in-process client).

@@ -15,6 +15,7 @@ mod commit;
 mod connection;
 #[cfg(feature = "fault-injection")]
 mod fault;
+mod ingest;
 pub mod internal;
 pub mod link;
 mod listen;
@@ -44,7 +45,7 @@ use crate::core::evict::{Evicted, Eviction};
 use crate::core::persist::unix_now;
 use crate::core::receipts::DeliveryReceipt;
 use crate::core::{Broker, Output};
-use crate::hooks::{Acl, Authenticator, Lifecycle, Presence};
+use crate::hooks::{Acl, Authenticator, IngestSink, Lifecycle, Presence};
 use crate::{ConnId, ConnectionLoss};
 use commit::{CommitFailure, Deferred, Durability};
 use link::{Link, Pushed};
@@ -68,6 +69,15 @@ pub(crate) enum Event {
     },
     /// A connection sent a packet after CONNECT.
     Packet { conn: ConnId, packet: Packet },
+    /// A PUBLISH the [`IngestSink`] has stored.
+    Ingested { conn: ConnId, publish: Box<Publish> },
+    /// The [`IngestSink`] refused a PUBLISH the connection sent: it is
+    /// answered with an error (5.0) or a disconnect (3.1.1), not routed.
+    IngestRefused {
+        conn: ConnId,
+        qos: QoS,
+        packet_id: u16,
+    },
     /// A connection ended.
     Lost { conn: ConnId, loss: ConnectionLoss },
     /// A connection wrote (or handed to its in-process client) `qos0` QoS 0
@@ -91,8 +101,16 @@ pub(crate) enum Event {
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+    /// Takes each device's own messages on its ingest topic before routing.
+    pub(crate) ingest: Option<Arc<dyn IngestSink>>,
     /// Where connection tasks send what they read.
     pub(crate) events: mpsc::Sender<Event>,
+}
+
+impl std::fmt::Debug for dyn IngestSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IngestSink")
+    }
 }
 
 impl std::fmt::Debug for dyn Authenticator {
@@ -115,6 +133,10 @@ pub struct Hooks {
     /// Receives a [`DeliveryReceipt`] whenever a client acknowledges a
     /// message under the prefix (see [`crate::core::receipts`]).
     pub receipts: Option<ReceiptHook>,
+    /// Takes what a client publishes to its own ingest topic before it is
+    /// routed; the publisher's acknowledgement waits for it (see
+    /// [`IngestSink`]). `None`: nothing is intercepted.
+    pub ingest: Option<Arc<dyn IngestSink>>,
 }
 
 /// Where delivery receipts go, and for which topics.
@@ -134,6 +156,7 @@ impl std::fmt::Debug for Hooks {
             .field("lifecycle", &self.lifecycle.is_some())
             .field("tracer", &self.tracer.is_some())
             .field("receipts", &self.receipts.is_some())
+            .field("ingest", &self.ingest.is_some())
             .finish()
     }
 }
@@ -367,6 +390,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         config: config.clone(),
         authenticator: hooks.authenticator,
+        ingest: hooks.ingest,
         events: handle.events.clone(),
     });
     let (mut broker, persistence) = match persistence {
@@ -636,6 +660,12 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
             broker.handle_connect_as(now, conn, *connect, acl);
         }
         Event::Packet { conn, packet } => broker.handle_packet(now, conn, packet),
+        Event::Ingested { conn, publish } => broker.handle_ingested(now, conn, *publish),
+        Event::IngestRefused {
+            conn,
+            qos,
+            packet_id,
+        } => broker.refuse_ingested(now, conn, qos, packet_id),
         Event::Lost { conn, loss } => {
             links.depart(conn);
             broker.handle_connection_lost(now, conn, loss);

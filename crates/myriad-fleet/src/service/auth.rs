@@ -81,6 +81,9 @@ impl Acl for CertifiedAcl {
     fn may_subscribe(&self, filter: &str) -> bool {
         self.acl.may_subscribe(filter)
     }
+    fn device(&self) -> Option<&str> {
+        self.acl.device()
+    }
 }
 
 /// Device id -> weak handle on the [`CertifiedAcl`] of its latest
@@ -164,6 +167,12 @@ impl Acl for PrincipalAcl {
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         may_subscribe(&self.0, filter)
+    }
+    fn device(&self) -> Option<&str> {
+        match &self.0 {
+            Principal::Device(id) => Some(id.as_str()),
+            _ => None,
+        }
     }
 }
 

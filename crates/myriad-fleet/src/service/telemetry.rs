@@ -1,28 +1,29 @@
 //! The telemetry service: `devices/{id}/telemetry` messages into the telemetry store, and the
 //! queries the HTTP API answers from it.
 //!
-//! An in-process client subscribes to `devices/+/telemetry`; the broker's ACL lets a device
-//! publish only below its own `devices/{id}/`, so the topic's id is the sender's (application
-//! clients granted such a topic, and admins, can write there too). Payloads are parsed on the
-//! event loop (cheap, bounded by [`TelemetryLimits`]) and the samples handed over a bounded
-//! queue ([`QUEUE`] jobs; a full queue holds the subscription, so the broker's per-session
-//! limits apply) to one writer thread that owns the [`FileDb`]: WAL writes and fsyncs, seals
-//! (every [`TelemetryConfig::seal_interval_secs`], and at shutdown) and queries all run there,
-//! never on the event loop.
+//! The service is the broker's [`IngestSink`]: a device's connection hands every message the
+//! device publishes to its own `devices/{id}/telemetry` (the device it logged in as; its ACL
+//! says so) to [`TelemetryService`] before the broker routes and acknowledges it. Payloads are
+//! parsed there, in the connection's task (cheap, bounded by [`TelemetryLimits`]); the samples
+//! go over a bounded queue ([`QUEUE`] jobs; a full queue holds the sending connections) to one
+//! writer thread that owns the [`FileDb`]. The writer appends every write job waiting (up to
+//! [`GROUP_JOBS`]) to the WAL, syncs once (when `[store] fsync` is on) and only then answers
+//! them: a QoS 1 PUBLISH is acknowledged once its points are in the WAL as durably as the store
+//! policy says (group commit: one fsync for every device that wrote meanwhile). Seals (every
+//! [`TelemetryConfig::seal_interval_secs`], and at shutdown) and queries run on the writer
+//! thread too, never on the event loop.
 //!
-//! The device's QoS 1 PUBACK does not wait for the WAL: the broker acknowledges a publish when
-//! it has routed it, and the internal client's receipt is not tied to the sender's. A publish
-//! acknowledged just before a crash can be lost if the writer had not written it yet.
+//! Only the device itself writes its telemetry over MQTT: an application or admin client
+//! publishing to `devices/{id}/telemetry` is routed as any message but not stored.
 //!
 //! Counters: [`crate::metrics::TELEMETRY_POINTS_TOTAL`] (samples stored) and
 //! [`crate::metrics::TELEMETRY_POINTS_REFUSED_TOTAL`] by `reason` ([`Refusal::as_str`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use myriad_broker::shell::{BrokerHandle, BrokerStopped};
-use myriad_mqtt::QoS;
+use bytes::Bytes;
+use myriad_broker::hooks::{Acl, BoxFuture, IngestRefused, IngestSink};
 use myriad_tsdb::index::{DEVICE_LABEL, METRIC_LABEL};
 use myriad_tsdb::{
     Agg, AppendError, DbConfig, DbError, FileDb, FileDbError, Point, PointError, SeriesId,
@@ -33,11 +34,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::now_ms;
-use crate::registry::DeviceId;
 use crate::telemetry::{Refusal, Sample, TelemetryLimits, parse};
 
 /// Jobs waiting for the writer thread.
 pub const QUEUE: usize = 1_024;
+/// Most write jobs one WAL sync covers.
+pub const GROUP_JOBS: usize = 256;
 
 /// The `[telemetry]` config table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,6 +76,9 @@ pub enum TelemetryError {
     /// The writer thread has stopped.
     #[error("the telemetry store is stopped")]
     Stopped,
+    /// The store could not write (a disk error).
+    #[error("the telemetry store could not write: {0}")]
+    Write(String),
     /// The query was refused (bad step, too many buckets).
     #[error(transparent)]
     Query(#[from] DbError),
@@ -117,6 +122,8 @@ enum Job {
     Write {
         device: String,
         samples: Vec<crate::telemetry::ParsedSample>,
+        /// Told once the points are in the WAL (and synced), or why not.
+        done: oneshot::Sender<Result<(), String>>,
     },
     Raw {
         range: TelemetryRange,
@@ -192,54 +199,49 @@ impl TelemetryService {
         &self.limits
     }
 
-    /// Parses one payload from `device` and queues its samples; returns how many were refused
-    /// by parsing (counted in the metric; store refusals are counted by the writer).
-    pub async fn ingest(&self, device: &str, payload: &[u8], arrival_ms: i64) -> usize {
+    /// Parses one payload from `device` and stores its samples; resolves once they are in the
+    /// WAL. Returns how many samples parsing refused (counted in the metric; store refusals are
+    /// counted by the writer). `Err` when the store could not write (the samples are counted as
+    /// refused with reason `store`).
+    pub async fn ingest(
+        &self,
+        device: &str,
+        payload: &[u8],
+        arrival_ms: i64,
+    ) -> Result<usize, TelemetryError> {
         let parsed = parse(payload, arrival_ms, &self.limits);
         for r in &parsed.refused {
             refused(*r, 1);
         }
         if !parsed.samples.is_empty() {
             let n = parsed.samples.len() as u64;
-            let job = Job::Write {
-                device: device.to_owned(),
-                samples: parsed.samples,
-            };
-            if self.jobs.send(job).await.is_err() {
+            let stored = self
+                .ask(|done| Job::Write {
+                    device: device.to_owned(),
+                    samples: parsed.samples,
+                    done,
+                })
+                .await;
+            if let Err(e) = stored {
                 refused(Refusal::Store, n);
+                return Err(e);
             }
         }
-        parsed.refused.len()
+        Ok(parsed.refused.len())
     }
 
-    /// Stores `devices/+/telemetry` messages until the broker stops.
-    pub async fn run(self: Arc<Self>, broker: BrokerHandle) -> Result<(), BrokerStopped> {
-        let mut client = broker.connect_internal("telemetry").await?;
-        client
-            .subscribe("devices/+/telemetry", QoS::AtLeastOnce)
-            .await?;
-        while let Some(publish) = client.recv().await {
-            let mut parts = publish.topic.split('/');
-            let (Some("devices"), Some(id), Some("telemetry"), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            if DeviceId::new(id).is_err() {
-                continue;
-            }
-            self.ingest(id, &publish.payload, now_ms() as i64).await;
-        }
-        Ok(())
-    }
-
-    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, TelemetryError> {
+    async fn ask<T, E: Into<TelemetryError>>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, E>>) -> Job,
+    ) -> Result<T, TelemetryError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(job(tx))
             .await
             .map_err(|_| TelemetryError::Stopped)?;
-        rx.await.map_err(|_| TelemetryError::Stopped)?
+        rx.await
+            .map_err(|_| TelemetryError::Stopped)?
+            .map_err(Into::into)
     }
 
     /// Raw points in `range`.
@@ -273,6 +275,40 @@ impl TelemetryService {
     ) -> Result<Vec<MetricSeries<StoredPoint>>, TelemetryError> {
         let device = device.to_owned();
         self.ask(|reply| Job::Latest { device, reply }).await
+    }
+}
+
+impl From<String> for TelemetryError {
+    fn from(message: String) -> Self {
+        TelemetryError::Write(message)
+    }
+}
+
+/// The topic a device's telemetry goes to.
+fn telemetry_topic(device: &str) -> String {
+    format!("devices/{device}/telemetry")
+}
+
+impl IngestSink for TelemetryService {
+    /// A device connection's own `devices/{id}/telemetry`; nothing for other clients.
+    fn topic_for(&self, _client_id: &str, acl: Option<&dyn Acl>) -> Option<String> {
+        acl?.device().map(telemetry_topic)
+    }
+
+    fn ingest(&self, topic: &str, payload: Bytes) -> BoxFuture<'static, Result<(), IngestRefused>> {
+        let service = self.clone();
+        let device = topic
+            .strip_prefix("devices/")
+            .and_then(|t| t.strip_suffix("/telemetry"))
+            .unwrap_or_default()
+            .to_owned();
+        Box::pin(async move {
+            service
+                .ingest(&device, &payload, now_ms() as i64)
+                .await
+                .map(|_| ())
+                .map_err(|e| IngestRefused(e.to_string()))
+        })
     }
 }
 
@@ -333,9 +369,32 @@ fn series_of(db: &FileDb, device: &str, metrics: &[String]) -> Vec<(String, Seri
 
 fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
     let mut next_seal = Instant::now() + seal_every;
-    while let Some(job) = jobs.blocking_recv() {
+    let mut next = jobs.blocking_recv();
+    while let Some(job) = next.take() {
         match job {
-            Job::Write { device, samples } => write(&mut db, &device, &samples),
+            Job::Write {
+                device,
+                samples,
+                done,
+            } => {
+                // Group commit: every write waiting goes into the WAL before one sync.
+                let mut group = vec![(device, samples, done)];
+                while group.len() < GROUP_JOBS {
+                    match jobs.try_recv() {
+                        Ok(Job::Write {
+                            device,
+                            samples,
+                            done,
+                        }) => group.push((device, samples, done)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                write_group(&mut db, group);
+            }
             Job::Raw { range, reply } => {
                 let r = per_metric(&db, &range, |id| {
                     Ok(db
@@ -383,9 +442,39 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
             seal(&mut db);
             next_seal = Instant::now() + seal_every;
         }
+        if next.is_none() {
+            next = jobs.blocking_recv();
+        }
     }
     seal(&mut db);
     info!("telemetry writer stopped");
+}
+
+type WriteJob = (
+    String,
+    Vec<crate::telemetry::ParsedSample>,
+    oneshot::Sender<Result<(), String>>,
+);
+
+/// Appends each job's points to the WAL, syncs once, then answers every job: `Ok` for those
+/// whose points are durable, the error for those that could not be written.
+fn write_group(db: &mut FileDb, group: Vec<WriteJob>) {
+    let mut answers = Vec::with_capacity(group.len());
+    for (device, samples, done) in group {
+        let written = write(db, &device, &samples);
+        answers.push((done, written, samples.len() as u64));
+    }
+    let synced = db.sync().map_err(|e| e.to_string());
+    if let Err(e) = &synced {
+        error!(error = %e, "telemetry WAL sync failed");
+    }
+    for (done, written, n) in answers {
+        let answer = written.and_then(|()| synced.clone());
+        if answer.is_err() {
+            refused(Refusal::Store, n);
+        }
+        let _ = done.send(answer);
+    }
 }
 
 fn seal(db: &mut FileDb) {
@@ -396,7 +485,13 @@ fn seal(db: &mut FileDb) {
     }
 }
 
-fn write(db: &mut FileDb, device: &str, samples: &[crate::telemetry::ParsedSample]) {
+/// Appends one device's samples (without syncing). Points the store refuses one by one are
+/// counted; `Err` when nothing could be written.
+fn write(
+    db: &mut FileDb,
+    device: &str,
+    samples: &[crate::telemetry::ParsedSample],
+) -> Result<(), String> {
     let mut batch = Vec::with_capacity(samples.len());
     for s in samples {
         match db.series(&SeriesKey::new(device, s.metric.as_str())) {
@@ -413,7 +508,7 @@ fn write(db: &mut FileDb, device: &str, samples: &[crate::telemetry::ParsedSampl
             }
         }
     }
-    match db.append(&batch) {
+    match db.append_unsynced(&batch) {
         Ok(report) => {
             metrics::counter!(crate::metrics::TELEMETRY_POINTS_TOTAL)
                 .increment(report.accepted as u64);
@@ -427,10 +522,11 @@ fn write(db: &mut FileDb, device: &str, samples: &[crate::telemetry::ParsedSampl
                 };
                 refused(r, 1);
             }
+            Ok(())
         }
         Err(e) => {
             error!(device, error = %e, "telemetry write failed");
-            refused(Refusal::Store, batch.len() as u64);
+            Err(e.to_string())
         }
     }
 }
