@@ -17,6 +17,9 @@
 //! * `commands` (Myriad only): N registered devices answer commands sent
 //!   through the HTTP API; commands per second and latency from the API call
 //!   to the device's recorded reply.
+//! * `telemetry` (Myriad only): N registered devices publish sensor readings
+//!   to the telemetry store; stored values per second, PUBACK latency and
+//!   broker CPU per value.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -100,6 +103,8 @@ pub enum SimCommand {
     Fleet(scenario::fleet::FleetArgs),
     /// Myriad's command service end to end: HTTP API -> device -> recorded reply.
     Commands(scenario::commands::CommandsArgs),
+    /// Myriad's telemetry store: devices publish quantised sensor readings over MQTT.
+    Telemetry(scenario::telemetry::TelemetryArgs),
 }
 
 /// Settings every scenario reads, resolved from [`CommonArgs`].
@@ -214,6 +219,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             SimCommand::Shared(a) => scenario::shared::run(env, a).await,
             SimCommand::Fleet(a) => scenario::fleet::run(env, a).await,
             SimCommand::Commands(a) => scenario::commands::run(env, a).await,
+            SimCommand::Telemetry(a) => scenario::telemetry::run(env, a).await,
         }
     });
     // Tasks still winding down (closing sockets) must not hold up the exit.

@@ -274,7 +274,7 @@ struct PresenceCount {
 }
 
 /// Resolves `--api`.
-fn api_addr(api: &str) -> Result<SocketAddr> {
+pub(crate) fn api_addr(api: &str) -> Result<SocketAddr> {
     api.to_socket_addrs()
         .map_err(|error| SimError::Args(format!("--api {api}: {error}")))?
         .next()
@@ -282,7 +282,7 @@ fn api_addr(api: &str) -> Result<SocketAddr> {
 }
 
 /// Sends a setup request and returns its body, failing on any status other than `expect`.
-async fn setup_call(
+pub(crate) async fn setup_call(
     http: &mut HttpClient,
     method: Method,
     path: &str,
@@ -301,7 +301,7 @@ async fn setup_call(
     Ok(response.body)
 }
 
-fn json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T> {
+pub(crate) fn json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|error| SimError::Api {
         what: what.to_owned(),
         status: 200,
@@ -310,7 +310,7 @@ fn json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T> {
 }
 
 /// The JSON-lines body registering `ids`, all with one password hash.
-fn import_body(ids: &[String], phc: &str) -> Result<Bytes> {
+pub(crate) fn import_body(ids: &[String], phc: &str) -> Result<Bytes> {
     let mut body = Vec::with_capacity(ids.len() * (phc.len() + 64));
     for id in ids {
         serde_json::to_writer(
@@ -321,6 +321,38 @@ fn import_body(ids: &[String], phc: &str) -> Result<Bytes> {
         body.push(b'\n');
     }
     Ok(Bytes::from(body))
+}
+
+/// Registers `ids` in one bulk import, all with `password` (one cheap Argon2 hash).
+pub(crate) async fn import_devices(http: &mut HttpClient, ids: &[String], password: &str) -> Result<()> {
+    let phc = myriad_fleet::credentials::hash_password(
+        password,
+        &myriad_fleet::credentials::HashParams::INSECURE_FAST,
+    )
+    .map_err(|error| SimError::Args(format!("--password: {error}")))?;
+    let path = "/api/v1/devices/import?format=jsonl";
+    let body = setup_call(
+        http,
+        Method::POST,
+        path,
+        Some((import_body(ids, &phc)?, "application/x-ndjson")),
+        200,
+    )
+    .await?;
+    let report: ImportReport = json(path, &body)?;
+    if report.imported != ids.len() as u64 {
+        return Err(SimError::Api {
+            what: format!("POST {path}"),
+            status: 200,
+            body: format!(
+                "imported {} of {} devices; first errors: {:?}",
+                report.imported,
+                ids.len(),
+                report.failed.iter().take(3).collect::<Vec<_>>()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Runs `commands`.
@@ -352,33 +384,7 @@ pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
     let mut http = HttpClient::new(api, token)?;
     let import_started = Instant::now();
     if !args.no_import {
-        let phc = myriad_fleet::credentials::hash_password(
-            &args.password,
-            &myriad_fleet::credentials::HashParams::INSECURE_FAST,
-        )
-        .map_err(|error| SimError::Args(format!("--password: {error}")))?;
-        let path = "/api/v1/devices/import?format=jsonl";
-        let body = setup_call(
-            &mut http,
-            Method::POST,
-            path,
-            Some((import_body(&ids, &phc)?, "application/x-ndjson")),
-            200,
-        )
-        .await?;
-        let report: ImportReport = json(path, &body)?;
-        if report.imported != args.devices as u64 {
-            return Err(SimError::Api {
-                what: format!("POST {path}"),
-                status: 200,
-                body: format!(
-                    "imported {} of {} devices; first errors: {:?}",
-                    report.imported,
-                    args.devices,
-                    report.failed.iter().take(3).collect::<Vec<_>>()
-                ),
-            });
-        }
+        import_devices(&mut http, &ids, &args.password).await?;
     }
     let import_secs = import_started.elapsed().as_secs_f64();
     let app_id = format!("{}-watch", env.prefix);

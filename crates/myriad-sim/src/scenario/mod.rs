@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod p2p;
 pub mod pubsub;
 pub mod shared;
+pub mod telemetry;
 
 use std::time::Duration;
 
