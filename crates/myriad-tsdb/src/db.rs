@@ -132,6 +132,18 @@ impl Db {
         Ok(())
     }
 
+    /// Seeds the head with what the sealed blocks hold of each series (its value kind and newest
+    /// sealed timestamp, see [`crate::Head::seed`]); call once after loading the blocks and
+    /// before replaying the WAL.
+    pub fn seed_head_from_blocks(&mut self) {
+        for block in self.blocks.values() {
+            for (id, s) in &block.series {
+                let newest = (!s.is_empty()).then(|| s.time_range().1);
+                self.engine.head_mut().seed(*id, s.kind(), newest);
+            }
+        }
+    }
+
     /// Seals every head point into the block of its partition; returns the partitions whose
     /// blocks changed, ascending. The caller persists each one's [`SealedBlock::to_bytes`].
     pub fn seal(&mut self) -> Result<Vec<i64>, DbError> {

@@ -166,6 +166,7 @@ impl FileDb {
             }
         }
         segments.sort();
+        db.seed_head_from_blocks();
         for (_, name) in &segments {
             let path = dir.join(name);
             let bytes = fs::read(&path).map_err(io("read", &path))?;

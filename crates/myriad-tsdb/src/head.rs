@@ -83,6 +83,9 @@ struct HeadSeries {
     side: BTreeMap<i64, Value>,
     /// Newest timestamp ever accepted (kept across seals) and its current value.
     newest: Option<Point>,
+    /// Newest timestamp already in sealed blocks when the head was rebuilt at open
+    /// ([`Head::seed`]): the out-of-order window counts from it until `newest` is set.
+    sealed_newest: Option<i64>,
 }
 
 /// The open chunks of all series, indexed by [`SeriesId`].
@@ -117,6 +120,7 @@ impl Head {
             chunk: ChunkEncoder::new(value.kind()),
             side: BTreeMap::new(),
             newest: None,
+            sealed_newest: None,
         });
         let kind = s.chunk.kind();
         if value.kind() != kind {
@@ -125,8 +129,8 @@ impl Head {
                 got: value.kind(),
             });
         }
-        let newest = match s.newest {
-            Some(p) if ts <= p.ts => p.ts,
+        let newest = match s.newest.map(|p| p.ts).or(s.sealed_newest) {
+            Some(newest) if ts <= newest => newest,
             _ => {
                 s.chunk.push(ts, value)?;
                 s.newest = Some(Point { ts, value });
@@ -147,6 +151,28 @@ impl Head {
             s.newest = Some(Point { ts, value });
         }
         Ok(Appended::OutOfOrder)
+    }
+
+    /// Tells the head what sealed blocks already hold of series `id` (at open, before the WAL
+    /// is replayed): its value kind, which later points must keep, and its newest sealed
+    /// timestamp, from which the out-of-order window counts until a newer point arrives.
+    /// Without it a restart would forget both: a point of another kind would be taken (and
+    /// could not be merged into the block at the next seal), and points of any age would be.
+    /// A series the head already holds keeps its kind.
+    pub fn seed(&mut self, id: SeriesId, kind: ValueKind, sealed_newest: Option<i64>) {
+        let idx = id.0 as usize;
+        if idx >= self.series.len() {
+            self.series.resize_with(idx + 1, || None);
+        }
+        let s = self.series[idx].get_or_insert_with(|| HeadSeries {
+            chunk: ChunkEncoder::new(kind),
+            side: BTreeMap::new(),
+            newest: None,
+            sealed_newest: None,
+        });
+        if let Some(ts) = sealed_newest {
+            s.sealed_newest = Some(s.sealed_newest.map_or(ts, |old| old.max(ts)));
+        }
     }
 
     /// The value kind of series `id`, once it has had a point.

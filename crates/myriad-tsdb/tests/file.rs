@@ -209,3 +209,55 @@ fn garbage_files_never_panic() {
         .expect("temp");
     assert_eq!(db.db().raw(t, 0, 3 * H).expect("raw").len(), 100);
 }
+
+/// After a seal and a restart the head is empty, but it still knows each series' kind and newest
+/// sealed timestamp: a point of another kind is refused (it could not be merged into the block),
+/// and so is one older than the out-of-order window; one inside the window is merged at the next
+/// seal, the newer value winning.
+#[test]
+fn a_restart_keeps_kinds_and_the_out_of_order_window() {
+    use myriad_tsdb::{AppendError, PointError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let temp = SeriesKey::new("d1", "temp");
+    {
+        let (mut db, _) = FileDb::open(dir.path(), cfg(), true).expect("open");
+        db.write(&points("d1", 20 * H, 100)).expect("write");
+        db.seal().expect("seal");
+    }
+    let (mut db, _) = FileDb::open(dir.path(), cfg(), true).expect("reopen");
+    let id = db.db().engine().index().get(&temp).expect("temp");
+    let newest = 20 * H + 99_000;
+    let late = |ts, value| (temp.clone(), Point { ts, value });
+    let report = db
+        .write(&[
+            late(newest - 1_000, Value::Bool(true)),
+            late(newest - 11 * H, Value::F64(1.0)),
+            late(newest - 1_000, Value::F64(99.5)),
+        ])
+        .expect("write");
+    assert_eq!(report.accepted, 1);
+    let reasons: Vec<_> = report.refused.iter().map(|(_, e)| e.clone()).collect();
+    assert!(
+        matches!(
+            reasons[0],
+            PointError::Head(AppendError::KindMismatch { .. })
+        ),
+        "{reasons:?}"
+    );
+    assert!(
+        matches!(reasons[1], PointError::Head(AppendError::TooOld { .. })),
+        "{reasons:?}"
+    );
+    db.seal().expect("seal merges the late point");
+    let raw = db.db().raw(id, 0, 30 * H).expect("raw");
+    assert_eq!(raw.len(), 100);
+    assert_eq!(
+        raw.iter().find(|p| p.ts == newest - 1_000).map(|p| p.value),
+        Some(Value::F64(99.5))
+    );
+    // The latest value still comes from the block until a newer point arrives.
+    assert_eq!(
+        db.db().latest(id).expect("latest").map(|p| p.ts),
+        Some(newest)
+    );
+}

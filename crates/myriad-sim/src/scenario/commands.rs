@@ -324,7 +324,11 @@ pub(crate) fn import_body(ids: &[String], phc: &str) -> Result<Bytes> {
 }
 
 /// Registers `ids` in one bulk import, all with `password` (one cheap Argon2 hash).
-pub(crate) async fn import_devices(http: &mut HttpClient, ids: &[String], password: &str) -> Result<()> {
+pub(crate) async fn import_devices(
+    http: &mut HttpClient,
+    ids: &[String],
+    password: &str,
+) -> Result<()> {
     let phc = myriad_fleet::credentials::hash_password(
         password,
         &myriad_fleet::credentials::HashParams::INSECURE_FAST,

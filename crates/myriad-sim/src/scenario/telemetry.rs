@@ -342,7 +342,8 @@ pub async fn run(env: Env, args: TelemetryArgs) -> Result<()> {
     };
     // QoS 0 points may still be on their way to the store.
     let mut stored_after = read_stored(&mut http).await?;
-    let values_sent = Counters::get(&shared.counters.sent) * u64::from(args.batch) * METRICS_PER_POINT;
+    let values_sent =
+        Counters::get(&shared.counters.sent) * u64::from(args.batch) * METRICS_PER_POINT;
     let settle = Instant::now() + Duration::from_secs(10);
     while stored_after < stored_before + values_sent && Instant::now() < settle {
         sleep(Duration::from_millis(200)).await;
@@ -533,7 +534,10 @@ mod tests {
             serde_json::from_slice(&message(&mut sensors, &mut rng, 3, 1000)).expect("json");
         let points = batch["points"].as_array().expect("points");
         assert_eq!(points.len(), 3);
-        let ts: Vec<i64> = points.iter().map(|p| p["ts"].as_i64().expect("ts")).collect();
+        let ts: Vec<i64> = points
+            .iter()
+            .map(|p| p["ts"].as_i64().expect("ts"))
+            .collect();
         assert_eq!(ts[1] - ts[0], 1000);
         assert_eq!(ts[2] - ts[1], 1000);
     }
