@@ -246,6 +246,17 @@ def subscribe_offline(client_id: str, version: int, qos: int, port: int) -> None
     c.loop_stop()
 
 
+def kill_rounds(server: Server, server_up: threading.Event, rng: random.Random) -> None:
+    """ROUNDS times: traffic for a random while, kill -9, a short pause, restart."""
+    for _ in range(ROUNDS):
+        time.sleep(rng.uniform(0.3, 1.2))
+        server_up.clear()
+        server.kill9()
+        time.sleep(rng.uniform(0.05, 0.3))
+        server.start()
+        server_up.set()
+
+
 @pytest.mark.parametrize("store", [{"fsync": True, "commit": "per_ack"}, {"fsync": True, "commit": "group"}], ids=["per_ack", "group"])
 def test_kill9_loses_no_acknowledged_message(tmp_path, store):
     rng = random.Random(int(os.environ.get("CRASH_SEED", "20261123")))
@@ -261,13 +272,7 @@ def test_kill9_loses_no_acknowledged_message(tmp_path, store):
         server_up.set()
         pub2 = Publisher(f"{tag}-pub-qos2", 5, 2, port, server_up)
         pub1 = Publisher(f"{tag}-pub-qos1", 4, 1, port, server_up)
-        for _ in range(ROUNDS):
-            time.sleep(rng.uniform(0.3, 1.2))
-            server_up.clear()
-            server.kill9()
-            time.sleep(rng.uniform(0.05, 0.3))
-            server.start()
-            server_up.set()
+        kill_rounds(server, server_up, rng)
         time.sleep(0.5)
         for p in (pub1, pub2):
             p.stop_publishing()
@@ -321,13 +326,7 @@ def test_kill9_loses_no_acknowledged_telemetry(tmp_path):
         pub = Publisher(device, 4, 1, port, server_up, topic=f"devices/{device}/telemetry",
                         payload=lambda seq: json.dumps({"ts": base + seq * 10, "seq": seq}),
                         password=password)
-        for _ in range(ROUNDS):
-            time.sleep(rng.uniform(0.3, 1.2))
-            server_up.clear()
-            server.kill9()
-            time.sleep(rng.uniform(0.05, 0.3))
-            server.start()
-            server_up.set()
+        kill_rounds(server, server_up, rng)
         time.sleep(0.5)
         pub.stop_publishing()
         assert wait_until(pub.all_completed, timeout=30), f"still waiting: {pub.sent - len(pub.completed_mids)}"

@@ -51,15 +51,34 @@ use crate::{Env, progress, secs};
 /// What every simulated device answers.
 const REPLY: &[u8] = br#"{"status":"succeeded","result":{"ok":true}}"#;
 
-/// Options of `myriad sim commands`.
+/// Options of the scenarios that drive a running `myriad serve` through its HTTP API with
+/// devices they register themselves (`commands`, `telemetry`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct CommandsArgs {
+pub struct PlatformArgs {
     /// Address of Myriad's HTTP API (host:port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub api: String,
     /// The API's bearer token (`{data_dir}/api-token` of `myriad serve`).
     #[arg(long, env = "MYRIAD_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Keep alive of each device in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub keepalive: u16,
+    /// The devices are already registered (by an earlier run with the same
+    /// `--prefix` and `--password`): skip the import.
+    #[arg(long)]
+    pub no_import: bool,
+    /// Password of every device (stored as one cheap Argon2 hash).
+    #[arg(long, default_value = "device-secret")]
+    pub password: String,
+}
+
+/// Options of `myriad sim commands`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommandsArgs {
+    /// API address, token and device logins.
+    #[command(flatten)]
+    pub platform: PlatformArgs,
     /// Devices to register and connect.
     #[arg(long, short = 'n', default_value_t = 10_000)]
     pub devices: usize,
@@ -78,19 +97,9 @@ pub struct CommandsArgs {
     /// Half of the devices speak MQTT 3.1.1 (the others the `--mqtt` version).
     #[arg(long)]
     pub mixed: bool,
-    /// Keep alive of each device in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub keepalive: u16,
     /// Longest wait for every device to connect and show as online, seconds.
     #[arg(long, default_value_t = 120.0)]
     pub connect_timeout: f64,
-    /// The devices are already registered (by an earlier run with the same
-    /// `--prefix` and `--password`): skip the import.
-    #[arg(long)]
-    pub no_import: bool,
-    /// Password of every device (stored as one cheap Argon2 hash).
-    #[arg(long, default_value = "device-secret")]
-    pub password: String,
 }
 
 /// Results of `commands`.
@@ -369,8 +378,8 @@ pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
     env.check_sockets(args.devices + args.window + 2)?;
     let duration = secs(args.duration, "duration")?;
     let connect_timeout = secs(args.connect_timeout, "connect-timeout")?;
-    let api = api_addr(&args.api)?;
-    let token = args.token.as_deref();
+    let api = api_addr(&args.platform.api)?;
+    let token = args.platform.token.as_deref();
     let started = Instant::now();
     let shared = Arc::new(Shared {
         counters: Arc::new(Counters::default()),
@@ -387,8 +396,8 @@ pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
     // 1. Registration: devices and the watching app client.
     let mut http = HttpClient::new(api, token)?;
     let import_started = Instant::now();
-    if !args.no_import {
-        import_devices(&mut http, &ids, &args.password).await?;
+    if !args.platform.no_import {
+        import_devices(&mut http, &ids, &args.platform.password).await?;
     }
     let import_secs = import_started.elapsed().as_secs_f64();
     let app_id = format!("{}-watch", env.prefix);
@@ -418,7 +427,7 @@ pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
     );
     let connect_started = Instant::now();
     let permits = Arc::new(Semaphore::new(env.connect_concurrency));
-    let password = Bytes::from(args.password.clone().into_bytes());
+    let password = Bytes::from(args.platform.password.clone().into_bytes());
     let mut devices = JoinSet::new();
     let mut devices_v311 = 0;
     for (index, id) in ids.iter().enumerate() {
@@ -431,7 +440,7 @@ pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
             devices_v311 += 1;
         }
         let mut options = ConnectOptions::new(id.clone(), version);
-        options.keep_alive = args.keepalive;
+        options.keep_alive = args.platform.keepalive;
         options.username = Some(id.clone());
         options.password = Some(password.clone());
         options.source = env.sources.source(index);

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::commands::{api_addr, import_devices, setup_call};
+use super::commands::{PlatformArgs, api_addr, import_devices, setup_call};
 use super::paced;
 use crate::client::{Client, ConnectOptions};
 use crate::error::{Result, SimError};
@@ -48,12 +48,9 @@ const STORED_COUNTER: &str = "myriad_telemetry_points_total";
 /// Options of `myriad sim telemetry`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {
-    /// Address of Myriad's HTTP API (host:port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub api: String,
-    /// The API's bearer token (`{data_dir}/api-token` of `myriad serve`).
-    #[arg(long, env = "MYRIAD_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// API address, token and device logins.
+    #[command(flatten)]
+    pub platform: PlatformArgs,
     /// Devices to register and connect.
     #[arg(long, short = 'n', default_value_t = 10_000)]
     pub devices: usize,
@@ -72,18 +69,9 @@ pub struct TelemetryArgs {
     /// Devices connecting per second (0: as fast as the connect concurrency allows).
     #[arg(long, default_value_t = 0.0)]
     pub connect_rate: f64,
-    /// Keep alive of each device in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub keepalive: u16,
     /// Longest wait for every device to connect, seconds.
     #[arg(long, default_value_t = 120.0)]
     pub connect_timeout: f64,
-    /// The devices are already registered (same `--prefix` and `--password`).
-    #[arg(long)]
-    pub no_import: bool,
-    /// Password of every device (stored as one cheap Argon2 hash).
-    #[arg(long, default_value = "device-secret")]
-    pub password: String,
 }
 
 /// Results of `telemetry`.
@@ -240,14 +228,14 @@ pub async fn run(env: Env, args: TelemetryArgs) -> Result<()> {
         return Err(SimError::Args("--interval must be positive".to_owned()));
     }
     let connect_timeout = secs(args.connect_timeout, "connect-timeout")?;
-    let api = api_addr(&args.api)?;
+    let api = api_addr(&args.platform.api)?;
     let started = Instant::now();
     let ids: Vec<String> = (0..args.devices)
         .map(|index| format!("{}-t{index}", env.prefix))
         .collect();
-    let mut http = HttpClient::new(api, args.token.as_deref())?;
-    if !args.no_import {
-        import_devices(&mut http, &ids, &args.password).await?;
+    let mut http = HttpClient::new(api, args.platform.token.as_deref())?;
+    if !args.platform.no_import {
+        import_devices(&mut http, &ids, &args.platform.password).await?;
     }
 
     let (go_tx, go) = tokio::sync::watch::channel(None);
@@ -267,7 +255,7 @@ pub async fn run(env: Env, args: TelemetryArgs) -> Result<()> {
     );
     let connect_started = Instant::now();
     let permits = Arc::new(Semaphore::new(env.connect_concurrency));
-    let password = Bytes::from(args.password.clone().into_bytes());
+    let password = Bytes::from(args.platform.password.clone().into_bytes());
     let qos = if args.qos == 1 {
         QoS::AtLeastOnce
     } else {
@@ -281,7 +269,7 @@ pub async fn run(env: Env, args: TelemetryArgs) -> Result<()> {
     let mut devices = JoinSet::new();
     for (index, id) in ids.iter().enumerate() {
         let mut options = ConnectOptions::new(id.clone(), env.version);
-        options.keep_alive = args.keepalive;
+        options.keep_alive = args.platform.keepalive;
         options.username = Some(id.clone());
         options.password = Some(password.clone());
         options.source = env.sources.source(index);
