@@ -1002,7 +1002,10 @@ mod tests {
     use crate::index::SeriesKey;
     use crate::value::Value;
 
-    fn db(series: &[(&str, &str, &[(i64, f64)])]) -> Db {
+    /// Device, metric and `(ms, value)` points of one test series.
+    type Spec<'a> = (&'a str, &'a str, &'a [(i64, f64)]);
+
+    fn db(series: &[Spec]) -> Db {
         let mut db = Db::new(DbConfig::default()).expect("db");
         let mut wal = Vec::new();
         for (device, metric, pts) in series {
