@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from helpers import HOST, V5, Api, Client, wait_until
+from helpers import HOST, V5, Api, Client, unique, wait_until
 
 pytestmark = pytest.mark.myriad_only
 
@@ -251,3 +251,75 @@ def test_telemetry_disabled_is_503(broker_factory):
     b = broker_factory({**BROKER_CONFIG, "telemetry": {"enabled": False}})
     got = bad(b.api_port, "GET", "/api/v1/query", [("query", "1+1")], status=503, kind="unavailable")
     assert "telemetry" in got
+
+
+# ------------------------------------------------------------------ many devices, native API
+
+
+@pytest.fixture(scope="module")
+def group_fleet(broker, api):
+    """Three devices in a unique group (two of them with site=<unique>), `temp` in two buckets of
+    a minute: device i has i+1 and i+3 in the first minute, 10*(i+1) in the second."""
+    group, site = unique("g"), unique("s")
+    base = (int(time.time()) // 60) * 60_000 - 30 * 60_000
+    devs = []
+    for i in range(3):
+        dev = unique("gd")
+        attrs = {"site": site} if i < 2 else {"site": "elsewhere"}
+        api.ok("POST", "/api/v1/devices", {"id": dev, "password": "dev-pw-1", "groups": [group],
+                                           "attributes": attrs}, expect=201)
+        Fleet.publish(broker, dev, "dev-pw-1", [
+            {"ts": base + 1_000, "temp": i + 1}, {"ts": base + 2_000, "temp": i + 3},
+            {"ts": base + 61_000, "temp": 10 * (i + 1)}])
+        devs.append(dev)
+    for dev in devs:
+        path = f"/api/v1/devices/{dev}/telemetry?metrics=temp&from={base}&to={base + 120_000}"
+        assert wait_until(lambda: sum(len(s["points"]) for s in api.ok("GET", path)["series"]) == 3, 10)
+    return group, site, base, devs
+
+
+def test_many_devices_per_device_and_combined(api, group_fleet):
+    group, site, base, devs = group_fleet
+    rng = f"metrics=temp&from={base}&to={base + 120_000}&step=60000"
+    got = api.ok("GET", f"/api/v1/telemetry?group={group}&{rng}")
+    assert got["devices"] == 3 and got["group_by"] == "device" and got["agg"] == "avg"
+    per = {s["device"]: s["points"] for s in got["series"]}
+    assert per == {d: [[base, i + 2.0], [base + 60_000, 10.0 * (i + 1)]] for i, d in enumerate(devs)}
+    # By attribute: the two devices at `site`.
+    got = api.ok("GET", f"/api/v1/telemetry?attr.site={site}&{rng}&agg=max")
+    assert sorted(s["device"] for s in got["series"]) == sorted(devs[:2])
+    assert {s["device"]: s["points"][0][1] for s in got["series"]} == {devs[0]: 3.0, devs[1]: 4.0}
+    # Named devices, raw points.
+    got = api.ok("GET", f"/api/v1/telemetry?devices={devs[0]},{devs[2]}&metrics=temp&from={base}&to={base + 120_000}")
+    assert {s["device"]: len(s["points"]) for s in got["series"]} == {devs[0]: 3, devs[2]: 3}
+    # Combined across devices per bucket: the avg of the devices' avgs, and the max.
+    got = api.ok("GET", f"/api/v1/telemetry?group={group}&{rng}&group_by=none")
+    assert got["combine"] == "avg"
+    assert got["series"] == [{"metric": "temp", "devices": 3,
+                              "points": [[base, 3.0, 3], [base + 60_000, 20.0, 3]]}]
+    # combine applies to the per-device bucket values (`agg`, avg by default).
+    got = api.ok("GET", f"/api/v1/telemetry?group={group}&{rng}&combine=max")
+    assert got["series"][0]["points"] == [[base, 4.0, 3], [base + 60_000, 30.0, 3]]
+    got = api.ok("GET", f"/api/v1/telemetry?group={group}&{rng}&combine=max&agg=max")
+    assert got["series"][0]["points"] == [[base, 5.0, 3], [base + 60_000, 30.0, 3]]
+
+
+def test_many_devices_bad_parameters_are_named(api, group_fleet):
+    group, _, base, devs = group_fleet
+    for query, name in [
+        ("metrics=temp", "devices"),
+        (f"devices={devs[0]}&group={group}", "devices"),
+        ("attr.a=1&attr.b=2", "attr"),
+        (f"group={group}&group_by=site", "group_by"),
+        (f"group={group}&combine=median&step=1000", "combine"),
+        (f"group={group}&combine=avg", "step"),
+        (f"group={group}&group_by=device&combine=avg&step=1000", "combine"),
+        (f"group={group}&step=0", "step"),
+        (f"group={group}&frm=1", "frm"),
+        ("devices=" + ",".join(f"d{i}" for i in range(10_001)), "devices"),
+    ]:
+        status, body = api.call("GET", f"/api/v1/telemetry?{query}")
+        assert status == 400, (query, status, body)
+        assert name in body["message"], (query, body)
+    # 10,000 named devices are accepted.
+    api.ok("GET", "/api/v1/telemetry?metrics=temp&devices=" + ",".join(f"d{i}" for i in range(10_000)))

@@ -10,6 +10,7 @@ mod presence;
 mod prometheus;
 mod shadows;
 mod telemetry;
+mod telemetry_multi;
 pub(crate) mod tls;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(presence::presence_count))
         .routes(routes!(telemetry::device_telemetry))
         .routes(routes!(telemetry::latest_telemetry))
+        .routes(routes!(telemetry_multi::fleet_telemetry))
         .routes(routes!(prometheus::query_range))
         .routes(routes!(prometheus::query))
         .routes(routes!(prometheus::series))
