@@ -39,7 +39,7 @@
 //! | query text | [`PromLimits::max_query_len`] (8 KiB) | [`PromError::QueryTooLong`] (bad_data) |
 //! | steps of a range query | 11,000 (`(end - start) / step`) | [`PromError::TooManyPoints`] (bad_data, Prometheus's message) |
 //! | series one selector matches | [`PromLimits::max_series`] (10,000) | [`PromError::TooManySeries`] (execution) |
-//! | points read plus points answered | [`PromLimits::max_samples`] (50,000,000) | [`PromError::TooManySamples`] (execution) |
+//! | points read plus points answered | [`PromLimits::max_samples`] (10,000,000) | [`PromError::TooManySamples`] (execution) |
 //! | compiled regex | [`PromLimits::max_regex_bytes`] (1 MiB, `regex` `size_limit`) | [`PromError::Regex`] (bad_data) |
 //! | range of `[r]` / offset | [`MAX_RANGE_MS`] (400 days) | [`PromError::Unsupported`] (bad_data) |
 
@@ -84,7 +84,7 @@ impl Default for PromLimits {
         Self {
             max_query_len: 8 * 1024,
             max_series: 10_000,
-            max_samples: 50_000_000,
+            max_samples: 10_000_000,
             max_regex_bytes: 1024 * 1024,
         }
     }

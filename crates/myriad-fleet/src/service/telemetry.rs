@@ -397,7 +397,13 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
                     .collect();
                 let _ = reply.send(r);
             }
-            Job::Read(read) => read(db.db()),
+            Job::Read(read) => {
+                // A bug in a query must not stop the store: the caller sees `Stopped`.
+                let db = db.db();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(db))).is_err() {
+                    error!("telemetry read job panicked");
+                }
+            }
         }
         if Instant::now() >= next_seal {
             seal(&mut db);
