@@ -1278,6 +1278,52 @@ mod tests {
         assert!(parse_selector("rate(x[1m])", &l).is_err());
     }
 
+    /// Timing, not a check: `cargo test --profile ci -p myriad-tsdb --lib promql::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        let mut db = Db::new(DbConfig::default()).expect("db");
+        let mut wal = Vec::new();
+        // 1,000 devices, one point every 10 s for 6 hours (2,160 points each, 2.16 M in all).
+        for d in 0..1_000 {
+            let id = db
+                .engine_mut()
+                .series(&SeriesKey::new(format!("dev{d}"), "temp"), &mut wal)
+                .expect("series");
+            let batch: Vec<_> = (0..2_160)
+                .map(|i| {
+                    let value = Value::F64((d + i) as f64);
+                    (
+                        id,
+                        Point {
+                            ts: T0 + i * 10_000,
+                            value,
+                        },
+                    )
+                })
+                .collect();
+            db.engine_mut().append(&batch, &mut wal).expect("append");
+            wal.clear();
+        }
+        db.seal().expect("seal");
+        let l = PromLimits::default();
+        for (text, step) in [
+            ("avg_over_time(temp{device=\"dev7\"}[5m])", 60_000),
+            ("avg by (device) (avg_over_time(temp[5m]))", 60_000),
+            ("avg(rate(temp[5m]))", 60_000),
+            ("sum(temp)", 15_000),
+        ] {
+            let started = std::time::Instant::now();
+            let m = eval_range(&db, &q(text), T0, T0 + 6 * 3_600_000, step, &l).expect("ok");
+            let points: usize = m.iter().map(|s| s.1.len()).sum();
+            println!(
+                "{text}: {} series, {points} points in {:?}",
+                m.len(),
+                started.elapsed()
+            );
+        }
+    }
+
     #[test]
     fn times_and_durations() {
         assert_eq!(parse_time("t", "1700000000.5"), Ok(1_700_000_000_500));
