@@ -127,6 +127,9 @@ def test_query_range_avg_over_time_as_grafana_posts_it(fleet):
         ("query", f'avg_over_time({{device="{d}",metric="temp"}}[1m])'),
         ("start", rfc), ("end", str(end)), ("step", "30s")])
     assert again == data
+    # A POST form wins over the query string, as in Prometheus (Go's FormValue).
+    status, body = prom(fleet.port, "POST", "/api/v1/query?query=nonsense%7B", [("query", "1+1"), ("time", "5")])
+    assert status == 200 and body["data"] == {"resultType": "scalar", "result": [5, "2"]}, body
 
 
 def test_range_functions_and_selectors(fleet):
@@ -323,3 +326,23 @@ def test_many_devices_bad_parameters_are_named(api, group_fleet):
         assert name in body["message"], (query, body)
     # 10,000 named devices are accepted.
     api.ok("GET", "/api/v1/telemetry?metrics=temp&devices=" + ",".join(f"d{i}" for i in range(10_000)))
+
+
+def test_series_limit_is_an_execution_error(broker_factory):
+    """One device with 10,001 metrics: a selector matching 10,000 series answers, one matching
+    all 10,001 is 422 `execution`."""
+    b = broker_factory(BROKER_CONFIG)
+    api = Api(b.api_port, TOKEN)
+    dev, pw = api.create_device("many")
+    ts = int(time.time() * 1000) - 60_000
+    names = [f"m{i}" for i in range(10_001)]
+    with Client(b.port, dev, V5, username=dev, password=pw) as c:
+        for i in range(0, len(names), 64):
+            c.publish(f"devices/{dev}/telemetry", json.dumps({"ts": ts, **{n: 1 for n in names[i:i + 64]}}), qos=1)
+    assert wait_until(lambda: len(ok(b.api_port, "GET", "/api/v1/label/__name__/values")) == 10_001, 20)
+    t = str(ts // 1000 + 1)
+    got = ok(b.api_port, "GET", "/api/v1/query", [("query", f'{{device="{dev}",metric!="m0"}}'), ("time", t)])
+    assert len(got["result"]) == 10_000
+    err = bad(b.api_port, "GET", "/api/v1/query", [("query", f'{{device="{dev}"}}'), ("time", t)],
+              status=422, kind="execution")
+    assert "10000 series" in err

@@ -95,7 +95,7 @@ fn success(data: Value) -> Response {
     Json(json!({"status": "success", "data": data})).into_response()
 }
 
-/// The request's parameters: query string, then (POST) the form body.
+/// The request's parameters: (POST) the form body, then the query string.
 struct Params(Vec<(String, String)>);
 
 impl Params {
@@ -117,9 +117,6 @@ impl Params {
             }
             Ok(())
         };
-        if let Some(q) = uri.query() {
-            add(q.as_bytes())?;
-        }
         if method == Method::POST && !body.is_empty() {
             let form = headers
                 .get(header::CONTENT_TYPE)
@@ -134,6 +131,10 @@ impl Params {
                 ));
             }
             add(body)?;
+        }
+        // After the body: body values win, as in Go's `Request.FormValue`.
+        if let Some(q) = uri.query() {
+            add(q.as_bytes())?;
         }
         Ok(Params(all))
     }
