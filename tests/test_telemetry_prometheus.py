@@ -245,6 +245,17 @@ def test_bad_input_answers_the_error_envelope(fleet):
     assert "match[]" in bad(p, "POST", "/api/v1/series", [sel] * 65)
     assert "match[]" in bad(p, "GET", "/api/v1/series", [])
     assert "match[]" in bad(p, "GET", "/api/v1/series", [("match[]", "rate(temp[1m])")])
+    # Parameters per request: 256 accepted, 257 refused.
+    base = [("query", "1+1"), ("time", "0")]
+    ok(p, "POST", "/api/v1/query", base + [("x", "1")] * 254)
+    assert "256 parameters" in bad(p, "POST", "/api/v1/query", base + [("x", "1")] * 255)
+    # A POST body that is not a form.
+    req = urllib.request.Request(f"http://{HOST}:{p}/api/v1/query", data=b'{"query": "1"}', method="POST")
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 400 and "x-www-form-urlencoded" in json.loads(e.value.read())["error"]
     # The bearer token is required like everywhere under /api/v1.
     assert prom(p, "GET", "/api/v1/labels", token=None)[0] == 401
     assert prom(p, "GET", "/api/v1/labels", token="wrong")[0] == 401
