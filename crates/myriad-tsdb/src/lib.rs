@@ -15,6 +15,9 @@
 //! * [`db`]: engine plus blocks — seal, raw / aggregated / latest / rollup queries, retention.
 //! * [`file`]: the file-backed shell (WAL segments, atomic block files, recovery at open), the
 //!   only module doing I/O.
+//! * [`multi`]: the same metrics of many devices, per device or combined per bucket.
+//! * [`promql`]: a PromQL subset (selectors, `rate` and `*_over_time`, `sum`/`avg`/.. `by`)
+//!   evaluated over the [`Db`], for the Prometheus-compatible read API.
 //! * [`storage`]: the byte-file trait the caller implements, with an in-memory one for tests.
 //!
 //! # Limits (what one more does)
@@ -40,6 +43,8 @@ pub mod file;
 pub mod gorilla;
 pub mod head;
 pub mod index;
+pub mod multi;
+pub mod promql;
 pub mod storage;
 mod value;
 pub mod wal;

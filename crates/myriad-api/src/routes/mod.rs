@@ -7,8 +7,10 @@ mod devices;
 mod health;
 mod import;
 mod presence;
+mod prometheus;
 mod shadows;
 mod telemetry;
+mod telemetry_multi;
 pub(crate) mod tls;
 
 use std::sync::Arc;
@@ -51,6 +53,14 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(presence::presence_count))
         .routes(routes!(telemetry::device_telemetry))
         .routes(routes!(telemetry::latest_telemetry))
+        .routes(routes!(telemetry_multi::fleet_telemetry))
+        .routes(routes!(prometheus::query_range))
+        .routes(routes!(prometheus::query))
+        .routes(routes!(prometheus::series))
+        .routes(routes!(prometheus::labels))
+        .routes(routes!(prometheus::label_values))
+        .routes(routes!(prometheus::buildinfo))
+        .routes(routes!(prometheus::metadata))
         .routes(routes!(
             shadows::get_shadow,
             shadows::patch_shadow,

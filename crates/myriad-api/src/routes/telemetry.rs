@@ -24,7 +24,7 @@ pub(crate) const MAX_QUERY_METRICS: usize = 64;
 /// narrower range or a `step`.
 pub(crate) const MAX_RAW_POINTS: usize = 100_000;
 /// Default range: the last day.
-const DEFAULT_RANGE_MS: i64 = 86_400_000;
+pub(super) const DEFAULT_RANGE_MS: i64 = 86_400_000;
 
 /// Query string of `GET /api/v1/devices/{id}/telemetry`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -101,7 +101,7 @@ fn value_json(v: Sample) -> Value {
     }
 }
 
-fn int_param(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub(super) fn int_param(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
     match v {
         None => Ok(None),
         Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
@@ -110,7 +110,7 @@ fn int_param(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
     }
 }
 
-fn parse_agg(s: &str) -> Result<Agg, ApiError> {
+pub(super) fn parse_agg(s: &str) -> Result<Agg, ApiError> {
     Ok(match s {
         "avg" => Agg::Avg,
         "min" => Agg::Min,
@@ -127,7 +127,7 @@ fn parse_agg(s: &str) -> Result<Agg, ApiError> {
     })
 }
 
-fn parse_metrics(s: Option<&str>) -> Result<Vec<String>, ApiError> {
+pub(super) fn parse_metrics(s: Option<&str>) -> Result<Vec<String>, ApiError> {
     let Some(s) = s.filter(|s| !s.is_empty()) else {
         return Ok(Vec::new());
     };
@@ -163,14 +163,14 @@ fn query_error(e: TelemetryError) -> ApiError {
     }
 }
 
-fn unavailable(message: &str) -> ApiError {
+pub(super) fn unavailable(message: &str) -> ApiError {
     ApiError::Other {
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: message.to_owned(),
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     myriad_fleet::service::now_ms() as i64
 }
 

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use myriad_broker::hooks::{Acl, BoxFuture, IngestRefused, IngestSink};
 use myriad_tsdb::index::{DEVICE_LABEL, METRIC_LABEL};
 use myriad_tsdb::{
-    Agg, AppendError, DbConfig, DbError, FileDb, FileDbError, Point, PointError, SeriesId,
+    Agg, AppendError, Db, DbConfig, DbError, FileDb, FileDbError, Point, PointError, SeriesId,
     SeriesKey, Value,
 };
 use serde::Deserialize;
@@ -139,6 +139,8 @@ enum Job {
         device: String,
         reply: Reply<Vec<MetricSeries<StoredPoint>>>,
     },
+    /// A read-only job over the database (PromQL, multi-device queries); it sends its own reply.
+    Read(Box<dyn FnOnce(&Db) + Send>),
 }
 
 /// See the module docs.
@@ -266,6 +268,23 @@ impl TelemetryService {
             reply,
         })
         .await
+    }
+
+    /// Runs `read` on the writer thread over the database and answers what it returns (the
+    /// PromQL and multi-device queries). `read` must be bounded: writes wait while it runs.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Db) -> T + Send + 'static,
+    ) -> Result<T, TelemetryError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Read(Box::new(move |db: &Db| {
+            let _ = tx.send(read(db));
+        }));
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| TelemetryError::Stopped)?;
+        rx.await.map_err(|_| TelemetryError::Stopped)
     }
 
     /// The newest point of each of `device`'s metrics.
@@ -436,6 +455,13 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
                     })
                     .collect();
                 let _ = reply.send(r);
+            }
+            Job::Read(read) => {
+                // A bug in a query must not stop the store: the caller sees `Stopped`.
+                let db = db.db();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(db))).is_err() {
+                    error!("telemetry read job panicked");
+                }
             }
         }
         if Instant::now() >= next_seal {
