@@ -94,14 +94,14 @@ pub(crate) struct LatestAnswer {
     pub metrics: BTreeMap<String, LatestPoint>,
 }
 
-fn value_json(v: Sample) -> Value {
+pub(super) fn value_json(v: Sample) -> Value {
     match v {
         Sample::Number(f) => json!(f),
         Sample::Bool(b) => json!(b),
     }
 }
 
-fn int_param(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub(super) fn int_param(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
     match v {
         None => Ok(None),
         Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
@@ -127,7 +127,7 @@ fn parse_agg(s: &str) -> Result<Agg, ApiError> {
     })
 }
 
-fn parse_metrics(s: Option<&str>) -> Result<Vec<String>, ApiError> {
+pub(super) fn parse_metrics(s: Option<&str>) -> Result<Vec<String>, ApiError> {
     let Some(s) = s.filter(|s| !s.is_empty()) else {
         return Ok(Vec::new());
     };
@@ -148,7 +148,7 @@ fn parse_metrics(s: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(names)
 }
 
-fn query_error(e: TelemetryError) -> ApiError {
+pub(super) fn query_error(e: TelemetryError) -> ApiError {
     match e {
         TelemetryError::Query(DbError::TooManyBuckets { buckets }) => {
             ApiError::BadRequest(format!(
@@ -163,14 +163,14 @@ fn query_error(e: TelemetryError) -> ApiError {
     }
 }
 
-fn unavailable(message: &str) -> ApiError {
+pub(super) fn unavailable(message: &str) -> ApiError {
     ApiError::Other {
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: message.to_owned(),
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     myriad_fleet::service::now_ms() as i64
 }
 
