@@ -10,7 +10,8 @@
 //! - [`shadow`]: desired / reported / delta documents with versions;
 //! - [`commands`]: cloud-to-device commands (classes, breakers, limits);
 //! - [`import`]: streaming bulk provisioning from CSV or JSON lines;
-//! - [`telemetry`]: parsing device telemetry messages into samples;
+//! - [`telemetry`]: parsing device telemetry messages (JSON, CBOR) into samples;
+//! - [`lineproto`]: InfluxDB line protocol for bulk telemetry writes;
 //! - [`store`]: the embedded (redb) store for all of the above.
 
 pub mod acl;
@@ -18,6 +19,7 @@ pub mod certs;
 pub mod commands;
 pub mod credentials;
 pub mod import;
+pub mod lineproto;
 pub mod metrics;
 pub mod presence;
 pub mod registry;

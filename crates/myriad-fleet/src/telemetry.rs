@@ -1,6 +1,6 @@
 //! Telemetry messages from devices: parsing `devices/{id}/telemetry` payloads into points.
 //!
-//! Two forms, both JSON objects:
+//! Two forms, both JSON objects (or the same shapes in CBOR, see below):
 //!
 //! * single: `{"temp": 21.5, "on": true, "ts": 1733350000000}` — every key but `ts` is a metric;
 //!   `ts` (optional, integer milliseconds since the Unix epoch) defaults to the arrival time;
@@ -10,8 +10,22 @@
 //! booleans. A sample (one metric's value at one timestamp) that breaks a rule is refused alone,
 //! with a [`Refusal`] reason, and the rest of the message is kept; see [`TelemetryLimits`] for
 //! the limits and what one past each does.
+//!
+//! CBOR: a payload whose first byte is a CBOR map header (major type 5, `0xA0..=0xBF`; a JSON
+//! object starts with `{` or whitespace, never such a byte) is decoded as CBOR with the same
+//! shapes: text-string keys, integer or float (half, single, double) or boolean values, `ts` an
+//! unsigned integer, `points` an array of maps. The decoder walks at most [`CBOR_MAX_DEPTH`]
+//! nested containers (deeper, indefinite-length containers, tags, non-text keys or trailing
+//! bytes make the whole message [`Refusal::BadJson`]); a NaN or infinite float, a byte string or
+//! null value is refused alone ([`Refusal::BadValue`]). Its size is the MQTT packet's, bounded
+//! by the broker.
 
-use serde_json::{Map, Value};
+use minicbor::data::Type;
+use serde_json::{Map, Number, Value};
+
+/// Most nested CBOR containers (maps, arrays) one message may have: the top map, `points`, a
+/// point, and a (refused) container value.
+pub const CBOR_MAX_DEPTH: usize = 4;
 
 /// Limits on one telemetry message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +81,15 @@ pub enum Refusal {
     Series,
     /// The store could not write it (I/O error, queue closed).
     Store,
+    /// Bulk write: the `device` tag names no registered device.
+    UnknownDevice,
+    /// Older than the raw retention (`telemetry.raw_retention_days`).
+    Expired,
 }
 
 impl Refusal {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::BadJson,
         Refusal::BadValue,
         Refusal::NotFinite,
@@ -84,6 +102,8 @@ impl Refusal {
         Refusal::KindMismatch,
         Refusal::Series,
         Refusal::Store,
+        Refusal::UnknownDevice,
+        Refusal::Expired,
     ];
 
     /// The `reason` label.
@@ -101,6 +121,8 @@ impl Refusal {
             Refusal::KindMismatch => "kind_mismatch",
             Refusal::Series => "series",
             Refusal::Store => "store",
+            Refusal::UnknownDevice => "unknown_device",
+            Refusal::Expired => "expired",
         }
     }
 }
@@ -145,8 +167,18 @@ pub fn valid_metric_name(name: &str, limits: &TelemetryLimits) -> bool {
 
 /// Parses one payload that arrived at `arrival_ms`.
 pub fn parse(payload: &[u8], arrival_ms: i64, limits: &TelemetryLimits) -> Parsed {
+    let decoded = if payload.first().is_some_and(|b| (0xA0..=0xBF).contains(b)) {
+        cbor_to_json(payload)
+    } else {
+        serde_json::from_slice::<Value>(payload).ok()
+    };
+    parse_value(decoded, arrival_ms, limits)
+}
+
+/// Parses an already decoded payload (`None`: it did not decode) as [`parse`] does.
+pub fn parse_value(decoded: Option<Value>, arrival_ms: i64, limits: &TelemetryLimits) -> Parsed {
     let mut out = Parsed::default();
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
+    let Some(Value::Object(map)) = decoded else {
         out.refused.push(Refusal::BadJson);
         return out;
     };
@@ -172,6 +204,57 @@ pub fn parse(payload: &[u8], arrival_ms: i64, limits: &TelemetryLimits) -> Parse
         parse_point(&map, arrival_ms, limits, &mut out);
     }
     out
+}
+
+/// Decodes one CBOR item (the whole payload) into a JSON value; `None` if it is not a single
+/// well-formed item within the rules of the module docs.
+pub fn cbor_to_json(payload: &[u8]) -> Option<Value> {
+    let mut d = minicbor::Decoder::new(payload);
+    let v = cbor_item(&mut d, 0)?;
+    (d.position() == payload.len()).then_some(v)
+}
+
+fn cbor_item(d: &mut minicbor::Decoder<'_>, depth: usize) -> Option<Value> {
+    let float = |f: f64| Number::from_f64(f).map_or(Value::Null, Value::Number);
+    Some(match d.datatype().ok()? {
+        Type::Bool => Value::Bool(d.bool().ok()?),
+        Type::Null => {
+            d.null().ok()?;
+            Value::Null
+        }
+        Type::U8 | Type::U16 | Type::U32 | Type::U64 => Value::Number(d.u64().ok()?.into()),
+        Type::I8 | Type::I16 | Type::I32 | Type::I64 => Value::Number(d.i64().ok()?.into()),
+        Type::F16 => float(f64::from(d.f16().ok()?)),
+        Type::F32 => float(f64::from(d.f32().ok()?)),
+        Type::F64 => float(d.f64().ok()?),
+        Type::String => Value::String(d.str().ok()?.to_owned()),
+        Type::Bytes => {
+            d.bytes().ok()?;
+            Value::Null
+        }
+        Type::Array if depth < CBOR_MAX_DEPTH => {
+            let n = d.array().ok()??;
+            let mut items = Vec::new();
+            for _ in 0..n {
+                items.push(cbor_item(d, depth + 1)?);
+            }
+            Value::Array(items)
+        }
+        Type::Map if depth < CBOR_MAX_DEPTH => {
+            let n = d.map().ok()??;
+            let mut map = Map::new();
+            for _ in 0..n {
+                if d.datatype().ok()? != Type::String {
+                    return None;
+                }
+                let k = d.str().ok()?.to_owned();
+                let v = cbor_item(d, depth + 1)?;
+                map.insert(k, v);
+            }
+            Value::Object(map)
+        }
+        _ => return None,
+    })
 }
 
 fn parse_point(
@@ -332,5 +415,59 @@ mod tests {
         let r = p(&batch(l.max_points + 1));
         assert_eq!(r.samples.len(), l.max_points);
         assert_eq!(r.refused, vec![Refusal::TooManyPoints]);
+    }
+
+    #[test]
+    fn cbor_shapes() {
+        // {"temp": 21.5, "ts": 1000, "on": true, "n": -3}
+        let mut m = vec![0xA4, 0x64, b't', b'e', b'm', b'p', 0xFB];
+        m.extend(21.5f64.to_be_bytes());
+        m.extend([0x62, b't', b's', 0x19, 0x03, 0xE8]);
+        m.extend([0x62, b'o', b'n', 0xF5, 0x61, b'n', 0x22]);
+        let r = parse(&m, NOW, &TelemetryLimits::default());
+        assert!(r.refused.is_empty(), "{r:?}");
+        assert_eq!(r.samples.len(), 3);
+        assert!(r.samples.iter().all(|s| s.ts == 1000));
+        assert!(r.samples.contains(&ParsedSample {
+            metric: "n".into(),
+            ts: 1000,
+            value: Sample::Number(-3.0)
+        }));
+        // {"points": [{"ts": 1, "a": 1.5 (half)}, {"a": NaN (half)}]}
+        let m = [
+            0xA1, 0x66, b'p', b'o', b'i', b'n', b't', b's', 0x82, 0xA2, 0x62, b't', b's', 0x01,
+            0x61, b'a', 0xF9, 0x3E, 0x00, 0xA1, 0x61, b'a', 0xF9, 0x7E, 0x00,
+        ];
+        let r = parse(&m, NOW, &TelemetryLimits::default());
+        assert_eq!(r.samples.len(), 1);
+        assert_eq!(r.samples[0].value, Sample::Number(1.5));
+        assert_eq!(r.refused, vec![Refusal::BadValue]);
+    }
+
+    #[test]
+    fn cbor_bounds() {
+        let bad = |m: &[u8]| parse(m, NOW, &TelemetryLimits::default()).refused;
+        // Depth: {"a": [[[[1]]]]} is five containers deep.
+        assert_eq!(
+            bad(&[0xA1, 0x61, b'a', 0x81, 0x81, 0x81, 0x81, 0x01]),
+            vec![Refusal::BadJson]
+        );
+        // Four deep is decoded; the container value is refused alone.
+        assert_eq!(
+            bad(&[0xA1, 0x61, b'a', 0x81, 0x81, 0x81, 0x01]),
+            vec![Refusal::BadValue]
+        );
+        // A map claiming 2^64-1 entries, truncated; indefinite length; integer key; trailing byte.
+        for m in [
+            &[
+                0xBB, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x61, b'a', 0x01,
+            ][..],
+            &[0xBF, 0x61, b'a', 0x01, 0xFF],
+            &[0xA1, 0x01, 0x01],
+            &[0xA1, 0x61, b'a', 0x01, 0x00],
+            &[0xA1, 0x61, b'a'],
+        ] {
+            assert_eq!(bad(m), vec![Refusal::BadJson], "{m:?}");
+        }
     }
 }

@@ -18,6 +18,11 @@
 //! the old segments (replayed again, merging the same points into the blocks at the next seal)
 //! or the new one.
 //!
+//! Retention ([`FileDb::apply_retention`]): blocks whose raw data expired are rewritten (rollups
+//! only) atomically as above; whole expired blocks are unlinked (one atomic `unlink` each) and the
+//! directory fsynced. A crash in between leaves some blocks not yet trimmed, which the next call
+//! (at the next start or seal) trims.
+//!
 //! Recovery ([`FileDb::open`]): leftover `.tmp` files are removed, blocks are loaded (a block that
 //! does not decode is renamed to `.corrupt`, logged and reported, not loaded), then the segments
 //! are replayed; a segment whose tail is torn or corrupt is truncated to its last whole record,
@@ -89,6 +94,15 @@ pub struct OpenReport {
     pub points: usize,
     /// Segments whose tail was dropped.
     pub torn: Vec<TornSegment>,
+}
+
+/// What [`FileDb::apply_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Partitions whose raw data was dropped (their rollups kept), ascending.
+    pub raw_dropped: Vec<i64>,
+    /// Partitions dropped whole (block files removed), ascending.
+    pub dropped: Vec<i64>,
 }
 
 /// A [`Db`] persisted in a directory (see the module docs).
@@ -328,6 +342,49 @@ impl FileDb {
             self.oldest = seq + 1;
         }
         Ok(changed)
+    }
+}
+
+impl FileDb {
+    /// Drops whole blocks whose partition ends at or before `cutoff` (removing their files) and
+    /// the raw data of blocks whose partition ends at or before `raw_cutoff` (rewriting them
+    /// with their rollups only); see [`Db::drop_before`] and [`Db::drop_raw_before`].
+    pub fn apply_retention(
+        &mut self,
+        raw_cutoff: i64,
+        cutoff: i64,
+    ) -> Result<RetentionReport, FileDbError> {
+        let before: Vec<(i64, bool)> = self
+            .db
+            .blocks()
+            .iter()
+            .map(|(p, b)| (*p, b.raw_dropped))
+            .collect();
+        self.db.drop_before(cutoff);
+        self.db.drop_raw_before(raw_cutoff);
+        let mut report = RetentionReport::default();
+        for (p, was_dropped) in before {
+            match self.db.blocks().get(&p) {
+                None => {
+                    let path = self.dir.join(block_name(p));
+                    match fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io("remove", &path)(e)),
+                    }
+                    report.dropped.push(p);
+                }
+                Some(b) if b.raw_dropped && !was_dropped => {
+                    write_atomic(&self.dir, &block_name(p), &b.to_bytes())?;
+                    report.raw_dropped.push(p);
+                }
+                Some(_) => {}
+            }
+        }
+        if !report.dropped.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(report)
     }
 }
 

@@ -52,7 +52,7 @@ pub mod wal;
 pub use block::{BlockError, Rollup, SealedBlock, SealedSeries};
 pub use db::{Agg, Db, DbConfig, DbError};
 pub use engine::{AppendReport, Engine, EngineError, PointError, ReplayReport};
-pub use file::{FileDb, FileDbError, OpenReport, TornSegment};
+pub use file::{FileDb, FileDbError, OpenReport, RetentionReport, TornSegment};
 pub use gorilla::{ChunkEncoder, DecodeError, EncodeError, decode_chunk, decode_chunk_into};
 pub use head::{AppendError, Appended, Head, HeadConfig};
 pub use index::{IndexError, IndexLimits, SeriesId, SeriesIndex, SeriesKey};

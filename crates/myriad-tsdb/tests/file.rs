@@ -261,3 +261,44 @@ fn a_restart_keeps_kinds_and_the_out_of_order_window() {
         Some(newest)
     );
 }
+
+#[test]
+fn retention_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let block_files = |d: &std::path::Path| {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+            .filter(|n| n.ends_with(".blk"))
+            .collect();
+        v.sort();
+        v
+    };
+    {
+        let (mut db, _) = FileDb::open(dir.path(), cfg(), true).expect("open");
+        // Partitions 0, 1 and 2 (one hour each).
+        db.write(&points("d", 0, 3 * 3_600)).expect("write");
+        db.seal().expect("seal");
+        assert_eq!(block_files(dir.path()).len(), 3);
+        // Whole partition 0 expires, partition 1 keeps its rollups only.
+        let r = db.apply_retention(2 * H, H).expect("retention");
+        assert_eq!((r.dropped, r.raw_dropped), (vec![0], vec![H]));
+        // A second call changes nothing.
+        let r = db.apply_retention(2 * H, H).expect("retention");
+        assert!(r.dropped.is_empty() && r.raw_dropped.is_empty());
+    }
+    assert_eq!(
+        block_files(dir.path()),
+        vec![format!("block-{}.blk", H), format!("block-{}.blk", 2 * H)]
+    );
+    let (db, _) = FileDb::open(dir.path(), cfg(), true).expect("reopen");
+    let (raw, _, avg) = answers(&db, "d");
+    assert!(
+        raw.iter().all(|p| p.ts >= 2 * H),
+        "raw of expired partitions gone"
+    );
+    assert_eq!(raw.len(), 3_600);
+    // Rollups of partition 1 answer 1-minute averages; partition 0 is gone.
+    assert_eq!(avg.len(), 120);
+    assert_eq!(avg[0].0, H);
+}

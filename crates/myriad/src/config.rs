@@ -525,6 +525,32 @@ mod tests {
         assert!(!config.telemetry.enabled);
         let error = Config::parse("[telemetry]\nenabld = true\n").expect_err("unknown key");
         assert!(format!("{error:#}").contains("enabld"), "{error:#}");
+        assert_eq!(
+            (
+                config.telemetry.raw_retention_days,
+                config.telemetry.rollup_retention_days
+            ),
+            (30, 365)
+        );
+        let config =
+            Config::parse("[telemetry]\nraw_retention_days = 2\nrollup_retention_days = 2\n")
+                .expect("valid");
+        assert_eq!(config.telemetry.raw_retention_days, 2);
+        for (bad, key) in [
+            ("raw_retention_days = 0", "telemetry.raw_retention_days"),
+            ("raw_retention_days = 36501", "telemetry.raw_retention_days"),
+            (
+                "raw_retention_days = 10\nrollup_retention_days = 9",
+                "telemetry.rollup_retention_days",
+            ),
+            (
+                "rollup_retention_days = 36501",
+                "telemetry.rollup_retention_days",
+            ),
+        ] {
+            let error = Config::parse(&format!("[telemetry]\n{bad}\n")).expect_err(bad);
+            assert!(format!("{error:#}").contains(key), "{bad}: {error:#}");
+        }
         for bad in [0, 86_401] {
             let error = Config::parse(&format!("[telemetry]\nseal_interval_secs = {bad}\n"))
                 .expect_err("out of range");

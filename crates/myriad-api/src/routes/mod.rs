@@ -10,6 +10,7 @@ mod presence;
 mod prometheus;
 mod shadows;
 mod telemetry;
+mod telemetry_bulk;
 mod telemetry_multi;
 pub(crate) mod tls;
 
@@ -25,7 +26,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::require_token;
+use crate::auth::{require_influx_token, require_token};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::openapi::{ApiDoc, secure_api_paths};
@@ -61,6 +62,7 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(prometheus::label_values))
         .routes(routes!(prometheus::buildinfo))
         .routes(routes!(prometheus::metadata))
+        .routes(routes!(telemetry_bulk::export_telemetry))
         .routes(routes!(
             shadows::get_shadow,
             shadows::patch_shadow,
@@ -95,11 +97,22 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Streams its body with its own limit (`IMPORT_BODY_LIMIT`).
         .routes(routes!(import::import_devices))
+        // Reads its body with its own limit (`WRITE_BODY_LIMIT`).
+        .routes(routes!(telemetry_bulk::write_telemetry))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // InfluxDB compatible writes: the token also as `Token` or a Basic password.
+    let influx = OpenApiRouter::new()
+        .routes(routes!(telemetry_bulk::write_influx_v1))
+        .routes(routes!(telemetry_bulk::write_influx_v2))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_influx_token,
+        ));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::openapi_json))
         .merge(protected)
+        .merge(influx)
         .split_for_parts();
     secure_api_paths(&mut doc);
     let doc = doc.to_json().unwrap_or_else(|error| {

@@ -94,7 +94,7 @@ pub(crate) struct LatestAnswer {
     pub metrics: BTreeMap<String, LatestPoint>,
 }
 
-fn value_json(v: Sample) -> Value {
+pub(super) fn value_json(v: Sample) -> Value {
     match v {
         Sample::Number(f) => json!(f),
         Sample::Bool(b) => json!(b),
@@ -148,7 +148,7 @@ pub(super) fn parse_metrics(s: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(names)
 }
 
-fn query_error(e: TelemetryError) -> ApiError {
+pub(super) fn query_error(e: TelemetryError) -> ApiError {
     match e {
         TelemetryError::Query(DbError::TooManyBuckets { buckets }) => {
             ApiError::BadRequest(format!(

@@ -16,6 +16,22 @@
 //! Only the device itself writes its telemetry over MQTT: an application or admin client
 //! publishing to `devices/{id}/telemetry` is routed as any message but not stored.
 //!
+//! Bulk writes ([`TelemetryService::write_durable`], the HTTP write API) go through the same
+//! queue but wait for the writer's reply, which comes after the WAL append (and fsync when
+//! `[store] fsync`): their success means durable.
+//!
+//! Retention: samples older than [`TelemetryConfig::raw_retention_days`] are refused at ingest
+//! ([`Refusal::Expired`]); at start (after sealing what the WAL replayed) and after each seal
+//! the writer drops the raw data of
+//! partitions (one UTC day) that ended before the raw retention, keeping their rollups, and
+//! whole partitions that ended before [`TelemetryConfig::rollup_retention_days`]
+//! ([`FileDb::apply_retention`]). Retention is global: the engine drops whole partitions, not
+//! single series, so per-metric retention is not offered.
+//!
+//! Export ([`TelemetryService::export_chunk`]) reads one metric at most one day at a time and
+//! at most [`EXPORT_CHUNK_POINTS`] points per job, so a long export holds bounded memory and
+//! shares the writer with ingest between chunks.
+//!
 //! Counters: [`crate::metrics::TELEMETRY_POINTS_TOTAL`] (samples stored) and
 //! [`crate::metrics::TELEMETRY_POINTS_REFUSED_TOTAL`] by `reason` ([`Refusal::as_str`]).
 
@@ -41,6 +57,14 @@ pub const QUEUE: usize = 1_024;
 /// Most write jobs one WAL sync covers.
 pub const GROUP_JOBS: usize = 256;
 
+/// Most points one export job returns.
+pub const EXPORT_CHUNK_POINTS: usize = 10_000;
+
+/// Most empty days one export job walks over before it returns (with a cursor to go on).
+const EXPORT_MAX_WINDOWS: usize = 4_096;
+
+const DAY_MS: i64 = 86_400_000;
+
 /// The `[telemetry]` config table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +73,12 @@ pub struct TelemetryConfig {
     pub enabled: bool,
     /// Seconds between seals of the head into blocks (default 600; 1 to 86,400).
     pub seal_interval_secs: u64,
+    /// Days raw points are kept (default 30; 1 to 36,500): older samples are refused at
+    /// ingest, and sealed days that ended before are reduced to their rollups.
+    pub raw_retention_days: u32,
+    /// Days rollups (and so anything) are kept (default 365; at least `raw_retention_days`,
+    /// at most 36,500): sealed days that ended before are deleted.
+    pub rollup_retention_days: u32,
 }
 
 impl Default for TelemetryConfig {
@@ -56,6 +86,8 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             enabled: true,
             seal_interval_secs: 600,
+            raw_retention_days: 30,
+            rollup_retention_days: 365,
         }
     }
 }
@@ -66,8 +98,50 @@ impl TelemetryConfig {
         if !(1..=86_400).contains(&self.seal_interval_secs) {
             return Err("seal_interval_secs: between 1 and 86400".into());
         }
+        if !(1..=36_500).contains(&self.raw_retention_days) {
+            return Err("raw_retention_days: between 1 and 36500".into());
+        }
+        if !(self.raw_retention_days..=36_500).contains(&self.rollup_retention_days) {
+            return Err("rollup_retention_days: between raw_retention_days and 36500".into());
+        }
         Ok(())
     }
+
+    /// The raw and whole-data cutoffs (Unix ms) at `now_ms`.
+    pub fn cutoffs(&self, now_ms: i64) -> (i64, i64) {
+        let day = |d: u32| i64::from(d) * DAY_MS;
+        (
+            now_ms.saturating_sub(day(self.raw_retention_days)),
+            now_ms.saturating_sub(day(self.rollup_retention_days)),
+        )
+    }
+}
+
+/// One device's samples of a bulk write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSamples {
+    /// The device id.
+    pub device: String,
+    /// Its samples.
+    pub samples: Vec<crate::telemetry::ParsedSample>,
+}
+
+/// What a bulk write stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Samples stored (in the WAL).
+    pub written: usize,
+    /// Samples the store refused, by reason.
+    pub refused: std::collections::BTreeMap<Refusal, usize>,
+}
+
+/// One piece of an export: points of one metric, and where to go on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportChunk {
+    /// Points by time.
+    pub points: Vec<StoredPoint>,
+    /// The `from` of the next chunk of this metric, `None` when the range is done.
+    pub next: Option<i64>,
 }
 
 /// Why a telemetry query failed.
@@ -141,6 +215,22 @@ enum Job {
     },
     /// A read-only job over the database (PromQL, multi-device queries); it sends its own reply.
     Read(Box<dyn FnOnce(&Db) + Send>),
+    WriteWait {
+        batches: Vec<DeviceSamples>,
+        reply: Reply<WriteOutcome>,
+    },
+    Metrics {
+        device: String,
+        reply: Reply<Vec<String>>,
+    },
+    Export {
+        device: String,
+        metric: String,
+        from: i64,
+        to: i64,
+        limit: usize,
+        reply: Reply<ExportChunk>,
+    },
 }
 
 /// See the module docs.
@@ -184,7 +274,7 @@ impl TelemetryService {
         let interval = Duration::from_secs(config.seal_interval_secs);
         std::thread::Builder::new()
             .name("telemetry-writer".into())
-            .spawn(move || writer(db, rx, interval))
+            .spawn(move || writer(db, rx, interval, config))
             .map_err(|source| FileDbError::Io {
                 op: "spawn writer thread",
                 path: PathBuf::new(),
@@ -295,6 +385,51 @@ impl TelemetryService {
         let device = device.to_owned();
         self.ask(|reply| Job::Latest { device, reply }).await
     }
+
+    /// Counts `n` samples refused by `reason` in
+    /// [`crate::metrics::TELEMETRY_POINTS_REFUSED_TOTAL`] (for callers that parse themselves).
+    pub fn count_refused(&self, reason: Refusal, n: usize) {
+        refused(reason, n as u64);
+    }
+
+    /// Stores `batches` and waits until the writer has appended them to the WAL (fsynced when
+    /// so configured); what was stored and what the store refused. Rule refusals of the caller's
+    /// parsing are the caller's to count.
+    pub async fn write_durable(
+        &self,
+        batches: Vec<DeviceSamples>,
+    ) -> Result<WriteOutcome, TelemetryError> {
+        self.ask(|reply| Job::WriteWait { batches, reply }).await
+    }
+
+    /// The names of `device`'s metrics, sorted.
+    pub async fn metrics(&self, device: &str) -> Result<Vec<String>, TelemetryError> {
+        let device = device.to_owned();
+        self.ask(|reply| Job::Metrics { device, reply }).await
+    }
+
+    /// Up to `limit` (at most [`EXPORT_CHUNK_POINTS`]) raw points of `device`'s `metric` with
+    /// `from <= ts < to`, read at most one day at a time; follow [`ExportChunk::next`].
+    pub async fn export_chunk(
+        &self,
+        device: &str,
+        metric: &str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<ExportChunk, TelemetryError> {
+        let (device, metric) = (device.to_owned(), metric.to_owned());
+        let limit = limit.clamp(1, EXPORT_CHUNK_POINTS);
+        self.ask(|reply| Job::Export {
+            device,
+            metric,
+            from,
+            to,
+            limit,
+            reply,
+        })
+        .await
+    }
 }
 
 impl From<String> for TelemetryError {
@@ -386,10 +521,20 @@ fn series_of(db: &FileDb, device: &str, metrics: &[String]) -> Vec<(String, Seri
     }
 }
 
-fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
+fn writer(
+    mut db: FileDb,
+    mut jobs: mpsc::Receiver<Job>,
+    seal_every: Duration,
+    config: TelemetryConfig,
+) {
+    // Points replayed from the WAL into the head join their blocks first, so retention at
+    // start covers them too.
+    seal(&mut db);
+    retention(&mut db, &config);
     let mut next_seal = Instant::now() + seal_every;
     let mut next = jobs.blocking_recv();
     while let Some(job) = next.take() {
+        let raw_cutoff = config.cutoffs(now_ms() as i64).0;
         match job {
             Job::Write {
                 device,
@@ -412,7 +557,41 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
                         Err(_) => break,
                     }
                 }
-                write_group(&mut db, group);
+                write_group(&mut db, group, raw_cutoff);
+            }
+            Job::WriteWait { batches, reply } => {
+                let mut outcome = WriteOutcome::default();
+                let mut failed = None;
+                for b in &batches {
+                    let (o, result) = store(&mut db, &b.device, &b.samples, raw_cutoff);
+                    outcome.written += o.written;
+                    for (r, n) in o.refused {
+                        *outcome.refused.entry(r).or_default() += n;
+                    }
+                    failed = failed.or(result.err());
+                }
+                let answer = match failed.map_or_else(|| sync(&mut db), Err) {
+                    Ok(()) => Ok(outcome),
+                    Err(e) => Err(TelemetryError::Write(e)),
+                };
+                let _ = reply.send(answer);
+            }
+            Job::Metrics { device, reply } => {
+                let names = series_of(&db, &device, &[])
+                    .into_iter()
+                    .map(|(m, _)| m)
+                    .collect();
+                let _ = reply.send(Ok(names));
+            }
+            Job::Export {
+                device,
+                metric,
+                from,
+                to,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(export(&db, &device, &metric, from, to, limit));
             }
             Job::Raw { range, reply } => {
                 let r = per_metric(&db, &range, |id| {
@@ -466,6 +645,7 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
         }
         if Instant::now() >= next_seal {
             seal(&mut db);
+            retention(&mut db, &config);
             next_seal = Instant::now() + seal_every;
         }
         if next.is_none() {
@@ -473,6 +653,7 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
         }
     }
     seal(&mut db);
+    retention(&mut db, &config);
     info!("telemetry writer stopped");
 }
 
@@ -482,25 +663,31 @@ type WriteJob = (
     oneshot::Sender<Result<(), String>>,
 );
 
-/// Appends each job's points to the WAL, syncs once, then answers every job: `Ok` for those
-/// whose points are durable, the error for those that could not be written.
-fn write_group(db: &mut FileDb, group: Vec<WriteJob>) {
+/// Appends each job's points to the WAL (refusing those older than `raw_cutoff`), syncs once,
+/// then answers every job: `Ok` for those whose points are durable, the error for those that
+/// could not be written (counted as refused with reason `store`).
+fn write_group(db: &mut FileDb, group: Vec<WriteJob>, raw_cutoff: i64) {
     let mut answers = Vec::with_capacity(group.len());
     for (device, samples, done) in group {
-        let written = write(db, &device, &samples);
-        answers.push((done, written, samples.len() as u64));
+        let (outcome, written) = store(db, &device, &samples, raw_cutoff);
+        answers.push((done, written, outcome.written as u64));
     }
-    let synced = db.sync().map_err(|e| e.to_string());
-    if let Err(e) = &synced {
-        error!(error = %e, "telemetry WAL sync failed");
-    }
+    let synced = sync(db);
     for (done, written, n) in answers {
-        let answer = written.and_then(|()| synced.clone());
-        if answer.is_err() {
-            refused(Refusal::Store, n);
-        }
+        let answer = match written {
+            Ok(()) => synced.clone().inspect_err(|_| refused(Refusal::Store, n)),
+            Err(e) => Err(e),
+        };
         let _ = done.send(answer);
     }
+}
+
+/// Syncs the WAL (a no-op without `fsync`), logging a failure.
+fn sync(db: &mut FileDb) -> Result<(), String> {
+    db.sync().map_err(|e| {
+        error!(error = %e, "telemetry WAL sync failed");
+        e.to_string()
+    })
 }
 
 fn seal(db: &mut FileDb) {
@@ -511,15 +698,90 @@ fn seal(db: &mut FileDb) {
     }
 }
 
-/// Appends one device's samples (without syncing). Points the store refuses one by one are
-/// counted; `Err` when nothing could be written.
-fn write(
+fn retention(db: &mut FileDb, config: &TelemetryConfig) {
+    let (raw_cutoff, cutoff) = config.cutoffs(now_ms() as i64);
+    match db.apply_retention(raw_cutoff, cutoff) {
+        Ok(r) if !r.dropped.is_empty() || !r.raw_dropped.is_empty() => info!(
+            raw_dropped = r.raw_dropped.len(),
+            dropped = r.dropped.len(),
+            "telemetry retention applied"
+        ),
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "telemetry retention failed"),
+    }
+}
+
+/// Points of one metric for an export chunk (see [`TelemetryService::export_chunk`]).
+fn export(
+    db: &FileDb,
+    device: &str,
+    metric: &str,
+    mut from: i64,
+    to: i64,
+    limit: usize,
+) -> Result<ExportChunk, TelemetryError> {
+    let Some((_, id)) = series_of(db, device, &[metric.to_owned()]).pop() else {
+        return Ok(ExportChunk::default());
+    };
+    for _ in 0..EXPORT_MAX_WINDOWS {
+        if from >= to {
+            return Ok(ExportChunk::default());
+        }
+        let end = from
+            .div_euclid(DAY_MS)
+            .saturating_mul(DAY_MS)
+            .saturating_add(DAY_MS)
+            .min(to);
+        let mut points = db.db().raw(id, from, end)?;
+        if points.len() > limit {
+            points.truncate(limit);
+            let next = points.last().map(|p| p.ts.saturating_add(1));
+            return Ok(ExportChunk {
+                points: points.into_iter().map(stored).collect(),
+                next,
+            });
+        }
+        if !points.is_empty() {
+            return Ok(ExportChunk {
+                points: points.into_iter().map(stored).collect(),
+                next: (end < to).then_some(end),
+            });
+        }
+        from = end;
+    }
+    Ok(ExportChunk {
+        points: Vec::new(),
+        next: (from < to).then_some(from),
+    })
+}
+
+fn stored(p: Point) -> StoredPoint {
+    StoredPoint {
+        ts: p.ts,
+        value: to_sample(p.value),
+    }
+}
+
+/// Appends one device's samples to the WAL without syncing (refusing those older than
+/// `raw_cutoff`), counting the metrics. The result is `Err` when the WAL could not be written
+/// (the samples are then counted as refused with reason `store`).
+fn store(
     db: &mut FileDb,
     device: &str,
     samples: &[crate::telemetry::ParsedSample],
-) -> Result<(), String> {
+    raw_cutoff: i64,
+) -> (WriteOutcome, Result<(), String>) {
+    let mut outcome = WriteOutcome::default();
+    let mut refuse = |r: Refusal, n: usize| {
+        refused(r, n as u64);
+        *outcome.refused.entry(r).or_default() += n;
+    };
     let mut batch = Vec::with_capacity(samples.len());
     for s in samples {
+        if s.ts < raw_cutoff {
+            refuse(Refusal::Expired, 1);
+            continue;
+        }
         match db.series(&SeriesKey::new(device, s.metric.as_str())) {
             Ok(id) => {
                 let value = match s.value {
@@ -530,14 +792,15 @@ fn write(
             }
             Err(e) => {
                 warn!(device, metric = %s.metric, error = %e, "telemetry series refused");
-                refused(Refusal::Series, 1);
+                refuse(Refusal::Series, 1);
             }
         }
     }
-    match db.append_unsynced(&batch) {
+    let result = match db.append_unsynced(&batch) {
         Ok(report) => {
             metrics::counter!(crate::metrics::TELEMETRY_POINTS_TOTAL)
                 .increment(report.accepted as u64);
+            outcome.written = report.accepted;
             for (_, e) in report.refused {
                 let r = match e {
                     PointError::UnknownSeries(_) => Refusal::Series,
@@ -546,13 +809,15 @@ fn write(
                     PointError::Head(AppendError::KindMismatch { .. }) => Refusal::KindMismatch,
                     PointError::Head(_) => Refusal::Store,
                 };
-                refused(r, 1);
+                refuse(r, 1);
             }
             Ok(())
         }
         Err(e) => {
             error!(device, error = %e, "telemetry write failed");
+            refuse(Refusal::Store, batch.len());
             Err(e.to_string())
         }
-    }
+    };
+    (outcome, result)
 }

@@ -48,6 +48,9 @@ pub enum ApiCommand {
     /// The server's TLS listeners.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Device telemetry: query, latest, export, bulk write.
+    #[command(subcommand)]
+    Telemetry(super::telemetry::TelemetryCommand),
 }
 
 /// `ctl tls ...`

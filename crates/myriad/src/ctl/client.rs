@@ -79,6 +79,40 @@ impl Client {
         }
     }
 
+    /// Sends a `GET` `request` and copies a `2xx` answer's body to `out` as it arrives (no size
+    /// limit: for streamed exports); the bytes copied, or the error.
+    pub fn stream_to(
+        &self,
+        request: &ApiRequest,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, CtlError> {
+        let url = request.url(&self.base);
+        let mut builder = Request::builder().method(request.method.as_str()).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let mut response = self
+            .agent
+            .run(build(builder, (), &url)?)
+            .map_err(|source| CtlError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(MAX_ANSWER)
+                .read_to_string()
+                .with_context(|| format!("reading the answer of {url}"))?;
+            return Err(CtlError::from_response(status, &body));
+        }
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+        Ok(std::io::copy(&mut reader, out)
+            .with_context(|| format!("copying the answer of {url}"))?)
+    }
+
     /// Sends `request`; the body of a `2xx` answer, or the error.
     pub fn send(&self, request: &ApiRequest) -> Result<String, CtlError> {
         let url = request.url(&self.base);
@@ -95,6 +129,10 @@ impl Client {
                 let body = serde_json::to_vec(value).context("encoding the request body")?;
                 let builder = builder.header("content-type", "application/json");
                 self.agent.run(build(builder, body, &url)?)
+            }
+            ApiBody::Bytes { data, content_type } => {
+                let builder = builder.header("content-type", *content_type);
+                self.agent.run(build(builder, data.clone(), &url)?)
             }
             ApiBody::File { path, content_type } => {
                 let file =

@@ -22,6 +22,7 @@ mod password;
 mod registry_certs;
 mod request;
 mod table;
+mod telemetry;
 mod token;
 
 use std::io::{self, Write};
@@ -106,6 +107,9 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         CtlCommand::Api(command) => command,
     };
     password::fill_from_stdin(&mut command, io::stdin().lock())?;
+    if let ApiCommand::Telemetry(cmd) = &mut command {
+        telemetry::fill_from_stdin(cmd, io::stdin().lock())?;
+    }
     let request = request::request(&command)?;
     let token = token::resolve_token(
         args.global.token.as_deref(),
@@ -116,6 +120,21 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         Some(path) => Client::with_ca(&args.global.api, token, path)?,
         None => Client::new(&args.global.api, token),
     };
+    if let ApiCommand::Telemetry(telemetry::TelemetryCommand::Export(_)) = &command {
+        let mut stdout = io::stdout().lock();
+        match client.stream_to(&request, &mut stdout) {
+            Err(CtlError::Other(e))
+                if e.chain().any(|c| {
+                    c.downcast_ref::<io::Error>()
+                        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+                }) => {}
+            other => {
+                other?;
+            }
+        }
+        stdout.flush().ok();
+        return Ok(0);
+    }
     let bodies = fetch(&client, request, &command)?;
     let rendered = output::render(output::shape(&command), args.global.output, &bodies)?;
     print_out(&rendered.stdout)?;

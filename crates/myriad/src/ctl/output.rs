@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use super::args::{ApiCommand, AppsCommand, DevicesCommand, PresenceCommand, ShadowCommand};
 use super::lists;
+use super::telemetry::TelemetryCommand;
 
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,6 +36,10 @@ pub enum Shape {
     Import,
     /// Nothing (`204 No Content`); a body, if any, is shown as an object.
     NoContent,
+    /// A telemetry query answer (table: metric, ts, value).
+    TelemetryQuery,
+    /// A telemetry latest answer (table: metric, ts, value).
+    TelemetryLatest,
 }
 
 /// The shape of `command`'s answer.
@@ -61,6 +66,9 @@ pub fn shape(command: &ApiCommand) -> Shape {
         | ApiCommand::DeviceCerts(_)
         | ApiCommand::Cas(_)
         | ApiCommand::Tls(_) => Shape::Object,
+        ApiCommand::Telemetry(TelemetryCommand::Query(_)) => Shape::TelemetryQuery,
+        ApiCommand::Telemetry(TelemetryCommand::Latest(_)) => Shape::TelemetryLatest,
+        ApiCommand::Telemetry(_) => Shape::Object,
     }
 }
 
@@ -107,6 +115,13 @@ pub fn render(shape: Shape, format: Option<OutputFormat>, bodies: &[String]) -> 
         Shape::DeviceList | Shape::PresenceList | Shape::AppList => match format {
             Some(OutputFormat::Json) => Ok(Rendered::out(exact(body))),
             _ => lists::list_table(shape, body),
+        },
+        Shape::TelemetryQuery | Shape::TelemetryLatest => match format {
+            Some(OutputFormat::Json) => Ok(Rendered::out(exact(body))),
+            _ if shape == Shape::TelemetryQuery => {
+                Ok(Rendered::out(super::telemetry::query_table(body)?))
+            }
+            _ => Ok(Rendered::out(super::telemetry::latest_table(body)?)),
         },
         Shape::Import => {
             let mut rendered = lists::import_report(body)?;

@@ -52,6 +52,13 @@ pub enum ApiBody {
     Empty,
     /// A JSON document (`Content-Type: application/json`).
     Json(Value),
+    /// Bytes already in memory (`ctl telemetry write -`).
+    Bytes {
+        /// The body.
+        data: Vec<u8>,
+        /// Its `Content-Type`.
+        content_type: &'static str,
+    },
     /// A file, streamed from disk as it is sent.
     File {
         /// The file.
@@ -142,6 +149,7 @@ pub fn request(command: &ApiCommand) -> Result<ApiRequest> {
         ApiCommand::Commands(cmd) => super::commands::request(cmd),
         ApiCommand::DeviceCerts(cmd) => super::registry_certs::device_certs_request(cmd)?,
         ApiCommand::Cas(cmd) => super::registry_certs::cas_request(cmd)?,
+        ApiCommand::Telemetry(cmd) => super::telemetry::request(cmd)?,
         ApiCommand::Tls(TlsCommand::Reload) => {
             ApiRequest::new(Method::Post, format!("{API_PREFIX}/tls/reload"))
         }
