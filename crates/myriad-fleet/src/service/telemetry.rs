@@ -58,7 +58,8 @@ pub const QUEUE: usize = 1_024;
 /// Most points one export job returns.
 pub const EXPORT_CHUNK_POINTS: usize = 10_000;
 
-/// Most empty days one export job walks over before it returns (with a cursor to go on).
+/// Most empty days one export job walks over (after jumping to the series' first data) before
+/// it returns with a cursor to go on.
 const EXPORT_MAX_WINDOWS: usize = 4_096;
 
 const DAY_MS: i64 = 86_400_000;
@@ -598,6 +599,25 @@ fn export(
     let Some((_, id)) = series_of(db, device, &[metric.to_owned()]).pop() else {
         return Ok(ExportChunk::default());
     };
+    // Jump over the empty time before the series' first data at or after `from`: the first
+    // block holding the series (its partition start), or the head's first point.
+    let first_block = db
+        .db()
+        .blocks()
+        .range(from.div_euclid(DAY_MS).saturating_mul(DAY_MS)..)
+        .find(|(_, b)| b.series.contains_key(&id))
+        .map(|(p, _)| *p);
+    let first_head = db
+        .db()
+        .engine()
+        .head()
+        .range(id, from, to)
+        .first()
+        .map(|p| p.ts);
+    match first_block.into_iter().chain(first_head).min() {
+        Some(start) => from = from.max(start),
+        None => return Ok(ExportChunk::default()),
+    }
     for _ in 0..EXPORT_MAX_WINDOWS {
         if from >= to {
             return Ok(ExportChunk::default());
