@@ -527,4 +527,24 @@ mod tests {
         assert_eq!(Precision::parse("us"), Some(Precision::Micros));
         assert_eq!(Precision::parse("h"), None);
     }
+
+    proptest::proptest! {
+        /// Nothing a client sends makes the parser panic; every line is good or a bad line.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let r = parse_body(&body, Precision::Nanos, NOW, &TelemetryLimits::default(), |_| true);
+            proptest::prop_assert!(r.lines.len() + r.errors.len() <= r.line_count);
+            // The CBOR path of MQTT payloads, on the same bytes behind a map header.
+            let mut cbor = vec![0xA3];
+            cbor.extend_from_slice(&body);
+            let _ = crate::telemetry::parse(&cbor, NOW, &TelemetryLimits::default());
+        }
+
+        /// Line-protocol-like text (the interesting bytes, often) never panics either.
+        #[test]
+        fn line_like_text_never_panics(line in "[a-z,= \\\"0-9.tiéu#-]{0,80}") {
+            let _ = parse_line(&line);
+            let _ = crate::telemetry::cbor_to_json(line.as_bytes());
+        }
+    }
 }

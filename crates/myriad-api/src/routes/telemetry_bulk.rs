@@ -494,6 +494,7 @@ async fn next_piece(mut st: ExportState) -> Option<(Result<Bytes, std::io::Error
         {
             Ok(c) => c,
             Err(e) => {
+                tracing::warn!(device = %st.device, metric, error = %e, "telemetry export cut short");
                 st.at = st.metrics.len();
                 return Some((Err(std::io::Error::other(e)), st));
             }

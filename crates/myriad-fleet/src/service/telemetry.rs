@@ -60,7 +60,8 @@ pub const GROUP_JOBS: usize = 256;
 /// Most points one export job returns.
 pub const EXPORT_CHUNK_POINTS: usize = 10_000;
 
-/// Most empty days one export job walks over before it returns (with a cursor to go on).
+/// Most empty days one export job walks over (after jumping to the series' first data) before
+/// it returns with a cursor to go on.
 const EXPORT_MAX_WINDOWS: usize = 4_096;
 
 const DAY_MS: i64 = 86_400_000;
@@ -723,6 +724,25 @@ fn export(
     let Some((_, id)) = series_of(db, device, &[metric.to_owned()]).pop() else {
         return Ok(ExportChunk::default());
     };
+    // Jump over the empty time before the series' first data at or after `from`: the first
+    // block holding the series (its partition start), or the head's first point.
+    let first_block = db
+        .db()
+        .blocks()
+        .range(from.div_euclid(DAY_MS).saturating_mul(DAY_MS)..)
+        .find(|(_, b)| b.series.contains_key(&id))
+        .map(|(p, _)| *p);
+    let first_head = db
+        .db()
+        .engine()
+        .head()
+        .range(id, from, to)
+        .first()
+        .map(|p| p.ts);
+    match first_block.into_iter().chain(first_head).min() {
+        Some(start) => from = from.max(start),
+        None => return Ok(ExportChunk::default()),
+    }
     for _ in 0..EXPORT_MAX_WINDOWS {
         if from >= to {
             return Ok(ExportChunk::default());
@@ -820,4 +840,97 @@ fn store(
         }
     };
     (outcome, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::ParsedSample;
+
+    fn sample(metric: &str, ts: i64, v: f64) -> ParsedSample {
+        ParsedSample {
+            metric: metric.into(),
+            ts,
+            value: Sample::Number(v),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_write_export_chunks_and_expired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = TelemetryConfig {
+            raw_retention_days: 5,
+            rollup_retention_days: 5,
+            ..TelemetryConfig::default()
+        };
+        let svc = TelemetryService::open(dir.path(), false, config).expect("open");
+        let now = now_ms() as i64;
+        // 25,000 points one second apart, starting two days ago (crosses a day boundary),
+        // one expired sample, and a second metric.
+        let start = now - 2 * DAY_MS;
+        let mut samples: Vec<_> = (0..25_000)
+            .map(|i| sample("a", start + i * 1_000, i as f64))
+            .collect();
+        samples.push(sample("a", now - 5 * DAY_MS - 1, 0.0));
+        samples.push(sample("b", now - 1_000, 1.0));
+        let out = svc
+            .write_durable(vec![DeviceSamples {
+                device: "d1".into(),
+                samples,
+            }])
+            .await
+            .expect("write");
+        assert_eq!(out.written, 25_001);
+        assert_eq!(out.refused, [(Refusal::Expired, 1)].into_iter().collect());
+        assert_eq!(svc.metrics("d1").await.expect("metrics"), vec!["a", "b"]);
+        // Export from 0 in chunks: each at most EXPORT_CHUNK_POINTS, within one day, in order.
+        let (mut from, mut got, mut chunks) = (0, Vec::new(), 0);
+        loop {
+            let c = svc
+                .export_chunk("d1", "a", from, now + 1, usize::MAX)
+                .await
+                .expect("chunk");
+            assert!(c.points.len() <= EXPORT_CHUNK_POINTS);
+            if let (Some(f), Some(l)) = (c.points.first(), c.points.last()) {
+                assert_eq!(f.ts.div_euclid(DAY_MS), l.ts.div_euclid(DAY_MS));
+            }
+            got.extend(c.points.iter().map(|p| p.ts));
+            chunks += 1;
+            match c.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        assert_eq!(
+            got,
+            (0..25_000).map(|i| start + i * 1_000).collect::<Vec<_>>()
+        );
+        assert!((3..=5).contains(&chunks), "{chunks}");
+        let none = svc
+            .export_chunk("d1", "nosuch", 0, now, 10)
+            .await
+            .expect("chunk");
+        assert_eq!(none, ExportChunk::default());
+    }
+
+    #[test]
+    fn retention_config_rules() {
+        let ok = TelemetryConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let (raw, all) = ok.cutoffs(100 * DAY_MS);
+        assert_eq!((raw, all), (70 * DAY_MS, -265 * DAY_MS));
+        for (raw, roll, key) in [
+            (0, 365, "raw_retention_days"),
+            (36_501, 36_501, "raw_retention_days"),
+            (10, 9, "rollup_retention_days"),
+            (10, 36_501, "rollup_retention_days"),
+        ] {
+            let c = TelemetryConfig {
+                raw_retention_days: raw,
+                rollup_retention_days: roll,
+                ..TelemetryConfig::default()
+            };
+            assert!(c.validate().expect_err(key).starts_with(key));
+        }
+    }
 }
