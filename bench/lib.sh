@@ -3,14 +3,14 @@
 #
 #   bench_init NAME   WORK=$(mktemp -d /tmp/myriad-NAME.XXXXXX), BPID="",
 #                     and an EXIT trap that stops the broker and removes WORK
-#   stop_broker       SIGTERM to $BPID, up to 5 s to exit, then SIGKILL; BPID=""
+#   stop_broker       SIGTERM to $BPID, up to STOP_WAIT s (default 5) to exit, then SIGKILL; BPID=""
 #
 # Only the PID the script started is signalled (never a name).
 
 stop_broker() {
     [[ -z "${BPID:-}" ]] && return 0
     kill -TERM "$BPID" 2>/dev/null || true
-    for _ in $(seq 50); do
+    for _ in $(seq $((${STOP_WAIT:-5} * 10))); do
         kill -0 "$BPID" 2>/dev/null || break
         sleep 0.1
     done

@@ -162,7 +162,7 @@ PYEOF
         log "myriad-lines: DEVICES=$DEVICES HOURS=$HOURS line protocol"
         ingest=$("$PY" "$ROOT/bench/telemetry_lines.py" --url "http://127.0.0.1:$API_PORT/write?db=bench" \
             --devices "$DEVICES" --hours "$HOURS" --pid "$BPID" --token "$TOKEN" --label myriad)
-        stop_broker # seals the head into blocks
+        STOP_WAIT=300 stop_broker # seals the head into blocks (a day of 34.56M values: ~10 s)
         tdir="$WORK/lines-data/telemetry"
         blocks=$(find "$tdir" -name 'block-*.blk' -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}')
         total=$(dir_bytes "$tdir")

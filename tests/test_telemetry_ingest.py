@@ -438,6 +438,36 @@ def test_retention_across_restart(tmp_path):
     assert f"block-{day(old)}.blk" not in files and f"block-{day(mid)}.blk" in files, files
 
 
+def test_sigterm_seals_before_exit(tmp_path):
+    """A stop (SIGTERM) waits for the telemetry writer to seal the head into block files: the
+    200,000 points are in `block-*.blk` (none left half-written as `.tmp`) when the process has
+    exited (sealing them takes long enough that an exit not waiting for it cuts it short), and
+    they answer after a restart."""
+    node = tmp_path / "node"
+    now = int(time.time() * 1000)
+    b = Broker(node, BROKER_CONFIG).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        dev, _ = api.create_device("st")
+        for metric in ("a", "b"):
+            body = "\n".join(f"s,device={dev} {metric}={i % 97} {now - 200_000 + i * 2}" for i in range(100_000))
+            status, report = post(b.api_port, "/api/v1/telemetry/write?precision=ms", body.encode())
+            assert status == 200 and report["written"] == 100_000, report
+        assert block_files(node) == set(), "sealed before the stop (seal_interval_secs is 600)"
+    finally:
+        assert b.stop() == 0
+    tdir = node / "myriad-data" / "telemetry"
+    assert block_files(node), list(tdir.iterdir())
+    assert not list(tdir.glob("*.tmp")), list(tdir.iterdir())
+    b = Broker(node, BROKER_CONFIG).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        export = api.call("GET", f"/api/v1/devices/{dev}/telemetry?metrics=s.a&from={now - DAY}&to={now + 1}")
+        assert export[0] == 200 and len(export[1]["series"][0]["points"]) == 100_000
+    finally:
+        b.stop()
+
+
 def test_bad_retention_config_stops_startup(tmp_path):
     for i, (raw_cfg, key) in enumerate([
         ("[telemetry]\nraw_retention_days = 0\n", "telemetry.raw_retention_days"),

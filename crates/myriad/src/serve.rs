@@ -111,6 +111,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         let mut stdout = std::io::stdout();
         let (handle, events) = myriad_broker::shell::channel();
         let (platform, mut hooks) = Platform::start(&config, &handle, &mut essential)?;
+        let telemetry = platform.telemetry.clone();
         platform
             .certs
             .attach(mqtt_tls)
@@ -217,6 +218,10 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                 }
                 anyhow::bail!("the {task} panicked: {message}");
             }
+        }
+        if let Some(telemetry) = telemetry {
+            // The broker has stopped: no more device messages; seal before exiting.
+            telemetry.stop().await;
         }
         Ok(())
     });

@@ -216,6 +216,8 @@ enum Job {
     },
     /// A read-only job over the database (PromQL, multi-device queries); it sends its own reply.
     Read(Box<dyn FnOnce(&Db) + Send>),
+    /// Seal what the head holds, apply retention and stop; answered once done.
+    Stop(oneshot::Sender<()>),
     WriteWait {
         batches: Vec<DeviceSamples>,
         reply: Reply<WriteOutcome>,
@@ -378,6 +380,16 @@ impl TelemetryService {
         rx.await.map_err(|_| TelemetryError::Stopped)
     }
 
+    /// Stops the writer once it has sealed the head into blocks and applied retention (call it
+    /// at shutdown, after the broker and the API stopped): until then a stop would leave the
+    /// head to the WAL, replayed and sealed at the next start. Later calls return at once.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// The newest point of each of `device`'s metrics.
     pub async fn latest(
         &self,
@@ -534,6 +546,7 @@ fn writer(
     retention(&mut db, &config);
     let mut next_seal = Instant::now() + seal_every;
     let mut next = jobs.blocking_recv();
+    let mut stopped = None;
     while let Some(job) = next.take() {
         let raw_cutoff = config.cutoffs(now_ms() as i64).0;
         match job {
@@ -643,6 +656,10 @@ fn writer(
                     error!("telemetry read job panicked");
                 }
             }
+            Job::Stop(done) => {
+                stopped = Some(done);
+                break;
+            }
         }
         if Instant::now() >= next_seal {
             seal(&mut db);
@@ -653,9 +670,14 @@ fn writer(
             next = jobs.blocking_recv();
         }
     }
+    // Later jobs are refused (their senders see `Stopped`); the store is sealed first.
+    jobs.close();
     seal(&mut db);
     retention(&mut db, &config);
     info!("telemetry writer stopped");
+    if let Some(done) = stopped {
+        let _ = done.send(());
+    }
 }
 
 type WriteJob = (
