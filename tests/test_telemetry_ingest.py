@@ -139,15 +139,15 @@ def test_partial_write_keeps_good_lines_and_names_first_bad(broker, api):
         f"m,device=nosuchdevice a=5 {now + 4}",  # 5 unknown device
         f"m,device={dev} a=6 {now + 5} junk",  # 6 trailing text
     ]
-    before = Scrape(broker.api_port)(REFUSED, reason="unknown_device")
+    before = Scrape(broker.api_port)(REFUSED, reason="unregistered")
     status, report = post(broker.api_port, "/api/v1/telemetry/write?precision=ms", "\n".join(lines).encode())
     assert status == 400, report
     assert report["first_error"]["line"] == 2 and "a" in report["first_error"]["error"], report
     assert report["message"].startswith("partial write: line 2"), report
     assert report["written"] == 2 and report["bad_lines"] == 4, report
-    assert report["refusals"] == {"unknown_device": 1}, report
+    assert report["refusals"] == {"unregistered": 1}, report
     assert raw(api, dev, now, now + 10) == {"m.a": [[now, 1.0], [now + 2, 3.0]]}
-    assert Scrape(broker.api_port)(REFUSED, reason="unknown_device") == before + 1
+    assert Scrape(broker.api_port)(REFUSED, reason="unregistered") == before + 1
     # Only an unknown device: still a bad line, named.
     status, report = post(broker.api_port, "/api/v1/telemetry/write", b"m,device=ghost a=1")
     assert status == 400 and report["first_error"]["line"] == 1, report
@@ -236,7 +236,7 @@ def test_json_bulk(broker, api):
     assert status == 400, report
     assert report["first_error"]["line"] == 2 and "ghost" in report["first_error"]["error"], report
     assert (report["written"], report["bad_lines"]) == (2, 2), report
-    assert report["refusals"] == {"bad_value": 1, "unknown_device": 1}, report
+    assert report["refusals"] == {"bad_value": 1, "unregistered": 1}, report
     assert raw(api, d1, now, now + 10, "temp") == {"temp": [[now, 1.5], [now + 1, 2.0], [now + 2, 3.0]]}
     assert raw(api, d2, now, now + 10) == {"v": [[now, 1.0]]}
     status, err = post(broker.api_port, "/api/v1/telemetry/write", b"[1", ctype="application/json")

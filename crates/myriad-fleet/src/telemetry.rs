@@ -81,7 +81,8 @@ pub enum Refusal {
     Series,
     /// The store could not write it (I/O error, queue closed).
     Store,
-    /// Bulk write: the `device` tag names no registered device.
+    /// Bulk write: the `device` tag names no registered device (`unregistered`: no label value
+    /// says "device", so a dashboard never mistakes it for a device id).
     UnknownDevice,
     /// Older than the raw retention (`telemetry.raw_retention_days`).
     Expired,
@@ -121,7 +122,7 @@ impl Refusal {
             Refusal::KindMismatch => "kind_mismatch",
             Refusal::Series => "series",
             Refusal::Store => "store",
-            Refusal::UnknownDevice => "unknown_device",
+            Refusal::UnknownDevice => "unregistered",
             Refusal::Expired => "expired",
         }
     }

@@ -6,7 +6,7 @@
 //! items, [`MAX_WRITE_POINTS`] samples; one past any is a 413 and nothing is written) is parsed
 //! whole ([`myriad_fleet::lineproto`] for line protocol, `Content-Type: text/plain` or none;
 //! `application/json` for JSON), every `device` is looked up in the registry (an unknown one makes
-//! its line a bad line, its samples counted as `unknown_device`), and the good lines' samples go
+//! its line a bad line, its samples counted as `unregistered`), and the good lines' samples go
 //! to the telemetry writer in one job; the answer comes after the writer appended them to the WAL
 //! (fsynced when `[store] fsync`). As InfluxDB's "partial write", the good lines are kept when
 //! some are bad: the answer is then a 400 naming the first bad line, with the counts.
