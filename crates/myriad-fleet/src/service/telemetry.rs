@@ -318,7 +318,10 @@ impl TelemetryService {
                 })
                 .await;
             if let Err(e) = stored {
-                refused(Refusal::Store, n);
+                // A write the writer failed it counted itself; one it never saw is counted here.
+                if matches!(e, TelemetryError::Stopped) {
+                    refused(Refusal::Store, n);
+                }
                 return Err(e);
             }
         }
