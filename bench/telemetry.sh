@@ -15,7 +15,12 @@
 #               into `myriad serve`; values per second, bytes on disk per value after the seal
 #               at shutdown.
 #
+#   5. series-memory (only when named in PARTS): `myriad serve` with DEVICES_MEM devices (default
+#               100,000) x 10 metrics = 1M active series, 3 points each in open chunks, written over
+#               the line-protocol API (bench/telemetry_series_memory.py); server RSS before/after.
+#
 #   bash bench/telemetry.sh                                  # full run (~6 min)
+#   PARTS=series-memory bash bench/telemetry.sh              # 1M series (~3 min)
 #   DEVICES=100 HOURS=2 DEVICES_MQTT=500 DURATION=5 bash bench/telemetry.sh   # smoke run
 #   PARTS="influx" bash bench/telemetry.sh                   # one part
 #
@@ -169,4 +174,12 @@ PYEOF
         values=$(echo "$ingest" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["values"])')
         echo "$ingest" | "$PY" -c "import json,sys; r=json.load(sys.stdin); r.update(block_bytes=$blocks, dir_bytes=$total, bytes_per_value=round($blocks/$values, 3), dir_bytes_per_value=round($total/$values, 3)); print(json.dumps(r))"
     fi
+fi
+
+if has_part series-memory; then
+    start_myriad "$WORK/mem-data"
+    log "series-memory: ${DEVICES_MEM:-100000} devices x 10 metrics"
+    "$PY" "$ROOT/bench/telemetry_series_memory.py" --api "127.0.0.1:$API_PORT" --token "$TOKEN" \
+        --pid "$BPID" --devices "${DEVICES_MEM:-100000}"
+    stop_broker
 fi
