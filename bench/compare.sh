@@ -46,9 +46,14 @@ install_peers() {
     for broker in $BROKERS; do
         case $broker in
         myriad)
-            log "building myriad (release)"
-            (cd "$ROOT" && cargo build --release -q -p myriad)
-            BIN[myriad]=$ROOT/target/release/myriad
+            if [[ -n ${MYRIAD_BIN:-} ]]; then
+                log "myriad: $MYRIAD_BIN (not rebuilt)"
+                BIN[myriad]=$MYRIAD_BIN
+            else
+                log "building myriad (release)"
+                (cd "$ROOT" && cargo build --release -q -p myriad)
+                BIN[myriad]=$ROOT/target/release/myriad
+            fi
             ;;
         mosquitto)
             if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
