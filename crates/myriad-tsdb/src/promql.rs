@@ -140,6 +140,9 @@ pub enum PromError {
     /// The store failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The store could not be read (it stopped).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl PromError {
@@ -147,7 +150,10 @@ impl PromError {
     pub fn is_bad_data(&self) -> bool {
         !matches!(
             self,
-            PromError::TooManySeries { .. } | PromError::TooManySamples { .. } | PromError::Db(_)
+            PromError::TooManySeries { .. }
+                | PromError::TooManySamples { .. }
+                | PromError::Db(_)
+                | PromError::Unavailable(_)
         )
     }
 }
@@ -551,6 +557,34 @@ pub fn select(
     Ok(out)
 }
 
+/// Where the evaluator reads series: the [`Db`] itself, or a reader that fetches each piece
+/// separately (the telemetry service runs every call as its own job on the writer thread, so
+/// writes go on between the series of a long query instead of waiting for all of it).
+pub trait SeriesSource {
+    /// The series `sel` matches, with their labels (as [`select`]).
+    fn select(
+        &self,
+        sel: &Selector,
+        limits: &PromLimits,
+    ) -> Result<Vec<(SeriesId, Labels)>, PromError>;
+    /// Points of series `id` with `from <= ts < to` (as [`Db::raw`]).
+    fn raw(&self, id: SeriesId, from: i64, to: i64) -> Result<Vec<Point>, PromError>;
+}
+
+impl SeriesSource for Db {
+    fn select(
+        &self,
+        sel: &Selector,
+        limits: &PromLimits,
+    ) -> Result<Vec<(SeriesId, Labels)>, PromError> {
+        select(self.engine().index(), sel, limits)
+    }
+
+    fn raw(&self, id: SeriesId, from: i64, to: i64) -> Result<Vec<Point>, PromError> {
+        Ok(Db::raw(self, id, from, to)?)
+    }
+}
+
 /// Evaluation times `start, start + step, .. <= end`, in ms.
 #[derive(Debug, Clone, Copy)]
 struct Steps {
@@ -588,7 +622,7 @@ impl Budget {
 /// Refuses `end < start`, a step that is not positive and more than [`MAX_STEPS`] steps with
 /// Prometheus's messages.
 pub fn eval_range(
-    db: &Db,
+    db: &dyn SeriesSource,
     query: &Query,
     start: i64,
     end: i64,
@@ -632,7 +666,7 @@ pub fn check_range_params(start: i64, end: i64, step: i64) -> Result<(), PromErr
 
 /// Evaluates `query` at time `t` (ms).
 pub fn eval_instant(
-    db: &Db,
+    db: &dyn SeriesSource,
     query: &Query,
     t: i64,
     limits: &PromLimits,
@@ -645,7 +679,7 @@ pub fn eval_instant(
         Node::Scalar(v) => Ok(Instant::Scalar(*v)),
         Node::Matrix(sel, range) => {
             let mut out = Vec::new();
-            for (id, labels) in select(db.engine().index(), sel, limits)? {
+            for (id, labels) in db.select(sel, limits)? {
                 let at = t.saturating_sub(sel.offset_ms);
                 let pts = window_points(db, id, at.saturating_sub(*range), at, &mut budget)?;
                 if !pts.is_empty() {
@@ -673,7 +707,7 @@ pub fn eval_instant(
 
 /// Points of `id` with `lo < ts <= hi`.
 fn window_points(
-    db: &Db,
+    db: &dyn SeriesSource,
     id: SeriesId,
     lo: i64,
     hi: i64,
@@ -685,7 +719,7 @@ fn window_points(
 }
 
 fn eval_vector(
-    db: &Db,
+    db: &dyn SeriesSource,
     node: &Node,
     steps: Steps,
     limits: &PromLimits,
@@ -705,7 +739,7 @@ fn eval_vector(
 }
 
 fn eval_series(
-    db: &Db,
+    db: &dyn SeriesSource,
     sel: &Selector,
     window: i64,
     f: Option<RangeFn>,
@@ -714,7 +748,7 @@ fn eval_series(
     budget: &mut Budget,
 ) -> Result<Matrix, PromError> {
     let mut out = Vec::new();
-    for (id, mut labels) in select(db.engine().index(), sel, limits)? {
+    for (id, mut labels) in db.select(sel, limits)? {
         let lo = steps
             .start
             .saturating_sub(sel.offset_ms)

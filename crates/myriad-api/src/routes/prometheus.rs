@@ -33,8 +33,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use myriad_fleet::service::telemetry::SlicedReads;
 use myriad_tsdb::Db;
-use myriad_tsdb::promql::{self, Instant, Labels, PromError, PromLimits, Query, Selector};
+use myriad_tsdb::promql::{
+    self, Instant, Labels, PromError, PromLimits, Query, Selector, SeriesSource,
+};
 use serde_json::{Value, json};
 
 use crate::state::ApiState;
@@ -72,6 +75,9 @@ impl PromFailure {
 
 impl From<PromError> for PromFailure {
     fn from(e: PromError) -> Self {
+        if let PromError::Unavailable(message) = e {
+            return PromFailure::unavailable(message);
+        }
         if e.is_bad_data() {
             PromFailure::bad_data(e.to_string())
         } else {
@@ -188,6 +194,35 @@ async fn run<T: Send + 'static>(
         .map_err(PromFailure::from)
 }
 
+/// PromQL evaluations running at once; more wait their turn (each holds a blocking-pool thread
+/// while it reads the store series by series).
+pub(crate) const MAX_CONCURRENT_EVALS: usize = 4;
+static EVALS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_EVALS);
+
+/// Runs a PromQL evaluation on the blocking pool over [`SlicedReads`]: each selector and each
+/// series is read by its own job on the telemetry writer thread, so devices' writes (and their
+/// acknowledgements) go on between them instead of waiting for the whole query.
+async fn run_sliced<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&dyn SeriesSource) -> Result<T, PromError> + Send + 'static,
+) -> Result<T, PromFailure> {
+    let Some(telemetry) = state.telemetry.clone() else {
+        return Err(PromFailure::unavailable(
+            "telemetry is disabled (telemetry.enabled)",
+        ));
+    };
+    let _turn = EVALS
+        .acquire()
+        .await
+        .map_err(|e| PromFailure::unavailable(e.to_string()))?;
+    let source = SlicedReads((*telemetry).clone());
+    tokio::task::spawn_blocking(move || f(&source))
+        .await
+        // A bug in a query must not take the process down: the caller sees 503.
+        .map_err(|_| PromFailure::unavailable("the query failed"))?
+        .map_err(PromFailure::from)
+}
+
 fn now_ms() -> i64 {
     myriad_fleet::service::now_ms() as i64
 }
@@ -258,7 +293,7 @@ pub(crate) async fn query_range(
         let end = promql::parse_time("end", params.require("end")?)?;
         let step = promql::parse_duration("step", params.require("step")?)?;
         promql::check_range_params(start, end, step)?;
-        run(&state, move |db| {
+        run_sliced(&state, move |db| {
             promql::eval_range(db, &query, start, end, step, &limits)
         })
         .await
@@ -299,7 +334,7 @@ pub(crate) async fn query(
         let limits = PromLimits::default();
         let query = Query::parse(params.require("query")?, &limits)?;
         let t = parse_time(&params, "time")?.unwrap_or_else(now_ms);
-        let answer = run(&state, move |db| {
+        let answer = run_sliced(&state, move |db| {
             promql::eval_instant(db, &query, t, &limits)
         })
         .await?;

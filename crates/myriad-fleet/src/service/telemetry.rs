@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use myriad_broker::hooks::{Acl, BoxFuture, IngestRefused, IngestSink};
 use myriad_tsdb::index::{DEVICE_LABEL, METRIC_LABEL};
+use myriad_tsdb::promql::{self, SeriesSource};
 use myriad_tsdb::{
     Agg, AppendError, Db, DbConfig, DbError, FileDb, FileDbError, Point, PointError, SeriesId,
     SeriesKey, Value,
@@ -383,6 +384,22 @@ impl TelemetryService {
         rx.await.map_err(|_| TelemetryError::Stopped)
     }
 
+    /// As [`TelemetryService::read`], from a thread that may block (the blocking pool, never
+    /// the event loop): waits for room in the queue and for the answer.
+    pub fn read_blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Db) -> T + Send + 'static,
+    ) -> Result<T, TelemetryError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Read(Box::new(move |db: &Db| {
+            let _ = tx.send(read(db));
+        }));
+        self.jobs
+            .blocking_send(job)
+            .map_err(|_| TelemetryError::Stopped)?;
+        rx.blocking_recv().map_err(|_| TelemetryError::Stopped)
+    }
+
     /// Stops the writer once it has sealed the head into blocks and applied retention (call it
     /// at shutdown, after the broker and the API stopped): until then a stop would leave the
     /// head to the WAL, replayed and sealed at the next start. Later calls return at once.
@@ -479,6 +496,33 @@ impl IngestSink for TelemetryService {
                 .map(|_| ())
                 .map_err(|e| IngestRefused(e.to_string()))
         })
+    }
+}
+
+/// A PromQL [`SeriesSource`] over the store whose every call (one selector's series, one
+/// series' points) is its own job on the writer thread: a long query is read series by series,
+/// and the write groups of devices waiting for their acknowledgements go in between, instead of
+/// waiting for the whole query. Use it from the blocking pool only (each call blocks).
+#[derive(Debug, Clone)]
+pub struct SlicedReads(pub TelemetryService);
+
+impl SeriesSource for SlicedReads {
+    fn select(
+        &self,
+        sel: &promql::Selector,
+        limits: &promql::PromLimits,
+    ) -> Result<Vec<(SeriesId, promql::Labels)>, promql::PromError> {
+        let (sel, limits) = (sel.clone(), *limits);
+        self.0
+            .read_blocking(move |db| promql::select(db.engine().index(), &sel, &limits))
+            .map_err(|e| promql::PromError::Unavailable(e.to_string()))?
+    }
+
+    fn raw(&self, id: SeriesId, from: i64, to: i64) -> Result<Vec<Point>, promql::PromError> {
+        Ok(self
+            .0
+            .read_blocking(move |db| db.raw(id, from, to))
+            .map_err(|e| promql::PromError::Unavailable(e.to_string()))??)
     }
 }
 
@@ -936,6 +980,79 @@ mod tests {
             .await
             .expect("chunk");
         assert_eq!(none, ExportChunk::default());
+    }
+
+    /// A PromQL query read through [`SlicedReads`] leaves the writer free between its series: a
+    /// device write issued while the query is half done (from inside its second series read)
+    /// is stored and answered before the query ends, and the query still sees every series.
+    /// Run as one job on the writer thread, the same write would wait for the whole query (here:
+    /// never return, as the query waits for it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_go_on_between_the_series_of_a_query() {
+        struct WriteMidway {
+            inner: SlicedReads,
+            reads: std::sync::atomic::AtomicUsize,
+            handle: tokio::runtime::Handle,
+            now: i64,
+        }
+        impl SeriesSource for WriteMidway {
+            fn select(
+                &self,
+                sel: &promql::Selector,
+                limits: &promql::PromLimits,
+            ) -> Result<Vec<(SeriesId, promql::Labels)>, promql::PromError> {
+                self.inner.select(sel, limits)
+            }
+            fn raw(
+                &self,
+                id: SeriesId,
+                from: i64,
+                to: i64,
+            ) -> Result<Vec<Point>, promql::PromError> {
+                if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                    let svc = self.inner.0.clone();
+                    let payload = format!("{{\"v\": 42, \"ts\": {}}}", self.now - 500);
+                    let stored = self.handle.block_on(async move {
+                        svc.ingest("late", payload.as_bytes(), self.now).await
+                    });
+                    assert_eq!(stored.expect("stored midway"), 0);
+                }
+                self.inner.raw(id, from, to)
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let svc =
+            TelemetryService::open(dir.path(), false, TelemetryConfig::default()).expect("open");
+        let now = now_ms() as i64;
+        let batches = (0..3)
+            .map(|d| DeviceSamples {
+                device: format!("d{d}"),
+                samples: (0..10)
+                    .map(|i| sample("v", now - 10_000 + i * 1_000, i as f64))
+                    .collect(),
+            })
+            .collect();
+        svc.write_durable(batches).await.expect("write");
+        let source = WriteMidway {
+            inner: SlicedReads(svc.clone()),
+            reads: Default::default(),
+            handle: tokio::runtime::Handle::current(),
+            now,
+        };
+        let query = promql::Query::parse("last_over_time(v[1m])", &promql::PromLimits::default())
+            .expect("parse");
+        let answer = tokio::task::spawn_blocking(move || {
+            promql::eval_instant(&source, &query, now, &promql::PromLimits::default())
+        })
+        .await
+        .expect("join")
+        .expect("query");
+        let promql::Instant::Vector(v) = answer else {
+            panic!("a vector expected");
+        };
+        assert_eq!(v.len(), 3, "{v:?}");
+        let late = svc.latest("late").await.expect("latest");
+        assert_eq!(late.len(), 1, "the midway write is stored");
     }
 
     #[test]
