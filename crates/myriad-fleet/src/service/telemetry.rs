@@ -373,15 +373,12 @@ impl TelemetryService {
         &self,
         read: impl FnOnce(&Db) -> T + Send + 'static,
     ) -> Result<T, TelemetryError> {
-        let (tx, rx) = oneshot::channel();
-        let job = Job::Read(Box::new(move |db: &Db| {
-            let _ = tx.send(read(db));
-        }));
+        let (job, answer) = read_job(read);
         self.jobs
             .send(job)
             .await
             .map_err(|_| TelemetryError::Stopped)?;
-        rx.await.map_err(|_| TelemetryError::Stopped)
+        answer.await.map_err(|_| TelemetryError::Stopped)
     }
 
     /// As [`TelemetryService::read`], from a thread that may block (the blocking pool, never
@@ -390,14 +387,11 @@ impl TelemetryService {
         &self,
         read: impl FnOnce(&Db) -> T + Send + 'static,
     ) -> Result<T, TelemetryError> {
-        let (tx, rx) = oneshot::channel();
-        let job = Job::Read(Box::new(move |db: &Db| {
-            let _ = tx.send(read(db));
-        }));
+        let (job, answer) = read_job(read);
         self.jobs
             .blocking_send(job)
             .map_err(|_| TelemetryError::Stopped)?;
-        rx.blocking_recv().map_err(|_| TelemetryError::Stopped)
+        answer.blocking_recv().map_err(|_| TelemetryError::Stopped)
     }
 
     /// Stops the writer once it has sealed the head into blocks and applied retention (call it
@@ -497,6 +491,17 @@ impl IngestSink for TelemetryService {
                 .map_err(|e| IngestRefused(e.to_string()))
         })
     }
+}
+
+/// A [`Job::Read`] running `read`, and where its answer arrives.
+fn read_job<T: Send + 'static>(
+    read: impl FnOnce(&Db) -> T + Send + 'static,
+) -> (Job, oneshot::Receiver<T>) {
+    let (tx, rx) = oneshot::channel();
+    let job = Job::Read(Box::new(move |db: &Db| {
+        let _ = tx.send(read(db));
+    }));
+    (job, rx)
 }
 
 /// A PromQL [`SeriesSource`] over the store whose every call (one selector's series, one
