@@ -214,6 +214,18 @@ def test_labels_values_series_and_buildinfo(fleet):
     assert sorted(series, key=lambda s: s["device"]) == sorted([
         {"__name__": "temp", "device": d0, "metric": "temp"},
         {"__name__": "c", "device": fleet.counter, "metric": "c"}], key=lambda s: s["device"])
+    # start/end keep the series with data in the window (both ends included, seconds).
+    first, last = fleet.base // 1000, (fleet.base + (N - 1) * STEP_MS) // 1000
+    def in_window(start: int, end: int) -> list[str]:
+        found = ok(fleet.port, "GET", "/api/v1/series",
+                   [("match[]", "temp"), ("start", str(start)), ("end", str(end))])
+        return sorted(s["device"] for s in found)
+    assert in_window(first, first) == sorted([d0, d1])
+    assert in_window(last, last + 3600) == sorted([d0, d1])
+    assert in_window(first - 3600, first - 1) == []
+    assert in_window(last + 1, last + 3600) == []
+    assert ok(fleet.port, "GET", "/api/v1/label/device/values",
+              [("match[]", "temp"), ("start", str(last + 1))]) == []
     info = ok(fleet.port, "GET", "/api/v1/status/buildinfo")
     assert info["version"].count(".") == 2 and info["application"] == "myriad"
     assert ok(fleet.port, "GET", "/api/v1/metadata") == {}

@@ -198,6 +198,15 @@ impl Db {
             })
     }
 
+    /// Whether series `id` has data in `from <= ts < to` as far as the sealed blocks' time ranges
+    /// and the head's points tell (a block whose first and last points bracket the range counts,
+    /// as Prometheus counts blocks for its `series` API).
+    pub fn has_data(&self, id: SeriesId, from: i64, to: i64) -> bool {
+        from < to
+            && (self.block_series(id, from, to).next().is_some()
+                || !self.engine.head().range(id, from, to).is_empty())
+    }
+
     /// Points of series `id` with `from <= ts < to`, sorted, one per timestamp (the latest
     /// written wins).
     pub fn raw(&self, id: SeriesId, from: i64, to: i64) -> Result<Vec<Point>, DbError> {

@@ -914,15 +914,40 @@ fn aggregate(op: AggOp, grouping: &Grouping, m: Matrix) -> Matrix {
         .collect()
 }
 
-/// Series matching any of `selectors` (deduplicated, by id), or none when `selectors` is empty.
+/// The time window of the `series` and label APIs: `from <= ts < to` (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Start, included.
+    pub from: i64,
+    /// End, excluded.
+    pub to: i64,
+}
+
+impl Window {
+    /// All time.
+    pub const ALL: Window = Window {
+        from: i64::MIN,
+        to: i64::MAX,
+    };
+}
+
+/// Series matching any of `selectors` that have data in `window` (deduplicated, by id), or
+/// none when `selectors` is empty.
 pub fn series(
     db: &Db,
     selectors: &[Selector],
+    window: Window,
     limits: &PromLimits,
 ) -> Result<Vec<Labels>, PromError> {
     let mut all: BTreeMap<SeriesId, Labels> = BTreeMap::new();
     for sel in selectors {
-        all.extend(select(db.engine().index(), sel, limits)?);
+        all.extend(
+            select(db.engine().index(), sel, limits)?
+                .into_iter()
+                .filter(|(id, _)| {
+                    window == Window::ALL || db.has_data(*id, window.from, window.to)
+                }),
+        );
         if all.len() > limits.max_series {
             return Err(PromError::TooManySeries {
                 limit: limits.max_series,
@@ -932,10 +957,12 @@ pub fn series(
     Ok(all.into_values().collect())
 }
 
-/// Label names in use (of the series matching `selectors`, or of all series if it is empty).
+/// Label names in use: of the series matching `selectors` with data in `window`, or of all
+/// series (whatever the window) if `selectors` is empty.
 pub fn label_names(
     db: &Db,
     selectors: &[Selector],
+    window: Window,
     limits: &PromLimits,
 ) -> Result<Vec<String>, PromError> {
     if selectors.is_empty() {
@@ -948,7 +975,7 @@ pub fn label_names(
         names.dedup();
         return Ok(names);
     }
-    let mut names: Vec<String> = series(db, selectors, limits)?
+    let mut names: Vec<String> = series(db, selectors, window, limits)?
         .into_iter()
         .flat_map(|l| l.into_keys())
         .collect();
@@ -957,12 +984,13 @@ pub fn label_names(
     Ok(names)
 }
 
-/// Values of label `name` (of the series matching `selectors`, or of all series if it is
-/// empty).
+/// Values of label `name`: of the series matching `selectors` with data in `window`, or of all
+/// series (whatever the window) if `selectors` is empty.
 pub fn label_values(
     db: &Db,
     name: &str,
     selectors: &[Selector],
+    window: Window,
     limits: &PromLimits,
 ) -> Result<Vec<String>, PromError> {
     if selectors.is_empty() {
@@ -974,7 +1002,7 @@ pub fn label_values(
             .map(String::from)
             .collect());
     }
-    let mut values: Vec<String> = series(db, selectors, limits)?
+    let mut values: Vec<String> = series(db, selectors, window, limits)?
         .into_iter()
         .filter_map(|mut l| l.remove(name))
         .collect();
@@ -1291,24 +1319,39 @@ mod tests {
 
     #[test]
     fn series_and_labels() {
-        let d = db(&[("d1", "temp", &[(T0, 1.0)]), ("d2", "hum", &[(T0, 1.0)])]);
+        let d = db(&[
+            ("d1", "temp", &[(T0, 1.0)]),
+            ("d2", "hum", &[(T0, 1.0)]),
+            ("d3", "hum", &[(T0 + 3_600_000, 1.0)]),
+        ]);
         let l = PromLimits::default();
+        let all = Window::ALL;
         assert_eq!(
-            label_names(&d, &[], &l).expect("names"),
+            label_names(&d, &[], all, &l).expect("names"),
             vec!["__name__", "device", "metric"]
         );
         assert_eq!(
-            label_values(&d, "__name__", &[], &l).expect("values"),
+            label_values(&d, "__name__", &[], all, &l).expect("values"),
             vec!["hum", "temp"]
         );
         let sel = parse_selector(r#"{device="d2"}"#, &l).expect("selector");
-        let s = series(&d, std::slice::from_ref(&sel), &l).expect("series");
+        let s = series(&d, std::slice::from_ref(&sel), all, &l).expect("series");
         assert_eq!(s.len(), 1);
         assert_eq!(s[0]["__name__"], "hum");
         assert_eq!(
-            label_values(&d, "device", &[sel], &l).expect("values"),
+            label_values(&d, "device", &[sel], all, &l).expect("values"),
             vec!["d2"]
         );
+        // A window keeps the series with data in it.
+        let hum = parse_selector("hum", &l).expect("selector");
+        let devices = |from, to| {
+            let w = Window { from, to };
+            label_values(&d, "device", std::slice::from_ref(&hum), w, &l).expect("values")
+        };
+        assert_eq!(devices(T0, T0 + 1), vec!["d2"]);
+        assert_eq!(devices(T0 + 1, T0 + 3_600_001), vec!["d3"]);
+        assert_eq!(devices(T0, T0 + 3_600_001), vec!["d2", "d3"]);
+        assert!(devices(T0 + 1, T0 + 3_600_000).is_empty());
         assert!(parse_selector("rate(x[1m])", &l).is_err());
     }
 

@@ -14,10 +14,13 @@
 //! with 400 (bad input), `execution` with 422 (limits hit while running) and `unavailable`
 //! with 503 (telemetry disabled or stopped).
 //!
-//! The PromQL subset and its evaluation are in [`myriad_tsdb::promql`]; queries run on the
+//! The PromQL subset and its evaluation are in [`myriad_tsdb::promql`]; `query` and
+//! `query_range` read the store series by series from the blocking pool
+//! ([`myriad_fleet::service::telemetry::SlicedReads`]), the index APIs run as one job on the
 //! telemetry writer thread ([`myriad_fleet::service::telemetry::TelemetryService::read`]).
-//! `start`/`end` of `series`, `labels` and `label/{name}/values` are accepted but not applied:
-//! those answer from every series in the index.
+//! `start`/`end` of `series`, `labels` and `label/{name}/values` keep the series `match[]`
+//! selects that have data in that window; without `match[]` the label APIs answer from every
+//! series in the index.
 //!
 //! # Limits
 //!
@@ -36,7 +39,7 @@ use axum::response::{IntoResponse, Response};
 use myriad_fleet::service::telemetry::SlicedReads;
 use myriad_tsdb::Db;
 use myriad_tsdb::promql::{
-    self, Instant, Labels, PromError, PromLimits, Query, Selector, SeriesSource,
+    self, Instant, Labels, PromError, PromLimits, Query, Selector, SeriesSource, Window,
 };
 use serde_json::{Value, json};
 
@@ -365,8 +368,8 @@ pub(crate) async fn query(
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "POST: the same parameters as a form"),
     params(
         ("match[]" = Vec<String>, Query, description = "Series selectors (at least one, at most 64)"),
-        ("start" = Option<String>, Query, description = "Accepted, not applied"),
-        ("end" = Option<String>, Query, description = "Accepted, not applied"),
+        ("start" = Option<String>, Query, description = "Unix seconds or RFC 3339: only series with data from then"),
+        ("end" = Option<String>, Query, description = "Unix seconds or RFC 3339: only series with data until then"),
     ),
     responses(
         (status = 200, description = "`{status, data: [labels..]}`", body = Object),
@@ -384,14 +387,17 @@ pub(crate) async fn series(
     let result = async {
         let params = Params::read(&method, &uri, &headers, &body)?;
         let limits = PromLimits::default();
-        check_times(&params)?;
+        let window = window(&params)?;
         let selectors = params.matchers(&limits)?;
         if selectors.is_empty() {
             return Err(PromFailure::bad_data(
                 "match[]: no match[] parameter provided",
             ));
         }
-        run(&state, move |db| promql::series(db, &selectors, &limits)).await
+        run(&state, move |db| {
+            promql::series(db, &selectors, window, &limits)
+        })
+        .await
     }
     .await;
     match result {
@@ -400,10 +406,12 @@ pub(crate) async fn series(
     }
 }
 
-fn check_times(params: &Params) -> Result<(), PromFailure> {
-    parse_time(params, "start")?;
-    parse_time(params, "end")?;
-    Ok(())
+/// `start` and `end` (both included, default: all time) as a [`Window`]; applied to the series
+/// a `match[]` selects.
+fn window(params: &Params) -> Result<Window, PromFailure> {
+    let from = parse_time(params, "start")?.unwrap_or(i64::MIN);
+    let to = parse_time(params, "end")?.map_or(i64::MAX, |end| end.saturating_add(1));
+    Ok(Window { from, to })
 }
 
 /// Label names in use (of the series matching `match[]`, if given).
@@ -431,10 +439,10 @@ pub(crate) async fn labels(
     let result = async {
         let params = Params::read(&method, &uri, &headers, &body)?;
         let limits = PromLimits::default();
-        check_times(&params)?;
+        let window = window(&params)?;
         let selectors = params.matchers(&limits)?;
         run(&state, move |db| {
-            promql::label_names(db, &selectors, &limits)
+            promql::label_names(db, &selectors, window, &limits)
         })
         .await
     }
@@ -469,7 +477,7 @@ pub(crate) async fn label_values(
     let result = async {
         let params = Params::read(&Method::GET, &uri, &headers, &[])?;
         let limits = PromLimits::default();
-        check_times(&params)?;
+        let window = window(&params)?;
         if name.is_empty() || name.len() > 256 {
             return Err(PromFailure::bad_data(format!(
                 "name: invalid label name {name:?}"
@@ -477,7 +485,7 @@ pub(crate) async fn label_values(
         }
         let selectors = params.matchers(&limits)?;
         run(&state, move |db| {
-            promql::label_values(db, &name, &selectors, &limits)
+            promql::label_values(db, &name, &selectors, window, &limits)
         })
         .await
     }
