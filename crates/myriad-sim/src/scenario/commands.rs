@@ -48,6 +48,8 @@ use crate::proc::Watch;
 use crate::report::{ErrorLog, emit, round3};
 use crate::{Env, progress, secs};
 
+use super::{connect_device, wait_for_connections};
+
 /// What every simulated device answers.
 const REPLY: &[u8] = br#"{"status":"succeeded","result":{"ok":true}}"#;
 
@@ -447,15 +449,7 @@ pub async fn run(env: Env, args: CommandsArgs) -> Result<()> {
         devices.spawn(device(shared.clone(), env.broker, options, permits.clone()));
     }
     let connect_deadline = connect_started + connect_timeout;
-    let total = args.devices as u64;
-    while Instant::now() < connect_deadline {
-        let done = Counters::get(&shared.counters.connected)
-            + Counters::get(&shared.counters.connect_failed);
-        if done >= total {
-            break;
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_connections(&shared.counters, args.devices as u64, connect_deadline).await;
     let connected = Counters::get(&shared.counters.connected);
     // The command service sends only to devices it knows are online.
     while Instant::now() < connect_deadline {
@@ -762,44 +756,20 @@ async fn device(
     options: ConnectOptions,
     permits: Arc<Semaphore>,
 ) {
-    let id = options.client_id.clone();
-    let mut client = None;
-    for attempt in 0..3u64 {
-        if attempt > 0 {
-            sleep(Duration::from_millis(200 * attempt)).await;
-        }
-        let connected = {
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
-            if shared.stop.is_cancelled() {
-                return;
-            }
-            match Client::connect(broker, &options).await {
-                Ok((mut client, _)) => {
-                    let filter = format!("$commands/{id}/+");
-                    client
-                        .subscribe(&[(filter, QoS::AtLeastOnce)], Duration::from_secs(30))
-                        .await
-                        .map(|()| client)
-                }
-                Err(error) => Err(error),
-            }
-        };
-        match connected {
-            Ok(connected) => {
-                client = Some(connected);
-                break;
-            }
-            Err(error) => shared.errors.add(format!("device connect: {error}")),
-        }
-    }
-    let Some(mut client) = client else {
-        Counters::inc(&shared.counters.connect_failed);
+    let filter = format!("$commands/{}/+", options.client_id);
+    let Some(mut client) = connect_device(
+        broker,
+        &options,
+        &permits,
+        &shared.stop,
+        Some(filter),
+        &shared.counters,
+        &shared.errors,
+    )
+    .await
+    else {
         return;
     };
-    Counters::inc(&shared.counters.connected);
-    client.shrink();
     match answer(&shared, &mut client).await {
         Ok(()) => client.disconnect().await,
         Err(error) => {

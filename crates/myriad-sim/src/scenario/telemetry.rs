@@ -30,7 +30,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::commands::{PlatformArgs, api_addr, import_devices, setup_call};
-use super::paced;
+use super::{connect_device, paced, wait_for_connections};
 use crate::client::{Client, ConnectOptions};
 use crate::error::{Result, SimError};
 use crate::http::HttpClient;
@@ -284,16 +284,12 @@ pub async fn run(env: Env, args: TelemetryArgs) -> Result<()> {
             index as u64,
         ));
     }
-    let deadline = connect_started + connect_timeout;
-    let total = args.devices as u64;
-    while Instant::now() < deadline {
-        let done = Counters::get(&shared.counters.connected)
-            + Counters::get(&shared.counters.connect_failed);
-        if done >= total {
-            break;
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_connections(
+        &shared.counters,
+        args.devices as u64,
+        connect_started + connect_timeout,
+    )
+    .await;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let connected = Counters::get(&shared.counters.connected);
 
@@ -402,28 +398,19 @@ async fn device(
 ) -> Latency {
     sleep_until(at).await;
     let topic = format!("devices/{}/telemetry", options.client_id);
-    let mut client = None;
-    for attempt in 0..3u64 {
-        if attempt > 0 {
-            sleep(Duration::from_millis(200 * attempt)).await;
-        }
-        let Ok(_permit) = permits.acquire().await else {
-            return Latency::new();
-        };
-        match Client::connect(broker, &options).await {
-            Ok((c, _)) => {
-                client = Some(c);
-                break;
-            }
-            Err(error) => shared.errors.add(format!("device connect: {error}")),
-        }
-    }
-    let Some(mut client) = client else {
-        Counters::inc(&shared.counters.connect_failed);
+    let Some(mut client) = connect_device(
+        broker,
+        &options,
+        &permits,
+        &shared.stop,
+        None,
+        &shared.counters,
+        &shared.errors,
+    )
+    .await
+    else {
         return Latency::new();
     };
-    Counters::inc(&shared.counters.connected);
-    client.shrink();
     let mut latency = Latency::new();
     match publish_until_end(&shared, &mut client, plan, seed, &topic, &mut latency).await {
         Ok(()) => client.disconnect().await,
