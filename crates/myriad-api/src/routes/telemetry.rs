@@ -174,6 +174,78 @@ pub(super) fn now_ms() -> i64 {
     myriad_fleet::service::now_ms() as i64
 }
 
+/// `from` and `to` of a telemetry query (unix ms): `to` defaults to now plus one hour (the
+/// furthest a device `ts` may be), `from` to `default_from(to)`; `from` must be before `to`.
+pub(super) fn time_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    default_from: impl FnOnce(i64) -> i64,
+) -> Result<(i64, i64), ApiError> {
+    let to = int_param("to", to)?.unwrap_or_else(|| now_ms().saturating_add(3_600_001));
+    let from = int_param("from", from)?.unwrap_or_else(|| default_from(to));
+    if from >= to {
+        return Err(ApiError::BadRequest(format!(
+            "from: must be before to ({from} >= {to})"
+        )));
+    }
+    Ok((from, to))
+}
+
+/// The buckets of an aggregated telemetry query.
+#[derive(Debug)]
+pub(super) struct Buckets {
+    /// Bucket width, ms.
+    pub step: i64,
+    /// The function, as named (`avg` when not given).
+    pub agg_name: String,
+    /// The function.
+    pub agg: Agg,
+}
+
+/// `step` and `agg` of a telemetry query over `from..to`: `None` without `step` (raw points).
+/// `step` must be positive and need at most [`myriad_tsdb::db::MAX_BUCKETS`] buckets, counted
+/// `(to - from) / step + 1` (the store's own count, so the answer does not depend on whether
+/// data exists); `agg` defaults to avg and needs `step`.
+pub(super) fn step_and_agg(
+    from: i64,
+    to: i64,
+    step: Option<&str>,
+    agg: Option<&str>,
+) -> Result<Option<Buckets>, ApiError> {
+    let step = int_param("step", step)?;
+    if let Some(s) = step {
+        if s <= 0 {
+            return Err(ApiError::BadRequest(format!(
+                "step: must be positive, got {s}"
+            )));
+        }
+        let buckets = (to.saturating_sub(from) / s).saturating_add(1);
+        if buckets > myriad_tsdb::db::MAX_BUCKETS {
+            return Err(ApiError::BadRequest(format!(
+                "step: the range needs {buckets} buckets, at most {} allowed",
+                myriad_tsdb::db::MAX_BUCKETS
+            )));
+        }
+    }
+    match (step, agg) {
+        (Some(step), Some(a)) => Ok(Some(Buckets {
+            step,
+            agg_name: a.to_owned(),
+            agg: parse_agg(a)?,
+        })),
+        (Some(step), None) => Ok(Some(Buckets {
+            step,
+            agg_name: "avg".to_owned(),
+            agg: Agg::Avg,
+        })),
+        (None, Some(a)) => {
+            parse_agg(a)?;
+            Err(ApiError::BadRequest("step: required with agg".into()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Points of a device's metrics, raw or aggregated per `step` bucket.
 #[utoipa::path(
     get,
@@ -193,42 +265,12 @@ pub(crate) async fn device_telemetry(
     ApiQuery(params): ApiQuery<TelemetryParams>,
 ) -> Result<Json<TelemetryAnswer>, ApiError> {
     let metrics = parse_metrics(params.metrics.as_deref())?;
-    let to = int_param("to", params.to.as_deref())?
-        .unwrap_or_else(|| now_ms().saturating_add(3_600_001));
-    let from = int_param("from", params.from.as_deref())?
-        .unwrap_or_else(|| to.saturating_sub(DEFAULT_RANGE_MS));
-    if from >= to {
-        return Err(ApiError::BadRequest(format!(
-            "from: must be before to ({from} >= {to})"
-        )));
-    }
-    let step = int_param("step", params.step.as_deref())?;
-    if let Some(s) = step
-        && s <= 0
-    {
-        return Err(ApiError::BadRequest(format!(
-            "step: must be positive, got {s}"
-        )));
-    }
-    if let Some(s) = step {
-        // The store's own count (so the answer does not depend on whether data exists).
-        let buckets = (to.saturating_sub(from) / s).saturating_add(1);
-        if buckets > myriad_tsdb::db::MAX_BUCKETS {
-            return Err(ApiError::BadRequest(format!(
-                "step: the range needs {buckets} buckets, at most {} allowed",
-                myriad_tsdb::db::MAX_BUCKETS
-            )));
-        }
-    }
-    let agg = match (params.agg.as_deref(), step) {
-        (Some(a), Some(_)) => Some((a.to_owned(), parse_agg(a)?)),
-        (Some(a), None) => {
-            parse_agg(a)?;
-            return Err(ApiError::BadRequest("step: required with agg".into()));
-        }
-        (None, Some(_)) => Some(("avg".to_owned(), Agg::Avg)),
-        (None, None) => None,
-    };
+    let (from, to) = time_range(params.from.as_deref(), params.to.as_deref(), |to| {
+        to.saturating_sub(DEFAULT_RANGE_MS)
+    })?;
+    let buckets = step_and_agg(from, to, params.step.as_deref(), params.agg.as_deref())?;
+    let step = buckets.as_ref().map(|b| b.step);
+    let agg = buckets.map(|b| (b.agg_name, b.agg));
     let Some(telemetry) = state.telemetry.clone() else {
         return Err(unavailable("telemetry is disabled (telemetry.enabled)"));
     };

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::devices::read_device;
-use super::telemetry::{int_param, now_ms, parse_metrics, query_error, unavailable, value_json};
+use super::telemetry::{now_ms, parse_metrics, query_error, time_range, unavailable, value_json};
 use crate::blocking::blocking;
 use crate::dto::ErrorBody;
 use crate::error::ApiError;
@@ -543,14 +543,7 @@ pub(crate) async fn export_telemetry(
         }
     };
     let metrics = parse_metrics(params.metrics.as_deref())?;
-    let to = int_param("to", params.to.as_deref())?
-        .unwrap_or_else(|| now_ms().saturating_add(3_600_001));
-    let from = int_param("from", params.from.as_deref())?.unwrap_or(0);
-    if from >= to {
-        return Err(ApiError::BadRequest(format!(
-            "from: must be before to ({from} >= {to})"
-        )));
-    }
+    let (from, to) = time_range(params.from.as_deref(), params.to.as_deref(), |_| 0)?;
     let Some(telemetry) = state.telemetry.clone() else {
         return Err(unavailable("telemetry is disabled (telemetry.enabled)"));
     };

@@ -18,14 +18,11 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use myriad_fleet::registry::{DeviceId, DeviceQuery, MAX_PAGE_LIMIT};
-use myriad_tsdb::db::MAX_BUCKETS;
 use myriad_tsdb::multi::{self, Combine, MAX_DEVICES, MultiAnswer, MultiError, MultiQuery};
 use myriad_tsdb::{Agg, DbError};
 use serde_json::{Value, json};
 
-use super::telemetry::{
-    DEFAULT_RANGE_MS, int_param, now_ms, parse_agg, parse_metrics, unavailable,
-};
+use super::telemetry::{DEFAULT_RANGE_MS, parse_metrics, step_and_agg, time_range, unavailable};
 use crate::blocking::blocking;
 use crate::dto::ErrorBody;
 use crate::error::ApiError;
@@ -194,38 +191,19 @@ pub(crate) async fn fleet_telemetry(
     }
     let devices = devices_param(&params)?;
     let metrics = parse_metrics(params.get("metrics").map(String::as_str))?;
-    let to = int_param("to", params.get("to").map(String::as_str))?
-        .unwrap_or_else(|| now_ms().saturating_add(3_600_001));
-    let from = int_param("from", params.get("from").map(String::as_str))?
-        .unwrap_or_else(|| to.saturating_sub(DEFAULT_RANGE_MS));
-    if from >= to {
-        return Err(ApiError::BadRequest(format!(
-            "from: must be before to ({from} >= {to})"
-        )));
-    }
-    let step = int_param("step", params.get("step").map(String::as_str))?;
-    if let Some(s) = step {
-        if s <= 0 {
-            return Err(ApiError::BadRequest(format!(
-                "step: must be positive, got {s}"
-            )));
-        }
-        let buckets = (to.saturating_sub(from) / s).saturating_add(1);
-        if buckets > MAX_BUCKETS {
-            return Err(ApiError::BadRequest(format!(
-                "step: the range needs {buckets} buckets, at most {MAX_BUCKETS} allowed"
-            )));
-        }
-    }
-    let agg_name = params.get("agg").map(String::as_str);
-    let agg = match (agg_name, step) {
-        (Some(a), Some(_)) => parse_agg(a)?,
-        (Some(a), None) => {
-            parse_agg(a)?;
-            return Err(ApiError::BadRequest("step: required with agg".into()));
-        }
-        (None, _) => Agg::Avg,
-    };
+    let (from, to) = time_range(
+        params.get("from").map(String::as_str),
+        params.get("to").map(String::as_str),
+        |to| to.saturating_sub(DEFAULT_RANGE_MS),
+    )?;
+    let buckets = step_and_agg(
+        from,
+        to,
+        params.get("step").map(String::as_str),
+        params.get("agg").map(String::as_str),
+    )?;
+    let step = buckets.as_ref().map(|b| b.step);
+    let agg = buckets.as_ref().map_or(Agg::Avg, |b| b.agg);
     let combine = match (
         params.get("group_by").map(String::as_str),
         params.get("combine").map(String::as_str),
@@ -281,7 +259,7 @@ pub(crate) async fn fleet_telemetry(
     let mut out = json!({"from": from, "to": to, "devices": count});
     if let Some(s) = step {
         out["step"] = json!(s);
-        out["agg"] = json!(agg_name.unwrap_or("avg"));
+        out["agg"] = json!(buckets.as_ref().map_or("avg", |b| b.agg_name.as_str()));
     }
     match answer {
         MultiAnswer::PerDevice(series) => {
