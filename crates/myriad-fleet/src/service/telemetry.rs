@@ -195,11 +195,11 @@ pub struct TelemetryRange {
 }
 
 enum Job {
+    /// Store these devices' samples; answered once they are in the WAL (and synced), or why
+    /// not. Write jobs waiting together share one sync (group commit).
     Write {
-        device: String,
-        samples: Vec<crate::telemetry::ParsedSample>,
-        /// Told once the points are in the WAL (and synced), or why not.
-        done: oneshot::Sender<Result<(), String>>,
+        batches: Vec<DeviceSamples>,
+        reply: Reply<WriteOutcome>,
     },
     Raw {
         range: TelemetryRange,
@@ -219,10 +219,6 @@ enum Job {
     Read(Box<dyn FnOnce(&Db) + Send>),
     /// Seal what the head holds, apply retention and stop; answered once done.
     Stop(oneshot::Sender<()>),
-    WriteWait {
-        batches: Vec<DeviceSamples>,
-        reply: Reply<WriteOutcome>,
-    },
     Metrics {
         device: String,
         reply: Reply<Vec<String>>,
@@ -312,11 +308,10 @@ impl TelemetryService {
         if !parsed.samples.is_empty() {
             let n = parsed.samples.len() as u64;
             let stored = self
-                .ask(|done| Job::Write {
+                .write_durable(vec![DeviceSamples {
                     device: device.to_owned(),
                     samples: parsed.samples,
-                    done,
-                })
+                }])
                 .await;
             if let Err(e) = stored {
                 // A write the writer failed it counted itself; one it never saw is counted here.
@@ -329,18 +324,13 @@ impl TelemetryService {
         Ok(parsed.refused.len())
     }
 
-    async fn ask<T, E: Into<TelemetryError>>(
-        &self,
-        job: impl FnOnce(oneshot::Sender<Result<T, E>>) -> Job,
-    ) -> Result<T, TelemetryError> {
+    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, TelemetryError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(job(tx))
             .await
             .map_err(|_| TelemetryError::Stopped)?;
-        rx.await
-            .map_err(|_| TelemetryError::Stopped)?
-            .map_err(Into::into)
+        rx.await.map_err(|_| TelemetryError::Stopped)?
     }
 
     /// Raw points in `range`.
@@ -426,7 +416,7 @@ impl TelemetryService {
         &self,
         batches: Vec<DeviceSamples>,
     ) -> Result<WriteOutcome, TelemetryError> {
-        self.ask(|reply| Job::WriteWait { batches, reply }).await
+        self.ask(|reply| Job::Write { batches, reply }).await
     }
 
     /// The names of `device`'s metrics, sorted.
@@ -456,12 +446,6 @@ impl TelemetryService {
             reply,
         })
         .await
-    }
-}
-
-impl From<String> for TelemetryError {
-    fn from(message: String) -> Self {
-        TelemetryError::Write(message)
     }
 }
 
@@ -602,20 +586,12 @@ fn writer(
     while let Some(job) = next.take() {
         let raw_cutoff = config.cutoffs(now_ms() as i64).0;
         match job {
-            Job::Write {
-                device,
-                samples,
-                done,
-            } => {
+            Job::Write { batches, reply } => {
                 // Group commit: every write waiting goes into the WAL before one sync.
-                let mut group = vec![(device, samples, done)];
+                let mut group = vec![(batches, reply)];
                 while group.len() < GROUP_JOBS {
                     match jobs.try_recv() {
-                        Ok(Job::Write {
-                            device,
-                            samples,
-                            done,
-                        }) => group.push((device, samples, done)),
+                        Ok(Job::Write { batches, reply }) => group.push((batches, reply)),
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -624,23 +600,6 @@ fn writer(
                     }
                 }
                 write_group(&mut db, group, raw_cutoff);
-            }
-            Job::WriteWait { batches, reply } => {
-                let mut outcome = WriteOutcome::default();
-                let mut failed = None;
-                for b in &batches {
-                    let (o, result) = store(&mut db, &b.device, &b.samples, raw_cutoff);
-                    outcome.written += o.written;
-                    for (r, n) in o.refused {
-                        *outcome.refused.entry(r).or_default() += n;
-                    }
-                    failed = failed.or(result.err());
-                }
-                let answer = match failed.map_or_else(|| sync(&mut db), Err) {
-                    Ok(()) => Ok(outcome),
-                    Err(e) => Err(TelemetryError::Write(e)),
-                };
-                let _ = reply.send(answer);
             }
             Job::Metrics { device, reply } => {
                 let names = series_of(&db, &device, &[])
@@ -732,28 +691,38 @@ fn writer(
     }
 }
 
-type WriteJob = (
-    String,
-    Vec<crate::telemetry::ParsedSample>,
-    oneshot::Sender<Result<(), String>>,
-);
+type WriteJob = (Vec<DeviceSamples>, Reply<WriteOutcome>);
 
-/// Appends each job's points to the WAL (refusing those older than `raw_cutoff`), syncs once,
-/// then answers every job: `Ok` for those whose points are durable, the error for those that
-/// could not be written (counted as refused with reason `store`).
+/// Appends each job's samples to the WAL (refusing those older than `raw_cutoff`), syncs once,
+/// then answers every job: its outcome once its points are durable, or the error for a job
+/// that could not be written (its samples counted as refused with reason `store`, the written
+/// ones too when the sync failed).
 fn write_group(db: &mut FileDb, group: Vec<WriteJob>, raw_cutoff: i64) {
     let mut answers = Vec::with_capacity(group.len());
-    for (device, samples, done) in group {
-        let (outcome, written) = store(db, &device, &samples, raw_cutoff);
-        answers.push((done, written, outcome.written as u64));
+    for (batches, reply) in group {
+        let mut outcome = WriteOutcome::default();
+        let mut failed = None;
+        for b in &batches {
+            let (o, result) = store(db, &b.device, &b.samples, raw_cutoff);
+            outcome.written += o.written;
+            for (r, n) in o.refused {
+                *outcome.refused.entry(r).or_default() += n;
+            }
+            failed = failed.or(result.err());
+        }
+        answers.push((reply, outcome, failed));
     }
     let synced = sync(db);
-    for (done, written, n) in answers {
-        let answer = match written {
-            Ok(()) => synced.clone().inspect_err(|_| refused(Refusal::Store, n)),
-            Err(e) => Err(e),
+    for (reply, outcome, failed) in answers {
+        let answer = match (failed, &synced) {
+            (Some(e), _) => Err(TelemetryError::Write(e)),
+            (None, Err(e)) => {
+                refused(Refusal::Store, outcome.written as u64);
+                Err(TelemetryError::Write(e.clone()))
+            }
+            (None, Ok(())) => Ok(outcome),
         };
-        let _ = done.send(answer);
+        let _ = reply.send(answer);
     }
 }
 
