@@ -32,6 +32,14 @@ pub const TELEMETRY_POINTS_TOTAL: &str = "myriad_telemetry_points_total";
 /// Counter: telemetry samples refused, by `reason`
 /// ([`crate::telemetry::Refusal::as_str`]; a payload that is not a JSON object counts once).
 pub const TELEMETRY_POINTS_REFUSED_TOTAL: &str = "myriad_telemetry_points_refused_total";
+/// Counter: telemetry block compactions done, by `kind` (`level`: the newest blocks of a
+/// partition merged into one of the next level; `cold`: a whole partition merged once it is
+/// cold; `retention`: a partition reduced to its rollups).
+pub const TELEMETRY_COMPACTIONS_TOTAL: &str = "myriad_telemetry_compactions_total";
+/// Gauge: telemetry block files.
+pub const TELEMETRY_BLOCKS: &str = "myriad_telemetry_blocks";
+/// Gauge: bytes of telemetry block files (memory-mapped, read through the page cache).
+pub const TELEMETRY_BLOCK_BYTES: &str = "myriad_telemetry_block_bytes";
 
 /// Records a presence change.
 pub(crate) fn presence_changed(online: bool) {

@@ -59,6 +59,7 @@ fn main() {
         index: IndexLimits::default(),
         head: HeadConfig::default(),
         partition_ms: DAY,
+        ..DbConfig::default()
     })
     .expect("config");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -159,11 +160,10 @@ fn main() {
     let changed = db.seal().expect("seal");
     let (seal_cpu, seal_wall) = ((cpu_ns() - c0) as f64 / 1e9, w0.elapsed().as_secs_f64());
     assert_eq!(changed.len(), 1);
-    let block = &db.blocks()[&start];
-    assert_eq!(block.points(), points);
-    let raw_bytes = block.raw_bytes();
-    let rollup_bytes = block.rollup_bytes();
-    let file_bytes = block.to_bytes().len();
+    let block = &db.blocks()[&start][0];
+    assert_eq!(block.points().expect("index"), points);
+    let (raw_bytes, rollup_bytes) = block.column_bytes().expect("columns");
+    let file_bytes = block.len();
 
     // Queries: temperature of one device for the day, raw and as 1-minute averages.
     let q = 200.min(devices);

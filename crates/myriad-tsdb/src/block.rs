@@ -18,6 +18,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use pco::ChunkConfig;
 use pco::standalone::{simple_compress, simple_decompress};
@@ -26,7 +27,7 @@ use crate::index::SeriesId;
 use crate::value::{Point, Value, ValueKind};
 
 const MAGIC: &[u8; 3] = b"MTB";
-const BLOCK_VERSION: u8 = 1;
+const BLOCK_VERSION: u8 = 2;
 
 /// One-minute rollup bucket width (ms).
 pub const MINUTE_MS: i64 = 60_000;
@@ -116,7 +117,7 @@ struct RollupCols {
     cols: [Vec<u8>; 6],
 }
 
-/// One series' data in a block.
+/// One series' data in a block, owned (built by [`SealedSeries::encode`] at seal or compaction).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SealedSeries {
     kind: ValueKind,
@@ -149,6 +150,105 @@ impl SealedSeries {
         (self.first_ts, self.last_ts)
     }
 
+    /// Drops the raw columns, keeping the rollups and the time range.
+    pub fn drop_raw(&mut self) {
+        self.count = 0;
+        self.ts_col = Vec::new();
+        self.val_col = Vec::new();
+    }
+
+    /// The same data, borrowed (for the decoding methods of [`SeriesView`]).
+    pub fn view(&self) -> SeriesView<'_> {
+        SeriesView {
+            kind: self.kind,
+            count: self.count,
+            first_ts: self.first_ts,
+            last_ts: self.last_ts,
+            ts_col: &self.ts_col,
+            val_col: &self.val_col,
+            rollups: [self.rollups[0].view(), self.rollups[1].view()],
+        }
+    }
+
+    /// Decodes the raw points.
+    pub fn points(&self) -> Result<Vec<Point>, BlockError> {
+        self.view().points()
+    }
+
+    /// Decodes the rollups of `width` ([`MINUTE_MS`] or [`HOUR_MS`]; anything else gives none).
+    pub fn rollups(&self, width: i64) -> Result<Vec<Rollup>, BlockError> {
+        self.view().rollups(width)
+    }
+
+    /// The serialised columns (the payload of a block's series, see the module docs).
+    fn payload(&self, out: &mut Vec<u8>) {
+        put_col(out, &self.ts_col);
+        put_col(out, &self.val_col);
+        for r in &self.rollups {
+            out.extend_from_slice(&r.n.to_le_bytes());
+            for c in &r.cols {
+                put_col(out, c);
+            }
+        }
+    }
+}
+
+impl RollupCols {
+    fn view(&self) -> RollupView<'_> {
+        RollupView {
+            n: self.n,
+            cols: [
+                &self.cols[0],
+                &self.cols[1],
+                &self.cols[2],
+                &self.cols[3],
+                &self.cols[4],
+                &self.cols[5],
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RollupView<'a> {
+    n: u32,
+    cols: [&'a [u8]; 6],
+}
+
+/// One series' data in a block, borrowed from the block's bytes: header fields are read, the
+/// columns decoded only when asked.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesView<'a> {
+    kind: ValueKind,
+    count: u32,
+    first_ts: i64,
+    last_ts: i64,
+    ts_col: &'a [u8],
+    val_col: &'a [u8],
+    rollups: [RollupView<'a>; 2],
+}
+
+impl<'a> SeriesView<'a> {
+    /// Value kind.
+    pub fn kind(&self) -> ValueKind {
+        self.kind
+    }
+
+    /// Number of raw points.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether it holds no raw points.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// First and last timestamps.
+    pub fn time_range(&self) -> (i64, i64) {
+        (self.first_ts, self.last_ts)
+    }
+
     /// Bytes of the compressed raw columns.
     pub fn raw_bytes(&self) -> usize {
         self.ts_col.len() + self.val_col.len()
@@ -159,15 +259,29 @@ impl SealedSeries {
         self.rollups
             .iter()
             .flat_map(|r| r.cols.iter())
-            .map(Vec::len)
+            .map(|c| c.len())
             .sum()
     }
 
-    /// Drops the raw columns, keeping the rollups and the time range.
-    pub fn drop_raw(&mut self) {
-        self.count = 0;
-        self.ts_col = Vec::new();
-        self.val_col = Vec::new();
+    /// An owned copy of the columns; `drop_raw` leaves the raw ones out.
+    pub fn to_owned_series(&self, drop_raw: bool) -> SealedSeries {
+        let own = |r: &RollupView<'_>| RollupCols {
+            n: r.n,
+            cols: r.cols.map(<[u8]>::to_vec),
+        };
+        let mut s = SealedSeries {
+            kind: self.kind,
+            count: self.count,
+            first_ts: self.first_ts,
+            last_ts: self.last_ts,
+            ts_col: self.ts_col.to_vec(),
+            val_col: self.val_col.to_vec(),
+            rollups: [own(&self.rollups[0]), own(&self.rollups[1])],
+        };
+        if drop_raw {
+            s.drop_raw();
+        }
+        s
     }
 
     /// Decodes the raw points.
@@ -175,21 +289,21 @@ impl SealedSeries {
         if self.count == 0 {
             return Ok(Vec::new());
         }
-        let ts: Vec<i64> = simple_decompress(&self.ts_col).map_err(pco_err)?;
+        let ts: Vec<i64> = simple_decompress(self.ts_col).map_err(pco_err)?;
         if ts.len() != self.count as usize {
             return Err(BlockError::Corrupt("timestamp column length"));
         }
         let vals: Vec<Value> = match self.kind {
-            ValueKind::F64 => decode_decimal(&self.val_col)?
+            ValueKind::F64 => decode_decimal(self.val_col)?
                 .into_iter()
                 .map(Value::F64)
                 .collect(),
-            ValueKind::I64 => simple_decompress::<i64>(&self.val_col)
+            ValueKind::I64 => simple_decompress::<i64>(self.val_col)
                 .map_err(pco_err)?
                 .into_iter()
                 .map(Value::I64)
                 .collect(),
-            ValueKind::Bool => simple_decompress::<i64>(&self.val_col)
+            ValueKind::Bool => simple_decompress::<i64>(self.val_col)
                 .map_err(pco_err)?
                 .into_iter()
                 .map(|b| Value::Bool(b != 0))
@@ -212,7 +326,7 @@ impl SealedSeries {
             HOUR_MS => &self.rollups[1],
             _ => return Ok(Vec::new()),
         };
-        let [s, mn, mx, sm, c, l] = &r.cols;
+        let [s, mn, mx, sm, c, l] = r.cols;
         let starts: Vec<i64> = simple_decompress(s).map_err(pco_err)?;
         let min: Vec<f64> = decode_decimal(mn)?;
         let max: Vec<f64> = decode_decimal(mx)?;
@@ -392,11 +506,17 @@ impl SealedSeries {
     }
 }
 
-/// The sealed points of one time partition.
+/// The sealed points of one time partition, owned: what a seal builds (and what a version 1
+/// block file parses into, to be rewritten as version 2).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SealedBlock {
     /// Partition start (ms, a multiple of the partition width).
     pub partition: i64,
+    /// Generation: blocks of one partition are ordered by it, a later one winning at equal
+    /// timestamps of a series.
+    pub generation: u64,
+    /// Compaction level (0 for a seal, see [`crate::db`]).
+    pub level: u8,
     /// Whether the raw columns were dropped by retention (the rollups remain).
     pub raw_dropped: bool,
     /// Series in this block.
@@ -424,27 +544,149 @@ impl<'a> Cursor<'a> {
             .try_into()
             .map_err(|_| BlockError::Corrupt("truncated"))
     }
+    fn u8(&mut self) -> Result<u8, BlockError> {
+        Ok(self.arr::<1>()?[0])
+    }
     fn u32(&mut self) -> Result<u32, BlockError> {
         Ok(u32::from_le_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, BlockError> {
+        Ok(u64::from_le_bytes(self.arr()?))
     }
     fn i64(&mut self) -> Result<i64, BlockError> {
         Ok(i64::from_le_bytes(self.arr()?))
     }
-    fn col(&mut self) -> Result<Vec<u8>, BlockError> {
+    fn col(&mut self) -> Result<&'a [u8], BlockError> {
         let n = self.u32()? as usize;
-        Ok(self.take(n)?.to_vec())
+        self.take(n)
+    }
+    fn rollups(&mut self) -> Result<[RollupView<'a>; 2], BlockError> {
+        let mut one = || -> Result<RollupView<'a>, BlockError> {
+            Ok(RollupView {
+                n: self.u32()?,
+                cols: [
+                    self.col()?,
+                    self.col()?,
+                    self.col()?,
+                    self.col()?,
+                    self.col()?,
+                    self.col()?,
+                ],
+            })
+        };
+        Ok([one()?, one()?])
+    }
+}
+
+/// Bytes of a version 2 block header.
+pub const HEADER_LEN: usize = 28;
+/// Bytes of one index entry.
+pub const ENTRY_LEN: usize = 48;
+/// Bytes of the footer.
+pub const FOOTER_LEN: usize = 16;
+
+fn header(partition: i64, generation: u64, level: u8, raw_dropped: bool) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..3].copy_from_slice(MAGIC);
+    h[3] = BLOCK_VERSION;
+    h[4..12].copy_from_slice(&partition.to_le_bytes());
+    h[12..20].copy_from_slice(&generation.to_le_bytes());
+    h[20] = level;
+    h[21] = u8::from(raw_dropped);
+    h
+}
+
+/// Writes a version 2 block series by series to any [`std::io::Write`] sink, holding only the
+/// index entries (48 bytes a series): a seal writes into a `Vec`, a compaction streams into a
+/// file. Series must come in ascending id order.
+#[derive(Debug)]
+pub struct BlockBuilder {
+    header: [u8; HEADER_LEN],
+    index: Vec<u8>,
+    written: u64,
+    series: u32,
+    last_id: Option<SeriesId>,
+    payload: Vec<u8>,
+}
+
+impl BlockBuilder {
+    /// Starts a block, writing its header.
+    pub fn new(
+        partition: i64,
+        generation: u64,
+        level: u8,
+        raw_dropped: bool,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<Self> {
+        let header = header(partition, generation, level, raw_dropped);
+        out.write_all(&header)?;
+        Ok(Self {
+            header,
+            index: Vec::new(),
+            written: HEADER_LEN as u64,
+            series: 0,
+            last_id: None,
+            payload: Vec::new(),
+        })
+    }
+
+    /// Appends one series; `id` must be above the previous one's.
+    pub fn add(
+        &mut self,
+        id: SeriesId,
+        s: &SealedSeries,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        if self.last_id.is_some_and(|last| last >= id) {
+            return Err(std::io::Error::other("block series out of order"));
+        }
+        self.last_id = Some(id);
+        self.payload.clear();
+        s.payload(&mut self.payload);
+        out.write_all(&self.payload)?;
+        let e = &mut self.index;
+        e.extend_from_slice(&id.0.to_le_bytes());
+        e.extend_from_slice(&[s.kind.tag(), 0, 0, 0]);
+        e.extend_from_slice(&s.count.to_le_bytes());
+        e.extend_from_slice(&crc32fast::hash(&self.payload).to_le_bytes());
+        e.extend_from_slice(&s.first_ts.to_le_bytes());
+        e.extend_from_slice(&s.last_ts.to_le_bytes());
+        e.extend_from_slice(&self.written.to_le_bytes());
+        e.extend_from_slice(&(self.payload.len() as u64).to_le_bytes());
+        self.written += self.payload.len() as u64;
+        self.series += 1;
+        Ok(())
+    }
+
+    /// Series added so far.
+    pub fn len(&self) -> usize {
+        self.series as usize
+    }
+
+    /// Whether no series was added.
+    pub fn is_empty(&self) -> bool {
+        self.series == 0
+    }
+
+    /// Writes the index and the footer; returns the block's length in bytes.
+    pub fn finish(self, out: &mut impl std::io::Write) -> std::io::Result<u64> {
+        out.write_all(&self.index)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&self.header);
+        crc.update(&self.index);
+        let mut footer = [0u8; FOOTER_LEN];
+        footer[..4].copy_from_slice(&self.series.to_le_bytes());
+        footer[4..12].copy_from_slice(&self.written.to_le_bytes());
+        footer[12..].copy_from_slice(&crc.finalize().to_le_bytes());
+        out.write_all(&footer)?;
+        Ok(self.written + self.index.len() as u64 + FOOTER_LEN as u64)
     }
 }
 
 impl SealedBlock {
     /// Bytes of raw columns over all series.
     pub fn raw_bytes(&self) -> usize {
-        self.series.values().map(SealedSeries::raw_bytes).sum()
-    }
-
-    /// Bytes of rollup columns over all series.
-    pub fn rollup_bytes(&self) -> usize {
-        self.series.values().map(SealedSeries::rollup_bytes).sum()
+        self.series.values().map(|s| s.view().raw_bytes()).sum()
     }
 
     /// Raw points over all series.
@@ -452,100 +694,361 @@ impl SealedBlock {
         self.series.values().map(SealedSeries::len).sum()
     }
 
-    /// Serialises the block (see the module docs).
+    /// Serialises the block (version 2, see the module docs).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.push(BLOCK_VERSION);
-        out.extend_from_slice(&self.partition.to_le_bytes());
-        out.push(u8::from(self.raw_dropped));
-        out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
-        for (id, s) in &self.series {
-            out.extend_from_slice(&id.0.to_le_bytes());
-            out.push(s.kind.tag());
-            out.extend_from_slice(&s.count.to_le_bytes());
-            out.extend_from_slice(&s.first_ts.to_le_bytes());
-            out.extend_from_slice(&s.last_ts.to_le_bytes());
-            put_col(&mut out, &s.ts_col);
-            put_col(&mut out, &s.val_col);
-            for r in &s.rollups {
-                out.extend_from_slice(&r.n.to_le_bytes());
-                for c in &r.cols {
-                    put_col(&mut out, c);
-                }
+        // Writing to a Vec cannot fail and the map iterates in ascending id order.
+        if let Ok(mut b) = BlockBuilder::new(
+            self.partition,
+            self.generation,
+            self.level,
+            self.raw_dropped,
+            &mut out,
+        ) {
+            for (id, s) in &self.series {
+                let _ = b.add(*id, s, &mut out);
             }
+            let _ = b.finish(&mut out);
         }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 
-    /// Parses bytes from [`SealedBlock::to_bytes`], checking magic, version and CRC.
+    /// Parses a block of either version (version 1 files come from before compaction: they
+    /// have generation 0), checking magic, version and CRCs.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BlockError> {
-        if bytes.len() < 4 {
+        if bytes.get(..3) == Some(MAGIC.as_slice()) && bytes.get(3) == Some(&1) {
+            return parse_v1(bytes);
+        }
+        let view = BlockView::parse(bytes)?;
+        let mut series = BTreeMap::new();
+        for i in 0..view.series_count {
+            let (id, s) = view.entry(bytes, i)?;
+            series.insert(id, s.to_owned_series(false));
+        }
+        Ok(Self {
+            partition: view.partition,
+            generation: view.generation,
+            level: view.level,
+            raw_dropped: view.raw_dropped,
+            series,
+        })
+    }
+}
+
+/// Parses the version 1 layout (one CRC over the whole block, columns inline).
+fn parse_v1(bytes: &[u8]) -> Result<SealedBlock, BlockError> {
+    if bytes.len() < 4 {
+        return Err(BlockError::Corrupt("truncated"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let crc: [u8; 4] = crc
+        .try_into()
+        .map_err(|_| BlockError::Corrupt("truncated"))?;
+    if crc32fast::hash(body) != u32::from_le_bytes(crc) {
+        return Err(BlockError::Crc);
+    }
+    let mut c = Cursor(body);
+    c.take(4)?;
+    let partition = c.i64()?;
+    let raw_dropped = match c.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(BlockError::Corrupt("flags")),
+    };
+    let n = c.u32()?;
+    let mut series = BTreeMap::new();
+    for _ in 0..n {
+        let id = SeriesId(c.u32()?);
+        let kind = ValueKind::from_tag(c.u8()?).ok_or(BlockError::Corrupt("kind"))?;
+        let view = SeriesView {
+            kind,
+            count: c.u32()?,
+            first_ts: c.i64()?,
+            last_ts: c.i64()?,
+            ts_col: c.col()?,
+            val_col: c.col()?,
+            rollups: c.rollups()?,
+        };
+        series.insert(id, view.to_owned_series(false));
+    }
+    if !c.0.is_empty() {
+        return Err(BlockError::Corrupt("trailing bytes"));
+    }
+    Ok(SealedBlock {
+        partition,
+        generation: 0,
+        level: 0,
+        raw_dropped,
+        series,
+    })
+}
+
+/// The bytes of a block: a memory map of its file, or a `Vec` (a seal not yet written, tests).
+pub type BlockBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A version 2 block read in place: the header, footer and index are checked when it is
+/// opened (not the columns); a series is found by binary search in the index and its payload
+/// CRC checked when it is read. Holding one costs its mapping, not its series.
+#[derive(Clone)]
+pub struct BlockView {
+    bytes: BlockBytes,
+    /// Partition start (ms).
+    pub partition: i64,
+    /// Generation (see [`SealedBlock::generation`]).
+    pub generation: u64,
+    /// Compaction level.
+    pub level: u8,
+    /// Whether the raw columns were dropped by retention.
+    pub raw_dropped: bool,
+    series_count: usize,
+    index_at: usize,
+}
+
+impl std::fmt::Debug for BlockView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockView")
+            .field("partition", &self.partition)
+            .field("generation", &self.generation)
+            .field("level", &self.level)
+            .field("raw_dropped", &self.raw_dropped)
+            .field("series", &self.series_count)
+            .field("bytes", &self.len())
+            .finish()
+    }
+}
+
+impl BlockView {
+    /// Opens a version 2 block (version 1 gives [`BlockError::Corrupt`]`("version")`: parse it
+    /// with [`SealedBlock::from_bytes`] and rewrite it).
+    pub fn open(bytes: BlockBytes) -> Result<Self, BlockError> {
+        let mut v = Self::parse((*bytes).as_ref())?;
+        v.bytes = bytes;
+        Ok(v)
+    }
+
+    fn parse(b: &[u8]) -> Result<Self, BlockError> {
+        if b.len() < HEADER_LEN + FOOTER_LEN {
             return Err(BlockError::Corrupt("truncated"));
         }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        let crc: [u8; 4] = crc
-            .try_into()
-            .map_err(|_| BlockError::Corrupt("truncated"))?;
-        if crc32fast::hash(body) != u32::from_le_bytes(crc) {
-            return Err(BlockError::Crc);
-        }
-        let mut c = Cursor(body);
+        let mut c = Cursor(b);
         if c.take(3)? != MAGIC {
             return Err(BlockError::Corrupt("magic"));
         }
-        if c.arr::<1>()?[0] != BLOCK_VERSION {
+        if c.u8()? != BLOCK_VERSION {
             return Err(BlockError::Corrupt("version"));
         }
         let partition = c.i64()?;
-        let raw_dropped = match c.arr::<1>()?[0] {
+        let generation = c.u64()?;
+        let level = c.u8()?;
+        let raw_dropped = match c.u8()? {
             0 => false,
             1 => true,
             _ => return Err(BlockError::Corrupt("flags")),
         };
-        let n = c.u32()?;
-        let mut series = BTreeMap::new();
-        for _ in 0..n {
-            let id = SeriesId(c.u32()?);
-            let kind = ValueKind::from_tag(c.arr::<1>()?[0]).ok_or(BlockError::Corrupt("kind"))?;
-            let count = c.u32()?;
-            let first_ts = c.i64()?;
-            let last_ts = c.i64()?;
-            let ts_col = c.col()?;
-            let val_col = c.col()?;
-            let mut rollups = Vec::with_capacity(2);
-            for _ in 0..2 {
-                let n = c.u32()?;
-                rollups.push(RollupCols {
-                    n,
-                    cols: [c.col()?, c.col()?, c.col()?, c.col()?, c.col()?, c.col()?],
-                });
-            }
-            let rollups: [RollupCols; 2] = rollups
-                .try_into()
-                .map_err(|_| BlockError::Corrupt("rollups"))?;
-            series.insert(
-                id,
-                SealedSeries {
-                    kind,
-                    count,
-                    first_ts,
-                    last_ts,
-                    ts_col,
-                    val_col,
-                    rollups,
-                },
-            );
+        let mut f = Cursor(&b[b.len() - FOOTER_LEN..]);
+        let series_count = f.u32()? as usize;
+        let index_at = usize::try_from(f.u64()?).map_err(|_| BlockError::Corrupt("index"))?;
+        let crc = f.u32()?;
+        let index_len = series_count
+            .checked_mul(ENTRY_LEN)
+            .ok_or(BlockError::Corrupt("index"))?;
+        if index_at < HEADER_LEN
+            || index_at.checked_add(index_len) != Some(b.len() - FOOTER_LEN)
+        {
+            return Err(BlockError::Corrupt("index bounds"));
         }
-        if !c.0.is_empty() {
-            return Err(BlockError::Corrupt("trailing bytes"));
+        let mut h = crc32fast::Hasher::new();
+        h.update(&b[..HEADER_LEN]);
+        h.update(&b[index_at..index_at + index_len]);
+        if h.finalize() != crc {
+            return Err(BlockError::Crc);
         }
-        Ok(Self {
+        let view = Self {
+            bytes: Arc::new(Vec::new()),
             partition,
+            generation,
+            level,
             raw_dropped,
-            series,
+            series_count,
+            index_at,
+        };
+        // Ids ascending (binary search relies on it); payloads inside the data section.
+        let mut last: Option<u32> = None;
+        for i in 0..series_count {
+            let e = view.raw_entry(b, i)?;
+            if last.is_some_and(|l| l >= e.id) {
+                return Err(BlockError::Corrupt("index order"));
+            }
+            last = Some(e.id);
+            let end = e.offset.checked_add(e.len);
+            if e.offset < HEADER_LEN || end.is_none_or(|end| end > index_at) {
+                return Err(BlockError::Corrupt("payload bounds"));
+            }
+            ValueKind::from_tag(e.kind).ok_or(BlockError::Corrupt("kind"))?;
+        }
+        Ok(view)
+    }
+
+    /// The block's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        (*self.bytes).as_ref()
+    }
+
+    /// Bytes of the block.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Whether the block holds no series.
+    pub fn is_empty(&self) -> bool {
+        self.series_count == 0
+    }
+
+    /// Series in the block.
+    pub fn series_count(&self) -> usize {
+        self.series_count
+    }
+
+    fn raw_entry(&self, b: &[u8], i: usize) -> Result<Entry, BlockError> {
+        let at = self.index_at + i * ENTRY_LEN;
+        let mut c = Cursor(
+            b.get(at..at + ENTRY_LEN)
+                .ok_or(BlockError::Corrupt("index"))?,
+        );
+        let id = c.u32()?;
+        let kind = c.u8()?;
+        c.take(3)?;
+        Ok(Entry {
+            id,
+            kind,
+            count: c.u32()?,
+            crc: c.u32()?,
+            first_ts: c.i64()?,
+            last_ts: c.i64()?,
+            offset: usize::try_from(c.u64()?).map_err(|_| BlockError::Corrupt("offset"))?,
+            len: usize::try_from(c.u64()?).map_err(|_| BlockError::Corrupt("length"))?,
         })
     }
+
+    /// The id and time range of the `i`th series (no payload read).
+    pub fn summary(&self, i: usize) -> Result<SeriesSummary, BlockError> {
+        let e = self.raw_entry(self.bytes(), i)?;
+        Ok(SeriesSummary {
+            id: SeriesId(e.id),
+            kind: ValueKind::from_tag(e.kind).ok_or(BlockError::Corrupt("kind"))?,
+            count: e.count,
+            first_ts: e.first_ts,
+            last_ts: e.last_ts,
+        })
+    }
+
+    fn entry<'a>(&self, b: &'a [u8], i: usize) -> Result<(SeriesId, SeriesView<'a>), BlockError> {
+        let e = self.raw_entry(b, i)?;
+        let payload = b
+            .get(e.offset..e.offset + e.len)
+            .ok_or(BlockError::Corrupt("payload bounds"))?;
+        if crc32fast::hash(payload) != e.crc {
+            return Err(BlockError::Crc);
+        }
+        let mut c = Cursor(payload);
+        let view = SeriesView {
+            kind: ValueKind::from_tag(e.kind).ok_or(BlockError::Corrupt("kind"))?,
+            count: e.count,
+            first_ts: e.first_ts,
+            last_ts: e.last_ts,
+            ts_col: c.col()?,
+            val_col: c.col()?,
+            rollups: c.rollups()?,
+        };
+        if !c.0.is_empty() {
+            return Err(BlockError::Corrupt("trailing payload bytes"));
+        }
+        Ok((SeriesId(e.id), view))
+    }
+
+    fn find(&self, id: SeriesId) -> Result<Option<usize>, BlockError> {
+        let b = self.bytes();
+        let (mut lo, mut hi) = (0, self.series_count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = self.index_at + mid * ENTRY_LEN;
+            let got = b
+                .get(at..at + 4)
+                .and_then(|s| <[u8; 4]>::try_from(s).ok())
+                .map(u32::from_le_bytes)
+                .ok_or(BlockError::Corrupt("index"))?;
+            match got.cmp(&id.0) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(Some(mid)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The time range of series `id` in this block, if it is there (no payload read).
+    pub fn time_range(&self, id: SeriesId) -> Result<Option<(i64, i64)>, BlockError> {
+        Ok(match self.find(id)? {
+            Some(i) => {
+                let s = self.summary(i)?;
+                Some((s.first_ts, s.last_ts))
+            }
+            None => None,
+        })
+    }
+
+    /// Series `id`, its payload CRC checked, if it is in this block.
+    pub fn series(&self, id: SeriesId) -> Result<Option<SeriesView<'_>>, BlockError> {
+        match self.find(id)? {
+            Some(i) => Ok(Some(self.entry(self.bytes(), i)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// The `i`th series (ascending ids), its payload CRC checked.
+    pub fn series_at(&self, i: usize) -> Result<(SeriesId, SeriesView<'_>), BlockError> {
+        self.entry(self.bytes(), i)
+    }
+
+    /// Bytes of the compressed raw columns and of the rollup columns over all series.
+    pub fn column_bytes(&self) -> Result<(usize, usize), BlockError> {
+        let (mut raw, mut rolled) = (0, 0);
+        for i in 0..self.series_count {
+            let (_, s) = self.series_at(i)?;
+            raw += s.raw_bytes();
+            rolled += s.rollup_bytes();
+        }
+        Ok((raw, rolled))
+    }
+
+    /// Raw points over all series (from the index).
+    pub fn points(&self) -> Result<usize, BlockError> {
+        (0..self.series_count).try_fold(0usize, |n, i| Ok(n + self.summary(i)?.count as usize))
+    }
+}
+
+struct Entry {
+    id: u32,
+    kind: u8,
+    count: u32,
+    crc: u32,
+    first_ts: i64,
+    last_ts: i64,
+    offset: usize,
+    len: usize,
+}
+
+/// What a block's index says of one series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesSummary {
+    /// The series.
+    pub id: SeriesId,
+    /// Its value kind.
+    pub kind: ValueKind,
+    /// Raw points (0 once the raw data was dropped).
+    pub count: u32,
+    /// First timestamp.
+    pub first_ts: i64,
+    /// Last timestamp.
+    pub last_ts: i64,
 }

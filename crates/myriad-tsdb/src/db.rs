@@ -12,13 +12,15 @@
 //!   a cutoff and keeps their rollups; [`Db::drop_before`] drops whole partitions.
 
 use crate::block::{
-    BlockError, HOUR_MS, MINUTE_MS, Rollup, SealedBlock, SealedSeries, as_f64, floor_to,
+    BlockBuilder, BlockBytes, BlockError, BlockView, HOUR_MS, MINUTE_MS, Rollup, SealedBlock,
+    SealedSeries, SeriesView, as_f64, floor_to,
 };
 use crate::engine::Engine;
 use crate::head::HeadConfig;
 use crate::index::{IndexLimits, SeriesId};
 use crate::value::Point;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Most buckets an aggregation may produce; a query needing more is refused.
 pub const MAX_BUCKETS: i64 = 100_000;
@@ -32,6 +34,9 @@ pub struct DbConfig {
     pub head: HeadConfig,
     /// Width of a time partition in ms (default one day).
     pub partition_ms: i64,
+    /// How long (ms) after a partition's end its blocks are merged into one (default one hour,
+    /// the default out-of-order window).
+    pub cold_after_ms: i64,
 }
 
 impl Default for DbConfig {
@@ -40,6 +45,7 @@ impl Default for DbConfig {
             index: IndexLimits::default(),
             head: HeadConfig::default(),
             partition_ms: 86_400_000,
+            cold_after_ms: 3_600_000,
         }
     }
 }
@@ -82,6 +88,72 @@ pub enum DbError {
     /// The partition width is not positive.
     #[error("partition width must be positive, got {0}")]
     BadPartition(i64),
+    /// A block the call names is not held (or its bytes hold another block).
+    #[error("no block {0:?}")]
+    NoBlock(BlockKey),
+}
+
+/// Names one block: its partition and generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockKey {
+    /// Partition start (ms).
+    pub partition: i64,
+    /// Generation within the partition (later wins).
+    pub generation: u64,
+}
+
+/// Level of a block that merged a whole cold partition.
+pub const FULL_LEVEL: u8 = u8::MAX;
+
+/// How many blocks of one level a compaction merges into one of the next level.
+pub const LEVEL_FANIN: usize = 4;
+
+/// A compaction: merge the `inputs` generations of a partition into one block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionPlan {
+    /// The partition.
+    pub partition: i64,
+    /// Generations merged, ascending.
+    pub inputs: Vec<u64>,
+    /// Level of the merged block.
+    pub level: u8,
+    /// Whether the merged block keeps only rollups (raw retention).
+    pub drop_raw: bool,
+}
+
+impl CompactionPlan {
+    /// The merged block's key: the newest input's generation, so blocks written since (newer
+    /// generations) still win over it.
+    pub fn output(&self) -> BlockKey {
+        BlockKey {
+            partition: self.partition,
+            generation: self.inputs.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// What [`Db::compact`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Series written.
+    pub series: usize,
+    /// Raw points written.
+    pub points: usize,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Series parts that did not decode (payload CRC or column), left out and logged.
+    pub corrupt: usize,
+}
+
+/// Why [`Db::compact`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    /// The plan names blocks the database no longer holds, or a block could not be built.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The sink refused the bytes.
+    #[error("writing the compacted block: {0}")]
+    Write(#[from] std::io::Error),
 }
 
 /// Engine plus sealed blocks.
@@ -89,8 +161,10 @@ pub enum DbError {
 pub struct Db {
     engine: Engine,
     partition_ms: i64,
-    /// One block per partition start.
-    blocks: BTreeMap<i64, SealedBlock>,
+    cold_after_ms: i64,
+    /// Blocks per partition start, ascending by generation.
+    blocks: BTreeMap<i64, Vec<BlockView>>,
+    next_generation: u64,
     /// Points refused at seal because their partition's raw data had already expired.
     expired_points: u64,
 }
@@ -104,7 +178,9 @@ impl Db {
         Ok(Self {
             engine: Engine::new(cfg.index, cfg.head),
             partition_ms: cfg.partition_ms,
+            cold_after_ms: cfg.cold_after_ms.max(0),
             blocks: BTreeMap::new(),
+            next_generation: 1,
             expired_points: 0,
         })
     }
@@ -119,35 +195,113 @@ impl Db {
         &mut self.engine
     }
 
-    /// The sealed blocks by partition start.
-    pub fn blocks(&self) -> &BTreeMap<i64, SealedBlock> {
+    /// The sealed blocks by partition start, each partition's ascending by generation.
+    pub fn blocks(&self) -> &BTreeMap<i64, Vec<BlockView>> {
         &self.blocks
     }
 
-    /// Adds a block read back from storage (e.g. at start-up); it replaces any block of the same
-    /// partition.
-    pub fn load_block(&mut self, bytes: &[u8]) -> Result<(), DbError> {
-        let b = SealedBlock::from_bytes(bytes)?;
-        self.blocks.insert(b.partition, b);
+    /// The block `key`, if held.
+    pub fn block(&self, key: BlockKey) -> Option<&BlockView> {
+        self.blocks
+            .get(&key.partition)?
+            .iter()
+            .find(|b| b.generation == key.generation)
+    }
+
+    /// A generation number above every block's, for a block made outside [`Db::seal`] (a
+    /// version 1 file rewritten at open).
+    pub fn allocate_generation(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// Adds a version 2 block (e.g. read back at start-up); it replaces a block of the same
+    /// partition and generation.
+    pub fn load_block(&mut self, bytes: BlockBytes) -> Result<BlockKey, DbError> {
+        self.load_block_expecting(bytes, None)
+    }
+
+    /// [`Db::load_block`], refusing (without loading) a block that is not `expected` (the key
+    /// its file name gives).
+    pub fn load_block_expecting(
+        &mut self,
+        bytes: BlockBytes,
+        expected: Option<BlockKey>,
+    ) -> Result<BlockKey, DbError> {
+        let view = BlockView::open(bytes)?;
+        let key = BlockKey {
+            partition: view.partition,
+            generation: view.generation,
+        };
+        if let Some(want) = expected
+            && want != key
+        {
+            return Err(DbError::NoBlock(want));
+        }
+        self.next_generation = self.next_generation.max(view.generation.saturating_add(1));
+        let views = self.blocks.entry(view.partition).or_default();
+        match views.binary_search_by_key(&view.generation, |b| b.generation) {
+            Ok(i) => views[i] = view,
+            Err(i) => views.insert(i, view),
+        }
+        Ok(key)
+    }
+
+    /// Swaps the bytes behind block `key` for the same block elsewhere (the file a seal wrote,
+    /// memory-mapped, for the `Vec` the seal built), checking they hold the same block.
+    pub fn replace_bytes(&mut self, key: BlockKey, bytes: BlockBytes) -> Result<(), DbError> {
+        let view = BlockView::open(bytes)?;
+        let slot = self
+            .blocks
+            .get_mut(&key.partition)
+            .and_then(|v| v.iter_mut().find(|b| b.generation == key.generation))
+            .ok_or(DbError::NoBlock(key))?;
+        if view.partition != key.partition
+            || view.generation != key.generation
+            || view.len() != slot.len()
+        {
+            return Err(DbError::NoBlock(key));
+        }
+        *slot = view;
         Ok(())
+    }
+
+    /// Removes the blocks that a raw-dropped block of the same partition supersedes (older
+    /// generations left behind by a crash during the compaction that wrote it); returns them,
+    /// for the caller to delete. Call after loading the blocks.
+    pub fn remove_superseded(&mut self) -> Vec<BlockKey> {
+        let mut gone = Vec::new();
+        for (p, views) in &mut self.blocks {
+            if let Some(i) = views.iter().rposition(|b| b.raw_dropped) {
+                gone.extend(views.drain(..i).map(|b| BlockKey {
+                    partition: *p,
+                    generation: b.generation,
+                }));
+            }
+        }
+        gone
     }
 
     /// Seeds the head with what the sealed blocks hold of each series (its value kind and newest
     /// sealed timestamp, see [`crate::Head::seed`]); call once after loading the blocks and
-    /// before replaying the WAL.
+    /// before replaying the WAL. Reads the blocks' indexes only.
     pub fn seed_head_from_blocks(&mut self) {
-        for block in self.blocks.values() {
-            for (id, s) in &block.series {
-                let newest = (!s.is_empty()).then(|| s.time_range().1);
-                self.engine.head_mut().seed(*id, s.kind(), newest);
+        for view in self.blocks.values().flatten() {
+            for i in 0..view.series_count() {
+                let Ok(s) = view.summary(i) else { continue };
+                let newest = (s.count > 0).then_some(s.last_ts);
+                self.engine.head_mut().seed(s.id, s.kind, newest);
             }
         }
     }
 
-    /// Seals every head point into the block of its partition; returns the partitions whose
-    /// blocks changed, ascending. The caller persists each one's [`SealedBlock::to_bytes`].
-    pub fn seal(&mut self) -> Result<Vec<i64>, DbError> {
-        let mut changed = std::collections::BTreeSet::new();
+    /// Seals every head point into a new block (level 0) per partition it falls in; returns the
+    /// new blocks' keys, ascending. The blocks are held in memory until the caller swaps in
+    /// their persisted bytes ([`Db::replace_bytes`]). Points of a partition whose raw data
+    /// expired are refused and counted ([`Db::expired_points`]).
+    pub fn seal(&mut self) -> Result<Vec<BlockKey>, DbError> {
+        let mut built: BTreeMap<i64, SealedBlock> = BTreeMap::new();
         for id in (0..self.engine.index().len() as u32).map(SeriesId) {
             let Some((kind, points)) = self.engine.head_mut().seal(id) else {
                 continue;
@@ -158,26 +312,43 @@ impl Db {
                 let end = partition.saturating_add(self.partition_ms);
                 let n = rest.partition_point(|q| q.ts < end);
                 let (part, tail) = rest.split_at(n);
-                let block = self.blocks.entry(partition).or_insert_with(|| SealedBlock {
-                    partition,
-                    ..SealedBlock::default()
-                });
-                if block.raw_dropped {
+                rest = tail;
+                if self.raw_expired(partition) {
                     // Raw retention already passed this partition: its rollups are final.
                     self.expired_points += part.len() as u64;
-                    rest = tail;
                     continue;
                 }
-                let encoded = match block.series.get(&id) {
-                    Some(old) => SealedSeries::encode(kind, &merge_newer(old.points()?, part))?,
-                    None => SealedSeries::encode(kind, part)?,
-                };
-                block.series.insert(id, encoded);
-                changed.insert(partition);
-                rest = tail;
+                built
+                    .entry(partition)
+                    .or_insert_with(|| SealedBlock {
+                        partition,
+                        ..SealedBlock::default()
+                    })
+                    .series
+                    .insert(id, SealedSeries::encode(kind, part)?);
             }
         }
-        Ok(changed.into_iter().collect())
+        let mut keys = Vec::with_capacity(built.len());
+        for (_, mut block) in built {
+            block.generation = self.allocate_generation();
+            keys.push(self.load_block(Arc::new(block.to_bytes()))?);
+        }
+        Ok(keys)
+    }
+
+    fn raw_expired(&self, partition: i64) -> bool {
+        self.blocks
+            .get(&partition)
+            .is_some_and(|v| v.iter().any(|b| b.raw_dropped))
+    }
+
+    /// Blocks of the partitions overlapping `from..to`, oldest partition first, each
+    /// partition's ascending by generation.
+    fn views(&self, from: i64, to: i64) -> impl Iterator<Item = &BlockView> {
+        self.blocks
+            .range(floor_to(from, self.partition_ms)..)
+            .take_while(move |(p, _)| **p < to)
+            .flat_map(|(_, v)| v.iter())
     }
 
     fn block_series(
@@ -185,17 +356,18 @@ impl Db {
         id: SeriesId,
         from: i64,
         to: i64,
-    ) -> impl Iterator<Item = &SealedSeries> {
-        let w = self.partition_ms;
-        self.blocks
-            .range(floor_to(from, w)..)
-            .map(|(_, b)| b)
-            .take_while(move |b| b.partition < to)
-            .filter_map(move |b| b.series.get(&id))
-            .filter(move |s| {
-                let (a, z) = s.time_range();
-                a < to && z >= from
-            })
+    ) -> Result<Vec<SeriesView<'_>>, DbError> {
+        let mut out = Vec::new();
+        for b in self.views(from, to) {
+            if let Some((a, z)) = b.time_range(id)?
+                && a < to
+                && z >= from
+                && let Some(s) = b.series(id)?
+            {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether series `id` has data in `from <= ts < to` as far as the sealed blocks' time ranges
@@ -203,8 +375,25 @@ impl Db {
     /// as Prometheus counts blocks for its `series` API).
     pub fn has_data(&self, id: SeriesId, from: i64, to: i64) -> bool {
         from < to
-            && (self.block_series(id, from, to).next().is_some()
-                || !self.engine.head().range(id, from, to).is_empty())
+            && (self.views(from, to).any(|b| {
+                b.time_range(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(a, z)| a < to && z >= from)
+            }) || !self.engine.head().range(id, from, to).is_empty())
+    }
+
+    /// The start of the first partition at or after the one holding `from` that has a block
+    /// holding series `id` (index lookups only).
+    pub fn first_partition_with(&self, id: SeriesId, from: i64) -> Option<i64> {
+        self.blocks
+            .range(floor_to(from, self.partition_ms)..)
+            .find(|(_, views)| {
+                views
+                    .iter()
+                    .any(|b| b.time_range(id).ok().flatten().is_some())
+            })
+            .map(|(p, _)| *p)
     }
 
     /// Points of series `id` with `from <= ts < to`, sorted, one per timestamp (the latest
@@ -215,7 +404,7 @@ impl Db {
         }
         let mut out = Vec::new();
         let mut sources = 0;
-        for s in self.block_series(id, from, to) {
+        for s in self.block_series(id, from, to)? {
             let pts = s.points()?;
             let lo = pts.partition_point(|p| p.ts < from);
             let hi = pts.partition_point(|p| p.ts < to);
@@ -228,16 +417,7 @@ impl Db {
             sources += 1;
         }
         if sources > 1 {
-            // Stable: among equal timestamps the later source stays last; keep that one.
-            out.sort_by_key(|p| p.ts);
-            let mut merged: Vec<Point> = Vec::with_capacity(out.len());
-            for p in out {
-                match merged.last_mut() {
-                    Some(l) if l.ts == p.ts => *l = p,
-                    _ => merged.push(p),
-                }
-            }
-            out = merged;
+            out = dedup_later_wins(out);
         }
         Ok(out)
     }
@@ -272,14 +452,8 @@ impl Db {
         let width = [HOUR_MS, MINUTE_MS].into_iter().find(|w| step % w == 0);
         if let (Some(width), false) = (width, agg == Agg::Rate) {
             let mut rolled = Vec::new();
-            for b in self
-                .blocks
-                .range(floor_to(from, self.partition_ms)..)
-                .map(|(_, b)| b)
-                .take_while(|b| b.partition < to)
-                .filter(|b| b.raw_dropped)
-            {
-                if let Some(s) = b.series.get(&id) {
+            for b in self.views(from, to).filter(|b| b.raw_dropped) {
+                if let Some(s) = b.series(id)? {
                     rolled.extend(
                         s.rollups(width)?
                             .into_iter()
@@ -306,21 +480,31 @@ impl Db {
         if let Some(p) = self.engine.head().latest(id) {
             return Ok(Some(p));
         }
-        let newest = self
-            .blocks
-            .values()
-            .filter_map(|b| b.series.get(&id))
-            .filter(|s| !s.is_empty())
-            .max_by_key(|s| s.time_range().1);
-        match newest {
-            Some(s) => Ok(s.points()?.last().copied()),
-            None => Ok(None),
+        // Partitions newest first: the first with raw data of the series holds its newest
+        // point; among its blocks the latest generation wins at equal timestamps.
+        for views in self.blocks.values().rev() {
+            let mut best: Option<(i64, &BlockView)> = None;
+            for b in views.iter().filter(|b| !b.raw_dropped) {
+                if let Some((_, z)) = b.time_range(id)?
+                    && best.is_none_or(|(t, _)| z >= t)
+                {
+                    best = Some((z, b));
+                }
+            }
+            if let Some((_, b)) = best
+                && let Some(s) = b.series(id)?
+            {
+                return Ok(s.points()?.last().copied());
+            }
         }
+        Ok(None)
     }
 
-    /// Stored rollups of `width` ([`crate::block::MINUTE_MS`] or [`crate::block::HOUR_MS`]) for
-    /// series `id` with `from <= start < to`, from sealed blocks only, sorted by start. Buckets
-    /// split over several blocks are combined.
+    /// Rollups of `width` ([`crate::block::MINUTE_MS`] or [`crate::block::HOUR_MS`]) for series
+    /// `id` with `from <= start < to`, from sealed blocks only, sorted by start: the stored ones
+    /// where a partition has one block (or only rollups), else computed from its merged points
+    /// (so a point rewritten in a later block counts once). Buckets split over partitions are
+    /// combined.
     pub fn rollups(
         &self,
         id: SeriesId,
@@ -328,10 +512,36 @@ impl Db {
         from: i64,
         to: i64,
     ) -> Result<Vec<Rollup>, DbError> {
+        let lo = floor_to(from.saturating_sub(width), self.partition_ms);
         let mut all = Vec::new();
-        for s in self.block_series(id, from.saturating_sub(width), to) {
+        for views in self
+            .blocks
+            .range(lo..)
+            .take_while(|(p, _)| **p < to)
+            .map(|(_, v)| v)
+        {
+            let mut parts = Vec::new();
+            for b in views {
+                if let Some(s) = b.series(id)? {
+                    parts.push((b.raw_dropped, s));
+                }
+            }
+            let stored = match parts.as_slice() {
+                [] => continue,
+                [(_, s)] => s.rollups(width)?,
+                _ => match parts.iter().rev().find(|(dropped, _)| *dropped) {
+                    Some((_, s)) => s.rollups(width)?,
+                    None => {
+                        let mut pts = Vec::new();
+                        for (_, s) in &parts {
+                            pts.extend(s.points()?);
+                        }
+                        crate::block::rollup(&dedup_later_wins(pts), width)
+                    }
+                },
+            };
             all.extend(
-                s.rollups(width)?
+                stored
                     .into_iter()
                     .filter(|r| r.start >= from && r.start < to),
             );
@@ -353,21 +563,193 @@ impl Db {
         Ok(out)
     }
 
-    /// Drops the raw columns of every block whose partition ends at or before `cutoff`, keeping
-    /// its rollups (so rollups can be kept longer than raw data); returns how many blocks lost
-    /// raw data. Points that reach such a partition later are refused at seal and counted in
-    /// [`Db::expired_points`]. Raw queries return nothing for those partitions.
-    pub fn drop_raw_before(&mut self, cutoff: i64) -> usize {
+    /// The next compaction worth doing at `now_ms`, if any:
+    /// * a partition that ended at least `cold_after_ms` ago and has more than one block, none
+    ///   of them merged whole yet: all of its blocks into one of [`FULL_LEVEL`];
+    /// * the newest [`LEVEL_FANIN`] blocks of a partition when they share a level below
+    ///   [`FULL_LEVEL`]: into one of the next level (so seals every few minutes leave a few
+    ///   blocks per level, and each point is rewritten about log4(seals per partition) times).
+    ///
+    /// Partitions whose raw data was dropped are not compacted.
+    pub fn plan_compaction(&self, now_ms: i64) -> Option<CompactionPlan> {
         let w = self.partition_ms;
-        let mut n = 0;
-        for b in self.blocks.values_mut() {
-            if b.partition.saturating_add(w) <= cutoff && !b.raw_dropped {
-                b.raw_dropped = true;
-                b.series.values_mut().for_each(SealedSeries::drop_raw);
-                n += 1;
+        for (p, views) in &self.blocks {
+            if views.len() < 2 || views.iter().any(|b| b.raw_dropped) {
+                continue;
+            }
+            let cold =
+                p.saturating_add(w).saturating_add(self.cold_after_ms) <= now_ms;
+            if cold && views[0].level != FULL_LEVEL {
+                return Some(self.plan(*p, views, FULL_LEVEL, false));
+            }
+            if views.len() >= LEVEL_FANIN {
+                let tail = &views[views.len() - LEVEL_FANIN..];
+                let level = tail[0].level;
+                if level < FULL_LEVEL - 1 && tail.iter().all(|b| b.level == level) {
+                    return Some(self.plan(*p, tail, level + 1, false));
+                }
             }
         }
-        n
+        None
+    }
+
+    /// Plans dropping the raw data of every partition that ends at or before `cutoff` and still
+    /// has some: each partition's blocks merged into one that keeps only the rollups.
+    pub fn plan_raw_drop(&self, cutoff: i64) -> Vec<CompactionPlan> {
+        let w = self.partition_ms;
+        self.blocks
+            .iter()
+            .take_while(|(p, _)| p.saturating_add(w) <= cutoff)
+            .filter(|(_, v)| v.iter().any(|b| !b.raw_dropped))
+            .map(|(p, v)| self.plan(*p, v, FULL_LEVEL, true))
+            .collect()
+    }
+
+    fn plan(&self, partition: i64, views: &[BlockView], level: u8, drop_raw: bool) -> CompactionPlan {
+        CompactionPlan {
+            partition,
+            inputs: views.iter().map(|b| b.generation).collect(),
+            level,
+            drop_raw,
+        }
+    }
+
+    fn inputs(&self, plan: &CompactionPlan) -> Result<Vec<&BlockView>, DbError> {
+        plan.inputs
+            .iter()
+            .map(|g| {
+                let key = BlockKey {
+                    partition: plan.partition,
+                    generation: *g,
+                };
+                self.block(key).ok_or(DbError::NoBlock(key))
+            })
+            .collect()
+    }
+
+    /// Writes the block `plan` makes to `out`, series by series (memory: one series' points
+    /// plus 48 bytes of index per series). Per series the inputs' points are merged, a later
+    /// generation winning at equal timestamps, and re-encoded with fresh rollups; a series part
+    /// that does not decode is left out and counted. Nothing changes until [`Db::install`].
+    pub fn compact(
+        &self,
+        plan: &CompactionPlan,
+        out: &mut impl std::io::Write,
+    ) -> Result<CompactionReport, CompactError> {
+        let inputs = self.inputs(plan)?;
+        let key = plan.output();
+        let mut builder =
+            BlockBuilder::new(key.partition, key.generation, plan.level, plan.drop_raw, out)?;
+        let mut report = CompactionReport::default();
+        let mut at = vec![0usize; inputs.len()];
+        loop {
+            // The smallest series id not yet written, over all inputs (k-way merge of indexes).
+            let mut next: Option<SeriesId> = None;
+            for (b, &i) in inputs.iter().zip(&at) {
+                if i < b.series_count() {
+                    let id = b.summary(i).map_err(DbError::from)?.id;
+                    next = Some(next.map_or(id, |n| n.min(id)));
+                }
+            }
+            let Some(id) = next else { break };
+            let mut points: Vec<Point> = Vec::new();
+            let mut kind = None;
+            let mut rolled_only = None;
+            for (b, i) in inputs.iter().zip(at.iter_mut()) {
+                if *i >= b.series_count() || b.summary(*i).map_err(DbError::from)?.id != id {
+                    continue;
+                }
+                let part = b.series_at(*i).and_then(|(_, s)| {
+                    if b.raw_dropped {
+                        Ok((s, Vec::new()))
+                    } else {
+                        s.points().map(|p| (s, p))
+                    }
+                });
+                *i += 1;
+                match part {
+                    Ok((s, pts)) => {
+                        kind = Some(s.kind());
+                        if b.raw_dropped {
+                            rolled_only = Some(s.to_owned_series(true));
+                        } else {
+                            points.extend(pts);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = plan.partition, generation = b.generation, series = id.0, error = %e, "telemetry block series does not decode; left out of the compaction");
+                        report.corrupt += 1;
+                    }
+                }
+            }
+            let series = match (rolled_only, kind) {
+                (Some(s), _) => s,
+                (None, Some(kind)) if !points.is_empty() => {
+                    let merged = dedup_later_wins(points);
+                    report.points += merged.len();
+                    let mut s = SealedSeries::encode(kind, &merged).map_err(DbError::from)?;
+                    if plan.drop_raw {
+                        report.points -= merged.len();
+                        s.drop_raw();
+                    }
+                    s
+                }
+                _ => continue,
+            };
+            builder.add(id, &series, out)?;
+            report.series += 1;
+        }
+        report.bytes = builder.finish(out)?;
+        Ok(report)
+    }
+
+    /// Puts the block `plan` made (as [`Db::compact`] wrote it) in place of its inputs; returns
+    /// the inputs other than the output's key, for the caller to delete.
+    pub fn install(
+        &mut self,
+        plan: &CompactionPlan,
+        bytes: BlockBytes,
+    ) -> Result<Vec<BlockKey>, DbError> {
+        self.inputs(plan)?;
+        let view = BlockView::open(bytes)?;
+        let key = plan.output();
+        if view.partition != key.partition || view.generation != key.generation {
+            return Err(DbError::NoBlock(key));
+        }
+        let views = self.blocks.entry(plan.partition).or_default();
+        views.retain(|b| !plan.inputs.contains(&b.generation));
+        let i = views.partition_point(|b| b.generation < key.generation);
+        views.insert(i, view);
+        Ok(plan
+            .inputs
+            .iter()
+            .filter(|g| **g != key.generation)
+            .map(|g| BlockKey {
+                partition: plan.partition,
+                generation: *g,
+            })
+            .collect())
+    }
+
+    /// [`Db::compact`] into memory and [`Db::install`] (tests, and databases without files).
+    pub fn compact_in_memory(&mut self, plan: &CompactionPlan) -> Result<CompactionReport, CompactError> {
+        let mut out = Vec::new();
+        let report = self.compact(plan, &mut out)?;
+        self.install(plan, Arc::new(out))?;
+        Ok(report)
+    }
+
+    /// Drops the raw columns of every partition that ends at or before `cutoff` (merging its
+    /// blocks into one that keeps the rollups, in memory: [`Db::plan_raw_drop`] is the
+    /// file-friendly form); returns how many partitions lost raw data. Points that reach such a
+    /// partition later are refused at seal and counted in [`Db::expired_points`]. Raw queries
+    /// return nothing for those partitions.
+    pub fn drop_raw_before(&mut self, cutoff: i64) -> Result<usize, CompactError> {
+        let plans = self.plan_raw_drop(cutoff);
+        for plan in &plans {
+            self.compact_in_memory(plan)?;
+        }
+        Ok(plans.len())
     }
 
     /// Points refused at seal because their partition's raw data had expired (a counter).
@@ -375,31 +757,37 @@ impl Db {
         self.expired_points
     }
 
-    /// Drops every block (raw and rollups) whose partition ends at or before `cutoff`; returns how many.
-    pub fn drop_before(&mut self, cutoff: i64) -> usize {
+    /// Drops every block (raw and rollups) whose partition ends at or before `cutoff`; returns
+    /// their keys (for the caller to delete their files).
+    pub fn drop_before(&mut self, cutoff: i64) -> Vec<BlockKey> {
         let w = self.partition_ms;
-        let before = self.blocks.len();
-        self.blocks
-            .retain(|_, b| b.partition.saturating_add(w) > cutoff);
-        before - self.blocks.len()
+        let keep = self.blocks.split_off(&i64::MIN);
+        let mut gone = Vec::new();
+        for (p, views) in keep {
+            if p.saturating_add(w) > cutoff {
+                self.blocks.insert(p, views);
+            } else {
+                gone.extend(views.iter().map(|b| BlockKey {
+                    partition: p,
+                    generation: b.generation,
+                }));
+            }
+        }
+        gone
     }
 }
 
-/// Merges two sorted point lists; at equal timestamps the one from `newer` is kept.
-fn merge_newer(older: Vec<Point>, newer: &[Point]) -> Vec<Point> {
-    let mut out = Vec::with_capacity(older.len() + newer.len());
-    let mut old = older.into_iter().peekable();
-    for &p in newer {
-        while let Some(o) = old.next_if(|o| o.ts < p.ts) {
-            out.push(o);
+/// Sorts points by timestamp (stable) and keeps, among equal timestamps, the last one.
+fn dedup_later_wins(mut points: Vec<Point>) -> Vec<Point> {
+    points.sort_by_key(|p| p.ts);
+    let mut merged: Vec<Point> = Vec::with_capacity(points.len());
+    for p in points {
+        match merged.last_mut() {
+            Some(l) if l.ts == p.ts => *l = p,
+            _ => merged.push(p),
         }
-        if old.peek().is_some_and(|o| o.ts == p.ts) {
-            old.next();
-        }
-        out.push(p);
     }
-    out.extend(old);
-    out
+    merged
 }
 
 /// Aggregates sorted rollups into `step`-aligned buckets (`step` a multiple of their width);

@@ -28,7 +28,8 @@
 //! are replayed; a segment whose tail is torn or corrupt is truncated to its last whole record,
 //! the dropped bytes logged and reported. Nothing read from the directory can make it panic.
 
-use crate::db::{Db, DbConfig, DbError};
+use crate::block::{BlockBytes, SealedBlock};
+use crate::db::{BlockKey, CompactError, CompactionPlan, CompactionReport, Db, DbConfig, DbError};
 use crate::engine::{AppendReport, EngineError};
 use crate::index::{SeriesId, SeriesKey};
 use crate::value::Point;
@@ -36,6 +37,7 @@ use crate::wal::WalStop;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why a file-backed operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,14 +132,36 @@ fn parse_segment(name: &str) -> Option<u64> {
         .ok()
 }
 
-fn block_name(partition: i64) -> String {
-    format!("block-{partition}.blk")
+fn block_name(key: BlockKey) -> String {
+    format!("block-{}-{:016}.blk", key.partition, key.generation)
 }
 
-fn is_block(name: &str) -> bool {
+/// The key a version 2 block file name gives.
+fn parse_block_name(name: &str) -> Option<BlockKey> {
+    let rest = name.strip_prefix("block-")?.strip_suffix(".blk")?;
+    let (p, g) = rest.rsplit_once('-')?;
+    Some(BlockKey {
+        partition: p.parse().ok()?,
+        generation: g.parse().ok()?,
+    })
+}
+
+/// Whether `name` is a version 1 block file (`block-{partition}.blk`, before compaction).
+fn is_v1_block(name: &str) -> bool {
     name.strip_prefix("block-")
         .and_then(|s| s.strip_suffix(".blk"))
         .is_some_and(|s| s.parse::<i64>().is_ok())
+}
+
+/// Maps a block file read-only.
+fn map_file(path: &Path) -> Result<BlockBytes, FileDbError> {
+    let file = File::open(path).map_err(io("open", path))?;
+    // SAFETY: block files are written once (to a `.tmp` name, fsynced, renamed into place) and
+    // never written again: a compaction or retention rewrite renames a new file over the name
+    // (the mapped inode stays intact) and deletions only unlink. The mapping can only change
+    // under us if something outside Myriad writes into the data directory.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("map", path))?;
+    Ok(Arc::new(map))
 }
 
 impl FileDb {
@@ -160,25 +184,46 @@ impl FileDb {
         }
         names.sort();
         let mut segments = Vec::new();
+        let mut v1 = Vec::new();
         for name in &names {
             let path = dir.join(name);
             if name.ends_with(".tmp") {
                 fs::remove_file(&path).map_err(io("remove", &path))?;
-            } else if is_block(name) {
-                let bytes = fs::read(&path).map_err(io("read", &path))?;
-                match db.load_block(&bytes) {
-                    Ok(()) => report.blocks += 1,
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "telemetry block does not decode; renamed to .corrupt and skipped");
-                        let to = dir.join(format!("{name}.corrupt"));
-                        fs::rename(&path, &to).map_err(io("rename", &path))?;
-                        report.bad_blocks.push((name.clone(), e.to_string()));
-                    }
+            } else if let Some(key) = parse_block_name(name) {
+                let loaded = map_file(&path)
+                    .and_then(|bytes| Ok(db.load_block_expecting(bytes, Some(key))?));
+                match loaded {
+                    Ok(_) => report.blocks += 1,
+                    Err(e) => quarantine(&dir, name, &e, &mut report)?,
                 }
+            } else if is_v1_block(name) {
+                v1.push(name.clone());
             } else if let Some(seq) = parse_segment(name) {
                 segments.push((seq, name.clone()));
             }
         }
+        // Version 1 blocks (one per partition, from before generations) become version 2
+        // blocks of new generations; the old file goes once the new one is durable.
+        for name in v1 {
+            let path = dir.join(&name);
+            let bytes = fs::read(&path).map_err(io("read", &path))?;
+            match SealedBlock::from_bytes(&bytes) {
+                Ok(mut block) => {
+                    block.generation = db.allocate_generation();
+                    let key = BlockKey {
+                        partition: block.partition,
+                        generation: block.generation,
+                    };
+                    let new = write_atomic(&dir, &block_name(key), &block.to_bytes())?;
+                    db.load_block(map_file(&new)?)?;
+                    fs::remove_file(&path).map_err(io("remove", &path))?;
+                    report.blocks += 1;
+                }
+                Err(e) => quarantine(&dir, &name, &FileDbError::Db(e.into()), &mut report)?,
+            }
+        }
+        let superseded = db.remove_superseded();
+        remove_blocks(&dir, &superseded)?;
         segments.sort();
         db.seed_head_from_blocks();
         for (_, name) in &segments {
@@ -302,15 +347,19 @@ impl FileDb {
         Ok(())
     }
 
-    /// Seals the head into blocks, writes the changed blocks atomically, starts a new WAL segment
-    /// with a checkpoint and deletes the older segments. Returns the partitions written.
+    /// Seals the head into new blocks (one per partition with head points), writes them
+    /// atomically and maps them, starts a new WAL segment with a checkpoint and deletes the older
+    /// segments. Returns the partitions written, ascending.
     pub fn seal(&mut self) -> Result<Vec<i64>, FileDbError> {
-        let changed = self.db.seal()?;
-        for p in &changed {
-            if let Some(block) = self.db.blocks().get(p) {
-                write_atomic(&self.dir, &block_name(*p), &block.to_bytes())?;
-            }
+        let keys = self.db.seal()?;
+        for key in &keys {
+            let Some(block) = self.db.block(*key) else {
+                continue;
+            };
+            let path = write_atomic(&self.dir, &block_name(*key), block.bytes())?;
+            self.db.replace_bytes(*key, map_file(&path)?)?;
         }
+        let changed: Vec<i64> = keys.iter().map(|k| k.partition).collect();
         let mut cp = std::mem::take(&mut self.pending);
         cp.clear();
         self.db.engine().checkpoint(&mut cp)?;
@@ -346,46 +395,96 @@ impl FileDb {
 }
 
 impl FileDb {
-    /// Drops whole blocks whose partition ends at or before `cutoff` (removing their files) and
-    /// the raw data of blocks whose partition ends at or before `raw_cutoff` (rewriting them
-    /// with their rollups only); see [`Db::drop_before`] and [`Db::drop_raw_before`].
+    /// Drops whole partitions that end at or before `cutoff` (removing their files) and the raw
+    /// data of partitions that end at or before `raw_cutoff` (merging each one's blocks into a
+    /// block of its rollups only); see [`Db::drop_before`] and [`Db::plan_raw_drop`].
     pub fn apply_retention(
         &mut self,
         raw_cutoff: i64,
         cutoff: i64,
     ) -> Result<RetentionReport, FileDbError> {
-        let before: Vec<(i64, bool)> = self
-            .db
-            .blocks()
-            .iter()
-            .map(|(p, b)| (*p, b.raw_dropped))
-            .collect();
-        self.db.drop_before(cutoff);
-        self.db.drop_raw_before(raw_cutoff);
-        let mut report = RetentionReport::default();
-        for (p, was_dropped) in before {
-            match self.db.blocks().get(&p) {
-                None => {
-                    let path = self.dir.join(block_name(p));
-                    match fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io("remove", &path)(e)),
-                    }
-                    report.dropped.push(p);
-                }
-                Some(b) if b.raw_dropped && !was_dropped => {
-                    write_atomic(&self.dir, &block_name(p), &b.to_bytes())?;
-                    report.raw_dropped.push(p);
-                }
-                Some(_) => {}
-            }
-        }
-        if !report.dropped.is_empty() {
-            sync_dir(&self.dir)?;
+        let gone = self.db.drop_before(cutoff);
+        remove_blocks(&self.dir, &gone)?;
+        let mut report = RetentionReport {
+            dropped: gone.iter().map(|k| k.partition).collect(),
+            ..RetentionReport::default()
+        };
+        report.dropped.dedup();
+        for plan in self.db.plan_raw_drop(raw_cutoff) {
+            self.run(&plan)?;
+            report.raw_dropped.push(plan.partition);
         }
         Ok(report)
     }
+
+    /// Runs the next compaction [`Db::plan_compaction`] finds at `now_ms`, if any: the merged
+    /// block is streamed to a `.tmp` file, fsynced and renamed over the newest input (whose
+    /// generation it takes), then the other inputs are deleted. A crash in between leaves
+    /// older blocks whose points the merged one also holds (a later generation wins, so queries
+    /// answer the same), merged again by a later compaction.
+    pub fn compact_step(
+        &mut self,
+        now_ms: i64,
+    ) -> Result<Option<(CompactionPlan, CompactionReport)>, FileDbError> {
+        let Some(plan) = self.db.plan_compaction(now_ms) else {
+            return Ok(None);
+        };
+        let report = self.run(&plan)?;
+        Ok(Some((plan, report)))
+    }
+
+    fn run(&mut self, plan: &CompactionPlan) -> Result<CompactionReport, FileDbError> {
+        let name = block_name(plan.output());
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let dst = self.dir.join(&name);
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        let report = self.db.compact(plan, &mut out).map_err(|e| match e {
+            CompactError::Db(e) => FileDbError::Db(e),
+            CompactError::Write(source) => io("write", &tmp)(source),
+        })?;
+        let file = out
+            .into_inner()
+            .map_err(|e| io("write", &tmp)(e.into_error()))?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        drop(file);
+        fs::rename(&tmp, &dst).map_err(io("rename", &tmp))?;
+        sync_dir(&self.dir)?;
+        let gone = self.db.install(plan, map_file(&dst)?)?;
+        remove_blocks(&self.dir, &gone)?;
+        Ok(report)
+    }
+}
+
+/// Renames a block file that does not load to `.corrupt`, logs and reports it.
+fn quarantine(
+    dir: &Path,
+    name: &str,
+    e: &FileDbError,
+    report: &mut OpenReport,
+) -> Result<(), FileDbError> {
+    let path = dir.join(name);
+    tracing::warn!(file = %path.display(), error = %e, "telemetry block does not load; renamed to .corrupt and skipped");
+    let to = dir.join(format!("{name}.corrupt"));
+    fs::rename(&path, &to).map_err(io("rename", &path))?;
+    report.bad_blocks.push((name.to_owned(), e.to_string()));
+    Ok(())
+}
+
+/// Unlinks the files of `keys` (absent ones are fine) and fsyncs the directory.
+fn remove_blocks(dir: &Path, keys: &[BlockKey]) -> Result<(), FileDbError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    for key in keys {
+        let path = dir.join(block_name(*key));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &path)(e)),
+        }
+    }
+    sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), FileDbError> {
@@ -394,8 +493,9 @@ fn sync_dir(dir: &Path) -> Result<(), FileDbError> {
         .map_err(io("fsync", dir))
 }
 
-/// Writes `name` in `dir` atomically: temp file, fsync, rename, directory fsync.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FileDbError> {
+/// Writes `name` in `dir` atomically: temp file, fsync, rename, directory fsync. Returns the
+/// file's path.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, FileDbError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
@@ -403,5 +503,6 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FileDbError>
     f.sync_all().map_err(io("fsync", &tmp))?;
     drop(f);
     fs::rename(&tmp, &dst).map_err(io("rename", &tmp))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(dst)
 }

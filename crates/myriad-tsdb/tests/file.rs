@@ -14,7 +14,19 @@ fn cfg() -> DbConfig {
             max_ooo_points: 100_000,
         },
         partition_ms: H,
+        ..DbConfig::default()
     }
+}
+
+/// The block files in `dir`, sorted.
+fn block_files(d: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(d)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+        .filter(|n| n.ends_with(".blk"))
+        .collect();
+    v.sort();
+    v
 }
 
 fn points(device: &str, from: i64, n: i64) -> Vec<(SeriesKey, Point)> {
@@ -114,9 +126,21 @@ fn seal_then_more_points_then_reopen() {
     // Sealing after recovery and reopening again still answers the same.
     assert_eq!(db.seal().expect("seal"), vec![0, H]);
     drop(db);
-    let (db, r) = FileDb::open(dir.path(), cfg(), true).expect("reopen 2");
-    assert_eq!(r.blocks, 2);
+    let (mut db, r) = FileDb::open(dir.path(), cfg(), true).expect("reopen 2");
+    assert_eq!(r.blocks, 3, "partition 0 in two generations, H in one");
     assert_eq!(r.points, 0);
+    assert_eq!((answers(&db, "d1"), answers(&db, "d2")), before);
+    // Once partition 0 is cold its two blocks merge into one file; nothing else to do after.
+    assert!(db.compact_step(H).expect("compact").is_none(), "not cold yet");
+    let (plan, report) = db.compact_step(2 * H + 1).expect("compact").expect("a plan");
+    assert_eq!((plan.partition, plan.inputs.len()), (0, 2));
+    assert_eq!(report.points, (2_000 + 500) * 2, "every point of both blocks");
+    assert!(db.compact_step(2 * H + 1).expect("compact").is_none());
+    assert_eq!(block_files(dir.path()).len(), 2);
+    assert_eq!((answers(&db, "d1"), answers(&db, "d2")), before);
+    drop(db);
+    let (db, r) = FileDb::open(dir.path(), cfg(), true).expect("reopen 3");
+    assert_eq!(r.blocks, 2);
     assert_eq!((answers(&db, "d1"), answers(&db, "d2")), before);
 }
 
@@ -191,7 +215,9 @@ fn garbage_files_never_panic() {
     assert_eq!(answers(&db, "d1"), whole);
     drop(db);
     // A corrupt block: renamed aside and reported; the WAL's points still answer.
-    let block = dir.path().join("block-0.blk");
+    let name = block_files(dir.path()).remove(0);
+    assert!(name.starts_with("block-0-"), "{name}");
+    let block = dir.path().join(&name);
     let mut b = fs::read(&block).expect("read");
     let mid = b.len() / 2;
     b[mid] ^= 0x55;
@@ -200,7 +226,7 @@ fn garbage_files_never_panic() {
     let (db, r) = FileDb::open(dir.path(), cfg(), true).expect("reopen bad block");
     assert_eq!(r.blocks, 0);
     assert_eq!(r.bad_blocks.len(), 1);
-    assert!(dir.path().join("block-0.blk.corrupt").exists());
+    assert!(dir.path().join(format!("{name}.corrupt")).exists());
     let t = db
         .db()
         .engine()
@@ -265,15 +291,6 @@ fn a_restart_keeps_kinds_and_the_out_of_order_window() {
 #[test]
 fn retention_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let block_files = |d: &std::path::Path| {
-        let mut v: Vec<String> = fs::read_dir(d)
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
-            .filter(|n| n.ends_with(".blk"))
-            .collect();
-        v.sort();
-        v
-    };
     {
         let (mut db, _) = FileDb::open(dir.path(), cfg(), true).expect("open");
         // Partitions 0, 1 and 2 (one hour each).
@@ -289,7 +306,10 @@ fn retention_survives_reopen() {
     }
     assert_eq!(
         block_files(dir.path()),
-        vec![format!("block-{}.blk", H), format!("block-{}.blk", 2 * H)]
+        vec![
+            format!("block-{}-{:016}.blk", H, 2),
+            format!("block-{}-{:016}.blk", 2 * H, 3)
+        ]
     );
     let (db, _) = FileDb::open(dir.path(), cfg(), true).expect("reopen");
     let (raw, _, avg) = answers(&db, "d");

@@ -578,8 +578,7 @@ fn writer(
 ) {
     // Points replayed from the WAL into the head join their blocks first, so retention at
     // start covers them too.
-    seal(&mut db);
-    retention(&mut db, &config);
+    maintain(&mut db, &config);
     let mut next_seal = Instant::now() + seal_every;
     let mut next = jobs.blocking_recv();
     let mut stopped = None;
@@ -673,8 +672,7 @@ fn writer(
             }
         }
         if Instant::now() >= next_seal {
-            seal(&mut db);
-            retention(&mut db, &config);
+            maintain(&mut db, &config);
             next_seal = Instant::now() + seal_every;
         }
         if next.is_none() {
@@ -685,6 +683,7 @@ fn writer(
     jobs.close();
     seal(&mut db);
     retention(&mut db, &config);
+    block_gauges(&db);
     info!("telemetry writer stopped");
     if let Some(done) = stopped {
         let _ = done.send(());
@@ -734,6 +733,52 @@ fn sync(db: &mut FileDb) -> Result<(), String> {
     })
 }
 
+/// Most compactions one maintenance round runs (each merges blocks, so a round always ends;
+/// the bound keeps one round from holding the writer long after a long outage).
+const COMPACTIONS_PER_ROUND: usize = 64;
+
+/// Seal, retention, then the compactions due, and the block gauges.
+fn maintain(db: &mut FileDb, config: &TelemetryConfig) {
+    seal(db);
+    retention(db, config);
+    for _ in 0..COMPACTIONS_PER_ROUND {
+        match db.compact_step(now_ms() as i64) {
+            Ok(Some((plan, r))) => {
+                let kind = if plan.level == myriad_tsdb::db::FULL_LEVEL {
+                    "cold"
+                } else {
+                    "level"
+                };
+                metrics::counter!(crate::metrics::TELEMETRY_COMPACTIONS_TOTAL, "kind" => kind)
+                    .increment(1);
+                info!(
+                    partition = plan.partition,
+                    blocks = plan.inputs.len(),
+                    level = plan.level,
+                    series = r.series,
+                    points = r.points,
+                    bytes = r.bytes,
+                    corrupt = r.corrupt,
+                    "telemetry blocks compacted"
+                );
+            }
+            Ok(None) => break,
+            Err(e) => {
+                error!(error = %e, "telemetry compaction failed");
+                break;
+            }
+        }
+    }
+    block_gauges(db);
+}
+
+fn block_gauges(db: &FileDb) {
+    let blocks = db.db().blocks().values().flatten();
+    let (n, bytes) = blocks.fold((0usize, 0usize), |(n, b), v| (n + 1, b + v.len()));
+    metrics::gauge!(crate::metrics::TELEMETRY_BLOCKS).set(n as f64);
+    metrics::gauge!(crate::metrics::TELEMETRY_BLOCK_BYTES).set(bytes as f64);
+}
+
 fn seal(db: &mut FileDb) {
     match db.seal() {
         Ok(parts) if !parts.is_empty() => info!(partitions = parts.len(), "telemetry sealed"),
@@ -745,11 +790,15 @@ fn seal(db: &mut FileDb) {
 fn retention(db: &mut FileDb, config: &TelemetryConfig) {
     let (raw_cutoff, cutoff) = config.cutoffs(now_ms() as i64);
     match db.apply_retention(raw_cutoff, cutoff) {
-        Ok(r) if !r.dropped.is_empty() || !r.raw_dropped.is_empty() => info!(
-            raw_dropped = r.raw_dropped.len(),
-            dropped = r.dropped.len(),
-            "telemetry retention applied"
-        ),
+        Ok(r) if !r.dropped.is_empty() || !r.raw_dropped.is_empty() => {
+            metrics::counter!(crate::metrics::TELEMETRY_COMPACTIONS_TOTAL, "kind" => "retention")
+                .increment(r.raw_dropped.len() as u64);
+            info!(
+                raw_dropped = r.raw_dropped.len(),
+                dropped = r.dropped.len(),
+                "telemetry retention applied"
+            )
+        }
         Ok(_) => {}
         Err(e) => error!(error = %e, "telemetry retention failed"),
     }
@@ -769,12 +818,7 @@ fn export(
     };
     // Jump over the empty time before the series' first data at or after `from`: the first
     // block holding the series (its partition start), or the head's first point.
-    let first_block = db
-        .db()
-        .blocks()
-        .range(from.div_euclid(DAY_MS).saturating_mul(DAY_MS)..)
-        .find(|(_, b)| b.series.contains_key(&id))
-        .map(|(p, _)| *p);
+    let first_block = db.db().first_partition_with(id, from);
     let first_head = db
         .db()
         .engine()
