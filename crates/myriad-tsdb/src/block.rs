@@ -852,9 +852,7 @@ impl BlockView {
         let index_len = series_count
             .checked_mul(ENTRY_LEN)
             .ok_or(BlockError::Corrupt("index"))?;
-        if index_at < HEADER_LEN
-            || index_at.checked_add(index_len) != Some(b.len() - FOOTER_LEN)
-        {
+        if index_at < HEADER_LEN || index_at.checked_add(index_len) != Some(b.len() - FOOTER_LEN) {
             return Err(BlockError::Corrupt("index bounds"));
         }
         let mut h = crc32fast::Hasher::new();

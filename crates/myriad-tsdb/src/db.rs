@@ -566,9 +566,11 @@ impl Db {
     /// The next compaction worth doing at `now_ms`, if any:
     /// * a partition that ended at least `cold_after_ms` ago and has more than one block, none
     ///   of them merged whole yet: all of its blocks into one of [`FULL_LEVEL`];
-    /// * the newest [`LEVEL_FANIN`] blocks of a partition when they share a level below
-    ///   [`FULL_LEVEL`]: into one of the next level (so seals every few minutes leave a few
-    ///   blocks per level, and each point is rewritten about log4(seals per partition) times).
+    /// * the oldest run of [`LEVEL_FANIN`] consecutive blocks of a partition sharing a level
+    ///   below [`FULL_LEVEL`]: into one of the next level (so seals every few minutes leave at
+    ///   most three blocks per level, and each point is rewritten about log4(seals per
+    ///   partition) times). Seals add level 0 blocks at the end and a merge puts its block where
+    ///   its run was, so levels never rise from older to newer blocks.
     ///
     /// Partitions whose raw data was dropped are not compacted.
     pub fn plan_compaction(&self, now_ms: i64) -> Option<CompactionPlan> {
@@ -577,17 +579,14 @@ impl Db {
             if views.len() < 2 || views.iter().any(|b| b.raw_dropped) {
                 continue;
             }
-            let cold =
-                p.saturating_add(w).saturating_add(self.cold_after_ms) <= now_ms;
+            let cold = p.saturating_add(w).saturating_add(self.cold_after_ms) <= now_ms;
             if cold && views[0].level != FULL_LEVEL {
                 return Some(self.plan(*p, views, FULL_LEVEL, false));
             }
-            if views.len() >= LEVEL_FANIN {
-                let tail = &views[views.len() - LEVEL_FANIN..];
-                let level = tail[0].level;
-                if level < FULL_LEVEL - 1 && tail.iter().all(|b| b.level == level) {
-                    return Some(self.plan(*p, tail, level + 1, false));
-                }
+            if let Some(run) = views.windows(LEVEL_FANIN).find(|run| {
+                run[0].level < FULL_LEVEL - 1 && run.iter().all(|b| b.level == run[0].level)
+            }) {
+                return Some(self.plan(*p, run, run[0].level + 1, false));
             }
         }
         None
@@ -605,7 +604,13 @@ impl Db {
             .collect()
     }
 
-    fn plan(&self, partition: i64, views: &[BlockView], level: u8, drop_raw: bool) -> CompactionPlan {
+    fn plan(
+        &self,
+        partition: i64,
+        views: &[BlockView],
+        level: u8,
+        drop_raw: bool,
+    ) -> CompactionPlan {
         CompactionPlan {
             partition,
             inputs: views.iter().map(|b| b.generation).collect(),
@@ -638,8 +643,13 @@ impl Db {
     ) -> Result<CompactionReport, CompactError> {
         let inputs = self.inputs(plan)?;
         let key = plan.output();
-        let mut builder =
-            BlockBuilder::new(key.partition, key.generation, plan.level, plan.drop_raw, out)?;
+        let mut builder = BlockBuilder::new(
+            key.partition,
+            key.generation,
+            plan.level,
+            plan.drop_raw,
+            out,
+        )?;
         let mut report = CompactionReport::default();
         let mut at = vec![0usize; inputs.len()];
         loop {
@@ -732,7 +742,10 @@ impl Db {
     }
 
     /// [`Db::compact`] into memory and [`Db::install`] (tests, and databases without files).
-    pub fn compact_in_memory(&mut self, plan: &CompactionPlan) -> Result<CompactionReport, CompactError> {
+    pub fn compact_in_memory(
+        &mut self,
+        plan: &CompactionPlan,
+    ) -> Result<CompactionReport, CompactError> {
         let mut out = Vec::new();
         let report = self.compact(plan, &mut out)?;
         self.install(plan, Arc::new(out))?;

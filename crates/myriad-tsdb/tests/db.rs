@@ -256,6 +256,83 @@ proptest! {
         }
     }
 
+    /// Many seals (each a new block generation) with rewrites and late points in between, and
+    /// compactions at random moments (level merges while partitions are hot, whole-partition
+    /// merges once cold): raw points, aggregations, latest and rollups always equal the naive
+    /// last-write-wins model, and a partition never holds more than a few blocks per level.
+    #[test]
+    fn seals_and_compactions_match_reference(
+        rounds in prop::collection::vec(
+            (prop::collection::vec((0i64..3 * H, 0i64..1000), 1..40), 0u8..4),
+            1..40,
+        ),
+        step in prop_oneof![Just(MINUTE_MS), Just(10_000i64), 1i64..2 * H],
+    ) {
+        let mut d = db();
+        let id = series(&mut d, "d", "m");
+        let other = series(&mut d, "d", "n");
+        let mut model = BTreeMap::new();
+        for (writes, action) in &rounds {
+            for &(ts, v) in writes {
+                let v = v as f64 / 10.0;
+                write(&mut d, id, &[(ts, f(v))]);
+                if ts % 3 == 0 {
+                    write(&mut d, other, &[(ts, Value::I64(ts))]);
+                }
+                model.insert(ts, v);
+            }
+            d.seal().expect("seal");
+            // 0: no compaction; 1: level merges only; 2: everything due with partitions cold;
+            // 3: one step only.
+            let now = if *action == 2 { i64::MAX } else { 0 };
+            let steps = match action { 0 => 0, 3 => 1, _ => 64 };
+            for _ in 0..steps {
+                let Some(plan) = d.plan_compaction(now) else { break };
+                d.compact_in_memory(&plan).expect("compact");
+            }
+        }
+        // Level merges to quiescence leave at most three blocks per level (plus a whole-
+        // partition one): 40 seals need levels 0 to 2.
+        while let Some(plan) = d.plan_compaction(0) {
+            d.compact_in_memory(&plan).expect("compact");
+        }
+        for views in d.blocks().values() {
+            prop_assert!(views.len() <= 1 + 3 * 3, "{} blocks", views.len());
+        }
+        let raw: Vec<Point> = model.iter().map(|(&ts, &v)| Point { ts, value: f(v) }).collect();
+        prop_assert_eq!(d.raw(id, 0, 4 * H).expect("raw"), raw);
+        prop_assert_eq!(
+            d.raw(other, 0, 4 * H).expect("raw").len(),
+            model.keys().filter(|ts| **ts % 3 == 0).count()
+        );
+        for agg in [Agg::Avg, Agg::Sum, Agg::Count, Agg::Last, Agg::Rate] {
+            let got = d.aggregate(id, 0, 4 * H, step, agg).expect("agg");
+            let want = reference(&model, 0, 4 * H, step, agg);
+            prop_assert!(close(&got, &want), "{:?}: {:?} != {:?}", agg, got, want);
+        }
+        let newest = model.iter().next_back().map(|(&ts, &v)| Point { ts, value: f(v) });
+        prop_assert_eq!(d.latest(id).expect("latest"), newest);
+        for width in [MINUTE_MS, HOUR_MS] {
+            let r = d.rollups(id, width, 0, 4 * H).expect("rollups");
+            let sum: Vec<(i64, f64)> = r.iter().map(|r| (r.start, r.sum)).collect();
+            prop_assert!(close(&sum, &reference(&model, 0, 4 * H, width, Agg::Sum)));
+            let count: Vec<(i64, f64)> = r.iter().map(|r| (r.start, r.count as f64)).collect();
+            prop_assert!(close(&count, &reference(&model, 0, 4 * H, width, Agg::Count)));
+        }
+        // Raw retention merges each partition's blocks into one holding rollups only; they
+        // still count every point once, with its last value.
+        let before = d.rollups(id, MINUTE_MS, 0, 4 * H).expect("rollups");
+        prop_assert_eq!(d.drop_raw_before(i64::MAX).expect("drop"), d.blocks().len());
+        prop_assert!(d.blocks().values().all(|v| v.len() == 1 && v[0].raw_dropped));
+        prop_assert!(d.raw(id, 0, 4 * H).expect("raw").is_empty());
+        let after = d.rollups(id, MINUTE_MS, 0, 4 * H).expect("rollups");
+        prop_assert_eq!(after.len(), before.len());
+        for (a, b) in after.iter().zip(&before) {
+            prop_assert_eq!((a.start, a.count), (b.start, b.count));
+            prop_assert!((a.sum - b.sum).abs() <= 1e-9 * (1.0 + b.sum.abs()));
+        }
+    }
+
     /// A corrupted block is refused with an error, never a panic.
     #[test]
     fn corrupt_block_is_refused(at in any::<prop::sample::Index>(), xor in 1u8..=255, cut in any::<prop::sample::Index>()) {

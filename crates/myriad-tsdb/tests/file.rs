@@ -131,10 +131,20 @@ fn seal_then_more_points_then_reopen() {
     assert_eq!(r.points, 0);
     assert_eq!((answers(&db, "d1"), answers(&db, "d2")), before);
     // Once partition 0 is cold its two blocks merge into one file; nothing else to do after.
-    assert!(db.compact_step(H).expect("compact").is_none(), "not cold yet");
-    let (plan, report) = db.compact_step(2 * H + 1).expect("compact").expect("a plan");
+    assert!(
+        db.compact_step(H).expect("compact").is_none(),
+        "not cold yet"
+    );
+    let (plan, report) = db
+        .compact_step(2 * H + 1)
+        .expect("compact")
+        .expect("a plan");
     assert_eq!((plan.partition, plan.inputs.len()), (0, 2));
-    assert_eq!(report.points, (2_000 + 500) * 2, "every point of both blocks");
+    assert_eq!(
+        report.points,
+        (2_000 + 500) * 2,
+        "every point of both blocks"
+    );
     assert!(db.compact_step(2 * H + 1).expect("compact").is_none());
     assert_eq!(block_files(dir.path()).len(), 2);
     assert_eq!((answers(&db, "d1"), answers(&db, "d2")), before);
@@ -321,4 +331,129 @@ fn retention_survives_reopen() {
     // Rollups of partition 1 answer 1-minute averages; partition 0 is gone.
     assert_eq!(avg.len(), 120);
     assert_eq!(avg[0].0, H);
+}
+
+/// Copies the files of `from` into `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for e in fs::read_dir(from).expect("dir") {
+        let e = e.expect("entry");
+        fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+/// A data directory written by the version before block generations (`block-{partition}.blk`,
+/// block format 1; made by sealing 2,000 points of two series across a day boundary) opens:
+/// each old block is rewritten as a version 2 block of a new generation, the old file removed,
+/// and every point answers as before, after a second restart too.
+#[test]
+fn version_1_blocks_are_rewritten_at_open() {
+    const DAY: i64 = 86_400_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1"),
+        dir.path(),
+    );
+    let check = |db: &FileDb| {
+        let idx = db.db().engine().index();
+        let t = idx.get(&SeriesKey::new("v1-dev", "temp")).expect("temp");
+        let c = idx.get(&SeriesKey::new("v1-dev", "count")).expect("count");
+        let temp = db.db().raw(t, 0, 2 * DAY).expect("raw");
+        let count = db.db().raw(c, 0, 2 * DAY).expect("raw");
+        assert_eq!((temp.len(), count.len()), (2_000, 2_000));
+        for (i, (p, q)) in temp.iter().zip(&count).enumerate() {
+            let ts = DAY - 1_000_000 + i as i64 * 1_000;
+            assert_eq!(p.ts, ts);
+            assert_eq!(p.value, Value::F64(20.0 + (i % 9) as f64 / 10.0));
+            assert_eq!(q.value, Value::I64(i as i64));
+        }
+    };
+    let (db, r) = FileDb::open(dir.path(), DbConfig::default(), true).expect("open");
+    assert_eq!((r.blocks, r.bad_blocks.len()), (2, 0));
+    check(&db);
+    let files = block_files(dir.path());
+    assert_eq!(files.len(), 2);
+    assert!(
+        files.iter().all(|f| f.matches('-').count() == 2),
+        "version 2 names only: {files:?}"
+    );
+    drop(db);
+    let (db, r) = FileDb::open(dir.path(), DbConfig::default(), true).expect("reopen");
+    assert_eq!(r.blocks, 2);
+    check(&db);
+}
+
+/// A crash after a compaction renamed its block into place but before it deleted the other
+/// inputs leaves them behind: queries answer the same (the merged block is the newest
+/// generation), and the next compaction merges them away. After raw retention, such leftovers
+/// are deleted at open, so a rollup never counts a point twice.
+#[test]
+fn compaction_leftovers_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let saved = tempfile::tempdir().expect("tempdir");
+    let (mut db, _) = FileDb::open(dir.path(), cfg(), true).expect("open");
+    for i in 0..4 {
+        db.write(&points("d", i * 600_000, 600)).expect("write");
+        db.seal().expect("seal");
+    }
+    // Four level 0 blocks of partition 0 (4 x 600 s of points, all in the first hour).
+    assert_eq!(db.db().blocks()[&0].len(), 4);
+    let want = answers(&db, "d");
+    copy_dir(dir.path(), saved.path());
+    let (plan, _) = db.compact_step(0).expect("compact").expect("level merge");
+    assert_eq!((plan.inputs.len(), plan.level), (4, 1));
+    assert_eq!(block_files(dir.path()).len(), 1);
+    drop(db);
+    // The crash: the three older inputs are back.
+    for f in block_files(saved.path()) {
+        if !dir.path().join(&f).exists() {
+            fs::copy(saved.path().join(&f), dir.path().join(&f)).expect("copy");
+        }
+    }
+    let (mut db, r) = FileDb::open(dir.path(), cfg(), true).expect("reopen");
+    assert_eq!(r.blocks, 4);
+    assert_eq!(answers(&db, "d"), want);
+    db.compact_step(2 * H)
+        .expect("compact")
+        .expect("cold merge");
+    assert_eq!(block_files(dir.path()).len(), 1);
+    assert_eq!(answers(&db, "d"), want);
+    let t = db
+        .db()
+        .engine()
+        .index()
+        .get(&SeriesKey::new("d", "temp"))
+        .expect("temp");
+    let rollups = db.db().rollups(t, 60_000, 0, H).expect("rollups");
+    assert_eq!(rollups.iter().map(|r| r.count).sum::<u64>(), 2_400);
+
+    // Raw retention, then a crash leaving an input of it behind: deleted at open.
+    let saved = tempfile::tempdir().expect("tempdir");
+    let before = block_files(dir.path());
+    for f in &before {
+        fs::copy(dir.path().join(f), saved.path().join(f)).expect("copy");
+    }
+    // A late point makes a second block, so the retention merge has two inputs (and takes the
+    // late one's generation and file name; the older one is deleted).
+    db.write(&points("d", 3_000_500, 1)).expect("write");
+    db.seal().expect("seal");
+    let r = db.apply_retention(H, 0).expect("retention");
+    assert_eq!(r.raw_dropped, vec![0]);
+    assert_eq!(block_files(dir.path()).len(), 1);
+    drop(db);
+    for f in block_files(saved.path()) {
+        if !dir.path().join(&f).exists() {
+            fs::copy(saved.path().join(&f), dir.path().join(&f)).expect("copy");
+        }
+    }
+    assert_eq!(block_files(dir.path()).len(), 2);
+    let (db, _) = FileDb::open(dir.path(), cfg(), true).expect("reopen");
+    assert_eq!(
+        block_files(dir.path()).len(),
+        1,
+        "the superseded input is deleted"
+    );
+    let after = db.db().rollups(t, 60_000, 0, H).expect("rollups");
+    assert_eq!(after.iter().map(|r| r.count).sum::<u64>(), 2_401);
+    assert!(db.db().raw(t, 0, H).expect("raw").is_empty());
 }
