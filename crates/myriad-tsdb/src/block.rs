@@ -1,21 +1,32 @@
-//! Sealed blocks: the points of one time partition, re-encoded column-wise with `pco`, plus
-//! per-bucket rollups computed at seal time.
+//! Sealed blocks: points of one time partition, re-encoded column-wise with `pco`, plus
+//! per-bucket rollups computed when the block is built.
 //!
 //! Per series a block holds a timestamp column (`i64` ms) and a value column (`f64`, `i64`, or
 //! booleans as `i64` 0/1), each compressed separately with `pco` at its default level, and two
 //! rollup tables (1 minute and 1 hour buckets: start, min, max, sum, count, last), also as `pco`
 //! columns (min, max, sum and last as integers of 10^-k when all values are multiples of 10^-k;
 //! sums are then exact).
-//! Serialised layout (integers little endian):
+//!
+//! A partition may have several blocks, one per seal (generation) until compaction merges them
+//! ([`crate::db`]). Version 2 layout (integers little endian), read in place ([`BlockView`]):
 //!
 //! ```text
-//! "MTB" version(1)  i64 partition start  u8 raw dropped (0/1)  u32 series count
-//! per series: u32 id, u8 kind tag, u32 count, i64 first ts, i64 last ts,
-//!             col ts, col values, 2 x (u32 buckets, col start, col min, col max,
-//!             col sum, col count, col last)
-//! u32 CRC32 of everything before it
-//! col = u32 byte length + pco standalone bytes
+//! header (36 B): "MTB" 2, i64 partition start, u64 generation, u8 level, u8 flags (1: every
+//!                series holds rollups only), 6 zero bytes, i64 retained at (ms; the moment
+//!                retention last rewrote the partition, i64::MIN if never)
+//! payloads:      per series: col ts, col values, 2 x (u32 buckets, col start, col min,
+//!                col max, col sum, col count, col last)
+//! index:         per series, ascending id, 48 B: u32 id, u8 kind tag, 3 zero bytes,
+//!                u32 points, u32 CRC32 of the payload, i64 first ts, i64 last ts,
+//!                u64 payload offset, u64 payload length
+//! footer (16 B): u32 series, u64 index offset, u32 CRC32 of header and index
+//! col = u32 byte length + pco standalone bytes (decimal columns: a mode byte first)
 //! ```
+//!
+//! Opening a block checks the header, footer, index CRC, index order and payload bounds (so a
+//! series is found by binary search without reading payloads); a series' payload CRC is
+//! checked when it is read. Version 1 (one CRC over the whole file, series inline, one block per
+//! partition) is still parsed by [`SealedBlock::from_bytes`], to rewrite old files.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -508,7 +519,7 @@ impl SealedSeries {
 
 /// The sealed points of one time partition, owned: what a seal builds (and what a version 1
 /// block file parses into, to be rewritten as version 2).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SealedBlock {
     /// Partition start (ms, a multiple of the partition width).
     pub partition: i64,
@@ -519,8 +530,38 @@ pub struct SealedBlock {
     pub level: u8,
     /// Whether the raw columns were dropped by retention (the rollups remain).
     pub raw_dropped: bool,
+    /// When retention last rewrote the partition into this block (ms), `i64::MIN` if never.
+    pub retained_at: i64,
     /// Series in this block.
     pub series: BTreeMap<SeriesId, SealedSeries>,
+}
+
+impl Default for SealedBlock {
+    fn default() -> Self {
+        Self {
+            partition: 0,
+            generation: 0,
+            level: 0,
+            raw_dropped: false,
+            retained_at: i64::MIN,
+            series: BTreeMap::new(),
+        }
+    }
+}
+
+/// The fields of a block's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockHeader {
+    /// Partition start (ms).
+    pub partition: i64,
+    /// Generation.
+    pub generation: u64,
+    /// Compaction level.
+    pub level: u8,
+    /// Whether every series holds rollups only.
+    pub raw_dropped: bool,
+    /// When retention last rewrote the partition into this block (ms), `i64::MIN` if never.
+    pub retained_at: i64,
 }
 
 fn put_col(out: &mut Vec<u8>, col: &[u8]) {
@@ -579,20 +620,21 @@ impl<'a> Cursor<'a> {
 }
 
 /// Bytes of a version 2 block header.
-pub const HEADER_LEN: usize = 28;
+pub const HEADER_LEN: usize = 36;
 /// Bytes of one index entry.
 pub const ENTRY_LEN: usize = 48;
 /// Bytes of the footer.
 pub const FOOTER_LEN: usize = 16;
 
-fn header(partition: i64, generation: u64, level: u8, raw_dropped: bool) -> [u8; HEADER_LEN] {
+fn header(f: BlockHeader) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..3].copy_from_slice(MAGIC);
     h[3] = BLOCK_VERSION;
-    h[4..12].copy_from_slice(&partition.to_le_bytes());
-    h[12..20].copy_from_slice(&generation.to_le_bytes());
-    h[20] = level;
-    h[21] = u8::from(raw_dropped);
+    h[4..12].copy_from_slice(&f.partition.to_le_bytes());
+    h[12..20].copy_from_slice(&f.generation.to_le_bytes());
+    h[20] = f.level;
+    h[21] = u8::from(f.raw_dropped);
+    h[28..36].copy_from_slice(&f.retained_at.to_le_bytes());
     h
 }
 
@@ -611,14 +653,8 @@ pub struct BlockBuilder {
 
 impl BlockBuilder {
     /// Starts a block, writing its header.
-    pub fn new(
-        partition: i64,
-        generation: u64,
-        level: u8,
-        raw_dropped: bool,
-        out: &mut impl std::io::Write,
-    ) -> std::io::Result<Self> {
-        let header = header(partition, generation, level, raw_dropped);
+    pub fn new(fields: BlockHeader, out: &mut impl std::io::Write) -> std::io::Result<Self> {
+        let header = header(fields);
         out.write_all(&header)?;
         Ok(Self {
             header,
@@ -684,6 +720,17 @@ impl BlockBuilder {
 }
 
 impl SealedBlock {
+    /// The header fields.
+    pub fn header(&self) -> BlockHeader {
+        BlockHeader {
+            partition: self.partition,
+            generation: self.generation,
+            level: self.level,
+            raw_dropped: self.raw_dropped,
+            retained_at: self.retained_at,
+        }
+    }
+
     /// Bytes of raw columns over all series.
     pub fn raw_bytes(&self) -> usize {
         self.series.values().map(|s| s.view().raw_bytes()).sum()
@@ -698,13 +745,7 @@ impl SealedBlock {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         // Writing to a Vec cannot fail and the map iterates in ascending id order.
-        if let Ok(mut b) = BlockBuilder::new(
-            self.partition,
-            self.generation,
-            self.level,
-            self.raw_dropped,
-            &mut out,
-        ) {
+        if let Ok(mut b) = BlockBuilder::new(self.header(), &mut out) {
             for (id, s) in &self.series {
                 let _ = b.add(*id, s, &mut out);
             }
@@ -730,6 +771,7 @@ impl SealedBlock {
             generation: view.generation,
             level: view.level,
             raw_dropped: view.raw_dropped,
+            retained_at: view.retained_at,
             series,
         })
     }
@@ -779,6 +821,7 @@ fn parse_v1(bytes: &[u8]) -> Result<SealedBlock, BlockError> {
         generation: 0,
         level: 0,
         raw_dropped,
+        retained_at: i64::MIN,
         series,
     })
 }
@@ -798,8 +841,10 @@ pub struct BlockView {
     pub generation: u64,
     /// Compaction level.
     pub level: u8,
-    /// Whether the raw columns were dropped by retention.
+    /// Whether every series holds rollups only.
     pub raw_dropped: bool,
+    /// When retention last rewrote the partition into this block (ms), `i64::MIN` if never.
+    pub retained_at: i64,
     series_count: usize,
     index_at: usize,
 }
@@ -845,6 +890,8 @@ impl BlockView {
             1 => true,
             _ => return Err(BlockError::Corrupt("flags")),
         };
+        c.take(6)?;
+        let retained_at = c.i64()?;
         let mut f = Cursor(&b[b.len() - FOOTER_LEN..]);
         let series_count = f.u32()? as usize;
         let index_at = usize::try_from(f.u64()?).map_err(|_| BlockError::Corrupt("index"))?;
@@ -867,6 +914,7 @@ impl BlockView {
             generation,
             level,
             raw_dropped,
+            retained_at,
             series_count,
             index_at,
         };
@@ -984,15 +1032,17 @@ impl BlockView {
         Ok(None)
     }
 
+    /// What the index says of series `id`, if it is in this block (no payload read).
+    pub fn summary_of(&self, id: SeriesId) -> Result<Option<SeriesSummary>, BlockError> {
+        match self.find(id)? {
+            Some(i) => Ok(Some(self.summary(i)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The time range of series `id` in this block, if it is there (no payload read).
     pub fn time_range(&self, id: SeriesId) -> Result<Option<(i64, i64)>, BlockError> {
-        Ok(match self.find(id)? {
-            Some(i) => {
-                let s = self.summary(i)?;
-                Some((s.first_ts, s.last_ts))
-            }
-            None => None,
-        })
+        Ok(self.summary_of(id)?.map(|s| (s.first_ts, s.last_ts)))
     }
 
     /// Series `id`, its payload CRC checked, if it is in this block.

@@ -12,12 +12,13 @@
 //!   a cutoff and keeps their rollups; [`Db::drop_before`] drops whole partitions.
 
 use crate::block::{
-    BlockBuilder, BlockBytes, BlockError, BlockView, HOUR_MS, MINUTE_MS, Rollup, SealedBlock,
-    SealedSeries, SeriesView, as_f64, floor_to,
+    BlockBuilder, BlockBytes, BlockError, BlockHeader, BlockView, HOUR_MS, MINUTE_MS, Rollup,
+    SealedBlock, SealedSeries, SeriesView, as_f64, floor_to,
 };
 use crate::engine::Engine;
 use crate::head::HeadConfig;
 use crate::index::{IndexLimits, SeriesId};
+use crate::retention::RetentionPolicy;
 use crate::value::Point;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,8 +118,9 @@ pub struct CompactionPlan {
     pub inputs: Vec<u64>,
     /// Level of the merged block.
     pub level: u8,
-    /// Whether the merged block keeps only rollups (raw retention).
-    pub drop_raw: bool,
+    /// Apply the retention policy as of this moment (ms) to each series: drop those whose
+    /// rollups expired, keep only the rollups of those whose raw points expired.
+    pub retain_at: Option<i64>,
 }
 
 impl CompactionPlan {
@@ -143,6 +145,10 @@ pub struct CompactionReport {
     pub bytes: u64,
     /// Series parts that did not decode (payload CRC or column), left out and logged.
     pub corrupt: usize,
+    /// Series left out because their rollups expired.
+    pub expired_series: usize,
+    /// Series reduced to their rollups because their raw points expired.
+    pub raw_dropped_series: usize,
 }
 
 /// Why [`Db::compact`] failed.
@@ -164,6 +170,7 @@ pub struct Db {
     cold_after_ms: i64,
     /// Blocks per partition start, ascending by generation.
     blocks: BTreeMap<i64, Vec<BlockView>>,
+    retention: RetentionPolicy,
     next_generation: u64,
     /// Points refused at seal because their partition's raw data had already expired.
     expired_points: u64,
@@ -180,6 +187,7 @@ impl Db {
             partition_ms: cfg.partition_ms,
             cold_after_ms: cfg.cold_after_ms.max(0),
             blocks: BTreeMap::new(),
+            retention: RetentionPolicy::default(),
             next_generation: 1,
             expired_points: 0,
         })
@@ -193,6 +201,25 @@ impl Db {
     /// The engine, mutably (to write points).
     pub fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
+    }
+
+    /// Sets the retention policy ([`Db::plan_retention`], [`Db::drop_expired`]); the default
+    /// keeps everything.
+    pub fn set_retention(&mut self, policy: RetentionPolicy) {
+        self.retention = policy;
+    }
+
+    /// The retention policy.
+    pub fn retention(&self) -> &RetentionPolicy {
+        &self.retention
+    }
+
+    /// `(raw_ms, rollup_ms)` the policy gives series `id` (the default for an unknown id).
+    fn series_retention(&self, id: SeriesId) -> (i64, i64) {
+        match self.engine.index().key(id) {
+            Some(key) => self.retention.for_metric(&key.metric),
+            None => self.retention.for_metric(""),
+        }
     }
 
     /// The sealed blocks by partition start, each partition's ascending by generation.
@@ -267,13 +294,14 @@ impl Db {
         Ok(())
     }
 
-    /// Removes the blocks that a raw-dropped block of the same partition supersedes (older
-    /// generations left behind by a crash during the compaction that wrote it); returns them,
+    /// Removes the blocks that a whole-partition merge ([`FULL_LEVEL`]: a cold merge or a
+    /// retention rewrite, whose inputs were every block of the partition then) supersedes:
+    /// older generations left behind by a crash before the merge deleted them. Returns them,
     /// for the caller to delete. Call after loading the blocks.
     pub fn remove_superseded(&mut self) -> Vec<BlockKey> {
         let mut gone = Vec::new();
         for (p, views) in &mut self.blocks {
-            if let Some(i) = views.iter().rposition(|b| b.raw_dropped) {
+            if let Some(i) = views.iter().rposition(|b| b.level == FULL_LEVEL) {
                 gone.extend(views.drain(..i).map(|b| BlockKey {
                     partition: *p,
                     generation: b.generation,
@@ -313,8 +341,8 @@ impl Db {
                 let n = rest.partition_point(|q| q.ts < end);
                 let (part, tail) = rest.split_at(n);
                 rest = tail;
-                if self.raw_expired(partition) {
-                    // Raw retention already passed this partition: its rollups are final.
+                if self.raw_dropped_in(partition, id) {
+                    // Raw retention already passed this series there: its rollups are final.
                     self.expired_points += part.len() as u64;
                     continue;
                 }
@@ -336,10 +364,16 @@ impl Db {
         Ok(keys)
     }
 
-    fn raw_expired(&self, partition: i64) -> bool {
-        self.blocks
-            .get(&partition)
-            .is_some_and(|v| v.iter().any(|b| b.raw_dropped))
+    /// Whether a block of `partition` holds only rollups of series `id`.
+    fn raw_dropped_in(&self, partition: i64, id: SeriesId) -> bool {
+        self.blocks.get(&partition).is_some_and(|v| {
+            v.iter().any(|b| {
+                b.summary_of(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.count == 0)
+            })
+        })
     }
 
     /// Blocks of the partitions overlapping `from..to`, oldest partition first, each
@@ -452,8 +486,10 @@ impl Db {
         let width = [HOUR_MS, MINUTE_MS].into_iter().find(|w| step % w == 0);
         if let (Some(width), false) = (width, agg == Agg::Rate) {
             let mut rolled = Vec::new();
-            for b in self.views(from, to).filter(|b| b.raw_dropped) {
-                if let Some(s) = b.series(id)? {
+            for b in self.views(from, to) {
+                if b.summary_of(id)?.is_some_and(|s| s.count == 0)
+                    && let Some(s) = b.series(id)?
+                {
                     rolled.extend(
                         s.rollups(width)?
                             .into_iter()
@@ -484,11 +520,12 @@ impl Db {
         // point; among its blocks the latest generation wins at equal timestamps.
         for views in self.blocks.values().rev() {
             let mut best: Option<(i64, &BlockView)> = None;
-            for b in views.iter().filter(|b| !b.raw_dropped) {
-                if let Some((_, z)) = b.time_range(id)?
-                    && best.is_none_or(|(t, _)| z >= t)
+            for b in views {
+                if let Some(s) = b.summary_of(id)?
+                    && s.count > 0
+                    && best.is_none_or(|(t, _)| s.last_ts >= t)
                 {
-                    best = Some((z, b));
+                    best = Some((s.last_ts, b));
                 }
             }
             if let Some((_, b)) = best
@@ -523,7 +560,7 @@ impl Db {
             let mut parts = Vec::new();
             for b in views {
                 if let Some(s) = b.series(id)? {
-                    parts.push((b.raw_dropped, s));
+                    parts.push((s.is_empty(), s));
                 }
             }
             let stored = match parts.as_slice() {
@@ -571,37 +608,64 @@ impl Db {
     ///   most three blocks per level, and each point is rewritten about log4(seals per
     ///   partition) times). Seals add level 0 blocks at the end and a merge puts its block where
     ///   its run was, so levels never rise from older to newer blocks.
-    ///
-    /// Partitions whose raw data was dropped are not compacted.
     pub fn plan_compaction(&self, now_ms: i64) -> Option<CompactionPlan> {
         let w = self.partition_ms;
         for (p, views) in &self.blocks {
-            if views.len() < 2 || views.iter().any(|b| b.raw_dropped) {
+            if views.len() < 2 {
                 continue;
             }
             let cold = p.saturating_add(w).saturating_add(self.cold_after_ms) <= now_ms;
             if cold && views[0].level != FULL_LEVEL {
-                return Some(self.plan(*p, views, FULL_LEVEL, false));
+                return Some(self.plan(*p, views, FULL_LEVEL, None));
             }
             if let Some(run) = views.windows(LEVEL_FANIN).find(|run| {
                 run[0].level < FULL_LEVEL - 1 && run.iter().all(|b| b.level == run[0].level)
             }) {
-                return Some(self.plan(*p, run, run[0].level + 1, false));
+                return Some(self.plan(*p, run, run[0].level + 1, None));
             }
         }
         None
     }
 
-    /// Plans dropping the raw data of every partition that ends at or before `cutoff` and still
-    /// has some: each partition's blocks merged into one that keeps only the rollups.
-    pub fn plan_raw_drop(&self, cutoff: i64) -> Vec<CompactionPlan> {
+    /// Plans the retention rewrites due at `now_ms`: every partition that crossed a retention
+    /// duration of the policy (its end plus the duration is in `(retained_at, now_ms]`, where
+    /// `retained_at` is when retention last rewrote it) is merged whole, each series kept, cut
+    /// to its rollups or dropped as its metric's rule says. Partitions past every rule's rollup
+    /// duration are [`Db::drop_expired`]'s.
+    pub fn plan_retention(&self, now_ms: i64) -> Vec<CompactionPlan> {
         let w = self.partition_ms;
-        self.blocks
-            .iter()
-            .take_while(|(p, _)| p.saturating_add(w) <= cutoff)
-            .filter(|(_, v)| v.iter().any(|b| !b.raw_dropped))
-            .map(|(p, v)| self.plan(*p, v, FULL_LEVEL, true))
-            .collect()
+        let longest = self.retention.longest_rollup_ms();
+        let mut plans = Vec::new();
+        for (p, views) in &self.blocks {
+            let end = p.saturating_add(w);
+            if crossed(end, longest, now_ms) {
+                continue;
+            }
+            let done = views
+                .iter()
+                .filter(|b| b.level == FULL_LEVEL)
+                .map(|b| b.retained_at)
+                .max()
+                .unwrap_or(i64::MIN);
+            let due = self
+                .retention
+                .durations()
+                .any(|d| end.checked_add(d).is_some_and(|t| t > done && t <= now_ms));
+            if due {
+                plans.push(self.plan(*p, views, FULL_LEVEL, Some(now_ms)));
+            }
+        }
+        plans
+    }
+
+    /// Drops every partition past the longest rollup duration of the retention policy at
+    /// `now_ms` (nothing any rule keeps); returns their blocks, for the caller to delete.
+    pub fn drop_expired(&mut self, now_ms: i64) -> Vec<BlockKey> {
+        let longest = self.retention.longest_rollup_ms();
+        match now_ms.checked_sub(longest) {
+            Some(cutoff) => self.drop_before(cutoff),
+            None => Vec::new(),
+        }
     }
 
     fn plan(
@@ -609,13 +673,13 @@ impl Db {
         partition: i64,
         views: &[BlockView],
         level: u8,
-        drop_raw: bool,
+        retain_at: Option<i64>,
     ) -> CompactionPlan {
         CompactionPlan {
             partition,
             inputs: views.iter().map(|b| b.generation).collect(),
             level,
-            drop_raw,
+            retain_at,
         }
     }
 
@@ -643,11 +707,18 @@ impl Db {
     ) -> Result<CompactionReport, CompactError> {
         let inputs = self.inputs(plan)?;
         let key = plan.output();
+        let end = plan.partition.saturating_add(self.partition_ms);
+        let longest_raw = self.retention.longest_raw_ms();
         let mut builder = BlockBuilder::new(
-            key.partition,
-            key.generation,
-            plan.level,
-            plan.drop_raw,
+            BlockHeader {
+                partition: key.partition,
+                generation: key.generation,
+                level: plan.level,
+                raw_dropped: plan
+                    .retain_at
+                    .is_some_and(|now| crossed(end, longest_raw, now)),
+                retained_at: plan.retain_at.unwrap_or(i64::MIN),
+            },
             out,
         )?;
         let mut report = CompactionReport::default();
@@ -662,6 +733,14 @@ impl Db {
                 }
             }
             let Some(id) = next else { break };
+            // What retention says of this series (when the plan applies it).
+            let (drop_series, drop_raw) = match plan.retain_at {
+                Some(now) => {
+                    let (raw_ms, rollup_ms) = self.series_retention(id);
+                    (crossed(end, rollup_ms, now), crossed(end, raw_ms, now))
+                }
+                None => (false, false),
+            };
             let mut points: Vec<Point> = Vec::new();
             let mut kind = None;
             let mut rolled_only = None;
@@ -669,18 +748,26 @@ impl Db {
                 if *i >= b.series_count() || b.summary(*i).map_err(DbError::from)?.id != id {
                     continue;
                 }
-                let part = b.series_at(*i).and_then(|(_, s)| {
-                    if b.raw_dropped {
-                        Ok((s, Vec::new()))
-                    } else {
-                        s.points().map(|p| (s, p))
-                    }
-                });
+                let part = if drop_series {
+                    Ok(None)
+                } else {
+                    b.series_at(*i).and_then(|(_, s)| {
+                        if s.is_empty() {
+                            Ok(Some((s, Vec::new())))
+                        } else {
+                            s.points().map(|p| Some((s, p)))
+                        }
+                    })
+                };
                 *i += 1;
                 match part {
-                    Ok((s, pts)) => {
+                    Ok(None) => {}
+                    Ok(Some((s, pts))) => {
                         kind = Some(s.kind());
-                        if b.raw_dropped {
+                        if s.is_empty() {
+                            // Rollups only (raw retention passed it): its rollups stay final;
+                            // raw points of later blocks (written after a policy change)
+                            // cannot join them and are left out.
                             rolled_only = Some(s.to_owned_series(true));
                         } else {
                             points.extend(pts);
@@ -692,15 +779,20 @@ impl Db {
                     }
                 }
             }
+            if drop_series {
+                report.expired_series += 1;
+                continue;
+            }
             let series = match (rolled_only, kind) {
                 (Some(s), _) => s,
                 (None, Some(kind)) if !points.is_empty() => {
                     let merged = dedup_later_wins(points);
-                    report.points += merged.len();
                     let mut s = SealedSeries::encode(kind, &merged).map_err(DbError::from)?;
-                    if plan.drop_raw {
-                        report.points -= merged.len();
+                    if drop_raw {
                         s.drop_raw();
+                        report.raw_dropped_series += 1;
+                    } else {
+                        report.points += merged.len();
                     }
                     s
                 }
@@ -752,17 +844,23 @@ impl Db {
         Ok(report)
     }
 
-    /// Drops the raw columns of every partition that ends at or before `cutoff` (merging its
-    /// blocks into one that keeps the rollups, in memory: [`Db::plan_raw_drop`] is the
-    /// file-friendly form); returns how many partitions lost raw data. Points that reach such a
-    /// partition later are refused at seal and counted in [`Db::expired_points`]. Raw queries
-    /// return nothing for those partitions.
-    pub fn drop_raw_before(&mut self, cutoff: i64) -> Result<usize, CompactError> {
-        let plans = self.plan_raw_drop(cutoff);
+    /// Applies the retention policy at `now_ms` in memory ([`Db::drop_expired`], then every
+    /// rewrite [`Db::plan_retention`] finds, each [`Db::compact_in_memory`]); returns the
+    /// partitions dropped whole and the partitions rewritten. Points that reach a series whose
+    /// raw data a partition no longer holds are refused at seal and counted in
+    /// [`Db::expired_points`]; raw queries return nothing there, aggregations use the rollups.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<(usize, usize), CompactError> {
+        let mut dropped: Vec<i64> = self
+            .drop_expired(now_ms)
+            .into_iter()
+            .map(|k| k.partition)
+            .collect();
+        dropped.dedup();
+        let plans = self.plan_retention(now_ms);
         for plan in &plans {
             self.compact_in_memory(plan)?;
         }
-        Ok(plans.len())
+        Ok((dropped.len(), plans.len()))
     }
 
     /// Points refused at seal because their partition's raw data had expired (a counter).
@@ -788,6 +886,12 @@ impl Db {
         }
         gone
     }
+}
+
+/// Whether `end + duration` (no overflow: a duration past the end of time never passes) is at
+/// or before `now`.
+fn crossed(end: i64, duration: i64, now: i64) -> bool {
+    end.checked_add(duration).is_some_and(|t| t <= now)
 }
 
 /// Sorts points by timestamp (stable) and keeps, among equal timestamps, the last one.

@@ -9,24 +9,36 @@
 //!   by [`FileDb::write`] / [`FileDb::append`] is one `write` to the newest segment, followed by
 //!   an `fsync` when the store was opened with `fsync = true`. With `fsync = false` the bytes are
 //!   in the OS page cache when the call returns: they survive a killed process, not a power loss.
-//! * `block-{partition}.blk`: one sealed block per time partition ([`SealedBlock::to_bytes`]),
-//!   written atomically: a `.tmp` file is written and fsynced, renamed over the old block, and the
-//!   directory fsynced.
+//! * `block-{partition}-{generation:016}.blk`: sealed blocks ([`crate::block`], version 2),
+//!   written atomically (a `.tmp` file written and fsynced, renamed into place, the directory
+//!   fsynced), never modified afterwards, and read through a read-only memory map: the page
+//!   cache holds their bytes, not the heap, so the memory of the process does not grow with the
+//!   data kept.
 //!
-//! [`FileDb::seal`] writes the changed blocks, starts a new segment holding a checkpoint (every
-//! series record) and only then deletes the older segments, so a crash at any step leaves either
-//! the old segments (replayed again, merging the same points into the blocks at the next seal)
-//! or the new one.
+//! [`FileDb::seal`] writes one new block per partition with head points (only those points:
+//! the cost of a seal follows what arrived since the last one, not the partition's size),
+//! starts a new segment holding a checkpoint (every series record) and only then deletes the
+//! older segments, so a crash at any step leaves either the old segments (replayed again:
+//! the same points go into a newer block, winning over the copy) or the new one.
 //!
-//! Retention ([`FileDb::apply_retention`]): blocks whose raw data expired are rewritten (rollups
-//! only) atomically as above; whole expired blocks are unlinked (one atomic `unlink` each) and the
-//! directory fsynced. A crash in between leaves some blocks not yet trimmed, which the next call
-//! (at the next start or seal) trims.
+//! Compaction ([`FileDb::compact_step`], planned by [`Db::plan_compaction`]) streams the merge of
+//! some blocks of a partition into a `.tmp` file (memory: one series at a time), fsyncs it,
+//! renames it over the newest input (it takes that generation), then deletes the other inputs.
+//! A crash in between leaves inputs whose points the merged block also holds; queries answer
+//! the same and a later compaction merges them again.
 //!
-//! Recovery ([`FileDb::open`]): leftover `.tmp` files are removed, blocks are loaded (a block that
-//! does not decode is renamed to `.corrupt`, logged and reported, not loaded), then the segments
-//! are replayed; a segment whose tail is torn or corrupt is truncated to its last whole record,
-//! the dropped bytes logged and reported. Nothing read from the directory can make it panic.
+//! Retention ([`FileDb::apply_retention`], per metric pattern: [`crate::retention`]): a
+//! partition that crossed a retention duration is compacted whole, each series kept, cut to
+//! its rollups or left out; partitions nothing keeps have their files unlinked and the
+//! directory fsynced. Blocks that a whole-partition merge supersedes (left by a crash) are
+//! deleted at open, so no rollup counts a point twice.
+//!
+//! Recovery ([`FileDb::open`]): leftover `.tmp` files are removed, blocks are mapped and their
+//! indexes checked (a block that does not load, or whose name disagrees with its header, is
+//! renamed to `.corrupt`, logged and reported, not loaded; version 1 files,
+//! `block-{partition}.blk`, are rewritten as version 2), then the segments are replayed; a
+//! segment whose tail is torn or corrupt is truncated to its last whole record, the dropped
+//! bytes logged and reported. Nothing read from the directory can make it panic.
 
 use crate::block::{BlockBytes, SealedBlock};
 use crate::db::{BlockKey, CompactError, CompactionPlan, CompactionReport, Db, DbConfig, DbError};
@@ -101,8 +113,12 @@ pub struct OpenReport {
 /// What [`FileDb::apply_retention`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
-    /// Partitions whose raw data was dropped (their rollups kept), ascending.
-    pub raw_dropped: Vec<i64>,
+    /// Partitions rewritten by retention (series cut to rollups or left out), ascending.
+    pub rewritten: Vec<i64>,
+    /// Series (summed over the rewritten partitions) reduced to their rollups.
+    pub raw_dropped_series: usize,
+    /// Series (summed over the rewritten partitions) left out, their rollups expired.
+    pub expired_series: usize,
     /// Partitions dropped whole (block files removed), ascending.
     pub dropped: Vec<i64>,
 }
@@ -280,6 +296,11 @@ impl FileDb {
         &self.db
     }
 
+    /// Sets the retention policy [`FileDb::apply_retention`] applies.
+    pub fn set_retention(&mut self, policy: crate::retention::RetentionPolicy) {
+        self.db.set_retention(policy);
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -395,24 +416,23 @@ impl FileDb {
 }
 
 impl FileDb {
-    /// Drops whole partitions that end at or before `cutoff` (removing their files) and the raw
-    /// data of partitions that end at or before `raw_cutoff` (merging each one's blocks into a
-    /// block of its rollups only); see [`Db::drop_before`] and [`Db::plan_raw_drop`].
-    pub fn apply_retention(
-        &mut self,
-        raw_cutoff: i64,
-        cutoff: i64,
-    ) -> Result<RetentionReport, FileDbError> {
-        let gone = self.db.drop_before(cutoff);
+    /// Applies the database's retention policy at `now_ms`: partitions past every rule's
+    /// rollup duration have their files removed ([`Db::drop_expired`]), and partitions that
+    /// crossed a duration since they were last rewritten are merged whole, each series kept,
+    /// cut to its rollups or left out as its rule says ([`Db::plan_retention`]).
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<RetentionReport, FileDbError> {
+        let gone = self.db.drop_expired(now_ms);
         remove_blocks(&self.dir, &gone)?;
         let mut report = RetentionReport {
             dropped: gone.iter().map(|k| k.partition).collect(),
             ..RetentionReport::default()
         };
         report.dropped.dedup();
-        for plan in self.db.plan_raw_drop(raw_cutoff) {
-            self.run(&plan)?;
-            report.raw_dropped.push(plan.partition);
+        for plan in self.db.plan_retention(now_ms) {
+            let r = self.run(&plan)?;
+            report.expired_series += r.expired_series;
+            report.raw_dropped_series += r.raw_dropped_series;
+            report.rewritten.push(plan.partition);
         }
         Ok(report)
     }

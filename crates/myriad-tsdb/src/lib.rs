@@ -18,6 +18,7 @@
 //! * [`multi`]: the same metrics of many devices, per device or combined per bucket.
 //! * [`promql`]: a PromQL subset (selectors, `rate` and `*_over_time`, `sum`/`avg`/.. `by`)
 //!   evaluated over the [`Db`], for the Prometheus-compatible read API.
+//! * [`retention`]: retention per metric pattern (raw points and rollups).
 //! * [`storage`]: the byte-file trait the caller implements, with an in-memory one for tests.
 //!
 //! # Limits (what one more does)
@@ -45,6 +46,7 @@ pub mod head;
 pub mod index;
 pub mod multi;
 pub mod promql;
+pub mod retention;
 pub mod storage;
 mod value;
 pub mod wal;
@@ -56,6 +58,7 @@ pub use file::{FileDb, FileDbError, OpenReport, RetentionReport, TornSegment};
 pub use gorilla::{ChunkEncoder, DecodeError, EncodeError, decode_chunk, decode_chunk_into};
 pub use head::{AppendError, Appended, Head, HeadConfig};
 pub use index::{IndexError, IndexLimits, SeriesId, SeriesIndex, SeriesKey};
+pub use retention::{RetentionPolicy, RetentionRule};
 pub use storage::{MemStorage, Storage};
 pub use value::{Point, Value, ValueKind};
 pub use wal::{WalEncodeError, WalReader, WalRecord, WalStop};

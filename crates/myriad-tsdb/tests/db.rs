@@ -6,6 +6,7 @@ use std::sync::Arc;
 use myriad_tsdb::block::{ENTRY_LEN, FOOTER_LEN, HEADER_LEN, HOUR_MS, MINUTE_MS};
 use myriad_tsdb::db::BlockKey;
 use myriad_tsdb::db::MAX_BUCKETS;
+use myriad_tsdb::retention::RetentionPolicy;
 use myriad_tsdb::{
     Agg, BlockError, Db, DbConfig, DbError, HeadConfig, IndexLimits, Point, SealedBlock, SeriesId,
     SeriesKey, Value,
@@ -25,6 +26,15 @@ fn db() -> Db {
         ..DbConfig::default()
     })
     .expect("config")
+}
+
+/// Applies a policy keeping raw points 1 ms and rollups forever at `cutoff + 1`: partitions
+/// that end at or before `cutoff` lose their raw points. Returns how many were rewritten.
+fn drop_raw_before(d: &mut Db, cutoff: i64) -> usize {
+    d.set_retention(RetentionPolicy::new(vec![], 1, i64::MAX).expect("policy"));
+    d.apply_retention(cutoff.saturating_add(1))
+        .expect("retention")
+        .1
 }
 
 /// The partitions of sealed block keys.
@@ -322,7 +332,7 @@ proptest! {
         // Raw retention merges each partition's blocks into one holding rollups only; they
         // still count every point once, with its last value.
         let before = d.rollups(id, MINUTE_MS, 0, 4 * H).expect("rollups");
-        prop_assert_eq!(d.drop_raw_before(i64::MAX).expect("drop"), d.blocks().len());
+        prop_assert_eq!(drop_raw_before(&mut d, i64::MAX), d.blocks().len());
         prop_assert!(d.blocks().values().all(|v| v.len() == 1 && v[0].raw_dropped));
         prop_assert!(d.raw(id, 0, 4 * H).expect("raw").is_empty());
         let after = d.rollups(id, MINUTE_MS, 0, 4 * H).expect("rollups");
@@ -677,9 +687,9 @@ fn raw_retention_keeps_rollups_and_counts_late_points() {
     write(&mut d, t, &[(0, f(1.0)), (30_000, f(3.0)), (H, f(5.0))]);
     d.seal().expect("seal");
     // Partition [0, H) ends at H: a cutoff of H - 1 leaves it; H drops its raw data.
-    assert_eq!(d.drop_raw_before(H - 1).expect("drop"), 0);
-    assert_eq!(d.drop_raw_before(H).expect("drop"), 1);
-    assert_eq!(d.drop_raw_before(H).expect("drop"), 0, "already dropped");
+    assert_eq!(drop_raw_before(&mut d, H - 1), 0);
+    assert_eq!(drop_raw_before(&mut d, H), 1);
+    assert_eq!(drop_raw_before(&mut d, H), 0, "already dropped");
     assert_eq!(
         d.raw(t, 0, 2 * H).expect("raw"),
         vec![Point {
@@ -773,7 +783,7 @@ fn aggregates_fall_back_to_rollups_after_raw_retention() {
         .flat_map(|&s| aggs.iter().map(move |&a| (s, a)))
         .map(|(s, a)| d.aggregate(t, 0, 2 * H, s, a).expect("agg"))
         .collect();
-    assert_eq!(d.drop_raw_before(2 * H).expect("drop"), 2);
+    assert_eq!(drop_raw_before(&mut d, 2 * H), 2);
     assert!(d.raw(t, 0, 2 * H).expect("raw").is_empty());
     let after: Vec<Vec<(i64, f64)>> = steps
         .iter()

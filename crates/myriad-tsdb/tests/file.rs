@@ -1,6 +1,7 @@
 //! The file-backed shell: data survives a drop without sealing and a seal; a torn or corrupt
 //! WAL tail and a corrupt block are dropped, logged and reported, never a panic.
 
+use myriad_tsdb::retention::RetentionPolicy;
 use myriad_tsdb::{Agg, DbConfig, FileDb, HeadConfig, IndexLimits, Point, SeriesKey, Value};
 use std::fs;
 
@@ -308,11 +309,14 @@ fn retention_survives_reopen() {
         db.seal().expect("seal");
         assert_eq!(block_files(dir.path()).len(), 3);
         // Whole partition 0 expires, partition 1 keeps its rollups only.
-        let r = db.apply_retention(2 * H, H).expect("retention");
-        assert_eq!((r.dropped, r.raw_dropped), (vec![0], vec![H]));
+        // Raw points kept 1 h after a partition ends, rollups 2 h; at 3 h partition 0 is gone
+        // and partition 1 keeps its rollups only.
+        db.set_retention(RetentionPolicy::new(vec![], H, 2 * H).expect("policy"));
+        let r = db.apply_retention(3 * H).expect("retention");
+        assert_eq!((r.dropped, r.rewritten), (vec![0], vec![H]));
         // A second call changes nothing.
-        let r = db.apply_retention(2 * H, H).expect("retention");
-        assert!(r.dropped.is_empty() && r.raw_dropped.is_empty());
+        let r = db.apply_retention(3 * H).expect("retention");
+        assert!(r.dropped.is_empty() && r.rewritten.is_empty());
     }
     assert_eq!(
         block_files(dir.path()),
@@ -437,8 +441,9 @@ fn compaction_leftovers_after_a_crash() {
     // late one's generation and file name; the older one is deleted).
     db.write(&points("d", 3_000_500, 1)).expect("write");
     db.seal().expect("seal");
-    let r = db.apply_retention(H, 0).expect("retention");
-    assert_eq!(r.raw_dropped, vec![0]);
+    db.set_retention(RetentionPolicy::new(vec![], 1, H + 1).expect("policy"));
+    let r = db.apply_retention(H + 1).expect("retention");
+    assert_eq!(r.rewritten, vec![0]);
     assert_eq!(block_files(dir.path()).len(), 1);
     drop(db);
     for f in block_files(saved.path()) {

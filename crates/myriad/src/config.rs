@@ -551,6 +551,31 @@ mod tests {
             let error = Config::parse(&format!("[telemetry]\n{bad}\n")).expect_err(bad);
             assert!(format!("{error:#}").contains(key), "{bad}: {error:#}");
         }
+        // Retention per metric pattern.
+        let config = Config::parse(
+            "[[telemetry.retention]]\nmetrics = \"debug.*\"\nraw_days = 2\nrollup_days = 7\n",
+        )
+        .expect("valid");
+        assert_eq!(config.telemetry.retention.len(), 1);
+        assert_eq!(config.telemetry.retention[0].metrics, "debug.*");
+        for (bad, key) in [
+            (
+                "metrics = \"\"\nraw_days = 1\nrollup_days = 1",
+                "telemetry.retention[0].metrics",
+            ),
+            (
+                "metrics = \"a\"\nraw_days = 3\nrollup_days = 2",
+                "telemetry.retention[0].rollup_days",
+            ),
+            ("metrics = \"a\"\nraw_days = 1", "rollup_days"),
+            (
+                "metrics = \"a\"\nraw_days = 1\nrollup_days = 1\nraw = 2",
+                "raw",
+            ),
+        ] {
+            let error = Config::parse(&format!("[[telemetry.retention]]\n{bad}\n")).expect_err(bad);
+            assert!(format!("{error:#}").contains(key), "{bad}: {error:#}");
+        }
         for bad in [0, 86_401] {
             let error = Config::parse(&format!("[telemetry]\nseal_interval_secs = {bad}\n"))
                 .expect_err("out of range");

@@ -154,10 +154,11 @@ impl Platform {
         });
         let telemetry = if config.telemetry.enabled {
             let tdir = dir.join("telemetry");
-            let service = TelemetryService::open(&tdir, config.store.fsync, config.telemetry)
-                .with_context(|| {
-                    format!("cannot open the telemetry store in {}", tdir.display())
-                })?;
+            let service =
+                TelemetryService::open(&tdir, config.store.fsync, config.telemetry.clone())
+                    .with_context(|| {
+                        format!("cannot open the telemetry store in {}", tdir.display())
+                    })?;
             let service = Arc::new(service);
             Some(service)
         } else {

@@ -20,13 +20,15 @@
 //! queue but wait for the writer's reply, which comes after the WAL append (and fsync when
 //! `[store] fsync`): their success means durable.
 //!
-//! Retention: samples older than [`TelemetryConfig::raw_retention_days`] are refused at ingest
-//! ([`Refusal::Expired`]); at start (after sealing what the WAL replayed) and after each seal
-//! the writer drops the raw data of
-//! partitions (one UTC day) that ended before the raw retention, keeping their rollups, and
-//! whole partitions that ended before [`TelemetryConfig::rollup_retention_days`]
-//! ([`FileDb::apply_retention`]). Retention is global: the engine drops whole partitions, not
-//! single series, so per-metric retention is not offered.
+//! Retention ([`TelemetryConfig::retention`] per metric pattern, else
+//! [`TelemetryConfig::raw_retention_days`] / [`TelemetryConfig::rollup_retention_days`]):
+//! samples older than their metric's raw retention are refused at ingest ([`Refusal::Expired`]);
+//! at start (after sealing what the WAL replayed) and after each seal the writer rewrites each
+//! partition (one UTC day) that crossed a retention duration since it was last rewritten: each
+//! series kept, cut to its rollups or left out as its rule says; partitions past every rule's
+//! rollup retention are deleted ([`FileDb::apply_retention`]). Then it runs the compactions due
+//! (at most [`COMPACTIONS_PER_ROUND`]): level merges of the blocks seals wrote, and one merge of
+//! each day once it is an hour old ([`FileDb::compact_step`]).
 //!
 //! Export ([`TelemetryService::export_chunk`]) reads one metric at most one day at a time and
 //! at most [`EXPORT_CHUNK_POINTS`] points per job, so a long export holds bounded memory and
@@ -43,8 +45,8 @@ use myriad_broker::hooks::{Acl, BoxFuture, IngestRefused, IngestSink};
 use myriad_tsdb::index::{DEVICE_LABEL, METRIC_LABEL};
 use myriad_tsdb::promql::{self, SeriesSource};
 use myriad_tsdb::{
-    Agg, AppendError, Db, DbConfig, DbError, FileDb, FileDbError, Point, PointError, SeriesId,
-    SeriesKey, Value,
+    Agg, AppendError, Db, DbConfig, DbError, FileDb, FileDbError, Point, PointError,
+    RetentionPolicy, RetentionRule, SeriesId, SeriesKey, Value,
 };
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -68,7 +70,7 @@ const EXPORT_MAX_WINDOWS: usize = 4_096;
 const DAY_MS: i64 = 86_400_000;
 
 /// The `[telemetry]` config table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Whether `myriad serve` stores telemetry (default `true`).
@@ -81,6 +83,23 @@ pub struct TelemetryConfig {
     /// Days rollups (and so anything) are kept (default 365; at least `raw_retention_days`,
     /// at most 36,500): sealed days that ended before are deleted.
     pub rollup_retention_days: u32,
+    /// Retention per metric pattern (`[[telemetry.retention]]`, at most 64, the first whose
+    /// pattern matches a metric applies); other metrics keep the two values above.
+    pub retention: Vec<MetricRetention>,
+}
+
+/// One `[[telemetry.retention]]` rule: how long raw points and rollups of the metrics matching
+/// `metrics` are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricRetention {
+    /// Metric name pattern, `*` matching any run of characters (`debug.*`, `*_raw`); 1 to 256
+    /// bytes.
+    pub metrics: String,
+    /// Days raw points are kept (1 to 36,500).
+    pub raw_days: u32,
+    /// Days rollups are kept (`raw_days` to 36,500).
+    pub rollup_days: u32,
 }
 
 impl Default for TelemetryConfig {
@@ -90,8 +109,13 @@ impl Default for TelemetryConfig {
             seal_interval_secs: 600,
             raw_retention_days: 30,
             rollup_retention_days: 365,
+            retention: Vec::new(),
         }
     }
+}
+
+fn days_ms(d: u32) -> i64 {
+    i64::from(d) * DAY_MS
 }
 
 impl TelemetryConfig {
@@ -106,16 +130,43 @@ impl TelemetryConfig {
         if !(self.raw_retention_days..=36_500).contains(&self.rollup_retention_days) {
             return Err("rollup_retention_days: between raw_retention_days and 36500".into());
         }
+        if self.retention.len() > myriad_tsdb::retention::MAX_RULES {
+            return Err(format!(
+                "retention: at most {} rules",
+                myriad_tsdb::retention::MAX_RULES
+            ));
+        }
+        for (i, r) in self.retention.iter().enumerate() {
+            if !(1..=myriad_tsdb::retention::MAX_PATTERN_LEN).contains(&r.metrics.len()) {
+                return Err(format!("retention[{i}].metrics: 1 to 256 bytes"));
+            }
+            if !(1..=36_500).contains(&r.raw_days) {
+                return Err(format!("retention[{i}].raw_days: between 1 and 36500"));
+            }
+            if !(r.raw_days..=36_500).contains(&r.rollup_days) {
+                return Err(format!(
+                    "retention[{i}].rollup_days: between raw_days and 36500"
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// The raw and whole-data cutoffs (Unix ms) at `now_ms`.
-    pub fn cutoffs(&self, now_ms: i64) -> (i64, i64) {
-        let day = |d: u32| i64::from(d) * DAY_MS;
-        (
-            now_ms.saturating_sub(day(self.raw_retention_days)),
-            now_ms.saturating_sub(day(self.rollup_retention_days)),
+    /// The retention policy these values give the store.
+    pub fn policy(&self) -> Result<RetentionPolicy, String> {
+        RetentionPolicy::new(
+            self.retention
+                .iter()
+                .map(|r| RetentionRule {
+                    pattern: r.metrics.clone(),
+                    raw_ms: days_ms(r.raw_days),
+                    rollup_ms: days_ms(r.rollup_days),
+                })
+                .collect(),
+            days_ms(self.raw_retention_days),
+            days_ms(self.rollup_retention_days),
         )
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -254,7 +305,13 @@ impl TelemetryService {
         fsync: bool,
         config: TelemetryConfig,
     ) -> Result<TelemetryService, FileDbError> {
-        let (db, report) = FileDb::open(dir, DbConfig::default(), fsync)?;
+        let (mut db, report) = FileDb::open(dir, DbConfig::default(), fsync)?;
+        // `validate` ran at config load; a policy it lets through cannot fail here, but if it
+        // did, keeping everything loses nothing.
+        match config.policy() {
+            Ok(policy) => db.set_retention(policy),
+            Err(e) => error!(error = %e, "telemetry retention policy refused; keeping everything"),
+        }
         info!(
             dir = %db.dir().display(),
             blocks = report.blocks,
@@ -274,7 +331,7 @@ impl TelemetryService {
         let interval = Duration::from_secs(config.seal_interval_secs);
         std::thread::Builder::new()
             .name("telemetry-writer".into())
-            .spawn(move || writer(db, rx, interval, config))
+            .spawn(move || writer(db, rx, interval))
             .map_err(|source| FileDbError::Io {
                 op: "spawn writer thread",
                 path: PathBuf::new(),
@@ -570,20 +627,14 @@ fn series_of(db: &FileDb, device: &str, metrics: &[String]) -> Vec<(String, Seri
     }
 }
 
-fn writer(
-    mut db: FileDb,
-    mut jobs: mpsc::Receiver<Job>,
-    seal_every: Duration,
-    config: TelemetryConfig,
-) {
+fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
     // Points replayed from the WAL into the head join their blocks first, so retention at
     // start covers them too.
-    maintain(&mut db, &config);
+    maintain(&mut db);
     let mut next_seal = Instant::now() + seal_every;
     let mut next = jobs.blocking_recv();
     let mut stopped = None;
     while let Some(job) = next.take() {
-        let raw_cutoff = config.cutoffs(now_ms() as i64).0;
         match job {
             Job::Write { batches, reply } => {
                 // Group commit: every write waiting goes into the WAL before one sync.
@@ -598,7 +649,7 @@ fn writer(
                         Err(_) => break,
                     }
                 }
-                write_group(&mut db, group, raw_cutoff);
+                write_group(&mut db, group, now_ms() as i64);
             }
             Job::Metrics { device, reply } => {
                 let names = series_of(&db, &device, &[])
@@ -672,7 +723,7 @@ fn writer(
             }
         }
         if Instant::now() >= next_seal {
-            maintain(&mut db, &config);
+            maintain(&mut db);
             next_seal = Instant::now() + seal_every;
         }
         if next.is_none() {
@@ -682,7 +733,7 @@ fn writer(
     // Later jobs are refused (their senders see `Stopped`); the store is sealed first.
     jobs.close();
     seal(&mut db);
-    retention(&mut db, &config);
+    retention(&mut db);
     block_gauges(&db);
     info!("telemetry writer stopped");
     if let Some(done) = stopped {
@@ -692,17 +743,18 @@ fn writer(
 
 type WriteJob = (Vec<DeviceSamples>, Reply<WriteOutcome>);
 
-/// Appends each job's samples to the WAL (refusing those older than `raw_cutoff`), syncs once,
+/// Appends each job's samples to the WAL (refusing those older than their metric's raw
+/// retention at `now`), syncs once,
 /// then answers every job: its outcome once its points are durable, or the error for a job
 /// that could not be written (its samples counted as refused with reason `store`, the written
 /// ones too when the sync failed).
-fn write_group(db: &mut FileDb, group: Vec<WriteJob>, raw_cutoff: i64) {
+fn write_group(db: &mut FileDb, group: Vec<WriteJob>, now: i64) {
     let mut answers = Vec::with_capacity(group.len());
     for (batches, reply) in group {
         let mut outcome = WriteOutcome::default();
         let mut failed = None;
         for b in &batches {
-            let (o, result) = store(db, &b.device, &b.samples, raw_cutoff);
+            let (o, result) = store(db, &b.device, &b.samples, now);
             outcome.written += o.written;
             for (r, n) in o.refused {
                 *outcome.refused.entry(r).or_default() += n;
@@ -735,12 +787,12 @@ fn sync(db: &mut FileDb) -> Result<(), String> {
 
 /// Most compactions one maintenance round runs (each merges blocks, so a round always ends;
 /// the bound keeps one round from holding the writer long after a long outage).
-const COMPACTIONS_PER_ROUND: usize = 64;
+pub const COMPACTIONS_PER_ROUND: usize = 64;
 
 /// Seal, retention, then the compactions due, and the block gauges.
-fn maintain(db: &mut FileDb, config: &TelemetryConfig) {
+fn maintain(db: &mut FileDb) {
     seal(db);
-    retention(db, config);
+    retention(db);
     for _ in 0..COMPACTIONS_PER_ROUND {
         match db.compact_step(now_ms() as i64) {
             Ok(Some((plan, r))) => {
@@ -787,14 +839,15 @@ fn seal(db: &mut FileDb) {
     }
 }
 
-fn retention(db: &mut FileDb, config: &TelemetryConfig) {
-    let (raw_cutoff, cutoff) = config.cutoffs(now_ms() as i64);
-    match db.apply_retention(raw_cutoff, cutoff) {
-        Ok(r) if !r.dropped.is_empty() || !r.raw_dropped.is_empty() => {
+fn retention(db: &mut FileDb) {
+    match db.apply_retention(now_ms() as i64) {
+        Ok(r) if !r.dropped.is_empty() || !r.rewritten.is_empty() => {
             metrics::counter!(crate::metrics::TELEMETRY_COMPACTIONS_TOTAL, "kind" => "retention")
-                .increment(r.raw_dropped.len() as u64);
+                .increment(r.rewritten.len() as u64);
             info!(
-                raw_dropped = r.raw_dropped.len(),
+                rewritten = r.rewritten.len(),
+                raw_dropped_series = r.raw_dropped_series,
+                expired_series = r.expired_series,
                 dropped = r.dropped.len(),
                 "telemetry retention applied"
             )
@@ -869,14 +922,14 @@ fn stored(p: Point) -> StoredPoint {
     }
 }
 
-/// Appends one device's samples to the WAL without syncing (refusing those older than
-/// `raw_cutoff`), counting the metrics. The result is `Err` when the WAL could not be written
+/// Appends one device's samples to the WAL without syncing (refusing those older than their
+/// metric's raw retention at `now`), counting the metrics. The result is `Err` when the WAL could not be written
 /// (the samples are then counted as refused with reason `store`).
 fn store(
     db: &mut FileDb,
     device: &str,
     samples: &[crate::telemetry::ParsedSample],
-    raw_cutoff: i64,
+    now: i64,
 ) -> (WriteOutcome, Result<(), String>) {
     let mut outcome = WriteOutcome::default();
     let mut refuse = |r: Refusal, n: usize| {
@@ -885,7 +938,8 @@ fn store(
     };
     let mut batch = Vec::with_capacity(samples.len());
     for s in samples {
-        if s.ts < raw_cutoff {
+        let (raw_ms, _) = db.db().retention().for_metric(s.metric.as_str());
+        if s.ts < now.saturating_sub(raw_ms) {
             refuse(Refusal::Expired, 1);
             continue;
         }
@@ -1077,8 +1131,36 @@ mod tests {
     fn retention_config_rules() {
         let ok = TelemetryConfig::default();
         assert_eq!(ok.validate(), Ok(()));
-        let (raw, all) = ok.cutoffs(100 * DAY_MS);
-        assert_eq!((raw, all), (70 * DAY_MS, -265 * DAY_MS));
+        let policy = ok.policy().expect("policy");
+        assert_eq!(policy.for_metric("x"), (30 * DAY_MS, 365 * DAY_MS));
+        let rule = |metrics: &str, raw_days, rollup_days| MetricRetention {
+            metrics: metrics.into(),
+            raw_days,
+            rollup_days,
+        };
+        let with = |rules: Vec<MetricRetention>| TelemetryConfig {
+            retention: rules,
+            ..TelemetryConfig::default()
+        };
+        let c = with(vec![rule("debug.*", 2, 7)]);
+        assert_eq!(c.validate(), Ok(()));
+        let policy = c.policy().expect("policy");
+        assert_eq!(policy.for_metric("debug.x"), (2 * DAY_MS, 7 * DAY_MS));
+        assert_eq!(policy.for_metric("temp"), (30 * DAY_MS, 365 * DAY_MS));
+        for (rules, key) in [
+            (vec![rule("", 1, 1)], "retention[0].metrics"),
+            (vec![rule(&"x".repeat(257), 1, 1)], "retention[0].metrics"),
+            (
+                vec![rule("a", 1, 1), rule("b", 0, 1)],
+                "retention[1].raw_days",
+            ),
+            (vec![rule("a", 5, 4)], "retention[0].rollup_days"),
+            (vec![rule("a", 1, 36_501)], "retention[0].rollup_days"),
+            (vec![rule("a", 1, 1); 65], "retention: at most 64"),
+        ] {
+            assert!(with(rules).validate().expect_err(key).starts_with(key));
+        }
+        assert_eq!(with(vec![rule("a", 1, 1); 64]).validate(), Ok(()));
         for (raw, roll, key) in [
             (0, 365, "raw_retention_days"),
             (36_501, 36_501, "raw_retention_days"),
