@@ -11,6 +11,16 @@
 //! `device` = device id, `metric` = metric, plus its extra labels, so `temp{device="d1"}` and
 //! `{device="d1",metric="temp"}` select the same series.
 //!
+//! Device labels come from outside the store (the registry, through a [`DeviceLabelSource`]):
+//! `group` ([`GROUP_LABEL`]: the device's groups, sorted and comma-joined; `=`/`=~` hold when
+//! one group or the joined value matches, `!=`/`!~` when none does) and one label per
+//! attribute ([`attribute_label`] sanitises the keys). A selector is resolved in two steps:
+//! [`candidates`] picks the series by the store's labels from the index's posting lists (on
+//! the thread that owns the [`Db`]), [`finish`] applies the device-label matchers once the
+//! candidates' devices' labels are read (by whoever can reach the registry). The label APIs
+//! split the same way ([`series_candidates`] / [`series_finish`], [`index_labels`] /
+//! [`label_names_finish`] / [`label_values_finish`]).
+//!
 //! # The subset
 //!
 //! * Instant vector selectors `m{l="v", l!="v", l=~"re", l!~"re"}`, with `offset`; `@` is
@@ -42,6 +52,7 @@
 //! | points read plus points answered | [`PromLimits::max_samples`] (10,000,000) | [`PromError::TooManySamples`] (execution) |
 //! | compiled regex | [`PromLimits::max_regex_bytes`] (1 MiB, `regex` `size_limit`) | [`PromError::Regex`] (bad_data) |
 //! | range of `[r]` / offset | [`MAX_RANGE_MS`] (400 days) | [`PromError::Unsupported`] (bad_data) |
+//! | series or devices examined per selector or label request (candidates of a selector with a device-label matcher, [`Db::has_data`] checks of a window, devices whose labels are read) | [`PromLimits::max_examined`] (100,000) | [`PromError::TooManyExamined`] (execution) |
 
 use std::collections::BTreeMap;
 
