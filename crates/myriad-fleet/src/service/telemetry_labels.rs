@@ -96,6 +96,73 @@ mod tests {
     use crate::service::telemetry::{DeviceSamples, TelemetryConfig, TelemetryService};
     use crate::telemetry::{ParsedSample, Sample};
 
+    /// Timing, not a check: `cargo test --profile ci -p myriad-fleet --lib
+    /// telemetry_labels::tests::timing -- --ignored --nocapture`. 10,000 registered devices with
+    /// one `temp` series each (and 90,000 more series of other metrics).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn timing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FleetStore::open(&dir.path().join("fleet")).expect("store"));
+        let rows: Vec<_> = (0..10_000)
+            .map(|i| {
+                let mut new = NewDevice::new(DeviceId::new(format!("dev{i:05}")).expect("id"));
+                new.groups.insert(format!("g{}", i % 10));
+                new.attributes.insert("site".into(), format!("s{}", i % 7));
+                (new, None)
+            })
+            .collect();
+        store.insert_devices_batch(&rows, 0).expect("insert");
+        let svc =
+            TelemetryService::open(dir.path().join("tsdb"), false, TelemetryConfig::default())
+                .expect("open");
+        let now = now_ms() as i64;
+        let batches = (0..10_000)
+            .map(|i| DeviceSamples {
+                device: format!("dev{i:05}"),
+                samples: (0..10)
+                    .map(|m| ParsedSample {
+                        metric: if m == 0 {
+                            "temp".into()
+                        } else {
+                            format!("m{m}")
+                        },
+                        ts: now - 1_000,
+                        value: Sample::Number(f64::from(i)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        svc.write_durable(batches).await.expect("write");
+        let source = LabelledReads {
+            reads: SlicedReads(svc.clone()),
+            devices: RegistryLabels(store.clone()),
+        };
+        tokio::task::spawn_blocking(move || {
+            let l = PromLimits::default();
+            for text in [
+                r#"temp{device="dev00007"}"#,
+                "sum by (site) (temp)",
+                r#"count(temp{group="g3"})"#,
+                r#"count({group="g3"})"#,
+            ] {
+                let q = promql::Query::parse(text, &l).expect("parse");
+                let started = std::time::Instant::now();
+                let r = promql::eval_instant(&source, &q, now, &l);
+                println!(
+                    "{text}: {:?} in {:?}",
+                    r.map(|v| match v {
+                        promql::Instant::Vector(v) => v.len(),
+                        _ => 0,
+                    }),
+                    started.elapsed()
+                );
+            }
+        })
+        .await
+        .expect("join");
+    }
+
     /// Through the service and a real registry: `{group=..}` and `sum by (site)` resolve from
     /// the registry, and a device's new groups show in the next query.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
