@@ -231,6 +231,108 @@ def test_labels_values_series_and_buildinfo(fleet):
     assert ok(fleet.port, "GET", "/api/v1/metadata") == {}
 
 
+# ------------------------------------------------------------------ device labels
+
+
+@pytest.fixture(scope="module")
+def labelled(broker, api):
+    """Three devices registered over the HTTP API with groups and attributes: a0 in groups
+    (g, h) at site s1 with `fw-version`, a1 in g at s2, a2 in no group at s1; `temp` = 1, 2, 4
+    at one time, 10 minutes back."""
+    g, h, s1, s2 = unique("lg"), unique("lh"), unique("ls"), unique("ls")
+    t_ms = (int(time.time()) // 60) * 60_000 - 10 * 60_000
+    spec = [([g, h], {"site": s1, "fw-version": "1.2"}, 1), ([g], {"site": s2}, 2), ([], {"site": s1}, 4)]
+    devs = []
+    for groups, attrs, value in spec:
+        dev = unique("la")
+        api.ok("POST", "/api/v1/devices", {"id": dev, "password": "dev-pw-1", "groups": groups,
+                                           "attributes": attrs}, expect=201)
+        Fleet.publish(broker, dev, "dev-pw-1", [{"ts": t_ms, "temp": value}])
+        devs.append(dev)
+    for dev in devs:
+        path = f"/api/v1/devices/{dev}/telemetry?metrics=temp&from={t_ms}&to={t_ms + 1}"
+        assert wait_until(lambda: sum(len(s["points"]) for s in api.ok("GET", path)["series"]) == 1, 10)
+    return {"g": g, "h": h, "s1": s1, "s2": s2, "t": t_ms // 1000, "devs": devs}
+
+
+def at(port: int, query: str, t: int) -> list[dict]:
+    """query_range at one step, as Grafana POSTs it: [{metric, value}]."""
+    data = ok(port, "POST", "/api/v1/query_range", [
+        ("query", query), ("start", str(t)), ("end", str(t)), ("step", "15")])
+    return [{"metric": s["metric"], "value": float(s["values"][0][1])} for s in data["result"]]
+
+
+def test_device_groups_and_attributes_are_labels(broker, labelled):
+    p, L = broker.api_port, labelled
+    a0, a1, a2 = L["devs"]
+    g, h, s1, s2, t = L["g"], L["h"], L["s1"], L["s2"], L["t"]
+    # Labels on a series: groups sorted and comma-joined, attribute keys as label names
+    # (fw-version -> fw_version); a device in no group has no group label.
+    [s] = at(p, f'temp{{device="{a0}"}}', t)
+    assert s["metric"] == {"__name__": "temp", "device": a0, "metric": "temp",
+                           "group": ",".join(sorted([g, h])), "site": s1, "fw_version": "1.2"}
+    [s] = at(p, f'temp{{device="{a2}"}}', t)
+    assert s["metric"] == {"__name__": "temp", "device": a2, "metric": "temp", "site": s1}
+
+    def devices(query: str) -> list[str]:
+        return sorted(s["metric"]["device"] for s in at(p, query, t))
+    # = and =~ select a device when one of its groups matches; != and !~ when none does.
+    assert devices(f'temp{{group="{g}"}}') == sorted([a0, a1])
+    assert devices(f'temp{{group="{h}"}}') == [a0]
+    assert devices(f'temp{{group=~"{h}|nosuch"}}') == [a0]
+    assert devices(f'temp{{site=~"{s1}|{s2}",group!="{h}"}}') == sorted([a1, a2])
+    assert devices(f'temp{{site=~"{s1}|{s2}",group!~"{g}"}}') == [a2]
+    assert devices(f'{{site="{s1}"}}') == sorted([a0, a2])
+    # Aggregations by attribute and by group.
+    by_site = {s["metric"]["site"]: s["value"] for s in at(p, f'sum by (site) (temp{{group="{g}"}})', t)}
+    assert by_site == {s1: 1.0, s2: 2.0}
+    by_site = {s["metric"]["site"]: s["value"] for s in at(p, f'sum by (site) (temp{{site=~"{s1}|{s2}"}})', t)}
+    assert by_site == {s1: 5.0, s2: 2.0}
+    by_group = {s["metric"]["group"]: s["value"] for s in at(p, f'avg by (group) (temp{{group="{g}"}})', t)}
+    assert by_group == {g: 2.0, ",".join(sorted([g, h])): 1.0}
+    # The label APIs list them (Grafana's label browser sends start/end).
+    window = [("start", str(t - 60)), ("end", str(t + 60))]
+    assert {s1, s2} <= set(ok(p, "GET", "/api/v1/label/site/values", window))
+    assert {g, h} <= set(ok(p, "GET", "/api/v1/label/group/values", window))
+    assert {"group", "site", "fw_version"} <= set(ok(p, "POST", "/api/v1/labels", window))
+    assert ok(p, "GET", "/api/v1/label/site/values", [("match[]", f'temp{{group="{h}"}}')]) == [s1]
+    series = ok(p, "POST", "/api/v1/series", [("match[]", f'{{group="{g}"}}')] + window)
+    assert sorted((x["device"], x["site"]) for x in series) == sorted([(a0, s1), (a1, s2)])
+    # A registry change shows in the next query: a2 joins g, a1 moves to s1.
+    Api(p, TOKEN).ok("PATCH", f"/api/v1/devices/{a2}", {"groups": [g]})
+    Api(p, TOKEN).ok("PATCH", f"/api/v1/devices/{a1}", {"attributes": {"site": s1}})
+    assert devices(f'temp{{group="{g}"}}') == sorted([a0, a1, a2])
+    [s] = at(p, f'sum by (site) (temp{{group="{g}"}})', t)
+    assert s == {"metric": {"site": s1}, "value": 7.0}
+
+
+def test_label_apis_without_match_honour_start_end(broker, api, labelled):
+    """A device with points only 3 hours back: a window after them leaves out its metric, its
+    device id and its attribute's label name; a window around them keeps them."""
+    p = broker.api_port
+    key, metric = unique("oldkey"), unique("oldmetric")
+    dev = unique("old")
+    api.ok("POST", "/api/v1/devices", {"id": dev, "password": "dev-pw-1", "groups": [unique("og")],
+                                       "attributes": {key: "v"}}, expect=201)
+    old_ms = int(time.time()) * 1000 - 3 * 3_600_000
+    Fleet.publish(broker, dev, "dev-pw-1", [{"ts": old_ms, metric: 1}])
+    path = f"/api/v1/devices/{dev}/telemetry?metrics={metric}&from={old_ms}&to={old_ms + 1}"
+    assert wait_until(lambda: sum(len(s["points"]) for s in api.ok("GET", path)["series"]) == 1, 10)
+    recent = [("start", str(labelled["t"] - 60)), ("end", str(int(time.time())))]
+    around = [("start", str(old_ms // 1000 - 60)), ("end", str(old_ms // 1000 + 60))]
+    assert metric not in ok(p, "GET", "/api/v1/label/__name__/values", recent)
+    assert dev not in ok(p, "GET", "/api/v1/label/device/values", recent)
+    assert key not in ok(p, "POST", "/api/v1/labels", recent)
+    assert "temp" in ok(p, "GET", "/api/v1/label/__name__/values", recent)
+    assert ok(p, "GET", "/api/v1/label/__name__/values", around) == [metric]
+    assert ok(p, "GET", "/api/v1/label/device/values", around) == [dev]
+    assert key in ok(p, "GET", "/api/v1/labels", around)
+    assert ok(p, "GET", f"/api/v1/label/{key}/values", around) == ["v"]
+    assert ok(p, "GET", f"/api/v1/label/{key}/values", recent) == []
+    # Without start/end: every series, old ones included.
+    assert metric in ok(p, "GET", "/api/v1/label/__name__/values")
+
+
 def test_bad_input_answers_the_error_envelope(fleet):
     p = fleet.port
     rng = lambda q, start="0", end="60", step="15": [  # noqa: E731

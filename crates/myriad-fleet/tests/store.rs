@@ -390,6 +390,42 @@ fn a_file_that_is_not_a_store_is_an_error() {
 }
 
 #[test]
+fn many_devices_are_read_by_id_in_the_order_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FleetStore::open(dir.path()).unwrap();
+    for i in 0..3 {
+        store.create_device(&device(i), 1).unwrap();
+    }
+    let got = store
+        .get_devices(&[
+            "dev-00002",
+            "nosuch",
+            "dev-00000",
+            "not a valid id",
+            "dev-00002",
+        ])
+        .unwrap();
+    let ids: Vec<Option<String>> = got
+        .iter()
+        .map(|d| d.as_ref().map(|d| d.id.as_str().to_owned()))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            Some("dev-00002".into()),
+            None,
+            Some("dev-00000".into()),
+            None,
+            Some("dev-00002".into())
+        ]
+    );
+    let first = got[2].as_ref().unwrap();
+    assert_eq!(first.groups, BTreeSet::from(["even".to_owned()]));
+    assert_eq!(first.attributes["site"], "ber");
+    assert!(store.get_devices(&[]).unwrap().is_empty());
+}
+
+#[test]
 fn groups_are_counted_in_name_order_page_by_page() {
     let dir = tempfile::tempdir().unwrap();
     let store = FleetStore::open(dir.path()).unwrap();

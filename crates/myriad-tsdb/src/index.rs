@@ -286,6 +286,20 @@ impl SeriesIndex {
         Ok(out)
     }
 
+    /// Whether some series has label `name` (`device` and `metric` once a series exists).
+    pub fn has_label(&self, name: &str) -> bool {
+        self.postings.contains_key(name)
+    }
+
+    /// The series with label `name` = `value`, ascending (a borrowed posting list; empty if
+    /// none).
+    pub fn postings(&self, name: &str, value: &str) -> &[SeriesId] {
+        self.postings
+            .get(name)
+            .and_then(|m| m.get(value))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// Every label name in use, sorted (`device` and `metric` included once a series exists).
     pub fn label_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.postings.keys().map(String::as_str).collect();
@@ -363,4 +377,35 @@ fn decode_key(mut b: &[u8]) -> Option<SeriesKey> {
         key.labels.insert(k, v);
     }
     Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postings_and_has_label() {
+        let mut index = SeriesIndex::new(IndexLimits::default());
+        assert!(!index.has_label(DEVICE_LABEL));
+        assert!(index.postings(DEVICE_LABEL, "d1").is_empty());
+        let a = index
+            .get_or_create(&SeriesKey::new("d1", "temp"))
+            .expect("a")
+            .0;
+        let b = index
+            .get_or_create(&SeriesKey::new("d2", "temp").with_label("zone", "z1"))
+            .expect("b")
+            .0;
+        let c = index
+            .get_or_create(&SeriesKey::new("d1", "hum"))
+            .expect("c")
+            .0;
+        assert!(index.has_label(DEVICE_LABEL) && index.has_label(METRIC_LABEL));
+        assert!(index.has_label("zone") && !index.has_label("group"));
+        assert_eq!(index.postings(DEVICE_LABEL, "d1"), &[a, c]);
+        assert_eq!(index.postings(METRIC_LABEL, "temp"), &[a, b]);
+        assert_eq!(index.postings("zone", "z1"), &[b]);
+        assert!(index.postings("zone", "z2").is_empty());
+        assert!(index.postings("nosuch", "x").is_empty());
+    }
 }

@@ -11,6 +11,16 @@
 //! `device` = device id, `metric` = metric, plus its extra labels, so `temp{device="d1"}` and
 //! `{device="d1",metric="temp"}` select the same series.
 //!
+//! Device labels come from outside the store (the registry, through a [`DeviceLabelSource`]):
+//! `group` ([`GROUP_LABEL`]: the device's groups, sorted and comma-joined; `=`/`=~` hold when
+//! one group or the joined value matches, `!=`/`!~` when none does) and one label per
+//! attribute ([`attribute_label`] sanitises the keys). A selector is resolved in two steps:
+//! [`candidates`] picks the series by the store's labels from the index's posting lists (on
+//! the thread that owns the [`Db`]), [`finish`] applies the device-label matchers once the
+//! candidates' devices' labels are read (by whoever can reach the registry). The label APIs
+//! split the same way ([`series_candidates`] / [`series_finish`], [`index_labels`] /
+//! [`label_names_finish`] / [`label_values_finish`]).
+//!
 //! # The subset
 //!
 //! * Instant vector selectors `m{l="v", l!="v", l=~"re", l!~"re"}`, with `offset`; `@` is
@@ -42,6 +52,7 @@
 //! | points read plus points answered | [`PromLimits::max_samples`] (10,000,000) | [`PromError::TooManySamples`] (execution) |
 //! | compiled regex | [`PromLimits::max_regex_bytes`] (1 MiB, `regex` `size_limit`) | [`PromError::Regex`] (bad_data) |
 //! | range of `[r]` / offset | [`MAX_RANGE_MS`] (400 days) | [`PromError::Unsupported`] (bad_data) |
+//! | series or devices examined per selector or label request (candidates of a selector with a device-label matcher, [`Db::has_data`] checks of a window, devices whose labels are read) | [`PromLimits::max_examined`] (100,000) | [`PromError::TooManyExamined`] (execution) |
 
 use std::collections::BTreeMap;
 
@@ -51,7 +62,7 @@ use regex::{Regex, RegexBuilder};
 
 use crate::block::as_f64;
 use crate::db::{Db, DbError};
-use crate::index::{DEVICE_LABEL, METRIC_LABEL, SeriesId, SeriesIndex};
+use crate::index::{DEVICE_LABEL, METRIC_LABEL, SeriesId, SeriesIndex, SeriesKey};
 use crate::value::Point;
 
 /// How far back an instant selector looks for a point (Prometheus's default 5 minutes).
@@ -77,6 +88,11 @@ pub struct PromLimits {
     pub max_samples: u64,
     /// `size_limit` of each compiled `=~` / `!~` regex, bytes.
     pub max_regex_bytes: usize,
+    /// Most series or devices examined to resolve device labels or a `start`/`end` window: the
+    /// candidate series of a selector with a device-label matcher, the series checked for
+    /// data in a window ([`Db::has_data`]) and the devices whose labels are read, per selector
+    /// or label request.
+    pub max_examined: usize,
 }
 
 impl Default for PromLimits {
@@ -86,6 +102,7 @@ impl Default for PromLimits {
             max_series: 10_000,
             max_samples: 10_000_000,
             max_regex_bytes: 1024 * 1024,
+            max_examined: 100_000,
         }
     }
 }
@@ -137,6 +154,14 @@ pub enum PromError {
         /// The limit.
         limit: u64,
     },
+    /// More than [`PromLimits::max_examined`] series or devices to examine.
+    #[error(
+        "more than {limit} series or devices would be examined to resolve device labels (group, attributes) or the start/end window; narrow the selector with a metric name or device matcher, or the window"
+    )]
+    TooManyExamined {
+        /// The limit.
+        limit: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -152,6 +177,7 @@ impl PromError {
             self,
             PromError::TooManySeries { .. }
                 | PromError::TooManySamples { .. }
+                | PromError::TooManyExamined { .. }
                 | PromError::Db(_)
                 | PromError::Unavailable(_)
         )
@@ -492,69 +518,417 @@ fn index_label(name: &str) -> &str {
     }
 }
 
-/// The label set of series `id`.
-pub fn labels_of(index: &SeriesIndex, id: SeriesId) -> Option<Labels> {
-    let key = index.key(id)?;
+/// Whether `name` is answered by the store's index (the metric name, `device`, `metric` and any
+/// label stored with series keys) rather than by the registry's device labels.
+fn is_store_label(index: &SeriesIndex, name: &str) -> bool {
+    name == NAME_LABEL || name == DEVICE_LABEL || name == METRIC_LABEL || index.has_label(name)
+}
+
+/// The value of store label `name` on `key` (`""` when it has none).
+fn key_value<'k>(key: &'k SeriesKey, name: &str) -> &'k str {
+    match name {
+        NAME_LABEL | METRIC_LABEL => &key.metric,
+        DEVICE_LABEL => &key.device,
+        other => key.labels.get(other).map_or("", String::as_str),
+    }
+}
+
+/// The label set of a series key.
+fn key_labels(key: SeriesKey) -> Labels {
     let mut l = key.labels;
     l.insert(NAME_LABEL.into(), key.metric.clone());
     l.insert(METRIC_LABEL.into(), key.metric);
     l.insert(DEVICE_LABEL.into(), key.device);
-    Some(l)
+    l
 }
 
-/// The series `sel` matches, with their labels, ascending by id; more than
-/// [`PromLimits::max_series`] is [`PromError::TooManySeries`].
-pub fn select(
+/// The label set of series `id` (its store labels only).
+pub fn labels_of(index: &SeriesIndex, id: SeriesId) -> Option<Labels> {
+    index.key(id).map(key_labels)
+}
+
+/// The label holding a device's groups on its series: the group names, sorted and joined with
+/// `,` (absent for a device in no group).
+pub const GROUP_LABEL: &str = "group";
+
+/// The label name a registry attribute key shows as, or `None` when it is skipped.
+///
+/// Registry keys are 1 to 64 bytes of `[A-Za-z0-9_.:-]`; Prometheus label names are
+/// `[a-zA-Z_][a-zA-Z0-9_]*`. Keys are sanitised as Prometheus's service discovery does: every
+/// `.`, `:` and `-` becomes `_`, and a key starting with a digit gets a leading `_`
+/// (`fw-version` -> `fw_version`, `2fa` -> `_2fa`). A name that then starts with `__`
+/// (reserved in Prometheus) or is `device`, `metric` or `group` is skipped. When two keys of one
+/// device give the same name, the key that needed no change wins, else the first key in byte
+/// order ([`DeviceLabels::new`]).
+pub fn attribute_label(key: &str) -> Option<String> {
+    let mut name = String::with_capacity(key.len() + 1);
+    if key.starts_with(|c: char| c.is_ascii_digit()) {
+        name.push('_');
+    }
+    name.extend(key.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    let reserved = name.is_empty()
+        || name.starts_with("__")
+        || [DEVICE_LABEL, METRIC_LABEL, GROUP_LABEL].contains(&name.as_str());
+    (!reserved).then_some(name)
+}
+
+/// A device's labels from the registry: its groups and its attributes as label pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceLabels {
+    /// Group names, sorted, without duplicates or empty names.
+    groups: Vec<String>,
+    /// Attribute label name ([`attribute_label`]) -> value; empty values are left out (an
+    /// empty label is no label in Prometheus).
+    attributes: Labels,
+}
+
+impl DeviceLabels {
+    /// The labels of a device in `groups` with `attributes` (registry keys and values).
+    pub fn new<G, A, K, V>(groups: G, attributes: A) -> DeviceLabels
+    where
+        G: IntoIterator,
+        G::Item: Into<String>,
+        A: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let mut groups: Vec<String> = groups
+            .into_iter()
+            .map(Into::into)
+            .filter(|g| !g.is_empty())
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let mut named: Vec<(String, bool, String, String)> = attributes
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let key = k.as_ref();
+                let value: String = v.into();
+                let name = attribute_label(key)?;
+                (!value.is_empty()).then(|| (name.clone(), name != key, key.to_owned(), value))
+            })
+            .collect();
+        // Per name: the unchanged key first, then by key.
+        named.sort();
+        let mut attributes = Labels::new();
+        for (name, _, _, value) in named {
+            attributes.entry(name).or_insert(value);
+        }
+        DeviceLabels { groups, attributes }
+    }
+
+    /// The group names, sorted.
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+
+    /// The attribute labels (label name -> value).
+    pub fn attributes(&self) -> &Labels {
+        &self.attributes
+    }
+
+    /// Whether `m` (on a label that is not the store's) holds for this device. For `group`, a
+    /// device's values are each of its groups and their joined form (`""` for no group):
+    /// `=` / `=~` hold when one of them matches, `!=` / `!~` when none matches the positive
+    /// form. Other names take the attribute's value (`""` when absent).
+    fn is_match(&self, m: &Match) -> bool {
+        if m.name != GROUP_LABEL {
+            return m.is_match(self.attributes.get(&m.name).map_or("", String::as_str));
+        }
+        let positive = |v: &str| match &m.op {
+            LabelMatch::Eq(s) | LabelMatch::Ne(s) => s == v,
+            LabelMatch::Re(r) | LabelMatch::NotRe(r) => r.is_match(v),
+        };
+        let joined = self.groups.join(",");
+        let any = positive(&joined) || self.groups.iter().any(|g| positive(g));
+        match m.op {
+            LabelMatch::Eq(_) | LabelMatch::Re(_) => any,
+            LabelMatch::Ne(_) | LabelMatch::NotRe(_) => !any,
+        }
+    }
+
+    /// Adds these labels to a series' `labels` (the store's labels win on a clash).
+    fn add_to(&self, labels: &mut Labels) {
+        if !self.groups.is_empty() {
+            labels
+                .entry(GROUP_LABEL.into())
+                .or_insert_with(|| self.groups.join(","));
+        }
+        for (k, v) in &self.attributes {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+
+    /// Names of these labels.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        (!self.groups.is_empty())
+            .then_some(GROUP_LABEL)
+            .into_iter()
+            .chain(self.attributes.keys().map(String::as_str))
+    }
+
+    /// Values of label `name` (each group for `group`).
+    fn values(&self, name: &str) -> Vec<&str> {
+        if name == GROUP_LABEL {
+            self.groups.iter().map(String::as_str).collect()
+        } else {
+            self.attributes
+                .get(name)
+                .map(String::as_str)
+                .into_iter()
+                .collect()
+        }
+    }
+}
+
+/// Where device labels come from: the registry (the telemetry service), or none.
+pub trait DeviceLabelSource {
+    /// The labels of each of `devices`, in the same order; a device the registry does not
+    /// know has none ([`DeviceLabels::default`]).
+    fn device_labels(&self, devices: &[&str]) -> Result<Vec<DeviceLabels>, PromError>;
+}
+
+/// No registry: no device has labels beyond the store's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDeviceLabels;
+
+impl DeviceLabelSource for NoDeviceLabels {
+    fn device_labels(&self, devices: &[&str]) -> Result<Vec<DeviceLabels>, PromError> {
+        Ok(vec![DeviceLabels::default(); devices.len()])
+    }
+}
+
+/// A fixed table of device labels (tests, tools).
+impl DeviceLabelSource for BTreeMap<String, DeviceLabels> {
+    fn device_labels(&self, devices: &[&str]) -> Result<Vec<DeviceLabels>, PromError> {
+        Ok(devices
+            .iter()
+            .map(|d| self.get(*d).cloned().unwrap_or_default())
+            .collect())
+    }
+}
+
+/// Labels of each distinct device of `devices` (sorted, deduplicated first).
+fn lookup<'a>(
+    devices: impl Iterator<Item = &'a str>,
+    source: &dyn DeviceLabelSource,
+) -> Result<BTreeMap<&'a str, DeviceLabels>, PromError> {
+    let mut ids: Vec<&str> = devices.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let labels = source.device_labels(&ids)?;
+    Ok(ids.into_iter().zip(labels).collect())
+}
+
+/// The series a selector's store matchers (metric name, `device`, `metric`) select, before the
+/// registry's device labels are applied: what [`candidates`] answers on the telemetry writer
+/// thread, and [`finish`] completes with the labels of the devices (read elsewhere).
+#[derive(Debug, Clone, Default)]
+pub struct Candidates {
+    series: Vec<(SeriesId, SeriesKey)>,
+    /// The selector's matchers on device labels (group, attributes).
+    device_matchers: Vec<Match>,
+}
+
+impl Candidates {
+    /// The devices of the candidate series (with repeats).
+    pub fn devices(&self) -> impl Iterator<Item = &str> {
+        self.series.iter().map(|(_, k)| k.device.as_str())
+    }
+
+    /// Number of candidate series.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+/// The series whose store labels satisfy `sel`'s store matchers and that `keep` keeps (the
+/// `start`/`end` window of the label APIs), ascending by id.
+///
+/// Resolution goes through the index's postings: an equality matcher on a store label (or, if
+/// none, the first store matcher that needs the label set) names the candidate posting lists.
+/// Only when every non-empty matcher is on a device label (`{group="lab"}`) are all series
+/// candidates, and then at most [`PromLimits::max_examined`] ([`PromError::TooManyExamined`]
+/// one past). Bounds on the answer: [`PromLimits::max_series`] ([`PromError::TooManySeries`])
+/// when `sel` has no device-label matcher (the candidates are the answer), else
+/// [`PromLimits::max_examined`]; calls of `keep` count against [`PromLimits::max_examined`]
+/// too.
+pub fn candidates(
     index: &SeriesIndex,
     sel: &Selector,
     limits: &PromLimits,
-) -> Result<Vec<(SeriesId, Labels)>, PromError> {
-    // Candidates from the postings of one matcher that needs the label to be set: an equality
-    // if there is one, else the first such matcher over the label's values.
-    let anchor = sel
+    keep: Option<&dyn Fn(SeriesId) -> bool>,
+) -> Result<Candidates, PromError> {
+    let (store, device_matchers): (Vec<&Match>, Vec<&Match>) = sel
         .matchers
         .iter()
-        .find(|m| matches!(&m.op, LabelMatch::Eq(v) if !v.is_empty()))
-        .or_else(|| sel.matchers.iter().find(|m| !m.is_match("")));
-    let Some(anchor) = anchor else {
-        return Err(PromError::Param(
-            "query: vector selector must contain at least one non-empty matcher".into(),
-        ));
+        .partition(|m| is_store_label(index, &m.name));
+    let examined_past = || PromError::TooManyExamined {
+        limit: limits.max_examined,
     };
-    let name = index_label(&anchor.name);
-    let mut candidates: Vec<SeriesId> = match &anchor.op {
-        LabelMatch::Eq(v) => index.select(&[(name, v)]).unwrap_or_default(),
-        _ => {
-            let mut ids = Vec::new();
-            for v in index.label_values(name) {
-                if anchor.is_match(v) {
-                    ids.extend(index.select(&[(name, v)]).unwrap_or_default());
+    let anchor = store
+        .iter()
+        .find(|m| matches!(&m.op, LabelMatch::Eq(v) if !v.is_empty()))
+        .or_else(|| store.iter().find(|m| !m.is_match("")));
+    let ids: Vec<SeriesId> = match anchor {
+        Some(anchor) => {
+            let name = index_label(&anchor.name);
+            match &anchor.op {
+                LabelMatch::Eq(v) => index.postings(name, v).to_vec(),
+                _ => {
+                    let mut ids = Vec::new();
+                    for v in index.label_values(name) {
+                        if anchor.is_match(v) {
+                            ids.extend_from_slice(index.postings(name, v));
+                        }
+                    }
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids
                 }
             }
-            ids.sort_unstable();
-            ids.dedup();
-            ids
+        }
+        None if device_matchers.iter().any(|m| !m.is_match("")) => {
+            if index.len() > limits.max_examined {
+                return Err(examined_past());
+            }
+            (0..index.len() as u32).map(SeriesId).collect()
+        }
+        None => {
+            return Err(PromError::Param(
+                "query: vector selector must contain at least one non-empty matcher".into(),
+            ));
         }
     };
+    let mut kept = 0usize;
     let mut out = Vec::new();
-    for id in candidates.drain(..) {
-        let Some(labels) = labels_of(index, id) else {
+    for id in ids {
+        let Some(key) = index.key(id) else {
             continue;
         };
-        let all = sel
-            .matchers
+        if !store
             .iter()
-            .all(|m| m.is_match(labels.get(&m.name).map_or("", String::as_str)));
-        if all {
+            .all(|m| m.is_match(key_value(&key, index_label(&m.name))))
+        {
+            continue;
+        }
+        if let Some(keep) = keep {
+            kept += 1;
+            if kept > limits.max_examined {
+                return Err(examined_past());
+            }
+            if !keep(id) {
+                continue;
+            }
+        }
+        if device_matchers.is_empty() {
             if out.len() >= limits.max_series {
                 return Err(PromError::TooManySeries {
                     limit: limits.max_series,
                 });
             }
-            out.push((id, labels));
+        } else if out.len() >= limits.max_examined {
+            return Err(examined_past());
+        }
+        out.push((id, key));
+    }
+    Ok(Candidates {
+        series: out,
+        device_matchers: device_matchers.into_iter().cloned().collect(),
+    })
+}
+
+/// Completes [`candidates`]: reads the labels of their devices from `devices` (one call),
+/// keeps the series whose device labels satisfy the selector's device-label matchers, and
+/// answers them with their labels (store labels plus the device's `group` and attribute
+/// labels), ascending by id; more than [`PromLimits::max_series`] is
+/// [`PromError::TooManySeries`].
+pub fn finish(
+    candidates: Candidates,
+    devices: &dyn DeviceLabelSource,
+    limits: &PromLimits,
+) -> Result<Vec<(SeriesId, Labels)>, PromError> {
+    let Candidates {
+        series,
+        device_matchers,
+    } = candidates;
+    let by_device = lookup(series.iter().map(|(_, k)| k.device.as_str()), devices)?;
+    let none = DeviceLabels::default();
+    let mut keep = Vec::new();
+    for (i, (_, key)) in series.iter().enumerate() {
+        let dl = by_device.get(key.device.as_str()).unwrap_or(&none);
+        if device_matchers.iter().all(|m| dl.is_match(m)) {
+            if keep.len() >= limits.max_series {
+                return Err(PromError::TooManySeries {
+                    limit: limits.max_series,
+                });
+            }
+            keep.push((i, dl.clone()));
         }
     }
-    Ok(out)
+    drop(by_device);
+    let mut series: Vec<Option<(SeriesId, SeriesKey)>> = series.into_iter().map(Some).collect();
+    Ok(keep
+        .into_iter()
+        .filter_map(|(i, dl)| {
+            let (id, key) = series[i].take()?;
+            let mut labels = key_labels(key);
+            dl.add_to(&mut labels);
+            Some((id, labels))
+        })
+        .collect())
+}
+
+/// The series `sel` matches by the store's labels only (device labels are unknown here: a
+/// device-label matcher sees none), with their labels, ascending by id; more than
+/// [`PromLimits::max_series`] is [`PromError::TooManySeries`]. [`candidates`] then [`finish`]
+/// with [`NoDeviceLabels`].
+pub fn select(
+    index: &SeriesIndex,
+    sel: &Selector,
+    limits: &PromLimits,
+) -> Result<Vec<(SeriesId, Labels)>, PromError> {
+    finish(
+        candidates(index, sel, limits, None)?,
+        &NoDeviceLabels,
+        limits,
+    )
+}
+
+/// A [`Db`] with the labels of its devices from `devices`: a [`SeriesSource`] whose selectors
+/// see device groups and attributes (the telemetry service's own source reads the store and
+/// the registry in separate jobs).
+pub struct WithDeviceLabels<'a> {
+    /// The store.
+    pub db: &'a Db,
+    /// Where device labels come from.
+    pub devices: &'a dyn DeviceLabelSource,
+}
+
+impl SeriesSource for WithDeviceLabels<'_> {
+    fn select(
+        &self,
+        sel: &Selector,
+        limits: &PromLimits,
+    ) -> Result<Vec<(SeriesId, Labels)>, PromError> {
+        let c = candidates(self.db.engine().index(), sel, limits, None)?;
+        finish(c, self.devices, limits)
+    }
+
+    fn raw(&self, id: SeriesId, from: i64, to: i64) -> Result<Vec<Point>, PromError> {
+        Ok(Db::raw(self.db, id, from, to)?)
+    }
 }
 
 /// Where the evaluator reads series: the [`Db`] itself, or a reader that fetches each piece
@@ -931,23 +1305,37 @@ impl Window {
     };
 }
 
-/// Series matching any of `selectors` that have data in `window` (deduplicated, by id), or
-/// none when `selectors` is empty.
-pub fn series(
+/// Phase one of [`series`] (on the telemetry writer thread): each selector's [`candidates`]
+/// with data in `window` ([`Db::has_data`]; every series for [`Window::ALL`]).
+pub fn series_candidates(
     db: &Db,
     selectors: &[Selector],
     window: Window,
     limits: &PromLimits,
+) -> Result<Vec<Candidates>, PromError> {
+    let in_window = |id: SeriesId| db.has_data(id, window.from, window.to);
+    let keep: Option<&dyn Fn(SeriesId) -> bool> = if window == Window::ALL {
+        None
+    } else {
+        Some(&in_window)
+    };
+    selectors
+        .iter()
+        .map(|sel| candidates(db.engine().index(), sel, limits, keep))
+        .collect()
+}
+
+/// Phase two of [`series`]: the candidates' device labels applied, the union of the selectors'
+/// series (deduplicated, by id); more than [`PromLimits::max_series`] is
+/// [`PromError::TooManySeries`].
+pub fn series_finish(
+    candidates: Vec<Candidates>,
+    devices: &dyn DeviceLabelSource,
+    limits: &PromLimits,
 ) -> Result<Vec<Labels>, PromError> {
     let mut all: BTreeMap<SeriesId, Labels> = BTreeMap::new();
-    for sel in selectors {
-        all.extend(
-            select(db.engine().index(), sel, limits)?
-                .into_iter()
-                .filter(|(id, _)| {
-                    window == Window::ALL || db.has_data(*id, window.from, window.to)
-                }),
-        );
+    for c in candidates {
+        all.extend(finish(c, devices, limits)?);
         if all.len() > limits.max_series {
             return Err(PromError::TooManySeries {
                 limit: limits.max_series,
@@ -957,58 +1345,242 @@ pub fn series(
     Ok(all.into_values().collect())
 }
 
-/// Label names in use: of the series matching `selectors` with data in `window`, or of all
-/// series (whatever the window) if `selectors` is empty.
-pub fn label_names(
+/// Series matching any of `selectors` that have data in `window` (deduplicated, by id), with
+/// their device labels from `devices`, or none when `selectors` is empty.
+pub fn series(
     db: &Db,
     selectors: &[Selector],
     window: Window,
+    devices: &dyn DeviceLabelSource,
     limits: &PromLimits,
-) -> Result<Vec<String>, PromError> {
-    if selectors.is_empty() {
-        let index = db.engine().index();
-        let mut names: Vec<String> = index.label_names().into_iter().map(String::from).collect();
-        if !index.is_empty() {
-            names.push(NAME_LABEL.into());
-        }
-        names.sort();
-        names.dedup();
-        return Ok(names);
+) -> Result<Vec<Labels>, PromError> {
+    series_finish(
+        series_candidates(db, selectors, window, limits)?,
+        devices,
+        limits,
+    )
+}
+
+/// What the index says about label names and values in a window, before the registry's device
+/// labels are known: phase one of the label APIs without `match[]` ([`index_labels`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexLabels {
+    /// Store label names of the series with data (`__name__` included).
+    names: Vec<String>,
+    /// Values of the requested label when it is a store label.
+    values: Vec<String>,
+    /// Devices with data, when device labels are asked for.
+    devices: Vec<String>,
+    /// Whether the requested label is a store label.
+    store_label: bool,
+}
+
+impl IndexLabels {
+    /// The devices whose labels [`label_names_finish`] / [`label_values_finish`] need.
+    pub fn devices(&self) -> &[String] {
+        &self.devices
     }
-    let mut names: Vec<String> = series(db, selectors, window, limits)?
-        .into_iter()
-        .flat_map(|l| l.into_keys())
-        .collect();
+}
+
+/// Counts [`Db::has_data`] calls and looked-up devices against [`PromLimits::max_examined`].
+struct Examined<'a> {
+    db: &'a Db,
+    window: Window,
+    used: usize,
+    limit: usize,
+}
+
+impl Examined<'_> {
+    /// Whether one of `ids` has data in the window (every series does for [`Window::ALL`]).
+    fn any(&mut self, ids: &[SeriesId]) -> Result<bool, PromError> {
+        if self.window == Window::ALL {
+            return Ok(!ids.is_empty());
+        }
+        for id in ids {
+            self.used += 1;
+            if self.used > self.limit {
+                return Err(PromError::TooManyExamined { limit: self.limit });
+            }
+            if self.db.has_data(*id, self.window.from, self.window.to) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Phase one of the label APIs without `match[]` (on the telemetry writer thread): for `name`
+/// (`None`: the label names), what the index holds with data in `window`.
+///
+/// Each label value is checked through its posting list until one series has data in the
+/// window ([`Db::has_data`]), so a value costs one check when its first series has data. At
+/// most [`PromLimits::max_examined`] checks, and (when device labels are involved: label names,
+/// or a label that is not the store's) at most that many devices; one past is
+/// [`PromError::TooManyExamined`]. [`Window::ALL`] checks nothing (the index answers).
+pub fn index_labels(
+    db: &Db,
+    name: Option<&str>,
+    window: Window,
+    limits: &PromLimits,
+) -> Result<IndexLabels, PromError> {
+    let index = db.engine().index();
+    let mut ex = Examined {
+        db,
+        window,
+        used: 0,
+        limit: limits.max_examined,
+    };
+    let mut out = IndexLabels::default();
+    if let Some(name) = name
+        && is_store_label(index, name)
+    {
+        let stored = index_label(name);
+        out.store_label = true;
+        for v in index.label_values(stored) {
+            if ex.any(index.postings(stored, v))? {
+                out.values.push(v.to_owned());
+            }
+        }
+        return Ok(out);
+    }
+    // Devices with data: their labels come from the registry.
+    let all_devices = index.label_values(DEVICE_LABEL);
+    if window == Window::ALL && all_devices.len() > limits.max_examined {
+        return Err(PromError::TooManyExamined {
+            limit: limits.max_examined,
+        });
+    }
+    for d in all_devices {
+        if ex.any(index.postings(DEVICE_LABEL, d))? {
+            if out.devices.len() >= limits.max_examined {
+                return Err(PromError::TooManyExamined {
+                    limit: limits.max_examined,
+                });
+            }
+            out.devices.push(d.to_owned());
+        }
+    }
+    if name.is_none() {
+        if !out.devices.is_empty() {
+            out.names.extend(
+                [NAME_LABEL, DEVICE_LABEL, METRIC_LABEL]
+                    .into_iter()
+                    .map(String::from),
+            );
+        }
+        for n in index.label_names() {
+            if n == DEVICE_LABEL || n == METRIC_LABEL {
+                continue;
+            }
+            for v in index.label_values(n) {
+                if ex.any(index.postings(n, v))? {
+                    out.names.push(n.to_owned());
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Phase two of [`label_names`] without `match[]`: the store's names and the device labels'
+/// names of the devices with data, sorted.
+pub fn label_names_finish(
+    found: IndexLabels,
+    devices: &dyn DeviceLabelSource,
+) -> Result<Vec<String>, PromError> {
+    let by_device = lookup(found.devices.iter().map(String::as_str), devices)?;
+    let mut names: Vec<String> = found.names;
+    for dl in by_device.values() {
+        names.extend(dl.names().map(String::from));
+    }
     names.sort();
     names.dedup();
     Ok(names)
 }
 
-/// Values of label `name`: of the series matching `selectors` with data in `window`, or of all
-/// series (whatever the window) if `selectors` is empty.
+/// Phase two of [`label_values`] without `match[]`: the store label's values, or the device
+/// label's values of the devices with data (each group name for `group`), sorted.
+pub fn label_values_finish(
+    name: &str,
+    found: IndexLabels,
+    devices: &dyn DeviceLabelSource,
+) -> Result<Vec<String>, PromError> {
+    if found.store_label {
+        return Ok(found.values);
+    }
+    let by_device = lookup(found.devices.iter().map(String::as_str), devices)?;
+    let mut values: Vec<String> = by_device
+        .values()
+        .flat_map(|dl| dl.values(name))
+        .map(String::from)
+        .collect();
+    values.sort();
+    values.dedup();
+    Ok(values)
+}
+
+/// Label names in use (device labels from `devices` included): of the series matching
+/// `selectors` with data in `window`, or, if `selectors` is empty, of every series with data
+/// in `window` ([`index_labels`]).
+pub fn label_names(
+    db: &Db,
+    selectors: &[Selector],
+    window: Window,
+    devices: &dyn DeviceLabelSource,
+    limits: &PromLimits,
+) -> Result<Vec<String>, PromError> {
+    if selectors.is_empty() {
+        return label_names_finish(index_labels(db, None, window, limits)?, devices);
+    }
+    Ok(names_of(series(db, selectors, window, devices, limits)?))
+}
+
+/// The label names of `series`, sorted.
+pub fn names_of(series: Vec<Labels>) -> Vec<String> {
+    let mut names: Vec<String> = series.into_iter().flat_map(|l| l.into_keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The values of label `name` on `series`, sorted (each group name for `group`, as a matcher
+/// `group="x"` selects them).
+pub fn values_of(name: &str, series: Vec<Labels>) -> Vec<String> {
+    let mut values: Vec<String> = series
+        .into_iter()
+        .filter_map(|mut l| l.remove(name))
+        .flat_map(|v| {
+            if name == GROUP_LABEL {
+                v.split(',').map(String::from).collect()
+            } else {
+                vec![v]
+            }
+        })
+        .collect();
+    values.sort();
+    values.dedup();
+    values
+}
+
+/// Values of label `name` (device labels from `devices` included): of the series matching
+/// `selectors` with data in `window`, or, if `selectors` is empty, of every series with data
+/// in `window` ([`index_labels`]).
 pub fn label_values(
     db: &Db,
     name: &str,
     selectors: &[Selector],
     window: Window,
+    devices: &dyn DeviceLabelSource,
     limits: &PromLimits,
 ) -> Result<Vec<String>, PromError> {
     if selectors.is_empty() {
-        return Ok(db
-            .engine()
-            .index()
-            .label_values(index_label(name))
-            .into_iter()
-            .map(String::from)
-            .collect());
+        return label_values_finish(name, index_labels(db, Some(name), window, limits)?, devices);
     }
-    let mut values: Vec<String> = series(db, selectors, window, limits)?
-        .into_iter()
-        .filter_map(|mut l| l.remove(name))
-        .collect();
-    values.sort();
-    values.dedup();
-    Ok(values)
+    Ok(values_of(
+        name,
+        series(db, selectors, window, devices, limits)?,
+    ))
 }
 
 /// Parses a time parameter (`name` for the message): Unix seconds (a float) or RFC 3339;
@@ -1061,7 +1633,6 @@ pub fn format_value(v: f64) -> String {
 mod tests {
     use super::*;
     use crate::db::DbConfig;
-    use crate::index::SeriesKey;
     use crate::value::Value;
 
     /// Device, metric and `(ms, value)` points of one test series.
@@ -1326,33 +1897,331 @@ mod tests {
         ]);
         let l = PromLimits::default();
         let all = Window::ALL;
+        let none = &NoDeviceLabels;
         assert_eq!(
-            label_names(&d, &[], all, &l).expect("names"),
+            label_names(&d, &[], all, none, &l).expect("names"),
             vec!["__name__", "device", "metric"]
         );
         assert_eq!(
-            label_values(&d, "__name__", &[], all, &l).expect("values"),
+            label_values(&d, "__name__", &[], all, none, &l).expect("values"),
             vec!["hum", "temp"]
         );
         let sel = parse_selector(r#"{device="d2"}"#, &l).expect("selector");
-        let s = series(&d, std::slice::from_ref(&sel), all, &l).expect("series");
+        let s = series(&d, std::slice::from_ref(&sel), all, none, &l).expect("series");
         assert_eq!(s.len(), 1);
         assert_eq!(s[0]["__name__"], "hum");
         assert_eq!(
-            label_values(&d, "device", &[sel], all, &l).expect("values"),
+            label_values(&d, "device", &[sel], all, none, &l).expect("values"),
             vec!["d2"]
         );
         // A window keeps the series with data in it.
         let hum = parse_selector("hum", &l).expect("selector");
         let devices = |from, to| {
             let w = Window { from, to };
-            label_values(&d, "device", std::slice::from_ref(&hum), w, &l).expect("values")
+            label_values(&d, "device", std::slice::from_ref(&hum), w, none, &l).expect("values")
         };
         assert_eq!(devices(T0, T0 + 1), vec!["d2"]);
         assert_eq!(devices(T0 + 1, T0 + 3_600_001), vec!["d3"]);
         assert_eq!(devices(T0, T0 + 3_600_001), vec!["d2", "d3"]);
         assert!(devices(T0 + 1, T0 + 3_600_000).is_empty());
         assert!(parse_selector("rate(x[1m])", &l).is_err());
+    }
+
+    #[test]
+    fn label_apis_without_match_honour_the_window() {
+        let d = db(&[
+            ("d1", "temp", &[(T0, 1.0)]),
+            ("d2", "hum", &[(T0 + 3_600_000, 1.0)]),
+        ]);
+        let l = PromLimits::default();
+        let reg = registry();
+        let w = |from, to| Window { from, to };
+        let values = |name, win| label_values(&d, name, &[], win, &reg, &l).expect("values");
+        let names = |win| label_names(&d, &[], win, &reg, &l).expect("names");
+        // All time: both.
+        assert_eq!(values("__name__", Window::ALL), vec!["hum", "temp"]);
+        assert_eq!(values("device", Window::ALL), vec!["d1", "d2"]);
+        // Only d1's temp is in the first window, only d2's hum in the second.
+        assert_eq!(values("__name__", w(T0, T0 + 1)), vec!["temp"]);
+        assert_eq!(values("device", w(T0, T0 + 1)), vec!["d1"]);
+        assert_eq!(values("metric", w(T0 + 1, i64::MAX)), vec!["hum"]);
+        assert!(values("device", w(T0 + 1, T0 + 3_600_000)).is_empty());
+        // Device labels follow the devices with data: d1 is in lab and roof at site ber, d2 in
+        // lab at site muc.
+        assert_eq!(values("site", Window::ALL), vec!["ber", "muc"]);
+        assert_eq!(values("site", w(T0, T0 + 1)), vec!["ber"]);
+        assert_eq!(values("group", w(T0, T0 + 1)), vec!["lab", "roof"]);
+        assert_eq!(values("group", w(T0 + 1, i64::MAX)), vec!["lab"]);
+        assert!(values("site", w(T0 + 1, T0 + 3_600_000)).is_empty());
+        assert_eq!(
+            names(w(T0, T0 + 1)),
+            vec![
+                "__name__",
+                "device",
+                "fw_version",
+                "group",
+                "metric",
+                "site"
+            ]
+        );
+        assert_eq!(
+            names(w(T0 + 1, i64::MAX)),
+            vec!["__name__", "device", "group", "metric", "site"]
+        );
+        assert!(names(w(T0 + 1, T0 + 3_600_000)).is_empty());
+        // Series examined for the window: one check per value here; a limit below is refused.
+        let one = PromLimits {
+            max_examined: 1,
+            ..l
+        };
+        let two = PromLimits {
+            max_examined: 2,
+            ..l
+        };
+        // hum's one series is checked first (no data in the window), then temp's: 2 checks.
+        assert_eq!(
+            label_values(&d, "__name__", &[], w(T0, T0 + 1), &reg, &two).expect("values"),
+            vec!["temp"]
+        );
+        assert_eq!(
+            label_values(&d, "__name__", &[], w(T0, T0 + 1), &reg, &one),
+            Err(PromError::TooManyExamined { limit: 1 })
+        );
+        assert_eq!(
+            label_values(&d, "device", &[], w(T0, T0 + 1), &reg, &one),
+            Err(PromError::TooManyExamined { limit: 1 })
+        );
+        assert_eq!(
+            label_values(&d, "device", &[], w(T0, T0 + 1), &reg, &two).expect("values"),
+            vec!["d1"]
+        );
+        // All time checks no series, but reads at most max_examined devices' labels.
+        assert_eq!(
+            label_values(&d, "site", &[], Window::ALL, &reg, &one),
+            Err(PromError::TooManyExamined { limit: 1 })
+        );
+        assert_eq!(
+            label_values(&d, "site", &[], Window::ALL, &reg, &two).expect("values"),
+            vec!["ber", "muc"]
+        );
+        assert!(!PromError::TooManyExamined { limit: 1 }.is_bad_data());
+    }
+
+    /// d1: groups lab and roof, site ber, fw-version 2; d2: group lab, site muc; d3: nothing.
+    fn registry() -> BTreeMap<String, DeviceLabels> {
+        BTreeMap::from([
+            (
+                "d1".to_owned(),
+                DeviceLabels::new(["roof", "lab"], [("site", "ber"), ("fw-version", "2")]),
+            ),
+            (
+                "d2".to_owned(),
+                DeviceLabels::new(["lab"], [("site", "muc")]),
+            ),
+        ])
+    }
+
+    #[test]
+    fn attribute_keys_become_label_names() {
+        assert_eq!(attribute_label("site").as_deref(), Some("site"));
+        assert_eq!(attribute_label("fw-version").as_deref(), Some("fw_version"));
+        assert_eq!(attribute_label("a.b:c").as_deref(), Some("a_b_c"));
+        assert_eq!(attribute_label("2fa").as_deref(), Some("_2fa"));
+        for skipped in ["device", "metric", "group", "__name__", "__x", "_-y", ""] {
+            assert_eq!(attribute_label(skipped), None, "{skipped}");
+        }
+        // The unchanged key wins a clash, else the first key; empty values are no labels.
+        let dl = DeviceLabels::new(
+            ["b", "a", "a", ""],
+            [
+                ("fw-v", "1"),
+                ("fw_v", "2"),
+                ("x.y", "3"),
+                ("x:y", "4"),
+                ("e", ""),
+                ("device", "5"),
+            ],
+        );
+        assert_eq!(dl.groups(), ["a", "b"]);
+        assert_eq!(
+            dl.attributes(),
+            &Labels::from([("fw_v".into(), "2".into()), ("x_y".into(), "3".into())])
+        );
+    }
+
+    #[test]
+    fn device_groups_and_attributes_are_labels() {
+        let d = db(&[
+            ("d1", "temp", &[(T0, 1.0)]),
+            ("d2", "temp", &[(T0, 3.0)]),
+            ("d3", "temp", &[(T0, 8.0)]),
+            ("d1", "hum", &[(T0, 50.0)]),
+        ]);
+        let reg = registry();
+        let src = WithDeviceLabels {
+            db: &d,
+            devices: &reg,
+        };
+        let l = PromLimits::default();
+        let one = |text: &str| {
+            eval_range(&src, &q(text), T0, T0, 1, &l)
+                .expect("evaluates")
+                .into_iter()
+                .map(|(labels, pts)| (labels, pts[0].1))
+                .collect::<Vec<_>>()
+        };
+        let devices = |text: &str| {
+            let mut v: Vec<String> = one(text)
+                .into_iter()
+                .map(|(l, _)| l["device"].clone())
+                .collect();
+            v.sort();
+            v
+        };
+        // The labels on a series: groups sorted and comma-joined, attributes sanitised.
+        let got = one(r#"temp{device="d1"}"#);
+        assert_eq!(
+            got[0].0,
+            Labels::from([
+                ("__name__".into(), "temp".into()),
+                ("device".into(), "d1".into()),
+                ("metric".into(), "temp".into()),
+                ("group".into(), "lab,roof".into()),
+                ("site".into(), "ber".into()),
+                ("fw_version".into(), "2".into()),
+            ])
+        );
+        assert_eq!(
+            one(r#"temp{device="d3"}"#)[0].0.len(),
+            3,
+            "no registry labels"
+        );
+        // Group matchers: = and =~ hold when one group (or the joined value) matches.
+        assert_eq!(devices(r#"temp{group="lab"}"#), vec!["d1", "d2"]);
+        assert_eq!(devices(r#"temp{group="roof"}"#), vec!["d1"]);
+        assert_eq!(devices(r#"temp{group="lab,roof"}"#), vec!["d1"]);
+        assert_eq!(devices(r#"temp{group=~"ro.*"}"#), vec!["d1"]);
+        assert_eq!(devices(r#"temp{group!="roof"}"#), vec!["d2", "d3"]);
+        assert_eq!(devices(r#"temp{group!~"l.*"}"#), vec!["d3"]);
+        assert_eq!(devices(r#"temp{group=""}"#), vec!["d3"]);
+        // Without a metric name: every series of the devices in the group.
+        assert_eq!(devices(r#"{group="roof"}"#), vec!["d1", "d1"]);
+        assert_eq!(devices(r#"{site=~"b.*"}"#), vec!["d1", "d1"]);
+        assert_eq!(devices(r#"temp{site!="ber",group="lab"}"#), vec!["d2"]);
+        assert_eq!(devices(r#"temp{fw_version="2"}"#), vec!["d1"]);
+        assert!(devices(r#"temp{site="nowhere"}"#).is_empty());
+        // Aggregations by device labels.
+        let by_site = one("sum by (site) (temp)");
+        assert_eq!(
+            by_site,
+            vec![
+                (Labels::new(), 8.0),
+                (Labels::from([("site".into(), "ber".into())]), 1.0),
+                (Labels::from([("site".into(), "muc".into())]), 3.0),
+            ]
+        );
+        let by_group = one(r#"avg by (group) (temp{group="lab"})"#);
+        assert_eq!(
+            by_group,
+            vec![
+                (Labels::from([("group".into(), "lab".into())]), 3.0),
+                (Labels::from([("group".into(), "lab,roof".into())]), 1.0),
+            ]
+        );
+        // Series and label APIs see them too.
+        let sel = parse_selector(r#"{group="lab"}"#, &l).expect("selector");
+        let s = series(&d, std::slice::from_ref(&sel), Window::ALL, &reg, &l).expect("series");
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            label_values(
+                &d,
+                "group",
+                std::slice::from_ref(&sel),
+                Window::ALL,
+                &reg,
+                &l
+            )
+            .expect("values"),
+            vec!["lab", "roof"]
+        );
+        assert_eq!(
+            label_names(&d, &[sel], Window::ALL, &reg, &l).expect("names"),
+            vec![
+                "__name__",
+                "device",
+                "fw_version",
+                "group",
+                "metric",
+                "site"
+            ]
+        );
+        // A registry change shows in the next query (nothing is cached here).
+        let mut moved = registry();
+        moved.insert("d3".into(), DeviceLabels::new(["lab"], [("site", "ber")]));
+        let src = WithDeviceLabels {
+            db: &d,
+            devices: &moved,
+        };
+        let m = eval_range(&src, &q(r#"temp{group="lab"}"#), T0, T0, 1, &l).expect("evaluates");
+        assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn device_label_selectors_are_bounded() {
+        let d = db(&[
+            ("d1", "temp", &[(T0, 1.0)]),
+            ("d2", "temp", &[(T0, 3.0)]),
+            ("d3", "temp", &[(T0, 8.0)]),
+        ]);
+        let reg = registry();
+        let src = WithDeviceLabels {
+            db: &d,
+            devices: &reg,
+        };
+        let l = PromLimits::default();
+        let limit = |n| PromLimits {
+            max_examined: n,
+            ..l
+        };
+        // Only device-label matchers: every series (3) is a candidate.
+        let sel = r#"{group="lab"}"#;
+        assert_eq!(
+            eval_range(&src, &q(sel), T0, T0, 1, &limit(3)).map(|m| m.len()),
+            Ok(2)
+        );
+        assert_eq!(
+            eval_range(&src, &q(sel), T0, T0, 1, &limit(2)),
+            Err(PromError::TooManyExamined { limit: 2 })
+        );
+        // With a metric name, the candidates are its series: 3 accepted, 2 refused.
+        let sel = r#"temp{group="lab"}"#;
+        assert!(eval_range(&src, &q(sel), T0, T0, 1, &limit(3)).is_ok());
+        assert_eq!(
+            eval_range(&src, &q(sel), T0, T0, 1, &limit(2)),
+            Err(PromError::TooManyExamined { limit: 2 })
+        );
+        // The answer is still bounded by max_series after the device labels are applied.
+        let two = PromLimits { max_series: 2, ..l };
+        assert!(eval_range(&src, &q(sel), T0, T0, 1, &two).is_ok());
+        let one = PromLimits { max_series: 1, ..l };
+        assert_eq!(
+            eval_range(&src, &q(sel), T0, T0, 1, &one),
+            Err(PromError::TooManySeries { limit: 1 })
+        );
+        // A window filter counts its has_data checks.
+        let tw = parse_selector("temp", &l).expect("selector");
+        let w = Window {
+            from: T0,
+            to: T0 + 1,
+        };
+        assert_eq!(
+            series(&d, std::slice::from_ref(&tw), w, &reg, &limit(3)).map(|s| s.len()),
+            Ok(3)
+        );
+        assert_eq!(
+            series(&d, std::slice::from_ref(&tw), w, &reg, &limit(2)),
+            Err(PromError::TooManyExamined { limit: 2 })
+        );
     }
 
     /// Timing, not a check: `cargo test --profile ci -p myriad-tsdb --lib promql::tests::timing -- --ignored --nocapture`.

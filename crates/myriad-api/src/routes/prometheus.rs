@@ -18,9 +18,12 @@
 //! `query_range` read the store series by series from the blocking pool
 //! ([`myriad_fleet::service::telemetry::SlicedReads`]), the index APIs run as one job on the
 //! telemetry writer thread ([`myriad_fleet::service::telemetry::TelemetryService::read`]).
-//! `start`/`end` of `series`, `labels` and `label/{name}/values` keep the series `match[]`
-//! selects that have data in that window; without `match[]` the label APIs answer from every
-//! series in the index.
+//! `start`/`end` of `series`, `labels` and `label/{name}/values` keep the series (the `match[]`
+//! selects, or without `match[]` every series) that have data in that window.
+//!
+//! Series carry their device's registry groups (`group`) and attributes as labels
+//! ([`myriad_fleet::service::telemetry_labels`]): the store's part of a selector runs on the
+//! telemetry writer thread, the registry is read by device id on the blocking pool.
 //!
 //! # Limits
 //!
@@ -30,6 +33,7 @@
 //! | `match[]` per request | [`MAX_MATCH`] (64) | 400 `bad_data` naming `match[]` |
 //! | body | the API's 1 MiB | 413 |
 //! | query text, steps, series, samples, regex | see [`myriad_tsdb::promql`] | 400 / 422 |
+//! | series / devices examined for device labels or a window | [`myriad_tsdb::promql::PromLimits::max_examined`] (100,000) | 422 `execution` |
 
 use axum::Json;
 use axum::body::Bytes;
@@ -37,6 +41,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use myriad_fleet::service::telemetry::SlicedReads;
+use myriad_fleet::service::telemetry_labels::{LabelledReads, RegistryLabels};
 use myriad_tsdb::Db;
 use myriad_tsdb::promql::{
     self, Instant, Labels, PromError, PromLimits, Query, Selector, SeriesSource, Window,
@@ -218,12 +223,46 @@ async fn run_sliced<T: Send + 'static>(
         .acquire()
         .await
         .map_err(|e| PromFailure::unavailable(e.to_string()))?;
-    let source = SlicedReads((*telemetry).clone());
+    let source = LabelledReads {
+        reads: SlicedReads((*telemetry).clone()),
+        devices: RegistryLabels(state.store.clone()),
+    };
     tokio::task::spawn_blocking(move || f(&source))
         .await
         // A bug in a query must not take the process down: the caller sees 503.
         .map_err(|_| PromFailure::unavailable("the query failed"))?
         .map_err(PromFailure::from)
+}
+
+/// Runs `f` with the registry's device labels on the blocking pool (the second phase of the
+/// label APIs, after the store's part ran on the telemetry writer).
+async fn with_registry<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&RegistryLabels) -> Result<T, PromError> + Send + 'static,
+) -> Result<T, PromFailure> {
+    let devices = RegistryLabels(state.store.clone());
+    tokio::task::spawn_blocking(move || f(&devices))
+        .await
+        .map_err(|_| PromFailure::unavailable("the label request failed"))?
+        .map_err(PromFailure::from)
+}
+
+/// The series of `selectors` with data in `window`, with their device labels: the store's
+/// candidates on the telemetry writer, then the registry on the blocking pool.
+async fn matching_series(
+    state: &ApiState,
+    selectors: Vec<Selector>,
+    window: Window,
+    limits: PromLimits,
+) -> Result<Vec<Labels>, PromFailure> {
+    let candidates = run(state, move |db| {
+        promql::series_candidates(db, &selectors, window, &limits)
+    })
+    .await?;
+    with_registry(state, move |devices| {
+        promql::series_finish(candidates, devices, &limits)
+    })
+    .await
 }
 
 fn now_ms() -> i64 {
@@ -374,6 +413,7 @@ pub(crate) async fn query(
     responses(
         (status = 200, description = "`{status, data: [labels..]}`", body = Object),
         (status = 400, description = "`bad_data`", body = Object),
+        (status = 422, description = "`execution`: too many series or devices to examine", body = Object),
         (status = 503, description = "Telemetry is disabled or stopped", body = Object),
     )
 )]
@@ -394,10 +434,7 @@ pub(crate) async fn series(
                 "match[]: no match[] parameter provided",
             ));
         }
-        run(&state, move |db| {
-            promql::series(db, &selectors, window, &limits)
-        })
-        .await
+        matching_series(&state, selectors, window, limits).await
     }
     .await;
     match result {
@@ -407,7 +444,7 @@ pub(crate) async fn series(
 }
 
 /// `start` and `end` (both included, default: all time) as a [`Window`]; applied to the series
-/// a `match[]` selects.
+/// a `match[]` selects, or to every series without `match[]`.
 fn window(params: &Params) -> Result<Window, PromFailure> {
     let from = parse_time(params, "start")?.unwrap_or(i64::MIN);
     let to = parse_time(params, "end")?.map_or(i64::MAX, |end| end.saturating_add(1));
@@ -422,10 +459,13 @@ fn window(params: &Params) -> Result<Window, PromFailure> {
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "POST: the same parameters as a form"),
     params(
         ("match[]" = Option<Vec<String>>, Query, description = "Series selectors (at most 64)"),
+        ("start" = Option<String>, Query, description = "Unix seconds or RFC 3339: only series with data from then"),
+        ("end" = Option<String>, Query, description = "Unix seconds or RFC 3339: only series with data until then"),
     ),
     responses(
         (status = 200, description = "`{status, data: [names..]}`", body = Object),
         (status = 400, description = "`bad_data`", body = Object),
+        (status = 422, description = "`execution`: too many series or devices to examine", body = Object),
         (status = 503, description = "Telemetry is disabled or stopped", body = Object),
     )
 )]
@@ -441,8 +481,16 @@ pub(crate) async fn labels(
         let limits = PromLimits::default();
         let window = window(&params)?;
         let selectors = params.matchers(&limits)?;
-        run(&state, move |db| {
-            promql::label_names(db, &selectors, window, &limits)
+        if !selectors.is_empty() {
+            let series = matching_series(&state, selectors, window, limits).await?;
+            return Ok(promql::names_of(series));
+        }
+        let found = run(&state, move |db| {
+            promql::index_labels(db, None, window, &limits)
+        })
+        .await?;
+        with_registry(&state, move |devices| {
+            promql::label_names_finish(found, devices)
         })
         .await
     }
@@ -461,10 +509,13 @@ pub(crate) async fn labels(
     params(
         ("name" = String, Path, description = "The label name (`__name__` for metric names)"),
         ("match[]" = Option<Vec<String>>, Query, description = "Series selectors (at most 64)"),
+        ("start" = Option<String>, Query, description = "Unix seconds or RFC 3339: only series with data from then"),
+        ("end" = Option<String>, Query, description = "Unix seconds or RFC 3339: only series with data until then"),
     ),
     responses(
         (status = 200, description = "`{status, data: [values..]}`", body = Object),
         (status = 400, description = "`bad_data`", body = Object),
+        (status = 422, description = "`execution`: too many series or devices to examine", body = Object),
         (status = 503, description = "Telemetry is disabled or stopped", body = Object),
     )
 )]
@@ -484,8 +535,17 @@ pub(crate) async fn label_values(
             )));
         }
         let selectors = params.matchers(&limits)?;
-        run(&state, move |db| {
-            promql::label_values(db, &name, &selectors, window, &limits)
+        if !selectors.is_empty() {
+            let series = matching_series(&state, selectors, window, limits).await?;
+            return Ok(promql::values_of(&name, series));
+        }
+        let asked = name.clone();
+        let found = run(&state, move |db| {
+            promql::index_labels(db, Some(&asked), window, &limits)
+        })
+        .await?;
+        with_registry(&state, move |devices| {
+            promql::label_values_finish(&name, found, devices)
         })
         .await
     }

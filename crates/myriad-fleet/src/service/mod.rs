@@ -27,6 +27,7 @@ pub mod devices;
 pub mod presence;
 pub mod shadows;
 pub mod telemetry;
+pub mod telemetry_labels;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

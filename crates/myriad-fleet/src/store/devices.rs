@@ -152,6 +152,27 @@ impl FleetStore {
         self.read(|txn| get_in(&read_table(txn, DEVICES, &self.file)?, &self.file, id))
     }
 
+    /// The devices with the ids `ids` (same order; `None` for an id no device has), read in
+    /// one transaction: point lookups by id, for callers that hold many ids (the telemetry
+    /// labels of a query's series).
+    pub fn get_devices(&self, ids: &[&str]) -> Result<Vec<Option<Device>>, FleetStoreError> {
+        let file = &self.file;
+        self.read(|txn| {
+            let table = read_table(txn, DEVICES, file)?;
+            ids.iter()
+                .map(|id| {
+                    let key = id.as_bytes();
+                    let Some(guard) = table.get(key).map_err(|e| file.engine(e))? else {
+                        return Ok(None);
+                    };
+                    codec::decode_device(key, guard.value())
+                        .map(Some)
+                        .map_err(|why| file.corrupt(DEVICES_NAME, key, why))
+                })
+                .collect()
+        })
+    }
+
     /// Applies `patch` to device `id` at `now`; returns the updated device.
     pub fn update_device(
         &self,

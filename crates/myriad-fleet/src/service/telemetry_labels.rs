@@ -1,0 +1,241 @@
+//! Device groups and attributes from the registry as PromQL labels on telemetry series.
+//!
+//! A series `(device, metric)` of the telemetry store carries `__name__`, `device` and
+//! `metric`; its device's registry record adds `group` (the device's groups, sorted and
+//! comma-joined) and one label per attribute (keys sanitised into label names, see
+//! [`myriad_tsdb::promql::attribute_label`]). Selectors, `by (..)` / `without (..)` and the
+//! label APIs see them.
+//!
+//! # How labels are resolved
+//!
+//! The registry keeps devices by id only: it has no group or attribute index (groups and
+//! attributes are filters applied while walking the device table, see
+//! [`crate::store::FleetStore::list_devices`]). So resolution goes the other way round: the
+//! store's series index selects the candidate series by their store labels (metric name,
+//! `device`, `metric`: posting lists, no scan), then the registry is read by device id for the
+//! candidates' distinct devices ([`crate::store::FleetStore::get_devices`]: point lookups in
+//! one read transaction), and the device-label matchers are applied to those. Nothing is
+//! cached: a change to a device's groups or attributes shows in the next query.
+//!
+//! The work is bounded by [`PromLimits::max_examined`] (100,000): candidate series of a
+//! selector with a device-label matcher (a selector whose only non-empty matchers are device
+//! labels, `{group="lab"}`, makes every series a candidate), series checked for data in a
+//! `start`/`end` window, and devices looked up per label request; one past is a 422
+//! `execution` error asking to narrow the selector.
+//!
+//! The store's part runs as a job on the telemetry writer thread; the registry reads run on
+//! the caller's thread (the blocking pool), so devices' writes are not held up by them.
+
+use std::sync::Arc;
+
+use myriad_tsdb::promql::{
+    self, DeviceLabelSource, DeviceLabels, Labels, PromError, PromLimits, Selector, SeriesSource,
+};
+use myriad_tsdb::{Point, SeriesId};
+
+use super::telemetry::SlicedReads;
+use crate::store::FleetStore;
+
+/// The registry as a [`DeviceLabelSource`]: each device's groups and attributes, read by id.
+#[derive(Debug, Clone)]
+pub struct RegistryLabels(pub Arc<FleetStore>);
+
+impl DeviceLabelSource for RegistryLabels {
+    fn device_labels(&self, devices: &[&str]) -> Result<Vec<DeviceLabels>, PromError> {
+        let found = self
+            .0
+            .get_devices(devices)
+            .map_err(|e| PromError::Unavailable(format!("the device registry failed: {e}")))?;
+        Ok(found
+            .into_iter()
+            .map(|d| {
+                d.map(|d| DeviceLabels::new(d.groups, d.attributes))
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+}
+
+/// A PromQL [`SeriesSource`] over the telemetry store and the registry: each selector's
+/// candidates are one job on the telemetry writer ([`promql::candidates`]), their devices'
+/// labels are read from the registry on the calling thread ([`promql::finish`]), and points
+/// are read series by series as [`SlicedReads`] does. Use it from the blocking pool only.
+#[derive(Debug, Clone)]
+pub struct LabelledReads {
+    /// The store, read job by job.
+    pub reads: SlicedReads,
+    /// The registry.
+    pub devices: RegistryLabels,
+}
+
+impl SeriesSource for LabelledReads {
+    fn select(
+        &self,
+        sel: &Selector,
+        limits: &PromLimits,
+    ) -> Result<Vec<(SeriesId, Labels)>, PromError> {
+        let (owned, l) = (sel.clone(), *limits);
+        let candidates = self
+            .reads
+            .0
+            .read_blocking(move |db| promql::candidates(db.engine().index(), &owned, &l, None))
+            .map_err(|e| PromError::Unavailable(e.to_string()))??;
+        promql::finish(candidates, &self.devices, limits)
+    }
+
+    fn raw(&self, id: SeriesId, from: i64, to: i64) -> Result<Vec<Point>, PromError> {
+        self.reads.raw(id, from, to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{DeviceId, DevicePatch, NewDevice};
+    use crate::service::now_ms;
+    use crate::service::telemetry::{DeviceSamples, TelemetryConfig, TelemetryService};
+    use crate::telemetry::{ParsedSample, Sample};
+
+    /// Timing, not a check: `cargo test --profile ci -p myriad-fleet --lib
+    /// telemetry_labels::tests::timing -- --ignored --nocapture`. 10,000 registered devices with
+    /// one `temp` series each (and 90,000 more series of other metrics).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn timing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FleetStore::open(&dir.path().join("fleet")).expect("store"));
+        let rows: Vec<_> = (0..10_000)
+            .map(|i| {
+                let mut new = NewDevice::new(DeviceId::new(format!("dev{i:05}")).expect("id"));
+                new.groups.insert(format!("g{}", i % 10));
+                new.attributes.insert("site".into(), format!("s{}", i % 7));
+                (new, None)
+            })
+            .collect();
+        store.insert_devices_batch(&rows, 0).expect("insert");
+        let svc =
+            TelemetryService::open(dir.path().join("tsdb"), false, TelemetryConfig::default())
+                .expect("open");
+        let now = now_ms() as i64;
+        let batches = (0..10_000)
+            .map(|i| DeviceSamples {
+                device: format!("dev{i:05}"),
+                samples: (0..10)
+                    .map(|m| ParsedSample {
+                        metric: if m == 0 {
+                            "temp".into()
+                        } else {
+                            format!("m{m}")
+                        },
+                        ts: now - 1_000,
+                        value: Sample::Number(f64::from(i)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        svc.write_durable(batches).await.expect("write");
+        let source = LabelledReads {
+            reads: SlicedReads(svc.clone()),
+            devices: RegistryLabels(store.clone()),
+        };
+        tokio::task::spawn_blocking(move || {
+            let l = PromLimits::default();
+            for text in [
+                r#"temp{device="dev00007"}"#,
+                "sum by (site) (temp)",
+                r#"count(temp{group="g3"})"#,
+                r#"count({group="g3"})"#,
+            ] {
+                let q = promql::Query::parse(text, &l).expect("parse");
+                let started = std::time::Instant::now();
+                let r = promql::eval_instant(&source, &q, now, &l);
+                println!(
+                    "{text}: {:?} in {:?}",
+                    r.map(|v| match v {
+                        promql::Instant::Vector(v) => v.len(),
+                        _ => 0,
+                    }),
+                    started.elapsed()
+                );
+            }
+        })
+        .await
+        .expect("join");
+    }
+
+    /// Through the service and a real registry: `{group=..}` and `sum by (site)` resolve from
+    /// the registry, and a device's new groups show in the next query.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registry_groups_and_attributes_label_series() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FleetStore::open(&dir.path().join("fleet")).expect("store"));
+        for (id, groups, site) in [
+            ("d1", vec!["lab"], "ber"),
+            ("d2", vec!["lab", "roof"], "muc"),
+            ("d3", vec![], "ber"),
+        ] {
+            let mut new = NewDevice::new(DeviceId::new(id).expect("id"));
+            new.groups = groups.into_iter().map(String::from).collect();
+            new.attributes.insert("site".into(), site.into());
+            store.create_device(&new, 0).expect("create");
+        }
+        let svc =
+            TelemetryService::open(dir.path().join("tsdb"), false, TelemetryConfig::default())
+                .expect("open");
+        let now = now_ms() as i64;
+        let batches = (1..=3)
+            .map(|d| DeviceSamples {
+                device: format!("d{d}"),
+                samples: vec![ParsedSample {
+                    metric: "temp".into(),
+                    ts: now - 1_000,
+                    value: Sample::Number(f64::from(d)),
+                }],
+            })
+            .collect();
+        svc.write_durable(batches).await.expect("write");
+        let source = LabelledReads {
+            reads: SlicedReads(svc.clone()),
+            devices: RegistryLabels(store.clone()),
+        };
+        let eval = move |source: LabelledReads, text: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                let l = PromLimits::default();
+                let q = promql::Query::parse(text, &l).expect("parse");
+                match promql::eval_instant(&source, &q, now, &l).expect("query") {
+                    promql::Instant::Vector(v) => v,
+                    other => panic!("a vector expected: {other:?}"),
+                }
+            })
+        };
+        let v = eval(source.clone(), r#"temp{group="lab"}"#)
+            .await
+            .expect("join");
+        let mut got: Vec<(String, String)> = v
+            .iter()
+            .map(|(l, _)| (l["device"].clone(), l["group"].clone()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("d1".into(), "lab".into()),
+                ("d2".into(), "lab,roof".into())
+            ]
+        );
+        let v = eval(source.clone(), "sum by (site) (temp)")
+            .await
+            .expect("join");
+        let sums: Vec<(String, f64)> = v.into_iter().map(|(l, x)| (l["site"].clone(), x)).collect();
+        assert_eq!(sums, vec![("ber".into(), 4.0), ("muc".into(), 2.0)]);
+        // d3 joins lab: the next query sees it.
+        let patch: DevicePatch = serde_json::from_str(r#"{"groups":["lab"]}"#).expect("patch");
+        store
+            .update_device(&DeviceId::new("d3").expect("id"), &patch, 1)
+            .expect("update");
+        let v = eval(source, r#"count(temp{group="lab"})"#)
+            .await
+            .expect("join");
+        assert_eq!(v[0].1, 3.0);
+    }
+}
