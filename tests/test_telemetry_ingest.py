@@ -443,6 +443,105 @@ def test_retention_across_restart(tmp_path):
     assert day(old) not in parts and day(mid) in parts, block_files(node)
 
 
+def test_retention_per_metric_pattern(tmp_path):
+    """`[[telemetry.retention]]` keeps `debug.*` 1 day raw / 2 days rollups while other metrics
+    keep the global 30 / 365: after a restart under the rule, the debug series of a day that
+    ended over 2 days ago is gone, the one of a day that ended over 1 day ago answers from its
+    rollups only, the other metric keeps both days raw; a debug sample older than a day is
+    refused as expired while the other metric's sample of the same time is stored."""
+    node = tmp_path / "node"
+    now = int(time.time() * 1000)
+    today = now // DAY * DAY
+    old = today - 3 * DAY + 3_600_000       # its day ended 2 days before today began
+    mid = today - 2 * DAY + 3_600_000       # its day ended 1 day before today began
+    b = Broker(node, BROKER_CONFIG).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        dev, _ = api.create_device("pm")
+        body = "\n".join(f"{m},device={dev} {f}={v} {ts}" for m, f, ts, v in [
+            ("debug", "a", old, 1), ("debug", "a", mid, 2), ("debug", "a", mid + 60_000, 4),
+            ("env", "temp", old, 10), ("env", "temp", mid, 20)])
+        status, report = post(b.api_port, "/api/v1/telemetry/write?precision=ms", body.encode())
+        assert status == 200 and report["written"] == 5, report
+    finally:
+        b.stop()
+    cfg = dict(BROKER_CONFIG, telemetry={
+        "retention": [{"metrics": "debug.*", "raw_days": 1, "rollup_days": 2}]})
+    b = Broker(node, cfg).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        got = raw(api, dev, old - DAY, now + 1)
+        assert got.get("debug.a", []) == [] and got["env.temp"] == [[old, 10.0], [mid, 20.0]], got
+        agg = series(api.ok("GET", f"/api/v1/devices/{dev}/telemetry?from={old - DAY}&to={now}"
+                                   f"&step=60000&agg=sum&metrics=debug.a"))
+        assert agg["debug.a"] == [[mid // 60_000 * 60_000, 2.0], [mid // 60_000 * 60_000 + 60_000, 4.0]], agg
+        scrape = Scrape(b.api_port)
+        assert scrape("myriad_telemetry_compactions_total", kind="retention") >= 1
+        late = now - DAY - 60_000
+        status, report = post(b.api_port, "/api/v1/telemetry/write?precision=ms",
+                              f"debug,device={dev} a=1 {late}\nenv,device={dev} temp=5 {late}".encode())
+        assert status == 200 and report["written"] == 1 and report["refusals"] == {"expired": 1}, report
+        stored = {m: p for m, p in raw(api, dev, late, late + 1).items() if p}
+        assert stored == {"env.temp": [[late, 5.0]]}, stored
+    finally:
+        b.stop()
+
+
+def test_seals_write_small_blocks_that_compaction_merges(tmp_path):
+    """With a seal every second, four batches into today's partition (each sealed before the
+    next) leave four level 0 block files that one level compaction merges into one, and two
+    batches into a day that ended days ago leave two blocks merged whole (it is cold): one file
+    per day is left, the compaction counter counts both kinds, the block gauge agrees, and
+    every point answers, after a restart too."""
+    node = tmp_path / "node"
+    now = int(time.time() * 1000)
+    today = now // DAY * DAY
+    recent = max(today, now - 3_600_000)
+    past = today - 3 * DAY + 7_200_000
+    cfg = dict(BROKER_CONFIG, telemetry={"seal_interval_secs": 1})
+    metric = lambda name, **labels: Scrape(b.api_port)(name, **labels)  # noqa: E731
+    b = Broker(node, cfg).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        dev, _ = api.create_device("cp")
+        written = 0
+        for i in range(4):
+            lines = [f"c,device={dev} v={i * 100 + j} {recent + i * 100 + j}" for j in range(100)]
+            if i < 2:
+                # Another series: the out-of-order window counts from each series' newest point.
+                lines += [f"o,device={dev} v={j} {past + i * 100_000 + j}" for j in range(50)]
+            status, report = post(b.api_port, "/api/v1/telemetry/write?precision=ms",
+                                  "\n".join(lines).encode())
+            assert status == 200, report
+            written += report["written"]
+            # Sealed (its WAL segment rotated away) before the next batch.
+            segments = {p.name for p in (node / "myriad-data" / "telemetry").glob("wal-*.log")}
+            assert wait_until(lambda: {p.name for p in (node / "myriad-data" / "telemetry")
+                                       .glob("wal-*.log")} != segments, timeout=10)
+        assert written == 500
+        # The counters move just after the files do.
+        assert wait_until(lambda: len(block_files(node)) == 2
+                          and metric("myriad_telemetry_compactions_total", kind="cold") == 1
+                          and metric("myriad_telemetry_compactions_total", kind="level") == 1,
+                          timeout=10), block_files(node)
+        assert block_partitions(node) == {past // DAY * DAY, today}
+        assert metric("myriad_telemetry_compactions_total", kind="level") == 1
+        assert metric("myriad_telemetry_compactions_total", kind="cold") == 1
+        assert metric("myriad_telemetry_blocks") == 2
+        got = raw(api, dev, past - DAY, now + DAY)
+        assert (len(got["c.v"]), len(got["o.v"])) == (400, 100)
+    finally:
+        b.stop()
+    b = Broker(node, cfg).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        got = raw(api, dev, past - DAY, now + DAY)
+        assert (len(got["c.v"]), len(got["o.v"])) == (400, 100)
+        assert len(block_files(node)) == 2
+    finally:
+        b.stop()
+
+
 def test_sigterm_seals_before_exit(tmp_path):
     """A stop (SIGTERM) waits for the telemetry writer to seal the head into block files: the
     200,000 points are in `block-*.blk` (none left half-written as `.tmp`) when the process has

@@ -356,6 +356,7 @@ impl Db {
                     .insert(id, SealedSeries::encode(kind, part)?);
             }
         }
+        self.engine.head_mut().mark_sealed();
         let mut keys = Vec::with_capacity(built.len());
         for (_, mut block) in built {
             block.generation = self.allocate_generation();

@@ -368,10 +368,14 @@ impl FileDb {
         Ok(())
     }
 
-    /// Seals the head into new blocks (one per partition with head points), writes them
-    /// atomically and maps them, starts a new WAL segment with a checkpoint and deletes the older
+    /// Seals the head into new blocks (one per partition with head points; nothing at all when
+    /// no point arrived since the last seal), writes them atomically and maps them, starts a new WAL segment with a checkpoint and deletes the older
     /// segments. Returns the partitions written, ascending.
     pub fn seal(&mut self) -> Result<Vec<i64>, FileDbError> {
+        if !self.db.engine().head().has_unsealed() {
+            // Nothing arrived since the last seal: no block, and the segment stays.
+            return Ok(Vec::new());
+        }
         let keys = self.db.seal()?;
         for key in &keys {
             let Some(block) = self.db.block(*key) else {

@@ -93,6 +93,8 @@ struct HeadSeries {
 pub struct Head {
     cfg: HeadConfig,
     series: Vec<Option<HeadSeries>>,
+    /// Whether a point was accepted since [`Head::mark_sealed`].
+    unsealed: bool,
 }
 
 impl Head {
@@ -101,6 +103,7 @@ impl Head {
         Self {
             cfg,
             series: Vec::new(),
+            unsealed: false,
         }
     }
 
@@ -134,6 +137,7 @@ impl Head {
             _ => {
                 s.chunk.push(ts, value)?;
                 s.newest = Some(Point { ts, value });
+                self.unsealed = true;
                 return Ok(Appended::InOrder);
             }
         };
@@ -150,6 +154,7 @@ impl Head {
         if ts == newest {
             s.newest = Some(Point { ts, value });
         }
+        self.unsealed = true;
         Ok(Appended::OutOfOrder)
     }
 
@@ -218,6 +223,17 @@ impl Head {
         let side = std::mem::take(&mut s.side);
         s.chunk = ChunkEncoder::new(kind);
         Some((kind, merge(chunk, &side, i64::MIN, i64::MAX)))
+    }
+
+    /// Whether a point was accepted since the last [`Head::mark_sealed`] (a seal would write
+    /// something).
+    pub fn has_unsealed(&self) -> bool {
+        self.unsealed
+    }
+
+    /// Records that every series was sealed ([`crate::Db::seal`] calls it).
+    pub fn mark_sealed(&mut self) {
+        self.unsealed = false;
     }
 
     /// Points held (chunk plus side buffer) for series `id`.

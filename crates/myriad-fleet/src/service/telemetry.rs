@@ -55,6 +55,9 @@ use tracing::{error, info, warn};
 use super::now_ms;
 use crate::telemetry::{Refusal, Sample, TelemetryLimits, parse};
 
+/// How often the ticker thread wakes the writer to check whether a seal is due.
+pub const TICK: Duration = Duration::from_millis(250);
+
 /// Jobs waiting for the writer thread.
 pub const QUEUE: usize = 1_024;
 /// Most write jobs one WAL sync covers.
@@ -270,6 +273,9 @@ enum Job {
     Read(Box<dyn FnOnce(&Db) + Send>),
     /// Seal what the head holds, apply retention and stop; answered once done.
     Stop(oneshot::Sender<()>),
+    /// Nothing to do but check whether a seal is due (sent every [`TICK`] by the ticker
+    /// thread, so a quiet store still seals, applies retention and compacts).
+    Tick,
     Metrics {
         device: String,
         reply: Reply<Vec<String>>,
@@ -329,14 +335,30 @@ impl TelemetryService {
         metrics::counter!(crate::metrics::TELEMETRY_POINTS_TOTAL).increment(0);
         let (tx, rx) = mpsc::channel(QUEUE);
         let interval = Duration::from_secs(config.seal_interval_secs);
+        let spawn_error = |source| FileDbError::Io {
+            op: "spawn writer thread",
+            path: PathBuf::new(),
+            source,
+        };
         std::thread::Builder::new()
             .name("telemetry-writer".into())
             .spawn(move || writer(db, rx, interval))
-            .map_err(|source| FileDbError::Io {
-                op: "spawn writer thread",
-                path: PathBuf::new(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
+        // The ticker holds only a weak sender: once the service is gone it stops, and the
+        // writer sees its queue closed. A full queue skips a tick (the writer is busy anyway).
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("telemetry-ticker".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    let Some(tx) = weak.upgrade() else { break };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Job::Tick) {
+                        break;
+                    }
+                }
+            })
+            .map_err(spawn_error)?;
         Ok(TelemetryService {
             jobs: tx,
             limits: TelemetryLimits::default(),
@@ -717,6 +739,7 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
                     error!("telemetry read job panicked");
                 }
             }
+            Job::Tick => {}
             Job::Stop(done) => {
                 stopped = Some(done);
                 break;
