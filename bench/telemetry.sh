@@ -15,6 +15,12 @@
 #               into `myriad serve`; values per second, bytes on disk per value after the seal
 #               at shutdown.
 #
+#   6. blocks (only when named in PARTS): crates/myriad-tsdb/examples/blocks.rs, DEVICES x DAYS
+#               (default 2) through a file store sealed every 10 minutes of data with the
+#               compactions due: seal CPU early and late in a day against re-encoding the whole
+#               day (what each seal cost before block generations), write amplification, heap
+#               (RssAnon) after reopening and reading everything against bytes on disk.
+#
 #   5. series-memory (only when named in PARTS): `myriad serve` with DEVICES_MEM devices (default
 #               100,000) x 10 metrics = 1M active series, 3 points each in open chunks, written over
 #               the line-protocol API (bench/telemetry_series_memory.py); server RSS before/after.
@@ -57,6 +63,11 @@ fi
 if has_part engine; then
     log "engine: DEVICES=$DEVICES in-process"
     DEVICES=$DEVICES "$TARGET/examples/bench" | tail -n 1
+fi
+
+if has_part blocks; then
+    log "blocks: DEVICES=$DEVICES DAYS=${DAYS:-2} in-process, file store"
+    TMPDIR=$WORK DEVICES=$DEVICES DAYS=${DAYS:-2} "$TARGET/examples/blocks" | tail -n 1
 fi
 
 start_myriad() { # $1: data dir
