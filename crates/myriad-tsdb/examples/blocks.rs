@@ -79,7 +79,9 @@ fn main() {
         ids.push([id("temp"), id("hum"), id("batt"), id("events")]);
     }
     // Quantised random walks, as in the engine bench.
-    let mut state: Vec<[i64; 4]> = (0..devices).map(|d| [200 + d as i64 % 50, 500, 370, 0]).collect();
+    let mut state: Vec<[i64; 4]> = (0..devices)
+        .map(|d| [200 + d as i64 % 50, 500, 370, 0])
+        .collect();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
         rng ^= rng >> 12;
@@ -168,10 +170,20 @@ fn main() {
     let q = 200.min(devices);
     let t = Instant::now();
     for d in ids.iter().take(q) {
-        assert!(!db.db().raw(d[0], start, start + DAY).expect("raw").is_empty());
+        assert!(
+            !db.db()
+                .raw(d[0], start, start + DAY)
+                .expect("raw")
+                .is_empty()
+        );
     }
     let day_raw_us = t.elapsed().as_secs_f64() * 1e6 / q as f64;
-    assert!(db.db().blocks().values().all(|v| v.len() == 1 && v[0].level == FULL_LEVEL));
+    assert!(
+        db.db()
+            .blocks()
+            .values()
+            .all(|v| v.len() == 1 && v[0].level == FULL_LEVEL)
+    );
     drop(db);
 
     // The old seal's cost: one day's points re-encoded into one block (a full merge of
@@ -181,7 +193,8 @@ fn main() {
     for d in 0..devices {
         let dev = format!("dev-{d:06}");
         for m in ["temp", "hum", "batt", "events"] {
-            db2.series(&SeriesKey::new(dev.as_str(), m)).expect("series");
+            db2.series(&SeriesKey::new(dev.as_str(), m))
+                .expect("series");
         }
     }
     let (db1, _) = FileDb::open(tmp.path(), DbConfig::default(), false).expect("reopen");

@@ -684,6 +684,22 @@ impl Db {
         }
     }
 
+    /// A plan merging every block of `partition` into one ([`FULL_LEVEL`]), applying
+    /// retention as of `retain_at` if given; `None` when there is nothing to merge (no block,
+    /// or one block and no retention to apply).
+    pub fn plan_whole(&self, partition: i64, retain_at: Option<i64>) -> Option<CompactionPlan> {
+        let views = self.blocks.get(&partition)?;
+        if views.is_empty() || (views.len() == 1 && retain_at.is_none()) {
+            return None;
+        }
+        Some(self.plan(partition, views, FULL_LEVEL, retain_at))
+    }
+
+    /// Whether every input of `plan` is still held (so [`Db::install`] would take it).
+    pub fn inputs_present(&self, plan: &CompactionPlan) -> bool {
+        self.inputs(plan).is_ok()
+    }
+
     fn inputs(&self, plan: &CompactionPlan) -> Result<Vec<&BlockView>, DbError> {
         plan.inputs
             .iter()
@@ -701,16 +717,30 @@ impl Db {
     /// plus 48 bytes of index per series). Per series the inputs' points are merged, a later
     /// generation winning at equal timestamps, and re-encoded with fresh rollups; a series part
     /// that does not decode is left out and counted. Nothing changes until [`Db::install`].
+    /// The same work in bounded steps: [`Db::start_compaction`].
     pub fn compact(
         &self,
         plan: &CompactionPlan,
         out: &mut impl std::io::Write,
     ) -> Result<CompactionReport, CompactError> {
-        let inputs = self.inputs(plan)?;
+        let mut c = self.start_compaction(plan, out)?;
+        while c.step(self, out, usize::MAX)? {}
+        c.finish(out)
+    }
+
+    /// Starts the compaction `plan` (writing the block header to `out`); [`Compaction::step`]
+    /// writes some series at a time, so a caller can answer other work in between. The inputs'
+    /// bytes are held by the [`Compaction`] itself (shared, not copied).
+    pub fn start_compaction(
+        &self,
+        plan: &CompactionPlan,
+        out: &mut impl std::io::Write,
+    ) -> Result<Compaction, CompactError> {
+        let inputs: Vec<BlockView> = self.inputs(plan)?.into_iter().cloned().collect();
         let key = plan.output();
         let end = plan.partition.saturating_add(self.partition_ms);
         let longest_raw = self.retention.longest_raw_ms();
-        let mut builder = BlockBuilder::new(
+        let builder = BlockBuilder::new(
             BlockHeader {
                 partition: key.partition,
                 generation: key.generation,
@@ -722,88 +752,14 @@ impl Db {
             },
             out,
         )?;
-        let mut report = CompactionReport::default();
-        let mut at = vec![0usize; inputs.len()];
-        loop {
-            // The smallest series id not yet written, over all inputs (k-way merge of indexes).
-            let mut next: Option<SeriesId> = None;
-            for (b, &i) in inputs.iter().zip(&at) {
-                if i < b.series_count() {
-                    let id = b.summary(i).map_err(DbError::from)?.id;
-                    next = Some(next.map_or(id, |n| n.min(id)));
-                }
-            }
-            let Some(id) = next else { break };
-            // What retention says of this series (when the plan applies it).
-            let (drop_series, drop_raw) = match plan.retain_at {
-                Some(now) => {
-                    let (raw_ms, rollup_ms) = self.series_retention(id);
-                    (crossed(end, rollup_ms, now), crossed(end, raw_ms, now))
-                }
-                None => (false, false),
-            };
-            let mut points: Vec<Point> = Vec::new();
-            let mut kind = None;
-            let mut rolled_only = None;
-            for (b, i) in inputs.iter().zip(at.iter_mut()) {
-                if *i >= b.series_count() || b.summary(*i).map_err(DbError::from)?.id != id {
-                    continue;
-                }
-                let part = if drop_series {
-                    Ok(None)
-                } else {
-                    b.series_at(*i).and_then(|(_, s)| {
-                        if s.is_empty() {
-                            Ok(Some((s, Vec::new())))
-                        } else {
-                            s.points().map(|p| Some((s, p)))
-                        }
-                    })
-                };
-                *i += 1;
-                match part {
-                    Ok(None) => {}
-                    Ok(Some((s, pts))) => {
-                        kind = Some(s.kind());
-                        if s.is_empty() {
-                            // Rollups only (raw retention passed it): its rollups stay final;
-                            // raw points of later blocks (written after a policy change)
-                            // cannot join them and are left out.
-                            rolled_only = Some(s.to_owned_series(true));
-                        } else {
-                            points.extend(pts);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(partition = plan.partition, generation = b.generation, series = id.0, error = %e, "telemetry block series does not decode; left out of the compaction");
-                        report.corrupt += 1;
-                    }
-                }
-            }
-            if drop_series {
-                report.expired_series += 1;
-                continue;
-            }
-            let series = match (rolled_only, kind) {
-                (Some(s), _) => s,
-                (None, Some(kind)) if !points.is_empty() => {
-                    let merged = dedup_later_wins(points);
-                    let mut s = SealedSeries::encode(kind, &merged).map_err(DbError::from)?;
-                    if drop_raw {
-                        s.drop_raw();
-                        report.raw_dropped_series += 1;
-                    } else {
-                        report.points += merged.len();
-                    }
-                    s
-                }
-                _ => continue,
-            };
-            builder.add(id, &series, out)?;
-            report.series += 1;
-        }
-        report.bytes = builder.finish(out)?;
-        Ok(report)
+        Ok(Compaction {
+            plan: plan.clone(),
+            at: vec![0; inputs.len()],
+            inputs,
+            builder,
+            end,
+            report: CompactionReport::default(),
+        })
     }
 
     /// Puts the block `plan` made (as [`Db::compact`] wrote it) in place of its inputs; returns
@@ -886,6 +842,130 @@ impl Db {
             }
         }
         gone
+    }
+}
+
+/// A compaction under way ([`Db::start_compaction`]): the inputs it merges (their bytes held
+/// here), how far it got in each, and the block builder.
+#[derive(Debug)]
+pub struct Compaction {
+    plan: CompactionPlan,
+    inputs: Vec<BlockView>,
+    at: Vec<usize>,
+    builder: BlockBuilder,
+    end: i64,
+    report: CompactionReport,
+}
+
+impl Compaction {
+    /// The plan.
+    pub fn plan(&self) -> &CompactionPlan {
+        &self.plan
+    }
+
+    /// Writes up to `max_series` more series to `out`; `Ok(true)` while some are left. `db`
+    /// answers what the retention policy says of a series (its key); it may have changed since
+    /// the start (points written, blocks added: the inputs are fixed).
+    pub fn step(
+        &mut self,
+        db: &Db,
+        out: &mut impl std::io::Write,
+        max_series: usize,
+    ) -> Result<bool, CompactError> {
+        // Series handled in this step (written, left out or empty).
+        let mut written = 0;
+        while written < max_series {
+            // The smallest series id not yet written, over all inputs (k-way merge of indexes).
+            let mut next: Option<SeriesId> = None;
+            for (b, &i) in self.inputs.iter().zip(&self.at) {
+                if i < b.series_count() {
+                    let id = b.summary(i).map_err(DbError::from)?.id;
+                    next = Some(next.map_or(id, |n| n.min(id)));
+                }
+            }
+            let Some(id) = next else {
+                return Ok(false);
+            };
+            // What retention says of this series (when the plan applies it).
+            let end = self.end;
+            let (drop_series, drop_raw) = match self.plan.retain_at {
+                Some(now) => {
+                    let (raw_ms, rollup_ms) = db.series_retention(id);
+                    (crossed(end, rollup_ms, now), crossed(end, raw_ms, now))
+                }
+                None => (false, false),
+            };
+            let mut points: Vec<Point> = Vec::new();
+            let mut kind = None;
+            let mut rolled_only = None;
+            for (b, i) in self.inputs.iter().zip(self.at.iter_mut()) {
+                if *i >= b.series_count() || b.summary(*i).map_err(DbError::from)?.id != id {
+                    continue;
+                }
+                let part = if drop_series {
+                    Ok(None)
+                } else {
+                    b.series_at(*i).and_then(|(_, s)| {
+                        if s.is_empty() {
+                            Ok(Some((s, Vec::new())))
+                        } else {
+                            s.points().map(|p| Some((s, p)))
+                        }
+                    })
+                };
+                *i += 1;
+                match part {
+                    Ok(None) => {}
+                    Ok(Some((s, pts))) => {
+                        kind = Some(s.kind());
+                        if s.is_empty() {
+                            // Rollups only (raw retention passed it): its rollups stay final;
+                            // raw points of later blocks (written after a policy change)
+                            // cannot join them and are left out.
+                            rolled_only = Some(s.to_owned_series(true));
+                        } else {
+                            points.extend(pts);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = self.plan.partition, generation = b.generation, series = id.0, error = %e, "telemetry block series does not decode; left out of the compaction");
+                        self.report.corrupt += 1;
+                    }
+                }
+            }
+            written += 1;
+            if drop_series {
+                self.report.expired_series += 1;
+                continue;
+            }
+            let series = match (rolled_only, kind) {
+                (Some(s), _) => s,
+                (None, Some(kind)) if !points.is_empty() => {
+                    let merged = dedup_later_wins(points);
+                    let mut s = SealedSeries::encode(kind, &merged).map_err(DbError::from)?;
+                    if drop_raw {
+                        s.drop_raw();
+                        self.report.raw_dropped_series += 1;
+                    } else {
+                        self.report.points += merged.len();
+                    }
+                    s
+                }
+                _ => continue,
+            };
+            self.builder.add(id, &series, out)?;
+            self.report.series += 1;
+        }
+        Ok(true)
+    }
+
+    /// Writes the index and footer; the report of the whole compaction.
+    pub fn finish(
+        mut self,
+        out: &mut impl std::io::Write,
+    ) -> Result<CompactionReport, CompactError> {
+        self.report.bytes = self.builder.finish(out)?;
+        Ok(self.report)
     }
 }
 

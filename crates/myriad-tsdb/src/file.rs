@@ -41,7 +41,9 @@
 //! bytes logged and reported. Nothing read from the directory can make it panic.
 
 use crate::block::{BlockBytes, SealedBlock};
-use crate::db::{BlockKey, CompactError, CompactionPlan, CompactionReport, Db, DbConfig, DbError};
+use crate::db::{
+    BlockKey, CompactError, Compaction, CompactionPlan, CompactionReport, Db, DbConfig, DbError,
+};
 use crate::engine::{AppendReport, EngineError};
 use crate::index::{SeriesId, SeriesKey};
 use crate::value::Point;
@@ -135,6 +137,32 @@ pub struct FileDb {
     wal: File,
     /// Series records not yet written (flushed with the next batch).
     pending: Vec<u8>,
+    /// The compaction under way, written step by step ([`FileDb::compaction_work`]).
+    running: Option<Running>,
+    /// Partitions whose retention rewrite is due (with the moment to apply it at), oldest first.
+    retention_queue: std::collections::VecDeque<(i64, i64)>,
+}
+
+/// A compaction being streamed into its `.tmp` file.
+#[derive(Debug)]
+struct Running {
+    compaction: Compaction,
+    out: std::io::BufWriter<File>,
+    tmp: PathBuf,
+}
+
+/// What one [`FileDb::compaction_work`] call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// Nothing to do: no compaction running, queued or due.
+    Idle,
+    /// Wrote some series of the running compaction.
+    Progress,
+    /// A compaction finished and its block replaced its inputs.
+    Done(CompactionPlan, CompactionReport),
+    /// A compaction finished but its inputs were gone meanwhile (retention dropped the
+    /// partition); its file was removed.
+    Abandoned(CompactionPlan),
 }
 
 fn segment_name(seq: u64) -> String {
@@ -286,6 +314,8 @@ impl FileDb {
                 oldest,
                 wal,
                 pending: Vec::new(),
+                running: None,
+                retention_queue: std::collections::VecDeque::new(),
             },
             report,
         ))
@@ -420,18 +450,13 @@ impl FileDb {
 }
 
 impl FileDb {
-    /// Applies the database's retention policy at `now_ms`: partitions past every rule's
-    /// rollup duration have their files removed ([`Db::drop_expired`]), and partitions that
-    /// crossed a duration since they were last rewritten are merged whole, each series kept,
-    /// cut to its rollups or left out as its rule says ([`Db::plan_retention`]).
+    /// Applies the database's retention policy at `now_ms` at once: partitions past every
+    /// rule's rollup duration have their files removed ([`Db::drop_expired`]), and partitions
+    /// that crossed a duration since they were last rewritten are merged whole, each series
+    /// kept, cut to its rollups or left out as its rule says ([`Db::plan_retention`]). A
+    /// server queues the rewrites instead ([`FileDb::queue_retention`]).
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<RetentionReport, FileDbError> {
-        let gone = self.db.drop_expired(now_ms);
-        remove_blocks(&self.dir, &gone)?;
-        let mut report = RetentionReport {
-            dropped: gone.iter().map(|k| k.partition).collect(),
-            ..RetentionReport::default()
-        };
-        report.dropped.dedup();
+        let mut report = self.drop_expired(now_ms)?;
         for plan in self.db.plan_retention(now_ms) {
             let r = self.run(&plan)?;
             report.expired_series += r.expired_series;
@@ -441,42 +466,179 @@ impl FileDb {
         Ok(report)
     }
 
-    /// Runs the next compaction [`Db::plan_compaction`] finds at `now_ms`, if any: the merged
-    /// block is streamed to a `.tmp` file, fsynced and renamed over the newest input (whose
-    /// generation it takes), then the other inputs are deleted. A crash in between leaves
-    /// older blocks whose points the merged one also holds (a later generation wins, so queries
-    /// answer the same), merged again by a later compaction.
+    /// Removes the partitions nothing keeps at `now_ms` and queues the retention rewrites due
+    /// (each partition once), for [`FileDb::compaction_work`] to do step by step. The report's
+    /// `rewritten` lists the partitions newly queued.
+    pub fn queue_retention(&mut self, now_ms: i64) -> Result<RetentionReport, FileDbError> {
+        let mut report = self.drop_expired(now_ms)?;
+        for plan in self.db.plan_retention(now_ms) {
+            let p = plan.partition;
+            let running = self.running.as_ref().is_some_and(|r| {
+                r.compaction.plan().partition == p && r.compaction.plan().retain_at.is_some()
+            });
+            if !running && !self.retention_queue.iter().any(|(q, _)| *q == p) {
+                self.retention_queue.push_back((p, now_ms));
+                report.rewritten.push(p);
+            }
+        }
+        Ok(report)
+    }
+
+    fn drop_expired(&mut self, now_ms: i64) -> Result<RetentionReport, FileDbError> {
+        let gone = self.db.drop_expired(now_ms);
+        remove_blocks(&self.dir, &gone)?;
+        let mut report = RetentionReport {
+            dropped: gone.iter().map(|k| k.partition).collect(),
+            ..RetentionReport::default()
+        };
+        report.dropped.dedup();
+        Ok(report)
+    }
+
+    /// Runs the next compaction [`Db::plan_compaction`] finds at `now_ms` to its end, if any
+    /// (after finishing one under way). See [`FileDb::compaction_work`].
     pub fn compact_step(
         &mut self,
         now_ms: i64,
     ) -> Result<Option<(CompactionPlan, CompactionReport)>, FileDbError> {
-        let Some(plan) = self.db.plan_compaction(now_ms) else {
-            return Ok(None);
+        loop {
+            match self.compaction_work(now_ms, usize::MAX)? {
+                Work::Idle => return Ok(None),
+                Work::Progress | Work::Abandoned(_) => {}
+                Work::Done(plan, report) => return Ok(Some((plan, report))),
+            }
+        }
+    }
+
+    /// Whether a compaction is under way.
+    pub fn compaction_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Does a bounded piece of compaction work: up to `max_series` series of the compaction
+    /// under way, or starts the next one (a queued retention rewrite first, then what
+    /// [`Db::plan_compaction`] finds at `now_ms`). A compaction streams into a `.tmp` file; once
+    /// all its series are written the file is fsynced and renamed over the newest input (whose
+    /// generation it takes), and the other inputs are deleted. A crash in between leaves inputs
+    /// whose points the merged block also holds (a later generation wins, so queries answer the
+    /// same), merged again by a later compaction or removed at open.
+    pub fn compaction_work(&mut self, now_ms: i64, max_series: usize) -> Result<Work, FileDbError> {
+        if self.running.is_none() {
+            let plan = loop {
+                match self.retention_queue.pop_front() {
+                    Some((p, at)) => {
+                        if let Some(plan) = self.db.plan_whole(p, Some(at)) {
+                            break Some(plan);
+                        }
+                    }
+                    None => break self.db.plan_compaction(now_ms),
+                }
+            };
+            let Some(plan) = plan else {
+                return Ok(Work::Idle);
+            };
+            self.start(&plan)?;
+        }
+        let Some(run) = self.running.as_mut() else {
+            return Ok(Work::Idle);
         };
-        let report = self.run(&plan)?;
-        Ok(Some((plan, report)))
+        let more = run
+            .compaction
+            .step(&self.db, &mut run.out, max_series)
+            .map_err(|e| compact_error(e, &run.tmp));
+        let more = match more {
+            Ok(more) => more,
+            Err(e) => {
+                self.abandon();
+                return Err(e);
+            }
+        };
+        if more {
+            return Ok(Work::Progress);
+        }
+        let Some(run) = self.running.take() else {
+            return Ok(Work::Idle);
+        };
+        self.install(run)
+    }
+
+    /// Drops the compaction under way (its `.tmp` file removed): at a stop, or after an error.
+    pub fn abandon(&mut self) {
+        if let Some(run) = self.running.take() {
+            drop(run.out);
+            let _ = fs::remove_file(&run.tmp);
+        }
+    }
+
+    fn start(&mut self, plan: &CompactionPlan) -> Result<(), FileDbError> {
+        let tmp = self.dir.join(format!("{}.tmp", block_name(plan.output())));
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        let compaction = self
+            .db
+            .start_compaction(plan, &mut out)
+            .map_err(|e| compact_error(e, &tmp))?;
+        self.running = Some(Running {
+            compaction,
+            out,
+            tmp,
+        });
+        Ok(())
+    }
+
+    fn install(&mut self, run: Running) -> Result<Work, FileDbError> {
+        let Running {
+            compaction,
+            mut out,
+            tmp,
+        } = run;
+        let plan = compaction.plan().clone();
+        let written = (|| {
+            let report = compaction
+                .finish(&mut out)
+                .map_err(|e| compact_error(e, &tmp))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| io("write", &tmp)(e.into_error()))?;
+            file.sync_all().map_err(io("fsync", &tmp))?;
+            Ok::<_, FileDbError>(report)
+        })();
+        let report = match written {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if !self.db.inputs_present(&plan) {
+            fs::remove_file(&tmp).map_err(io("remove", &tmp))?;
+            return Ok(Work::Abandoned(plan));
+        }
+        let dst = self.dir.join(block_name(plan.output()));
+        fs::rename(&tmp, &dst).map_err(io("rename", &tmp))?;
+        sync_dir(&self.dir)?;
+        let gone = self.db.install(&plan, map_file(&dst)?)?;
+        remove_blocks(&self.dir, &gone)?;
+        Ok(Work::Done(plan, report))
     }
 
     fn run(&mut self, plan: &CompactionPlan) -> Result<CompactionReport, FileDbError> {
-        let name = block_name(plan.output());
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let dst = self.dir.join(&name);
-        let file = File::create(&tmp).map_err(io("create", &tmp))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-        let report = self.db.compact(plan, &mut out).map_err(|e| match e {
-            CompactError::Db(e) => FileDbError::Db(e),
-            CompactError::Write(source) => io("write", &tmp)(source),
-        })?;
-        let file = out
-            .into_inner()
-            .map_err(|e| io("write", &tmp)(e.into_error()))?;
-        file.sync_all().map_err(io("fsync", &tmp))?;
-        drop(file);
-        fs::rename(&tmp, &dst).map_err(io("rename", &tmp))?;
-        sync_dir(&self.dir)?;
-        let gone = self.db.install(plan, map_file(&dst)?)?;
-        remove_blocks(&self.dir, &gone)?;
-        Ok(report)
+        self.abandon();
+        self.start(plan)?;
+        loop {
+            match self.compaction_work(i64::MIN, usize::MAX)? {
+                Work::Done(_, report) => return Ok(report),
+                Work::Progress => {}
+                Work::Idle | Work::Abandoned(_) => return Ok(CompactionReport::default()),
+            }
+        }
+    }
+}
+
+fn compact_error(e: CompactError, tmp: &Path) -> FileDbError {
+    match e {
+        CompactError::Db(e) => FileDbError::Db(e),
+        CompactError::Write(source) => io("write", tmp)(source),
     }
 }
 

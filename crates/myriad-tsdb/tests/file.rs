@@ -462,3 +462,95 @@ fn compaction_leftovers_after_a_crash() {
     assert_eq!(after.iter().map(|r| r.count).sum::<u64>(), 2_401);
     assert!(db.db().raw(t, 0, H).expect("raw").is_empty());
 }
+
+/// A compaction done in steps of one series lets writes and seals in between: a seal adds a
+/// newer block to the partition being merged (it survives the merge and wins where it
+/// rewrites a point), queries answer throughout, and a merge whose partition retention dropped
+/// meanwhile is abandoned without leaving a file.
+#[test]
+fn stepwise_compaction_with_writes_in_between() {
+    use myriad_tsdb::file::Work;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut db, _) = FileDb::open(dir.path(), cfg(), true).expect("open");
+    for i in 0..4 {
+        for d in ["a", "b", "c"] {
+            db.write(&points(d, i * 600_000, 300)).expect("write");
+        }
+        db.seal().expect("seal");
+    }
+    let want = answers(&db, "b");
+    // Six series (three devices x two metrics): the first step starts the merge.
+    assert_eq!(db.compaction_work(0, 1).expect("work"), Work::Progress);
+    assert!(db.compaction_running());
+    // A rewrite of a merged point and a new one, sealed into a fifth block meanwhile.
+    let temp = SeriesKey::new("b", "temp");
+    db.write(&[
+        (
+            temp.clone(),
+            Point {
+                ts: 1_000,
+                value: Value::F64(99.0),
+            },
+        ),
+        (
+            temp.clone(),
+            Point {
+                ts: 2_500_000,
+                value: Value::F64(7.0),
+            },
+        ),
+    ])
+    .expect("write");
+    db.seal().expect("seal");
+    let mut steps = 1;
+    let done = loop {
+        assert_eq!(
+            answers(&db, "a").0.len(),
+            1_200,
+            "queries answer during the merge"
+        );
+        match db.compaction_work(0, 1).expect("work") {
+            Work::Progress => steps += 1,
+            Work::Done(plan, report) => break (plan, report),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(steps >= 5, "{steps} steps");
+    assert_eq!((done.0.inputs.len(), done.1.series), (4, 6));
+    assert_eq!(
+        db.db().blocks()[&0].len(),
+        2,
+        "the merged block and the newer one"
+    );
+    let t = db.db().engine().index().get(&temp).expect("temp");
+    let raw = db.db().raw(t, 0, H).expect("raw");
+    assert_eq!(raw.len(), want.0.len() + 1);
+    assert_eq!(
+        raw[1],
+        Point {
+            ts: 1_000,
+            value: Value::F64(99.0)
+        }
+    );
+
+    // Level merges are done; a cold merge starts, then retention drops the partition.
+    assert_eq!(db.compaction_work(2 * H, 1).expect("work"), Work::Progress);
+    db.set_retention(RetentionPolicy::new(vec![], 1, 1).expect("policy"));
+    let r = db.apply_retention(3 * H).expect("retention");
+    assert_eq!(r.dropped, vec![0]);
+    let end = loop {
+        match db.compaction_work(2 * H, 1).expect("work") {
+            Work::Progress => {}
+            other => break other,
+        }
+    };
+    assert!(matches!(end, Work::Abandoned(_)), "{end:?}");
+    assert!(
+        fs::read_dir(dir.path()).expect("dir").all(|e| !e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .contains(".blk")),
+        "no block file left"
+    );
+}

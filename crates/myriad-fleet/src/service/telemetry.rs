@@ -23,12 +23,17 @@
 //! Retention ([`TelemetryConfig::retention`] per metric pattern, else
 //! [`TelemetryConfig::raw_retention_days`] / [`TelemetryConfig::rollup_retention_days`]):
 //! samples older than their metric's raw retention are refused at ingest ([`Refusal::Expired`]);
-//! at start (after sealing what the WAL replayed) and after each seal the writer rewrites each
+//! at start (after sealing what the WAL replayed, before any job) and after each seal (queued
+//! for the compactor) the writer rewrites each
 //! partition (one UTC day) that crossed a retention duration since it was last rewritten: each
 //! series kept, cut to its rollups or left out as its rule says; partitions past every rule's
-//! rollup retention are deleted ([`FileDb::apply_retention`]). Then it runs the compactions due
-//! (at most [`COMPACTIONS_PER_ROUND`]): level merges of the blocks seals wrote, and one merge of
-//! each day once it is an hour old ([`FileDb::compact_step`]).
+//! rollup retention are deleted ([`FileDb::queue_retention`]).
+//!
+//! Compaction ([`FileDb::compaction_work`]): retention rewrites, level merges of the blocks
+//! seals wrote, and one merge of each day once it is an hour old run on the writer thread in
+//! steps of [`COMPACTION_STEP_SERIES`] series: one step after each job while jobs arrive,
+//! steps back to back while the queue is empty. So a day's merge of a large fleet never holds
+//! the writes queued behind it for longer than a step.
 //!
 //! Export ([`TelemetryService::export_chunk`]) reads one metric at most one day at a time and
 //! at most [`EXPORT_CHUNK_POINTS`] points per job, so a long export holds bounded memory and
@@ -42,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use myriad_broker::hooks::{Acl, BoxFuture, IngestRefused, IngestSink};
+use myriad_tsdb::file::Work;
 use myriad_tsdb::index::{DEVICE_LABEL, METRIC_LABEL};
 use myriad_tsdb::promql::{self, SeriesSource};
 use myriad_tsdb::{
@@ -651,8 +657,24 @@ fn series_of(db: &FileDb, device: &str, metrics: &[String]) -> Vec<(String, Seri
 
 fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
     // Points replayed from the WAL into the head join their blocks first, so retention at
-    // start covers them too.
-    maintain(&mut db);
+    // start covers them too. At start retention runs whole before the first job (a store that
+    // was down while days expired answers without them); later rounds queue it.
+    seal(&mut db);
+    match db.apply_retention(now_ms() as i64) {
+        Ok(r) if !r.dropped.is_empty() || !r.rewritten.is_empty() => {
+            metrics::counter!(crate::metrics::TELEMETRY_COMPACTIONS_TOTAL, "kind" => "retention")
+                .increment(r.rewritten.len() as u64);
+            info!(
+                rewritten = r.rewritten.len(),
+                dropped = r.dropped.len(),
+                "telemetry retention applied at start"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "telemetry retention failed"),
+    }
+    block_gauges(&db);
+    let mut compaction = Compactor::default();
     let mut next_seal = Instant::now() + seal_every;
     let mut next = jobs.blocking_recv();
     let mut stopped = None;
@@ -749,14 +771,30 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
             maintain(&mut db);
             next_seal = Instant::now() + seal_every;
         }
+        // Under load a running compaction still moves: one step per job.
+        if db.compaction_running() {
+            compaction.step(&mut db);
+        }
         if next.is_none() {
-            next = jobs.blocking_recv();
+            // Idle: compaction steps until a job arrives or nothing is left to do.
+            next = loop {
+                match jobs.try_recv() {
+                    Ok(job) => break Some(job),
+                    Err(mpsc::error::TryRecvError::Disconnected) => break None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if !compaction.step(&mut db) {
+                            break jobs.blocking_recv();
+                        }
+                    }
+                }
+            };
         }
     }
-    // Later jobs are refused (their senders see `Stopped`); the store is sealed first.
+    // Later jobs are refused (their senders see `Stopped`); the store is sealed first. A
+    // compaction under way is dropped (its inputs stay; it runs again after the restart).
     jobs.close();
     seal(&mut db);
-    retention(&mut db);
+    db.abandon();
     block_gauges(&db);
     info!("telemetry writer stopped");
     if let Some(done) = stopped {
@@ -808,18 +846,49 @@ fn sync(db: &mut FileDb) -> Result<(), String> {
     })
 }
 
-/// Most compactions one maintenance round runs (each merges blocks, so a round always ends;
-/// the bound keeps one round from holding the writer long after a long outage).
-pub const COMPACTIONS_PER_ROUND: usize = 64;
+/// Series one compaction step writes before the writer looks at its queue again (a step of a
+/// day's merge of 1,000 devices x 4 metrics at 10 s takes a few ms per series written).
+pub const COMPACTION_STEP_SERIES: usize = 64;
 
-/// Seal, retention, then the compactions due, and the block gauges.
+/// How long compaction pauses after it failed (a full disk, an unreadable block), so a
+/// failure does not repeat in a tight loop.
+const COMPACTION_RETRY: Duration = Duration::from_secs(60);
+
+/// Seal, then the retention due (partitions nothing keeps deleted, rewrites queued for the
+/// compactor), and the block gauges.
 fn maintain(db: &mut FileDb) {
     seal(db);
     retention(db);
-    for _ in 0..COMPACTIONS_PER_ROUND {
-        match db.compact_step(now_ms() as i64) {
-            Ok(Some((plan, r))) => {
-                let kind = if plan.level == myriad_tsdb::db::FULL_LEVEL {
+    block_gauges(db);
+}
+
+/// Drives [`FileDb::compaction_work`] from the writer loop, one bounded step at a time.
+#[derive(Debug, Default)]
+struct Compactor {
+    paused_until: Option<Instant>,
+}
+
+impl Compactor {
+    /// Does one step; `false` when there is nothing to do (or compaction is paused).
+    fn step(&mut self, db: &mut FileDb) -> bool {
+        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        self.paused_until = None;
+        match db.compaction_work(now_ms() as i64, COMPACTION_STEP_SERIES) {
+            Ok(Work::Idle) => false,
+            Ok(Work::Progress) => true,
+            Ok(Work::Abandoned(plan)) => {
+                info!(
+                    partition = plan.partition,
+                    "telemetry compaction abandoned: its partition was dropped"
+                );
+                true
+            }
+            Ok(Work::Done(plan, r)) => {
+                let kind = if plan.retain_at.is_some() {
+                    "retention"
+                } else if plan.level == myriad_tsdb::db::FULL_LEVEL {
                     "cold"
                 } else {
                     "level"
@@ -827,6 +896,7 @@ fn maintain(db: &mut FileDb) {
                 metrics::counter!(crate::metrics::TELEMETRY_COMPACTIONS_TOTAL, "kind" => kind)
                     .increment(1);
                 info!(
+                    kind,
                     partition = plan.partition,
                     blocks = plan.inputs.len(),
                     level = plan.level,
@@ -834,17 +904,20 @@ fn maintain(db: &mut FileDb) {
                     points = r.points,
                     bytes = r.bytes,
                     corrupt = r.corrupt,
+                    raw_dropped_series = r.raw_dropped_series,
+                    expired_series = r.expired_series,
                     "telemetry blocks compacted"
                 );
+                block_gauges(db);
+                true
             }
-            Ok(None) => break,
             Err(e) => {
-                error!(error = %e, "telemetry compaction failed");
-                break;
+                error!(error = %e, "telemetry compaction failed; retrying in a minute");
+                self.paused_until = Some(Instant::now() + COMPACTION_RETRY);
+                false
             }
         }
     }
-    block_gauges(db);
 }
 
 fn block_gauges(db: &FileDb) {
@@ -863,14 +936,10 @@ fn seal(db: &mut FileDb) {
 }
 
 fn retention(db: &mut FileDb) {
-    match db.apply_retention(now_ms() as i64) {
+    match db.queue_retention(now_ms() as i64) {
         Ok(r) if !r.dropped.is_empty() || !r.rewritten.is_empty() => {
-            metrics::counter!(crate::metrics::TELEMETRY_COMPACTIONS_TOTAL, "kind" => "retention")
-                .increment(r.rewritten.len() as u64);
             info!(
-                rewritten = r.rewritten.len(),
-                raw_dropped_series = r.raw_dropped_series,
-                expired_series = r.expired_series,
+                queued = r.rewritten.len(),
                 dropped = r.dropped.len(),
                 "telemetry retention applied"
             )
