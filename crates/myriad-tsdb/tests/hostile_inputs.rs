@@ -206,3 +206,27 @@ fn deeply_nested_queries_are_refused_not_a_stack_overflow() {
     let at = nested("sum(", "temp", ")", MAX_QUERY_DEPTH - 1);
     assert!(Query::parse(&at, &limits).is_ok());
 }
+
+/// A regex matcher whose compiled form would be huge is refused quickly (the `regex` size
+/// limit, [`PromLimits::max_regex_bytes`]), in the third-party parser's own compile as in ours.
+#[test]
+fn a_huge_regex_is_refused_in_bounded_time() {
+    let limits = PromLimits::default();
+    for pattern in [
+        "((a{100}){100}){100}",
+        "(\\\\w{50}){50}",
+        "[\\\\p{L}]{1000}{10}",
+    ] {
+        let text = format!(r#"temp{{room=~"{pattern}"}}"#);
+        let started = std::time::Instant::now();
+        let out = Query::parse(&text, &limits).map(|_| ());
+        assert!(
+            matches!(&out, Err(PromError::Regex { .. } | PromError::Parse(_))),
+            "{text}: {out:?}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{text}"
+        );
+    }
+}
