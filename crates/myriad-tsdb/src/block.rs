@@ -422,8 +422,8 @@ fn encode_decimal(values: &[f64], k: Option<u32>) -> Result<Vec<u8>, BlockError>
 /// A chunk header says how many numbers the chunk holds (up to 2^24), and a few bytes of
 /// compressed data can legally stand for that many: so each chunk's count is checked against
 /// what is left of `n` before memory is taken for it. A column claiming more numbers than its
-/// series has (or fewer) is [`BlockError::Corrupt`]`(what)`, and decoding one never allocates
-/// more than `n` numbers, however the column's bytes were forged.
+/// series has (or fewer) is [`BlockError::Corrupt`]`(what)`, and decoding one never takes
+/// memory for more than `2 n` numbers (the vector's growth), however its bytes were forged.
 fn decompress_exact<T: pco::data_types::Number>(
     col: &[u8],
     n: usize,
