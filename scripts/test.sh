@@ -10,8 +10,9 @@
 #   4. cargo test --workspace --profile ci (same profile as 3: dependencies compile once)
 #   5. python -m pytest tests -q        (external-client integration suite)
 #   6. bash scripts/fuzz.sh 60          (bounded fuzzing: instrumented build + 60 s
-#                                        session + 10 s decode; MYRIAD_FUZZ_SECONDS
-#                                        sets the seconds, 0 skips the step)
+#                                        session + 10 s decode + 20 s each of
+#                                        telemetry_payload, tsdb_files, promql;
+#                                        MYRIAD_FUZZ_SECONDS sets the seconds, 0 skips)
 #
 # Prerequisites (.ci/run installs them): a Rust toolchain with rustfmt and clippy,
 # Python 3 with tests/requirements.txt (a .venv/ at the repo root is used when

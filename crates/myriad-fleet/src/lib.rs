@@ -12,12 +12,16 @@
 //! - [`import`]: streaming bulk provisioning from CSV or JSON lines;
 //! - [`telemetry`]: parsing device telemetry messages (JSON, CBOR) into samples;
 //! - [`lineproto`]: InfluxDB line protocol for bulk telemetry writes;
-//! - [`store`]: the embedded (redb) store for all of the above.
+//! - [`store`]: the embedded (redb) store for all of the above;
+//! - `fuzz` (feature `fuzz`): the fuzz harness of the telemetry parsers (`fuzz/`, replayed by
+//!   `tests/fuzz_corpus.rs`).
 
 pub mod acl;
 pub mod certs;
 pub mod commands;
 pub mod credentials;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod import;
 pub mod lineproto;
 pub mod metrics;

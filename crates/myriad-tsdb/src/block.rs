@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pco::ChunkConfig;
-use pco::standalone::{simple_compress, simple_decompress};
+use pco::standalone::{DecompressorItem, FileDecompressor, simple_compress};
 
 use crate::index::SeriesId;
 use crate::value::{Point, Value, ValueKind};
@@ -300,29 +300,28 @@ impl<'a> SeriesView<'a> {
         if self.count == 0 {
             return Ok(Vec::new());
         }
-        let ts: Vec<i64> = simple_decompress(self.ts_col).map_err(pco_err)?;
-        if ts.len() != self.count as usize {
-            return Err(BlockError::Corrupt("timestamp column length"));
+        // Timestamps are unique and sorted: `count` points need a span of at least `count` ms.
+        // A count the time range cannot hold is refused before any column is decoded.
+        let span = i128::from(self.last_ts) - i128::from(self.first_ts);
+        if span < i128::from(self.count) - 1 {
+            return Err(BlockError::Corrupt("point count exceeds the time range"));
         }
+        let n = self.count as usize;
+        let ts: Vec<i64> = decompress_exact(self.ts_col, n, "timestamp column length")?;
         let vals: Vec<Value> = match self.kind {
-            ValueKind::F64 => decode_decimal(self.val_col)?
+            ValueKind::F64 => decode_decimal(self.val_col, n, "value column length")?
                 .into_iter()
                 .map(Value::F64)
                 .collect(),
-            ValueKind::I64 => simple_decompress::<i64>(self.val_col)
-                .map_err(pco_err)?
+            ValueKind::I64 => decompress_exact::<i64>(self.val_col, n, "value column length")?
                 .into_iter()
                 .map(Value::I64)
                 .collect(),
-            ValueKind::Bool => simple_decompress::<i64>(self.val_col)
-                .map_err(pco_err)?
+            ValueKind::Bool => decompress_exact::<i64>(self.val_col, n, "value column length")?
                 .into_iter()
                 .map(|b| Value::Bool(b != 0))
                 .collect(),
         };
-        if vals.len() != ts.len() {
-            return Err(BlockError::Corrupt("value column length"));
-        }
         Ok(ts
             .into_iter()
             .zip(vals)
@@ -338,26 +337,14 @@ impl<'a> SeriesView<'a> {
             _ => return Ok(Vec::new()),
         };
         let [s, mn, mx, sm, c, l] = r.cols;
-        let starts: Vec<i64> = simple_decompress(s).map_err(pco_err)?;
-        let min: Vec<f64> = decode_decimal(mn)?;
-        let max: Vec<f64> = decode_decimal(mx)?;
-        let sum: Vec<f64> = decode_decimal(sm)?;
-        let count: Vec<u64> = simple_decompress(c).map_err(pco_err)?;
-        let last: Vec<f64> = decode_decimal(l)?;
         let n = r.n as usize;
-        if [
-            starts.len(),
-            min.len(),
-            max.len(),
-            sum.len(),
-            count.len(),
-            last.len(),
-        ]
-        .iter()
-        .any(|&x| x != n)
-        {
-            return Err(BlockError::Corrupt("rollup column length"));
-        }
+        const LEN: &str = "rollup column length";
+        let starts: Vec<i64> = decompress_exact(s, n, LEN)?;
+        let min: Vec<f64> = decode_decimal(mn, n, LEN)?;
+        let max: Vec<f64> = decode_decimal(mx, n, LEN)?;
+        let sum: Vec<f64> = decode_decimal(sm, n, LEN)?;
+        let count: Vec<u64> = decompress_exact(c, n, LEN)?;
+        let last: Vec<f64> = decode_decimal(l, n, LEN)?;
         Ok((0..n)
             .map(|i| Rollup {
                 start: starts[i],
@@ -441,15 +428,49 @@ fn encode_decimal(values: &[f64], k: Option<u32>) -> Result<Vec<u8>, BlockError>
     Ok(out)
 }
 
-fn decode_decimal(col: &[u8]) -> Result<Vec<f64>, BlockError> {
+/// Decodes a `pco` column that must hold exactly `n` numbers (`n` from the block's index).
+///
+/// A chunk header says how many numbers the chunk holds (up to 2^24), and a few bytes of
+/// compressed data can legally stand for that many: so each chunk's count is checked against
+/// what is left of `n` before memory is taken for it. A column claiming more numbers than its
+/// series has (or fewer) is [`BlockError::Corrupt`]`(what)`, and decoding one never takes
+/// memory for more than `2 n` numbers (the vector's growth), however its bytes were forged.
+fn decompress_exact<T: pco::data_types::Number>(
+    col: &[u8],
+    n: usize,
+    what: &'static str,
+) -> Result<Vec<T>, BlockError> {
+    let (file, mut src) = FileDecompressor::new(col).map_err(pco_err)?;
+    let mut out: Vec<T> = Vec::new();
+    while let DecompressorItem::Chunk(mut chunk) =
+        file.chunk_decompressor::<T, &[u8]>(src).map_err(pco_err)?
+    {
+        let at = out.len();
+        if chunk.n() > n - at {
+            return Err(BlockError::Corrupt(what));
+        }
+        out.resize(at + chunk.n(), T::default());
+        let progress = chunk.read(&mut out[at..]).map_err(pco_err)?;
+        if progress.n_processed != chunk.n() {
+            return Err(BlockError::Corrupt(what));
+        }
+        src = chunk.into_src();
+    }
+    if out.len() != n {
+        return Err(BlockError::Corrupt(what));
+    }
+    Ok(out)
+}
+
+fn decode_decimal(col: &[u8], n: usize, what: &'static str) -> Result<Vec<f64>, BlockError> {
     let (&mode, rest) = col
         .split_first()
         .ok_or(BlockError::Corrupt("empty decimal column"))?;
     match mode {
-        0 => simple_decompress(rest).map_err(pco_err),
+        0 => decompress_exact(rest, n, what),
         1..=7 => {
             let m = 10f64.powi(i32::from(mode) - 1);
-            let q: Vec<i64> = simple_decompress(rest).map_err(pco_err)?;
+            let q: Vec<i64> = decompress_exact(rest, n, what)?;
             Ok(q.into_iter().map(|q| q as f64 / m).collect())
         }
         _ => Err(BlockError::Corrupt("decimal column mode")),

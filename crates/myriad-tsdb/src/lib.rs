@@ -20,6 +20,8 @@
 //!   evaluated over the [`Db`], for the Prometheus-compatible read API.
 //! * [`retention`]: retention per metric pattern (raw points and rollups).
 //! * [`storage`]: the byte-file trait the caller implements, with an in-memory one for tests.
+//! * `fuzz` (feature `fuzz`): the fuzz harnesses of WAL segments, block files and PromQL
+//!   queries (`fuzz/`, replayed by `tests/fuzz_corpus.rs`).
 //!
 //! # Limits (what one more does)
 //!
@@ -41,6 +43,8 @@ pub mod block;
 pub mod db;
 pub mod engine;
 pub mod file;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod gorilla;
 pub mod head;
 pub mod index;

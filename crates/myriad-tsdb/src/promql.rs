@@ -53,6 +53,7 @@
 //! | compiled regex | [`PromLimits::max_regex_bytes`] (1 MiB, `regex` `size_limit`) | [`PromError::Regex`] (bad_data) |
 //! | range of `[r]` / offset | [`MAX_RANGE_MS`] (400 days) | [`PromError::Unsupported`] (bad_data) |
 //! | series or devices examined per selector or label request (candidates of a selector with a device-label matcher, [`Db::has_data`] checks of a window, devices whose labels are read) | [`PromLimits::max_examined`] (100,000) | [`PromError::TooManyExamined`] (execution) |
+//! | nesting of expressions | [`MAX_QUERY_DEPTH`] (128) | [`PromError::Unsupported`] (bad_data) |
 
 use std::collections::BTreeMap;
 
@@ -308,7 +309,50 @@ fn parse_expr(text: &str, limits: &PromLimits) -> Result<Expr, PromError> {
     // The parser is third-party code: a panic on odd input must not take the caller with it.
     let parsed = std::panic::catch_unwind(|| parser::parse(text))
         .map_err(|_| PromError::Parse("the query could not be parsed".into()))?;
-    parsed.map_err(PromError::Parse)
+    let expr = parsed.map_err(PromError::Parse)?;
+    // Compiling and evaluating recurse once per level: bound the depth before they run.
+    if expr_depth(&expr) > MAX_QUERY_DEPTH {
+        return Err(PromError::Unsupported(format!(
+            "expressions nested more than {MAX_QUERY_DEPTH} deep"
+        )));
+    }
+    Ok(expr)
+}
+
+/// Deepest nesting of expressions (parentheses, operators, calls, aggregations) a query may
+/// have; a deeper one is [`PromError::Unsupported`]. 8 KiB of `(` would otherwise nest 4,000
+/// levels, which the recursive compile overflowed a 2 MiB thread stack with.
+pub const MAX_QUERY_DEPTH: usize = 128;
+
+/// Nodes on the longest path from `expr` to a leaf, walked without recursion.
+fn expr_depth(expr: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(expr, 1usize)];
+    while let Some((e, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match e {
+            Expr::Paren(p) => stack.push((&p.expr, depth + 1)),
+            Expr::Unary(u) => stack.push((&u.expr, depth + 1)),
+            Expr::Subquery(q) => stack.push((&q.expr, depth + 1)),
+            Expr::Binary(b) => {
+                stack.push((&b.lhs, depth + 1));
+                stack.push((&b.rhs, depth + 1));
+            }
+            Expr::Aggregate(a) => {
+                stack.push((&a.expr, depth + 1));
+                if let Some(p) = &a.param {
+                    stack.push((p, depth + 1));
+                }
+            }
+            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), depth + 1))),
+            Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::VectorSelector(_)
+            | Expr::MatrixSelector(_)
+            | Expr::Extension(_) => {}
+        }
+    }
+    deepest
 }
 
 impl Query {
