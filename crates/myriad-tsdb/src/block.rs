@@ -141,26 +141,6 @@ pub struct SealedSeries {
 }
 
 impl SealedSeries {
-    /// Value kind.
-    pub fn kind(&self) -> ValueKind {
-        self.kind
-    }
-
-    /// Number of raw points.
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-
-    /// Whether it holds no raw points.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// First and last timestamps.
-    pub fn time_range(&self) -> (i64, i64) {
-        (self.first_ts, self.last_ts)
-    }
-
     /// Drops the raw columns, keeping the rollups and the time range.
     pub fn drop_raw(&mut self) {
         self.count = 0;
@@ -168,7 +148,8 @@ impl SealedSeries {
         self.val_col = Vec::new();
     }
 
-    /// The same data, borrowed (for the decoding methods of [`SeriesView`]).
+    /// The same data, borrowed: its kind, length, time range and decoding methods are
+    /// [`SeriesView`]'s.
     pub fn view(&self) -> SeriesView<'_> {
         SeriesView {
             kind: self.kind,
@@ -759,7 +740,7 @@ impl SealedBlock {
 
     /// Raw points over all series.
     pub fn points(&self) -> usize {
-        self.series.values().map(SealedSeries::len).sum()
+        self.series.values().map(|s| s.view().len()).sum()
     }
 
     /// Serialises the block (version 2, see the module docs).

@@ -139,6 +139,9 @@ pub struct FileDb {
     pending: Vec<u8>,
     /// The compaction under way, written step by step ([`FileDb::compaction_work`]).
     running: Option<Running>,
+    /// Sealed blocks held in memory whose file is not written yet (a seal failed to write
+    /// them); the next seal writes them before the WAL moves on.
+    unpersisted: Vec<BlockKey>,
     /// Partitions whose retention rewrite is due (with the moment to apply it at), oldest first.
     retention_queue: std::collections::VecDeque<(i64, i64)>,
 }
@@ -315,6 +318,7 @@ impl FileDb {
                 wal,
                 pending: Vec::new(),
                 running: None,
+                unpersisted: Vec::new(),
                 retention_queue: std::collections::VecDeque::new(),
             },
             report,
@@ -402,17 +406,20 @@ impl FileDb {
     /// no point arrived since the last seal), writes them atomically and maps them, starts a new WAL segment with a checkpoint and deletes the older
     /// segments. Returns the partitions written, ascending.
     pub fn seal(&mut self) -> Result<Vec<i64>, FileDbError> {
-        if !self.db.engine().head().has_unsealed() {
+        if !self.db.engine().head().has_unsealed() && self.unpersisted.is_empty() {
             // Nothing arrived since the last seal: no block, and the segment stays.
             return Ok(Vec::new());
         }
         let keys = self.db.seal()?;
-        for key in &keys {
-            let Some(block) = self.db.block(*key) else {
-                continue;
-            };
-            let path = write_atomic(&self.dir, &block_name(*key), block.bytes())?;
-            self.db.replace_bytes(*key, map_file(&path)?)?;
+        self.unpersisted.extend(&keys);
+        // Blocks an earlier seal could not write (a full disk) are written first; until every
+        // sealed block is in a file, the WAL segments holding their points stay.
+        while let Some(key) = self.unpersisted.first().copied() {
+            if let Some(block) = self.db.block(key) {
+                let path = write_atomic(&self.dir, &block_name(key), block.bytes())?;
+                self.db.replace_bytes(key, map_file(&path)?)?;
+            }
+            self.unpersisted.remove(0);
         }
         let changed: Vec<i64> = keys.iter().map(|k| k.partition).collect();
         let mut cp = std::mem::take(&mut self.pending);

@@ -214,7 +214,7 @@ fn block(bytes: &[u8]) {
     if let Ok(sealed) = SealedBlock::from_bytes(bytes) {
         for s in sealed.series.values() {
             if let Ok(points) = s.points() {
-                assert_eq!(points.len(), s.len());
+                assert_eq!(points.len(), s.view().len());
             }
             let _ = s.rollups(MINUTE_MS);
             let _ = s.rollups(HOUR_MS);

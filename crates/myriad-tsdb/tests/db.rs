@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use myriad_tsdb::block::{ENTRY_LEN, FOOTER_LEN, HEADER_LEN, HOUR_MS, MINUTE_MS};
+use myriad_tsdb::block::{FOOTER_LEN, HOUR_MS, MINUTE_MS};
 use myriad_tsdb::db::BlockKey;
 use myriad_tsdb::db::MAX_BUCKETS;
 use myriad_tsdb::retention::RetentionPolicy;
@@ -524,7 +524,7 @@ proptest! {
         let mut bytes = d.blocks()[&0][0].bytes().to_vec();
         let body = bytes.len() - FOOTER_LEN;
         bytes[at.index(body)] ^= xor;
-        fix_crcs(&mut bytes);
+        let bytes = myriad_tsdb::fuzz::fix_block_crcs(&bytes);
         if let Ok(block) = SealedBlock::from_bytes(&bytes) {
             for s in block.series.values() {
                 let _ = s.points();
@@ -533,32 +533,6 @@ proptest! {
             }
         }
     }
-}
-
-/// Recomputes a version 2 block's payload CRCs (where an entry's bounds are sane) and its index
-/// CRC, so a test alteration reaches the parsers behind them.
-fn fix_crcs(b: &mut [u8]) {
-    let len = b.len();
-    let footer = len - FOOTER_LEN;
-    let n = u32::from_le_bytes(b[footer..footer + 4].try_into().expect("4")) as usize;
-    let index_at = u64::from_le_bytes(b[footer + 4..footer + 12].try_into().expect("8")) as usize;
-    if index_at.checked_add(n * ENTRY_LEN) != Some(footer) {
-        return;
-    }
-    for i in 0..n {
-        let e = index_at + i * ENTRY_LEN;
-        let off = u64::from_le_bytes(b[e + 32..e + 40].try_into().expect("8")) as usize;
-        let plen = u64::from_le_bytes(b[e + 40..e + 48].try_into().expect("8")) as usize;
-        if off.checked_add(plen).is_some_and(|end| end <= index_at) {
-            let crc = crc32fast::hash(&b[off..off + plen]);
-            b[e + 12..e + 16].copy_from_slice(&crc.to_le_bytes());
-        }
-    }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&b[..HEADER_LEN]);
-    h.update(&b[index_at..footer]);
-    let crc = h.finalize();
-    b[footer + 12..].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The whole durability cycle through storage: WAL, seal, persisted blocks, a new WAL segment
