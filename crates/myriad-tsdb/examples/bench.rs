@@ -3,7 +3,8 @@
 //! Data: `DEVICES` devices x one day at 10 s (exact 10 s timestamps), four metrics each:
 //! temperature (0.1 °C random walk), humidity (0.1 % random walk), battery (0.01 V, slowly
 //! falling) and an event counter (integer, increments at random). Measures bytes per point for the
-//! Gorilla head chunks and for the sealed pco blocks, ingest points per CPU-second (batches of one
+//! Gorilla head chunks and for the sealed pco blocks (the day merged with its rollup tables, as
+//! the store keeps it), ingest points per CPU-second (batches of one
 //! timestamp for every series, WAL record encoded per batch), and query times.
 //!
 //! CPU time is this thread's own (from /proc/thread-self/schedstat), so other load on the machine
@@ -160,6 +161,15 @@ fn main() {
     let changed = db.seal().expect("seal");
     let (seal_cpu, seal_wall) = ((cpu_ns() - c0) as f64 / 1e9, w0.elapsed().as_secs_f64());
     assert_eq!(changed.len(), 1);
+    // The day merged once it is cold: the block the store keeps, with its rollup tables (a
+    // seal writes raw columns only).
+    let plan = myriad_tsdb::db::CompactionPlan {
+        partition: start,
+        inputs: db.blocks()[&start].iter().map(|b| b.generation).collect(),
+        level: myriad_tsdb::db::FULL_LEVEL,
+        retain_at: None,
+    };
+    db.compact_in_memory(&plan).expect("merge");
     let block = &db.blocks()[&start][0];
     assert_eq!(block.points().expect("index"), points);
     let (raw_bytes, rollup_bytes) = block.column_bytes().expect("columns");

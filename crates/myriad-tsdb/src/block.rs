@@ -186,6 +186,14 @@ impl SealedSeries {
 }
 
 impl RollupCols {
+    /// No rollup table (a series with raw points and no buckets: computed when asked).
+    fn absent() -> Self {
+        Self {
+            n: 0,
+            cols: Default::default(),
+        }
+    }
+
     fn view(&self) -> RollupView<'_> {
         RollupView {
             n: self.n,
@@ -311,12 +319,17 @@ impl<'a> SeriesView<'a> {
     }
 
     /// Decodes the rollups of `width` ([`MINUTE_MS`] or [`HOUR_MS`]; anything else gives none).
+    /// A series written without rollup tables ([`SealedSeries::encode_raw`]: raw points and no
+    /// buckets) computes them from its points.
     pub fn rollups(&self, width: i64) -> Result<Vec<Rollup>, BlockError> {
         let r = match width {
             MINUTE_MS => &self.rollups[0],
             HOUR_MS => &self.rollups[1],
             _ => return Ok(Vec::new()),
         };
+        if r.n == 0 && self.count > 0 {
+            return Ok(rollup(&self.points()?, width));
+        }
         let [s, mn, mx, sm, c, l] = r.cols;
         let n = r.n as usize;
         const LEN: &str = "rollup column length";
@@ -480,8 +493,21 @@ fn encode_rollups(points: &[Point], width: i64) -> Result<RollupCols, BlockError
 }
 
 impl SealedSeries {
-    /// Encodes sorted points with unique timestamps (as [`crate::Head::seal`] returns them).
+    /// Encodes sorted points with unique timestamps (as [`crate::Head::seal`] returns them),
+    /// with their rollups.
     pub fn encode(kind: ValueKind, points: &[Point]) -> Result<Self, BlockError> {
+        let mut s = Self::encode_raw(kind, points)?;
+        s.rollups = [
+            encode_rollups(points, MINUTE_MS)?,
+            encode_rollups(points, HOUR_MS)?,
+        ];
+        Ok(s)
+    }
+
+    /// [`SealedSeries::encode`] without the rollup tables (what a seal writes: twelve of the
+    /// fourteen columns, and most of the cost for the few points of one seal interval). Its
+    /// rollups are computed from the points when asked, and stored once a compaction merges it.
+    pub fn encode_raw(kind: ValueKind, points: &[Point]) -> Result<Self, BlockError> {
         let (Some(first), Some(last)) = (points.first(), points.last()) else {
             return Err(BlockError::Corrupt("no points"));
         };
@@ -511,10 +537,7 @@ impl SealedSeries {
             last_ts: last.ts,
             ts_col: compress(&ts)?,
             val_col,
-            rollups: [
-                encode_rollups(points, MINUTE_MS)?,
-                encode_rollups(points, HOUR_MS)?,
-            ],
+            rollups: [RollupCols::absent(), RollupCols::absent()],
         })
     }
 }

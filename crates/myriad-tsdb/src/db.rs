@@ -353,7 +353,7 @@ impl Db {
                         ..SealedBlock::default()
                     })
                     .series
-                    .insert(id, SealedSeries::encode(kind, part)?);
+                    .insert(id, SealedSeries::encode_raw(kind, part)?);
             }
         }
         self.engine.head_mut().mark_sealed();

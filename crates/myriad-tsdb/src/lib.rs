@@ -35,6 +35,9 @@
 //! | points per [`Engine::append`] batch | [`engine::MAX_BATCH_POINTS`] | [`WalEncodeError::TooLarge`], batch refused whole |
 //! | WAL record length read back | [`wal::MAX_RECORD_LEN`] (64 MiB) | replay stops: [`WalStop::BadLength`] |
 //! | buckets per aggregation | [`db::MAX_BUCKETS`] (100,000) | [`DbError::TooManyBuckets`] |
+//! | retention rules | [`retention::MAX_RULES`] (64) | [`retention::RetentionError::TooManyRules`] |
+//! | retention metric pattern | [`retention::MAX_PATTERN_LEN`] (256 bytes) | [`retention::RetentionError::BadPattern`] |
+//! | block file read back | header, footer, index CRC, index order and payload bounds checked at open; a series' payload CRC when read | [`BlockError`], the file renamed `.corrupt` at open |
 
 #![deny(missing_docs)]
 
