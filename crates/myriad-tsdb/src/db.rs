@@ -942,7 +942,14 @@ impl Compaction {
                 (Some(s), _) => s,
                 (None, Some(kind)) if !points.is_empty() => {
                     let merged = dedup_later_wins(points);
-                    let mut s = SealedSeries::encode(kind, &merged).map_err(DbError::from)?;
+                    // Rollup tables are stored by whole-partition merges only; level merges
+                    // (blocks merged again later) keep raw columns, as seals do.
+                    let encode = if self.plan.level == FULL_LEVEL {
+                        SealedSeries::encode
+                    } else {
+                        SealedSeries::encode_raw
+                    };
+                    let mut s = encode(kind, &merged).map_err(DbError::from)?;
                     if drop_raw {
                         s.drop_raw();
                         self.report.raw_dropped_series += 1;
