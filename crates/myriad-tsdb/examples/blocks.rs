@@ -6,8 +6,9 @@
 //! past its end), with the clock the data's own. Reports:
 //!
 //! * seal CPU per seal in the first and the last hour of a day (flat when a seal writes only
-//!   what arrived since the last one), and what re-encoding the whole day at that last seal
-//!   costs (what every seal cost before block generations: the day's blocks merged into one);
+//!   what arrived since the last one), and what sealing the whole day at once costs
+//!   (`whole_day_reencode_cpu_ms`: raw columns, as a seal now writes them; before block
+//!   generations every seal re-encoded the day so far, rollup tables included);
 //! * compaction CPU and bytes written (write amplification: bytes written by seals and
 //!   compactions over the bytes left on disk), files per day;
 //! * memory after reopening the store and reading every series of every day: the process's
