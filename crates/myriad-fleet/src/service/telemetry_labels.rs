@@ -34,7 +34,7 @@ use myriad_tsdb::promql::{
 use myriad_tsdb::{Point, SeriesId};
 
 use super::telemetry::SlicedReads;
-use crate::store::FleetStore;
+use crate::store::{FleetStore, IdPage, MAX_INDEX_PAGE};
 
 /// The registry as a [`DeviceLabelSource`]: each device's groups and attributes, read by id.
 #[derive(Debug, Clone)]
@@ -53,6 +53,76 @@ impl DeviceLabelSource for RegistryLabels {
                     .unwrap_or_default()
             })
             .collect())
+    }
+
+    fn devices_with(
+        &self,
+        label: &str,
+        value: &str,
+        max: usize,
+    ) -> Result<Option<Vec<String>>, PromError> {
+        let failed = |e: crate::store::FleetStoreError| {
+            PromError::Unavailable(format!("the device registry failed: {e}"))
+        };
+        if label == promql::GROUP_LABEL {
+            // `a,b` is the joined form: the devices in `a` are a superset.
+            let group = value.split(',').next().unwrap_or(value);
+            return collect(max, |after| {
+                self.0.devices_in_group(group, after, MAX_INDEX_PAGE)
+            })
+            .map_err(failed);
+        }
+        // The registry keys this label name can come from: sanitising keeps every character
+        // before the first `_` (a name starting with `_` can come from any key).
+        let prefix = label.split('_').next().unwrap_or("");
+        let (keys, more) = self
+            .0
+            .attribute_keys(prefix, MAX_ATTRIBUTE_KEYS)
+            .map_err(failed)?;
+        if more {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for key in keys
+            .iter()
+            .filter(|k| promql::attribute_label(k).as_deref() == Some(label))
+        {
+            let left = max.saturating_sub(out.len());
+            match collect(left, |after| {
+                self.0
+                    .devices_with_attribute(key, value, after, MAX_INDEX_PAGE)
+            })
+            .map_err(failed)?
+            {
+                Some(devices) => out.extend(devices),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Most distinct registry attribute keys looked at to find the keys of one attribute label
+/// (more: the selector examines its candidate series instead).
+pub const MAX_ATTRIBUTE_KEYS: usize = 1_000;
+
+/// The ids of every page `page` answers (from the first), or `None` past `max`.
+fn collect(
+    max: usize,
+    page: impl Fn(Option<&str>) -> Result<IdPage, crate::store::FleetStoreError>,
+) -> Result<Option<Vec<String>>, crate::store::FleetStoreError> {
+    let mut out: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (ids, next) = page(after.as_deref())?;
+        out.extend(ids);
+        if out.len() > max {
+            return Ok(None);
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(Some(out)),
+        }
     }
 }
 
@@ -75,10 +145,13 @@ impl SeriesSource for LabelledReads {
         limits: &PromLimits,
     ) -> Result<Vec<(SeriesId, Labels)>, PromError> {
         let (owned, l) = (sel.clone(), *limits);
+        let sets = promql::device_sets(sel, &self.devices, limits)?;
         let candidates = self
             .reads
             .0
-            .read_blocking(move |db| promql::candidates(db.engine().index(), &owned, &l, None))
+            .read_blocking(move |db| {
+                promql::candidates_within(db.engine().index(), &owned, &l, None, &sets)
+            })
             .map_err(|e| PromError::Unavailable(e.to_string()))??;
         promql::finish(candidates, &self.devices, limits)
     }
