@@ -311,4 +311,89 @@ mod tests {
             .expect("join");
         assert_eq!(v[0].1, 3.0);
     }
+
+    /// `=` matchers on groups and attributes pick their devices from the registry's indexes:
+    /// with 40 devices outside the group and `max_examined` 10, selectors over a group of 3
+    /// answer (before: every series, or every `temp` series, was examined: a 422). A group
+    /// past `max_examined` devices falls back to examining the series, and is the 422.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_and_attribute_selectors_do_not_examine_other_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FleetStore::open(&dir.path().join("fleet")).expect("store"));
+        let rows: Vec<_> = (0..54)
+            .map(|i| {
+                let mut new = NewDevice::new(DeviceId::new(format!("d{i:02}")).expect("id"));
+                if i < 3 {
+                    new.groups.insert("lab".into());
+                    new.attributes.insert("fw-version".into(), "2".into());
+                } else if i < 14 {
+                    new.groups.insert("big".into());
+                }
+                (new, None)
+            })
+            .collect();
+        store.insert_devices_batch(&rows, 0).expect("insert");
+        let svc =
+            TelemetryService::open(dir.path().join("tsdb"), false, TelemetryConfig::default())
+                .expect("open");
+        let now = now_ms() as i64;
+        let batches = (0..54)
+            .map(|i| DeviceSamples {
+                device: format!("d{i:02}"),
+                samples: vec![ParsedSample {
+                    metric: "temp".into(),
+                    ts: now - 1_000,
+                    value: Sample::Number(f64::from(i)),
+                }],
+            })
+            .collect();
+        svc.write_durable(batches).await.expect("write");
+        let source = LabelledReads {
+            reads: SlicedReads(svc.clone()),
+            devices: RegistryLabels(store.clone()),
+        };
+        tokio::task::spawn_blocking(move || {
+            let l = PromLimits {
+                max_examined: 10,
+                ..PromLimits::default()
+            };
+            let eval = |text: &str| {
+                let q = promql::Query::parse(text, &l).expect("parse");
+                promql::eval_instant(&source, &q, now, &l)
+            };
+            for text in [
+                r#"{group="lab"}"#,
+                r#"temp{group="lab"}"#,
+                r#"temp{fw_version="2"}"#,
+                r#"temp{group="lab", fw_version="2"}"#,
+            ] {
+                match eval(text) {
+                    Ok(promql::Instant::Vector(v)) => {
+                        let mut devices: Vec<String> =
+                            v.iter().map(|(l, _)| l["device"].clone()).collect();
+                        devices.sort();
+                        assert_eq!(devices, ["d00", "d01", "d02"], "{text}");
+                    }
+                    other => panic!("{text}: {other:?}"),
+                }
+            }
+            // No device has both: nothing, still without examining.
+            match eval(r#"temp{group="lab", fw_version="3"}"#) {
+                Ok(promql::Instant::Vector(v)) => assert!(v.is_empty()),
+                other => panic!("{other:?}"),
+            }
+            // 11 devices in `big`, one past max_examined: the series are examined, a 422.
+            assert!(matches!(
+                eval(r#"temp{group="big"}"#),
+                Err(PromError::TooManyExamined { limit: 10 })
+            ));
+            // A regex matcher keeps the bounded scan.
+            assert!(matches!(
+                eval(r#"temp{group=~"la."}"#),
+                Err(PromError::TooManyExamined { limit: 10 })
+            ));
+        })
+        .await
+        .expect("join");
+    }
 }
