@@ -8,20 +8,28 @@
 //!
 //! # How labels are resolved
 //!
-//! The registry keeps devices by id only: it has no group or attribute index (groups and
-//! attributes are filters applied while walking the device table, see
-//! [`crate::store::FleetStore::list_devices`]). So resolution goes the other way round: the
-//! store's series index selects the candidate series by their store labels (metric name,
-//! `device`, `metric`: posting lists, no scan), then the registry is read by device id for the
-//! candidates' distinct devices ([`crate::store::FleetStore::get_devices`]: point lookups in
-//! one read transaction), and the device-label matchers are applied to those. Nothing is
-//! cached: a change to a device's groups or attributes shows in the next query.
+//! The registry keeps a group index and an attribute index (see
+//! [`crate::store::FleetStore::devices_in_group`] and
+//! [`crate::store::FleetStore::devices_with_attribute`]). A selector's `=` matchers with a
+//! non-empty value on `group` or an attribute label take their devices from them first
+//! ([`RegistryLabels`]'s [`DeviceLabelSource::devices_with`], [`promql::device_sets`]): the
+//! candidate series are then those devices' series (the store's `device` postings), not every
+//! series. `group="a,b"` (the joined form) looks up `a`; an attribute label looks up every
+//! registry key that sanitises to it (found by the key's prefix before its first `_`, at most
+//! [`MAX_ATTRIBUTE_KEYS`] distinct keys). Otherwise (`!=`, `=~`, `!~`, or an index answer past
+//! [`PromLimits::max_examined`] devices) the store's series index selects the candidate series
+//! by their store labels (metric name, `device`, `metric`: posting lists, no scan). Either way
+//! the registry is then read by device id for the candidates' distinct devices
+//! ([`crate::store::FleetStore::get_devices`]: point lookups in one read transaction), and
+//! every device-label matcher is applied to those. Nothing is cached: a change to a device's
+//! groups or attributes shows in the next query.
 //!
-//! The work is bounded by [`PromLimits::max_examined`] (100,000): candidate series of a
-//! selector with a device-label matcher (a selector whose only non-empty matchers are device
-//! labels, `{group="lab"}`, makes every series a candidate), series checked for data in a
-//! `start`/`end` window, and devices looked up per label request; one past is a 422
-//! `execution` error asking to narrow the selector.
+//! The work is bounded by [`PromLimits::max_examined`] (100,000): devices an index answers per
+//! matcher (past it: the bounded scan below), candidate series of a selector with a
+//! device-label matcher (a selector whose only non-empty matchers are device labels and none
+//! of them an indexed `=`, `{group=~"lab"}`, makes every series a candidate), series checked
+//! for data in a `start`/`end` window, and devices looked up per label request; one past is a
+//! 422 `execution` error asking to narrow the selector.
 //!
 //! The store's part runs as a job on the telemetry writer thread; the registry reads run on
 //! the caller's thread (the blocking pool), so devices' writes are not held up by them.
