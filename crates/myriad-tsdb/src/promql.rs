@@ -2413,6 +2413,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn device_sets_narrow_the_candidates() {
+        let d = db(&[
+            ("d1", "temp", &[(T0, 1.0)]),
+            ("d2", "temp", &[(T0, 3.0)]),
+            ("d3", "temp", &[(T0, 8.0)]),
+            ("d2", "hum", &[(T0, 5.0)]),
+        ]);
+        let one = PromLimits {
+            max_examined: 1,
+            ..PromLimits::default()
+        };
+        let set = |label: &str, devices: &[&str]| DeviceSet {
+            label: label.into(),
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+        };
+        let devices_of = |c: Candidates| c.devices().map(String::from).collect::<Vec<_>>();
+        let sel = parse_selector(r#"{group="lab"}"#, &one).expect("selector");
+        let index = d.engine().index();
+        // Without a set every series is a candidate: past max_examined.
+        assert_eq!(
+            candidates(index, &sel, &one, None).map(|c| c.len()),
+            Err(PromError::TooManyExamined { limit: 1 })
+        );
+        // With one, only its devices' series.
+        let c = candidates_within(index, &sel, &one, None, &[set("group", &["d1"])]);
+        assert_eq!(devices_of(c.expect("candidates")), ["d1"]);
+        // Sets intersect, and the metric name still filters.
+        let sel = parse_selector(r#"temp{group="lab", site="x"}"#, &one).expect("selector");
+        let sets = [set("group", &["d1", "d2"]), set("site", &["d2", "d3"])];
+        let c = candidates_within(index, &sel, &one, None, &sets);
+        assert_eq!(devices_of(c.expect("candidates")), ["d2"]);
+        // A set on a store label is not used.
+        let sel = parse_selector(r#"temp{device="d3"}"#, &one).expect("selector");
+        let c = candidates_within(index, &sel, &one, None, &[set("device", &["d1"])]);
+        assert_eq!(devices_of(c.expect("candidates")), ["d3"]);
+        // device_sets asks the source for `=` matchers on device labels only.
+        let reg = registry();
+        let sel = parse_selector(r#"temp{group="lab", site=~"x"}"#, &one).expect("selector");
+        assert_eq!(device_sets(&sel, &reg, &one), Ok(vec![]));
+    }
+
     /// Timing, not a check: `cargo test --profile ci -p myriad-tsdb --lib promql::tests::timing -- --ignored --nocapture`.
     #[test]
     #[ignore]
