@@ -475,3 +475,172 @@ fn upsert_updates_fields_keeps_creation_and_reports_revocations() {
     assert_eq!((device.name.as_str(), device.enabled), ("Renamed", false));
     assert_eq!((device.created_at, device.updated_at), (5, 9));
 }
+
+/// Every page of `page` (device ids, in order).
+fn id_pages(
+    page: impl Fn(Option<&str>) -> Result<(Vec<String>, Option<String>), FleetStoreError>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (ids, next) = page(after.as_deref()).unwrap();
+        out.extend(ids);
+        match next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+fn in_group(store: &FleetStore, g: &str) -> Vec<String> {
+    id_pages(|after| store.devices_in_group(g, after, 2))
+}
+
+fn with_attr(store: &FleetStore, k: &str, v: &str) -> Vec<String> {
+    id_pages(|after| store.devices_with_attribute(k, v, after, 2))
+}
+
+#[test]
+fn group_and_attribute_indexes_follow_every_device_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FleetStore::open(dir.path()).unwrap();
+    for i in 0..6 {
+        store.create_device(&device(i), 1).unwrap();
+    }
+    assert_eq!(
+        in_group(&store, "even"),
+        ["dev-00000", "dev-00002", "dev-00004"]
+    );
+    assert_eq!(with_attr(&store, "site", "ber"), ["dev-00000", "dev-00003"]);
+    assert!(in_group(&store, "eve").is_empty());
+    assert!(with_attr(&store, "site", "be").is_empty());
+    // Update: dev-00000 leaves `even`, joins `odd`, moves to muc.
+    let patch: DevicePatch =
+        serde_json::from_str(r#"{"groups":["odd"],"attributes":{"site":"muc","fw":"2"}}"#).unwrap();
+    store.update_device(&id("dev-00000"), &patch, 2).unwrap();
+    assert_eq!(in_group(&store, "even"), ["dev-00002", "dev-00004"]);
+    assert_eq!(in_group(&store, "odd"), ["dev-00000"]);
+    assert_eq!(with_attr(&store, "site", "ber"), ["dev-00003"]);
+    assert_eq!(with_attr(&store, "fw", "2"), ["dev-00000"]);
+    // Delete.
+    store.delete_device(&id("dev-00002")).unwrap();
+    assert_eq!(in_group(&store, "even"), ["dev-00004"]);
+    // Bulk insert and import (upsert): a new device, and an existing one replaced.
+    let mut fresh = device(10);
+    fresh.groups = BTreeSet::from(["odd".to_string()]);
+    store.insert_devices_batch(&[(fresh, None)], 3).unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let mut replaced = device(4);
+    replaced.groups.clear();
+    replaced.attributes.insert("site".into(), "ber".into());
+    store.upsert_devices_batch(&[(replaced, None)], 4).unwrap()[0]
+        .as_ref()
+        .unwrap();
+    assert!(in_group(&store, "even").is_empty());
+    assert_eq!(in_group(&store, "odd"), ["dev-00000", "dev-00010"]);
+    assert_eq!(with_attr(&store, "site", "ber"), ["dev-00003", "dev-00004"]);
+    // Groups come from the index, counts included; the empty group is gone.
+    let (groups, next) = store.list_groups(None, 10).unwrap();
+    assert_eq!((groups, next), (vec![("odd".into(), 2)], None));
+    // list_devices by group or attribute walks the index, pages and all.
+    let by_group = all_pages(
+        &store,
+        DeviceQuery {
+            group: Some("odd".into()),
+            limit: 1,
+            ..DeviceQuery::default()
+        },
+    );
+    assert_eq!(by_group, ["dev-00000", "dev-00010"]);
+    let by_attr = all_pages(
+        &store,
+        DeviceQuery {
+            attribute: Some(("site".into(), "ber".into())),
+            id_prefix: Some("dev-00004".into()),
+            ..DeviceQuery::default()
+        },
+    );
+    assert_eq!(by_attr, ["dev-00004"]);
+    // A 0x00 in a name matches nothing (it would span other entries).
+    assert!(in_group(&store, "odd\0dev").is_empty());
+    assert!(
+        store
+            .list_devices(&DeviceQuery {
+                group: Some("odd\0dev".into()),
+                ..DeviceQuery::default()
+            })
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Attribute keys by prefix.
+    assert_eq!(
+        store.attribute_keys("", 10).unwrap(),
+        (vec!["fw".to_string(), "site".to_string()], false)
+    );
+    assert_eq!(
+        store.attribute_keys("", 1).unwrap(),
+        (vec!["fw".to_string()], true)
+    );
+    assert_eq!(
+        store.attribute_keys("s", 10).unwrap(),
+        (vec!["site".to_string()], false)
+    );
+}
+
+#[test]
+fn indexes_are_built_at_open_for_a_file_written_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = FleetStore::open(dir.path()).unwrap();
+        for i in 0..6 {
+            store.create_device(&device(i), 1).unwrap();
+        }
+        store.close().unwrap();
+    }
+    // What the previous version wrote: no index tables, no marker.
+    {
+        type Def = redb::TableDefinition<'static, &'static [u8], &'static [u8]>;
+        let db = redb::Database::create(dir.path().join("fleet.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        for name in ["devices_by_group", "devices_by_attribute"] {
+            assert!(txn.delete_table(Def::new(name)).unwrap());
+        }
+        txn.open_table(Def::new("meta"))
+            .unwrap()
+            .remove(b"device_indexes".as_slice())
+            .unwrap()
+            .expect("the marker was written");
+        txn.commit().unwrap();
+    }
+    let store = FleetStore::open(dir.path()).unwrap();
+    assert_eq!(
+        in_group(&store, "even"),
+        ["dev-00000", "dev-00002", "dev-00004"]
+    );
+    assert_eq!(with_attr(&store, "site", "ber"), ["dev-00000", "dev-00003"]);
+    assert_eq!(
+        store.list_groups(None, 10).unwrap(),
+        (vec![("even".to_string(), 3)], None)
+    );
+    // Stale entries (a marker lost with tables kept) are dropped by the rebuild.
+    store.delete_device(&id("dev-00000")).unwrap();
+    store.close().unwrap();
+    {
+        type Def = redb::TableDefinition<'static, &'static [u8], &'static [u8]>;
+        let db = redb::Database::create(dir.path().join("fleet.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(Def::new("devices_by_group"))
+            .unwrap()
+            .insert(b"even\0ghost".as_slice(), b"".as_slice())
+            .unwrap();
+        txn.open_table(Def::new("meta"))
+            .unwrap()
+            .remove(b"device_indexes".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = FleetStore::open(dir.path()).unwrap();
+    assert_eq!(in_group(&store, "even"), ["dev-00002", "dev-00004"]);
+}

@@ -736,6 +736,48 @@ pub trait DeviceLabelSource {
     /// The labels of each of `devices`, in the same order; a device the registry does not
     /// know has none ([`DeviceLabels::default`]).
     fn device_labels(&self, devices: &[&str]) -> Result<Vec<DeviceLabels>, PromError>;
+
+    /// The devices whose device label `label` can be `value` (a superset is fine: every
+    /// matcher is checked on the devices' labels later), from an index, or `None` when the
+    /// source has no index for it or more than `max` devices would answer (the caller then
+    /// examines the candidate series instead). The default has no index.
+    fn devices_with(
+        &self,
+        label: &str,
+        value: &str,
+        max: usize,
+    ) -> Result<Option<Vec<String>>, PromError> {
+        let _ = (label, value, max);
+        Ok(None)
+    }
+}
+
+/// The device sets of `sel`'s `=` matchers on device labels (`group`, attributes) with a
+/// non-empty value, from `source`'s index ([`DeviceLabelSource::devices_with`], at most
+/// [`PromLimits::max_examined`] devices each): what [`candidates_within`] narrows the
+/// candidate series by. `!=`, `=~` and `!~` matchers have none (their selectors examine the
+/// candidate series, bounded by [`PromLimits::max_examined`]).
+pub fn device_sets(
+    sel: &Selector,
+    source: &dyn DeviceLabelSource,
+    limits: &PromLimits,
+) -> Result<Vec<DeviceSet>, PromError> {
+    let mut out = Vec::new();
+    for m in &sel.matchers {
+        let LabelMatch::Eq(v) = &m.op else {
+            continue;
+        };
+        if v.is_empty() || [NAME_LABEL, DEVICE_LABEL, METRIC_LABEL].contains(&m.name.as_str()) {
+            continue;
+        }
+        if let Some(devices) = source.devices_with(&m.name, v, limits.max_examined)? {
+            out.push(DeviceSet {
+                label: m.name.clone(),
+                devices,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// No registry: no device has labels beyond the store's.
@@ -814,18 +856,91 @@ pub fn candidates(
     limits: &PromLimits,
     keep: Option<&dyn Fn(SeriesId) -> bool>,
 ) -> Result<Candidates, PromError> {
+    candidates_within(index, sel, limits, keep, &[])
+}
+
+/// The devices a device-label matcher of a selector can hold for, from a device index (the
+/// registry's group and attribute indexes): `label` is the matcher's label name, `devices` a
+/// superset of the devices whose labels satisfy it (sorted or not, repeats allowed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceSet {
+    /// The matcher's label name (`group` or an attribute label).
+    pub label: String,
+    /// Every device the matcher can hold for (and maybe more).
+    pub devices: Vec<String>,
+}
+
+/// [`candidates`], with the devices some device-label matchers can hold for already known
+/// (`sets`): the candidate series are then the postings of those devices (intersected across
+/// sets, and with the store's equality matcher if any), not every series. A set whose label is
+/// a store label here is ignored (the store's label wins). [`finish`] still applies every
+/// matcher, so a set may be a superset.
+pub fn candidates_within(
+    index: &SeriesIndex,
+    sel: &Selector,
+    limits: &PromLimits,
+    keep: Option<&dyn Fn(SeriesId) -> bool>,
+    sets: &[DeviceSet],
+) -> Result<Candidates, PromError> {
     let (store, device_matchers): (Vec<&Match>, Vec<&Match>) = sel
         .matchers
         .iter()
         .partition(|m| is_store_label(index, &m.name));
-    let examined_past = || PromError::TooManyExamined {
-        limit: limits.max_examined,
-    };
     let anchor = store
         .iter()
         .find(|m| matches!(&m.op, LabelMatch::Eq(v) if !v.is_empty()))
         .or_else(|| store.iter().find(|m| !m.is_match("")));
-    let ids: Vec<SeriesId> = match anchor {
+    // The devices every usable set allows.
+    let mut allowed: Option<std::collections::BTreeSet<&str>> = None;
+    for set in sets.iter().filter(|s| !is_store_label(index, &s.label)) {
+        let these: std::collections::BTreeSet<&str> =
+            set.devices.iter().map(String::as_str).collect();
+        allowed = Some(match allowed {
+            None => these,
+            Some(before) => before.intersection(&these).copied().collect(),
+        });
+    }
+    let by_devices = allowed.map(|devices| {
+        let mut ids: Vec<SeriesId> = Vec::new();
+        for d in devices {
+            ids.extend_from_slice(index.postings(DEVICE_LABEL, d));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    });
+    let anchor_eq = anchor.and_then(|m| match &m.op {
+        LabelMatch::Eq(v) => Some((m, v)),
+        _ => None,
+    });
+    let ids: Vec<SeriesId> = match (by_devices, anchor_eq) {
+        (Some(ids), Some((m, v))) => {
+            // The shorter list, then the store matchers filter it below.
+            let posted = index.postings(index_label(&m.name), v);
+            if posted.len() < ids.len() {
+                posted.to_vec()
+            } else {
+                ids
+            }
+        }
+        (Some(ids), None) => ids,
+        (None, _) => candidate_ids(index, anchor, &device_matchers, limits)?,
+    };
+    candidates_from(index, ids, store, device_matchers, limits, keep)
+}
+
+/// The candidate ids of [`candidates_within`] without device sets: the anchor's postings, or
+/// every series (at most [`PromLimits::max_examined`]).
+fn candidate_ids(
+    index: &SeriesIndex,
+    anchor: Option<&&Match>,
+    device_matchers: &[&Match],
+    limits: &PromLimits,
+) -> Result<Vec<SeriesId>, PromError> {
+    let examined_past = || PromError::TooManyExamined {
+        limit: limits.max_examined,
+    };
+    Ok(match anchor {
         Some(anchor) => {
             let name = index_label(&anchor.name);
             match &anchor.op {
@@ -854,6 +969,20 @@ pub fn candidates(
                 "query: vector selector must contain at least one non-empty matcher".into(),
             ));
         }
+    })
+}
+
+/// The end of [`candidates_within`]: `ids` filtered by the store matchers and `keep`.
+fn candidates_from(
+    index: &SeriesIndex,
+    ids: Vec<SeriesId>,
+    store: Vec<&Match>,
+    device_matchers: Vec<&Match>,
+    limits: &PromLimits,
+    keep: Option<&dyn Fn(SeriesId) -> bool>,
+) -> Result<Candidates, PromError> {
+    let examined_past = || PromError::TooManyExamined {
+        limit: limits.max_examined,
     };
     let mut kept = 0usize;
     let mut out = Vec::new();
@@ -1357,6 +1486,18 @@ pub fn series_candidates(
     window: Window,
     limits: &PromLimits,
 ) -> Result<Vec<Candidates>, PromError> {
+    series_candidates_within(db, selectors, &[], window, limits)
+}
+
+/// [`series_candidates`] with each selector's [`device_sets`] (`sets[i]` for `selectors[i]`;
+/// missing entries are no sets), as [`candidates_within`] takes them.
+pub fn series_candidates_within(
+    db: &Db,
+    selectors: &[Selector],
+    sets: &[Vec<DeviceSet>],
+    window: Window,
+    limits: &PromLimits,
+) -> Result<Vec<Candidates>, PromError> {
     let in_window = |id: SeriesId| db.has_data(id, window.from, window.to);
     let keep: Option<&dyn Fn(SeriesId) -> bool> = if window == Window::ALL {
         None
@@ -1365,7 +1506,11 @@ pub fn series_candidates(
     };
     selectors
         .iter()
-        .map(|sel| candidates(db.engine().index(), sel, limits, keep))
+        .enumerate()
+        .map(|(i, sel)| {
+            let sets = sets.get(i).map_or(&[][..], Vec::as_slice);
+            candidates_within(db.engine().index(), sel, limits, keep, sets)
+        })
         .collect()
 }
 
@@ -2266,6 +2411,48 @@ mod tests {
             series(&d, std::slice::from_ref(&tw), w, &reg, &limit(2)),
             Err(PromError::TooManyExamined { limit: 2 })
         );
+    }
+
+    #[test]
+    fn device_sets_narrow_the_candidates() {
+        let d = db(&[
+            ("d1", "temp", &[(T0, 1.0)]),
+            ("d2", "temp", &[(T0, 3.0)]),
+            ("d3", "temp", &[(T0, 8.0)]),
+            ("d2", "hum", &[(T0, 5.0)]),
+        ]);
+        let one = PromLimits {
+            max_examined: 1,
+            ..PromLimits::default()
+        };
+        let set = |label: &str, devices: &[&str]| DeviceSet {
+            label: label.into(),
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+        };
+        let devices_of = |c: Candidates| c.devices().map(String::from).collect::<Vec<_>>();
+        let sel = parse_selector(r#"{group="lab"}"#, &one).expect("selector");
+        let index = d.engine().index();
+        // Without a set every series is a candidate: past max_examined.
+        assert_eq!(
+            candidates(index, &sel, &one, None).map(|c| c.len()),
+            Err(PromError::TooManyExamined { limit: 1 })
+        );
+        // With one, only its devices' series.
+        let c = candidates_within(index, &sel, &one, None, &[set("group", &["d1"])]);
+        assert_eq!(devices_of(c.expect("candidates")), ["d1"]);
+        // Sets intersect, and the metric name still filters.
+        let sel = parse_selector(r#"temp{group="lab", site="x"}"#, &one).expect("selector");
+        let sets = [set("group", &["d1", "d2"]), set("site", &["d2", "d3"])];
+        let c = candidates_within(index, &sel, &one, None, &sets);
+        assert_eq!(devices_of(c.expect("candidates")), ["d2"]);
+        // A set on a store label is not used.
+        let sel = parse_selector(r#"temp{device="d3"}"#, &one).expect("selector");
+        let c = candidates_within(index, &sel, &one, None, &[set("device", &["d1"])]);
+        assert_eq!(devices_of(c.expect("candidates")), ["d3"]);
+        // device_sets asks the source for `=` matchers on device labels only.
+        let reg = registry();
+        let sel = parse_selector(r#"temp{group="lab", site=~"x"}"#, &one).expect("selector");
+        assert_eq!(device_sets(&sel, &reg, &one), Ok(vec![]));
     }
 
     /// Timing, not a check: `cargo test --profile ci -p myriad-tsdb --lib promql::tests::timing -- --ignored --nocapture`.

@@ -77,8 +77,8 @@ fn insert_with_credential(
 }
 
 /// The device groups, in name order, with how many devices each has, one
-/// page at a time. Groups have no index: each call reads every device once
-/// (its cost grows with the registry), keeping at most `limit` + 1 groups.
+/// page at a time, from the registry's group index: one seek per group and
+/// a count of its entries (the cost is the page's groups and their devices).
 #[utoipa::path(
     get,
     path = "/api/v1/groups",

@@ -255,8 +255,18 @@ async fn matching_series(
     window: Window,
     limits: PromLimits,
 ) -> Result<Vec<Labels>, PromFailure> {
+    // `=` matchers on groups and attributes pick their devices from the registry's indexes
+    // first, so those selectors' candidates are the devices' series, not every series.
+    let (selectors, sets) = with_registry(state, move |devices| {
+        let sets = selectors
+            .iter()
+            .map(|sel| promql::device_sets(sel, devices, &limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((selectors, sets))
+    })
+    .await?;
     let candidates = run(state, move |db| {
-        promql::series_candidates(db, &selectors, window, &limits)
+        promql::series_candidates_within(db, &selectors, &sets, window, &limits)
     })
     .await?;
     with_registry(state, move |devices| {

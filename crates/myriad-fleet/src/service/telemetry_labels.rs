@@ -8,20 +8,28 @@
 //!
 //! # How labels are resolved
 //!
-//! The registry keeps devices by id only: it has no group or attribute index (groups and
-//! attributes are filters applied while walking the device table, see
-//! [`crate::store::FleetStore::list_devices`]). So resolution goes the other way round: the
-//! store's series index selects the candidate series by their store labels (metric name,
-//! `device`, `metric`: posting lists, no scan), then the registry is read by device id for the
-//! candidates' distinct devices ([`crate::store::FleetStore::get_devices`]: point lookups in
-//! one read transaction), and the device-label matchers are applied to those. Nothing is
-//! cached: a change to a device's groups or attributes shows in the next query.
+//! The registry keeps a group index and an attribute index (see
+//! [`crate::store::FleetStore::devices_in_group`] and
+//! [`crate::store::FleetStore::devices_with_attribute`]). A selector's `=` matchers with a
+//! non-empty value on `group` or an attribute label take their devices from them first
+//! ([`RegistryLabels`]'s [`DeviceLabelSource::devices_with`], [`promql::device_sets`]): the
+//! candidate series are then those devices' series (the store's `device` postings), not every
+//! series. `group="a,b"` (the joined form) looks up `a`; an attribute label looks up every
+//! registry key that sanitises to it (found by the key's prefix before its first `_`, at most
+//! [`MAX_ATTRIBUTE_KEYS`] distinct keys). Otherwise (`!=`, `=~`, `!~`, or an index answer past
+//! [`PromLimits::max_examined`] devices) the store's series index selects the candidate series
+//! by their store labels (metric name, `device`, `metric`: posting lists, no scan). Either way
+//! the registry is then read by device id for the candidates' distinct devices
+//! ([`crate::store::FleetStore::get_devices`]: point lookups in one read transaction), and
+//! every device-label matcher is applied to those. Nothing is cached: a change to a device's
+//! groups or attributes shows in the next query.
 //!
-//! The work is bounded by [`PromLimits::max_examined`] (100,000): candidate series of a
-//! selector with a device-label matcher (a selector whose only non-empty matchers are device
-//! labels, `{group="lab"}`, makes every series a candidate), series checked for data in a
-//! `start`/`end` window, and devices looked up per label request; one past is a 422
-//! `execution` error asking to narrow the selector.
+//! The work is bounded by [`PromLimits::max_examined`] (100,000): devices an index answers per
+//! matcher (past it: the bounded scan below), candidate series of a selector with a
+//! device-label matcher (a selector whose only non-empty matchers are device labels and none
+//! of them an indexed `=`, `{group=~"lab"}`, makes every series a candidate), series checked
+//! for data in a `start`/`end` window, and devices looked up per label request; one past is a
+//! 422 `execution` error asking to narrow the selector.
 //!
 //! The store's part runs as a job on the telemetry writer thread; the registry reads run on
 //! the caller's thread (the blocking pool), so devices' writes are not held up by them.
@@ -34,7 +42,7 @@ use myriad_tsdb::promql::{
 use myriad_tsdb::{Point, SeriesId};
 
 use super::telemetry::SlicedReads;
-use crate::store::FleetStore;
+use crate::store::{FleetStore, IdPage, MAX_INDEX_PAGE};
 
 /// The registry as a [`DeviceLabelSource`]: each device's groups and attributes, read by id.
 #[derive(Debug, Clone)]
@@ -53,6 +61,76 @@ impl DeviceLabelSource for RegistryLabels {
                     .unwrap_or_default()
             })
             .collect())
+    }
+
+    fn devices_with(
+        &self,
+        label: &str,
+        value: &str,
+        max: usize,
+    ) -> Result<Option<Vec<String>>, PromError> {
+        let failed = |e: crate::store::FleetStoreError| {
+            PromError::Unavailable(format!("the device registry failed: {e}"))
+        };
+        if label == promql::GROUP_LABEL {
+            // `a,b` is the joined form: the devices in `a` are a superset.
+            let group = value.split(',').next().unwrap_or(value);
+            return collect(max, |after| {
+                self.0.devices_in_group(group, after, MAX_INDEX_PAGE)
+            })
+            .map_err(failed);
+        }
+        // The registry keys this label name can come from: sanitising keeps every character
+        // before the first `_` (a name starting with `_` can come from any key).
+        let prefix = label.split('_').next().unwrap_or("");
+        let (keys, more) = self
+            .0
+            .attribute_keys(prefix, MAX_ATTRIBUTE_KEYS)
+            .map_err(failed)?;
+        if more {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for key in keys
+            .iter()
+            .filter(|k| promql::attribute_label(k).as_deref() == Some(label))
+        {
+            let left = max.saturating_sub(out.len());
+            match collect(left, |after| {
+                self.0
+                    .devices_with_attribute(key, value, after, MAX_INDEX_PAGE)
+            })
+            .map_err(failed)?
+            {
+                Some(devices) => out.extend(devices),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Most distinct registry attribute keys looked at to find the keys of one attribute label
+/// (more: the selector examines its candidate series instead).
+pub const MAX_ATTRIBUTE_KEYS: usize = 1_000;
+
+/// The ids of every page `page` answers (from the first), or `None` past `max`.
+fn collect(
+    max: usize,
+    page: impl Fn(Option<&str>) -> Result<IdPage, crate::store::FleetStoreError>,
+) -> Result<Option<Vec<String>>, crate::store::FleetStoreError> {
+    let mut out: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (ids, next) = page(after.as_deref())?;
+        out.extend(ids);
+        if out.len() > max {
+            return Ok(None);
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(Some(out)),
+        }
     }
 }
 
@@ -75,10 +153,13 @@ impl SeriesSource for LabelledReads {
         limits: &PromLimits,
     ) -> Result<Vec<(SeriesId, Labels)>, PromError> {
         let (owned, l) = (sel.clone(), *limits);
+        let sets = promql::device_sets(sel, &self.devices, limits)?;
         let candidates = self
             .reads
             .0
-            .read_blocking(move |db| promql::candidates(db.engine().index(), &owned, &l, None))
+            .read_blocking(move |db| {
+                promql::candidates_within(db.engine().index(), &owned, &l, None, &sets)
+            })
             .map_err(|e| PromError::Unavailable(e.to_string()))??;
         promql::finish(candidates, &self.devices, limits)
     }
@@ -237,5 +318,90 @@ mod tests {
             .await
             .expect("join");
         assert_eq!(v[0].1, 3.0);
+    }
+
+    /// `=` matchers on groups and attributes pick their devices from the registry's indexes:
+    /// with 40 devices outside the group and `max_examined` 10, selectors over a group of 3
+    /// answer (before: every series, or every `temp` series, was examined: a 422). A group
+    /// past `max_examined` devices falls back to examining the series, and is the 422.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_and_attribute_selectors_do_not_examine_other_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FleetStore::open(&dir.path().join("fleet")).expect("store"));
+        let rows: Vec<_> = (0..54)
+            .map(|i| {
+                let mut new = NewDevice::new(DeviceId::new(format!("d{i:02}")).expect("id"));
+                if i < 3 {
+                    new.groups.insert("lab".into());
+                    new.attributes.insert("fw-version".into(), "2".into());
+                } else if i < 14 {
+                    new.groups.insert("big".into());
+                }
+                (new, None)
+            })
+            .collect();
+        store.insert_devices_batch(&rows, 0).expect("insert");
+        let svc =
+            TelemetryService::open(dir.path().join("tsdb"), false, TelemetryConfig::default())
+                .expect("open");
+        let now = now_ms() as i64;
+        let batches = (0..54)
+            .map(|i| DeviceSamples {
+                device: format!("d{i:02}"),
+                samples: vec![ParsedSample {
+                    metric: "temp".into(),
+                    ts: now - 1_000,
+                    value: Sample::Number(f64::from(i)),
+                }],
+            })
+            .collect();
+        svc.write_durable(batches).await.expect("write");
+        let source = LabelledReads {
+            reads: SlicedReads(svc.clone()),
+            devices: RegistryLabels(store.clone()),
+        };
+        tokio::task::spawn_blocking(move || {
+            let l = PromLimits {
+                max_examined: 10,
+                ..PromLimits::default()
+            };
+            let eval = |text: &str| {
+                let q = promql::Query::parse(text, &l).expect("parse");
+                promql::eval_instant(&source, &q, now, &l)
+            };
+            for text in [
+                r#"{group="lab"}"#,
+                r#"temp{group="lab"}"#,
+                r#"temp{fw_version="2"}"#,
+                r#"temp{group="lab", fw_version="2"}"#,
+            ] {
+                match eval(text) {
+                    Ok(promql::Instant::Vector(v)) => {
+                        let mut devices: Vec<String> =
+                            v.iter().map(|(l, _)| l["device"].clone()).collect();
+                        devices.sort();
+                        assert_eq!(devices, ["d00", "d01", "d02"], "{text}");
+                    }
+                    other => panic!("{text}: {other:?}"),
+                }
+            }
+            // No device has both: nothing, still without examining.
+            match eval(r#"temp{group="lab", fw_version="3"}"#) {
+                Ok(promql::Instant::Vector(v)) => assert!(v.is_empty()),
+                other => panic!("{other:?}"),
+            }
+            // 11 devices in `big`, one past max_examined: the series are examined, a 422.
+            assert!(matches!(
+                eval(r#"temp{group="big"}"#),
+                Err(PromError::TooManyExamined { limit: 10 })
+            ));
+            // A regex matcher keeps the bounded scan.
+            assert!(matches!(
+                eval(r#"temp{group=~"la."}"#),
+                Err(PromError::TooManyExamined { limit: 10 })
+            ));
+        })
+        .await
+        .expect("join");
     }
 }

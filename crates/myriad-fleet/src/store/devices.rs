@@ -5,8 +5,10 @@ use std::ops::Bound;
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::error::{FileName, FleetStoreError};
-use super::tables::{DEVICES, DEVICES_NAME, Tables, read_table};
-use super::{FleetStore, codec, has_key};
+use super::tables::{
+    DEVICES, DEVICES_BY_ATTRIBUTE, DEVICES_BY_GROUP, DEVICES_NAME, Tables, read_table,
+};
+use super::{FleetStore, codec, has_key, index};
 use crate::credentials::{PhcLimits, check_phc};
 use crate::registry::{Device, DeviceId, DevicePatch, DeviceQuery, NewDevice, Page};
 
@@ -36,7 +38,7 @@ fn insert_new(
             by: "an app client",
         });
     }
-    put_device(tables, file, new, phc, now, now)
+    put_device(tables, file, new, None, phc, now, now)
 }
 
 /// The checks of a row that need no table: its fields and its PHC string.
@@ -54,6 +56,7 @@ fn put_device(
     tables: &mut Tables<'_>,
     file: &FileName,
     new: &NewDevice,
+    old: Option<&Device>,
     phc: Option<&str>,
     created_at: u64,
     now: u64,
@@ -72,6 +75,13 @@ fn put_device(
         .devices
         .insert(key, value.as_slice())
         .map_err(|e| file.engine(e))?;
+    index::reindex(
+        tables,
+        file,
+        new.id.as_str(),
+        old.map(index::of),
+        Some((&new.groups, &new.attributes)),
+    )?;
     if let Some(phc) = phc {
         let value = codec::encode_credential(phc);
         tables
@@ -80,6 +90,23 @@ fn put_device(
             .map_err(|e| file.engine(e))?;
     }
     Ok(())
+}
+
+/// The index range a query's devices are under: its group's, else its
+/// attribute value's, else `None` (walk the devices).
+fn index_prefix(query: &DeviceQuery) -> Option<Vec<u8>> {
+    if let Some(g) = &query.group {
+        return Some(format!("{g}\0").into_bytes());
+    }
+    query
+        .attribute
+        .as_ref()
+        .map(|(k, v)| format!("{k}\0{v}\0").into_bytes())
+}
+
+/// How many `0x00` separators [`index_prefix`] puts in the prefix of `query`.
+fn prefix_parts(query: &DeviceQuery) -> usize {
+    if query.group.is_some() { 1 } else { 2 }
 }
 
 /// One page of groups: (name, device count) in name order, and the cursor
@@ -114,7 +141,7 @@ fn upsert(
         return insert_new(tables, file, new, phc, now).map(|()| Upserted::Created);
     };
     check_row(new, phc)?;
-    put_device(tables, file, new, phc, old.created_at, now)?;
+    put_device(tables, file, new, Some(&old), phc, old.created_at, now)?;
     Ok(Upserted::Updated {
         password_changed: phc.is_some(),
         disabled: old.enabled && !new.enabled,
@@ -190,6 +217,13 @@ impl FleetStore {
                 .devices
                 .insert(id.as_str().as_bytes(), value.as_slice())
                 .map_err(|e| file.engine(e))?;
+            index::reindex(
+                tables,
+                file,
+                id.as_str(),
+                Some(index::of(&device)),
+                Some(index::of(&updated)),
+            )?;
             Ok(updated)
         })
     }
@@ -211,6 +245,7 @@ impl FleetStore {
                 table.remove(key).map_err(|e| file.engine(e))?;
             }
             super::certs::remove_device_certificates(tables, file, id)?;
+            index::reindex(tables, file, id.as_str(), Some(index::of(&device)), None)?;
             Ok(device)
         })
     }
@@ -229,8 +264,20 @@ impl FleetStore {
     /// narrows the walk to that key range), filters, and stops at
     /// `query.limit` matches or after [`LIST_SCAN_BUDGET`] rows, whichever
     /// comes first; `next` is `Some` unless the walk reached the end.
+    ///
+    /// With a `group` (or else an `attribute`) filter the walk goes through
+    /// that index instead (the group's or attribute value's devices in id
+    /// order, each read by id), under the same budget.
     pub fn list_devices(&self, query: &DeviceQuery) -> Result<Page<Device>, FleetStoreError> {
         query.validate()?;
+        if let Some(prefix) = index_prefix(query) {
+            // A 0x00 no stored name has would make the prefix span other
+            // entries: nothing matches.
+            if prefix.iter().filter(|b| **b == 0).count() != prefix_parts(query) {
+                return Ok(Page::default());
+            }
+            return self.list_devices_indexed(query, &prefix);
+        }
         let file = &self.file;
         let limit = query.limit as usize;
         let after = query.after.as_ref().map(|a| a.as_str().as_bytes());
@@ -277,45 +324,83 @@ impl FleetStore {
 
     /// One page of the device groups, in name order after `after`, with how
     /// many devices each has: at most `limit` groups, and `next` is the
-    /// last one when more follow. Groups have no index of their own: this
-    /// reads every device once (decoding only its groups), so its cost
-    /// grows with the registry, and keeps at most `limit` + 1 groups.
+    /// last one when more follow. Answered from the group index: one seek
+    /// per group and a walk of its entries to count them, so its cost is the
+    /// page's groups and their devices, not the registry.
     pub fn list_groups(
         &self,
         after: Option<&str>,
         limit: usize,
     ) -> Result<GroupPage, FleetStoreError> {
+        self.list_groups_indexed(after, limit)
+    }
+
+    /// [`FleetStore::list_devices`] through the index range under `prefix`.
+    fn list_devices_indexed(
+        &self,
+        query: &DeviceQuery,
+        prefix: &[u8],
+    ) -> Result<Page<Device>, FleetStoreError> {
         let file = &self.file;
-        let limit = limit.max(1);
+        let limit = query.limit as usize;
+        let id_prefix = query.id_prefix.as_deref().unwrap_or("");
+        let mut start = prefix.to_vec();
+        let lower = match query.after.as_ref().map(|a| a.as_str()) {
+            Some(a) if a >= id_prefix => {
+                start.extend_from_slice(a.as_bytes());
+                Bound::Excluded(start)
+            }
+            _ => {
+                start.extend_from_slice(id_prefix.as_bytes());
+                Bound::Included(start)
+            }
+        };
+        let mut end = prefix.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let table_def = if query.group.is_some() {
+            DEVICES_BY_GROUP
+        } else {
+            DEVICES_BY_ATTRIBUTE
+        };
         self.read(|txn| {
-            let table = read_table(txn, DEVICES, file)?;
-            let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
-            for row in table.iter().map_err(|e| file.engine(e))? {
-                let (key, value) = row.map_err(|e| file.engine(e))?;
-                let device = codec::decode_device(key.value(), value.value())
-                    .map_err(|why| file.corrupt(DEVICES_NAME, key.value(), why))?;
-                for group in device.groups {
-                    if after.is_some_and(|a| group.as_str() <= a) {
-                        continue;
-                    }
-                    if let Some(count) = counts.get_mut(&group) {
-                        *count += 1;
-                    } else {
-                        counts.insert(group, 1);
-                        if counts.len() > limit + 1 {
-                            counts.pop_last();
-                        }
-                    }
+            let index = read_table(txn, table_def, file)?;
+            let devices = read_table(txn, DEVICES, file)?;
+            let rows = index
+                .range::<&[u8]>((
+                    lower.as_ref().map(Vec::as_slice),
+                    Bound::Excluded(end.as_slice()),
+                ))
+                .map_err(|e| file.engine(e))?;
+            let mut page = Page::default();
+            let mut last_scanned: Option<DeviceId> = None;
+            for (scanned, row) in rows.enumerate() {
+                let (key, _) = row.map_err(|e| file.engine(e))?;
+                let key = key.value();
+                let id = &key[prefix.len()..];
+                if !id.starts_with(id_prefix.as_bytes()) {
+                    break;
+                }
+                if page.items.len() == limit || scanned == LIST_SCAN_BUDGET {
+                    page.next = last_scanned;
+                    break;
+                }
+                let Some(value) = devices.get(id).map_err(|e| file.engine(e))? else {
+                    return Err(file.corrupt(
+                        "devices_by_group/attribute",
+                        key,
+                        "names a device that does not exist".into(),
+                    ));
+                };
+                let device = codec::decode_device(id, value.value())
+                    .map_err(|why| file.corrupt(DEVICES_NAME, id, why))?;
+                last_scanned = Some(device.id.clone());
+                if query.matches(&device) {
+                    page.items.push(device);
                 }
             }
-            let more = counts.len() > limit;
-            let items: Vec<(String, u64)> = counts.into_iter().take(limit).collect();
-            let next = if more {
-                items.last().map(|(g, _)| g.clone())
-            } else {
-                None
-            };
-            Ok((items, next))
+            Ok(page)
         })
     }
 

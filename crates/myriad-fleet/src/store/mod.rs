@@ -13,7 +13,9 @@
 //! | `device_certificates` | SHA-256 fingerprint | [`crate::certs::DeviceCertificate`] |
 //! | `device_certificates_by_device` | device id, `0x00`, fingerprint | empty |
 //! | `certificate_authorities` | SHA-256 fingerprint | [`crate::certs::CertificateAuthority`] |
-//! | `meta` | `format` | the layout version |
+//! | `devices_by_group` | group, `0x00`, device id | empty |
+//! | `devices_by_attribute` | attribute key, `0x00`, value, `0x00`, device id | empty |
+//! | `meta` | `format`; `device_indexes` | the layout version; `1` once the two device indexes are complete |
 //! | `commands`, `commands_by_device`, `commands_active`, `command_batches` | see `store/commands.rs` | command records (JSON) |
 //!
 //! Keys are the ids' UTF-8 bytes, so every table iterates in id order and
@@ -25,6 +27,13 @@
 //! login name identifies one principal ([`FleetStore::login_record`]).
 //! Deleting a device also deletes its credential, shadow, presence record
 //! and certificates in the same transaction.
+//!
+//! The two device indexes (`store/index.rs`) are written in the transaction
+//! of every device write, so [`FleetStore::devices_in_group`],
+//! [`FleetStore::devices_with_attribute`], [`FleetStore::list_groups`] and a
+//! [`FleetStore::list_devices`] filtered by group or attribute read only the
+//! matching devices. A file written before the indexes existed gets them
+//! built at open, in one transaction.
 //!
 //! # Durability and cost
 //!
@@ -46,6 +55,7 @@ mod codec;
 mod commands;
 mod devices;
 mod error;
+mod index;
 mod login;
 mod records;
 mod tables;
@@ -57,6 +67,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use devices::get_in as devices_get;
 pub use devices::{LIST_SCAN_BUDGET, Upserted};
 pub use error::FleetStoreError;
+pub use index::{IdPage, MAX_INDEX_PAGE};
 pub use login::LoginRecord;
 
 #[cfg(doc)]
@@ -112,6 +123,7 @@ impl FleetStore {
             .create(&path)
             .map_err(|e| file.engine(e))?;
         check_format(&db, &file)?;
+        index::ensure(&db, &file)?;
         Ok(FleetStore { db, path, file })
     }
 

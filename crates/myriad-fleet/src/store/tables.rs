@@ -27,6 +27,14 @@ pub(super) const CERTS_BY_DEVICE: Def = TableDefinition::new("device_certificate
 /// CA fingerprint -> certificate authority.
 pub(super) const CAS: Def = TableDefinition::new("certificate_authorities");
 
+/// Group, `0x00`, device id -> empty: the devices of each group.
+pub(super) const DEVICES_BY_GROUP: Def = TableDefinition::new("devices_by_group");
+/// Attribute key, `0x00`, value, `0x00`, device id -> empty: the devices with each attribute
+/// value (keys, groups and ids have no `0x00`, values no control character).
+pub(super) const DEVICES_BY_ATTRIBUTE: Def = TableDefinition::new("devices_by_attribute");
+/// The `meta` table (shared with `myriad_store::format`, which owns its `format` key).
+pub(super) const META: Def = TableDefinition::new("meta");
+
 /// Table names for errors (redb's `TableHandle::name` borrows the def).
 pub(super) const DEVICES_NAME: &str = "devices";
 /// See [`DEVICES_NAME`].
@@ -52,6 +60,8 @@ pub(super) struct Tables<'txn> {
     pub(super) device_certs: RawTable<'txn>,
     pub(super) certs_by_device: RawTable<'txn>,
     pub(super) cas: RawTable<'txn>,
+    pub(super) by_group: RawTable<'txn>,
+    pub(super) by_attribute: RawTable<'txn>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -70,6 +80,8 @@ impl<'txn> Tables<'txn> {
             device_certs: open(DEVICE_CERTS)?,
             certs_by_device: open(CERTS_BY_DEVICE)?,
             cas: open(CAS)?,
+            by_group: open(DEVICES_BY_GROUP)?,
+            by_attribute: open(DEVICES_BY_ATTRIBUTE)?,
         })
     }
 }
