@@ -244,6 +244,34 @@ mod tests {
         .expect("join");
     }
 
+    /// A telemetry store under `dir` holding one `temp` sample per `(device, value)` a second
+    /// before the returned time, and a source reading it with `store`'s device labels.
+    async fn temps(
+        dir: &std::path::Path,
+        store: &Arc<FleetStore>,
+        values: impl Iterator<Item = (String, f64)>,
+    ) -> (LabelledReads, i64) {
+        let svc = TelemetryService::open(dir.join("tsdb"), false, TelemetryConfig::default())
+            .expect("open");
+        let now = now_ms() as i64;
+        let batches = values
+            .map(|(device, v)| DeviceSamples {
+                device,
+                samples: vec![ParsedSample {
+                    metric: "temp".into(),
+                    ts: now - 1_000,
+                    value: Sample::Number(v),
+                }],
+            })
+            .collect();
+        svc.write_durable(batches).await.expect("write");
+        let source = LabelledReads {
+            reads: SlicedReads(svc.clone()),
+            devices: RegistryLabels(store.clone()),
+        };
+        (source, now)
+    }
+
     /// Through the service and a real registry: `{group=..}` and `sum by (site)` resolve from
     /// the registry, and a device's new groups show in the next query.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,25 +288,12 @@ mod tests {
             new.attributes.insert("site".into(), site.into());
             store.create_device(&new, 0).expect("create");
         }
-        let svc =
-            TelemetryService::open(dir.path().join("tsdb"), false, TelemetryConfig::default())
-                .expect("open");
-        let now = now_ms() as i64;
-        let batches = (1..=3)
-            .map(|d| DeviceSamples {
-                device: format!("d{d}"),
-                samples: vec![ParsedSample {
-                    metric: "temp".into(),
-                    ts: now - 1_000,
-                    value: Sample::Number(f64::from(d)),
-                }],
-            })
-            .collect();
-        svc.write_durable(batches).await.expect("write");
-        let source = LabelledReads {
-            reads: SlicedReads(svc.clone()),
-            devices: RegistryLabels(store.clone()),
-        };
+        let (source, now) = temps(
+            dir.path(),
+            &store,
+            (1..=3).map(|d| (format!("d{d}"), f64::from(d))),
+        )
+        .await;
         let eval = move |source: LabelledReads, text: &'static str| {
             tokio::task::spawn_blocking(move || {
                 let l = PromLimits::default();
@@ -341,25 +356,12 @@ mod tests {
             })
             .collect();
         store.insert_devices_batch(&rows, 0).expect("insert");
-        let svc =
-            TelemetryService::open(dir.path().join("tsdb"), false, TelemetryConfig::default())
-                .expect("open");
-        let now = now_ms() as i64;
-        let batches = (0..54)
-            .map(|i| DeviceSamples {
-                device: format!("d{i:02}"),
-                samples: vec![ParsedSample {
-                    metric: "temp".into(),
-                    ts: now - 1_000,
-                    value: Sample::Number(f64::from(i)),
-                }],
-            })
-            .collect();
-        svc.write_durable(batches).await.expect("write");
-        let source = LabelledReads {
-            reads: SlicedReads(svc.clone()),
-            devices: RegistryLabels(store.clone()),
-        };
+        let (source, now) = temps(
+            dir.path(),
+            &store,
+            (0..54).map(|i| (format!("d{i:02}"), f64::from(i))),
+        )
+        .await;
         tokio::task::spawn_blocking(move || {
             let l = PromLimits {
                 max_examined: 10,
