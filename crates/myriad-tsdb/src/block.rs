@@ -756,11 +756,6 @@ impl SealedBlock {
         }
     }
 
-    /// Bytes of raw columns over all series.
-    pub fn raw_bytes(&self) -> usize {
-        self.series.values().map(|s| s.view().raw_bytes()).sum()
-    }
-
     /// Raw points over all series.
     pub fn points(&self) -> usize {
         self.series.values().map(|s| s.view().len()).sum()
@@ -1037,7 +1032,9 @@ impl BlockView {
         Ok((SeriesId(e.id), view))
     }
 
-    fn find(&self, id: SeriesId) -> Result<Option<usize>, BlockError> {
+    /// Where series `id` is in the index (for [`BlockView::summary`] and
+    /// [`BlockView::series_at`]), if it is in this block: one binary search.
+    pub fn position(&self, id: SeriesId) -> Result<Option<usize>, BlockError> {
         let b = self.bytes();
         let (mut lo, mut hi) = (0, self.series_count);
         while lo < hi {
@@ -1059,7 +1056,7 @@ impl BlockView {
 
     /// What the index says of series `id`, if it is in this block (no payload read).
     pub fn summary_of(&self, id: SeriesId) -> Result<Option<SeriesSummary>, BlockError> {
-        match self.find(id)? {
+        match self.position(id)? {
             Some(i) => Ok(Some(self.summary(i)?)),
             None => Ok(None),
         }
@@ -1072,7 +1069,7 @@ impl BlockView {
 
     /// Series `id`, its payload CRC checked, if it is in this block.
     pub fn series(&self, id: SeriesId) -> Result<Option<SeriesView<'_>>, BlockError> {
-        match self.find(id)? {
+        match self.position(id)? {
             Some(i) => Ok(Some(self.entry(self.bytes(), i)?.1)),
             None => Ok(None),
         }
@@ -1124,4 +1121,11 @@ pub struct SeriesSummary {
     pub first_ts: i64,
     /// Last timestamp.
     pub last_ts: i64,
+}
+
+impl SeriesSummary {
+    /// Whether its time range overlaps `from <= ts < to`.
+    pub fn overlaps(&self, from: i64, to: i64) -> bool {
+        self.first_ts < to && self.last_ts >= from
+    }
 }

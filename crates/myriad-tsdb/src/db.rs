@@ -1,15 +1,26 @@
-//! The database: the [`Engine`] (index, head, WAL) plus sealed blocks, with queries and retention.
+//! The database: the [`Engine`] (index, head, WAL) plus sealed blocks, with queries, retention
+//! and compaction.
 //!
-//! * [`Db::seal`] moves every head point into one [`SealedBlock`] per time partition and returns
-//!   the partitions it changed, for the caller to persist. Points sealed into a partition that
-//!   already has a block (late points) are merged into that block's series (the newer value wins
-//!   at equal timestamps) and the series re-encoded, so rollups never count a point twice.
-//!   Queries merge the block with the head, the head winning at equal timestamps.
+//! * [`Db::seal`] moves every head point into a new block per time partition (level 0, the next
+//!   generation, raw columns only) and returns their keys, for the caller to persist. A
+//!   partition may so hold several blocks; a series' points in a later generation win over an
+//!   earlier one's at equal timestamps, and queries merge the blocks with the head, the head
+//!   winning.
+//! * Compaction ([`Db::plan_compaction`], [`Db::start_compaction`] / [`Compaction::step`],
+//!   [`Db::install`]) keeps the blocks per partition few: [`LEVEL_FANIN`] consecutive blocks of
+//!   one level merge into one of the next level, and a partition that ended
+//!   [`DbConfig::cold_after_ms`] ago is merged whole once ([`FULL_LEVEL`]). A merge writes series
+//!   by series to any `Write` sink; a whole-partition merge stores rollup tables computed from
+//!   the merged points (so they count a rewritten point once), other blocks compute them from
+//!   their points when asked.
+//! * Blocks are [`BlockView`]s over bytes the caller supplies (a memory-mapped file), so held
+//!   blocks cost their mappings, not decoded series.
 //! * Queries: [`Db::raw`], [`Db::aggregate`] (avg, min, max, sum, count, last, rate per step
-//!   bucket, over head and blocks), [`Db::latest`], and [`Db::rollups`] (the 1 min / 1 h rollups
-//!   stored at seal time, blocks only).
-//! * Retention: [`Db::drop_raw_before`] drops the raw columns of partitions that end at or before
-//!   a cutoff and keeps their rollups; [`Db::drop_before`] drops whole partitions.
+//!   bucket, over head and blocks), [`Db::latest`], and [`Db::rollups`] (blocks only).
+//! * Retention ([`RetentionPolicy`], set with [`Db::set_retention`]): [`Db::plan_retention`]
+//!   merges each partition that crossed a duration of the policy into one block where every
+//!   series is kept, cut to its rollups or left out; [`Db::drop_expired`] drops partitions no
+//!   rule keeps.
 
 use crate::block::{
     BlockBuilder, BlockBytes, BlockError, BlockHeader, BlockView, HOUR_MS, MINUTE_MS, Rollup,
@@ -394,12 +405,10 @@ impl Db {
     ) -> Result<Vec<SeriesView<'_>>, DbError> {
         let mut out = Vec::new();
         for b in self.views(from, to) {
-            if let Some((a, z)) = b.time_range(id)?
-                && a < to
-                && z >= from
-                && let Some(s) = b.series(id)?
+            if let Some(i) = b.position(id)?
+                && b.summary(i)?.overlaps(from, to)
             {
-                out.push(s);
+                out.push(b.series_at(i)?.1);
             }
         }
         Ok(out)
@@ -411,10 +420,10 @@ impl Db {
     pub fn has_data(&self, id: SeriesId, from: i64, to: i64) -> bool {
         from < to
             && (self.views(from, to).any(|b| {
-                b.time_range(id)
+                b.summary_of(id)
                     .ok()
                     .flatten()
-                    .is_some_and(|(a, z)| a < to && z >= from)
+                    .is_some_and(|s| s.overlaps(from, to))
             }) || !self.engine.head().range(id, from, to).is_empty())
     }
 
@@ -426,7 +435,7 @@ impl Db {
             .find(|(_, views)| {
                 views
                     .iter()
-                    .any(|b| b.time_range(id).ok().flatten().is_some())
+                    .any(|b| b.position(id).ok().flatten().is_some())
             })
             .map(|(p, _)| *p)
     }
@@ -460,7 +469,7 @@ impl Db {
     /// `agg` of series `id` over buckets of `step` ms aligned to multiples of `step`, for points
     /// with `from <= ts < to`: `(bucket start, value)` for each bucket that has a value.
     ///
-    /// Partitions whose raw data was dropped ([`Db::drop_raw_before`]) answer from their stored
+    /// Partitions whose raw data was dropped (retention, [`Db::plan_retention`]) answer from their stored
     /// rollups when `step` is a multiple of 1 min (or 1 h), for every function but `Rate`; there
     /// a rollup bucket counts whole if its start is in the range.
     pub fn aggregate(
@@ -488,9 +497,10 @@ impl Db {
         if let (Some(width), false) = (width, agg == Agg::Rate) {
             let mut rolled = Vec::new();
             for b in self.views(from, to) {
-                if b.summary_of(id)?.is_some_and(|s| s.count == 0)
-                    && let Some(s) = b.series(id)?
+                if let Some(i) = b.position(id)?
+                    && b.summary(i)?.count == 0
                 {
+                    let (_, s) = b.series_at(i)?;
                     rolled.extend(
                         s.rollups(width)?
                             .into_iter()
@@ -520,18 +530,17 @@ impl Db {
         // Partitions newest first: the first with raw data of the series holds its newest
         // point; among its blocks the latest generation wins at equal timestamps.
         for views in self.blocks.values().rev() {
-            let mut best: Option<(i64, &BlockView)> = None;
+            let mut best: Option<(i64, &BlockView, usize)> = None;
             for b in views {
-                if let Some(s) = b.summary_of(id)?
-                    && s.count > 0
-                    && best.is_none_or(|(t, _)| s.last_ts >= t)
-                {
-                    best = Some((s.last_ts, b));
+                if let Some(i) = b.position(id)? {
+                    let s = b.summary(i)?;
+                    if s.count > 0 && best.is_none_or(|(t, _, _)| s.last_ts >= t) {
+                        best = Some((s.last_ts, b, i));
+                    }
                 }
             }
-            if let Some((_, b)) = best
-                && let Some(s) = b.series(id)?
-            {
+            if let Some((_, b, i)) = best {
+                let (_, s) = b.series_at(i)?;
                 return Ok(s.points()?.last().copied());
             }
         }

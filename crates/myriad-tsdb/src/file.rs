@@ -403,8 +403,9 @@ impl FileDb {
     }
 
     /// Seals the head into new blocks (one per partition with head points; nothing at all when
-    /// no point arrived since the last seal), writes them atomically and maps them, starts a new WAL segment with a checkpoint and deletes the older
-    /// segments. Returns the partitions written, ascending.
+    /// no point arrived since the last seal), writes them atomically and maps them, starts a
+    /// new WAL segment with a checkpoint and deletes the older segments. Returns the partitions
+    /// written, ascending.
     pub fn seal(&mut self) -> Result<Vec<i64>, FileDbError> {
         if !self.db.engine().head().has_unsealed() && self.unpersisted.is_empty() {
             // Nothing arrived since the last seal: no block, and the segment stays.

@@ -1,4 +1,4 @@
-//! Myriad's telemetry storage engine: a sans-IO core plus one file-backed shell ([`file`]).
+//! Myriad's telemetry storage engine: a sans-IO core plus one file-backed shell ([`mod@file`]).
 //!
 //! The engine modules have no clock, no threads and no I/O: timestamps come in as arguments (milliseconds
 //! since the Unix epoch) and bytes to persist come out for the caller to write and fsync.
@@ -13,7 +13,7 @@
 //! * [`engine`]: index + head, producing WAL bytes for what they accept and replaying a log.
 //! * [`block`]: sealed blocks per time partition, columns re-encoded with `pco`, rollups.
 //! * [`db`]: engine plus blocks — seal, raw / aggregated / latest / rollup queries, retention.
-//! * [`file`]: the file-backed shell (WAL segments, atomic block files, recovery at open), the
+//! * [`mod@file`]: the file-backed shell (WAL segments, atomic block files, recovery at open), the
 //!   only module doing I/O.
 //! * [`multi`]: the same metrics of many devices, per device or combined per bucket.
 //! * [`promql`]: a PromQL subset (selectors, `rate` and `*_over_time`, `sum`/`avg`/.. `by`)

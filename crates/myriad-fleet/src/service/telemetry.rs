@@ -657,23 +657,8 @@ fn series_of(db: &FileDb, device: &str, metrics: &[String]) -> Vec<(String, Seri
 
 fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
     // Points replayed from the WAL into the head join their blocks first, so retention at
-    // start covers them too. At start retention runs whole before the first job (a store that
-    // was down while days expired answers without them); later rounds queue it.
-    seal(&mut db);
-    match db.apply_retention(now_ms() as i64) {
-        Ok(r) if !r.dropped.is_empty() || !r.rewritten.is_empty() => {
-            metrics::counter!(crate::metrics::TELEMETRY_COMPACTIONS_TOTAL, "kind" => "retention")
-                .increment(r.rewritten.len() as u64);
-            info!(
-                rewritten = r.rewritten.len(),
-                dropped = r.dropped.len(),
-                "telemetry retention applied at start"
-            );
-        }
-        Ok(_) => {}
-        Err(e) => error!(error = %e, "telemetry retention failed"),
-    }
-    block_gauges(&db);
+    // start covers them too.
+    maintain(&mut db, Retention::Whole);
     let mut compaction = Compactor::default();
     let mut next_seal = Instant::now() + seal_every;
     let mut next = jobs.blocking_recv();
@@ -768,7 +753,7 @@ fn writer(mut db: FileDb, mut jobs: mpsc::Receiver<Job>, seal_every: Duration) {
             }
         }
         if Instant::now() >= next_seal {
-            maintain(&mut db);
+            maintain(&mut db, Retention::Queued);
             next_seal = Instant::now() + seal_every;
         }
         // Under load a running compaction still moves: one step per job.
@@ -854,11 +839,42 @@ pub const COMPACTION_STEP_SERIES: usize = 64;
 /// failure does not repeat in a tight loop.
 const COMPACTION_RETRY: Duration = Duration::from_secs(60);
 
-/// Seal, then the retention due (partitions nothing keeps deleted, rewrites queued for the
-/// compactor), and the block gauges.
-fn maintain(db: &mut FileDb) {
+/// How [`maintain`] applies the retention due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retention {
+    /// Every rewrite done before returning: at start, before the first job, so a store that
+    /// was down while days expired answers without them.
+    Whole,
+    /// Rewrites queued for the stepwise compactor: every later round.
+    Queued,
+}
+
+/// Seal, then the retention due (partitions nothing keeps deleted, rewrites done or queued),
+/// and the block gauges.
+fn maintain(db: &mut FileDb, how: Retention) {
     seal(db);
-    retention(db);
+    let now = now_ms() as i64;
+    let applied = match how {
+        Retention::Whole => db.apply_retention(now),
+        Retention::Queued => db.queue_retention(now),
+    };
+    match applied {
+        Ok(r) if !r.dropped.is_empty() || !r.rewritten.is_empty() => {
+            // Queued rewrites are counted by the compactor when they are done.
+            if how == Retention::Whole {
+                metrics::counter!(crate::metrics::TELEMETRY_COMPACTIONS_TOTAL, "kind" => "retention")
+                    .increment(r.rewritten.len() as u64);
+            }
+            info!(
+                ?how,
+                rewritten = r.rewritten.len(),
+                dropped = r.dropped.len(),
+                "telemetry retention applied"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "telemetry retention failed"),
+    }
     block_gauges(db);
 }
 
@@ -932,20 +948,6 @@ fn seal(db: &mut FileDb) {
         Ok(parts) if !parts.is_empty() => info!(partitions = parts.len(), "telemetry sealed"),
         Ok(_) => {}
         Err(e) => error!(error = %e, "telemetry seal failed"),
-    }
-}
-
-fn retention(db: &mut FileDb) {
-    match db.queue_retention(now_ms() as i64) {
-        Ok(r) if !r.dropped.is_empty() || !r.rewritten.is_empty() => {
-            info!(
-                queued = r.rewritten.len(),
-                dropped = r.dropped.len(),
-                "telemetry retention applied"
-            )
-        }
-        Ok(_) => {}
-        Err(e) => error!(error = %e, "telemetry retention failed"),
     }
 }
 
