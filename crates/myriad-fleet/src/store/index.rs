@@ -152,6 +152,20 @@ pub(super) fn ensure(db: &Database, file: &FileName) -> Result<(), FleetStoreErr
     txn.commit().map_err(|e| file.engine(e))
 }
 
+/// The first key at or after `lower` in `table`, if any (one seek): how the distinct-name walks
+/// skip from one name to the next.
+fn first_key_from(
+    table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    lower: &[u8],
+    file: &FileName,
+) -> Result<Option<Vec<u8>>, FleetStoreError> {
+    let mut rows = table.range::<&[u8]>(lower..).map_err(|e| file.engine(e))?;
+    match rows.next() {
+        Some(row) => Ok(Some(row.map_err(|e| file.engine(e))?.0.value().to_vec())),
+        None => Ok(None),
+    }
+}
+
 /// The key after every key starting with `prefix` (`prefix` ends with `0x00`: its last byte
 /// becomes `0x01`).
 fn past(prefix: &[u8]) -> Vec<u8> {
@@ -255,14 +269,10 @@ impl FleetStore {
             let mut keys = Vec::new();
             let mut lower: Vec<u8> = prefix.as_bytes().to_vec();
             loop {
-                let mut rows = table
-                    .range::<&[u8]>(lower.as_slice()..)
-                    .map_err(|e| file.engine(e))?;
-                let Some(row) = rows.next() else {
+                let Some(key) = first_key_from(&table, &lower, file)? else {
                     return Ok((keys, false));
                 };
-                let (key, _) = row.map_err(|e| file.engine(e))?;
-                let key = key.value();
+                let key = key.as_slice();
                 if !key.starts_with(prefix.as_bytes()) {
                     return Ok((keys, false));
                 }
@@ -300,14 +310,10 @@ impl FleetStore {
                 None => Vec::new(),
             };
             loop {
-                let mut rows = table
-                    .range::<&[u8]>(lower.as_slice()..)
-                    .map_err(|e| file.engine(e))?;
-                let Some(row) = rows.next() else {
+                let Some(key) = first_key_from(&table, &lower, file)? else {
                     return Ok((items, None));
                 };
-                let (key, _) = row.map_err(|e| file.engine(e))?;
-                let key = key.value();
+                let key = key.as_slice();
                 let name = key.split(|b| *b == 0).next().unwrap_or_default();
                 if items.len() == limit {
                     let next = items.last().map(|(g, _)| g.clone());
