@@ -1,13 +1,15 @@
 //! Myriad's OTA core (issue 18), sans-IO: no clock, no threads, no I/O.
 //!
-//! This first step holds the update manifest: its protobuf schema (`proto/manifest.proto`,
-//! compiled with protox and prost, so no system `protoc` is needed), signing with Ed25519 and
-//! the checks a device runs before it writes anything to its inactive slot ([`manifest`]).
-//! Artifacts, delta patches, rollouts and the device agent come next.
+//! - [`manifest`]: the update manifest, its protobuf schema (`proto/manifest.proto`, compiled
+//!   with protox and prost, so no system `protoc` is needed), signing with Ed25519 and the
+//!   checks a device runs before it writes anything to its inactive slot.
+//! - [`rollout`]: the rollout planner (waves, abort threshold, retries, timeouts, pause /
+//!   resume / cancel) as a state machine with time passed in, restorable from its records.
 
 #![deny(missing_docs)]
 
 pub mod manifest;
+pub mod rollout;
 
 /// The generated protobuf types (`myriad.ota.v1`).
 #[allow(missing_docs, clippy::doc_markdown)]
