@@ -238,7 +238,7 @@ def test_a_rollout_in_waves_to_real_devices(broker, api):
             note = notes[0]
             assert note["rollout"] == rollout["id"] and note["attempt"] == 1
             assert note["artifact"] == {k: art[k] for k in ("id", "version", "hardware_type", "size", "sha256")}
-            assert note["url"] == f"/api/v1/ota/artifacts/{art['id']}/content"
+            assert note["url"].startswith(f"/ota/v1/download/{art['id']}?device={device.id}&expires="), note
         page = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices?state=FAILED")
         assert page["total"] == 1 and page["devices"][0]["device"] == ids[5]
         assert page["devices"][0]["reason"] == "flash write error"
@@ -286,6 +286,56 @@ def test_the_first_wave_goes_first(broker, api):
     finally:
         for device in devices:
             device.close()
+
+
+def test_devices_download_with_their_signed_url(broker, api):
+    import urllib.parse
+
+    ids = [unique("dl") for _ in range(2)]
+    for dev_id in ids:
+        api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    image = os.urandom(120_000)
+    _, art = upload(api, image, version="6.0.0")
+    device = Device(broker.port, ids[0], "dev-pw-123", mode="silent")
+    try:
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": ids[:1]}},
+                         expect=201)
+        assert wait_until(lambda: device.notified(), 5)
+        url = device.notified()[0]["url"]
+    finally:
+        device.close()
+
+    def fetch(path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+        req = urllib.request.Request(api.base + path, headers=headers or {})  # no bearer token
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()}
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), {}
+
+    status, body, _ = fetch(url)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == art["sha256"]
+    status, body, headers = fetch(url, {"Range": "bytes=70000-"})
+    assert status == 206 and body == image[70000:] and headers["content-range"].endswith(f"/{len(image)}")
+    path, _, query = url.partition("?")
+    q = dict(urllib.parse.parse_qsl(query))
+    forged = [
+        {**q, "sig": q["sig"][:-1] + ("0" if q["sig"][-1] != "0" else "1")},  # one hex digit changed
+        {**q, "device": ids[1]},  # another device
+        {**q, "expires": str(int(q["expires"]) + 1)},  # a longer life
+        {**q, "expires": "1", "sig": q["sig"]},  # long expired
+        {**q, "sig": "zz"},
+    ]
+    for bad in forged:
+        status, body, _ = fetch(path + "?" + urllib.parse.urlencode(bad))
+        assert status == 403 and b"not valid" in body, (bad, body)
+    assert fetch(path + "?device=x")[0] == 400
+    # A disabled device's URL stops working.
+    api.ok("PATCH", f"/api/v1/devices/{ids[0]}", {"enabled": False})
+    assert fetch(url)[0] == 403
+    api.ok("PATCH", f"/api/v1/devices/{ids[0]}", {"enabled": True})
+    assert fetch(url)[0] == 200
+    api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
 
 
 def test_bad_rollouts_and_reports_are_refused(broker, api):

@@ -123,6 +123,8 @@ pub fn router(state: ApiState) -> Router {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::openapi_json))
+        // Signed per device: no bearer token.
+        .routes(routes!(ota::device_download))
         .merge(protected)
         .merge(influx)
         .split_for_parts();

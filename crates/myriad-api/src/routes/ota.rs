@@ -672,3 +672,58 @@ pub(crate) async fn cancel_rollout(
 ) -> Result<Json<RolloutBody>, ApiError> {
     control(state, id, RolloutAction::Cancel).await
 }
+
+/// A device's signed download URL's query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DownloadParams {
+    /// The device the URL was made for.
+    pub device: String,
+    /// Unix seconds after which the URL is refused.
+    pub expires: u64,
+    /// The URL's signature (64 hex digits).
+    pub sig: String,
+}
+
+/// Downloads an artifact with the signed URL of a device's update notification (no bearer
+/// token: the signature is the credential). `Range` requests resume a broken download.
+#[utoipa::path(
+    get,
+    path = "/ota/v1/download/{artifact}",
+    tag = "ota",
+    params(("artifact" = String, Path, description = "Artifact id"), DownloadParams),
+    responses(
+        (status = 200, description = "The whole image", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 403, description = "Bad or expired signature, disabled device, or no such artifact", body = ErrorBody),
+        (status = 416, description = "Range outside the image"),
+    )
+)]
+pub(crate) async fn device_download(
+    State(state): State<ApiState>,
+    Path(artifact): Path<String>,
+    ApiQuery(params): ApiQuery<DownloadParams>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let ota = state.ota.clone();
+    let checked = blocking(move || {
+        Ok(ota.check_download(
+            &artifact,
+            &params.device,
+            params.expires,
+            &params.sig,
+            now_ms(),
+        ))
+    })
+    .await?;
+    let path = checked.map_err(|_| ApiError::Other {
+        status: StatusCode::FORBIDDEN,
+        message: "the download URL is not valid or has expired".into(),
+    })?;
+    match ServeFile::new(path).oneshot(request).await {
+        Ok(response) => Ok(response.map(Body::new).into_response()),
+        Err(error) => Err(ApiError::Internal(format!(
+            "cannot read the artifact: {error}"
+        ))),
+    }
+}

@@ -94,6 +94,7 @@ async fn every_route_is_documented() {
         ("/api/v1/ota/rollouts/{id}/pause", "post"),
         ("/api/v1/ota/rollouts/{id}/resume", "post"),
         ("/api/v1/ota/rollouts/{id}/cancel", "post"),
+        ("/ota/v1/download/{artifact}", "get"),
     ];
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {

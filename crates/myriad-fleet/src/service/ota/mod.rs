@@ -5,6 +5,7 @@
 //! - [`artifacts`]: uploads streamed to `{data_dir}/ota/artifacts/{id}` (SHA-256 and size
 //!   recorded as the bytes arrive, `fsync`ed and renamed into place before the record is
 //!   written), listing, deletion (refused while a rollout that has not finished uses it).
+//! - [`download`]: signed per-device download URLs (Range requests resume).
 //! - [`rollouts`]: creating a rollout (device ids, a group or an attribute value), the
 //!   service's loop (one round a second or when woken: ticks every planner, writes what changed,
 //!   then publishes notifications), device reports, pause / resume / cancel, and the restart:
@@ -26,6 +27,7 @@
 //! | version, hardware type | [`MAX_LABEL_BYTES`]; notes [`MAX_NOTES_BYTES`] |
 
 pub mod artifacts;
+pub mod download;
 pub mod rollouts;
 
 use std::collections::BTreeMap;
@@ -59,6 +61,8 @@ pub struct OtaConfig {
     pub max_active_rollouts: usize,
     /// Update notifications sent per second over all rollouts.
     pub notify_per_second: u32,
+    /// How long a device's signed download URL stays valid (seconds).
+    pub download_url_ttl_secs: u64,
 }
 
 impl Default for OtaConfig {
@@ -69,6 +73,7 @@ impl Default for OtaConfig {
             concurrent_uploads: 4,
             max_active_rollouts: 64,
             notify_per_second: 1000,
+            download_url_ttl_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -90,6 +95,9 @@ impl OtaConfig {
         }
         if !(1..=1_000_000).contains(&self.notify_per_second) {
             return Err("notify_per_second: 1..=1000000".into());
+        }
+        if !(60..=365 * 24 * 3600).contains(&self.download_url_ttl_secs) {
+            return Err("download_url_ttl_secs: 60..=31536000".into());
         }
         Ok(())
     }
@@ -144,6 +152,8 @@ pub struct OtaService {
     config: OtaConfig,
     uploads: Arc<Semaphore>,
     rollouts: Mutex<BTreeMap<String, rollouts::Entry>>,
+    /// Keys the signed download URLs ([`download`]).
+    download_key: [u8; 32],
     /// Notifications to send again after a restart (devices left `NOTIFIED`).
     resend: Mutex<rollouts::Resend>,
     /// Held while changes are taken from the planners and committed, so commits keep order.
@@ -172,6 +182,7 @@ impl OtaService {
         let artifact_dir = data_dir.join("ota").join("artifacts");
         std::fs::create_dir_all(&artifact_dir).map_err(|e| OtaError::io(&artifact_dir, e))?;
         artifacts::clean_partial_uploads(&store, &artifact_dir)?;
+        let download_key = download::load_or_create_key(&data_dir.join("ota"))?;
         let (restored, resend) = rollouts::restore_all(&store)?;
         let uploads = Arc::new(Semaphore::new(config.concurrent_uploads));
         Ok(Self {
@@ -180,6 +191,7 @@ impl OtaService {
             artifact_dir,
             config,
             uploads,
+            download_key,
             rollouts: Mutex::new(restored),
             resend: Mutex::new(resend),
             writer: Mutex::new(()),

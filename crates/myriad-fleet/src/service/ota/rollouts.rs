@@ -108,23 +108,6 @@ impl Entry {
         }
     }
 
-    fn notify_payload(&self, attempt: u32) -> Bytes {
-        let artifact = &self.artifact;
-        let body = json!({
-            "rollout": self.stored.id,
-            "attempt": attempt,
-            "artifact": {
-                "id": artifact.id,
-                "version": artifact.version,
-                "hardware_type": artifact.hardware_type,
-                "size": artifact.size,
-                "sha256": hex(&artifact.sha256),
-            },
-            "url": format!("/api/v1/ota/artifacts/{}/content", artifact.id),
-        });
-        Bytes::from(body.to_string())
-    }
-
     fn cancel_payload(&self) -> Bytes {
         Bytes::from(json!({"rollout": self.stored.id, "cancel": true}).to_string())
     }
@@ -457,6 +440,25 @@ impl OtaService {
         }
     }
 
+    /// The notification of `entry`'s update for `device`, with its signed download URL.
+    fn notify_payload(&self, entry: &Entry, device: &str, attempt: u32, now_ms: u64) -> Bytes {
+        let artifact = &entry.artifact;
+        let url = self.download_url(&artifact.id, device, now_ms);
+        let body = json!({
+            "rollout": entry.stored.id,
+            "attempt": attempt,
+            "artifact": {
+                "id": artifact.id,
+                "version": artifact.version,
+                "hardware_type": artifact.hardware_type,
+                "size": artifact.size,
+                "sha256": hex(&artifact.sha256),
+            },
+            "url": url,
+        });
+        Bytes::from(body.to_string())
+    }
+
     /// The notifications of every rollout in which `device` was notified and has not finished.
     fn pending_for(&self, device: &str) -> Vec<Send> {
         let rollouts = self.lock();
@@ -467,7 +469,7 @@ impl OtaService {
                 let record = entry.planner.device(entry.planner.find(device)?);
                 record.state.is_active().then(|| Send {
                     device: device.to_owned(),
-                    payload: entry.notify_payload(record.attempts),
+                    payload: self.notify_payload(entry, device, record.attempts, now_ms()),
                 })
             })
             .collect()
@@ -483,7 +485,8 @@ impl OtaService {
                 let (device, payload) = match effect {
                     myriad_ota::rollout::Effect::Notify { device, attempt } => {
                         budget = budget.saturating_sub(1);
-                        (device, entry.notify_payload(attempt))
+                        let id = entry.planner.device_id(device);
+                        (device, self.notify_payload(entry, id, attempt, now_ms))
                     }
                     myriad_ota::rollout::Effect::Cancel { device } => {
                         (device, entry.cancel_payload())
@@ -524,10 +527,8 @@ impl OtaService {
                 .into_iter()
                 .filter_map(|(rollout, device, attempt)| {
                     let entry = rollouts.get(&rollout)?;
-                    Some(Send {
-                        device,
-                        payload: entry.notify_payload(attempt),
-                    })
+                    let payload = self.notify_payload(entry, &device, attempt, now_ms());
+                    Some(Send { device, payload })
                 })
                 .collect()
         };
