@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod delta;
 pub mod manifest;
 
 /// The generated protobuf types (`myriad.ota.v1`).
