@@ -15,8 +15,9 @@
 #
 # Per pair: patch sizes (ours, bsdiff, xdelta3 -9), diff and apply seconds, our applier's heap
 # peak (crates/myriad-ota/examples/delta_bench.rs: a counting allocator and glibc mallinfo2)
-# and the max RSS (/usr/bin/time) of our apply, bspatch and xdelta3 -d. Every applied image is
-# compared with the new one (cmp).
+# and the max RSS (/usr/bin/time) of our apply, bspatch and xdelta3 -d (and of the `pair`
+# process, whose peak is the differ's: both images, the suffix array, two encoders). Every
+# applied image is compared with the new one (cmp).
 #
 #   bash bench/ota_delta.sh                    # ~1 min after the builds
 #   PAIRS=debian bash bench/ota_delta.sh       # Debian pairs only (no repo builds)
@@ -98,7 +99,7 @@ if [[ " $PAIRS " == *" debian "* ]]; then
     fi
 fi
 
-# timed OUT_JSON_KEY cmd...: runs cmd under /usr/bin/time, sets SECS and RSS_KB.
+# timed cmd...: runs cmd under /usr/bin/time (stdout to $WORK/stdout), sets SECS and RSS_KB.
 timed() {
     /usr/bin/time -f '%e %M' -o "$WORK/time" "$@" >"$WORK/stdout"
     read -r SECS RSS_KB <"$WORK/time"
@@ -107,7 +108,9 @@ timed() {
 for pair in "${pairs[@]}"; do
     IFS=: read -r name old new <<<"$pair"
     log "pair $name: $(stat -c %s "$old") -> $(stat -c %s "$new") bytes"
-    ours=$("$BENCH" pair "$name" "$old" "$new" "$WORK/p.myr")
+    timed "$BENCH" pair "$name" "$old" "$new" "$WORK/p.myr"
+    ours=$(cat "$WORK/stdout")
+    our_diff_rss=$RSS_KB
     timed "$BENCH" apply "$old" "$WORK/p.myr" "$WORK/out.myr"
     cmp "$new" "$WORK/out.myr"
     our_rss=$RSS_KB
@@ -125,7 +128,7 @@ for pair in "${pairs[@]}"; do
 import json, sys
 r = json.loads(sys.argv[1])
 r.update({
-    "apply_max_rss_kb": $our_rss,
+    "diff_process_max_rss_kb": $our_diff_rss, "apply_max_rss_kb": $our_rss,
     "bsdiff_bytes": $(stat -c %s "$WORK/p.bsdiff"), "bsdiff_secs": $bs_diff_secs, "bsdiff_max_rss_kb": $bs_diff_rss,
     "bspatch_secs": $bs_apply_secs, "bspatch_max_rss_kb": $bs_apply_rss,
     "xdelta3_bytes": $(stat -c %s "$WORK/p.xd3"), "xdelta3_secs": $xd_diff_secs,

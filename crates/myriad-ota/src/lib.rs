@@ -8,6 +8,8 @@
 #![deny(missing_docs)]
 
 pub mod delta;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod manifest;
 
 /// The generated protobuf types (`myriad.ota.v1`).
