@@ -245,7 +245,7 @@ pub(crate) fn get_varint(b: &[u8]) -> Varint {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "diff"))]
 mod tests {
     use super::*;
 

@@ -66,12 +66,15 @@
 //!
 //! # What the applier refuses
 //!
-//! Every refusal is an [`ApplyError`]; nothing panics and no input makes it allocate more
-//! than its fixed buffers and one decoder window:
+//! A device checks the whole patch's SHA-256 against the signed manifest before it applies it
+//! (issue 18: nothing tampered reaches the inactive slot); the checks below are the second line,
+//! and the applier's only line for a patch that is applied while it downloads. Every refusal is
+//! an [`ApplyError`]; nothing panics and no input makes it allocate more than its fixed buffers
+//! and one decoder window:
 //!
 //! - header: bad magic, unknown version or codec, a reserved byte set, a window outside
-//!   [`MIN_WINDOW_LOG`]..=[`MAX_WINDOW_LOG`] ([`MAX_ZSTD_WINDOW_LOG`] for zstd), sizes over [`MAX_IMAGE_SIZE`] / [`MAX_BODY_SIZE`],
-//!   a header CRC mismatch;
+//!   [`MIN_WINDOW_LOG`]..=[`MAX_WINDOW_LOG`] ([`MAX_ZSTD_WINDOW_LOG`] for zstd), sizes over
+//!   [`MAX_IMAGE_SIZE`] / [`MAX_BODY_SIZE`], a header CRC mismatch;
 //! - entries: an overlong varint, a seek that leaves the old image, an add reading past its
 //!   end, an entry writing past `new_size`, an entry that produces nothing (so a small patch
 //!   cannot make the applier spin);
