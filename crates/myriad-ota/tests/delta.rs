@@ -591,3 +591,39 @@ fn wrong_base_caught_by_the_hash() {
         Err(ApplyError::NewHashMismatch)
     );
 }
+
+#[test]
+fn differ_window_outside_its_range_refused() {
+    use myriad_ota::delta::{DiffError, MIN_WINDOW_LOG};
+    for window_log in [MIN_WINDOW_LOG - 1, MAX_WINDOW_LOG + 1] {
+        let opts = DiffOptions {
+            window_log,
+            ..DiffOptions::default()
+        };
+        assert!(
+            matches!(diff(b"old", b"new", &opts), Err(DiffError::Window(w)) if w == window_log)
+        );
+    }
+    // The smallest window works, and zstd never declares more than its own maximum.
+    let (old, new) = small_case();
+    for only in [Some(Codec::Zstd), Some(Codec::Xz)] {
+        let opts = DiffOptions {
+            window_log: MIN_WINDOW_LOG,
+            only,
+            ..DiffOptions::default()
+        };
+        let patch = diff(&old, &new, &opts).unwrap();
+        assert_eq!(patch.header.window_log, MIN_WINDOW_LOG);
+        assert_eq!(apply(&patch.bytes, &old, 100), Ok(new.clone()));
+    }
+    let zstd = diff(
+        &old,
+        &new,
+        &DiffOptions {
+            only: Some(Codec::Zstd),
+            ..DiffOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(zstd.header.window_log, Codec::Zstd.max_window_log());
+}

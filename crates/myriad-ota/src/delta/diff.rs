@@ -20,7 +20,7 @@ pub struct DiffOptions {
     pub window_log: u8,
     /// zstd level (default 19).
     pub zstd_level: i32,
-    /// xz preset 0..=9 (default 9, with the "extreme" flag).
+    /// xz preset 0..=9 (default 9; always with liblzma's "extreme" flag; above 9 counts as 9).
     pub xz_preset: u32,
     /// Only this codec (default: both, the smaller kept).
     pub only: Option<Codec>,
