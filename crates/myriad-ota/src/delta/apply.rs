@@ -18,7 +18,9 @@ const OUT_BUF: usize = 32 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step<'a> {
     /// The header was read and validated (shown once, before any read of the old image): the
-    /// caller checks `old_size` and `old_sha256` against its base and the signed manifest.
+    /// caller checks `old_size` and `old_sha256` against its base, and `new_size` and
+    /// `new_sha256` against the signed manifest (the applier writes exactly `new_size` bytes,
+    /// up to 4 GiB, whatever the patch's own size).
     Header(&'a Header),
     /// Push more patch bytes ([`Applier::push_patch`]), or call [`Applier::finish_patch`] if
     /// there are none.
