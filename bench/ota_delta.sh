@@ -90,7 +90,7 @@ if [[ " $PAIRS " == *" debian "* ]]; then
         log "only one libssl3 version available ($NEW_DEB): no Debian pair"
     else
         for v in "$OLD_DEB" "$NEW_DEB"; do
-            (cd "$WORK" && apt-get download "libssl3=$v" >&2 2>/dev/null)
+            (cd "$WORK" && apt-get download "libssl3=$v" >&2)
             dpkg-deb -x "$WORK"/libssl3_"${v//:/%3a}"_*.deb "$WORK/deb-$v"
         done
         for lib in libssl.so.3 libcrypto.so.3; do

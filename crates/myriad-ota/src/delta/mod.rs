@@ -15,12 +15,12 @@
 //!
 //! # Why qbsdiff
 //!
-//! Both bsdiff-class crates were measured on the same inputs and the same container
+//! Both bsdiff-class crates were measured on the same inputs, entry stream and xz settings
 //! (2026-12-05, libssl3 3.0.17 -> 3.0.20 from Debian, `libcrypto.so.3` 4.7 MB): qbsdiff 1.4
 //! found 1,023 control entries whose stream compresses to 189,382 bytes (xz) in 0.62 s; bidiff
 //! 1.0 found 1,831 entries, 196,820 bytes, 0.78 s (`libssl.so.3`: 17,328 vs 17,326 bytes).
-//! qbsdiff is also the maintained one (1.4.4 in 2025; bidiff's last release is 1.0.0 from
-//! 2020). Its only output is a bsdiff 4 file (three bzip2 streams): [`diff()`] asks for the
+//! qbsdiff is also the maintained one (1.4.4 in 2025; bidiff's only stable release, 1.0.0, is
+//! from 2020). Its only output is a bsdiff 4 file (three bzip2 streams): [`diff()`] asks for the
 //! fastest bzip2 level, decodes only the control stream back (24 bytes per entry) and
 //! recomputes the diff and extra bytes from the two images, so the bzip2 work on the data
 //! streams is the price of using the crate unmodified.
@@ -61,8 +61,8 @@
 //! Compared with bsdiff 4 (three bzip2 streams of controls, diff and extra bytes read in
 //! parallel), the applier here reads one stream front to back, so the patch can be fed as it
 //! downloads and one decoder window is all the codec holds. Measured on the same Debian pair,
-//! the single LZMA2 stream is smaller than Debian's `bsdiff` (`libssl.so.3`: 17,328 vs 17,847
-//! bytes; `libcrypto.so.3`: 189,382 vs 242,123); `bench/RESULTS.md` has the full run.
+//! the whole patch (one LZMA2 stream) is smaller than Debian's `bsdiff` (`libssl.so.3`: 17,445
+//! vs 17,847 bytes; `libcrypto.so.3`: 189,000 vs 242,123); `bench/RESULTS.md` has the run.
 //!
 //! # What the applier refuses
 //!
