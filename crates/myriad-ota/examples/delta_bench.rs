@@ -73,10 +73,17 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 /// Bytes malloc holds now (small chunks in arenas plus mmapped large ones).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn malloc_in_use() -> usize {
     // SAFETY: mallinfo2 only reads glibc's allocator statistics.
     let m = unsafe { libc::mallinfo2() };
     m.uordblks + m.hblkhd
+}
+
+/// Without glibc there is no `mallinfo2`: the malloc peak reads 0 (the Rust heap peak stays).
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn malloc_in_use() -> usize {
+    0
 }
 
 struct ApplyStats {
