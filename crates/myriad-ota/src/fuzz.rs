@@ -10,7 +10,7 @@
 //!   returns that error. Output stops being followed after 1 MiB (a valid patch may describe
 //!   a 4 GiB image; that is not a bug, only slow).
 //! - `>= 0x80`: a round trip. The rest splits at the next byte's share into old and new;
-//!   [`diff()`](crate::delta::diff()) (zstd level 1, the smallest window, for speed) must
+//!   [`diff()`](crate::delta::diff()) (zstd level 1, the smallest window, no threads) must
 //!   produce a patch that applies back to exactly `new`.
 
 use sha2::{Digest, Sha256};
@@ -121,6 +121,7 @@ fn round_trip(data: &[u8]) {
         window_log: MIN_WINDOW_LOG,
         zstd_level: 1,
         only: Some(Codec::Zstd),
+        threads: false,
         ..DiffOptions::default()
     };
     let patch = diff(old, new, &opts).expect("diff of small inputs");

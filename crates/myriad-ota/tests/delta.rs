@@ -627,3 +627,18 @@ fn differ_window_outside_its_range_refused() {
     .unwrap();
     assert_eq!(zstd.header.window_log, Codec::Zstd.max_window_log());
 }
+
+#[test]
+fn without_threads_the_patch_still_applies() {
+    let (old, new) = structured(11, 2 << 20);
+    let opts = DiffOptions {
+        threads: false,
+        ..DiffOptions::default()
+    };
+    let patch = diff(&old, &new, &opts).unwrap();
+    assert_eq!(apply(&patch.bytes, &old, 65536), Ok(new.clone()));
+    let threaded = diff(&old, &new, &DiffOptions::default()).unwrap();
+    assert_eq!(apply(&threaded.bytes, &old, 65536), Ok(new));
+    // Both encoders ran either way and the smaller codec was kept.
+    assert!(patch.zstd_len.is_some() && patch.xz_len.is_some());
+}

@@ -3,11 +3,12 @@
 //!
 //! # Pieces
 //!
-//! - [`diff()`] (server side, CPU-bound, no I/O: run it on a blocking pool) finds the bsdiff
-//!   control entries between two in-memory images and writes them, with their diff and extra
-//!   bytes, into one container ([`Patch`]). It compresses the stream with both codecs (zstd and
-//!   xz/LZMA2) and keeps the smaller. Behind the `diff` feature (on by default): a device needs
-//!   only the applier.
+//! - [`diff()`] (server side, CPU-bound, no I/O: run it on a blocking pool; it uses rayon and
+//!   a second thread unless [`DiffOptions::threads`] is off) finds the bsdiff control entries
+//!   between two in-memory images and writes them, with their diff and extra bytes, into one
+//!   container ([`Patch`]). It compresses the stream with both codecs (zstd and xz/LZMA2) and
+//!   keeps the smaller. Behind the `diff` feature (on by default): a device needs only the
+//!   applier.
 //! - [`Applier`] (device side): no I/O, no clock. The caller pushes patch bytes in chunks as
 //!   they arrive, reads the old image where the applier asks ([`Step::ReadOld`]: random
 //!   offsets) and writes what it emits ([`Step::Write`]: strictly sequential). It hashes what
