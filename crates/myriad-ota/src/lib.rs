@@ -1,5 +1,9 @@
-//! Myriad's OTA core (issue 18), sans-IO: no clock, no threads, no I/O.
+//! Myriad's OTA core (issue 18), sans-IO: no clock, no I/O (the differ, feature `diff`, may
+//! use threads: `DiffOptions::threads`).
 //!
+//! - [`delta`]: delta patches: a bsdiff-class differ (qbsdiff) writing our own streaming
+//!   container (one xz or zstd stream, the smaller), and a sans-IO applier that reads the old
+//!   image at random offsets and writes the new one sequentially in under 1 MiB.
 //! - [`manifest`]: the update manifest, its protobuf schema (`proto/manifest.proto`, compiled
 //!   with protox and prost, so no system `protoc` is needed), signing with Ed25519 and the
 //!   checks a device runs before it writes anything to its inactive slot.
@@ -8,6 +12,9 @@
 
 #![deny(missing_docs)]
 
+pub mod delta;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod manifest;
 pub mod rollout;
 
