@@ -70,6 +70,7 @@ class Device:
         self.id = dev_id
         self.mode = mode
         self.notes: list[dict] = []
+        self.other: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev_id, protocol=mqtt.MQTTv5,
                              reconnect_on_failure=False)
@@ -91,6 +92,10 @@ class Device:
         assert subscribed.wait(5), "device did not subscribe"
 
     def _on_message(self, client, userdata, msg):
+        if not msg.topic.endswith("/notify"):
+            with self.lock:
+                self.other.append((msg.topic, msg.payload))
+            return
         note = json.loads(msg.payload)
         with self.lock:
             self.notes.append(note)
@@ -336,6 +341,67 @@ def test_devices_download_with_their_signed_url(broker, api):
     api.ok("PATCH", f"/api/v1/devices/{ids[0]}", {"enabled": True})
     assert fetch(url)[0] == 200
     api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
+
+
+def test_mqtt_chunks_and_the_bandwidth_cap(broker, api):
+    ids = [unique("chunk") for _ in range(2)]
+    for dev_id in ids:
+        api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    image = os.urandom(200_000)
+    _, art = upload(api, image, version="7.0.0")
+    rate = 100_000
+    device = Device(broker.port, ids[0], "dev-pw-123", mode="silent")
+    stranger = Device(broker.port, ids[1], "dev-pw-123", mode="silent")
+    try:
+        for d in (device, stranger):
+            d.c.subscribe([(f"$ota/{d.id}/chunk/+/+", 1), (f"$ota/{d.id}/chunk/rejected", 1)])
+        time.sleep(0.3)
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {
+            "artifact": art["id"], "targets": {"devices": ids[:1]}, "max_bytes_per_second": rate,
+        }, expect=201)
+        assert rollout["max_bytes_per_second"] == rate
+        assert wait_until(lambda: device.notified(), 5)
+
+        def ask(d: Device, **body) -> tuple[str, bytes]:
+            with d.lock:
+                d.other.clear()
+            d.c.publish(f"$ota/{d.id}/chunk/get", json.dumps(body), 1)
+            assert wait_until(lambda: d.other, 10), body
+            with d.lock:
+                return d.other[0]
+
+        started = time.monotonic()
+        got = b""
+        while len(got) < len(image):
+            topic, chunk = ask(device, artifact=art["id"], offset=len(got), length=65536)
+            assert topic == f"$ota/{device.id}/chunk/{art['id']}/{len(got)}", topic
+            got += chunk
+        elapsed = time.monotonic() - started
+        assert got == image
+        # 200 kB at 100 kB/s with one second of burst cannot take less than about a second.
+        assert elapsed >= 0.8, elapsed
+        refusals = [
+            (device, {"artifact": art["id"], "offset": 0, "length": 0}, "length"),
+            (device, {"artifact": art["id"], "offset": 0, "length": 65537}, "length"),
+            (device, {"artifact": art["id"], "offset": len(image), "length": 10}, "offset"),
+            (device, {"artifact": "a0000000000000000", "offset": 0, "length": 10}, "no update"),
+            (stranger, {"artifact": art["id"], "offset": 0, "length": 10}, "no update"),
+        ]
+        for d, body, says in refusals:
+            topic, payload = ask(d, **body)
+            assert topic == f"$ota/{d.id}/chunk/rejected" and says in json.loads(payload)["message"], (body, payload)
+        # The cap holds for HTTP downloads of the same rollout too.
+        started = time.monotonic()
+        with urllib.request.urlopen(api.base + device.notified()[0]["url"], timeout=30) as resp:
+            assert resp.read() == image
+        assert time.monotonic() - started >= 0.8
+    finally:
+        device.close()
+        stranger.close()
+    api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
+    status, answer = api.call("POST", "/api/v1/ota/rollouts", {
+        "artifact": art["id"], "targets": {"devices": ids[:1]}, "max_bytes_per_second": 1023})
+    assert status == 400 and "max_bytes_per_second" in answer["message"]
 
 
 def test_bad_rollouts_and_reports_are_refused(broker, api):

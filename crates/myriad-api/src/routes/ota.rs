@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use myriad_fleet::service::now_ms;
 use myriad_fleet::service::ota::artifacts::NewArtifact;
 use myriad_fleet::service::ota::{
@@ -323,6 +324,9 @@ pub(crate) struct CreateRollout {
     pub pending_timeout_secs: Option<u64>,
     /// Retries after a failure or timeout (default 0, at most 10).
     pub max_retries: Option<u32>,
+    /// Download bandwidth cap over all the rollout's devices, HTTP and MQTT (bytes per second,
+    /// at least 1024; default none).
+    pub max_bytes_per_second: Option<u64>,
 }
 
 fn seconds_to_ms(field: &str, secs: u64) -> Result<u64, ApiError> {
@@ -389,6 +393,7 @@ impl CreateRollout {
             artifact: self.artifact,
             target,
             spec,
+            max_bytes_per_second: self.max_bytes_per_second,
         })
     }
 }
@@ -413,6 +418,8 @@ pub(crate) struct RolloutBody {
     pub waves_started: u32,
     /// Devices per state (every state, zeros included).
     pub counts: BTreeMap<String, u32>,
+    /// Download bandwidth cap (bytes per second).
+    pub max_bytes_per_second: Option<u64>,
     /// Created at.
     pub created_at: u64,
     /// Last changed at.
@@ -442,6 +449,7 @@ impl From<RolloutView> for RolloutBody {
                 .into_iter()
                 .map(|(state, n)| (state.as_str().to_owned(), n))
                 .collect(),
+            max_bytes_per_second: stored.max_bytes_per_second,
             created_at: stored.planner.created_ms,
             updated_at: stored.planner.updated_ms,
         }
@@ -716,14 +724,30 @@ pub(crate) async fn device_download(
         ))
     })
     .await?;
-    let path = checked.map_err(|_| ApiError::Other {
+    let (path, throttle) = checked.map_err(|_| ApiError::Other {
         status: StatusCode::FORBIDDEN,
         message: "the download URL is not valid or has expired".into(),
     })?;
-    match ServeFile::new(path).oneshot(request).await {
-        Ok(response) => Ok(response.map(Body::new).into_response()),
-        Err(error) => Err(ApiError::Internal(format!(
-            "cannot read the artifact: {error}"
-        ))),
-    }
+    let response = ServeFile::new(path)
+        .oneshot(request)
+        .await
+        .map_err(|error| ApiError::Internal(format!("cannot read the artifact: {error}")))?;
+    let Some(throttle) = throttle else {
+        return Ok(response.map(Body::new).into_response());
+    };
+    // The rollout's bandwidth cap: each chunk waits its turn before it is sent.
+    Ok(response
+        .map(|body| {
+            let chunks = Body::new(body).into_data_stream().then(move |chunk| {
+                let throttle = throttle.clone();
+                async move {
+                    if let Ok(bytes) = &chunk {
+                        tokio::time::sleep(throttle.reserve(bytes.len() as u64)).await;
+                    }
+                    chunk
+                }
+            });
+            Body::from_stream(chunks)
+        })
+        .into_response())
 }

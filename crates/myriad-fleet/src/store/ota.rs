@@ -71,6 +71,8 @@ pub struct StoredRollout {
     pub artifact: String,
     /// How its devices were chosen.
     pub target: RolloutTarget,
+    /// Download bandwidth cap over all its devices (bytes per second), if any.
+    pub max_bytes_per_second: Option<u64>,
     /// The planner's record (spec, status, waves started).
     pub planner: RolloutRecord,
 }
@@ -308,6 +310,7 @@ mod tests {
             name: "first".into(),
             artifact: "a1".into(),
             target: RolloutTarget::Group("field".into()),
+            max_bytes_per_second: Some(1000),
             planner: planner.record().clone(),
         };
         let devices: Vec<_> = (0..planner.len())

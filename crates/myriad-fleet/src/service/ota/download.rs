@@ -86,7 +86,8 @@ impl OtaService {
         )
     }
 
-    /// Checks a download URL at `now_ms`; returns the artifact's file. Reads the registry
+    /// Checks a download URL at `now_ms`; returns the artifact's file and the bandwidth cap of
+    /// the rollout the device fetches it for. Reads the registry
     /// (call it on the blocking pool or accept a point read).
     pub fn check_download(
         &self,
@@ -95,7 +96,7 @@ impl OtaService {
         expires: u64,
         sig: &str,
         now_ms: u64,
-    ) -> Result<PathBuf, DownloadRefused> {
+    ) -> Result<(PathBuf, Option<std::sync::Arc<super::throttle::Throttle>>), DownloadRefused> {
         let given = blake3::Hash::from_hex(sig).map_err(|_| DownloadRefused("sig"))?;
         // blake3::Hash compares in constant time.
         if given != signature(&self.download_key, artifact, device, expires) {
@@ -112,7 +113,10 @@ impl OtaService {
         if !is_artifact_id(artifact) || !matches!(self.store.get_artifact(artifact), Ok(Some(_))) {
             return Err(DownloadRefused("artifact"));
         }
-        Ok(self.artifact_path(artifact))
+        Ok((
+            self.artifact_path(artifact),
+            self.throttle_for(device, artifact),
+        ))
     }
 }
 

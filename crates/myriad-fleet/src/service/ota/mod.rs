@@ -6,6 +6,8 @@
 //!   recorded as the bytes arrive, `fsync`ed and renamed into place before the record is
 //!   written), listing, deletion (refused while a rollout that has not finished uses it).
 //! - [`download`]: signed per-device download URLs (Range requests resume).
+//! - [`chunks`]: downloads over MQTT in chunks, for devices without HTTP.
+//! - [`throttle`]: a rollout's download bandwidth cap.
 //! - [`rollouts`]: creating a rollout (device ids, a group or an attribute value), the
 //!   service's loop (one round a second or when woken: ticks every planner, writes what changed,
 //!   then publishes notifications), device reports, pause / resume / cancel, and the restart:
@@ -24,11 +26,14 @@
 //! | devices per rollout | [`myriad_ota::rollout::MAX_ROLLOUT_DEVICES`] |
 //! | notifications sent | `notify_per_second` (default 1,000) over all rollouts |
 //! | progress report | [`MAX_REPORT_BYTES`]; bigger ones are dropped |
+//! | MQTT chunk | [`chunks::MAX_CHUNK_BYTES`]; [`chunks::CHUNK_READS`] at once, more rejected `busy` |
 //! | version, hardware type | [`MAX_LABEL_BYTES`]; notes [`MAX_NOTES_BYTES`] |
 
 pub mod artifacts;
+pub mod chunks;
 pub mod download;
 pub mod rollouts;
+pub mod throttle;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -151,6 +156,8 @@ pub struct OtaService {
     artifact_dir: PathBuf,
     config: OtaConfig,
     uploads: Arc<Semaphore>,
+    /// Places among the MQTT chunk reads that may run at once ([`chunks::CHUNK_READS`]).
+    chunk_reads: Arc<Semaphore>,
     rollouts: Mutex<BTreeMap<String, rollouts::Entry>>,
     /// Keys the signed download URLs ([`download`]).
     download_key: [u8; 32],
@@ -191,6 +198,7 @@ impl OtaService {
             artifact_dir,
             config,
             uploads,
+            chunk_reads: Arc::new(Semaphore::new(chunks::CHUNK_READS)),
             download_key,
             rollouts: Mutex::new(restored),
             resend: Mutex::new(resend),

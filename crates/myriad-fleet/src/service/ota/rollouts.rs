@@ -35,6 +35,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, warn};
 
+use super::throttle::Throttle;
 use super::{OtaError, OtaService, hex, new_id};
 use crate::registry::DeviceId;
 use crate::service::now_ms;
@@ -45,6 +46,8 @@ use crate::store::{FleetStore, MAX_INDEX_PAGE};
 pub const MAX_REPORT_BYTES: usize = 4096;
 /// Longest rollout name (bytes).
 pub const MAX_NAME_BYTES: usize = 128;
+/// Smallest bandwidth cap a rollout may set (bytes per second).
+pub const MIN_BYTES_PER_SECOND: u64 = 1024;
 /// Prefix of rollout ids (`r` and 16 hex digits).
 pub const ROLLOUT_ID_PREFIX: &str = "r";
 /// How often the loop runs when nothing wakes it.
@@ -77,6 +80,8 @@ pub struct NewRollout {
     pub target: TargetSpec,
     /// Waves, thresholds, timeouts, retries.
     pub spec: RolloutSpec,
+    /// Download bandwidth cap over all its devices (bytes per second; at least 1024).
+    pub max_bytes_per_second: Option<u64>,
 }
 
 /// A rollout as the API shows it.
@@ -93,8 +98,24 @@ pub struct RolloutView {
 /// One rollout in memory.
 pub(super) struct Entry {
     stored: StoredRollout,
-    artifact: ArtifactRecord,
+    pub(super) artifact: ArtifactRecord,
     planner: Rollout,
+    /// The download bandwidth cap (`stored.max_bytes_per_second`).
+    pub(super) throttle: Option<Arc<Throttle>>,
+}
+
+impl Entry {
+    fn new(stored: StoredRollout, artifact: ArtifactRecord, planner: Rollout) -> Self {
+        let throttle = stored
+            .max_bytes_per_second
+            .map(|rate| Arc::new(Throttle::new(rate)));
+        Entry {
+            stored,
+            artifact,
+            planner,
+            throttle,
+        }
+    }
 }
 
 impl Entry {
@@ -183,14 +204,7 @@ pub(super) fn restore_all(
                 }
             }
         }
-        entries.insert(
-            stored.id.clone(),
-            Entry {
-                stored,
-                artifact,
-                planner,
-            },
-        );
+        entries.insert(stored.id.clone(), Entry::new(stored, artifact, planner));
     }
     Ok((entries, resend))
 }
@@ -206,6 +220,14 @@ impl OtaService {
     /// Creates and stores a rollout; the loop starts notifying at once. Blocking (reads the
     /// registry, commits every device record): run it on the blocking pool.
     pub fn create_rollout(&self, new: NewRollout, now_ms: u64) -> Result<RolloutView, OtaError> {
+        if new
+            .max_bytes_per_second
+            .is_some_and(|rate| rate < MIN_BYTES_PER_SECOND)
+        {
+            return Err(OtaError::BadRequest(format!(
+                "max_bytes_per_second: at least {MIN_BYTES_PER_SECOND}"
+            )));
+        }
         if new.name.len() > MAX_NAME_BYTES {
             return Err(OtaError::BadRequest(format!(
                 "name: at most {MAX_NAME_BYTES} bytes"
@@ -232,6 +254,7 @@ impl OtaService {
             name: new.name,
             artifact: artifact.id.clone(),
             target,
+            max_bytes_per_second: new.max_bytes_per_second,
             planner: planner.record().clone(),
         };
         let dirty = planner.take_dirty();
@@ -241,11 +264,7 @@ impl OtaService {
             .map(|&i| (i, planner.device_id(i), planner.device(i)))
             .collect();
         self.store.put_rollout(&stored, &records)?;
-        let entry = Entry {
-            stored,
-            artifact,
-            planner,
-        };
+        let entry = Entry::new(stored, artifact, planner);
         let view = entry.view();
         self.lock().insert(view.stored.id.clone(), entry);
         self.wake.notify_one();
@@ -459,6 +478,27 @@ impl OtaService {
         Bytes::from(body.to_string())
     }
 
+    /// `f` of the rollout (not finished) in which `device` is working on an update that installs
+    /// `artifact`.
+    pub(super) fn with_device_entry<T>(
+        &self,
+        device: &str,
+        artifact: &str,
+        f: impl Fn(&Entry) -> T,
+    ) -> Option<T> {
+        let rollouts = self.lock();
+        rollouts
+            .values()
+            .filter(|entry| entry.artifact.id == artifact && !entry.planner.status().is_finished())
+            .find(|entry| {
+                entry
+                    .planner
+                    .find(device)
+                    .is_some_and(|i| entry.planner.device(i).state.is_active())
+            })
+            .map(f)
+    }
+
     /// The notifications of every rollout in which `device` was notified and has not finished.
     fn pending_for(&self, device: &str) -> Vec<Send> {
         let rollouts = self.lock();
@@ -519,6 +559,9 @@ impl OtaService {
             .subscribe("$ota/+/progress", QoS::AtLeastOnce)
             .await?;
         client.subscribe("$ota/+/get", QoS::AtLeastOnce).await?;
+        client
+            .subscribe("$ota/+/chunk/get", QoS::AtLeastOnce)
+            .await?;
         let resend: Vec<Send> = {
             let pending =
                 std::mem::take(&mut *self.resend.lock().unwrap_or_else(|p| p.into_inner()));
@@ -536,17 +579,26 @@ impl OtaService {
         let reports = async {
             while let Some(publish) = client.recv().await {
                 let mut parts = publish.topic.split('/');
-                let (Some("$ota"), Some(device), Some(action), None) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
+                let (Some("$ota"), Some(device), Some(action)) =
+                    (parts.next(), parts.next(), parts.next())
                 else {
                     continue;
                 };
-                if DeviceId::new(device).is_err() {
+                let rest = parts.next();
+                if DeviceId::new(device).is_err() || parts.next().is_some() {
                     continue;
                 }
-                if action == "get" {
-                    self.publish(self.pending_for(device)).await?;
-                    continue;
+                match (action, rest) {
+                    ("get", None) => {
+                        self.publish(self.pending_for(device)).await?;
+                        continue;
+                    }
+                    ("chunk", Some("get")) => {
+                        self.serve_chunk(device, &publish.payload).await;
+                        continue;
+                    }
+                    ("progress", None) => {}
+                    _ => continue,
                 }
                 if self.apply_report(device, &publish.payload, now_ms()) {
                     self.wake.notify_one();
