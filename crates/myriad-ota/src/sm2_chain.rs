@@ -585,6 +585,35 @@ mod tests {
     }
 
     #[test]
+    fn openssl_made_chain_verifies() {
+        // testdata/openssl-sm2/README.md: made by OpenSSL 3.0 with the default ID.
+        let load = crate::keygen::load_certificates;
+        let root = load(include_bytes!("../testdata/openssl-sm2/root.pem")).expect("root");
+        let int = load(include_bytes!("../testdata/openssl-sm2/intermediate.pem")).expect("int");
+        let leaf = load(include_bytes!("../testdata/openssl-sm2/leaf.pem")).expect("leaf");
+        let signer =
+            crate::keygen::load_sm2_signing_key(include_bytes!("../testdata/openssl-sm2/leaf.key"))
+                .expect("key");
+        let env = sign_sm2(&manifest(), &signer, vec![leaf[0].clone(), int[0].clone()]);
+        assert_eq!(verify(&env, &trust(&root[0])), Ok(manifest()));
+        // 2037: past every notAfter; the leaf is checked first.
+        let later = Trust {
+            now: 2_130_000_000,
+            ..trust(&root[0])
+        };
+        assert!(matches!(
+            verify(&env, &later),
+            Err(ManifestError::Chain(ChainError::Expired { index: 0, .. }))
+        ));
+        // Our development root does not anchor it.
+        let ours = pki(|_| ());
+        assert_eq!(
+            verify(&env, &trust(&ours.root)),
+            Err(chain_err(ChainError::NoPinnedIssuer))
+        );
+    }
+
+    #[test]
     fn every_tampered_byte_is_refused() {
         let p = pki(|_| ());
         let env = envelope(&p);
