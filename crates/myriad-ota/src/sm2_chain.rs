@@ -584,6 +584,27 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes as certificates (and as a pinned root) never verify and never
+        /// panic.
+        #[test]
+        fn arbitrary_certificates_are_refused(
+            certs in proptest::collection::vec(
+                proptest::collection::vec(proptest::num::u8::ANY, 0..600), 1..5),
+            root in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        ) {
+            let p = pki(|_| ());
+            let env = sign_sm2(&manifest(), &key("leaf"), certs.clone());
+            proptest::prop_assert!(verify(&env, &trust(&p.root)).is_err());
+            let mut with_good = vec![p.leaf.clone(), p.intermediate.clone()];
+            with_good.truncate(MAX_CHAIN_CERTS - 1);
+            with_good.push(certs[0].clone());
+            let env = sign_sm2(&manifest(), &key("leaf"), with_good);
+            proptest::prop_assert!(verify(&env, &trust(&p.root)).is_err());
+            proptest::prop_assert!(verify(&envelope(&p), &trust(&root)).is_err());
+        }
+    }
+
     #[test]
     fn openssl_made_chain_verifies() {
         // testdata/openssl-sm2/README.md: made by OpenSSL 3.0 with the default ID.
@@ -618,28 +639,40 @@ mod tests {
         let p = pki(|_| ());
         let env = envelope(&p);
         let t = trust(&p.root);
-        // The certificates and the signature are inside the envelope: find them, so the
-        // loop provably flips bytes in each.
+        // Where the manifest, the signature and each certificate sit in the envelope: a
+        // flip inside the manifest or the signature is a bad signature, one inside a
+        // certificate a chain refusal; anywhere else (protobuf tags and lengths, the
+        // algorithm) some refusal.
         let find = |part: &[u8]| {
-            env.windows(part.len())
+            let start = env
+                .windows(part.len())
                 .position(|w| w == part)
-                .expect("part in envelope")
+                .expect("part in envelope");
+            start..start + part.len()
         };
         let signed = SignedManifest::decode(env.as_slice()).expect("decode");
-        for part in [
-            &p.leaf,
-            &p.intermediate,
-            &signed.signature,
-            &signed.manifest,
-        ] {
-            let start = find(part);
-            assert!(start + part.len() <= env.len());
-        }
+        let manifest_at = find(&signed.manifest);
+        let signature_at = find(&signed.signature);
+        let certs_at = [find(&p.leaf), find(&p.intermediate)];
         for i in 0..env.len() {
             for flip in [0x01u8, 0x80] {
                 let mut bad = env.clone();
                 bad[i] ^= flip;
-                assert!(verify(&bad, &t).is_err(), "byte {i} ^ {flip:#x} accepted");
+                let got = verify(&bad, &t);
+                if manifest_at.contains(&i) || signature_at.contains(&i) {
+                    assert_eq!(
+                        got,
+                        Err(ManifestError::BadSignature),
+                        "byte {i} ^ {flip:#x}"
+                    );
+                } else if certs_at.iter().any(|c| c.contains(&i)) {
+                    assert!(
+                        matches!(got, Err(ManifestError::Chain(_))),
+                        "byte {i} ^ {flip:#x}: {got:?}"
+                    );
+                } else {
+                    assert!(got.is_err(), "byte {i} ^ {flip:#x} accepted");
+                }
             }
         }
         for n in 0..env.len() {
