@@ -32,7 +32,7 @@ RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-trace-compares \
   --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
   cargo build --release --locked --target "$TRIPLE" --target-dir "$TARGET_DIR" \
-  --bin session --bin decode --bin telemetry_payload --bin tsdb_files --bin promql
+  --bin session --bin decode --bin telemetry_payload --bin tsdb_files --bin promql --bin ota_patch
 echo "fuzz: built in ${SECONDS}s"
 
 scratch=$(mktemp -d)
@@ -57,6 +57,8 @@ run() {
         echo "fuzz: replay it with MYRIAD_FUZZ_INPUT=<file> cargo test -p myriad-fleet --test fuzz_corpus -- --nocapture" ;;
       tsdb_files | promql)
         echo "fuzz: replay it with MYRIAD_FUZZ_INPUT=<file> MYRIAD_FUZZ_TARGET=$target cargo test -p myriad-tsdb --test fuzz_corpus -- --nocapture" ;;
+      ota_patch)
+        echo "fuzz: replay it with MYRIAD_FUZZ_INPUT=<file> cargo test -p myriad-ota --test fuzz_corpus -- --nocapture" ;;
     esac
     return 1
   fi
@@ -73,4 +75,5 @@ run decode "$SECONDS_DECODE"
 run telemetry_payload "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
 run tsdb_files "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
 run promql "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
+run ota_patch "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
 echo "fuzz: passed in ${SECONDS}s"

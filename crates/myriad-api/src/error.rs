@@ -133,7 +133,8 @@ impl From<FleetStoreError> for ApiError {
             FleetStoreError::DeviceExists(_)
             | FleetStoreError::AppExists(_)
             | FleetStoreError::IdTaken { .. }
-            | FleetStoreError::CertificateConflict(_) => ApiError::Conflict(message),
+            | FleetStoreError::CertificateConflict(_)
+            | FleetStoreError::ArtifactInUse { .. } => ApiError::Conflict(message),
             FleetStoreError::DeviceNotFound(_)
             | FleetStoreError::AppNotFound(_)
             | FleetStoreError::PrincipalNotFound(_)

@@ -7,6 +7,7 @@ use myriad_fleet::service::auth::FleetAuthenticator;
 use myriad_fleet::service::certs::CertificateService;
 use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::devices::DeviceAdmin;
+use myriad_fleet::service::ota::OtaService;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::service::telemetry::TelemetryService;
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub certs: Arc<CertificateService>,
     /// Device telemetry (`None` when disabled: its routes answer 503).
     pub telemetry: Option<Arc<TelemetryService>>,
+    /// Firmware artifacts and rollouts.
+    pub ota: Arc<OtaService>,
     /// Argon2 costs for passwords set through the API.
     pub hash_params: HashParams,
     /// The bearer token every `/api/v1` request must carry. Empty refuses

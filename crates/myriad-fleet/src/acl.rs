@@ -108,7 +108,7 @@ fn device_may_publish(id: &str, topic: &str) -> bool {
         ("devices", _) => true,
         ("$shadow", Some(rest)) => matches!(rest, "update" | "get" | "delete"),
         ("$commands", Some(rest)) => is_or_below(rest, "reply"),
-        ("$ota", Some(rest)) => rest == "progress",
+        ("$ota", Some(rest)) => matches!(rest, "progress" | "get"),
         _ => false,
     }
 }
@@ -172,6 +172,7 @@ mod tests {
             "$commands/d1/reply/42",
             "$commands/d1/reply/42/x",
             "$ota/d1/progress",
+            "$ota/d1/get",
         ] {
             assert!(may_publish(&d, ok), "{ok}");
         }

@@ -37,6 +37,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Device telemetry storage (`devices/{id}/telemetry`), in `{store.data_dir}/telemetry`.
     pub telemetry: myriad_fleet::service::telemetry::TelemetryConfig,
+    /// Firmware updates: artifact and rollout limits (artifacts in `{store.data_dir}/ota`).
+    pub ota: myriad_fleet::service::ota::OtaConfig,
 }
 
 /// How log lines are written.
@@ -455,6 +457,9 @@ impl Config {
         }
         if let Err(problem) = config.commands.validate() {
             bail!("invalid value for commands.{problem}");
+        }
+        if let Err(problem) = config.ota.validate() {
+            bail!("invalid value for ota.{problem}");
         }
         if let Err(problem) = config.shadows.validate() {
             bail!("invalid value for shadows.{problem}");

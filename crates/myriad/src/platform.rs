@@ -12,6 +12,7 @@ use myriad_fleet::service::auth::FleetAuthenticator;
 use myriad_fleet::service::certs::CertificateService;
 use myriad_fleet::service::commands::CommandService;
 use myriad_fleet::service::devices::DeviceAdmin;
+use myriad_fleet::service::ota::OtaService;
 use myriad_fleet::service::presence::PresenceService;
 use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::service::telemetry::TelemetryService;
@@ -41,6 +42,8 @@ pub struct Platform {
     pub certs: Arc<CertificateService>,
     /// Device telemetry (`None` when `telemetry.enabled = false`).
     pub telemetry: Option<Arc<TelemetryService>>,
+    /// Firmware artifacts and rollouts.
+    pub ota: Arc<OtaService>,
     /// Kept alive while the platform runs (memory backend only).
     _scratch: Option<tempfile::TempDir>,
 }
@@ -62,6 +65,7 @@ impl Platform {
             devices: self.devices.clone(),
             certs: self.certs.clone(),
             telemetry: self.telemetry.clone(),
+            ota: self.ota.clone(),
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
             tls_reload,
@@ -164,6 +168,18 @@ impl Platform {
         } else {
             None
         };
+        let ota = Arc::new(
+            OtaService::open(store.clone(), broker.clone(), &dir, config.ota.clone())
+                .with_context(|| {
+                    format!("cannot open the OTA store in {}", dir.join("ota").display())
+                })?,
+        );
+        let ota_task = ota.clone();
+        essential.spawn("OTA service", async move {
+            if ota_task.run().await.is_err() {
+                info!("OTA service stopped with the broker");
+            }
+        });
         let hooks = Hooks {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
@@ -197,6 +213,7 @@ impl Platform {
             devices,
             certs,
             telemetry,
+            ota,
             _scratch: scratch,
         };
         Ok((platform, hooks))

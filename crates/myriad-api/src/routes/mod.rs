@@ -6,6 +6,7 @@ mod commands;
 mod devices;
 mod health;
 mod import;
+mod ota;
 mod presence;
 mod prometheus;
 mod shadows;
@@ -88,6 +89,15 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(certs::set_crl))
         .routes(routes!(certs::delete_ca))
         .routes(routes!(tls::reload_tls))
+        .routes(routes!(ota::list_artifacts))
+        .routes(routes!(ota::get_artifact, ota::delete_artifact))
+        .routes(routes!(ota::artifact_content))
+        .routes(routes!(ota::create_rollout, ota::list_rollouts))
+        .routes(routes!(ota::get_rollout))
+        .routes(routes!(ota::rollout_devices))
+        .routes(routes!(ota::pause_rollout))
+        .routes(routes!(ota::resume_rollout))
+        .routes(routes!(ota::cancel_rollout))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)
@@ -97,6 +107,8 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Streams its body with its own limit (`IMPORT_BODY_LIMIT`).
         .routes(routes!(import::import_devices))
+        // Streams its body to disk with its own limit (`ota.max_artifact_bytes`).
+        .routes(routes!(ota::upload_artifact))
         // Reads its body with its own limit (`WRITE_BODY_LIMIT`).
         .routes(routes!(telemetry_bulk::write_telemetry))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -111,6 +123,8 @@ pub fn router(state: ApiState) -> Router {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::openapi_json))
+        // Signed per device: no bearer token.
+        .routes(routes!(ota::device_download))
         .merge(protected)
         .merge(influx)
         .split_for_parts();

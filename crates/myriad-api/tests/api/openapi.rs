@@ -82,6 +82,19 @@ async fn every_route_is_documented() {
         ("/api/v1/command-batches/{batch_id}", "get"),
         ("/api/v1/command-batches/{batch_id}", "delete"),
         ("/api/v1/tls/reload", "post"),
+        ("/api/v1/ota/artifacts", "post"),
+        ("/api/v1/ota/artifacts", "get"),
+        ("/api/v1/ota/artifacts/{id}", "get"),
+        ("/api/v1/ota/artifacts/{id}", "delete"),
+        ("/api/v1/ota/artifacts/{id}/content", "get"),
+        ("/api/v1/ota/rollouts", "post"),
+        ("/api/v1/ota/rollouts", "get"),
+        ("/api/v1/ota/rollouts/{id}", "get"),
+        ("/api/v1/ota/rollouts/{id}/devices", "get"),
+        ("/api/v1/ota/rollouts/{id}/pause", "post"),
+        ("/api/v1/ota/rollouts/{id}/resume", "post"),
+        ("/api/v1/ota/rollouts/{id}/cancel", "post"),
+        ("/ota/v1/download/{artifact}", "get"),
     ];
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {

@@ -77,7 +77,17 @@ impl Harness {
             auth.clone(),
             broker.clone(),
         ));
+        let ota = Arc::new(
+            myriad_fleet::service::ota::OtaService::open(
+                store.clone(),
+                broker.clone(),
+                dir.path(),
+                myriad_fleet::service::ota::OtaConfig::default(),
+            )
+            .expect("ota"),
+        );
         let state = ApiState {
+            ota,
             certs,
             store,
             shadows,

@@ -11,6 +11,8 @@
 //!   classes, breakers, rate limits, offline queue, fan-out);
 //! - [`certs::CertificateService`]: device certificates and CAs, the trust
 //!   the TLS listeners get from the registry, revocation;
+//! - [`ota::OtaService`]: firmware artifacts and rollouts (`$ota/{id}/notify`,
+//!   `$ota/{id}/progress`);
 //! - [`devices::DeviceAdmin`]: operator actions that reach a device's live
 //!   connection (disable, new password, kick) and device deletion.
 //!
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod certs;
 pub mod commands;
 pub mod devices;
+pub mod ota;
 pub mod presence;
 pub mod shadows;
 pub mod telemetry;

@@ -78,6 +78,14 @@ pub enum FleetStoreError {
     /// No such certificate or CA.
     #[error("{0}")]
     CertificateNotFound(String),
+    /// An artifact a rollout that has not finished still installs.
+    #[error("artifact {artifact} is used by rollout {rollout}, which has not finished")]
+    ArtifactInUse {
+        /// The artifact.
+        artifact: String,
+        /// A rollout using it.
+        rollout: String,
+    },
     /// The record is not valid.
     #[error(transparent)]
     Invalid(#[from] ValidationError),

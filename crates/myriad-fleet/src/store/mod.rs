@@ -17,6 +17,7 @@
 //! | `devices_by_attribute` | attribute key, `0x00`, value, `0x00`, device id | empty |
 //! | `meta` | `format`; `device_indexes` | the layout version; `1` once the two device indexes are complete |
 //! | `commands`, `commands_by_device`, `commands_active`, `command_batches` | see `store/commands.rs` | command records (JSON) |
+//! | `ota_artifacts`, `ota_rollouts`, `ota_rollout_devices` | see [`ota`] | firmware artifacts and rollouts |
 //!
 //! Keys are the ids' UTF-8 bytes, so every table iterates in id order and
 //! an id prefix is one range scan. Values (but shadows) start with a
@@ -57,6 +58,7 @@ mod devices;
 mod error;
 mod index;
 mod login;
+pub mod ota;
 mod records;
 mod tables;
 

@@ -1,0 +1,237 @@
+//! OTA updates on the platform side (issue 18): firmware artifacts on disk, rollouts driven by
+//! the planner of [`myriad_ota::rollout`], notifications on `$ota/{id}/notify` and device
+//! reports on `$ota/{id}/progress` (docs/topics.md).
+//!
+//! - [`artifacts`]: uploads streamed to `{data_dir}/ota/artifacts/{id}` (SHA-256 and size
+//!   recorded as the bytes arrive, `fsync`ed and renamed into place before the record is
+//!   written), listing, deletion (refused while a rollout that has not finished uses it).
+//! - [`download`]: signed per-device download URLs (Range requests resume).
+//! - [`rollouts`]: creating a rollout (device ids, a group or an attribute value), the
+//!   service's loop (one round a second or when woken: ticks every planner, writes what changed,
+//!   then publishes notifications), device reports, pause / resume / cancel, and the restart:
+//!   every stored rollout is restored and devices left `NOTIFIED` are notified again.
+//!
+//! Store commits (which `fsync`) and file writes run on the blocking pool, never on the event
+//! loop; the planners sit behind one mutex held only for in-memory work.
+//!
+//! # Limits (`[ota]`, see [`OtaConfig`])
+//! | what | limit |
+//! |---|---|
+//! | artifact size | `max_artifact_bytes` (default 2 GiB) |
+//! | artifacts stored | `max_artifacts` (default 1,000) |
+//! | uploads at once | `concurrent_uploads` (default 4); more are refused with 429 |
+//! | rollouts not finished | `max_active_rollouts` (default 64) |
+//! | devices per rollout | [`myriad_ota::rollout::MAX_ROLLOUT_DEVICES`] |
+//! | notifications sent | `notify_per_second` (default 1,000) over all rollouts |
+//! | progress report | [`MAX_REPORT_BYTES`]; bigger ones are dropped |
+//! | version, hardware type | [`MAX_LABEL_BYTES`]; notes [`MAX_NOTES_BYTES`] |
+
+pub mod artifacts;
+pub mod download;
+pub mod rollouts;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use myriad_broker::shell::BrokerHandle;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::store::{FleetStore, FleetStoreError};
+
+pub use rollouts::{MAX_REPORT_BYTES, NewRollout, RolloutAction, RolloutView, TargetSpec};
+
+/// Longest version string or hardware type (bytes).
+pub const MAX_LABEL_BYTES: usize = 64;
+/// Longest release notes (bytes).
+pub const MAX_NOTES_BYTES: usize = 4096;
+
+/// The `[ota]` config table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaConfig {
+    /// Largest firmware image an upload may send (bytes).
+    pub max_artifact_bytes: u64,
+    /// Most artifacts stored at once.
+    pub max_artifacts: usize,
+    /// Uploads running at once; more are refused (429).
+    pub concurrent_uploads: usize,
+    /// Rollouts not yet finished at once.
+    pub max_active_rollouts: usize,
+    /// Update notifications sent per second over all rollouts.
+    pub notify_per_second: u32,
+    /// How long a device's signed download URL stays valid (seconds).
+    pub download_url_ttl_secs: u64,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        Self {
+            max_artifact_bytes: 2 << 30,
+            max_artifacts: 1000,
+            concurrent_uploads: 4,
+            max_active_rollouts: 64,
+            notify_per_second: 1000,
+            download_url_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl OtaConfig {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_artifact_bytes == 0 {
+            return Err("max_artifact_bytes: at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_artifacts) {
+            return Err("max_artifacts: 1..=1000000".into());
+        }
+        if !(1..=64).contains(&self.concurrent_uploads) {
+            return Err("concurrent_uploads: 1..=64".into());
+        }
+        if !(1..=10_000).contains(&self.max_active_rollouts) {
+            return Err("max_active_rollouts: 1..=10000".into());
+        }
+        if !(1..=1_000_000).contains(&self.notify_per_second) {
+            return Err("notify_per_second: 1..=1000000".into());
+        }
+        if !(60..=365 * 24 * 3600).contains(&self.download_url_ttl_secs) {
+            return Err("download_url_ttl_secs: 60..=31536000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why an OTA request failed; the API maps each kind to its status.
+#[derive(Debug, thiserror::Error)]
+pub enum OtaError {
+    /// A bad parameter (400); the message names it.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such artifact or rollout (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not allowed in the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Over a limit of concurrent work (429).
+    #[error("{0}")]
+    Busy(String),
+    /// The upload is larger than `max_artifact_bytes` (413).
+    #[error("the artifact is larger than {0} bytes (ota.max_artifact_bytes)")]
+    TooLarge(u64),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] FleetStoreError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+impl OtaError {
+    fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        OtaError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// The OTA service (see the [module docs](self)).
+pub struct OtaService {
+    store: Arc<FleetStore>,
+    broker: BrokerHandle,
+    /// `{data_dir}/ota/artifacts`.
+    artifact_dir: PathBuf,
+    config: OtaConfig,
+    uploads: Arc<Semaphore>,
+    rollouts: Mutex<BTreeMap<String, rollouts::Entry>>,
+    /// Keys the signed download URLs ([`download`]).
+    download_key: [u8; 32],
+    /// Notifications to send again after a restart (devices left `NOTIFIED`).
+    resend: Mutex<rollouts::Resend>,
+    /// Held while changes are taken from the planners and committed, so commits keep order.
+    writer: Mutex<()>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for OtaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtaService")
+            .field("artifact_dir", &self.artifact_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OtaService {
+    /// Opens the service over `store`, with artifacts under `data_dir/ota/artifacts`: removes
+    /// partial uploads a crash left, and restores every stored rollout (blocking: call it
+    /// before the runtime serves, or on the blocking pool).
+    pub fn open(
+        store: Arc<FleetStore>,
+        broker: BrokerHandle,
+        data_dir: &std::path::Path,
+        config: OtaConfig,
+    ) -> Result<Self, OtaError> {
+        let artifact_dir = data_dir.join("ota").join("artifacts");
+        std::fs::create_dir_all(&artifact_dir).map_err(|e| OtaError::io(&artifact_dir, e))?;
+        artifacts::clean_partial_uploads(&store, &artifact_dir)?;
+        let download_key = download::load_or_create_key(&data_dir.join("ota"))?;
+        let (restored, resend) = rollouts::restore_all(&store)?;
+        let uploads = Arc::new(Semaphore::new(config.concurrent_uploads));
+        Ok(Self {
+            store,
+            broker,
+            artifact_dir,
+            config,
+            uploads,
+            download_key,
+            rollouts: Mutex::new(restored),
+            resend: Mutex::new(resend),
+            writer: Mutex::new(()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// The service's limits.
+    pub fn config(&self) -> &OtaConfig {
+        &self.config
+    }
+}
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh random id with `prefix` (16 hex digits of randomness).
+fn new_id(prefix: &str) -> String {
+    let mut random = [0u8; 8];
+    // A failing system RNG leaves zeros; the time keeps ids apart then.
+    if getrandom::fill(&mut random).is_err() {
+        random = super::now_ms().to_be_bytes();
+    }
+    format!("{prefix}{}", hex(&random))
+}
+
+/// Checks a version or hardware type: 1..=[`MAX_LABEL_BYTES`] of `A-Za-z0-9._+-`.
+fn check_label(name: &str, value: &str) -> Result<(), OtaError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_LABEL_BYTES
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(OtaError::BadRequest(format!(
+            "{name}: 1 to {MAX_LABEL_BYTES} characters of A-Z a-z 0-9 . _ + -"
+        )))
+    }
+}

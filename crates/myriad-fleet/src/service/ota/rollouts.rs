@@ -1,0 +1,596 @@
+//! Rollouts: creation, the service loop, device reports, operator actions and restart.
+//!
+//! # Topics
+//! - `$ota/{id}/notify` (platform -> device, QoS 1): `{"rollout", "attempt", "artifact": {"id",
+//!   "version", "hardware_type", "size", "sha256"}, "url"}` when the device should update, or
+//!   `{"rollout", "cancel": true}` when a notified device should not start after all.
+//! - `$ota/{id}/get` (device -> platform, any payload): the platform answers on
+//!   `$ota/{id}/notify` with every update the device has been notified of and not finished,
+//!   as an agent asks after each connect (a clean session misses what was sent while it was
+//!   offline).
+//! - `$ota/{id}/progress` (device -> platform): `{"rollout", "state", "done", "total",
+//!   "reason"}` with `state` one of `DOWNLOADING` (with `done` / `total` bytes), `VERIFYING`,
+//!   `INSTALLING`, `REBOOTING`, `SUCCEEDED`, `FAILED`, `REJECTED`, `ROLLED_BACK` (with a
+//!   `reason`). Reports over [`MAX_REPORT_BYTES`], that do not parse, or that the planner refuses
+//!   (unknown rollout, a device not notified, already finished) are dropped and counted in
+//!   `myriad_ota_reports_dropped_total`.
+//!
+//! # Durability
+//! Every write goes through [`OtaService::persist`]: under one writer lock it takes what
+//! changed from the planners and commits it, so commits land in the order the changes were
+//! made. The loop commits before it publishes, so a device is never told about an update the
+//! store does not know it was told about; operator actions commit before the API answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use myriad_broker::shell::BrokerStopped;
+use myriad_mqtt::{PacketProperties, QoS};
+use myriad_ota::rollout::{
+    DeviceRecord, DeviceReport, DeviceState, MAX_ROLLOUT_DEVICES, Progress, Rollout, RolloutSpec,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use super::{OtaError, OtaService, hex, new_id};
+use crate::registry::DeviceId;
+use crate::service::now_ms;
+use crate::store::ota::{ArtifactRecord, RolloutTarget, StoredRollout};
+use crate::store::{FleetStore, MAX_INDEX_PAGE};
+
+/// Largest progress report a device may publish (bytes).
+pub const MAX_REPORT_BYTES: usize = 4096;
+/// Longest rollout name (bytes).
+pub const MAX_NAME_BYTES: usize = 128;
+/// Prefix of rollout ids (`r` and 16 hex digits).
+pub const ROLLOUT_ID_PREFIX: &str = "r";
+/// How often the loop runs when nothing wakes it.
+const ROUND: Duration = Duration::from_secs(1);
+
+/// Which devices a new rollout targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// These devices, in this order.
+    Devices(Vec<String>),
+    /// Every device of the group, in id order.
+    Group(String),
+    /// Every device with this attribute value, in id order.
+    Attribute {
+        /// Attribute key.
+        key: String,
+        /// Attribute value.
+        value: String,
+    },
+}
+
+/// What an operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRollout {
+    /// A name for people (at most [`MAX_NAME_BYTES`]).
+    pub name: String,
+    /// The artifact to install.
+    pub artifact: String,
+    /// Which devices.
+    pub target: TargetSpec,
+    /// Waves, thresholds, timeouts, retries.
+    pub spec: RolloutSpec,
+}
+
+/// A rollout as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutView {
+    /// What is stored about it.
+    pub stored: StoredRollout,
+    /// Devices targeted.
+    pub devices: u32,
+    /// Devices per state, in lifecycle order.
+    pub counts: Vec<(DeviceState, u32)>,
+}
+
+/// One rollout in memory.
+pub(super) struct Entry {
+    stored: StoredRollout,
+    artifact: ArtifactRecord,
+    planner: Rollout,
+}
+
+impl Entry {
+    fn view(&self) -> RolloutView {
+        let mut stored = self.stored.clone();
+        stored.planner = self.planner.record().clone();
+        RolloutView {
+            stored,
+            devices: self.planner.len(),
+            counts: self.planner.counts().iter().collect(),
+        }
+    }
+
+    fn cancel_payload(&self) -> Bytes {
+        Bytes::from(json!({"rollout": self.stored.id, "cancel": true}).to_string())
+    }
+}
+
+/// A progress report as devices send it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportBody {
+    rollout: String,
+    state: String,
+    #[serde(default)]
+    done: u64,
+    #[serde(default)]
+    total: u64,
+    #[serde(default)]
+    reason: String,
+}
+
+impl ReportBody {
+    fn report(&self) -> Option<DeviceReport> {
+        let reason = || self.reason.clone();
+        Some(match DeviceState::parse(&self.state)? {
+            DeviceState::Downloading => DeviceReport::Downloading(Progress {
+                done: self.done,
+                total: self.total,
+            }),
+            DeviceState::Verifying => DeviceReport::Verifying,
+            DeviceState::Installing => DeviceReport::Installing,
+            DeviceState::Rebooting => DeviceReport::Rebooting,
+            DeviceState::Succeeded => DeviceReport::Succeeded,
+            DeviceState::Failed => DeviceReport::Failed(reason()),
+            DeviceState::Rejected => DeviceReport::Rejected(reason()),
+            DeviceState::RolledBack => DeviceReport::RolledBack(reason()),
+            _ => return None,
+        })
+    }
+}
+
+/// A message to publish after the next commit.
+struct Send {
+    device: String,
+    payload: Bytes,
+}
+
+/// Notifications to send again after a restart: (rollout, device, attempt).
+pub(super) type Resend = Vec<(String, String, u32)>;
+
+/// Every stored rollout restored, and the notifications to send again (rollout, device,
+/// attempt) for devices left `NOTIFIED`. A rollout whose records do not make a rollout is
+/// logged and left out.
+pub(super) fn restore_all(
+    store: &FleetStore,
+) -> Result<(BTreeMap<String, Entry>, Resend), OtaError> {
+    let mut entries = BTreeMap::new();
+    let mut resend = Vec::new();
+    for (stored, devices) in store.load_rollouts()? {
+        let Some(artifact) = store.get_artifact(&stored.artifact)? else {
+            warn!(rollout = %stored.id, artifact = %stored.artifact, "rollout left out: its artifact is gone");
+            continue;
+        };
+        let planner = match Rollout::restore(stored.planner.clone(), devices) {
+            Ok(planner) => planner,
+            Err(error) => {
+                warn!(rollout = %stored.id, %error, "rollout left out: its stored records do not agree");
+                continue;
+            }
+        };
+        if !planner.status().is_finished() {
+            for (id, record) in planner.devices() {
+                if record.state == DeviceState::Notified {
+                    resend.push((stored.id.clone(), id.to_owned(), record.attempts));
+                }
+            }
+        }
+        entries.insert(
+            stored.id.clone(),
+            Entry {
+                stored,
+                artifact,
+                planner,
+            },
+        );
+    }
+    Ok((entries, resend))
+}
+
+impl OtaService {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        // A panic while holding the lock leaves plain data; keep serving it.
+        self.rollouts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates and stores a rollout; the loop starts notifying at once. Blocking (reads the
+    /// registry, commits every device record): run it on the blocking pool.
+    pub fn create_rollout(&self, new: NewRollout, now_ms: u64) -> Result<RolloutView, OtaError> {
+        if new.name.len() > MAX_NAME_BYTES {
+            return Err(OtaError::BadRequest(format!(
+                "name: at most {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        let artifact = self
+            .artifact(&new.artifact)?
+            .ok_or_else(|| OtaError::BadRequest(format!("artifact: {} not found", new.artifact)))?;
+        let active = self
+            .lock()
+            .values()
+            .filter(|e| !e.planner.status().is_finished())
+            .count();
+        if active >= self.config.max_active_rollouts {
+            return Err(OtaError::Conflict(format!(
+                "{active} rollouts have not finished (ota.max_active_rollouts); cancel one first"
+            )));
+        }
+        let (devices, target) = self.resolve(new.target)?;
+        let mut planner = Rollout::new(new.spec, devices, now_ms)
+            .map_err(|e| OtaError::BadRequest(e.to_string()))?;
+        let stored = StoredRollout {
+            id: new_id(ROLLOUT_ID_PREFIX),
+            name: new.name,
+            artifact: artifact.id.clone(),
+            target,
+            planner: planner.record().clone(),
+        };
+        let dirty = planner.take_dirty();
+        let records: Vec<_> = dirty
+            .devices
+            .iter()
+            .map(|&i| (i, planner.device_id(i), planner.device(i)))
+            .collect();
+        self.store.put_rollout(&stored, &records)?;
+        let entry = Entry {
+            stored,
+            artifact,
+            planner,
+        };
+        let view = entry.view();
+        self.lock().insert(view.stored.id.clone(), entry);
+        self.wake.notify_one();
+        Ok(view)
+    }
+
+    /// The device ids `target` names, in wave order, and how it is stored.
+    fn resolve(&self, target: TargetSpec) -> Result<(Vec<String>, RolloutTarget), OtaError> {
+        let too_many =
+            || OtaError::BadRequest(format!("targets: more than {MAX_ROLLOUT_DEVICES} devices"));
+        match target {
+            TargetSpec::Devices(ids) => {
+                if ids.len() > MAX_ROLLOUT_DEVICES {
+                    return Err(too_many());
+                }
+                for chunk in ids.chunks(MAX_INDEX_PAGE) {
+                    let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                    for (id, device) in refs.iter().zip(self.store.get_devices(&refs)?) {
+                        if device.is_none() {
+                            return Err(OtaError::BadRequest(format!(
+                                "targets: device {id:?} not found"
+                            )));
+                        }
+                    }
+                }
+                Ok((ids, RolloutTarget::Devices))
+            }
+            TargetSpec::Group(group) => {
+                let ids = self
+                    .page_all(|after| self.store.devices_in_group(&group, after, MAX_INDEX_PAGE))?;
+                Ok((ids, RolloutTarget::Group(group)))
+            }
+            TargetSpec::Attribute { key, value } => {
+                let ids = self.page_all(|after| {
+                    self.store
+                        .devices_with_attribute(&key, &value, after, MAX_INDEX_PAGE)
+                })?;
+                Ok((ids, RolloutTarget::Attribute { key, value }))
+            }
+        }
+    }
+
+    fn page_all(
+        &self,
+        page: impl Fn(Option<&str>) -> Result<crate::store::IdPage, crate::store::FleetStoreError>,
+    ) -> Result<Vec<String>, OtaError> {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (mut more, next) = page(after.as_deref())?;
+            ids.append(&mut more);
+            if ids.len() > MAX_ROLLOUT_DEVICES {
+                return Err(OtaError::BadRequest(format!(
+                    "targets: more than {MAX_ROLLOUT_DEVICES} devices"
+                )));
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    /// Every rollout, in id order.
+    pub fn rollouts(&self) -> Vec<RolloutView> {
+        self.lock().values().map(Entry::view).collect()
+    }
+
+    /// Rollout `id`.
+    pub fn rollout(&self, id: &str) -> Option<RolloutView> {
+        self.lock().get(id).map(Entry::view)
+    }
+
+    /// Devices of rollout `id` in wave order (only those in `state` if given): the `limit`
+    /// after the first `offset`, and how many match in all.
+    pub fn rollout_devices(
+        &self,
+        id: &str,
+        state: Option<DeviceState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<(String, DeviceRecord)>, usize), OtaError> {
+        let rollouts = self.lock();
+        let entry = rollouts
+            .get(id)
+            .ok_or_else(|| OtaError::NotFound(format!("rollout {id} not found")))?;
+        let matching = entry
+            .planner
+            .devices()
+            .filter(|(_, r)| state.is_none_or(|s| r.state == s));
+        let total = match state {
+            Some(state) => entry.planner.counts().get(state) as usize,
+            None => entry.planner.len() as usize,
+        };
+        let page = matching
+            .skip(offset)
+            .take(limit)
+            .map(|(id, r)| (id.to_owned(), r.clone()))
+            .collect();
+        Ok((page, total))
+    }
+
+    /// Pauses, resumes or cancels rollout `id` at `now_ms` and commits it. Blocking.
+    pub fn control_rollout(
+        &self,
+        id: &str,
+        action: RolloutAction,
+        now_ms: u64,
+    ) -> Result<RolloutView, OtaError> {
+        {
+            let mut rollouts = self.lock();
+            let entry = rollouts
+                .get_mut(id)
+                .ok_or_else(|| OtaError::NotFound(format!("rollout {id} not found")))?;
+            let done = match action {
+                RolloutAction::Pause => entry.planner.pause(now_ms),
+                RolloutAction::Resume => entry.planner.resume(now_ms),
+                RolloutAction::Cancel => entry.planner.cancel(now_ms),
+            };
+            done.map_err(|e| OtaError::Conflict(e.to_string()))?;
+        }
+        // The loop sends the cancel notices; commit first so the answer is durable.
+        self.persist()?;
+        self.wake.notify_one();
+        self.rollout(id)
+            .ok_or_else(|| OtaError::NotFound(format!("rollout {id} not found")))
+    }
+
+    /// Commits what changed in every planner. Blocking.
+    fn persist(&self) -> Result<(), OtaError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        type Changed = (StoredRollout, Vec<(u32, String, DeviceRecord)>);
+        let batch: Vec<Changed> = {
+            let mut rollouts = self.lock();
+            rollouts
+                .values_mut()
+                .filter_map(|entry| {
+                    let dirty = entry.planner.take_dirty();
+                    if !dirty.rollout && dirty.devices.is_empty() {
+                        return None;
+                    }
+                    entry.stored.planner = entry.planner.record().clone();
+                    let devices = dirty
+                        .devices
+                        .iter()
+                        .map(|&i| {
+                            (
+                                i,
+                                entry.planner.device_id(i).to_owned(),
+                                entry.planner.device(i).clone(),
+                            )
+                        })
+                        .collect();
+                    Some((entry.stored.clone(), devices))
+                })
+                .collect()
+        };
+        for (stored, devices) in &batch {
+            let refs: Vec<_> = devices
+                .iter()
+                .map(|(i, id, r)| (*i, id.as_str(), r))
+                .collect();
+            self.store.put_rollout(stored, &refs)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a device's progress report (the payload of `$ota/{device}/progress`).
+    fn apply_report(&self, device: &str, payload: &[u8], now_ms: u64) -> bool {
+        if payload.len() > MAX_REPORT_BYTES {
+            return false;
+        }
+        let Ok(body) = serde_json::from_slice::<ReportBody>(payload) else {
+            return false;
+        };
+        let Some(report) = body.report() else {
+            return false;
+        };
+        let mut rollouts = self.lock();
+        let Some(entry) = rollouts.get_mut(&body.rollout) else {
+            return false;
+        };
+        match entry.planner.report(device, report, now_ms) {
+            Ok(_) => true,
+            Err(error) => {
+                debug!(device, rollout = %body.rollout, %error, "OTA report dropped");
+                false
+            }
+        }
+    }
+
+    /// The notification of `entry`'s update for `device`, with its signed download URL.
+    fn notify_payload(&self, entry: &Entry, device: &str, attempt: u32, now_ms: u64) -> Bytes {
+        let artifact = &entry.artifact;
+        let url = self.download_url(&artifact.id, device, now_ms);
+        let body = json!({
+            "rollout": entry.stored.id,
+            "attempt": attempt,
+            "artifact": {
+                "id": artifact.id,
+                "version": artifact.version,
+                "hardware_type": artifact.hardware_type,
+                "size": artifact.size,
+                "sha256": hex(&artifact.sha256),
+            },
+            "url": url,
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// The notifications of every rollout in which `device` was notified and has not finished.
+    fn pending_for(&self, device: &str) -> Vec<Send> {
+        let rollouts = self.lock();
+        rollouts
+            .values()
+            .filter(|entry| !entry.planner.status().is_finished())
+            .filter_map(|entry| {
+                let record = entry.planner.device(entry.planner.find(device)?);
+                record.state.is_active().then(|| Send {
+                    device: device.to_owned(),
+                    payload: self.notify_payload(entry, device, record.attempts, now_ms()),
+                })
+            })
+            .collect()
+    }
+
+    /// One round: tick every planner, commit, then publish. Returns what to publish.
+    fn round(&self, now_ms: u64, budget: usize) -> Vec<Send> {
+        let mut sends = Vec::new();
+        let mut budget = budget;
+        let mut rollouts = self.lock();
+        for entry in rollouts.values_mut() {
+            for effect in entry.planner.tick(now_ms, budget) {
+                let (device, payload) = match effect {
+                    myriad_ota::rollout::Effect::Notify { device, attempt } => {
+                        budget = budget.saturating_sub(1);
+                        let id = entry.planner.device_id(device);
+                        (device, self.notify_payload(entry, id, attempt, now_ms))
+                    }
+                    myriad_ota::rollout::Effect::Cancel { device } => {
+                        (device, entry.cancel_payload())
+                    }
+                };
+                sends.push(Send {
+                    device: entry.planner.device_id(device).to_owned(),
+                    payload,
+                });
+            }
+        }
+        sends
+    }
+
+    async fn publish(&self, sends: Vec<Send>) -> Result<(), BrokerStopped> {
+        for send in sends {
+            let topic = format!("$ota/{}/notify", send.device);
+            self.broker
+                .publish_at_least_once(topic.into(), send.payload, PacketProperties::new())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the rollouts until the broker stops: listens to `$ota/+/progress` and runs a round
+    /// every second or when woken.
+    pub async fn run(self: Arc<Self>) -> Result<(), BrokerStopped> {
+        let mut client = self.broker.connect_internal("ota").await?;
+        client
+            .subscribe("$ota/+/progress", QoS::AtLeastOnce)
+            .await?;
+        client.subscribe("$ota/+/get", QoS::AtLeastOnce).await?;
+        let resend: Vec<Send> = {
+            let pending =
+                std::mem::take(&mut *self.resend.lock().unwrap_or_else(|p| p.into_inner()));
+            let rollouts = self.lock();
+            pending
+                .into_iter()
+                .filter_map(|(rollout, device, attempt)| {
+                    let entry = rollouts.get(&rollout)?;
+                    let payload = self.notify_payload(entry, &device, attempt, now_ms());
+                    Some(Send { device, payload })
+                })
+                .collect()
+        };
+        self.publish(resend).await?;
+        let reports = async {
+            while let Some(publish) = client.recv().await {
+                let mut parts = publish.topic.split('/');
+                let (Some("$ota"), Some(device), Some(action), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                if DeviceId::new(device).is_err() {
+                    continue;
+                }
+                if action == "get" {
+                    self.publish(self.pending_for(device)).await?;
+                    continue;
+                }
+                if self.apply_report(device, &publish.payload, now_ms()) {
+                    self.wake.notify_one();
+                } else {
+                    metrics::counter!("myriad_ota_reports_dropped_total").increment(1);
+                }
+            }
+            Err::<(), BrokerStopped>(BrokerStopped)
+        };
+        let rounds = async {
+            let rate = u64::from(self.config.notify_per_second);
+            let mut last = now_ms();
+            // Sends of rounds whose commit failed: published after the next good commit.
+            let mut held: Vec<Send> = Vec::new();
+            loop {
+                let _ = tokio::time::timeout(ROUND, self.wake.notified()).await;
+                let now = now_ms();
+                // Notifications earned since the last round, at most one second's worth.
+                let budget = (rate * now.saturating_sub(last).min(1000) / 1000).max(1) as usize;
+                last = now;
+                held.extend(self.round(now, budget));
+                let service = self.clone();
+                match tokio::task::spawn_blocking(move || service.persist()).await {
+                    Ok(Ok(())) => self.publish(std::mem::take(&mut held)).await?,
+                    // Nothing is published that is not stored; the next round commits again.
+                    Ok(Err(error)) => warn!(%error, "cannot store OTA rollout changes"),
+                    Err(join) => warn!(%join, "OTA store task failed"),
+                }
+            }
+        };
+        tokio::select! {
+            done = reports => done,
+            done = rounds => done,
+        }
+    }
+}
+
+/// An operator's action on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    /// Stop notifying devices.
+    Pause,
+    /// Continue a paused rollout.
+    Resume,
+    /// Cancel the rollout.
+    Cancel,
+}

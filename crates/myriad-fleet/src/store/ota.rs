@@ -1,0 +1,340 @@
+//! OTA records: firmware artifacts, rollouts and each rollout's devices.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `ota_artifacts` | artifact id | [`ArtifactRecord`] |
+//! | `ota_rollouts` | rollout id | [`StoredRollout`] (the planner's [`RolloutRecord`] and what the operator named) |
+//! | `ota_rollout_devices` | rollout id, `0x00`, device index (u32 big-endian) | device id and its [`DeviceRecord`] |
+//!
+//! Values are a version byte and postcard, as the registry's. A rollout and the device records
+//! that changed with it are written in one transaction, so a restart sees them agree.
+
+use redb::{ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use myriad_ota::rollout::{DeviceRecord, RolloutRecord};
+
+use super::error::FileName;
+use super::tables::Def;
+use super::{FleetStore, FleetStoreError};
+
+const ARTIFACTS: Def = TableDefinition::new("ota_artifacts");
+const ROLLOUTS: Def = TableDefinition::new("ota_rollouts");
+const ROLLOUT_DEVICES: Def = TableDefinition::new("ota_rollout_devices");
+const V1: u8 = 1;
+
+/// A stored firmware image: its file lives in the OTA directory under its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// The artifact's id (also its file name).
+    pub id: String,
+    /// The firmware version the image installs.
+    pub version: String,
+    /// The hardware type the image is built for.
+    pub hardware_type: String,
+    /// Free text for operators.
+    pub notes: String,
+    /// Bytes of the image.
+    pub size: u64,
+    /// SHA-256 of the image.
+    pub sha256: [u8; 32],
+    /// Uploaded at (milliseconds since the epoch).
+    pub created_ms: u64,
+}
+
+/// Which devices a rollout targets, as the operator said it (the planner holds the resolved
+/// list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutTarget {
+    /// An explicit list of device ids.
+    Devices,
+    /// Every device of a group when the rollout was created.
+    Group(String),
+    /// Every device with an attribute value when the rollout was created.
+    Attribute {
+        /// Attribute key.
+        key: String,
+        /// Attribute value.
+        value: String,
+    },
+}
+
+/// A rollout as stored: what the operator asked for and the planner's rollout-wide record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRollout {
+    /// The rollout's id.
+    pub id: String,
+    /// The operator's name for it.
+    pub name: String,
+    /// The artifact it installs.
+    pub artifact: String,
+    /// How its devices were chosen.
+    pub target: RolloutTarget,
+    /// The planner's record (spec, status, waves started).
+    pub planner: RolloutRecord,
+}
+
+/// A stored rollout with its devices (id and record) in index order.
+pub type LoadedRollout = (StoredRollout, Vec<(String, DeviceRecord)>);
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FleetStoreError> {
+    let mut bytes = vec![V1];
+    let body = postcard::to_allocvec(value).map_err(|e| FleetStoreError::Encode(e.to_string()))?;
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+fn decode<T: DeserializeOwned>(
+    file: &FileName,
+    table: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, FleetStoreError> {
+    match value.split_first() {
+        Some((&V1, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| file.corrupt(table, key, e.to_string()))
+        }
+        Some((version, _)) => Err(file.corrupt(table, key, format!("unknown version {version}"))),
+        None => Err(file.corrupt(table, key, "empty value".into())),
+    }
+}
+
+fn device_key(rollout: &str, index: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(rollout.len() + 5);
+    key.extend_from_slice(rollout.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Opens `def` for reading; a table never written reads as empty (`None`).
+macro_rules! read_table {
+    ($store:expr, $txn:expr, $def:expr) => {
+        match $txn.open_table($def) {
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err($store.file.engine(e)),
+        }
+    };
+}
+
+impl FleetStore {
+    /// Stores `artifact` (new or changed).
+    pub fn put_artifact(&self, artifact: &ArtifactRecord) -> Result<(), FleetStoreError> {
+        let file = &self.file;
+        let txn = self.db.begin_write().map_err(|e| file.engine(e))?;
+        {
+            let mut table = txn.open_table(ARTIFACTS).map_err(|e| file.engine(e))?;
+            let value = encode(artifact)?;
+            table
+                .insert(artifact.id.as_bytes(), value.as_slice())
+                .map_err(|e| file.engine(e))?;
+        }
+        txn.commit().map_err(|e| file.engine(e))
+    }
+
+    /// The artifact `id`, if stored.
+    pub fn get_artifact(&self, id: &str) -> Result<Option<ArtifactRecord>, FleetStoreError> {
+        self.read(|txn| {
+            let Some(table) = read_table!(self, txn, ARTIFACTS) else {
+                return Ok(None);
+            };
+            match table.get(id.as_bytes()).map_err(|e| self.file.engine(e))? {
+                Some(value) => {
+                    decode(&self.file, "ota_artifacts", id.as_bytes(), value.value()).map(Some)
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Every artifact, in id order.
+    pub fn list_artifacts(&self) -> Result<Vec<ArtifactRecord>, FleetStoreError> {
+        self.read(|txn| {
+            let Some(table) = read_table!(self, txn, ARTIFACTS) else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| self.file.engine(e))? {
+                let (key, value) = row.map_err(|e| self.file.engine(e))?;
+                out.push(decode(
+                    &self.file,
+                    "ota_artifacts",
+                    key.value(),
+                    value.value(),
+                )?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes artifact `id` unless a rollout that has not finished uses it; returns the
+    /// deleted record, `Ok(None)` if there was none, or [`FleetStoreError::ArtifactInUse`].
+    pub fn delete_artifact(&self, id: &str) -> Result<Option<ArtifactRecord>, FleetStoreError> {
+        let file = &self.file;
+        let txn = self.db.begin_write().map_err(|e| file.engine(e))?;
+        let deleted = {
+            let rollouts = txn.open_table(ROLLOUTS).map_err(|e| file.engine(e))?;
+            for row in rollouts.iter().map_err(|e| file.engine(e))? {
+                let (key, value) = row.map_err(|e| file.engine(e))?;
+                let rollout: StoredRollout =
+                    decode(file, "ota_rollouts", key.value(), value.value())?;
+                if rollout.artifact == id && !rollout.planner.status.is_finished() {
+                    return Err(FleetStoreError::ArtifactInUse {
+                        artifact: id.to_owned(),
+                        rollout: rollout.id,
+                    });
+                }
+            }
+            let mut table = txn.open_table(ARTIFACTS).map_err(|e| file.engine(e))?;
+            let removed = table.remove(id.as_bytes()).map_err(|e| file.engine(e))?;
+            match removed {
+                Some(value) => Some(decode(file, "ota_artifacts", id.as_bytes(), value.value())?),
+                None => None,
+            }
+        };
+        txn.commit().map_err(|e| file.engine(e))?;
+        Ok(deleted)
+    }
+
+    /// Stores `rollout` and the device records `devices` (index, device id, record) in one
+    /// transaction.
+    pub fn put_rollout(
+        &self,
+        rollout: &StoredRollout,
+        devices: &[(u32, &str, &DeviceRecord)],
+    ) -> Result<(), FleetStoreError> {
+        let file = &self.file;
+        let txn = self.db.begin_write().map_err(|e| file.engine(e))?;
+        {
+            let mut rollouts = txn.open_table(ROLLOUTS).map_err(|e| file.engine(e))?;
+            let mut records = txn
+                .open_table(ROLLOUT_DEVICES)
+                .map_err(|e| file.engine(e))?;
+            let value = encode(rollout)?;
+            rollouts
+                .insert(rollout.id.as_bytes(), value.as_slice())
+                .map_err(|e| file.engine(e))?;
+            for &(index, device, record) in devices {
+                let value = encode(&(device, record))?;
+                records
+                    .insert(device_key(&rollout.id, index).as_slice(), value.as_slice())
+                    .map_err(|e| file.engine(e))?;
+            }
+        }
+        txn.commit().map_err(|e| file.engine(e))
+    }
+
+    /// Every stored rollout with its devices in index order, for the OTA service's start.
+    /// A record that does not decode fails with [`FleetStoreError::Corrupt`] naming it.
+    pub fn load_rollouts(&self) -> Result<Vec<LoadedRollout>, FleetStoreError> {
+        self.read(|txn| {
+            let Some(rollouts) = read_table!(self, txn, ROLLOUTS) else {
+                return Ok(Vec::new());
+            };
+            let devices = read_table!(self, txn, ROLLOUT_DEVICES);
+            let mut out = Vec::new();
+            for row in rollouts.iter().map_err(|e| self.file.engine(e))? {
+                let (key, value) = row.map_err(|e| self.file.engine(e))?;
+                let rollout: StoredRollout =
+                    decode(&self.file, "ota_rollouts", key.value(), value.value())?;
+                let mut records = Vec::new();
+                if let Some(devices) = &devices {
+                    let start = device_key(&rollout.id, 0);
+                    let end = device_key(&rollout.id, u32::MAX);
+                    for row in devices
+                        .range(start.as_slice()..=end.as_slice())
+                        .map_err(|e| self.file.engine(e))?
+                    {
+                        let (key, value) = row.map_err(|e| self.file.engine(e))?;
+                        let expected = device_key(&rollout.id, records.len() as u32);
+                        if key.value() != expected.as_slice() {
+                            return Err(self.file.corrupt(
+                                "ota_rollout_devices",
+                                key.value(),
+                                "device index out of sequence".into(),
+                            ));
+                        }
+                        records.push(decode(
+                            &self.file,
+                            "ota_rollout_devices",
+                            key.value(),
+                            value.value(),
+                        )?);
+                    }
+                }
+                out.push((rollout, records));
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use myriad_ota::rollout::{Rollout, RolloutSpec, RolloutStatus};
+
+    use super::*;
+
+    fn artifact(id: &str) -> ArtifactRecord {
+        ArtifactRecord {
+            id: id.into(),
+            version: "1.2.3".into(),
+            hardware_type: "rpi4".into(),
+            notes: String::new(),
+            size: 42,
+            sha256: [7; 32],
+            created_ms: 5,
+        }
+    }
+
+    #[test]
+    fn artifacts_and_rollouts_round_trip_and_in_use_artifacts_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FleetStore::open(dir.path()).unwrap();
+        assert_eq!(store.list_artifacts().unwrap(), vec![]);
+        assert_eq!(store.load_rollouts().unwrap(), vec![]);
+        store.put_artifact(&artifact("a1")).unwrap();
+        store.put_artifact(&artifact("a2")).unwrap();
+        assert_eq!(store.get_artifact("a1").unwrap(), Some(artifact("a1")));
+        assert_eq!(store.list_artifacts().unwrap().len(), 2);
+
+        let ids: Vec<String> = (0..3).map(|i| format!("d{i}")).collect();
+        let mut planner = Rollout::new(RolloutSpec::default(), ids, 9).unwrap();
+        planner.tick(10, 1);
+        let mut stored = StoredRollout {
+            id: "r1".into(),
+            name: "first".into(),
+            artifact: "a1".into(),
+            target: RolloutTarget::Group("field".into()),
+            planner: planner.record().clone(),
+        };
+        let devices: Vec<_> = (0..planner.len())
+            .map(|i| (i, planner.device_id(i), planner.device(i)))
+            .collect();
+        store.put_rollout(&stored, &devices).unwrap();
+        let loaded = store.load_rollouts().unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].0, stored);
+        let expected: Vec<_> = planner
+            .devices()
+            .map(|(id, r)| (id.to_owned(), r.clone()))
+            .collect();
+        assert_eq!(loaded[0].1, expected);
+
+        assert!(matches!(
+            store.delete_artifact("a1"),
+            Err(FleetStoreError::ArtifactInUse { .. })
+        ));
+        assert_eq!(store.delete_artifact("a2").unwrap(), Some(artifact("a2")));
+        assert_eq!(store.delete_artifact("a2").unwrap(), None);
+        stored.planner.status = RolloutStatus::Canceled;
+        store.put_rollout(&stored, &[]).unwrap();
+        assert_eq!(
+            store.delete_artifact("a1").unwrap(),
+            Some(artifact("a1")),
+            "a finished rollout keeps no artifact"
+        );
+    }
+}

@@ -1,0 +1,438 @@
+"""OTA updates through the real binary (issue 18): firmware artifacts uploaded over HTTP
+(streamed, hashed, downloadable with Range), rollouts in waves to paho devices that follow
+`$ota/{id}/notify` and report on `$ota/{id}/progress`, operator actions, bad input, and a
+kill -9 in the middle of a rollout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import urllib.request
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from helpers import HOST, Api, Broker, unique, wait_until
+
+TOKEN = "ota-test-token-0123456789"
+MAX_ARTIFACT = 1 << 20
+CONFIG = f"""
+[auth]
+allow_anonymous = false
+
+[api]
+token = "{TOKEN}"
+
+[ota]
+max_artifact_bytes = {MAX_ARTIFACT}
+max_artifacts = 20
+"""
+STEPS = ["DOWNLOADING", "VERIFYING", "INSTALLING", "REBOOTING", "SUCCEEDED"]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("ota"), raw_config=CONFIG).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def api(broker) -> Api:
+    api = Api(broker.api_port, TOKEN)
+    api.data_dir = broker.workdir / "myriad-data"
+    return api
+
+
+def upload(api: Api, image: bytes, version: str = "1.0.0", hardware: str = "board-a") -> tuple[int, object]:
+    return api.call("POST", f"/api/v1/ota/artifacts?version={version}&hardware_type={hardware}&notes=first",
+                    raw=image)
+
+
+def download(api: Api, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict]:
+    req = urllib.request.Request(api.base + path, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), {k.lower(): v for k, v in e.headers.items()}
+
+
+class Device:
+    """A paho device that follows update notifications: reports every step up to
+    SUCCEEDED, or FAILED (mode "fail"), or nothing (mode "silent")."""
+
+    def __init__(self, port: int, dev_id: str, password: str, mode: str = "ok", clean: bool = True):
+        self.id = dev_id
+        self.mode = mode
+        self.notes: list[dict] = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev_id, protocol=mqtt.MQTTv5,
+                             reconnect_on_failure=False)
+        self.c.username_pw_set(dev_id, password)
+        self.c.on_message = self._on_message
+        connected, subscribed = threading.Event(), threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: connected.set()
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+        props = None
+        if not clean:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.c.connect(HOST, port, 30, clean_start=clean, properties=props)
+        self.c.loop_start()
+        assert connected.wait(5), "device did not connect"
+        self.c.subscribe(f"$ota/{dev_id}/notify", 1)
+        assert subscribed.wait(5), "device did not subscribe"
+
+    def _on_message(self, client, userdata, msg):
+        note = json.loads(msg.payload)
+        with self.lock:
+            self.notes.append(note)
+        if self.mode == "silent" or note.get("cancel"):
+            return
+        steps = STEPS if self.mode == "ok" else ["DOWNLOADING", "FAILED"]
+        for state in steps:
+            body = {"rollout": note["rollout"], "state": state}
+            if state == "DOWNLOADING":
+                body.update(done=note["artifact"]["size"], total=note["artifact"]["size"])
+            if state == "FAILED":
+                body["reason"] = "flash write error"
+            client.publish(f"$ota/{self.id}/progress", json.dumps(body), 1)
+
+    def ask(self) -> None:
+        """Asks for pending updates, as an agent does after each connect."""
+        self.c.publish(f"$ota/{self.id}/get", b"", 1)
+
+    def notified(self) -> list[dict]:
+        with self.lock:
+            return list(self.notes)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def devices_in_group(api: Api, group: str, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        dev_id = f"{group}-{i:02d}"
+        api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123", "groups": [group]}, expect=201)
+        ids.append(dev_id)
+    return ids
+
+
+def wait_rollout(api: Api, rollout: str, pred, timeout: float = 15.0) -> dict:
+    last = {}
+
+    def check():
+        nonlocal last
+        last = api.ok("GET", f"/api/v1/ota/rollouts/{rollout}")
+        return pred(last)
+
+    assert wait_until(check, timeout, 0.05), f"rollout stayed {last}"
+    return last
+
+
+def test_artifacts_upload_list_download_delete(api):
+    image = os.urandom(300_000)
+    status, art = upload(api, image)
+    assert status == 201, art
+    assert art["size"] == len(image) and art["sha256"] == hashlib.sha256(image).hexdigest()
+    assert (art["version"], art["hardware_type"], art["notes"]) == ("1.0.0", "board-a", "first")
+    assert art in api.ok("GET", "/api/v1/ota/artifacts")["artifacts"]
+    assert api.ok("GET", f"/api/v1/ota/artifacts/{art['id']}") == art
+
+    status, body, _ = download(api, f"/api/v1/ota/artifacts/{art['id']}/content")
+    assert status == 200 and body == image
+    # A broken download resumes with a Range request.
+    status, body, headers = download(api, f"/api/v1/ota/artifacts/{art['id']}/content",
+                                     {"Range": "bytes=100000-"})
+    assert status == 206 and body == image[100000:], headers
+    assert headers["content-range"] == f"bytes 100000-{len(image) - 1}/{len(image)}"
+    status, _, _ = download(api, f"/api/v1/ota/artifacts/{art['id']}/content", {"Range": "bytes=999999-"})
+    assert status == 416
+    status, _, _ = download(api, f"/api/v1/ota/artifacts/{art['id']}/content", {"Authorization": "Bearer nope"})
+    assert status == 401
+
+    api.ok("DELETE", f"/api/v1/ota/artifacts/{art['id']}", expect=204)
+    assert api.call("GET", f"/api/v1/ota/artifacts/{art['id']}")[0] == 404
+    assert download(api, f"/api/v1/ota/artifacts/{art['id']}/content")[0] == 404
+    assert api.call("DELETE", f"/api/v1/ota/artifacts/{art['id']}")[0] == 404
+
+
+@pytest.mark.parametrize("query,body,status,names", [
+    ("version=1.0&hardware_type=a%2Fb", b"x", 400, "hardware_type"),
+    ("version=&hardware_type=a", b"x", 400, "version"),
+    ("version=" + "9" * 65 + "&hardware_type=a", b"x", 400, "version"),
+    ("version=1&hardware_type=a&notes=" + "n" * 4097, b"x", 400, "notes"),
+    ("version=1&hardware_type=a", b"", 400, "empty"),
+    ("hardware_type=a", b"x", 400, "version"),
+    ("version=1&hardware_type=a&colour=red", b"x", 400, "colour"),
+])
+def test_bad_uploads_are_refused_by_name(api, query, body, status, names):
+    before = api.ok("GET", "/api/v1/ota/artifacts")["artifacts"]
+    got, answer = api.call("POST", f"/api/v1/ota/artifacts?{query}", raw=body)
+    assert got == status and names in answer["message"], answer
+    assert api.ok("GET", "/api/v1/ota/artifacts")["artifacts"] == before, "nothing stored"
+
+
+def test_oversize_uploads_are_refused_streamed_or_declared(api):
+    import http.client
+
+    before = api.ok("GET", "/api/v1/ota/artifacts")["artifacts"]
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream"}
+    path = "/api/v1/ota/artifacts?version=9&hardware_type=a"
+    # Chunked, no length: the server counts as it streams and stops one byte past the limit.
+    conn = http.client.HTTPConnection(HOST, api.base.rsplit(":", 1)[1], timeout=30)
+    chunks = [b"z" * 65536] * (MAX_ARTIFACT // 65536) + [b"z"]
+    conn.request("POST", path, body=iter(chunks), headers=headers, encode_chunked=True)
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    assert resp.status == 413 and "max_artifact_bytes" in answer["message"], answer
+    conn.close()
+    # Declared too large: refused before a byte of the body is read.
+    conn = http.client.HTTPConnection(HOST, api.base.rsplit(":", 1)[1], timeout=30)
+    conn.putrequest("POST", path)
+    for name, value in {**headers, "Content-Length": str(MAX_ARTIFACT + 1)}.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    assert resp.status == 413 and "max_artifact_bytes" in answer["message"], answer
+    conn.close()
+    # Exactly at the limit is fine.
+    status, art = upload(api, b"q" * MAX_ARTIFACT, version="9")
+    assert status == 201 and art["size"] == MAX_ARTIFACT
+    api.ok("DELETE", f"/api/v1/ota/artifacts/{art['id']}", expect=204)
+    assert api.ok("GET", "/api/v1/ota/artifacts")["artifacts"] == before
+    assert not [p for p in os.listdir(api.data_dir / "ota" / "artifacts") if p.endswith(".partial")]
+
+
+def test_a_rollout_in_waves_to_real_devices(broker, api):
+    group = unique("fleet")
+    ids = devices_in_group(api, group, 6)
+    _, art = upload(api, os.urandom(50_000), version="2.0.0")
+    devices = [Device(broker.port, d, "dev-pw-123", mode="fail" if d == ids[5] else "ok") for d in ids]
+    try:
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {
+            "name": "spring", "artifact": art["id"], "targets": {"group": group},
+            "waves": {"count": [2]}, "max_retries": 0,
+        }, expect=201)
+        assert rollout["status"] == "RUNNING" and rollout["devices"] == 6
+        assert rollout["targets"] == {"group": group}
+        # An artifact in use stays.
+        status, answer = api.call("DELETE", f"/api/v1/ota/artifacts/{art['id']}")
+        assert status == 409 and rollout["id"] in answer["message"], answer
+        done = wait_rollout(api, rollout["id"], lambda r: r["status"] == "COMPLETED")
+        assert done["counts"]["SUCCEEDED"] == 5 and done["counts"]["FAILED"] == 1, done
+        assert done["waves_started"] == 2
+        for device in devices:
+            notes = device.notified()
+            assert len(notes) == 1, (device.id, notes)
+            note = notes[0]
+            assert note["rollout"] == rollout["id"] and note["attempt"] == 1
+            assert note["artifact"] == {k: art[k] for k in ("id", "version", "hardware_type", "size", "sha256")}
+            assert note["url"].startswith(f"/ota/v1/download/{art['id']}?device={device.id}&expires="), note
+        page = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices?state=FAILED")
+        assert page["total"] == 1 and page["devices"][0]["device"] == ids[5]
+        assert page["devices"][0]["reason"] == "flash write error"
+        page = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices?limit=2&offset=1")
+        assert [d["device"] for d in page["devices"]] == ids[1:3] and page["total"] == 6
+        ok = page["devices"][0]
+        assert (ok["state"], ok["attempts"], ok["done"], ok["total"]) == ("SUCCEEDED", 1, 50_000, 50_000)
+        # A finished rollout keeps no artifact.
+        api.ok("DELETE", f"/api/v1/ota/artifacts/{art['id']}", expect=204)
+    finally:
+        for device in devices:
+            device.close()
+
+
+def test_the_first_wave_goes_first(broker, api):
+    group = unique("waves")
+    ids = devices_in_group(api, group, 4)
+    _, art = upload(api, b"firmware", version="3.0.0")
+    devices = [Device(broker.port, d, "dev-pw-123", mode="silent") for d in ids]
+    try:
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {
+            "artifact": art["id"], "targets": {"devices": ids}, "waves": {"percent": [25]},
+        }, expect=201)
+        assert rollout["targets"] == {"devices": 4}
+        assert wait_until(lambda: devices[0].notified(), 5)
+        time.sleep(1.5)
+        assert [bool(d.notified()) for d in devices] == [True, False, False, False], "wave 2 waits for wave 1"
+        # Pause holds the next wave; resume releases it.
+        paused = api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/pause")
+        assert paused["status"] == "PAUSED"
+        assert api.call("POST", f"/api/v1/ota/rollouts/{rollout['id']}/pause")[0] == 409
+        for state in STEPS:
+            devices[0].c.publish(f"$ota/{ids[0]}/progress", json.dumps({"rollout": rollout["id"], "state": state}), 1)
+        wait_rollout(api, rollout["id"], lambda r: r["counts"]["SUCCEEDED"] == 1)
+        time.sleep(1.5)
+        assert not any(d.notified() for d in devices[1:]), "paused: no new wave"
+        api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/resume")
+        assert wait_until(lambda: all(d.notified() for d in devices), 5)
+        # Cancel tells the notified devices.
+        canceled = api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
+        assert canceled["status"] == "CANCELED" and canceled["counts"]["CANCELED"] == 3, canceled
+        assert wait_until(lambda: all(len(d.notified()) == 2 for d in devices[1:]), 5)
+        assert devices[1].notified()[1] == {"rollout": rollout["id"], "cancel": True}
+        assert api.call("POST", f"/api/v1/ota/rollouts/{rollout['id']}/resume")[0] == 409
+    finally:
+        for device in devices:
+            device.close()
+
+
+def test_devices_download_with_their_signed_url(broker, api):
+    import urllib.parse
+
+    ids = [unique("dl") for _ in range(2)]
+    for dev_id in ids:
+        api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    image = os.urandom(120_000)
+    _, art = upload(api, image, version="6.0.0")
+    device = Device(broker.port, ids[0], "dev-pw-123", mode="silent")
+    try:
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": ids[:1]}},
+                         expect=201)
+        assert wait_until(lambda: device.notified(), 5)
+        url = device.notified()[0]["url"]
+    finally:
+        device.close()
+
+    def fetch(path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+        req = urllib.request.Request(api.base + path, headers=headers or {})  # no bearer token
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()}
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), {}
+
+    status, body, _ = fetch(url)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == art["sha256"]
+    status, body, headers = fetch(url, {"Range": "bytes=70000-"})
+    assert status == 206 and body == image[70000:] and headers["content-range"].endswith(f"/{len(image)}")
+    path, _, query = url.partition("?")
+    q = dict(urllib.parse.parse_qsl(query))
+    forged = [
+        {**q, "sig": q["sig"][:-1] + ("0" if q["sig"][-1] != "0" else "1")},  # one hex digit changed
+        {**q, "device": ids[1]},  # another device
+        {**q, "expires": str(int(q["expires"]) + 1)},  # a longer life
+        {**q, "expires": "1", "sig": q["sig"]},  # long expired
+        {**q, "sig": "zz"},
+    ]
+    for bad in forged:
+        status, body, _ = fetch(path + "?" + urllib.parse.urlencode(bad))
+        assert status == 403 and b"not valid" in body, (bad, body)
+    assert fetch(path + "?device=x")[0] == 400
+    # A disabled device's URL stops working.
+    api.ok("PATCH", f"/api/v1/devices/{ids[0]}", {"enabled": False})
+    assert fetch(url)[0] == 403
+    api.ok("PATCH", f"/api/v1/devices/{ids[0]}", {"enabled": True})
+    assert fetch(url)[0] == 200
+    api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
+
+
+def test_bad_rollouts_and_reports_are_refused(broker, api):
+    dev_id = unique("otabad")
+    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    _, art = upload(api, b"fw", version="4.0.0")
+    cases = [
+        ({"artifact": "a0000000000000000", "targets": {"devices": [dev_id]}}, "artifact"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id], "group": "g"}}, "targets"),
+        ({"artifact": art["id"], "targets": {"devices": ["nobody-here"]}}, "nobody-here"),
+        ({"artifact": art["id"], "targets": {"devices": []}}, "no devices"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id, dev_id]}}, "twice"),
+        ({"artifact": art["id"], "targets": {"group": unique("empty")}}, "no devices"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id]}, "waves": {"percent": [60, 50]}}, "waves"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id]}, "max_retries": 11}, "max_retries"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id]}, "advance_percent": 0}, "advance_percent"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id]}, "in_progress_timeout_secs": 0},
+         "in_progress_timeout_ms"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id]}, "in_progress_timeout_secs": 2**63},
+         "in_progress_timeout_secs"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id]}, "name": "n" * 129}, "name"),
+        ({"artifact": art["id"], "targets": {"devices": [dev_id]}, "colour": 1}, "colour"),
+    ]
+    before = len(api.ok("GET", "/api/v1/ota/rollouts")["rollouts"])
+    for body, names in cases:
+        status, answer = api.call("POST", "/api/v1/ota/rollouts", body)
+        assert status in (400, 422) and names in answer["message"], (body, answer)
+    assert len(api.ok("GET", "/api/v1/ota/rollouts")["rollouts"]) == before
+    assert api.call("GET", "/api/v1/ota/rollouts/r0000000000000000")[0] == 404
+    status, answer = api.call("GET", "/api/v1/ota/rollouts/r0000000000000000/devices?state=SLEEPING")
+    assert status == 400 and "state" in answer["message"]
+
+    # Hostile progress reports: garbage, oversize, unknown rollout, a device not in it.
+    device = Device(broker.port, dev_id, "dev-pw-123", mode="silent")
+    try:
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": [dev_id]}},
+                         expect=201)
+        assert wait_until(lambda: device.notified(), 5)
+        for payload in [b"\xff\x00", b"{}", json.dumps({"rollout": rollout["id"], "state": "SUCCEEDED",
+                                                        "pad": "x" * 5000}).encode(),
+                        json.dumps({"rollout": "r0000000000000000", "state": "SUCCEEDED"}).encode(),
+                        json.dumps({"rollout": rollout["id"], "state": "QUEUED"}).encode(),
+                        json.dumps({"rollout": rollout["id"], "state": "DOWNLOADING", "done": 5, "total": 1}).encode()]:
+            device.c.publish(f"$ota/{dev_id}/progress", payload, 1)
+        time.sleep(1.0)
+        now = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}")
+        assert now["counts"]["NOTIFIED"] == 1 and now["status"] == "RUNNING", now
+        broker.assert_alive()
+    finally:
+        device.close()
+    api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
+
+
+def test_kill9_mid_rollout_resumes(tmp_path):
+    first = Broker(tmp_path / "node", raw_config=CONFIG).start()
+    api = Api(first.api_port, TOKEN)
+    ids = [unique("k9") for _ in range(3)]
+    for dev_id in ids:
+        api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    _, art = upload(api, os.urandom(10_000), version="5.0.0")
+    working = Device(first.port, ids[0], "dev-pw-123", mode="silent", clean=False)
+    # ids[1] has a persistent session and is offline when notified; ids[2] never connected.
+    offline = Device(first.port, ids[1], "dev-pw-123", mode="silent", clean=False)
+    offline.close()
+    try:
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {
+            "artifact": art["id"], "targets": {"devices": ids}, "max_retries": 1,
+        }, expect=201)
+        assert wait_until(lambda: working.notified(), 5)
+        working.c.publish(f"$ota/{ids[0]}/progress",
+                          json.dumps({"rollout": rollout["id"], "state": "DOWNLOADING", "done": 10, "total": 99}), 1)
+        wait_rollout(api, rollout["id"], lambda r: r["counts"]["DOWNLOADING"] == 1)
+        before = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices")
+    finally:
+        working.close()
+    first.proc.kill()  # SIGKILL, our own process
+    first.proc.wait(timeout=10)
+    first.stop()
+    second = Broker(tmp_path / "node", raw_config=CONFIG).start()
+    try:
+        api = Api(second.api_port, TOKEN)
+        after = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices")
+        assert after == before
+        assert api.ok("GET", f"/api/v1/ota/artifacts/{art['id']}")["sha256"] == art["sha256"]
+        # The persistent session gets the notification queued while it was offline; the
+        # device that never connected asks for it; the one downloading goes on.
+        back = [Device(second.port, d, "dev-pw-123", clean=False) for d in ids]
+        try:
+            back[2].ask()
+            for state in STEPS[1:]:
+                back[0].c.publish(f"$ota/{ids[0]}/progress",
+                                  json.dumps({"rollout": rollout["id"], "state": state}), 1)
+            done = wait_rollout(api, rollout["id"], lambda r: r["status"] == "COMPLETED", timeout=10)
+            assert done["counts"]["SUCCEEDED"] == 3, done
+            assert [n["attempt"] for n in back[1].notified()][:1] == [1]
+        finally:
+            for device in back:
+                device.close()
+    finally:
+        second.stop()
