@@ -6,10 +6,13 @@
 //! [`verify`] is what a device runs on the bytes it received:
 //!
 //! 1. the envelope is at most [`MAX_SIGNED_MANIFEST`] bytes and decodes;
-//! 2. the algorithm is one the device trusts (Ed25519 today; SM2/SM3 is refused as
-//!    unsupported until its chain verification lands);
-//! 3. the signature verifies (`verify_strict`: no malleable or small-order forms) under one of
-//!    the pinned public keys;
+//! 2. the algorithm is one the device trusts: Ed25519 when it pins at least one Ed25519 key,
+//!    SM2/SM3 when it pins at least one SM2 root certificate; anything else is
+//!    [`ManifestError::Unsupported`];
+//! 3. the signature verifies: Ed25519 (`verify_strict`: no malleable or small-order forms)
+//!    under one of the pinned public keys, or SM2 under the leaf of a certificate chain that
+//!    ends at a pinned root and is valid at [`Trust::now`] ([`crate::sm2_chain`] lists the
+//!    checks; a chain refusal is [`ManifestError::Chain`]);
 //! 4. only then are the manifest bytes decoded, and the manifest must be well formed (32-byte
 //!    digests, a delta names its base and patch, no more than [`MAX_LOCATIONS`] locations),
 //!    built for the device's hardware type, and its security counter not below the installed
@@ -21,6 +24,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use prost::Message;
 
 pub use crate::proto::{Manifest, SignatureAlgorithm, SignedManifest};
+pub use crate::sm2_chain::{ChainError, sign_sm2};
 
 /// Largest signed manifest a device accepts (bytes).
 pub const MAX_SIGNED_MANIFEST: usize = 64 * 1024;
@@ -45,6 +49,9 @@ pub enum ManifestError {
     /// A field is missing or malformed.
     #[error("manifest field {0}: {1}")]
     BadField(&'static str, &'static str),
+    /// The SM2 certificate chain was refused.
+    #[error("certificate chain: {0}")]
+    Chain(#[from] ChainError),
     /// Built for another hardware type.
     #[error("manifest for hardware type {got:?}, this device is {want:?}")]
     WrongHardware {
@@ -64,10 +71,15 @@ pub enum ManifestError {
 }
 
 /// What a device trusts and what it runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Trust {
-    /// Pinned Ed25519 public keys (one of them must verify the signature).
+    /// Pinned Ed25519 public keys (one of them must verify the signature); none: Ed25519
+    /// envelopes are refused as unsupported.
     pub ed25519: Vec<VerifyingKey>,
+    /// Pinned SM2 root certificates (DER); none: SM2 envelopes are refused as unsupported.
+    pub sm2_roots: Vec<Vec<u8>>,
+    /// The time to check certificate validity at (unix seconds; the crate has no clock).
+    pub now: u64,
     /// The device's hardware type.
     pub hardware_type: String,
     /// The security counter of the installed image.
@@ -95,7 +107,7 @@ pub fn verify(envelope: &[u8], trust: &Trust) -> Result<Manifest, ManifestError>
     let signed =
         SignedManifest::decode(envelope).map_err(|_| ManifestError::Decode("signed manifest"))?;
     match SignatureAlgorithm::try_from(signed.algorithm) {
-        Ok(SignatureAlgorithm::Ed25519) => {
+        Ok(SignatureAlgorithm::Ed25519) if !trust.ed25519.is_empty() => {
             if !signed.certificates.is_empty() {
                 return Err(ManifestError::BadField(
                     "certificates",
@@ -112,6 +124,9 @@ pub fn verify(envelope: &[u8], trust: &Trust) -> Result<Manifest, ManifestError>
             if !ok {
                 return Err(ManifestError::BadSignature);
             }
+        }
+        Ok(SignatureAlgorithm::Sm2Sm3) if !trust.sm2_roots.is_empty() => {
+            crate::sm2_chain::verify_sm2(&signed, &trust.sm2_roots, trust.now)?;
         }
         _ => return Err(ManifestError::Unsupported(signed.algorithm)),
     }
@@ -207,6 +222,7 @@ mod tests {
             ed25519: vec![key(2).verifying_key(), key(1).verifying_key()],
             hardware_type: "gw-a".into(),
             installed_counter: 7,
+            ..Trust::default()
         }
     }
 
@@ -303,7 +319,7 @@ mod tests {
             ..delta()
         };
         assert!(verify(&sign_ed25519(&full, &key(2)), &t).is_ok());
-        // SM2 is not verified yet: refused, never accepted unchecked.
+        // No SM2 root pinned: SM2 is refused, never accepted unchecked.
         let mut sm2 =
             SignedManifest::decode(sign_ed25519(&delta(), &key(1)).as_slice()).expect("decode");
         sm2.algorithm = SignatureAlgorithm::Sm2Sm3 as i32;

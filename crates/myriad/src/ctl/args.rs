@@ -19,6 +19,9 @@ pub enum CtlCommand {
     /// Certificates for trying TLS locally. Needs no server.
     #[command(subcommand)]
     Certs(super::certs::CertsCommand),
+    /// OTA updates: development signing keys for update manifests. Needs no server.
+    #[command(subcommand)]
+    Ota(super::ota::OtaCommand),
 }
 
 /// The commands that map 1:1 to API requests (see [`super::request`]).

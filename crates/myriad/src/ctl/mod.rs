@@ -7,6 +7,7 @@
 //! - [`client`]: sends requests (blocking, `ureq`);
 //! - [`output`], [`lists`], [`table`]: what is printed;
 //! - [`token`], [`password`]: credentials of the operator and of devices;
+//! - [`ota`]: `ctl ota keygen`, development signing keys (offline);
 //! - [`error`]: error lines and exit codes (0 ok, 1 API or local error,
 //!   2 API unreachable).
 
@@ -17,6 +18,7 @@ mod commands;
 mod encode;
 mod error;
 mod lists;
+mod ota;
 mod output;
 mod password;
 mod registry_certs;
@@ -102,6 +104,10 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         }
         CtlCommand::Certs(command) => {
             print_out(&certs::run(&command)?)?;
+            return Ok(0);
+        }
+        CtlCommand::Ota(command) => {
+            print_out(&ota::run(&command)?)?;
             return Ok(0);
         }
         CtlCommand::Api(command) => command,
