@@ -200,10 +200,15 @@ def test_listen_flag_overrides_config(proc, tmp_path):
         ('[shadows.requests_per_device]\nburst = 0\n', "shadows.requests_per_device.burst"),
         ('[shadows.requests_per_device]\nper_second = -1\n', "shadows.requests_per_device.per_second"),
         ('[shadows]\nrequests_per_minute = 3\n', "requests_per_minute"),
+        ('[ota]\nmax_artifacts = 0\n', "ota.max_artifacts"),
+        ('[ota]\ndownload_url_ttl_secs = 5\n', "ota.download_url_ttl_secs"),
+        ('[ota]\nsigning_key = "/nonexistent/key.pem"\n', "ota.signing_key"),
+        ('[ota]\nsigning_chain = "/nonexistent/chain.pem"\n', "ota.signing_chain"),
     ],
     ids=["typo-key", "unknown-key", "string-for-int", "negative", "u16-overflow", "not-a-list", "bad-address",
          "no-connections", "no-backlog", "no-inflight", "inflight-overflow", "no-qos0-outbox", "no-budget",
-         "shadow-burst-0", "shadow-rate-negative", "shadow-unknown-key"],
+         "shadow-burst-0", "shadow-rate-negative", "shadow-unknown-key", "ota-artifacts-0", "ota-ttl-short",
+         "ota-missing-key", "ota-chain-without-key"],
 )
 def test_bad_config_stops_startup_naming_the_key(proc, tmp_path, text, key):
     args = ["serve", "--config", write(tmp_path, text)]

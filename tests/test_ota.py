@@ -48,6 +48,36 @@ def api(broker) -> Api:
     return api
 
 
+def fields(buf: bytes) -> dict[int, list]:
+    """The fields of one protobuf message (varints and length-delimited only), by number."""
+    out: dict[int, list] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value
+
+    while i < len(buf):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out.setdefault(number, []).append(varint())
+        elif wire == 2:
+            n = varint()
+            out.setdefault(number, []).append(buf[i:i + n])
+            i += n
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
 def upload(api: Api, image: bytes, version: str = "1.0.0", hardware: str = "board-a") -> tuple[int, object]:
     return api.call("POST", f"/api/v1/ota/artifacts?version={version}&hardware_type={hardware}&notes=first",
                     raw=image)
@@ -291,6 +321,75 @@ def test_the_first_wave_goes_first(broker, api):
     finally:
         for device in devices:
             device.close()
+
+
+def test_notifications_carry_a_signed_manifest(broker, api):
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = api.ok("GET", "/api/v1/ota/signing-key")
+    assert key["algorithm"] == "ed25519"
+    public = load_pem_public_key(key["pem"].encode())
+    dev_id = unique("sig")
+    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    image = os.urandom(5000)
+    status, art = api.call("POST", "/api/v1/ota/artifacts?version=8.1.0&hardware_type=board-s&security_counter=42",
+                           raw=image)
+    assert status == 201 and art["security_counter"] == 42
+    device = Device(broker.port, dev_id, "dev-pw-123", mode="silent")
+    try:
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": [dev_id]}},
+                         expect=201)
+        assert wait_until(lambda: device.notified(), 5)
+        envelope = fields(base64.b64decode(device.notified()[0]["manifest"]))
+        manifest_bytes, algorithm, signature = envelope[1][0], envelope[2][0], envelope[3][0]
+        assert algorithm == 1  # ED25519
+        public.verify(signature, manifest_bytes)  # raises if the signature is bad
+        manifest = fields(manifest_bytes)
+        assert manifest[1] == [b"8.1.0"] and manifest[3] == [b"board-s"]
+        assert manifest[4] == [len(image)] and manifest[7] == [hashlib.sha256(image).digest()]
+        assert manifest[9] == [42]
+        flipped = bytearray(manifest_bytes)
+        flipped[0] ^= 1
+        with pytest.raises(Exception):
+            public.verify(signature, bytes(flipped))
+    finally:
+        device.close()
+    api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
+
+
+def test_a_configured_sm2_key_signs_with_its_chain(tmp_path):
+    import base64
+    import subprocess
+
+    from helpers import myriad_bin
+
+    keys = tmp_path / "keys"
+    done = subprocess.run([str(myriad_bin()), "ctl", "ota", "keygen", "--out", str(keys), "--algorithm", "sm2"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    config = CONFIG + f'signing_key = "{keys / "sm2-leaf.key"}"\nsigning_chain = "{keys / "sm2-chain.pem"}"\n'
+    b = Broker(tmp_path / "node", raw_config=config).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        key = api.ok("GET", "/api/v1/ota/signing-key")
+        assert key["algorithm"] == "sm2" and key["pem"].count("BEGIN CERTIFICATE") >= 2
+        dev_id = unique("sm2")
+        api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+        _, art = upload(api, b"sm2 firmware")
+        device = Device(b.port, dev_id, "dev-pw-123", mode="silent")
+        try:
+            api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": [dev_id]}},
+                   expect=201)
+            assert wait_until(lambda: device.notified(), 5)
+            envelope = fields(base64.b64decode(device.notified()[0]["manifest"]))
+            assert envelope[2] == [2] and len(envelope[3][0]) == 64  # SM2_SM3, r || s
+            assert len(envelope[4]) >= 2, "the chain rides along, leaf first"
+        finally:
+            device.close()
+    finally:
+        b.stop()
 
 
 def test_devices_download_with_their_signed_url(broker, api):

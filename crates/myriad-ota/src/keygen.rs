@@ -147,6 +147,13 @@ pub fn ed25519_dev_keypair(seed: &[u8; 32]) -> Result<Ed25519Pem, KeyError> {
     })
 }
 
+/// `key` as an SPKI PEM (`-----BEGIN PUBLIC KEY-----`), what devices pin.
+pub fn ed25519_public_pem(key: &Ed25519VerifyingKey) -> Result<String, KeyError> {
+    ed25519::pkcs8::PublicKeyBytes(key.to_bytes())
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|_| KeyError::Encoding("Ed25519 public key"))
+}
+
 /// What [`issue_sm2_cert`] puts in a certificate. Times are unix seconds.
 #[derive(Debug, Clone)]
 pub struct CertSpec {

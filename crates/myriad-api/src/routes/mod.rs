@@ -90,6 +90,7 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(certs::delete_ca))
         .routes(routes!(tls::reload_tls))
         .routes(routes!(ota::list_artifacts))
+        .routes(routes!(ota::signing_key))
         .routes(routes!(ota::get_artifact, ota::delete_artifact))
         .routes(routes!(ota::artifact_content))
         .routes(routes!(ota::create_rollout, ota::list_rollouts))

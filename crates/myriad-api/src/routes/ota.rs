@@ -57,6 +57,9 @@ pub(crate) struct UploadParams {
     pub hardware_type: String,
     /// Release notes (at most 4096 bytes).
     pub notes: Option<String>,
+    /// Anti-rollback counter written into the manifest (default 0): a device refuses an
+    /// image whose counter is below the one it runs.
+    pub security_counter: Option<u64>,
 }
 
 /// A firmware artifact. Times are unix ms.
@@ -74,6 +77,8 @@ pub(crate) struct ArtifactBody {
     pub size: u64,
     /// SHA-256 of the image, 64 hex digits.
     pub sha256: String,
+    /// Anti-rollback counter.
+    pub security_counter: u64,
     /// When it was uploaded.
     pub created_at: u64,
 }
@@ -87,6 +92,7 @@ impl From<ArtifactRecord> for ArtifactBody {
             hardware_type: a.hardware_type,
             notes: a.notes,
             size: a.size,
+            security_counter: a.security_counter,
             created_at: a.created_ms,
         }
     }
@@ -128,6 +134,7 @@ pub(crate) async fn upload_artifact(
         version: params.version,
         hardware_type: params.hardware_type,
         notes: params.notes.unwrap_or_default(),
+        security_counter: params.security_counter.unwrap_or(0),
     };
     meta.validate()?;
     let declared = headers
@@ -750,4 +757,29 @@ pub(crate) async fn device_download(
             Body::from_stream(chunks)
         })
         .into_response())
+}
+
+/// What devices pin to verify update manifests.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SigningKeyBody {
+    /// `ed25519` or `sm2`.
+    pub algorithm: String,
+    /// Ed25519: the public key (SPKI PEM). SM2: the certificate chain (PEM, leaf first; pin its
+    /// root).
+    pub pem: String,
+}
+
+/// The manifest signing key's public half, for devices to pin.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ota/signing-key",
+    tag = "ota",
+    responses((status = 200, description = "The public key or chain", body = SigningKeyBody))
+)]
+pub(crate) async fn signing_key(State(state): State<ApiState>) -> Json<SigningKeyBody> {
+    let (algorithm, pem) = state.ota.signing_key();
+    Json(SigningKeyBody {
+        algorithm: algorithm.to_owned(),
+        pem,
+    })
 }

@@ -84,6 +84,7 @@ async fn every_route_is_documented() {
         ("/api/v1/tls/reload", "post"),
         ("/api/v1/ota/artifacts", "post"),
         ("/api/v1/ota/artifacts", "get"),
+        ("/api/v1/ota/signing-key", "get"),
         ("/api/v1/ota/artifacts/{id}", "get"),
         ("/api/v1/ota/artifacts/{id}", "delete"),
         ("/api/v1/ota/artifacts/{id}/content", "get"),

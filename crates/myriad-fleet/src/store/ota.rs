@@ -39,6 +39,9 @@ pub struct ArtifactRecord {
     pub size: u64,
     /// SHA-256 of the image.
     pub sha256: [u8; 32],
+    /// Anti-rollback counter the manifest carries: a device refuses an image whose counter is
+    /// below the one it runs.
+    pub security_counter: u64,
     /// Uploaded at (milliseconds since the epoch).
     pub created_ms: u64,
 }
@@ -73,6 +76,9 @@ pub struct StoredRollout {
     pub target: RolloutTarget,
     /// Download bandwidth cap over all its devices (bytes per second), if any.
     pub max_bytes_per_second: Option<u64>,
+    /// The signed manifest every device of the rollout gets (an encoded
+    /// `myriad.ota.v1.SignedManifest`).
+    pub manifest: Vec<u8>,
     /// The planner's record (spec, status, waves started).
     pub planner: RolloutRecord,
 }
@@ -287,6 +293,7 @@ mod tests {
             notes: String::new(),
             size: 42,
             sha256: [7; 32],
+            security_counter: 3,
             created_ms: 5,
         }
     }
@@ -311,6 +318,7 @@ mod tests {
             artifact: "a1".into(),
             target: RolloutTarget::Group("field".into()),
             max_bytes_per_second: Some(1000),
+            manifest: vec![1, 2, 3],
             planner: planner.record().clone(),
         };
         let devices: Vec<_> = (0..planner.len())

@@ -31,6 +31,8 @@ pub struct NewArtifact {
     pub hardware_type: String,
     /// Release notes.
     pub notes: String,
+    /// Anti-rollback counter (devices refuse an image below the counter they run).
+    pub security_counter: u64,
 }
 
 impl NewArtifact {
@@ -103,6 +105,7 @@ impl OtaService {
             notes: meta.notes,
             size,
             sha256,
+            security_counter: meta.security_counter,
             created_ms: now_ms,
         };
         if let Err(error) = self.store.put_artifact(&record) {

@@ -8,6 +8,7 @@
 //! - [`download`]: signed per-device download URLs (Range requests resume).
 //! - [`chunks`]: downloads over MQTT in chunks, for devices without HTTP.
 //! - [`throttle`]: a rollout's download bandwidth cap.
+//! - [`signing`]: the manifest signing key (Ed25519, or SM2 with its chain).
 //! - [`rollouts`]: creating a rollout (device ids, a group or an attribute value), the
 //!   service's loop (one round a second or when woken: ticks every planner, writes what changed,
 //!   then publishes notifications), device reports, pause / resume / cancel, and the restart:
@@ -33,6 +34,7 @@ pub mod artifacts;
 pub mod chunks;
 pub mod download;
 pub mod rollouts;
+pub mod signing;
 pub mod throttle;
 
 use std::collections::BTreeMap;
@@ -68,6 +70,11 @@ pub struct OtaConfig {
     pub notify_per_second: u32,
     /// How long a device's signed download URL stays valid (seconds).
     pub download_url_ttl_secs: u64,
+    /// The manifest signing key: Ed25519 (PKCS#8 PEM), or SM2 with `signing_chain`; none: a
+    /// development Ed25519 key in `{data_dir}/ota` ([`signing`]).
+    pub signing_key: Option<PathBuf>,
+    /// The SM2 signing key's certificate chain (PEM, leaf first).
+    pub signing_chain: Option<PathBuf>,
 }
 
 impl Default for OtaConfig {
@@ -79,6 +86,8 @@ impl Default for OtaConfig {
             max_active_rollouts: 64,
             notify_per_second: 1000,
             download_url_ttl_secs: 7 * 24 * 3600,
+            signing_key: None,
+            signing_chain: None,
         }
     }
 }
@@ -159,6 +168,8 @@ pub struct OtaService {
     /// Places among the MQTT chunk reads that may run at once ([`chunks::CHUNK_READS`]).
     chunk_reads: Arc<Semaphore>,
     rollouts: Mutex<BTreeMap<String, rollouts::Entry>>,
+    /// Signs every rollout's manifest.
+    signer: signing::ManifestSigner,
     /// Keys the signed download URLs ([`download`]).
     download_key: [u8; 32],
     /// Notifications to send again after a restart (devices left `NOTIFIED`).
@@ -190,6 +201,7 @@ impl OtaService {
         std::fs::create_dir_all(&artifact_dir).map_err(|e| OtaError::io(&artifact_dir, e))?;
         artifacts::clean_partial_uploads(&store, &artifact_dir)?;
         let download_key = download::load_or_create_key(&data_dir.join("ota"))?;
+        let signer = signing::ManifestSigner::load(&config, &data_dir.join("ota"))?;
         let (restored, resend) = rollouts::restore_all(&store)?;
         let uploads = Arc::new(Semaphore::new(config.concurrent_uploads));
         Ok(Self {
@@ -200,6 +212,7 @@ impl OtaService {
             uploads,
             chunk_reads: Arc::new(Semaphore::new(chunks::CHUNK_READS)),
             download_key,
+            signer,
             rollouts: Mutex::new(restored),
             resend: Mutex::new(resend),
             writer: Mutex::new(()),
@@ -210,6 +223,11 @@ impl OtaService {
     /// The service's limits.
     pub fn config(&self) -> &OtaConfig {
         &self.config
+    }
+
+    /// What devices pin to verify manifests: `(algorithm, PEM)`.
+    pub fn signing_key(&self) -> (&'static str, String) {
+        (self.signer.algorithm(), self.signer.public_pem())
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! # Topics
 //! - `$ota/{id}/notify` (platform -> device, QoS 1): `{"rollout", "attempt", "artifact": {"id",
-//!   "version", "hardware_type", "size", "sha256"}, "url"}` when the device should update, or
+//!   "version", "hardware_type", "size", "sha256"}, "url", "manifest"}` (`manifest`: the
+//!   signed manifest, base64; the device verifies it before it writes anything) when the
+//!   device should update, or
 //!   `{"rollout", "cancel": true}` when a notified device should not start after all.
 //! - `$ota/{id}/get` (device -> platform, any payload): the platform answers on
 //!   `$ota/{id}/notify` with every update the device has been notified of and not finished,
@@ -25,9 +27,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
 use myriad_broker::shell::BrokerStopped;
 use myriad_mqtt::{PacketProperties, QoS};
+use myriad_ota::manifest::Manifest;
 use myriad_ota::rollout::{
     DeviceRecord, DeviceReport, DeviceState, MAX_ROLLOUT_DEVICES, Progress, Rollout, RolloutSpec,
 };
@@ -131,6 +135,22 @@ impl Entry {
 
     fn cancel_payload(&self) -> Bytes {
         Bytes::from(json!({"rollout": self.stored.id, "cancel": true}).to_string())
+    }
+}
+
+/// The manifest of `artifact` as a full image (no delta).
+fn full_image_manifest(artifact: &ArtifactRecord) -> Manifest {
+    Manifest {
+        target_version: artifact.version.clone(),
+        base_version: String::new(),
+        hardware_type: artifact.hardware_type.clone(),
+        image_size: artifact.size,
+        patch_size: 0,
+        base_sha256: Vec::new(),
+        target_sha256: artifact.sha256.to_vec(),
+        patch_sha256: Vec::new(),
+        security_counter: artifact.security_counter,
+        locations: vec![format!("/ota/v1/download/{}", artifact.id)],
     }
 }
 
@@ -255,6 +275,7 @@ impl OtaService {
             artifact: artifact.id.clone(),
             target,
             max_bytes_per_second: new.max_bytes_per_second,
+            manifest: self.signer.sign(&full_image_manifest(&artifact)),
             planner: planner.record().clone(),
         };
         let dirty = planner.take_dirty();
@@ -474,6 +495,7 @@ impl OtaService {
                 "sha256": hex(&artifact.sha256),
             },
             "url": url,
+            "manifest": base64::engine::general_purpose::STANDARD.encode(&entry.stored.manifest),
         });
         Bytes::from(body.to_string())
     }
