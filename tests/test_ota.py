@@ -249,6 +249,54 @@ def test_oversize_uploads_are_refused_streamed_or_declared(api):
     assert not [p for p in os.listdir(api.data_dir / "ota" / "artifacts") if p.endswith(".partial")]
 
 
+def test_deltas_are_built_in_the_background_and_cached(api):
+    import random
+
+    rng = random.Random(7)
+    old = bytes(rng.getrandbits(8) for _ in range(200_000))
+    new = bytearray(old)
+    for _ in range(50):  # scattered small edits, as between two firmware builds
+        at = rng.randrange(len(new) - 100)
+        new[at:at + 20] = bytes(rng.getrandbits(8) for _ in range(20))
+    new = bytes(new[:150_000]) + b"appended section" * 100 + bytes(new[150_000:])
+    _, base = upload(api, old, version="10.0.0", hardware="board-d")
+    _, target = upload(api, new, version="10.1.0", hardware="board-d")
+    _, other = upload(api, b"other board", version="10.1.0", hardware="board-e")
+    status, delta = api.call("POST", "/api/v1/ota/deltas", {"from": base["id"], "to": target["id"]})
+    assert status == 202 and delta["id"] == f"{base['id']}-{target['id']}", delta
+    assert delta["status"] in ("QUEUED", "RUNNING")
+    last = {}
+
+    def done():
+        nonlocal last
+        last = api.ok("GET", f"/api/v1/ota/deltas/{delta['id']}")
+        return last["status"] in ("DONE", "FAILED")
+
+    assert wait_until(done, 60, 0.1), last
+    assert last["status"] == "DONE" and last["phase"] == "done", last
+    assert last["codec"] in ("xz", "zstd") and 0 < last["size"] < len(new) // 10, last
+    status, patch, _ = download(api, f"/api/v1/ota/deltas/{delta['id']}/content")
+    assert status == 200 and patch.startswith(b"MYRDELTA") and len(patch) == last["size"]
+    assert hashlib.sha256(patch).hexdigest() == last["sha256"]
+    # Cached: asking again answers at once with the same delta.
+    status, again = api.call("POST", "/api/v1/ota/deltas", {"from": base["id"], "to": target["id"]})
+    assert status == 200 and again == last
+    assert last in api.ok("GET", "/api/v1/ota/deltas")["deltas"]
+    for body, says in [
+        ({"from": base["id"], "to": other["id"]}, "hardware type"),
+        ({"from": base["id"], "to": base["id"]}, "same"),
+        ({"from": "a0000000000000000", "to": target["id"]}, "not found"),
+        ({"from": base["id"]}, "to"),
+    ]:
+        status, answer = api.call("POST", "/api/v1/ota/deltas", body)
+        assert status in (400, 422) and says in answer["message"], (body, answer)
+    assert api.call("GET", "/api/v1/ota/deltas/x-y")[0] == 404
+    # Deleting an artifact deletes its deltas.
+    api.ok("DELETE", f"/api/v1/ota/artifacts/{target['id']}", expect=204)
+    assert api.call("GET", f"/api/v1/ota/deltas/{delta['id']}")[0] == 404
+    assert download(api, f"/api/v1/ota/deltas/{delta['id']}/content")[0] == 404
+
+
 def test_a_rollout_in_waves_to_real_devices(broker, api):
     group = unique("fleet")
     ids = devices_in_group(api, group, 6)

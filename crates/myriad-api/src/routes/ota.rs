@@ -783,3 +783,169 @@ pub(crate) async fn signing_key(State(state): State<ApiState>) -> Json<SigningKe
         pem,
     })
 }
+
+/// A delta to build.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateDelta {
+    /// The base artifact (what devices run).
+    pub from: String,
+    /// The target artifact.
+    pub to: String,
+}
+
+/// A delta patch between two artifacts. Times are unix ms.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeltaBody {
+    /// `{from}-{to}`.
+    pub id: String,
+    /// Base artifact.
+    pub from: String,
+    /// Target artifact.
+    pub to: String,
+    /// `QUEUED`, `RUNNING`, `DONE` or `FAILED`.
+    pub status: String,
+    /// `queued`, `reading`, `diffing`, `writing`, `done` or `failed`.
+    pub phase: String,
+    /// Bytes of the patch (when done).
+    pub size: u64,
+    /// SHA-256 of the patch, 64 hex digits (when done).
+    pub sha256: Option<String>,
+    /// `xz` or `zstd` (when done).
+    pub codec: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Asked for at.
+    pub created_at: u64,
+    /// Finished at.
+    pub finished_at: Option<u64>,
+}
+
+impl From<myriad_fleet::store::ota::DeltaRecord> for DeltaBody {
+    fn from(d: myriad_fleet::store::ota::DeltaRecord) -> Self {
+        let done = d.status == myriad_fleet::store::ota::DeltaStatus::Done;
+        DeltaBody {
+            sha256: done.then(|| hex(&d.sha256)),
+            codec: done.then(|| d.codec.clone()),
+            error: (!d.error.is_empty()).then(|| d.error.clone()),
+            finished_at: (d.finished_ms != 0).then_some(d.finished_ms),
+            status: d.status.as_str().to_owned(),
+            id: d.id,
+            from: d.from,
+            to: d.to,
+            phase: d.phase,
+            size: d.size,
+            created_at: d.created_ms,
+        }
+    }
+}
+
+/// Every delta.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeltaList {
+    /// In id order.
+    pub deltas: Vec<DeltaBody>,
+}
+
+/// Asks for the delta patch between two artifacts of one hardware type: built in the
+/// background (poll it), cached; asking again returns the same delta.
+#[utoipa::path(
+    post,
+    path = "/api/v1/ota/deltas",
+    tag = "ota",
+    request_body = CreateDelta,
+    responses(
+        (status = 200, description = "Already built", body = DeltaBody),
+        (status = 202, description = "Queued or being built", body = DeltaBody),
+        (status = 400, description = "Unknown artifact, same artifact, other hardware type, image too large", body = ErrorBody),
+        (status = 429, description = "Too many deltas waiting", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_delta(
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<CreateDelta>,
+) -> Result<(StatusCode, Json<DeltaBody>), ApiError> {
+    let ota = state.ota.clone();
+    let delta = blocking(move || Ok(ota.request_delta(&body.from, &body.to, now_ms())?)).await?;
+    let status = if delta.status == myriad_fleet::store::ota::DeltaStatus::Done {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(delta.into())))
+}
+
+/// Lists every delta.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ota/deltas",
+    tag = "ota",
+    responses((status = 200, description = "Every delta", body = DeltaList))
+)]
+pub(crate) async fn list_deltas(
+    State(state): State<ApiState>,
+) -> Result<Json<DeltaList>, ApiError> {
+    let deltas = state
+        .ota
+        .deltas()?
+        .into_iter()
+        .map(DeltaBody::from)
+        .collect();
+    Ok(Json(DeltaList { deltas }))
+}
+
+/// One delta: status and phase while it is built.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ota/deltas/{id}",
+    tag = "ota",
+    params(("id" = String, Path, description = "Delta id")),
+    responses(
+        (status = 200, description = "The delta", body = DeltaBody),
+        (status = 404, description = "No such delta", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_delta(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeltaBody>, ApiError> {
+    let delta = state
+        .ota
+        .delta(&id)?
+        .ok_or_else(|| ApiError::NotFound(format!("delta {id} not found")))?;
+    Ok(Json(delta.into()))
+}
+
+/// Downloads a built delta patch (our container format); `Range` resumes.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ota/deltas/{id}/content",
+    tag = "ota",
+    params(("id" = String, Path, description = "Delta id")),
+    responses(
+        (status = 200, description = "The patch", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 404, description = "No such delta, or not built yet", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delta_content(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let delta = state
+        .ota
+        .delta(&id)?
+        .filter(|d| d.status == myriad_fleet::store::ota::DeltaStatus::Done);
+    let delta = delta
+        .ok_or_else(|| ApiError::NotFound(format!("delta {id} not found or not built yet")))?;
+    match ServeFile::new(state.ota.delta_path(&delta.id))
+        .oneshot(request)
+        .await
+    {
+        Ok(response) => Ok(response.map(Body::new).into_response()),
+        Err(error) => Err(ApiError::Internal(format!(
+            "cannot read delta {id}: {error}"
+        ))),
+    }
+}

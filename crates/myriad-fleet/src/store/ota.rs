@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `ota_artifacts` | artifact id | [`ArtifactRecord`] |
 //! | `ota_rollouts` | rollout id | [`StoredRollout`] (the planner's [`RolloutRecord`] and what the operator named) |
+//! | `ota_deltas` | delta id (`{from}-{to}`) | [`DeltaRecord`] |
 //! | `ota_rollout_devices` | rollout id, `0x00`, device index (u32 big-endian) | device id and its [`DeviceRecord`] |
 //!
 //! Values are a version byte and postcard, as the registry's. A rollout and the device records
@@ -22,6 +23,7 @@ use super::{FleetStore, FleetStoreError};
 const ARTIFACTS: Def = TableDefinition::new("ota_artifacts");
 const ROLLOUTS: Def = TableDefinition::new("ota_rollouts");
 const ROLLOUT_DEVICES: Def = TableDefinition::new("ota_rollout_devices");
+const DELTAS: Def = TableDefinition::new("ota_deltas");
 const V1: u8 = 1;
 
 /// A stored firmware image: its file lives in the OTA directory under its id.
@@ -44,6 +46,58 @@ pub struct ArtifactRecord {
     pub security_counter: u64,
     /// Uploaded at (milliseconds since the epoch).
     pub created_ms: u64,
+}
+
+/// Where a delta patch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeltaStatus {
+    /// Waiting for the delta worker.
+    Queued,
+    /// Being built.
+    Running,
+    /// Built; its file is in the OTA directory.
+    Done,
+    /// Could not be built (see the record's error).
+    Failed,
+}
+
+impl DeltaStatus {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeltaStatus::Queued => "QUEUED",
+            DeltaStatus::Running => "RUNNING",
+            DeltaStatus::Done => "DONE",
+            DeltaStatus::Failed => "FAILED",
+        }
+    }
+}
+
+/// A delta patch between two stored artifacts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRecord {
+    /// `{from}-{to}`.
+    pub id: String,
+    /// The base artifact (what devices run).
+    pub from: String,
+    /// The target artifact.
+    pub to: String,
+    /// Where it is.
+    pub status: DeltaStatus,
+    /// What the worker is doing (`queued`, `reading`, `diffing`, `writing`, `done`).
+    pub phase: String,
+    /// Bytes of the patch (when done).
+    pub size: u64,
+    /// SHA-256 of the patch (when done).
+    pub sha256: [u8; 32],
+    /// `xz` or `zstd` (when done).
+    pub codec: String,
+    /// Why it failed.
+    pub error: String,
+    /// Asked for at (milliseconds since the epoch).
+    pub created_ms: u64,
+    /// Finished at (milliseconds since the epoch; 0 while not finished).
+    pub finished_ms: u64,
 }
 
 /// Which devices a rollout targets, as the operator said it (the planner holds the resolved
@@ -204,6 +258,53 @@ impl FleetStore {
         };
         txn.commit().map_err(|e| file.engine(e))?;
         Ok(deleted)
+    }
+
+    /// Stores `delta` (new or changed).
+    pub fn put_delta(&self, delta: &DeltaRecord) -> Result<(), FleetStoreError> {
+        let file = &self.file;
+        let txn = self.db.begin_write().map_err(|e| file.engine(e))?;
+        {
+            let mut table = txn.open_table(DELTAS).map_err(|e| file.engine(e))?;
+            let value = encode(delta)?;
+            table
+                .insert(delta.id.as_bytes(), value.as_slice())
+                .map_err(|e| file.engine(e))?;
+        }
+        txn.commit().map_err(|e| file.engine(e))
+    }
+
+    /// Every delta, in id order.
+    pub fn list_deltas(&self) -> Result<Vec<DeltaRecord>, FleetStoreError> {
+        self.read(|txn| {
+            let Some(table) = read_table!(self, txn, DELTAS) else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| self.file.engine(e))? {
+                let (key, value) = row.map_err(|e| self.file.engine(e))?;
+                out.push(decode(
+                    &self.file,
+                    "ota_deltas",
+                    key.value(),
+                    value.value(),
+                )?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes the delta records `ids`.
+    pub fn delete_deltas(&self, ids: &[String]) -> Result<(), FleetStoreError> {
+        let file = &self.file;
+        let txn = self.db.begin_write().map_err(|e| file.engine(e))?;
+        {
+            let mut table = txn.open_table(DELTAS).map_err(|e| file.engine(e))?;
+            for id in ids {
+                table.remove(id.as_bytes()).map_err(|e| file.engine(e))?;
+            }
+        }
+        txn.commit().map_err(|e| file.engine(e))
     }
 
     /// Stores `rollout` and the device records `devices` (index, device id, record) in one

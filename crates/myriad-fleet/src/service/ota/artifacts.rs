@@ -147,6 +147,7 @@ impl OtaService {
         };
         let path = self.artifact_path(id);
         std::fs::remove_file(&path).map_err(|e| OtaError::io(&path, e))?;
+        self.delete_deltas_of(id)?;
         Ok(record)
     }
 

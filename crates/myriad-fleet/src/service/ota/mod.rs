@@ -8,6 +8,7 @@
 //! - [`download`]: signed per-device download URLs (Range requests resume).
 //! - [`chunks`]: downloads over MQTT in chunks, for devices without HTTP.
 //! - [`throttle`]: a rollout's download bandwidth cap.
+//! - [`deltas`]: delta patches between stored artifacts, built by one worker thread, cached.
 //! - [`signing`]: the manifest signing key (Ed25519, or SM2 with its chain).
 //! - [`rollouts`]: creating a rollout (device ids, a group or an attribute value), the
 //!   service's loop (one round a second or when woken: ticks every planner, writes what changed,
@@ -22,6 +23,7 @@
 //! |---|---|
 //! | artifact size | `max_artifact_bytes` (default 2 GiB) |
 //! | artifacts stored | `max_artifacts` (default 1,000) |
+//! | delta image size | `max_delta_image_bytes` (default 256 MiB); deltas queued [`deltas::DELTA_QUEUE`] |
 //! | uploads at once | `concurrent_uploads` (default 4); more are refused with 429 |
 //! | rollouts not finished | `max_active_rollouts` (default 64) |
 //! | devices per rollout | [`myriad_ota::rollout::MAX_ROLLOUT_DEVICES`] |
@@ -32,6 +34,7 @@
 
 pub mod artifacts;
 pub mod chunks;
+pub mod deltas;
 pub mod download;
 pub mod rollouts;
 pub mod signing;
@@ -75,6 +78,9 @@ pub struct OtaConfig {
     pub signing_key: Option<PathBuf>,
     /// The SM2 signing key's certificate chain (PEM, leaf first).
     pub signing_chain: Option<PathBuf>,
+    /// Largest image (base or target) a delta is built for (bytes): the differ holds both
+    /// images and a suffix array of the base in memory.
+    pub max_delta_image_bytes: u64,
 }
 
 impl Default for OtaConfig {
@@ -88,6 +94,7 @@ impl Default for OtaConfig {
             download_url_ttl_secs: 7 * 24 * 3600,
             signing_key: None,
             signing_chain: None,
+            max_delta_image_bytes: 256 << 20,
         }
     }
 }
@@ -109,6 +116,9 @@ impl OtaConfig {
         }
         if !(1..=1_000_000).contains(&self.notify_per_second) {
             return Err("notify_per_second: 1..=1000000".into());
+        }
+        if !(1..=myriad_ota::delta::MAX_IMAGE_SIZE).contains(&self.max_delta_image_bytes) {
+            return Err("max_delta_image_bytes: 1..=4294967296".into());
         }
         if !(60..=365 * 24 * 3600).contains(&self.download_url_ttl_secs) {
             return Err("download_url_ttl_secs: 60..=31536000".into());
@@ -168,6 +178,10 @@ pub struct OtaService {
     /// Places among the MQTT chunk reads that may run at once ([`chunks::CHUNK_READS`]).
     chunk_reads: Arc<Semaphore>,
     rollouts: Mutex<BTreeMap<String, rollouts::Entry>>,
+    /// `{data_dir}/ota/deltas`.
+    delta_dir: PathBuf,
+    /// The delta worker's queue ([`deltas`]).
+    delta_jobs: deltas::DeltaQueue,
     /// Signs every rollout's manifest.
     signer: signing::ManifestSigner,
     /// Keys the signed download URLs ([`download`]).
@@ -202,6 +216,19 @@ impl OtaService {
         artifacts::clean_partial_uploads(&store, &artifact_dir)?;
         let download_key = download::load_or_create_key(&data_dir.join("ota"))?;
         let signer = signing::ManifestSigner::load(&config, &data_dir.join("ota"))?;
+        let delta_dir = data_dir.join("ota").join("deltas");
+        std::fs::create_dir_all(&delta_dir).map_err(|e| OtaError::io(&delta_dir, e))?;
+        deltas::recover(&store, &delta_dir)?;
+        let (delta_jobs, jobs) = std::sync::mpsc::sync_channel(deltas::DELTA_QUEUE);
+        let worker = deltas::DeltaWorker {
+            store: store.clone(),
+            artifact_dir: artifact_dir.clone(),
+            delta_dir: delta_dir.clone(),
+        };
+        std::thread::Builder::new()
+            .name("ota-delta".into())
+            .spawn(move || worker.run(jobs))
+            .map_err(|e| OtaError::io(&delta_dir, e))?;
         let (restored, resend) = rollouts::restore_all(&store)?;
         let uploads = Arc::new(Semaphore::new(config.concurrent_uploads));
         Ok(Self {
@@ -212,6 +239,8 @@ impl OtaService {
             uploads,
             chunk_reads: Arc::new(Semaphore::new(chunks::CHUNK_READS)),
             download_key,
+            delta_dir,
+            delta_jobs,
             signer,
             rollouts: Mutex::new(restored),
             resend: Mutex::new(resend),
