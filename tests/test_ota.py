@@ -297,6 +297,49 @@ def test_deltas_are_built_in_the_background_and_cached(api):
     assert download(api, f"/api/v1/ota/deltas/{delta['id']}/content")[0] == 404
 
 
+def test_a_rollout_offers_its_delta(broker, api):
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    old = os.urandom(60_000)
+    new = old[:30_000] + b"new code" * 50 + old[30_000:]
+    _, base = upload(api, old, version="11.0.0", hardware="board-f")
+    _, target = upload(api, new, version="11.1.0", hardware="board-f")
+    dev_id = unique("delta")
+    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    body = {"artifact": target["id"], "targets": {"devices": [dev_id]}, "delta_from": base["id"]}
+    status, answer = api.call("POST", "/api/v1/ota/rollouts", body)
+    assert status == 409 and "not built" in answer["message"], answer
+    delta = api.ok("POST", "/api/v1/ota/deltas", {"from": base["id"], "to": target["id"]}, expect=(200, 202))
+    assert wait_until(lambda: api.ok("GET", f"/api/v1/ota/deltas/{delta['id']}")["status"] == "DONE", 60, 0.1)
+    delta = api.ok("GET", f"/api/v1/ota/deltas/{delta['id']}")
+    device = Device(broker.port, dev_id, "dev-pw-123", mode="silent")
+    try:
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", body, expect=201)
+        assert rollout["delta"] == delta["id"]
+        assert wait_until(lambda: device.notified(), 5)
+        offer = device.notified()[0]["delta"]
+        assert (offer["id"], offer["size"], offer["sha256"]) == (delta["id"], delta["size"], delta["sha256"])
+        assert offer["base_sha256"] == base["sha256"]
+        with urllib.request.urlopen(api.base + offer["url"], timeout=30) as resp:
+            patch = resp.read()
+        assert hashlib.sha256(patch).hexdigest() == delta["sha256"] and patch.startswith(b"MYRDELTA")
+        public = load_pem_public_key(api.ok("GET", "/api/v1/ota/signing-key")["pem"].encode())
+        envelope = fields(base64.b64decode(offer["manifest"]))
+        public.verify(envelope[3][0], envelope[1][0])
+        manifest = fields(envelope[1][0])
+        assert manifest[2] == [b"11.0.0"] and manifest[5] == [delta["size"]]
+        assert manifest[6] == [bytes.fromhex(base["sha256"])] and manifest[8] == [bytes.fromhex(delta["sha256"])]
+        assert manifest[7] == [bytes.fromhex(target["sha256"])]
+        # The base stays while the rollout offers its delta.
+        status, answer = api.call("DELETE", f"/api/v1/ota/artifacts/{base['id']}")
+        assert status == 409 and rollout["id"] in answer["message"]
+    finally:
+        device.close()
+    api.ok("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
+
+
 def test_a_rollout_in_waves_to_real_devices(broker, api):
     group = unique("fleet")
     ids = devices_in_group(api, group, 6)

@@ -334,6 +334,9 @@ pub(crate) struct CreateRollout {
     /// Download bandwidth cap over all the rollout's devices, HTTP and MQTT (bytes per second,
     /// at least 1024; default none).
     pub max_bytes_per_second: Option<u64>,
+    /// Also offer the delta from this artifact (built first with `POST /api/v1/ota/deltas`) to
+    /// devices running it; the full image stays available.
+    pub delta_from: Option<String>,
 }
 
 fn seconds_to_ms(field: &str, secs: u64) -> Result<u64, ApiError> {
@@ -401,6 +404,7 @@ impl CreateRollout {
             target,
             spec,
             max_bytes_per_second: self.max_bytes_per_second,
+            delta_from: self.delta_from,
         })
     }
 }
@@ -427,6 +431,8 @@ pub(crate) struct RolloutBody {
     pub counts: BTreeMap<String, u32>,
     /// Download bandwidth cap (bytes per second).
     pub max_bytes_per_second: Option<u64>,
+    /// The delta offered beside the full image.
+    pub delta: Option<String>,
     /// Created at.
     pub created_at: u64,
     /// Last changed at.
@@ -457,6 +463,7 @@ impl From<RolloutView> for RolloutBody {
                 .map(|(state, n)| (state.as_str().to_owned(), n))
                 .collect(),
             max_bytes_per_second: stored.max_bytes_per_second,
+            delta: stored.delta.map(|d| d.id),
             created_at: stored.planner.created_ms,
             updated_at: stored.planner.updated_ms,
         }

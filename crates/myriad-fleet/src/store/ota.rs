@@ -100,6 +100,21 @@ pub struct DeltaRecord {
     pub finished_ms: u64,
 }
 
+/// A delta a rollout offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutDelta {
+    /// The delta's id (`{from}-{to}`).
+    pub id: String,
+    /// SHA-256 of the base image it applies to.
+    pub base_sha256: [u8; 32],
+    /// Bytes of the patch.
+    pub size: u64,
+    /// SHA-256 of the patch.
+    pub sha256: [u8; 32],
+    /// Its signed manifest (base, patch and target hashes).
+    pub manifest: Vec<u8>,
+}
+
 /// Which devices a rollout targets, as the operator said it (the planner holds the resolved
 /// list).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +148,8 @@ pub struct StoredRollout {
     /// The signed manifest every device of the rollout gets (an encoded
     /// `myriad.ota.v1.SignedManifest`).
     pub manifest: Vec<u8>,
+    /// The delta offered beside the full image, for devices running its base.
+    pub delta: Option<RolloutDelta>,
     /// The planner's record (spec, status, waves started).
     pub planner: RolloutRecord,
 }
@@ -242,7 +259,13 @@ impl FleetStore {
                 let (key, value) = row.map_err(|e| file.engine(e))?;
                 let rollout: StoredRollout =
                     decode(file, "ota_rollouts", key.value(), value.value())?;
-                if rollout.artifact == id && !rollout.planner.status.is_finished() {
+                let offers_delta_from = rollout
+                    .delta
+                    .as_ref()
+                    .is_some_and(|d| d.id.split('-').next() == Some(id));
+                if (rollout.artifact == id || offers_delta_from)
+                    && !rollout.planner.status.is_finished()
+                {
                     return Err(FleetStoreError::ArtifactInUse {
                         artifact: id.to_owned(),
                         rollout: rollout.id,
@@ -420,6 +443,7 @@ mod tests {
             target: RolloutTarget::Group("field".into()),
             max_bytes_per_second: Some(1000),
             manifest: vec![1, 2, 3],
+            delta: None,
             planner: planner.record().clone(),
         };
         let devices: Vec<_> = (0..planner.len())

@@ -77,7 +77,7 @@ impl OtaService {
         let device = device.to_owned();
         tokio::spawn(async move {
             let _permit = permit;
-            let path = service.artifact_path(&request.artifact);
+            let path = service.file_path(&request.artifact);
             let offset = request.offset;
             let read = tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::open(&path)?;
@@ -124,9 +124,10 @@ impl OtaService {
             .await;
     }
 
-    /// The size of `artifact` if `device` is working on an update that installs it.
+    /// The size of `artifact` (an artifact or delta id) if `device` is working on an update that
+    /// offers it.
     fn fetchable(&self, device: &str, artifact: &str) -> Option<u64> {
-        self.with_device_entry(device, artifact, |entry| entry.artifact.size)
+        self.with_device_entry(device, artifact, |entry| entry.file_size(artifact))
     }
 
     /// The bandwidth cap of the rollout through which `device` fetches `artifact`.

@@ -75,6 +75,15 @@ fn signature(key: &[u8; 32], artifact: &str, device: &str, expires: u64) -> blak
 }
 
 impl OtaService {
+    /// The file of an artifact or delta id (one of the two shapes, checked by the caller).
+    pub(super) fn file_path(&self, id: &str) -> PathBuf {
+        if is_artifact_id(id) {
+            self.artifact_path(id)
+        } else {
+            self.delta_path(id)
+        }
+    }
+
     /// The download URL (path and query) of `artifact` for `device`, valid for
     /// `ota.download_url_ttl_secs` from `now_ms`.
     pub fn download_url(&self, artifact: &str, device: &str, now_ms: u64) -> String {
@@ -110,11 +119,16 @@ impl OtaService {
             Ok(Some(found)) if found.enabled => {}
             _ => return Err(DownloadRefused("device")),
         }
-        if !is_artifact_id(artifact) || !matches!(self.store.get_artifact(artifact), Ok(Some(_))) {
+        let known = if is_artifact_id(artifact) {
+            matches!(self.store.get_artifact(artifact), Ok(Some(_)))
+        } else {
+            matches!(self.delta(artifact), Ok(Some(d)) if d.status == crate::store::ota::DeltaStatus::Done)
+        };
+        if !known {
             return Err(DownloadRefused("artifact"));
         }
         Ok((
-            self.artifact_path(artifact),
+            self.file_path(artifact),
             self.throttle_for(device, artifact),
         ))
     }

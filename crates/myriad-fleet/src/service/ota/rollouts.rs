@@ -43,7 +43,7 @@ use super::throttle::Throttle;
 use super::{OtaError, OtaService, hex, new_id};
 use crate::registry::DeviceId;
 use crate::service::now_ms;
-use crate::store::ota::{ArtifactRecord, RolloutTarget, StoredRollout};
+use crate::store::ota::{ArtifactRecord, RolloutDelta, RolloutTarget, StoredRollout};
 use crate::store::{FleetStore, MAX_INDEX_PAGE};
 
 /// Largest progress report a device may publish (bytes).
@@ -86,6 +86,8 @@ pub struct NewRollout {
     pub spec: RolloutSpec,
     /// Download bandwidth cap over all its devices (bytes per second; at least 1024).
     pub max_bytes_per_second: Option<u64>,
+    /// Offer the (built) delta from this artifact beside the full image.
+    pub delta_from: Option<String>,
 }
 
 /// A rollout as the API shows it.
@@ -109,6 +111,19 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// Whether the rollout's devices may fetch `file` (its artifact or its delta).
+    fn offers(&self, file: &str) -> bool {
+        self.artifact.id == file || self.stored.delta.as_ref().is_some_and(|d| d.id == file)
+    }
+
+    /// Bytes of `file` (the artifact or the delta).
+    pub(super) fn file_size(&self, file: &str) -> u64 {
+        match &self.stored.delta {
+            Some(delta) if delta.id == file => delta.size,
+            _ => self.artifact.size,
+        }
+    }
+
     fn new(stored: StoredRollout, artifact: ArtifactRecord, planner: Rollout) -> Self {
         let throttle = stored
             .max_bytes_per_second
@@ -151,6 +166,22 @@ fn full_image_manifest(artifact: &ArtifactRecord) -> Manifest {
         patch_sha256: Vec::new(),
         security_counter: artifact.security_counter,
         locations: vec![format!("/ota/v1/download/{}", artifact.id)],
+    }
+}
+
+/// The manifest of the delta from `base` to `target` (`patch`: its size and SHA-256).
+fn delta_manifest(
+    base: &ArtifactRecord,
+    target: &ArtifactRecord,
+    patch: (u64, [u8; 32]),
+) -> Manifest {
+    Manifest {
+        base_version: base.version.clone(),
+        patch_size: patch.0,
+        base_sha256: base.sha256.to_vec(),
+        patch_sha256: patch.1.to_vec(),
+        locations: vec![format!("/ota/v1/download/{}-{}", base.id, target.id)],
+        ..full_image_manifest(target)
     }
 }
 
@@ -266,6 +297,10 @@ impl OtaService {
                 "{active} rollouts have not finished (ota.max_active_rollouts); cancel one first"
             )));
         }
+        let delta = match &new.delta_from {
+            Some(base) => Some(self.rollout_delta(base, &artifact)?),
+            None => None,
+        };
         let (devices, target) = self.resolve(new.target)?;
         let mut planner = Rollout::new(new.spec, devices, now_ms)
             .map_err(|e| OtaError::BadRequest(e.to_string()))?;
@@ -276,6 +311,7 @@ impl OtaService {
             target,
             max_bytes_per_second: new.max_bytes_per_second,
             manifest: self.signer.sign(&full_image_manifest(&artifact)),
+            delta,
             planner: planner.record().clone(),
         };
         let dirty = planner.take_dirty();
@@ -290,6 +326,32 @@ impl OtaService {
         self.lock().insert(view.stored.id.clone(), entry);
         self.wake.notify_one();
         Ok(view)
+    }
+
+    /// The delta from artifact `base` to `target`, which must be built, with its manifest.
+    fn rollout_delta(&self, base: &str, target: &ArtifactRecord) -> Result<RolloutDelta, OtaError> {
+        let id = super::deltas::delta_id(base, &target.id);
+        let delta = self
+            .delta(&id)?
+            .filter(|d| d.status == crate::store::ota::DeltaStatus::Done)
+            .ok_or_else(|| {
+                OtaError::Conflict(format!(
+                    "delta_from: delta {id} is not built; POST /api/v1/ota/deltas first"
+                ))
+            })?;
+        let base = self.artifact(base)?.ok_or_else(|| {
+            OtaError::BadRequest(format!("delta_from: artifact {base} not found"))
+        })?;
+        let manifest = self
+            .signer
+            .sign(&delta_manifest(&base, target, (delta.size, delta.sha256)));
+        Ok(RolloutDelta {
+            id,
+            base_sha256: base.sha256,
+            size: delta.size,
+            sha256: delta.sha256,
+            manifest,
+        })
     }
 
     /// The device ids `target` names, in wave order, and how it is stored.
@@ -496,6 +558,14 @@ impl OtaService {
             },
             "url": url,
             "manifest": base64::engine::general_purpose::STANDARD.encode(&entry.stored.manifest),
+            "delta": entry.stored.delta.as_ref().map(|delta| json!({
+                "id": delta.id,
+                "base_sha256": hex(&delta.base_sha256),
+                "size": delta.size,
+                "sha256": hex(&delta.sha256),
+                "url": self.download_url(&delta.id, device, now_ms),
+                "manifest": base64::engine::general_purpose::STANDARD.encode(&delta.manifest),
+            })),
         });
         Bytes::from(body.to_string())
     }
@@ -511,7 +581,7 @@ impl OtaService {
         let rollouts = self.lock();
         rollouts
             .values()
-            .filter(|entry| entry.artifact.id == artifact && !entry.planner.status().is_finished())
+            .filter(|entry| entry.offers(artifact) && !entry.planner.status().is_finished())
             .find(|entry| {
                 entry
                     .planner
