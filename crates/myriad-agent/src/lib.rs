@@ -60,6 +60,7 @@
 
 pub mod agent;
 pub mod boot;
+pub mod config;
 pub mod fs;
 pub mod selftest;
 pub mod slots;
