@@ -93,6 +93,9 @@ pub fn parse(text: &str) -> Result<(AgentConfig, Option<Provision>), ConfigError
             .map_err(|_| ConfigError(format!("ed25519_keys[{i}]: not an Ed25519 public key")))?;
         keys.push(key);
     }
+    if f.slot_a == f.slot_b {
+        return Err(ConfigError("slot_b: the same path as slot_a".into()));
+    }
     if f.hardware_type.is_empty() {
         return Err(ConfigError("hardware_type: empty".into()));
     }
@@ -157,6 +160,8 @@ mod tests {
         );
         let p = p.unwrap();
         assert_eq!((p.slot, p.size, p.counter), (Slot::B, 10, 0));
+        let same = text("").replace("slot_b = \"/b\"", "slot_b = \"/a\"");
+        assert!(parse(&same).unwrap_err().to_string().contains("slot_b"));
         let e = parse(&text("colour = 1\n")).unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
         let e = parse(&text("self_test_timeout_secs = 3601\n"))
