@@ -79,6 +79,7 @@ def outcome(proc: subprocess.CompletedProcess) -> dict:
 
 def test_first_start_provisions_and_boots_normally(tmp_path):
     cfg = setup(tmp_path, [])
+    (tmp_path / "state").rmdir()  # created by the agent
     out = outcome(run_agent(cfg))
     assert out == {"decision": "normal", "active": "A", "version": "1.0", "counter": 3,
                    "reports": []}

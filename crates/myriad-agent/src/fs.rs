@@ -18,8 +18,8 @@ pub trait SlotFile {
 
 /// The file system as the agent sees it.
 pub trait Fs {
-    /// Opens a slot for reading, or for reading and writing (never truncates: a block device
-    /// keeps its size).
+    /// Opens a slot for reading, or for reading and writing (created if missing; never
+    /// truncated: a block device keeps its size, and only an image's first `size` bytes count).
     fn open_slot(&self, path: &Path, write: bool) -> io::Result<Box<dyn SlotFile>>;
     /// Creates (or truncates) `path`, writes `data` and fsyncs it.
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()>;
@@ -50,7 +50,13 @@ impl SlotFile for File {
 
 impl Fs for RealFs {
     fn open_slot(&self, path: &Path, write: bool) -> io::Result<Box<dyn SlotFile>> {
-        let f = OpenOptions::new().read(true).write(write).open(path)?;
+        // A missing slot file is created for writing (a block device exists already).
+        let f = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .create(write)
+            .truncate(false)
+            .open(path)?;
         Ok(Box::new(f))
     }
 

@@ -36,6 +36,8 @@ pub fn run(args: AgentArgs) -> Result<()> {
         );
     }
     let (config, provision) = config::parse(&text)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
     let mut agent = match Agent::open(config.clone(), RealFs) {
         Ok(a) => a,
         Err(AgentError::NotProvisioned(dir)) => {
