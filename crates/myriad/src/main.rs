@@ -1,5 +1,6 @@
 //! `myriad`: the Myriad IoT device platform in one binary.
 
+mod agent;
 mod config;
 mod ctl;
 mod observe;
@@ -37,6 +38,8 @@ enum Command {
     Sim(myriad_sim::SimArgs),
     /// Operate a running platform through its HTTP API.
     Ctl(ctl::CtlArgs),
+    /// The device agent (for now: the boot decision once, then exit).
+    Agent(agent::AgentArgs),
 }
 
 /// Options of `myriad serve`.
@@ -82,6 +85,10 @@ fn main() -> Result<()> {
         Command::Ctl(args) => {
             observe::logging::init(format.unwrap_or_default(), None, None);
             ctl::run(args)
+        }
+        Command::Agent(args) => {
+            observe::logging::init(format.unwrap_or_default(), None, None);
+            agent::run(args)
         }
     }
 }

@@ -1,0 +1,192 @@
+//! The agent's config file (TOML), as `myriad agent --config` reads it.
+//!
+//! ```toml
+//! slot_a = "/dev/mmcblk0p2"          # or a regular file
+//! slot_b = "/dev/mmcblk0p3"
+//! state_dir = "/var/lib/myriad-agent"
+//! hardware_type = "gw-1"
+//! ed25519_keys = ["<64 hex digits>"]  # 1..=16 pinned keys
+//! self_test = ["/usr/bin/selftest", "--quick"]   # empty or absent: no self-test
+//! self_test_timeout_secs = 60        # 1..=3600
+//!
+//! [provision]                        # used on the first start only (no state yet)
+//! slot = "A"
+//! version = "1.0.0"
+//! size = 12345678                    # the image's bytes in that slot
+//! counter = 0                        # its security counter
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+
+use crate::agent::AgentConfig;
+use crate::boot::Slot;
+use crate::selftest::SelfTest;
+
+/// Most pinned keys.
+pub const MAX_KEYS: usize = 16;
+/// Largest config file (bytes).
+pub const MAX_CONFIG_FILE: u64 = 64 * 1024;
+
+/// The file's fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Slot A's path.
+    pub slot_a: PathBuf,
+    /// Slot B's path.
+    pub slot_b: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The device's hardware type.
+    pub hardware_type: String,
+    /// Pinned Ed25519 public keys, hex.
+    pub ed25519_keys: Vec<String>,
+    /// The self-test command.
+    #[serde(default)]
+    pub self_test: Vec<String>,
+    /// Its timeout in seconds.
+    #[serde(default = "default_timeout")]
+    pub self_test_timeout_secs: u64,
+    /// First-start provisioning.
+    pub provision: Option<Provision>,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+
+/// What the first start records as the confirmed image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provision {
+    /// The slot holding it.
+    pub slot: Slot,
+    /// Its version.
+    pub version: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its security counter.
+    #[serde(default)]
+    pub counter: u64,
+}
+
+/// A config that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("agent config: {0}")]
+pub struct ConfigError(pub String);
+
+/// Parses and checks a config file's text.
+pub fn parse(text: &str) -> Result<(AgentConfig, Option<Provision>), ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+    if f.ed25519_keys.is_empty() || f.ed25519_keys.len() > MAX_KEYS {
+        return Err(ConfigError(format!("ed25519_keys: 1..={MAX_KEYS} keys")));
+    }
+    let mut keys = Vec::new();
+    for (i, k) in f.ed25519_keys.iter().enumerate() {
+        let bytes =
+            hex32(k).ok_or_else(|| ConfigError(format!("ed25519_keys[{i}]: not 64 hex digits")))?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| ConfigError(format!("ed25519_keys[{i}]: not an Ed25519 public key")))?;
+        keys.push(key);
+    }
+    if f.slot_a == f.slot_b {
+        return Err(ConfigError("slot_b: the same path as slot_a".into()));
+    }
+    if f.hardware_type.is_empty() {
+        return Err(ConfigError("hardware_type: empty".into()));
+    }
+    let self_test = SelfTest::new(f.self_test, Duration::from_secs(f.self_test_timeout_secs))
+        .map_err(|e| ConfigError(e.to_string()))?;
+    Ok((
+        AgentConfig {
+            slot_a: f.slot_a,
+            slot_b: f.slot_b,
+            state_dir: f.state_dir,
+            hardware_type: f.hardware_type,
+            ed25519_keys: keys,
+            self_test,
+        },
+        f.provision,
+    ))
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = digit(b[2 * i])? << 4 | digit(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_hex() -> String {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        k.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn text(extra: &str) -> String {
+        format!(
+            "slot_a = \"/a\"\nslot_b = \"/b\"\nstate_dir = \"/s\"\nhardware_type = \"gw\"\n\
+             ed25519_keys = [\"{}\"]\n{extra}",
+            key_hex()
+        )
+    }
+
+    #[test]
+    fn parses_and_names_bad_keys() {
+        let (c, p) = parse(&text(
+            "self_test = [\"sh\", \"-c\", \"true\"]\n[provision]\nslot = \"B\"\nversion = \"1\"\nsize = 10\n",
+        ))
+        .unwrap();
+        assert_eq!(c.self_test.argv().len(), 3);
+        assert_eq!(c.self_test.timeout(), Duration::from_secs(60));
+        assert_eq!(
+            c.ed25519_keys[0].as_bytes(),
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                .verifying_key()
+                .as_bytes()
+        );
+        let p = p.unwrap();
+        assert_eq!((p.slot, p.size, p.counter), (Slot::B, 10, 0));
+        let same = text("").replace("slot_b = \"/b\"", "slot_b = \"/a\"");
+        assert!(parse(&same).unwrap_err().to_string().contains("slot_b"));
+        let e = parse(&text("colour = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = parse(&text("self_test_timeout_secs = 3601\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("self_test_timeout"), "{e}");
+        let bad = text("").replace(&key_hex(), "zz");
+        assert!(
+            parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("ed25519_keys[0]")
+        );
+        let many = text("").replace(
+            &format!("[\"{}\"]", key_hex()),
+            &format!(
+                "[{}]",
+                vec![format!("\"{}\"", key_hex()); MAX_KEYS + 1].join(",")
+            ),
+        );
+        assert!(
+            parse(&many)
+                .unwrap_err()
+                .to_string()
+                .contains("ed25519_keys")
+        );
+    }
+}
