@@ -692,3 +692,49 @@ def test_kill9_mid_rollout_resumes(tmp_path):
                 device.close()
     finally:
         second.stop()
+
+
+def test_ctl_ota_commands(broker, api, tmp_path):
+    from helpers import json_ctl
+
+    ctl = json_ctl(broker.api_port, TOKEN)
+    image = tmp_path / "fw.bin"
+    image.write_bytes(os.urandom(300_000))
+    done = ctl("ota", "upload", str(image), "--version", "12.0.0", "--hardware-type", "board-c",
+               "--notes", "from ctl", "--security-counter", "7")
+    assert done.returncode == 0, done.stderr
+    art = json.loads(done.stdout)
+    assert art["size"] == 300_000 and art["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert (art["notes"], art["security_counter"]) == ("from ctl", 7)
+    assert art in json.loads(ctl("ota", "artifacts", "list").stdout)["artifacts"]
+    assert json.loads(ctl("ota", "artifacts", "get", art["id"]).stdout) == art
+
+    image.write_bytes(image.read_bytes()[:100_000] + b"patched" + image.read_bytes()[100_000:])
+    art2 = json.loads(ctl("ota", "upload", str(image), "--version", "12.1.0", "--hardware-type", "board-c").stdout)
+    delta = json.loads(ctl("ota", "deltas", "create", art["id"], art2["id"]).stdout)
+    assert delta["id"] == f"{art['id']}-{art2['id']}"
+    assert wait_until(lambda: json.loads(ctl("ota", "deltas", "get", delta["id"]).stdout)["status"] == "DONE", 60, 0.2)
+    assert any(d["id"] == delta["id"] for d in json.loads(ctl("ota", "deltas", "list").stdout)["deltas"])
+
+    group = unique("ctlg")
+    devices_in_group(api, group, 3)
+    done = ctl("ota", "rollouts", "create", art2["id"], "--group", group, "--wave-percents", "34",
+               "--max-retries", "1", "--delta-from", art["id"], "--name", "from ctl")
+    assert done.returncode == 0, done.stderr
+    rollout = json.loads(done.stdout)
+    assert (rollout["name"], rollout["devices"], rollout["delta"]) == ("from ctl", 3, delta["id"])
+    page = json.loads(ctl("ota", "rollouts", "devices", rollout["id"], "--state", "QUEUED").stdout)
+    assert page["total"] == json.loads(ctl("ota", "rollouts", "get", rollout["id"]).stdout)["counts"]["QUEUED"]
+    assert json.loads(ctl("ota", "rollouts", "pause", rollout["id"]).stdout)["status"] == "PAUSED"
+    assert json.loads(ctl("ota", "rollouts", "resume", rollout["id"]).stdout)["status"] == "RUNNING"
+    assert json.loads(ctl("ota", "rollouts", "cancel", rollout["id"]).stdout)["status"] == "CANCELED"
+    assert any(r["id"] == rollout["id"] for r in json.loads(ctl("ota", "rollouts", "list").stdout)["rollouts"])
+    # Bad arguments and refusals: a clear error and exit code 1.
+    bad = ctl("ota", "rollouts", "create", art2["id"], "--group", group, "--device", "x")
+    assert bad.returncode == 1 and "exactly one of --device, --group, --attribute" in bad.stderr
+    bad = ctl("ota", "rollouts", "create", art2["id"], "--attribute", "novalue")
+    assert bad.returncode == 1 and "key=value" in bad.stderr
+    bad = ctl("ota", "upload", str(image), "--version", "bad/version", "--hardware-type", "board-c")
+    assert bad.returncode == 1 and "version" in bad.stderr
+    assert ctl("ota", "artifacts", "delete", art2["id"]).returncode == 0
+    assert ctl("ota", "artifacts", "get", art2["id"]).returncode == 1

@@ -134,6 +134,20 @@ impl Client {
                 let builder = builder.header("content-type", *content_type);
                 self.agent.run(build(builder, data.clone(), &url)?)
             }
+            ApiBody::Upload { path } => {
+                let file =
+                    File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let builder = builder
+                    .header("content-type", "application/octet-stream")
+                    .header("content-length", total.to_string());
+                let body = ProgressReader::new(file, total);
+                self.agent.run(build(
+                    builder,
+                    ureq::SendBody::from_owned_reader(body),
+                    &url,
+                )?)
+            }
             ApiBody::File { path, content_type } => {
                 let file =
                     File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -166,4 +180,52 @@ fn build<B>(builder: Builder, body: B, url: &str) -> Result<Request<B>, CtlError
             "cannot build a request for {url} (check --api and the token): {e}"
         ))
     })
+}
+
+/// A reader that draws `uploaded x of y MiB (p%)` on standard error as it is read, when
+/// standard error is a terminal (nothing otherwise), and ends the line at the end.
+struct ProgressReader<R> {
+    inner: R,
+    total: u64,
+    done: u64,
+    shown_percent: Option<u64>,
+    draw: bool,
+}
+
+impl<R> ProgressReader<R> {
+    fn new(inner: R, total: u64) -> Self {
+        use std::io::IsTerminal;
+        ProgressReader {
+            inner,
+            total,
+            done: 0,
+            shown_percent: None,
+            draw: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        let percent = (self.done * 100)
+            .checked_div(self.total)
+            .unwrap_or(100)
+            .min(100);
+        if self.draw && self.shown_percent != Some(percent) {
+            self.shown_percent = Some(percent);
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            let bar = "#".repeat((percent / 4) as usize);
+            eprint!(
+                "\ruploading [{bar:<25}] {:.1} of {:.1} MiB ({percent}%)",
+                mib(self.done),
+                mib(self.total)
+            );
+            if n == 0 || percent == 100 {
+                eprintln!();
+            }
+        }
+        Ok(n)
+    }
 }

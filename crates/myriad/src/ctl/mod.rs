@@ -107,7 +107,22 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
             return Ok(0);
         }
         CtlCommand::Ota(command) => {
-            print_out(&ota::run(&command)?)?;
+            if let Some(written) = ota::run(&command) {
+                print_out(&written?)?;
+                return Ok(0);
+            }
+            let Some(request) = ota::api_request(&command) else {
+                return Ok(0);
+            };
+            let client = client(&args.global)?;
+            let body = client.send(&request?)?;
+            let shape = if body.trim().is_empty() {
+                output::Shape::NoContent
+            } else {
+                output::Shape::Object
+            };
+            let rendered = output::render(shape, args.global.output, &[body])?;
+            print_out(&rendered.stdout)?;
             return Ok(0);
         }
         CtlCommand::Api(command) => command,
@@ -117,15 +132,7 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         telemetry::fill_from_stdin(cmd, io::stdin().lock())?;
     }
     let request = request::request(&command)?;
-    let token = token::resolve_token(
-        args.global.token.as_deref(),
-        args.global.token_file.as_deref(),
-        |path| std::fs::read_to_string(path),
-    )?;
-    let client = match &args.global.cacert {
-        Some(path) => Client::with_ca(&args.global.api, token, path)?,
-        None => Client::new(&args.global.api, token),
-    };
+    let client = client(&args.global)?;
     if let ApiCommand::Telemetry(telemetry::TelemetryCommand::Export(_)) = &command {
         let mut stdout = io::stdout().lock();
         match client.stream_to(&request, &mut stdout) {
@@ -148,6 +155,19 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         eprintln!("{note}");
     }
     Ok(if rendered.failed { 1 } else { 0 })
+}
+
+/// The API client the global options describe.
+fn client(global: &GlobalOptions) -> Result<Client, CtlError> {
+    let token = token::resolve_token(
+        global.token.as_deref(),
+        global.token_file.as_deref(),
+        |path| std::fs::read_to_string(path),
+    )?;
+    Ok(match &global.cacert {
+        Some(path) => Client::with_ca(&global.api, token, path)?,
+        None => Client::new(&global.api, token),
+    })
 }
 
 /// Sends `request`, and for `--all` the requests of the following pages;

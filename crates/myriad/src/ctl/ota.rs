@@ -21,7 +21,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use serde_json::json;
+
+use super::encode::percent_encode;
 use super::error::CtlError;
+use super::request::{API_PREFIX, ApiBody, ApiRequest, Method};
 
 /// `ctl ota ...`
 #[derive(Debug, Subcommand)]
@@ -31,6 +35,153 @@ pub enum OtaCommand {
     /// (`sm2-root.pem`, `sm2-intermediate.pem`, `sm2-leaf.pem`, `sm2-chain.pem`,
     /// `sm2-leaf.key`). Needs no server; for development only.
     Keygen(KeygenArgs),
+    /// Upload a firmware image (streamed, with a progress bar on a terminal).
+    Upload(UploadArgs),
+    /// Firmware artifacts: list, get, delete.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+    /// Delta patches between two artifacts: create (built in the background), list, get.
+    #[command(subcommand)]
+    Deltas(DeltasCommand),
+    /// Rollouts: create, list, get, devices, pause, resume, cancel.
+    #[command(subcommand)]
+    Rollouts(RolloutsCommand),
+}
+
+/// `ctl ota upload`
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The image file.
+    pub file: PathBuf,
+    /// The firmware version it installs.
+    #[arg(long)]
+    pub version: String,
+    /// The hardware type it is built for.
+    #[arg(long)]
+    pub hardware_type: String,
+    /// Release notes.
+    #[arg(long)]
+    pub notes: Option<String>,
+    /// Anti-rollback counter written into its manifests.
+    #[arg(long)]
+    pub security_counter: Option<u64>,
+}
+
+/// An artifact, delta or rollout id.
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// The id.
+    pub id: String,
+}
+
+/// `ctl ota artifacts ...`
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Every artifact.
+    List,
+    /// One artifact.
+    Get(IdArg),
+    /// Delete an artifact (refused while a rollout uses it).
+    Delete(IdArg),
+}
+
+/// `ctl ota deltas ...`
+#[derive(Debug, Subcommand)]
+pub enum DeltasCommand {
+    /// Ask for the delta between two artifacts (poll it with `get`).
+    Create {
+        /// The base artifact.
+        from: String,
+        /// The target artifact.
+        to: String,
+    },
+    /// Every delta.
+    List,
+    /// One delta: status and phase.
+    Get(IdArg),
+}
+
+/// `ctl ota rollouts ...`
+#[derive(Debug, Subcommand)]
+pub enum RolloutsCommand {
+    /// Start a rollout of an artifact to devices (exactly one of --device, --group, --attribute).
+    Create(Box<RolloutCreate>),
+    /// Every rollout with its counts.
+    List,
+    /// One rollout with its counts.
+    Get(IdArg),
+    /// A rollout's devices and their states.
+    Devices {
+        /// The rollout id.
+        id: String,
+        /// Only devices in this state (QUEUED ... ROLLED_BACK).
+        #[arg(long)]
+        state: Option<String>,
+        /// Skip this many.
+        #[arg(long)]
+        offset: Option<usize>,
+        /// At most this many (1..=1000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Stop notifying devices.
+    Pause(IdArg),
+    /// Continue a paused rollout.
+    Resume(IdArg),
+    /// Cancel a rollout.
+    Cancel(IdArg),
+}
+
+/// `ctl ota rollouts create`
+#[derive(Debug, Args)]
+pub struct RolloutCreate {
+    /// The artifact to install.
+    pub artifact: String,
+    /// A name for people.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Target these devices (repeat, in wave order).
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
+    /// Target every device of this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Target every device with this attribute (`key=value`).
+    #[arg(long)]
+    pub attribute: Option<String>,
+    /// Waves as percents of all devices, e.g. `1,10,50` (the rest is a final wave).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["wave_counts", "exponential"])]
+    pub wave_percents: Vec<u8>,
+    /// Waves as device counts, e.g. `10,100` (the rest is a final wave).
+    #[arg(long, value_delimiter = ',', conflicts_with = "exponential")]
+    pub wave_counts: Vec<u32>,
+    /// Exponential waves `first,factor`, e.g. `1,2`.
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    pub exponential: Vec<u32>,
+    /// Share of a wave (percent) that must finish before the next starts.
+    #[arg(long)]
+    pub advance_percent: Option<u8>,
+    /// Abort when failures exceed this percent of finished devices ...
+    #[arg(long, requires = "abort_min_finished")]
+    pub abort_failure_percent: Option<u8>,
+    /// ... once at least this many finished.
+    #[arg(long, requires = "abort_failure_percent")]
+    pub abort_min_finished: Option<u32>,
+    /// A working device silent this long times out (seconds).
+    #[arg(long)]
+    pub in_progress_timeout_secs: Option<u64>,
+    /// A notified device that never starts times out after this long (seconds).
+    #[arg(long)]
+    pub pending_timeout_secs: Option<u64>,
+    /// Retries after a failure or timeout.
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Download bandwidth cap over all devices (bytes per second).
+    #[arg(long)]
+    pub max_bytes_per_second: Option<u64>,
+    /// Also offer the (built) delta from this artifact.
+    #[arg(long)]
+    pub delta_from: Option<String>,
 }
 
 /// Signature algorithms `keygen` makes keys for.
@@ -56,11 +207,143 @@ pub struct KeygenArgs {
     pub force: bool,
 }
 
-/// Runs a `ctl ota` command; the paths written, one a line.
-pub fn run(command: &OtaCommand) -> Result<String, CtlError> {
+/// Runs `ctl ota keygen` (offline); the paths written, one a line. `None` for the commands
+/// that talk to the API ([`api_request`]).
+pub fn run(command: &OtaCommand) -> Option<Result<String, CtlError>> {
     match command {
-        OtaCommand::Keygen(args) => keygen(args),
+        OtaCommand::Keygen(args) => Some(keygen(args)),
+        _ => None,
     }
+}
+
+fn ota_path(rest: &str) -> String {
+    format!("{API_PREFIX}/ota/{rest}")
+}
+
+/// The request an API command of `ctl ota` sends (`None` for `keygen`).
+pub fn api_request(command: &OtaCommand) -> Option<anyhow::Result<ApiRequest>> {
+    Some(Ok(match command {
+        OtaCommand::Keygen(_) => return None,
+        OtaCommand::Upload(args) => {
+            let mut request = ApiRequest::new(Method::Post, ota_path("artifacts"))
+                .param("version", Some(&args.version))
+                .param("hardware_type", Some(&args.hardware_type))
+                .param("notes", args.notes.as_ref())
+                .param("security_counter", args.security_counter);
+            request.body = ApiBody::Upload {
+                path: args.file.clone(),
+            };
+            request
+        }
+        OtaCommand::Artifacts(ArtifactsCommand::List) => {
+            ApiRequest::new(Method::Get, ota_path("artifacts"))
+        }
+        OtaCommand::Artifacts(ArtifactsCommand::Get(arg)) => ApiRequest::new(
+            Method::Get,
+            ota_path(&format!("artifacts/{}", percent_encode(&arg.id))),
+        ),
+        OtaCommand::Artifacts(ArtifactsCommand::Delete(arg)) => ApiRequest::new(
+            Method::Delete,
+            ota_path(&format!("artifacts/{}", percent_encode(&arg.id))),
+        ),
+        OtaCommand::Deltas(DeltasCommand::Create { from, to }) => {
+            ApiRequest::new(Method::Post, ota_path("deltas")).json(json!({"from": from, "to": to}))
+        }
+        OtaCommand::Deltas(DeltasCommand::List) => ApiRequest::new(Method::Get, ota_path("deltas")),
+        OtaCommand::Deltas(DeltasCommand::Get(arg)) => ApiRequest::new(
+            Method::Get,
+            ota_path(&format!("deltas/{}", percent_encode(&arg.id))),
+        ),
+        OtaCommand::Rollouts(command) => match rollout_request(command) {
+            Ok(request) => request,
+            Err(error) => return Some(Err(error)),
+        },
+    }))
+}
+
+fn rollout_request(command: &RolloutsCommand) -> anyhow::Result<ApiRequest> {
+    let one = |id: &str, action: &str| {
+        let path = ota_path(&format!("rollouts/{}{action}", percent_encode(id)));
+        (path, action.is_empty())
+    };
+    Ok(match command {
+        RolloutsCommand::Create(create) => {
+            ApiRequest::new(Method::Post, ota_path("rollouts")).json(rollout_body(create)?)
+        }
+        RolloutsCommand::List => ApiRequest::new(Method::Get, ota_path("rollouts")),
+        RolloutsCommand::Get(arg) => ApiRequest::new(Method::Get, one(&arg.id, "").0),
+        RolloutsCommand::Devices {
+            id,
+            state,
+            offset,
+            limit,
+        } => ApiRequest::new(Method::Get, one(id, "/devices").0)
+            .param("state", state.as_ref())
+            .param("offset", *offset)
+            .param("limit", *limit),
+        RolloutsCommand::Pause(arg) => ApiRequest::new(Method::Post, one(&arg.id, "/pause").0),
+        RolloutsCommand::Resume(arg) => ApiRequest::new(Method::Post, one(&arg.id, "/resume").0),
+        RolloutsCommand::Cancel(arg) => ApiRequest::new(Method::Post, one(&arg.id, "/cancel").0),
+    })
+}
+
+/// The JSON body of `rollouts create`; only what was given (the server has the defaults).
+fn rollout_body(create: &RolloutCreate) -> anyhow::Result<serde_json::Value> {
+    let targets = match (create.devices.is_empty(), &create.group, &create.attribute) {
+        (false, None, None) => json!({"devices": create.devices}),
+        (true, Some(group), None) => json!({"group": group}),
+        (true, None, Some(attribute)) => {
+            let (key, value) = attribute.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--attribute: expected key=value, got {attribute:?}")
+            })?;
+            json!({"attribute": {"key": key, "value": value}})
+        }
+        _ => anyhow::bail!("give exactly one of --device, --group, --attribute"),
+    };
+    let mut body = json!({"artifact": create.artifact, "targets": targets});
+    let waves = if !create.wave_percents.is_empty() {
+        Some(json!({"percent": create.wave_percents}))
+    } else if !create.wave_counts.is_empty() {
+        Some(json!({"count": create.wave_counts}))
+    } else if let [first, factor] = create.exponential[..] {
+        Some(json!({"exponential": {"first": first, "factor": factor}}))
+    } else if !create.exponential.is_empty() {
+        anyhow::bail!("--exponential: expected first,factor");
+    } else {
+        None
+    };
+    let fields = [
+        ("name", create.name.as_ref().map(|v| json!(v))),
+        ("waves", waves),
+        ("advance_percent", create.advance_percent.map(|v| json!(v))),
+        (
+            "abort",
+            create
+                .abort_failure_percent
+                .zip(create.abort_min_finished)
+                .map(|(percent, min)| json!({"max_failure_percent": percent, "min_finished": min})),
+        ),
+        (
+            "in_progress_timeout_secs",
+            create.in_progress_timeout_secs.map(|v| json!(v)),
+        ),
+        (
+            "pending_timeout_secs",
+            create.pending_timeout_secs.map(|v| json!(v)),
+        ),
+        ("max_retries", create.max_retries.map(|v| json!(v))),
+        (
+            "max_bytes_per_second",
+            create.max_bytes_per_second.map(|v| json!(v)),
+        ),
+        ("delta_from", create.delta_from.as_ref().map(|v| json!(v))),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            body[key] = value;
+        }
+    }
+    Ok(body)
 }
 
 /// The files of one key set: name, contents, whether secret (mode 0600).

@@ -59,6 +59,12 @@ pub enum ApiBody {
         /// Its `Content-Type`.
         content_type: &'static str,
     },
+    /// A file uploaded as `application/octet-stream`, streamed from disk, with a progress
+    /// bar on standard error when it is a terminal.
+    Upload {
+        /// The file.
+        path: PathBuf,
+    },
     /// A file, streamed from disk as it is sent.
     File {
         /// The file.
