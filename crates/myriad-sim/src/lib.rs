@@ -105,6 +105,8 @@ pub enum SimCommand {
     Commands(scenario::commands::CommandsArgs),
     /// Myriad's telemetry store: devices publish quantised sensor readings over MQTT.
     Telemetry(scenario::telemetry::TelemetryArgs),
+    /// Myriad's OTA rollouts: a rollout to N simulated devices that report every step.
+    Ota(scenario::ota::OtaArgs),
 }
 
 /// Settings every scenario reads, resolved from [`CommonArgs`].
@@ -220,6 +222,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             SimCommand::Fleet(a) => scenario::fleet::run(env, a).await,
             SimCommand::Commands(a) => scenario::commands::run(env, a).await,
             SimCommand::Telemetry(a) => scenario::telemetry::run(env, a).await,
+            SimCommand::Ota(a) => scenario::ota::run(env, a).await,
         }
     });
     // Tasks still winding down (closing sockets) must not hold up the exit.

@@ -5,6 +5,7 @@ pub mod conn;
 pub mod fanin;
 pub mod fanout;
 pub mod fleet;
+pub mod ota;
 pub mod p2p;
 pub mod pubsub;
 pub mod shared;
