@@ -199,53 +199,75 @@ macro_rules! read_table {
 }
 
 impl FleetStore {
-    /// Stores `artifact` (new or changed).
-    pub fn put_artifact(&self, artifact: &ArtifactRecord) -> Result<(), FleetStoreError> {
+    /// Stores `value` under `key` in `def` (new or changed), in one transaction.
+    fn put_record<T: Serialize>(
+        &self,
+        def: Def,
+        key: &str,
+        value: &T,
+    ) -> Result<(), FleetStoreError> {
         let file = &self.file;
         let txn = self.db.begin_write().map_err(|e| file.engine(e))?;
         {
-            let mut table = txn.open_table(ARTIFACTS).map_err(|e| file.engine(e))?;
-            let value = encode(artifact)?;
+            let mut table = txn.open_table(def).map_err(|e| file.engine(e))?;
+            let value = encode(value)?;
             table
-                .insert(artifact.id.as_bytes(), value.as_slice())
+                .insert(key.as_bytes(), value.as_slice())
                 .map_err(|e| file.engine(e))?;
         }
         txn.commit().map_err(|e| file.engine(e))
     }
 
-    /// The artifact `id`, if stored.
-    pub fn get_artifact(&self, id: &str) -> Result<Option<ArtifactRecord>, FleetStoreError> {
+    /// The record under `key` in `def` (named `name` in errors), if stored.
+    fn get_record<T: DeserializeOwned>(
+        &self,
+        def: Def,
+        name: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, FleetStoreError> {
         self.read(|txn| {
-            let Some(table) = read_table!(self, txn, ARTIFACTS) else {
+            let Some(table) = read_table!(self, txn, def) else {
                 return Ok(None);
             };
-            match table.get(id.as_bytes()).map_err(|e| self.file.engine(e))? {
-                Some(value) => {
-                    decode(&self.file, "ota_artifacts", id.as_bytes(), value.value()).map(Some)
-                }
+            match table.get(key.as_bytes()).map_err(|e| self.file.engine(e))? {
+                Some(value) => decode(&self.file, name, key.as_bytes(), value.value()).map(Some),
                 None => Ok(None),
             }
         })
     }
 
-    /// Every artifact, in id order.
-    pub fn list_artifacts(&self) -> Result<Vec<ArtifactRecord>, FleetStoreError> {
+    /// Every record of `def` (named `name` in errors), in key order.
+    fn list_records<T: DeserializeOwned>(
+        &self,
+        def: Def,
+        name: &'static str,
+    ) -> Result<Vec<T>, FleetStoreError> {
         self.read(|txn| {
-            let Some(table) = read_table!(self, txn, ARTIFACTS) else {
+            let Some(table) = read_table!(self, txn, def) else {
                 return Ok(Vec::new());
             };
             let mut out = Vec::new();
             for row in table.iter().map_err(|e| self.file.engine(e))? {
                 let (key, value) = row.map_err(|e| self.file.engine(e))?;
-                out.push(decode(
-                    &self.file,
-                    "ota_artifacts",
-                    key.value(),
-                    value.value(),
-                )?);
+                out.push(decode(&self.file, name, key.value(), value.value())?);
             }
             Ok(out)
         })
+    }
+
+    /// Stores `artifact` (new or changed).
+    pub fn put_artifact(&self, artifact: &ArtifactRecord) -> Result<(), FleetStoreError> {
+        self.put_record(ARTIFACTS, &artifact.id, artifact)
+    }
+
+    /// The artifact `id`, if stored.
+    pub fn get_artifact(&self, id: &str) -> Result<Option<ArtifactRecord>, FleetStoreError> {
+        self.get_record(ARTIFACTS, "ota_artifacts", id)
+    }
+
+    /// Every artifact, in id order.
+    pub fn list_artifacts(&self) -> Result<Vec<ArtifactRecord>, FleetStoreError> {
+        self.list_records(ARTIFACTS, "ota_artifacts")
     }
 
     /// Deletes artifact `id` unless a rollout that has not finished uses it; returns the
@@ -285,36 +307,17 @@ impl FleetStore {
 
     /// Stores `delta` (new or changed).
     pub fn put_delta(&self, delta: &DeltaRecord) -> Result<(), FleetStoreError> {
-        let file = &self.file;
-        let txn = self.db.begin_write().map_err(|e| file.engine(e))?;
-        {
-            let mut table = txn.open_table(DELTAS).map_err(|e| file.engine(e))?;
-            let value = encode(delta)?;
-            table
-                .insert(delta.id.as_bytes(), value.as_slice())
-                .map_err(|e| file.engine(e))?;
-        }
-        txn.commit().map_err(|e| file.engine(e))
+        self.put_record(DELTAS, &delta.id, delta)
+    }
+
+    /// The delta `id`, if stored.
+    pub fn get_delta(&self, id: &str) -> Result<Option<DeltaRecord>, FleetStoreError> {
+        self.get_record(DELTAS, "ota_deltas", id)
     }
 
     /// Every delta, in id order.
     pub fn list_deltas(&self) -> Result<Vec<DeltaRecord>, FleetStoreError> {
-        self.read(|txn| {
-            let Some(table) = read_table!(self, txn, DELTAS) else {
-                return Ok(Vec::new());
-            };
-            let mut out = Vec::new();
-            for row in table.iter().map_err(|e| self.file.engine(e))? {
-                let (key, value) = row.map_err(|e| self.file.engine(e))?;
-                out.push(decode(
-                    &self.file,
-                    "ota_deltas",
-                    key.value(),
-                    value.value(),
-                )?);
-            }
-            Ok(out)
-        })
+        self.list_records(DELTAS, "ota_deltas")
     }
 
     /// Deletes the delta records `ids`.

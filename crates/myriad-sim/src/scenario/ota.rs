@@ -137,7 +137,9 @@ struct RolloutState {
 /// Runs `ota`.
 pub async fn run(env: Env, args: OtaArgs) -> Result<()> {
     if args.devices == 0 || args.image_bytes == 0 || args.download_concurrency == 0 {
-        return Err(SimError::Args("--devices, --image-bytes and --download-concurrency must be at least 1".into()));
+        return Err(SimError::Args(
+            "--devices, --image-bytes and --download-concurrency must be at least 1".into(),
+        ));
     }
     env.check_sockets(args.devices + args.download_concurrency + 4)?;
     let connect_timeout = secs(args.connect_timeout, "connect-timeout")?;
@@ -157,7 +159,9 @@ pub async fn run(env: Env, args: OtaArgs) -> Result<()> {
         image_bytes: args.image_bytes,
         download: args.download,
     });
-    let ids: Vec<String> = (0..args.devices).map(|i| format!("{}-d{i}", env.prefix)).collect();
+    let ids: Vec<String> = (0..args.devices)
+        .map(|i| format!("{}-d{i}", env.prefix))
+        .collect();
 
     // 1. Devices and the image.
     let mut http = HttpClient::new(api, token)?;
@@ -167,14 +171,29 @@ pub async fn run(env: Env, args: OtaArgs) -> Result<()> {
     }
     let import_secs = import_started.elapsed().as_secs_f64();
     let image: Vec<u8> = (0..args.image_bytes).map(|_| fastrand::u8(..)).collect();
-    let path = format!("/api/v1/ota/artifacts?version=1.0.{}&hardware_type=sim", fastrand::u32(..));
-    let body = setup_call(&mut http, Method::POST, &path, Some((Bytes::from(image), "application/octet-stream")), 201)
-        .await?;
+    let path = format!(
+        "/api/v1/ota/artifacts?version=1.0.{}&hardware_type=sim",
+        fastrand::u32(..)
+    );
+    let body = setup_call(
+        &mut http,
+        Method::POST,
+        &path,
+        Some((Bytes::from(image), "application/octet-stream")),
+        201,
+    )
+    .await?;
     let artifact: Created = json(&path, &body)?;
 
     // 2. Devices.
     let progress_stop = CancellationToken::new();
-    let progress = progress::spawn("ota", shared.counters.clone(), env.quiet, progress_stop.clone(), render);
+    let progress = progress::spawn(
+        "ota",
+        shared.counters.clone(),
+        env.quiet,
+        progress_stop.clone(),
+        render,
+    );
     let connect_started = Instant::now();
     let permits = Arc::new(Semaphore::new(env.connect_concurrency));
     let password = Bytes::from(args.platform.password.clone().into_bytes());
@@ -187,7 +206,12 @@ pub async fn run(env: Env, args: OtaArgs) -> Result<()> {
         options.source = env.sources.source(index);
         devices.spawn(device(shared.clone(), env.broker, options, permits.clone()));
     }
-    wait_for_connections(&shared.counters, args.devices as u64, connect_started + connect_timeout).await;
+    wait_for_connections(
+        &shared.counters,
+        args.devices as u64,
+        connect_started + connect_timeout,
+    )
+    .await;
     let connected = Counters::get(&shared.counters.connected);
     let connect_secs = connect_started.elapsed().as_secs_f64();
 
@@ -214,7 +238,10 @@ pub async fn run(env: Env, args: OtaArgs) -> Result<()> {
     let path = format!("/api/v1/ota/rollouts/{}", created.id);
     let deadline = posted + rollout_timeout;
     let mut all_notified_secs = None;
-    let mut last = RolloutState { status: "RUNNING".into(), counts: Default::default() };
+    let mut last = RolloutState {
+        status: "RUNNING".into(),
+        counts: Default::default(),
+    };
     while Instant::now() < deadline {
         if let Some(broker) = broker.as_mut() {
             let _ = broker.sample();
@@ -229,7 +256,8 @@ pub async fn run(env: Env, args: OtaArgs) -> Result<()> {
         }
         sleep(Duration::from_millis(100)).await;
     }
-    let completed_secs = (last.status == "COMPLETED").then(|| round3(posted.elapsed().as_secs_f64()));
+    let completed_secs =
+        (last.status == "COMPLETED").then(|| round3(posted.elapsed().as_secs_f64()));
     let broker_cpu_secs = match (broker.as_mut(), cpu_before) {
         (Some(watch), Some(before)) => {
             let _ = watch.sample();
@@ -240,7 +268,10 @@ pub async fn run(env: Env, args: OtaArgs) -> Result<()> {
 
     // Wind down.
     shared.stop.cancel();
-    let _ = timeout(Duration::from_secs(15), async { while devices.join_next().await.is_some() {} }).await;
+    let _ = timeout(Duration::from_secs(15), async {
+        while devices.join_next().await.is_some() {}
+    })
+    .await;
     devices.abort_all();
     progress_stop.cancel();
     let _ = progress.await;
@@ -254,12 +285,18 @@ pub async fn run(env: Env, args: OtaArgs) -> Result<()> {
         import_secs: round3(import_secs),
         connect_secs: round3(connect_secs),
         notified: Counters::get(&shared.counters.received),
-        download_failures: shared.download_failures.load(std::sync::atomic::Ordering::Relaxed),
+        download_failures: shared
+            .download_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
         all_notified_secs,
         completed_secs,
         status: last.status.clone(),
         succeeded: last.counts.get("SUCCEEDED").copied().unwrap_or(0),
-        notify_latency: shared.latency.lock().unwrap_or_else(|p| p.into_inner()).summary(),
+        notify_latency: shared
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summary(),
         broker_cpu_secs,
         broker_rss_peak: broker.as_ref().map(|watch| watch.peak_rss),
     };
@@ -277,11 +314,24 @@ fn render(c: &Counters) -> String {
 }
 
 /// One device: connects, follows notifications until the run stops.
-async fn device(shared: Arc<Shared>, broker: SocketAddr, options: ConnectOptions, permits: Arc<Semaphore>) {
+async fn device(
+    shared: Arc<Shared>,
+    broker: SocketAddr,
+    options: ConnectOptions,
+    permits: Arc<Semaphore>,
+) {
     let filter = format!("$ota/{}/notify", options.client_id);
     let id = options.client_id.clone();
-    let Some(mut client) =
-        connect_device(broker, &options, &permits, &shared.stop, Some(filter), &shared.counters, &shared.errors).await
+    let Some(mut client) = connect_device(
+        broker,
+        &options,
+        &permits,
+        &shared.stop,
+        Some(filter),
+        &shared.counters,
+        &shared.errors,
+    )
+    .await
     else {
         return;
     };
@@ -338,14 +388,24 @@ async fn handle(shared: &Shared, client: &mut Client, id: &str, note: &Publish) 
     }
     if let Some(posted) = *shared.posted.lock().unwrap_or_else(|p| p.into_inner()) {
         let nanos = posted.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-        shared.latency.lock().unwrap_or_else(|p| p.into_inner()).record_ns(nanos);
+        shared
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_ns(nanos);
     }
     Counters::inc(&shared.counters.received);
     if shared.download {
         download(shared, &note.url).await;
     }
     let size = shared.image_bytes;
-    for state in ["DOWNLOADING", "VERIFYING", "INSTALLING", "REBOOTING", "SUCCEEDED"] {
+    for state in [
+        "DOWNLOADING",
+        "VERIFYING",
+        "INSTALLING",
+        "REBOOTING",
+        "SUCCEEDED",
+    ] {
         let body = serde_json::json!({"rollout": note.rollout, "state": state, "done": size, "total": size});
         let packet_id = client.next_packet_id();
         client.queue(&Packet::Publish(Publish {
@@ -364,7 +424,9 @@ async fn handle(shared: &Shared, client: &mut Client, id: &str, note: &Publish) 
 
 /// Fetches `url` (path and query) from the API, counting a failure on a bad status or size.
 async fn download(shared: &Shared, url: &str) {
-    let Ok(_permit) = shared.downloads.acquire().await else { return };
+    let Ok(_permit) = shared.downloads.acquire().await else {
+        return;
+    };
     let ok = match HttpClient::new(shared.api, None) {
         Ok(mut http) => match http.request(Method::GET, url, None).await {
             Ok(response) => response.status == 200 && response.body.len() == shared.image_bytes,
@@ -379,6 +441,8 @@ async fn download(shared: &Shared, url: &str) {
         }
     };
     if !ok {
-        shared.download_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .download_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -234,7 +234,7 @@ impl OtaService {
         if !is_delta_id(id) {
             return Ok(None);
         }
-        Ok(self.store.list_deltas()?.into_iter().find(|d| d.id == id))
+        Ok(self.store.get_delta(id)?)
     }
 
     /// The patch file of delta `id` (a valid id).
