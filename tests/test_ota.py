@@ -738,3 +738,46 @@ def test_ctl_ota_commands(broker, api, tmp_path):
     assert bad.returncode == 1 and "version" in bad.stderr
     assert ctl("ota", "artifacts", "delete", art2["id"]).returncode == 0
     assert ctl("ota", "artifacts", "get", art2["id"]).returncode == 1
+
+
+def test_upload_and_rollout_admission_limits(tmp_path):
+    import http.client
+
+    config = CONFIG.replace("max_artifacts = 20", "max_artifacts = 2\nconcurrent_uploads = 1\nmax_active_rollouts = 1")
+    b = Broker(tmp_path / "node", raw_config=config).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        # One upload at a time: a second one while the first streams gets 429 and nothing is stored.
+        slow = http.client.HTTPConnection(HOST, b.api_port, timeout=30)
+        slow.putrequest("POST", "/api/v1/ota/artifacts?version=1&hardware_type=a")
+        for name, value in {"Authorization": f"Bearer {TOKEN}", "Content-Length": "100000"}.items():
+            slow.putheader(name, value)
+        slow.endheaders()
+        slow.send(b"x" * 50_000)
+        time.sleep(0.5)
+        status, answer = upload(api, b"second", version="2")
+        assert status == 429 and "concurrent_uploads" in answer["message"], answer
+        slow.send(b"x" * 50_000)
+        resp = slow.getresponse()
+        first = json.loads(resp.read())
+        assert resp.status == 201 and first["size"] == 100_000, first
+        slow.close()
+        status, second = upload(api, b"second", version="2")
+        assert status == 201
+        # At most max_artifacts stored.
+        status, answer = upload(api, b"third", version="3")
+        assert status == 409 and "max_artifacts" in answer["message"], answer
+        # At most max_active_rollouts not finished.
+        ids = [unique("adm") for _ in range(2)]
+        for dev_id in ids:
+            api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+        one = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": first["id"], "targets": {"devices": ids[:1]}},
+                     expect=201)
+        status, answer = api.call("POST", "/api/v1/ota/rollouts",
+                                  {"artifact": second["id"], "targets": {"devices": ids[1:]}})
+        assert status == 409 and "max_active_rollouts" in answer["message"], answer
+        api.ok("POST", f"/api/v1/ota/rollouts/{one['id']}/cancel")
+        api.ok("POST", "/api/v1/ota/rollouts", {"artifact": second["id"], "targets": {"devices": ids[1:]}},
+               expect=201)
+    finally:
+        b.stop()
