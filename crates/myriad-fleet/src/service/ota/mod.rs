@@ -290,3 +290,65 @@ fn check_label(name: &str, value: &str) -> Result<(), OtaError> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use myriad_ota::rollout::{Rollout, RolloutSpec};
+
+    use super::*;
+    use crate::store::ota::{ArtifactRecord, RolloutTarget, StoredRollout};
+
+    #[test]
+    fn stored_rollouts_that_do_not_agree_are_left_out_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FleetStore::open(dir.path()).unwrap());
+        let artifact = ArtifactRecord {
+            id: "a0123456789abcdef".into(),
+            version: "1".into(),
+            hardware_type: "hw".into(),
+            notes: String::new(),
+            size: 1,
+            sha256: [0; 32],
+            security_counter: 0,
+            created_ms: 0,
+        };
+        store.put_artifact(&artifact).unwrap();
+        let planner =
+            Rollout::new(RolloutSpec::default(), vec!["d1".into(), "d2".into()], 1).unwrap();
+        let devices: Vec<_> = (0..2)
+            .map(|i| (i, planner.device_id(i), planner.device(i)))
+            .collect();
+        let good = StoredRollout {
+            id: "r-good".into(),
+            name: String::new(),
+            artifact: artifact.id.clone(),
+            target: RolloutTarget::Devices,
+            max_bytes_per_second: None,
+            manifest: Vec::new(),
+            delta: None,
+            planner: planner.record().clone(),
+        };
+        store.put_rollout(&good, &devices).unwrap();
+        // More waves started than devices, and a rollout whose artifact is gone.
+        let mut bad = StoredRollout {
+            id: "r-bad".into(),
+            ..good.clone()
+        };
+        bad.planner.waves_started = 9;
+        store.put_rollout(&bad, &devices).unwrap();
+        let orphan = StoredRollout {
+            id: "r-orphan".into(),
+            artifact: "a1111111111111111".into(),
+            ..good.clone()
+        };
+        store.put_rollout(&orphan, &devices).unwrap();
+        let (broker, _events) = myriad_broker::shell::channel();
+        let service = OtaService::open(store, broker, dir.path(), OtaConfig::default()).unwrap();
+        let ids: Vec<String> = service
+            .rollouts()
+            .into_iter()
+            .map(|r| r.stored.id)
+            .collect();
+        assert_eq!(ids, vec!["r-good".to_owned()]);
+    }
+}
