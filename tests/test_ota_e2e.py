@@ -1,0 +1,150 @@
+"""OTA end to end (issue 18): `myriad serve` with a rollout of a second image to four real
+`myriad agent` processes in network mode (MQTT notifications and reports, HTTP download
+into the inactive slot, verified against the server's pinned signing key). Each agent exits
+0 after REBOOTING; restarted (the "reboot"), it runs its self-test and confirms (three
+devices) or rolls back (one, whose self-test fails). The rollout completes with 3 SUCCEEDED
+and 1 ROLLED_BACK, and every device's active slot holds the image it should run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
+from helpers import HOST, Api, Broker, myriad_bin, to_toml, unique, wait_until
+
+pytestmark = pytest.mark.myriad_only
+
+TOKEN = "ota-e2e-token-0123456789"
+CONFIG = f"""
+[auth]
+allow_anonymous = false
+
+[api]
+token = "{TOKEN}"
+
+[ota]
+max_artifact_bytes = 1048576
+max_artifacts = 20
+"""
+HW = "board-e2e"
+
+
+class AgentProc:
+    """One device: its slot files, config and the running `myriad agent` process."""
+
+    def __init__(self, root: Path, dev_id: str, broker: Broker, key_hex: str, image1: bytes, self_test: list[str]):
+        self.id = dev_id
+        self.dir = root / dev_id
+        (self.dir / "state").mkdir(parents=True)
+        (self.dir / "a.img").write_bytes(image1)
+        (self.dir / "b.img").write_bytes(b"")
+        cfg = {
+            "slot_a": str(self.dir / "a.img"),
+            "slot_b": str(self.dir / "b.img"),
+            "state_dir": str(self.dir / "state"),
+            "hardware_type": HW,
+            "ed25519_keys": [key_hex],
+            "self_test": self_test,
+            "self_test_timeout_secs": 10,
+            "provision": {"slot": "A", "version": "1.0.0", "size": len(image1), "counter": 0},
+            "mqtt": {"host": HOST, "port": broker.port, "id": dev_id, "password": "dev-pw-123",
+                     "api": f"http://{HOST}:{broker.api_port}"},
+        }
+        self.cfg = self.dir / "agent.toml"
+        self.cfg.write_text(to_toml(cfg))
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+        env["RUST_LOG"] = "info"
+        self.starts += 1
+        self.log = open(self.dir / f"agent.{self.starts}.log", "wb")
+        self.proc = subprocess.Popen([str(myriad_bin()), "agent", "--config", str(self.cfg)],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def outcome(self, n: int) -> dict:
+        lines = (self.dir / f"agent.{n}.log").read_bytes().decode(errors="replace").splitlines()
+        return json.loads(next(line for line in lines if line.startswith("{\"")))
+
+    def active_bytes(self) -> bytes:
+        slot = self.outcome(self.starts)["active"]
+        return (self.dir / f"{slot.lower()}.img").read_bytes()
+
+
+def test_rollout_to_real_agents_confirms_and_rolls_back(tmp_path):
+    broker = Broker(tmp_path / "server", raw_config=CONFIG).start()
+    agents: list[AgentProc] = []
+    try:
+        api = Api(broker.api_port, TOKEN)
+        image1 = os.urandom(200_000)
+        image2 = os.urandom(260_000)
+        arts = []
+        for version, image in (("1.0.0", image1), ("2.0.0", image2)):
+            status, art = api.call("POST", f"/api/v1/ota/artifacts?version={version}&hardware_type={HW}", raw=image)
+            assert status == 201, art
+            arts.append(art)
+        pem = api.ok("GET", "/api/v1/ota/signing-key")
+        assert pem["algorithm"] == "ed25519"
+        key_hex = load_pem_public_key(pem["pem"].encode()).public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+        group = unique("e2e")
+        ids = [f"{group}-{i}" for i in range(4)]
+        for dev_id in ids:
+            api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123", "groups": [group]},
+                   expect=201)
+        failing = ids[3]
+        for dev_id in ids:
+            test_cmd = ["sh", "-c", "exit 3"] if dev_id == failing else ["sh", "-c", "exit 0"]
+            agents.append(AgentProc(tmp_path, dev_id, broker, key_hex, image1, test_cmd))
+        for a in agents:
+            a.start()
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {
+            "name": "e2e", "artifact": arts[1]["id"], "targets": {"group": group}, "max_retries": 0,
+        }, expect=201)
+        # Each agent downloads, installs, reports REBOOTING and exits 0: "reboot" it.
+        deadline = time.monotonic() + 60
+        while any(a.starts < 2 for a in agents) and time.monotonic() < deadline:
+            for a in agents:
+                if a.starts == 1 and a.proc.poll() is not None:
+                    assert a.proc.returncode == 0, (a.id, (a.dir / "agent.1.log").read_text())
+                    a.start()
+            time.sleep(0.05)
+        assert all(a.starts == 2 for a in agents), [(a.id, a.starts) for a in agents]
+        last = {}
+
+        def completed():
+            nonlocal last
+            last = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}")
+            return last["status"] == "COMPLETED"
+
+        assert wait_until(completed, 60, 0.1), last
+        assert last["counts"].get("SUCCEEDED") == 3 and last["counts"].get("ROLLED_BACK") == 1, last
+        for a in agents:
+            out = a.outcome(2)
+            if a.id == failing:
+                assert out["decision"] == "rolled_back" and out["version"] == "1.0.0", out
+                assert out["active"] == "A" and a.active_bytes() == image1
+            else:
+                assert out["decision"] == "normal" and out["version"] == "2.0.0", out
+                assert out["active"] == "B" and a.active_bytes() == image2
+            assert [r["state"] for r in out["reports"]][-1] in ("SUCCEEDED", "ROLLED_BACK"), out
+        rolled = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices?state=ROLLED_BACK")
+        assert failing in json.dumps(rolled), rolled
+        # Restarted agents stay connected and install nothing again.
+        time.sleep(0.5)
+        assert all(a.proc.poll() is None for a in agents), [(a.id, a.proc.returncode) for a in agents]
+    finally:
+        for a in agents:
+            a.stop()
+        broker.stop()
