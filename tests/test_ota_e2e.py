@@ -7,6 +7,7 @@ and 1 ROLLED_BACK, and every device's active slot holds the image it should run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
-from helpers import HOST, Api, Broker, myriad_bin, to_toml, unique, wait_until
+from helpers import HOST, Api, Broker, Client, myriad_bin, to_toml, unique, wait_until
 
 pytestmark = pytest.mark.myriad_only
 
@@ -83,8 +84,20 @@ class AgentProc:
         return (self.dir / f"{slot.lower()}.img").read_bytes()
 
 
-def test_rollout_to_real_agents_confirms_and_rolls_back(tmp_path):
-    broker = Broker(tmp_path / "server", raw_config=CONFIG).start()
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("ota-e2e"), raw_config=CONFIG).start()
+    yield b
+    b.stop()
+
+
+def pinned_key(api: Api) -> str:
+    pem = api.ok("GET", "/api/v1/ota/signing-key")
+    assert pem["algorithm"] == "ed25519"
+    return load_pem_public_key(pem["pem"].encode()).public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def test_rollout_to_real_agents_confirms_and_rolls_back(tmp_path, broker):
     agents: list[AgentProc] = []
     try:
         api = Api(broker.api_port, TOKEN)
@@ -95,9 +108,7 @@ def test_rollout_to_real_agents_confirms_and_rolls_back(tmp_path):
             status, art = api.call("POST", f"/api/v1/ota/artifacts?version={version}&hardware_type={HW}", raw=image)
             assert status == 201, art
             arts.append(art)
-        pem = api.ok("GET", "/api/v1/ota/signing-key")
-        assert pem["algorithm"] == "ed25519"
-        key_hex = load_pem_public_key(pem["pem"].encode()).public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+        key_hex = pinned_key(api)
         group = unique("e2e")
         ids = [f"{group}-{i}" for i in range(4)]
         for dev_id in ids:
@@ -147,4 +158,62 @@ def test_rollout_to_real_agents_confirms_and_rolls_back(tmp_path):
     finally:
         for a in agents:
             a.stop()
-        broker.stop()
+
+
+def test_agent_resumes_a_partial_download_and_bounds_notifications(tmp_path, broker):
+    api = Api(broker.api_port, TOKEN)
+    image1, image2 = os.urandom(100_000), os.urandom(300_000)
+    _, art = api.call("POST", f"/api/v1/ota/artifacts?version=3.0.0&hardware_type={HW}", raw=image2)
+    dev_id = unique("resume")
+    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    user, password = api.create_app(admin=True)
+    agent = AgentProc(tmp_path, dev_id, broker, pinned_key(api), image1, ["sh", "-c", "exit 0"])
+    watch = Client(broker.port, username=user, password=password)
+    try:
+        watch.subscribe(f"$ota/{dev_id}/progress", 1)
+        agent.start()
+        assert wait_until(lambda: b"connected" in (agent.dir / "agent.1.log").read_bytes(), 10), "agent connected"
+        time.sleep(0.3)
+
+        def fake(rollout: str, size: int) -> bytes:
+            note = {"rollout": rollout, "attempt": 1, "url": "/ota/v1/download/nope", "manifest": "AAAA",
+                    "artifact": {"id": "nope", "version": "9", "hardware_type": HW, "size": 10, "sha256": "00" * 32},
+                    "pad": ""}
+            body = json.dumps(note).encode()
+            note["pad"] = "x" * (size - len(body))
+            body = json.dumps(note).encode()
+            assert len(body) == size
+            return body
+
+        # One byte past the 64 KiB notification limit: dropped, nothing reported.
+        watch.publish(f"$ota/{dev_id}/notify", fake("r-past", 65536 + 1), qos=1)
+        watch.expect_none(1.0)
+        assert b"notification too large" in (agent.dir / "agent.1.log").read_bytes()
+        # At the limit: handled (its download is refused: FAILED).
+        watch.publish(f"$ota/{dev_id}/notify", fake("r-at", 65536), qos=1)
+        msg = json.loads(watch.get(10).payload)
+        while msg["state"] == "DOWNLOADING":
+            msg = json.loads(watch.get(10).payload)
+        assert (msg["rollout"], msg["state"]) == ("r-at", "FAILED") and "download" in msg["reason"], msg
+        assert agent.proc.poll() is None
+        # A partial download of the image: the agent asks for the rest only.
+        state = agent.dir / "state"
+        (state / "download").write_bytes(image2[:120_000])
+        (state / "download.sha256").write_text(hashlib.sha256(image2).hexdigest())
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": [dev_id]}},
+                         expect=201)
+        first = json.loads(watch.get(10).payload)
+        assert first["rollout"] == rollout["id"] and first["state"] == "DOWNLOADING", first
+        assert (first["done"], first["total"]) == (120_000, len(image2)), first
+        assert agent.proc.wait(30) == 0
+        assert (agent.dir / "b.img").read_bytes() == image2
+        states = [json.loads(m.payload)["state"] for m in watch.drain(0.5)]
+        assert states[-3:] == ["VERIFYING", "INSTALLING", "REBOOTING"], states
+        assert not (state / "download").exists()
+        agent.start()
+        assert wait_until(lambda: api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}")["status"] == "COMPLETED",
+                          30, 0.1)
+        assert agent.outcome(2)["version"] == "3.0.0"
+    finally:
+        watch.close()
+        agent.stop()

@@ -15,7 +15,7 @@
 //!
 //! | limit | value |
 //! |---|---|
-//! | notification | [`MAX_NOTIFICATION`] (64 KiB; larger ones are dropped) |
+//! | notification | [`MAX_NOTIFICATION`] (64 KiB; larger ones are dropped; MQTT packets up to 1 MiB are read) |
 //! | download | the notification's `artifact.size`, at most [`MAX_IMAGE_SIZE`]; the signed manifest must agree |
 //! | report reason | [`MAX_REASON`] bytes (cut at a character boundary) |
 //! | queued notifications | [`MAX_QUEUED_NOTES`] (others dropped; `$ota/{id}/get` asks again) |
@@ -39,8 +39,12 @@ use myriad_ota::rollout::DeviceState;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 
-/// Largest notification handled (bytes).
+/// Largest notification handled (bytes); larger ones are read and dropped.
 pub const MAX_NOTIFICATION: usize = 64 * 1024;
+/// Largest MQTT packet read (the broker's default `mqtt.max_packet_size`, 1 MiB, and a
+/// little room for the header): a larger one breaks the connection in rumqttc, so the
+/// notification limit is enforced on payloads below this one.
+const MAX_PACKET: usize = 1024 * 1024 + 1024;
 /// Longest reason in a report (bytes).
 pub const MAX_REASON: usize = 1024;
 /// Most notifications waiting while the agent works on one.
@@ -134,7 +138,7 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
     opts.set_credentials(m.id.clone(), m.password.clone())
         .set_clean_session(false)
         .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(MAX_NOTIFICATION + 1024, 8 * 1024);
+        .set_max_packet_size(MAX_PACKET, 8 * 1024);
     let (client, mut conn) = Client::new(opts, 64);
     let sent = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(AtomicUsize::new(0));
