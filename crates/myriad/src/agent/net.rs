@@ -17,6 +17,7 @@
 //! |---|---|
 //! | notification | [`MAX_NOTIFICATION`] (64 KiB; larger ones are dropped; MQTT packets up to 1 MiB are read) |
 //! | download | the notification's `artifact.size`, at most [`MAX_IMAGE_SIZE`]; the signed manifest must agree |
+//! | download attempts | 5 per notification, each resuming with `Range`; then FAILED |
 //! | report reason | [`MAX_REASON`] bytes (cut at a character boundary) |
 //! | queued notifications | [`MAX_QUEUED_NOTES`] (others dropped; `$ota/{id}/get` asks again) |
 
@@ -49,6 +50,8 @@ const MAX_PACKET: usize = 1024 * 1024 + 1024;
 pub const MAX_REASON: usize = 1024;
 /// Most notifications waiting while the agent works on one.
 pub const MAX_QUEUED_NOTES: usize = 16;
+/// Download attempts per notification (each resumes where the last one broke).
+const DOWNLOAD_ATTEMPTS: u32 = 5;
 /// How long the agent waits for the broker to acknowledge its reports before it "reboots".
 const ACK_WAIT: Duration = Duration::from_secs(10);
 
@@ -329,44 +332,90 @@ fn download(
         return Ok(());
     }
     let full = format!("{}{}", api.trim_end_matches('/'), url);
-    let mut req = http.get(&full);
-    if have > 0 {
+    let mut attempt = 1;
+    loop {
+        match fetch(http, link, &full, path, &mut have, total, rollout) {
+            Ok(()) => return Ok(()),
+            Err(Fetch::Transport(e)) if attempt < DOWNLOAD_ATTEMPTS => {
+                tracing::warn!(error = %format!("{e:#}"), attempt, have, "download broken, resuming");
+                std::thread::sleep(Duration::from_millis(500 * attempt as u64));
+                attempt += 1;
+            }
+            Err(Fetch::Transport(e) | Fetch::Final(e)) => return Err(e),
+        }
+    }
+}
+
+/// Why one download attempt stopped.
+enum Fetch {
+    /// The connection or the body broke: resume with a `Range` request.
+    Transport(anyhow::Error),
+    /// The server refused, or the disk failed: give up.
+    Final(anyhow::Error),
+}
+
+/// One GET from `have` (a `Range` request past 0), appending to `path`.
+fn fetch(
+    http: &ureq::Agent,
+    link: &Link,
+    full: &str,
+    path: &Path,
+    have: &mut u64,
+    total: u64,
+    rollout: &str,
+) -> Result<(), Fetch> {
+    use std::io::{Seek, SeekFrom};
+    let disk =
+        |e: std::io::Error| Fetch::Final(anyhow::Error::new(e).context(path.display().to_string()));
+    let mut req = http.get(full);
+    if *have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
     }
-    let resp = req.call().context("GET")?;
-    let status = resp.status().as_u16();
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .with_context(|| format!("{}", path.display()))?;
-    match status {
-        206 if have > 0 => {}
-        200 => have = 0,
-        s => bail!("HTTP status {s}"),
+    let resp = req
+        .call()
+        .map_err(|e| Fetch::Transport(anyhow::Error::new(e).context("GET")))?;
+    match resp.status().as_u16() {
+        206 if *have > 0 => {}
+        200 => *have = 0,
+        s => return Err(Fetch::Final(anyhow::anyhow!("HTTP status {s}"))),
     }
-    file.set_len(have)?;
-    use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(have))?;
-    let mut body = resp.into_body().into_reader().take(total - have);
+    let mut file = OpenOptions::new().write(true).open(path).map_err(disk)?;
+    file.set_len(*have).map_err(disk)?;
+    file.seek(SeekFrom::Start(*have)).map_err(disk)?;
+    let mut body = resp.into_body().into_reader().take(total - *have);
     let mut buf = vec![0u8; 64 * 1024];
     let step = (total / 10).max(1);
-    let mut next_report = have + step;
+    let mut next_report = *have + step;
     loop {
-        let n = body.read(&mut buf).context("reading the body")?;
+        let n = match body.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                file.sync_all().map_err(disk)?;
+                return Err(Fetch::Transport(
+                    anyhow::Error::new(e).context("reading the body"),
+                ));
+            }
+        };
         if n == 0 {
             break;
         }
-        file.write_all(&buf[..n])
-            .with_context(|| format!("{}", path.display()))?;
-        have += n as u64;
-        if have >= next_report || have == total {
-            link.progress(rollout, DeviceState::Downloading, Some((have, total)), None);
-            next_report = have + step;
+        file.write_all(&buf[..n]).map_err(disk)?;
+        *have += n as u64;
+        if *have >= next_report || *have == total {
+            link.progress(
+                rollout,
+                DeviceState::Downloading,
+                Some((*have, total)),
+                None,
+            );
+            next_report = *have + step;
         }
     }
-    file.sync_all()?;
-    if have != total {
-        bail!("{have} of {total} bytes received");
+    file.sync_all().map_err(disk)?;
+    if *have != total {
+        return Err(Fetch::Transport(anyhow::anyhow!(
+            "{have} of {total} bytes received"
+        )));
     }
     Ok(())
 }
