@@ -8,9 +8,12 @@ and 1 ROLLED_BACK, and every device's active slot holds the image it should run.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import socketserver
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +42,8 @@ HW = "board-e2e"
 class AgentProc:
     """One device: its slot files, config and the running `myriad agent` process."""
 
-    def __init__(self, root: Path, dev_id: str, broker: Broker, key_hex: str, image1: bytes, self_test: list[str]):
+    def __init__(self, root: Path, dev_id: str, broker: Broker, key_hex: str, image1: bytes, self_test: list[str],
+                 api: str | None = None):
         self.id = dev_id
         self.dir = root / dev_id
         (self.dir / "state").mkdir(parents=True)
@@ -55,7 +59,7 @@ class AgentProc:
             "self_test_timeout_secs": 10,
             "provision": {"slot": "A", "version": "1.0.0", "size": len(image1), "counter": 0},
             "mqtt": {"host": HOST, "port": broker.port, "id": dev_id, "password": "dev-pw-123",
-                     "api": f"http://{HOST}:{broker.api_port}"},
+                     "api": api or f"http://{HOST}:{broker.api_port}"},
         }
         self.cfg = self.dir / "agent.toml"
         self.cfg.write_text(to_toml(cfg))
@@ -217,3 +221,76 @@ def test_agent_resumes_a_partial_download_and_bounds_notifications(tmp_path, bro
     finally:
         watch.close()
         agent.stop()
+
+
+class CuttingProxy:
+    """An HTTP proxy in front of the API that sends the first response's head and only
+    `cut` bytes of its body, then closes the connection (a dropped download)."""
+
+    def __init__(self, api_port: int, cut: int):
+        self.requests: list[dict[str, str]] = []
+        proxy = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                line = self.rfile.readline(8192).decode()
+                headers = {}
+                while (h := self.rfile.readline(8192).decode().strip()):
+                    k, v = h.split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+                proxy.requests.append({"line": line.strip(), **headers})
+                method, path, _ = line.split(" ", 2)
+                conn = http.client.HTTPConnection(HOST, api_port, timeout=30)
+                fwd = {k: v for k, v in headers.items() if k == "range"}
+                conn.request(method, path, headers=fwd)
+                resp = conn.getresponse()
+                body = resp.read()
+                head = f"HTTP/1.1 {resp.status} {resp.reason}\r\n"
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding"):
+                        head += f"{k}: {v}\r\n"
+                head += f"Content-Length: {len(body)}\r\n" if resp.getheader("content-length") is None else ""
+                head += "Connection: close\r\n\r\n"
+                self.wfile.write(head.encode())
+                first = len(proxy.requests) == 1
+                self.wfile.write(body[:cut] if first else body)
+                self.wfile.flush()
+                conn.close()
+
+        self.server = socketserver.ThreadingTCPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_agent_resumes_a_download_broken_mid_body(tmp_path, broker):
+    api = Api(broker.api_port, TOKEN)
+    image1, image2 = os.urandom(50_000), os.urandom(400_000)
+    _, art = api.call("POST", f"/api/v1/ota/artifacts?version=4.0.0&hardware_type={HW}", raw=image2)
+    dev_id = unique("broken")
+    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    proxy = CuttingProxy(broker.api_port, cut=150_000)
+    agent = AgentProc(tmp_path, dev_id, broker, pinned_key(api), image1, ["sh", "-c", "exit 0"],
+                      api=f"http://{HOST}:{proxy.port}")
+    try:
+        agent.start()
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": [dev_id]}},
+                         expect=201)
+        assert agent.proc.wait(30) == 0, (agent.dir / "agent.1.log").read_text()
+        assert (agent.dir / "b.img").read_bytes() == image2
+        assert len(proxy.requests) == 2, proxy.requests
+        assert "range" not in proxy.requests[0], proxy.requests
+        start = int(proxy.requests[1]["range"].removeprefix("bytes=").rstrip("-"))
+        assert 0 < start <= 150_000, proxy.requests
+        assert b"download broken, resuming" in (agent.dir / "agent.1.log").read_bytes()
+        agent.start()
+        assert wait_until(lambda: api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}")["status"] == "COMPLETED",
+                          30, 0.1)
+    finally:
+        agent.stop()
+        proxy.close()
