@@ -294,3 +294,43 @@ def test_agent_resumes_a_download_broken_mid_body(tmp_path, broker):
     finally:
         agent.stop()
         proxy.close()
+
+
+def test_agent_takes_the_delta_when_it_runs_the_base(tmp_path, broker):
+    import random
+
+    api = Api(broker.api_port, TOKEN)
+    rng = random.Random(18)
+    old = bytes(rng.getrandbits(8) for _ in range(200_000))
+    new = bytearray(old)
+    for _ in range(30):
+        at = rng.randrange(len(new) - 100)
+        new[at:at + 16] = bytes(rng.getrandbits(8) for _ in range(16))
+    new = bytes(new) + b"new section" * 50
+    _, base = api.call("POST", f"/api/v1/ota/artifacts?version=5.0.0&hardware_type={HW}", raw=old)
+    _, target = api.call("POST", f"/api/v1/ota/artifacts?version=5.1.0&hardware_type={HW}", raw=new)
+    delta = api.ok("POST", "/api/v1/ota/deltas", {"from": base["id"], "to": target["id"]}, expect=(200, 202))
+    assert wait_until(lambda: api.ok("GET", f"/api/v1/ota/deltas/{delta['id']}")["status"] == "DONE", 60, 0.1)
+    delta = api.ok("GET", f"/api/v1/ota/deltas/{delta['id']}")
+    dev_id = unique("delta")
+    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    user, password = api.create_app(admin=True)
+    watch = Client(broker.port, username=user, password=password)
+    agent = AgentProc(tmp_path, dev_id, broker, pinned_key(api), old, ["sh", "-c", "exit 0"])
+    try:
+        watch.subscribe(f"$ota/{dev_id}/progress", 1)
+        agent.start()
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": target["id"], "targets": {"devices": [dev_id]},
+                                                          "delta_from": base["id"]}, expect=201)
+        assert agent.proc.wait(30) == 0, (agent.dir / "agent.1.log").read_text()
+        reports = [json.loads(m.payload) for m in watch.drain(0.5)]
+        totals = {r["total"] for r in reports if r["state"] == "DOWNLOADING"}
+        assert totals == {delta["size"]} and delta["size"] < len(new) // 4, (totals, delta)
+        assert (agent.dir / "b.img").read_bytes() == new
+        agent.start()
+        assert wait_until(lambda: api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}")["status"] == "COMPLETED",
+                          30, 0.1)
+        assert agent.outcome(2)["version"] == "5.1.0" and agent.active_bytes() == new
+    finally:
+        watch.close()
+        agent.stop()

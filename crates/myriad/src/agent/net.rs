@@ -5,7 +5,8 @@
 //! device id), subscribes `$ota/{id}/notify`, publishes the boot's reports (SUCCEEDED /
 //! ROLLED_BACK / FAILED of a trial or a discarded install) and `$ota/{id}/get` after each
 //! connect. On a notification it reports `DOWNLOADING` (done / total) while it downloads the
-//! full image into `{state_dir}/download` (a partial file of the same image resumes with a
+//! full image (or the rollout's delta when its base is the running image) into
+//! `{state_dir}/download` (a partial file of the same image resumes with a
 //! `Range` request), `VERIFYING`, `INSTALLING` ([`Agent::install`] with the notification's
 //! manifest), then `REBOOTING`, waits for the broker's acknowledgements and exits 0. A refused
 //! manifest or source is reported as the core classifies it (`REJECTED` / `FAILED`), a failed
@@ -63,6 +64,17 @@ struct Notice {
     artifact: Option<NoticeArtifact>,
     url: Option<String>,
     manifest: Option<String>,
+    delta: Option<NoticeDelta>,
+}
+
+/// A rollout's delta offer: taken when its base is the active image.
+#[derive(Debug, Deserialize)]
+struct NoticeDelta {
+    base_sha256: String,
+    size: u64,
+    sha256: String,
+    url: String,
+    manifest: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +243,14 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
             continue;
         }
         let rollout = note.rollout.clone();
+        let active = hex(&agent.state().image.sha256);
+        // A delta whose base is the running image is taken instead of the full image.
+        let (size, sha256, url, manifest, delta) = match &note.delta {
+            Some(d) if d.base_sha256.eq_ignore_ascii_case(&active) => {
+                (d.size, &d.sha256, &d.url, &d.manifest, true)
+            }
+            _ => (art.size, &art.sha256, url, manifest, false),
+        };
         let envelope = match base64::engine::general_purpose::STANDARD.decode(manifest) {
             Ok(b) => b,
             Err(e) => {
@@ -245,7 +265,14 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
             }
         };
         let path = agent.config().state_dir.join("download");
-        if let Err(e) = download(&http, &link, &m.api, url, art, &rollout, &path) {
+        if let Err(e) = download(
+            &http,
+            &link,
+            &m.api,
+            &Wanted { url, size, sha256 },
+            &rollout,
+            &path,
+        ) {
             link.progress(
                 &rollout,
                 DeviceState::Failed,
@@ -257,7 +284,13 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
         link.progress(&rollout, DeviceState::Verifying, None, None);
         link.progress(&rollout, DeviceState::Installing, None, None);
         let file = File::open(&path).with_context(|| format!("{}", path.display()))?;
-        match agent.install(&envelope, &rollout, Source::Full(file)) {
+        let source = if delta {
+            Source::Delta(file)
+        } else {
+            Source::Full(file)
+        };
+        tracing::info!(rollout = %rollout, delta, bytes = size, "installing");
+        match agent.install(&envelope, &rollout, source) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&path);
                 let _ = std::fs::remove_file(path.with_extension("sha256"));
@@ -295,18 +328,24 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// What to download: the signed URL (relative to the API base), its size and SHA-256 (hex).
+struct Wanted<'a> {
+    url: &'a str,
+    size: u64,
+    sha256: &'a str,
+}
+
 /// Downloads the image into `path`, resuming a partial file of the same image (its SHA-256
 /// is kept beside it), and reports `DOWNLOADING` about every tenth.
 fn download(
     http: &ureq::Agent,
     link: &Link,
     api: &str,
-    url: &str,
-    art: &NoticeArtifact,
+    want: &Wanted<'_>,
     rollout: &str,
     path: &Path,
 ) -> Result<()> {
-    let total = art.size;
+    let (url, total, sha256) = (want.url, want.size, want.sha256);
     if total > MAX_IMAGE_SIZE {
         bail!("artifact.size {total} over {MAX_IMAGE_SIZE}");
     }
@@ -314,7 +353,7 @@ fn download(
         bail!("url: not a path relative to the API base");
     }
     let meta = path.with_extension("sha256");
-    let same = std::fs::read_to_string(&meta).is_ok_and(|s| s == art.sha256);
+    let same = std::fs::read_to_string(&meta).is_ok_and(|s| s == sha256);
     let mut have = if same {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
     } else {
@@ -325,7 +364,7 @@ fn download(
     }
     if have == 0 {
         File::create(path).with_context(|| format!("{}", path.display()))?;
-        std::fs::write(&meta, &art.sha256).with_context(|| format!("{}", meta.display()))?;
+        std::fs::write(&meta, sha256).with_context(|| format!("{}", meta.display()))?;
     }
     link.progress(rollout, DeviceState::Downloading, Some((have, total)), None);
     if have == total {
