@@ -227,8 +227,9 @@ class CuttingProxy:
     """An HTTP proxy in front of the API that sends the first response's head and only
     `cut` bytes of its body, then closes the connection (a dropped download)."""
 
-    def __init__(self, api_port: int, cut: int):
+    def __init__(self, api_port: int, cut: int, stall: bool = False):
         self.requests: list[dict[str, str]] = []
+        self.release = threading.Event()
         proxy = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -255,6 +256,8 @@ class CuttingProxy:
                 first = len(proxy.requests) == 1
                 self.wfile.write(body[:cut] if first else body)
                 self.wfile.flush()
+                if first and stall:
+                    proxy.release.wait(30)
                 conn.close()
 
         self.server = socketserver.ThreadingTCPServer((HOST, 0), Handler)
@@ -264,6 +267,7 @@ class CuttingProxy:
         self.thread.start()
 
     def close(self):
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -334,3 +338,36 @@ def test_agent_takes_the_delta_when_it_runs_the_base(tmp_path, broker):
     finally:
         watch.close()
         agent.stop()
+
+
+def test_agent_killed_mid_download_resumes_after_restart(tmp_path, broker):
+    api = Api(broker.api_port, TOKEN)
+    image1, image2 = os.urandom(50_000), os.urandom(400_000)
+    _, art = api.call("POST", f"/api/v1/ota/artifacts?version=6.0.0&hardware_type={HW}", raw=image2)
+    dev_id = unique("killed")
+    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123"}, expect=201)
+    proxy = CuttingProxy(broker.api_port, cut=200_000, stall=True)
+    agent = AgentProc(tmp_path, dev_id, broker, pinned_key(api), image1, ["sh", "-c", "exit 0"],
+                      api=f"http://{HOST}:{proxy.port}")
+    try:
+        agent.start()
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": [dev_id]}},
+                         expect=201)
+        part = agent.dir / "state" / "download"
+        assert wait_until(lambda: part.exists() and part.stat().st_size >= 100_000, 15), "download started"
+        agent.proc.kill()  # power cut in the middle of the download
+        agent.proc.wait(10)
+        proxy.release.set()
+        have = part.stat().st_size
+        agent.start()  # asks again ($ota/{id}/get) and resumes the partial file
+        assert agent.proc.wait(30) == 0, (agent.dir / "agent.2.log").read_text()
+        assert (agent.dir / "b.img").read_bytes() == image2
+        ranged = [r for r in proxy.requests if "range" in r]
+        assert ranged and ranged[-1]["range"] == f"bytes={have}-", (have, proxy.requests)
+        agent.start()
+        assert wait_until(lambda: api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}")["status"] == "COMPLETED",
+                          30, 0.1)
+        assert agent.outcome(3)["version"] == "6.0.0" and agent.active_bytes() == image2
+    finally:
+        agent.stop()
+        proxy.close()
