@@ -14,6 +14,13 @@
 //! version = "1.0.0"
 //! size = 12345678                    # the image's bytes in that slot
 //! counter = 0                        # its security counter
+//!
+//! [mqtt]                             # optional: the network mode (`myriad agent` stays connected)
+//! host = "broker.example"
+//! port = 1883
+//! id = "gw-0001"                     # the device id: MQTT client id and user name
+//! password = "device-password"
+//! api = "https://myriad.example:8080" # HTTP base URL of the signed download URLs
 //! ```
 
 use std::path::PathBuf;
@@ -53,7 +60,33 @@ pub struct FileConfig {
     pub self_test_timeout_secs: u64,
     /// First-start provisioning.
     pub provision: Option<Provision>,
+    /// The network mode's settings.
+    pub mqtt: Option<MqttConfig>,
 }
+
+/// Where and as whom the agent connects (the `[mqtt]` table).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The broker's host name or address.
+    pub host: String,
+    /// The broker's MQTT port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The device id: the MQTT client id and user name.
+    pub id: String,
+    /// The device's password.
+    pub password: String,
+    /// The HTTP base URL the notifications' download URLs are relative to.
+    pub api: String,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+
+/// Most bytes of a device id (as the platform allows).
+pub const MAX_DEVICE_ID: usize = 128;
 
 fn default_timeout() -> u64 {
     60
@@ -114,6 +147,27 @@ pub fn parse(text: &str) -> Result<(AgentConfig, Option<Provision>), ConfigError
     ))
 }
 
+/// The `[mqtt]` table of a config file's text, if any, checked (id 1..=[`MAX_DEVICE_ID`]
+/// bytes without MQTT wildcards or `/`, `api` an `http://` or `https://` URL).
+pub fn parse_mqtt(text: &str) -> Result<Option<MqttConfig>, ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+    let Some(m) = f.mqtt else { return Ok(None) };
+    if m.id.is_empty() || m.id.len() > MAX_DEVICE_ID || m.id.contains(['/', '+', '#']) {
+        return Err(ConfigError(format!(
+            "mqtt.id: 1..={MAX_DEVICE_ID} bytes without '/', '+' or '#'"
+        )));
+    }
+    if m.host.is_empty() {
+        return Err(ConfigError("mqtt.host: empty".into()));
+    }
+    if !(m.api.starts_with("http://") || m.api.starts_with("https://")) {
+        return Err(ConfigError(
+            "mqtt.api: not an http:// or https:// URL".into(),
+        ));
+    }
+    Ok(Some(m))
+}
+
 fn hex32(s: &str) -> Option<[u8; 32]> {
     let b = s.as_bytes();
     if b.len() != 64 {
@@ -160,6 +214,20 @@ mod tests {
         );
         let p = p.unwrap();
         assert_eq!((p.slot, p.size, p.counter), (Slot::B, 10, 0));
+        assert!(parse_mqtt(&text("")).unwrap().is_none());
+        let net = "[mqtt]\nhost = \"h\"\nid = \"d1\"\npassword = \"p\"\napi = \"http://h:1\"\n";
+        let m = parse_mqtt(&text(net)).unwrap().unwrap();
+        assert_eq!((m.port, m.id.as_str()), (1883, "d1"));
+        assert!(parse(&text(net)).is_ok());
+        let long = net.replace("d1", &"d".repeat(MAX_DEVICE_ID + 1));
+        let e = parse_mqtt(&text(&long)).unwrap_err().to_string();
+        assert!(e.contains("mqtt.id"), "{e}");
+        let ok = net.replace("d1", &"d".repeat(MAX_DEVICE_ID));
+        assert!(parse_mqtt(&text(&ok)).is_ok());
+        let e = parse_mqtt(&text(&net.replace("http://", "ftp://")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt.api"), "{e}");
         let same = text("").replace("slot_b = \"/b\"", "slot_b = \"/a\"");
         assert!(parse(&same).unwrap_err().to_string().contains("slot_b"));
         let e = parse(&text("colour = 1\n")).unwrap_err().to_string();

@@ -1,7 +1,8 @@
 //! Myriad's device agent (issue 18), its core: A/B slots, verified install of a full image or
 //! a delta patch into the inactive slot, the trial boot with a self-test, confirm or roll
 //! back, and a crash-safe state. The network side (MQTT notifications and reports, HTTP
-//! download with resume) comes on top of [`Agent`].
+//! download with resume) is `myriad agent`'s network mode (crates/myriad/src/agent/net.rs),
+//! on top of [`Agent`]; [`config::MqttConfig`] is its `[mqtt]` table.
 //!
 //! - [`boot`]: the boot state machine, pure (no I/O, no clock).
 //! - [`state_file`]: that state on disk, two alternating checksummed files.

@@ -1,7 +1,9 @@
-//! `myriad agent`: the device agent. For now its core only (issue 18): read the config,
-//! provision on the first start, take the boot decision once (discard an interrupted
-//! install, run the trial's self-test and confirm or roll back), print the outcome as one
-//! JSON line on stdout, exit. MQTT and the download come next.
+//! `myriad agent`: the device agent (issue 18). It reads the config, provisions on the
+//! first start, takes the boot decision (discard an interrupted install, run the trial's
+//! self-test and confirm or roll back) and prints the outcome as one JSON line on stdout.
+//! Without an `[mqtt]` table it exits there; with one it enters the network mode
+//! ([`net`]): it reports the boot outcome, follows `$ota/{id}/notify`, downloads, installs,
+//! reports `REBOOTING` and exits 0 — the "reboot": the next start runs the trial.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -12,6 +14,8 @@ use myriad_agent::fs::RealFs;
 use myriad_agent::selftest::ProcessRunner;
 use myriad_agent::{Agent, AgentError, BootDecision};
 
+mod net;
+
 /// Options of `myriad agent`.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -20,7 +24,7 @@ pub struct AgentArgs {
     pub config: PathBuf,
 }
 
-/// Runs the boot decision once.
+/// Runs the boot decision, then the network mode when the config has an `[mqtt]` table.
 pub fn run(args: AgentArgs) -> Result<()> {
     let path = &args.config;
     let mut text = String::new();
@@ -36,6 +40,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         );
     }
     let (config, provision) = config::parse(&text)?;
+    let mqtt = config::parse_mqtt(&text)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
     let mut agent = match Agent::open(config.clone(), RealFs) {
@@ -57,9 +62,9 @@ pub fn run(args: AgentArgs) -> Result<()> {
     }
     let decision = agent.start(&ProcessRunner)?;
     let s = agent.state().clone();
-    let reports: Vec<_> = agent
-        .take_reports()
-        .into_iter()
+    let boot_reports = agent.take_reports();
+    let reports: Vec<_> = boot_reports
+        .iter()
         .map(|r| {
             serde_json::json!({"rollout": r.rollout, "state": r.state.as_str(), "reason": r.reason})
         })
@@ -78,5 +83,8 @@ pub fn run(args: AgentArgs) -> Result<()> {
         "reports": reports,
     });
     println!("{out}");
-    Ok(())
+    match mqtt {
+        Some(m) => net::run(agent, &m, boot_reports),
+        None => Ok(()),
+    }
 }
