@@ -225,6 +225,16 @@ pub fn api_request(command: &OtaCommand) -> Option<anyhow::Result<ApiRequest>> {
     Some(Ok(match command {
         OtaCommand::Keygen(_) => return None,
         OtaCommand::Upload(args) => {
+            // Checked here too: the server refuses a bad label before it reads the body, and a
+            // refusal while the file is still being sent reads as a broken connection.
+            for (flag, value) in [
+                ("--version", &args.version),
+                ("--hardware-type", &args.hardware_type),
+            ] {
+                if let Err(error) = check_label(flag, value) {
+                    return Some(Err(error));
+                }
+            }
             let mut request = ApiRequest::new(Method::Post, ota_path("artifacts"))
                 .param("version", Some(&args.version))
                 .param("hardware_type", Some(&args.hardware_type))
@@ -259,6 +269,19 @@ pub fn api_request(command: &OtaCommand) -> Option<anyhow::Result<ApiRequest>> {
             Err(error) => return Some(Err(error)),
         },
     }))
+}
+
+/// The server's rule for versions and hardware types: 1 to 64 of `A-Za-z0-9._+-`.
+fn check_label(flag: &str, value: &str) -> anyhow::Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if !ok {
+        anyhow::bail!("{flag}: 1 to 64 characters of A-Z a-z 0-9 . _ + -, got {value:?}");
+    }
+    Ok(())
 }
 
 fn rollout_request(command: &RolloutsCommand) -> anyhow::Result<ApiRequest> {
