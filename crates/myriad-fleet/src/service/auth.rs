@@ -64,7 +64,7 @@ pub const CERTIFICATE_LOGINS_TOTAL: &str = "myriad_certificate_logins_total";
 /// The ACL of a device connection that logged in with a certificate,
 /// holding the chain it presented. The broker keeps it as long as the
 /// connection lives, so the chain is freed with the connection; the
-/// authenticator keeps only a weak handle ([`CertLogins`]).
+/// authenticator keeps only a weak handle (`CertLogins`).
 #[derive(Debug)]
 pub struct CertifiedAcl {
     acl: PrincipalAcl,

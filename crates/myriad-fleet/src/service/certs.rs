@@ -3,7 +3,7 @@
 //! and closing live connections whose certificate no longer verifies.
 //!
 //! - A device certificate is pinned to its device by fingerprint; it must
-//!   name that device ([`CertificateIdentity`]), must not be a CA and must
+//!   name that device (`CertificateIdentity`), must not be a CA and must
 //!   not have expired. Pinned certificates need no CA (self-signed ones
 //!   work).
 //! - A registered CA (with an optional CRL) is trusted by every MQTT TLS

@@ -210,7 +210,7 @@ impl CommandService {
     /// the rate limits allow, so memory stays bounded for any group size.
     /// The batch (its command, targets and a resume point) is stored
     /// until every target is handled: a restart resumes it (see
-    /// [`CommandService::resume_batches`]).
+    /// `CommandService::resume_batches`).
     pub fn submit_batch(
         self: &Arc<Self>,
         targets: Targets,

@@ -2,7 +2,7 @@
 //!
 //! An upload is written to `{id}.partial` as it arrives, hashed (SHA-256) and counted on the
 //! way, `fsync`ed, renamed to `{id}` and only then recorded in the store; at start-up
-//! ([`clean_partial_uploads`]) `*.partial` files and files without a record (a crash between
+//! (`clean_partial_uploads`) `*.partial` files and files without a record (a crash between
 //! rename and record) are removed, so a stored record always has its whole file.
 
 use std::fs::File;

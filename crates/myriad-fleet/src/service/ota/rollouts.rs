@@ -18,7 +18,7 @@
 //!   `myriad_ota_reports_dropped_total`.
 //!
 //! # Durability
-//! Every write goes through [`OtaService::persist`]: under one writer lock it takes what
+//! Every write goes through `OtaService::persist`: under one writer lock it takes what
 //! changed from the planners and commits it, so commits land in the order the changes were
 //! made. The loop commits before it publishes, so a device is never told about an update the
 //! store does not know it was told about; operator actions commit before the API answers.
