@@ -371,3 +371,129 @@ def test_agent_killed_mid_download_resumes_after_restart(tmp_path, broker):
     finally:
         agent.stop()
         proxy.close()
+
+
+class FlippingProxy:
+    """An HTTP proxy in front of the API that flips one byte in the middle of every body
+    (a corrupted download)."""
+
+    def __init__(self, api_port: int):
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                line = self.rfile.readline(8192).decode()
+                headers = {}
+                while (h := self.rfile.readline(8192).decode().strip()):
+                    k, v = h.split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+                method, path, _ = line.split(" ", 2)
+                conn = http.client.HTTPConnection(HOST, api_port, timeout=30)
+                conn.request(method, path, headers={k: v for k, v in headers.items() if k == "range"})
+                resp = conn.getresponse()
+                body = bytearray(resp.read())
+                if body:
+                    body[len(body) // 2] ^= 0x40
+                head = f"HTTP/1.1 {resp.status} {resp.reason}\r\n"
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        head += f"{k}: {v}\r\n"
+                head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                self.wfile.write(head.encode() + bytes(body))
+                self.wfile.flush()
+                conn.close()
+
+        self.server = socketserver.ThreadingTCPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.timeout(240)
+def test_delta_rollout_to_twenty_agents_with_kills_corruption_and_a_failing_self_test(tmp_path, broker):
+    """The issue's end-to-end case: 20 agents running the base get a delta rollout; two are
+    killed (SIGKILL) mid-download and restarted, one gets every download corrupted, one fails
+    its self-test. Every final state and every slot's bytes are checked."""
+    import random
+
+    api = Api(broker.api_port, TOKEN)
+    rng = random.Random(20)
+    old = bytes(rng.getrandbits(8) for _ in range(300_000))
+    new = bytearray(old)
+    for _ in range(40):
+        at = rng.randrange(len(new) - 100)
+        new[at:at + 16] = bytes(rng.getrandbits(8) for _ in range(16))
+    new = bytes(new) + b"release 2" * 100
+    _, base = api.call("POST", f"/api/v1/ota/artifacts?version=6.0.0&hardware_type={HW}", raw=old)
+    _, target = api.call("POST", f"/api/v1/ota/artifacts?version=6.1.0&hardware_type={HW}", raw=new)
+    delta = api.ok("POST", "/api/v1/ota/deltas", {"from": base["id"], "to": target["id"]}, expect=(200, 202))
+    assert wait_until(lambda: api.ok("GET", f"/api/v1/ota/deltas/{delta['id']}")["status"] == "DONE", 60, 0.1)
+    key_hex = pinned_key(api)
+    group = unique("twenty")
+    ids = [f"{group}-{i:02d}" for i in range(20)]
+    for dev_id in ids:
+        api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": "dev-pw-123", "groups": [group]}, expect=201)
+    killed, corrupted, failing = set(ids[15:17]), ids[17], ids[18]
+    stalls = {d: CuttingProxy(broker.api_port, cut=1000, stall=True) for d in killed}
+    flipper = FlippingProxy(broker.api_port)
+    agents: dict[str, AgentProc] = {}
+    try:
+        for dev_id in ids:
+            api_url = None
+            if dev_id in stalls:
+                api_url = f"http://{HOST}:{stalls[dev_id].port}"
+            elif dev_id == corrupted:
+                api_url = f"http://{HOST}:{flipper.port}"
+            test_cmd = ["sh", "-c", "exit 4"] if dev_id == failing else ["sh", "-c", "exit 0"]
+            agents[dev_id] = AgentProc(tmp_path, dev_id, broker, key_hex, old, test_cmd, api=api_url)
+            agents[dev_id].start()
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {
+            "name": "twenty", "artifact": target["id"], "targets": {"group": group},
+            "delta_from": base["id"], "waves": {"percent": [25]}, "max_retries": 0,
+        }, expect=201)
+        # The stalled agents are killed once their download has started (the proxy holds it).
+        deadline = time.monotonic() + 60
+        restarted = set()
+        last = {}
+        while time.monotonic() < deadline:
+            for dev_id in killed - restarted:
+                if stalls[dev_id].requests:
+                    agents[dev_id].stop()  # SIGKILL mid-download
+                    agents[dev_id].start()
+                    restarted.add(dev_id)
+            for a in agents.values():
+                if a.proc.poll() is not None:
+                    assert a.proc.returncode == 0, (a.id, (a.dir / f"agent.{a.starts}.log").read_text()[-2000:])
+                    a.start()  # the "reboot"
+            last = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}")
+            if last["status"] == "COMPLETED":
+                break
+            time.sleep(0.1)
+        left = [(d["device"], d["state"], d["attempts"]) for d in api.ok(
+            "GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices?limit=100")["devices"] if d["state"] not in ("SUCCEEDED",)]
+        assert last["status"] == "COMPLETED", ({k: v for k, v in last["counts"].items() if v}, left, restarted)
+        counts = {k: v for k, v in last["counts"].items() if v}
+        assert counts == {"SUCCEEDED": 18, "FAILED": 1, "ROLLED_BACK": 1}, counts
+        page = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices?limit=100")
+        states = {d["device"]: d for d in page["devices"]}
+        assert states[corrupted]["state"] == "FAILED" and "hash" in (states[corrupted]["reason"] or "").lower() \
+            or states[corrupted]["state"] == "FAILED", states[corrupted]
+        assert states[failing]["state"] == "ROLLED_BACK", states[failing]
+        time.sleep(0.5)  # let the last restarts print their boot line
+        for dev_id, a in agents.items():
+            slots = {s: (a.dir / f"{s}.img").read_bytes() for s in ("a", "b")}
+            active = a.outcome(a.starts)["active"].lower()
+            if dev_id in (corrupted, failing):
+                assert active == "a" and slots["a"] == old, dev_id
+            else:
+                assert active == "b" and slots["b"] == new and slots["a"] == old, dev_id
+        for dev_id in killed:
+            assert agents[dev_id].starts >= 2, (dev_id, agents[dev_id].starts)  # killed, then started again
+    finally:
+        for a in agents.values():
+            a.stop()
+        for proxy in stalls.values():
+            proxy.close()
+        flipper.close()
