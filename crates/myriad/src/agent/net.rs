@@ -22,7 +22,7 @@
 //! | report reason | [`MAX_REASON`] bytes (cut at a character boundary) |
 //! | queued notifications | [`MAX_QUEUED_NOTES`] (others dropped; `$ota/{id}/get` asks again) |
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -59,6 +59,9 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Deserialize)]
 struct Notice {
     rollout: String,
+    /// Which notification of the rollout this is (a retry comes with a higher one).
+    #[serde(default)]
+    attempt: u32,
     #[serde(default)]
     cancel: bool,
     artifact: Option<NoticeArtifact>,
@@ -205,11 +208,15 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
         sent,
         acked,
     };
-    // Rollouts finished by this boot: a late copy of their notification is not installed again.
-    let mut finished: HashSet<String> = HashSet::new();
+    // The highest attempt of each rollout this process has finished: a late copy of that
+    // notification is not installed again, a retry (a higher attempt) is. A boot outcome
+    // (confirmed or rolled back) is final for its rollout.
+    let mut finished: HashMap<String, u32> = HashMap::new();
     for r in &boot_reports {
         link.report(r);
-        finished.insert(r.rollout.clone());
+        if matches!(r.state, DeviceState::Succeeded | DeviceState::RolledBack) {
+            finished.insert(r.rollout.clone(), u32::MAX);
+        }
     }
     let http = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -227,9 +234,14 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
                 continue;
             }
         };
-        if note.cancel || finished.contains(&note.rollout) {
+        if note.cancel
+            || finished
+                .get(&note.rollout)
+                .is_some_and(|&done| note.attempt <= done)
+        {
             continue;
         }
+        let attempt = note.attempt;
         let (Some(art), Some(url), Some(manifest)) = (&note.artifact, &note.url, &note.manifest)
         else {
             tracing::warn!(rollout = %note.rollout, "notification without artifact, url or manifest, ignored");
@@ -260,7 +272,7 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
                     None,
                     Some(&format!("manifest: not base64: {e}")),
                 );
-                finished.insert(rollout);
+                finished.insert(rollout, attempt);
                 continue;
             }
         };
@@ -314,7 +326,7 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
                 for r in &queued {
                     link.report(r);
                 }
-                finished.insert(rollout);
+                finished.insert(rollout, attempt);
             }
         }
     }
