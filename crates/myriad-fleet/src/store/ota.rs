@@ -7,7 +7,8 @@
 //! | `ota_deltas` | delta id (`{from}-{to}`) | [`DeltaRecord`] |
 //! | `ota_rollout_devices` | rollout id, `0x00`, device index (u32 big-endian) | device id and its [`DeviceRecord`] |
 //!
-//! Values are a version byte and postcard, as the registry's. A rollout and the device records
+//! Values are a version byte and postcard, written and read by the registry's own codec
+//! (`store/codec.rs`). A rollout and the device records
 //! that changed with it are written in one transaction, so a restart sees them agree.
 
 use redb::{ReadableTable, TableDefinition};
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use myriad_ota::rollout::{DeviceRecord, RolloutRecord};
 
+use super::codec;
 use super::error::FileName;
 use super::tables::Def;
 use super::{FleetStore, FleetStoreError};
@@ -24,7 +26,6 @@ const ARTIFACTS: Def = TableDefinition::new("ota_artifacts");
 const ROLLOUTS: Def = TableDefinition::new("ota_rollouts");
 const ROLLOUT_DEVICES: Def = TableDefinition::new("ota_rollout_devices");
 const DELTAS: Def = TableDefinition::new("ota_deltas");
-const V1: u8 = 1;
 
 /// A stored firmware image: its file lives in the OTA directory under its id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,26 +158,19 @@ pub struct StoredRollout {
 /// A stored rollout with its devices (id and record) in index order.
 pub type LoadedRollout = (StoredRollout, Vec<(String, DeviceRecord)>);
 
+/// [`codec::encode`] with the store's error.
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FleetStoreError> {
-    let mut bytes = vec![V1];
-    let body = postcard::to_allocvec(value).map_err(|e| FleetStoreError::Encode(e.to_string()))?;
-    bytes.extend_from_slice(&body);
-    Ok(bytes)
+    codec::encode(value).map_err(FleetStoreError::Encode)
 }
 
+/// [`codec::decode`], naming the table and key of a record that does not decode.
 fn decode<T: DeserializeOwned>(
     file: &FileName,
     table: &'static str,
     key: &[u8],
     value: &[u8],
 ) -> Result<T, FleetStoreError> {
-    match value.split_first() {
-        Some((&V1, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| file.corrupt(table, key, e.to_string()))
-        }
-        Some((version, _)) => Err(file.corrupt(table, key, format!("unknown version {version}"))),
-        None => Err(file.corrupt(table, key, "empty value".into())),
-    }
+    codec::decode(value).map_err(|reason| file.corrupt(table, key, reason))
 }
 
 fn device_key(rollout: &str, index: u32) -> Vec<u8> {
