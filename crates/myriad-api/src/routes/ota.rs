@@ -244,14 +244,37 @@ pub(crate) async fn artifact_content(
         .ota
         .artifact(&id)?
         .ok_or_else(|| ApiError::NotFound(format!("artifact {id} not found")))?;
-    // No extension: served as application/octet-stream.
-    let file = ServeFile::new(state.ota.artifact_path(&artifact.id));
-    match file.oneshot(request).await {
-        Ok(response) => Ok(response.map(Body::new).into_response()),
-        Err(error) => Err(ApiError::Internal(format!(
-            "cannot read artifact {id}: {error}"
-        ))),
-    }
+    serve_file(state.ota.artifact_path(&artifact.id), request, None).await
+}
+
+/// Serves the file at `path` (no extension: `application/octet-stream`) with Range support;
+/// with `throttle`, each chunk of the body waits its turn in the rollout's bandwidth cap.
+async fn serve_file(
+    path: std::path::PathBuf,
+    request: Request,
+    throttle: Option<std::sync::Arc<myriad_fleet::service::ota::throttle::Throttle>>,
+) -> Result<Response, ApiError> {
+    let response = ServeFile::new(&path)
+        .oneshot(request)
+        .await
+        .map_err(|error| ApiError::Internal(format!("cannot read {}: {error}", path.display())))?;
+    let Some(throttle) = throttle else {
+        return Ok(response.map(Body::new).into_response());
+    };
+    Ok(response
+        .map(|body| {
+            let chunks = Body::new(body).into_data_stream().then(move |chunk| {
+                let throttle = throttle.clone();
+                async move {
+                    if let Ok(bytes) = &chunk {
+                        tokio::time::sleep(throttle.reserve(bytes.len() as u64)).await;
+                    }
+                    chunk
+                }
+            });
+            Body::from_stream(chunks)
+        })
+        .into_response())
 }
 
 /// Which devices a rollout targets: exactly one of the fields.
@@ -742,28 +765,7 @@ pub(crate) async fn device_download(
         status: StatusCode::FORBIDDEN,
         message: "the download URL is not valid or has expired".into(),
     })?;
-    let response = ServeFile::new(path)
-        .oneshot(request)
-        .await
-        .map_err(|error| ApiError::Internal(format!("cannot read the artifact: {error}")))?;
-    let Some(throttle) = throttle else {
-        return Ok(response.map(Body::new).into_response());
-    };
-    // The rollout's bandwidth cap: each chunk waits its turn before it is sent.
-    Ok(response
-        .map(|body| {
-            let chunks = Body::new(body).into_data_stream().then(move |chunk| {
-                let throttle = throttle.clone();
-                async move {
-                    if let Ok(bytes) = &chunk {
-                        tokio::time::sleep(throttle.reserve(bytes.len() as u64)).await;
-                    }
-                    chunk
-                }
-            });
-            Body::from_stream(chunks)
-        })
-        .into_response())
+    serve_file(path, request, throttle).await
 }
 
 /// What devices pin to verify update manifests.
@@ -946,13 +948,5 @@ pub(crate) async fn delta_content(
         .filter(|d| d.status == myriad_fleet::store::ota::DeltaStatus::Done);
     let delta = delta
         .ok_or_else(|| ApiError::NotFound(format!("delta {id} not found or not built yet")))?;
-    match ServeFile::new(state.ota.delta_path(&delta.id))
-        .oneshot(request)
-        .await
-    {
-        Ok(response) => Ok(response.map(Body::new).into_response()),
-        Err(error) => Err(ApiError::Internal(format!(
-            "cannot read delta {id}: {error}"
-        ))),
-    }
+    serve_file(state.ota.delta_path(&delta.id), request, None).await
 }
