@@ -30,8 +30,11 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The device's hardware type (manifests for another are refused).
     pub hardware_type: String,
-    /// Pinned Ed25519 keys; one of them must have signed a manifest.
+    /// Pinned Ed25519 keys; one of them must have signed an Ed25519 manifest.
     pub ed25519_keys: Vec<VerifyingKey>,
+    /// Pinned SM2 root CA certificates (DER); an SM2-with-SM3 manifest must carry a chain up
+    /// to one of them, valid at the device's clock ([`unix_now`]).
+    pub sm2_roots: Vec<Vec<u8>>,
     /// The self-test run after the trial boot.
     pub self_test: SelfTest,
 }
@@ -46,15 +49,24 @@ impl AgentConfig {
     }
 }
 
-/// The [`Trust`] a manifest is verified against: built here and nowhere else.
-pub fn trust(config: &AgentConfig, installed_counter: u64) -> Trust {
+/// The [`Trust`] a manifest is verified against: built here and nowhere else. `now` (unix
+/// seconds) is when the SM2 certificates must be valid.
+pub fn trust(config: &AgentConfig, installed_counter: u64, now: u64) -> Trust {
     Trust {
         ed25519: config.ed25519_keys.clone(),
+        sm2_roots: config.sm2_roots.clone(),
+        now,
         hardware_type: config.hardware_type.clone(),
         installed_counter,
-        // SM2 roots (and the clock their validity needs) come with the agent's network step.
-        ..Trust::default()
     }
+}
+
+/// The device's clock in unix seconds (0 when it reads before 1970: then no certificate is
+/// valid, and SM2 manifests are refused until the clock is set).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Where an update's bytes come from: the downloaded file (read twice: hashed against the
@@ -275,7 +287,10 @@ impl<F: Fs> Agent<F> {
         envelope: &[u8],
         source: &Source<R>,
     ) -> Result<Manifest, AgentError> {
-        let m = manifest::verify(envelope, &trust(&self.config, self.state.counter))?;
+        let m = manifest::verify(
+            envelope,
+            &trust(&self.config, self.state.counter, unix_now()),
+        )?;
         let delta = m.patch_size != 0;
         let kind = |d| if d { "delta patch" } else { "full image" };
         let src_delta = matches!(source, Source::Delta(_));
@@ -380,16 +395,8 @@ impl<F: Fs> Agent<F> {
         self.save(next)?;
         match &decision {
             BootDecision::Discarded(r) | BootDecision::RolledBack(r) => self.report(r.clone()),
-            BootDecision::RunSelfTest { .. } => {
-                if let Some(p) = &self.state.pending {
-                    self.report(Report {
-                        rollout: p.rollout.clone(),
-                        state: DeviceState::Rebooting,
-                        reason: None,
-                    });
-                }
-            }
-            BootDecision::Normal => {}
+            // REBOOTING was reported before the restart; the self-test's verdict follows.
+            BootDecision::RunSelfTest { .. } | BootDecision::Normal => {}
         }
         Ok(decision)
     }

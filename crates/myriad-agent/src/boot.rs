@@ -14,6 +14,10 @@ use myriad_ota::rollout::DeviceState;
 pub const MAX_VERSION_BYTES: usize = 128;
 /// Longest rollout id kept in the state (bytes).
 pub const MAX_ROLLOUT_BYTES: usize = 128;
+/// Final outcomes kept in the state ([`BootState::outcomes`]); older ones are forgotten.
+pub const MAX_OUTCOMES: usize = 8;
+/// Longest reason kept with an outcome (bytes; cut at a character boundary).
+pub const MAX_OUTCOME_REASON_BYTES: usize = 256;
 
 /// One of the two slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,10 +95,16 @@ pub struct BootState {
     pub counter: u64,
     /// An update in progress, if any.
     pub pending: Option<Pending>,
+    /// The last [`MAX_OUTCOMES`] final outcomes of updates (SUCCEEDED, ROLLED_BACK, or FAILED
+    /// after writing began), oldest first, saved with the state they led to: a report lost
+    /// to a crash before the platform acknowledged it is sent again when the platform
+    /// notifies the rollout again, and the update is not installed twice.
+    #[serde(default)]
+    pub outcomes: Vec<Report>,
 }
 
 /// A report for the platform (`$ota/{id}/progress`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// The rollout.
     pub rollout: String,
@@ -146,7 +156,30 @@ impl BootState {
             image,
             counter,
             pending: None,
+            outcomes: Vec::new(),
         }
+    }
+
+    /// The saved final outcome of `rollout`, if it is among the last [`MAX_OUTCOMES`].
+    pub fn outcome(&self, rollout: &str) -> Option<&Report> {
+        self.outcomes.iter().rev().find(|r| r.rollout == rollout)
+    }
+
+    /// Records a final outcome (the reason cut to [`MAX_OUTCOME_REASON_BYTES`]).
+    fn remember(&mut self, report: &Report) {
+        let mut kept = report.clone();
+        if let Some(reason) = kept.reason.as_mut() {
+            let mut end = reason.len().min(MAX_OUTCOME_REASON_BYTES);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        self.outcomes.retain(|r| r.rollout != kept.rollout);
+        if self.outcomes.len() == MAX_OUTCOMES {
+            self.outcomes.remove(0);
+        }
+        self.outcomes.push(kept);
     }
 
     /// The slot the bootloader starts: the trial slot during [`Phase::Trial`], else the
@@ -231,6 +264,7 @@ impl BootState {
         };
         let mut next = self.clone();
         next.pending = None;
+        next.remember(&report);
         Some((next, report))
     }
 
@@ -248,6 +282,7 @@ impl BootState {
                     reason: Some("install interrupted by a restart".to_string()),
                 };
                 next.pending = None;
+                next.remember(&report);
                 (next, BootDecision::Discarded(report))
             }
             Phase::Installed => {
@@ -262,6 +297,7 @@ impl BootState {
                     reason: Some("restarted during the self-test".to_string()),
                 };
                 next.pending = None;
+                next.remember(&report);
                 (next, BootDecision::RolledBack(report))
             }
         }
@@ -290,6 +326,7 @@ impl BootState {
                 reason: Some(format!("self-test failed: {reason}")),
             },
         };
+        next.remember(&report);
         Ok((next, report))
     }
 
@@ -533,5 +570,31 @@ mod tests {
         assert!(s.begin_install(img(&ok, 2), 0, "r").is_ok());
         let r = "r".repeat(MAX_ROLLOUT_BYTES + 1);
         assert!(s.begin_install(img("2", 2), 0, &r).is_err());
+    }
+
+    #[test]
+    fn outcomes_are_bounded_and_reasons_cut() {
+        let mut s = BootState::provisioned(Slot::A, img("1", 1), 0);
+        for i in 0..MAX_OUTCOMES + 3 {
+            s.remember(&Report {
+                rollout: format!("r{i}"),
+                state: DeviceState::RolledBack,
+                reason: Some("é".repeat(MAX_OUTCOME_REASON_BYTES)),
+            });
+        }
+        assert_eq!(s.outcomes.len(), MAX_OUTCOMES);
+        assert!(s.outcome("r2").is_none(), "the oldest are forgotten");
+        let last = s.outcome(&format!("r{}", MAX_OUTCOMES + 2)).unwrap();
+        let reason = last.reason.as_deref().unwrap();
+        assert!(reason.len() <= MAX_OUTCOME_REASON_BYTES && reason.starts_with('é'));
+        // A rollout's newer outcome replaces its older one.
+        s.remember(&Report {
+            rollout: "r5".into(),
+            state: DeviceState::Succeeded,
+            reason: None,
+        });
+        assert_eq!(s.outcome("r5").unwrap().state, DeviceState::Succeeded);
+        assert_eq!(s.outcomes.iter().filter(|r| r.rollout == "r5").count(), 1);
+        assert_eq!(s.outcomes.len(), MAX_OUTCOMES);
     }
 }

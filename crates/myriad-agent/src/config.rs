@@ -5,7 +5,10 @@
 //! slot_b = "/dev/mmcblk0p3"
 //! state_dir = "/var/lib/myriad-agent"
 //! hardware_type = "gw-1"
-//! ed25519_keys = ["<64 hex digits>"]  # 1..=16 pinned keys
+//! ed25519_keys = ["<64 hex digits>"]  # pinned Ed25519 keys, hex
+//! ed25519_key_files = ["/etc/myriad/ed25519.pub"]  # or as SPKI PEM/DER files (`ctl ota keygen`)
+//! sm2_roots = ["/etc/myriad/sm2-root.pem"]  # pinned SM2 root CA certificates (PEM or DER)
+//! # 1..=16 trust anchors in all (keys + roots); a manifest signed otherwise is REJECTED.
 //! self_test = ["/usr/bin/selftest", "--quick"]   # empty or absent: no self-test
 //! self_test_timeout_secs = 60        # 1..=3600
 //!
@@ -27,13 +30,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
+use myriad_ota::keygen;
 use serde::Deserialize;
 
 use crate::agent::AgentConfig;
 use crate::boot::Slot;
 use crate::selftest::SelfTest;
 
-/// Most pinned keys.
+/// Most trust anchors (pinned Ed25519 keys, inline or as files, and SM2 roots together).
 pub const MAX_KEYS: usize = 16;
 /// Largest config file (bytes).
 pub const MAX_CONFIG_FILE: u64 = 64 * 1024;
@@ -51,7 +55,15 @@ pub struct FileConfig {
     /// The device's hardware type.
     pub hardware_type: String,
     /// Pinned Ed25519 public keys, hex.
+    #[serde(default)]
     pub ed25519_keys: Vec<String>,
+    /// Pinned Ed25519 public keys as files (SPKI, PEM or DER).
+    #[serde(default)]
+    pub ed25519_key_files: Vec<PathBuf>,
+    /// Pinned SM2 root CA certificates (files, PEM or DER): an SM2-with-SM3 manifest must
+    /// carry a chain up to one of them.
+    #[serde(default)]
+    pub sm2_roots: Vec<PathBuf>,
     /// The self-test command.
     #[serde(default)]
     pub self_test: Vec<String>,
@@ -115,8 +127,12 @@ pub struct ConfigError(pub String);
 /// Parses and checks a config file's text.
 pub fn parse(text: &str) -> Result<(AgentConfig, Option<Provision>), ConfigError> {
     let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-    if f.ed25519_keys.is_empty() || f.ed25519_keys.len() > MAX_KEYS {
-        return Err(ConfigError(format!("ed25519_keys: 1..={MAX_KEYS} keys")));
+    let anchors = f.ed25519_keys.len() + f.ed25519_key_files.len() + f.sm2_roots.len();
+    if anchors == 0 || anchors > MAX_KEYS {
+        return Err(ConfigError(format!(
+            "ed25519_keys, ed25519_key_files, sm2_roots: 1..={MAX_KEYS} trust anchors in all, \
+             {anchors} given"
+        )));
     }
     let mut keys = Vec::new();
     for (i, k) in f.ed25519_keys.iter().enumerate() {
@@ -125,6 +141,28 @@ pub fn parse(text: &str) -> Result<(AgentConfig, Option<Provision>), ConfigError
         let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|_| ConfigError(format!("ed25519_keys[{i}]: not an Ed25519 public key")))?;
         keys.push(key);
+    }
+    for (i, path) in f.ed25519_key_files.iter().enumerate() {
+        let name = format!("ed25519_key_files[{i}]");
+        let bytes = read_bounded(&name, path)?;
+        let key = keygen::load_ed25519_verifying_key(&bytes)
+            .map_err(|e| ConfigError(format!("{name}: {}: {e}", path.display())))?;
+        keys.push(key);
+    }
+    let mut sm2_roots = Vec::new();
+    for (i, path) in f.sm2_roots.iter().enumerate() {
+        let name = format!("sm2_roots[{i}]");
+        let bytes = read_bounded(&name, path)?;
+        let certs = keygen::load_certificates(&bytes)
+            .map_err(|e| ConfigError(format!("{name}: {}: {e}", path.display())))?;
+        if certs.len() != 1 {
+            return Err(ConfigError(format!(
+                "{name}: {}: {} certificates, give one root per entry",
+                path.display(),
+                certs.len()
+            )));
+        }
+        sm2_roots.extend(certs);
     }
     if f.slot_a == f.slot_b {
         return Err(ConfigError("slot_b: the same path as slot_a".into()));
@@ -141,6 +179,7 @@ pub fn parse(text: &str) -> Result<(AgentConfig, Option<Provision>), ConfigError
             state_dir: f.state_dir,
             hardware_type: f.hardware_type,
             ed25519_keys: keys,
+            sm2_roots,
             self_test,
         },
         f.provision,
@@ -166,6 +205,27 @@ pub fn parse_mqtt(text: &str) -> Result<Option<MqttConfig>, ConfigError> {
         ));
     }
     Ok(Some(m))
+}
+
+/// A key or certificate file of at most [`keygen::MAX_KEY_FILE`] bytes; the error names the
+/// config key.
+fn read_bounded(name: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(keygen::MAX_KEY_FILE as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| ConfigError(format!("{name}: {}: {e}", path.display())))?;
+    if bytes.len() > keygen::MAX_KEY_FILE {
+        return Err(ConfigError(format!(
+            "{name}: {}: larger than {} bytes",
+            path.display(),
+            keygen::MAX_KEY_FILE
+        )));
+    }
+    Ok(bytes)
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -256,5 +316,65 @@ mod tests {
                 .to_string()
                 .contains("ed25519_keys")
         );
+    }
+
+    #[test]
+    fn key_files_and_sm2_roots_are_loaded_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = myriad_ota::keygen::sm2_dev_chain(&[1; 32], 1_700_000_000).unwrap();
+        let root = dir.path().join("root.pem");
+        std::fs::write(&root, &chain.root_pem).unwrap();
+        let chain_file = dir.path().join("chain.pem");
+        std::fs::write(&chain_file, &chain.chain_pem).unwrap();
+        let pair = myriad_ota::keygen::ed25519_dev_keypair(&[2; 32]).unwrap();
+        let public = dir.path().join("ed25519.pub");
+        std::fs::write(&public, &pair.public_pem).unwrap();
+        let base = text("").replace(&format!("ed25519_keys = [\"{}\"]\n", key_hex()), "");
+        let with = |extra: &str| format!("{base}{extra}\n");
+        // SM2 root alone, and an Ed25519 key file alone, are enough.
+        let (c, _) = parse(&with(&format!("sm2_roots = [{:?}]", root))).unwrap();
+        assert_eq!((c.sm2_roots.len(), c.ed25519_keys.len()), (1, 0));
+        let (c, _) = parse(&with(&format!("ed25519_key_files = [{:?}]", public))).unwrap();
+        assert_eq!(c.ed25519_keys.len(), 1);
+        // No anchor at all; too many.
+        let e = parse(&base).unwrap_err().to_string();
+        assert!(e.contains("sm2_roots") && e.contains("0 given"), "{e}");
+        let many = vec![format!("{root:?}"); MAX_KEYS + 1].join(",");
+        let e = parse(&with(&format!("sm2_roots = [{many}]")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("17 given"), "{e}");
+        let ok = vec![format!("{root:?}"); MAX_KEYS].join(",");
+        assert!(parse(&with(&format!("sm2_roots = [{ok}]"))).is_ok());
+        // Bad files are named by key and path.
+        let e = parse(&with(&format!("sm2_roots = [{:?}]", chain_file)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sm2_roots[0]") && e.contains("2 certificates"),
+            "{e}"
+        );
+        let e = parse(&with(&format!("sm2_roots = [{:?}]", public)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sm2_roots[0]"), "{e}");
+        let e = parse(&with(&format!("ed25519_key_files = [{:?}]", root)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ed25519_key_files[0]"), "{e}");
+        let missing = dir.path().join("missing.pem");
+        let e = parse(&with(&format!("sm2_roots = [{missing:?}]")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sm2_roots[0]") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'x'; myriad_ota::keygen::MAX_KEY_FILE + 1]).unwrap();
+        let e = parse(&with(&format!("sm2_roots = [{big:?}]")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 }

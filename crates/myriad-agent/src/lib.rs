@@ -56,6 +56,8 @@
 //! | self-test command | [`selftest::MAX_SELF_TEST_ARGS`] (64) arguments of [`selftest::MAX_SELF_TEST_ARG_BYTES`] (4 KiB) |
 //! | self-test timeout | [`selftest::MAX_SELF_TEST_TIMEOUT`] (1 h) |
 //! | queued reports | [`agent::MAX_OUTBOX`] (64, oldest dropped) |
+//! | final outcomes kept in the state | [`boot::MAX_OUTCOMES`] (8), reasons cut to [`boot::MAX_OUTCOME_REASON_BYTES`] (256) |
+//! | trust anchors (Ed25519 keys + SM2 roots) | [`config::MAX_KEYS`] (16), each file at most [`myriad_ota::keygen::MAX_KEY_FILE`] (64 KiB) |
 
 #![deny(missing_docs)]
 

@@ -77,6 +77,7 @@ impl Fixture {
             state_dir: self.path("state"),
             hardware_type: HW.into(),
             ed25519_keys: vec![key().verifying_key()],
+            sm2_roots: Vec::new(),
             self_test: SelfTest::new(
                 argv.iter().map(|s| s.to_string()).collect(),
                 Duration::from_secs(10),
@@ -192,9 +193,11 @@ fn install_and_confirm(f: &Fixture, delta: bool) {
     assert_eq!(s.image.version, "2.0");
     assert_eq!(s.image.sha256.as_slice(), sha256(&f.new).as_slice());
     assert!(s.pending.is_none());
+    assert_eq!(states(&mut agent), [DeviceState::Succeeded]);
     assert_eq!(
-        states(&mut agent),
-        [DeviceState::Rebooting, DeviceState::Succeeded]
+        agent.state().outcome("r1").map(|r| r.state),
+        Some(DeviceState::Succeeded),
+        "the outcome is saved with the state"
     );
     // Restarting again changes nothing.
     let mut agent = Agent::open(f.config(&[]), RealFs).unwrap();
@@ -776,4 +779,70 @@ fn power_cut_during_recovery_still_boots_a_verified_image() {
         }
         eprintln!("delta {delta}: {recoveries} double cuts");
     }
+}
+
+/// An SM2 development chain made `age_secs` ago: (root DER, chain DERs, leaf signing key).
+fn sm2_chain(seed: u8, age_secs: u64) -> (Vec<u8>, Vec<Vec<u8>>, sm2::dsa::SigningKey) {
+    use myriad_ota::keygen;
+    let now = myriad_agent::agent::unix_now();
+    let chain = keygen::sm2_dev_chain(&[seed; 32], now - age_secs).unwrap();
+    let root = keygen::load_certificates(chain.root_pem.as_bytes()).unwrap();
+    let certs = keygen::load_certificates(chain.chain_pem.as_bytes()).unwrap();
+    let key = keygen::load_sm2_signing_key(chain.leaf_key_pem.as_bytes()).unwrap();
+    (root[0].clone(), certs, key)
+}
+
+#[test]
+fn sm2_manifests_verify_against_the_pinned_root_and_the_device_clock() {
+    let f = Fixture::new();
+    let (root, certs, key) = sm2_chain(1, 60);
+    let signed = myriad_ota::sm2_chain::sign_sm2(&f.full_manifest(), &key, certs.clone());
+    let with_roots = |roots: Vec<Vec<u8>>| {
+        let mut agent = f.provision();
+        drop(agent);
+        let mut config = f.config(&[]);
+        config.sm2_roots = roots;
+        agent = Agent::open(config, RealFs).unwrap();
+        agent
+    };
+    // Pinned only an Ed25519 key: SM2 is not accepted.
+    let mut agent = with_roots(Vec::new());
+    let mut before = snapshot(&f);
+    let e = agent
+        .install(&signed, "r1", Source::Full(Cursor::new(f.new.clone())))
+        .unwrap_err();
+    assert!(matches!(e, AgentError::Manifest(_)), "{e}");
+    assert_eq!(states(&mut agent), [DeviceState::Rejected]);
+    assert_eq!(snapshot(&f), before, "slot B untouched");
+    // Another root: the chain does not lead to it.
+    let (other_root, _, _) = sm2_chain(2, 60);
+    let mut agent = with_roots(vec![other_root]);
+    before = snapshot(&f);
+    let e = agent
+        .install(&signed, "r1", Source::Full(Cursor::new(f.new.clone())))
+        .unwrap_err();
+    assert!(matches!(e, AgentError::Manifest(_)), "{e}");
+    assert_eq!(snapshot(&f), before, "slot B untouched");
+    // A chain that expired (made three years ago, valid for two).
+    let (old_root, old_certs, old_key) = sm2_chain(3, 3 * 365 * 86_400);
+    let expired = myriad_ota::sm2_chain::sign_sm2(&f.full_manifest(), &old_key, old_certs);
+    let mut agent = with_roots(vec![old_root]);
+    before = snapshot(&f);
+    let e = agent
+        .install(&expired, "r1", Source::Full(Cursor::new(f.new.clone())))
+        .unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+    assert_eq!(snapshot(&f), before, "slot B untouched");
+    // The pinned root: installed, and confirmed after the "reboot".
+    let mut agent = with_roots(vec![root.clone()]);
+    agent
+        .install(&signed, "r1", Source::Full(Cursor::new(f.new.clone())))
+        .unwrap();
+    drop(agent);
+    let mut config = f.config(&[]);
+    config.sm2_roots = vec![root];
+    let mut agent = Agent::open(config, RealFs).unwrap();
+    assert_eq!(agent.start(&pass()).unwrap(), BootDecision::Normal);
+    assert_eq!(agent.state().image.version, "2.0");
+    assert_eq!(slot_image(&f, Slot::B, f.new.len() as u64), f.new);
 }
