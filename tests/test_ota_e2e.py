@@ -42,8 +42,10 @@ HW = "board-e2e"
 class AgentProc:
     """One device: its slot files, config and the running `myriad agent` process."""
 
-    def __init__(self, root: Path, dev_id: str, broker: Broker, key_hex: str, image1: bytes, self_test: list[str],
-                 api: str | None = None):
+    def __init__(self, root: Path, dev_id: str, broker: Broker, key_hex: str | None, image1: bytes,
+                 self_test: list[str], api: str | None = None, mqtt: dict | None = None, extra: dict | None = None):
+        """`mqtt` and `extra` change keys of the `[mqtt]` table and of the top level (None
+        removes a key)."""
         self.id = dev_id
         self.dir = root / dev_id
         (self.dir / "state").mkdir(parents=True)
@@ -61,6 +63,15 @@ class AgentProc:
             "mqtt": {"host": HOST, "port": broker.port, "id": dev_id, "password": "dev-pw-123",
                      "api": api or f"http://{HOST}:{broker.api_port}"},
         }
+        for table, changes in ((cfg["mqtt"], mqtt or {}), (cfg, extra or {})):
+            for k, v in changes.items():
+                if v is None:
+                    table.pop(k, None)
+                else:
+                    table[k] = v
+        if key_hex is None:
+            del cfg["ed25519_keys"]
+        self.config = cfg
         self.cfg = self.dir / "agent.toml"
         self.cfg.write_text(to_toml(cfg))
         self.proc: subprocess.Popen | None = None

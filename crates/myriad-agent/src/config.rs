@@ -24,6 +24,8 @@
 //! id = "gw-0001"                     # the device id: MQTT client id and user name
 //! password = "device-password"
 //! api = "https://myriad.example:8080" # HTTP base URL of the signed download URLs
+//! download = "http"                  # or "mqtt": chunks over the MQTT connection (no `api` needed)
+//! chunk_bytes = 32768                # chunk size over MQTT, 1024..=65536
 //! ```
 
 use std::path::PathBuf;
@@ -89,8 +91,36 @@ pub struct MqttConfig {
     pub id: String,
     /// The device's password.
     pub password: String,
-    /// The HTTP base URL the notifications' download URLs are relative to.
-    pub api: String,
+    /// The HTTP base URL the notifications' download URLs are relative to (needed when
+    /// `download` is `http`).
+    #[serde(default)]
+    pub api: Option<String>,
+    /// How images and patches are downloaded.
+    #[serde(default)]
+    pub download: DownloadVia,
+    /// Bytes asked per chunk when downloading over MQTT.
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_bytes: u32,
+}
+
+/// How the agent downloads (`[mqtt] download`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownloadVia {
+    /// HTTP `GET` of the signed URL, resumed with `Range` (the default).
+    #[default]
+    Http,
+    /// `$ota/{id}/chunk/get` requests over the MQTT connection, for devices without HTTP.
+    Mqtt,
+}
+
+/// Smallest chunk asked for over MQTT (bytes).
+pub const MIN_CHUNK_BYTES: u32 = 1024;
+/// Largest chunk asked for over MQTT (bytes; the platform's limit).
+pub const MAX_CHUNK_BYTES: u32 = 64 * 1024;
+
+fn default_chunk_bytes() -> u32 {
+    32 * 1024
 }
 
 fn default_port() -> u16 {
@@ -199,10 +229,23 @@ pub fn parse_mqtt(text: &str) -> Result<Option<MqttConfig>, ConfigError> {
     if m.host.is_empty() {
         return Err(ConfigError("mqtt.host: empty".into()));
     }
-    if !(m.api.starts_with("http://") || m.api.starts_with("https://")) {
-        return Err(ConfigError(
-            "mqtt.api: not an http:// or https:// URL".into(),
-        ));
+    match (&m.api, m.download) {
+        (Some(api), _) if !(api.starts_with("http://") || api.starts_with("https://")) => {
+            return Err(ConfigError(
+                "mqtt.api: not an http:// or https:// URL".into(),
+            ));
+        }
+        (None, DownloadVia::Http) => {
+            return Err(ConfigError(
+                "mqtt.api: needed when mqtt.download is \"http\" (the default)".into(),
+            ));
+        }
+        _ => {}
+    }
+    if !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&m.chunk_bytes) {
+        return Err(ConfigError(format!(
+            "mqtt.chunk_bytes: {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}"
+        )));
     }
     Ok(Some(m))
 }
@@ -288,6 +331,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mqtt.api"), "{e}");
+        let no_api = net.replace("api = \"http://h:1\"\n", "");
+        let e = parse_mqtt(&text(&no_api)).unwrap_err().to_string();
+        assert!(e.contains("mqtt.api"), "{e}");
+        let m = parse_mqtt(&text(&format!("{no_api}download = \"mqtt\"\n")))
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.download, m.chunk_bytes), (DownloadVia::Mqtt, 32 * 1024));
+        for (bytes, ok) in [(1023, false), (1024, true), (65536, true), (65537, false)] {
+            let r = parse_mqtt(&text(&format!("{net}chunk_bytes = {bytes}\n")));
+            assert_eq!(r.is_ok(), ok, "{bytes}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("mqtt.chunk_bytes"), "{e}");
+            }
+        }
+        let e = parse_mqtt(&text(&format!("{net}download = \"ftp\"\n")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("download"), "{e}");
         let same = text("").replace("slot_b = \"/b\"", "slot_b = \"/a\"");
         assert!(parse(&same).unwrap_err().to_string().contains("slot_b"));
         let e = parse(&text("colour = 1\n")).unwrap_err().to_string();

@@ -20,8 +20,9 @@
 //!   that rejects the update or rolls back is finished.
 //! - Abort: once at least `min_finished` devices finished (succeeded or failed for good) and
 //!   failures are more than `max_failure_percent` of them, the rollout is aborted: queued and
-//!   notified-but-not-started devices are canceled; devices already working on the update
-//!   finish and keep reporting.
+//!   notified and downloading devices are canceled (and told: nothing is written to a slot
+//!   before the download ends); devices verifying, installing or rebooting finish and keep
+//!   reporting. A cancel by the operator does the same.
 //! - A paused rollout notifies no one and starts no wave; reports and timeouts still count.
 //! - A rollout completes when every device is in a terminal state.
 //!

@@ -443,8 +443,9 @@ impl Rollout {
         Ok(())
     }
 
-    /// Cancels the rollout: queued devices are canceled, notified ones told so; devices
-    /// already working on the update finish.
+    /// Cancels the rollout: queued devices are canceled, notified and downloading ones too
+    /// and told so (nothing is written before the download ends); devices verifying,
+    /// installing or rebooting finish.
     pub fn cancel(&mut self, now_ms: u64) -> Result<(), RolloutError> {
         if self.record.status.is_finished() {
             return Err(RolloutError::Status(self.record.status));
@@ -565,7 +566,8 @@ impl Rollout {
         for device in 0..self.len() {
             match self.devices[device as usize].state {
                 DeviceState::Queued => self.set_state(device, DeviceState::Canceled, now_ms),
-                DeviceState::Notified => {
+                // Told, or still downloading: nothing written yet, so the device stops.
+                DeviceState::Notified | DeviceState::Downloading => {
                     self.set_state(device, DeviceState::Canceled, now_ms);
                     self.effects.push(Effect::Cancel { device });
                 }

@@ -312,14 +312,38 @@ fn pause_resume_cancel() {
         .unwrap();
     rollout.cancel(T0).unwrap();
     let effects = rollout.tick(T0, 10);
-    assert_eq!(canceled(&effects), vec![2]);
+    assert_eq!(
+        canceled(&effects),
+        vec![1, 2],
+        "downloading and notified devices are told"
+    );
     assert_eq!(rollout.status(), RolloutStatus::Canceled);
+    assert_eq!(
+        rollout.devices().nth(1).unwrap().1.state,
+        DeviceState::Canceled
+    );
     assert_eq!(
         rollout.cancel(T0),
         Err(RolloutError::Status(RolloutStatus::Canceled))
     );
     assert_eq!(
-        fail(&mut rollout, 1, T0),
+        rollout.report("dev-001", DeviceReport::Failed("late".into()), T0),
+        Err(ReportError::Finished(DeviceState::Canceled)),
+        "a canceled device's late report is refused"
+    );
+}
+
+#[test]
+fn a_device_past_its_download_finishes_after_a_cancel() {
+    let mut rollout = Rollout::new(spec(WavePlan::Count(vec![2])), ids(2), T0).unwrap();
+    rollout.tick(T0, 10);
+    rollout
+        .report("dev-000", DeviceReport::Installing, T0)
+        .unwrap();
+    rollout.cancel(T0).unwrap();
+    assert_eq!(canceled(&rollout.tick(T0, 10)), vec![1]);
+    assert_eq!(
+        fail(&mut rollout, 0, T0),
         DeviceState::Failed,
         "no retries once canceled"
     );

@@ -5,7 +5,7 @@
 //!   "version", "hardware_type", "size", "sha256"}, "url", "manifest"}` (`manifest`: the
 //!   signed manifest, base64; the device verifies it before it writes anything) when the
 //!   device should update, or
-//!   `{"rollout", "cancel": true}` when a notified device should not start after all.
+//!   `{"rollout", "cancel": true}` when a notified or downloading device should stop.
 //! - `$ota/{id}/get` (device -> platform, any payload): the platform answers on
 //!   `$ota/{id}/notify` with every update the device has been notified of and not finished,
 //!   as an agent asks after each connect (a clean session misses what was sent while it was
