@@ -690,8 +690,39 @@ def test_kill9_mid_rollout_resumes(tmp_path):
         finally:
             for device in back:
                 device.close()
+        # Settled (finished, every device final): its planner leaves memory, its devices are
+        # read from the store.
+        assert wait_until(lambda: ota_gauge(second.api_port, "myriad_ota_rollouts", "live") == 0, 5)
+        assert ota_gauge(second.api_port, "myriad_ota_rollout_devices_in_memory") == 0
+        assert ota_gauge(second.api_port, "myriad_ota_rollouts", "settled") == 1
+        settled = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices")
+        assert [d["state"] for d in settled["devices"]] == ["SUCCEEDED"] * 3 and settled["total"] == 3, settled
+        page = api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices?state=SUCCEEDED&offset=1&limit=1")
+        assert page["total"] == 3 and page["devices"] == settled["devices"][1:2], page
+        status, body = api.call("POST", f"/api/v1/ota/rollouts/{rollout['id']}/cancel")
+        assert status == 409 and "COMPLETED" in json.dumps(body), body
     finally:
         second.stop()
+    # After a restart it is restored as settled: same answers, nothing in memory.
+    third = Broker(tmp_path / "node", raw_config=CONFIG).start()
+    try:
+        api = Api(third.api_port, TOKEN)
+        assert api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}")["counts"]["SUCCEEDED"] == 3
+        assert api.ok("GET", f"/api/v1/ota/rollouts/{rollout['id']}/devices") == settled
+        assert rollout["id"] in json.dumps(api.ok("GET", "/api/v1/ota/rollouts"))
+        assert ota_gauge(third.api_port, "myriad_ota_rollouts", "live") == 0
+        assert ota_gauge(third.api_port, "myriad_ota_rollouts", "settled") == 1
+    finally:
+        third.stop()
+
+
+def ota_gauge(api_port: int, name: str, state: str | None = None) -> float:
+    text = urllib.request.urlopen(f"http://{HOST}:{api_port}/metrics", timeout=10).read().decode()
+    labels = f'{{state="{state}"}}' if state else ""
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name}{labels} not in /metrics")
 
 
 def test_ctl_ota_commands(broker, api, tmp_path):

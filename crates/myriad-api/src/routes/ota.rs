@@ -627,10 +627,11 @@ pub(crate) async fn rollout_devices(
         None => None,
     };
     let limit = crate::dto::parse_limit(params.limit.as_deref())? as usize;
+    let offset = params.offset.unwrap_or(0);
+    let ota = state.ota.clone();
+    // A finished rollout's devices are read from the store.
     let (devices, total) =
-        state
-            .ota
-            .rollout_devices(&id, filter, params.offset.unwrap_or(0), limit)?;
+        blocking(move || Ok(ota.rollout_devices(&id, filter, offset, limit)?)).await?;
     let devices = devices
         .into_iter()
         .map(|(device, record)| device_body(device, record))

@@ -355,47 +355,71 @@ impl FleetStore {
         txn.commit().map_err(|e| file.engine(e))
     }
 
-    /// Every stored rollout with its devices in index order, for the OTA service's start.
+    /// Every stored rollout with its devices in index order.
     /// A record that does not decode fails with [`FleetStoreError::Corrupt`] naming it.
     pub fn load_rollouts(&self) -> Result<Vec<LoadedRollout>, FleetStoreError> {
+        self.load_rollout_records()?
+            .into_iter()
+            .map(|rollout| {
+                let devices = self.load_rollout_devices(&rollout.id)?;
+                Ok((rollout, devices))
+            })
+            .collect()
+    }
+
+    /// Every stored rollout record (without its devices), in id order.
+    pub fn load_rollout_records(&self) -> Result<Vec<StoredRollout>, FleetStoreError> {
         self.read(|txn| {
             let Some(rollouts) = read_table!(self, txn, ROLLOUTS) else {
                 return Ok(Vec::new());
             };
-            let devices = read_table!(self, txn, ROLLOUT_DEVICES);
             let mut out = Vec::new();
             for row in rollouts.iter().map_err(|e| self.file.engine(e))? {
                 let (key, value) = row.map_err(|e| self.file.engine(e))?;
-                let rollout: StoredRollout =
-                    decode(&self.file, "ota_rollouts", key.value(), value.value())?;
-                let mut records = Vec::new();
-                if let Some(devices) = &devices {
-                    let start = device_key(&rollout.id, 0);
-                    let end = device_key(&rollout.id, u32::MAX);
-                    for row in devices
-                        .range(start.as_slice()..=end.as_slice())
-                        .map_err(|e| self.file.engine(e))?
-                    {
-                        let (key, value) = row.map_err(|e| self.file.engine(e))?;
-                        let expected = device_key(&rollout.id, records.len() as u32);
-                        if key.value() != expected.as_slice() {
-                            return Err(self.file.corrupt(
-                                "ota_rollout_devices",
-                                key.value(),
-                                "device index out of sequence".into(),
-                            ));
-                        }
-                        records.push(decode(
-                            &self.file,
-                            "ota_rollout_devices",
-                            key.value(),
-                            value.value(),
-                        )?);
-                    }
-                }
-                out.push((rollout, records));
+                out.push(decode(
+                    &self.file,
+                    "ota_rollouts",
+                    key.value(),
+                    value.value(),
+                )?);
             }
             Ok(out)
+        })
+    }
+
+    /// The devices of rollout `id` in index order (empty for an unknown rollout).
+    pub fn load_rollout_devices(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(String, DeviceRecord)>, FleetStoreError> {
+        self.read(|txn| {
+            let Some(devices) = read_table!(self, txn, ROLLOUT_DEVICES) else {
+                return Ok(Vec::new());
+            };
+            let mut records = Vec::new();
+            let start = device_key(id, 0);
+            let end = device_key(id, u32::MAX);
+            for row in devices
+                .range(start.as_slice()..=end.as_slice())
+                .map_err(|e| self.file.engine(e))?
+            {
+                let (key, value) = row.map_err(|e| self.file.engine(e))?;
+                let expected = device_key(id, records.len() as u32);
+                if key.value() != expected.as_slice() {
+                    return Err(self.file.corrupt(
+                        "ota_rollout_devices",
+                        key.value(),
+                        "device index out of sequence".into(),
+                    ));
+                }
+                records.push(decode(
+                    &self.file,
+                    "ota_rollout_devices",
+                    key.value(),
+                    value.value(),
+                )?);
+            }
+            Ok(records)
         })
     }
 }

@@ -473,6 +473,11 @@ impl Rollout {
         std::mem::take(&mut self.effects)
     }
 
+    /// Whether effects wait for the next [`Rollout::tick`] (notifications, cancel notices).
+    pub fn has_pending_effects(&self) -> bool {
+        !self.effects.is_empty()
+    }
+
     /// The earliest time a device times out, for the shell's timer.
     pub fn next_deadline(&self) -> Option<u64> {
         self.deadlines.first().map(|&(deadline, _)| deadline)

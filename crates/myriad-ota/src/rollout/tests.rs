@@ -311,7 +311,12 @@ fn pause_resume_cancel() {
         )
         .unwrap();
     rollout.cancel(T0).unwrap();
+    assert!(
+        rollout.has_pending_effects(),
+        "cancel notices wait for the tick"
+    );
     let effects = rollout.tick(T0, 10);
+    assert!(!rollout.has_pending_effects());
     assert_eq!(
         canceled(&effects),
         vec![1, 2],

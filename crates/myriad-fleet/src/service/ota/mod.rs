@@ -177,7 +177,10 @@ pub struct OtaService {
     uploads: Arc<Semaphore>,
     /// Places among the MQTT chunk reads that may run at once ([`chunks::CHUNK_READS`]).
     chunk_reads: Arc<Semaphore>,
+    /// Rollouts in work: planners and device records.
     rollouts: Mutex<BTreeMap<String, rollouts::Entry>>,
+    /// Finished rollouts whose devices are all final: counts only (devices in the store).
+    settled: Mutex<BTreeMap<String, RolloutView>>,
     /// `{data_dir}/ota/deltas`.
     delta_dir: PathBuf,
     /// The delta worker's queue ([`deltas`]).
@@ -229,7 +232,7 @@ impl OtaService {
             .name("ota-delta".into())
             .spawn(move || worker.run(jobs))
             .map_err(|e| OtaError::io(&delta_dir, e))?;
-        let (restored, resend) = rollouts::restore_all(&store)?;
+        let restored = rollouts::restore_all(&store)?;
         let uploads = Arc::new(Semaphore::new(config.concurrent_uploads));
         Ok(Self {
             store,
@@ -242,11 +245,13 @@ impl OtaService {
             delta_dir,
             delta_jobs,
             signer,
-            rollouts: Mutex::new(restored),
-            resend: Mutex::new(resend),
+            rollouts: Mutex::new(restored.live),
+            settled: Mutex::new(restored.settled),
+            resend: Mutex::new(restored.resend),
             writer: Mutex::new(()),
             wake: Notify::new(),
         })
+        .inspect(|service| service.settle())
     }
 
     /// The service's limits.

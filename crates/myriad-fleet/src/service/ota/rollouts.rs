@@ -17,6 +17,12 @@
 //!   (unknown rollout, a device not notified, already finished) are dropped and counted in
 //!   `myriad_ota_reports_dropped_total`.
 //!
+//! # Memory
+//! A rollout in work keeps its planner and every device record in memory. Once it is
+//! finished and every device is final it is *settled*: only its summary (record and counts)
+//! stays, and its device pages are read from the store. Gauges:
+//! `myriad_ota_rollouts{state="live"|"settled"}`, `myriad_ota_rollout_devices_in_memory`.
+//!
 //! # Durability
 //! Every write goes through `OtaService::persist`: under one writer lock it takes what
 //! changed from the planners and commits it, so commits land in the order the changes were
@@ -33,7 +39,8 @@ use myriad_broker::shell::BrokerStopped;
 use myriad_mqtt::{PacketProperties, QoS};
 use myriad_ota::manifest::Manifest;
 use myriad_ota::rollout::{
-    DeviceRecord, DeviceReport, DeviceState, MAX_ROLLOUT_DEVICES, Progress, Rollout, RolloutSpec,
+    DeviceRecord, DeviceReport, DeviceState, MAX_ROLLOUT_DEVICES, Progress, Rollout, RolloutError,
+    RolloutSpec,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -148,6 +155,20 @@ impl Entry {
         }
     }
 
+    /// Finished, every device in a final state, and no cancel notice waiting to be sent:
+    /// nothing can change it any more (reports
+    /// of final devices are refused), so it is kept as a summary ([`RolloutView`]) and its
+    /// devices are read from the store when asked for.
+    fn is_settled(&self) -> bool {
+        self.planner.status().is_finished()
+            && !self.planner.has_pending_effects()
+            && self
+                .planner
+                .counts()
+                .iter()
+                .all(|(state, n)| n == 0 || state.is_terminal())
+    }
+
     fn cancel_payload(&self) -> Bytes {
         Bytes::from(json!({"rollout": self.stored.id, "cancel": true}).to_string())
     }
@@ -228,19 +249,33 @@ struct Send {
 /// Notifications to send again after a restart: (rollout, device, attempt).
 pub(super) type Resend = Vec<(String, String, u32)>;
 
-/// Every stored rollout restored, and the notifications to send again (rollout, device,
-/// attempt) for devices left `NOTIFIED`. A rollout whose records do not make a rollout is
-/// logged and left out.
-pub(super) fn restore_all(
-    store: &FleetStore,
-) -> Result<(BTreeMap<String, Entry>, Resend), OtaError> {
-    let mut entries = BTreeMap::new();
-    let mut resend = Vec::new();
-    for (stored, devices) in store.load_rollouts()? {
+/// What a restart restores: the rollouts still in work, the finished ones as summaries, and
+/// the notifications to send again.
+pub(super) struct Restored {
+    /// Rollouts with a device not in a final state, planners and devices in memory.
+    pub(super) live: BTreeMap<String, Entry>,
+    /// Finished rollouts whose devices are all final: counts only ([`Entry::is_settled`]).
+    pub(super) settled: BTreeMap<String, RolloutView>,
+    /// Notifications to send again.
+    pub(super) resend: Resend,
+}
+
+/// Every stored rollout restored (one rollout's devices in memory at a time; settled ones are
+/// kept as summaries), and the notifications to send again (rollout, device, attempt) for
+/// devices left `NOTIFIED`. A rollout whose records do not make a rollout is logged and left
+/// out.
+pub(super) fn restore_all(store: &FleetStore) -> Result<Restored, OtaError> {
+    let mut restored = Restored {
+        live: BTreeMap::new(),
+        settled: BTreeMap::new(),
+        resend: Vec::new(),
+    };
+    for stored in store.load_rollout_records()? {
         let Some(artifact) = store.get_artifact(&stored.artifact)? else {
             warn!(rollout = %stored.id, artifact = %stored.artifact, "rollout left out: its artifact is gone");
             continue;
         };
+        let devices = store.load_rollout_devices(&stored.id)?;
         let planner = match Rollout::restore(stored.planner.clone(), devices) {
             Ok(planner) => planner,
             Err(error) => {
@@ -251,13 +286,22 @@ pub(super) fn restore_all(
         if !planner.status().is_finished() {
             for (id, record) in planner.devices() {
                 if record.state == DeviceState::Notified {
-                    resend.push((stored.id.clone(), id.to_owned(), record.attempts));
+                    restored
+                        .resend
+                        .push((stored.id.clone(), id.to_owned(), record.attempts));
                 }
             }
         }
-        entries.insert(stored.id.clone(), Entry::new(stored, artifact, planner));
+        let entry = Entry::new(stored, artifact, planner);
+        if entry.is_settled() {
+            restored
+                .settled
+                .insert(entry.stored.id.clone(), entry.view());
+        } else {
+            restored.live.insert(entry.stored.id.clone(), entry);
+        }
     }
-    Ok((entries, resend))
+    Ok(restored)
 }
 
 impl OtaService {
@@ -413,16 +457,55 @@ impl OtaService {
 
     /// Every rollout, in id order.
     pub fn rollouts(&self) -> Vec<RolloutView> {
-        self.lock().values().map(Entry::view).collect()
+        let mut all: BTreeMap<String, RolloutView> = self.settled().clone();
+        all.extend(
+            self.lock()
+                .values()
+                .map(|entry| (entry.stored.id.clone(), entry.view())),
+        );
+        all.into_values().collect()
     }
 
     /// Rollout `id`.
     pub fn rollout(&self, id: &str) -> Option<RolloutView> {
-        self.lock().get(id).map(Entry::view)
+        if let Some(view) = self.lock().get(id).map(Entry::view) {
+            return Some(view);
+        }
+        self.settled().get(id).cloned()
+    }
+
+    fn settled(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RolloutView>> {
+        self.settled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Moves the settled rollouts ([`Entry::is_settled`]) out of the live map: their planners
+    /// and device records leave memory. Call after a commit (nothing of theirs is dirty).
+    pub(super) fn settle(&self) {
+        let mut rollouts = self.lock();
+        let done: Vec<String> = rollouts
+            .values()
+            .filter(|entry| entry.is_settled())
+            .map(|entry| entry.stored.id.clone())
+            .collect();
+        let mut settled = self.settled();
+        for id in done {
+            if let Some(mut entry) = rollouts.remove(&id) {
+                let dirty = entry.planner.take_dirty();
+                debug_assert!(!dirty.rollout && dirty.devices.is_empty());
+                settled.insert(id, entry.view());
+            }
+        }
+        let devices: u64 = rollouts.values().map(|e| u64::from(e.planner.len())).sum();
+        metrics::gauge!("myriad_ota_rollouts", "state" => "live").set(rollouts.len() as f64);
+        metrics::gauge!("myriad_ota_rollouts", "state" => "settled").set(settled.len() as f64);
+        metrics::gauge!("myriad_ota_rollout_devices_in_memory").set(devices as f64);
     }
 
     /// Devices of rollout `id` in wave order (only those in `state` if given): the `limit`
-    /// after the first `offset`, and how many match in all.
+    /// after the first `offset`, and how many match in all. Blocking for a settled rollout
+    /// (read from the store).
     pub fn rollout_devices(
         &self,
         id: &str,
@@ -430,22 +513,33 @@ impl OtaService {
         offset: usize,
         limit: usize,
     ) -> Result<(Vec<(String, DeviceRecord)>, usize), OtaError> {
-        let rollouts = self.lock();
-        let entry = rollouts
-            .get(id)
-            .ok_or_else(|| OtaError::NotFound(format!("rollout {id} not found")))?;
-        let matching = entry
-            .planner
-            .devices()
-            .filter(|(_, r)| state.is_none_or(|s| r.state == s));
-        let total = match state {
-            Some(state) => entry.planner.counts().get(state) as usize,
-            None => entry.planner.len() as usize,
-        };
-        let page = matching
+        let wanted = |r: &DeviceRecord| state.is_none_or(|s| r.state == s);
+        {
+            let rollouts = self.lock();
+            if let Some(entry) = rollouts.get(id) {
+                let matching = entry.planner.devices().filter(|(_, r)| wanted(r));
+                let total = match state {
+                    Some(state) => entry.planner.counts().get(state) as usize,
+                    None => entry.planner.len() as usize,
+                };
+                let page = matching
+                    .skip(offset)
+                    .take(limit)
+                    .map(|(id, r)| (id.to_owned(), r.clone()))
+                    .collect();
+                return Ok((page, total));
+            }
+        }
+        if !self.settled().contains_key(id) {
+            return Err(OtaError::NotFound(format!("rollout {id} not found")));
+        }
+        let devices = self.store.load_rollout_devices(id)?;
+        let total = devices.iter().filter(|(_, r)| wanted(r)).count();
+        let page = devices
+            .into_iter()
+            .filter(|(_, r)| wanted(r))
             .skip(offset)
             .take(limit)
-            .map(|(id, r)| (id.to_owned(), r.clone()))
             .collect();
         Ok((page, total))
     }
@@ -459,9 +553,14 @@ impl OtaService {
     ) -> Result<RolloutView, OtaError> {
         {
             let mut rollouts = self.lock();
-            let entry = rollouts
-                .get_mut(id)
-                .ok_or_else(|| OtaError::NotFound(format!("rollout {id} not found")))?;
+            let Some(entry) = rollouts.get_mut(id) else {
+                return Err(match self.settled().get(id) {
+                    Some(view) => OtaError::Conflict(
+                        RolloutError::Status(view.stored.planner.status).to_string(),
+                    ),
+                    None => OtaError::NotFound(format!("rollout {id} not found")),
+                });
+            };
             let done = match action {
                 RolloutAction::Pause => entry.planner.pause(now_ms),
                 RolloutAction::Resume => entry.planner.resume(now_ms),
@@ -515,6 +614,7 @@ impl OtaService {
                 .collect();
             self.store.put_rollout(stored, &refs)?;
         }
+        self.settle();
         Ok(())
     }
 
