@@ -769,6 +769,15 @@ def test_ctl_ota_commands(broker, api, tmp_path):
     assert bad.returncode == 1 and "version" in bad.stderr
     assert ctl("ota", "artifacts", "delete", art2["id"]).returncode == 0
     assert ctl("ota", "artifacts", "get", art2["id"]).returncode == 1
+    # Refused from its headers (larger than ota.max_artifact_bytes): the server's answer, not
+    # a broken connection (exit 2, "unreachable").
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(MAX_ARTIFACT + 1))
+    bad = ctl("ota", "upload", str(big), "--version", "13.0.0", "--hardware-type", "board-c")
+    assert bad.returncode == 1 and "max_artifact_bytes" in bad.stderr, (bad.returncode, bad.stderr)
+    big.write_bytes(os.urandom(MAX_ARTIFACT))
+    done = ctl("ota", "upload", str(big), "--version", "13.0.0", "--hardware-type", "board-c")
+    assert done.returncode == 0 and json.loads(done.stdout)["size"] == MAX_ARTIFACT, done.stderr
 
 
 def test_upload_and_rollout_admission_limits(tmp_path):

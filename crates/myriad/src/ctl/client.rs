@@ -138,9 +138,13 @@ impl Client {
                 let file =
                     File::open(path).with_context(|| format!("opening {}", path.display()))?;
                 let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+                // `Expect: 100-continue`: a server that refuses the upload from its headers
+                // (413 too large, 429 busy, 400 bad label) answers before the body is sent,
+                // and the answer is read instead of a broken pipe ("unreachable").
                 let builder = builder
                     .header("content-type", "application/octet-stream")
-                    .header("content-length", total.to_string());
+                    .header("content-length", total.to_string())
+                    .header("expect", "100-continue");
                 let body = ProgressReader::new(file, total);
                 self.agent.run(build(
                     builder,
