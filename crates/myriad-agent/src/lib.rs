@@ -63,8 +63,10 @@ pub mod agent;
 pub mod boot;
 pub mod config;
 pub mod fs;
+pub mod memfs;
 pub mod selftest;
 pub mod slots;
+pub mod spool;
 pub mod state_file;
 
 pub use agent::{Agent, AgentConfig, AgentError, Source, trust};
