@@ -60,10 +60,12 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod backoff;
 pub mod boot;
 pub mod config;
 pub mod fs;
 pub mod memfs;
+pub mod replay;
 pub mod selftest;
 pub mod slots;
 pub mod spool;
