@@ -63,6 +63,7 @@ pub mod agent;
 pub mod backoff;
 pub mod boot;
 pub mod config;
+pub mod dedup;
 pub mod fs;
 pub mod memfs;
 pub mod replay;
