@@ -68,6 +68,7 @@ pub mod fs;
 pub mod memfs;
 pub mod replay;
 pub mod selftest;
+pub mod shadow;
 pub mod slots;
 pub mod spool;
 pub mod state_file;
