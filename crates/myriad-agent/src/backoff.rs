@@ -116,8 +116,7 @@ impl Backoff {
         let shift = self.attempt.min(63);
         self.config
             .base_ms
-            .checked_mul(1u64 << shift)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(1u64 << shift)
             .min(self.config.cap_ms)
     }
 
@@ -173,7 +172,9 @@ mod tests {
         }
         assert_eq!(
             windows,
-            [2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 120_000, 120_000, 120_000, 120_000]
+            [
+                2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 120_000, 120_000, 120_000, 120_000
+            ]
         );
         assert_eq!(b.next_delay(0), 0);
         assert_eq!(b.next_delay(u64::MAX), 120_000);
@@ -212,10 +213,18 @@ mod tests {
                 max = max.max(d);
                 min = min.min(d);
             }
-            let w = Backoff { config, attempt, connected_at: None }.window_ms();
+            let w = Backoff {
+                config,
+                attempt,
+                connected_at: None,
+            }
+            .window_ms();
             let mean = sum as f64 / n as f64;
             // Mean w/2 within 2 % of the window; both ends reached within 0.1 %.
-            assert!((mean - w as f64 / 2.0).abs() < w as f64 * 0.02, "attempt {attempt}: {mean}");
+            assert!(
+                (mean - w as f64 / 2.0).abs() < w as f64 * 0.02,
+                "attempt {attempt}: {mean}"
+            );
             assert!(max as f64 > w as f64 * 0.999 && (min as f64) < w as f64 * 0.001);
         }
     }
@@ -225,16 +234,37 @@ mod tests {
         let d = BackoffConfig::default();
         for bad in [
             BackoffConfig { base_ms: 0, ..d },
-            BackoffConfig { base_ms: d.cap_ms + 1, ..d },
-            BackoffConfig { cap_ms: MAX_CAP_MS + 1, ..d },
+            BackoffConfig {
+                base_ms: d.cap_ms + 1,
+                ..d
+            },
+            BackoffConfig {
+                cap_ms: MAX_CAP_MS + 1,
+                ..d
+            },
             BackoffConfig { cap_ms: 0, ..d },
-            BackoffConfig { reset_after_ms: MAX_RESET_AFTER_MS + 1, ..d },
+            BackoffConfig {
+                reset_after_ms: MAX_RESET_AFTER_MS + 1,
+                ..d
+            },
         ] {
             assert!(Backoff::new(bad).is_err(), "{bad:?}");
         }
-        Backoff::new(BackoffConfig { base_ms: d.cap_ms, ..d }).unwrap();
-        Backoff::new(BackoffConfig { cap_ms: MAX_CAP_MS, ..d }).unwrap();
-        Backoff::new(BackoffConfig { reset_after_ms: MAX_RESET_AFTER_MS, ..d }).unwrap();
+        Backoff::new(BackoffConfig {
+            base_ms: d.cap_ms,
+            ..d
+        })
+        .unwrap();
+        Backoff::new(BackoffConfig {
+            cap_ms: MAX_CAP_MS,
+            ..d
+        })
+        .unwrap();
+        Backoff::new(BackoffConfig {
+            reset_after_ms: MAX_RESET_AFTER_MS,
+            ..d
+        })
+        .unwrap();
     }
 
     /// Reconnect times of `AGENTS` agents that all lost the broker at t = 0, the broker
@@ -244,7 +274,8 @@ mod tests {
         use std::collections::BinaryHeap;
         const AGENTS: usize = 10_000;
         let mut rng = Rng(seed);
-        let mut backoffs: Vec<Backoff> = (0..AGENTS).map(|_| Backoff::new(config).unwrap()).collect();
+        let mut backoffs: Vec<Backoff> =
+            (0..AGENTS).map(|_| Backoff::new(config).unwrap()).collect();
         let mut due: BinaryHeap<Reverse<(u64, usize)>> = (0..AGENTS)
             .map(|i| Reverse((backoffs[i].next_delay(rng.next()), i)))
             .collect();
@@ -271,7 +302,10 @@ mod tests {
     #[test]
     fn ten_thousand_agents_spread_out_after_a_broker_restart() {
         let default = BackoffConfig::default();
-        let slow_start = BackoffConfig { base_ms: 10_000, ..default };
+        let slow_start = BackoffConfig {
+            base_ms: 10_000,
+            ..default
+        };
         for (config, down, max_percent) in [
             (default, 30_000, 5),
             (default, 120_000, 3),
@@ -293,8 +327,14 @@ mod tests {
                 max * 100 <= done.len() * max_percent,
                 "base {base} ms, down {down} ms: {max} reconnects in one second"
             );
-            assert!(last <= down + 2 * config.cap_ms, "down {down} ms: last back at {last} ms");
-            assert!(attempts <= done.len() * 12, "down {down} ms: {attempts} attempts");
+            assert!(
+                last <= down + 2 * config.cap_ms,
+                "down {down} ms: last back at {last} ms"
+            );
+            assert!(
+                attempts <= done.len() * 12,
+                "down {down} ms: {attempts} attempts"
+            );
         }
     }
 

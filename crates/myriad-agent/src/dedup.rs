@@ -310,7 +310,10 @@ mod tests {
         assert!(!d.insert("b").unwrap());
         assert!(d.insert("c").unwrap());
         assert!(d.insert("d").unwrap());
-        assert!(!d.contains("a"), "the oldest is forgotten past the capacity");
+        assert!(
+            !d.contains("a"),
+            "the oldest is forgotten past the capacity"
+        );
         assert_eq!(d.len(), 3);
         // Enough inserts to rewrite the log several times; the newest three stay.
         for i in 0..20 {
@@ -339,7 +342,10 @@ mod tests {
             Dedup::open(fs.clone(), dir(), MAX_CAPACITY + 1),
             Err(DedupError::Capacity(_))
         ));
-        assert!(matches!(Dedup::open(fs.clone(), dir(), 0), Err(DedupError::Capacity(0))));
+        assert!(matches!(
+            Dedup::open(fs.clone(), dir(), 0),
+            Err(DedupError::Capacity(0))
+        ));
         let d = Dedup::open(fs, dir(), MAX_CAPACITY).unwrap();
         assert!(d.contains(&"x".repeat(MAX_ID_BYTES)));
     }

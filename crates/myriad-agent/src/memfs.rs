@@ -338,8 +338,7 @@ impl LogFs for MemFs {
         if !s.dirs.contains(dir) {
             return Err(io::ErrorKind::NotFound.into());
         }
-        Ok(s
-            .names
+        Ok(s.names
             .keys()
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
@@ -362,7 +361,9 @@ impl LogFs for MemFs {
         }
         let i = s.inode(path)?;
         let data = &s.inodes[i].data;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
         Ok(n)
@@ -433,7 +434,10 @@ mod tests {
         f.append(b" world").unwrap();
         fs.crash();
         let got = fs.contents(&a).unwrap();
-        assert!(got.starts_with(b"hello") && got.len() <= 5 + 6 + 7, "{got:?}");
+        assert!(
+            got.starts_with(b"hello") && got.len() <= 5 + 6 + 7,
+            "{got:?}"
+        );
         fs.cut_after(1);
         fs.write_synced(&dir.join("x"), b"1").unwrap();
         assert!(fs.rename(&dir.join("x"), &a).is_err());

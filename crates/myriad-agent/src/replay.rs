@@ -176,9 +176,7 @@ impl Replay {
 
     /// Reports that `records` backlog records went out.
     pub fn sent_backlog(&mut self, records: u32) {
-        self.milli_tokens = self
-            .milli_tokens
-            .saturating_sub(u64::from(records) * 1000);
+        self.milli_tokens = self.milli_tokens.saturating_sub(u64::from(records) * 1000);
         self.backlog_sent += u64::from(records);
     }
 
@@ -259,7 +257,10 @@ mod tests {
         };
         let (b, l, order) = drive(half, 1_000, true, 100);
         assert_eq!((b, l), (50, 50));
-        assert!(order.windows(2).all(|w| w[0] != w[1]), "alternates: {order:?}");
+        assert!(
+            order.windows(2).all(|w| w[0] != w[1]),
+            "alternates: {order:?}"
+        );
         let mostly_live = ReplayConfig {
             live_share_percent: 80,
             ..half
@@ -281,20 +282,47 @@ mod tests {
         ReplayConfig::default().validate().unwrap();
         let d = ReplayConfig::default();
         for bad in [
-            ReplayConfig { records_per_sec: 0, ..d },
-            ReplayConfig { records_per_sec: MAX_RATE + 1, ..d },
+            ReplayConfig {
+                records_per_sec: 0,
+                ..d
+            },
+            ReplayConfig {
+                records_per_sec: MAX_RATE + 1,
+                ..d
+            },
             ReplayConfig { burst: 0, ..d },
-            ReplayConfig { burst: MAX_BURST + 1, ..d },
-            ReplayConfig { live_share_percent: 0, ..d },
-            ReplayConfig { live_share_percent: 100, ..d },
+            ReplayConfig {
+                burst: MAX_BURST + 1,
+                ..d
+            },
+            ReplayConfig {
+                live_share_percent: 0,
+                ..d
+            },
+            ReplayConfig {
+                live_share_percent: 100,
+                ..d
+            },
         ] {
             assert!(Replay::new(bad, 0).is_err(), "{bad:?}");
         }
         for ok in [
-            ReplayConfig { records_per_sec: MAX_RATE, ..d },
-            ReplayConfig { burst: MAX_BURST, ..d },
-            ReplayConfig { live_share_percent: 99, ..d },
-            ReplayConfig { live_share_percent: 1, ..d },
+            ReplayConfig {
+                records_per_sec: MAX_RATE,
+                ..d
+            },
+            ReplayConfig {
+                burst: MAX_BURST,
+                ..d
+            },
+            ReplayConfig {
+                live_share_percent: 99,
+                ..d
+            },
+            ReplayConfig {
+                live_share_percent: 1,
+                ..d
+            },
         ] {
             ok.validate().unwrap();
         }

@@ -231,7 +231,10 @@ fn merge_patches(earlier: &mut Object, later: &Object, base: Option<&Object>) {
             (Some(Value::Object(e)), Value::Object(l)) => merge_patches(e, l, base_sub),
             (Some(_), Value::Object(l)) => {
                 // The earlier patch deleted or replaced the key: the object replaces it whole.
-                earlier.insert(k.clone(), Value::Object(as_replacement(l.clone(), base_sub)));
+                earlier.insert(
+                    k.clone(),
+                    Value::Object(as_replacement(l.clone(), base_sub)),
+                );
             }
             _ => {
                 earlier.insert(k.clone(), v.clone());
@@ -513,7 +516,10 @@ impl ShadowSync {
                     } else {
                         &mut self.reported
                     };
-                    match (value, sections.get(if is_desired { "desired" } else { "reported" })) {
+                    match (
+                        value,
+                        sections.get(if is_desired { "desired" } else { "reported" }),
+                    ) {
                         (_, Some(Value::Null)) => target.clear(),
                         (Some(p), _) => apply_patch(target, &p),
                         (None, _) => {}
@@ -567,7 +573,8 @@ impl ShadowSync {
                     Some(Value::Object(s)) => s,
                     _ => return Err(bad("no state".into())),
                 };
-                let desired = section(sections.get("desired"), "state.desired")?.unwrap_or_default();
+                let desired =
+                    section(sections.get("desired"), "state.desired")?.unwrap_or_default();
                 let reported =
                     section(sections.get("reported"), "state.reported")?.unwrap_or_default();
                 let delta = section(sections.get("delta"), "state.delta")?.unwrap_or_default();
@@ -706,7 +713,11 @@ impl ShadowStore {
     }
 
     /// Loads the saved copy of `device` (offline; `Ok(None)`: none saved).
-    pub fn load(&self, fs: &impl LogFs, device: &str) -> Result<Option<ShadowSync>, ShadowStoreError> {
+    pub fn load(
+        &self,
+        fs: &impl LogFs,
+        device: &str,
+    ) -> Result<Option<ShadowSync>, ShadowStoreError> {
         let path = self.path();
         let damaged = |what: String| ShadowStoreError::Damaged {
             path: path.clone(),
@@ -732,7 +743,8 @@ impl ShadowStore {
         if crc32fast::hash(body).to_le_bytes() != sum {
             return Err(damaged("checksum mismatch".into()));
         }
-        let saved: Saved = serde_json::from_slice(body).map_err(|e| damaged(format!("JSON: {e}")))?;
+        let saved: Saved =
+            serde_json::from_slice(body).map_err(|e| damaged(format!("JSON: {e}")))?;
         if saved.device != device {
             return Err(damaged(format!("saved for device {:?}", saved.device)));
         }

@@ -41,7 +41,10 @@ fn connect(sync: &mut ShadowSync, desired: Value, reported: Value, version: u64)
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, "get");
     let mut state = json!({"desired": desired, "reported": reported});
-    let delta = crate_delta(&obj(state["desired"].clone()), &obj(state["reported"].clone()));
+    let delta = crate_delta(
+        &obj(state["desired"].clone()),
+        &obj(state["reported"].clone()),
+    );
     if !delta.is_empty() {
         state["delta"] = Value::Object(delta);
     }
@@ -77,9 +80,15 @@ fn crate_delta(desired: &Object, reported: &Object) -> Object {
 fn subscriptions_and_bad_device_ids() {
     let s = ShadowSync::new(ID).unwrap();
     assert_eq!(s.subscriptions().len(), 6);
-    assert!(s.subscriptions().contains(&"$shadow/dev-1/update/delta".to_string()));
+    assert!(
+        s.subscriptions()
+            .contains(&"$shadow/dev-1/update/delta".to_string())
+    );
     for bad in ["", "a/b", "a+", "#", &"d".repeat(MAX_DEVICE_ID + 1)] {
-        assert!(matches!(ShadowSync::new(bad), Err(ShadowError::BadDevice(_))), "{bad}");
+        assert!(
+            matches!(ShadowSync::new(bad), Err(ShadowError::BadDevice(_))),
+            "{bad}"
+        );
     }
     ShadowSync::new(&"d".repeat(MAX_DEVICE_ID)).unwrap();
 }
@@ -117,7 +126,11 @@ fn a_delta_calls_the_application_and_its_report_goes_out_with_the_version() {
     assert_eq!(out, [Action::Apply(obj(json!({"fan": {"speed": 3}})))]);
     assert_eq!(s.desired(), &obj(json!({"led": "on", "fan": {"speed": 3}})));
     // A delta older than the copy is ignored.
-    let out = msg(&mut s, "update/delta", json!({"state": {"fan": 1}, "version": 6}));
+    let out = msg(
+        &mut s,
+        "update/delta",
+        json!({"state": {"fan": 1}, "version": 6}),
+    );
     assert!(out.is_empty());
     assert_eq!(s.desired()["fan"], json!({"speed": 3}));
 }
@@ -125,8 +138,16 @@ fn a_delta_calls_the_application_and_its_report_goes_out_with_the_version() {
 #[test]
 fn offline_reports_merge_and_go_out_as_one_update_after_the_get() {
     let mut s = ShadowSync::new(ID).unwrap();
-    assert!(s.report(obj(json!({"a": 1, "b": {"x": 1, "y": 2}, "c": 3}))).unwrap().is_empty());
-    assert!(s.report(obj(json!({"a": 2, "b": {"y": null}, "c": null}))).unwrap().is_empty());
+    assert!(
+        s.report(obj(json!({"a": 1, "b": {"x": 1, "y": 2}, "c": 3})))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.report(obj(json!({"a": 2, "b": {"y": null}, "c": null})))
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.report(obj(json!({"d": [1, 2]}))).unwrap().is_empty());
     assert!(s.has_unsent());
     let out = connect(&mut s, json!({}), json!({"c": 9, "old": true}), 10);
@@ -137,7 +158,10 @@ fn offline_reports_merge_and_go_out_as_one_update_after_the_get() {
         json!({"reported": {"a": 2, "b": {"x": 1, "y": null}, "c": null, "d": [1, 2]}})
     );
     assert_eq!(p[0].1["version"], 10);
-    assert_eq!(s.reported(), obj(json!({"a": 2, "b": {"x": 1}, "d": [1, 2], "old": true})));
+    assert_eq!(
+        s.reported(),
+        obj(json!({"a": 2, "b": {"x": 1}, "d": [1, 2], "old": true}))
+    );
 }
 
 #[test]
@@ -166,10 +190,16 @@ fn a_version_conflict_reads_again_and_resends_merged_on_the_fresh_version() {
         json!({"state": {"desired": {"mode": "eco"}, "reported": {"z": 0}, "delta": {"mode": "eco"}},
                "metadata": {}, "version": 2, "timestamp": 6, "clientToken": token_of(&p[0].1)}),
     );
-    assert!(out.contains(&Action::Apply(obj(json!({"mode": "eco"})))), "desired changed");
+    assert!(
+        out.contains(&Action::Apply(obj(json!({"mode": "eco"})))),
+        "desired changed"
+    );
     let p = published(&out);
     assert_eq!(p.len(), 1);
-    assert_eq!(p[0].1["state"], json!({"reported": {"a": 5, "b": 2, "c": 3}}));
+    assert_eq!(
+        p[0].1["state"],
+        json!({"reported": {"a": 5, "b": 2, "c": 3}})
+    );
     assert_eq!(p[0].1["version"], 2);
     assert_eq!(s.reported(), obj(json!({"z": 0, "a": 5, "b": 2, "c": 3})));
 }
@@ -185,8 +215,14 @@ fn disconnect_requeues_the_patch_in_flight_and_old_answers_are_ignored() {
     // An answer to the old request after the reconnect is not taken for a new one.
     let out = s.on_connected(0xdef);
     let get = published(&out);
-    assert!(msg(&mut s, "update/accepted",
-        json!({"state": {"reported": {"a": 1}}, "version": 2, "clientToken": old})).is_empty());
+    assert!(
+        msg(
+            &mut s,
+            "update/accepted",
+            json!({"state": {"reported": {"a": 1}}, "version": 2, "clientToken": old})
+        )
+        .is_empty()
+    );
     assert!(msg(&mut s, "get/accepted",
         json!({"state": {"desired": {}, "reported": {}}, "version": 9, "clientToken": "get-0-1"})).is_empty());
     let out = msg(
@@ -220,7 +256,11 @@ fn other_writers_updates_apply_in_order_and_a_gap_reads_again() {
     );
     assert_eq!(published(&out)[0].0, "get");
     // Delete: the copy is emptied at the deletion's version.
-    msg(&mut s, "delete/accepted", json!({"version": 7, "timestamp": 1}));
+    msg(
+        &mut s,
+        "delete/accepted",
+        json!({"version": 7, "timestamp": 1}),
+    );
     assert!(s.desired().is_empty() && s.reported().is_empty());
     assert_eq!(s.version(), 7);
 }
@@ -250,7 +290,14 @@ fn other_rejections_drop_or_keep_the_patch() {
         "update/rejected",
         json!({"code": 400, "message": "bad", "clientToken": token_of(&p[0].1)}),
     );
-    assert!(matches!(out[0], Action::Rejected { code: 400, kept: false, .. }));
+    assert!(matches!(
+        out[0],
+        Action::Rejected {
+            code: 400,
+            kept: false,
+            ..
+        }
+    ));
     assert_eq!(published(&out)[0].0, "get");
     assert!(!s.has_unsent());
 }
@@ -283,7 +330,9 @@ fn limits_one_past() {
     let e = s
         .on_message(
             "$shadow/dev-1/update/delta",
-            json!({"state": deep(MAX_DEPTH + 1), "version": 99}).to_string().as_bytes(),
+            json!({"state": deep(MAX_DEPTH + 1), "version": 99})
+                .to_string()
+                .as_bytes(),
         )
         .unwrap_err();
     assert!(matches!(e, ShadowError::BadMessage { .. }), "{e}");
@@ -292,7 +341,11 @@ fn limits_one_past() {
     assert_eq!(s.version(), 0);
     // Garbage on a shadow topic is an error, other topics are ignored.
     assert!(s.on_message("$shadow/dev-1/get/accepted", b"[1]").is_err());
-    assert!(s.on_message("$shadow/other/update/delta", b"garbage").unwrap().is_empty());
+    assert!(
+        s.on_message("$shadow/other/update/delta", b"garbage")
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -312,9 +365,15 @@ fn the_copy_and_what_waits_survive_a_restart() {
     assert_eq!((t.desired(), t.version()), (s.desired(), 5));
     assert_eq!(t.reported(), s.reported());
     let out = connect(&mut t, json!({"m": 1}), json!({"r": 1}), 5);
-    assert_eq!(published(&out)[0].1["state"], json!({"reported": {"r": 2, "q": 3}}));
+    assert_eq!(
+        published(&out)[0].1["state"],
+        json!({"reported": {"r": 2, "q": 3}})
+    );
     // Another device's file, or a damaged one, is an error naming it.
-    assert!(matches!(store.load(&fs, "dev-2"), Err(ShadowStoreError::Damaged { .. })));
+    assert!(matches!(
+        store.load(&fs, "dev-2"),
+        Err(ShadowStoreError::Damaged { .. })
+    ));
     let p = Path::new("/shadow/shadow.json");
     let mut b = fs.contents(p).unwrap();
     let mid = b.len() / 2;
@@ -323,7 +382,10 @@ fn the_copy_and_what_waits_survive_a_restart() {
     let e = store.load(&fs, ID).unwrap_err();
     assert!(e.to_string().contains("shadow.json"), "{e}");
     fs.put(p, &vec![b'x'; MAX_SHADOW_FILE + 1]);
-    assert!(matches!(store.load(&fs, ID), Err(ShadowStoreError::Damaged { .. })));
+    assert!(matches!(
+        store.load(&fs, ID),
+        Err(ShadowStoreError::Damaged { .. })
+    ));
 }
 
 #[test]
@@ -363,8 +425,12 @@ fn json_value(depth: u32) -> impl Strategy<Value = Value> {
 }
 
 fn json_object() -> impl Strategy<Value = Object> {
-    proptest::collection::btree_map(prop_oneof![Just("a"), Just("b"), Just("c")], json_value(3), 0..3)
-        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    proptest::collection::btree_map(
+        prop_oneof![Just("a"), Just("b"), Just("c")],
+        json_value(3),
+        0..3,
+    )
+    .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 /// A stored document never holds nulls or empty objects: normalise one through the patch rules.

@@ -129,8 +129,7 @@ impl SpoolConfig {
                 self.segment_bytes, self.max_record_bytes
             ));
         }
-        if self.max_total_bytes < 2 * self.segment_bytes || self.max_total_bytes > MAX_TOTAL_BYTES
-        {
+        if self.max_total_bytes < 2 * self.segment_bytes || self.max_total_bytes > MAX_TOTAL_BYTES {
             return bad(format!(
                 "max_total_bytes {} not in 2 * segment_bytes ({}) ..={MAX_TOTAL_BYTES}",
                 self.max_total_bytes,
@@ -617,7 +616,12 @@ impl<F: LogFs> Spool<F> {
                 self.sync_active()?;
                 self.active = None;
             }
-            let mut need = frame_len + if self.active.is_none() { SEGMENT_HEADER } else { 0 };
+            let mut need = frame_len
+                + if self.active.is_none() {
+                    SEGMENT_HEADER
+                } else {
+                    0
+                };
             while self.total_bytes + need > self.config.max_total_bytes {
                 if self.segments.is_empty() {
                     break; // cannot happen with a valid config
@@ -651,7 +655,10 @@ impl<F: LogFs> Spool<F> {
             return Ok(());
         }
         let path = self.seg_path(self.segments.back().map_or(0, |s| s.first_seq));
-        let active = self.active.as_mut().expect("frames buffered for an active segment");
+        let active = self
+            .active
+            .as_mut()
+            .expect("frames buffered for an active segment");
         // The bytes were counted in total_bytes already; keep the count honest while buffered.
         active.append(buf).map_err(io_err(&path))?;
         buf.clear();
@@ -836,7 +843,11 @@ impl<F: LogFs> Spool<F> {
     /// The oldest unacknowledged records, in order: at most `max_records` (and
     /// [`MAX_PEEK_RECORDS`]) and `max_bytes` of payload, but at least one when any is waiting.
     /// Nothing changes: the same records come again until acknowledged.
-    pub fn peek(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Peeked>, SpoolError> {
+    pub fn peek(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Peeked>, SpoolError> {
         self.peek_after(self.meta.acked, max_records, max_bytes)
     }
 

@@ -29,7 +29,12 @@ fn read_all<F: LogFs>(s: &mut Spool<F>) -> Vec<Peeked> {
 }
 
 fn payload(id: u64, len: usize) -> Vec<u8> {
-    id.to_le_bytes().iter().copied().cycle().take(len.max(8)).collect()
+    id.to_le_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(len.max(8))
+        .collect()
 }
 
 #[test]
@@ -45,7 +50,9 @@ fn append_peek_ack_reopen_on_a_real_disk() {
     );
     let p = s.peek(2, usize::MAX).unwrap();
     assert_eq!(
-        p.iter().map(|p| (p.seq, p.points, p.payload.as_slice())).collect::<Vec<_>>(),
+        p.iter()
+            .map(|p| (p.seq, p.points, p.payload.as_slice()))
+            .collect::<Vec<_>>(),
         [(1, 1, &b"one"[..]), (2, 2, &b"two"[..])]
     );
     // Peek changes nothing; peek_after pipelines.
@@ -134,7 +141,10 @@ fn record_and_batch_limits_one_past() {
     let mut s = Spool::open(fs, dir(), small()).unwrap();
     assert!(matches!(
         s.append(&[0; 1025], 1),
-        Err(SpoolError::RecordTooLarge { len: 1025, max: 1024 })
+        Err(SpoolError::RecordTooLarge {
+            len: 1025,
+            max: 1024
+        })
     ));
     assert_eq!(s.append(&[0; 1024], 1).unwrap(), 1);
     let rec: &[u8] = b"x";
@@ -162,7 +172,10 @@ fn record_and_batch_limits_one_past() {
         let k = MAX_BATCH_RECORDS.min(n - chunk * MAX_BATCH_RECORDS);
         s.append_batch(&vec![(tiny, 1); k]).unwrap();
     }
-    assert_eq!(s.peek_after(1, usize::MAX, usize::MAX).unwrap().len(), MAX_PEEK_RECORDS);
+    assert_eq!(
+        s.peek_after(1, usize::MAX, usize::MAX).unwrap().len(),
+        MAX_PEEK_RECORDS
+    );
 }
 
 #[test]
@@ -174,7 +187,10 @@ fn segments_roll_and_acked_ones_are_removed() {
     }
     // 520 bytes a frame, 7 per 4 KiB segment.
     let st = s.stats();
-    assert_eq!((st.segments, st.pending_records, st.dropped_records), (4, 25, 0));
+    assert_eq!(
+        (st.segments, st.pending_records, st.dropped_records),
+        (4, 25, 0)
+    );
     assert_eq!(st.total_bytes, 4 * SEGMENT_HEADER + 25 * 520);
     s.ack(13).unwrap();
     assert_eq!(s.stats().segments, 3, "8..=14 is not fully acknowledged");
@@ -182,7 +198,10 @@ fn segments_roll_and_acked_ones_are_removed() {
     assert_eq!(s.stats().segments, 2);
     let names = fs.list(dir()).unwrap();
     assert_eq!(names.iter().filter(|n| n.ends_with(".seg")).count(), 2);
-    assert!(names.contains(&"000000000000000f.seg".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"000000000000000f.seg".to_string()),
+        "{names:?}"
+    );
     assert_eq!(s.peek(1, 0).unwrap()[0].seq, 15);
 }
 
@@ -199,7 +218,10 @@ fn the_cap_drops_oldest_segments_and_counts_them() {
     s.append(&payload(15, 1024), 10).unwrap();
     let st = s.stats();
     // The oldest segment (1..=3) was dropped: only record 3 was unacknowledged.
-    assert_eq!((st.dropped_records, st.dropped_points, st.acked), (1, 10, 3));
+    assert_eq!(
+        (st.dropped_records, st.dropped_points, st.acked),
+        (1, 10, 3)
+    );
     assert!(st.total_bytes <= small().max_total_bytes, "{st:?}");
     for i in 16..40 {
         s.append(&payload(i, 1024), 10).unwrap();
@@ -236,7 +258,7 @@ fn a_torn_or_damaged_tail_is_cut_on_open() {
     let seg = d.join("0000000000000001.seg");
     let mut b = std::fs::read(&seg).unwrap();
     let good = b.len();
-    b.extend_from_slice(&b[good - 60..good].to_vec()); // a half frame
+    b.extend_from_within(good - 60..good); // a half frame
     std::fs::write(&seg, &b).unwrap();
     let mut s = Spool::open(RealFs, d, small()).unwrap();
     assert_eq!(
@@ -298,7 +320,13 @@ fn points_encode_to_the_batch_form() {
         metrics: m.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
     };
     let json = encode_points(&[
-        p(1733350000000, vec![("temp", MetricValue::F64(20.5)), ("on", MetricValue::Bool(true))]),
+        p(
+            1733350000000,
+            vec![
+                ("temp", MetricValue::F64(20.5)),
+                ("on", MetricValue::Bool(true)),
+            ],
+        ),
         p(1733350001000, vec![("temp", MetricValue::F64(-1e-7))]),
     ])
     .unwrap();
@@ -315,14 +343,26 @@ fn points_encode_to_the_batch_form() {
     encode_points(std::slice::from_ref(&ok)).unwrap();
     let long = "a".repeat(MAX_METRIC_NAME + 1);
     for (bad, what) in [
-        (vec![p(1, vec![(&long, MetricValue::F64(1.0))])], "long name"),
+        (
+            vec![p(1, vec![(&long, MetricValue::F64(1.0))])],
+            "long name",
+        ),
         (vec![p(1, vec![("ts", MetricValue::F64(1.0))])], "ts"),
         (vec![p(1, vec![("a b", MetricValue::F64(1.0))])], "space"),
         (vec![p(1, vec![("", MetricValue::F64(1.0))])], "empty"),
         (vec![p(1, vec![("x", MetricValue::F64(f64::NAN))])], "nan"),
-        (vec![p(1, vec![("x", MetricValue::F64(f64::INFINITY))])], "inf"),
         (
-            vec![p(1, vec![("x", MetricValue::F64(1.0)), ("x", MetricValue::Bool(false))])],
+            vec![p(1, vec![("x", MetricValue::F64(f64::INFINITY))])],
+            "inf",
+        ),
+        (
+            vec![p(
+                1,
+                vec![
+                    ("x", MetricValue::F64(1.0)),
+                    ("x", MetricValue::Bool(false)),
+                ],
+            )],
             "dup",
         ),
         (vec![p(1, vec![])], "no metrics"),
@@ -446,7 +486,9 @@ struct Model {
 }
 
 fn as_tuples(v: &[Peeked]) -> Vec<(u64, Vec<u8>, u32)> {
-    v.iter().map(|p| (p.seq, p.payload.clone(), p.points)).collect()
+    v.iter()
+        .map(|p| (p.seq, p.payload.clone(), p.points))
+        .collect()
 }
 
 impl Model {
@@ -467,11 +509,9 @@ impl Model {
                 }
             }
         };
-        let got = loop {
-            // Reading may hit a cut armed earlier: disarm it for the check.
-            self.fs.disarm();
-            break as_tuples(&read_all(&mut s));
-        };
+        // Reading may hit a cut armed earlier: disarm it for the check.
+        self.fs.disarm();
+        let got = as_tuples(&read_all(&mut s));
         let st = s.stats();
         let mut all = self.pending.clone();
         for (i, (p, pts)) in self.uncertain_append.drain(..).enumerate() {
@@ -484,14 +524,20 @@ impl Model {
             Some(first) => all.iter().position(|r| r == first),
             None => Some(all.len().min(self.pending.len())),
         };
-        prop_assert!(start.is_some(), "unknown first record {:?}", got.first().map(|r| r.0));
+        prop_assert!(
+            start.is_some(),
+            "unknown first record {:?}",
+            got.first().map(|r| r.0)
+        );
         let start = start.unwrap_or(0);
         prop_assert!(start + got.len() <= all.len());
         prop_assert_eq!(&all[start..start + got.len()], &got[..]);
         prop_assert!(
             start + got.len() >= self.pending.len(),
             "confirmed records lost at the end: kept {}..{} of {} confirmed",
-            start, start + got.len(), self.pending.len()
+            start,
+            start + got.len(),
+            self.pending.len()
         );
         let removed = &all[..start];
         prop_assert!(st.dropped_records >= self.dropped.0);
@@ -499,7 +545,9 @@ impl Model {
         let unexplained = removed.iter().filter(|r| r.0 > self.uncertain_ack).count() as u64;
         prop_assert!(
             unexplained <= newly_dropped,
-            "{} records gone, {} dropped", unexplained, newly_dropped
+            "{} records gone, {} dropped",
+            unexplained,
+            newly_dropped
         );
         prop_assert!(st.next_seq >= self.next_seq);
         prop_assert!(got.iter().all(|r| r.0 < st.next_seq));
@@ -601,7 +649,10 @@ impl Model {
             }
             Op::Cut(n) => self.fs.cut_after(u64::from(n)),
         }
-        prop_assert_eq!(self.spool().stats().pending_records, self.pending.len() as u64);
+        prop_assert_eq!(
+            self.spool().stats().pending_records,
+            self.pending.len() as u64
+        );
         Ok(())
     }
 }
@@ -638,7 +689,8 @@ proptest! {
 fn a_cut_after_every_operation_of_a_scenario() {
     // The scenario: fill past the cap, ack some, reopen; cut the power after the n-th file
     // operation for every n, then check the invariants on the rebooted spool.
-    let run = |cut: Option<u64>| -> (MemFs, Vec<(u64, Vec<u8>, u32)>, u64, bool) {
+    type Run = (MemFs, Vec<(u64, Vec<u8>, u32)>, u64, bool);
+    let run = |cut: Option<u64>| -> Run {
         let fs = MemFs::new(cut.unwrap_or(0));
         let mut s = Spool::open(fs.clone(), dir(), small()).unwrap();
         if let Some(n) = cut {
@@ -680,14 +732,21 @@ fn a_cut_after_every_operation_of_a_scenario() {
             .iter()
             .filter(|r| r.0 > maybe_acked && !got.contains(r))
             .count() as u64;
-        assert!(missing <= dropped, "cut at {n}: {missing} missing, {dropped} dropped");
+        assert!(
+            missing <= dropped,
+            "cut at {n}: {missing} missing, {dropped} dropped"
+        );
         assert!(got.windows(2).all(|w| w[1].0 == w[0].0 + 1), "cut at {n}");
         assert!(
-            got.iter().all(|r| r.0 > last_confirmed || confirmed.contains(r)),
+            got.iter()
+                .all(|r| r.0 > last_confirmed || confirmed.contains(r)),
             "cut at {n}"
         );
         // Sequence numbers are not reused: record i has sequence number i + 1.
-        assert!(got.iter().all(|r| r.1 == payload(r.0 - 1, 900)), "cut at {n}");
+        assert!(
+            got.iter().all(|r| r.1 == payload(r.0 - 1, 900)),
+            "cut at {n}"
+        );
         n += 1;
     }
     assert!(n > 100, "only {n} operations");
