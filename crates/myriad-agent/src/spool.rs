@@ -392,42 +392,84 @@ struct Frame {
     end: u64,
 }
 
-/// Reads the frame at `offset` of `path` (at most `limit` bytes long, file ends at
-/// `file_len`): `Ok(None)` when it is short or bad.
-fn read_frame(
-    fs: &impl LogFs,
-    path: &Path,
-    offset: u64,
-    file_len: u64,
-) -> Result<Option<Frame>, SpoolError> {
-    if offset + FRAME_HEADER > file_len {
-        return Ok(None);
+/// Reads a segment through a 64 KiB window (a scan or a peek costs one read per window, not
+/// two per record).
+struct Reader<'a, F: LogFs> {
+    fs: &'a F,
+    path: PathBuf,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+const WINDOW: usize = 64 * 1024;
+
+impl<'a, F: LogFs> Reader<'a, F> {
+    fn new(fs: &'a F, path: PathBuf) -> Self {
+        Reader {
+            fs,
+            path,
+            start: 0,
+            buf: Vec::new(),
+        }
     }
-    let mut head = [0u8; FRAME_HEADER as usize];
-    if fs.read_at(path, offset, &mut head).map_err(io_err(path))? < head.len() {
-        return Ok(None);
+
+    /// Fills `out` from `offset`: `false` when the file ends first.
+    fn read(&mut self, offset: u64, out: &mut [u8]) -> Result<bool, SpoolError> {
+        let end = offset + out.len() as u64;
+        if offset >= self.start && end <= self.start + self.buf.len() as u64 {
+            let at = (offset - self.start) as usize;
+            out.copy_from_slice(&self.buf[at..at + out.len()]);
+            return Ok(true);
+        }
+        if out.len() >= WINDOW {
+            let n = self
+                .fs
+                .read_at(&self.path, offset, out)
+                .map_err(io_err(&self.path))?;
+            return Ok(n == out.len());
+        }
+        self.buf.resize(WINDOW, 0);
+        let n = self
+            .fs
+            .read_at(&self.path, offset, &mut self.buf)
+            .map_err(io_err(&self.path))?;
+        self.buf.truncate(n);
+        self.start = offset;
+        if n < out.len() {
+            return Ok(false);
+        }
+        out.copy_from_slice(&self.buf[..out.len()]);
+        Ok(true)
     }
-    let len = u32_at(&head, 0);
-    if len > MAX_RECORD_BYTES || offset + FRAME_HEADER + u64::from(len) > file_len {
-        return Ok(None);
+
+    /// The frame at `offset` (the file ends at `file_len`): `Ok(None)` when it is short or
+    /// bad.
+    fn frame(&mut self, offset: u64, file_len: u64) -> Result<Option<Frame>, SpoolError> {
+        if offset + FRAME_HEADER > file_len {
+            return Ok(None);
+        }
+        let mut head = [0u8; FRAME_HEADER as usize];
+        if !self.read(offset, &mut head)? {
+            return Ok(None);
+        }
+        let len = u32_at(&head, 0);
+        if len > MAX_RECORD_BYTES || offset + FRAME_HEADER + u64::from(len) > file_len {
+            return Ok(None);
+        }
+        let mut payload = vec![0u8; len as usize];
+        if !self.read(offset + FRAME_HEADER, &mut payload)? {
+            return Ok(None);
+        }
+        if crc(&[&head[..4], &head[8..20], &payload]) != u32_at(&head, 4) {
+            return Ok(None);
+        }
+        Ok(Some(Frame {
+            seq: u64_at(&head, 8),
+            points: u32_at(&head, 16),
+            payload,
+            end: offset + FRAME_HEADER + u64::from(len),
+        }))
     }
-    let mut payload = vec![0u8; len as usize];
-    if fs
-        .read_at(path, offset + FRAME_HEADER, &mut payload)
-        .map_err(io_err(path))?
-        < payload.len()
-    {
-        return Ok(None);
-    }
-    if crc(&[&head[..4], &head[8..20], &payload]) != u32_at(&head, 4) {
-        return Ok(None);
-    }
-    Ok(Some(Frame {
-        seq: u64_at(&head, 8),
-        points: u32_at(&head, 16),
-        payload,
-        end: offset + FRAME_HEADER + u64::from(len),
-    }))
 }
 
 impl<F: LogFs> Spool<F> {
@@ -773,10 +815,11 @@ impl<F: LogFs> Spool<F> {
         } else if seg.last_seq() > acked {
             let mut points = 0;
             let path = self.seg_path(seg.first_seq);
+            let mut reader = Reader::new(&self.fs, path.clone());
             let mut offset = SEGMENT_HEADER;
             let mut seq = seg.first_seq;
             while seq < seg.next_seq {
-                let Some(frame) = read_frame(&self.fs, &path, offset, seg.len)? else {
+                let Some(frame) = reader.frame(offset, seg.len)? else {
                     return Err(SpoolError::Damaged { path, offset });
                 };
                 if frame.seq > acked {
@@ -875,6 +918,7 @@ impl<F: LogFs> Spool<F> {
                 offset: SEGMENT_HEADER,
             },
         };
+        let mut reader: Option<Reader<'_, F>> = None;
         while out.len() < max_records {
             let seg = self.segments[si];
             if pos.seq >= seg.next_seq {
@@ -890,7 +934,11 @@ impl<F: LogFs> Spool<F> {
                 continue;
             }
             let path = self.seg_path(seg.first_seq);
-            let frame = match read_frame(&self.fs, &path, pos.offset, seg.len)? {
+            if reader.as_ref().is_none_or(|r| r.path != path) {
+                reader = Some(Reader::new(&self.fs, path.clone()));
+            }
+            let r = reader.as_mut().expect("set above");
+            let frame = match r.frame(pos.offset, seg.len)? {
                 Some(f) if f.seq == pos.seq => f,
                 _ => {
                     return Err(SpoolError::Damaged {
@@ -929,16 +977,15 @@ impl<F: LogFs> Spool<F> {
 }
 
 /// Scans a segment: its state up to the first bad frame, `None` when the header is bad.
-fn scan(
-    fs: &impl LogFs,
+fn scan<F: LogFs>(
+    fs: &F,
     path: &Path,
     first_seq: u64,
     file_len: u64,
 ) -> Result<Option<Segment>, SpoolError> {
+    let mut reader = Reader::new(fs, path.to_path_buf());
     let mut head = [0u8; SEGMENT_HEADER as usize];
-    if file_len < SEGMENT_HEADER
-        || fs.read_at(path, 0, &mut head).map_err(io_err(path))? < head.len()
-        || head != segment_header(first_seq)
+    if file_len < SEGMENT_HEADER || !reader.read(0, &mut head)? || head != segment_header(first_seq)
     {
         return Ok(None);
     }
@@ -948,7 +995,7 @@ fn scan(
         len: SEGMENT_HEADER,
         points: 0,
     };
-    while let Some(frame) = read_frame(fs, path, seg.len, file_len)? {
+    while let Some(frame) = reader.frame(seg.len, file_len)? {
         if frame.seq != seg.next_seq {
             break;
         }
