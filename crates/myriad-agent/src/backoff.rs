@@ -23,6 +23,24 @@
 //! the agent starts or loses its connection (so a fleet restarted at once is spread too);
 //! [`Backoff::connected`] when a connection is up; [`Backoff::disconnected`] when it is lost.
 //!
+//! # Example
+//!
+//! ```
+//! use myriad_agent::backoff::{Backoff, BackoffConfig};
+//!
+//! let mut backoff = Backoff::new(BackoffConfig::default())?;
+//! # let random = 0x9E37_79B9_7F4A_7C15_u64;
+//! // Lost the connection: wait, then connect (random: the device RNG's next u64).
+//! let wait_ms = backoff.next_delay(random);
+//! assert!(wait_ms <= 2_000);
+//! // The next failure waits up to 4 s, then 8 s, ... up to 2 min.
+//! assert!(backoff.next_delay(random) <= 4_000);
+//! backoff.connected(1_000);
+//! backoff.disconnected(120_000); // up for two minutes: back to 2 s windows
+//! assert_eq!(backoff.window_ms(), 2_000);
+//! # Ok::<(), myriad_agent::backoff::BackoffConfigError>(())
+//! ```
+//!
 //! # Limits
 //!
 //! | setting | default | bounds |

@@ -14,6 +14,23 @@
 //! command unanswered (at most once; the platform's timeout reports it) rather than run
 //! twice.
 //!
+//! # Example
+//!
+//! ```
+//! use myriad_agent::dedup::{Dedup, DEFAULT_CAPACITY};
+//! use myriad_agent::fs::RealFs;
+//!
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir = tmp.path();
+//! let mut seen = Dedup::open(RealFs, dir, DEFAULT_CAPACITY)?;
+//! assert!(seen.insert("cmd-42")?); // new: run the handler, reply
+//! assert!(!seen.insert("cmd-42")?); // redelivered: already answered
+//! drop(seen);
+//! let seen = Dedup::open(RealFs, dir, DEFAULT_CAPACITY)?; // after a restart too
+//! assert!(seen.contains("cmd-42"));
+//! # Ok::<(), myriad_agent::dedup::DedupError>(())
+//! ```
+//!
 //! # On disk
 //!
 //! | what | layout |

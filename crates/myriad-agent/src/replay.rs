@@ -18,6 +18,23 @@
 //! data to the spool while a backlog waits (so everything goes in order) instead of using
 //! [`Next::Live`].
 //!
+//! # Example
+//!
+//! ```
+//! use myriad_agent::replay::{Next, Replay, ReplayConfig};
+//!
+//! let mut pacer = Replay::new(ReplayConfig::default(), 0)?;
+//! // 500 records in the spool, a live message waiting: live first, then the backlog.
+//! assert_eq!(pacer.next(0, 500, true), Next::Live);
+//! pacer.sent_live();
+//! let Next::Backlog { max_records } = pacer.next(0, 500, false) else { unreachable!() };
+//! assert_eq!(max_records, 40); // the burst
+//! pacer.sent_backlog(max_records);
+//! // The bucket is empty: the next record may go 50 ms later (20 a second).
+//! assert_eq!(pacer.next(0, 460, false), Next::WaitUntil(50));
+//! # Ok::<(), myriad_agent::replay::ReplayConfigError>(())
+//! ```
+//!
 //! # Limits
 //!
 //! | setting | default | bounds |

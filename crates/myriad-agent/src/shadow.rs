@@ -31,6 +31,33 @@
 //! waits is sent as the object plus `null` for the keys the platform's copy holds under it,
 //! so the result is the one of the two patches in order.
 //!
+//! # Example
+//!
+//! ```
+//! use myriad_agent::shadow::{Action, ShadowSync};
+//! use serde_json::json;
+//!
+//! let mut shadow = ShadowSync::new("dev-1")?;
+//! // Subscribe to shadow.subscriptions(), then:
+//! let actions = shadow.on_connected(0x5eed);
+//! let Action::Publish { topic, payload } = &actions[0] else { unreachable!() };
+//! assert_eq!(topic, "$shadow/dev-1/get");
+//! let token: serde_json::Value = serde_json::from_slice(payload).unwrap();
+//! // The platform answers the get; the delta goes to the application.
+//! let answer = json!({"state": {"desired": {"led": "on"}, "reported": {"led": "off"},
+//!     "delta": {"led": "on"}}, "version": 3, "clientToken": token["clientToken"]});
+//! let actions = shadow.on_message("$shadow/dev-1/get/accepted", answer.to_string().as_bytes())?;
+//! assert!(matches!(&actions[0], Action::Apply(fields) if fields["led"] == "on"));
+//! // The application switches the LED on and reports it.
+//! let actions = shadow.report(json!({"led": "on"}).as_object().unwrap().clone())?;
+//! let Action::Publish { topic, payload } = &actions[0] else { unreachable!() };
+//! assert_eq!(topic, "$shadow/dev-1/update");
+//! let update: serde_json::Value = serde_json::from_slice(payload).unwrap();
+//! assert_eq!(update["state"], json!({"reported": {"led": "on"}}));
+//! assert_eq!(update["version"], 3);
+//! # Ok::<(), myriad_agent::shadow::ShadowError>(())
+//! ```
+//!
 //! # Limits
 //!
 //! | limit | value | one past |

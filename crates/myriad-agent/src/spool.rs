@@ -39,6 +39,30 @@
 //!   `spool.meta` before the segment is removed), so at most one segment's worth more than
 //!   needed is dropped.
 //!
+//! # Example
+//!
+//! ```
+//! use myriad_agent::fs::RealFs;
+//! use myriad_agent::spool::{MetricValue, Point, Spool, SpoolConfig};
+//!
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir = tmp.path();
+//! let mut spool = Spool::open(RealFs, dir, SpoolConfig::default())?;
+//! // The application hands over points while the broker is unreachable: to disk.
+//! let seq = spool.append_points(&[Point {
+//!     ts_ms: 1_733_350_000_000,
+//!     metrics: vec![("temp".into(), MetricValue::F64(20.5))],
+//! }])?;
+//! // Connected again: the oldest records go out; each is acknowledged after its PUBACK.
+//! let batch = spool.peek(16, 256 * 1024)?;
+//! assert_eq!(batch[0].seq, seq);
+//! assert_eq!(batch[0].payload, br#"{"points":[{"ts":1733350000000,"temp":20.5}]}"#);
+//! // ... publish each payload on devices/{id}/telemetry at QoS 1, await the PUBACKs ...
+//! spool.ack(batch[batch.len() - 1].seq)?;
+//! assert!(spool.is_empty());
+//! # Ok::<(), myriad_agent::spool::SpoolError>(())
+//! ```
+//!
 //! # Limits
 //!
 //! | limit | value | one past |
