@@ -8,7 +8,8 @@
 //!
 //! - **Delta** (`update/delta`, `{"state": {..}, "version": N}`): merged into the local
 //!   `desired`, and [`Action::Apply`] hands the fields to the application, which acts and
-//!   reports back. A delta older than the local version is ignored.
+//!   reports back. A delta older than the local version, or one of the same version that
+//!   changes nothing (a redelivery, or the delta a `get` answer carried), is ignored.
 //! - **Reports** ([`ShadowSync::report`]): a patch of `reported` (objects merge, `null`
 //!   deletes, arrays and scalars replace, as on the platform). Patches wait in one merged
 //!   pending patch (later values of a key win, `null` deletes) and go out as one
@@ -499,6 +500,10 @@ impl ShadowSync {
                 apply_patch(&mut desired, &delta);
                 if serialized_len(&desired) > MAX_SECTION_BYTES {
                     return Err(bad("desired over its limit".into()));
+                }
+                if version == self.version && desired == self.desired {
+                    // Seen already (a get's answer carried it, or a redelivery).
+                    return Ok(Vec::new());
                 }
                 self.desired = desired;
                 self.version = version;

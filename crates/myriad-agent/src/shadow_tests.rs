@@ -132,6 +132,13 @@ fn a_delta_calls_the_application_and_its_report_goes_out_with_the_version() {
         json!({"state": {"fan": 1}, "version": 6}),
     );
     assert!(out.is_empty());
+    // A redelivery of the same delta calls nobody.
+    let out = msg(
+        &mut s,
+        "update/delta",
+        json!({"state": {"fan": {"speed": 3}}, "version": 7}),
+    );
+    assert!(out.is_empty());
     assert_eq!(s.desired()["fan"], json!({"speed": 3}));
 }
 
