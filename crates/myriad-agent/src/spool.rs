@@ -49,13 +49,13 @@
 //! # let dir = tmp.path();
 //! let mut spool = Spool::open(RealFs, dir, SpoolConfig::default())?;
 //! // The application hands over points while the broker is unreachable: to disk.
-//! let seq = spool.append_points(&[Point {
+//! let seqs = spool.append_points(&[Point {
 //!     ts_ms: 1_733_350_000_000,
 //!     metrics: vec![("temp".into(), MetricValue::F64(20.5))],
 //! }])?;
 //! // Connected again: the oldest records go out; each is acknowledged after its PUBACK.
 //! let batch = spool.peek(16, 256 * 1024)?;
-//! assert_eq!(batch[0].seq, seq);
+//! assert_eq!(batch[0].seq, *seqs.start());
 //! assert_eq!(batch[0].payload, br#"{"points":[{"ts":1733350000000,"temp":20.5}]}"#);
 //! // ... publish each payload on devices/{id}/telemetry at QoS 1, await the PUBACKs ...
 //! spool.ack(batch[batch.len() - 1].seq)?;
@@ -992,11 +992,13 @@ impl<F: LogFs> Spool<F> {
         Ok(out)
     }
 
-    /// Appends a batch of points as one record (the platform's batch JSON, see
-    /// [`encode_points`]); returns its sequence number.
-    pub fn append_points(&mut self, points: &[Point]) -> Result<u64, SpoolError> {
-        let json = encode_points(points)?;
-        self.append(&json, points.len() as u32)
+    /// Appends points as batch telemetry messages ([`encode_batches`]: as few records as
+    /// [`SpoolConfig::max_record_bytes`] and [`MAX_POINTS`] allow, one fsync); returns
+    /// their sequence numbers (empty when there are no points).
+    pub fn append_points(&mut self, points: &[Point]) -> Result<RangeInclusive<u64>, SpoolError> {
+        let records = encode_batches(points, self.config.max_record_bytes as usize)?;
+        let refs: Vec<(&[u8], u32)> = records.iter().map(|(r, n)| (r.as_slice(), *n)).collect();
+        self.append_batch(&refs)
     }
 }
 
@@ -1078,7 +1080,7 @@ pub enum PointError {
     Name {
         /// The point's index.
         index: usize,
-        /// The name (cut to 128 bytes... as given).
+        /// The name (its first 128 characters).
         name: String,
     },
     /// A metric named twice in one point.
@@ -1088,6 +1090,16 @@ pub enum PointError {
         index: usize,
         /// The name.
         name: String,
+    },
+    /// One point whose batch message alone is larger than the record limit.
+    #[error("point {index}: {bytes} bytes as a message, at most {max}")]
+    TooLarge {
+        /// The point's index.
+        index: usize,
+        /// The size of a message holding only it.
+        bytes: usize,
+        /// The limit.
+        max: usize,
     },
     /// A value that is not a finite number.
     #[error("point {index}: metric {name:?} is not finite")]
@@ -1116,56 +1128,110 @@ pub fn encode_points(points: &[Point]) -> Result<Vec<u8>, PointError> {
         return Err(PointError::Points(points.len()));
     }
     let mut out = Vec::with_capacity(16 + points.len() * 32);
-    out.extend_from_slice(b"{\"points\":[");
+    out.extend_from_slice(BATCH_OPEN);
     for (index, p) in points.iter().enumerate() {
-        if p.metrics.is_empty() || p.metrics.len() > MAX_METRICS {
-            return Err(PointError::Metrics {
-                index,
-                count: p.metrics.len(),
-            });
-        }
         if index > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(format!("{{\"ts\":{}", p.ts_ms).as_bytes());
-        for (i, (name, value)) in p.metrics.iter().enumerate() {
-            if !valid_name(name) {
-                return Err(PointError::Name {
-                    index,
-                    name: name.chars().take(MAX_METRIC_NAME).collect(),
-                });
-            }
-            if p.metrics[..i].iter().any(|(n, _)| n == name) {
-                return Err(PointError::Duplicate {
-                    index,
-                    name: name.clone(),
-                });
-            }
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
-            match value {
-                MetricValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-                MetricValue::F64(x) => {
-                    if !x.is_finite() {
-                        return Err(PointError::NotFinite {
-                            index,
-                            name: name.clone(),
-                        });
-                    }
-                    // serde_json writes the shortest form that reads back to the same f64.
-                    let text = serde_json::to_string(x).map_err(|_| PointError::NotFinite {
+        encode_point(index, p, &mut out)?;
+    }
+    out.extend_from_slice(BATCH_CLOSE);
+    Ok(out)
+}
+
+const BATCH_OPEN: &[u8] = b"{\"points\":[";
+const BATCH_CLOSE: &[u8] = b"]}";
+
+/// Encodes points as batch messages of at most `max_bytes` each (and [`MAX_POINTS`]
+/// points), in order: the records [`Spool::append_points`] appends, with their point
+/// counts. No points: no records.
+pub fn encode_batches(
+    points: &[Point],
+    max_bytes: usize,
+) -> Result<Vec<(Vec<u8>, u32)>, PointError> {
+    let frame = BATCH_OPEN.len() + BATCH_CLOSE.len();
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut n = 0u32;
+    let mut one = Vec::new();
+    for (index, p) in points.iter().enumerate() {
+        one.clear();
+        encode_point(index, p, &mut one)?;
+        if frame + one.len() > max_bytes {
+            return Err(PointError::TooLarge {
+                index,
+                bytes: frame + one.len(),
+                max: max_bytes,
+            });
+        }
+        if n > 0
+            && (cur.len() + 1 + one.len() + BATCH_CLOSE.len() > max_bytes
+                || n as usize == MAX_POINTS)
+        {
+            cur.extend_from_slice(BATCH_CLOSE);
+            out.push((std::mem::take(&mut cur), n));
+            n = 0;
+        }
+        if n == 0 {
+            cur.extend_from_slice(BATCH_OPEN);
+        } else {
+            cur.push(b',');
+        }
+        cur.extend_from_slice(&one);
+        n += 1;
+    }
+    if n > 0 {
+        cur.extend_from_slice(BATCH_CLOSE);
+        out.push((cur, n));
+    }
+    Ok(out)
+}
+
+/// One point's JSON object, checked.
+fn encode_point(index: usize, p: &Point, out: &mut Vec<u8>) -> Result<(), PointError> {
+    if p.metrics.is_empty() || p.metrics.len() > MAX_METRICS {
+        return Err(PointError::Metrics {
+            index,
+            count: p.metrics.len(),
+        });
+    }
+    out.extend_from_slice(format!("{{\"ts\":{}", p.ts_ms).as_bytes());
+    for (i, (name, value)) in p.metrics.iter().enumerate() {
+        if !valid_name(name) {
+            return Err(PointError::Name {
+                index,
+                name: name.chars().take(MAX_METRIC_NAME).collect(),
+            });
+        }
+        if p.metrics[..i].iter().any(|(n, _)| n == name) {
+            return Err(PointError::Duplicate {
+                index,
+                name: name.clone(),
+            });
+        }
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        match value {
+            MetricValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            MetricValue::F64(x) => {
+                if !x.is_finite() {
+                    return Err(PointError::NotFinite {
                         index,
                         name: name.clone(),
-                    })?;
-                    out.extend_from_slice(text.as_bytes());
+                    });
                 }
+                // serde_json writes the shortest form that reads back to the same f64.
+                let text = serde_json::to_string(x).map_err(|_| PointError::NotFinite {
+                    index,
+                    name: name.clone(),
+                })?;
+                out.extend_from_slice(text.as_bytes());
             }
         }
-        out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
-    Ok(out)
+    out.push(b'}');
+    Ok(())
 }
 
 #[cfg(test)]

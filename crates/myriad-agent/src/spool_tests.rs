@@ -387,9 +387,56 @@ fn points_encode_to_the_batch_form() {
     encode_points(&[pt.clone()]).unwrap();
     // Through the spool.
     let mut s = Spool::open(MemFs::new(5), dir(), SpoolConfig::default()).unwrap();
-    let seq = s.append_points(&[pt.clone(), pt]).unwrap();
+    let seqs = s.append_points(&[pt.clone(), pt]).unwrap();
     let got = s.peek(1, usize::MAX).unwrap();
-    assert_eq!((got[0].seq, got[0].points), (seq, 2));
+    assert_eq!((got[0].seq, got[0].points), (*seqs.start(), 2));
+    assert_eq!(seqs, 1..=1);
+}
+
+#[test]
+fn points_split_into_records_under_the_limits() {
+    let pt = |ts: u64| Point {
+        ts_ms: ts,
+        metrics: vec![("temp".to_string(), MetricValue::F64(ts as f64 / 3.0))],
+    };
+    let points: Vec<Point> = (0..2500).map(pt).collect();
+    // Enough room: split by the point count only.
+    let recs = encode_batches(&points, MAX_RECORD_BYTES as usize).unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.1).collect::<Vec<_>>(),
+        [1000, 1000, 500]
+    );
+    // Small records: each under the byte limit, every point once, in order.
+    for max in [60, 200, 1000, 4096] {
+        let recs = encode_batches(&points, max).unwrap();
+        let mut ts = Vec::new();
+        for (bytes, n) in &recs {
+            assert!(bytes.len() <= max, "{} > {max}", bytes.len());
+            let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            let pts = v["points"].as_array().unwrap();
+            assert_eq!(pts.len(), *n as usize);
+            ts.extend(pts.iter().map(|p| p["ts"].as_u64().unwrap()));
+        }
+        assert_eq!(ts, (0..2500).collect::<Vec<u64>>());
+    }
+    // A point that cannot fit alone, one byte past: refused.
+    let one = encode_points(&[pt(7)]).unwrap();
+    assert_eq!(encode_batches(&[pt(7)], one.len()).unwrap()[0].0, one);
+    assert!(matches!(
+        encode_batches(&[pt(7)], one.len() - 1),
+        Err(PointError::TooLarge { index: 0, .. })
+    ));
+    assert!(encode_batches(&[], 100).unwrap().is_empty());
+    // Through the spool: 2,500 points in small records, one call.
+    let config = SpoolConfig {
+        max_record_bytes: 4096,
+        ..SpoolConfig::default()
+    };
+    let mut s = Spool::open(MemFs::new(8), dir(), config).unwrap();
+    let seqs = s.append_points(&points).unwrap();
+    let all = read_all(&mut s);
+    assert_eq!(all.len() as u64, seqs.end() - seqs.start() + 1);
+    assert_eq!(all.iter().map(|p| u64::from(p.points)).sum::<u64>(), 2500);
 }
 
 proptest! {
