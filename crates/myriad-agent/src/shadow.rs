@@ -8,8 +8,10 @@
 //!
 //! - **Delta** (`update/delta`, `{"state": {..}, "version": N}`): merged into the local
 //!   `desired`, and [`Action::Apply`] hands the fields to the application, which acts and
-//!   reports back. A delta older than the local version, or one of the same version that
-//!   changes nothing (a redelivery, or the delta a `get` answer carried), is ignored.
+//!   reports back. A delta older than the local version is ignored, and the fields the
+//!   application was told since the connect are not handed again (a redelivery, or a delta
+//!   a `get` answer carried already), whatever order `update/accepted`, `update/delta` and
+//!   `get/accepted` arrive in.
 //! - **Reports** ([`ShadowSync::report`]): a patch of `reported` (objects merge, `null`
 //!   deletes, arrays and scalars replace, as on the platform). Patches wait in one merged
 //!   pending patch (later values of a key win, `null` deletes) and go out as one
@@ -19,8 +21,8 @@
 //!   front of the pending one, the copy is read again (`get`), and the merged patch is sent on
 //!   the fresh copy's version.
 //! - **Reconnect** ([`ShadowSync::on_connected`]): a `get` first; its answer replaces the
-//!   copy, hands the delta to the application when `desired` changed (or on the first answer
-//!   after a connect) and then sends what waits.
+//!   copy, hands the whole delta to the application again (it may have missed changes
+//!   while offline) and then sends what waits.
 //! - **Other writers** (an operator's update arrives on `update/accepted` with another client
 //!   token): applied to the copy when it is the next version; a gap in versions triggers a
 //!   `get`. `delete/accepted` empties the copy.
@@ -162,7 +164,9 @@ pub struct ShadowSync {
     in_flight: Option<InFlight>,
     getting: Option<String>,
     online: bool,
-    first_get: bool,
+    /// The desired values handed to the application since the connect (so each
+    /// change is handed once, whatever order the accepted, delta and get messages come in).
+    told: Object,
     nonce: u64,
     counter: u64,
     dirty: bool,
@@ -271,6 +275,27 @@ fn merge_patches(earlier: &mut Object, later: &Object, base: Option<&Object>) {
     }
 }
 
+/// The fields of `delta` whose values differ from `told`'s (nested objects compared field by
+/// field). Depth checked by the caller.
+fn not_told(delta: &Object, told: &Object) -> Object {
+    let mut out = Map::new();
+    for (k, v) in delta {
+        match (v, told.get(k)) {
+            (Value::Object(d), Some(Value::Object(t))) => {
+                let sub = not_told(d, t);
+                if !sub.is_empty() {
+                    out.insert(k.clone(), Value::Object(sub));
+                }
+            }
+            (v, Some(t)) if v == t => {}
+            (v, _) => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
 fn valid_device(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_DEVICE_ID && !id.contains(['/', '+', '#'])
 }
@@ -290,7 +315,7 @@ impl ShadowSync {
             in_flight: None,
             getting: None,
             online: false,
-            first_get: false,
+            told: Map::new(),
             nonce: 0,
             counter: 0,
             dirty: false,
@@ -368,7 +393,7 @@ impl ShadowSync {
     pub fn on_connected(&mut self, nonce: u64) -> Vec<Action> {
         self.online = true;
         self.nonce = nonce;
-        self.first_get = true;
+        self.told.clear();
         self.requeue_in_flight();
         vec![self.get()]
     }
@@ -501,18 +526,10 @@ impl ShadowSync {
                 if serialized_len(&desired) > MAX_SECTION_BYTES {
                     return Err(bad("desired over its limit".into()));
                 }
-                if version == self.version && desired == self.desired {
-                    // Seen already (a get's answer carried it, or a redelivery).
-                    return Ok(Vec::new());
-                }
                 self.desired = desired;
                 self.version = version;
                 self.dirty = true;
-                Ok(if delta.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![Action::Apply(delta)]
-                })
+                Ok(self.hand_over(&delta).into_iter().collect())
             }
             "update/accepted" => {
                 let version = version.ok_or_else(|| bad("no version".into()))?;
@@ -611,16 +628,12 @@ impl ShadowSync {
                     section(sections.get("reported"), "state.reported")?.unwrap_or_default();
                 let delta = section(sections.get("delta"), "state.delta")?.unwrap_or_default();
                 self.getting = None;
-                let changed = desired != self.desired;
-                let first = std::mem::replace(&mut self.first_get, false);
                 self.desired = desired;
                 self.reported = reported;
                 self.version = version;
                 self.dirty = true;
                 let mut out = Vec::new();
-                if !delta.is_empty() && (changed || first) {
-                    out.push(Action::Apply(delta));
-                }
+                out.extend(self.hand_over(&delta));
                 out.extend(self.flush());
                 Ok(out)
             }
@@ -657,6 +670,16 @@ impl ShadowSync {
             }
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// The fields of a delta the application was not told yet, as an [`Action::Apply`].
+    fn hand_over(&mut self, delta: &Object) -> Option<Action> {
+        let new = not_told(delta, &self.told);
+        if new.is_empty() {
+            return None;
+        }
+        apply_patch(&mut self.told, &new);
+        Some(Action::Apply(new))
     }
 
     /// Reads the whole copy again (after a `get/rejected`, or whenever the caller wants).

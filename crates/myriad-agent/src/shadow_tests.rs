@@ -474,3 +474,107 @@ proptest! {
         prop_assert!(ok);
     }
 }
+
+/// The documents exactly as the platform's shadow code produces them (copied from
+/// crates/myriad-fleet/src/shadow/tests.rs): an operator's first desired update
+/// (`update/accepted`, `update/delta`, both with the operator's client token), then a get.
+#[test]
+fn documents_as_the_platform_sends_them() {
+    let mut s = ShadowSync::new(ID).unwrap();
+    let get = published(&s.on_connected(7));
+    // Never written: the get answers version 0 with empty sections.
+    let out = msg(
+        &mut s,
+        "get/accepted",
+        json!({"state": {"desired": {}, "reported": {}}, "metadata": {"desired": {}, "reported": {}},
+               "version": 0, "timestamp": 999, "clientToken": token_of(&get[0].1)}),
+    );
+    assert!(out.is_empty());
+    let out = msg(
+        &mut s,
+        "update/accepted",
+        json!({
+            "state": {"desired": {"color": "red", "light": {"on": true}}},
+            "metadata": {"desired": {"color": {"timestamp": 1000}, "light": {"on": {"timestamp": 1000}}}},
+            "version": 1,
+            "timestamp": 1000,
+            "clientToken": "c1"
+        }),
+    );
+    assert!(out.is_empty());
+    assert_eq!(s.version(), 1);
+    let out = msg(
+        &mut s,
+        "update/delta",
+        json!({
+            "state": {"color": "red", "light": {"on": true}},
+            "metadata": {"color": {"timestamp": 1000}, "light": {"on": {"timestamp": 1000}}},
+            "version": 1,
+            "timestamp": 1000,
+            "clientToken": "c1"
+        }),
+    );
+    // The accepted document already brought desired up to version 1, but the application
+    // has not seen it: the delta is handed over once.
+    assert_eq!(
+        out,
+        [Action::Apply(obj(
+            json!({"color": "red", "light": {"on": true}})
+        ))]
+    );
+    assert_eq!(
+        s.desired(),
+        &obj(json!({"color": "red", "light": {"on": true}}))
+    );
+    // A get/accepted with metadata and a delta, as get_document writes it.
+    let get = published(&s.resync());
+    let out = msg(
+        &mut s,
+        "get/accepted",
+        json!({
+            "state": {
+                "desired": {"cfg": {"rate": 20, "mode": "eco"}, "tags": [1, 2, 3], "fw": "1.0"},
+                "reported": {"cfg": {"rate": 10, "mode": "eco"}, "tags": [1, 2], "fw": "1.0"},
+                "delta": {"cfg": {"rate": 20}, "tags": [1, 2, 3]}
+            },
+            "metadata": {
+                "desired": {"cfg": {"rate": {"timestamp": 20}, "mode": {"timestamp": 20}},
+                            "tags": {"timestamp": 20}, "fw": {"timestamp": 20}},
+                "reported": {"cfg": {"rate": {"timestamp": 10}, "mode": {"timestamp": 10}},
+                             "tags": {"timestamp": 10}, "fw": {"timestamp": 10}}
+            },
+            "version": 2,
+            "timestamp": 30,
+            "clientToken": token_of(&get[0].1)
+        }),
+    );
+    assert_eq!(
+        out,
+        [Action::Apply(obj(
+            json!({"cfg": {"rate": 20}, "tags": [1, 2, 3]})
+        ))]
+    );
+    assert_eq!(s.version(), 2);
+    assert_eq!(s.reported()["tags"], json!([1, 2]));
+    // The same delta again (another get, a redelivered delta): told already.
+    let get = published(&s.resync());
+    let again = json!({
+        "state": {"desired": {"cfg": {"rate": 20, "mode": "eco"}, "tags": [1, 2, 3], "fw": "1.0"},
+                  "reported": {"cfg": {"rate": 10, "mode": "eco"}, "tags": [1, 2], "fw": "1.0"},
+                  "delta": {"cfg": {"rate": 20}, "tags": [1, 2, 3]}},
+        "version": 2, "clientToken": token_of(&get[0].1)});
+    assert!(msg(&mut s, "get/accepted", again.clone()).is_empty());
+    let delta = json!({"state": {"cfg": {"rate": 20}, "tags": [1, 2, 3]}, "version": 2});
+    assert!(msg(&mut s, "update/delta", delta).is_empty());
+    // After a reconnect the application hears the whole delta again.
+    let get = published(&s.on_connected(8));
+    let mut again = again;
+    again["clientToken"] = json!(token_of(&get[0].1));
+    let out = msg(&mut s, "get/accepted", again);
+    assert_eq!(
+        out,
+        [Action::Apply(obj(
+            json!({"cfg": {"rate": 20}, "tags": [1, 2, 3]})
+        ))]
+    );
+}

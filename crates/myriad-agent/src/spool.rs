@@ -725,7 +725,6 @@ impl<F: LogFs> Spool<F> {
             .active
             .as_mut()
             .expect("frames buffered for an active segment");
-        // The bytes were counted in total_bytes already; keep the count honest while buffered.
         active.append(buf).map_err(io_err(&path))?;
         buf.clear();
         Ok(())
