@@ -30,9 +30,13 @@
 //!   400, 413 and other codes drop it and read the copy again. Both give
 //!   [`Action::Rejected`].
 //!
-//! A key deleted (`null`) or set to a scalar and then set to an object while the first patch
-//! waits is sent as the object plus `null` for the keys the platform's copy holds under it,
-//! so the result is the one of the two patches in order.
+//! Waiting changes are kept as what they do (set, delete, merge) rather than as one merge
+//! patch, because a key deleted or set to a scalar and then set to an object must end as
+//! exactly that object, which a merge patch cannot say: the patch sent is built when it is
+//! sent, against the platform's copy as known then (the object plus `null` for the keys the
+//! copy holds under it), and built again after a 409. Sending it has the effect of the
+//! reports in order (a proptest checks this, and another runs device and platform through
+//! lost requests, disconnects and restarts until they agree).
 //!
 //! # Example
 //!
@@ -146,9 +150,12 @@ pub enum Action {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 struct InFlight {
     token: String,
+    /// What it does (put back in front of the pending changes if it fails).
+    ops: Ops,
+    /// The patch sent (applied to the copy when accepted).
     patch: Object,
 }
 
@@ -160,7 +167,7 @@ pub struct ShadowSync {
     /// The platform's `reported` as last known.
     reported: Object,
     version: u64,
-    pending: Object,
+    pending: Ops,
     in_flight: Option<InFlight>,
     getting: Option<String>,
     online: bool,
@@ -179,7 +186,7 @@ struct Saved {
     desired: Object,
     reported: Object,
     version: u64,
-    pending: Object,
+    pending: Ops,
 }
 
 fn serialized_len(v: &Object) -> usize {
@@ -254,25 +261,130 @@ fn as_replacement(mut obj: Object, base: Option<&Object>) -> Object {
     obj
 }
 
-/// Merges a later patch into an earlier one so that sending the result to a document
-/// equal to `base` has the effect of the two in order. Depth checked by the caller.
-fn merge_patches(earlier: &mut Object, later: &Object, base: Option<&Object>) {
-    for (k, v) in later {
-        let base_sub = base.and_then(|b| b.get(k)).and_then(Value::as_object);
-        match (earlier.get_mut(k), v) {
-            (Some(Value::Object(e)), Value::Object(l)) => merge_patches(e, l, base_sub),
-            (Some(_), Value::Object(l)) => {
-                // The earlier patch deleted or replaced the key: the object replaces it whole.
-                earlier.insert(
-                    k.clone(),
-                    Value::Object(as_replacement(l.clone(), base_sub)),
-                );
+/// A pending change of one key of `reported`, kept as what it does (not as a merge patch,
+/// which cannot say "replace this object whole"), so the patch sent is built against the
+/// platform's copy as known when it is sent (and built again after a 409).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Op {
+    /// Set to this value whole (a scalar, an array, or an object replacing what was there).
+    Set(Value),
+    /// Delete the key.
+    Delete,
+    /// Merge these changes into the object there (created when missing).
+    Merge(Ops),
+}
+
+/// Pending changes by key.
+type Ops = std::collections::BTreeMap<String, Op>;
+
+/// The operations of a merge patch. Depth checked by the caller.
+fn ops_from_patch(patch: &Object) -> Ops {
+    patch
+        .iter()
+        .map(|(k, v)| {
+            let op = match v {
+                Value::Null => Op::Delete,
+                Value::Object(sub) => Op::Merge(ops_from_patch(sub)),
+                other => Op::Set(other.clone()),
+            };
+            (k.clone(), op)
+        })
+        .collect()
+}
+
+/// Applies operations to a document (the platform's rules: an object left empty is
+/// removed). Depth checked by the caller.
+fn apply_ops(doc: &mut Object, ops: &Ops) {
+    for (k, op) in ops {
+        match op {
+            Op::Delete => {
+                doc.remove(k);
             }
-            _ => {
-                earlier.insert(k.clone(), v.clone());
+            Op::Set(Value::Object(o)) if o.is_empty() => {
+                doc.remove(k);
+            }
+            Op::Set(v) => {
+                doc.insert(k.clone(), v.clone());
+            }
+            Op::Merge(sub) => {
+                if !matches!(doc.get(k), Some(Value::Object(_))) {
+                    doc.insert(k.clone(), Value::Object(Map::new()));
+                }
+                let empty = match doc.get_mut(k) {
+                    Some(Value::Object(target)) => {
+                        apply_ops(target, sub);
+                        target.is_empty()
+                    }
+                    _ => false,
+                };
+                if empty {
+                    doc.remove(k);
+                }
             }
         }
     }
+}
+
+/// Folds later operations into earlier ones: the result does what the two did in order.
+/// Depth checked by the caller.
+fn merge_ops(earlier: &mut Ops, later: &Ops) {
+    for (k, op) in later {
+        match (earlier.get_mut(k), op) {
+            (Some(Op::Merge(e)), Op::Merge(l)) => merge_ops(e, l),
+            (Some(Op::Set(Value::Object(o))), Op::Merge(l)) => apply_ops(o, l),
+            (Some(prev @ (Op::Set(_) | Op::Delete)), Op::Merge(l)) => {
+                // Deleted or replaced, then merged into: an object replacing whatever is there.
+                let mut o = Map::new();
+                apply_ops(&mut o, l);
+                *prev = Op::Set(Value::Object(o));
+            }
+            (_, op) => {
+                earlier.insert(k.clone(), op.clone());
+            }
+        }
+    }
+}
+
+/// The merge patch that does `ops` to a document equal to `base`. Depth checked by the
+/// caller.
+fn ops_to_patch(ops: &Ops, base: Option<&Object>) -> Object {
+    ops.iter()
+        .map(|(k, op)| {
+            let base_sub = base.and_then(|b| b.get(k)).and_then(Value::as_object);
+            let v = match op {
+                Op::Delete => Value::Null,
+                Op::Set(Value::Object(o)) => Value::Object(as_replacement(o.clone(), base_sub)),
+                Op::Set(v) => v.clone(),
+                Op::Merge(sub) => Value::Object(ops_to_patch(sub, base_sub)),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Whether operations nest deeper than `max` levels; iterative (for operations read from
+/// disk, before any recursive walk).
+fn ops_exceed_depth(ops: &Ops, max: usize) -> bool {
+    let mut stack: Vec<(&Op, usize)> = ops.values().map(|op| (op, 1)).collect();
+    while let Some((op, level)) = stack.pop() {
+        match op {
+            Op::Delete => {}
+            Op::Set(v) => {
+                let mut one = Map::new();
+                one.insert(String::new(), v.clone());
+                if exceeds_depth(&one, max + 1 - level.min(max)) {
+                    return true;
+                }
+            }
+            Op::Merge(sub) => {
+                if level >= max {
+                    return true;
+                }
+                stack.extend(sub.values().map(|op| (op, level + 1)));
+            }
+        }
+    }
+    false
 }
 
 /// The fields of `delta` whose values differ from `told`'s (nested objects compared field by
@@ -311,7 +423,7 @@ impl ShadowSync {
             desired: Map::new(),
             reported: Map::new(),
             version: 0,
-            pending: Map::new(),
+            pending: Ops::new(),
             in_flight: None,
             getting: None,
             online: false,
@@ -349,7 +461,7 @@ impl ShadowSync {
         if let Some(f) = &self.in_flight {
             apply_patch(&mut r, &f.patch);
         }
-        apply_patch(&mut r, &self.pending);
+        apply_ops(&mut r, &self.pending);
         r
     }
 
@@ -407,8 +519,8 @@ impl ShadowSync {
 
     fn requeue_in_flight(&mut self) {
         if let Some(f) = self.in_flight.take() {
-            let mut merged = f.patch;
-            merge_patches(&mut merged, &self.pending, Some(&self.reported));
+            let mut merged = f.ops;
+            merge_ops(&mut merged, &self.pending);
             self.pending = merged;
             self.dirty = true;
         }
@@ -423,7 +535,8 @@ impl ShadowSync {
         {
             return Vec::new();
         }
-        let patch = std::mem::take(&mut self.pending);
+        let ops = std::mem::take(&mut self.pending);
+        let patch = ops_to_patch(&ops, Some(&self.reported));
         let token = self.token("update");
         let payload = json!({
             "state": { "reported": patch },
@@ -432,7 +545,7 @@ impl ShadowSync {
         })
         .to_string()
         .into_bytes();
-        self.in_flight = Some(InFlight { token, patch });
+        self.in_flight = Some(InFlight { token, ops, patch });
         vec![Action::Publish {
             topic: self.topic("update"),
             payload,
@@ -451,8 +564,8 @@ impl ShadowSync {
             apply_patch(&mut base, &f.patch);
         }
         let mut pending = self.pending.clone();
-        merge_patches(&mut pending, &patch, Some(&base));
-        let bytes = serialized_len(&pending);
+        merge_ops(&mut pending, &ops_from_patch(&patch));
+        let bytes = serialized_len(&ops_to_patch(&pending, Some(&base)));
         if bytes > MAX_SECTION_BYTES {
             return Err(ShadowError::TooLarge {
                 what: "pending reported patch",
@@ -460,7 +573,7 @@ impl ShadowSync {
             });
         }
         let mut view = base;
-        apply_patch(&mut view, &pending);
+        apply_ops(&mut view, &pending);
         let bytes = serialized_len(&view);
         if bytes > MAX_SECTION_BYTES {
             return Err(ShadowError::TooLarge {
@@ -694,8 +807,8 @@ impl ShadowSync {
         // What is in flight is not confirmed: saved as waiting, in front of the newer.
         let mut pending = self.pending.clone();
         if let Some(f) = &self.in_flight {
-            pending = f.patch.clone();
-            merge_patches(&mut pending, &self.pending, Some(&self.reported));
+            pending = f.ops.clone();
+            merge_ops(&mut pending, &self.pending);
         }
         Saved {
             device: self.device.clone(),
@@ -708,14 +821,15 @@ impl ShadowSync {
 
     fn from_saved(s: Saved) -> Result<ShadowSync, String> {
         let mut sync = ShadowSync::new(&s.device).map_err(|e| e.to_string())?;
-        for (name, section) in [
-            ("desired", &s.desired),
-            ("reported", &s.reported),
-            ("pending", &s.pending),
-        ] {
+        for (name, section) in [("desired", &s.desired), ("reported", &s.reported)] {
             if exceeds_depth(section, MAX_DEPTH) || serialized_len(section) > MAX_SECTION_BYTES {
                 return Err(format!("{name} over its limits"));
             }
+        }
+        if ops_exceed_depth(&s.pending, MAX_DEPTH)
+            || serialized_len(&ops_to_patch(&s.pending, Some(&s.reported))) > MAX_SECTION_BYTES
+        {
+            return Err("pending over its limits".into());
         }
         sync.desired = s.desired;
         sync.reported = s.reported;

@@ -455,11 +455,22 @@ proptest! {
         let mut in_order = base.clone();
         apply_patch(&mut in_order, &p1);
         apply_patch(&mut in_order, &p2);
-        let mut merged = p1.clone();
-        merge_patches(&mut merged, &p2, Some(&base));
+        let mut merged = ops_from_patch(&p1);
+        merge_ops(&mut merged, &ops_from_patch(&p2));
+        // The operations themselves, and the patch sent for them against the base.
+        let mut by_ops = base.clone();
+        apply_ops(&mut by_ops, &merged);
+        prop_assert_eq!(&by_ops, &in_order);
         let mut at_once = base.clone();
-        apply_patch(&mut at_once, &merged);
-        prop_assert_eq!(at_once, in_order);
+        apply_patch(&mut at_once, &ops_to_patch(&merged, Some(&base)));
+        prop_assert_eq!(&at_once, &in_order);
+        // The depth check of operations agrees with the patches', and merging never deepens.
+        for d in 1..9 {
+            prop_assert_eq!(ops_exceed_depth(&ops_from_patch(&p1), d), exceeds_depth(&p1, d));
+            if !exceeds_depth(&p1, d) && !exceeds_depth(&p2, d) {
+                prop_assert!(!ops_exceed_depth(&merged, d));
+            }
+        }
     }
 
     /// Any bytes on a shadow topic: an error or actions, never a panic; a report after it
@@ -577,4 +588,234 @@ fn documents_as_the_platform_sends_them() {
             json!({"cfg": {"rate": 20}, "tags": [1, 2, 3]})
         ))]
     );
+}
+
+/// A platform shadow for the convergence test: the same merge rules, the version check
+/// (409), and the messages in the order the platform publishes them (accepted, then delta).
+#[derive(Default)]
+struct Platform {
+    desired: Object,
+    reported: Object,
+    version: u64,
+    /// To the device (a persistent session: kept across disconnects), in order.
+    to_device: std::collections::VecDeque<(String, Value)>,
+}
+
+impl Platform {
+    fn send(&mut self, suffix: &str, v: Value) {
+        self.to_device.push_back((suffix.to_string(), v));
+    }
+
+    fn update(&mut self, section: &str, patch: Object, version: Option<u64>, token: &str) {
+        if version.is_some_and(|v| v != self.version) {
+            self.send(
+                "update/rejected",
+                json!({"code": 409, "message": "version conflict", "clientToken": token}),
+            );
+            return;
+        }
+        let target = if section == "desired" {
+            &mut self.desired
+        } else {
+            &mut self.reported
+        };
+        apply_patch(target, &patch);
+        self.version += 1;
+        self.send(
+            "update/accepted",
+            json!({"state": {section: patch}, "version": self.version, "clientToken": token}),
+        );
+        let delta = crate_delta(&self.desired, &self.reported);
+        if section == "desired" && !delta.is_empty() {
+            self.send(
+                "update/delta",
+                json!({"state": delta, "version": self.version}),
+            );
+        }
+    }
+
+    /// A request from the device.
+    fn request(&mut self, topic: &str, payload: &[u8]) {
+        let v: Value = serde_json::from_slice(payload).unwrap();
+        let token = v["clientToken"].as_str().unwrap_or_default().to_string();
+        match topic.strip_prefix("$shadow/dev-1/").unwrap() {
+            "update" => {
+                let patch = obj(v["state"]["reported"].clone());
+                self.update("reported", patch, v["version"].as_u64(), &token);
+            }
+            "get" => {
+                let delta = crate_delta(&self.desired, &self.reported);
+                let mut state = json!({"desired": self.desired, "reported": self.reported});
+                if !delta.is_empty() {
+                    state["delta"] = Value::Object(delta);
+                }
+                let doc = json!({"state": state, "version": self.version, "clientToken": token});
+                self.send("get/accepted", doc);
+            }
+            other => panic!("unexpected request {other}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum SyncOp {
+    Report(Object),
+    Operator(Object),
+    ToPlatform,
+    ToDevice,
+    Disconnect(Vec<bool>),
+    Connect(u64),
+    Restart(u64),
+}
+
+fn sync_op() -> impl Strategy<Value = SyncOp> {
+    prop_oneof![
+        3 => json_object().prop_map(SyncOp::Report),
+        2 => json_object().prop_map(SyncOp::Operator),
+        4 => Just(SyncOp::ToPlatform),
+        5 => Just(SyncOp::ToDevice),
+        1 => proptest::collection::vec(any::<bool>(), 0..4).prop_map(SyncOp::Disconnect),
+        1 => any::<u64>().prop_map(SyncOp::Connect),
+        1 => any::<u64>().prop_map(SyncOp::Restart),
+    ]
+}
+
+struct World {
+    platform: Platform,
+    device: ShadowSync,
+    to_platform: std::collections::VecDeque<(String, Vec<u8>)>,
+    online: bool,
+    /// What the application was told of `desired`.
+    app: Object,
+    /// Every report the application made, applied in order: where `reported` must end.
+    intended: Object,
+    fs: MemFs,
+    store: ShadowStore,
+}
+
+impl World {
+    fn take(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Publish { topic, payload } => {
+                    assert!(self.online, "published while offline");
+                    self.to_platform.push_back((topic, payload));
+                }
+                Action::Apply(fields) => apply_patch(&mut self.app, &fields),
+                Action::Rejected { code, .. } => panic!("rejected {code}"),
+            }
+        }
+        self.store.save(&self.fs, &mut self.device).unwrap();
+    }
+
+    fn step(&mut self, op: SyncOp) {
+        match op {
+            SyncOp::Report(p) => {
+                let out = self.device.report(p.clone()).unwrap();
+                apply_patch(&mut self.intended, &p);
+                self.take(out);
+            }
+            SyncOp::Operator(p) => {
+                self.platform.update("desired", p, None, "operator");
+            }
+            SyncOp::ToPlatform => {
+                if let Some((topic, payload)) = self.to_platform.pop_front() {
+                    self.platform.request(&topic, &payload);
+                }
+            }
+            SyncOp::ToDevice => {
+                if !self.online {
+                    return;
+                }
+                if let Some((suffix, v)) = self.platform.to_device.pop_front() {
+                    let out = self
+                        .device
+                        .on_message(&format!("$shadow/dev-1/{suffix}"), v.to_string().as_bytes())
+                        .unwrap();
+                    self.take(out);
+                }
+            }
+            SyncOp::Disconnect(keep) => {
+                if !self.online {
+                    return;
+                }
+                self.online = false;
+                self.device.on_disconnected();
+                // Requests in flight may or may not have reached the platform.
+                let mut i = 0;
+                self.to_platform.retain(|_| {
+                    i += 1;
+                    keep.get(i - 1).copied().unwrap_or(true)
+                });
+                while let Some((topic, payload)) = self.to_platform.pop_front() {
+                    self.platform.request(&topic, &payload);
+                }
+                self.store.save(&self.fs, &mut self.device).unwrap();
+            }
+            SyncOp::Connect(nonce) => {
+                if self.online {
+                    return;
+                }
+                self.online = true;
+                let out = self.device.on_connected(nonce);
+                self.take(out);
+            }
+            SyncOp::Restart(nonce) => {
+                self.step(SyncOp::Disconnect(vec![]));
+                self.store.save(&self.fs, &mut self.device).unwrap();
+                self.device = self.store.load(&self.fs, ID).unwrap().unwrap();
+                self.step(SyncOp::Connect(nonce));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Reports, operator changes, lost requests, disconnects and restarts in any order, then
+    /// quiet: the platform's `reported` is every report in order, the device's copy is the
+    /// platform's, nothing waits, and the application was told the whole remaining delta.
+    #[test]
+    fn device_and_platform_converge(ops in proptest::collection::vec(sync_op(), 1..80)) {
+        let fs = MemFs::new(1);
+        let store = ShadowStore::new(Path::new("/shadow"));
+        let mut w = World {
+            platform: Platform::default(),
+            device: ShadowSync::new(ID).unwrap(),
+            to_platform: Default::default(),
+            online: false,
+            app: Map::new(),
+            intended: Map::new(),
+            fs,
+            store,
+        };
+        for op in ops {
+            w.step(op);
+        }
+        w.step(SyncOp::Connect(99));
+        let quiet = |w: &mut World| {
+            for _ in 0..10_000 {
+                if w.to_platform.is_empty() && w.platform.to_device.is_empty() {
+                    return true;
+                }
+                w.step(SyncOp::ToPlatform);
+                w.step(SyncOp::ToDevice);
+            }
+            false
+        };
+        prop_assert!(quiet(&mut w), "never quiet");
+        // The platform pushes a delta only when desired changes; a device that made
+        // reported differ itself learns it with a get: afterwards the application knows all.
+        let out = w.device.resync();
+        w.take(out);
+        prop_assert!(quiet(&mut w), "never quiet");
+        prop_assert_eq!(&w.platform.reported, &w.intended);
+        prop_assert_eq!(w.device.reported(), w.platform.reported.clone());
+        prop_assert_eq!(w.device.desired(), &w.platform.desired);
+        prop_assert_eq!(w.device.version(), w.platform.version);
+        prop_assert!(!w.device.has_unsent());
+        let delta = crate_delta(&w.platform.desired, &w.platform.reported);
+        prop_assert_eq!(not_told(&delta, &w.app), Map::new());
+    }
 }
