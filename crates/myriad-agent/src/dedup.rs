@@ -138,7 +138,7 @@ pub struct Dedup<F: LogFs> {
     capacity: usize,
     order: VecDeque<String>,
     set: HashSet<String>,
-    log: Option<Box<dyn AppendFile>>,
+    log: Option<Box<dyn AppendFile + Send>>,
     /// Bytes of the log known good (the header and whole frames).
     log_len: u64,
     log_frames: usize,

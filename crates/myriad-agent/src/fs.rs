@@ -113,8 +113,8 @@ pub trait LogFs: Fs {
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
     /// Opens `path` for appending, creating it when missing (the new name is durable only
-    /// after [`Fs::sync_dir`]).
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
+    /// after [`Fs::sync_dir`]). `Send`, so a spool can move to the thread that owns it.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile + Send>>;
     /// Cuts a file to `len` bytes and syncs it.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Removes a file (durable after [`Fs::sync_dir`]).
@@ -163,7 +163,7 @@ impl LogFs for RealFs {
         Ok(done)
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile + Send>> {
         let f = OpenOptions::new().append(true).create(true).open(path)?;
         Ok(Box::new(f))
     }

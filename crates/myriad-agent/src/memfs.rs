@@ -369,7 +369,7 @@ impl LogFs for MemFs {
         Ok(n)
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile + Send>> {
         let mut s = self.lock();
         if s.tick()? {
             return Err(cut());

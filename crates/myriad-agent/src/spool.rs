@@ -310,7 +310,7 @@ pub struct Spool<F: LogFs> {
     config: SpoolConfig,
     segments: VecDeque<Segment>,
     /// Open for appending: the back segment (only one created by this process).
-    active: Option<Box<dyn AppendFile>>,
+    active: Option<Box<dyn AppendFile + Send>>,
     repair: Option<Repair>,
     next_seq: u64,
     meta: Meta,

@@ -798,3 +798,15 @@ fn a_cut_after_every_operation_of_a_scenario() {
     }
     assert!(n > 100, "only {n} operations");
 }
+
+/// The cores move to the thread (or blocking task) that owns them.
+#[test]
+fn the_cores_are_send() {
+    fn send<T: Send>() {}
+    send::<Spool<RealFs>>();
+    send::<Spool<MemFs>>();
+    send::<crate::dedup::Dedup<RealFs>>();
+    send::<crate::shadow::ShadowSync>();
+    send::<crate::replay::Replay>();
+    send::<crate::backoff::Backoff>();
+}
