@@ -16,7 +16,9 @@
 //! | `spool.meta` (40 bytes) | magic `MYRSPMET`, version `1`, acked sequence number, dropped records, dropped points (u64 LE each), CRC-32 of the 36 bytes before it; replaced by temp file + fsync + rename + directory fsync |
 //!
 //! Sequence numbers start at 1, grow by one per record and are never reused for a record
-//! that was acknowledged to the application (an append returned `Ok`).
+//! that was acknowledged to the application (an append returned `Ok`), unless `spool.meta`
+//! is damaged while no segment is left (they start again at 1; nothing is lost, the platform
+//! does not see them). The pace of the replay after a reconnect is [`crate::replay`]'s.
 //!
 //! # Guarantees
 //!
@@ -72,7 +74,7 @@
 //! | whole spool | [`SpoolConfig::max_total_bytes`], default 64 MiB, 2 segments ..= [`MAX_TOTAL_BYTES`] (1 TiB) | the oldest segments are dropped (counted) |
 //! | records in one `append_batch` | [`MAX_BATCH_RECORDS`] (1,024) | [`SpoolError::BatchTooLarge`], nothing written |
 //! | records per `peek` | [`MAX_PEEK_RECORDS`] (10,000), and the `max_bytes` given (at least one record is returned) | capped |
-//! | points in a [`Point`] batch, metrics in a point, metric name | 1,000; 64; 1 to 128 bytes of `[A-Za-z0-9_.:-]`, not `ts` (the telemetry store's limits) | [`PointError`] |
+//! | points in a [`Point`] batch, metrics in a point, metric name | 1,000; 64; 1 to 128 bytes of `[A-Za-z0-9_.:-]`, not `ts` (the telemetry store's limits) | [`PointError`]; [`encode_batches`] / [`Spool::append_points`] split larger sets into several records |
 
 use std::collections::VecDeque;
 use std::io;
