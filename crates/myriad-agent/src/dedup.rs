@@ -278,8 +278,9 @@ impl<F: LogFs> Dedup<F> {
         self.log_frames += 1;
         self.remember(id.to_string());
         if self.log_frames >= 2 * self.capacity {
-            // The id is durable already; a failed rewrite leaves the old log, still valid.
-            self.rewrite()?;
+            // The id is durable already. A failed rewrite leaves a valid log (the old one or
+            // the new one) and is tried again at the next insert.
+            let _ = self.rewrite();
         }
         Ok(true)
     }
@@ -295,11 +296,11 @@ impl<F: LogFs> Dedup<F> {
         self.log = None;
         self.fs.write_synced(&tmp, &b).map_err(io_err(&tmp))?;
         self.fs.rename(&tmp, &path).map_err(io_err(&path))?;
-        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        // The name now holds the new log, durable or not: appends go after its end.
         self.log_len = b.len() as u64;
         self.log_frames = self.order.len();
         self.needs_cut = false;
-        Ok(())
+        self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))
     }
 }
 
