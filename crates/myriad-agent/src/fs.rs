@@ -91,3 +91,90 @@ impl Fs for RealFs {
         Ok(Some(out))
     }
 }
+
+/// A file opened for appending (a spool segment, a log).
+pub trait AppendFile {
+    /// Appends all of `data` at the end of the file (not yet durable).
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Flushes the appended data to stable storage (`fdatasync`).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// The directory and append operations the SDK cores (the telemetry spool, the command-id
+/// log, the shadow copy) need on top of [`Fs`]; behind a trait so tests can cut the power
+/// after any operation ([`crate::memfs::MemFs`]).
+pub trait LogFs: Fs {
+    /// Creates `dir` and its parents when missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names of the entries of `dir` (names that are not UTF-8 are left out).
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The length of a file in bytes.
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Opens `path` for appending, creating it when missing (the new name is durable only
+    /// after [`Fs::sync_dir`]). `Send`, so a spool can move to the thread that owns it.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile + Send>>;
+    /// Cuts a file to `len` bytes and syncs it.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Removes a file (durable after [`Fs::sync_dir`]).
+    fn remove(&self, path: &Path) -> io::Result<()>;
+}
+
+impl AppendFile for File {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_all(data)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+impl LogFs for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let f = File::open(path)?;
+        let mut done = 0;
+        while done < buf.len() {
+            match FileExt::read_at(&f, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile + Send>> {
+        let f = OpenOptions::new().append(true).create(true).open(path)?;
+        Ok(Box::new(f))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+}

@@ -10,7 +10,20 @@
 //!   [`myriad_ota::delta::Applier`] for patches.
 //! - [`selftest`]: the self-test command behind a [`selftest::Runner`] trait.
 //! - [`agent`]: [`Agent`], the checks and the order of the saves.
-//! - [`fs`]: the file operations behind a trait (tests inject power cuts).
+//! - [`fs`]: the file operations behind a trait (tests inject power cuts); [`fs::LogFs`] adds
+//!   the directory and append operations of the SDK cores below.
+//!
+//! The device SDK's cores (issue 19), sans-IO (time and randomness passed in, files through
+//! [`fs::LogFs`]):
+//!
+//! - [`spool`]: the store-and-forward telemetry log (segments, ack cursor, size cap with
+//!   counted drops) and [`spool::Point`], the batch telemetry form.
+//! - [`replay`]: the pacer that drains the spool's backlog at a rate without holding up live
+//!   data.
+//! - [`backoff`]: reconnect delays, exponential with full jitter.
+//! - [`dedup`]: the persisted set of recent command ids (a redelivered command runs once).
+//! - [`shadow`]: the local shadow copy and its sync over `$shadow/{id}/...`.
+//! - [`memfs`]: an in-memory [`fs::LogFs`] with power cuts, for tests.
 //!
 //! # States
 //!
@@ -58,15 +71,29 @@
 //! | queued reports | [`agent::MAX_OUTBOX`] (64, oldest dropped) |
 //! | final outcomes kept in the state | [`boot::MAX_OUTCOMES`] (8), reasons cut to [`boot::MAX_OUTCOME_REASON_BYTES`] (256) |
 //! | trust anchors (Ed25519 keys + SM2 roots) | [`config::MAX_KEYS`] (16), each file at most [`myriad_ota::keygen::MAX_KEY_FILE`] (64 KiB) |
+//! | telemetry spool record | [`spool::MAX_RECORD_BYTES`] (256 KiB) |
+//! | telemetry spool segment, total | [`spool::SpoolConfig`]: 4 MiB and 64 MiB by default ([`spool::MIN_SEGMENT_BYTES`] 4 KiB ..= [`spool::MAX_SEGMENT_BYTES`] 256 MiB; 2 segments ..= [`spool::MAX_TOTAL_BYTES`] 1 TiB), oldest segments dropped and counted |
+//! | records per spool batch append, per peek | [`spool::MAX_BATCH_RECORDS`] (1,024), [`spool::MAX_PEEK_RECORDS`] (10,000) |
+//! | points per record, metrics per point, metric name | [`spool::MAX_POINTS`] (1,000), [`spool::MAX_METRICS`] (64), [`spool::MAX_METRIC_NAME`] (128 bytes) |
+//! | replay rate, burst | [`replay::MAX_RATE`] (10,000 records/s), [`replay::MAX_BURST`] (100,000) |
+//! | reconnect window | [`backoff::BackoffConfig`]: 2 s doubling to 2 min by default, cap at most [`backoff::MAX_CAP_MS`] (1 h) |
+//! | command ids remembered, id length | [`dedup::DEFAULT_CAPACITY`] (1,024; at most [`dedup::MAX_CAPACITY`] 65,536), [`dedup::MAX_ID_BYTES`] (128 bytes) |
+//! | shadow section, nesting, message | [`shadow::MAX_SECTION_BYTES`] (8 KiB), [`shadow::MAX_DEPTH`] (6), [`shadow::MAX_MESSAGE_BYTES`] (64 KiB) |
 
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod backoff;
 pub mod boot;
 pub mod config;
+pub mod dedup;
 pub mod fs;
+pub mod memfs;
+pub mod replay;
 pub mod selftest;
+pub mod shadow;
 pub mod slots;
+pub mod spool;
 pub mod state_file;
 
 pub use agent::{Agent, AgentConfig, AgentError, Source, trust};
