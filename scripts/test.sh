@@ -8,7 +8,10 @@
 #                                        release optimisation without LTO, see
 #                                        Cargo.toml; benchmarks use --release)
 #   4. cargo test --workspace --profile ci (same profile as 3: dependencies compile once)
-#   5. python -m pytest tests -q        (external-client integration suite)
+#   5. python -m pytest tests -q -n 3 --dist loadfile
+#                                       (external-client integration suite; pytest-xdist, each
+#                                        file whole in one of three workers: the suite waits on
+#                                        processes far more than it computes)
 #   6. bash scripts/fuzz.sh 60          (bounded fuzzing: instrumented build + 60 s
 #                                        session + 10 s decode + 20 s each of
 #                                        telemetry_payload, tsdb_files, promql;
@@ -49,8 +52,8 @@ cargo build --workspace --profile ci
 step "cargo test --workspace --profile ci"
 cargo test --workspace --profile ci
 
-step "python -m pytest tests -q (broker: $MYRIAD_BIN)"
-"$PYTHON" -m pytest tests -q
+step "python -m pytest tests -q -n 3 --dist loadfile (broker: $MYRIAD_BIN)"
+"$PYTHON" -m pytest tests -q -n 3 --dist loadfile
 
 FUZZ_SECONDS=${MYRIAD_FUZZ_SECONDS:-60}
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
