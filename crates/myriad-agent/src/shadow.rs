@@ -211,6 +211,24 @@ pub fn exceeds_depth(section: &Object, max: usize) -> bool {
     false
 }
 
+/// Applies `f` to the object under `k` (made an object first if it is not one) and removes
+/// the key when `f` leaves that object empty.
+fn merge_child(doc: &mut Object, k: &str, f: impl FnOnce(&mut Object)) {
+    if !matches!(doc.get(k), Some(Value::Object(_))) {
+        doc.insert(k.to_owned(), Value::Object(Map::new()));
+    }
+    let empty = match doc.get_mut(k) {
+        Some(Value::Object(target)) => {
+            f(target);
+            target.is_empty()
+        }
+        _ => false,
+    };
+    if empty {
+        doc.remove(k);
+    }
+}
+
 /// Merges `patch` into `doc` with the platform's rules: `null` deletes, objects merge
 /// (an object left empty is removed), anything else replaces. Depth checked by the caller.
 fn apply_patch(doc: &mut Object, patch: &Object) {
@@ -219,21 +237,7 @@ fn apply_patch(doc: &mut Object, patch: &Object) {
             Value::Null => {
                 doc.remove(k);
             }
-            Value::Object(sub) => {
-                if !matches!(doc.get(k), Some(Value::Object(_))) {
-                    doc.insert(k.clone(), Value::Object(Map::new()));
-                }
-                let empty = match doc.get_mut(k) {
-                    Some(Value::Object(target)) => {
-                        apply_patch(target, sub);
-                        target.is_empty()
-                    }
-                    _ => false,
-                };
-                if empty {
-                    doc.remove(k);
-                }
-            }
+            Value::Object(sub) => merge_child(doc, k, |target| apply_patch(target, sub)),
             other => {
                 doc.insert(k.clone(), other.clone());
             }
@@ -306,21 +310,7 @@ fn apply_ops(doc: &mut Object, ops: &Ops) {
             Op::Set(v) => {
                 doc.insert(k.clone(), v.clone());
             }
-            Op::Merge(sub) => {
-                if !matches!(doc.get(k), Some(Value::Object(_))) {
-                    doc.insert(k.clone(), Value::Object(Map::new()));
-                }
-                let empty = match doc.get_mut(k) {
-                    Some(Value::Object(target)) => {
-                        apply_ops(target, sub);
-                        target.is_empty()
-                    }
-                    _ => false,
-                };
-                if empty {
-                    doc.remove(k);
-                }
-            }
+            Op::Merge(sub) => merge_child(doc, k, |target| apply_ops(target, sub)),
         }
     }
 }
@@ -389,7 +379,7 @@ fn ops_exceed_depth(ops: &Ops, max: usize) -> bool {
 
 /// The fields of `delta` whose values differ from `told`'s (nested objects compared field by
 /// field). Depth checked by the caller.
-fn not_told(delta: &Object, told: &Object) -> Object {
+pub(crate) fn not_told(delta: &Object, told: &Object) -> Object {
     let mut out = Map::new();
     for (k, v) in delta {
         match (v, told.get(k)) {
