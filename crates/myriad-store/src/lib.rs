@@ -21,6 +21,7 @@ pub mod embedded;
 pub mod format;
 mod memory;
 mod records;
+mod secret_file;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use memory::MemoryStore;
@@ -28,6 +29,7 @@ pub use records::{
     Change, MessageRecord, OutboundRecord, OutboundState, SessionRecord, Snapshot, StoredSession,
     SubscriptionRecord, UnixMillis,
 };
+pub use secret_file::{Existing, write_secret_file};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

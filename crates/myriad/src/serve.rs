@@ -266,16 +266,11 @@ fn api_token(config: &Config) -> Result<String> {
 
 /// Writes `text` to a file only its owner can read.
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.write_all(b"\n")
+    myriad_store::write_secret_file(
+        path,
+        format!("{text}\n").as_bytes(),
+        myriad_store::Existing::Replace,
+    )
 }
 
 /// Opens the configured store (none for `memory`).

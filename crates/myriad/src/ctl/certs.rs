@@ -178,18 +178,19 @@ fn dev_ca(args: &DevCaArgs) -> Result<String, CtlError> {
 
 /// Writes `text` to a file that must not exist yet; keys readable by the owner only.
 fn write_new(path: &Path, text: &str, secret: bool) -> Result<PathBuf, CtlError> {
-    use std::io::Write;
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
     if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        myriad_store::write_secret_file(path, text.as_bytes(), myriad_store::Existing::Refuse)
+            .map_err(|e| local(path, e))?;
+    } else {
+        use std::io::Write;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| local(path, e))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| local(path, e))?;
     }
-    let _ = secret;
-    let mut file = options.open(path).map_err(|e| local(path, e))?;
-    file.write_all(text.as_bytes())
-        .map_err(|e| local(path, e))?;
     Ok(path.to_owned())
 }
 

@@ -441,15 +441,19 @@ fn write_file(path: &Path, text: &str, secret: bool, replace: bool) -> Result<()
             _ => {}
         }
     }
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
     if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        return myriad_store::write_secret_file(
+            path,
+            text.as_bytes(),
+            myriad_store::Existing::Refuse,
+        )
+        .map_err(|e| local(path, e));
     }
-    let _ = secret;
-    let mut file = options.open(path).map_err(|e| local(path, e))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| local(path, e))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| local(path, e))

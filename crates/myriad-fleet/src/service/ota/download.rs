@@ -10,7 +10,6 @@
 //! resumes where it stopped. Checking a URL costs one keyed hash and one registry read, not a
 //! password hash.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::artifacts::is_artifact_id;
@@ -46,18 +45,7 @@ pub(super) fn load_or_create_key(dir: &Path) -> Result<[u8; 32], OtaError> {
     getrandom::fill(&mut key)
         .map_err(|e| OtaError::io(&path, std::io::Error::other(e.to_string())))?;
     let partial = dir.join(format!("{KEY_FILE}.partial"));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(&partial)
-        .map_err(|e| OtaError::io(&partial, e))?;
-    file.write_all(&key)
-        .and_then(|()| file.sync_all())
+    myriad_store::write_secret_file(&partial, &key, myriad_store::Existing::Replace)
         .map_err(|e| OtaError::io(&partial, e))?;
     std::fs::rename(&partial, &path).map_err(|e| OtaError::io(&path, e))?;
     Ok(key)

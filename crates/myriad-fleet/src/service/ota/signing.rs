@@ -10,7 +10,6 @@
 //!
 //! A key file that does not load stops start-up naming the config key.
 
-use std::io::Write;
 use std::path::Path;
 
 use myriad_ota::keygen;
@@ -91,17 +90,12 @@ impl ManifestSigner {
                 .map_err(|e| OtaError::io(&path, std::io::Error::other(e.to_string())))?;
             let pair = keygen::ed25519_dev_keypair(&seed)
                 .map_err(|e| OtaError::io(&path, std::io::Error::other(e.to_string())))?;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&path).map_err(|e| OtaError::io(&path, e))?;
-            file.write_all(pair.private_pem.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| OtaError::io(&path, e))?;
+            myriad_store::write_secret_file(
+                &path,
+                pair.private_pem.as_bytes(),
+                myriad_store::Existing::Refuse,
+            )
+            .map_err(|e| OtaError::io(&path, e))?;
             tracing::warn!(file = %path.display(), "no ota.signing_key: made a development Ed25519 key; configure your own for production");
         }
         let key = keygen::load_ed25519_signing_key(&read("signing_key", &path)?)
