@@ -390,7 +390,8 @@ mod tests {
         assert_eq!(p.get("k3"), Some("v"));
 
         let mut p = UserProperties::new();
-        p.push("k", "v".repeat(MAX_USER_PROPERTY_BYTES - 1)).unwrap();
+        p.push("k", "v".repeat(MAX_USER_PROPERTY_BYTES - 1))
+            .unwrap();
         assert_eq!(p.bytes(), MAX_USER_PROPERTY_BYTES);
         assert_eq!(
             p.push("", "v"),

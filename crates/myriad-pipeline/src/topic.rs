@@ -27,7 +27,9 @@ pub enum FilterError {
     },
     /// `+` or `#` shares a level with other characters, `#` is not the last level, or the
     /// filter holds a NUL character.
-    #[error("topic filter {0:?} is not a valid MQTT filter ('+' and '#' must fill a level, '#' must be last)")]
+    #[error(
+        "topic filter {0:?} is not a valid MQTT filter ('+' and '#' must fill a level, '#' must be last)"
+    )]
     Invalid(String),
 }
 
@@ -102,11 +104,24 @@ mod tests {
 
     #[test]
     fn validation() {
-        for ok in ["a", "a/b", "+", "#", "a/+/c", "a/#", "/", "+/+", "$shadow/+/update"] {
+        for ok in [
+            "a",
+            "a/b",
+            "+",
+            "#",
+            "a/+/c",
+            "a/#",
+            "/",
+            "+/+",
+            "$shadow/+/update",
+        ] {
             assert!(TopicFilter::new(ok).is_ok(), "{ok}");
         }
         for bad in ["a/#/b", "a#", "a+/b", "#/a", "a/b+", "x\0"] {
-            assert!(matches!(TopicFilter::new(bad), Err(FilterError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(TopicFilter::new(bad), Err(FilterError::Invalid(_))),
+                "{bad}"
+            );
         }
         assert_eq!(TopicFilter::new(""), Err(FilterError::Empty));
     }

@@ -43,7 +43,12 @@ pub struct ConfigError {
     pub range: &'static str,
 }
 
-fn check(ok: bool, key: &'static str, value: impl ToString, range: &'static str) -> Result<(), ConfigError> {
+fn check(
+    ok: bool,
+    key: &'static str,
+    value: impl ToString,
+    range: &'static str,
+) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
@@ -335,7 +340,12 @@ impl RateLimiter {
             rate_per_sec,
             "1 ..= 10000000",
         )?;
-        check((1..=MAX_BURST).contains(&burst), "burst", burst, "1 ..= 10000000")?;
+        check(
+            (1..=MAX_BURST).contains(&burst),
+            "burst",
+            burst,
+            "1 ..= 10000000",
+        )?;
         Ok(RateLimiter {
             rate_per_sec,
             capacity_milli: burst * 1000,
@@ -349,10 +359,14 @@ impl RateLimiter {
     /// Decides for one item at `now_ms` (a clock going backwards refills nothing).
     pub fn check(&mut self, now_ms: i64) -> Decision {
         if now_ms > self.last_ms {
-            let elapsed = u64::try_from(i128::from(now_ms) - i128::from(self.last_ms)).unwrap_or(u64::MAX);
+            let elapsed =
+                u64::try_from(i128::from(now_ms) - i128::from(self.last_ms)).unwrap_or(u64::MAX);
             // rate tokens per second = rate thousandths of a token per ms.
             let refill = elapsed.saturating_mul(self.rate_per_sec);
-            self.tokens_milli = self.tokens_milli.saturating_add(refill).min(self.capacity_milli);
+            self.tokens_milli = self
+                .tokens_milli
+                .saturating_add(refill)
+                .min(self.capacity_milli);
             self.last_ms = now_ms;
         }
         if self.tokens_milli >= 1000 {
@@ -453,16 +467,27 @@ mod tests {
 
     #[test]
     fn batch_config_bounds_and_one_past() {
-        assert!(Batcher::<u8>::new(cfg(MAX_BATCH_RECORDS, MAX_BATCH_BYTES, MAX_BATCH_AGE_MS)).is_ok());
+        assert!(
+            Batcher::<u8>::new(cfg(MAX_BATCH_RECORDS, MAX_BATCH_BYTES, MAX_BATCH_AGE_MS)).is_ok()
+        );
         let e = Batcher::<u8>::new(cfg(MAX_BATCH_RECORDS + 1, 1, 1)).unwrap_err();
         assert_eq!(e.key, "max_records");
         let e = Batcher::<u8>::new(cfg(1, MAX_BATCH_BYTES + 1, 1)).unwrap_err();
         assert_eq!(e.key, "max_bytes");
         let e = Batcher::<u8>::new(cfg(1, 1, MAX_BATCH_AGE_MS + 1)).unwrap_err();
         assert_eq!(e.key, "max_age_ms");
-        assert_eq!(Batcher::<u8>::new(cfg(0, 1, 1)).unwrap_err().key, "max_records");
-        assert_eq!(Batcher::<u8>::new(cfg(1, 0, 1)).unwrap_err().key, "max_bytes");
-        assert_eq!(Batcher::<u8>::new(cfg(1, 1, 0)).unwrap_err().key, "max_age_ms");
+        assert_eq!(
+            Batcher::<u8>::new(cfg(0, 1, 1)).unwrap_err().key,
+            "max_records"
+        );
+        assert_eq!(
+            Batcher::<u8>::new(cfg(1, 0, 1)).unwrap_err().key,
+            "max_bytes"
+        );
+        assert_eq!(
+            Batcher::<u8>::new(cfg(1, 1, 0)).unwrap_err().key,
+            "max_age_ms"
+        );
     }
 
     #[test]
@@ -471,7 +496,10 @@ mod tests {
         let kept: Vec<bool> = (0..7).map(|_| s.keep(0)).collect();
         assert_eq!(kept, [true, false, false, true, false, false, true]);
         assert_eq!((s.kept(), s.dropped()), (3, 4));
-        assert_eq!(Sampler::new(SampleMode::EveryNth(0)).unwrap_err().key, "every_nth");
+        assert_eq!(
+            Sampler::new(SampleMode::EveryNth(0)).unwrap_err().key,
+            "every_nth"
+        );
     }
 
     #[test]
@@ -489,7 +517,9 @@ mod tests {
         let mut s = Sampler::new(SampleMode::Probability(0.1)).unwrap();
         let mut x = 1u64;
         for _ in 0..10_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             s.keep(x);
         }
         assert!((900..1100).contains(&s.kept()), "{}", s.kept());
@@ -520,8 +550,16 @@ mod tests {
     #[test]
     fn rate_limiter_bounds_and_one_past() {
         assert!(RateLimiter::new(MAX_RATE_PER_SEC, MAX_BURST, 0).is_ok());
-        assert_eq!(RateLimiter::new(MAX_RATE_PER_SEC + 1, 1, 0).unwrap_err().key, "rate_per_sec");
-        assert_eq!(RateLimiter::new(1, MAX_BURST + 1, 0).unwrap_err().key, "burst");
+        assert_eq!(
+            RateLimiter::new(MAX_RATE_PER_SEC + 1, 1, 0)
+                .unwrap_err()
+                .key,
+            "rate_per_sec"
+        );
+        assert_eq!(
+            RateLimiter::new(1, MAX_BURST + 1, 0).unwrap_err().key,
+            "burst"
+        );
         assert_eq!(RateLimiter::new(0, 1, 0).unwrap_err().key, "rate_per_sec");
         assert_eq!(RateLimiter::new(1, 0, 0).unwrap_err().key, "burst");
         // Huge elapsed times saturate instead of overflowing.

@@ -269,7 +269,11 @@ pub(crate) fn compile(sql: &str) -> Result<(TopicFilter, Plan), RuleError> {
         match &tokens[i].token {
             Token::LParen | Token::LBracket => depth += 1,
             Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
-            Token::Word(w) if depth == 0 && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("from") => {
+            Token::Word(w)
+                if depth == 0
+                    && w.quote_style.is_none()
+                    && w.value.eq_ignore_ascii_case("from") =>
+            {
                 let mut j = i + 1;
                 while j < tokens.len() && matches!(tokens[j].token, Token::Whitespace(_)) {
                     j += 1;
@@ -277,7 +281,9 @@ pub(crate) fn compile(sql: &str) -> Result<(TopicFilter, Plan), RuleError> {
                 let text = match tokens.get(j).map(|t| &t.token) {
                     Some(Token::SingleQuotedString(s)) => Some(s.clone()),
                     Some(Token::Word(w)) if w.quote_style == Some('"') => Some(w.value.clone()),
-                    Some(Token::Word(w)) if w.quote_style.is_none() && w.keyword == Keyword::NoKeyword => {
+                    Some(Token::Word(w))
+                        if w.quote_style.is_none() && w.keyword == Keyword::NoKeyword =>
+                    {
                         Some(w.value.clone())
                     }
                     _ => None,
@@ -309,7 +315,10 @@ pub(crate) fn compile(sql: &str) -> Result<(TopicFilter, Plan), RuleError> {
         other => RuleError::Parse(other.to_string()),
     })?;
     let [statement] = statements.as_slice() else {
-        return Err(RuleError::NotARule(format!("{} statements", statements.len())));
+        return Err(RuleError::NotARule(format!(
+            "{} statements",
+            statements.len()
+        )));
     };
     let Statement::Query(query) = statement else {
         return Err(RuleError::NotARule("not a SELECT".into()));
@@ -416,7 +425,9 @@ pub(crate) fn compile(sql: &str) -> Result<(TopicFilter, Plan), RuleError> {
 fn default_name(e: &ast::Expr) -> String {
     match e {
         ast::Expr::Identifier(i) => i.value.clone(),
-        ast::Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()).unwrap_or_default(),
+        ast::Expr::CompoundIdentifier(ids) => {
+            ids.last().map(|i| i.value.clone()).unwrap_or_default()
+        }
         ast::Expr::CompoundFieldAccess { root, access_chain } => {
             for a in access_chain.iter().rev() {
                 if let AccessExpr::Dot(ast::Expr::Identifier(i)) = a {
@@ -473,9 +484,9 @@ fn leftmost_start(mut e: &ast::Expr) -> Position {
             ast::Expr::CompoundFieldAccess { root, .. } => root,
             ast::Expr::Case { case_token, .. } => return pos(case_token.0.span.start),
             ast::Expr::Function(f) => return at(&f.name),
-            ast::Expr::Identifier(_)
-            | ast::Expr::CompoundIdentifier(_)
-            | ast::Expr::Value(_) => return at(e),
+            ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_) | ast::Expr::Value(_) => {
+                return at(e);
+            }
             // Others are bounded by the parser's recursion limit.
             _ => return at(e),
         };
@@ -488,7 +499,11 @@ fn boxed(e: &ast::Expr, depth: usize) -> Result<Box<Expr>, RuleError> {
 
 fn key_path(idents: &[ast::Ident]) -> Expr {
     let rest = match idents.first() {
-        Some(first) if first.quote_style.is_none() && first.value.eq_ignore_ascii_case("payload") => &idents[1..],
+        Some(first)
+            if first.quote_style.is_none() && first.value.eq_ignore_ascii_case("payload") =>
+        {
+            &idents[1..]
+        }
         _ => idents,
     };
     Expr::Path(
@@ -517,7 +532,9 @@ fn convert(e: &ast::Expr, depth: usize) -> Result<Expr, RuleError> {
             };
             for a in access_chain {
                 match a {
-                    AccessExpr::Dot(ast::Expr::Identifier(i)) => segs.push(Seg::Key(i.value.clone())),
+                    AccessExpr::Dot(ast::Expr::Identifier(i)) => {
+                        segs.push(Seg::Key(i.value.clone()))
+                    }
                     AccessExpr::Subscript(Subscript::Index { index }) => {
                         segs.push(Seg::Index(boxed(index, d)?))
                     }
@@ -618,7 +635,9 @@ fn convert(e: &ast::Expr, depth: usize) -> Result<Expr, RuleError> {
             let base = name.split(['(', ' ']).next().unwrap_or("");
             let to = match base {
                 "string" | "text" | "varchar" | "char" | "character" | "nvarchar" => CastTo::String,
-                "int" | "integer" | "bigint" | "smallint" | "tinyint" | "int64" | "long" => CastTo::Int,
+                "int" | "integer" | "bigint" | "smallint" | "tinyint" | "int64" | "long" => {
+                    CastTo::Int
+                }
                 "decimal" | "numeric" | "double" | "float" | "real" | "dec" | "float64" => {
                     CastTo::Decimal
                 }
@@ -705,7 +724,10 @@ fn function(e: &ast::Expr, f: &ast::Function, d: usize) -> Result<Expr, RuleErro
         FunctionArguments::Subquery(_) => return Err(unsupported(e, "subquery")),
     };
     let Some(&(_, min, max, func)) = FUNCTIONS.iter().find(|(n, ..)| *n == lower) else {
-        return Err(RuleError::UnknownFunction { name, at: leftmost_start(e) });
+        return Err(RuleError::UnknownFunction {
+            name,
+            at: leftmost_start(e),
+        });
     };
     if args.len() < min || args.len() > max {
         let expected = if min == max {
@@ -736,7 +758,10 @@ fn function(e: &ast::Expr, f: &ast::Function, d: usize) -> Result<Expr, RuleErro
             _ => return Err(unsupported(e, "function argument")),
         }
     }
-    if matches!(func, Func::EncodeBase64 | Func::EncodePayloadBase64 | Func::DecodeBase64) {
+    if matches!(
+        func,
+        Func::EncodeBase64 | Func::EncodePayloadBase64 | Func::DecodeBase64
+    ) {
         match out.get(1) {
             Some(Expr::Lit(Lit::Str(s))) if s.eq_ignore_ascii_case("base64") => {}
             _ => {

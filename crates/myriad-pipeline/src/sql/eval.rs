@@ -265,7 +265,11 @@ fn binary<'r, A>(
     // AND / OR: three-valued over Undefined, and a decided left side decides.
     if matches!(op, BinOp::And | BinOp::Or) {
         let a = eval(l, env)?.to_bool();
-        let decided = if op == BinOp::And { Some(false) } else { Some(true) };
+        let decided = if op == BinOp::And {
+            Some(false)
+        } else {
+            Some(true)
+        };
         if a == decided {
             return Ok(Val::Bool(a == Some(true)));
         }
@@ -522,7 +526,10 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
             None => Val::Undef,
         },
         Func::Concat => {
-            if vals.iter().all(|v| matches!(v, Val::Json(j) if j.is_array())) {
+            if vals
+                .iter()
+                .all(|v| matches!(v, Val::Json(j) if j.is_array()))
+            {
                 let mut out = Vec::new();
                 for v in &vals {
                     if let Val::Json(j) = v {
@@ -554,20 +561,38 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
             }
         }
         Func::Substring => {
-            let (Some(s), Some(Num::Int(start))) = (str1(0), num1(1)) else {
+            // AWS: a number as the string is converted to its text; Decimal indexes are
+            // rounded down.
+            let text = match arg(0) {
+                Val::Str(s) => Cow::Borrowed(s.as_ref()),
+                v @ (Val::Int(_) | Val::Dec(_)) => match v.to_text() {
+                    Some(t) => Cow::Owned(t.into_owned()),
+                    None => return Ok(Val::Undef),
+                },
+                _ => return Ok(Val::Undef),
+            };
+            let index = |v: &Val<'_>| match v.to_num() {
+                Some(Num::Int(i)) => Some(i),
+                Some(Num::Dec(d)) => match to_int(d.floor()) {
+                    Val::Int(i) => Some(i),
+                    _ => None,
+                },
+                None => None,
+            };
+            let Some(start) = index(arg(1)) else {
                 return Ok(Val::Undef);
             };
-            let n = s.chars().count() as i64;
+            let n = text.chars().count() as i64;
             let end = match vals.get(2) {
                 None => n,
-                Some(v) => match v.to_num() {
-                    Some(Num::Int(e)) => e,
-                    _ => return Ok(Val::Undef),
+                Some(v) => match index(v) {
+                    Some(e) => e,
+                    None => return Ok(Val::Undef),
                 },
             };
             let start = start.clamp(0, n);
             let end = end.clamp(start, n);
-            let t: String = s
+            let t: String = text
                 .chars()
                 .skip(start as usize)
                 .take((end - start) as usize)
@@ -602,10 +627,7 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
             }),
             _ => Val::Undef,
         },
-        Func::IsNull => match arg(0) {
-            Val::Undef => Val::Undef,
-            v => Val::Bool(matches!(v, Val::Null)),
-        },
+        Func::IsNull => Val::Bool(matches!(arg(0), Val::Null)),
         Func::IsUndefined => Val::Bool(arg(0).is_undef()),
         Func::TypeOf => Val::Str(Cow::Borrowed(arg(0).type_name())),
         Func::Get => {
@@ -614,7 +636,9 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
             let idx = it.next().unwrap_or(Val::Undef);
             let idx = match idx {
                 Val::Str(s) => match parse_num(&s) {
-                    Some(Num::Int(i)) if matches!(base, Val::Json(ref j) if j.is_array()) => Val::Int(i),
+                    Some(Num::Int(i)) if matches!(base, Val::Json(ref j) if j.is_array()) => {
+                        Val::Int(i)
+                    }
                     _ => Val::Str(s),
                 },
                 Val::Dec(d) if d.fract() == 0.0 => to_int(d),

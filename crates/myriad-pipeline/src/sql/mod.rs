@@ -63,12 +63,12 @@
 //! | `lower(s)`, `upper(s)`, `trim(s)`, `ltrim(s)`, `rtrim(s)` | string case and whitespace |
 //! | `length(s)`, `char_length(s)` | length in characters |
 //! | `concat(a, b, ...)` | 1 to 16 arguments: strings joined (others converted as `cast(x AS String)`); all arrays: arrays joined |
-//! | `substring(s, start[, end])` | characters `start` (0-based) up to `end` (exclusive), both clamped |
+//! | `substring(s, start[, end])` | characters `start` (0-based) up to `end` (exclusive), both clamped; Decimal indexes rounded down, a number as `s` converted to its text |
 //! | `replace(s, from, to)` | every occurrence replaced |
 //! | `startswith(s, p)`, `endswith(s, p)` | prefix / suffix test |
 //! | `indexof(s, t)` | character index of `t` in `s`, -1 when absent |
 //! | `coalesce(a, b, ...)` | 1 to 16 arguments: the first that is neither Null nor Undefined |
-//! | `isnull(x)`, `isundefined(x)` | tests |
+//! | `isnull(x)`, `isundefined(x)` | whether `x` is Null (false for Undefined) / Undefined |
 //! | `typeof(x)` | `Int`, `Decimal`, `String`, `Boolean`, `Array`, `Object`, `Null`, `Undefined` |
 //! | `encode(*, 'base64')`, `encode(s, 'base64')` | the raw payload (or a string) in base64 |
 //! | `decode(s, 'base64')` | base64 decoded, as a string (Undefined when not UTF-8) |

@@ -78,7 +78,10 @@ fn non_json_payload() {
         Some(json!({"p": "plain text"}))
     );
     let r = Record::new("t", &[0xff, 0xfe][..], ());
-    assert_eq!(rule.apply(&r, &EvalContext::new(0)).unwrap(), Some(json!({})));
+    assert_eq!(
+        rule.apply(&r, &EvalContext::new(0)).unwrap(),
+        Some(json!({}))
+    );
     let r = Record::new("t", "[1,2]", ());
     assert_eq!(
         rule.apply(&r, &EvalContext::new(0)).unwrap(),
@@ -117,7 +120,10 @@ fn arithmetic() {
     assert_eq!(ev("temp / 0.0"), None);
     assert_eq!(ev("big + 1"), Some(json!(9223372036854775808.0)));
     assert_eq!(ev("-9223372036854775807 - 1"), Some(json!(i64::MIN)));
-    assert_eq!(ev("(-9223372036854775807 - 1) / -1"), Some(json!(9223372036854775808.0)));
+    assert_eq!(
+        ev("(-9223372036854775807 - 1) / -1"),
+        Some(json!(9223372036854775808.0))
+    );
     assert_eq!(ev("(-9223372036854775807 - 1) % -1"), Some(json!(0)));
 }
 
@@ -206,8 +212,14 @@ fn is_null_in_between_case() {
         Some(json!("warm"))
     );
     assert_eq!(ev("CASE WHEN temp > 40 THEN 'hot' END"), None);
-    assert_eq!(ev("CASE n WHEN 1 THEN 'one' WHEN 7 THEN 'seven' END"), Some(json!("seven")));
-    assert_eq!(ev("CASE n WHEN 1 THEN 'one' ELSE 'other' END"), Some(json!("other")));
+    assert_eq!(
+        ev("CASE n WHEN 1 THEN 'one' WHEN 7 THEN 'seven' END"),
+        Some(json!("seven"))
+    );
+    assert_eq!(
+        ev("CASE n WHEN 1 THEN 'one' ELSE 'other' END"),
+        Some(json!("other"))
+    );
     assert_eq!(ev("CASE WHEN missing THEN 1 ELSE 2 END"), Some(json!(2)));
     assert_eq!(ev("CASE missing WHEN 1 THEN 1 ELSE 2 END"), Some(json!(2)));
 }
@@ -240,7 +252,10 @@ fn newuuid_is_v4_distinct_per_call_and_deterministic_per_seed() {
     for u in [a, b] {
         assert_eq!(u.len(), 36);
         let parts: Vec<&str> = u.split('-').collect();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
         assert!(parts[2].starts_with('4'), "{u}");
         assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{u}");
     }
@@ -263,7 +278,10 @@ fn numeric_functions() {
     assert_eq!(ev("abs('-5.123')"), Some(json!(5.123)));
     assert_eq!(ev("abs('x')"), None);
     assert_eq!(ev("abs(b)"), None);
-    assert_eq!(ev("abs(-9223372036854775807 - 1)"), Some(json!(9223372036854775808.0)));
+    assert_eq!(
+        ev("abs(-9223372036854775807 - 1)"),
+        Some(json!(9223372036854775808.0))
+    );
     assert_eq!(ev("ceil(1.2)"), Some(json!(2)));
     assert_eq!(ev("ceil(-1.2)"), Some(json!(-1)));
     assert_eq!(ev("ceil(n)"), Some(json!(7)));
@@ -302,14 +320,19 @@ fn string_functions() {
     assert_eq!(ev("concat(s, '-', n)"), Some(json!("Hello-7")));
     assert_eq!(ev("concat(s)"), Some(json!("Hello")));
     assert_eq!(ev("concat(s, missing)"), None);
-    assert_eq!(ev("concat(arr, arr)"), Some(json!([10, 20, {"x": 1}, 10, 20, {"x": 1}])));
+    assert_eq!(
+        ev("concat(arr, arr)"),
+        Some(json!([10, 20, {"x": 1}, 10, 20, {"x": 1}]))
+    );
     assert_eq!(ev("substring(s, 1)"), Some(json!("ello")));
     assert_eq!(ev("substring(s, 1, 3)"), Some(json!("el")));
     assert_eq!(ev("substring(s, 0, 100)"), Some(json!("Hello")));
     assert_eq!(ev("substring(s, 4, 2)"), Some(json!("")));
     assert_eq!(ev("substring(s, -3, 2)"), Some(json!("He")));
     assert_eq!(ev("substring('héllo', 1, 2)"), Some(json!("é")));
-    assert_eq!(ev("substring(n, 0)"), None);
+    assert_eq!(ev("substring(n, 0)"), Some(json!("7")));
+    assert_eq!(ev("substring(b, 0)"), None);
+    assert_eq!(ev("substring(s, 1.9, 3.2)"), Some(json!("el")));
     assert_eq!(ev("substring(s, 'x')"), None);
     assert_eq!(ev("replace(s, 'l', 'L')"), Some(json!("HeLLo")));
     assert_eq!(ev("replace(s, '', 'L')"), Some(json!("Hello")));
@@ -329,7 +352,7 @@ fn null_undefined_functions() {
     assert_eq!(ev("coalesce(missing, z)"), None);
     assert_eq!(ev("isnull(z)"), Some(json!(true)));
     assert_eq!(ev("isnull(n)"), Some(json!(false)));
-    assert_eq!(ev("isnull(missing)"), None);
+    assert_eq!(ev("isnull(missing)"), Some(json!(false)));
     assert_eq!(ev("isundefined(missing)"), Some(json!(true)));
     assert_eq!(ev("isundefined(z)"), Some(json!(false)));
     assert_eq!(ev("typeof(n)"), Some(json!("Int")));
@@ -388,13 +411,22 @@ fn select_star_names_and_where() {
     let r = Record::new("devices/d1/telemetry", r#"{"a": 1, "b": {"c": 2}}"#, ());
     let ctx = EvalContext::new(5);
     let run = |sql: &str| Rule::compile(sql).unwrap().apply(&r, &ctx).unwrap();
-    assert_eq!(run("SELECT * FROM '#'"), Some(json!({"a": 1, "b": {"c": 2}})));
+    assert_eq!(
+        run("SELECT * FROM '#'"),
+        Some(json!({"a": 1, "b": {"c": 2}}))
+    );
     assert_eq!(
         run("SELECT *, topic(2) AS dev FROM '#'"),
         Some(json!({"a": 1, "b": {"c": 2}, "dev": "d1"}))
     );
-    assert_eq!(run("SELECT a + 1 AS a, * FROM '#'"), Some(json!({"a": 1, "b": {"c": 2}})));
-    assert_eq!(run("SELECT *, a + 1 AS a FROM '#'"), Some(json!({"a": 2, "b": {"c": 2}})));
+    assert_eq!(
+        run("SELECT a + 1 AS a, * FROM '#'"),
+        Some(json!({"a": 1, "b": {"c": 2}}))
+    );
+    assert_eq!(
+        run("SELECT *, a + 1 AS a FROM '#'"),
+        Some(json!({"a": 2, "b": {"c": 2}}))
+    );
     assert_eq!(
         run("SELECT a, b.c, payload.b.c, topic(), abs(a), a + 1 FROM '#'"),
         Some(json!({"a": 1, "c": 2, "topic": "devices/d1/telemetry", "abs": 1, "a + 1": 2}))
@@ -406,8 +438,14 @@ fn select_star_names_and_where() {
     assert_eq!(run("SELECT a FROM '#' WHERE NULL"), None);
     assert_eq!(run("SELECT a FROM '#' WHERE 'true'"), None);
     assert_eq!(run("SELECT a FROM '#' WHERE 1"), None);
-    assert_eq!(run("select A from \"devices/#\" where a = 1"), Some(json!({})));
-    assert_eq!(run("SELECT \"a\" AS \"my key\" FROM '#'"), Some(json!({"my key": 1})));
+    assert_eq!(
+        run("select A from \"devices/#\" where a = 1"),
+        Some(json!({}))
+    );
+    assert_eq!(
+        run("SELECT \"a\" AS \"my key\" FROM '#'"),
+        Some(json!({"my key": 1}))
+    );
 }
 
 #[test]
@@ -423,7 +461,10 @@ fn from_topic_filter_forms() {
     assert!(!rule.matches_topic("alerts/x"));
     // A FROM inside a function call is not the rule's FROM.
     let rule = Rule::compile("SELECT trim(BOTH FROM s) AS x FROM 'a'");
-    assert!(matches!(rule, Err(RuleError::Unsupported { .. })), "{rule:?}");
+    assert!(
+        matches!(rule, Err(RuleError::Unsupported { .. })),
+        "{rule:?}"
+    );
     assert!(matches!(
         err("SELECT * FROM 'a/#/b'"),
         RuleError::TopicFilter(crate::topic::FilterError::Invalid(_))
@@ -434,7 +475,10 @@ fn from_topic_filter_forms() {
 }
 
 fn rule_sql_roundtrip() -> String {
-    Rule::compile("SELECT * FROM 'x'").unwrap().sql().to_string()
+    Rule::compile("SELECT * FROM 'x'")
+        .unwrap()
+        .sql()
+        .to_string()
 }
 
 #[test]
@@ -459,7 +503,11 @@ fn compile_errors_name_place_and_function() {
         e => panic!("{e:?}"),
     }
     let e = err("SELECT topic(1, 2) FROM '#'");
-    assert!(e.to_string().contains("topic() takes 0 or 1 argument(s), got 2"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("topic() takes 0 or 1 argument(s), got 2"),
+        "{e}"
+    );
     let e = err("SELECT concat() FROM '#'");
     assert!(e.to_string().contains("1 to 16"), "{e}");
     let seventeen = vec!["1"; MAX_VARIADIC_ARGS + 1].join(", ");
@@ -469,22 +517,67 @@ fn compile_errors_name_place_and_function() {
     ));
     let sixteen = vec!["'a'"; MAX_VARIADIC_ARGS].join(", ");
     assert!(Rule::compile(&format!("SELECT concat({sixteen}) FROM '#'")).is_ok());
-    assert!(matches!(err("SELECT FROM WHERE"), RuleError::Parse(_) | RuleError::NotARule(_)));
+    assert!(matches!(
+        err("SELECT FROM WHERE"),
+        RuleError::Parse(_) | RuleError::NotARule(_)
+    ));
     assert!(matches!(err("SELECT FROM 'a'"), RuleError::NotARule(_)));
-    assert!(matches!(err("SELECT 'unterminated FROM '#'"), RuleError::Parse(_) | RuleError::NotARule(_)));
-    assert!(matches!(err("SELECT * FROM '#' GROUP BY a"), RuleError::NotARule(_)));
-    assert!(matches!(err("SELECT * FROM '#' ORDER BY a"), RuleError::NotARule(_)));
-    assert!(matches!(err("SELECT * FROM '#' LIMIT 1"), RuleError::NotARule(_)));
-    assert!(matches!(err("SELECT DISTINCT a FROM '#'"), RuleError::NotARule(_)));
-    assert!(matches!(err("SELECT a FROM '#' AS x"), RuleError::NotARule(_)));
-    assert!(matches!(err("SELECT a FROM '#', 'b'"), RuleError::NotARule(_)));
-    assert!(matches!(err("SELECT a FROM '#'; SELECT b FROM '#'"), RuleError::NotARule(_)));
-    assert!(matches!(err("DELETE FROM '#'"), RuleError::NotARule(_) | RuleError::Parse(_)));
-    assert!(matches!(err("SELECT a LIKE 'x' FROM '#'"), RuleError::Unsupported { .. }));
-    assert!(matches!(err("SELECT (SELECT 1) FROM '#'"), RuleError::Unsupported { .. }));
-    assert!(matches!(err("SELECT count(*) OVER () FROM '#'"), RuleError::Unsupported { .. }));
-    assert!(matches!(err("SELECT cast(a AS DATE) FROM '#'"), RuleError::Unsupported { .. }));
-    assert!(matches!(err("SELECT 1e999 FROM '#'"), RuleError::BadNumber { .. }));
+    assert!(matches!(
+        err("SELECT 'unterminated FROM '#'"),
+        RuleError::Parse(_) | RuleError::NotARule(_)
+    ));
+    assert!(matches!(
+        err("SELECT * FROM '#' GROUP BY a"),
+        RuleError::NotARule(_)
+    ));
+    assert!(matches!(
+        err("SELECT * FROM '#' ORDER BY a"),
+        RuleError::NotARule(_)
+    ));
+    assert!(matches!(
+        err("SELECT * FROM '#' LIMIT 1"),
+        RuleError::NotARule(_)
+    ));
+    assert!(matches!(
+        err("SELECT DISTINCT a FROM '#'"),
+        RuleError::NotARule(_)
+    ));
+    assert!(matches!(
+        err("SELECT a FROM '#' AS x"),
+        RuleError::NotARule(_)
+    ));
+    assert!(matches!(
+        err("SELECT a FROM '#', 'b'"),
+        RuleError::NotARule(_)
+    ));
+    assert!(matches!(
+        err("SELECT a FROM '#'; SELECT b FROM '#'"),
+        RuleError::NotARule(_)
+    ));
+    assert!(matches!(
+        err("DELETE FROM '#'"),
+        RuleError::NotARule(_) | RuleError::Parse(_)
+    ));
+    assert!(matches!(
+        err("SELECT a LIKE 'x' FROM '#'"),
+        RuleError::Unsupported { .. }
+    ));
+    assert!(matches!(
+        err("SELECT (SELECT 1) FROM '#'"),
+        RuleError::Unsupported { .. }
+    ));
+    assert!(matches!(
+        err("SELECT count(*) OVER () FROM '#'"),
+        RuleError::Unsupported { .. }
+    ));
+    assert!(matches!(
+        err("SELECT cast(a AS DATE) FROM '#'"),
+        RuleError::Unsupported { .. }
+    ));
+    assert!(matches!(
+        err("SELECT 1e999 FROM '#'"),
+        RuleError::BadNumber { .. }
+    ));
     assert_eq!(ev("99999999999999999999"), Some(json!(1e20)));
 }
 
@@ -513,7 +606,11 @@ fn nested(form: &str, n: usize) -> String {
         "not" => format!("{}true", "NOT ".repeat(n - 1)),
         "neg" => format!("{}n", "- ".repeat(n - 1)),
         "chain" => format!("1{}", " + 1".repeat(n - 1)),
-        "case" => format!("{}1{}", "CASE WHEN true THEN ".repeat(n - 1), " END".repeat(n - 1)),
+        "case" => format!(
+            "{}1{}",
+            "CASE WHEN true THEN ".repeat(n - 1),
+            " END".repeat(n - 1)
+        ),
         _ => unreachable!(),
     };
     format!("SELECT {e} AS v FROM '#'")
@@ -532,8 +629,15 @@ fn nesting_at_the_limit_and_one_past() {
         }
     }
     // The WHERE clause is bounded the same way.
-    let deep = format!("SELECT a FROM '#' WHERE {}true{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
-    assert!(matches!(Rule::compile(&deep), Err(RuleError::TooDeep { .. })));
+    let deep = format!(
+        "SELECT a FROM '#' WHERE {}true{}",
+        "(".repeat(MAX_NESTING),
+        ")".repeat(MAX_NESTING)
+    );
+    assert!(matches!(
+        Rule::compile(&deep),
+        Err(RuleError::TooDeep { .. })
+    ));
 }
 
 #[test]
@@ -541,14 +645,29 @@ fn huge_flat_inputs_do_not_overflow_the_stack() {
     // The longest left-deep chain the size limit allows: refused, without recursing.
     let chain = format!("SELECT 1{} FROM '#'", "+1".repeat((MAX_SQL_BYTES - 20) / 2));
     assert!(chain.len() <= MAX_SQL_BYTES);
-    assert!(matches!(Rule::compile(&chain), Err(RuleError::TooDeep { .. })));
+    assert!(matches!(
+        Rule::compile(&chain),
+        Err(RuleError::TooDeep { .. })
+    ));
     let parens = format!("SELECT {}1 FROM '#'", "(".repeat(MAX_SQL_BYTES - 20));
     assert!(Rule::compile(&parens).is_err());
-    let nots = format!("SELECT {}1 FROM '#'", "NOT ".repeat((MAX_SQL_BYTES - 20) / 4));
+    let nots = format!(
+        "SELECT {}1 FROM '#'",
+        "NOT ".repeat((MAX_SQL_BYTES - 20) / 4)
+    );
     // The parser gives up (its recursion bound) and reports where.
-    assert!(matches!(Rule::compile(&nots), Err(RuleError::TooDeep { .. } | RuleError::Parse(_))));
-    let subs = format!("SELECT a{} FROM '#'", "[0]".repeat((MAX_SQL_BYTES - 20) / 3));
-    assert!(matches!(Rule::compile(&subs), Err(RuleError::TooDeep { .. })));
+    assert!(matches!(
+        Rule::compile(&nots),
+        Err(RuleError::TooDeep { .. } | RuleError::Parse(_))
+    ));
+    let subs = format!(
+        "SELECT a{} FROM '#'",
+        "[0]".repeat((MAX_SQL_BYTES - 20) / 3)
+    );
+    assert!(matches!(
+        Rule::compile(&subs),
+        Err(RuleError::TooDeep { .. })
+    ));
     // Deep operands under an unsupported or unknown node, or without an alias: errors and
     // names never walk them recursively.
     let long = "+1".repeat((MAX_SQL_BYTES - 60) / 2);
@@ -558,9 +677,18 @@ fn huge_flat_inputs_do_not_overflow_the_stack() {
         format!("SELECT abs(1{long}, 2) FROM '#'"),
         format!("SELECT 1{long} FROM '#'"),
         format!("SELECT a FROM '#' WHERE 1{long} > 0"),
-        format!("SELECT a{} FROM '#'", " IS NULL".repeat((MAX_SQL_BYTES - 20) / 8)),
-        format!("SELECT a{} FROM '#'", "::int".repeat((MAX_SQL_BYTES - 20) / 5)),
-        format!("SELECT a{} FROM '#'", " || a".repeat((MAX_SQL_BYTES - 20) / 5)),
+        format!(
+            "SELECT a{} FROM '#'",
+            " IS NULL".repeat((MAX_SQL_BYTES - 20) / 8)
+        ),
+        format!(
+            "SELECT a{} FROM '#'",
+            "::int".repeat((MAX_SQL_BYTES - 20) / 5)
+        ),
+        format!(
+            "SELECT a{} FROM '#'",
+            " || a".repeat((MAX_SQL_BYTES - 20) / 5)
+        ),
     ] {
         assert!(sql.len() <= MAX_SQL_BYTES);
         assert!(Rule::compile(&sql).is_err(), "{}", &sql[..40]);
@@ -571,9 +699,14 @@ fn huge_flat_inputs_do_not_overflow_the_stack() {
 fn output_limit_at_the_limit_and_one_past() {
     // {"v":"xxx"}: 8 bytes of framing.
     let r = Record::new("t", r#"{"s": "abcd"}"#, ());
-    let limits = |n| RuleLimits { max_output_bytes: n };
+    let limits = |n| RuleLimits {
+        max_output_bytes: n,
+    };
     let rule = Rule::compile_with("SELECT s AS v FROM '#'", limits(12)).unwrap();
-    assert_eq!(rule.apply(&r, &EvalContext::new(0)).unwrap(), Some(json!({"v": "abcd"})));
+    assert_eq!(
+        rule.apply(&r, &EvalContext::new(0)).unwrap(),
+        Some(json!({"v": "abcd"}))
+    );
     let rule = Rule::compile_with("SELECT s AS v FROM '#'", limits(11)).unwrap();
     assert_eq!(
         rule.apply(&r, &EvalContext::new(0)),
@@ -581,7 +714,10 @@ fn output_limit_at_the_limit_and_one_past() {
     );
     // SELECT * of a payload larger than the bound.
     let rule = Rule::compile_with("SELECT * FROM '#'", limits(12)).unwrap();
-    assert_eq!(rule.apply(&r, &EvalContext::new(0)).unwrap(), Some(json!({"s": "abcd"})));
+    assert_eq!(
+        rule.apply(&r, &EvalContext::new(0)).unwrap(),
+        Some(json!({"s": "abcd"}))
+    );
     let rule = Rule::compile_with("SELECT * FROM '#'", limits(11)).unwrap();
     assert!(rule.apply(&r, &EvalContext::new(0)).is_err());
     // Intermediate strings are bounded too: a WHERE-only blow-up fails before allocating.
@@ -623,10 +759,20 @@ fn output_limit_at_the_limit_and_one_past() {
 #[test]
 fn payload_too_deep_is_a_per_record_error() {
     let rule = Rule::compile("SELECT a FROM '#'").unwrap();
-    let deep = format!("{}1{}", "[".repeat(crate::record::MAX_JSON_DEPTH + 1), "]".repeat(crate::record::MAX_JSON_DEPTH + 1));
+    let deep = format!(
+        "{}1{}",
+        "[".repeat(crate::record::MAX_JSON_DEPTH + 1),
+        "]".repeat(crate::record::MAX_JSON_DEPTH + 1)
+    );
     let r = Record::new("t", deep, ());
-    assert!(matches!(rule.apply(&r, &EvalContext::new(0)), Err(EvalError::Payload(_))));
+    assert!(matches!(
+        rule.apply(&r, &EvalContext::new(0)),
+        Err(EvalError::Payload(_))
+    ));
     // The rule still works for the next record.
     let r = Record::new("t", r#"{"a": 1}"#, ());
-    assert_eq!(rule.apply(&r, &EvalContext::new(0)).unwrap(), Some(json!({"a": 1})));
+    assert_eq!(
+        rule.apply(&r, &EvalContext::new(0)).unwrap(),
+        Some(json!({"a": 1}))
+    );
 }

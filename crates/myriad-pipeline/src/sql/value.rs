@@ -158,7 +158,8 @@ pub(crate) fn equals(a: &Val<'_>, b: &Val<'_>) -> Option<bool> {
         (Val::Int(x), Val::Int(y)) => x == y,
         _ => match (a.to_num(), b.to_num()) {
             (Some(x), Some(y))
-                if matches!(a, Val::Int(_) | Val::Dec(_)) || matches!(b, Val::Int(_) | Val::Dec(_)) =>
+                if matches!(a, Val::Int(_) | Val::Dec(_))
+                    || matches!(b, Val::Int(_) | Val::Dec(_)) =>
             {
                 num_cmp(x, y) == Some(Ordering::Equal)
             }
