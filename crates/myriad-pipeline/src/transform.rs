@@ -284,7 +284,7 @@ impl Sampler {
     /// `EveryNth`).
     pub fn keep(&mut self, random: u64) -> bool {
         let keep = match self.mode {
-            SampleMode::EveryNth(n) => self.seen % n == 0,
+            SampleMode::EveryNth(n) => self.seen.is_multiple_of(n),
             SampleMode::Probability(_) => match self.threshold {
                 None => true,
                 Some(t) => random < t,

@@ -37,10 +37,10 @@ pub(crate) fn apply<A>(
         max: max_output_bytes,
         uuids: 0,
     };
-    if let Some(filter) = &plan.filter {
-        if !matches!(eval(filter, &mut env)?, Val::Bool(true)) {
-            return Ok(None);
-        }
+    if let Some(filter) = &plan.filter
+        && !matches!(eval(filter, &mut env)?, Val::Bool(true))
+    {
+        return Ok(None);
     }
     let mut out = Map::new();
     for item in &plan.items {
@@ -381,7 +381,7 @@ fn cast<'r, A>(v: Val<'r>, to: CastTo, env: &Env<'r, A>) -> Result<Val<'r>, Eval
 
 /// A float to Int when it is integral and in range, else Undefined.
 fn to_int<'r>(d: f64) -> Val<'r> {
-    if d.is_finite() && d >= -9.223_372_036_854_776e18 && d < 9.223_372_036_854_776e18 {
+    if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&d) {
         Val::Int(d as i64)
     } else {
         Val::Undef
@@ -487,7 +487,7 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
         },
         Func::Sign => match num1(0) {
             Some(Num::Int(i)) => Val::Int(i.signum()),
-            Some(Num::Dec(d)) if d == 0.0 => Val::Int(0),
+            Some(Num::Dec(0.0)) => Val::Int(0),
             Some(Num::Dec(d)) => Val::Int(if d > 0.0 { 1 } else { -1 }),
             None => Val::Undef,
         },
@@ -532,10 +532,10 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
             {
                 let mut out = Vec::new();
                 for v in &vals {
-                    if let Val::Json(j) = v {
-                        if let Value::Array(a) = j.as_ref() {
-                            out.extend(a.iter().cloned());
-                        }
+                    if let Val::Json(j) = v
+                        && let Value::Array(a) = j.as_ref()
+                    {
+                        out.extend(a.iter().cloned());
                     }
                 }
                 let arr = Value::Array(out);
