@@ -23,3 +23,44 @@ pub fn rule_sql(data: &[u8]) {
         let _ = rule.apply(&record, &EvalContext::new(0).with_random(1));
     }
 }
+
+/// Seed inputs for the `rule_sql` corpus: (name, bytes), SQL then NUL then payload.
+pub fn rule_sql_seeds() -> Vec<(String, Vec<u8>)> {
+    let rules: &[(&str, &str, &str)] = &[
+        ("star", "SELECT * FROM '#'", r#"{"a": 1, "b": [1, 2]}"#),
+        (
+            "issue",
+            "SELECT payload.temp AS t, topic(2) AS device, timestamp() AS ts FROM 'devices/+/telemetry' WHERE payload.temp > 30",
+            r#"{"temp": 31.5}"#,
+        ),
+        (
+            "functions",
+            "SELECT abs(a), ceil(b), round(c), mod(a, 3), lower(s), concat(s, '-', a), substring(s, 1, 3), replace(s, 'x', 'yy'), coalesce(m, a), typeof(arr), get(arr, 1), encode(*, 'base64') AS raw, newuuid() AS id FROM '#'",
+            r#"{"a": -7, "b": 1.2, "c": 2.5, "s": "xAx", "arr": [1, {"k": 2}]}"#,
+        ),
+        (
+            "case",
+            "SELECT CASE WHEN a > 1 THEN 'hi' WHEN a IS NULL THEN 'n' ELSE cast(a AS String) END AS v, a IN (1, 2, 3) AS i, a BETWEEN 0 AND 5 AS b FROM \"x/#\" WHERE NOT (a = 4) OR s || 't' = 'xt'",
+            r#"{"a": 2, "s": "x"}"#,
+        ),
+        (
+            "nested",
+            "SELECT ((((a + 1) * 2) - 3) / 4) % 5 AS v, payload.o.p[0].q AS w FROM 'a'",
+            r#"{"a": 9, "o": {"p": [{"q": true}]}}"#,
+        ),
+        (
+            "not-json",
+            "SELECT payload AS p, encode(*, 'base64') AS b FROM '+/+'",
+            "\u{1}binary\u{0}",
+        ),
+    ];
+    rules
+        .iter()
+        .map(|(name, sql, payload)| {
+            let mut bytes = sql.as_bytes().to_vec();
+            bytes.push(0);
+            bytes.extend_from_slice(payload.as_bytes());
+            (name.to_string(), bytes)
+        })
+        .collect()
+}

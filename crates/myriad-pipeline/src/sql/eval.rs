@@ -603,7 +603,8 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
             (Some(s), Some(from), Some(to)) if !from.is_empty() => {
                 // Bound the result before building it.
                 let hits = s.matches(from).count();
-                let len = s.len() - hits * from.len() + hits * to.len();
+                let len =
+                    (s.len() - hits * from.len()).saturating_add(hits.saturating_mul(to.len()));
                 if len > env.max {
                     return Err(EvalError::OutputTooLarge { limit: env.max });
                 }
