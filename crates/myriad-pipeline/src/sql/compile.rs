@@ -114,8 +114,12 @@ pub(crate) enum Func {
     IndexOf,
     Coalesce,
     IsNull,
+    /// EMQX `is_not_null`: neither Null nor Undefined.
+    IsNotNull,
     IsUndefined,
     TypeOf,
+    /// EMQX's conversion functions `str`, `int`, `float`, `bool`: compiled to a cast.
+    CastTo(CastTo),
     Get,
     /// `encode(s, 'base64')`.
     EncodeBase64,
@@ -171,6 +175,17 @@ const FUNCTIONS: &[(&str, usize, usize, Func)] = &[
     ("coalesce", 1, MAX_VARIADIC_ARGS, Func::Coalesce),
     ("isnull", 1, 1, Func::IsNull),
     ("isundefined", 1, 1, Func::IsUndefined),
+    // EMQX names for the same functions.
+    ("is_null", 1, 1, Func::IsNull),
+    ("is_not_null", 1, 1, Func::IsNotNull),
+    ("strlen", 1, 1, Func::Length),
+    ("base64_encode", 1, 1, Func::EncodeBase64),
+    ("base64_decode", 1, 1, Func::DecodeBase64),
+    ("uuid_v4", 0, 0, Func::NewUuid),
+    ("str", 1, 1, Func::CastTo(CastTo::String)),
+    ("int", 1, 1, Func::CastTo(CastTo::Int)),
+    ("float", 1, 1, Func::CastTo(CastTo::Decimal)),
+    ("bool", 1, 1, Func::CastTo(CastTo::Bool)),
     ("typeof", 1, 1, Func::TypeOf),
     ("get", 2, 2, Func::Get),
     ("encode", 2, 2, Func::EncodeBase64),
@@ -260,6 +275,29 @@ pub(crate) fn compile(sql: &str) -> Result<(TopicFilter, Plan), RuleError> {
     let mut tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| RuleError::Parse(e.to_string()))?;
+
+    // `x IS [NOT] UNDEFINED` is not SQL: the word becomes UNKNOWN (`IS [NOT] UNKNOWN` parses),
+    // and both compile to isundefined(x).
+    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
+    let mut prev: [Option<usize>; 2] = [None, None];
+    for i in 0..tokens.len() {
+        if matches!(tokens[i].token, Token::Whitespace(_)) {
+            continue;
+        }
+        if is_word(&tokens[i].token, "undefined") {
+            let after_is = match prev {
+                [Some(p), _] if is_word(&tokens[p].token, "is") => true,
+                [Some(p), Some(q)] => {
+                    is_word(&tokens[p].token, "not") && is_word(&tokens[q].token, "is")
+                }
+                _ => false,
+            };
+            if after_is {
+                tokens[i].token = Token::make_word("UNKNOWN", None);
+            }
+        }
+        prev = [Some(i), prev[0]];
+    }
 
     // Find the top-level FROM and take its quoted topic filter out of the stream.
     let mut depth = 0usize;
@@ -585,6 +623,11 @@ fn convert(e: &ast::Expr, depth: usize) -> Result<Expr, RuleError> {
             };
             Expr::Bin(op, boxed(left, d)?, boxed(right, d)?)
         }
+        ast::Expr::IsUnknown(x) => Expr::Call(Func::IsUndefined, vec![convert(x, d)?]),
+        ast::Expr::IsNotUnknown(x) => Expr::Not(Box::new(Expr::Call(
+            Func::IsUndefined,
+            vec![convert(x, d)?],
+        ))),
         ast::Expr::IsNull(x) => Expr::IsNull(boxed(x, d)?, false),
         ast::Expr::IsNotNull(x) => Expr::IsNull(boxed(x, d)?, true),
         ast::Expr::In {
@@ -758,10 +801,15 @@ fn function(e: &ast::Expr, f: &ast::Function, d: usize) -> Result<Expr, RuleErro
             _ => return Err(unsupported(e, "function argument")),
         }
     }
+    if let Func::CastTo(to) = func {
+        let arg = out.pop().unwrap_or(Expr::Lit(Lit::Null));
+        return Ok(Expr::Cast(Box::new(arg), to));
+    }
     if matches!(
         func,
         Func::EncodeBase64 | Func::EncodePayloadBase64 | Func::DecodeBase64
-    ) {
+    ) && args.len() == 2
+    {
         match out.get(1) {
             Some(Expr::Lit(Lit::Str(s))) if s.eq_ignore_ascii_case("base64") => {}
             _ => {

@@ -18,14 +18,14 @@ struct Env<'r, A> {
     record: &'r Record<A>,
     /// The parsed payload; `None` when it is not JSON.
     json: Option<&'r Value>,
-    ctx: &'r EvalContext,
+    ctx: EvalContext,
     max: usize,
     uuids: u64,
 }
 
-pub(crate) fn apply<A>(
-    plan: &Plan,
-    record: &Record<A>,
+pub(crate) fn apply<'r, A>(
+    plan: &'r Plan,
+    record: &'r Record<A>,
     ctx: &EvalContext,
     max_output_bytes: usize,
 ) -> Result<Option<Value>, EvalError> {
@@ -33,7 +33,7 @@ pub(crate) fn apply<A>(
     let mut env = Env {
         record,
         json,
-        ctx,
+        ctx: *ctx,
         max: max_output_bytes,
         uuids: 0,
     };
@@ -98,14 +98,13 @@ fn string<'r, A>(s: String, env: &Env<'r, A>) -> Result<Val<'r>, EvalError> {
     Ok(Val::Str(Cow::Owned(s)))
 }
 
-fn lit(l: &Lit) -> Val<'static> {
+fn lit(l: &Lit) -> Val<'_> {
     match l {
         Lit::Null => Val::Null,
         Lit::Bool(b) => Val::Bool(*b),
         Lit::Int(i) => Val::Int(*i),
         Lit::Dec(d) => Val::Dec(*d),
-        // Literals are cloned: the plan outlives no record, and they are short.
-        Lit::Str(s) => Val::Str(Cow::Owned(s.clone())),
+        Lit::Str(s) => Val::Str(Cow::Borrowed(s)),
     }
 }
 
@@ -167,7 +166,7 @@ fn payload<'r, A>(env: &Env<'r, A>) -> Val<'r> {
     }
 }
 
-fn eval<'r, A>(e: &Expr, env: &mut Env<'r, A>) -> Result<Val<'r>, EvalError> {
+fn eval<'r, A>(e: &'r Expr, env: &mut Env<'r, A>) -> Result<Val<'r>, EvalError> {
     Ok(match e {
         Expr::Lit(l) => lit(l),
         Expr::Path(base, segs) => {
@@ -258,8 +257,8 @@ fn eval<'r, A>(e: &Expr, env: &mut Env<'r, A>) -> Result<Val<'r>, EvalError> {
 
 fn binary<'r, A>(
     op: BinOp,
-    l: &Expr,
-    r: &Expr,
+    l: &'r Expr,
+    r: &'r Expr,
     env: &mut Env<'r, A>,
 ) -> Result<Val<'r>, EvalError> {
     // AND / OR: three-valued over Undefined, and a decided left side decides.
@@ -411,7 +410,7 @@ pub(crate) fn uuid_v4(seed: u64, n: u64) -> String {
     )
 }
 
-fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, EvalError> {
+fn call<'r, A>(f: Func, args: &'r [Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, EvalError> {
     // Functions that do not evaluate all their arguments first.
     match f {
         Func::Coalesce => {
@@ -629,6 +628,7 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
             _ => Val::Undef,
         },
         Func::IsNull => Val::Bool(matches!(arg(0), Val::Null)),
+        Func::IsNotNull => Val::Bool(!matches!(arg(0), Val::Null | Val::Undef)),
         Func::IsUndefined => Val::Bool(arg(0).is_undef()),
         Func::TypeOf => Val::Str(Cow::Borrowed(arg(0).type_name())),
         Func::Get => {
@@ -663,6 +663,8 @@ fn call<'r, A>(f: Func, args: &[Expr], env: &mut Env<'r, A>) -> Result<Val<'r>, 
             },
             None => Val::Undef,
         },
-        Func::Coalesce | Func::EncodePayloadBase64 => unreachable!("handled above"),
+        Func::Coalesce | Func::EncodePayloadBase64 | Func::CastTo(_) => {
+            unreachable!("handled above or compiled to a cast")
+        }
     })
 }

@@ -43,6 +43,7 @@
 //! | `= <> != < <= > >=` | comparison |
 //! | `AND OR NOT` | logic |
 //! | `x IS [NOT] NULL` | null test (Undefined is not null: `isundefined(x)` tests that) |
+//! | `x IS [NOT] UNDEFINED` | Undefined test (the word is rewritten to SQL's `UNKNOWN` before parsing, so `IS [NOT] UNKNOWN` means the same) |
 //! | `x [NOT] IN (a, b, ...)`, `x [NOT] BETWEEN a AND b` | membership, range (inclusive) |
 //! | `CASE [x] WHEN .. THEN .. [ELSE ..] END` | conditional |
 //! | `cast(x AS String\|Int\|Decimal\|Bool)` | conversion (also `Varchar`, `Integer`, `Double`, `Boolean`, ...) |
@@ -72,6 +73,10 @@
 //! | `typeof(x)` | `Int`, `Decimal`, `String`, `Boolean`, `Array`, `Object`, `Null`, `Undefined` |
 //! | `encode(*, 'base64')`, `encode(s, 'base64')` | the raw payload (or a string) in base64 |
 //! | `decode(s, 'base64')` | base64 decoded, as a string (Undefined when not UTF-8) |
+//!
+//! EMQX names accepted for the same functions: `is_null`, `is_not_null` (neither Null nor
+//! Undefined), `strlen`, `base64_encode(s)`, `base64_decode(s)`, `uuid_v4()`, and the
+//! conversions `str(x)`, `int(x)`, `float(x)`, `bool(x)` (as `cast(x AS String|Int|Decimal|Bool)`).
 //!
 //! # Semantics
 //!

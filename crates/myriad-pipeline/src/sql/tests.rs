@@ -776,3 +776,54 @@ fn payload_too_deep_is_a_per_record_error() {
         Some(json!({"a": 1}))
     );
 }
+
+#[test]
+fn emqx_aliases() {
+    assert_eq!(ev("is_null(z)"), Some(json!(true)));
+    assert_eq!(ev("is_not_null(z)"), Some(json!(false)));
+    assert_eq!(ev("is_not_null(missing)"), Some(json!(false)));
+    assert_eq!(ev("is_not_null(n)"), Some(json!(true)));
+    assert_eq!(ev("strlen(s)"), Some(json!(5)));
+    assert_eq!(ev("base64_encode(s)"), Some(json!("SGVsbG8=")));
+    assert_eq!(ev("base64_decode('SGVsbG8=')"), Some(json!("Hello")));
+    assert_eq!(ev("length(uuid_v4())"), Some(json!(36)));
+    assert_eq!(ev("str(n)"), Some(json!("7")));
+    assert_eq!(ev("int(num)"), Some(json!(12)));
+    assert_eq!(ev("float(n)"), Some(json!(7.0)));
+    assert_eq!(ev("bool(t)"), Some(json!(true)));
+    assert!(matches!(
+        err("SELECT int(1, 2) FROM '#'"),
+        RuleError::Arity { .. }
+    ));
+    assert!(matches!(
+        err("SELECT base64_encode() FROM '#'"),
+        RuleError::Arity { .. }
+    ));
+}
+
+#[test]
+fn is_undefined() {
+    assert_eq!(ev("missing IS UNDEFINED"), Some(json!(true)));
+    assert_eq!(ev("z IS UNDEFINED"), Some(json!(false)));
+    assert_eq!(ev("missing IS NOT UNDEFINED"), Some(json!(false)));
+    assert_eq!(ev("n is not undefined"), Some(json!(true)));
+    // `undefined` elsewhere is a field name.
+    let rule =
+        Rule::compile("SELECT undefined AS u FROM '#' WHERE undefined IS NOT UNDEFINED").unwrap();
+    let r = Record::new("t", r#"{"undefined": 1}"#, ());
+    assert_eq!(
+        rule.apply(&r, &EvalContext::new(0)).unwrap(),
+        Some(json!({"u": 1}))
+    );
+    let r = Record::new("t", r#"{}"#, ());
+    assert_eq!(rule.apply(&r, &EvalContext::new(0)).unwrap(), None);
+}
+
+#[test]
+fn rules_and_records_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Rule>();
+    send_sync::<Record<u64>>();
+    send_sync::<RuleError>();
+    send_sync::<EvalError>();
+}
