@@ -185,10 +185,14 @@ impl<T> Batcher<T> {
         None
     }
 
-    /// When the open batch is due by age (ms), if one is open.
+    /// When the open batch is due (ms), if one is open: its age deadline, or its opening time
+    /// (already past) when it is full and waiting for [`Batcher::poll`].
     pub fn deadline(&self) -> Option<i64> {
         if self.items.is_empty() {
             None
+        } else if self.items.len() >= self.config.max_records || self.bytes >= self.config.max_bytes
+        {
+            Some(self.opened_ms)
         } else {
             Some(
                 self.opened_ms
@@ -461,6 +465,8 @@ mod tests {
         b.push(1, 1, 0);
         let aged = b.push(2, 1000, 20).unwrap();
         assert_eq!(aged.items, vec![1]);
+        // The full batch left behind is due at once.
+        assert_eq!(b.deadline(), Some(20));
         let full = b.poll(20).unwrap();
         assert_eq!((full.items, full.reason), (vec![2], FlushReason::Bytes));
     }
