@@ -7,7 +7,8 @@
 # toolchain (no nightly, no sanitizer), then runs `session` for [seconds]
 # (default 60), `decode` for a sixth of that and the telemetry store's
 # targets (`telemetry_payload`, `tsdb_files`, `promql`) for a third of it
-# each, all starting from their seed corpora in fuzz/corpus/<target>. New
+# each, the pipeline rule engine's (`rule_sql`) for a third of it too, all
+# starting from their seed corpora in fuzz/corpus/<target>. New
 # inputs go to a scratch directory, so the seed corpora stay as committed. A
 # crash, a timeout (a single input running for over 25 s; 10 s for the
 # telemetry targets), a leak past 2 GiB of RSS or (telemetry targets) a
@@ -32,7 +33,8 @@ RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-trace-compares \
   --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
   cargo build --release --locked --target "$TRIPLE" --target-dir "$TARGET_DIR" \
-  --bin session --bin decode --bin telemetry_payload --bin tsdb_files --bin promql --bin ota_patch
+  --bin session --bin decode --bin telemetry_payload --bin tsdb_files --bin promql --bin ota_patch \
+  --bin rule_sql
 echo "fuzz: built in ${SECONDS}s"
 
 scratch=$(mktemp -d)
@@ -59,6 +61,8 @@ run() {
         echo "fuzz: replay it with MYRIAD_FUZZ_INPUT=<file> MYRIAD_FUZZ_TARGET=$target cargo test -p myriad-tsdb --test fuzz_corpus -- --nocapture" ;;
       ota_patch)
         echo "fuzz: replay it with MYRIAD_FUZZ_INPUT=<file> cargo test -p myriad-ota --test fuzz_corpus -- --nocapture" ;;
+      rule_sql)
+        echo "fuzz: replay it with MYRIAD_FUZZ_INPUT=<file> cargo test -p myriad-pipeline --test fuzz_corpus -- --nocapture" ;;
     esac
     return 1
   fi
@@ -76,4 +80,5 @@ run telemetry_payload "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
 run tsdb_files "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
 run promql "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
 run ota_patch "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
+run rule_sql "$SECONDS_TELEMETRY" "${telemetry_limits[@]}"
 echo "fuzz: passed in ${SECONDS}s"
