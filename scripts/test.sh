@@ -14,7 +14,7 @@
 #                                        processes far more than it computes)
 #   6. bash scripts/fuzz.sh 60          (bounded fuzzing: instrumented build + 60 s
 #                                        session + 10 s decode + 20 s each of
-#                                        telemetry_payload, tsdb_files, promql;
+#                                        telemetry_payload, tsdb_files, promql, ota_patch, rule_sql;
 #                                        MYRIAD_FUZZ_SECONDS sets the seconds, 0 skips)
 #
 # Prerequisites (.ci/run installs them): a Rust toolchain with rustfmt and clippy,
