@@ -26,6 +26,26 @@
 //! api = "https://myriad.example:8080" # HTTP base URL of the signed download URLs
 //! download = "http"                  # or "mqtt": chunks over the MQTT connection (no `api` needed)
 //! chunk_bytes = 32768                # chunk size over MQTT, 1024..=65536
+//! protocol = "auto"                  # "auto" (5.0, falling back to 3.1.1), "5" or "3.1.1"
+//! keep_alive_secs = 30               # 5..=3600
+//! reconnect_min_ms = 2000            # first reconnect window (full jitter), 1..=reconnect_max_ms
+//! reconnect_max_ms = 120000          # largest window, ..=3600000
+//!
+//! [telemetry]                        # optional, needs [mqtt]: store-and-forward telemetry
+//! spool_dir = "/var/lib/myriad-agent/spool"   # default {state_dir}/spool
+//! spool_max_bytes = 67108864         # the spool's cap (oldest dropped, counted)
+//! spool_segment_bytes = 4194304      # 4 KiB..=256 MiB, at most half the cap
+//! replay_records_per_sec = 20        # backlog pace after a reconnect, 1..=10000
+//! replay_burst = 40                  # 1..=100000
+//! window = 8                         # records awaiting their PUBACK, 1..=256
+//! status_every_secs = 60             # a status line in the log (0: none), ..=86400
+//! handed_log = "/tmp/handed.jsonl"   # optional: one JSON line per point handed to the spool
+//!
+//! [[telemetry.sample]]               # 0..=32 samplers: a command or a file, on a schedule
+//! every_secs = 10                    # 1..=86400
+//! command = ["/usr/bin/sensors-json"] # stdout: one JSON object of metrics, or {"points":[..]}
+//! timeout_secs = 10                  # the command's, 1..=300
+//! # or: file = "/sys/class/thermal/thermal_zone0/temp"  metric = "cpu_temp"  scale = 0.001
 //! ```
 
 use std::path::PathBuf;
@@ -76,6 +96,231 @@ pub struct FileConfig {
     pub provision: Option<Provision>,
     /// The network mode's settings.
     pub mqtt: Option<MqttConfig>,
+    /// Store-and-forward telemetry (needs `mqtt`).
+    pub telemetry: Option<TelemetryFileConfig>,
+}
+
+/// Most `[[telemetry.sample]]` entries.
+pub const MAX_SAMPLERS: usize = 32;
+/// Longest sampling period (seconds).
+pub const MAX_SAMPLE_EVERY_SECS: u64 = 86_400;
+/// Longest sampler command timeout (seconds).
+pub const MAX_SAMPLE_TIMEOUT_SECS: u64 = 300;
+/// Largest sampler command output or file read (bytes).
+pub const MAX_SAMPLE_OUTPUT: usize = 64 * 1024;
+
+/// The `[telemetry]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFileConfig {
+    /// The spool's directory (default `{state_dir}/spool`).
+    pub spool_dir: Option<PathBuf>,
+    /// The spool's cap (bytes).
+    #[serde(default = "default_spool_max")]
+    pub spool_max_bytes: u64,
+    /// A spool segment's size (bytes).
+    #[serde(default = "default_spool_segment")]
+    pub spool_segment_bytes: u64,
+    /// The backlog's pace after a reconnect (records a second).
+    #[serde(default = "default_replay_rate")]
+    pub replay_records_per_sec: u32,
+    /// The pace's bucket (records).
+    #[serde(default = "default_replay_burst")]
+    pub replay_burst: u32,
+    /// Records published and awaiting their PUBACK, at most.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// A status line in the log every this many seconds (0: none).
+    #[serde(default = "default_status_every")]
+    pub status_every_secs: u64,
+    /// A file the agent appends one JSON line to per point once it is durable in the spool
+    /// (`{"ts":..,"metrics":{..}}`): for audits and tests.
+    pub handed_log: Option<PathBuf>,
+    /// The samplers.
+    #[serde(default)]
+    pub sample: Vec<SampleConfig>,
+}
+
+/// One `[[telemetry.sample]]`: a command or a file read every `every_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// The period (seconds), 1 ..= [`MAX_SAMPLE_EVERY_SECS`].
+    pub every_secs: u64,
+    /// A command whose stdout is one JSON object of metrics (`{"temp": 20.5}`) or the batch
+    /// form (`{"points":[{"ts":..,"temp":..}]}`).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The command's timeout (seconds), 1 ..= [`MAX_SAMPLE_TIMEOUT_SECS`].
+    #[serde(default = "default_sample_timeout")]
+    pub timeout_secs: u64,
+    /// A file holding one number (instead of `command`).
+    pub file: Option<PathBuf>,
+    /// The metric name of `file`'s number.
+    pub metric: Option<String>,
+    /// `file`'s number is multiplied by this.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+}
+
+fn default_spool_max() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_spool_segment() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_replay_rate() -> u32 {
+    20
+}
+fn default_replay_burst() -> u32 {
+    40
+}
+fn default_window() -> usize {
+    8
+}
+fn default_status_every() -> u64 {
+    60
+}
+fn default_sample_timeout() -> u64 {
+    10
+}
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// The `[telemetry]` table, checked, with the spool directory resolved.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// The spool's directory.
+    pub spool_dir: PathBuf,
+    /// The spool's sizes.
+    pub spool: crate::spool::SpoolConfig,
+    /// The backlog's pace.
+    pub replay: crate::replay::ReplayConfig,
+    /// Records in flight.
+    pub window: usize,
+    /// Status line period (0: none).
+    pub status_every_secs: u64,
+    /// See [`TelemetryFileConfig::handed_log`].
+    pub handed_log: Option<PathBuf>,
+    /// The samplers.
+    pub samplers: Vec<SampleConfig>,
+}
+
+/// The `[telemetry]` table of a config file's text, if any, checked; errors name the key.
+pub fn parse_telemetry(text: &str) -> Result<Option<TelemetrySettings>, ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+    let Some(t) = f.telemetry else {
+        return Ok(None);
+    };
+    if f.mqtt.is_none() {
+        return Err(ConfigError("telemetry: needs an [mqtt] table".into()));
+    }
+    let spool = crate::spool::SpoolConfig {
+        max_total_bytes: t.spool_max_bytes,
+        segment_bytes: t.spool_segment_bytes,
+        max_record_bytes: crate::spool::MAX_RECORD_BYTES.min(
+            u32::try_from(
+                t.spool_segment_bytes
+                    .saturating_sub(crate::spool::SEGMENT_HEADER + crate::spool::FRAME_HEADER),
+            )
+            .unwrap_or(u32::MAX),
+        ),
+    };
+    spool.validate().map_err(|e| {
+        let e = e.to_string();
+        let key = if e.contains("max_total_bytes") {
+            "telemetry.spool_max_bytes"
+        } else {
+            "telemetry.spool_segment_bytes"
+        };
+        ConfigError(format!("{key}: {e}"))
+    })?;
+    let replay = crate::replay::ReplayConfig {
+        records_per_sec: t.replay_records_per_sec,
+        burst: t.replay_burst,
+        ..Default::default()
+    };
+    replay.validate().map_err(|e| {
+        let key = if e.0.contains("burst") {
+            "telemetry.replay_burst"
+        } else {
+            "telemetry.replay_records_per_sec"
+        };
+        ConfigError(format!("{key}: {e}"))
+    })?;
+    if !(1..=256).contains(&t.window) {
+        return Err(ConfigError("telemetry.window: 1..=256".into()));
+    }
+    if t.status_every_secs > MAX_SAMPLE_EVERY_SECS {
+        return Err(ConfigError(format!(
+            "telemetry.status_every_secs: 0..={MAX_SAMPLE_EVERY_SECS}"
+        )));
+    }
+    if t.sample.len() > MAX_SAMPLERS {
+        return Err(ConfigError(format!(
+            "telemetry.sample: at most {MAX_SAMPLERS} samplers, {} given",
+            t.sample.len()
+        )));
+    }
+    for (i, s) in t.sample.iter().enumerate() {
+        let key = format!("telemetry.sample[{i}]");
+        if !(1..=MAX_SAMPLE_EVERY_SECS).contains(&s.every_secs) {
+            return Err(ConfigError(format!(
+                "{key}.every_secs: 1..={MAX_SAMPLE_EVERY_SECS}"
+            )));
+        }
+        if !(1..=MAX_SAMPLE_TIMEOUT_SECS).contains(&s.timeout_secs) {
+            return Err(ConfigError(format!(
+                "{key}.timeout_secs: 1..={MAX_SAMPLE_TIMEOUT_SECS}"
+            )));
+        }
+        match (s.command.is_empty(), &s.file) {
+            (true, None) | (false, Some(_)) => {
+                return Err(ConfigError(format!("{key}: give either command or file")));
+            }
+            (true, Some(_)) => {
+                let ok = s.metric.as_deref().is_some_and(|m| {
+                    !m.is_empty()
+                        && m.len() <= crate::spool::MAX_METRIC_NAME
+                        && m != "ts"
+                        && m.bytes().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-')
+                        })
+                });
+                if !ok {
+                    return Err(ConfigError(format!(
+                        "{key}.metric: needed with file, 1..=128 bytes of [A-Za-z0-9_.:-], not ts"
+                    )));
+                }
+                if !s.scale.is_finite() {
+                    return Err(ConfigError(format!("{key}.scale: not a finite number")));
+                }
+            }
+            (false, None) => {
+                if s.command.len() > crate::selftest::MAX_SELF_TEST_ARGS {
+                    return Err(ConfigError(format!(
+                        "{key}.command: at most {} arguments",
+                        crate::selftest::MAX_SELF_TEST_ARGS
+                    )));
+                }
+                if s.metric.is_some() {
+                    return Err(ConfigError(format!(
+                        "{key}.metric: only with file (a command names its metrics)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Some(TelemetrySettings {
+        spool_dir: t.spool_dir.unwrap_or_else(|| f.state_dir.join("spool")),
+        spool,
+        replay,
+        window: t.window,
+        status_every_secs: t.status_every_secs,
+        handed_log: t.handed_log,
+        samplers: t.sample,
+    }))
 }
 
 /// Where and as whom the agent connects (the `[mqtt]` table).
@@ -101,6 +346,43 @@ pub struct MqttConfig {
     /// Bytes asked per chunk when downloading over MQTT.
     #[serde(default = "default_chunk_bytes")]
     pub chunk_bytes: u32,
+    /// The MQTT version: `"auto"` (5.0, falling back to 3.1.1), `"5"` or `"3.1.1"`.
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+    /// Keep alive (seconds), 5..=3600.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u16,
+    /// The first reconnect window (ms; full jitter, doubling).
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    /// The largest reconnect window (ms).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+}
+
+/// `[mqtt] protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum MqttProtocol {
+    /// 5.0, falling back to 3.1.1 when the broker refuses it.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// 5.0 only.
+    #[serde(rename = "5")]
+    V5,
+    /// 3.1.1 only.
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+fn default_keep_alive() -> u16 {
+    30
+}
+fn default_reconnect_min() -> u64 {
+    2_000
+}
+fn default_reconnect_max() -> u64 {
+    120_000
 }
 
 /// How the agent downloads (`[mqtt] download`).
@@ -246,6 +528,20 @@ pub fn parse_mqtt(text: &str) -> Result<Option<MqttConfig>, ConfigError> {
         return Err(ConfigError(format!(
             "mqtt.chunk_bytes: {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}"
         )));
+    }
+    if !(5..=3600).contains(&m.keep_alive_secs) {
+        return Err(ConfigError("mqtt.keep_alive_secs: 5..=3600".into()));
+    }
+    if m.reconnect_max_ms == 0 || m.reconnect_max_ms > crate::backoff::MAX_CAP_MS {
+        return Err(ConfigError(format!(
+            "mqtt.reconnect_max_ms: 1..={}",
+            crate::backoff::MAX_CAP_MS
+        )));
+    }
+    if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+        return Err(ConfigError(
+            "mqtt.reconnect_min_ms: 1..=mqtt.reconnect_max_ms".into(),
+        ));
     }
     Ok(Some(m))
 }

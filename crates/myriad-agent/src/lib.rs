@@ -23,6 +23,10 @@
 //! - [`backoff`]: reconnect delays, exponential with full jitter.
 //! - [`dedup`]: the persisted set of recent command ids (a redelivered command runs once).
 //! - [`shadow`]: the local shadow copy and its sync over `$shadow/{id}/...`.
+//! - `client` (feature `client`): the device's one MQTT connection (tokio + rumqttc; 5.0 with a
+//!   3.1.1 fallback, persistent session, reconnects with [`backoff`], PUBACKs reported back).
+//! - `telemetry` (feature `client`): store-and-forward end to end: points into the [`spool`],
+//!   a pump publishing its records at QoS 1 and acknowledging them after the PUBACK.
 //! - [`memfs`]: an in-memory [`fs::LogFs`] with power cuts, for tests.
 //!
 //! # States
@@ -85,6 +89,8 @@
 pub mod agent;
 pub mod backoff;
 pub mod boot;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod dedup;
 pub mod fs;
@@ -95,6 +101,8 @@ pub mod shadow;
 pub mod slots;
 pub mod spool;
 pub mod state_file;
+#[cfg(feature = "client")]
+pub mod telemetry;
 
 pub use agent::{Agent, AgentConfig, AgentError, Source, trust};
 pub use boot::{BootDecision, BootState, Image, Phase, Report, Slot};

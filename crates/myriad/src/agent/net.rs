@@ -38,18 +38,22 @@ mod chunks;
 mod http;
 mod link;
 mod partial;
+mod sample;
 
 use std::collections::HashMap;
 use std::fs::File;
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use myriad_agent::config::{DownloadVia, MqttConfig};
+use myriad_agent::backoff::BackoffConfig;
+use myriad_agent::client::{ClientBuilder, ClientConfig, Protocol};
+use myriad_agent::config::{DownloadVia, MqttConfig, MqttProtocol, TelemetrySettings};
 use myriad_agent::fs::RealFs;
 use myriad_agent::{Agent, AgentError, Report, Source};
 use myriad_ota::delta::MAX_IMAGE_SIZE;
 use myriad_ota::rollout::DeviceState;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use link::Link;
 use partial::Partial;
@@ -129,9 +133,99 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The device's one MQTT connection ([`myriad_agent::client`]) with the OTA subscriptions,
+/// and the telemetry pump and samplers when configured. The OTA loop runs on the calling
+/// thread; the connection, the pump and the samplers are tasks of a small tokio runtime, all
+/// bound to one cancellation token.
+struct Device {
+    rt: tokio::runtime::Runtime,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Device {
+    /// Stops every task (the connection sends DISCONNECT) and waits a little for them.
+    fn shutdown(self) {
+        self.cancel.cancel();
+        let tasks = self.tasks;
+        self.rt.block_on(async move {
+            let all = async move {
+                for t in tasks {
+                    let _ = t.await;
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), all).await;
+        });
+        self.rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+fn client_config(m: &MqttConfig) -> ClientConfig {
+    let mut c = ClientConfig::new(m.host.clone(), m.port, m.id.clone());
+    c.credentials = Some((m.id.clone(), m.password.clone()));
+    c.protocol = match m.protocol {
+        MqttProtocol::Auto => Protocol::Auto,
+        MqttProtocol::V5 => Protocol::V5,
+        MqttProtocol::V311 => Protocol::V311,
+    };
+    c.keep_alive_secs = m.keep_alive_secs;
+    c.backoff = BackoffConfig {
+        base_ms: m.reconnect_min_ms,
+        cap_ms: m.reconnect_max_ms,
+        ..BackoffConfig::default()
+    };
+    c
+}
+
 /// Connects and follows notifications until an install asks for the "reboot".
-pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) -> Result<()> {
-    let (link, mut inbox) = link::connect(m)?;
+pub fn run(
+    agent: Agent<RealFs>,
+    m: &MqttConfig,
+    boot_reports: Vec<Report>,
+    telemetry: Option<TelemetrySettings>,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("agent-net")
+        .enable_all()
+        .build()
+        .context("starting the agent's runtime")?;
+    let cancel = CancellationToken::new();
+    let mut builder = ClientBuilder::new(client_config(m));
+    let inbox = link::declare(&mut builder, m, rt.handle())?;
+    let (client, conn_task) = {
+        let _guard = rt.enter();
+        builder.start(cancel.clone())?
+    };
+    let mut device = Device {
+        rt,
+        cancel,
+        tasks: vec![conn_task],
+    };
+    if let Some(t) = telemetry {
+        match sample::start(&device.rt, client.clone(), &m.id, t, device.cancel.clone()) {
+            Ok(tasks) => device.tasks.extend(tasks),
+            Err(e) => {
+                device.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    let link = link::link(client, m, device.rt.handle());
+    let r = ota(agent, m, boot_reports, &link, inbox);
+    device.shutdown();
+    r
+}
+
+/// The OTA loop: follows notifications until an install asks for the "reboot".
+fn ota(
+    mut agent: Agent<RealFs>,
+    m: &MqttConfig,
+    boot_reports: Vec<Report>,
+    link: &Link,
+    mut inbox: link::Inbox,
+) -> Result<()> {
     // The highest attempt of each rollout this process has finished: a late copy of that
     // notification is not installed again, a retry (a higher attempt) is.
     let mut finished: HashMap<String, u32> = HashMap::new();
@@ -213,7 +307,7 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
             }
         };
         let path = agent.config().state_dir.join("download");
-        match download(&http, &link, &mut inbox, m, &want, &path) {
+        match download(&http, link, &mut inbox, m, &want, &path) {
             Ok(()) => {}
             Err(Stop::Canceled) => {
                 tracing::info!(rollout = %rollout, "canceled during the download");
@@ -246,7 +340,6 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
                 if !link.flush() {
                     tracing::warn!("reports not all acknowledged before the reboot");
                 }
-                link.disconnect();
                 tracing::info!(rollout = %rollout, "installed: rebooting (exit 0)");
                 return Ok(());
             }
