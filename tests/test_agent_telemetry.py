@@ -131,7 +131,8 @@ class Proxy:
 
 
 @pytest.fixture
-def broker(tmp_path):
+def server(tmp_path):
+    """A broker of the test's own (the restart test stops and starts it)."""
     b = Broker(tmp_path / "broker", raw_config=CONFIG).start()
     yield b
     b.stop()
@@ -228,8 +229,8 @@ class Device:
 
 
 @pytest.fixture
-def device(tmp_path, broker, request):
-    d = Device(tmp_path, broker, **getattr(request, "param", {}))
+def device(tmp_path, server, request):
+    d = Device(tmp_path, server, **getattr(request, "param", {}))
     yield d
     d.close()
 
@@ -245,7 +246,8 @@ def test_sampled_points_arrive_in_the_store(device):
     assert "version=V5" in device.log()
 
 
-def test_broker_restart_points_spooled_and_sent_after(device, broker):
+def test_broker_restart_points_spooled_and_sent_after(device, server):
+    broker = server
     device.agent.start()
     assert wait_until(lambda: len(device.stored()) >= 6, 20), device.log()[-2000:]
     broker.stop()

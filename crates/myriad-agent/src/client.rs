@@ -1101,4 +1101,164 @@ mod tests {
         }
         assert!(b.subscribe("t/x", Qos::AtMostOnce, 1).is_err());
     }
+
+    /// A broker that speaks only 3.1.1: a 5.0 CONNECT gets the 3.1.1 refusal (return code 1).
+    /// The first 3.1.1 connection takes one PUBLISH and drops without a PUBACK; the next
+    /// acknowledges everything. Returns what it saw: (protocol level, publish topic) pairs.
+    async fn fake_broker(
+        listener: tokio::net::TcpListener,
+        seen: Arc<std::sync::Mutex<Vec<(u8, String)>>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut v311_conns = 0;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut level = 0u8;
+            'conn: loop {
+                let mut h = [0u8; 1];
+                if s.read_exact(&mut h).await.is_err() {
+                    break;
+                }
+                let (mut len, mut mul) = (0usize, 1usize);
+                loop {
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).await.is_err() {
+                        break 'conn;
+                    }
+                    len += (b[0] & 0x7f) as usize * mul;
+                    mul *= 128;
+                    if b[0] & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if s.read_exact(&mut body).await.is_err() {
+                    break;
+                }
+                match h[0] >> 4 {
+                    1 => {
+                        level = body[6];
+                        seen.lock().unwrap().push((level, String::new()));
+                        if level == 5 {
+                            let _ = s.write_all(&[0x20, 2, 0, 1]).await;
+                            break;
+                        }
+                        v311_conns += 1;
+                        let _ = s.write_all(&[0x20, 2, 0, 0]).await;
+                    }
+                    3 => {
+                        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                        let topic = String::from_utf8_lossy(&body[2..2 + tl]).into_owned();
+                        seen.lock().unwrap().push((level, topic));
+                        if v311_conns == 1 {
+                            break; // dropped before the PUBACK
+                        }
+                        if h[0] & 0x06 != 0 {
+                            let _ = s.write_all(&[0x40, 2, body[2 + tl], body[3 + tl]]).await;
+                        }
+                    }
+                    8 => {
+                        let _ = s.write_all(&[0x90, 3, body[0], body[1], 1]).await;
+                    }
+                    12 => {
+                        let _ = s.write_all(&[0xd0, 0]).await;
+                    }
+                    14 => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn falls_back_to_311_and_resends_until_puback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = tokio::spawn(fake_broker(listener, seen.clone()));
+        let mut config = ClientConfig::new("127.0.0.1", port, "d1");
+        config.backoff = BackoffConfig {
+            base_ms: 10,
+            cap_ms: 50,
+            reset_after_ms: 1000,
+        };
+        config.rng_seed = Some(42);
+        let cancel = CancellationToken::new();
+        let (client, task) = ClientBuilder::new(config).start(cancel.clone()).unwrap();
+        let d = client
+            .publish("devices/d1/telemetry", b"{}".to_vec(), Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), d)
+            .await
+            .expect("acknowledged in time")
+            .unwrap();
+        assert!(matches!(
+            client.state(),
+            ConnState::Up {
+                version: Version::V311,
+                ..
+            }
+        ));
+        let stats = client.stats();
+        assert_eq!(stats.acked, 1);
+        assert!(stats.connects >= 2 && stats.resent >= 1, "{stats:?}");
+        {
+            let seen = seen.lock().unwrap();
+            // 5.0 first, then 3.1.1; the publish went out twice (dropped, then acknowledged).
+            assert_eq!(seen[0], (5, String::new()));
+            assert!(seen.iter().all(|(l, _)| *l == 5 || *l == 4));
+            let sends = seen
+                .iter()
+                .filter(|(_, t)| t == "devices/d1/telemetry")
+                .count();
+            assert_eq!(sends, 2, "{seen:?}");
+        }
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(client.state(), ConnState::Closed);
+        // After the shutdown, publishing fails at once.
+        assert!(matches!(
+            client.try_publish("t", Vec::new(), Qos::AtLeastOnce),
+            Err(ClientError::Closed)
+        ));
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forced_v5_never_falls_back_and_cancel_fails_waiting_publishes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = tokio::spawn(fake_broker(listener, seen.clone()));
+        let mut config = ClientConfig::new("127.0.0.1", port, "d1");
+        config.protocol = Protocol::V5;
+        config.backoff = BackoffConfig {
+            base_ms: 10,
+            cap_ms: 50,
+            reset_after_ms: 1000,
+        };
+        let cancel = CancellationToken::new();
+        let (client, task) = ClientBuilder::new(config).start(cancel.clone()).unwrap();
+        let d = client
+            .publish("t", b"x".to_vec(), Qos::AtLeastOnce)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(client.state(), ConnState::Down);
+        cancel.cancel();
+        assert_eq!(d.await, Err(ClientError::Closed));
+        task.await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.len() >= 2 && seen.iter().all(|(l, _)| *l == 5),
+            "{seen:?}"
+        );
+        server.abort();
+    }
 }

@@ -676,6 +676,95 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_table_is_checked_and_names_the_key() {
+        let net = "[mqtt]\nhost = \"h\"\nid = \"d1\"\npassword = \"p\"\napi = \"http://h:1\"\n";
+        assert!(parse_telemetry(&text(net)).unwrap().is_none());
+        let t = parse_telemetry(&text(&format!("{net}[telemetry]\n")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.spool_dir, PathBuf::from("/s/spool"));
+        assert_eq!((t.window, t.status_every_secs), (8, 60));
+        assert_eq!(t.spool.max_total_bytes, 64 * 1024 * 1024);
+        // Without [mqtt]: refused, naming the table.
+        let e = parse_telemetry(&text("[telemetry]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("telemetry"), "{e}");
+        let with = |body: &str| parse_telemetry(&text(&format!("{net}[telemetry]\n{body}\n")));
+        let named = |body: &str, key: &str| {
+            let e = with(body).unwrap_err().to_string();
+            assert!(e.contains(key), "{body}: {e}");
+        };
+        named("colour = 1", "colour");
+        named(
+            "spool_max_bytes = 8191\nspool_segment_bytes = 4096",
+            "telemetry.spool_max_bytes",
+        );
+        assert!(with("spool_max_bytes = 8192\nspool_segment_bytes = 4096").is_ok());
+        named(
+            "spool_segment_bytes = 4095",
+            "telemetry.spool_segment_bytes",
+        );
+        named(
+            "replay_records_per_sec = 10001",
+            "telemetry.replay_records_per_sec",
+        );
+        assert!(with("replay_records_per_sec = 10000").is_ok());
+        named("replay_burst = 100001", "telemetry.replay_burst");
+        named("window = 257", "telemetry.window");
+        assert!(with("window = 256").is_ok());
+        named("status_every_secs = 86401", "telemetry.status_every_secs");
+        let cmd = "[[telemetry.sample]]\nevery_secs = 10\ncommand = [\"x\"]";
+        let t = with(cmd).unwrap().unwrap();
+        assert_eq!(t.samplers[0].timeout_secs, 10);
+        named(
+            &cmd.replace("10", "86401"),
+            "telemetry.sample[0].every_secs",
+        );
+        assert!(with(&cmd.replace("10", "86400")).is_ok());
+        named(
+            &format!("{cmd}\ntimeout_secs = 301"),
+            "telemetry.sample[0].timeout_secs",
+        );
+        named(&format!("{cmd}\nfile = \"/f\""), "telemetry.sample[0]");
+        named(
+            &format!("{cmd}\nmetric = \"m\""),
+            "telemetry.sample[0].metric",
+        );
+        named(&format!("{cmd}\nshape = 1"), "shape");
+        let file = "[[telemetry.sample]]\nevery_secs = 1\nfile = \"/f\"";
+        named(file, "telemetry.sample[0].metric");
+        named(
+            &format!("{file}\nmetric = \"ts\""),
+            "telemetry.sample[0].metric",
+        );
+        let t = with(&format!("{file}\nmetric = \"cpu_temp\"\nscale = 0.001"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.samplers[0].scale, 0.001);
+        let many = vec![cmd; MAX_SAMPLERS + 1].join("\n");
+        named(&many, "telemetry.sample");
+        assert!(with(&vec![cmd; MAX_SAMPLERS].join("\n")).is_ok());
+        // [mqtt] additions.
+        for (extra, key, ok) in [
+            ("keep_alive_secs = 4", "mqtt.keep_alive_secs", false),
+            ("keep_alive_secs = 5", "", true),
+            ("reconnect_max_ms = 3600001", "mqtt.reconnect_max_ms", false),
+            ("reconnect_max_ms = 3600000", "", true),
+            ("reconnect_min_ms = 0", "mqtt.reconnect_min_ms", false),
+            ("reconnect_min_ms = 120001", "mqtt.reconnect_min_ms", false),
+            ("protocol = \"3.1.1\"", "", true),
+            ("protocol = \"4\"", "protocol", false),
+        ] {
+            let r = parse_mqtt(&text(&format!("{net}{extra}\n")));
+            assert_eq!(r.is_ok(), ok, "{extra}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains(key), "{extra}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn key_files_and_sm2_roots_are_loaded_and_named() {
         let dir = tempfile::tempdir().unwrap();
         let chain = myriad_ota::keygen::sm2_dev_chain(&[1; 32], 1_700_000_000).unwrap();
