@@ -28,6 +28,10 @@
 //! - **Session**: clean start off (3.1.1: clean session off), 5.0 session expiry
 //!   [`ClientConfig::session_expiry_secs`]; subscriptions are made again after every CONNACK
 //!   (also when the broker kept the session: cheap, and right after a broker lost its state).
+//! - **The first attempt** after [`ClientBuilder::start`] goes at once (a device that boots
+//!   wants its connection); every attempt after a refused or lost connection waits
+//!   [`Backoff::next_delay`], so a fleet that lost its broker spreads its reconnects. A fleet
+//!   powered up at once can stagger its start itself.
 //! - **Randomness** for the jitter: [`ClientConfig::rng_seed`] when given (tests), else keys
 //!   from the OS through std's `RandomState`.
 //! - **Credentials**: user name and password now ([`ClientConfig::credentials`]); TLS
@@ -318,7 +322,8 @@ impl Future for Delivery {
 }
 
 impl Delivery {
-    /// The outcome if it is known already (without waiting).
+    /// The outcome if it is known already (without waiting). Once this returned `Some`, the
+    /// delivery is spent: do not await it.
     pub fn try_outcome(&mut self) -> Option<Result<(), ClientError>> {
         match self.0.try_recv() {
             Ok(r) => Some(r),
@@ -558,6 +563,9 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 // -----------------------------------------------------------------------------------------
 // The connection task
 
+/// One attempt's rumqttc client and event loop (one exists at a time: the size difference
+/// does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Raw {
     V4(rumqttc::AsyncClient, rumqttc::EventLoop),
     V5(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop),

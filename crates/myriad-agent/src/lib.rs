@@ -82,6 +82,9 @@
 //! | replay rate, burst | [`replay::MAX_RATE`] (10,000 records/s), [`replay::MAX_BURST`] (100,000) |
 //! | reconnect window | [`backoff::BackoffConfig`]: 2 s doubling to 2 min by default, cap at most [`backoff::MAX_CAP_MS`] (1 h) |
 //! | command ids remembered, id length | [`dedup::DEFAULT_CAPACITY`] (1,024; at most [`dedup::MAX_CAPACITY`] 65,536), [`dedup::MAX_ID_BYTES`] (128 bytes) |
+//! | client (feature `client`): QoS 1 outbox, subscriptions, channel | 256 by default (at most 65,536), 64, 1 ..= 4,096 messages (full: dropped, counted) |
+//! | telemetry pump (feature `client`): records in flight, points per call | 8 by default (1 ..= 256), 100,000 |
+//! | `[[telemetry.sample]]` | [`config::MAX_SAMPLERS`] (32), every 1 s ..= 1 day, command output [`config::MAX_SAMPLE_OUTPUT`] (64 KiB) |
 //! | shadow section, nesting, message | [`shadow::MAX_SECTION_BYTES`] (8 KiB), [`shadow::MAX_DEPTH`] (6), [`shadow::MAX_MESSAGE_BYTES`] (64 KiB) |
 
 #![deny(missing_docs)]

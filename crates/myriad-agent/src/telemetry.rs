@@ -395,3 +395,158 @@ impl<F: LogFs + Send + 'static> Pump<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::BackoffConfig;
+    use crate::client::{ClientBuilder, ClientConfig, Protocol};
+    use crate::fs::RealFs;
+    use crate::spool::{MetricValue, SpoolConfig};
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A 3.1.1 broker that records PUBLISH payloads and sends PUBACKs only while `ack` is set
+    /// (withheld ones are sent when it is set again).
+    async fn broker(
+        listener: tokio::net::TcpListener,
+        got: Arc<Mutex<Vec<String>>>,
+        ack: Arc<AtomicBool>,
+    ) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut held: Vec<[u8; 4]> = Vec::new();
+        loop {
+            let mut h = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_millis(50), s.read_exact(&mut h)).await;
+            if ack.load(Ordering::SeqCst) {
+                for p in held.drain(..) {
+                    s.write_all(&p).await.unwrap();
+                }
+            }
+            let Ok(r) = read else { continue };
+            if r.is_err() {
+                return;
+            }
+            let (mut len, mut mul) = (0usize, 1usize);
+            loop {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                len += (b[0] & 0x7f) as usize * mul;
+                mul *= 128;
+                if b[0] & 0x80 == 0 {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.unwrap();
+            match h[0] >> 4 {
+                1 => s.write_all(&[0x20, 2, 0, 0]).await.unwrap(),
+                3 => {
+                    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    got.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body[tl + 4..]).into_owned());
+                    held.push([0x40, 2, body[2 + tl], body[3 + tl]]);
+                }
+                12 => s.write_all(&[0xd0, 0]).await.unwrap(),
+                _ => {}
+            }
+        }
+    }
+
+    fn point(ts: u64) -> Point {
+        Point {
+            ts_ms: ts,
+            metrics: vec![("n".into(), MetricValue::F64(ts as f64))],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_leave_the_spool_only_after_their_puback_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let ack = Arc::new(AtomicBool::new(false));
+        let server = tokio::spawn(broker(listener, got.clone(), ack.clone()));
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(RealFs, dir.path(), SpoolConfig::default()).unwrap();
+        let mut config = ClientConfig::new("127.0.0.1", port, "d1");
+        config.protocol = Protocol::V311;
+        config.backoff = BackoffConfig {
+            base_ms: 10,
+            cap_ms: 50,
+            reset_after_ms: 1000,
+        };
+        let cancel = CancellationToken::new();
+        let (client, conn) = ClientBuilder::new(config).start(cancel.clone()).unwrap();
+        let mut tc = TelemetryConfig::new("d1");
+        tc.window = 2;
+        let (telemetry, pump) = Telemetry::start(client, spool, tc, cancel.clone()).unwrap();
+        for ts in 1..=5 {
+            let seqs = telemetry.send_points(&[point(ts)]).await.unwrap();
+            assert_eq!(seqs, ts..=ts);
+        }
+        assert!(matches!(
+            telemetry
+                .send_points(&vec![point(1); MAX_SEND_POINTS + 1])
+                .await,
+            Err(TelemetryError::TooMany(_))
+        ));
+        // No PUBACK: two records in flight (the window), nothing acknowledged in the spool.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = telemetry.stats();
+        assert_eq!(
+            (s.sent, s.acked, s.spool.pending_records),
+            (2, 0, 5),
+            "{s:?}"
+        );
+        assert_eq!(got.lock().unwrap().len(), 2);
+        ack.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while telemetry.stats().spool.pending_records > 0 || telemetry.stats().acked < 5 {
+            assert!(Instant::now() < deadline, "{:?}", telemetry.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = telemetry.stats();
+        assert_eq!((s.points_in, s.sent, s.acked, s.spool.acked), (5, 5, 5, 5));
+        let got = got.lock().unwrap().clone();
+        let want: Vec<String> = (1..=5)
+            .map(|ts| format!("{{\"points\":[{{\"ts\":{ts},\"n\":{ts}.0}}]}}"))
+            .collect();
+        assert_eq!(got, want);
+        cancel.cancel();
+        pump.await.unwrap();
+        conn.await.unwrap();
+        server.abort();
+    }
+
+    #[test]
+    fn window_is_bounded() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let (client, _) = ClientBuilder::new(ClientConfig::new("127.0.0.1", 1, "d1"))
+            .start(cancel.clone())
+            .unwrap();
+        for (w, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_WINDOW, true),
+            (MAX_WINDOW + 1, false),
+        ] {
+            let spool = Spool::open(RealFs, dir.path(), SpoolConfig::default()).unwrap();
+            let mut tc = TelemetryConfig::new("d1");
+            tc.window = w;
+            let r = Telemetry::start(client.clone(), spool, tc, cancel.clone());
+            assert_eq!(r.is_ok(), ok, "{w}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("window"), "{e}");
+            }
+        }
+        cancel.cancel();
+    }
+}

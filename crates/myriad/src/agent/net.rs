@@ -1,6 +1,9 @@
-//! The agent's network mode: MQTT (rumqttc, persistent session, 3.1.1) for notifications
-//! and reports, and the download over HTTP ([`http`], `Range` resume) or over MQTT in
-//! chunks ([`chunks`], `[mqtt] download = "mqtt"`).
+//! The agent's network mode on the device's one MQTT connection ([`myriad_agent::client`]:
+//! MQTT 5 with a 3.1.1 fallback, persistent session, full-jitter reconnects), for OTA
+//! notifications and reports, the download over HTTP ([`http`], `Range` resume) or over MQTT
+//! in chunks ([`chunks`], `[mqtt] download = "mqtt"`), and, with a `[telemetry]` table, the
+//! store-and-forward telemetry pump and samplers ([`sample`]). One connection, because a
+//! second one with the same client id would take the first one's place at the broker.
 //!
 //! After the boot decision the agent connects as its device (client id = user name = the
 //! device id), subscribes `$ota/{id}/notify`, publishes the boot's reports (SUCCEEDED /
