@@ -266,6 +266,12 @@ pub struct Message {
     pub topic: String,
     /// Its payload.
     pub payload: Bytes,
+    /// MQTT 5: the Response Topic property (a request's reply goes there).
+    pub response_topic: Option<String>,
+    /// MQTT 5: the Correlation Data property (echoed in the reply).
+    pub correlation_data: Option<Bytes>,
+    /// MQTT 5: the user properties.
+    pub user_properties: Vec<(String, String)>,
 }
 
 /// The connection's state, as [`Client::state`] reports it.
@@ -347,6 +353,7 @@ struct Publish {
     topic: String,
     payload: Bytes,
     qos: Qos,
+    correlation: Option<Bytes>,
     done: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
 
@@ -368,6 +375,21 @@ impl Client {
         qos: Qos,
     ) -> Result<Delivery, ClientError> {
         let (p, d) = publish(topic, payload, qos);
+        self.tx.send(p).await.map_err(|_| ClientError::Closed)?;
+        Ok(d)
+    }
+
+    /// A reply to a request received over MQTT 5 (QoS 1): published on `topic` (the request's
+    /// Response Topic) with the request's Correlation Data echoed (under 3.1.1 the property
+    /// is left out).
+    pub async fn publish_reply(
+        &self,
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+        correlation_data: Option<Bytes>,
+    ) -> Result<Delivery, ClientError> {
+        let (mut p, d) = publish(topic, payload, Qos::AtLeastOnce);
+        p.correlation = correlation_data;
         self.tx.send(p).await.map_err(|_| ClientError::Closed)?;
         Ok(d)
     }
@@ -428,6 +450,7 @@ fn publish(topic: impl Into<String>, payload: impl Into<Bytes>, qos: Qos) -> (Pu
             topic: topic.into(),
             payload: payload.into(),
             qos,
+            correlation: None,
             done: Some(tx),
         },
         Delivery(rx),
@@ -577,7 +600,7 @@ enum Ev {
     Refused { protocol: bool, reason: String },
     OutPublish(u16),
     PubAck { pkid: u16, failure: Option<String> },
-    Publish { topic: String, payload: Bytes },
+    Publish(Message),
     Other,
 }
 
@@ -651,10 +674,13 @@ impl Raw {
                         pkid: a.pkid,
                         failure: None,
                     }),
-                    Ok(Event::Incoming(Packet::Publish(p))) => Ok(Ev::Publish {
+                    Ok(Event::Incoming(Packet::Publish(p))) => Ok(Ev::Publish(Message {
                         topic: p.topic,
                         payload: p.payload,
-                    }),
+                        response_topic: None,
+                        correlation_data: None,
+                        user_properties: Vec::new(),
+                    })),
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ok(Ev::OutPublish(pkid)),
                     Ok(_) => Ok(Ev::Other),
                     Err(E::ConnectionRefused(code)) => Ok(Ev::Refused {
@@ -690,10 +716,16 @@ impl Raw {
                             r => Some(format!("{r:?}")),
                         },
                     }),
-                    Ok(Event::Incoming(Packet::Publish(p))) => Ok(Ev::Publish {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload,
-                    }),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let props = p.properties.unwrap_or_default();
+                        Ok(Ev::Publish(Message {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload,
+                            response_topic: props.response_topic,
+                            correlation_data: props.correlation_data,
+                            user_properties: props.user_properties,
+                        }))
+                    }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ok(Ev::OutPublish(pkid)),
                     Ok(_) => Ok(Ev::Other),
                     Err(E::ConnectionRefused(code)) => Ok(Ev::Refused {
@@ -732,14 +764,24 @@ impl Raw {
         }
     }
 
-    fn publish(&self, topic: &str, payload: &Bytes, qos: Qos) -> bool {
+    fn publish(&self, topic: &str, payload: &Bytes, qos: Qos, correlation: Option<&Bytes>) -> bool {
         let r = match self {
             Raw::V4(c, _) => c
                 .try_publish(topic, qos4(qos), false, payload.clone())
                 .map_err(|e| e.to_string()),
-            Raw::V5(c, _) => c
-                .try_publish(topic, qos5(qos), false, payload.clone())
-                .map_err(|e| e.to_string()),
+            Raw::V5(c, _) => match correlation {
+                Some(cd) => {
+                    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                        correlation_data: Some(cd.clone()),
+                        ..Default::default()
+                    };
+                    c.try_publish_with_properties(topic, qos5(qos), false, payload.clone(), props)
+                        .map_err(|e| e.to_string())
+                }
+                None => c
+                    .try_publish(topic, qos5(qos), false, payload.clone())
+                    .map_err(|e| e.to_string()),
+            },
         };
         if let Err(e) = &r {
             tracing::warn!(error = %e, topic, "publish not queued");
@@ -759,6 +801,7 @@ impl Raw {
 struct Pending {
     topic: String,
     payload: Bytes,
+    correlation: Option<Bytes>,
     done: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
 
@@ -885,6 +928,7 @@ impl Task {
                     Pending {
                         topic: p.topic,
                         payload: p.payload,
+                        correlation: p.correlation,
                         done: p.done,
                     },
                 );
@@ -948,12 +992,17 @@ impl Task {
             raw.subscribe(&s.filter, s.qos);
         }
         for (topic, payload, qos) in &self.birth {
-            if raw.publish(topic, payload, *qos) && *qos == Qos::AtLeastOnce {
+            if raw.publish(topic, payload, *qos, None) && *qos == Qos::AtLeastOnce {
                 awaiting.push_back(None);
             }
         }
         for (id, p) in &self.outbox {
-            if raw.publish(&p.topic, &p.payload, Qos::AtLeastOnce) {
+            if raw.publish(
+                &p.topic,
+                &p.payload,
+                Qos::AtLeastOnce,
+                p.correlation.as_ref(),
+            ) {
                 awaiting.push_back(Some(*id));
                 self.counters.resent.fetch_add(1, Ordering::Relaxed);
             }
@@ -973,8 +1022,9 @@ impl Task {
                     Some(p) => {
                         let qos = p.qos;
                         let (topic, payload) = (p.topic.clone(), p.payload.clone());
+                        let correlation = p.correlation.clone();
                         let id = self.enqueue_live(p);
-                        if raw.publish(&topic, &payload, qos)
+                        if raw.publish(&topic, &payload, qos, correlation.as_ref())
                             && let Some(id) = id
                         {
                             awaiting.push_back(Some(id));
@@ -1009,7 +1059,7 @@ impl Task {
                             }
                         }
                     }
-                    Ok(Ev::Publish { topic, payload }) => self.dispatch(topic, payload),
+                    Ok(Ev::Publish(m)) => self.dispatch(m),
                     Ok(_) => {}
                     Err(Lost { reason, .. }) => {
                         tracing::warn!(error = reason, "connection lost");
@@ -1036,8 +1086,7 @@ impl Task {
         self.enqueue(p)
     }
 
-    fn dispatch(&self, topic: String, payload: Bytes) {
-        let msg = Message { topic, payload };
+    fn dispatch(&self, msg: Message) {
         let mut matched = false;
         for s in &self.subs {
             if topic_matches(&s.filter, &msg.topic) {

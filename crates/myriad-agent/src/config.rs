@@ -46,6 +46,11 @@
 //! command = ["/usr/bin/sensors-json"] # stdout: one JSON object of metrics, or {"points":[..]}
 //! timeout_secs = 10                  # the command's, 1..=300
 //! # or: file = "/sys/class/thermal/thermal_zone0/temp"  metric = "cpu_temp"  scale = 0.001
+//!
+//! [[commands]]                       # optional, needs [mqtt]: 0..=32 command handlers
+//! name = "reboot"                    # the command name, 1..=64 bytes of [A-Za-z0-9_.-]
+//! command = ["/usr/local/bin/reboot-handler"]  # payload on stdin; see `myriad agent` docs
+//! timeout_secs = 30                  # 1..=3600
 //! ```
 
 use std::path::PathBuf;
@@ -98,6 +103,80 @@ pub struct FileConfig {
     pub mqtt: Option<MqttConfig>,
     /// Store-and-forward telemetry (needs `mqtt`).
     pub telemetry: Option<TelemetryFileConfig>,
+    /// Command handlers (needs `mqtt`).
+    #[serde(default)]
+    pub commands: Vec<CommandHandler>,
+}
+
+/// Most `[[commands]]` handlers.
+pub const MAX_COMMAND_HANDLERS: usize = 32;
+/// Longest command name (the platform's limit).
+pub const MAX_COMMAND_NAME: usize = 64;
+/// Longest command handler timeout (seconds).
+pub const MAX_COMMAND_TIMEOUT_SECS: u64 = 3600;
+
+/// One `[[commands]]` entry: the executable run for a command name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandHandler {
+    /// The command name (`$commands/{id}/{name}`).
+    pub name: String,
+    /// The program and its arguments; the command's payload goes to its stdin.
+    pub command: Vec<String>,
+    /// How long it may run (seconds), 1 ..= [`MAX_COMMAND_TIMEOUT_SECS`].
+    #[serde(default = "default_command_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_command_timeout() -> u64 {
+    30
+}
+
+/// The `[[commands]]` handlers of a config file's text, checked; errors name the key.
+pub fn parse_commands(text: &str) -> Result<Vec<CommandHandler>, ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+    if f.commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    if f.mqtt.is_none() {
+        return Err(ConfigError("commands: needs an [mqtt] table".into()));
+    }
+    if f.commands.len() > MAX_COMMAND_HANDLERS {
+        return Err(ConfigError(format!(
+            "commands: at most {MAX_COMMAND_HANDLERS} handlers, {} given",
+            f.commands.len()
+        )));
+    }
+    for (i, c) in f.commands.iter().enumerate() {
+        let key = format!("commands[{i}]");
+        let name_ok = !c.name.is_empty()
+            && c.name.len() <= MAX_COMMAND_NAME
+            && c.name != "reply"
+            && c.name != "request"
+            && c.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !name_ok {
+            return Err(ConfigError(format!(
+                "{key}.name: 1..={MAX_COMMAND_NAME} bytes of [A-Za-z0-9_.-], not reply or request"
+            )));
+        }
+        if f.commands[..i].iter().any(|o| o.name == c.name) {
+            return Err(ConfigError(format!("{key}.name: {} twice", c.name)));
+        }
+        if c.command.is_empty() || c.command.len() > crate::selftest::MAX_SELF_TEST_ARGS {
+            return Err(ConfigError(format!(
+                "{key}.command: 1..={} arguments",
+                crate::selftest::MAX_SELF_TEST_ARGS
+            )));
+        }
+        if !(1..=MAX_COMMAND_TIMEOUT_SECS).contains(&c.timeout_secs) {
+            return Err(ConfigError(format!(
+                "{key}.timeout_secs: 1..={MAX_COMMAND_TIMEOUT_SECS}"
+            )));
+        }
+    }
+    Ok(f.commands)
 }
 
 /// Most `[[telemetry.sample]]` entries.
@@ -762,6 +841,51 @@ mod tests {
                 assert!(e.to_string().contains(key), "{extra}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn command_handlers_are_checked_and_named() {
+        let net = "[mqtt]\nhost = \"h\"\nid = \"d1\"\npassword = \"p\"\napi = \"http://h:1\"\n";
+        assert!(parse_commands(&text(net)).unwrap().is_empty());
+        let one = "[[commands]]\nname = \"reboot\"\ncommand = [\"x\"]\n";
+        let h = parse_commands(&text(&format!("{net}{one}"))).unwrap();
+        assert_eq!((h[0].name.as_str(), h[0].timeout_secs), ("reboot", 30));
+        let e = parse_commands(&text(one)).unwrap_err().to_string();
+        assert!(e.contains("commands"), "{e}");
+        let named = |body: &str, key: &str| {
+            let e = parse_commands(&text(&format!("{net}{body}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{body}: {e}");
+        };
+        named(&one.replace("reboot", "reply"), "commands[0].name");
+        named(&one.replace("reboot", "a/b"), "commands[0].name");
+        named(
+            &one.replace("reboot", &"a".repeat(MAX_COMMAND_NAME + 1)),
+            "commands[0].name",
+        );
+        assert!(
+            parse_commands(&text(&format!(
+                "{net}{}",
+                one.replace("reboot", &"a".repeat(MAX_COMMAND_NAME))
+            )))
+            .is_ok()
+        );
+        named(&format!("{one}{one}"), "commands[1].name");
+        named(&one.replace("[\"x\"]", "[]"), "commands[0].command");
+        named(
+            &format!("{one}timeout_secs = 3601\n"),
+            "commands[0].timeout_secs",
+        );
+        named(&format!("{one}colour = 1\n"), "colour");
+        let many: String = (0..=MAX_COMMAND_HANDLERS)
+            .map(|i| one.replace("reboot", &format!("c{i}")))
+            .collect();
+        named(&many, "commands");
+        let max: String = (0..MAX_COMMAND_HANDLERS)
+            .map(|i| one.replace("reboot", &format!("c{i}")))
+            .collect();
+        assert!(parse_commands(&text(&format!("{net}{max}"))).is_ok());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! MQTT 5 with a 3.1.1 fallback, persistent session, full-jitter reconnects), for OTA
 //! notifications and reports, the download over HTTP ([`http`], `Range` resume) or over MQTT
 //! in chunks ([`chunks`], `[mqtt] download = "mqtt"`), and, with a `[telemetry]` table, the
-//! store-and-forward telemetry pump and samplers ([`sample`]). One connection, because a
+//! store-and-forward telemetry pump and samplers ([`sample`]), and with `[[commands]]` the
+//! command handlers ([`commands`]). One connection, because a
 //! second one with the same client id would take the first one's place at the broker.
 //!
 //! After the boot decision the agent connects as its device (client id = user name = the
@@ -38,6 +39,7 @@
 //! | queued notifications | [`MAX_QUEUED_NOTES`] (others dropped; `$ota/{id}/get` asks again) |
 
 mod chunks;
+mod commands;
 mod http;
 mod link;
 mod partial;
@@ -50,7 +52,9 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use myriad_agent::backoff::BackoffConfig;
 use myriad_agent::client::{ClientBuilder, ClientConfig, Protocol};
-use myriad_agent::config::{DownloadVia, MqttConfig, MqttProtocol, TelemetrySettings};
+use myriad_agent::config::{
+    CommandHandler, DownloadVia, MqttConfig, MqttProtocol, TelemetrySettings,
+};
 use myriad_agent::fs::RealFs;
 use myriad_agent::{Agent, AgentError, Report, Source};
 use myriad_ota::delta::MAX_IMAGE_SIZE;
@@ -186,6 +190,7 @@ pub fn run(
     m: &MqttConfig,
     boot_reports: Vec<Report>,
     telemetry: Option<TelemetrySettings>,
+    handlers: Vec<CommandHandler>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -197,6 +202,7 @@ pub fn run(
     let cancel = CancellationToken::new();
     let mut builder = ClientBuilder::new(client_config(m));
     let inbox = link::declare(&mut builder, m, rt.handle())?;
+    let command_rx = commands::declare(&mut builder, &m.id, &handlers)?;
     let (client, conn_task) = {
         let _guard = rt.enter();
         builder.start(cancel.clone())?
@@ -209,6 +215,24 @@ pub fn run(
     if let Some(t) = telemetry {
         match sample::start(&device.rt, client.clone(), &m.id, t, device.cancel.clone()) {
             Ok(tasks) => device.tasks.extend(tasks),
+            Err(e) => {
+                device.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    if let Some(rx) = command_rx {
+        let state_dir = agent.config().state_dir.clone();
+        match commands::start(
+            &device.rt,
+            client.clone(),
+            &m.id,
+            handlers,
+            &state_dir,
+            rx,
+            device.cancel.clone(),
+        ) {
+            Ok(task) => device.tasks.push(task),
             Err(e) => {
                 device.shutdown();
                 return Err(e);
