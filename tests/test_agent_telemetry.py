@@ -312,3 +312,37 @@ def test_spool_cap_while_offline_drops_counted_rest_arrives(device):
     # What is missing is what was dropped: the oldest points, and no more than counted.
     assert 0 < len(missing) <= s["dropped_points"], (len(missing), s)
     assert max(missing) < min(set(handed) - missing)
+
+
+def test_mutual_tls_with_a_client_certificate_and_no_password(tmp_path):
+    """(f) The device logs in with its client certificate over TLS (no password in the
+    agent's config): its sampled points arrive."""
+    from test_tls import make_certs, tls_config, tls_port
+
+    dev = f"tls-{random.randrange(1 << 30):x}"
+    certs = make_certs(tmp_path / "certs", dev)
+    b = Broker(tmp_path / "broker", raw_config=CONFIG + tls_config(certs, "optional")).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        api.ok("POST", "/api/v1/devices", {"id": dev, "password": "dev-pw-123"}, expect=201)
+        script = tmp_path / "sampler.py"
+        script.write_text(SAMPLER)
+        files = tmp_path / "files"
+        files.mkdir()
+        agent = AgentProc(tmp_path, dev, b, pinned_key(api), b"image-1" * 100, [],
+                          mqtt={"port": tls_port(b), "password": None, "tls_ca": str(certs / "ca.pem"),
+                                "tls_cert": str(certs / f"{dev}.pem"), "tls_key": str(certs / f"{dev}.key")},
+                          extra={"telemetry": {"sample": [{"every_secs": 1, "command": [
+                              sys.executable, str(script), str(files), "2"]}]}})
+        start = int(time.time() * 1000)
+        try:
+            agent.start()
+
+            def stored() -> int:
+                r = api.ok("GET", f"/api/v1/devices/{dev}/telemetry?metrics=n&from={start - 1000}&to={start + 600_000}")
+                return sum(len(s["points"]) for s in r["series"])
+            assert wait_until(lambda: stored() >= 4, 20), ANSI.sub("", (agent.dir / "agent.1.log").read_text(errors="replace"))[-2000:]
+        finally:
+            agent.stop()
+    finally:
+        b.stop()

@@ -34,10 +34,11 @@
 //!   powered up at once can stagger its start itself.
 //! - **Randomness** for the jitter: [`ClientConfig::rng_seed`] when given (tests), else keys
 //!   from the OS through std's `RandomState`.
-//! - **Credentials**: user name and password now ([`ClientConfig::credentials`]); TLS
-//!   (a CA file, a client certificate and key for mTLS, docs/tls.md) is the field
-//!   [`ClientConfig::tls`], refused by [`ClientBuilder::start`] with [`ClientError::Tls`] until
-//!   the TLS step fills it in.
+//! - **Credentials**: user name and password ([`ClientConfig::credentials`]) and/or TLS
+//!   ([`ClientConfig::tls`]: rustls with the aws-lc-rs provider, the broker's certificate
+//!   checked against a CA file, ALPN `mqtt`, and a client certificate and key for mutual TLS,
+//!   docs/tls.md). The files are read once, by [`ClientBuilder::start`] (each at most
+//!   [`MAX_PEM_FILE`]); a file that cannot be read or parsed is [`ClientError::Tls`] naming it.
 //!
 //! # Example
 //!
@@ -100,6 +101,8 @@ pub const MAX_OUTBOX: usize = 65_536;
 pub const MAX_SUBSCRIPTIONS: usize = 64;
 /// Largest channel capacity of one subscription.
 pub const MAX_CHANNEL: usize = 4096;
+/// Largest CA, certificate or key file read for TLS (bytes).
+pub const MAX_PEM_FILE: u64 = 64 * 1024;
 /// Largest incoming packet size allowed in [`ClientConfig::max_packet_bytes`].
 pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
 
@@ -136,7 +139,7 @@ pub enum Qos {
     AtLeastOnce,
 }
 
-/// TLS settings (the hook for the TLS step: not implemented yet, [`ClientError::Tls`]).
+/// TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// The CA certificates (PEM) the broker's certificate must chain to.
@@ -158,7 +161,7 @@ pub struct ClientConfig {
     pub client_id: String,
     /// User name and password.
     pub credentials: Option<(String, String)>,
-    /// TLS (not yet supported: must be `None`).
+    /// TLS (`None`: plain TCP).
     pub tls: Option<TlsConfig>,
     /// The MQTT version.
     pub protocol: Protocol,
@@ -245,9 +248,9 @@ pub enum ClientError {
     /// A setting out of bounds (named).
     #[error("client config: {0}")]
     Config(String),
-    /// TLS was asked for; this build does not do TLS yet.
-    #[error("client config: tls: not supported yet (docs/tls.md)")]
-    Tls,
+    /// A TLS file that cannot be read or used (named).
+    #[error("client config: tls: {0}")]
+    Tls(String),
     /// The client was shut down (its token cancelled) before the message was acknowledged.
     #[error("the MQTT client is closed")]
     Closed,
@@ -522,9 +525,10 @@ impl ClientBuilder {
     /// ends when `cancel` is cancelled.
     pub fn start(self, cancel: CancellationToken) -> Result<(Client, JoinHandle<()>), ClientError> {
         self.config.validate()?;
-        if self.config.tls.is_some() {
-            return Err(ClientError::Tls);
-        }
+        let tls = match &self.config.tls {
+            Some(t) => Some(rustls_config(t)?),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(self.config.max_outbox);
         let (state_tx, state) = watch::channel(ConnState::Down);
         let counters = Arc::new(Counters::default());
@@ -541,6 +545,7 @@ impl ClientBuilder {
         let backoff =
             Backoff::new(self.config.backoff).map_err(|e| ClientError::Config(e.to_string()))?;
         let task = Task {
+            tls,
             config: self.config,
             subs: self.subs,
             birth: self.birth,
@@ -564,6 +569,72 @@ impl ClientBuilder {
             handle,
         ))
     }
+}
+
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| ClientError::Tls(format!("{what} {}: {e}", path.display())))?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err(ClientError::Tls(format!(
+            "{what} {}: larger than {MAX_PEM_FILE} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The rustls client config of `t` (aws-lc-rs provider, explicit: the binary may hold
+/// several providers), ALPN `mqtt`.
+fn rustls_config(
+    t: &TlsConfig,
+) -> Result<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>, ClientError> {
+    use rumqttc::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        ClientError::Tls(format!("{what} {}: {e}", path.display()))
+    };
+    let ca = read_pem("ca_file", &t.ca_file)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        let c = c.map_err(|e| bad("ca_file", &t.ca_file, &e))?;
+        roots.add(c).map_err(|e| bad("ca_file", &t.ca_file, &e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("ca_file", &t.ca_file, &"no certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match (&t.client_cert, &t.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_pem("client_cert", cert)?;
+            let chain = CertificateDer::pem_slice_iter(&chain)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("client_cert", cert, &e))?;
+            if chain.is_empty() {
+                return Err(bad("client_cert", cert, &"no certificate"));
+            }
+            let k = read_pem("client_key", key)?;
+            let k = PrivateKeyDer::from_pem_slice(&k).map_err(|e| bad("client_key", key, &e))?;
+            builder
+                .with_client_auth_cert(chain, k)
+                .map_err(|e| bad("client_key", key, &e))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(ClientError::Tls(
+                "client_cert and client_key go together".into(),
+            ));
+        }
+    };
+    config.alpn_protocols = vec![b"mqtt".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Whether `topic` matches the MQTT filter `filter` (`+` one level, `#` the rest).
@@ -625,7 +696,12 @@ fn qos5(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
 }
 
 impl Raw {
-    fn new(c: &ClientConfig, version: Version, cap: usize) -> Raw {
+    fn new(
+        c: &ClientConfig,
+        tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
+        version: Version,
+        cap: usize,
+    ) -> Raw {
         match version {
             Version::V311 => {
                 let mut o = rumqttc::MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
@@ -635,6 +711,11 @@ impl Raw {
                     .set_request_channel_capacity(cap);
                 if let Some((u, p)) = &c.credentials {
                     o.set_credentials(u.clone(), p.clone());
+                }
+                if let Some(t) = tls {
+                    o.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(t),
+                    ));
                 }
                 let (client, el) = rumqttc::AsyncClient::new(o, cap);
                 Raw::V4(client, el)
@@ -649,6 +730,11 @@ impl Raw {
                     .set_request_channel_capacity(cap);
                 if let Some((u, p)) = &c.credentials {
                     o.set_credentials(u.clone(), p.clone());
+                }
+                if let Some(t) = tls {
+                    o.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(t),
+                    ));
                 }
                 let (client, el) = rumqttc::v5::AsyncClient::new(o, cap);
                 Raw::V5(client, el)
@@ -807,6 +893,7 @@ struct Pending {
 
 struct Task {
     config: ClientConfig,
+    tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
     subs: Vec<Sub>,
     birth: Vec<(String, Bytes, Qos)>,
     rx: mpsc::Receiver<Publish>,
@@ -945,7 +1032,7 @@ impl Task {
 
     async fn connection(&mut self, version: Version) -> End {
         let cap = self.config.max_outbox + self.subs.len() + self.birth.len() + 16;
-        let mut raw = Raw::new(&self.config, version, cap);
+        let mut raw = Raw::new(&self.config, self.tls.clone(), version, cap);
         // Until the CONNACK, at most connect_timeout_secs.
         let deadline = tokio::time::sleep(Duration::from_secs(self.config.connect_timeout_secs));
         tokio::pin!(deadline);

@@ -22,7 +22,9 @@
 //! host = "broker.example"
 //! port = 1883
 //! id = "gw-0001"                     # the device id: MQTT client id and user name
-//! password = "device-password"
+//! password = "device-password"    # optional with tls_cert + tls_key
+//! # tls_ca = "/etc/myriad/ca.pem"    # TLS: the broker's CA (then port = its TLS port, e.g. 8883)
+//! # tls_cert = "/etc/myriad/gw-0001.pem"  tls_key = "/etc/myriad/gw-0001.key"  # mutual TLS
 //! api = "https://myriad.example:8080" # HTTP base URL of the signed download URLs
 //! download = "http"                  # or "mqtt": chunks over the MQTT connection (no `api` needed)
 //! chunk_bytes = 32768                # chunk size over MQTT, 1024..=65536
@@ -413,8 +415,19 @@ pub struct MqttConfig {
     pub port: u16,
     /// The device id: the MQTT client id and user name.
     pub id: String,
-    /// The device's password.
-    pub password: String,
+    /// The device's password (optional with a client certificate, `tls_cert`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS: the CA certificates (PEM) the broker's certificate must chain to; set, the
+    /// connection is TLS (`port` is then the broker's TLS port, often 8883).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: the device's client certificate (PEM), for mutual TLS (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// The HTTP base URL the notifications' download URLs are relative to (needed when
     /// `download` is `http`).
     #[serde(default)]
@@ -607,6 +620,20 @@ pub fn parse_mqtt(text: &str) -> Result<Option<MqttConfig>, ConfigError> {
         return Err(ConfigError(format!(
             "mqtt.chunk_bytes: {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}"
         )));
+    }
+    if m.tls_cert.is_some() != m.tls_key.is_some() {
+        return Err(ConfigError(
+            "mqtt.tls_cert, mqtt.tls_key: give both or neither".into(),
+        ));
+    }
+    if m.tls_cert.is_some() && m.tls_ca.is_none() {
+        return Err(ConfigError("mqtt.tls_ca: needed with mqtt.tls_cert".into()));
+    }
+    if m.password.is_none() && m.tls_cert.is_none() {
+        return Err(ConfigError(
+            "mqtt.password: needed unless the device logs in with a client certificate (mqtt.tls_cert)"
+                .into(),
+        ));
     }
     if !(5..=3600).contains(&m.keep_alive_secs) {
         return Err(ConfigError("mqtt.keep_alive_secs: 5..=3600".into()));
@@ -834,6 +861,13 @@ mod tests {
             ("reconnect_min_ms = 120001", "mqtt.reconnect_min_ms", false),
             ("protocol = \"3.1.1\"", "", true),
             ("protocol = \"4\"", "protocol", false),
+            ("tls_cert = \"/c\"", "mqtt.tls_cert", false),
+            ("tls_cert = \"/c\"\ntls_key = \"/k\"", "mqtt.tls_ca", false),
+            (
+                "tls_ca = \"/a\"\ntls_cert = \"/c\"\ntls_key = \"/k\"",
+                "",
+                true,
+            ),
         ] {
             let r = parse_mqtt(&text(&format!("{net}{extra}\n")));
             assert_eq!(r.is_ok(), ok, "{extra}");
@@ -841,6 +875,17 @@ mod tests {
                 assert!(e.to_string().contains(key), "{extra}: {e}");
             }
         }
+        let no_pw = net.replace("password = \"p\"\n", "");
+        let e = parse_mqtt(&text(&no_pw)).unwrap_err().to_string();
+        assert!(e.contains("mqtt.password"), "{e}");
+        let mtls = format!("{no_pw}tls_ca = \"/a\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n");
+        assert!(
+            parse_mqtt(&text(&mtls))
+                .unwrap()
+                .unwrap()
+                .password
+                .is_none()
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ use std::fs::File;
 use anyhow::{Context, Result};
 use base64::Engine;
 use myriad_agent::backoff::BackoffConfig;
-use myriad_agent::client::{ClientBuilder, ClientConfig, Protocol};
+use myriad_agent::client::{ClientBuilder, ClientConfig, Protocol, TlsConfig};
 use myriad_agent::config::{
     CommandHandler, DownloadVia, MqttConfig, MqttProtocol, TelemetrySettings,
 };
@@ -169,7 +169,12 @@ impl Device {
 
 fn client_config(m: &MqttConfig) -> ClientConfig {
     let mut c = ClientConfig::new(m.host.clone(), m.port, m.id.clone());
-    c.credentials = Some((m.id.clone(), m.password.clone()));
+    c.credentials = m.password.clone().map(|p| (m.id.clone(), p));
+    c.tls = m.tls_ca.clone().map(|ca| TlsConfig {
+        ca_file: ca,
+        client_cert: m.tls_cert.clone(),
+        client_key: m.tls_key.clone(),
+    });
     c.protocol = match m.protocol {
         MqttProtocol::Auto => Protocol::Auto,
         MqttProtocol::V5 => Protocol::V5,
