@@ -4,7 +4,7 @@ records every point it produced, and the agent's `handed_log` recording every po
 durable in its spool. The agent reaches the broker through a TCP proxy in the test (so the
 broker can restart on another port, and the proxy can cut, refuse and delay connections).
 
-Scenarios: (a) sampled points arrive in the telemetry store; (b) the broker is stopped and
+Scenarios: (a) sampled points (and the health points) arrive in the telemetry store; (b) the broker is stopped and
 restarted on the same data directory: the points sampled meanwhile arrive after, in order,
 once; (c) the agent is killed with SIGKILL at random moments: every point it handed over is
 in the store, once, and nothing the sampler did not produce; (d) the proxy cuts, refuses and
@@ -235,6 +235,7 @@ def device(tmp_path, server, request):
     d.close()
 
 
+@pytest.mark.parametrize("device", [{"telemetry": {"health_every_secs": 1}}], indirect=True)
 def test_sampled_points_arrive_in_the_store(device):
     device.agent.start()
     assert wait_until(lambda: len(device.handed_over()) >= 9, 20), device.log()[-2000:]
@@ -244,6 +245,10 @@ def test_sampled_points_arrive_in_the_store(device):
     s = device.status()
     assert s["dropped_points"] == 0 and s["sent"] >= s["acked"] >= 3
     assert "version=V5" in device.log()
+    # The health points (the agent's built-in sampler) arrive too.
+    latest = Api(device.broker.api_port, TOKEN).ok("GET", f"/api/v1/devices/{device.id}/telemetry/latest")["metrics"]
+    assert latest["mem.available_bytes"]["value"] > 0 and latest["fw.counter"]["value"] == 0, latest
+    assert "agent.uptime_s" in latest and "spool.pending_records" in latest, latest
 
 
 def test_broker_restart_points_spooled_and_sent_after(device, server):

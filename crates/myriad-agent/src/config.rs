@@ -41,6 +41,7 @@
 //! replay_burst = 40                  # 1..=100000
 //! window = 8                         # records awaiting their PUBACK, 1..=256
 //! status_every_secs = 60             # a status line in the log (0: none), ..=86400
+//! health_every_secs = 0              # health metrics as telemetry points (0: none), ..=86400
 //! handed_log = "/tmp/handed.jsonl"   # optional: one JSON line per point handed to the spool
 //!
 //! [[telemetry.sample]]               # 0..=32 samplers: a command or a file, on a schedule
@@ -214,6 +215,10 @@ pub struct TelemetryFileConfig {
     /// A status line in the log every this many seconds (0: none).
     #[serde(default = "default_status_every")]
     pub status_every_secs: u64,
+    /// Health metrics (uptime, memory, spool, security counter) as telemetry points every this
+    /// many seconds (0: none).
+    #[serde(default)]
+    pub health_every_secs: u64,
     /// A file the agent appends one JSON line to per point once it is durable in the spool
     /// (`{"ts":..,"metrics":{..}}`): for audits and tests.
     pub handed_log: Option<PathBuf>,
@@ -282,6 +287,8 @@ pub struct TelemetrySettings {
     pub window: usize,
     /// Status line period (0: none).
     pub status_every_secs: u64,
+    /// Health metrics period (0: none).
+    pub health_every_secs: u64,
     /// See [`TelemetryFileConfig::handed_log`].
     pub handed_log: Option<PathBuf>,
     /// The samplers.
@@ -336,6 +343,11 @@ pub fn parse_telemetry(text: &str) -> Result<Option<TelemetrySettings>, ConfigEr
     if t.status_every_secs > MAX_SAMPLE_EVERY_SECS {
         return Err(ConfigError(format!(
             "telemetry.status_every_secs: 0..={MAX_SAMPLE_EVERY_SECS}"
+        )));
+    }
+    if t.health_every_secs > MAX_SAMPLE_EVERY_SECS {
+        return Err(ConfigError(format!(
+            "telemetry.health_every_secs: 0..={MAX_SAMPLE_EVERY_SECS}"
         )));
     }
     if t.sample.len() > MAX_SAMPLERS {
@@ -399,6 +411,7 @@ pub fn parse_telemetry(text: &str) -> Result<Option<TelemetrySettings>, ConfigEr
         replay,
         window: t.window,
         status_every_secs: t.status_every_secs,
+        health_every_secs: t.health_every_secs,
         handed_log: t.handed_log,
         samplers: t.sample,
     }))
@@ -820,6 +833,8 @@ mod tests {
         named("window = 257", "telemetry.window");
         assert!(with("window = 256").is_ok());
         named("status_every_secs = 86401", "telemetry.status_every_secs");
+        named("health_every_secs = 86401", "telemetry.health_every_secs");
+        assert!(with("health_every_secs = 86400").is_ok());
         let cmd = "[[telemetry.sample]]\nevery_secs = 10\ncommand = [\"x\"]";
         let t = with(cmd).unwrap().unwrap();
         assert_eq!(t.samplers[0].timeout_secs, 10);

@@ -218,7 +218,15 @@ pub fn run(
         tasks: vec![conn_task],
     };
     if let Some(t) = telemetry {
-        match sample::start(&device.rt, client.clone(), &m.id, t, device.cancel.clone()) {
+        let counter = agent.state().counter;
+        match sample::start(
+            &device.rt,
+            client.clone(),
+            &m.id,
+            t,
+            counter,
+            device.cancel.clone(),
+        ) {
             Ok(tasks) => device.tasks.extend(tasks),
             Err(e) => {
                 device.shutdown();

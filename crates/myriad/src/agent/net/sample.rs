@@ -8,6 +8,11 @@
 //! `timeout_secs` (killed after). A file holds one number (at most 4 KiB read), multiplied by
 //! `scale`, as the metric `metric`. A sample that fails is logged and skipped.
 //!
+//! Health (`health_every_secs`): points with the metrics `agent.uptime_s`, `sys.uptime_s`,
+//! `mem.available_bytes`, `mem.total_bytes` (Linux `/proc`; left out where unreadable),
+//! `spool.pending_records`, `spool.dropped_points` and `fw.counter` (the running image's
+//! security counter), through the spool like every point.
+//!
 //! The status line (`telemetry status`, every `status_every_secs`) carries the counters:
 //! points handed over, records sent and acknowledged, records and points dropped over the
 //! spool's cap, records pending.
@@ -37,6 +42,7 @@ pub(super) fn start(
     client: Client,
     id: &str,
     t: TelemetrySettings,
+    fw_counter: u64,
     cancel: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>> {
     let spool = Spool::open(RealFs, &t.spool_dir, t.spool)
@@ -57,6 +63,14 @@ pub(super) fn start(
         tasks.push(rt.spawn(status(
             telemetry.clone(),
             Duration::from_secs(t.status_every_secs),
+            cancel.clone(),
+        )));
+    }
+    if t.health_every_secs > 0 {
+        tasks.push(rt.spawn(health(
+            telemetry.clone(),
+            Duration::from_secs(t.health_every_secs),
+            fw_counter,
             cancel.clone(),
         )));
     }
@@ -94,6 +108,81 @@ async fn status(telemetry: Telemetry<RealFs>, every: Duration, cancel: Cancellat
             pending = s.spool.pending_records,
             "telemetry status"
         );
+    }
+}
+
+/// A `/proc/meminfo` field in bytes.
+fn meminfo(text: &str, field: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// The health metrics now.
+fn health_point(t: &Telemetry<RealFs>, started: std::time::Instant, fw_counter: u64) -> Point {
+    let mut metrics = vec![(
+        "agent.uptime_s".to_string(),
+        MetricValue::F64(started.elapsed().as_secs_f64().floor()),
+    )];
+    if let Ok(up) = std::fs::read_to_string("/proc/uptime")
+        && let Some(x) = up
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse::<f64>().ok())
+    {
+        metrics.push(("sys.uptime_s".into(), MetricValue::F64(x.floor())));
+    }
+    if let Ok(mem) = std::fs::read_to_string("/proc/meminfo") {
+        for (field, name) in [
+            ("MemAvailable:", "mem.available_bytes"),
+            ("MemTotal:", "mem.total_bytes"),
+        ] {
+            if let Some(x) = meminfo(&mem, field) {
+                metrics.push((name.into(), MetricValue::F64(x)));
+            }
+        }
+    }
+    let s = t.stats();
+    metrics.push((
+        "spool.pending_records".into(),
+        MetricValue::F64(s.spool.pending_records as f64),
+    ));
+    metrics.push((
+        "spool.dropped_points".into(),
+        MetricValue::F64(s.spool.dropped_points as f64),
+    ));
+    metrics.push(("fw.counter".into(), MetricValue::F64(fw_counter as f64)));
+    Point {
+        ts_ms: now_ms(),
+        metrics,
+    }
+}
+
+async fn health(
+    telemetry: Telemetry<RealFs>,
+    every: Duration,
+    fw_counter: u64,
+    cancel: CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let t = telemetry.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let p = health_point(&t, started, fw_counter);
+            t.send_points_blocking(&[p])
+        })
+        .await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "health point not spooled"),
+            Err(_) => return,
+        }
     }
 }
 
@@ -270,6 +359,14 @@ fn points_from_json(v: &Value, now: u64) -> Result<Vec<Point>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_fields_in_bytes() {
+        let text = "MemTotal:        2048 kB\nMemAvailable:    1024 kB\n";
+        assert_eq!(meminfo(text, "MemTotal:"), Some(2048.0 * 1024.0));
+        assert_eq!(meminfo(text, "MemAvailable:"), Some(1024.0 * 1024.0));
+        assert_eq!(meminfo(text, "SwapTotal:"), None);
+    }
 
     #[test]
     fn json_forms() {
