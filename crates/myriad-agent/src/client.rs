@@ -133,7 +133,8 @@ pub enum Version {
 /// Quality of service (QoS 2 is not offered: rumqttc#1060).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Qos {
-    /// At most once: the [`Delivery`] completes when the message is handed to the connection.
+    /// At most once: the [`Delivery`] completes when the message is handed to the connection;
+    /// while the connection is down the message is dropped (and the delivery completes too).
     AtMostOnce,
     /// At least once: the [`Delivery`] completes at the PUBACK.
     AtLeastOnce,
