@@ -22,10 +22,38 @@
 //! host = "broker.example"
 //! port = 1883
 //! id = "gw-0001"                     # the device id: MQTT client id and user name
-//! password = "device-password"
+//! password = "device-password"    # optional with tls_cert + tls_key
+//! # tls_ca = "/etc/myriad/ca.pem"    # TLS: the broker's CA (then port = its TLS port, e.g. 8883)
+//! # tls_cert = "/etc/myriad/gw-0001.pem"  tls_key = "/etc/myriad/gw-0001.key"  # mutual TLS
 //! api = "https://myriad.example:8080" # HTTP base URL of the signed download URLs
 //! download = "http"                  # or "mqtt": chunks over the MQTT connection (no `api` needed)
 //! chunk_bytes = 32768                # chunk size over MQTT, 1024..=65536
+//! protocol = "auto"                  # "auto" (5.0, falling back to 3.1.1), "5" or "3.1.1"
+//! keep_alive_secs = 30               # 5..=3600
+//! reconnect_min_ms = 2000            # first reconnect window (full jitter), 1..=reconnect_max_ms
+//! reconnect_max_ms = 120000          # largest window, ..=3600000
+//!
+//! [telemetry]                        # optional, needs [mqtt]: store-and-forward telemetry
+//! spool_dir = "/var/lib/myriad-agent/spool"   # default {state_dir}/spool
+//! spool_max_bytes = 67108864         # the spool's cap (oldest dropped, counted)
+//! spool_segment_bytes = 4194304      # 4 KiB..=256 MiB, at most half the cap
+//! replay_records_per_sec = 20        # backlog pace after a reconnect, 1..=10000
+//! replay_burst = 40                  # 1..=100000
+//! window = 8                         # records awaiting their PUBACK, 1..=256
+//! status_every_secs = 60             # a status line in the log (0: none), ..=86400
+//! health_every_secs = 0              # health metrics as telemetry points (0: none), ..=86400
+//! handed_log = "/tmp/handed.jsonl"   # optional: one JSON line per point handed to the spool
+//!
+//! [[telemetry.sample]]               # 0..=32 samplers: a command or a file, on a schedule
+//! every_secs = 10                    # 1..=86400
+//! command = ["/usr/bin/sensors-json"] # stdout: one JSON object of metrics, or {"points":[..]}
+//! timeout_secs = 10                  # the command's, 1..=300
+//! # or: file = "/sys/class/thermal/thermal_zone0/temp"  metric = "cpu_temp"  scale = 0.001
+//!
+//! [[commands]]                       # optional, needs [mqtt]: 0..=32 command handlers
+//! name = "reboot"                    # the command name, 1..=64 bytes of [A-Za-z0-9_.-]
+//! command = ["/usr/local/bin/reboot-handler"]  # payload on stdin; see `myriad agent` docs
+//! timeout_secs = 30                  # 1..=3600
 //! ```
 
 use std::path::PathBuf;
@@ -76,6 +104,317 @@ pub struct FileConfig {
     pub provision: Option<Provision>,
     /// The network mode's settings.
     pub mqtt: Option<MqttConfig>,
+    /// Store-and-forward telemetry (needs `mqtt`).
+    pub telemetry: Option<TelemetryFileConfig>,
+    /// Command handlers (needs `mqtt`).
+    #[serde(default)]
+    pub commands: Vec<CommandHandler>,
+}
+
+/// Most `[[commands]]` handlers.
+pub const MAX_COMMAND_HANDLERS: usize = 32;
+/// Longest command name (the platform's limit).
+pub const MAX_COMMAND_NAME: usize = 64;
+/// Longest command handler timeout (seconds).
+pub const MAX_COMMAND_TIMEOUT_SECS: u64 = 3600;
+
+/// One `[[commands]]` entry: the executable run for a command name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandHandler {
+    /// The command name (`$commands/{id}/{name}`).
+    pub name: String,
+    /// The program and its arguments; the command's payload goes to its stdin.
+    pub command: Vec<String>,
+    /// How long it may run (seconds), 1 ..= [`MAX_COMMAND_TIMEOUT_SECS`].
+    #[serde(default = "default_command_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_command_timeout() -> u64 {
+    30
+}
+
+/// The `[[commands]]` handlers of a config file's text, checked; errors name the key.
+pub fn parse_commands(text: &str) -> Result<Vec<CommandHandler>, ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+    if f.commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    if f.mqtt.is_none() {
+        return Err(ConfigError("commands: needs an [mqtt] table".into()));
+    }
+    if f.commands.len() > MAX_COMMAND_HANDLERS {
+        return Err(ConfigError(format!(
+            "commands: at most {MAX_COMMAND_HANDLERS} handlers, {} given",
+            f.commands.len()
+        )));
+    }
+    for (i, c) in f.commands.iter().enumerate() {
+        let key = format!("commands[{i}]");
+        let name_ok = !c.name.is_empty()
+            && c.name.len() <= MAX_COMMAND_NAME
+            && c.name != "reply"
+            && c.name != "request"
+            && c.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !name_ok {
+            return Err(ConfigError(format!(
+                "{key}.name: 1..={MAX_COMMAND_NAME} bytes of [A-Za-z0-9_.-], not reply or request"
+            )));
+        }
+        if f.commands[..i].iter().any(|o| o.name == c.name) {
+            return Err(ConfigError(format!("{key}.name: {} twice", c.name)));
+        }
+        if c.command.is_empty() || c.command.len() > crate::selftest::MAX_SELF_TEST_ARGS {
+            return Err(ConfigError(format!(
+                "{key}.command: 1..={} arguments",
+                crate::selftest::MAX_SELF_TEST_ARGS
+            )));
+        }
+        if !(1..=MAX_COMMAND_TIMEOUT_SECS).contains(&c.timeout_secs) {
+            return Err(ConfigError(format!(
+                "{key}.timeout_secs: 1..={MAX_COMMAND_TIMEOUT_SECS}"
+            )));
+        }
+    }
+    Ok(f.commands)
+}
+
+/// Most `[[telemetry.sample]]` entries.
+pub const MAX_SAMPLERS: usize = 32;
+/// Longest sampling period (seconds).
+pub const MAX_SAMPLE_EVERY_SECS: u64 = 86_400;
+/// Longest sampler command timeout (seconds).
+pub const MAX_SAMPLE_TIMEOUT_SECS: u64 = 300;
+/// Largest sampler command output or file read (bytes).
+pub const MAX_SAMPLE_OUTPUT: usize = 64 * 1024;
+
+/// The `[telemetry]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFileConfig {
+    /// The spool's directory (default `{state_dir}/spool`).
+    pub spool_dir: Option<PathBuf>,
+    /// The spool's cap (bytes).
+    #[serde(default = "default_spool_max")]
+    pub spool_max_bytes: u64,
+    /// A spool segment's size (bytes).
+    #[serde(default = "default_spool_segment")]
+    pub spool_segment_bytes: u64,
+    /// The backlog's pace after a reconnect (records a second).
+    #[serde(default = "default_replay_rate")]
+    pub replay_records_per_sec: u32,
+    /// The pace's bucket (records).
+    #[serde(default = "default_replay_burst")]
+    pub replay_burst: u32,
+    /// Records published and awaiting their PUBACK, at most.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// A status line in the log every this many seconds (0: none).
+    #[serde(default = "default_status_every")]
+    pub status_every_secs: u64,
+    /// Health metrics (uptime, memory, spool, security counter) as telemetry points every this
+    /// many seconds (0: none).
+    #[serde(default)]
+    pub health_every_secs: u64,
+    /// A file the agent appends one JSON line to per point once it is durable in the spool
+    /// (`{"ts":..,"metrics":{..}}`): for audits and tests.
+    pub handed_log: Option<PathBuf>,
+    /// The samplers.
+    #[serde(default)]
+    pub sample: Vec<SampleConfig>,
+}
+
+/// One `[[telemetry.sample]]`: a command or a file read every `every_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// The period (seconds), 1 ..= [`MAX_SAMPLE_EVERY_SECS`].
+    pub every_secs: u64,
+    /// A command whose stdout is one JSON object of metrics (`{"temp": 20.5}`) or the batch
+    /// form (`{"points":[{"ts":..,"temp":..}]}`).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The command's timeout (seconds), 1 ..= [`MAX_SAMPLE_TIMEOUT_SECS`].
+    #[serde(default = "default_sample_timeout")]
+    pub timeout_secs: u64,
+    /// A file holding one number (instead of `command`).
+    pub file: Option<PathBuf>,
+    /// The metric name of `file`'s number.
+    pub metric: Option<String>,
+    /// `file`'s number is multiplied by this.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+}
+
+fn default_spool_max() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_spool_segment() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_replay_rate() -> u32 {
+    20
+}
+fn default_replay_burst() -> u32 {
+    40
+}
+fn default_window() -> usize {
+    8
+}
+fn default_status_every() -> u64 {
+    60
+}
+fn default_sample_timeout() -> u64 {
+    10
+}
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// The `[telemetry]` table, checked, with the spool directory resolved.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// The spool's directory.
+    pub spool_dir: PathBuf,
+    /// The spool's sizes.
+    pub spool: crate::spool::SpoolConfig,
+    /// The backlog's pace.
+    pub replay: crate::replay::ReplayConfig,
+    /// Records in flight.
+    pub window: usize,
+    /// Status line period (0: none).
+    pub status_every_secs: u64,
+    /// Health metrics period (0: none).
+    pub health_every_secs: u64,
+    /// See [`TelemetryFileConfig::handed_log`].
+    pub handed_log: Option<PathBuf>,
+    /// The samplers.
+    pub samplers: Vec<SampleConfig>,
+}
+
+/// The `[telemetry]` table of a config file's text, if any, checked; errors name the key.
+pub fn parse_telemetry(text: &str) -> Result<Option<TelemetrySettings>, ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+    let Some(t) = f.telemetry else {
+        return Ok(None);
+    };
+    if f.mqtt.is_none() {
+        return Err(ConfigError("telemetry: needs an [mqtt] table".into()));
+    }
+    let spool = crate::spool::SpoolConfig {
+        max_total_bytes: t.spool_max_bytes,
+        segment_bytes: t.spool_segment_bytes,
+        max_record_bytes: crate::spool::MAX_RECORD_BYTES.min(
+            u32::try_from(
+                t.spool_segment_bytes
+                    .saturating_sub(crate::spool::SEGMENT_HEADER + crate::spool::FRAME_HEADER),
+            )
+            .unwrap_or(u32::MAX),
+        ),
+    };
+    spool.validate().map_err(|e| {
+        let e = e.to_string();
+        let key = if e.contains("max_total_bytes") {
+            "telemetry.spool_max_bytes"
+        } else {
+            "telemetry.spool_segment_bytes"
+        };
+        ConfigError(format!("{key}: {e}"))
+    })?;
+    let replay = crate::replay::ReplayConfig {
+        records_per_sec: t.replay_records_per_sec,
+        burst: t.replay_burst,
+        ..Default::default()
+    };
+    replay.validate().map_err(|e| {
+        let key = if e.0.contains("burst") {
+            "telemetry.replay_burst"
+        } else {
+            "telemetry.replay_records_per_sec"
+        };
+        ConfigError(format!("{key}: {e}"))
+    })?;
+    if !(1..=256).contains(&t.window) {
+        return Err(ConfigError("telemetry.window: 1..=256".into()));
+    }
+    if t.status_every_secs > MAX_SAMPLE_EVERY_SECS {
+        return Err(ConfigError(format!(
+            "telemetry.status_every_secs: 0..={MAX_SAMPLE_EVERY_SECS}"
+        )));
+    }
+    if t.health_every_secs > MAX_SAMPLE_EVERY_SECS {
+        return Err(ConfigError(format!(
+            "telemetry.health_every_secs: 0..={MAX_SAMPLE_EVERY_SECS}"
+        )));
+    }
+    if t.sample.len() > MAX_SAMPLERS {
+        return Err(ConfigError(format!(
+            "telemetry.sample: at most {MAX_SAMPLERS} samplers, {} given",
+            t.sample.len()
+        )));
+    }
+    for (i, s) in t.sample.iter().enumerate() {
+        let key = format!("telemetry.sample[{i}]");
+        if !(1..=MAX_SAMPLE_EVERY_SECS).contains(&s.every_secs) {
+            return Err(ConfigError(format!(
+                "{key}.every_secs: 1..={MAX_SAMPLE_EVERY_SECS}"
+            )));
+        }
+        if !(1..=MAX_SAMPLE_TIMEOUT_SECS).contains(&s.timeout_secs) {
+            return Err(ConfigError(format!(
+                "{key}.timeout_secs: 1..={MAX_SAMPLE_TIMEOUT_SECS}"
+            )));
+        }
+        match (s.command.is_empty(), &s.file) {
+            (true, None) | (false, Some(_)) => {
+                return Err(ConfigError(format!("{key}: give either command or file")));
+            }
+            (true, Some(_)) => {
+                let ok = s.metric.as_deref().is_some_and(|m| {
+                    !m.is_empty()
+                        && m.len() <= crate::spool::MAX_METRIC_NAME
+                        && m != "ts"
+                        && m.bytes().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-')
+                        })
+                });
+                if !ok {
+                    return Err(ConfigError(format!(
+                        "{key}.metric: needed with file, 1..=128 bytes of [A-Za-z0-9_.:-], not ts"
+                    )));
+                }
+                if !s.scale.is_finite() {
+                    return Err(ConfigError(format!("{key}.scale: not a finite number")));
+                }
+            }
+            (false, None) => {
+                if s.command.len() > crate::selftest::MAX_SELF_TEST_ARGS {
+                    return Err(ConfigError(format!(
+                        "{key}.command: at most {} arguments",
+                        crate::selftest::MAX_SELF_TEST_ARGS
+                    )));
+                }
+                if s.metric.is_some() {
+                    return Err(ConfigError(format!(
+                        "{key}.metric: only with file (a command names its metrics)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Some(TelemetrySettings {
+        spool_dir: t.spool_dir.unwrap_or_else(|| f.state_dir.join("spool")),
+        spool,
+        replay,
+        window: t.window,
+        status_every_secs: t.status_every_secs,
+        health_every_secs: t.health_every_secs,
+        handed_log: t.handed_log,
+        samplers: t.sample,
+    }))
 }
 
 /// Where and as whom the agent connects (the `[mqtt]` table).
@@ -89,8 +428,19 @@ pub struct MqttConfig {
     pub port: u16,
     /// The device id: the MQTT client id and user name.
     pub id: String,
-    /// The device's password.
-    pub password: String,
+    /// The device's password (optional with a client certificate, `tls_cert`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS: the CA certificates (PEM) the broker's certificate must chain to; set, the
+    /// connection is TLS (`port` is then the broker's TLS port, often 8883).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: the device's client certificate (PEM), for mutual TLS (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// The HTTP base URL the notifications' download URLs are relative to (needed when
     /// `download` is `http`).
     #[serde(default)]
@@ -101,6 +451,43 @@ pub struct MqttConfig {
     /// Bytes asked per chunk when downloading over MQTT.
     #[serde(default = "default_chunk_bytes")]
     pub chunk_bytes: u32,
+    /// The MQTT version: `"auto"` (5.0, falling back to 3.1.1), `"5"` or `"3.1.1"`.
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+    /// Keep alive (seconds), 5..=3600.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u16,
+    /// The first reconnect window (ms; full jitter, doubling).
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    /// The largest reconnect window (ms).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+}
+
+/// `[mqtt] protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum MqttProtocol {
+    /// 5.0, falling back to 3.1.1 when the broker refuses it.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// 5.0 only.
+    #[serde(rename = "5")]
+    V5,
+    /// 3.1.1 only.
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+fn default_keep_alive() -> u16 {
+    30
+}
+fn default_reconnect_min() -> u64 {
+    2_000
+}
+fn default_reconnect_max() -> u64 {
+    120_000
 }
 
 /// How the agent downloads (`[mqtt] download`).
@@ -247,6 +634,34 @@ pub fn parse_mqtt(text: &str) -> Result<Option<MqttConfig>, ConfigError> {
             "mqtt.chunk_bytes: {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}"
         )));
     }
+    if m.tls_cert.is_some() != m.tls_key.is_some() {
+        return Err(ConfigError(
+            "mqtt.tls_cert, mqtt.tls_key: give both or neither".into(),
+        ));
+    }
+    if m.tls_cert.is_some() && m.tls_ca.is_none() {
+        return Err(ConfigError("mqtt.tls_ca: needed with mqtt.tls_cert".into()));
+    }
+    if m.password.is_none() && m.tls_cert.is_none() {
+        return Err(ConfigError(
+            "mqtt.password: needed unless the device logs in with a client certificate (mqtt.tls_cert)"
+                .into(),
+        ));
+    }
+    if !(5..=3600).contains(&m.keep_alive_secs) {
+        return Err(ConfigError("mqtt.keep_alive_secs: 5..=3600".into()));
+    }
+    if m.reconnect_max_ms == 0 || m.reconnect_max_ms > crate::backoff::MAX_CAP_MS {
+        return Err(ConfigError(format!(
+            "mqtt.reconnect_max_ms: 1..={}",
+            crate::backoff::MAX_CAP_MS
+        )));
+    }
+    if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+        return Err(ConfigError(
+            "mqtt.reconnect_min_ms: 1..=mqtt.reconnect_max_ms".into(),
+        ));
+    }
     Ok(Some(m))
 }
 
@@ -377,6 +792,160 @@ mod tests {
                 .to_string()
                 .contains("ed25519_keys")
         );
+    }
+
+    #[test]
+    fn telemetry_table_is_checked_and_names_the_key() {
+        let net = "[mqtt]\nhost = \"h\"\nid = \"d1\"\npassword = \"p\"\napi = \"http://h:1\"\n";
+        assert!(parse_telemetry(&text(net)).unwrap().is_none());
+        let t = parse_telemetry(&text(&format!("{net}[telemetry]\n")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.spool_dir, PathBuf::from("/s/spool"));
+        assert_eq!((t.window, t.status_every_secs), (8, 60));
+        assert_eq!(t.spool.max_total_bytes, 64 * 1024 * 1024);
+        // Without [mqtt]: refused, naming the table.
+        let e = parse_telemetry(&text("[telemetry]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("telemetry"), "{e}");
+        let with = |body: &str| parse_telemetry(&text(&format!("{net}[telemetry]\n{body}\n")));
+        let named = |body: &str, key: &str| {
+            let e = with(body).unwrap_err().to_string();
+            assert!(e.contains(key), "{body}: {e}");
+        };
+        named("colour = 1", "colour");
+        named(
+            "spool_max_bytes = 8191\nspool_segment_bytes = 4096",
+            "telemetry.spool_max_bytes",
+        );
+        assert!(with("spool_max_bytes = 8192\nspool_segment_bytes = 4096").is_ok());
+        named(
+            "spool_segment_bytes = 4095",
+            "telemetry.spool_segment_bytes",
+        );
+        named(
+            "replay_records_per_sec = 10001",
+            "telemetry.replay_records_per_sec",
+        );
+        assert!(with("replay_records_per_sec = 10000").is_ok());
+        named("replay_burst = 100001", "telemetry.replay_burst");
+        named("window = 257", "telemetry.window");
+        assert!(with("window = 256").is_ok());
+        named("status_every_secs = 86401", "telemetry.status_every_secs");
+        named("health_every_secs = 86401", "telemetry.health_every_secs");
+        assert!(with("health_every_secs = 86400").is_ok());
+        let cmd = "[[telemetry.sample]]\nevery_secs = 10\ncommand = [\"x\"]";
+        let t = with(cmd).unwrap().unwrap();
+        assert_eq!(t.samplers[0].timeout_secs, 10);
+        named(
+            &cmd.replace("10", "86401"),
+            "telemetry.sample[0].every_secs",
+        );
+        assert!(with(&cmd.replace("10", "86400")).is_ok());
+        named(
+            &format!("{cmd}\ntimeout_secs = 301"),
+            "telemetry.sample[0].timeout_secs",
+        );
+        named(&format!("{cmd}\nfile = \"/f\""), "telemetry.sample[0]");
+        named(
+            &format!("{cmd}\nmetric = \"m\""),
+            "telemetry.sample[0].metric",
+        );
+        named(&format!("{cmd}\nshape = 1"), "shape");
+        let file = "[[telemetry.sample]]\nevery_secs = 1\nfile = \"/f\"";
+        named(file, "telemetry.sample[0].metric");
+        named(
+            &format!("{file}\nmetric = \"ts\""),
+            "telemetry.sample[0].metric",
+        );
+        let t = with(&format!("{file}\nmetric = \"cpu_temp\"\nscale = 0.001"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.samplers[0].scale, 0.001);
+        let many = vec![cmd; MAX_SAMPLERS + 1].join("\n");
+        named(&many, "telemetry.sample");
+        assert!(with(&vec![cmd; MAX_SAMPLERS].join("\n")).is_ok());
+        // [mqtt] additions.
+        for (extra, key, ok) in [
+            ("keep_alive_secs = 4", "mqtt.keep_alive_secs", false),
+            ("keep_alive_secs = 5", "", true),
+            ("reconnect_max_ms = 3600001", "mqtt.reconnect_max_ms", false),
+            ("reconnect_max_ms = 3600000", "", true),
+            ("reconnect_min_ms = 0", "mqtt.reconnect_min_ms", false),
+            ("reconnect_min_ms = 120001", "mqtt.reconnect_min_ms", false),
+            ("protocol = \"3.1.1\"", "", true),
+            ("protocol = \"4\"", "protocol", false),
+            ("tls_cert = \"/c\"", "mqtt.tls_cert", false),
+            ("tls_cert = \"/c\"\ntls_key = \"/k\"", "mqtt.tls_ca", false),
+            (
+                "tls_ca = \"/a\"\ntls_cert = \"/c\"\ntls_key = \"/k\"",
+                "",
+                true,
+            ),
+        ] {
+            let r = parse_mqtt(&text(&format!("{net}{extra}\n")));
+            assert_eq!(r.is_ok(), ok, "{extra}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains(key), "{extra}: {e}");
+            }
+        }
+        let no_pw = net.replace("password = \"p\"\n", "");
+        let e = parse_mqtt(&text(&no_pw)).unwrap_err().to_string();
+        assert!(e.contains("mqtt.password"), "{e}");
+        let mtls = format!("{no_pw}tls_ca = \"/a\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n");
+        assert!(
+            parse_mqtt(&text(&mtls))
+                .unwrap()
+                .unwrap()
+                .password
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn command_handlers_are_checked_and_named() {
+        let net = "[mqtt]\nhost = \"h\"\nid = \"d1\"\npassword = \"p\"\napi = \"http://h:1\"\n";
+        assert!(parse_commands(&text(net)).unwrap().is_empty());
+        let one = "[[commands]]\nname = \"reboot\"\ncommand = [\"x\"]\n";
+        let h = parse_commands(&text(&format!("{net}{one}"))).unwrap();
+        assert_eq!((h[0].name.as_str(), h[0].timeout_secs), ("reboot", 30));
+        let e = parse_commands(&text(one)).unwrap_err().to_string();
+        assert!(e.contains("commands"), "{e}");
+        let named = |body: &str, key: &str| {
+            let e = parse_commands(&text(&format!("{net}{body}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{body}: {e}");
+        };
+        named(&one.replace("reboot", "reply"), "commands[0].name");
+        named(&one.replace("reboot", "a/b"), "commands[0].name");
+        named(
+            &one.replace("reboot", &"a".repeat(MAX_COMMAND_NAME + 1)),
+            "commands[0].name",
+        );
+        assert!(
+            parse_commands(&text(&format!(
+                "{net}{}",
+                one.replace("reboot", &"a".repeat(MAX_COMMAND_NAME))
+            )))
+            .is_ok()
+        );
+        named(&format!("{one}{one}"), "commands[1].name");
+        named(&one.replace("[\"x\"]", "[]"), "commands[0].command");
+        named(
+            &format!("{one}timeout_secs = 3601\n"),
+            "commands[0].timeout_secs",
+        );
+        named(&format!("{one}colour = 1\n"), "colour");
+        let many: String = (0..=MAX_COMMAND_HANDLERS)
+            .map(|i| one.replace("reboot", &format!("c{i}")))
+            .collect();
+        named(&many, "commands");
+        let max: String = (0..MAX_COMMAND_HANDLERS)
+            .map(|i| one.replace("reboot", &format!("c{i}")))
+            .collect();
+        assert!(parse_commands(&text(&format!("{net}{max}"))).is_ok());
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //! - [`backoff`]: reconnect delays, exponential with full jitter.
 //! - [`dedup`]: the persisted set of recent command ids (a redelivered command runs once).
 //! - [`shadow`]: the local shadow copy and its sync over `$shadow/{id}/...`.
+//! - `client` (feature `client`): the device's one MQTT connection (tokio + rumqttc; 5.0 with a
+//!   3.1.1 fallback, persistent session, reconnects with [`backoff`], PUBACKs reported back).
+//! - `telemetry` (feature `client`): store-and-forward end to end: points into the [`spool`],
+//!   a pump publishing its records at QoS 1 and acknowledging them after the PUBACK.
 //! - [`memfs`]: an in-memory [`fs::LogFs`] with power cuts, for tests.
 //!
 //! # States
@@ -78,6 +82,9 @@
 //! | replay rate, burst | [`replay::MAX_RATE`] (10,000 records/s), [`replay::MAX_BURST`] (100,000) |
 //! | reconnect window | [`backoff::BackoffConfig`]: 2 s doubling to 2 min by default, cap at most [`backoff::MAX_CAP_MS`] (1 h) |
 //! | command ids remembered, id length | [`dedup::DEFAULT_CAPACITY`] (1,024; at most [`dedup::MAX_CAPACITY`] 65,536), [`dedup::MAX_ID_BYTES`] (128 bytes) |
+//! | client (feature `client`): QoS 1 outbox, subscriptions, channel | 256 by default (at most 65,536), 64, 1 ..= 4,096 messages (full: dropped, counted) |
+//! | telemetry pump (feature `client`): records in flight, points per call | 8 by default (1 ..= 256), 100,000 |
+//! | `[[telemetry.sample]]` | [`config::MAX_SAMPLERS`] (32), every 1 s ..= 1 day, command output [`config::MAX_SAMPLE_OUTPUT`] (64 KiB) |
 //! | shadow section, nesting, message | [`shadow::MAX_SECTION_BYTES`] (8 KiB), [`shadow::MAX_DEPTH`] (6), [`shadow::MAX_MESSAGE_BYTES`] (64 KiB) |
 
 #![deny(missing_docs)]
@@ -85,6 +92,8 @@
 pub mod agent;
 pub mod backoff;
 pub mod boot;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod dedup;
 pub mod fs;
@@ -95,6 +104,8 @@ pub mod shadow;
 pub mod slots;
 pub mod spool;
 pub mod state_file;
+#[cfg(feature = "client")]
+pub mod telemetry;
 
 pub use agent::{Agent, AgentConfig, AgentError, Source, trust};
 pub use boot::{BootDecision, BootState, Image, Phase, Report, Slot};

@@ -41,6 +41,8 @@ pub fn run(args: AgentArgs) -> Result<()> {
     }
     let (config, provision) = config::parse(&text)?;
     let mqtt = config::parse_mqtt(&text)?;
+    let telemetry = config::parse_telemetry(&text)?;
+    let handlers = config::parse_commands(&text)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
     let mut agent = match Agent::open(config.clone(), RealFs) {
@@ -84,7 +86,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     });
     println!("{out}");
     match mqtt {
-        Some(m) => net::run(agent, &m, boot_reports),
+        Some(m) => net::run(agent, &m, boot_reports, telemetry, handlers),
         None => Ok(()),
     }
 }

@@ -1,6 +1,10 @@
-//! The agent's network mode: MQTT (rumqttc, persistent session, 3.1.1) for notifications
-//! and reports, and the download over HTTP ([`http`], `Range` resume) or over MQTT in
-//! chunks ([`chunks`], `[mqtt] download = "mqtt"`).
+//! The agent's network mode on the device's one MQTT connection ([`myriad_agent::client`]:
+//! MQTT 5 with a 3.1.1 fallback, persistent session, full-jitter reconnects), for OTA
+//! notifications and reports, the download over HTTP ([`http`], `Range` resume) or over MQTT
+//! in chunks ([`chunks`], `[mqtt] download = "mqtt"`), and, with a `[telemetry]` table, the
+//! store-and-forward telemetry pump and samplers ([`sample`]), and with `[[commands]]` the
+//! command handlers ([`commands`]). One connection, because a
+//! second one with the same client id would take the first one's place at the broker.
 //!
 //! After the boot decision the agent connects as its device (client id = user name = the
 //! device id), subscribes `$ota/{id}/notify`, publishes the boot's reports (SUCCEEDED /
@@ -35,21 +39,28 @@
 //! | queued notifications | [`MAX_QUEUED_NOTES`] (others dropped; `$ota/{id}/get` asks again) |
 
 mod chunks;
+mod commands;
 mod http;
 mod link;
 mod partial;
+mod sample;
 
 use std::collections::HashMap;
 use std::fs::File;
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use myriad_agent::config::{DownloadVia, MqttConfig};
+use myriad_agent::backoff::BackoffConfig;
+use myriad_agent::client::{ClientBuilder, ClientConfig, Protocol, TlsConfig};
+use myriad_agent::config::{
+    CommandHandler, DownloadVia, MqttConfig, MqttProtocol, TelemetrySettings,
+};
 use myriad_agent::fs::RealFs;
 use myriad_agent::{Agent, AgentError, Report, Source};
 use myriad_ota::delta::MAX_IMAGE_SIZE;
 use myriad_ota::rollout::DeviceState;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use link::Link;
 use partial::Partial;
@@ -129,9 +140,132 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The device's one MQTT connection ([`myriad_agent::client`]) with the OTA subscriptions,
+/// and the telemetry pump and samplers when configured. The OTA loop runs on the calling
+/// thread; the connection, the pump and the samplers are tasks of a small tokio runtime, all
+/// bound to one cancellation token.
+struct Device {
+    rt: tokio::runtime::Runtime,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Device {
+    /// Stops every task (the connection sends DISCONNECT) and waits a little for them.
+    fn shutdown(self) {
+        self.cancel.cancel();
+        let tasks = self.tasks;
+        self.rt.block_on(async move {
+            let all = async move {
+                for t in tasks {
+                    let _ = t.await;
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), all).await;
+        });
+        self.rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+fn client_config(m: &MqttConfig) -> ClientConfig {
+    let mut c = ClientConfig::new(m.host.clone(), m.port, m.id.clone());
+    c.credentials = m.password.clone().map(|p| (m.id.clone(), p));
+    c.tls = m.tls_ca.clone().map(|ca| TlsConfig {
+        ca_file: ca,
+        client_cert: m.tls_cert.clone(),
+        client_key: m.tls_key.clone(),
+    });
+    c.protocol = match m.protocol {
+        MqttProtocol::Auto => Protocol::Auto,
+        MqttProtocol::V5 => Protocol::V5,
+        MqttProtocol::V311 => Protocol::V311,
+    };
+    c.keep_alive_secs = m.keep_alive_secs;
+    c.backoff = BackoffConfig {
+        base_ms: m.reconnect_min_ms,
+        cap_ms: m.reconnect_max_ms,
+        ..BackoffConfig::default()
+    };
+    c
+}
+
 /// Connects and follows notifications until an install asks for the "reboot".
-pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) -> Result<()> {
-    let (link, mut inbox) = link::connect(m)?;
+pub fn run(
+    agent: Agent<RealFs>,
+    m: &MqttConfig,
+    boot_reports: Vec<Report>,
+    telemetry: Option<TelemetrySettings>,
+    handlers: Vec<CommandHandler>,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("agent-net")
+        .enable_all()
+        .build()
+        .context("starting the agent's runtime")?;
+    let cancel = CancellationToken::new();
+    let mut builder = ClientBuilder::new(client_config(m));
+    let inbox = link::declare(&mut builder, m, rt.handle())?;
+    let command_rx = commands::declare(&mut builder, &m.id, &handlers)?;
+    let (client, conn_task) = {
+        let _guard = rt.enter();
+        builder.start(cancel.clone())?
+    };
+    let mut device = Device {
+        rt,
+        cancel,
+        tasks: vec![conn_task],
+    };
+    if let Some(t) = telemetry {
+        let counter = agent.state().counter;
+        match sample::start(
+            &device.rt,
+            client.clone(),
+            &m.id,
+            t,
+            counter,
+            device.cancel.clone(),
+        ) {
+            Ok(tasks) => device.tasks.extend(tasks),
+            Err(e) => {
+                device.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    if let Some(rx) = command_rx {
+        let state_dir = agent.config().state_dir.clone();
+        match commands::start(
+            &device.rt,
+            client.clone(),
+            &m.id,
+            handlers,
+            &state_dir,
+            rx,
+            device.cancel.clone(),
+        ) {
+            Ok(task) => device.tasks.push(task),
+            Err(e) => {
+                device.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    let link = link::link(client, m, device.rt.handle());
+    let r = ota(agent, m, boot_reports, &link, inbox);
+    device.shutdown();
+    r
+}
+
+/// The OTA loop: follows notifications until an install asks for the "reboot".
+fn ota(
+    mut agent: Agent<RealFs>,
+    m: &MqttConfig,
+    boot_reports: Vec<Report>,
+    link: &Link,
+    mut inbox: link::Inbox,
+) -> Result<()> {
     // The highest attempt of each rollout this process has finished: a late copy of that
     // notification is not installed again, a retry (a higher attempt) is.
     let mut finished: HashMap<String, u32> = HashMap::new();
@@ -213,7 +347,7 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
             }
         };
         let path = agent.config().state_dir.join("download");
-        match download(&http, &link, &mut inbox, m, &want, &path) {
+        match download(&http, link, &mut inbox, m, &want, &path) {
             Ok(()) => {}
             Err(Stop::Canceled) => {
                 tracing::info!(rollout = %rollout, "canceled during the download");
@@ -246,7 +380,6 @@ pub fn run(mut agent: Agent<RealFs>, m: &MqttConfig, boot_reports: Vec<Report>) 
                 if !link.flush() {
                     tracing::warn!("reports not all acknowledged before the reboot");
                 }
-                link.disconnect();
                 tracing::info!(rollout = %rollout, "installed: rebooting (exit 0)");
                 return Ok(());
             }

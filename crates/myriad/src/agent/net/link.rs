@@ -1,37 +1,36 @@
-//! The MQTT connection (rumqttc, 3.1.1, persistent session) on a thread of its own: it
-//! subscribes after each connect, asks `$ota/{id}/get`, counts acknowledgements, and hands
-//! notifications and chunk answers to the agent's loop over bounded channels ([`Inbox`]).
+//! The OTA side of the device's one MQTT connection ([`myriad_agent::client`], shared with the
+//! telemetry pump): `$ota/{id}/notify` and the chunk answers are subscribed on the SDK client
+//! (made again after each connect, `$ota/{id}/get` published after each connect), forwarded
+//! to the agent's blocking loop over bounded channels ([`Inbox`]); reports are QoS 1 publishes
+//! whose PUBACKs [`Link::flush`] waits for.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use myriad_agent::Report;
+use myriad_agent::client::{Client, ClientBuilder, Delivery, Message, Qos};
 use myriad_agent::config::{DownloadVia, MqttConfig};
 use myriad_ota::rollout::DeviceState;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::Receiver as AsyncReceiver;
 
 use super::{MAX_NOTIFICATION, MAX_QUEUED_NOTES, MAX_REASON, Notice};
 
-/// Largest MQTT packet read (the broker's default `mqtt.max_packet_size`, 1 MiB, and a
-/// little room for the header): a larger one breaks the connection in rumqttc, so the
-/// notification limit is enforced on payloads below this one.
-const MAX_PACKET: usize = 1024 * 1024 + 1024;
 /// Chunk answers waiting for the download loop (more are dropped: the loop asks again).
 const QUEUED_CHUNKS: usize = 4;
 /// How long the agent waits for the broker to acknowledge its reports before it "reboots".
 const ACK_WAIT: Duration = Duration::from_secs(10);
 
-/// The connection: the client, and counts of QoS 1 publishes sent and acknowledged.
+/// The OTA side of the connection: the SDK client and the reports awaiting their PUBACK.
 pub(super) struct Link {
     client: Client,
+    rt: Handle,
     id: String,
-    sent: Arc<AtomicUsize>,
-    acked: Arc<AtomicUsize>,
+    pending: Mutex<Vec<Delivery>>,
 }
 
 /// The platform's answer to one `$ota/{id}/chunk/get`.
@@ -120,7 +119,7 @@ fn parse(payload: &[u8]) -> Option<Notice> {
 }
 
 impl Link {
-    /// Publishes a progress report (QoS 1, counted for [`Link::flush`]).
+    /// Publishes a progress report (QoS 1, awaited by [`Link::flush`]).
     pub(super) fn progress(
         &self,
         rollout: &str,
@@ -136,15 +135,18 @@ impl Link {
         if let Some(r) = reason {
             body["reason"] = super::cut(r, MAX_REASON).into();
         }
-        self.sent.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.client.publish(
+        match self.client.publish_blocking(
             format!("$ota/{}/progress", self.id),
-            QoS::AtLeastOnce,
-            false,
             body.to_string(),
+            Qos::AtLeastOnce,
         ) {
-            self.sent.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(error = %e, "progress report not queued");
+            Ok(d) => {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                // Settled reports need not be kept.
+                pending.retain_mut(|d| d.is_pending());
+                pending.push(d);
+            }
+            Err(e) => tracing::warn!(error = %e, "progress report not queued"),
         }
     }
 
@@ -156,142 +158,87 @@ impl Link {
     /// Asks for one chunk (QoS 0: an answer that does not come is asked for again).
     pub(super) fn request_chunk(&self, file: &str, offset: u64, length: u32) {
         let body = serde_json::json!({"artifact": file, "offset": offset, "length": length});
-        if let Err(e) = self.client.publish(
+        if let Err(e) = self.client.try_publish(
             format!("$ota/{}/chunk/get", self.id),
-            QoS::AtMostOnce,
-            false,
             body.to_string(),
+            Qos::AtMostOnce,
         ) {
             tracing::warn!(error = %e, "chunk request not queued");
         }
     }
 
-    /// Waits until every publish so far is acknowledged (at most [`ACK_WAIT`]).
+    /// Waits until every report so far is acknowledged (at most [`ACK_WAIT`]).
     pub(super) fn flush(&self) -> bool {
-        let deadline = Instant::now() + ACK_WAIT;
-        while self.acked.load(Ordering::SeqCst) < self.sent.load(Ordering::SeqCst) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-
-    /// Disconnects (before the "reboot").
-    pub(super) fn disconnect(&self) {
-        let _ = self.client.disconnect();
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        // The timer is made inside the runtime (block_on's future runs in its context).
+        self.rt.block_on(async {
+            tokio::time::timeout(ACK_WAIT, async {
+                let mut ok = true;
+                for d in pending {
+                    ok &= d.await.is_ok();
+                }
+                ok
+            })
+            .await
+            .unwrap_or(false)
+        })
     }
 }
 
-/// Connects as the device (client id = user name = the device id) and starts the thread.
-pub(super) fn connect(m: &MqttConfig) -> Result<(Link, Inbox)> {
-    let mut opts = MqttOptions::new(m.id.clone(), m.host.clone(), m.port);
-    opts.set_credentials(m.id.clone(), m.password.clone())
-        .set_clean_session(false)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(MAX_PACKET, 8 * 1024);
-    let (client, conn) = Client::new(opts, 64);
-    let sent = Arc::new(AtomicUsize::new(0));
-    let acked = Arc::new(AtomicUsize::new(0));
+/// Declares the OTA subscriptions on the device's connection (before it starts): returns the
+/// [`Inbox`] and a function making the [`Link`] once the client runs.
+pub(super) fn declare(builder: &mut ClientBuilder, m: &MqttConfig, rt: &Handle) -> Result<Inbox> {
+    let notify = format!("$ota/{}/notify", m.id);
+    let notes_rx = builder.subscribe(&notify, Qos::AtLeastOnce, MAX_QUEUED_NOTES)?;
+    builder.publish_on_connect(&format!("$ota/{}/get", m.id), Vec::new(), Qos::AtLeastOnce);
     let (notes_tx, notes) = mpsc::sync_channel::<Vec<u8>>(MAX_QUEUED_NOTES);
     let (chunks_tx, chunks) = mpsc::sync_channel::<ChunkAnswer>(QUEUED_CHUNKS);
-    let link = Link {
-        client: client.clone(),
-        id: m.id.clone(),
-        sent: sent.clone(),
-        acked: acked.clone(),
-    };
-    let thread = ConnThread {
-        client,
-        id: m.id.clone(),
-        chunks_wanted: m.download == DownloadVia::Mqtt,
-        sent,
-        acked,
-        notes: notes_tx,
-        chunks: chunks_tx,
-    };
-    std::thread::Builder::new()
-        .name("agent-mqtt".into())
-        .spawn(move || thread.run(conn))
-        .context("starting the MQTT thread")?;
-    let inbox = Inbox {
+    rt.spawn(forward_notes(notes_rx, notes_tx));
+    if m.download == DownloadVia::Mqtt {
+        let prefix = format!("$ota/{}/chunk/", m.id);
+        for filter in [format!("{prefix}+/+"), format!("{prefix}rejected")] {
+            let rx = builder.subscribe(&filter, Qos::AtLeastOnce, QUEUED_CHUNKS)?;
+            rt.spawn(forward_chunks(rx, prefix.clone(), chunks_tx.clone()));
+        }
+    }
+    Ok(Inbox {
         notes,
         chunks,
         held: VecDeque::new(),
-    };
-    Ok((link, inbox))
+    })
 }
 
-/// The connection thread's side.
-struct ConnThread {
-    client: Client,
-    id: String,
-    chunks_wanted: bool,
-    sent: Arc<AtomicUsize>,
-    acked: Arc<AtomicUsize>,
-    notes: SyncSender<Vec<u8>>,
-    chunks: SyncSender<ChunkAnswer>,
+/// The [`Link`] on a started client.
+pub(super) fn link(client: Client, m: &MqttConfig, rt: &Handle) -> Link {
+    Link {
+        client,
+        rt: rt.clone(),
+        id: m.id.clone(),
+        pending: Mutex::new(Vec::new()),
+    }
 }
 
-impl ConnThread {
-    fn run(self, mut conn: rumqttc::Connection) {
-        let notify = format!("$ota/{}/notify", self.id);
-        let chunk_prefix = format!("$ota/{}/chunk/", self.id);
-        for ev in conn.iter() {
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    tracing::info!("connected");
-                    self.on_connect(&notify, &chunk_prefix);
-                }
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    self.acked.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == notify => {
-                    if p.payload.len() > MAX_NOTIFICATION {
-                        tracing::warn!(bytes = p.payload.len(), "notification too large, dropped");
-                    } else if self.notes.try_send(p.payload.to_vec()).is_err() {
-                        tracing::warn!(
-                            "busy: notification dropped (asked again after the next connect)"
-                        );
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(rest) = p.topic.strip_prefix(&chunk_prefix)
-                        && let Some(answer) = chunk_answer(rest, &p.payload)
-                        && self.chunks.try_send(answer).is_err()
-                    {
-                        tracing::debug!("chunk answer dropped (not awaited)");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "connection lost, reconnecting");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
+async fn forward_notes(mut rx: AsyncReceiver<Message>, tx: SyncSender<Vec<u8>>) {
+    while let Some(m) = rx.recv().await {
+        if m.payload.len() > MAX_NOTIFICATION {
+            tracing::warn!(bytes = m.payload.len(), "notification too large, dropped");
+        } else if tx.try_send(m.payload.to_vec()).is_err() {
+            tracing::warn!("busy: notification dropped (asked again after the next connect)");
         }
     }
+}
 
-    fn on_connect(&self, notify: &str, chunk_prefix: &str) {
-        let mut filters = vec![notify.to_string()];
-        if self.chunks_wanted {
-            filters.push(format!("{chunk_prefix}+/+"));
-            filters.push(format!("{chunk_prefix}rejected"));
-        }
-        for filter in filters {
-            if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
-                tracing::warn!(error = %e, "subscribe not queued");
-            }
-        }
-        self.sent.fetch_add(1, Ordering::SeqCst);
-        let get = format!("$ota/{}/get", self.id);
-        if let Err(e) = self
-            .client
-            .try_publish(get, QoS::AtLeastOnce, false, Vec::new())
+async fn forward_chunks(
+    mut rx: AsyncReceiver<Message>,
+    prefix: String,
+    tx: SyncSender<ChunkAnswer>,
+) {
+    while let Some(m) = rx.recv().await {
+        if let Some(rest) = m.topic.strip_prefix(&prefix)
+            && let Some(answer) = chunk_answer(rest, &m.payload)
+            && tx.try_send(answer).is_err()
         {
-            self.sent.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(error = %e, "get not queued");
+            tracing::debug!("chunk answer dropped (not awaited)");
         }
     }
 }
