@@ -83,18 +83,21 @@ impl Inbox {
     }
 
     /// Whether a cancel notice for `rollout` arrived (it is consumed; other notifications are
-    /// kept for [`Inbox::next`], at most [`MAX_QUEUED_NOTES`] besides cancel notices).
+    /// kept for [`Inbox::next`], at most [`MAX_QUEUED_NOTES`]: more are dropped, and
+    /// `$ota/{id}/get` after the next connect asks for them again).
     pub(super) fn canceled(&mut self, rollout: &str) -> bool {
+        let mut found = false;
         while let Ok(payload) = self.notes.try_recv() {
-            if let Some(n) = parse(&payload)
-                && (n.cancel || self.held.len() < MAX_QUEUED_NOTES)
-            {
+            let Some(n) = parse(&payload) else { continue };
+            if n.cancel && n.rollout == rollout {
+                found = true;
+            } else if self.held.len() < MAX_QUEUED_NOTES {
                 self.held.push_back(n);
             }
         }
         let before = self.held.len();
         self.held.retain(|n| !(n.cancel && n.rollout == rollout));
-        self.held.len() != before
+        found || self.held.len() != before
     }
 
     /// The next chunk answer, waiting at most `timeout`.
