@@ -696,6 +696,12 @@ fn qos5(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
     }
 }
 
+/// rumqttc's in-flight limit for a client that holds at most `max_outbox` unacknowledged
+/// publishes.
+fn inflight_limit(max_outbox: usize) -> u16 {
+    u16::try_from(max_outbox).unwrap_or(u16::MAX).max(1)
+}
+
 impl Raw {
     fn new(
         c: &ClientConfig,
@@ -709,7 +715,8 @@ impl Raw {
                 o.set_clean_session(false)
                     .set_keep_alive(Duration::from_secs(u64::from(c.keep_alive_secs)))
                     .set_max_packet_size(c.max_packet_bytes, c.max_packet_bytes)
-                    .set_request_channel_capacity(cap);
+                    .set_request_channel_capacity(cap)
+                    .set_inflight(inflight_limit(c.max_outbox));
                 if let Some((u, p)) = &c.credentials {
                     o.set_credentials(u.clone(), p.clone());
                 }
@@ -728,7 +735,11 @@ impl Raw {
                     .set_keep_alive(Duration::from_secs(u64::from(c.keep_alive_secs)))
                     .set_session_expiry_interval(Some(c.session_expiry_secs))
                     .set_max_packet_size(Some(c.max_packet_bytes as u32))
-                    .set_request_channel_capacity(cap);
+                    .set_request_channel_capacity(cap)
+                    // rumqttc keeps a slot per in-flight publish (about 256 bytes each) for
+                    // this many: left unset it is 65,535 slots, a 16 MiB table per
+                    // connection. The client never has more than `max_outbox` in flight.
+                    .set_outgoing_inflight_upper_limit(inflight_limit(c.max_outbox));
                 if let Some((u, p)) = &c.credentials {
                     o.set_credentials(u.clone(), p.clone());
                 }
