@@ -50,6 +50,12 @@
 //! timeout_secs = 10                  # the command's, 1..=300
 //! # or: file = "/sys/class/thermal/thermal_zone0/temp"  metric = "cpu_temp"  scale = 0.001
 //!
+//! [shadow]                           # optional, needs [mqtt]: shadow sync through two programs
+//! apply = ["/usr/local/bin/apply-settings"]   # desired-but-not-reported fields on stdin (JSON)
+//! report = ["/usr/local/bin/current-settings"] # stdout: the device's state (a JSON object)
+//! report_every_secs = 10             # 1..=86400
+//! timeout_secs = 30                  # either program's, 1..=3600
+//!
 //! [[commands]]                       # optional, needs [mqtt]: 0..=32 command handlers
 //! name = "reboot"                    # the command name, 1..=64 bytes of [A-Za-z0-9_.-]
 //! command = ["/usr/local/bin/reboot-handler"]  # payload on stdin; see `myriad agent` docs
@@ -109,6 +115,66 @@ pub struct FileConfig {
     /// Command handlers (needs `mqtt`).
     #[serde(default)]
     pub commands: Vec<CommandHandler>,
+    /// Shadow sync (needs `mqtt`).
+    pub shadow: Option<ShadowSettings>,
+}
+
+/// The `[shadow]` table: keep the device's shadow in step through two programs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSettings {
+    /// Run with the desired fields that differ from reported (a JSON object on stdin); exit 0
+    /// when applied. Its stdout, when a JSON object, is reported; else the fields themselves
+    /// are. Empty: deltas are logged, not applied.
+    #[serde(default)]
+    pub apply: Vec<String>,
+    /// Run every `report_every_secs`; its stdout, a JSON object, is the device's state: the
+    /// top-level keys that changed since the last run are reported (removed ones as `null`).
+    #[serde(default)]
+    pub report: Vec<String>,
+    /// The report period (seconds), 1 ..= [`MAX_SAMPLE_EVERY_SECS`].
+    #[serde(default = "default_report_every")]
+    pub report_every_secs: u64,
+    /// How long either program may run (seconds), 1 ..= [`MAX_COMMAND_TIMEOUT_SECS`].
+    #[serde(default = "default_command_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_report_every() -> u64 {
+    10
+}
+
+/// The `[shadow]` table of a config file's text, checked; errors name the key.
+pub fn parse_shadow(text: &str) -> Result<Option<ShadowSettings>, ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+    let Some(s) = f.shadow else { return Ok(None) };
+    if f.mqtt.is_none() {
+        return Err(ConfigError("shadow: needs an [mqtt] table".into()));
+    }
+    if s.apply.is_empty() && s.report.is_empty() {
+        return Err(ConfigError(
+            "shadow: give apply, report or both (the programs that act and report)".into(),
+        ));
+    }
+    let max = crate::selftest::MAX_SELF_TEST_ARGS;
+    for (key, argv) in [("shadow.apply", &s.apply), ("shadow.report", &s.report)] {
+        if argv.len() > max || argv.first().is_some_and(String::is_empty) {
+            return Err(ConfigError(format!(
+                "{key}: 0..={max} arguments, the first a program"
+            )));
+        }
+    }
+    if !(1..=MAX_SAMPLE_EVERY_SECS).contains(&s.report_every_secs) {
+        return Err(ConfigError(format!(
+            "shadow.report_every_secs: 1..={MAX_SAMPLE_EVERY_SECS}"
+        )));
+    }
+    if !(1..=MAX_COMMAND_TIMEOUT_SECS).contains(&s.timeout_secs) {
+        return Err(ConfigError(format!(
+            "shadow.timeout_secs: 1..={MAX_COMMAND_TIMEOUT_SECS}"
+        )));
+    }
+    Ok(Some(s))
 }
 
 /// Most `[[commands]]` handlers.
@@ -1006,5 +1072,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn shadow_table_is_checked_by_key() {
+        let net = "[mqtt]\nhost = \"h\"\nid = \"d1\"\npassword = \"p\"\napi = \"http://h:1\"\n";
+        assert!(parse_shadow(&text(net)).unwrap().is_none());
+        let ok = format!("{net}[shadow]\napply = [\"/bin/true\"]\n");
+        let s = parse_shadow(&text(&ok)).unwrap().unwrap();
+        assert_eq!((s.report_every_secs, s.timeout_secs), (10, 30));
+        let no_mqtt = text("[shadow]\napply = [\"/bin/true\"]\n");
+        assert!(
+            parse_shadow(&no_mqtt)
+                .unwrap_err()
+                .to_string()
+                .contains("[mqtt]")
+        );
+        for (extra, key) in [
+            ("", "give apply, report"),
+            (
+                "report = [\"x\"]\nreport_every_secs = 0\n",
+                "shadow.report_every_secs",
+            ),
+            (
+                "report = [\"x\"]\nreport_every_secs = 86401\n",
+                "shadow.report_every_secs",
+            ),
+            (
+                "report = [\"x\"]\ntimeout_secs = 3601\n",
+                "shadow.timeout_secs",
+            ),
+            ("apply = [\"\"]\n", "shadow.apply"),
+            ("report = [\"x\"]\ncolour = 1\n", "colour"),
+        ] {
+            let e = parse_shadow(&text(&format!("{net}[shadow]\n{extra}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let args = vec!["\"a\""; crate::selftest::MAX_SELF_TEST_ARGS + 1].join(",");
+        let e = parse_shadow(&text(&format!("{net}[shadow]\nreport = [{args}]\n")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shadow.report"), "{e}");
+        let args = vec!["\"a\""; crate::selftest::MAX_SELF_TEST_ARGS].join(",");
+        assert!(parse_shadow(&text(&format!("{net}[shadow]\nreport = [{args}]\n"))).is_ok());
     }
 }

@@ -43,6 +43,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let mqtt = config::parse_mqtt(&text)?;
     let telemetry = config::parse_telemetry(&text)?;
     let handlers = config::parse_commands(&text)?;
+    let shadow = config::parse_shadow(&text)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
     let mut agent = match Agent::open(config.clone(), RealFs) {
@@ -86,7 +87,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     });
     println!("{out}");
     match mqtt {
-        Some(m) => net::run(agent, &m, boot_reports, telemetry, handlers),
+        Some(m) => net::run(agent, &m, boot_reports, telemetry, handlers, shadow),
         None => Ok(()),
     }
 }

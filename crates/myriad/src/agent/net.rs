@@ -44,6 +44,7 @@ mod http;
 mod link;
 mod partial;
 mod sample;
+mod shadow;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,7 +54,7 @@ use base64::Engine;
 use myriad_agent::backoff::BackoffConfig;
 use myriad_agent::client::{ClientBuilder, ClientConfig, Protocol, TlsConfig};
 use myriad_agent::config::{
-    CommandHandler, DownloadVia, MqttConfig, MqttProtocol, TelemetrySettings,
+    CommandHandler, DownloadVia, MqttConfig, MqttProtocol, ShadowSettings, TelemetrySettings,
 };
 use myriad_agent::fs::RealFs;
 use myriad_agent::{Agent, AgentError, Report, Source};
@@ -196,6 +197,7 @@ pub fn run(
     boot_reports: Vec<Report>,
     telemetry: Option<TelemetrySettings>,
     handlers: Vec<CommandHandler>,
+    shadow_settings: Option<ShadowSettings>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -208,6 +210,7 @@ pub fn run(
     let mut builder = ClientBuilder::new(client_config(m));
     let inbox = link::declare(&mut builder, m, rt.handle())?;
     let command_rx = commands::declare(&mut builder, &m.id, &handlers)?;
+    let shadow_rx = shadow::declare(&mut builder, &m.id, shadow_settings.as_ref())?;
     let (client, conn_task) = {
         let _guard = rt.enter();
         builder.start(cancel.clone())?
@@ -241,6 +244,24 @@ pub fn run(
             client.clone(),
             &m.id,
             handlers,
+            &state_dir,
+            rx,
+            device.cancel.clone(),
+        ) {
+            Ok(task) => device.tasks.push(task),
+            Err(e) => {
+                device.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    if let (Some(rx), Some(settings)) = (shadow_rx, shadow_settings) {
+        let state_dir = agent.config().state_dir.clone();
+        match shadow::start(
+            &device.rt,
+            client.clone(),
+            &m.id,
+            settings,
             &state_dir,
             rx,
             device.cancel.clone(),
