@@ -116,7 +116,7 @@ impl Task {
                     if changed.is_err() {
                         return;
                     }
-                    let now = state.borrow_and_update().clone();
+                    let now = *state.borrow_and_update();
                     match now {
                         ConnState::Up { epoch: e, .. } if e != epoch => {
                             epoch = e;
