@@ -7,8 +7,13 @@
 //! commander connection sends commands at `--command-rate` and measures
 //! their round trip. With `--storm-after S` every device drops its
 //! connection at once (TCP reset) S seconds in and reconnects: the report
-//! gives the time until all are back and the broker's peak memory against
-//! its steady state just before the storm.
+//! gives the time until all are back, how the reconnects spread over the
+//! seconds after it (the busiest second's share: a thundering herd shows as
+//! a share near 1) and the broker's peak memory against its steady state
+//! just before the storm. `--backoff agent` makes every device wait as
+//! `myriad agent` does ([`myriad_agent::backoff`]: full jitter, a window
+//! doubling from `--backoff-min-ms` to `--backoff-max-ms`, before every
+//! reconnect, the first after a storm included).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -66,7 +71,24 @@ pub struct FleetArgs {
     /// Persistent sessions (clean start off; 5.0 session expiry 1 h).
     #[arg(long)]
     pub persistent: bool,
+    /// How devices wait before reconnecting: `sim` (uniform in [base/2, base], the first
+    /// after a storm uniform in 0..min) or `agent` (`myriad agent`'s full-jitter backoff).
+    #[arg(long, value_enum, default_value = "sim")]
+    pub backoff: BackoffKind,
 }
+
+/// The reconnect wait a simulated device uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackoffKind {
+    /// The simulator's own: uniform in [base/2, base].
+    Sim,
+    /// `myriad agent`'s: full jitter over a doubling window ([`myriad_agent::backoff`]).
+    Agent,
+}
+
+/// Seconds after a storm whose reconnects are counted one by one (later ones land in the
+/// last second).
+const SPREAD_SECS: usize = 300;
 
 /// The reconnect storm's outcome.
 #[derive(Debug, Serialize)]
@@ -77,6 +99,12 @@ pub struct StormReport {
     pub online_before: i64,
     /// Seconds until that many were online again (None: not within the run).
     pub reconnect_secs: Option<f64>,
+    /// Reconnects in each second after the storm (up to the last one with any; at most
+    /// 300 s, later ones counted in the last).
+    pub reconnects_per_second: Vec<u64>,
+    /// The largest number of reconnects within any one second (100 ms steps) after the
+    /// storm, over `online_before`: near 1 is a thundering herd.
+    pub busiest_second_share: Option<f64>,
     /// Broker VmRSS just before the storm.
     pub rss_steady: Option<u64>,
     /// Highest broker VmRSS from the storm to the end of the run.
@@ -123,6 +151,10 @@ struct Fleet {
     online: AtomicI64,
     connects: AtomicU64,
     reconnects: AtomicU64,
+    /// Reconnects after the storm per 100 ms since it began.
+    spread: Mutex<Vec<u64>>,
+    /// When the storm began.
+    storm_began: Mutex<Option<Instant>>,
     stop: CancellationToken,
     storm: watch::Receiver<u64>,
     permits: Semaphore,
@@ -130,6 +162,20 @@ struct Fleet {
     args: FleetArgs,
     version: myriad_mqtt::ProtocolVersion,
     broker: SocketAddr,
+}
+
+impl Fleet {
+    /// Counts a reconnect in its 100 ms step after the storm (none before one).
+    fn count_reconnect(&self) {
+        let Some(began) = self.storm_began.lock().ok().and_then(|b| *b) else {
+            return;
+        };
+        if let Ok(mut spread) = self.spread.lock() {
+            let last = spread.len() - 1;
+            let step = (began.elapsed().as_millis() / 100) as usize;
+            spread[step.min(last)] += 1;
+        }
+    }
 }
 
 /// Runs `fleet`.
@@ -155,6 +201,8 @@ pub async fn run(env: Env, args: FleetArgs) -> Result<()> {
         online: AtomicI64::new(0),
         connects: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
+        spread: Mutex::new(vec![0; SPREAD_SECS * 10]),
+        storm_began: Mutex::new(None),
         stop: CancellationToken::new(),
         storm: storm_rx,
         permits: Semaphore::new(env.connect_concurrency),
@@ -205,6 +253,9 @@ pub async fn run(env: Env, args: FleetArgs) -> Result<()> {
             storm_at = None;
             let online = fleet.online.load(Ordering::Relaxed);
             storm_state = Some((Instant::now(), online, sampled.map(|m| m.rss), None));
+            if let Ok(mut began) = fleet.storm_began.lock() {
+                *began = Some(Instant::now());
+            }
             storm_tx.send_modify(|generation| *generation += 1);
         }
         if let Some((at, before, _, back @ None)) = storm_state.as_mut()
@@ -216,10 +267,19 @@ pub async fn run(env: Env, args: FleetArgs) -> Result<()> {
     }
     if let Some((at, online_before, rss_steady, back)) = storm_state {
         let rss_peak = watch.as_ref().map(|_| storm_peak);
+        let tenths = fleet
+            .spread
+            .lock()
+            .map(|spread| spread.clone())
+            .unwrap_or_default();
+        let (reconnects_per_second, busiest) = spread_summary(&tenths);
         storm = Some(StormReport {
             at_secs: round3(at.duration_since(started).as_secs_f64()),
             online_before,
             reconnect_secs: back.map(round3),
+            reconnects_per_second,
+            busiest_second_share: (online_before > 0)
+                .then(|| round3(busiest as f64 / online_before as f64)),
             rss_steady,
             rss_peak,
             peak_over_steady: match (rss_steady, rss_peak) {
@@ -277,6 +337,61 @@ fn backoff(attempt: u32, min_ms: u64, max_ms: u64) -> Duration {
     Duration::from_millis(fastrand::u64(base / 2..=base))
 }
 
+/// Per-second counts (trailing empty seconds cut) and the busiest one-second window of
+/// `tenths` (reconnects per 100 ms).
+fn spread_summary(tenths: &[u64]) -> (Vec<u64>, u64) {
+    let mut seconds: Vec<u64> = tenths.chunks(10).map(|c| c.iter().sum()).collect();
+    while seconds.last() == Some(&0) {
+        seconds.pop();
+    }
+    let busiest = tenths
+        .windows(10.min(tenths.len()).max(1))
+        .map(|w| w.iter().sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    (seconds, busiest)
+}
+
+/// The device's reconnect wait, as `--backoff` says.
+enum Waiter {
+    Sim,
+    Agent(myriad_agent::backoff::Backoff),
+}
+
+impl Waiter {
+    fn new(args: &FleetArgs) -> Waiter {
+        match args.backoff {
+            BackoffKind::Sim => Waiter::Sim,
+            BackoffKind::Agent => {
+                myriad_agent::backoff::Backoff::new(myriad_agent::backoff::BackoffConfig {
+                    base_ms: args.backoff_min_ms,
+                    cap_ms: args.backoff_max_ms,
+                    ..myriad_agent::backoff::BackoffConfig::default()
+                })
+                .map_or(Waiter::Sim, Waiter::Agent)
+            }
+        }
+    }
+
+    fn connected(&mut self, now_ms: u64) {
+        if let Waiter::Agent(b) = self {
+            b.connected(now_ms);
+        }
+    }
+
+    /// The wait before the next attempt; `storm`: everyone lost the connection at once.
+    fn next(&mut self, attempt: u32, storm: bool, now_ms: u64, args: &FleetArgs) -> Duration {
+        match self {
+            Waiter::Sim if storm => Duration::from_millis(fastrand::u64(0..=args.backoff_min_ms)),
+            Waiter::Sim => backoff(attempt, args.backoff_min_ms, args.backoff_max_ms),
+            Waiter::Agent(b) => {
+                b.disconnected(now_ms);
+                Duration::from_millis(b.next_delay(fastrand::u64(..)))
+            }
+        }
+    }
+}
+
 /// Why a device's session ended.
 enum Ended {
     Stop,
@@ -300,6 +415,9 @@ async fn device(
     options.session_expiry = args.persistent.then_some(3600);
     options.source = source;
     let mut storm = fleet.storm.clone();
+    let mut waiter = Waiter::new(args);
+    let clock = Instant::now();
+    let now_ms = move || clock.elapsed().as_millis() as u64;
     let mut attempt: u32 = 0;
     let mut ever_connected = false;
     let mut delay = Duration::ZERO;
@@ -323,7 +441,7 @@ async fn device(
                 Counters::inc(&fleet.counters.connect_failed);
                 fleet.errors.add(format!("device connect: {error}"));
                 attempt = attempt.saturating_add(1);
-                delay = backoff(attempt, args.backoff_min_ms, args.backoff_max_ms);
+                delay = waiter.next(attempt, false, now_ms(), args);
                 continue;
             }
         };
@@ -331,7 +449,9 @@ async fn device(
         fleet.connects.fetch_add(1, Ordering::Relaxed);
         if ever_connected {
             fleet.reconnects.fetch_add(1, Ordering::Relaxed);
+            fleet.count_reconnect();
         }
+        waiter.connected(now_ms());
         ever_connected = true;
         Counters::inc(&fleet.counters.connected);
         fleet.online.fetch_add(1, Ordering::Relaxed);
@@ -346,14 +466,14 @@ async fn device(
             Ended::Storm => {
                 Counters::inc(&fleet.counters.dropped);
                 client.abort();
-                // Everyone comes back at once, spread only by the first backoff step.
-                delay = Duration::from_millis(fastrand::u64(0..=args.backoff_min_ms));
+                // Everyone comes back at once, spread only by the backoff.
+                delay = waiter.next(0, true, now_ms(), args);
             }
             Ended::Lost(error) => {
                 Counters::inc(&fleet.counters.dropped);
                 fleet.errors.add(format!("device: {error}"));
                 client.abort();
-                delay = backoff(0, args.backoff_min_ms, args.backoff_max_ms);
+                delay = waiter.next(0, false, now_ms(), args);
             }
         }
     }
@@ -495,6 +615,19 @@ async fn commander(fleet: Arc<Fleet>, latency: Arc<Mutex<Latency>>, sent: Arc<At
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_counts_seconds_and_the_busiest_window() {
+        let mut tenths = vec![0; 50];
+        tenths[0] = 3;
+        tenths[9] = 4;
+        tenths[10] = 5;
+        tenths[25] = 1;
+        let (seconds, busiest) = spread_summary(&tenths);
+        assert_eq!(seconds, vec![7, 5, 1]);
+        assert_eq!(busiest, 9, "the window from 0.1 s to 1.1 s holds 4 + 5");
+        assert_eq!(spread_summary(&[0; 20]), (vec![], 0));
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
