@@ -358,6 +358,7 @@ struct Publish {
     payload: Bytes,
     qos: Qos,
     correlation: Option<Bytes>,
+    retain: bool,
     done: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
 
@@ -394,6 +395,20 @@ impl Client {
     ) -> Result<Delivery, ClientError> {
         let (mut p, d) = publish(topic, payload, Qos::AtLeastOnce);
         p.correlation = correlation_data;
+        self.tx.send(p).await.map_err(|_| ClientError::Closed)?;
+        Ok(d)
+    }
+
+    /// As [`Client::publish`], with the retain flag set (the broker keeps the last one for
+    /// new subscribers).
+    pub async fn publish_retained(
+        &self,
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+        qos: Qos,
+    ) -> Result<Delivery, ClientError> {
+        let (mut p, d) = publish(topic, payload, qos);
+        p.retain = true;
         self.tx.send(p).await.map_err(|_| ClientError::Closed)?;
         Ok(d)
     }
@@ -455,6 +470,7 @@ fn publish(topic: impl Into<String>, payload: impl Into<Bytes>, qos: Qos) -> (Pu
             payload: payload.into(),
             qos,
             correlation: None,
+            retain: false,
             done: Some(tx),
         },
         Delivery(rx),
@@ -862,10 +878,17 @@ impl Raw {
         }
     }
 
-    fn publish(&self, topic: &str, payload: &Bytes, qos: Qos, correlation: Option<&Bytes>) -> bool {
+    fn publish(
+        &self,
+        topic: &str,
+        payload: &Bytes,
+        qos: Qos,
+        correlation: Option<&Bytes>,
+        retain: bool,
+    ) -> bool {
         let r = match self {
             Raw::V4(c, _) => c
-                .try_publish(topic, qos4(qos), false, payload.clone())
+                .try_publish(topic, qos4(qos), retain, payload.clone())
                 .map_err(|e| e.to_string()),
             Raw::V5(c, _) => match correlation {
                 Some(cd) => {
@@ -873,11 +896,11 @@ impl Raw {
                         correlation_data: Some(cd.clone()),
                         ..Default::default()
                     };
-                    c.try_publish_with_properties(topic, qos5(qos), false, payload.clone(), props)
+                    c.try_publish_with_properties(topic, qos5(qos), retain, payload.clone(), props)
                         .map_err(|e| e.to_string())
                 }
                 None => c
-                    .try_publish(topic, qos5(qos), false, payload.clone())
+                    .try_publish(topic, qos5(qos), retain, payload.clone())
                     .map_err(|e| e.to_string()),
             },
         };
@@ -900,6 +923,7 @@ struct Pending {
     topic: String,
     payload: Bytes,
     correlation: Option<Bytes>,
+    retain: bool,
     done: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
 
@@ -1028,6 +1052,7 @@ impl Task {
                         topic: p.topic,
                         payload: p.payload,
                         correlation: p.correlation,
+                        retain: p.retain,
                         done: p.done,
                     },
                 );
@@ -1091,7 +1116,7 @@ impl Task {
             raw.subscribe(&s.filter, s.qos);
         }
         for (topic, payload, qos) in &self.birth {
-            if raw.publish(topic, payload, *qos, None) && *qos == Qos::AtLeastOnce {
+            if raw.publish(topic, payload, *qos, None, false) && *qos == Qos::AtLeastOnce {
                 awaiting.push_back(None);
             }
         }
@@ -1101,6 +1126,7 @@ impl Task {
                 &p.payload,
                 Qos::AtLeastOnce,
                 p.correlation.as_ref(),
+                p.retain,
             ) {
                 awaiting.push_back(Some(*id));
                 self.counters.resent.fetch_add(1, Ordering::Relaxed);
@@ -1121,9 +1147,9 @@ impl Task {
                     Some(p) => {
                         let qos = p.qos;
                         let (topic, payload) = (p.topic.clone(), p.payload.clone());
-                        let correlation = p.correlation.clone();
+                        let (correlation, retain) = (p.correlation.clone(), p.retain);
                         let id = self.enqueue_live(p);
-                        if raw.publish(&topic, &payload, qos, correlation.as_ref())
+                        if raw.publish(&topic, &payload, qos, correlation.as_ref(), retain)
                             && let Some(id) = id
                         {
                             awaiting.push_back(Some(id));

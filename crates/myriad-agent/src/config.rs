@@ -30,6 +30,7 @@
 //! chunk_bytes = 32768                # chunk size over MQTT, 1024..=65536
 //! protocol = "auto"                  # "auto" (5.0, falling back to 3.1.1), "5" or "3.1.1"
 //! keep_alive_secs = 30               # 5..=3600
+//! status_every_secs = 0              # a retained status message on devices/{id}/status (0: none)
 //! reconnect_min_ms = 2000            # first reconnect window (full jitter), 1..=reconnect_max_ms
 //! reconnect_max_ms = 120000          # largest window, ..=3600000
 //!
@@ -523,6 +524,10 @@ pub struct MqttConfig {
     /// Keep alive (seconds), 5..=3600.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u16,
+    /// A status message (retained, QoS 1) on `devices/{id}/status` every this many seconds
+    /// and after each connect (0: none), ..= [`MAX_SAMPLE_EVERY_SECS`].
+    #[serde(default)]
+    pub status_every_secs: u64,
     /// The first reconnect window (ms; full jitter, doubling).
     #[serde(default = "default_reconnect_min")]
     pub reconnect_min_ms: u64,
@@ -713,6 +718,11 @@ pub fn parse_mqtt(text: &str) -> Result<Option<MqttConfig>, ConfigError> {
             "mqtt.password: needed unless the device logs in with a client certificate (mqtt.tls_cert)"
                 .into(),
         ));
+    }
+    if m.status_every_secs > MAX_SAMPLE_EVERY_SECS {
+        return Err(ConfigError(format!(
+            "mqtt.status_every_secs: 0..={MAX_SAMPLE_EVERY_SECS}"
+        )));
     }
     if !(5..=3600).contains(&m.keep_alive_secs) {
         return Err(ConfigError("mqtt.keep_alive_secs: 5..=3600".into()));
@@ -936,6 +946,8 @@ mod tests {
         for (extra, key, ok) in [
             ("keep_alive_secs = 4", "mqtt.keep_alive_secs", false),
             ("keep_alive_secs = 5", "", true),
+            ("status_every_secs = 86400", "", true),
+            ("status_every_secs = 86401", "mqtt.status_every_secs", false),
             ("reconnect_max_ms = 3600001", "mqtt.reconnect_max_ms", false),
             ("reconnect_max_ms = 3600000", "", true),
             ("reconnect_min_ms = 0", "mqtt.reconnect_min_ms", false),

@@ -45,6 +45,7 @@ mod link;
 mod partial;
 mod sample;
 mod shadow;
+mod status;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -273,6 +274,20 @@ pub fn run(
             }
         }
     }
+    let firmware = status::Firmware {
+        version: agent.state().image.version.clone(),
+        counter: agent.state().counter,
+        slot: agent.state().active.name(),
+    };
+    device.tasks.extend(status::start(
+        &device.rt,
+        client.clone(),
+        &m.id,
+        m.status_every_secs,
+        firmware,
+        agent.config().state_dir.clone(),
+        device.cancel.clone(),
+    ));
     let link = link::link(client, m, device.rt.handle());
     let r = ota(agent, m, boot_reports, &link, inbox);
     device.shutdown();
