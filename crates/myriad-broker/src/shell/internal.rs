@@ -33,20 +33,75 @@ pub struct InternalClient {
     closed: bool,
 }
 
+/// How a durable internal client connects: see
+/// [`BrokerHandle::connect_internal_durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableOptions {
+    /// Receive Maximum: at most this many QoS 1 messages are handed out
+    /// and not yet acknowledged with [`InternalClient::ack`]; the broker
+    /// queues the rest for the session (within `mqtt.max_session_bytes`).
+    /// 0 is taken as 1.
+    pub receive_maximum: u16,
+    /// Session Expiry Interval in seconds: how long the session (and the
+    /// messages queued for it) outlives the client. Above 0, the session is
+    /// recorded in the store like a network client's persistent session,
+    /// and survives a restart. Capped by `mqtt.max_session_expiry_secs`.
+    pub session_expiry_secs: u32,
+}
+
+/// A message handed out by [`InternalClient::recv_manual`], not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message (its `dup` flag is set when it is a redelivery).
+    pub publish: Publish,
+    /// What to pass to [`InternalClient::ack`]; `None` for a QoS 0 message,
+    /// which needs no acknowledgement.
+    pub packet_id: Option<u16>,
+}
+
 impl BrokerHandle {
     /// Attaches an internal client named `$myriad/{name}` (clean session,
     /// no expiry). A previous client of that name is taken over.
     pub async fn connect_internal(&self, name: &str) -> Result<InternalClient, BrokerStopped> {
+        self.attach_internal(name, true, u16::MAX, 0).await
+    }
+
+    /// Attaches an internal client named `$myriad/{name}` that resumes its
+    /// session (clean start false) and keeps it for
+    /// `options.session_expiry_secs` after it detaches: QoS 1 messages
+    /// routed to it stay queued or in flight until it acknowledges them
+    /// ([`InternalClient::recv_manual`], [`InternalClient::ack`]), across
+    /// reconnections and, with a store, across restarts. Unacknowledged
+    /// messages are redelivered when it reconnects. A previous client of
+    /// that name is taken over.
+    pub async fn connect_internal_durable(
+        &self,
+        name: &str,
+        options: DurableOptions,
+    ) -> Result<InternalClient, BrokerStopped> {
+        let receive_maximum = options.receive_maximum.max(1);
+        self.attach_internal(name, false, receive_maximum, options.session_expiry_secs)
+            .await
+    }
+
+    async fn attach_internal(
+        &self,
+        name: &str,
+        clean_start: bool,
+        receive_maximum: u16,
+        session_expiry: u32,
+    ) -> Result<InternalClient, BrokerStopped> {
         let conn = self.next_conn_id();
         let client_id: ByteString = format!("{RESERVED_CLIENT_ID_PREFIX}{name}").into();
         let link = Arc::new(Link::internal(conn, client_id.clone()));
         let properties = Properties {
-            receive_maximum: Some(u16::MAX),
+            receive_maximum: Some(receive_maximum),
+            session_expiry_interval: (session_expiry > 0).then_some(session_expiry),
             ..Properties::default()
         };
         let connect = Connect {
             protocol: ProtocolVersion::V5,
-            clean_start: true,
+            clean_start,
             keep_alive: 0,
             client_id,
             will: None,
@@ -129,6 +184,30 @@ impl InternalClient {
                 _ => continue,
             }
         }
+    }
+
+    /// The next message for one of this client's subscriptions, not
+    /// acknowledged: a QoS 1 message stays in flight (and counts against
+    /// the Receive Maximum) until [`InternalClient::ack`] is called with its
+    /// packet id. `None` once the broker closed the client.
+    pub async fn recv_manual(&mut self) -> Option<Delivery> {
+        loop {
+            match self.next_packet().await? {
+                Packet::Publish(publish) => {
+                    let packet_id = (publish.qos != QoS::AtMostOnce).then_some(publish.packet_id);
+                    return Some(Delivery { publish, packet_id });
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Acknowledges (PUBACK) the QoS 1 message handed out by
+    /// [`InternalClient::recv_manual`] with `packet_id`: the broker forgets it
+    /// and may hand out the next one.
+    pub async fn ack(&mut self, packet_id: u16) -> Result<(), BrokerStopped> {
+        self.send(Packet::PubAck(PublishAck::success(packet_id)))
+            .await
     }
 
     /// Publishes `publish` as this client (QoS 0 or 1; a QoS 1 message gets
