@@ -220,6 +220,31 @@ impl InternalClient {
         self.send(Packet::Publish(publish)).await
     }
 
+    /// Publishes `publish` at QoS 1 as this client and waits for the
+    /// broker's PUBACK, which comes once the message is as durable as the
+    /// store says (other packets arriving meanwhile are kept for
+    /// [`InternalClient::recv`] / [`InternalClient::recv_manual`]).
+    pub async fn publish_confirmed(
+        &mut self,
+        mut publish: Publish,
+    ) -> Result<PublishAck, BrokerStopped> {
+        publish.qos = QoS::AtLeastOnce;
+        let packet_id = self.packet_id();
+        publish.packet_id = packet_id;
+        self.send(Packet::Publish(publish)).await?;
+        let mut held = VecDeque::new();
+        let outcome = loop {
+            match self.next_packet().await {
+                Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => break Ok(ack),
+                Some(packet) => held.push_back(packet),
+                None => break Err(BrokerStopped),
+            }
+        };
+        held.append(&mut self.received);
+        self.received = held;
+        outcome
+    }
+
     /// Detaches the client from the broker.
     pub async fn disconnect(mut self) {
         self.closed = true;
