@@ -122,6 +122,8 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             observe::metrics::upkeep(prometheus.clone()),
         );
         observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
+        let pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
+        crate::pipelines::spawn(pipelines, &handle, &shutdown);
         let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;
