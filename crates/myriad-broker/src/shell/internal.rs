@@ -39,7 +39,7 @@ pub struct InternalClient {
 pub struct DurableOptions {
     /// Receive Maximum: at most this many QoS 1 messages are handed out
     /// and not yet acknowledged with [`InternalClient::ack`]; the broker
-    /// queues the rest for the session (within `mqtt.max_session_bytes`).
+    /// queues the rest for the session (within `mqtt.max_queued_messages` and `mqtt.max_queued_bytes`).
     /// 0 is taken as 1.
     pub receive_maximum: u16,
     /// Session Expiry Interval in seconds: how long the session (and the

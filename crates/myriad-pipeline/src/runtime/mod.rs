@@ -18,7 +18,7 @@
 //!   so a file sink may hold duplicates.
 //! - **Bounded memory, backpressure**: at most `in_flight` messages are unacknowledged (the
 //!   source's Receive Maximum); the broker queues the rest for the session within its
-//!   per-session byte limit (`mqtt.max_session_bytes`).
+//!   per-session byte limit (`mqtt.max_queued_messages` and `mqtt.max_queued_bytes`).
 //! - **Dead letters**: a record whose evaluation fails, or that the sink refuses (MQTT: no
 //!   valid topic from the template, or a PUBACK with an error code), is written to the
 //!   dead-letter file (`{"pipeline", "topic", "payload" (base64), "reason", "time" (unix
