@@ -31,6 +31,9 @@ pub struct InternalClient {
     received: VecDeque<Packet>,
     next_packet_id: u16,
     closed: bool,
+    /// QoS 0 publications taken from the mailbox and not yet reported to
+    /// the core (kept here so a receive cancelled mid-report loses nothing).
+    unreported_qos0: usize,
 }
 
 /// How a durable internal client connects: see
@@ -125,6 +128,7 @@ impl BrokerHandle {
             received: VecDeque::new(),
             next_packet_id: 1,
             closed: false,
+            unreported_qos0: 0,
         };
         match client.next_packet().await {
             Some(Packet::ConnAck(connack)) if !connack.reason_code.is_error() => Ok(client),
@@ -276,6 +280,20 @@ impl InternalClient {
     /// The next packet the broker sent this client, waiting for one.
     async fn next_packet(&mut self) -> Option<Packet> {
         loop {
+            if self.unreported_qos0 > 0 {
+                // Handed over: the core may send more. Cancel-safe: a send
+                // cancelled before it completes sent nothing, and the count
+                // stays for the next call.
+                let qos0 = self.unreported_qos0;
+                let _ = self
+                    .events
+                    .send(Event::Written {
+                        conn: self.conn,
+                        qos0,
+                    })
+                    .await;
+                self.unreported_qos0 = 0;
+            }
             if let Some(packet) = self.received.pop_front() {
                 return Some(packet);
             }
@@ -286,16 +304,7 @@ impl InternalClient {
             let (packets, qos0, closing) = self.link.take_packets();
             self.received.extend(packets);
             self.closed = closing;
-            if qos0 > 0 {
-                // Handed over: the core may send more.
-                let _ = self
-                    .events
-                    .send(Event::Written {
-                        conn: self.conn,
-                        qos0,
-                    })
-                    .await;
-            }
+            self.unreported_qos0 += qos0;
         }
     }
 }
