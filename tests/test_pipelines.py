@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -175,6 +176,20 @@ def test_example_rule_writes_selected_fields_above_threshold(serve, tmp_path):
     assert got == [{"t": 35, "device": names[0]}, {"t": 41, "device": names[1]},
                    {"t": 99.5, "device": names[2]}], got
     assert not dead.exists() or dead.read_text() == ""
+    with urllib.request.urlopen(f"http://{HOST}:{s.api_port}/metrics", timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+
+    def metric(name: str, **labels: str) -> float:
+        for line in lines:
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    assert metric("myriad_pipeline_records_total", pipeline="hot", stage="rule", outcome="passed") == 3
+    assert metric("myriad_pipeline_records_total", pipeline="hot", stage="rule", outcome="filtered") == 2
+    assert metric("myriad_pipeline_records_total", pipeline="hot", stage="sink", outcome="committed") == 3
+    assert metric("myriad_pipeline_batches_total", pipeline="hot") >= 1
+    assert metric("myriad_pipeline_lag_records", pipeline="hot") == 0
 
 
 SENSORS = SQL.replace("devices/", "sensors/")

@@ -559,3 +559,18 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::validate_name;
+
+    #[test]
+    fn names_are_bounded_and_lowercase() {
+        assert!(validate_name("hot_1-a").is_ok());
+        assert!(validate_name(&"a".repeat(64)).is_ok());
+        assert!(validate_name(&"a".repeat(65)).is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("Hot").is_err());
+        assert!(validate_name("a/b").is_err());
+    }
+}
