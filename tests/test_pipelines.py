@@ -324,3 +324,23 @@ def test_duplicate_pipeline_names_are_refused(tmp_path):
     )
     assert p.returncode != 0
     assert "pipelines[1].name" in p.stderr.decode() + p.stdout.decode()
+
+
+def test_sigterm_drains_and_a_restart_redelivers_nothing_committed(serve, tmp_path):
+    out, dead = tmp_path / "g.jsonl", tmp_path / "g.dead.jsonl"
+    s = serve(pipeline_toml("g", SENSORS, file_sink(out), dead))
+    with Client(s.port) as c:
+        for i in range(200):
+            c.publish(f"sensors/s{i % 7}/telemetry", json.dumps({"temp": 31 + i}), qos=1)
+    assert len(wait_lines(out, 200)) == 200
+    started = time.monotonic()
+    assert s.stop() == 0
+    assert time.monotonic() - started < 8, "stopping with a pipeline took too long"
+    s.start()
+    with Client(s.port) as c:
+        c.publish("sensors/last/telemetry", json.dumps({"temp": 1000}), qos=1)
+    got = wait_lines(out, 201)
+    time.sleep(0.5)
+    got = read_lines(out)
+    assert len(got) == 201, f"{len(got)} records: redelivered after a clean stop"
+    assert got[-1] == {"t": 1000, "device": "last"}

@@ -197,11 +197,22 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
     Ok(built)
 }
 
-/// Starts each pipeline as a task bound to `shutdown`.
-pub fn spawn(pipelines: Vec<PipelineConfig>, broker: &BrokerHandle, shutdown: &CancellationToken) {
+/// Starts each pipeline as a task bound to `shutdown`, and returns the token that stops
+/// the broker: cancelled once `shutdown` is and every pipeline has drained (at most
+/// [`STOP_GRACE`] and a second), so the last acknowledgements still reach the broker. With
+/// no pipelines, `shutdown` itself.
+pub fn spawn(
+    pipelines: Vec<PipelineConfig>,
+    broker: &BrokerHandle,
+    shutdown: &CancellationToken,
+) -> CancellationToken {
+    if pipelines.is_empty() {
+        return shutdown.clone();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
     for pipeline in pipelines {
         let (broker, shutdown) = (broker.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let name = pipeline.name.clone();
             if let Err(error) = runtime::run(pipeline, broker, shutdown.clone(), STOP_GRACE).await
                 && !shutdown.is_cancelled()
@@ -212,4 +223,18 @@ pub fn spawn(pipelines: Vec<PipelineConfig>, broker: &BrokerHandle, shutdown: &C
             }
         });
     }
+    let broker_stop = CancellationToken::new();
+    let (shutdown, stop) = (shutdown.clone(), broker_stop.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("pipelines did not drain in time");
+        }
+        stop.cancel();
+    });
+    broker_stop
 }
