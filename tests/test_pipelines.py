@@ -292,9 +292,11 @@ def test_at_least_once_across_kill9(serve, tmp_path):
         ('name = "p"\nsql = "SELECT * FROM \'a\'"\nsink = { type = "kafka" }\ndead_letter = { path = "d.jsonl" }\n',
          "kafka"),
         ('name = "p"\nsql = "SELECT * FROM \'a\'"\nsink = { type = "mqtt", topic = "x" }\n', "dead_letter"),
+        ('name = "p"\nsql = "SELECT * FROM \'a\'"\nsink = { type = "file", path = "o.jsonl" }\ndead_letter = { path = "o.jsonl" }\n',
+         "pipelines[0].dead_letter.path"),
     ],
     ids=["name", "sql", "in-flight", "batch", "topic-template", "file-bytes", "keep-files", "sink-type",
-         "no-dead-letter"],
+         "no-dead-letter", "dead-letter-is-sink"],
 )
 def test_bad_pipeline_config_stops_startup_naming_the_key(tmp_path, entry, key):
     cfg = tmp_path / "myriad.toml"

@@ -123,7 +123,8 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
         bail!("invalid value for pipelines: at most {MAX_PIPELINES} pipelines");
     }
     let mut names = HashSet::new();
-    let mut dead_letters = HashSet::new();
+    // Every file (sink and dead letters) has one writer.
+    let mut files = HashSet::new();
     let mut built = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let key = |k: &str| format!("invalid value for pipelines[{i}].{k}");
@@ -178,12 +179,20 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
             bail!("{}", key(&format!("dead_letter.{problem}")));
         }
         if let SinkConfig::File(sink) = &sink
-            && sink.path == dead_letter.path
+            && !files.insert(sink.path.clone())
         {
-            bail!("{}: the same file as sink.path", key("dead_letter.path"));
+            bail!(
+                "{}: {} is written by another pipeline",
+                key("sink.path"),
+                sink.path.display()
+            );
         }
-        if !dead_letters.insert(dead_letter.path.clone()) {
-            bail!("{}: used by another pipeline", key("dead_letter.path"));
+        if !files.insert(dead_letter.path.clone()) {
+            bail!(
+                "{}: {} is written by another sink or pipeline",
+                key("dead_letter.path"),
+                dead_letter.path.display()
+            );
         }
         built.push(PipelineConfig {
             name: entry.name.clone(),

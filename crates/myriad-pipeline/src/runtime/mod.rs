@@ -161,31 +161,65 @@ struct Pending {
     payload: Bytes,
 }
 
+/// The pipeline's metric handles, registered once (no label allocation per record).
 struct Counters {
-    name: String,
+    records: [metrics::Counter; 7],
+    batches: metrics::Counter,
+    dead_letters: metrics::Counter,
+    retries: metrics::Counter,
+    lag: metrics::Gauge,
+}
+
+/// `(stage, outcome)` of each `records` counter, indexed by [`Outcome`].
+const OUTCOMES: [(&str, &str); 7] = [
+    ("source", "received"),
+    ("rule", "passed"),
+    ("rule", "filtered"),
+    ("rule", "failed"),
+    ("rule", "unmatched"),
+    ("sink", "committed"),
+    ("sink", "refused"),
+];
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Received = 0,
+    Passed = 1,
+    Filtered = 2,
+    Failed = 3,
+    Unmatched = 4,
+    Committed = 5,
+    Refused = 6,
 }
 
 impl Counters {
-    fn records(&self, stage: &'static str, outcome: &'static str, n: u64) {
-        metrics::counter!("myriad_pipeline_records_total",
-            "pipeline" => self.name.clone(), "stage" => stage, "outcome" => outcome)
-        .increment(n);
+    fn new(name: &str) -> Counters {
+        let records = OUTCOMES.map(|(stage, outcome)| {
+            metrics::counter!("myriad_pipeline_records_total",
+                "pipeline" => name.to_string(), "stage" => stage, "outcome" => outcome)
+        });
+        Counters {
+            records,
+            batches: metrics::counter!("myriad_pipeline_batches_total", "pipeline" => name.to_string()),
+            dead_letters: metrics::counter!("myriad_pipeline_dead_letters_total", "pipeline" => name.to_string()),
+            retries: metrics::counter!("myriad_pipeline_retries_total", "pipeline" => name.to_string()),
+            lag: metrics::gauge!("myriad_pipeline_lag_records", "pipeline" => name.to_string()),
+        }
+    }
+    fn records(&self, outcome: Outcome, n: u64) {
+        self.records[outcome as usize].increment(n);
     }
     fn batch(&self) {
-        metrics::counter!("myriad_pipeline_batches_total", "pipeline" => self.name.clone())
-            .increment(1);
+        self.batches.increment(1);
     }
     fn dead_letter(&self) {
-        metrics::counter!("myriad_pipeline_dead_letters_total", "pipeline" => self.name.clone())
-            .increment(1);
+        self.dead_letters.increment(1);
     }
     fn retry(&self) {
-        metrics::counter!("myriad_pipeline_retries_total", "pipeline" => self.name.clone())
-            .increment(1);
+        self.retries.increment(1);
     }
     fn lag(&self, n: usize) {
-        metrics::gauge!("myriad_pipeline_lag_records", "pipeline" => self.name.clone())
-            .set(n as f64);
+        self.lag.set(n as f64);
     }
 }
 
@@ -234,7 +268,7 @@ pub async fn run(
     // `in_flight` items are outstanding.
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let worker = Worker {
-        counters: Counters { name: name.clone() },
+        counters: Counters::new(&name),
         name: name.clone(),
         rule: config.rule,
         batcher: Batcher::new(config.batch)?,
@@ -251,7 +285,7 @@ pub async fn run(
         done_rx,
         &shutdown,
         &hard,
-        Counters { name: name.clone() },
+        Counters::new(&name),
     )
     .await;
     let _ = worker.await;
@@ -305,7 +339,7 @@ async fn run_source(
                 let seq = next_seq;
                 next_seq += 1;
                 window.push_back((seq, delivery.packet_id, false));
-                counters.records("source", "received", 1);
+                counters.records(Outcome::Received, 1);
                 counters.lag(window.len());
                 let Some(sender) = &items else { continue };
                 if sender.send(Item { seq, publish: delivery.publish }).await.is_err() {
@@ -426,7 +460,7 @@ impl Worker {
         let topic = publish.topic.to_string();
         if !self.rule.matches_topic(&topic) {
             // A subscription left in the session by an earlier rule.
-            self.counters.records("rule", "unmatched", 1);
+            self.counters.records(Outcome::Unmatched, 1);
             let _ = self.done.send(seq);
             return true;
         }
@@ -441,17 +475,17 @@ impl Worker {
         let ctx = EvalContext::new(now).with_random(self.seed.hash_one(seq));
         match self.rule.apply(&record, &ctx) {
             Ok(None) => {
-                self.counters.records("rule", "filtered", 1);
+                self.counters.records(Outcome::Filtered, 1);
                 let _ = self.done.send(seq);
                 true
             }
             Err(error) => {
-                self.counters.records("rule", "failed", 1);
+                self.counters.records(Outcome::Failed, 1);
                 self.dead_letter(seq, &topic, &publish.payload, &format!("rule: {error}"))
                     .await
             }
             Ok(Some(output)) => {
-                self.counters.records("rule", "passed", 1);
+                self.counters.records(Outcome::Passed, 1);
                 let bytes = output.to_string().len();
                 let pending = Pending {
                     seq,
@@ -493,7 +527,7 @@ impl Worker {
                         }
                     }
                 }
-                self.counters.records("sink", "committed", count);
+                self.counters.records(Outcome::Committed, count);
                 for item in &batch.items {
                     let _ = self.done.send(item.seq);
                 }
@@ -517,7 +551,7 @@ impl Worker {
         let target = match topic.render(&item.output) {
             Ok(target) => target,
             Err(reason) => {
-                self.counters.records("sink", "refused", 1);
+                self.counters.records(Outcome::Refused, 1);
                 let reason = format!("sink: {reason}");
                 return self
                     .dead_letter(item.seq, &item.topic, &item.payload, &reason)
@@ -539,12 +573,12 @@ impl Worker {
         };
         match acked {
             Ok(ack) if !ack.reason_code.is_error() => {
-                self.counters.records("sink", "committed", 1);
+                self.counters.records(Outcome::Committed, 1);
                 let _ = self.done.send(item.seq);
                 true
             }
             Ok(ack) => {
-                self.counters.records("sink", "refused", 1);
+                self.counters.records(Outcome::Refused, 1);
                 let reason = format!(
                     "sink: the broker refused the message ({:?})",
                     ack.reason_code
