@@ -171,3 +171,39 @@ async fn the_plain_internal_client_still_acknowledges_on_receipt() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn publish_confirmed_waits_for_the_puback_and_keeps_other_packets() {
+    let server = common::serve(BrokerConfig::default(), None, shell::Hooks::default()).await;
+    let mut client = server
+        .handle
+        .connect_internal("both")
+        .await
+        .expect("connect");
+    client
+        .subscribe("out/#", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    let publish = myriad_mqtt::Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "out/x".into(),
+        packet_id: 0,
+        payload: Bytes::from_static(b"hello"),
+        properties: PacketProperties::new(),
+    };
+    let ack = tokio::time::timeout(Duration::from_secs(2), client.publish_confirmed(publish))
+        .await
+        .expect("in time")
+        .expect("acked");
+    assert!(!ack.reason_code.is_error(), "{ack:?}");
+    // Its own message, routed back to it while it waited, is still there.
+    let own = tokio::time::timeout(Duration::from_secs(2), client.recv())
+        .await
+        .expect("in time")
+        .expect("message");
+    assert_eq!(own.payload, Bytes::from_static(b"hello"));
+    assert_eq!(own.qos, QoS::AtLeastOnce, "published at QoS 1");
+    server.stop().await;
+}
