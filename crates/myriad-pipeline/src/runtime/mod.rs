@@ -314,7 +314,15 @@ async fn run_source(
         tokio::select! {
             biased;
             finished = done.recv() => {
-                let Some(seq) = finished else { return Ok(()) };
+                let Some(seq) = finished else {
+                    // The worker ended: after a shutdown, its drain is over; before
+                    // one, its sink lost the broker.
+                    return if shutdown.is_cancelled() {
+                        Ok(())
+                    } else {
+                        Err(RuntimeError::BrokerStopped(BrokerStopped))
+                    };
+                };
                 let Some(&(first, _, _)) = window.front() else { continue };
                 if let Some(entry) = seq.checked_sub(first).and_then(|i| window.get_mut(i as usize)) {
                     entry.2 = true;
