@@ -50,3 +50,6 @@ pub mod transform;
 
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
+
+#[cfg(feature = "runtime")]
+pub mod runtime;

@@ -39,6 +39,8 @@ pub struct Config {
     pub telemetry: myriad_fleet::service::telemetry::TelemetryConfig,
     /// Firmware updates: artifact and rollout limits (artifacts in `{store.data_dir}/ota`).
     pub ota: myriad_fleet::service::ota::OtaConfig,
+    /// Data pipelines (`[[pipelines]]`): see docs/pipelines.md.
+    pub pipelines: Vec<crate::pipelines::PipelineEntry>,
 }
 
 /// How log lines are written.
@@ -493,6 +495,7 @@ impl Config {
         {
             bail!("invalid value for auth.certificate_uri_prefix: 1 to 256 bytes");
         }
+        crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
         if config.store.group_window_ms > 1000 {
             bail!(
                 "invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)"

@@ -4,6 +4,7 @@ mod agent;
 mod config;
 mod ctl;
 mod observe;
+mod pipelines;
 mod platform;
 mod serve;
 mod supervise;

@@ -122,6 +122,9 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             observe::metrics::upkeep(prometheus.clone()),
         );
         observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
+        let pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
+        // The broker stops after the pipelines drained (their last acknowledgements).
+        let broker_shutdown = crate::pipelines::spawn(pipelines, &handle, &shutdown);
         let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;
@@ -201,7 +204,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             persistence,
             hooks,
             listeners,
-            shutdown.clone(),
+            broker_shutdown,
             handle,
             events,
         );

@@ -31,22 +31,80 @@ pub struct InternalClient {
     received: VecDeque<Packet>,
     next_packet_id: u16,
     closed: bool,
+    /// QoS 0 publications taken from the mailbox and not yet reported to
+    /// the core (kept here so a receive cancelled mid-report loses nothing).
+    unreported_qos0: usize,
+}
+
+/// How a durable internal client connects: see
+/// [`BrokerHandle::connect_internal_durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableOptions {
+    /// Receive Maximum: at most this many QoS 1 messages are handed out
+    /// and not yet acknowledged with [`InternalClient::ack`]; the broker
+    /// queues the rest for the session (within `mqtt.max_queued_messages` and `mqtt.max_queued_bytes`).
+    /// 0 is taken as 1.
+    pub receive_maximum: u16,
+    /// Session Expiry Interval in seconds: how long the session (and the
+    /// messages queued for it) outlives the client. Above 0, the session is
+    /// recorded in the store like a network client's persistent session,
+    /// and survives a restart. Capped by `mqtt.max_session_expiry_secs`.
+    pub session_expiry_secs: u32,
+}
+
+/// A message handed out by [`InternalClient::recv_manual`], not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message (its `dup` flag is set when it is a redelivery).
+    pub publish: Publish,
+    /// What to pass to [`InternalClient::ack`]; `None` for a QoS 0 message,
+    /// which needs no acknowledgement.
+    pub packet_id: Option<u16>,
 }
 
 impl BrokerHandle {
     /// Attaches an internal client named `$myriad/{name}` (clean session,
     /// no expiry). A previous client of that name is taken over.
     pub async fn connect_internal(&self, name: &str) -> Result<InternalClient, BrokerStopped> {
+        self.attach_internal(name, true, u16::MAX, 0).await
+    }
+
+    /// Attaches an internal client named `$myriad/{name}` that resumes its
+    /// session (clean start false) and keeps it for
+    /// `options.session_expiry_secs` after it detaches: QoS 1 messages
+    /// routed to it stay queued or in flight until it acknowledges them
+    /// ([`InternalClient::recv_manual`], [`InternalClient::ack`]), across
+    /// reconnections and, with a store, across restarts. Unacknowledged
+    /// messages are redelivered when it reconnects. A previous client of
+    /// that name is taken over.
+    pub async fn connect_internal_durable(
+        &self,
+        name: &str,
+        options: DurableOptions,
+    ) -> Result<InternalClient, BrokerStopped> {
+        let receive_maximum = options.receive_maximum.max(1);
+        self.attach_internal(name, false, receive_maximum, options.session_expiry_secs)
+            .await
+    }
+
+    async fn attach_internal(
+        &self,
+        name: &str,
+        clean_start: bool,
+        receive_maximum: u16,
+        session_expiry: u32,
+    ) -> Result<InternalClient, BrokerStopped> {
         let conn = self.next_conn_id();
         let client_id: ByteString = format!("{RESERVED_CLIENT_ID_PREFIX}{name}").into();
         let link = Arc::new(Link::internal(conn, client_id.clone()));
         let properties = Properties {
-            receive_maximum: Some(u16::MAX),
+            receive_maximum: Some(receive_maximum),
+            session_expiry_interval: (session_expiry > 0).then_some(session_expiry),
             ..Properties::default()
         };
         let connect = Connect {
             protocol: ProtocolVersion::V5,
-            clean_start: true,
+            clean_start,
             keep_alive: 0,
             client_id,
             will: None,
@@ -70,6 +128,7 @@ impl BrokerHandle {
             received: VecDeque::new(),
             next_packet_id: 1,
             closed: false,
+            unreported_qos0: 0,
         };
         match client.next_packet().await {
             Some(Packet::ConnAck(connack)) if !connack.reason_code.is_error() => Ok(client),
@@ -131,6 +190,30 @@ impl InternalClient {
         }
     }
 
+    /// The next message for one of this client's subscriptions, not
+    /// acknowledged: a QoS 1 message stays in flight (and counts against
+    /// the Receive Maximum) until [`InternalClient::ack`] is called with its
+    /// packet id. `None` once the broker closed the client.
+    pub async fn recv_manual(&mut self) -> Option<Delivery> {
+        loop {
+            match self.next_packet().await? {
+                Packet::Publish(publish) => {
+                    let packet_id = (publish.qos != QoS::AtMostOnce).then_some(publish.packet_id);
+                    return Some(Delivery { publish, packet_id });
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Acknowledges (PUBACK) the QoS 1 message handed out by
+    /// [`InternalClient::recv_manual`] with `packet_id`: the broker forgets it
+    /// and may hand out the next one.
+    pub async fn ack(&mut self, packet_id: u16) -> Result<(), BrokerStopped> {
+        self.send(Packet::PubAck(PublishAck::success(packet_id)))
+            .await
+    }
+
     /// Publishes `publish` as this client (QoS 0 or 1; a QoS 1 message gets
     /// a packet id here and its PUBACK is skipped by [`InternalClient::recv`]).
     pub async fn publish(&mut self, mut publish: Publish) -> Result<(), BrokerStopped> {
@@ -139,6 +222,31 @@ impl InternalClient {
             publish.packet_id = self.packet_id();
         }
         self.send(Packet::Publish(publish)).await
+    }
+
+    /// Publishes `publish` at QoS 1 as this client and waits for the
+    /// broker's PUBACK, which comes once the message is as durable as the
+    /// store says (other packets arriving meanwhile are kept for
+    /// [`InternalClient::recv`] / [`InternalClient::recv_manual`]).
+    pub async fn publish_confirmed(
+        &mut self,
+        mut publish: Publish,
+    ) -> Result<PublishAck, BrokerStopped> {
+        publish.qos = QoS::AtLeastOnce;
+        let packet_id = self.packet_id();
+        publish.packet_id = packet_id;
+        self.send(Packet::Publish(publish)).await?;
+        let mut held = VecDeque::new();
+        let outcome = loop {
+            match self.next_packet().await {
+                Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => break Ok(ack),
+                Some(packet) => held.push_back(packet),
+                None => break Err(BrokerStopped),
+            }
+        };
+        held.append(&mut self.received);
+        self.received = held;
+        outcome
     }
 
     /// Detaches the client from the broker.
@@ -172,6 +280,20 @@ impl InternalClient {
     /// The next packet the broker sent this client, waiting for one.
     async fn next_packet(&mut self) -> Option<Packet> {
         loop {
+            if self.unreported_qos0 > 0 {
+                // Handed over: the core may send more. Cancel-safe: a send
+                // cancelled before it completes sent nothing, and the count
+                // stays for the next call.
+                let qos0 = self.unreported_qos0;
+                let _ = self
+                    .events
+                    .send(Event::Written {
+                        conn: self.conn,
+                        qos0,
+                    })
+                    .await;
+                self.unreported_qos0 = 0;
+            }
             if let Some(packet) = self.received.pop_front() {
                 return Some(packet);
             }
@@ -182,16 +304,7 @@ impl InternalClient {
             let (packets, qos0, closing) = self.link.take_packets();
             self.received.extend(packets);
             self.closed = closing;
-            if qos0 > 0 {
-                // Handed over: the core may send more.
-                let _ = self
-                    .events
-                    .send(Event::Written {
-                        conn: self.conn,
-                        qos0,
-                    })
-                    .await;
-            }
+            self.unreported_qos0 += qos0;
         }
     }
 }

@@ -1,0 +1,618 @@
+//! The pipeline runtime (feature `runtime`): a running pipeline reads MQTT messages from
+//! this broker, evaluates its rule, batches the outputs and writes them to a sink, and
+//! acknowledges each source message only once what it caused is committed.
+//!
+//! ```text
+//! broker --(durable internal client, QoS 1, Receive Maximum = in_flight)--> source task
+//!   source --Item (bounded channel, in_flight)--> worker: Rule::apply -> Batcher -> sink
+//!   worker --done sequence numbers--> source: PUBACK in arrival order
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **At least once**: the source is a durable internal session (clean start false,
+//!   session expiry [`SESSION_EXPIRY_SECS`]): a message is PUBACKed after the sink committed
+//!   its batch (file: written and fsynced; MQTT: PUBACKed by the broker), after it was
+//!   filtered out by WHERE, or after it was written to the dead-letter file. Until then the
+//!   broker keeps it for the session (and in its store): a crash or kill -9 redelivers it,
+//!   so a file sink may hold duplicates.
+//! - **Bounded memory, backpressure**: at most `in_flight` messages are unacknowledged (the
+//!   source's Receive Maximum); the broker queues the rest for the session within its
+//!   per-session byte limit (`mqtt.max_queued_messages` and `mqtt.max_queued_bytes`).
+//! - **Dead letters**: a record whose evaluation fails, or that the sink refuses (MQTT: no
+//!   valid topic from the template, or a PUBACK with an error code), is written to the
+//!   dead-letter file (`{"pipeline", "topic", "payload" (base64), "reason", "time" (unix
+//!   ms)}` per line) and acknowledged.
+//! - **Transient errors** (a file write failing, the broker not answering) are retried with
+//!   exponential backoff from [`RETRY_MIN`] to [`RETRY_MAX`], each logged and counted in
+//!   `myriad_pipeline_retries_total`: a pipeline never stops silently.
+//! - **Stopping**: when the shutdown token is cancelled the source stops taking messages,
+//!   the worker flushes and commits what it holds, and acknowledgements are sent; after the
+//!   grace period whatever is still uncommitted is left to redelivery.
+//!
+//! # Metrics
+//!
+//! `myriad_pipeline_records_total{pipeline,stage,outcome}` (source/received,
+//! rule/passed|filtered|failed|unmatched, sink/committed|refused),
+//! `myriad_pipeline_batches_total{pipeline}`, `myriad_pipeline_dead_letters_total{pipeline}`,
+//! `myriad_pipeline_retries_total{pipeline}`, gauge `myriad_pipeline_lag_records{pipeline}`
+//! (messages received and not yet acknowledged).
+//!
+//! # Limits
+//!
+//! | bound | value |
+//! |---|---|
+//! | pipeline name | `[a-z0-9_-]{1,64}` ([`MAX_NAME_BYTES`]) |
+//! | `in_flight` | 1 ..= 65535 ([`MAX_IN_FLIGHT`]) |
+//! | file `max_file_bytes` | [`file::MIN_FILE_BYTES`] ..= [`file::MAX_FILE_BYTES`] |
+//! | file `keep_files` | 0 ..= [`file::MAX_KEEP_FILES`] |
+//! | topic template | [`template::MAX_TOPIC_BYTES`], [`template::MAX_PLACEHOLDERS`] |
+
+pub mod file;
+pub mod template;
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use myriad_broker::shell::internal::{DurableOptions, InternalClient};
+use myriad_broker::shell::{BrokerHandle, BrokerStopped};
+use myriad_mqtt::{PacketProperties, Publish, QoS};
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use file::{FileSinkConfig, RotatingFile};
+pub use template::{TemplateError, TopicTemplate};
+
+use crate::record::{self, Record};
+use crate::sql::{EvalContext, Rule};
+use crate::transform::{Batch, BatchConfig, Batcher};
+
+/// The longest pipeline name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// The largest `in_flight` (MQTT's Receive Maximum is a u16).
+pub const MAX_IN_FLIGHT: u32 = 65_535;
+/// How long the broker keeps a pipeline's source session (and its queued messages) while
+/// the pipeline is not running: 7 days.
+pub const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
+/// The first retry delay after a transient error.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest retry delay.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Checks a pipeline name: `[a-z0-9_-]{1,64}`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} must match [a-z0-9_-]{{1,64}}"))
+    }
+}
+
+/// Where a pipeline's committed records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// JSON lines appended to a rotating file, fsynced per batch.
+    File(FileSinkConfig),
+    /// Republished on this broker at QoS 1, to the topic the template renders, with the
+    /// output JSON as payload.
+    Mqtt {
+        /// The topic template.
+        topic: TopicTemplate,
+    },
+}
+
+/// One pipeline, validated.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Its name (see [`validate_name`]); its source session is `$myriad/pipeline/{name}`.
+    pub name: String,
+    /// The rule: its FROM filter is the source's subscription.
+    pub rule: Rule,
+    /// When batches are flushed to the sink.
+    pub batch: BatchConfig,
+    /// The source's Receive Maximum: unacknowledged messages at most (1 ..= 65535).
+    pub in_flight: u16,
+    /// The sink.
+    pub sink: SinkConfig,
+    /// The dead-letter file.
+    pub dead_letter: FileSinkConfig,
+}
+
+/// Why a pipeline stopped before its shutdown token was cancelled.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The broker stopped (or refused the source's session).
+    #[error("the broker stopped")]
+    BrokerStopped(#[from] BrokerStopped),
+    /// The batch settings are out of range.
+    #[error("batch.{0}")]
+    Batch(#[from] crate::transform::ConfigError),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A message handed from the source to the worker.
+struct Item {
+    seq: u64,
+    publish: Publish,
+}
+
+/// An output waiting in the batcher.
+struct Pending {
+    seq: u64,
+    output: Value,
+    topic: String,
+    payload: Bytes,
+}
+
+/// The pipeline's metric handles, registered once (no label allocation per record).
+struct Counters {
+    records: [metrics::Counter; 7],
+    batches: metrics::Counter,
+    dead_letters: metrics::Counter,
+    retries: metrics::Counter,
+    lag: metrics::Gauge,
+}
+
+/// `(stage, outcome)` of each `records` counter, indexed by [`Outcome`].
+const OUTCOMES: [(&str, &str); 7] = [
+    ("source", "received"),
+    ("rule", "passed"),
+    ("rule", "filtered"),
+    ("rule", "failed"),
+    ("rule", "unmatched"),
+    ("sink", "committed"),
+    ("sink", "refused"),
+];
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Received = 0,
+    Passed = 1,
+    Filtered = 2,
+    Failed = 3,
+    Unmatched = 4,
+    Committed = 5,
+    Refused = 6,
+}
+
+impl Counters {
+    fn new(name: &str) -> Counters {
+        let records = OUTCOMES.map(|(stage, outcome)| {
+            metrics::counter!("myriad_pipeline_records_total",
+                "pipeline" => name.to_string(), "stage" => stage, "outcome" => outcome)
+        });
+        Counters {
+            records,
+            batches: metrics::counter!("myriad_pipeline_batches_total", "pipeline" => name.to_string()),
+            dead_letters: metrics::counter!("myriad_pipeline_dead_letters_total", "pipeline" => name.to_string()),
+            retries: metrics::counter!("myriad_pipeline_retries_total", "pipeline" => name.to_string()),
+            lag: metrics::gauge!("myriad_pipeline_lag_records", "pipeline" => name.to_string()),
+        }
+    }
+    fn records(&self, outcome: Outcome, n: u64) {
+        self.records[outcome as usize].increment(n);
+    }
+    fn batch(&self) {
+        self.batches.increment(1);
+    }
+    fn dead_letter(&self) {
+        self.dead_letters.increment(1);
+    }
+    fn retry(&self) {
+        self.retries.increment(1);
+    }
+    fn lag(&self, n: usize) {
+        self.lag.set(n as f64);
+    }
+}
+
+/// Runs `config` on `broker` until `shutdown` is cancelled, then drains for at most `grace`.
+/// Returns `Ok` after a shutdown, an error if the broker went away first.
+pub async fn run(
+    config: PipelineConfig,
+    broker: BrokerHandle,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), RuntimeError> {
+    let options = DurableOptions {
+        receive_maximum: config.in_flight.max(1),
+        session_expiry_secs: SESSION_EXPIRY_SECS,
+    };
+    let name = config.name.clone();
+    let mut source = broker
+        .connect_internal_durable(&format!("pipeline/{name}"), options)
+        .await?;
+    source
+        .subscribe(config.rule.topic_filter().as_str(), QoS::AtLeastOnce)
+        .await?;
+    let sink = match &config.sink {
+        SinkConfig::File(file) => Sink::File(Arc::new(Mutex::new(RotatingFile::new(file.clone())))),
+        SinkConfig::Mqtt { topic } => Sink::Mqtt {
+            client: broker
+                .connect_internal(&format!("pipeline/{name}/sink"))
+                .await?,
+            topic: topic.clone(),
+        },
+    };
+    tracing::info!(pipeline = %name, filter = config.rule.topic_filter().as_str(), "pipeline started");
+    // Cancelled `grace` after `shutdown`: retries and the drain give up then.
+    let hard = CancellationToken::new();
+    let timer = {
+        let (shutdown, hard) = (shutdown.clone(), hard.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            hard.cancel();
+        })
+    };
+    let capacity = usize::from(options.receive_maximum);
+    let (items_tx, items_rx) = mpsc::channel(capacity);
+    // Unbounded in type only: the worker sends at most one entry per item, and at most
+    // `in_flight` items are outstanding.
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let worker = Worker {
+        counters: Counters::new(&name),
+        name: name.clone(),
+        rule: config.rule,
+        batcher: Batcher::new(config.batch)?,
+        sink,
+        dead_letter: Arc::new(Mutex::new(RotatingFile::new(config.dead_letter))),
+        done: done_tx,
+        hard: hard.clone(),
+        seed: std::collections::hash_map::RandomState::new(),
+    };
+    let worker = tokio::spawn(worker.run(items_rx));
+    let outcome = run_source(
+        &mut source,
+        items_tx,
+        done_rx,
+        &shutdown,
+        &hard,
+        Counters::new(&name),
+    )
+    .await;
+    let _ = worker.await;
+    timer.abort();
+    tracing::info!(pipeline = %name, "pipeline stopped");
+    // The session stays (clean start false): unacknowledged messages wait for the next run.
+    source.disconnect().await;
+    outcome
+}
+
+/// Hands messages to the worker and acknowledges them, in arrival order, as the worker
+/// reports them done.
+async fn run_source(
+    client: &mut InternalClient,
+    items: mpsc::Sender<Item>,
+    mut done: mpsc::UnboundedReceiver<u64>,
+    shutdown: &CancellationToken,
+    hard: &CancellationToken,
+    counters: Counters,
+) -> Result<(), RuntimeError> {
+    // (seq, packet id, done) of each message not yet acknowledged, oldest first.
+    let mut window: VecDeque<(u64, Option<u16>, bool)> = VecDeque::new();
+    let mut next_seq = 0u64;
+    let mut items = Some(items);
+    loop {
+        tokio::select! {
+            biased;
+            finished = done.recv() => {
+                let Some(seq) = finished else {
+                    // The worker ended: after a shutdown, its drain is over; before
+                    // one, its sink lost the broker.
+                    return if shutdown.is_cancelled() {
+                        Ok(())
+                    } else {
+                        Err(RuntimeError::BrokerStopped(BrokerStopped))
+                    };
+                };
+                let Some(&(first, _, _)) = window.front() else { continue };
+                if let Some(entry) = seq.checked_sub(first).and_then(|i| window.get_mut(i as usize)) {
+                    entry.2 = true;
+                }
+                while let Some(&(_, packet_id, true)) = window.front() {
+                    window.pop_front();
+                    if let Some(packet_id) = packet_id {
+                        client.ack(packet_id).await?;
+                    }
+                }
+                counters.lag(window.len());
+            }
+            () = hard.cancelled() => return Ok(()),
+            () = shutdown.cancelled(), if items.is_some() => {
+                // Stop taking messages; the worker drains what it has and ends.
+                items = None;
+            }
+            delivery = client.recv_manual(), if items.is_some() => {
+                let Some(delivery) = delivery else {
+                    return Err(RuntimeError::BrokerStopped(BrokerStopped));
+                };
+                let seq = next_seq;
+                next_seq += 1;
+                window.push_back((seq, delivery.packet_id, false));
+                counters.records(Outcome::Received, 1);
+                counters.lag(window.len());
+                let Some(sender) = &items else { continue };
+                if sender.send(Item { seq, publish: delivery.publish }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+enum Sink {
+    File(Arc<Mutex<RotatingFile>>),
+    Mqtt {
+        client: InternalClient,
+        topic: TopicTemplate,
+    },
+}
+
+struct Worker {
+    counters: Counters,
+    name: String,
+    rule: Rule,
+    batcher: Batcher<Pending>,
+    sink: Sink,
+    dead_letter: Arc<Mutex<RotatingFile>>,
+    done: mpsc::UnboundedSender<u64>,
+    hard: CancellationToken,
+    seed: std::collections::hash_map::RandomState,
+}
+
+/// Appends `bytes` to `file` off the event loop.
+async fn append(file: &Arc<Mutex<RotatingFile>>, bytes: Vec<u8>) -> std::io::Result<()> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        file.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&bytes)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+impl Worker {
+    async fn run(mut self, mut items: mpsc::Receiver<Item>) {
+        loop {
+            let due = self.batcher.deadline().map(|deadline| {
+                let wait = u64::try_from(deadline.saturating_sub(now_ms())).unwrap_or(0);
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            tokio::select! {
+                item = items.recv() => match item {
+                    Some(item) => {
+                        if !self.process(item).await {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                () = async { if let Some(due) = due { tokio::time::sleep_until(due).await } }, if due.is_some() => {
+                    if let Some(batch) = self.batcher.poll(now_ms())
+                        && !self.commit(batch).await
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(batch) = self.batcher.flush() {
+            self.commit(batch).await;
+        }
+    }
+
+    /// Retries `attempt` with backoff until it succeeds or the grace period ends (`false`).
+    async fn retry_sleep(&self, delay: &mut Duration, what: &str, error: &std::io::Error) -> bool {
+        tracing::warn!(pipeline = %self.name, %error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+        self.counters.retry();
+        tokio::select! {
+            () = tokio::time::sleep(*delay) => {}
+            () = self.hard.cancelled() => return false,
+        }
+        *delay = (*delay * 2).min(RETRY_MAX);
+        true
+    }
+
+    /// Writes a dead letter (retrying), then reports `seq` done. `false`: gave up (grace).
+    async fn dead_letter(&self, seq: u64, topic: &str, payload: &[u8], reason: &str) -> bool {
+        let line = serde_json::json!({
+            "pipeline": self.name,
+            "topic": topic,
+            "payload": base64::engine::general_purpose::STANDARD.encode(payload),
+            "reason": reason,
+            "time": now_ms(),
+        });
+        let mut bytes = line.to_string().into_bytes();
+        bytes.push(b'\n');
+        let mut delay = RETRY_MIN;
+        loop {
+            match append(&self.dead_letter, bytes.clone()).await {
+                Ok(()) => break,
+                Err(error) => {
+                    if !self
+                        .retry_sleep(&mut delay, "dead-letter write", &error)
+                        .await
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+        tracing::debug!(pipeline = %self.name, topic, reason, "dead letter");
+        self.counters.dead_letter();
+        let _ = self.done.send(seq);
+        true
+    }
+
+    async fn process(&mut self, item: Item) -> bool {
+        let Item { seq, publish } = item;
+        let topic = publish.topic.to_string();
+        if !self.rule.matches_topic(&topic) {
+            // A subscription left in the session by an earlier rule.
+            self.counters.records(Outcome::Unmatched, 1);
+            let _ = self.done.send(seq);
+            return true;
+        }
+        let now = now_ms();
+        let qos = match publish.qos {
+            QoS::AtMostOnce => record::QoS::AtMostOnce,
+            _ => record::QoS::AtLeastOnce,
+        };
+        let record = Record::new(topic.clone(), publish.payload.clone(), ())
+            .with_qos(qos)
+            .with_publish_time_ms(now);
+        let ctx = EvalContext::new(now).with_random(self.seed.hash_one(seq));
+        match self.rule.apply(&record, &ctx) {
+            Ok(None) => {
+                self.counters.records(Outcome::Filtered, 1);
+                let _ = self.done.send(seq);
+                true
+            }
+            Err(error) => {
+                self.counters.records(Outcome::Failed, 1);
+                self.dead_letter(seq, &topic, &publish.payload, &format!("rule: {error}"))
+                    .await
+            }
+            Ok(Some(output)) => {
+                self.counters.records(Outcome::Passed, 1);
+                let bytes = output.to_string().len();
+                let pending = Pending {
+                    seq,
+                    output,
+                    topic,
+                    payload: publish.payload,
+                };
+                match self.batcher.push(pending, bytes, now) {
+                    Some(batch) => self.commit(batch).await,
+                    None => true,
+                }
+            }
+        }
+    }
+
+    /// Commits `batch` to the sink (retrying transient errors), then reports its records
+    /// done. `false`: the grace period ended first (nothing reported).
+    async fn commit(&mut self, batch: Batch<Pending>) -> bool {
+        let count = batch.items.len() as u64;
+        match &mut self.sink {
+            Sink::File(file) => {
+                let mut bytes = Vec::with_capacity(batch.bytes + batch.items.len());
+                for item in &batch.items {
+                    bytes.extend_from_slice(item.output.to_string().as_bytes());
+                    bytes.push(b'\n');
+                }
+                let file = file.clone();
+                let mut delay = RETRY_MIN;
+                loop {
+                    match append(&file, bytes.clone()).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            if !self
+                                .retry_sleep(&mut delay, "file sink write", &error)
+                                .await
+                            {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                self.counters.records(Outcome::Committed, count);
+                for item in &batch.items {
+                    let _ = self.done.send(item.seq);
+                }
+            }
+            Sink::Mqtt { .. } => {
+                for item in batch.items {
+                    if !self.republish(item).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.counters.batch();
+        true
+    }
+
+    async fn republish(&mut self, item: Pending) -> bool {
+        let Sink::Mqtt { client, topic } = &mut self.sink else {
+            return false;
+        };
+        let target = match topic.render(&item.output) {
+            Ok(target) => target,
+            Err(reason) => {
+                self.counters.records(Outcome::Refused, 1);
+                let reason = format!("sink: {reason}");
+                return self
+                    .dead_letter(item.seq, &item.topic, &item.payload, &reason)
+                    .await;
+            }
+        };
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: target.into(),
+            packet_id: 0,
+            payload: Bytes::from(item.output.to_string()),
+            properties: PacketProperties::new(),
+        };
+        let acked = tokio::select! {
+            acked = client.publish_confirmed(publish) => acked,
+            () = self.hard.cancelled() => return false,
+        };
+        match acked {
+            Ok(ack) if !ack.reason_code.is_error() => {
+                self.counters.records(Outcome::Committed, 1);
+                let _ = self.done.send(item.seq);
+                true
+            }
+            Ok(ack) => {
+                self.counters.records(Outcome::Refused, 1);
+                let reason = format!(
+                    "sink: the broker refused the message ({:?})",
+                    ack.reason_code
+                );
+                self.dead_letter(item.seq, &item.topic, &item.payload, &reason)
+                    .await
+            }
+            Err(BrokerStopped) => {
+                tracing::warn!(pipeline = %self.name, "the broker stopped under the MQTT sink");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_name;
+
+    #[test]
+    fn names_are_bounded_and_lowercase() {
+        assert!(validate_name("hot_1-a").is_ok());
+        assert!(validate_name(&"a".repeat(64)).is_ok());
+        assert!(validate_name(&"a".repeat(65)).is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("Hot").is_err());
+        assert!(validate_name("a/b").is_err());
+    }
+}

@@ -1,0 +1,278 @@
+//! The pipeline runtime on a real broker shell: file and MQTT sinks, dead letters, and
+//! acknowledgements (nothing is redelivered once committed).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use myriad_broker::BrokerConfig;
+use myriad_broker::shell::{self, BrokerHandle, Hooks};
+use myriad_mqtt::{PacketProperties, QoS};
+use myriad_pipeline::runtime::{self, FileSinkConfig, PipelineConfig, SinkConfig, TopicTemplate};
+use myriad_pipeline::sql::Rule;
+use myriad_pipeline::transform::BatchConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const SQL: &str = "SELECT payload.temp AS t, topic(2) AS device FROM 'devices/+/telemetry' WHERE payload.temp > 30";
+
+struct Broker {
+    handle: BrokerHandle,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), shell::ServeError>>,
+}
+
+async fn broker() -> Broker {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let shutdown = CancellationToken::new();
+    let (handle, events) = shell::channel();
+    let task = tokio::spawn(shell::run(
+        BrokerConfig::default(),
+        None,
+        Hooks::default(),
+        listener,
+        shutdown.clone(),
+        handle.clone(),
+        events,
+    ));
+    Broker {
+        handle,
+        shutdown,
+        task,
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("myriad-runtime-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config(dir: &Path, sink: SinkConfig) -> PipelineConfig {
+    PipelineConfig {
+        name: "hot".into(),
+        rule: Rule::compile(SQL).expect("rule"),
+        batch: BatchConfig {
+            max_records: 500,
+            max_bytes: 1 << 20,
+            max_age_ms: 50,
+        },
+        in_flight: 100,
+        sink,
+        dead_letter: FileSinkConfig::new(dir.join("dead.jsonl")),
+    }
+}
+
+async fn publish(handle: &BrokerHandle, topic: &str, payload: &str) {
+    handle
+        .publish_at_least_once(
+            topic.into(),
+            Bytes::from(payload.to_string()),
+            PacketProperties::new(),
+        )
+        .await
+        .expect("publish");
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+async fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let got = lines(path);
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lines(path)
+}
+
+fn deep_payload() -> String {
+    format!(
+        "{{\"temp\": 50, \"x\": {}{}}}",
+        "[".repeat(100),
+        "]".repeat(100)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_writes_selected_records_and_dead_letters_and_acknowledges() {
+    let dir = temp_dir("file");
+    let out = dir.join("hot.jsonl");
+    let broker = broker().await;
+    let config = config(&dir, SinkConfig::File(FileSinkConfig::new(&out)));
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(runtime::run(
+        config.clone(),
+        broker.handle.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish(&broker.handle, "devices/d1/telemetry", r#"{"temp": 10}"#).await;
+    publish(&broker.handle, "devices/d1/telemetry", r#"{"temp": 35}"#).await;
+    publish(&broker.handle, "devices/d2/telemetry", &deep_payload()).await;
+    publish(&broker.handle, "devices/d2/telemetry", r#"{"temp": 40}"#).await;
+    publish(&broker.handle, "other/topic", r#"{"temp": 99}"#).await;
+
+    let got = wait_lines(&out, 2).await;
+    assert_eq!(
+        got,
+        [
+            serde_json::json!({"t": 35, "device": "d1"}),
+            serde_json::json!({"t": 40, "device": "d2"})
+        ]
+    );
+    let dead = wait_lines(&dir.join("dead.jsonl"), 1).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["topic"], "devices/d2/telemetry");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("rule: payload"),
+        "{dead:?}"
+    );
+    assert!(dead[0]["payload"].is_string() && dead[0]["time"].is_i64());
+
+    // Stop and run again on the same session: everything was acknowledged, nothing
+    // comes back; a new message still flows.
+    stop.cancel();
+    pipeline.await.expect("join").expect("clean stop");
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(runtime::run(
+        config,
+        broker.handle.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish(&broker.handle, "devices/d3/telemetry", r#"{"temp": 31}"#).await;
+    let got = wait_lines(&out, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_later = lines(&out);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        got_later, got,
+        "redelivered after a clean stop: {got_later:?}"
+    );
+    assert_eq!(got[2], serde_json::json!({"t": 31, "device": "d3"}));
+    assert_eq!(lines(&dir.join("dead.jsonl")).len(), 1);
+    stop.cancel();
+    pipeline.await.expect("join").expect("clean stop");
+    broker.shutdown.cancel();
+    let _ = broker.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_wait_for_the_next_run() {
+    // A sink that cannot write (its directory is a file): nothing is acknowledged; once
+    // the pipeline runs again with a working sink, the messages arrive.
+    let dir = temp_dir("blocked");
+    std::fs::create_dir_all(&dir).unwrap();
+    let blocker = dir.join("blocker");
+    std::fs::write(&blocker, b"").unwrap();
+    let broker = broker().await;
+    let bad = config(
+        &dir,
+        SinkConfig::File(FileSinkConfig::new(blocker.join("hot.jsonl"))),
+    );
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(runtime::run(
+        bad.clone(),
+        broker.handle.clone(),
+        stop.clone(),
+        Duration::from_millis(200),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for t in 31..34 {
+        publish(
+            &broker.handle,
+            "devices/d/telemetry",
+            &format!("{{\"temp\": {t}}}"),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    pipeline
+        .await
+        .expect("join")
+        .expect("stops after the grace period");
+
+    let out = dir.join("hot.jsonl");
+    let good = config(&dir, SinkConfig::File(FileSinkConfig::new(&out)));
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(runtime::run(
+        good,
+        broker.handle.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    let got = wait_lines(&out, 3).await;
+    let temps: Vec<_> = got.iter().map(|v| v["t"].as_i64().unwrap()).collect();
+    assert_eq!(temps, [31, 32, 33]);
+    stop.cancel();
+    pipeline.await.expect("join").expect("clean stop");
+    broker.shutdown.cancel();
+    let _ = broker.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_sink_republishes_and_refuses_records_without_a_topic() {
+    let dir = temp_dir("mqtt");
+    let broker = broker().await;
+    let mut subscriber = broker.handle.connect_internal("test-sub").await.unwrap();
+    subscriber
+        .subscribe("alerts/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut config = config(
+        &dir,
+        SinkConfig::Mqtt {
+            topic: TopicTemplate::parse("alerts/${device}").unwrap(),
+        },
+    );
+    config.rule = Rule::compile(
+        "SELECT payload.temp AS t, payload.dev AS device FROM 'devices/+/telemetry' WHERE payload.temp > 30",
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(runtime::run(
+        config,
+        broker.handle.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish(
+        &broker.handle,
+        "devices/a/telemetry",
+        r#"{"temp": 35, "dev": "a"}"#,
+    )
+    .await;
+    publish(&broker.handle, "devices/b/telemetry", r#"{"temp": 36}"#).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), subscriber.recv())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert_eq!(&*got.topic, "alerts/a");
+    let body: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(body, serde_json::json!({"t": 35, "device": "a"}));
+    let dead = wait_lines(&dir.join("dead.jsonl"), 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "sink: topic field device is missing");
+    stop.cancel();
+    pipeline.await.expect("join").expect("clean stop");
+    broker.shutdown.cancel();
+    let _ = broker.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,249 @@
+//! `[[pipelines]]` in the config file, and starting them with `myriad serve`.
+//! See docs/pipelines.md ("Running pipelines").
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use myriad_broker::shell::BrokerHandle;
+use myriad_pipeline::runtime::{self, FileSinkConfig, PipelineConfig, SinkConfig, TopicTemplate};
+use myriad_pipeline::sql::Rule;
+use myriad_pipeline::transform::BatchConfig;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// How long a stopping pipeline may take to commit and acknowledge what it holds.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The most pipelines in one config file.
+pub const MAX_PIPELINES: usize = 256;
+
+/// One `[[pipelines]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineEntry {
+    /// `[a-z0-9_-]{1,64}`, unique.
+    pub name: String,
+    /// The rule: `SELECT ... FROM '<filter>' [WHERE ...]`.
+    pub sql: String,
+    /// When batches go to the sink.
+    #[serde(default)]
+    pub batch: BatchEntry,
+    /// Unacknowledged messages at most (the source's Receive Maximum), 1 to 65535.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: u32,
+    /// Where committed records go.
+    pub sink: SinkEntry,
+    /// Where records that fail the rule or are refused by the sink go.
+    pub dead_letter: FileEntry,
+}
+
+fn default_in_flight() -> u32 {
+    1000
+}
+
+/// `batch = { ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchEntry {
+    /// Records per batch at most (1 to 1,000,000; default 500).
+    pub max_records: usize,
+    /// Output bytes per batch at most (1 to 256 MiB; default 1 MiB).
+    pub max_bytes: usize,
+    /// How long the first record of a batch waits (1 to 3,600,000 ms; default 200).
+    pub max_age_ms: u64,
+}
+
+impl Default for BatchEntry {
+    fn default() -> Self {
+        BatchEntry {
+            max_records: 500,
+            max_bytes: 1024 * 1024,
+            max_age_ms: 200,
+        }
+    }
+}
+
+/// A file: `{ path, max_file_bytes, keep_files }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// The file; relative paths are under `store.data_dir`.
+    pub path: PathBuf,
+    /// Rotate past this size (4 KiB to 1 TiB; default 100 MiB).
+    #[serde(default = "default_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Rotated files kept (0 to 1000; default 10).
+    #[serde(default = "default_keep_files")]
+    pub keep_files: u32,
+}
+
+fn default_file_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+fn default_keep_files() -> u32 {
+    10
+}
+
+/// `sink = { type = "file", ... }` or `sink = { type = "mqtt", topic = "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkEntry {
+    /// JSON lines in a rotating file.
+    File {
+        /// The file; relative paths are under `store.data_dir`.
+        path: PathBuf,
+        /// Rotate past this size.
+        #[serde(default = "default_file_bytes")]
+        max_file_bytes: u64,
+        /// Rotated files kept.
+        #[serde(default = "default_keep_files")]
+        keep_files: u32,
+    },
+    /// Republish on this broker.
+    Mqtt {
+        /// Topic template, `${field}` from the output.
+        topic: String,
+    },
+}
+
+fn file(base: &Path, path: &Path, max_file_bytes: u64, keep_files: u32) -> FileSinkConfig {
+    FileSinkConfig {
+        path: base.join(path),
+        max_file_bytes,
+        keep_files,
+    }
+}
+
+/// Checks `entries` and builds the runtime configs, relative paths under `base`. The
+/// error names the key: `invalid value for pipelines[0].sql: ...`.
+pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfig>> {
+    if entries.len() > MAX_PIPELINES {
+        bail!("invalid value for pipelines: at most {MAX_PIPELINES} pipelines");
+    }
+    let mut names = HashSet::new();
+    // Every file (sink and dead letters) has one writer.
+    let mut files = HashSet::new();
+    let mut built = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let key = |k: &str| format!("invalid value for pipelines[{i}].{k}");
+        if let Err(problem) = runtime::validate_name(&entry.name) {
+            bail!("{}: {problem}", key("name"));
+        }
+        if !names.insert(entry.name.as_str()) {
+            bail!("{}: {:?} is used twice", key("name"), entry.name);
+        }
+        let rule = match Rule::compile(&entry.sql) {
+            Ok(rule) => rule,
+            Err(error) => bail!("{}: {error}", key("sql")),
+        };
+        let batch = BatchConfig {
+            max_records: entry.batch.max_records,
+            max_bytes: entry.batch.max_bytes,
+            max_age_ms: entry.batch.max_age_ms,
+        };
+        if let Err(error) = batch.validate() {
+            bail!("{}: {error}", key(&format!("batch.{}", error.key)));
+        }
+        let Ok(in_flight) = u16::try_from(entry.in_flight) else {
+            bail!("{}: between 1 and 65535", key("in_flight"));
+        };
+        if in_flight == 0 {
+            bail!("{}: between 1 and 65535", key("in_flight"));
+        }
+        let sink = match &entry.sink {
+            SinkEntry::File {
+                path,
+                max_file_bytes,
+                keep_files,
+            } => {
+                let config = file(base, path, *max_file_bytes, *keep_files);
+                if let Err(problem) = config.validate() {
+                    bail!("{}", key(&format!("sink.{problem}")));
+                }
+                SinkConfig::File(config)
+            }
+            SinkEntry::Mqtt { topic } => match TopicTemplate::parse(topic) {
+                Ok(topic) => SinkConfig::Mqtt { topic },
+                Err(error) => bail!("{}: {error}", key("sink.topic")),
+            },
+        };
+        let dead_letter = file(
+            base,
+            &entry.dead_letter.path,
+            entry.dead_letter.max_file_bytes,
+            entry.dead_letter.keep_files,
+        );
+        if let Err(problem) = dead_letter.validate() {
+            bail!("{}", key(&format!("dead_letter.{problem}")));
+        }
+        if let SinkConfig::File(sink) = &sink
+            && !files.insert(sink.path.clone())
+        {
+            bail!(
+                "{}: {} is written by another pipeline",
+                key("sink.path"),
+                sink.path.display()
+            );
+        }
+        if !files.insert(dead_letter.path.clone()) {
+            bail!(
+                "{}: {} is written by another sink or pipeline",
+                key("dead_letter.path"),
+                dead_letter.path.display()
+            );
+        }
+        built.push(PipelineConfig {
+            name: entry.name.clone(),
+            rule,
+            batch,
+            in_flight,
+            sink,
+            dead_letter,
+        });
+    }
+    Ok(built)
+}
+
+/// Starts each pipeline as a task bound to `shutdown`, and returns the token that stops
+/// the broker: cancelled once `shutdown` is and every pipeline has drained (at most
+/// [`STOP_GRACE`] and a second), so the last acknowledgements still reach the broker. With
+/// no pipelines, `shutdown` itself.
+pub fn spawn(
+    pipelines: Vec<PipelineConfig>,
+    broker: &BrokerHandle,
+    shutdown: &CancellationToken,
+) -> CancellationToken {
+    if pipelines.is_empty() {
+        return shutdown.clone();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for pipeline in pipelines {
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let name = pipeline.name.clone();
+            if let Err(error) = runtime::run(pipeline, broker, shutdown.clone(), STOP_GRACE).await
+                && !shutdown.is_cancelled()
+            {
+                tracing::error!(pipeline = %name, %error, "pipeline stopped");
+                metrics::counter!("myriad_pipeline_failures_total", "pipeline" => name)
+                    .increment(1);
+            }
+        });
+    }
+    let broker_stop = CancellationToken::new();
+    let (shutdown, stop) = (shutdown.clone(), broker_stop.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("pipelines did not drain in time");
+        }
+        stop.cancel();
+    });
+    broker_stop
+}
