@@ -379,7 +379,11 @@ impl Client {
         payload: impl Into<Bytes>,
         qos: Qos,
     ) -> Result<Delivery, ClientError> {
-        let (p, d) = publish(topic, payload, qos);
+        self.queue(publish(topic, payload, qos)).await
+    }
+
+    /// Hands `p` to the connection task (waits while its queue is full).
+    async fn queue(&self, (p, d): (Publish, Delivery)) -> Result<Delivery, ClientError> {
         self.tx.send(p).await.map_err(|_| ClientError::Closed)?;
         Ok(d)
     }
@@ -395,8 +399,7 @@ impl Client {
     ) -> Result<Delivery, ClientError> {
         let (mut p, d) = publish(topic, payload, Qos::AtLeastOnce);
         p.correlation = correlation_data;
-        self.tx.send(p).await.map_err(|_| ClientError::Closed)?;
-        Ok(d)
+        self.queue((p, d)).await
     }
 
     /// As [`Client::publish`], with the retain flag set (the broker keeps the last one for
@@ -409,8 +412,7 @@ impl Client {
     ) -> Result<Delivery, ClientError> {
         let (mut p, d) = publish(topic, payload, qos);
         p.retain = true;
-        self.tx.send(p).await.map_err(|_| ClientError::Closed)?;
-        Ok(d)
+        self.queue((p, d)).await
     }
 
     /// As [`Client::publish`] without waiting: [`ClientError::Full`] when the queue is full.

@@ -153,6 +153,21 @@ struct Device {
 }
 
 impl Device {
+    /// Keeps the tasks a service started; when it could not start, stops the others and
+    /// returns its error.
+    fn add(mut self, started: Result<Vec<tokio::task::JoinHandle<()>>>) -> Result<Device> {
+        match started {
+            Ok(tasks) => {
+                self.tasks.extend(tasks);
+                Ok(self)
+            }
+            Err(e) => {
+                self.shutdown();
+                Err(e)
+            }
+        }
+    }
+
     /// Stops every task (the connection sends DISCONNECT) and waits a little for them.
     fn shutdown(self) {
         self.cancel.cancel();
@@ -223,24 +238,19 @@ pub fn run(
     };
     if let Some(t) = telemetry {
         let counter = agent.state().counter;
-        match sample::start(
+        let started = sample::start(
             &device.rt,
             client.clone(),
             &m.id,
             t,
             counter,
             device.cancel.clone(),
-        ) {
-            Ok(tasks) => device.tasks.extend(tasks),
-            Err(e) => {
-                device.shutdown();
-                return Err(e);
-            }
-        }
+        );
+        device = device.add(started)?;
     }
+    let state_dir = agent.config().state_dir.clone();
     if let Some(rx) = command_rx {
-        let state_dir = agent.config().state_dir.clone();
-        match commands::start(
+        let started = commands::start(
             &device.rt,
             client.clone(),
             &m.id,
@@ -248,17 +258,11 @@ pub fn run(
             &state_dir,
             rx,
             device.cancel.clone(),
-        ) {
-            Ok(task) => device.tasks.push(task),
-            Err(e) => {
-                device.shutdown();
-                return Err(e);
-            }
-        }
+        );
+        device = device.add(started.map(|task| vec![task]))?;
     }
     if let (Some(rx), Some(settings)) = (shadow_rx, shadow_settings) {
-        let state_dir = agent.config().state_dir.clone();
-        match shadow::start(
+        let started = shadow::start(
             &device.rt,
             client.clone(),
             &m.id,
@@ -266,13 +270,8 @@ pub fn run(
             &state_dir,
             rx,
             device.cancel.clone(),
-        ) {
-            Ok(task) => device.tasks.push(task),
-            Err(e) => {
-                device.shutdown();
-                return Err(e);
-            }
-        }
+        );
+        device = device.add(started.map(|task| vec![task]))?;
     }
     let firmware = status::Firmware {
         version: agent.state().image.version.clone(),
