@@ -379,6 +379,11 @@ impl Rollout {
         self.ids.iter().map(String::as_str).zip(&self.devices)
     }
 
+    /// Whether anything changed since the last [`Rollout::take_dirty`] (not yet written).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty_rollout || self.dirty_all || !self.dirty_devices.is_empty()
+    }
+
     /// What changed since the last call: the records to write.
     pub fn take_dirty(&mut self) -> Dirty {
         let changed = std::mem::take(&mut self.dirty_devices);

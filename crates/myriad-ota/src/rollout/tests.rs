@@ -310,7 +310,10 @@ fn pause_resume_cancel() {
             T0,
         )
         .unwrap();
+    rollout.take_dirty();
+    assert!(!rollout.is_dirty());
     rollout.cancel(T0).unwrap();
+    assert!(rollout.is_dirty(), "the cancel is a change to write");
     assert!(
         rollout.has_pending_effects(),
         "cancel notices wait for the tick"

@@ -484,16 +484,15 @@ impl OtaService {
     /// and device records leave memory. Call after a commit (nothing of theirs is dirty).
     pub(super) fn settle(&self) {
         let mut rollouts = self.lock();
+        // A change not yet committed keeps the entry live until the commit that writes it.
         let done: Vec<String> = rollouts
             .values()
-            .filter(|entry| entry.is_settled())
+            .filter(|entry| entry.is_settled() && !entry.planner.is_dirty())
             .map(|entry| entry.stored.id.clone())
             .collect();
         let mut settled = self.settled();
         for id in done {
-            if let Some(mut entry) = rollouts.remove(&id) {
-                let dirty = entry.planner.take_dirty();
-                debug_assert!(!dirty.rollout && dirty.devices.is_empty());
+            if let Some(entry) = rollouts.remove(&id) {
                 settled.insert(id, entry.view());
             }
         }
