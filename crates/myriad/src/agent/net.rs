@@ -43,6 +43,7 @@ mod commands;
 mod http;
 mod link;
 mod partial;
+mod program;
 mod sample;
 mod shadow;
 mod status;

@@ -28,10 +28,11 @@ use myriad_agent::fs::RealFs;
 use myriad_agent::spool::{MetricValue, Point, Spool};
 use myriad_agent::telemetry::{Telemetry, TelemetryConfig};
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use super::program::run_program;
 
 /// Most bytes read from a sampled file.
 const MAX_FILE_BYTES: u64 = 4096;
@@ -287,31 +288,9 @@ async fn sample(s: &SampleConfig) -> Result<Vec<Point>> {
             metrics: vec![(metric, MetricValue::F64(x * s.scale))],
         }]);
     }
-    let mut child = tokio::process::Command::new(&s.command[0])
-        .args(&s.command[1..])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("command {:?}", s.command[0]))?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let mut out = Vec::new();
-    let run = async {
-        (&mut stdout)
-            .take(MAX_SAMPLE_OUTPUT as u64 + 1)
-            .read_to_end(&mut out)
-            .await?;
-        child.wait().await
-    };
-    let status = tokio::time::timeout(Duration::from_secs(s.timeout_secs), run)
+    let out = run_program(&s.command, None, s.timeout_secs, MAX_SAMPLE_OUTPUT)
         .await
-        .map_err(|_| anyhow!("command timed out after {} s", s.timeout_secs))??;
-    if out.len() > MAX_SAMPLE_OUTPUT {
-        bail!("command output larger than {MAX_SAMPLE_OUTPUT} bytes");
-    }
-    if !status.success() {
-        bail!("command exited with {status}");
-    }
+        .context("command")?;
     let v: Value = serde_json::from_slice(&out).context("command output: not JSON")?;
     points_from_json(&v, now)
 }

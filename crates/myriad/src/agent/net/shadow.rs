@@ -23,20 +23,20 @@
 //! | sections, nesting, saved copy | as [`myriad_agent::shadow`] (8 KiB each, 6 levels, 64 KiB) |
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
 use myriad_agent::client::{Client, ClientBuilder, ConnState, Message, Qos};
 use myriad_agent::config::ShadowSettings;
 use myriad_agent::fs::RealFs;
 use myriad_agent::shadow::{Action, ShadowStore, ShadowSync};
 use serde_json::{Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::Receiver;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use super::program::run_program;
 
 /// Most bytes of a program's stdout read.
 pub const MAX_OUTPUT: usize = 16 * 1024;
@@ -202,6 +202,7 @@ impl Task {
             &self.settings.apply,
             Some(input.into_bytes()),
             self.settings.timeout_secs,
+            MAX_OUTPUT,
         )
         .await
         {
@@ -220,7 +221,14 @@ impl Task {
 
     /// Runs `report` and reports the top-level keys that changed since its last run.
     async fn report_state(&mut self) -> Vec<Action> {
-        let out = match run_program(&self.settings.report, None, self.settings.timeout_secs).await {
+        let out = match run_program(
+            &self.settings.report,
+            None,
+            self.settings.timeout_secs,
+            MAX_OUTPUT,
+        )
+        .await
+        {
             Ok(out) => out,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "shadow report program failed");
@@ -282,57 +290,6 @@ fn rand_nonce() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Runs `argv` with `stdin` (none: `/dev/null`), for at most `timeout_secs`; its stdout (at
-/// most [`MAX_OUTPUT`] bytes) when it exits 0.
-async fn run_program(
-    argv: &[String],
-    stdin: Option<Vec<u8>>,
-    timeout_secs: u64,
-) -> Result<Vec<u8>> {
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("program {:?}", argv[0]))?;
-    let mut input = child.stdin.take();
-    let feed = async move {
-        if let (Some(pipe), Some(data)) = (input.as_mut(), stdin) {
-            // A program that does not read its stdin is fine.
-            let _ = pipe.write_all(&data).await;
-        }
-        drop(input);
-    };
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let mut out = Vec::new();
-    let read = async {
-        (&mut stdout)
-            .take(MAX_OUTPUT as u64 + 1)
-            .read_to_end(&mut out)
-            .await?;
-        child.wait().await
-    };
-    let run = async {
-        let ((), status) = tokio::join!(feed, read);
-        status
-    };
-    let status = tokio::time::timeout(Duration::from_secs(timeout_secs), run)
-        .await
-        .map_err(|_| anyhow!("timed out after {timeout_secs} s"))??;
-    if out.len() > MAX_OUTPUT {
-        bail!("output larger than {MAX_OUTPUT} bytes");
-    }
-    if !status.success() {
-        bail!("exited with {status}");
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,26 +309,5 @@ mod tests {
             json!({"temp": 21, "fan": true, "mode": null})
         );
         assert!(changed_keys(Some(&b), &b).is_empty());
-    }
-
-    #[tokio::test]
-    async fn programs_are_bounded() {
-        let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
-        let out = run_program(&sh("cat"), Some(b"{\"a\":1}".to_vec()), 5)
-            .await
-            .unwrap();
-        assert_eq!(out, b"{\"a\":1}");
-        let e = run_program(&sh("exit 3"), None, 5).await.unwrap_err();
-        assert!(e.to_string().contains("exited"), "{e}");
-        let e = run_program(&sh("sleep 5"), None, 1).await.unwrap_err();
-        assert!(e.to_string().contains("timed out"), "{e}");
-        let big = format!("head -c {} /dev/zero", MAX_OUTPUT + 1);
-        let e = run_program(&sh(&big), None, 5).await.unwrap_err();
-        assert!(e.to_string().contains("larger than"), "{e}");
-        let exact = format!("head -c {MAX_OUTPUT} /dev/zero");
-        assert_eq!(
-            run_program(&sh(&exact), None, 5).await.unwrap().len(),
-            MAX_OUTPUT
-        );
     }
 }
