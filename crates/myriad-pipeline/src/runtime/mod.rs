@@ -49,6 +49,7 @@
 //! | topic template | [`template::MAX_TOPIC_BYTES`], [`template::MAX_PLACEHOLDERS`] |
 
 pub mod file;
+mod sink;
 pub mod template;
 
 use std::collections::VecDeque;
@@ -57,11 +58,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use bytes::Bytes;
 use myriad_broker::shell::internal::{DurableOptions, InternalClient};
 use myriad_broker::shell::{BrokerHandle, BrokerStopped};
-use myriad_mqtt::{PacketProperties, Publish, QoS};
-use serde_json::Value;
+use myriad_mqtt::{Publish, QoS};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +71,7 @@ pub use template::{TemplateError, TopicTemplate};
 use crate::record::{self, Record};
 use crate::sql::{EvalContext, Rule};
 use crate::transform::{Batch, BatchConfig, Batcher};
+use sink::{Pending, Sink, SinkError, Verdict, append};
 
 /// The longest pipeline name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -151,14 +151,6 @@ fn now_ms() -> i64 {
 struct Item {
     seq: u64,
     publish: Publish,
-}
-
-/// An output waiting in the batcher.
-struct Pending {
-    seq: u64,
-    output: Value,
-    topic: String,
-    payload: Bytes,
 }
 
 /// The pipeline's metric handles, registered once (no label allocation per record).
@@ -242,15 +234,7 @@ pub async fn run(
     source
         .subscribe(config.rule.topic_filter().as_str(), QoS::AtLeastOnce)
         .await?;
-    let sink = match &config.sink {
-        SinkConfig::File(file) => Sink::File(Arc::new(Mutex::new(RotatingFile::new(file.clone())))),
-        SinkConfig::Mqtt { topic } => Sink::Mqtt {
-            client: broker
-                .connect_internal(&format!("pipeline/{name}/sink"))
-                .await?,
-            topic: topic.clone(),
-        },
-    };
+    let sink = Sink::open(&config.sink, &name, &broker).await?;
     tracing::info!(pipeline = %name, filter = config.rule.topic_filter().as_str(), "pipeline started");
     // Cancelled `grace` after `shutdown`: retries and the drain give up then.
     let hard = CancellationToken::new();
@@ -358,14 +342,6 @@ async fn run_source(
     }
 }
 
-enum Sink {
-    File(Arc<Mutex<RotatingFile>>),
-    Mqtt {
-        client: InternalClient,
-        topic: TopicTemplate,
-    },
-}
-
 struct Worker {
     counters: Counters,
     name: String,
@@ -376,18 +352,6 @@ struct Worker {
     done: mpsc::UnboundedSender<u64>,
     hard: CancellationToken,
     seed: std::collections::hash_map::RandomState,
-}
-
-/// Appends `bytes` to `file` off the event loop.
-async fn append(file: &Arc<Mutex<RotatingFile>>, bytes: Vec<u8>) -> std::io::Result<()> {
-    let file = file.clone();
-    tokio::task::spawn_blocking(move || {
-        file.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(&bytes)
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 impl Worker {
@@ -421,8 +385,13 @@ impl Worker {
     }
 
     /// Retries `attempt` with backoff until it succeeds or the grace period ends (`false`).
-    async fn retry_sleep(&self, delay: &mut Duration, what: &str, error: &std::io::Error) -> bool {
-        tracing::warn!(pipeline = %self.name, %error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+    async fn retry_sleep(
+        &self,
+        delay: &mut Duration,
+        what: &str,
+        error: &(dyn std::fmt::Display + Sync),
+    ) -> bool {
+        tracing::warn!(pipeline = %self.name, error = %error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
         self.counters.retry();
         tokio::select! {
             () = tokio::time::sleep(*delay) => {}
@@ -509,40 +478,42 @@ impl Worker {
         }
     }
 
-    /// Commits `batch` to the sink (retrying transient errors), then reports its records
-    /// done. `false`: the grace period ended first (nothing reported).
+    /// Commits `batch` to the sink (retrying transient errors), dead-letters what it
+    /// refused, then reports its records done. `false`: the grace period ended or the sink
+    /// stopped first (nothing more reported).
     async fn commit(&mut self, batch: Batch<Pending>) -> bool {
-        let count = batch.items.len() as u64;
-        match &mut self.sink {
-            Sink::File(file) => {
-                let mut bytes = Vec::with_capacity(batch.bytes + batch.items.len());
-                for item in &batch.items {
-                    bytes.extend_from_slice(item.output.to_string().as_bytes());
-                    bytes.push(b'\n');
-                }
-                let file = file.clone();
-                let mut delay = RETRY_MIN;
-                loop {
-                    match append(&file, bytes.clone()).await {
-                        Ok(()) => break,
-                        Err(error) => {
-                            if !self
-                                .retry_sleep(&mut delay, "file sink write", &error)
-                                .await
-                            {
-                                return false;
-                            }
-                        }
+        let mut delay = RETRY_MIN;
+        let verdicts = loop {
+            let written = tokio::select! {
+                written = self.sink.write(&batch.items) => written,
+                () = self.hard.cancelled() => return false,
+            };
+            match written {
+                Ok(verdicts) => break verdicts,
+                Err(SinkError::Transient(error)) => {
+                    let what = format!("{} write", self.sink.kind());
+                    if !self.retry_sleep(&mut delay, &what, &error).await {
+                        return false;
                     }
                 }
-                self.counters.records(Outcome::Committed, count);
-                for item in &batch.items {
-                    let _ = self.done.send(item.seq);
+                Err(SinkError::Stopped) => {
+                    tracing::warn!(pipeline = %self.name, sink = self.sink.kind(), "the sink stopped");
+                    return false;
                 }
             }
-            Sink::Mqtt { .. } => {
-                for item in batch.items {
-                    if !self.republish(item).await {
+        };
+        for (item, verdict) in batch.items.iter().zip(verdicts) {
+            match verdict {
+                Verdict::Committed => {
+                    self.counters.records(Outcome::Committed, 1);
+                    let _ = self.done.send(item.seq);
+                }
+                Verdict::Refused(reason) => {
+                    self.counters.records(Outcome::Refused, 1);
+                    if !self
+                        .dead_letter(item.seq, &item.topic, &item.payload, &reason)
+                        .await
+                    {
                         return false;
                     }
                 }
@@ -550,55 +521,6 @@ impl Worker {
         }
         self.counters.batch();
         true
-    }
-
-    async fn republish(&mut self, item: Pending) -> bool {
-        let Sink::Mqtt { client, topic } = &mut self.sink else {
-            return false;
-        };
-        let target = match topic.render(&item.output) {
-            Ok(target) => target,
-            Err(reason) => {
-                self.counters.records(Outcome::Refused, 1);
-                let reason = format!("sink: {reason}");
-                return self
-                    .dead_letter(item.seq, &item.topic, &item.payload, &reason)
-                    .await;
-            }
-        };
-        let publish = Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: target.into(),
-            packet_id: 0,
-            payload: Bytes::from(item.output.to_string()),
-            properties: PacketProperties::new(),
-        };
-        let acked = tokio::select! {
-            acked = client.publish_confirmed(publish) => acked,
-            () = self.hard.cancelled() => return false,
-        };
-        match acked {
-            Ok(ack) if !ack.reason_code.is_error() => {
-                self.counters.records(Outcome::Committed, 1);
-                let _ = self.done.send(item.seq);
-                true
-            }
-            Ok(ack) => {
-                self.counters.records(Outcome::Refused, 1);
-                let reason = format!(
-                    "sink: the broker refused the message ({:?})",
-                    ack.reason_code
-                );
-                self.dead_letter(item.seq, &item.topic, &item.payload, &reason)
-                    .await
-            }
-            Err(BrokerStopped) => {
-                tracing::warn!(pipeline = %self.name, "the broker stopped under the MQTT sink");
-                false
-            }
-        }
     }
 }
 

@@ -1,0 +1,164 @@
+//! The sinks: where a pipeline's outputs go. The worker hands a sink a whole batch; the sink
+//! either commits it and says, per record, whether it was committed or refused (a refused
+//! record goes to the dead-letter file with the reason), or fails the batch with a
+//! [`SinkError`]: a transient error is retried with backoff (the whole batch again, so a sink
+//! must tolerate seeing a record twice), `Stopped` ends the pipeline.
+//!
+//! Adding a sink: a variant of [`super::SinkConfig`], a struct here (or in its own module)
+//! with an `async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError>`,
+//! and an arm in [`Sink::open`] and [`Sink::write`].
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use myriad_broker::shell::internal::InternalClient;
+use myriad_broker::shell::{BrokerHandle, BrokerStopped};
+use myriad_mqtt::{PacketProperties, Publish, QoS};
+use serde_json::Value;
+
+use super::SinkConfig;
+use super::file::RotatingFile;
+use super::template::TopicTemplate;
+
+/// An output waiting in the batcher, then in a sink's batch.
+pub(crate) struct Pending {
+    /// The source message's sequence number (the worker reports it done).
+    pub seq: u64,
+    /// The rule's output.
+    pub output: Value,
+    /// The source message's topic (for dead letters).
+    pub topic: String,
+    /// The source message's payload (for dead letters).
+    pub payload: Bytes,
+}
+
+/// What became of one record of a batch the sink wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Committed: the source message may be acknowledged.
+    Committed,
+    /// Refused for good (bad type, constraint, no topic): dead-lettered with this reason.
+    Refused(String),
+}
+
+/// Why a sink did not write a batch.
+#[derive(Debug)]
+pub(crate) enum SinkError {
+    /// Worth retrying (I/O error, peer down, timeout): the whole batch is written again.
+    Transient(String),
+    /// The sink can no longer work (the broker stopped under an MQTT sink).
+    Stopped,
+}
+
+/// An open sink.
+pub(crate) enum Sink {
+    File(FileSink),
+    Mqtt(MqttSink),
+}
+
+impl Sink {
+    /// Opens the sink `config` describes for pipeline `name`.
+    pub(crate) async fn open(
+        config: &SinkConfig,
+        name: &str,
+        broker: &BrokerHandle,
+    ) -> Result<Sink, BrokerStopped> {
+        Ok(match config {
+            SinkConfig::File(file) => Sink::File(FileSink {
+                file: Arc::new(Mutex::new(RotatingFile::new(file.clone()))),
+            }),
+            SinkConfig::Mqtt { topic } => Sink::Mqtt(MqttSink {
+                client: broker
+                    .connect_internal(&format!("pipeline/{name}/sink"))
+                    .await?,
+                topic: topic.clone(),
+            }),
+        })
+    }
+
+    /// Writes `batch`: one verdict per record, in order, or an error for the whole batch.
+    pub(crate) async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError> {
+        match self {
+            Sink::File(sink) => sink.write(batch).await,
+            Sink::Mqtt(sink) => sink.write(batch).await,
+        }
+    }
+
+    /// What the sink is called in logs.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Sink::File(_) => "file sink",
+            Sink::Mqtt(_) => "MQTT sink",
+        }
+    }
+}
+
+/// Appends `bytes` to `file` off the event loop.
+pub(crate) async fn append(file: &Arc<Mutex<RotatingFile>>, bytes: Vec<u8>) -> std::io::Result<()> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        file.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&bytes)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// JSON lines appended to a rotating file, fsynced per batch.
+pub(crate) struct FileSink {
+    file: Arc<Mutex<RotatingFile>>,
+}
+
+impl FileSink {
+    async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError> {
+        let mut bytes = Vec::new();
+        for item in batch {
+            bytes.extend_from_slice(item.output.to_string().as_bytes());
+            bytes.push(b'\n');
+        }
+        append(&self.file, bytes)
+            .await
+            .map_err(|error| SinkError::Transient(error.to_string()))?;
+        Ok(vec![Verdict::Committed; batch.len()])
+    }
+}
+
+/// Republishes each output on this broker at QoS 1, to the topic its template renders.
+pub(crate) struct MqttSink {
+    client: InternalClient,
+    topic: TopicTemplate,
+}
+
+impl MqttSink {
+    async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError> {
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for item in batch {
+            let target = match self.topic.render(&item.output) {
+                Ok(target) => target,
+                Err(reason) => {
+                    verdicts.push(Verdict::Refused(format!("sink: {reason}")));
+                    continue;
+                }
+            };
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: target.into(),
+                packet_id: 0,
+                payload: Bytes::from(item.output.to_string()),
+                properties: PacketProperties::new(),
+            };
+            match self.client.publish_confirmed(publish).await {
+                Ok(ack) if !ack.reason_code.is_error() => verdicts.push(Verdict::Committed),
+                Ok(ack) => verdicts.push(Verdict::Refused(format!(
+                    "sink: the broker refused the message ({:?})",
+                    ack.reason_code
+                ))),
+                Err(BrokerStopped) => return Err(SinkError::Stopped),
+            }
+        }
+        Ok(verdicts)
+    }
+}
