@@ -6,6 +6,11 @@ temporary data dir) and one agent with a sampler that hands it POINTS points per
 
     python3 bench/agent_footprint.py                   # MYRIAD_BIN or target/release/myriad
     POINTS=5000 LOAD_SECS=30 python3 bench/agent_footprint.py
+    AGENT_BIN=target/device/myriad-agent python3 bench/agent_footprint.py
+
+AGENT_BIN measures the device-only build (`cargo build --profile device -p myriad-device`,
+run as `myriad-agent --config ...`) instead of `myriad agent` of the platform binary; the
+server is MYRIAD_BIN either way.
 
 Only the processes it started are stopped, by PID."""
 
@@ -26,6 +31,8 @@ from helpers import HOST, Api, Broker, to_toml  # noqa: E402
 
 BIN = os.environ.get("MYRIAD_BIN", str(ROOT / "target" / "release" / "myriad"))
 os.environ["MYRIAD_BIN"] = BIN
+AGENT_BIN = os.environ.get("AGENT_BIN")
+AGENT_CMD = [AGENT_BIN] if AGENT_BIN else [BIN, "agent"]
 POINTS = int(os.environ.get("POINTS", "1000"))
 IDLE_SECS = float(os.environ.get("IDLE_SECS", "10"))
 LOAD_SECS = float(os.environ.get("LOAD_SECS", "20"))
@@ -76,7 +83,7 @@ def agent_config(work: Path, broker: Broker, sample: bool) -> Path:
 
 def run_agent(config: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    return subprocess.Popen([BIN, "agent", "--config", str(config)], stdin=subprocess.DEVNULL,
+    return subprocess.Popen([*AGENT_CMD, "--config", str(config)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
@@ -106,11 +113,11 @@ def main() -> None:
         stored = api.ok("GET", "/api/v1/devices/footprint-1/telemetry?metrics=v&from=0")
         points = sum(len(s["points"]) for s in stored["series"])
         stripped = tmp / "myriad.stripped"
-        subprocess.run(["strip", "-o", str(stripped), BIN], check=True)
+        subprocess.run(["strip", "-o", str(stripped), AGENT_CMD[0]], check=True)
         print(json.dumps({
             "bench": "agent_footprint",
-            "binary": BIN,
-            "binary_bytes": Path(BIN).stat().st_size,
+            "binary": " ".join(AGENT_CMD),
+            "binary_bytes": Path(AGENT_CMD[0]).stat().st_size,
             "binary_stripped_bytes": stripped.stat().st_size,
             "idle_rss_kib": idle_status["VmRSS"],
             "idle_rss_anon_kib": idle_status["RssAnon"],

@@ -51,6 +51,19 @@ def myriad_bin() -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
+def agent_command() -> list[str]:
+    """The device agent as the device-only binary `myriad-agent` beside MYRIAD_BIN (what
+    `cargo build` makes from crates/myriad-device; MYRIAD_AGENT_BIN names another). The
+    platform binary's `myriad agent` runs the same code: tests/test_agent.py covers it."""
+    named = os.environ.get("MYRIAD_AGENT_BIN")
+    p = Path(named) if named else myriad_bin().with_name("myriad-agent")
+    p = p if p.is_absolute() else REPO_ROOT / p
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: build the device agent (cargo build -p myriad-device) "
+                                "or set MYRIAD_AGENT_BIN")
+    return [str(p)]
+
+
 def unique(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 

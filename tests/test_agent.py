@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import myriad_bin, to_toml
+from helpers import agent_command, myriad_bin, to_toml
 
 pytestmark = pytest.mark.myriad_only
 
@@ -184,3 +184,29 @@ def test_config_file_one_past_the_limit(tmp_path):
     cfg.write_text(cfg.read_text() + "#")
     proc = run_agent(cfg)
     assert proc.returncode != 0 and "larger than 65536" in proc.stderr
+
+
+def test_device_binary_and_subcommand_decide_alike(tmp_path):
+    """`myriad-agent` (the device-only build, crates/myriad-device) and `myriad agent` run the
+    same program: the same boot decision from the same state, the same error for the same bad
+    config, and a version line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+    outs = []
+    for name, command in [("sub", [str(myriad_bin()), "agent"]), ("dev", agent_command())]:
+        d = tmp_path / name
+        d.mkdir()
+        cfg = setup(d, ["sh", "-c", "exit 1"], provision=False)
+        write_state(d / "state", 7, pending_state("Installed"))
+        done = subprocess.run([*command, "--config", str(cfg)], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=30, env=env)
+        outs.append(outcome(done))
+        bad = setup(d, [], mqtt={"host": "127.0.0.1", "id": "d1", "password": "p",
+                                 "api": "http://127.0.0.1:1", "status_every_secs": 86401})
+        done = subprocess.run([*command, "--config", str(bad)], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=30, env=env)
+        assert done.returncode != 0 and "mqtt.status_every_secs" in done.stderr, done.stderr
+    assert outs[0] == outs[1]
+    assert outs[0]["decision"] == "rolled_back" and outs[0]["reports"][0]["state"] == "ROLLED_BACK"
+    version = subprocess.run([*agent_command(), "--version"], capture_output=True, text=True,
+                             timeout=30, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("myriad-agent "), version.stdout

@@ -121,13 +121,13 @@ def test_desired_changes_are_applied_and_reported(tmp_path):
 def test_bad_shadow_config_is_named(tmp_path):
     import subprocess
     import os
-    from helpers import myriad_bin, to_toml
+    from helpers import agent_command, to_toml
     cfg = {"slot_a": str(tmp_path / "a"), "slot_b": str(tmp_path / "b"), "state_dir": str(tmp_path / "s"),
            "hardware_type": "hw", "ed25519_keys": ["ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c"],
            "mqtt": {"host": "127.0.0.1", "id": "d1", "password": "p", "api": "http://127.0.0.1:1"},
            "shadow": {"report": ["x"], "report_every_secs": 0}}
     (tmp_path / "agent.toml").write_text(to_toml(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    done = subprocess.run([str(myriad_bin()), "agent", "--config", str(tmp_path / "agent.toml")],
+    done = subprocess.run([*agent_command(), "--config", str(tmp_path / "agent.toml")],
                           capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
     assert done.returncode != 0 and "shadow.report_every_secs" in done.stderr, done.stderr

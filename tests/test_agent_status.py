@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import Api, Broker, Client, myriad_bin, to_toml, wait_until
+from helpers import Api, Broker, Client, agent_command, to_toml, wait_until
 from test_ota_e2e import CONFIG, TOKEN, AgentProc, pinned_key
 
 pytestmark = pytest.mark.myriad_only
@@ -57,6 +57,6 @@ def test_bad_status_period_is_named(tmp_path):
                     "status_every_secs": 86401}}
     (tmp_path / "agent.toml").write_text(to_toml(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    done = subprocess.run([str(myriad_bin()), "agent", "--config", str(tmp_path / "agent.toml")],
+    done = subprocess.run([*agent_command(), "--config", str(tmp_path / "agent.toml")],
                           capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
     assert done.returncode != 0 and "mqtt.status_every_secs" in done.stderr, done.stderr

@@ -197,6 +197,7 @@ def test_listen_flag_overrides_config(proc, tmp_path):
         ('[mqtt]\nmax_inflight = 70000\n', "max_inflight"),
         ('[mqtt]\nmax_outbound_qos0 = 0\n', "mqtt.max_outbound_qos0"),
         ('[mqtt]\nmax_queued_bytes = 0\n', "mqtt.max_queued_bytes"),
+        ('[mqtt]\ninternal_max_queued_bytes = 0\n', "mqtt.internal_max_queued_bytes"),
         ('[shadows.requests_per_device]\nburst = 0\n', "shadows.requests_per_device.burst"),
         ('[shadows.requests_per_device]\nper_second = -1\n', "shadows.requests_per_device.per_second"),
         ('[shadows]\nrequests_per_minute = 3\n', "requests_per_minute"),
@@ -206,7 +207,7 @@ def test_listen_flag_overrides_config(proc, tmp_path):
         ('[ota]\nsigning_chain = "/nonexistent/chain.pem"\n', "ota.signing_chain"),
     ],
     ids=["typo-key", "unknown-key", "string-for-int", "negative", "u16-overflow", "not-a-list", "bad-address",
-         "no-connections", "no-backlog", "no-inflight", "inflight-overflow", "no-qos0-outbox", "no-budget",
+         "no-connections", "no-backlog", "no-inflight", "inflight-overflow", "no-qos0-outbox", "no-budget", "no-internal-budget",
          "shadow-burst-0", "shadow-rate-negative", "shadow-unknown-key", "ota-artifacts-0", "ota-ttl-short",
          "ota-missing-key", "ota-chain-without-key"],
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
-from helpers import HOST, Api, Broker, Client, myriad_bin, to_toml, unique, wait_until
+from helpers import HOST, Api, Broker, Client, agent_command, to_toml, unique, wait_until
 
 pytestmark = pytest.mark.myriad_only
 
@@ -82,7 +82,7 @@ class AgentProc:
         env["RUST_LOG"] = "info"
         self.starts += 1
         self.log = open(self.dir / f"agent.{self.starts}.log", "wb")
-        self.proc = subprocess.Popen([str(myriad_bin()), "agent", "--config", str(self.cfg)],
+        self.proc = subprocess.Popen([*agent_command(), "--config", str(self.cfg)],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def stop(self) -> None:

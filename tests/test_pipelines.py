@@ -346,3 +346,26 @@ def test_sigterm_drains_and_a_restart_redelivers_nothing_committed(serve, tmp_pa
     got = read_lines(out)
     assert len(got) == 201, f"{len(got)} records: redelivered after a clean stop"
     assert got[-1] == {"t": 1000, "device": "last"}
+
+
+def test_sink_outage_past_the_network_queue_limit_loses_nothing(serve, tmp_path):
+    """The sink fails (its directory is a file) while 1,500 messages are published: the
+    pipeline's source session queues them within the internal limits, not the network
+    clients' `mqtt.max_queued_messages` (50 here); when the sink works again all arrive."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    out, dead = blocked / "out.jsonl", tmp_path / "out.dead.jsonl"
+    sql = "SELECT payload.seq AS seq FROM 'burst/+/in'"
+    s = serve("[mqtt]\nmax_queued_messages = 50\n"
+              + pipeline_toml("burst", sql, file_sink(out), dead, max_age_ms=20, in_flight=100))
+    total = 1500
+    with Client(s.port) as c:
+        for seq in range(total):
+            assert c.publish(f"burst/d{seq % 7}/in", json.dumps({"seq": seq}), qos=1) == 0
+    time.sleep(1.0)  # retried writes fail meanwhile
+    assert not out.exists()
+    blocked.unlink()
+    blocked.mkdir()
+    got = wait_lines(out, total, timeout=60)
+    assert sorted({r["seq"] for r in got}) == list(range(total))
+    assert not dead.exists() or dead.read_text() == ""

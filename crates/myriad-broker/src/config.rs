@@ -36,6 +36,14 @@ pub struct BrokerConfig {
     /// properties. A message that does not fit is dropped per the queue
     /// policy (oldest QoS 0 first, then the oldest queued).
     pub max_queued_bytes: usize,
+    /// `max_queued_messages` for the platform's own clients (client ids
+    /// `$myriad/...`: a pipeline's source, the OTA, command and shadow
+    /// services). A pipeline whose sink is down buffers up to this in its
+    /// source session, so it is sized for the longest outage to ride out.
+    pub internal_max_queued_messages: usize,
+    /// `max_queued_bytes` for the platform's own clients (see
+    /// `internal_max_queued_messages`): each internal session may hold this much.
+    pub internal_max_queued_bytes: usize,
     /// QoS 0 messages handed to one connection and not yet written to its
     /// socket; beyond it they wait in the session's queue (and count against
     /// `max_queued_bytes` there), so a client that reads slowly is paced.
@@ -108,6 +116,8 @@ impl Default for BrokerConfig {
             max_session_expiry_secs: u32::MAX,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
+            internal_max_queued_messages: 1_000_000,
+            internal_max_queued_bytes: 256 * 1024 * 1024,
             max_outbound_qos0: 1000,
             max_inflight: u16::MAX,
             publisher_hold_ms: 0,
@@ -158,6 +168,9 @@ impl BrokerConfig {
         }
         if self.max_queued_bytes == 0 {
             return fail("max_queued_bytes", "must be at least 1");
+        }
+        if self.internal_max_queued_bytes == 0 {
+            return fail("internal_max_queued_bytes", "must be at least 1");
         }
         if self.max_keep_alive_secs == 0 {
             return fail("max_keep_alive_secs", "must be at least 1");

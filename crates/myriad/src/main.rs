@@ -1,6 +1,5 @@
 //! `myriad`: the Myriad IoT device platform in one binary.
 
-mod agent;
 mod config;
 mod ctl;
 mod observe;
@@ -40,7 +39,7 @@ enum Command {
     /// Operate a running platform through its HTTP API.
     Ctl(ctl::CtlArgs),
     /// The device agent (for now: the boot decision once, then exit).
-    Agent(agent::AgentArgs),
+    Agent(myriad_device::AgentArgs),
 }
 
 /// Options of `myriad serve`.
@@ -89,7 +88,7 @@ fn main() -> Result<()> {
         }
         Command::Agent(args) => {
             observe::logging::init(format.unwrap_or_default(), None, None);
-            agent::run(args)
+            myriad_device::run(args)
         }
     }
 }

@@ -10,6 +10,7 @@ use myriad_store::{
 
 use super::Broker;
 use super::message::Message;
+use super::publish::queue_limits;
 use super::session::InflightState;
 
 /// A record of `message` as the store keeps it.
@@ -35,7 +36,6 @@ impl Broker {
         let mut connected = 0;
         let mut expiring = 0;
         let mut wills = 0;
-        let limits = self.queue_limits();
         for session in self.sessions.values() {
             let id = session.id;
             let name = &session.client_id;
@@ -80,6 +80,7 @@ impl Broker {
                     outbound.queued_bytes()
                 ));
             }
+            let limits = queue_limits(&self.config, session);
             if outbound.queue().len() > limits.max_messages.max(1)
                 || outbound.queued_bytes() > limits.max_bytes
             {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use myriad_mqtt::{QoS, ReasonCode};
 
 use super::message::Message;
+use super::publish::queue_limits;
 use super::tree::Matched;
 use super::{Broker, ConnId, SessionId};
 
@@ -130,13 +131,11 @@ impl Broker {
     /// whose queue is full, if holding is on.
     pub(super) fn blocker(&self, matched: &[Matched], publisher: SessionId) -> Option<SessionId> {
         self.hold_limit()?;
-        let limits = self.queue_limits();
         matched.iter().map(|m| m.session).find(|&id| {
             id != publisher
-                && self
-                    .sessions
-                    .get(id)
-                    .is_some_and(|s| s.connection.is_some() && s.outbound().is_full(limits))
+                && self.sessions.get(id).is_some_and(|s| {
+                    s.connection.is_some() && s.outbound().is_full(queue_limits(&self.config, s))
+                })
         })
     }
 
@@ -146,11 +145,9 @@ impl Broker {
         if !self.backpressure.waiting.contains_key(&session) {
             return;
         }
-        let limits = self.queue_limits();
-        let still_full = self
-            .sessions
-            .get(session)
-            .is_some_and(|s| s.connection.is_some() && !s.outbound().is_half_empty(limits));
+        let still_full = self.sessions.get(session).is_some_and(|s| {
+            s.connection.is_some() && !s.outbound().is_half_empty(queue_limits(&self.config, s))
+        });
         if !still_full {
             self.release_waiters(now, session);
         }

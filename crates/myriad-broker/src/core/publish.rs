@@ -7,10 +7,11 @@ use myriad_mqtt::{ByteString, Packet, PacketType, Publish, PublishAck, QoS, Reas
 
 use super::backpressure::Routed;
 use super::message::{Delivery, Message};
-use super::session::{QueueLimits, QueueOutcome};
+use super::session::{QueueLimits, QueueOutcome, RESERVED_CLIENT_ID_PREFIX, Session};
 use super::tree::Matched;
 use super::{Broker, ConnId, SessionId};
 use super::{detach, limits};
+use crate::config::BrokerConfig;
 
 impl Broker {
     /// Handles a packet received on an accepted connection.
@@ -409,20 +410,12 @@ impl Broker {
         Routed::To(count)
     }
 
-    /// The configured limits on every session's queue.
-    pub(super) fn queue_limits(&self) -> QueueLimits {
-        QueueLimits {
-            max_messages: self.config.max_queued_messages,
-            max_bytes: self.config.max_queued_bytes,
-        }
-    }
-
     /// Hands one delivery to a session: sent now if its window allows, queued otherwise.
     pub(super) fn deliver(&mut self, now: Instant, session_id: SessionId, delivery: Delivery) {
-        let limits = self.queue_limits();
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
+        let limits = queue_limits(&self.config, session);
         let window = session.connection.as_ref().map(|c| c.receive_maximum);
         let outbound = session.outbound();
         let fits_budget = outbound.used_bytes() + delivery.message.weight() <= limits.max_bytes;
@@ -544,10 +537,10 @@ impl Broker {
         session_id: SessionId,
         deliveries: Vec<Delivery>,
     ) {
-        let limits = self.queue_limits();
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
+        let limits = queue_limits(&self.config, session);
         let mut refused = 0u64;
         for delivery in deliveries {
             if !session.outbound_mut().add_retained(delivery, limits) {
@@ -703,4 +696,21 @@ fn merge_overlapping(
         ));
     }
     out
+}
+
+/// The limits on `session`'s queue: the platform's own clients
+/// ([`RESERVED_CLIENT_ID_PREFIX`]) get `internal_max_queued_*`, every other
+/// session `max_queued_*`.
+pub(super) fn queue_limits(config: &BrokerConfig, session: &Session) -> QueueLimits {
+    if session.client_id.starts_with(RESERVED_CLIENT_ID_PREFIX) {
+        QueueLimits {
+            max_messages: config.internal_max_queued_messages,
+            max_bytes: config.internal_max_queued_bytes,
+        }
+    } else {
+        QueueLimits {
+            max_messages: config.max_queued_messages,
+            max_bytes: config.max_queued_bytes,
+        }
+    }
 }

@@ -47,6 +47,12 @@ pub struct Inflight {
     pub state: InflightState,
 }
 
+/// Client identifiers with this prefix belong to in-process clients of the
+/// platform (pipelines' sources, the OTA, command and shadow services); a
+/// network client claiming one is refused. Their sessions queue within
+/// `internal_max_queued_messages` / `internal_max_queued_bytes`.
+pub const RESERVED_CLIENT_ID_PREFIX: &str = "$myriad/";
+
 /// Limits on a session's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {

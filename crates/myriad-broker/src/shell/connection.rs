@@ -280,7 +280,7 @@ async fn handshake(
 
 /// Client identifiers with this prefix belong to in-process clients of the
 /// platform; a network client claiming one is refused (0x85 / return code 2).
-pub const RESERVED_CLIENT_ID_PREFIX: &str = "$myriad/";
+pub use crate::core::session::RESERVED_CLIENT_ID_PREFIX;
 
 /// Asks the authenticator about `connect`. Returns the connection's ACL, or
 /// `None` after answering a refusal.

@@ -424,6 +424,31 @@ fn full_queue_drops_oldest_qos0_first() {
 }
 
 #[test]
+fn internal_sessions_queue_within_their_own_limits() {
+    // The network limit is 2 messages, the platform's own clients may queue 4.
+    let mut h = H::with(|c| {
+        c.max_queued_messages = 2;
+        c.internal_max_queued_messages = 4;
+    });
+    let device = h.connect(v5("dev").resume().expiry(100));
+    let pipeline = h.connect(v5("$myriad/pipeline/p").resume().expiry(100));
+    for session in [device, pipeline] {
+        h.subscribe(session, "t", QoS::AtLeastOnce);
+        h.lose(session);
+    }
+    for i in 0..5 {
+        h.inject(msg_q("t", &i.to_string(), QoS::AtLeastOnce, 0));
+    }
+    // 3 dropped for the device, 1 for the pipeline.
+    assert_eq!(h.broker.stats().messages_dropped, 4);
+    let device = h.connect(v5("dev").resume().expiry(100));
+    assert_eq!(h.payloads(device), vec!["3", "4"]);
+    let pipeline = h.connect(v5("$myriad/pipeline/p").resume().expiry(100));
+    assert_eq!(h.payloads(pipeline), vec!["1", "2", "3", "4"]);
+    h.broker.check_consistency().unwrap();
+}
+
+#[test]
 fn message_expiry_is_decremented_on_delivery() {
     let mut h = H::new();
     let sub = h.connect(v5("s").resume().expiry(1000));

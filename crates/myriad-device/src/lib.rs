@@ -1,4 +1,5 @@
-//! `myriad agent`: the device agent (issue 18). It reads the config, provisions on the
+//! The device agent program (issues 18 and 19), run as `myriad-agent` (this crate's binary, the
+//! device-only build) or `myriad agent` (the platform binary). It reads the config, provisions on the
 //! first start, takes the boot decision (discard an interrupted install, run the trial's
 //! self-test and confirm or roll back) and prints the outcome as one JSON line on stdout.
 //! Without an `[mqtt]` table it exits there; with one it enters the network mode
