@@ -369,3 +369,47 @@ def test_sink_outage_past_the_network_queue_limit_loses_nothing(serve, tmp_path)
     got = wait_lines(out, total, timeout=60)
     assert sorted({r["seq"] for r in got}) == list(range(total))
     assert not dead.exists() or dead.read_text() == ""
+
+
+def test_status_api_and_ctl_show_state_errors_and_counters(serve, tmp_path):
+    """`GET /api/v1/pipelines[/{name}]` and `myriad ctl pipelines status`: a sink that fails
+    shows as `retrying` with its error, retries and lag; once it works, `running` with every
+    record committed and nothing in flight; an unknown name is a 404 naming it."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    out, dead = blocked / "out.jsonl", tmp_path / "st.dead.jsonl"
+    sql = "SELECT payload.seq AS seq FROM 'st/+/in'"
+    s = serve(pipeline_toml("st", sql, file_sink(out), dead, max_age_ms=20, in_flight=100))
+    api = s.api()
+    with Client(s.port) as c:
+        for seq in range(20):
+            assert c.publish(f"st/d{seq}/in", json.dumps({"seq": seq}), qos=1) == 0
+
+    def status() -> dict:
+        return api.ok("GET", "/api/v1/pipelines/st")
+
+    wait_until(lambda: status()["retries"] >= 2, 15)
+    st = status()
+    assert st["state"] == "retrying" and st["sink"] == "file" and st["source"] == "st/+/in", st
+    assert "file sink write" in st["last_error"] and st["last_error_ms"] > 0, st
+    assert st["records"]["received"] == 20 and st["records"]["committed"] == 0 and st["lag"] == 20, st
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+    ctl = [str(myriad_bin()), "ctl", "--api", f"http://{HOST}:{s.api_port}",
+           "--token-file", str(s.workdir / "data" / "api-token"), "pipelines", "status"]
+    table = subprocess.run(ctl, capture_output=True, text=True, timeout=30, env=env)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.startswith("NAME") and "LAST ERROR" in header, table.stdout
+    assert row.split()[:4] == ["st", "retrying", "st/+/in", "file"], table.stdout
+
+    blocked.unlink()
+    blocked.mkdir()
+    wait_until(lambda: status()["records"]["committed"] == 20, 15)
+    st = status()
+    assert st["state"] == "running" and st["lag"] == 0 and st["last_commit_ms"] >= st["last_error_ms"], st
+    listed = api.ok("GET", "/api/v1/pipelines")["pipelines"]
+    assert [p["name"] for p in listed] == ["st"]
+    one = subprocess.run([*ctl, "st"], capture_output=True, text=True, timeout=30, env=env)
+    assert one.returncode == 0 and json.loads(one.stdout)["records"]["committed"] == 20, one.stdout
+    missing = subprocess.run([*ctl, "nope"], capture_output=True, text=True, timeout=30, env=env)
+    assert missing.returncode == 1 and "nope" in missing.stderr, missing.stderr

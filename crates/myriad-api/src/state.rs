@@ -13,6 +13,8 @@ use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::service::telemetry::TelemetryService;
 use myriad_fleet::store::FleetStore;
 
+use myriad_pipeline::status::PipelineStatus;
+
 use crate::routes::tls::TlsReloader;
 
 /// The services the API works on, and its bearer token. Cheap to clone
@@ -46,6 +48,8 @@ pub struct ApiState {
     pub token: String,
     /// Reloads every TLS listener's files (`POST /api/v1/tls/reload`).
     pub tls_reload: TlsReloader,
+    /// The configured pipelines' live status, in config order.
+    pub pipelines: Arc<[Arc<PipelineStatus>]>,
 }
 
 impl std::fmt::Debug for ApiState {

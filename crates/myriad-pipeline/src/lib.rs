@@ -45,6 +45,7 @@
 
 pub mod record;
 pub mod sql;
+pub mod status;
 pub mod topic;
 pub mod transform;
 

@@ -3,12 +3,14 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use myriad_broker::shell::BrokerHandle;
 use myriad_pipeline::runtime::{self, FileSinkConfig, PipelineConfig, SinkConfig, TopicTemplate};
 use myriad_pipeline::sql::Rule;
+use myriad_pipeline::status::{PipelineState, PipelineStatus};
 use myriad_pipeline::transform::BatchConfig;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -206,31 +208,44 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
     Ok(built)
 }
 
-/// Starts each pipeline as a task bound to `shutdown`, and returns the token that stops
-/// the broker: cancelled once `shutdown` is and every pipeline has drained (at most
-/// [`STOP_GRACE`] and a second), so the last acknowledgements still reach the broker. With
-/// no pipelines, `shutdown` itself.
+/// The first delay before a failed pipeline is started again; it doubles per failure in a
+/// row, up to [`RESTART_MAX`], and starts over after a run of [`RESTART_MAX`] or longer.
+pub const RESTART_MIN: Duration = Duration::from_secs(1);
+/// The longest delay before a failed pipeline is started again.
+pub const RESTART_MAX: Duration = Duration::from_secs(60);
+
+/// Starts each pipeline as a task bound to `shutdown` (a pipeline that fails is started
+/// again after a delay, see [`RESTART_MIN`]), and returns the token that stops the broker
+/// (cancelled once `shutdown` is and every pipeline has drained, at most [`STOP_GRACE`] and
+/// a second, so the last acknowledgements still reach the broker; with no pipelines,
+/// `shutdown` itself) and each pipeline's live status, in config order.
 pub fn spawn(
     pipelines: Vec<PipelineConfig>,
     broker: &BrokerHandle,
     shutdown: &CancellationToken,
-) -> CancellationToken {
+) -> (CancellationToken, Arc<[Arc<PipelineStatus>]>) {
+    let statuses: Arc<[Arc<PipelineStatus>]> = pipelines
+        .iter()
+        .map(|p| {
+            Arc::new(PipelineStatus::new(
+                &p.name,
+                p.rule.topic_filter().as_str(),
+                p.sink.kind(),
+                runtime::now_ms(),
+            ))
+        })
+        .collect();
     if pipelines.is_empty() {
-        return shutdown.clone();
+        return (shutdown.clone(), statuses);
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for pipeline in pipelines {
-        let (broker, shutdown) = (broker.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            let name = pipeline.name.clone();
-            if let Err(error) = runtime::run(pipeline, broker, shutdown.clone(), STOP_GRACE).await
-                && !shutdown.is_cancelled()
-            {
-                tracing::error!(pipeline = %name, %error, "pipeline stopped");
-                metrics::counter!("myriad_pipeline_failures_total", "pipeline" => name)
-                    .increment(1);
-            }
-        });
+    for (pipeline, status) in pipelines.into_iter().zip(statuses.iter().cloned()) {
+        tasks.spawn(supervise(
+            pipeline,
+            broker.clone(),
+            shutdown.clone(),
+            status,
+        ));
     }
     let broker_stop = CancellationToken::new();
     let (shutdown, stop) = (shutdown.clone(), broker_stop.clone());
@@ -245,5 +260,47 @@ pub fn spawn(
         }
         stop.cancel();
     });
-    broker_stop
+    (broker_stop, statuses)
+}
+
+/// Runs `pipeline` until `shutdown`, starting it again with backoff whenever it ends first.
+async fn supervise(
+    pipeline: PipelineConfig,
+    broker: BrokerHandle,
+    shutdown: CancellationToken,
+    status: Arc<PipelineStatus>,
+) {
+    let name = pipeline.name.clone();
+    let mut delay = RESTART_MIN;
+    loop {
+        status.set_state(PipelineState::Starting, None, runtime::now_ms());
+        let started = tokio::time::Instant::now();
+        let outcome = runtime::run_with_status(
+            pipeline.clone(),
+            broker.clone(),
+            shutdown.clone(),
+            STOP_GRACE,
+            status.clone(),
+        )
+        .await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let error = match outcome {
+            Ok(()) => "ended before the shutdown".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        tracing::error!(pipeline = %name, %error, retry_in_secs = delay.as_secs(), "pipeline stopped; starting it again");
+        metrics::counter!("myriad_pipeline_failures_total", "pipeline" => name.clone())
+            .increment(1);
+        status.set_state(PipelineState::Failed, Some(&error), runtime::now_ms());
+        if started.elapsed() >= RESTART_MAX {
+            delay = RESTART_MIN;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(RESTART_MAX);
+    }
 }

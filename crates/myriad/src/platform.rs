@@ -55,6 +55,7 @@ impl Platform {
         &self,
         token: String,
         tls_reload: myriad_api::TlsReloader,
+        pipelines: Arc<[Arc<myriad_pipeline::status::PipelineStatus>]>,
     ) -> myriad_api::ApiState {
         myriad_api::ApiState {
             store: self.store.clone(),
@@ -69,6 +70,7 @@ impl Platform {
             hash_params: myriad_fleet::credentials::HashParams::OWASP,
             token,
             tls_reload,
+            pipelines,
         }
     }
 

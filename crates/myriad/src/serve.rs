@@ -124,7 +124,8 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
         let pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
         // The broker stops after the pipelines drained (their last acknowledgements).
-        let broker_shutdown = crate::pipelines::spawn(pipelines, &handle, &shutdown);
+        let (broker_shutdown, pipeline_status) =
+            crate::pipelines::spawn(pipelines, &handle, &shutdown);
         let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;
@@ -153,7 +154,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             let tls_reload: myriad_api::TlsReloader =
                 Arc::new(move || reload_tls(&reload_settings));
             let router = myriad_api::observed_router(
-                platform.api_state(token, tls_reload),
+                platform.api_state(token, tls_reload, pipeline_status),
                 Arc::new(observer),
                 myriad_api::ObserveOptions {
                     metrics_require_token: config.metrics.require_token,

@@ -7,6 +7,7 @@ mod devices;
 mod health;
 mod import;
 mod ota;
+mod pipelines;
 mod presence;
 mod prometheus;
 mod shadows;
@@ -102,6 +103,8 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(ota::pause_rollout))
         .routes(routes!(ota::resume_rollout))
         .routes(routes!(ota::cancel_rollout))
+        .routes(routes!(pipelines::list_pipelines))
+        .routes(routes!(pipelines::get_pipeline))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)

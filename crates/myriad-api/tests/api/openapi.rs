@@ -99,6 +99,8 @@ async fn every_route_is_documented() {
         ("/api/v1/ota/rollouts/{id}/pause", "post"),
         ("/api/v1/ota/rollouts/{id}/resume", "post"),
         ("/api/v1/ota/rollouts/{id}/cancel", "post"),
+        ("/api/v1/pipelines", "get"),
+        ("/api/v1/pipelines/{name}", "get"),
         ("/ota/v1/download/{artifact}", "get"),
     ];
     let mut documented = BTreeSet::new();

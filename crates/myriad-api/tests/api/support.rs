@@ -99,6 +99,7 @@ impl Harness {
             hash_params: HashParams::INSECURE_FAST,
             token: TOKEN.into(),
             tls_reload: std::sync::Arc::new(Vec::new),
+            pipelines: std::sync::Arc::new([]),
         };
         Harness { state, _dir: dir }
     }

@@ -70,6 +70,7 @@ pub use template::{TemplateError, TopicTemplate};
 
 use crate::record::{self, Record};
 use crate::sql::{EvalContext, Rule};
+use crate::status::{PipelineState, PipelineStatus};
 use crate::transform::{Batch, BatchConfig, Batcher};
 use sink::{Pending, Sink, SinkError, Verdict, append};
 
@@ -112,6 +113,16 @@ pub enum SinkConfig {
     },
 }
 
+impl SinkConfig {
+    /// The sink's kind as configured: `file`, `mqtt`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::File(_) => "file",
+            SinkConfig::Mqtt { .. } => "mqtt",
+        }
+    }
+}
+
 /// One pipeline, validated.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -140,7 +151,8 @@ pub enum RuntimeError {
     Batch(#[from] crate::transform::ConfigError),
 }
 
-fn now_ms() -> i64 {
+/// The wall clock in unix milliseconds.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -153,8 +165,10 @@ struct Item {
     publish: Publish,
 }
 
-/// The pipeline's metric handles, registered once (no label allocation per record).
+/// The pipeline's metric handles, registered once (no label allocation per record), and its
+/// status for the API.
 struct Counters {
+    status: Arc<PipelineStatus>,
     records: [metrics::Counter; 7],
     batches: metrics::Counter,
     dead_letters: metrics::Counter,
@@ -185,12 +199,13 @@ enum Outcome {
 }
 
 impl Counters {
-    fn new(name: &str) -> Counters {
+    fn new(name: &str, status: Arc<PipelineStatus>) -> Counters {
         let records = OUTCOMES.map(|(stage, outcome)| {
             metrics::counter!("myriad_pipeline_records_total",
                 "pipeline" => name.to_string(), "stage" => stage, "outcome" => outcome)
         });
         Counters {
+            status,
             records,
             batches: metrics::counter!("myriad_pipeline_batches_total", "pipeline" => name.to_string()),
             dead_letters: metrics::counter!("myriad_pipeline_dead_letters_total", "pipeline" => name.to_string()),
@@ -200,18 +215,23 @@ impl Counters {
     }
     fn records(&self, outcome: Outcome, n: u64) {
         self.records[outcome as usize].increment(n);
+        self.status.add_records(outcome as usize, n);
     }
     fn batch(&self) {
         self.batches.increment(1);
+        self.status.batch_committed(now_ms());
     }
     fn dead_letter(&self) {
         self.dead_letters.increment(1);
+        self.status.dead_letter();
     }
-    fn retry(&self) {
+    fn retry(&self, error: &str) {
         self.retries.increment(1);
+        self.status.retrying(error, now_ms());
     }
     fn lag(&self, n: usize) {
         self.lag.set(n as f64);
+        self.status.set_lag(n as u64);
     }
 }
 
@@ -222,6 +242,23 @@ pub async fn run(
     broker: BrokerHandle,
     shutdown: CancellationToken,
     grace: Duration,
+) -> Result<(), RuntimeError> {
+    let status = Arc::new(PipelineStatus::new(
+        &config.name,
+        config.rule.topic_filter().as_str(),
+        config.sink.kind(),
+        now_ms(),
+    ));
+    run_with_status(config, broker, shutdown, grace, status).await
+}
+
+/// [`run`], reporting to `status` (state, counters, the last error) as it goes.
+pub async fn run_with_status(
+    config: PipelineConfig,
+    broker: BrokerHandle,
+    shutdown: CancellationToken,
+    grace: Duration,
+    status: Arc<PipelineStatus>,
 ) -> Result<(), RuntimeError> {
     let options = DurableOptions {
         receive_maximum: config.in_flight.max(1),
@@ -236,6 +273,7 @@ pub async fn run(
         .await?;
     let sink = Sink::open(&config.sink, &name, &broker).await?;
     tracing::info!(pipeline = %name, filter = config.rule.topic_filter().as_str(), "pipeline started");
+    status.set_state(PipelineState::Running, None, now_ms());
     // Cancelled `grace` after `shutdown`: retries and the drain give up then.
     let hard = CancellationToken::new();
     let timer = {
@@ -252,7 +290,7 @@ pub async fn run(
     // `in_flight` items are outstanding.
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let worker = Worker {
-        counters: Counters::new(&name),
+        counters: Counters::new(&name, status.clone()),
         name: name.clone(),
         rule: config.rule,
         batcher: Batcher::new(config.batch)?,
@@ -269,12 +307,16 @@ pub async fn run(
         done_rx,
         &shutdown,
         &hard,
-        Counters::new(&name),
+        Counters::new(&name, status.clone()),
     )
     .await;
     let _ = worker.await;
     timer.abort();
     tracing::info!(pipeline = %name, "pipeline stopped");
+    match &outcome {
+        Ok(()) => status.set_state(PipelineState::Stopped, None, now_ms()),
+        Err(error) => status.set_state(PipelineState::Failed, Some(&error.to_string()), now_ms()),
+    }
     // The session stays (clean start false): unacknowledged messages wait for the next run.
     source.disconnect().await;
     outcome
@@ -392,7 +434,7 @@ impl Worker {
         error: &(dyn std::fmt::Display + Sync),
     ) -> bool {
         tracing::warn!(pipeline = %self.name, error = %error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
-        self.counters.retry();
+        self.counters.retry(&format!("{what}: {error}"));
         tokio::select! {
             () = tokio::time::sleep(*delay) => {}
             () = self.hard.cancelled() => return false,

@@ -54,6 +54,9 @@ pub enum ApiCommand {
     /// Device telemetry: query, latest, export, bulk write.
     #[command(subcommand)]
     Telemetry(super::telemetry::TelemetryCommand),
+    /// Data pipelines: state, last error and counters.
+    #[command(subcommand)]
+    Pipelines(super::pipelines::PipelinesCommand),
 }
 
 /// `ctl tls ...`

@@ -21,6 +21,7 @@ mod lists;
 mod ota;
 mod output;
 mod password;
+mod pipelines;
 mod registry_certs;
 mod request;
 mod table;

@@ -40,6 +40,8 @@ pub enum Shape {
     TelemetryQuery,
     /// A telemetry latest answer (table: metric, ts, value).
     TelemetryLatest,
+    /// `{"pipelines":[..]}` (table: one row per pipeline).
+    PipelineList,
 }
 
 /// The shape of `command`'s answer.
@@ -69,6 +71,10 @@ pub fn shape(command: &ApiCommand) -> Shape {
         ApiCommand::Telemetry(TelemetryCommand::Query(_)) => Shape::TelemetryQuery,
         ApiCommand::Telemetry(TelemetryCommand::Latest(_)) => Shape::TelemetryLatest,
         ApiCommand::Telemetry(_) => Shape::Object,
+        ApiCommand::Pipelines(super::pipelines::PipelinesCommand::Status { name: None }) => {
+            Shape::PipelineList
+        }
+        ApiCommand::Pipelines(_) => Shape::Object,
     }
 }
 
@@ -115,6 +121,10 @@ pub fn render(shape: Shape, format: Option<OutputFormat>, bodies: &[String]) -> 
         Shape::DeviceList | Shape::PresenceList | Shape::AppList => match format {
             Some(OutputFormat::Json) => Ok(Rendered::out(exact(body))),
             _ => lists::list_table(shape, body),
+        },
+        Shape::PipelineList => match format {
+            Some(OutputFormat::Json) => Ok(Rendered::out(exact(body))),
+            _ => Ok(Rendered::out(super::pipelines::table(body)?)),
         },
         Shape::TelemetryQuery | Shape::TelemetryLatest => match format {
             Some(OutputFormat::Json) => Ok(Rendered::out(exact(body))),
