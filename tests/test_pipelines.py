@@ -294,9 +294,11 @@ def test_at_least_once_across_kill9(serve, tmp_path):
         ('name = "p"\nsql = "SELECT * FROM \'a\'"\nsink = { type = "mqtt", topic = "x" }\n', "dead_letter"),
         ('name = "p"\nsql = "SELECT * FROM \'a\'"\nsink = { type = "file", path = "o.jsonl" }\ndead_letter = { path = "o.jsonl" }\n',
          "pipelines[0].dead_letter.path"),
+        ('name = "p"\nsql = "SELECT * FROM \'a\'"\nsink = { type = "file", path = "o.jsonl" }\ndead_letter = { path = "d.jsonl" }\ndeadline_ms = 99\n',
+         "pipelines[0].deadline_ms"),
     ],
     ids=["name", "sql", "in-flight", "batch", "topic-template", "file-bytes", "keep-files", "sink-type",
-         "no-dead-letter", "dead-letter-is-sink"],
+         "no-dead-letter", "dead-letter-is-sink", "deadline-short"],
 )
 def test_bad_pipeline_config_stops_startup_naming_the_key(tmp_path, entry, key):
     cfg = tmp_path / "myriad.toml"
@@ -413,3 +415,29 @@ def test_status_api_and_ctl_show_state_errors_and_counters(serve, tmp_path):
     assert one.returncode == 0 and json.loads(one.stdout)["records"]["committed"] == 20, one.stdout
     missing = subprocess.run([*ctl, "nope"], capture_output=True, text=True, timeout=30, env=env)
     assert missing.returncode == 1 and "nope" in missing.stderr, missing.stderr
+
+
+def test_records_past_their_deadline_go_to_the_dead_letter_file(serve, tmp_path):
+    """`deadline_ms`: while the sink fails, a batch older than the deadline goes to the
+    dead-letter file with the reason and the sink's error, and is acknowledged (no lag); the
+    records after the sink works again are committed."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    out, dead = blocked / "out.jsonl", tmp_path / "dl.dead.jsonl"
+    sql = "SELECT payload.seq AS seq FROM 'dl/+/in'"
+    s = serve(pipeline_toml("dl", sql, file_sink(out), dead, max_age_ms=20) + "deadline_ms = 500\n")
+    with Client(s.port) as c:
+        for seq in range(10):
+            assert c.publish(f"dl/d{seq}/in", json.dumps({"seq": seq}), qos=1) == 0
+    letters = wait_lines(dead, 10, timeout=15)
+    assert sorted(json.loads(base64.b64decode(x["payload"]))["seq"] for x in letters) == list(range(10))
+    assert all(x["reason"].startswith("deadline: not committed within 500 ms (file sink write:")
+               for x in letters), letters[0]
+    api = s.api()
+    wait_until(lambda: api.ok("GET", "/api/v1/pipelines/dl")["lag"] == 0, 10)
+    blocked.unlink()
+    blocked.mkdir()
+    with Client(s.port) as c:
+        assert c.publish("dl/d1/in", json.dumps({"seq": 100}), qos=1) == 0
+    assert wait_lines(out, 1) == [{"seq": 100}]
+    assert len(read_lines(dead)) == 10

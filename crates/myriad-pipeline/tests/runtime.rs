@@ -60,6 +60,7 @@ fn config(dir: &Path, sink: SinkConfig) -> PipelineConfig {
         in_flight: 100,
         sink,
         dead_letter: FileSinkConfig::new(dir.join("dead.jsonl")),
+        deadline_ms: None,
     }
 }
 

@@ -38,6 +38,10 @@ pub struct PipelineEntry {
     pub sink: SinkEntry,
     /// Where records that fail the rule or are refused by the sink go.
     pub dead_letter: FileEntry,
+    /// How long a record may wait for a failing sink before it goes to the dead-letter
+    /// file (100 ms to 1 day); absent: retried until the sink takes it.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 fn default_in_flight() -> u32 {
@@ -171,6 +175,17 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
                 Err(error) => bail!("{}: {error}", key("sink.topic")),
             },
         };
+        let deadline_ms = entry.deadline_ms;
+        if let Some(ms) = deadline_ms
+            && !(runtime::MIN_DEADLINE_MS..=runtime::MAX_DEADLINE_MS).contains(&ms)
+        {
+            bail!(
+                "{}: between {} and {} ms",
+                key("deadline_ms"),
+                runtime::MIN_DEADLINE_MS,
+                runtime::MAX_DEADLINE_MS
+            );
+        }
         let dead_letter = file(
             base,
             &entry.dead_letter.path,
@@ -203,6 +218,7 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
             in_flight,
             sink,
             dead_letter,
+            deadline_ms,
         });
     }
     Ok(built)

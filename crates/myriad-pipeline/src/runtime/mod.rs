@@ -138,7 +138,17 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
     /// The dead-letter file.
     pub dead_letter: FileSinkConfig,
+    /// How long a record may wait for its sink (from its arrival, in ms) while writes fail:
+    /// past it, its batch goes to the dead-letter file with the last error instead of being
+    /// retried further, so the stream moves on. `None`: retried until committed (the sink
+    /// slows the source instead). [`MIN_DEADLINE_MS`] ..= [`MAX_DEADLINE_MS`].
+    pub deadline_ms: Option<u64>,
 }
+
+/// The shortest per-record deadline.
+pub const MIN_DEADLINE_MS: u64 = 100;
+/// The longest per-record deadline: one day.
+pub const MAX_DEADLINE_MS: u64 = 86_400_000;
 
 /// Why a pipeline stopped before its shutdown token was cancelled.
 #[derive(Debug, Error)]
@@ -293,6 +303,7 @@ pub async fn run_with_status(
         counters: Counters::new(&name, status.clone()),
         name: name.clone(),
         rule: config.rule,
+        deadline_ms: config.deadline_ms,
         batcher: Batcher::new(config.batch)?,
         sink,
         dead_letter: Arc::new(Mutex::new(RotatingFile::new(config.dead_letter))),
@@ -388,6 +399,7 @@ struct Worker {
     counters: Counters,
     name: String,
     rule: Rule,
+    deadline_ms: Option<u64>,
     batcher: Batcher<Pending>,
     sink: Sink,
     dead_letter: Arc<Mutex<RotatingFile>>,
@@ -508,6 +520,7 @@ impl Worker {
                 let bytes = output.to_string().len();
                 let pending = Pending {
                     seq,
+                    received_ms: now,
                     output,
                     topic,
                     payload: publish.payload,
@@ -534,6 +547,23 @@ impl Worker {
                 Ok(verdicts) => break verdicts,
                 Err(SinkError::Transient(error)) => {
                     let what = format!("{} write", self.sink.kind());
+                    if let Some(deadline) = self.deadline_ms {
+                        let oldest = batch.items.iter().map(|p| p.received_ms).min();
+                        if oldest.is_some_and(|t| now_ms().saturating_sub(t) >= deadline as i64) {
+                            let reason = format!(
+                                "deadline: not committed within {deadline} ms ({what}: {error})"
+                            );
+                            for item in &batch.items {
+                                if !self
+                                    .dead_letter(item.seq, &item.topic, &item.payload, &reason)
+                                    .await
+                                {
+                                    return false;
+                                }
+                            }
+                            return true;
+                        }
+                    }
                     if !self.retry_sleep(&mut delay, &what, &error).await {
                         return false;
                     }

@@ -24,6 +24,8 @@ use super::template::TopicTemplate;
 pub(crate) struct Pending {
     /// The source message's sequence number (the worker reports it done).
     pub seq: u64,
+    /// When the worker received it (unix ms; for the per-record deadline).
+    pub received_ms: i64,
     /// The rule's output.
     pub output: Value,
     /// The source message's topic (for dead letters).
