@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::SinkConfig;
 use super::file::RotatingFile;
+use super::postgres::PostgresSink;
 use super::template::TopicTemplate;
 
 /// An output waiting in the batcher, then in a sink's batch.
@@ -54,6 +55,7 @@ pub(crate) enum SinkError {
 pub(crate) enum Sink {
     File(FileSink),
     Mqtt(MqttSink),
+    Postgres(Box<PostgresSink>),
 }
 
 impl Sink {
@@ -73,6 +75,7 @@ impl Sink {
                     .await?,
                 topic: topic.clone(),
             }),
+            SinkConfig::Postgres(pg) => Sink::Postgres(Box::new(PostgresSink::new(pg))),
         })
     }
 
@@ -81,6 +84,7 @@ impl Sink {
         match self {
             Sink::File(sink) => sink.write(batch).await,
             Sink::Mqtt(sink) => sink.write(batch).await,
+            Sink::Postgres(sink) => sink.write(batch).await,
         }
     }
 
@@ -89,6 +93,7 @@ impl Sink {
         match self {
             Sink::File(_) => "file sink",
             Sink::Mqtt(_) => "MQTT sink",
+            Sink::Postgres(_) => "PostgreSQL sink",
         }
     }
 }
