@@ -190,7 +190,7 @@ def main() -> int:
     ap.add_argument("--latency-rate", type=int, default=0, help="msgs/s for the latency run (default: half)")
     args = ap.parse_args()
 
-    pg = Postgres().start()
+    pg = Postgres({"synchronous_commit": "off"}).start()
     work = Path(tempfile.mkdtemp(prefix="myriad-bench-pg-"))
     serve = None
     try:

@@ -53,7 +53,11 @@ def free_port() -> int:
 class Postgres:
     """A PostgreSQL cluster in its own directory; `start()`, `stop()`, `kill9()`, `start()` again."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        # fsync off (an OS crash is not tested; a killed postgres loses nothing with it off);
+        # synchronous_commit stays on: a COMMIT that returned survives kill -9 of postgres.
+        self.settings = {"fsync": "off", "full_page_writes": "off", "max_connections": "50",
+                         "shared_buffers": "64MB", **(settings or {})}
         self.bin = pg_bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="myriad-pg-"))
         self.data = self.root / "data"
@@ -87,8 +91,7 @@ class Postgres:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.sock),
-             "-h", "127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=50", "-c", "shared_buffers=64MB"],
+             "-h", "127.0.0.1", *[a for k, v in self.settings.items() for a in ("-c", f"{k}={v}")]],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, cwd=self.root, **self.user,
         )
         deadline = time.monotonic() + START_TIMEOUT
