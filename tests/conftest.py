@@ -120,3 +120,13 @@ def raw():
     yield make
     for r in made:
         r.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (tests/pg.py), one per xdist worker, stopped by PID at the end."""
+    from pg import Postgres
+
+    pg = Postgres().start()
+    yield pg
+    pg.close()

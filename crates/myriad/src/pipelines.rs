@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use myriad_broker::shell::BrokerHandle;
-use myriad_pipeline::runtime::{self, FileSinkConfig, PipelineConfig, SinkConfig, TopicTemplate};
+use myriad_pipeline::runtime::{
+    self, FileSinkConfig, PipelineConfig, PostgresSinkConfig, SinkConfig, TopicTemplate,
+};
 use myriad_pipeline::sql::Rule;
 use myriad_pipeline::status::{PipelineState, PipelineStatus};
 use myriad_pipeline::transform::BatchConfig;
@@ -92,7 +94,8 @@ fn default_keep_files() -> u32 {
     10
 }
 
-/// `sink = { type = "file", ... }` or `sink = { type = "mqtt", topic = "..." }`.
+/// `sink = { type = "file", ... }`, `sink = { type = "mqtt", topic = "..." }` or
+/// `sink = { type = "postgres", url, table, columns, key }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkEntry {
@@ -111,6 +114,19 @@ pub enum SinkEntry {
     Mqtt {
         /// Topic template, `${field}` from the output.
         topic: String,
+    },
+    /// Rows in a PostgreSQL table (docs/pipelines.md, "PostgreSQL sink").
+    Postgres {
+        /// `postgres://user[:password]@host[:port]/db`.
+        url: String,
+        /// The target table.
+        table: String,
+        /// Columns written (default: the output's fields).
+        #[serde(default)]
+        columns: Vec<String>,
+        /// Idempotency key columns (default: none, at least once).
+        #[serde(default)]
+        key: Vec<String>,
     },
 }
 
@@ -174,6 +190,23 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
                 Ok(topic) => SinkConfig::Mqtt { topic },
                 Err(error) => bail!("{}: {error}", key("sink.topic")),
             },
+            SinkEntry::Postgres {
+                url,
+                table,
+                columns,
+                key: key_columns,
+            } => {
+                let config = PostgresSinkConfig {
+                    url: url.clone(),
+                    table: table.clone(),
+                    columns: columns.clone(),
+                    key: key_columns.clone(),
+                };
+                if let Err(problem) = config.validate() {
+                    bail!("{}", key(&format!("sink.{problem}")));
+                }
+                SinkConfig::Postgres(config)
+            }
         };
         let deadline_ms = entry.deadline_ms;
         if let Some(ms) = deadline_ms

@@ -47,8 +47,10 @@
 //! | file `max_file_bytes` | [`file::MIN_FILE_BYTES`] ..= [`file::MAX_FILE_BYTES`] |
 //! | file `keep_files` | 0 ..= [`file::MAX_KEEP_FILES`] |
 //! | topic template | [`template::MAX_TOPIC_BYTES`], [`template::MAX_PLACEHOLDERS`] |
+//! | PostgreSQL sink | see [`postgres`] |
 
 pub mod file;
+pub mod postgres;
 mod sink;
 pub mod template;
 
@@ -66,6 +68,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use file::{FileSinkConfig, RotatingFile};
+pub use postgres::PostgresSinkConfig;
 pub use template::{TemplateError, TopicTemplate};
 
 use crate::record::{self, Record};
@@ -111,6 +114,8 @@ pub enum SinkConfig {
         /// The topic template.
         topic: TopicTemplate,
     },
+    /// Rows in a PostgreSQL table, by binary COPY (see [`postgres`]).
+    Postgres(PostgresSinkConfig),
 }
 
 impl SinkConfig {
@@ -119,6 +124,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Mqtt { .. } => "mqtt",
+            SinkConfig::Postgres(_) => "postgres",
         }
     }
 }

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::SinkConfig;
 use super::file::RotatingFile;
+use super::postgres::PostgresSink;
 use super::template::TopicTemplate;
 
 /// An output waiting in the batcher, then in a sink's batch.
@@ -56,6 +57,7 @@ pub(crate) enum SinkError {
 pub(crate) enum Sink {
     File(FileSink),
     Mqtt(MqttSink),
+    Postgres(Box<PostgresSink>),
 }
 
 impl Sink {
@@ -75,6 +77,7 @@ impl Sink {
                     .await?,
                 topic: topic.clone(),
             }),
+            SinkConfig::Postgres(pg) => Sink::Postgres(Box::new(PostgresSink::new(pg))),
         })
     }
 
@@ -83,6 +86,7 @@ impl Sink {
         match self {
             Sink::File(sink) => sink.write(batch).await,
             Sink::Mqtt(sink) => sink.write(batch).await,
+            Sink::Postgres(sink) => sink.write(batch).await,
         }
     }
 
@@ -91,6 +95,7 @@ impl Sink {
         match self {
             Sink::File(_) => "file sink",
             Sink::Mqtt(_) => "MQTT sink",
+            Sink::Postgres(_) => "PostgreSQL sink",
         }
     }
 }
