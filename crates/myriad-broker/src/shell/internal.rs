@@ -214,6 +214,22 @@ impl InternalClient {
             .await
     }
 
+    /// Acknowledges many messages handed out by [`InternalClient::recv_manual`]
+    /// at once, in this order: one event on the broker's channel instead of one
+    /// per message (a busy broker's channel makes each event wait its turn).
+    pub async fn ack_many(&mut self, packet_ids: Vec<u16>) -> Result<(), BrokerStopped> {
+        if packet_ids.is_empty() {
+            return Ok(());
+        }
+        self.events
+            .send(Event::Acks {
+                conn: self.conn,
+                packet_ids,
+            })
+            .await
+            .map_err(|_| BrokerStopped)
+    }
+
     /// Publishes `publish` as this client (QoS 0 or 1; a QoS 1 message gets
     /// a packet id here and its PUBACK is skipped by [`InternalClient::recv`]).
     pub async fn publish(&mut self, mut publish: Publish) -> Result<(), BrokerStopped> {

@@ -31,7 +31,7 @@ use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
-use myriad_mqtt::{ByteString, Connect, Packet, PacketProperties, Publish, QoS};
+use myriad_mqtt::{ByteString, Connect, Packet, PacketProperties, Publish, PublishAck, QoS};
 use myriad_store::{SessionStore, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -69,6 +69,9 @@ pub(crate) enum Event {
     },
     /// A connection sent a packet after CONNECT.
     Packet { conn: ConnId, packet: Packet },
+    /// An in-process client acknowledged these QoS 1 messages (one event for
+    /// many PUBACKs: under load each event waits its turn on the channel).
+    Acks { conn: ConnId, packet_ids: Vec<u16> },
     /// A PUBLISH the [`IngestSink`] has stored.
     Ingested { conn: ConnId, publish: Box<Publish> },
     /// The [`IngestSink`] refused a PUBLISH the connection sent: it is
@@ -660,6 +663,11 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
             broker.handle_connect_as(now, conn, *connect, acl);
         }
         Event::Packet { conn, packet } => broker.handle_packet(now, conn, packet),
+        Event::Acks { conn, packet_ids } => {
+            for packet_id in packet_ids {
+                broker.handle_packet(now, conn, Packet::PubAck(PublishAck::success(packet_id)));
+            }
+        }
         Event::Ingested { conn, publish } => broker.handle_ingested(now, conn, *publish),
         Event::IngestRefused {
             conn,

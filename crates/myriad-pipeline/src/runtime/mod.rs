@@ -367,15 +367,22 @@ async fn run_source(
                     };
                 };
                 let Some(&(first, _, _)) = window.front() else { continue };
-                if let Some(entry) = seq.checked_sub(first).and_then(|i| window.get_mut(i as usize)) {
-                    entry.2 = true;
+                // This one and every other already reported (a committed batch reports
+                // its records together).
+                let mut next = Some(seq);
+                while let Some(seq) = next {
+                    if let Some(entry) = seq.checked_sub(first).and_then(|i| window.get_mut(i as usize)) {
+                        entry.2 = true;
+                    }
+                    next = done.try_recv().ok();
                 }
+                // Everything done at the window's front, in one event for the broker.
+                let mut acks = Vec::new();
                 while let Some(&(_, packet_id, true)) = window.front() {
                     window.pop_front();
-                    if let Some(packet_id) = packet_id {
-                        client.ack(packet_id).await?;
-                    }
+                    acks.extend(packet_id);
                 }
+                client.ack_many(acks).await?;
                 counters.lag(window.len());
             }
             () = hard.cancelled() => return Ok(()),
