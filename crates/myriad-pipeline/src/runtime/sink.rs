@@ -18,6 +18,8 @@ use serde_json::Value;
 
 use super::SinkConfig;
 use super::file::RotatingFile;
+use super::http::HttpSink;
+use super::nats::NatsSink;
 use super::template::TopicTemplate;
 
 /// An output waiting in the batcher, then in a sink's batch.
@@ -54,6 +56,8 @@ pub(crate) enum SinkError {
 pub(crate) enum Sink {
     File(FileSink),
     Mqtt(MqttSink),
+    Nats(NatsSink),
+    Http(HttpSink),
 }
 
 impl Sink {
@@ -73,6 +77,8 @@ impl Sink {
                     .await?,
                 topic: topic.clone(),
             }),
+            SinkConfig::Nats(nats) => Sink::Nats(NatsSink::new(nats, name)),
+            SinkConfig::Http(http) => Sink::Http(HttpSink::new(http, name)),
         })
     }
 
@@ -81,6 +87,8 @@ impl Sink {
         match self {
             Sink::File(sink) => sink.write(batch).await,
             Sink::Mqtt(sink) => sink.write(batch).await,
+            Sink::Nats(sink) => sink.write(batch).await,
+            Sink::Http(sink) => sink.write(batch).await,
         }
     }
 
@@ -89,6 +97,8 @@ impl Sink {
         match self {
             Sink::File(_) => "file sink",
             Sink::Mqtt(_) => "MQTT sink",
+            Sink::Nats(_) => "NATS sink",
+            Sink::Http(_) => "HTTP sink",
         }
     }
 }
