@@ -289,30 +289,47 @@ def assert_exactly_once(url: str, acked: set[int], timeout: float = 40) -> list[
 
 def test_exactly_once_in_the_stream_across_kill9_of_myriad(serve, natsd, tmp_path):
     add_stream(natsd.url)
-    s = serve(pipeline_toml("n4", SQL, nats_sink(natsd.url, key=["device", "seq"]), tmp_path / "dead.jsonl",
-                            max_age_ms=20, in_flight=200))
-    pub = Publisher(s.port)
-    n = 20_000  # more than the run can take in the 1 s before the kill
-    killer = threading.Timer(1.0, s.kill9)
-    killer.start()
-    sent = 0
-    for i in range(n):
-        if s.proc.poll() is not None:
-            break
-        pub.publish(i)
-        sent += 1
-        while sent - len(pub.acked) >= 20 and s.proc.poll() is None:
-            time.sleep(0.001)
-    killer.join()
-    time.sleep(0.3)
-    pub.close()
-    acked = pub.acked_seqs()
-    assert s.proc.poll() is not None, "myriad was not killed mid-stream"
-    assert 0 < len(acked) < n, f"acked {len(acked)} of {n}: not mid-stream"
-    s.start()
-    seqs = assert_exactly_once(natsd.url, acked)
-    dropped = metric(metrics(s), "myriad_pipeline_sink_duplicates_total", pipeline="n4")
-    print(f"sent {sent}, PUBACKed {len(acked)}, in stream {len(seqs)}, duplicates dropped by JetStream {dropped:.0f}")
+    # A proxy holding each chunk 0.2 s: at the kill, messages are in the stream whose PubAck
+    # has not reached myriad yet, so the restart redelivers them and JetStream must drop them.
+    proxy = Proxy(natsd.port)
+    proxy.delay = 0.2
+    try:
+        url = f"nats://{HOST}:{proxy.port}"
+        # The slowed sink falls behind: the session keeps all that waits (the default 1000
+        # would drop the oldest, as documented for any session).
+        s = serve(pipeline_toml("n4", SQL, nats_sink(url, key=["device", "seq"]), tmp_path / "dead.jsonl",
+                                max_age_ms=20, in_flight=200)
+                  + "[mqtt]\nmax_queued_messages = 100000\n")
+        pub = Publisher(s.port)
+        n = 20_000  # more than the run can take in the 1.5 s before the kill
+        killer = threading.Timer(1.5, s.kill9)
+        killer.start()
+        sent = 0
+        for i in range(n):
+            if s.proc.poll() is not None:
+                break
+            pub.publish(i)
+            sent += 1
+            while sent - len(pub.acked) >= 20 and s.proc.poll() is None:
+                time.sleep(0.001)
+        killer.join()
+        time.sleep(0.5)
+        pub.close()
+        acked = pub.acked_seqs()
+        assert s.proc.poll() is not None, "myriad was not killed mid-stream"
+        assert 0 < len(acked) < n, f"acked {len(acked)} of {n}: not mid-stream"
+        before = len(stream_messages(natsd.url))
+        proxy.delay = 0.0
+        s.start()
+        seqs = assert_exactly_once(natsd.url, acked)
+        assert wait_until(
+            lambda: metric(metrics(s), "myriad_pipeline_sink_duplicates_total", pipeline="n4") >= 1, 10
+        ), "nothing was redelivered: the test did not exercise the Msg-Id"
+        dropped = metric(metrics(s), "myriad_pipeline_sink_duplicates_total", pipeline="n4")
+        print(f"sent {sent}, PUBACKed {len(acked)}, in stream at the kill {before}, after {len(seqs)}, "
+              f"duplicates dropped by JetStream {dropped:.0f}")
+    finally:
+        proxy.close()
 
 
 def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(serve, natsd, tmp_path):
