@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -37,7 +38,7 @@ class Webhook:
     accepting (popped one per request), `fail_all` answers 500 to everything, `hang` sleeps
     that long before answering, `delay` per request; counts requests in flight."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.lock = threading.Lock()
         self.records: list[dict] = []
         self.keys: list[str | None] = []
@@ -50,6 +51,7 @@ class Webhook:
         self.refuse_if = None  # record -> bool: answer 400 for a body holding such a record
         self.in_flight = 0
         self.max_in_flight = 0
+        self.conns: list[socket.socket] = []
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +59,11 @@ class Webhook:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with hook.lock:
+                    hook.conns.append(self.connection)
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
@@ -93,7 +100,7 @@ class Webhook:
                 self.end_headers()
                 self.wfile.write(text)
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server = ThreadingHTTPServer((HOST, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
@@ -108,8 +115,16 @@ class Webhook:
             return [r["seq"] for r in self.records]
 
     def close(self):
+        """Stops listening and closes the kept-alive connections too."""
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @pytest.fixture
@@ -280,6 +295,26 @@ def test_a_proxy_that_delays_and_cuts_connections_loses_nothing(serve, hook, tmp
         assert proxy.accepted >= 2
     finally:
         proxy.close()
+
+
+def test_webhook_server_stopped_and_restarted_mid_stream_loses_nothing(serve, hook, tmp_path):
+    sink = http_sink(hook.url(), timeout_ms=1000, retry={"min_ms": 20, "max_ms": 200, "attempts": 3},
+                     breaker={"failures": 3, "cooldown_ms": 300})
+    s = serve(pipeline_toml("h9", SQL, sink, tmp_path / "dead.jsonl"))
+    publish(s, range(50))
+    assert wait_until(lambda: set(hook.seqs()) == set(range(50)), 10)
+    port = hook.port
+    hook.close()  # connections refused from here on
+    publish(s, range(50, 100))
+    assert wait_until(lambda: "circuit breaker open" in s.log(), 10), s.log()
+    time.sleep(0.5)
+    back = Webhook(port)
+    try:
+        assert wait_until(lambda: set(back.seqs()) >= set(range(50, 100)), 20), sorted(set(back.seqs()))
+        assert wait_until(lambda: "circuit breaker closed" in s.log(), 5)
+        assert not (tmp_path / "dead.jsonl").exists()
+    finally:
+        back.close()
 
 
 @pytest.mark.parametrize(

@@ -334,8 +334,11 @@ def test_exactly_once_in_the_stream_across_kill9_of_myriad(serve, natsd, tmp_pat
 
 def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(serve, natsd, tmp_path):
     add_stream(natsd.url)
+    # While NATS is down the session queues what the pipeline cannot take yet: room for all
+    # of it (the default 1000 would drop the oldest, as documented for any session).
     s = serve(pipeline_toml("n5", SQL, nats_sink(natsd.url, key=["device", "seq"], ack_timeout_ms=1000),
-                            tmp_path / "dead.jsonl", max_age_ms=20, in_flight=500))
+                            tmp_path / "dead.jsonl", max_age_ms=20, in_flight=500)
+              + "[mqtt]\nmax_queued_messages = 100000\n")
     pub = Publisher(s.port)
     n = 3000
     for i in range(n):
@@ -377,6 +380,27 @@ def test_a_proxy_that_delays_and_cuts_connections_loses_nothing(serve, natsd, tm
         assert proxy.accepted >= 2, "the sink never reconnected through the proxy"
     finally:
         proxy.close()
+
+
+def test_a_batch_larger_than_the_acks_in_flight_is_published_in_steps(serve, natsd, tmp_path):
+    """More records in one batch than MAX_ACKS_IN_FLIGHT (4096) and the client's default
+    ack window (5000): the sink awaits acks part-way instead of stalling."""
+    add_stream(natsd.url)
+    config = pipeline_toml("n7", SQL, nats_sink(natsd.url, key=["device", "seq"]), tmp_path / "dead.jsonl",
+                           max_age_ms=8000, in_flight=20000)
+    s = serve(config.replace("max_records = 500", "max_records = 20000"))
+    pub = Publisher(s.port)
+    n = 5200
+    for i in range(n):
+        pub.publish(i)
+        while i + 1 - len(pub.acked) >= 50:
+            time.sleep(0.001)
+    assert wait_until(lambda: len(pub.acked) == n, 20)
+    pub.close()
+    assert_exactly_once(natsd.url, set(range(n)), timeout=30)
+    lines = metrics(s)
+    assert metric(lines, "myriad_pipeline_batches_total", pipeline="n7") <= 2, "not one large batch"
+    assert metric(lines, "myriad_pipeline_retries_total", pipeline="n7") == 0
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 //! The NATS JetStream sink: each output is published, payload the output JSON, to the
 //! subject its template renders (`readings.${device}`), and counts as committed once
 //! JetStream acknowledged it (the PubAck: the stream stored it). A batch is published
-//! whole, then its acks are awaited: up to a batch of publishes in flight.
+//! whole, then its acks are awaited: up to a batch of publishes in flight (at most
+//! [`MAX_ACKS_IN_FLIGHT`]: a larger batch awaits those acks before publishing on).
 //!
 //! # Exactly once with `key`
 //!
@@ -41,6 +42,9 @@ use super::template::TopicTemplate;
 pub const MAX_URL_BYTES: usize = 1024;
 /// The default time to wait for a message's PubAck.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishes whose PubAck is awaited at most (a larger batch waits for these acks before
+/// publishing on; the client's own limit is set to this).
+pub const MAX_ACKS_IN_FLIGHT: usize = 4096;
 /// The longest `ack_timeout_ms`.
 pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -141,12 +145,47 @@ impl NatsSink {
             .map_err(|e| SinkError::Transient(format!("NATS connect: {e}")))?;
         let context = jetstream::ContextBuilder::new()
             .timeout(self.config.ack_timeout)
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .build(client);
         self.jetstream = Some(context.clone());
         Ok(context)
     }
 
-    /// Publishes `batch`, then awaits every PubAck.
+    /// Awaits the PubAcks in `acks` (emptying it), refusing in `verdicts` what JetStream
+    /// refused; a transient error for the rest.
+    async fn await_acks(
+        &self,
+        acks: &mut Vec<(usize, String, PublishAckFuture)>,
+        verdicts: &mut [Verdict],
+    ) -> Result<(), SinkError> {
+        for (i, subject, ack) in acks.drain(..) {
+            match ack.await {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        self.duplicates.increment(1);
+                    }
+                }
+                Err(error) if error.kind() == PublishErrorKind::StreamNotFound => {
+                    return Err(SinkError::Transient(format!(
+                        "no JetStream stream captures subject {subject}: create one (the sink does not)"
+                    )));
+                }
+                Err(error) if refuses_message(&error) => {
+                    verdicts[i] =
+                        Verdict::Refused(format!("sink: JetStream refused the message: {error}"));
+                }
+                Err(error) => {
+                    return Err(SinkError::Transient(format!(
+                        "JetStream ack for {subject}: {error}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `batch` (up to [`MAX_ACKS_IN_FLIGHT`] messages ahead of their acks), then
+    /// awaits every PubAck.
     pub(crate) async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError> {
         let jetstream = self.context().await?;
         let timeout = self.config.ack_timeout;
@@ -179,7 +218,12 @@ impl NatsSink {
                         ))
                     })?;
             match sent {
-                Ok(ack) => acks.push((i, subject, ack)),
+                Ok(ack) => {
+                    acks.push((i, subject, ack));
+                    if acks.len() >= MAX_ACKS_IN_FLIGHT {
+                        self.await_acks(&mut acks, &mut verdicts).await?;
+                    }
+                }
                 Err(error) if refuses_message(&error) => {
                     verdicts[i] =
                         Verdict::Refused(format!("sink: NATS refused the message: {error}"));
@@ -191,29 +235,7 @@ impl NatsSink {
                 }
             }
         }
-        for (i, subject, ack) in acks {
-            match ack.await {
-                Ok(ack) => {
-                    if ack.duplicate {
-                        self.duplicates.increment(1);
-                    }
-                }
-                Err(error) if error.kind() == PublishErrorKind::StreamNotFound => {
-                    return Err(SinkError::Transient(format!(
-                        "no JetStream stream captures subject {subject}: create one (the sink does not)"
-                    )));
-                }
-                Err(error) if refuses_message(&error) => {
-                    verdicts[i] =
-                        Verdict::Refused(format!("sink: JetStream refused the message: {error}"));
-                }
-                Err(error) => {
-                    return Err(SinkError::Transient(format!(
-                        "JetStream ack for {subject}: {error}"
-                    )));
-                }
-            }
-        }
+        self.await_acks(&mut acks, &mut verdicts).await?;
         Ok(verdicts)
     }
 }
