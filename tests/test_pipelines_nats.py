@@ -382,6 +382,21 @@ def test_a_proxy_that_delays_and_cuts_connections_loses_nothing(serve, natsd, tm
         proxy.close()
 
 
+def test_nats_server_down_at_startup_is_waited_for(serve, natsd, tmp_path):
+    add_stream(natsd.url)
+    natsd.stop()
+    s = serve(pipeline_toml("n8", SQL, nats_sink(natsd.url, key=["device", "seq"], ack_timeout_ms=500),
+                            tmp_path / "dead.jsonl"))
+    with Client(s.port) as c:
+        for i in range(20):
+            c.publish(f"sensors/d{i % 3}/data", json.dumps({"seq": i}), qos=1)
+    assert wait_until(lambda: "NATS sink write failed" in s.log(), 10), s.log()
+    assert s.proc.poll() is None
+    natsd.start()
+    assert_exactly_once(natsd.url, set(range(20)), timeout=30)
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
 def test_a_batch_larger_than_the_acks_in_flight_is_published_in_steps(serve, natsd, tmp_path):
     """More records in one batch than MAX_ACKS_IN_FLIGHT (4096) and the client's default
     ack window (5000): the sink awaits acks part-way instead of stalling."""
