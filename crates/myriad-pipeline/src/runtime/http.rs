@@ -677,6 +677,23 @@ mod tests {
         assert!(bad(&|c| c.concurrency = 0).starts_with("concurrency:"));
         assert!(bad(&|c| c.concurrency = MAX_CONCURRENCY + 1).starts_with("concurrency:"));
         assert!(bad(&|c| c.retry_min = Duration::ZERO).starts_with("retry.min_ms:"));
+        assert!(
+            bad(&|c| {
+                c.retry_min = MAX_RETRY_MIN + Duration::from_millis(1);
+                c.retry_max = MAX_RETRY_MAX;
+            })
+            .starts_with("retry.min_ms:")
+        );
+        assert!(
+            bad(&|c| c.retry_max = MAX_RETRY_MAX + Duration::from_millis(1))
+                .starts_with("retry.max_ms:")
+        );
+        assert!(bad(&|c| c.retry_attempts = 0).starts_with("retry.attempts:"));
+        assert!(
+            bad(&|c| c.breaker_failures = MAX_BREAKER_FAILURES + 1)
+                .starts_with("breaker.failures:")
+        );
+        assert!(bad(&|c| c.breaker_cooldown = Duration::ZERO).starts_with("breaker.cooldown_ms:"));
         assert!(bad(&|c| c.retry_max = Duration::from_millis(1)).starts_with("retry.max_ms:"));
         assert!(bad(&|c| c.retry_attempts = MAX_ATTEMPTS + 1).starts_with("retry.attempts:"));
         assert!(bad(&|c| c.breaker_failures = 0).starts_with("breaker.failures:"));
