@@ -1,7 +1,7 @@
 //! `[[pipelines]]` in the config file, and starting them with `myriad serve`.
 //! See docs/pipelines.md ("Running pipelines").
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use myriad_broker::shell::BrokerHandle;
 use myriad_pipeline::runtime::{
-    self, FileSinkConfig, PipelineConfig, PostgresSinkConfig, SinkConfig, TopicTemplate,
+    self, FileSinkConfig, HttpSinkConfig, KeyFields, NatsSinkConfig, PipelineConfig,
+    PostgresSinkConfig, SinkConfig, TopicTemplate,
 };
 use myriad_pipeline::sql::Rule;
 use myriad_pipeline::status::{PipelineState, PipelineStatus};
@@ -94,8 +95,9 @@ fn default_keep_files() -> u32 {
     10
 }
 
-/// `sink = { type = "file", ... }`, `sink = { type = "mqtt", topic = "..." }` or
-/// `sink = { type = "postgres", url, table, columns, key }`.
+/// `sink = { type = "file", ... }`, `{ type = "mqtt", topic = "..." }`,
+/// `{ type = "postgres", url, table, columns, key }`, `{ type = "nats", ... }` or
+/// `{ type = "http", ... }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkEntry {
@@ -128,6 +130,142 @@ pub enum SinkEntry {
         #[serde(default)]
         key: Vec<String>,
     },
+    /// Publish to NATS JetStream.
+    Nats(NatsEntry),
+    /// Send to an HTTP webhook.
+    Http(HttpEntry),
+}
+
+/// `sink = { type = "nats", url, subject, key, ack_timeout_ms }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsEntry {
+    /// `nats://host:port`.
+    pub url: String,
+    /// Subject template, `${field}` from the output.
+    pub subject: String,
+    /// Output fields making the `Nats-Msg-Id` (none: no id, at least once).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// How long to wait for a PubAck (1 to 300,000 ms; default 5000).
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+fn default_ack_timeout_ms() -> u64 {
+    5000
+}
+
+/// `sink = { type = "http", url, method, headers, per_record, timeout_ms, concurrency, key,
+/// retry = { min_ms, max_ms, attempts }, breaker = { failures, cooldown_ms } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpEntry {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// `POST` (default), `PUT` or `PATCH`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// One request per record (default: one per batch, a JSON array).
+    #[serde(default)]
+    pub per_record: bool,
+    /// One request's whole exchange at most (1 to 300,000 ms; default 10,000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests in flight at most (1 to 256; default 4).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Output fields making the `Idempotency-Key` (none: no header).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Retries of a failed request.
+    #[serde(default)]
+    pub retry: RetryEntry,
+    /// The circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerEntry,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+/// `retry = { min_ms, max_ms, attempts }` of the HTTP sink.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryEntry {
+    /// The first delay (1 to 60,000 ms; default 100).
+    pub min_ms: u64,
+    /// The longest delay (min_ms to 600,000 ms; default 10,000).
+    pub max_ms: u64,
+    /// Attempts per request before the write fails as transient (1 to 100; default 3).
+    pub attempts: u32,
+}
+
+impl Default for RetryEntry {
+    fn default() -> Self {
+        RetryEntry {
+            min_ms: 100,
+            max_ms: 10_000,
+            attempts: 3,
+        }
+    }
+}
+
+/// `breaker = { failures, cooldown_ms }` of the HTTP sink.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerEntry {
+    /// Consecutive failed requests that open it (1 to 1000; default 5).
+    pub failures: u32,
+    /// How long it stays open before a probe (1 to 3,600,000 ms; default 5000).
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerEntry {
+    fn default() -> Self {
+        BreakerEntry {
+            failures: 5,
+            cooldown_ms: 5000,
+        }
+    }
+}
+
+/// The NATS sink's config, or the problem (starting with the key under `sink`).
+fn nats_sink(entry: &NatsEntry) -> std::result::Result<SinkConfig, String> {
+    NatsSinkConfig::new(&entry.url, &entry.subject, &entry.key, entry.ack_timeout_ms)
+        .map(SinkConfig::Nats)
+}
+
+/// The HTTP sink's config, or the problem (starting with the key under `sink`).
+fn http_sink(entry: &HttpEntry) -> std::result::Result<SinkConfig, String> {
+    let config = HttpSinkConfig {
+        url: entry.url.clone(),
+        method: entry.method.clone(),
+        headers: entry.headers.clone().into_iter().collect(),
+        per_record: entry.per_record,
+        timeout: Duration::from_millis(entry.timeout_ms),
+        concurrency: entry.concurrency,
+        retry_min: Duration::from_millis(entry.retry.min_ms),
+        retry_max: Duration::from_millis(entry.retry.max_ms),
+        retry_attempts: entry.retry.attempts,
+        breaker_failures: entry.breaker.failures,
+        breaker_cooldown: Duration::from_millis(entry.breaker.cooldown_ms),
+        key: KeyFields::new(&entry.key).map_err(|e| format!("key: {e}"))?,
+    };
+    config.validate()?;
+    Ok(SinkConfig::Http(config))
 }
 
 fn file(base: &Path, path: &Path, max_file_bytes: u64, keep_files: u32) -> FileSinkConfig {
@@ -206,6 +344,12 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
                     bail!("{}", key(&format!("sink.{problem}")));
                 }
                 SinkConfig::Postgres(config)
+            }
+            SinkEntry::Nats(nats) => {
+                nats_sink(nats).or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?
+            }
+            SinkEntry::Http(http) => {
+                http_sink(http).or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?
             }
         };
         let deadline_ms = entry.deadline_ms;

@@ -12,7 +12,8 @@
 //!
 //! - **At least once**: the source is a durable internal session (clean start false,
 //!   session expiry [`SESSION_EXPIRY_SECS`]): a message is PUBACKed after the sink committed
-//!   its batch (file: written and fsynced; MQTT: PUBACKed by the broker), after it was
+//!   its batch (file: written and fsynced; MQTT: PUBACKed by the broker; NATS: acked by
+//!   JetStream; HTTP: a 2xx answer), after it was
 //!   filtered out by WHERE, or after it was written to the dead-letter file. Until then the
 //!   broker keeps it for the session (and in its store): a crash or kill -9 redelivers it,
 //!   so a file sink may hold duplicates.
@@ -36,7 +37,11 @@
 //! rule/passed|filtered|failed|unmatched, sink/committed|refused),
 //! `myriad_pipeline_batches_total{pipeline}`, `myriad_pipeline_dead_letters_total{pipeline}`,
 //! `myriad_pipeline_retries_total{pipeline}`, gauge `myriad_pipeline_lag_records{pipeline}`
-//! (messages received and not yet acknowledged).
+//! (messages received and not yet acknowledged). Sinks add their own: NATS
+//! `myriad_pipeline_sink_duplicates_total{pipeline}` ([`nats`]); HTTP
+//! `myriad_pipeline_http_requests_total{pipeline,outcome}`,
+//! `myriad_pipeline_sink_retries_total{pipeline}`, gauge `myriad_pipeline_breaker_open{pipeline}`
+//! and `myriad_pipeline_breaker_opened_total{pipeline}` ([`http`]).
 //!
 //! # Limits
 //!
@@ -48,8 +53,14 @@
 //! | file `keep_files` | 0 ..= [`file::MAX_KEEP_FILES`] |
 //! | topic template | [`template::MAX_TOPIC_BYTES`], [`template::MAX_PLACEHOLDERS`] |
 //! | PostgreSQL sink | see [`postgres`] |
+//! | NATS / HTTP `key` | [`key::MAX_KEY_FIELDS`] fields, [`key::MAX_KEY_BYTES`] rendered |
+//! | NATS sink | [`nats::MAX_URL_BYTES`], `ack_timeout_ms` up to [`nats::MAX_ACK_TIMEOUT`] |
+//! | HTTP sink | [`http::MAX_URL_BYTES`], [`http::MAX_HEADERS`] headers, [`http::MAX_RESPONSE_BYTES`] read, [`http::MAX_CONCURRENCY`], [`http::MAX_TIMEOUT`] |
 
 pub mod file;
+pub mod http;
+pub mod key;
+pub mod nats;
 pub mod postgres;
 mod sink;
 pub mod template;
@@ -68,6 +79,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use file::{FileSinkConfig, RotatingFile};
+pub use http::HttpSinkConfig;
+pub use key::KeyFields;
+pub use nats::NatsSinkConfig;
 pub use postgres::PostgresSinkConfig;
 pub use template::{TemplateError, TopicTemplate};
 
@@ -116,15 +130,21 @@ pub enum SinkConfig {
     },
     /// Rows in a PostgreSQL table, by binary COPY (see [`postgres`]).
     Postgres(PostgresSinkConfig),
+    /// Published to NATS JetStream, acknowledged by the stream (see [`nats`]).
+    Nats(NatsSinkConfig),
+    /// Sent to an HTTP webhook (see [`http`]).
+    Http(HttpSinkConfig),
 }
 
 impl SinkConfig {
-    /// The sink's kind as configured: `file`, `mqtt`, ...
+    /// The sink's kind as configured: `file`, `mqtt`, `postgres`, `nats`, `http`.
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Mqtt { .. } => "mqtt",
             SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::Nats(_) => "nats",
+            SinkConfig::Http(_) => "http",
         }
     }
 }

@@ -18,6 +18,8 @@ use serde_json::Value;
 
 use super::SinkConfig;
 use super::file::RotatingFile;
+use super::http::HttpSink;
+use super::nats::NatsSink;
 use super::postgres::PostgresSink;
 use super::template::TopicTemplate;
 
@@ -58,6 +60,8 @@ pub(crate) enum Sink {
     File(FileSink),
     Mqtt(MqttSink),
     Postgres(Box<PostgresSink>),
+    Nats(NatsSink),
+    Http(HttpSink),
 }
 
 impl Sink {
@@ -78,6 +82,8 @@ impl Sink {
                 topic: topic.clone(),
             }),
             SinkConfig::Postgres(pg) => Sink::Postgres(Box::new(PostgresSink::new(pg))),
+            SinkConfig::Nats(nats) => Sink::Nats(NatsSink::new(nats, name)),
+            SinkConfig::Http(http) => Sink::Http(HttpSink::new(http, name)),
         })
     }
 
@@ -87,6 +93,8 @@ impl Sink {
             Sink::File(sink) => sink.write(batch).await,
             Sink::Mqtt(sink) => sink.write(batch).await,
             Sink::Postgres(sink) => sink.write(batch).await,
+            Sink::Nats(sink) => sink.write(batch).await,
+            Sink::Http(sink) => sink.write(batch).await,
         }
     }
 
@@ -96,6 +104,8 @@ impl Sink {
             Sink::File(_) => "file sink",
             Sink::Mqtt(_) => "MQTT sink",
             Sink::Postgres(_) => "PostgreSQL sink",
+            Sink::Nats(_) => "NATS sink",
+            Sink::Http(_) => "HTTP sink",
         }
     }
 }

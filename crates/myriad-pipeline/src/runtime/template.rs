@@ -1,5 +1,7 @@
-//! Topic templates of the MQTT republish sink: `alerts/${device}`, where `${name}` is
-//! replaced by the top-level field `name` of the rule's output.
+//! Topic templates of the MQTT republish sink (`alerts/${device}`) and subject templates of
+//! the NATS sink (`readings.${device}`), where `${name}` is replaced by the top-level field
+//! `name` of the rule's output. One parser; the [`Syntax`] says which characters the
+//! literal text and the rendered name may hold.
 
 use serde_json::Value;
 use thiserror::Error;
@@ -26,6 +28,43 @@ pub enum TemplateError {
     /// The literal text holds `+`, `#` or NUL, or the template starts with `$`.
     #[error("a topic name may not contain '+', '#' or NUL, nor start with '$'")]
     Character,
+    /// The literal text of a NATS subject holds `*`, `>`, whitespace or NUL, an empty token,
+    /// or the template starts with `$`.
+    #[error(
+        "a NATS subject may not contain '*', '>', whitespace, NUL or an empty token, nor start with '$'"
+    )]
+    SubjectCharacter,
+}
+
+/// What a template renders: an MQTT topic name or a NATS subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// An MQTT topic name: no `+`, `#`, NUL, no leading `$`.
+    Mqtt,
+    /// A NATS subject: dot-separated non-empty tokens without `*`, `>`, whitespace or NUL,
+    /// no leading `$` (the server's own `$JS`, `$SYS` subjects).
+    Nats,
+}
+
+impl Syntax {
+    /// Whether `s` (literal text or a whole rendered name) holds a character this syntax
+    /// forbids.
+    fn bad_chars(self, s: &str) -> bool {
+        match self {
+            Syntax::Mqtt => s.contains(['+', '#', '\0']),
+            Syntax::Nats => {
+                s.contains(|c: char| c == '*' || c == '>' || c == '\0' || c.is_whitespace())
+            }
+        }
+    }
+
+    /// Whether a whole rendered name is valid.
+    fn valid_name(self, name: &str) -> bool {
+        !name.is_empty()
+            && !name.starts_with('$')
+            && !self.bad_chars(name)
+            && (self == Syntax::Mqtt || name.split('.').all(|token| !token.is_empty()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,20 +78,31 @@ enum Part {
 pub struct TopicTemplate {
     text: String,
     parts: Vec<Part>,
-}
-
-fn bad_topic_chars(s: &str) -> bool {
-    s.contains(['+', '#', '\0'])
+    syntax: Syntax,
 }
 
 impl TopicTemplate {
-    /// Parses `text`.
+    /// Parses `text` as an MQTT topic template.
     pub fn parse(text: &str) -> Result<TopicTemplate, TemplateError> {
+        TopicTemplate::parse_as(text, Syntax::Mqtt)
+    }
+
+    /// Parses `text` as a NATS subject template (`readings.${device}`).
+    pub fn parse_subject(text: &str) -> Result<TopicTemplate, TemplateError> {
+        TopicTemplate::parse_as(text, Syntax::Nats)
+    }
+
+    /// Parses `text` as a template of `syntax`.
+    pub fn parse_as(text: &str, syntax: Syntax) -> Result<TopicTemplate, TemplateError> {
+        let character = match syntax {
+            Syntax::Mqtt => TemplateError::Character,
+            Syntax::Nats => TemplateError::SubjectCharacter,
+        };
         if text.is_empty() || text.len() > MAX_TOPIC_BYTES {
             return Err(TemplateError::Length);
         }
         if text.starts_with('$') && !text.starts_with("${") {
-            return Err(TemplateError::Character);
+            return Err(character);
         }
         let mut parts = Vec::new();
         let mut rest = text;
@@ -85,13 +135,19 @@ impl TopicTemplate {
         }
         if parts
             .iter()
-            .any(|p| matches!(p, Part::Literal(l) if bad_topic_chars(l)))
+            .any(|p| matches!(p, Part::Literal(l) if syntax.bad_chars(l)))
         {
-            return Err(TemplateError::Character);
+            return Err(character);
+        }
+        if syntax == Syntax::Nats
+            && (text.starts_with('.') || text.ends_with('.') || text.contains(".."))
+        {
+            return Err(character);
         }
         Ok(TopicTemplate {
             text: text.to_string(),
             parts,
+            syntax,
         })
     }
 
@@ -102,7 +158,8 @@ impl TopicTemplate {
 
     /// The topic for `output` (a rule's output object), or why there is none: a field
     /// missing or not a string, number or boolean, or a rendered topic that is not a valid
-    /// topic name (empty, too long, `+`, `#`, NUL, a leading `$`).
+    /// topic name (empty, too long, `+`, `#`, NUL, a leading `$`; for a NATS subject `*`,
+    /// `>`, whitespace or an empty token).
     pub fn render(&self, output: &Value) -> Result<String, String> {
         let mut topic = String::new();
         for part in &self.parts {
@@ -120,8 +177,11 @@ impl TopicTemplate {
                 return Err(format!("topic longer than {MAX_TOPIC_BYTES} bytes"));
             }
         }
-        if topic.is_empty() || topic.starts_with('$') || bad_topic_chars(&topic) {
-            return Err(format!("{topic:?} is not a valid topic name"));
+        if !self.syntax.valid_name(&topic) {
+            return match self.syntax {
+                Syntax::Mqtt => Err(format!("{topic:?} is not a valid topic name")),
+                Syntax::Nats => Err(format!("{topic:?} is not a valid NATS subject")),
+            };
         }
         Ok(topic)
     }
@@ -146,6 +206,29 @@ mod tests {
         );
         assert!(t.render(&json!({"device": "+", "n": 1})).is_err());
         assert!(t.render(&json!({"device": {}, "n": 1})).is_err());
+    }
+
+    #[test]
+    fn nats_subjects() {
+        let t = TopicTemplate::parse_subject("readings.${device}").unwrap();
+        assert_eq!(t.render(&json!({"device": "d1"})).unwrap(), "readings.d1");
+        assert!(t.render(&json!({"device": "a b"})).is_err());
+        assert!(t.render(&json!({"device": "*"})).is_err());
+        assert!(t.render(&json!({"device": ""})).is_err());
+        // MQTT's wildcards are ordinary characters in a subject, and the other way round.
+        assert_eq!(t.render(&json!({"device": "a+b"})).unwrap(), "readings.a+b");
+        assert!(TopicTemplate::parse("a/*/>").is_ok());
+        for bad in ["a.*", "a.>", "a b", "a..b", ".a", "a.", "$JS.API.x"] {
+            assert_eq!(
+                TopicTemplate::parse_subject(bad),
+                Err(TemplateError::SubjectCharacter),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            TopicTemplate::parse_subject(&"a".repeat(MAX_TOPIC_BYTES + 1)),
+            Err(TemplateError::Length)
+        );
     }
 
     #[test]
