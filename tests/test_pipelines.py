@@ -151,6 +151,36 @@ def read_lines(path: Path) -> list[dict]:
     return out
 
 
+def metrics(server: "Serve | int") -> list[str]:
+    """The `/metrics` lines of a server (a Serve or its API port)."""
+    port = server if isinstance(server, int) else server.api_port
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode().splitlines()
+
+
+def metric(lines: list[str], name: str, **labels: str) -> float:
+    """The value of the first sample of `name` with these labels in `lines`; 0 if none."""
+    for line in lines:
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def refused_startup(tmp_path: Path, config: str) -> str:
+    """Runs `myriad serve` on `config` (in tmp_path), which must refuse to start: its output."""
+    cfg = tmp_path / "myriad.toml"
+    cfg.write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+    p = subprocess.run(
+        [str(myriad_bin()), "serve", "--config", str(cfg), "--listen", f"{HOST}:0", "--api-listen", f"{HOST}:0"],
+        stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, env=env, timeout=15,
+    )
+    out = p.stdout.decode() + p.stderr.decode()
+    assert p.returncode != 0
+    assert "MQTT listening on" not in out
+    return out
+
+
 def wait_lines(path: Path, n: int, timeout: float = 10) -> list[dict]:
     wait_until(lambda: path.exists() and len(read_lines(path)) >= n, timeout)
     return read_lines(path) if path.exists() else []
@@ -176,20 +206,12 @@ def test_example_rule_writes_selected_fields_above_threshold(serve, tmp_path):
     assert got == [{"t": 35, "device": names[0]}, {"t": 41, "device": names[1]},
                    {"t": 99.5, "device": names[2]}], got
     assert not dead.exists() or dead.read_text() == ""
-    with urllib.request.urlopen(f"http://{HOST}:{s.api_port}/metrics", timeout=10) as resp:
-        lines = resp.read().decode().splitlines()
-
-    def metric(name: str, **labels: str) -> float:
-        for line in lines:
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    assert metric("myriad_pipeline_records_total", pipeline="hot", stage="rule", outcome="passed") == 3
-    assert metric("myriad_pipeline_records_total", pipeline="hot", stage="rule", outcome="filtered") == 2
-    assert metric("myriad_pipeline_records_total", pipeline="hot", stage="sink", outcome="committed") == 3
-    assert metric("myriad_pipeline_batches_total", pipeline="hot") >= 1
-    assert metric("myriad_pipeline_lag_records", pipeline="hot") == 0
+    lines = metrics(s)
+    assert metric(lines, "myriad_pipeline_records_total", pipeline="hot", stage="rule", outcome="passed") == 3
+    assert metric(lines, "myriad_pipeline_records_total", pipeline="hot", stage="rule", outcome="filtered") == 2
+    assert metric(lines, "myriad_pipeline_records_total", pipeline="hot", stage="sink", outcome="committed") == 3
+    assert metric(lines, "myriad_pipeline_batches_total", pipeline="hot") >= 1
+    assert metric(lines, "myriad_pipeline_lag_records", pipeline="hot") == 0
 
 
 SENSORS = SQL.replace("devices/", "sensors/")
@@ -301,17 +323,8 @@ def test_at_least_once_across_kill9(serve, tmp_path):
          "no-dead-letter", "dead-letter-is-sink", "deadline-short"],
 )
 def test_bad_pipeline_config_stops_startup_naming_the_key(tmp_path, entry, key):
-    cfg = tmp_path / "myriad.toml"
-    cfg.write_text("[[pipelines]]\n" + entry)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    p = subprocess.run(
-        [str(myriad_bin()), "serve", "--config", str(cfg), "--listen", f"{HOST}:0", "--api-listen", f"{HOST}:0"],
-        stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, env=env, timeout=15,
-    )
-    out = p.stdout.decode() + p.stderr.decode()
-    assert p.returncode != 0
+    out = refused_startup(tmp_path, "[[pipelines]]\n" + entry)
     assert key in out, f"error output should name {key!r}: {out!r}"
-    assert "MQTT listening on" not in out
 
 
 def test_duplicate_pipeline_names_are_refused(tmp_path):

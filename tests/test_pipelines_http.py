@@ -8,19 +8,16 @@ cuts connections loses nothing."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import HOST, Client, Proxy, broker_kind, myriad_bin, wait_until
+from helpers import HOST, Client, Proxy, broker_kind, wait_until
 import test_pipelines
-from test_pipelines import pipeline_toml, read_lines
+from test_pipelines import metric, metrics, pipeline_toml, read_lines, refused_startup
 
 serve = test_pipelines.serve  # the fixture: `myriad serve` with a config text
 
@@ -142,18 +139,6 @@ def http_sink(url: str, **extra) -> str:
 
     fields = {"url": url, **extra}
     return "{ type = \"http\", " + ", ".join(f"{k} = {val(v)}" for k, v in fields.items()) + " }"
-
-
-def metrics(s) -> list[str]:
-    with urllib.request.urlopen(f"http://{HOST}:{s.api_port}/metrics", timeout=10) as resp:
-        return resp.read().decode().splitlines()
-
-
-def metric(lines: list[str], name: str, **labels: str) -> float:
-    for line in lines:
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def publish(s, seqs) -> None:
@@ -336,13 +321,5 @@ def test_webhook_server_stopped_and_restarted_mid_stream_loses_nothing(serve, ho
     ids=["url", "method", "concurrency", "timeout", "retry-max", "breaker", "header", "key", "unknown"],
 )
 def test_bad_http_sink_config_stops_startup_naming_the_key(tmp_path, sink, key):
-    cfg = tmp_path / "myriad.toml"
-    cfg.write_text(pipeline_toml("p", "SELECT * FROM 'a'", sink, tmp_path / "d.jsonl"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    p = subprocess.run(
-        [str(myriad_bin()), "serve", "--config", str(cfg), "--listen", f"{HOST}:0", "--api-listen", f"{HOST}:0"],
-        stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, env=env, timeout=15,
-    )
-    out = p.stdout.decode() + p.stderr.decode()
-    assert p.returncode != 0
+    out = refused_startup(tmp_path, pipeline_toml("p", "SELECT * FROM 'a'", sink, tmp_path / "d.jsonl"))
     assert key in out, f"error output should name {key!r}: {out!r}"

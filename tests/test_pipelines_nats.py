@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import socket
@@ -17,16 +16,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from helpers import HOST, Client, Proxy, broker_kind, myriad_bin, unique, wait_until
+from helpers import HOST, Client, Proxy, broker_kind, unique, wait_until
 import test_pipelines
-from test_pipelines import pipeline_toml, toml_str
+from test_pipelines import metric, metrics, pipeline_toml, refused_startup, toml_str
 
 nats = pytest.importorskip("nats")
 
@@ -173,18 +171,6 @@ def nats_sink(url: str, subject: str = "readings.${device}", key: list[str] | No
     k = "" if key is None else f", key = {json.dumps(key)}"
     return (f"{{ type = \"nats\", url = {toml_str(url)}, subject = {toml_str(subject)}{k}, "
             f"ack_timeout_ms = {ack_timeout_ms} }}")
-
-
-def metrics(s) -> list[str]:
-    with urllib.request.urlopen(f"http://{HOST}:{s.api_port}/metrics", timeout=10) as resp:
-        return resp.read().decode().splitlines()
-
-
-def metric(lines: list[str], name: str, **labels: str) -> float:
-    for line in lines:
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_messages_arrive_with_their_msg_id_and_a_repeat_is_dropped(serve, natsd, tmp_path):
@@ -431,13 +417,5 @@ def test_a_batch_larger_than_the_acks_in_flight_is_published_in_steps(serve, nat
     ids=["url", "subject", "key", "ack-timeout", "no-subject"],
 )
 def test_bad_nats_sink_config_stops_startup_naming_the_key(tmp_path, sink, key):
-    cfg = tmp_path / "myriad.toml"
-    cfg.write_text(pipeline_toml("p", "SELECT * FROM 'a'", sink, tmp_path / "d.jsonl"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    p = subprocess.run(
-        [str(myriad_bin()), "serve", "--config", str(cfg), "--listen", f"{HOST}:0", "--api-listen", f"{HOST}:0"],
-        stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, env=env, timeout=15,
-    )
-    out = p.stdout.decode() + p.stderr.decode()
-    assert p.returncode != 0
+    out = refused_startup(tmp_path, pipeline_toml("p", "SELECT * FROM 'a'", sink, tmp_path / "d.jsonl"))
     assert key in out, f"error output should name {key!r}: {out!r}"

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -20,8 +17,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from helpers import HOST, Client, broker_kind, myriad_bin, unique, wait_until
-from test_pipelines import pipeline_toml, read_lines, serve, toml_str  # noqa: F401 (fixture)
+from helpers import HOST, Client, broker_kind, unique, wait_until
+from test_pipelines import (  # noqa: F401 (serve: the fixture)
+    metric, metrics, pipeline_toml, read_lines, refused_startup, serve, toml_str,
+)
 
 pytestmark = [
     pytest.mark.myriad_only,
@@ -46,18 +45,6 @@ def db(postgres):
     url = postgres.create_db(name)
     with postgres.connect(name) as conn:
         yield url, conn
-
-
-def metrics(api_port: int) -> list[str]:
-    with urllib.request.urlopen(f"http://{HOST}:{api_port}/metrics", timeout=10) as resp:
-        return resp.read().decode().splitlines()
-
-
-def metric(lines: list[str], name: str, **labels: str) -> float:
-    for line in lines:
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def count(conn, table: str) -> int:
@@ -304,20 +291,12 @@ def test_kill9_of_the_server_every_acknowledged_message_exactly_once(serve, db, 
          "column-64-bytes", "columns-1601", "no-table"],
 )
 def test_bad_postgres_sink_config_stops_startup_naming_the_key(tmp_path, sink, key):
-    cfg = tmp_path / "myriad.toml"
-    cfg.write_text(
+    out = refused_startup(
+        tmp_path,
         "[[pipelines]]\nname = \"p\"\nsql = \"SELECT * FROM 'a'\"\n"
-        f"sink = {sink}\ndead_letter = {{ path = \"d.jsonl\" }}\n"
+        f"sink = {sink}\ndead_letter = {{ path = \"d.jsonl\" }}\n",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
-    p = subprocess.run(
-        [str(myriad_bin()), "serve", "--config", str(cfg), "--listen", f"{HOST}:0", "--api-listen", f"{HOST}:0"],
-        stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, env=env, timeout=15,
-    )
-    out = p.stdout.decode() + p.stderr.decode()
-    assert p.returncode != 0
     assert key in out, f"error output should name {key!r}: {out!r}"
-    assert "MQTT listening on" not in out
     assert "postgres://u@h" not in out or "url" not in key
 
 
