@@ -46,6 +46,7 @@ class Webhook:
         self.hang = 0.0
         self.delay = 0.0
         self.refuse_if = None  # record -> bool: answer 400 for a body holding such a record
+        self.endless = False  # accept, then answer 200 with a body that never ends
         self.in_flight = 0
         self.max_in_flight = 0
         self.conns: list[socket.socket] = []
@@ -92,6 +93,21 @@ class Webhook:
                 finally:
                     with hook.lock:
                         hook.in_flight -= 1
+                if hook.endless and status == 200:
+                    # 64 KiB + 1 at once, then a trickle for up to 30 s: the sink must stop
+                    # reading at its limit rather than wait for the end.
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(1 << 30))
+                    self.end_headers()
+                    try:
+                        self.wfile.write(b"x" * (64 * 1024 + 1))
+                        for _ in range(150):
+                            time.sleep(0.2)
+                            self.wfile.write(b"x" * 1024)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
@@ -323,3 +339,20 @@ def test_webhook_server_stopped_and_restarted_mid_stream_loses_nothing(serve, ho
 def test_bad_http_sink_config_stops_startup_naming_the_key(tmp_path, sink, key):
     out = refused_startup(tmp_path, pipeline_toml("p", "SELECT * FROM 'a'", sink, tmp_path / "d.jsonl"))
     assert key in out, f"error output should name {key!r}: {out!r}"
+
+
+def test_a_response_body_past_the_read_limit_is_not_waited_for(serve, hook, tmp_path):
+    """The server accepts the batch, then sends a 1 GiB body: 64 KiB + 1 at once, the rest a
+    trickle. The sink reads its 64 KiB (`MAX_RESPONSE_BYTES`) and commits, long before the
+    request timeout (60 s) or the body's end."""
+    hook.endless = True
+    s = serve(pipeline_toml("h9", SQL, http_sink(hook.url(), timeout_ms=60000), tmp_path / "d.jsonl",
+                            max_age_ms=20))
+    started = time.monotonic()
+    with Client(s.port) as c:
+        for seq in range(5):
+            assert c.publish(f"sensors/d{seq}/data", json.dumps({"seq": seq}), qos=1) == 0
+    assert wait_until(lambda: metric(metrics(s), "myriad_pipeline_records_total", pipeline="h9", stage="sink",
+                                     outcome="committed") == 5, 20)
+    assert time.monotonic() - started < 20
+    assert sorted(hook.seqs()) == list(range(5))
