@@ -183,7 +183,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=5000, help="batch.max_records")
     ap.add_argument("--in-flight", type=int, default=65535)
     ap.add_argument("--key", action="store_true")
-    ap.add_argument("--queue", type=int, default=100_000, help="mqtt.max_queued_messages")
+    ap.add_argument("--queue", type=int, default=100_000, help="mqtt.internal_max_queued_messages (the pipeline's buffer)")
     ap.add_argument("--hold-ms", type=int, default=5000, help="mqtt.publisher_hold_ms (0: off)")
     ap.add_argument("--rate", type=int, default=0, help="msgs/s of all publishers in the first run (0: max)")
     ap.add_argument("--keep", action="store_true", help="keep the server's work dir (logs)")
@@ -205,7 +205,7 @@ def main() -> int:
             # --hold-ms: publisher flow control (a publisher's PUBACK waits while the
             # pipeline's session queue is full: nothing dropped, the publishers' rate is the
             # pipeline's). Without it, what overflows the session queue is dropped ("lost").
-            f"[mqtt]\npublisher_hold_ms = {args.hold_ms}\nmax_queued_messages = {args.queue}\nmax_queued_bytes = 268435456\n"
+            f"[mqtt]\npublisher_hold_ms = {args.hold_ms}\ninternal_max_queued_messages = {args.queue}\ninternal_max_queued_bytes = 268435456\n"
             "[[pipelines]]\nname = \"bench\"\n"
             f"sql = {json.dumps(sql)}\n"
             f"batch = {{ max_records = {args.batch}, max_bytes = 16777216, max_age_ms = 50 }}\n"
@@ -282,7 +282,7 @@ def main() -> int:
             "binary": str(args.bin.relative_to(ROOT) if args.bin.is_relative_to(ROOT) else args.bin),
             "mode": "staged + key (ON CONFLICT)" if args.key else "COPY (no key)",
             "publisher_hold_ms": args.hold_ms,
-            "max_queued_messages": args.queue,
+            "internal_max_queued_messages": args.queue,
             "rate_first_run": first_rate * args.publishers,
             "batch_max_records": args.batch,
             "in_flight": args.in_flight,

@@ -199,7 +199,7 @@ def run(kind: str, args, workdir: Path) -> dict:
         f'[store]\ndata_dir = "{workdir / "data"}"\n'
         # The pipeline's session queues what it has not taken yet; big enough for the run
         # (past it the broker drops oldest first: docs/pipelines.md, backpressure).
-        "[mqtt]\nmax_queued_messages = 2000000\nmax_queued_bytes = 1073741824\n"
+        "[mqtt]\ninternal_max_queued_messages = 2000000\ninternal_max_queued_bytes = 1073741824\n"
     )
     mqtt_port = free_port()
     binary = os.environ.get("MYRIAD_BIN", str(REPO / "target/release/myriad"))
