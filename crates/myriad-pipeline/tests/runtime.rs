@@ -50,6 +50,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn config(dir: &Path, sink: SinkConfig) -> PipelineConfig {
     PipelineConfig {
+        source: runtime::SourceConfig::Mqtt,
         name: "hot".into(),
         rule: Rule::compile(SQL).expect("rule"),
         batch: BatchConfig {

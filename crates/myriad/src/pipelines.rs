@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use myriad_broker::shell::BrokerHandle;
+use myriad_pipeline::runtime::SourceConfig;
+use myriad_pipeline::runtime::files::{FileFormat, FilesSourceConfig};
 use myriad_pipeline::runtime::{
     self, FileSinkConfig, HttpSinkConfig, KeyFields, NatsSinkConfig, PipelineConfig,
     PostgresSinkConfig, SinkConfig, TopicTemplate,
@@ -45,6 +47,54 @@ pub struct PipelineEntry {
     /// file (100 ms to 1 day); absent: retried until the sink takes it.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Where records come from (default: this broker, the rule's FROM filter).
+    #[serde(default)]
+    pub source: Option<SourceEntry>,
+}
+
+/// `source = { type = "files", dir = "...", format = "jsonl" | "csv", ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceEntry {
+    /// This broker (the default).
+    Mqtt,
+    /// A directory of JSONL or CSV files (docs/pipelines.md, "Files source").
+    Files {
+        /// The directory; relative paths are under `store.data_dir`.
+        dir: PathBuf,
+        /// `jsonl` (default) or `csv` (a header line first).
+        #[serde(default)]
+        format: FileFormatEntry,
+        /// How often the directory is listed again when all is read (10 to 3,600,000 ms;
+        /// default 1000).
+        #[serde(default = "default_poll_ms")]
+        poll_ms: u64,
+        /// Longer lines are dead-lettered (1 to 16 MiB; default 1 MiB).
+        #[serde(default = "default_max_line_bytes")]
+        max_line_bytes: usize,
+        /// Delete each file once all of it is done (default false).
+        #[serde(default)]
+        delete_done: bool,
+    },
+}
+
+/// `format = "jsonl" | "csv"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormatEntry {
+    /// One JSON value per line.
+    #[default]
+    Jsonl,
+    /// Comma-separated values under a header line.
+    Csv,
+}
+
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+fn default_max_line_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_in_flight() -> u32 {
@@ -352,6 +402,34 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
                 http_sink(http).or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?
             }
         };
+        let source = match &entry.source {
+            None | Some(SourceEntry::Mqtt) => SourceConfig::Mqtt,
+            Some(SourceEntry::Files {
+                dir,
+                format,
+                poll_ms,
+                max_line_bytes,
+                delete_done,
+            }) => {
+                let config = FilesSourceConfig {
+                    dir: base.join(dir),
+                    format: match format {
+                        FileFormatEntry::Jsonl => FileFormat::Jsonl,
+                        FileFormatEntry::Csv => FileFormat::Csv,
+                    },
+                    poll_ms: *poll_ms,
+                    max_line_bytes: *max_line_bytes,
+                    checkpoint: base
+                        .join("pipelines")
+                        .join(format!("{}.checkpoint", entry.name)),
+                    delete_done: *delete_done,
+                };
+                if let Err(problem) = config.validate() {
+                    bail!("{}", key(&format!("source.{problem}")));
+                }
+                SourceConfig::Files(config)
+            }
+        };
         let deadline_ms = entry.deadline_ms;
         if let Some(ms) = deadline_ms
             && !(runtime::MIN_DEADLINE_MS..=runtime::MAX_DEADLINE_MS).contains(&ms)
@@ -389,6 +467,7 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
             );
         }
         built.push(PipelineConfig {
+            source,
             name: entry.name.clone(),
             rule,
             batch,

@@ -58,22 +58,24 @@
 //! | HTTP sink | [`http::MAX_URL_BYTES`], [`http::MAX_HEADERS`] headers, [`http::MAX_RESPONSE_BYTES`] read, [`http::MAX_CONCURRENCY`], [`http::MAX_TIMEOUT`] |
 
 pub mod file;
+pub mod files;
 pub mod http;
 pub mod key;
 pub mod nats;
 pub mod postgres;
 mod sink;
 pub mod template;
+mod window;
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use bytes::Bytes;
 use myriad_broker::shell::internal::{DurableOptions, InternalClient};
 use myriad_broker::shell::{BrokerHandle, BrokerStopped};
-use myriad_mqtt::{Publish, QoS};
+use myriad_mqtt::QoS;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +92,7 @@ use crate::sql::{EvalContext, Rule};
 use crate::status::{PipelineState, PipelineStatus};
 use crate::transform::{Batch, BatchConfig, Batcher};
 use sink::{Pending, Sink, SinkError, Verdict, append};
+use window::Window;
 
 /// The longest pipeline name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -149,13 +152,25 @@ impl SinkConfig {
     }
 }
 
+/// Where a pipeline's records come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// This broker: a durable session subscribed to the rule's FROM filter.
+    Mqtt,
+    /// A directory of JSONL or CSV files (see [`files`]).
+    Files(files::FilesSourceConfig),
+}
+
 /// One pipeline, validated.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// Its name (see [`validate_name`]); its source session is `$myriad/pipeline/{name}`.
     pub name: String,
-    /// The rule: its FROM filter is the source's subscription.
+    /// The rule: its FROM filter is the source's subscription (a files source: it selects
+    /// the files, whose records have the topic `files/{file name}`).
     pub rule: Rule,
+    /// Where records come from.
+    pub source: SourceConfig,
     /// When batches are flushed to the sink.
     pub batch: BatchConfig,
     /// The source's Receive Maximum: unacknowledged messages at most (1 ..= 65535).
@@ -185,6 +200,9 @@ pub enum RuntimeError {
     /// The batch settings are out of range.
     #[error("batch.{0}")]
     Batch(#[from] crate::transform::ConfigError),
+    /// A source other than the broker ended before the shutdown.
+    #[error("the source ended: {0}")]
+    SourceEnded(String),
 }
 
 /// The wall clock in unix milliseconds.
@@ -198,7 +216,13 @@ pub fn now_ms() -> i64 {
 /// A message handed from the source to the worker.
 struct Item {
     seq: u64,
-    publish: Publish,
+    /// The message's topic (a file source's records: `files/{file name}`).
+    topic: String,
+    payload: Bytes,
+    qos: record::QoS,
+    /// Set when the source could not take the record as it is (a file line too long): it
+    /// goes to the dead-letter file with this reason.
+    error: Option<String>,
 }
 
 /// The pipeline's metric handles, registered once (no label allocation per record), and its
@@ -301,12 +325,18 @@ pub async fn run_with_status(
         session_expiry_secs: SESSION_EXPIRY_SECS,
     };
     let name = config.name.clone();
-    let mut source = broker
-        .connect_internal_durable(&format!("pipeline/{name}"), options)
-        .await?;
-    source
-        .subscribe(config.rule.topic_filter().as_str(), QoS::AtLeastOnce)
-        .await?;
+    let mut source = match &config.source {
+        SourceConfig::Mqtt => {
+            let mut client = broker
+                .connect_internal_durable(&format!("pipeline/{name}"), options)
+                .await?;
+            client
+                .subscribe(config.rule.topic_filter().as_str(), QoS::AtLeastOnce)
+                .await?;
+            Some(client)
+        }
+        SourceConfig::Files(_) => None,
+    };
     let sink = Sink::open(&config.sink, &name, &broker).await?;
     tracing::info!(pipeline = %name, filter = config.rule.topic_filter().as_str(), "pipeline started");
     status.set_state(PipelineState::Running, None, now_ms());
@@ -338,15 +368,19 @@ pub async fn run_with_status(
         seed: std::collections::hash_map::RandomState::new(),
     };
     let worker = tokio::spawn(worker.run(items_rx));
-    let outcome = run_source(
-        &mut source,
-        items_tx,
-        done_rx,
-        &shutdown,
-        &hard,
-        Counters::new(&name, status.clone()),
-    )
-    .await;
+    let counters = Counters::new(&name, status.clone());
+    let outcome = match (&mut source, config.source) {
+        (Some(client), _) => {
+            run_source(client, items_tx, done_rx, &shutdown, &hard, counters).await
+        }
+        (None, SourceConfig::Files(files)) => {
+            files::run_source(
+                files, capacity, items_tx, done_rx, &shutdown, &hard, counters,
+            )
+            .await
+        }
+        (None, SourceConfig::Mqtt) => Ok(()),
+    };
     let _ = worker.await;
     timer.abort();
     tracing::info!(pipeline = %name, "pipeline stopped");
@@ -355,7 +389,9 @@ pub async fn run_with_status(
         Err(error) => status.set_state(PipelineState::Failed, Some(&error.to_string()), now_ms()),
     }
     // The session stays (clean start false): unacknowledged messages wait for the next run.
-    source.disconnect().await;
+    if let Some(client) = source {
+        client.disconnect().await;
+    }
     outcome
 }
 
@@ -369,9 +405,8 @@ async fn run_source(
     hard: &CancellationToken,
     counters: Counters,
 ) -> Result<(), RuntimeError> {
-    // (seq, packet id, done) of each message not yet acknowledged, oldest first.
-    let mut window: VecDeque<(u64, Option<u16>, bool)> = VecDeque::new();
-    let mut next_seq = 0u64;
+    // The packet id of each message not yet acknowledged, oldest first.
+    let mut window: Window<Option<u16>> = Window::new();
     let mut items = Some(items);
     loop {
         tokio::select! {
@@ -386,22 +421,15 @@ async fn run_source(
                         Err(RuntimeError::BrokerStopped(BrokerStopped))
                     };
                 };
-                let Some(&(first, _, _)) = window.front() else { continue };
                 // This one and every other already reported (a committed batch reports
                 // its records together).
                 let mut next = Some(seq);
                 while let Some(seq) = next {
-                    if let Some(entry) = seq.checked_sub(first).and_then(|i| window.get_mut(i as usize)) {
-                        entry.2 = true;
-                    }
+                    window.mark_done(seq);
                     next = done.try_recv().ok();
                 }
                 // Everything done at the window's front, in one event for the broker.
-                let mut acks = Vec::new();
-                while let Some(&(_, packet_id, true)) = window.front() {
-                    window.pop_front();
-                    acks.extend(packet_id);
-                }
+                let acks = window.take_done().into_iter().flatten().collect();
                 client.ack_many(acks).await?;
                 counters.lag(window.len());
             }
@@ -414,13 +442,22 @@ async fn run_source(
                 let Some(delivery) = delivery else {
                     return Err(RuntimeError::BrokerStopped(BrokerStopped));
                 };
-                let seq = next_seq;
-                next_seq += 1;
-                window.push_back((seq, delivery.packet_id, false));
+                let seq = window.push(delivery.packet_id);
                 counters.records(Outcome::Received, 1);
                 counters.lag(window.len());
                 let Some(sender) = &items else { continue };
-                if sender.send(Item { seq, publish: delivery.publish }).await.is_err() {
+                let publish = delivery.publish;
+                let item = Item {
+                    seq,
+                    topic: publish.topic.to_string(),
+                    payload: publish.payload,
+                    qos: match publish.qos {
+                        QoS::AtMostOnce => record::QoS::AtMostOnce,
+                        _ => record::QoS::AtLeastOnce,
+                    },
+                    error: None,
+                };
+                if sender.send(item).await.is_err() {
                     return Ok(());
                 }
             }
@@ -520,8 +557,17 @@ impl Worker {
     }
 
     async fn process(&mut self, item: Item) -> bool {
-        let Item { seq, publish } = item;
-        let topic = publish.topic.to_string();
+        let Item {
+            seq,
+            topic,
+            payload,
+            qos,
+            error,
+        } = item;
+        if let Some(reason) = error {
+            self.counters.records(Outcome::Failed, 1);
+            return self.dead_letter(seq, &topic, &payload, &reason).await;
+        }
         if !self.rule.matches_topic(&topic) {
             // A subscription left in the session by an earlier rule.
             self.counters.records(Outcome::Unmatched, 1);
@@ -529,11 +575,7 @@ impl Worker {
             return true;
         }
         let now = now_ms();
-        let qos = match publish.qos {
-            QoS::AtMostOnce => record::QoS::AtMostOnce,
-            _ => record::QoS::AtLeastOnce,
-        };
-        let record = Record::new(topic.clone(), publish.payload.clone(), ())
+        let record = Record::new(topic.clone(), payload.clone(), ())
             .with_qos(qos)
             .with_publish_time_ms(now);
         let ctx = EvalContext::new(now).with_random(self.seed.hash_one(seq));
@@ -545,7 +587,7 @@ impl Worker {
             }
             Err(error) => {
                 self.counters.records(Outcome::Failed, 1);
-                self.dead_letter(seq, &topic, &publish.payload, &format!("rule: {error}"))
+                self.dead_letter(seq, &topic, &payload, &format!("rule: {error}"))
                     .await
             }
             Ok(Some(output)) => {
@@ -556,7 +598,7 @@ impl Worker {
                     received_ms: now,
                     output,
                     topic,
-                    payload: publish.payload,
+                    payload,
                 };
                 match self.batcher.push(pending, bytes, now) {
                     Some(batch) => self.commit(batch).await,
