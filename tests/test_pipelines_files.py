@@ -59,6 +59,11 @@ def test_jsonl_files_whole_lines_growing_and_new_files(serve, tmp_path):
     time.sleep(0.5)
     assert sorted(r["seq"] for r in read_lines(out)) == [0, 1, 2, 3, 4, 5, 6, 7]
     assert not dead.exists() or dead.read_text() == ""
+    # Replaced by a shorter file under the same name: read from its start.
+    (inbox / "a.jsonl").write_text(json.dumps({"seq": 8}) + "\n")
+    wait_lines(out, 9)
+    time.sleep(0.3)
+    assert sorted(r["seq"] for r in read_lines(out)) == list(range(9))
 
 
 def test_csv_rows_become_objects_and_bad_lines_are_dead_lettered(serve, tmp_path):

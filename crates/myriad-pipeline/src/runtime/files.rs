@@ -16,6 +16,8 @@
 //! - **Bad lines** (longer than `max_line_bytes`, a CSV line that does not parse or does not
 //!   match the header) go to the dead-letter file with the reason; the rest of the file goes
 //!   on.
+//! - A file that becomes shorter than what was read is taken as a new file under the old
+//!   name (rotated by its writer) and read from its start.
 //! - With `delete_done`, a file is deleted once all of it is done: write files elsewhere
 //!   and rename them into the directory when complete.
 //!
@@ -433,8 +435,15 @@ async fn next_lines(
     offsets.retain(|name, _| files.iter().any(|(n, _)| n == name));
     progress.retain(|name, _| files.iter().any(|(n, _)| n == name));
     for (name, size) in files {
-        let acked = offsets.get(&name).copied().unwrap_or(0);
+        let mut acked = offsets.get(&name).copied().unwrap_or(0);
         let state = progress.entry(name.clone()).or_default();
+        if size < acked.max(state.read) {
+            // Shorter than what was read: a new file under the old name. From its start.
+            tracing::info!(file = %name, "files source: the file shrank; reading it from its start");
+            offsets.remove(&name);
+            *state = Progress::default();
+            acked = 0;
+        }
         let start = state.read.max(acked);
         if size <= start {
             continue;
