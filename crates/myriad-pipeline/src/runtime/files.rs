@@ -363,11 +363,7 @@ pub(super) async fn run_source(
                         Err(RuntimeError::SourceEnded("the worker stopped".to_owned()))
                     };
                 };
-                let mut next = Some(seq);
-                while let Some(seq) = next {
-                    window.mark_done(seq);
-                    next = done.try_recv().ok();
-                }
+                window.mark_reported(seq, &mut done);
                 for (name, end) in window.take_done() {
                     offsets.insert(name, end);
                     dirty = true;

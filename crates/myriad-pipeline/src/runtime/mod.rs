@@ -421,13 +421,7 @@ async fn run_source(
                         Err(RuntimeError::BrokerStopped(BrokerStopped))
                     };
                 };
-                // This one and every other already reported (a committed batch reports
-                // its records together).
-                let mut next = Some(seq);
-                while let Some(seq) = next {
-                    window.mark_done(seq);
-                    next = done.try_recv().ok();
-                }
+                window.mark_reported(seq, &mut done);
                 // Everything done at the window's front, in one event for the broker.
                 let acks = window.take_done().into_iter().flatten().collect();
                 client.ack_many(acks).await?;

@@ -5,6 +5,8 @@
 
 use std::collections::VecDeque;
 
+use tokio::sync::mpsc;
+
 /// Records handed out and not yet acknowledged, each with what acknowledging it takes
 /// (`T`: a packet id, a file offset).
 #[derive(Debug)]
@@ -41,6 +43,15 @@ impl<T> Window<T> {
             .and_then(|i| self.entries.get_mut(i))
         {
             entry.2 = true;
+        }
+    }
+
+    /// Marks `seq` done, and every number already waiting on `reports` (a committed batch
+    /// reports its records together: one acknowledgement covers them all).
+    pub(crate) fn mark_reported(&mut self, seq: u64, reports: &mut mpsc::UnboundedReceiver<u64>) {
+        self.mark_done(seq);
+        while let Ok(seq) = reports.try_recv() {
+            self.mark_done(seq);
         }
     }
 
