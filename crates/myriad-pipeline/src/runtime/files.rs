@@ -219,8 +219,9 @@ fn watched(name: &str) -> bool {
         && !name.contains(['+', '#', '\0'])
 }
 
-/// The files of `dir` to look at, in name order, with their sizes.
-fn list(dir: &Path) -> io::Result<Vec<(String, u64)>> {
+/// The files of `dir` to look at, in name order, with their sizes (the first
+/// [`MAX_FILES`]), and whether there were more.
+fn list(dir: &Path) -> io::Result<(Vec<(String, u64)>, bool)> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -233,8 +234,9 @@ fn list(dir: &Path) -> io::Result<Vec<(String, u64)>> {
         }
     }
     files.sort();
+    let more = files.len() > MAX_FILES;
     files.truncate(MAX_FILES);
-    Ok(files)
+    Ok((files, more))
 }
 
 /// Per file, the offset up to which every line is done.
@@ -426,10 +428,13 @@ async fn next_lines(
     window: &mut Window<(String, u64)>,
 ) -> io::Result<Vec<Item>> {
     let dir = config.dir.clone();
-    let files = blocking(move || list(&dir)).await?;
-    // Forget what is no longer there.
-    offsets.retain(|name, _| files.iter().any(|(n, _)| n == name));
-    progress.retain(|name, _| files.iter().any(|(n, _)| n == name));
+    let (files, more) = blocking(move || list(&dir)).await?;
+    if !more {
+        // Forget what is no longer there (with more files than listed, a file beyond the
+        // listing keeps its offset for when it comes into it).
+        offsets.retain(|name, _| files.iter().any(|(n, _)| n == name));
+        progress.retain(|name, _| files.iter().any(|(n, _)| n == name));
+    }
     for (name, size) in files {
         let mut acked = offsets.get(&name).copied().unwrap_or(0);
         let state = progress.entry(name.clone()).or_default();
