@@ -48,6 +48,22 @@ mod sample;
 mod shadow;
 mod status;
 
+/// An interval whose late tick is followed by a whole period (no burst of catch-up ticks):
+/// what every periodic task of the agent (samplers, health, status, shadow reports) runs on.
+fn every(period: std::time::Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for `tick`'s next tick; `false` if `cancel` fires first.
+async fn next_tick(tick: &mut tokio::time::Interval, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        _ = tick.tick() => true,
+    }
+}
+
 use std::collections::HashMap;
 use std::fs::File;
 

@@ -88,13 +88,8 @@ pub(super) fn start(
 }
 
 async fn status(telemetry: Telemetry<RealFs>, every: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = super::every(every);
+    while super::next_tick(&mut tick, &cancel).await {
         let t = telemetry.clone();
         let Ok(s) = tokio::task::spawn_blocking(move || t.stats()).await else {
             return;
@@ -166,13 +161,8 @@ async fn health(
     cancel: CancellationToken,
 ) {
     let started = std::time::Instant::now();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = super::every(every);
+    while super::next_tick(&mut tick, &cancel).await {
         let t = telemetry.clone();
         let r = tokio::task::spawn_blocking(move || {
             let p = health_point(&t, started, fw_counter);
@@ -201,13 +191,8 @@ async fn sampler(
     handed_log: Option<PathBuf>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(s.every_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = super::every(Duration::from_secs(s.every_secs));
+    while super::next_tick(&mut tick, &cancel).await {
         let points = tokio::select! {
             _ = cancel.cancelled() => return,
             r = sample(&s) => r,

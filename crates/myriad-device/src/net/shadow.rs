@@ -105,9 +105,7 @@ impl Task {
     async fn run(mut self, mut rx: Receiver<Message>, cancel: CancellationToken) {
         let mut state = self.client.watch_state();
         let mut epoch = 0;
-        let mut report_tick =
-            tokio::time::interval(Duration::from_secs(self.settings.report_every_secs));
-        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut report_tick = super::every(Duration::from_secs(self.settings.report_every_secs));
         let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             let actions = tokio::select! {

@@ -64,8 +64,7 @@ async fn run(
 ) {
     let started = Instant::now();
     let mut state = client.watch_state();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = super::every(every);
     let mut epoch = 0;
     loop {
         tokio::select! {
