@@ -56,12 +56,23 @@
 //! | NATS / HTTP `key` | [`key::MAX_KEY_FIELDS`] fields, [`key::MAX_KEY_BYTES`] rendered |
 //! | NATS sink | [`nats::MAX_URL_BYTES`], `ack_timeout_ms` up to [`nats::MAX_ACK_TIMEOUT`] |
 //! | HTTP sink | [`http::MAX_URL_BYTES`], [`http::MAX_HEADERS`] headers, [`http::MAX_RESPONSE_BYTES`] read, [`http::MAX_CONCURRENCY`], [`http::MAX_TIMEOUT`] |
+//! | files source | see [`files`] |
+//! | HTTP ingest source | see [`ingest`]: `max_line_bytes`, [`ingest::MAX_BODY_BYTES`], [`ingest::QUEUE_LINES`] |
+//! | HTTP polling source | see [`poll`]: [`poll::MAX_RESPONSE_BYTES`], [`poll::MIN_INTERVAL_MS`] |
+//!
+//! # Other sources
+//!
+//! Instead of the broker: a directory of files ([`files`]), request bodies POSTed to the API
+//! ([`ingest`]) or a URL polled ([`poll`]). Each keeps the same window (at most `in_flight`
+//! records handed out and not done) and learns which records are done from the worker.
 
 pub mod file;
 pub mod files;
 pub mod http;
+pub mod ingest;
 pub mod key;
 pub mod nats;
+pub mod poll;
 pub mod postgres;
 mod sink;
 pub mod template;
@@ -159,6 +170,21 @@ pub enum SourceConfig {
     Mqtt,
     /// A directory of JSONL or CSV files (see [`files`]).
     Files(files::FilesSourceConfig),
+    /// Request bodies streamed in over the HTTP API (see [`ingest`]); topic `http/{name}`.
+    Http(ingest::HttpSourceConfig),
+    /// A URL polled with GET (see [`poll`]); topic `http/{name}`.
+    HttpPoll(poll::HttpPollConfig),
+}
+
+impl SourceConfig {
+    /// The topic of the records of pipeline `name` from this source, when the source sets
+    /// one (`http/{name}` for the HTTP sources; MQTT and files: `None`).
+    pub fn topic(&self, name: &str) -> Option<String> {
+        match self {
+            SourceConfig::Http(_) | SourceConfig::HttpPoll(_) => Some(format!("http/{name}")),
+            SourceConfig::Mqtt | SourceConfig::Files(_) => None,
+        }
+    }
 }
 
 /// One pipeline, validated.
@@ -167,7 +193,8 @@ pub struct PipelineConfig {
     /// Its name (see [`validate_name`]); its source session is `$myriad/pipeline/{name}`.
     pub name: String,
     /// The rule: its FROM filter is the source's subscription (a files source: it selects
-    /// the files, whose records have the topic `files/{file name}`).
+    /// the files, whose records have the topic `files/{file name}`; the HTTP sources' records
+    /// have the topic `http/{name}`).
     pub rule: Rule,
     /// Where records come from.
     pub source: SourceConfig,
@@ -335,7 +362,7 @@ pub async fn run_with_status(
                 .await?;
             Some(client)
         }
-        SourceConfig::Files(_) => None,
+        SourceConfig::Files(_) | SourceConfig::Http(_) | SourceConfig::HttpPoll(_) => None,
     };
     let sink = Sink::open(&config.sink, &name, &broker).await?;
     tracing::info!(pipeline = %name, filter = config.rule.topic_filter().as_str(), "pipeline started");
@@ -355,6 +382,9 @@ pub async fn run_with_status(
     // Unbounded in type only: the worker sends at most one entry per item, and at most
     // `in_flight` items are outstanding.
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    // Dead letters reported to the source (the HTTP ingest source counts them per request).
+    let (dead_tx, dead_rx) = mpsc::unbounded_channel();
+    let topic = config.source.topic(&name).unwrap_or_default();
     let worker = Worker {
         counters: Counters::new(&name, status.clone()),
         name: name.clone(),
@@ -364,6 +394,7 @@ pub async fn run_with_status(
         sink,
         dead_letter: Arc::new(Mutex::new(RotatingFile::new(config.dead_letter))),
         done: done_tx,
+        dead: matches!(config.source, SourceConfig::Http(_)).then_some(dead_tx),
         hard: hard.clone(),
         seed: std::collections::hash_map::RandomState::new(),
     };
@@ -376,6 +407,18 @@ pub async fn run_with_status(
         (None, SourceConfig::Files(files)) => {
             files::run_source(
                 files, capacity, items_tx, done_rx, &shutdown, &hard, counters,
+            )
+            .await
+        }
+        (None, SourceConfig::Http(http)) => {
+            ingest::run_source(
+                http.queue, topic, capacity, items_tx, done_rx, dead_rx, &shutdown, &hard, counters,
+            )
+            .await
+        }
+        (None, SourceConfig::HttpPoll(poll)) => {
+            poll::run_source(
+                poll, &name, topic, capacity, items_tx, done_rx, &shutdown, &hard, counters,
             )
             .await
         }
@@ -468,6 +511,9 @@ struct Worker {
     sink: Sink,
     dead_letter: Arc<Mutex<RotatingFile>>,
     done: mpsc::UnboundedSender<u64>,
+    /// Where dead-lettered sequence numbers are reported too (before `done`), if the source
+    /// wants them.
+    dead: Option<mpsc::UnboundedSender<u64>>,
     hard: CancellationToken,
     seed: std::collections::hash_map::RandomState,
 }
@@ -546,6 +592,9 @@ impl Worker {
         }
         tracing::debug!(pipeline = %self.name, topic, reason, "dead letter");
         self.counters.dead_letter();
+        if let Some(dead) = &self.dead {
+            let _ = dead.send(seq);
+        }
         let _ = self.done.send(seq);
         true
     }
