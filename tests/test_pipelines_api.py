@@ -395,3 +395,24 @@ def test_http_poll_reads_arrays_and_lines_and_retries_failures(serve, tmp_path):
             assert set(feed.auth) == {"Bearer feed-token"}
     finally:
         feed.close()
+
+
+def test_a_stored_pipeline_whose_name_the_config_file_took_is_skipped(serve, tmp_path):
+    """At start-up the config file wins: a stored API pipeline of the same name is logged
+    and not started (the server starts); once the config entry is gone it runs again."""
+    s = serve("")
+    api = s.api()
+    api.ok("PUT", "/api/v1/pipelines/dup", definition(tmp_path, "dup", "SELECT * FROM 'dup/#'"), expect=201)
+    s.stop()
+    plain = s.config.read_text()
+    s.config.write_text(pipeline_toml("dup", CONFIG_SQL, file_sink(tmp_path / "cfg.jsonl"),
+                                      tmp_path / "cfg.dead.jsonl") + plain)
+    s.start()
+    listed = s.api().ok("GET", "/api/v1/pipelines")["pipelines"]
+    assert [(p["name"], p["origin"]) for p in listed] == [("dup", "config")]
+    assert "does not start" in s.log()
+    s.stop()
+    s.config.write_text(plain)
+    s.start()
+    listed = s.api().ok("GET", "/api/v1/pipelines")["pipelines"]
+    assert [(p["name"], p["origin"]) for p in listed] == [("dup", "api")]
