@@ -416,3 +416,26 @@ def test_a_stored_pipeline_whose_name_the_config_file_took_is_skipped(serve, tmp
     s.start()
     listed = s.api().ok("GET", "/api/v1/pipelines")["pipelines"]
     assert [(p["name"], p["origin"]) for p in listed] == [("dup", "api")]
+
+
+def test_a_config_file_pipeline_takes_posted_records_too(serve, tmp_path):
+    out = tmp_path / "cf.jsonl"
+    s = serve(pipeline_toml("cf", "SELECT payload.v AS v FROM 'http/cf'", file_sink(out),
+                            tmp_path / "cf.dead.jsonl") + 'source = { type = "http" }\n')
+    status, report = post_lines(s.api_port, token(s), "cf", b'{"v": 1}\n{"v": 2}\n')
+    assert status == 200 and report == {"accepted": 2, "dead_lettered": 0}, report
+    assert read_lines(out) == [{"v": 1}, {"v": 2}]
+
+
+@pytest.mark.parametrize("source, key", [
+    ('{ type = "http", max_body_bytes = 0 }', "pipelines[0].source.max_body_bytes"),
+    ('{ type = "http_poll", url = "http://127.0.0.1:9/x", max_response_bytes = 268435457 }',
+     "pipelines[0].source.max_response_bytes"),
+    ('{ type = "http_poll", url = "http://127.0.0.1:9/x", headers = { "Bad Name" = "x" } }',
+     "pipelines[0].source.headers.Bad Name"),
+])
+def test_bad_http_source_config_stops_startup_naming_the_key(tmp_path, source, key):
+    toml = pipeline_toml("h", "SELECT * FROM 'http/h'", file_sink(tmp_path / "h.jsonl"),
+                         tmp_path / "h.dead.jsonl") + f"source = {source}\n"
+    out = test_pipelines.refused_startup(tmp_path, toml)
+    assert f"invalid value for {key}" in out, out
