@@ -125,7 +125,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         let pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
         // The broker stops after the pipelines drained (their last acknowledgements).
         let (broker_shutdown, pipeline_status) =
-            crate::pipelines::spawn(pipelines, &handle, &shutdown);
+            crate::pipelines::spawn(pipelines, &handle, &shutdown)?;
         let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;
