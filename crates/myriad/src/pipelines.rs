@@ -179,6 +179,10 @@ pub enum SinkEntry {
         /// Idempotency key columns (default: none, at least once).
         #[serde(default)]
         key: Vec<String>,
+        /// PEM certificates trusted beside the Mozilla roots with `sslmode=require`;
+        /// relative paths are under `store.data_dir`.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
     },
     /// Publish to NATS JetStream.
     Nats(NatsEntry),
@@ -383,12 +387,19 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
                 table,
                 columns,
                 key: key_columns,
+                ca_file,
             } => {
+                let ca_certs = match ca_file {
+                    Some(path) => runtime::pg_tls::load_ca_file(&base.join(path))
+                        .or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?,
+                    None => Vec::new(),
+                };
                 let config = PostgresSinkConfig {
                     url: url.clone(),
                     table: table.clone(),
                     columns: columns.clone(),
                     key: key_columns.clone(),
+                    ca_certs,
                 };
                 if let Err(problem) = config.validate() {
                     bail!("{}", key(&format!("sink.{problem}")));

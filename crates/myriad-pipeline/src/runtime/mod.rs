@@ -62,6 +62,7 @@ pub mod files;
 pub mod http;
 pub mod key;
 pub mod nats;
+pub mod pg_tls;
 pub mod postgres;
 mod sink;
 pub mod template;

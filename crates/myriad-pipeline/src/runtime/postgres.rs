@@ -53,7 +53,7 @@
 //!
 //! | bound | value |
 //! |---|---|
-//! | `url` | [`MAX_URL_BYTES`]; no TLS (`sslmode=require` is refused) |
+//! | `url` | [`MAX_URL_BYTES`]; `sslmode=require`: TLS, verified (see [`super::pg_tls`]) |
 //! | `table`, each column | 1 ..= [`MAX_IDENT_BYTES`] bytes, no NUL (quoted, so any other character) |
 //! | `columns` | at most [`MAX_COLUMNS`] |
 //! | `key` | 1 ..= [`MAX_KEY_COLUMNS`] columns, each in `columns` when that is set |
@@ -65,13 +65,15 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::future::join_all;
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
+use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::pg_tls;
 use super::sink::{Pending, SinkError, Verdict};
 
 /// The longest `url`, in bytes.
@@ -106,6 +108,9 @@ pub struct PostgresSinkConfig {
     /// Idempotency key columns (a unique index on exactly these); empty: none (at least
     /// once).
     pub key: Vec<String>,
+    /// Certificates trusted beside the Mozilla roots when the URL says `sslmode=require`
+    /// (read from `ca_file` by [`super::pg_tls::load_ca_file`]).
+    pub ca_certs: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for PostgresSinkConfig {
@@ -138,7 +143,8 @@ fn quote(name: &str) -> String {
 impl PostgresSinkConfig {
     /// Checks the URL, names and counts; the error starts with the key (`table: ...`).
     pub fn validate(&self) -> Result<(), String> {
-        self.connect_config()?;
+        let settings = self.connect_config()?;
+        pg_tls::connector(&settings, &self.ca_certs)?;
         check_ident(&self.table).map_err(|e| format!("table: {e}"))?;
         if self.columns.len() > MAX_COLUMNS {
             return Err(format!(
@@ -183,9 +189,6 @@ impl PostgresSinkConfig {
             .url
             .parse()
             .map_err(|e| format!("url: not a PostgreSQL connection string ({e})"))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err("url: sslmode=require: TLS is not supported yet".to_string());
-        }
         if config.get_hosts().is_empty() {
             return Err("url: no host".to_string());
         }
@@ -562,6 +565,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
 pub(crate) struct PostgresSink {
     config: PostgresSinkConfig,
     connect: Result<tokio_postgres::Config, String>,
+    tls: Result<Option<MakeRustlsConnect>, String>,
     conn: Option<Conn>,
     target: String,
 }
@@ -569,8 +573,12 @@ pub(crate) struct PostgresSink {
 impl PostgresSink {
     /// A sink for `config`; it connects on the first write.
     pub(crate) fn new(config: &PostgresSinkConfig) -> PostgresSink {
+        let connect = config.connect_config();
         PostgresSink {
-            connect: config.connect_config(),
+            tls: (connect.as_ref())
+                .map_err(Clone::clone)
+                .and_then(|settings| pg_tls::connector(settings, &config.ca_certs)),
+            connect,
             target: quote(&config.table),
             config: config.clone(),
             conn: None,
@@ -597,12 +605,10 @@ impl PostgresSink {
 
     async fn open(&self) -> Result<Conn, String> {
         let config = self.connect.clone()?;
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
-        let driver = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "PostgreSQL connection ended");
-            }
-        });
+        let tls = self.tls.clone()?;
+        let (client, driver) = pg_tls::connect(&config, tls.as_ref())
+            .await
+            .map_err(|e| describe(&e))?;
         let ms = STATEMENT_TIMEOUT.as_millis();
         client
             .batch_execute(&format!("SET statement_timeout = {ms}"))
@@ -872,6 +878,7 @@ mod tests {
             table: "readings".into(),
             columns: vec![],
             key: vec![],
+            ca_certs: vec![],
         }
     }
 
@@ -892,9 +899,12 @@ mod tests {
         check(&|c| c.table = "a\0b".into(), "table:");
         check(&|c| c.url = "nope://".into(), "url:");
         check(&|c| c.url = "x".repeat(MAX_URL_BYTES + 1), "url:");
+        let mut tls = config();
+        tls.url = "postgres://u@h/db?sslmode=require".into();
+        assert_eq!(tls.validate(), Ok(()));
         check(
-            &|c| c.url = "postgres://u@h/db?sslmode=require".into(),
-            "url:",
+            &|c| c.ca_certs = vec![CertificateDer::from(vec![1u8, 2, 3])],
+            "ca_file:",
         );
         check(
             &|c| c.columns = (0..=MAX_COLUMNS).map(|i| format!("c{i}")).collect(),
