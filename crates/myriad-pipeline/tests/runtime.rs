@@ -340,7 +340,9 @@ async fn records_carry_user_properties_and_each_batch_reports_a_span_linked_to_t
     ];
     for (i, trace) in traces.iter().enumerate() {
         let mut properties = PacketProperties::new();
-        properties.user_properties.push(("site".into(), format!("s{i}").into()));
+        properties
+            .user_properties
+            .push(("site".into(), format!("s{i}").into()));
         properties
             .user_properties
             .push(("traceparent".into(), (*trace).into()));

@@ -388,17 +388,30 @@ mod tests {
         });
         let t0 = Instant::now();
         file.append_at(b"a\n", t0).unwrap();
-        file.append_at(b"b\n", t0 + Duration::from_millis(999)).unwrap();
+        file.append_at(b"b\n", t0 + Duration::from_millis(999))
+            .unwrap();
         assert!(!rotated_path(&path, 1).exists(), "rotated before the age");
-        file.append_at(b"c\n", t0 + Duration::from_millis(1000)).unwrap();
-        assert_eq!(std::fs::read_to_string(rotated_path(&path, 1)).unwrap(), "a\nb\n");
+        file.append_at(b"c\n", t0 + Duration::from_millis(1000))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(rotated_path(&path, 1)).unwrap(),
+            "a\nb\n"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "c\n");
         // The age counts from the new file's first append.
-        file.append_at(b"d\n", t0 + Duration::from_millis(1999)).unwrap();
+        file.append_at(b"d\n", t0 + Duration::from_millis(1999))
+            .unwrap();
         assert!(!rotated_path(&path, 2).exists());
-        file.append_at(b"e\n", t0 + Duration::from_millis(2000)).unwrap();
-        assert_eq!(std::fs::read_to_string(rotated_path(&path, 1)).unwrap(), "c\nd\n");
-        assert_eq!(std::fs::read_to_string(rotated_path(&path, 2)).unwrap(), "a\nb\n");
+        file.append_at(b"e\n", t0 + Duration::from_millis(2000))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(rotated_path(&path, 1)).unwrap(),
+            "c\nd\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rotated_path(&path, 2)).unwrap(),
+            "a\nb\n"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -439,15 +452,29 @@ mod tests {
     fn age_and_csv_columns_are_validated_naming_the_key() {
         let mut config = FileSinkConfig::new("a.csv");
         config.max_file_age_ms = Some(MIN_FILE_AGE_MS - 1);
-        assert!(config.validate().unwrap_err().starts_with("max_file_age_ms"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .starts_with("max_file_age_ms")
+        );
         config.max_file_age_ms = Some(MAX_FILE_AGE_MS + 1);
-        assert!(config.validate().unwrap_err().starts_with("max_file_age_ms"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .starts_with("max_file_age_ms")
+        );
         config.max_file_age_ms = Some(MAX_FILE_AGE_MS);
         assert!(config.validate().is_ok());
         let columns = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
-        config.format = OutputFormat::Csv { columns: columns(MAX_CSV_COLUMNS) };
+        config.format = OutputFormat::Csv {
+            columns: columns(MAX_CSV_COLUMNS),
+        };
         assert!(config.validate().is_ok());
-        config.format = OutputFormat::Csv { columns: columns(MAX_CSV_COLUMNS + 1) };
+        config.format = OutputFormat::Csv {
+            columns: columns(MAX_CSV_COLUMNS + 1),
+        };
         assert!(config.validate().unwrap_err().starts_with("columns"));
         config.format = OutputFormat::Csv { columns: vec![] };
         assert!(config.validate().unwrap_err().starts_with("columns"));

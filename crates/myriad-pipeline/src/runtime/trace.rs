@@ -108,11 +108,10 @@ pub fn parent_and_links<'a>(
         }
         all.push(*context);
     }
-    let parent_at = all.iter().position(TraceParent::sampled).or(if all.is_empty() {
-        None
-    } else {
-        Some(0)
-    });
+    let parent_at = all
+        .iter()
+        .position(TraceParent::sampled)
+        .or(if all.is_empty() { None } else { Some(0) });
     let parent = parent_at.map(|i| all.remove(i));
     if all.len() > MAX_BATCH_LINKS {
         dropped += all.len() - MAX_BATCH_LINKS;

@@ -305,8 +305,14 @@ fn a_batch_span_continues_the_sampled_context_and_links_the_others() {
     };
     assert_eq!(attribute("myriad.pipeline.name").as_deref(), Some("hot"));
     assert_eq!(attribute("myriad.pipeline.sink").as_deref(), Some("http"));
-    assert_eq!(attribute("myriad.pipeline.outcome").as_deref(), Some("partial"));
-    assert_eq!(attribute("messaging.batch.message_count").as_deref(), Some("3"));
+    assert_eq!(
+        attribute("myriad.pipeline.outcome").as_deref(),
+        Some("partial")
+    );
+    assert_eq!(
+        attribute("messaging.batch.message_count").as_deref(),
+        Some("3")
+    );
     assert_eq!(attribute("myriad.pipeline.attempts").as_deref(), Some("2"));
     assert_eq!(attribute("error.message").as_deref(), Some("503"));
 }
