@@ -193,7 +193,11 @@ class Nats:
         """(ts, stored - ts) in ms of every message in the stream (its JetStream store time)."""
 
         async def read(js):
-            sub = await js.pull_subscribe("bench.>", durable=None)
+            from nats.js.api import AckPolicy, ConsumerConfig
+
+            # No acks: an ack-explicit consumer stops at 1000 unacknowledged messages.
+            sub = await js.pull_subscribe("bench.>", durable=None,
+                                          config=ConsumerConfig(ack_policy=AckPolicy.NONE))
             out: list[tuple[int, float]] = []
             while True:
                 try:
