@@ -31,6 +31,12 @@
 //!   the worker flushes and commits what it holds, and acknowledgements are sent; after the
 //!   grace period whatever is still uncommitted is left to redelivery.
 //!
+//! # Record metadata and tracing
+//!
+//! A record from the MQTT source carries the message's MQTT 5 user properties (for
+//! `get_user_property`) and its W3C trace context; each batch commit is reported to the
+//! pipeline's [`BatchTracer`] (if any) with those contexts as parent and links: see [`trace`].
+//!
 //! # Metrics
 //!
 //! `myriad_pipeline_records_total{pipeline,stage,outcome}` (source/received,
@@ -51,6 +57,10 @@
 //! | `in_flight` | 1 ..= 65535 ([`MAX_IN_FLIGHT`]) |
 //! | file `max_file_bytes` | [`file::MIN_FILE_BYTES`] ..= [`file::MAX_FILE_BYTES`] |
 //! | file `keep_files` | 0 ..= [`file::MAX_KEEP_FILES`] |
+//! | file `max_file_age_ms` | [`file::MIN_FILE_AGE_MS`] ..= [`file::MAX_FILE_AGE_MS`] |
+//! | file CSV `columns` | [`file::MAX_CSV_COLUMNS`] names of [`file::MAX_CSV_COLUMN_BYTES`] |
+//! | user properties kept per record | [`record::MAX_USER_PROPERTIES`], [`record::MAX_USER_PROPERTY_BYTES`] (the rest are left out) |
+//! | links per batch span | [`trace::MAX_BATCH_LINKS`] |
 //! | topic template | [`template::MAX_TOPIC_BYTES`], [`template::MAX_PLACEHOLDERS`] |
 //! | PostgreSQL sink | see [`postgres`] |
 //! | NATS / HTTP `key` | [`key::MAX_KEY_FIELDS`] fields, [`key::MAX_KEY_BYTES`] rendered |
