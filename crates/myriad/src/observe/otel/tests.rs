@@ -266,23 +266,30 @@ fn a_batch_span_continues_the_sampled_context_and_links_the_others() {
     let link = TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
         .expect("valid");
     let start = std::time::SystemTime::now();
-    let span = |parent: Option<TraceParent>, links: &[TraceParent], outcome| BatchSpan {
-        pipeline: "hot",
-        sink: "http",
-        records: 3,
-        committed: 2,
-        attempts: 2,
-        outcome,
-        error: Some("503"),
-        start,
-        end: start + Duration::from_millis(5),
-        parent,
-        links,
-        dropped_links: 0,
-    };
-    tracer.batch(&span(Some(parent), &[link], BatchOutcome::Partial));
+    fn span(
+        start: std::time::SystemTime,
+        parent: Option<TraceParent>,
+        links: &[TraceParent],
+        outcome: BatchOutcome,
+    ) -> BatchSpan<'_> {
+        BatchSpan {
+            pipeline: "hot",
+            sink: "http",
+            records: 3,
+            committed: 2,
+            attempts: 2,
+            outcome,
+            error: Some("503"),
+            start,
+            end: start + Duration::from_millis(5),
+            parent,
+            links,
+            dropped_links: 0,
+        }
+    }
+    tracer.batch(&span(start, Some(parent), &[link], BatchOutcome::Partial));
     // Without a carried context and with ratio 0: not sampled, not exported.
-    tracer.batch(&span(None, &[], BatchOutcome::Committed));
+    tracer.batch(&span(start, None, &[], BatchOutcome::Committed));
     provider.force_flush().expect("flush");
     let spans = exporter.get_finished_spans().expect("spans");
     assert_eq!(spans.len(), 1, "{spans:?}");
