@@ -260,7 +260,7 @@ def test_dead_letter_writes_failing_with_enospc_lose_nothing(tmp_path):
         def status() -> dict:
             return api.ok("GET", "/api/v1/pipelines/df")
 
-        assert wait_until(lambda: status()["retries"] >= 3, 15), status()
+        assert wait_until(lambda: status()["retries"] >= 3 and status()["lag"] == 5, 15), status()
         st = status()
         assert st["state"] == "retrying", st
         assert "dead-letter write" in st["last_error"] and "No space left on device" in st["last_error"], st
@@ -273,9 +273,9 @@ def test_dead_letter_writes_failing_with_enospc_lose_nothing(tmp_path):
         assert s.stop() == 0
         s.start()
         api = s.api()
-        assert wait_until(lambda: status()["retries"] >= 1, 15), status()
+        assert wait_until(lambda: status()["retries"] >= 1 and status()["lag"] == 5, 15), status()
         st = status()
-        assert st["records"]["received"] == 5 and st["lag"] == 5, st
+        assert st["records"]["received"] == 5 and st["records"]["committed"] == 0, st
 
         # The fault goes away: everything is dead-lettered or committed, once.
         dead.unlink()
