@@ -62,6 +62,7 @@ fn config(dir: &Path, sink: SinkConfig) -> PipelineConfig {
         sink,
         dead_letter: FileSinkConfig::new(dir.join("dead.jsonl")),
         deadline_ms: None,
+        tracer: None,
     }
 }
 
@@ -274,6 +275,107 @@ async fn mqtt_sink_republishes_and_refuses_records_without_a_topic() {
     assert_eq!(dead[0]["reason"], "sink: topic field device is missing");
     stop.cancel();
     pipeline.await.expect("join").expect("clean stop");
+    broker.shutdown.cancel();
+    let _ = broker.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Keeps every batch span reported.
+#[derive(Default)]
+struct Spans(std::sync::Mutex<Vec<Recorded>>);
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    sink: &'static str,
+    records: usize,
+    committed: usize,
+    outcome: runtime::BatchOutcome,
+    parent: Option<runtime::trace::TraceParent>,
+    links: Vec<runtime::trace::TraceParent>,
+}
+
+impl runtime::BatchTracer for Spans {
+    fn batch(&self, span: &runtime::BatchSpan<'_>) {
+        assert!(span.end >= span.start);
+        assert_eq!(span.pipeline, "hot");
+        self.0.lock().unwrap().push(Recorded {
+            sink: span.sink,
+            records: span.records,
+            committed: span.committed,
+            outcome: span.outcome,
+            parent: span.parent,
+            links: span.links.to_vec(),
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_carry_user_properties_and_each_batch_reports_a_span_linked_to_their_traces() {
+    let dir = temp_dir("trace");
+    let out = dir.join("hot.jsonl");
+    let broker = broker().await;
+    let spans = std::sync::Arc::new(Spans::default());
+    let mut config = config(&dir, SinkConfig::File(FileSinkConfig::new(&out)));
+    config.rule = Rule::compile(
+        "SELECT payload.temp AS t, get_user_property('site') AS site FROM 'devices/+/telemetry'",
+    )
+    .expect("rule");
+    // One batch for the three messages.
+    config.batch.max_records = 3;
+    config.batch.max_age_ms = 60_000;
+    config.tracer = Some(spans.clone());
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(runtime::run(
+        config,
+        broker.handle.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let traces = [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01",
+        // A malformed one is no context.
+        "00-zz-b7ad6b7169203331-01",
+    ];
+    for (i, trace) in traces.iter().enumerate() {
+        let mut properties = PacketProperties::new();
+        properties
+            .user_properties
+            .push(("site".into(), format!("s{i}").into()));
+        properties
+            .user_properties
+            .push(("traceparent".into(), (*trace).into()));
+        broker
+            .handle
+            .publish_at_least_once(
+                "devices/d1/telemetry".into(),
+                Bytes::from(format!("{{\"temp\": {i}}}")),
+                properties,
+            )
+            .await
+            .expect("publish");
+    }
+    let got = wait_lines(&out, 3).await;
+    assert_eq!(
+        got,
+        [
+            serde_json::json!({"t": 0, "site": "s0"}),
+            serde_json::json!({"t": 1, "site": "s1"}),
+            serde_json::json!({"t": 2, "site": "s2"}),
+        ]
+    );
+    stop.cancel();
+    pipeline.await.expect("join").expect("clean stop");
+    let recorded = spans.0.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let span = &recorded[0];
+    assert_eq!((span.sink, span.records, span.committed), ("file", 3, 3));
+    assert_eq!(span.outcome, runtime::BatchOutcome::Committed);
+    let parse = |s: &str| myriad_broker::trace::TraceParent::parse(s).unwrap();
+    // The sampled context is the parent, the other one a link.
+    assert_eq!(span.parent, Some(parse(traces[1])));
+    assert_eq!(span.links, vec![parse(traces[0])]);
     broker.shutdown.cancel();
     let _ = broker.task.await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,7 @@ use myriad_broker::shell::BrokerHandle;
 use myriad_pipeline::runtime::SourceConfig;
 use myriad_pipeline::runtime::files::{FileFormat, FilesSourceConfig};
 use myriad_pipeline::runtime::{
-    self, FileSinkConfig, HttpSinkConfig, KeyFields, NatsSinkConfig, PipelineConfig,
+    self, FileSinkConfig, HttpSinkConfig, KeyFields, NatsSinkConfig, OutputFormat, PipelineConfig,
     PostgresSinkConfig, SinkConfig, TopicTemplate,
 };
 use myriad_pipeline::sql::Rule;
@@ -151,7 +151,7 @@ fn default_keep_files() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkEntry {
-    /// JSON lines in a rotating file.
+    /// JSON lines or CSV rows in a rotating file.
     File {
         /// The file; relative paths are under `store.data_dir`.
         path: PathBuf,
@@ -161,6 +161,16 @@ pub enum SinkEntry {
         /// Rotated files kept.
         #[serde(default = "default_keep_files")]
         keep_files: u32,
+        /// Rotate once the current file has been written for this long (1 s to 30 days;
+        /// default: by size only).
+        #[serde(default)]
+        max_file_age_ms: Option<u64>,
+        /// `jsonl` (default) or `csv` (then `columns` is required).
+        #[serde(default)]
+        format: FileFormatEntry,
+        /// The CSV columns: output fields, in order (1 to 256).
+        #[serde(default)]
+        columns: Vec<String>,
     },
     /// Republish on this broker.
     Mqtt {
@@ -327,6 +337,7 @@ fn file(base: &Path, path: &Path, max_file_bytes: u64, keep_files: u32) -> FileS
         path: base.join(path),
         max_file_bytes,
         keep_files,
+        ..FileSinkConfig::new(path)
     }
 }
 
@@ -371,8 +382,21 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
                 path,
                 max_file_bytes,
                 keep_files,
+                max_file_age_ms,
+                format,
+                columns,
             } => {
-                let config = file(base, path, *max_file_bytes, *keep_files);
+                let mut config = file(base, path, *max_file_bytes, *keep_files);
+                config.max_file_age_ms = *max_file_age_ms;
+                config.format = match format {
+                    FileFormatEntry::Jsonl if !columns.is_empty() => {
+                        bail!("{}: only with format = \"csv\"", key("sink.columns"))
+                    }
+                    FileFormatEntry::Jsonl => OutputFormat::Jsonl,
+                    FileFormatEntry::Csv => OutputFormat::Csv {
+                        columns: columns.clone(),
+                    },
+                };
                 if let Err(problem) = config.validate() {
                     bail!("{}", key(&format!("sink.{problem}")));
                 }
@@ -486,6 +510,7 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
             sink,
             dead_letter,
             deadline_ms,
+            tracer: None,
         });
     }
     Ok(built)

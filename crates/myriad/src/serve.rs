@@ -68,6 +68,10 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         Arc::new(observe::otel::OtelPublishTracer::new(provider))
             as Arc<dyn myriad_broker::trace::PublishTracer>
     });
+    let batch_tracer = otel.as_ref().map(|provider| {
+        Arc::new(observe::otel::OtelBatchTracer::new(provider))
+            as Arc<dyn myriad_pipeline::runtime::BatchTracer>
+    });
     let outcome = runtime.block_on(async move {
         // Handlers are in place before anyone learns the server is up, so a
         // signal sent right after the listening line still shuts down cleanly.
@@ -122,7 +126,12 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             observe::metrics::upkeep(prometheus.clone()),
         );
         observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
-        let pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
+        let mut pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
+        if let Some(tracer) = &batch_tracer {
+            for pipeline in &mut pipelines {
+                pipeline.tracer = Some(tracer.clone());
+            }
+        }
         // The broker stops after the pipelines drained (their last acknowledgements).
         let (broker_shutdown, pipeline_status) =
             crate::pipelines::spawn(pipelines, &handle, &shutdown)?;

@@ -493,6 +493,8 @@ async fn next_lines(
                 topic: topic.clone(),
                 payload: Bytes::from(payload),
                 qos: record::QoS::AtLeastOnce,
+                user_properties: record::UserProperties::new(),
+                trace: None,
                 error,
             });
         }

@@ -31,6 +31,12 @@
 //!   the worker flushes and commits what it holds, and acknowledgements are sent; after the
 //!   grace period whatever is still uncommitted is left to redelivery.
 //!
+//! # Record metadata and tracing
+//!
+//! A record from the MQTT source carries the message's MQTT 5 user properties (for
+//! `get_user_property`) and its W3C trace context; each batch commit is reported to the
+//! pipeline's [`BatchTracer`] (if any) with those contexts as parent and links: see [`trace`].
+//!
 //! # Metrics
 //!
 //! `myriad_pipeline_records_total{pipeline,stage,outcome}` (source/received,
@@ -51,6 +57,10 @@
 //! | `in_flight` | 1 ..= 65535 ([`MAX_IN_FLIGHT`]) |
 //! | file `max_file_bytes` | [`file::MIN_FILE_BYTES`] ..= [`file::MAX_FILE_BYTES`] |
 //! | file `keep_files` | 0 ..= [`file::MAX_KEEP_FILES`] |
+//! | file `max_file_age_ms` | [`file::MIN_FILE_AGE_MS`] ..= [`file::MAX_FILE_AGE_MS`] |
+//! | file CSV `columns` | [`file::MAX_CSV_COLUMNS`] names of [`file::MAX_CSV_COLUMN_BYTES`] |
+//! | user properties kept per record | [`record::MAX_USER_PROPERTIES`], [`record::MAX_USER_PROPERTY_BYTES`] (the rest are left out) |
+//! | links per batch span | [`trace::MAX_BATCH_LINKS`] |
 //! | topic template | [`template::MAX_TOPIC_BYTES`], [`template::MAX_PLACEHOLDERS`] |
 //! | PostgreSQL sink | see [`postgres`] |
 //! | NATS / HTTP `key` | [`key::MAX_KEY_FIELDS`] fields, [`key::MAX_KEY_BYTES`] rendered |
@@ -66,6 +76,7 @@ pub mod pg_tls;
 pub mod postgres;
 mod sink;
 pub mod template;
+pub mod trace;
 mod window;
 
 use std::hash::BuildHasher;
@@ -81,12 +92,13 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use file::{FileSinkConfig, RotatingFile};
+pub use file::{FileSinkConfig, OutputFormat, RotatingFile};
 pub use http::HttpSinkConfig;
 pub use key::KeyFields;
 pub use nats::NatsSinkConfig;
 pub use postgres::PostgresSinkConfig;
 pub use template::{TemplateError, TopicTemplate};
+pub use trace::{BatchOutcome, BatchSpan, BatchTracer};
 
 use crate::record::{self, Record};
 use crate::sql::{EvalContext, Rule};
@@ -185,6 +197,8 @@ pub struct PipelineConfig {
     /// retried further, so the stream moves on. `None`: retried until committed (the sink
     /// slows the source instead). [`MIN_DEADLINE_MS`] ..= [`MAX_DEADLINE_MS`].
     pub deadline_ms: Option<u64>,
+    /// Where a span per batch commit goes (see [`trace`]); `None`: no spans.
+    pub tracer: Option<Arc<dyn BatchTracer>>,
 }
 
 /// The shortest per-record deadline.
@@ -221,6 +235,11 @@ struct Item {
     topic: String,
     payload: Bytes,
     qos: record::QoS,
+    /// MQTT 5 user properties, the first ones within [`record::MAX_USER_PROPERTIES`] and
+    /// [`record::MAX_USER_PROPERTY_BYTES`] (the rest are not kept).
+    user_properties: record::UserProperties,
+    /// The valid W3C `traceparent` among the user properties.
+    trace: Option<trace::TraceParent>,
     /// Set when the source could not take the record as it is (a file line too long): it
     /// goes to the dead-letter file with this reason.
     error: Option<String>,
@@ -370,6 +389,7 @@ pub async fn run_with_status(
         done: done_tx,
         hard: hard.clone(),
         seed: std::collections::hash_map::RandomState::new(),
+        tracer: config.tracer,
     };
     let worker = tokio::spawn(worker.run(items_rx));
     let counters = Counters::new(&name, status.clone());
@@ -445,6 +465,7 @@ async fn run_source(
                 counters.lag(window.len());
                 let Some(sender) = &items else { continue };
                 let publish = delivery.publish;
+                let (user_properties, trace) = metadata(&publish.properties);
                 let item = Item {
                     seq,
                     topic: publish.topic.to_string(),
@@ -453,6 +474,8 @@ async fn run_source(
                         QoS::AtMostOnce => record::QoS::AtMostOnce,
                         _ => record::QoS::AtLeastOnce,
                     },
+                    user_properties,
+                    trace,
                     error: None,
                 };
                 if sender.send(item).await.is_err() {
@@ -461,6 +484,24 @@ async fn run_source(
             }
         }
     }
+}
+
+/// A message's user properties as a record keeps them (the first ones within the record's
+/// bounds; the rest are left out) and its valid `traceparent`.
+fn metadata(
+    properties: &myriad_mqtt::PacketProperties,
+) -> (record::UserProperties, Option<trace::TraceParent>) {
+    let mut kept = record::UserProperties::new();
+    let Some(properties) = properties.get() else {
+        return (kept, None);
+    };
+    for (name, value) in &properties.user_properties {
+        if kept.push(&**name, &**value).is_err() {
+            break;
+        }
+    }
+    let trace = myriad_broker::trace::find_traceparent(&properties.user_properties);
+    (kept, trace)
 }
 
 struct Worker {
@@ -474,6 +515,7 @@ struct Worker {
     done: mpsc::UnboundedSender<u64>,
     hard: CancellationToken,
     seed: std::collections::hash_map::RandomState,
+    tracer: Option<Arc<dyn BatchTracer>>,
 }
 
 impl Worker {
@@ -560,6 +602,8 @@ impl Worker {
             topic,
             payload,
             qos,
+            user_properties,
+            trace,
             error,
         } = item;
         if let Some(reason) = error {
@@ -575,6 +619,7 @@ impl Worker {
         let now = now_ms();
         let record = Record::new(topic.clone(), payload.clone(), ())
             .with_qos(qos)
+            .with_user_properties(user_properties)
             .with_publish_time_ms(now);
         let ctx = EvalContext::new(now).with_random(self.seed.hash_one(seq));
         match self.rule.apply(&record, &ctx) {
@@ -597,6 +642,7 @@ impl Worker {
                     output,
                     topic,
                     payload,
+                    trace,
                 };
                 match self.batcher.push(pending, bytes, now) {
                     Some(batch) => self.commit(batch).await,
@@ -607,11 +653,42 @@ impl Worker {
     }
 
     /// Commits `batch` to the sink (retrying transient errors), dead-letters what it
-    /// refused, then reports its records done. `false`: the grace period ended or the sink
-    /// stopped first (nothing more reported).
+    /// refused, then reports its records done, and its span to the tracer. `false`: the
+    /// grace period ended or the sink stopped first (nothing more reported).
     async fn commit(&mut self, batch: Batch<Pending>) -> bool {
+        let start = SystemTime::now();
+        let mut report = CommitReport {
+            attempts: 0,
+            committed: 0,
+            error: None,
+            outcome: BatchOutcome::Abandoned,
+        };
+        let carried_on = self.commit_batch(&batch, &mut report).await;
+        if let Some(tracer) = &self.tracer {
+            let (parent, links, dropped_links) =
+                trace::parent_and_links(batch.items.iter().filter_map(|p| p.trace.as_ref()));
+            tracer.batch(&BatchSpan {
+                pipeline: &self.name,
+                sink: self.sink.config_kind(),
+                records: batch.items.len(),
+                committed: report.committed,
+                attempts: report.attempts,
+                outcome: report.outcome,
+                error: report.error.as_deref(),
+                start,
+                end: SystemTime::now(),
+                parent,
+                links: &links,
+                dropped_links,
+            });
+        }
+        carried_on
+    }
+
+    async fn commit_batch(&mut self, batch: &Batch<Pending>, report: &mut CommitReport) -> bool {
         let mut delay = RETRY_MIN;
         let verdicts = loop {
+            report.attempts += 1;
             let written = tokio::select! {
                 written = self.sink.write(&batch.items) => written,
                 () = self.hard.cancelled() => return false,
@@ -620,6 +697,7 @@ impl Worker {
                 Ok(verdicts) => break verdicts,
                 Err(SinkError::Transient(error)) => {
                     let what = format!("{} write", self.sink.kind());
+                    report.error = Some(error.clone());
                     if let Some(deadline) = self.deadline_ms {
                         let oldest = batch.items.iter().map(|p| p.received_ms).min();
                         if oldest.is_some_and(|t| now_ms().saturating_sub(t) >= deadline as i64) {
@@ -634,6 +712,7 @@ impl Worker {
                                     return false;
                                 }
                             }
+                            report.outcome = BatchOutcome::DeadLettered;
                             return true;
                         }
                     }
@@ -647,14 +726,17 @@ impl Worker {
                 }
             }
         };
+        let mut refused = 0usize;
         for (item, verdict) in batch.items.iter().zip(verdicts) {
             match verdict {
                 Verdict::Committed => {
                     self.counters.records(Outcome::Committed, 1);
+                    report.committed += 1;
                     let _ = self.done.send(item.seq);
                 }
                 Verdict::Refused(reason) => {
                     self.counters.records(Outcome::Refused, 1);
+                    refused += 1;
                     if !self
                         .dead_letter(item.seq, &item.topic, &item.payload, &reason)
                         .await
@@ -664,9 +746,22 @@ impl Worker {
                 }
             }
         }
+        report.outcome = if refused == 0 {
+            BatchOutcome::Committed
+        } else {
+            BatchOutcome::Partial
+        };
         self.counters.batch();
         true
     }
+}
+
+/// What became of one batch commit, for its span.
+struct CommitReport {
+    attempts: u32,
+    committed: usize,
+    error: Option<String>,
+    outcome: BatchOutcome,
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use myriad_mqtt::{PacketProperties, Publish, QoS};
 use serde_json::Value;
 
 use super::SinkConfig;
-use super::file::RotatingFile;
+use super::file::{OutputFormat, RotatingFile};
 use super::http::HttpSink;
 use super::nats::NatsSink;
 use super::postgres::PostgresSink;
@@ -36,6 +36,8 @@ pub(crate) struct Pending {
     pub topic: String,
     /// The source message's payload (for dead letters).
     pub payload: Bytes,
+    /// The trace context the source message carried (for the batch span).
+    pub trace: Option<super::trace::TraceParent>,
 }
 
 /// What became of one record of a batch the sink wrote.
@@ -75,6 +77,7 @@ impl Sink {
         Ok(match config {
             SinkConfig::File(file) => Sink::File(FileSink {
                 file: Arc::new(Mutex::new(RotatingFile::new(file.clone()))),
+                format: file.format.clone(),
             }),
             SinkConfig::Mqtt { topic } => Sink::Mqtt(MqttSink {
                 client: broker
@@ -108,6 +111,17 @@ impl Sink {
         }
     }
 
+    /// The sink's kind as configured (`file`, `mqtt`, `postgres`, `nats`, `http`).
+    pub(crate) fn config_kind(&self) -> &'static str {
+        match self {
+            Sink::File(_) => "file",
+            Sink::Mqtt(_) => "mqtt",
+            Sink::Postgres(_) => "postgres",
+            Sink::Nats(_) => "nats",
+            Sink::Http(_) => "http",
+        }
+    }
+
     /// What the sink is called in logs.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
@@ -132,22 +146,31 @@ pub(crate) async fn append(file: &Arc<Mutex<RotatingFile>>, bytes: Vec<u8>) -> s
     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
-/// JSON lines appended to a rotating file, fsynced per batch.
+/// JSON lines or CSV rows appended to a rotating file, fsynced per batch.
 pub(crate) struct FileSink {
     file: Arc<Mutex<RotatingFile>>,
+    format: OutputFormat,
 }
 
 impl FileSink {
     async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError> {
         let mut bytes = Vec::new();
+        let mut verdicts = Vec::with_capacity(batch.len());
         for item in batch {
-            bytes.extend_from_slice(item.output.to_string().as_bytes());
-            bytes.push(b'\n');
+            match self.format.encode(&item.output) {
+                Ok(line) => {
+                    bytes.extend_from_slice(&line);
+                    verdicts.push(Verdict::Committed);
+                }
+                Err(reason) => verdicts.push(Verdict::Refused(format!("sink: {reason}"))),
+            }
         }
-        append(&self.file, bytes)
-            .await
-            .map_err(|error| SinkError::Transient(error.to_string()))?;
-        Ok(vec![Verdict::Committed; batch.len()])
+        if !bytes.is_empty() {
+            append(&self.file, bytes)
+                .await
+                .map_err(|error| SinkError::Transient(error.to_string()))?;
+        }
+        Ok(verdicts)
     }
 }
 
