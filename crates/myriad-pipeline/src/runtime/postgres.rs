@@ -557,7 +557,20 @@ fn describe(error: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => error.to_string(),
+        None => {
+            // The cause (a refused certificate, a reset connection) is in the source chain.
+            let mut s = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !s.ends_with(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                source = cause.source();
+            }
+            s
+        }
     }
 }
 
