@@ -327,22 +327,22 @@ fn numeric_json(text: &str) -> Value {
 /// a length (-1: NULL) and its bytes) as nested JSON arrays.
 fn array(element: &Decoder, raw: &[u8], times: TimeFormat) -> Result<Value, String> {
     let mut at = 0usize;
-    let mut int = |raw: &[u8]| -> Result<i32, String> {
-        let b = raw.get(at..at + 4).ok_or("array: short")?;
-        at += 4;
+    let int = |at: &mut usize| -> Result<i32, String> {
+        let b = raw.get(*at..*at + 4).ok_or("array: short")?;
+        *at += 4;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
-    let ndim = usize::try_from(int(raw)?).map_err(|_| "array: bad dimensions")?;
+    let ndim = usize::try_from(int(&mut at)?).map_err(|_| "array: bad dimensions")?;
     if ndim > MAX_DIMS {
         return Err("array: too many dimensions".to_owned());
     }
-    int(raw)?; // has nulls
-    int(raw)?; // element oid
+    int(&mut at)?; // has nulls
+    int(&mut at)?; // element oid
     let mut dims = Vec::with_capacity(ndim);
     let mut total: usize = usize::from(ndim > 0);
     for _ in 0..ndim {
-        let len = usize::try_from(int(raw)?).map_err(|_| "array: bad length")?;
-        int(raw)?; // lower bound
+        let len = usize::try_from(int(&mut at)?).map_err(|_| "array: bad length")?;
+        int(&mut at)?; // lower bound
         total = total.checked_mul(len).ok_or("array: too large")?;
         dims.push(len);
     }
@@ -352,7 +352,7 @@ fn array(element: &Decoder, raw: &[u8], times: TimeFormat) -> Result<Value, Stri
     }
     let mut values = Vec::with_capacity(total);
     for _ in 0..total {
-        let len = int(raw)?;
+        let len = int(&mut at)?;
         if len < 0 {
             values.push(Value::Null);
             continue;

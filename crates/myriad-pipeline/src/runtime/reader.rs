@@ -121,7 +121,7 @@ async fn save(path: &Path, value: Value) {
 /// Runs `reader` into the worker until it is finished and drained (`Ended::Finished`),
 /// `shutdown` (the worker drains; `Ended::Stopped`) or `hard`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn run<R: Reader>(
+pub(super) async fn run<R: Reader>(
     mut reader: R,
     what: &str,
     checkpoint: &Path,
