@@ -19,7 +19,8 @@
 //! and jumps over empty time). `metrics` empty: every metric the device has (listed again at
 //! each follow pass, so new metrics are picked up). A range (`follow = false`) reads
 //! `from <= ts < to` (no `to`: everything stored from `from`) and then the pipeline is
-//! `finished`. Follow reads each series from where it stopped, then waits `poll_ms`.
+//! `finished`. Follow reads each series from where it stopped up to now (a point timestamped
+//! in the future is read once its time has come), then waits `poll_ms`.
 //!
 //! # Guarantees
 //!
@@ -340,7 +341,15 @@ impl Reader for TelemetryReader {
         if !self.listed {
             self.list().await?;
         }
-        let to = self.config.to.unwrap_or(i64::MAX);
+        // Follow reads up to now: the store skips empty time only up to `to`, so the position
+        // never moves past the present (a point stored later with a timestamp between the
+        // last one read and now is still seen). A point timestamped in the future is read once
+        // its time has come.
+        let to = match self.config.to {
+            Some(to) => to,
+            None if self.config.follow => super::now_ms().saturating_add(1),
+            None => i64::MAX,
+        };
         let limit = max.clamp(1, MAX_CHUNK_POINTS);
         while let Some((device, metric)) = self.series.get(self.at).cloned() {
             let from = self.position(&device, &metric);
