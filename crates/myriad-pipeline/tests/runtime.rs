@@ -306,9 +306,7 @@ impl runtime::telemetry_source::TelemetryStore for Points {
             .last()
             .map(|p| p.0 + 1)
             .filter(|&next| next < to.min(n));
-        Box::pin(async move {
-            Ok(runtime::telemetry_source::TelemetryChunk { points, next })
-        })
+        Box::pin(async move { Ok(runtime::telemetry_source::TelemetryChunk { points, next }) })
     }
 }
 
@@ -344,7 +342,12 @@ async fn a_telemetry_range_is_read_whole_then_the_pipeline_is_finished_and_stays
             status.clone(),
             Some(store.clone()),
         );
-        async move { (tokio::time::timeout(Duration::from_secs(20), fut).await, status) }
+        async move {
+            (
+                tokio::time::timeout(Duration::from_secs(20), fut).await,
+                status,
+            )
+        }
     };
     let (ended, status) = run(config.clone()).await;
     assert_eq!(

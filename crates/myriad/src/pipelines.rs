@@ -16,11 +16,11 @@ use myriad_pipeline::runtime::pg_value::TimeFormat;
 use myriad_pipeline::runtime::telemetry_source::{
     self, StoreFuture, TelemetryChunk, TelemetrySourceConfig, TelemetryStore,
 };
-use myriad_pipeline::runtime::{Ended, SourceConfig};
 use myriad_pipeline::runtime::{
     self, FileSinkConfig, HttpSinkConfig, KeyFields, NatsSinkConfig, PipelineConfig,
     PostgresSinkConfig, SinkConfig, TopicTemplate,
 };
+use myriad_pipeline::runtime::{Ended, SourceConfig};
 use myriad_pipeline::sql::Rule;
 use myriad_pipeline::status::{PipelineState, PipelineStatus};
 use myriad_pipeline::transform::BatchConfig;
@@ -726,8 +726,8 @@ pub fn spawn(
     telemetry: Option<Arc<TelemetryService>>,
     shutdown: &CancellationToken,
 ) -> (CancellationToken, Arc<[Arc<PipelineStatus>]>) {
-    let telemetry: Option<Arc<dyn TelemetryStore>> = telemetry
-        .map(|t| Arc::new(TelemetryStoreAdapter(t)) as Arc<dyn TelemetryStore>);
+    let telemetry: Option<Arc<dyn TelemetryStore>> =
+        telemetry.map(|t| Arc::new(TelemetryStoreAdapter(t)) as Arc<dyn TelemetryStore>);
     let statuses: Arc<[Arc<PipelineStatus>]> = pipelines
         .iter()
         .map(|p| {

@@ -122,7 +122,11 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             observe::metrics::upkeep(prometheus.clone()),
         );
         observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
-        let pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir, config.telemetry.enabled)?;
+        let pipelines = crate::pipelines::build(
+            &config.pipelines,
+            &config.store.data_dir,
+            config.telemetry.enabled,
+        )?;
         // The broker stops after the pipelines drained (their last acknowledgements).
         let (broker_shutdown, pipeline_status) =
             crate::pipelines::spawn(pipelines, &handle, telemetry.clone(), &shutdown);

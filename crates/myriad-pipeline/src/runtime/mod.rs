@@ -430,8 +430,16 @@ pub async fn run_with_status(
                     let reader = pg_source::QueryReader::new(pg);
                     let (items, done) = channels;
                     reader::run(
-                        reader, "postgres", &checkpoint, poll, capacity, items, done, &shutdown,
-                        &hard, counters,
+                        reader,
+                        "postgres",
+                        &checkpoint,
+                        poll,
+                        capacity,
+                        items,
+                        done,
+                        &shutdown,
+                        &hard,
+                        counters,
                     )
                     .await
                 }
@@ -439,8 +447,16 @@ pub async fn run_with_status(
                     let reader = pg_source::FollowReader::new(pg);
                     let (items, done) = channels;
                     reader::run(
-                        reader, "postgres", &checkpoint, poll, capacity, items, done, &shutdown,
-                        &hard, counters,
+                        reader,
+                        "postgres",
+                        &checkpoint,
+                        poll,
+                        capacity,
+                        items,
+                        done,
+                        &shutdown,
+                        &hard,
+                        counters,
                     )
                     .await
                 }
@@ -451,8 +467,16 @@ pub async fn run_with_status(
                 let (checkpoint, poll) = (t.checkpoint.clone(), Duration::from_millis(t.poll_ms));
                 let reader = telemetry_source::TelemetryReader::new(t, store);
                 reader::run(
-                    reader, "telemetry", &checkpoint, poll, capacity, items_tx, done_rx,
-                    &shutdown, &hard, counters,
+                    reader,
+                    "telemetry",
+                    &checkpoint,
+                    poll,
+                    capacity,
+                    items_tx,
+                    done_rx,
+                    &shutdown,
+                    &hard,
+                    counters,
                 )
                 .await
             }

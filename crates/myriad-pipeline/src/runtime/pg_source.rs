@@ -250,7 +250,10 @@ async fn timed<T>(
     match tokio::time::timeout(READ_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
-        Err(_) => Err(format!("{what}: no answer within {} s", READ_TIMEOUT.as_secs())),
+        Err(_) => Err(format!(
+            "{what}: no answer within {} s",
+            READ_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -534,7 +537,11 @@ impl FollowReader {
         let list = if columns.is_empty() {
             "*".to_owned()
         } else {
-            columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+            columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let limit = self.config.fetch_rows;
         let first = timed(
@@ -585,8 +592,7 @@ impl Reader for FollowReader {
                     return Err(e);
                 }
             }
-            let (Some(conn), Some((first, next, _, _, _))) = (&self.conn, &self.statements)
-            else {
+            let (Some(conn), Some((first, next, _, _, _))) = (&self.conn, &self.statements) else {
                 return Err("not connected".to_owned());
             };
             let rows = match &self.read {
@@ -703,9 +709,7 @@ mod tests {
         assert!(bad(&mode(follow_with("a/b", "id", &[]))).starts_with("table:"));
         assert!(bad(&mode(follow_with("t", "", &[]))).starts_with("key:"));
         assert!(bad(&mode(follow_with("t", "id", &["a", "a"]))).starts_with("columns[1]:"));
-        assert!(
-            bad(&mode(follow_with("t", "id", &[&"c".repeat(64)]))).starts_with("columns[0]:")
-        );
+        assert!(bad(&mode(follow_with("t", "id", &[&"c".repeat(64)]))).starts_with("columns[0]:"));
     }
 
     #[test]

@@ -25,9 +25,9 @@ use tokio_postgres::types::{FromSql, Kind, Type};
 
 /// The most dimensions of an array (PostgreSQL's `MAXDIM`).
 const MAX_DIMS: usize = 6;
-/// The most base-10000 digit groups before the decimal point of a `numeric` read here
-/// (PostgreSQL allows 131072 decimal digits).
-const MAX_NUMERIC_WEIGHT: i64 = 32_768;
+/// The largest display scale of a `numeric` (PostgreSQL's `NUMERIC_DSCALE_MASK`); with a
+/// weight of at most `i16::MAX` groups a value's text stays under 150 KB.
+const MAX_NUMERIC_DSCALE: usize = 0x3FFF;
 /// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 /// Days from 1970-01-01 to 2000-01-01.
@@ -258,8 +258,7 @@ fn numeric_text(raw: &[u8]) -> Result<String, String> {
         _ => return Err("numeric: bad sign".to_owned()),
     }
     let body = &raw[8..];
-    if body.len() != ndigits * 2 || !(-MAX_NUMERIC_WEIGHT..=MAX_NUMERIC_WEIGHT).contains(&weight)
-    {
+    if body.len() != ndigits * 2 || dscale > MAX_NUMERIC_DSCALE {
         return Err("numeric: bad length".to_owned());
     }
     let digits: Vec<u16> = body
@@ -392,7 +391,9 @@ pub(crate) fn row_object(
     for ((name, decoder), raw) in names.iter().zip(decoders).zip(values) {
         let value = match raw {
             None => Value::Null,
-            Some(raw) => decode(decoder, raw, times).map_err(|e| format!("column {name:?}: {e}"))?,
+            Some(raw) => {
+                decode(decoder, raw, times).map_err(|e| format!("column {name:?}: {e}"))?
+            }
         };
         object.insert(name.clone(), value);
     }
@@ -419,19 +420,43 @@ mod tests {
     fn scalars() {
         let t = TimeFormat::Rfc3339;
         assert_eq!(decode(&Decoder::Bool, &[1], t).unwrap(), json!(true));
-        assert_eq!(decode(&Decoder::Int2, &(-7i16).to_be_bytes(), t).unwrap(), json!(-7));
-        assert_eq!(decode(&Decoder::Int8, &(1i64 << 40).to_be_bytes(), t).unwrap(), json!(1i64 << 40));
-        assert_eq!(decode(&Decoder::Float8, &21.5f64.to_be_bytes(), t).unwrap(), json!(21.5));
-        assert_eq!(decode(&Decoder::Float4, &f32::NAN.to_be_bytes(), t).unwrap(), json!("NaN"));
+        assert_eq!(
+            decode(&Decoder::Int2, &(-7i16).to_be_bytes(), t).unwrap(),
+            json!(-7)
+        );
+        assert_eq!(
+            decode(&Decoder::Int8, &(1i64 << 40).to_be_bytes(), t).unwrap(),
+            json!(1i64 << 40)
+        );
+        assert_eq!(
+            decode(&Decoder::Float8, &21.5f64.to_be_bytes(), t).unwrap(),
+            json!(21.5)
+        );
+        assert_eq!(
+            decode(&Decoder::Float4, &f32::NAN.to_be_bytes(), t).unwrap(),
+            json!("NaN")
+        );
         assert_eq!(
             decode(&Decoder::Float8, &f64::NEG_INFINITY.to_be_bytes(), t).unwrap(),
             json!("-Infinity")
         );
-        assert_eq!(decode(&Decoder::Text, "é".as_bytes(), t).unwrap(), json!("é"));
+        assert_eq!(
+            decode(&Decoder::Text, "é".as_bytes(), t).unwrap(),
+            json!("é")
+        );
         assert!(decode(&Decoder::Text, &[0xff], t).is_err());
-        assert!(decode(&Decoder::Int4, &[0, 1], t).unwrap_err().contains("expected 4"));
-        assert_eq!(decode(&Decoder::Bytea, b"\x00\xffab", t).unwrap(), json!("AP9hYg=="));
-        let u = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0, 1, 2, 3, 4, 5, 6, 7];
+        assert!(
+            decode(&Decoder::Int4, &[0, 1], t)
+                .unwrap_err()
+                .contains("expected 4")
+        );
+        assert_eq!(
+            decode(&Decoder::Bytea, b"\x00\xffab", t).unwrap(),
+            json!("AP9hYg==")
+        );
+        let u = [
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0, 1, 2, 3, 4, 5, 6, 7,
+        ];
         assert_eq!(
             decode(&Decoder::Uuid, &u, t).unwrap(),
             json!("12345678-9abc-def0-0001-020304050607")
@@ -454,34 +479,57 @@ mod tests {
             decode(&Decoder::Timestamp, &raw, TimeFormat::Rfc3339).unwrap(),
             json!("2025-12-05T12:00:00.123Z")
         );
-        assert_eq!(decode(&Decoder::Timestamp, &raw, TimeFormat::Millis).unwrap(), json!(unix_ms));
-        assert_eq!(timestamp(1, TimeFormat::Rfc3339), json!("2000-01-01T00:00:00.000001Z"));
-        assert_eq!(timestamp(-1_000_000, TimeFormat::Rfc3339), json!("1999-12-31T23:59:59Z"));
+        assert_eq!(
+            decode(&Decoder::Timestamp, &raw, TimeFormat::Millis).unwrap(),
+            json!(unix_ms)
+        );
+        assert_eq!(
+            timestamp(1, TimeFormat::Rfc3339),
+            json!("2000-01-01T00:00:00.000001Z")
+        );
+        assert_eq!(
+            timestamp(-1_000_000, TimeFormat::Rfc3339),
+            json!("1999-12-31T23:59:59Z")
+        );
         assert_eq!(timestamp(i64::MAX, TimeFormat::Millis), json!("infinity"));
         assert_eq!(date(0), json!("2000-01-01"));
         assert_eq!(date(-1), json!("1999-12-31"));
-        assert_eq!(date(366 + 31 + 28), json!("2001-02-28"));
+        assert_eq!(date(366 + 31 + 27), json!("2001-02-28"));
+        assert_eq!(date(366 + 31 + 28), json!("2001-03-01"));
         assert_eq!(date(i32::MIN), json!("-infinity"));
     }
 
     #[test]
     fn numerics_exact_text_and_json() {
         // 12.30 (dscale 2): weight 0, digits [12, 3000].
-        assert_eq!(numeric_text(&numeric(&[12, 3000], 0, 0, 2)).unwrap(), "12.30");
+        assert_eq!(
+            numeric_text(&numeric(&[12, 3000], 0, 0, 2)).unwrap(),
+            "12.30"
+        );
         // -0.0005: weight -1, digits [5], dscale 4.
-        assert_eq!(numeric_text(&numeric(&[5], -1, 0x4000, 4)).unwrap(), "-0.0005");
+        assert_eq!(
+            numeric_text(&numeric(&[5], -1, 0x4000, 4)).unwrap(),
+            "-0.0005"
+        );
         // 10000200 (weight 1: 1000 | 0200... ): digits [1000, 200].
-        assert_eq!(numeric_text(&numeric(&[1000, 200], 1, 0, 0)).unwrap(), "10000200");
+        assert_eq!(
+            numeric_text(&numeric(&[1000, 200], 1, 0, 0)).unwrap(),
+            "10000200"
+        );
         // 1e8 stored as [1] weight 2: 1 0000 0000.
         assert_eq!(numeric_text(&numeric(&[1], 2, 0, 0)).unwrap(), "100000000");
         assert_eq!(numeric_text(&numeric(&[], 0, 0, 0)).unwrap(), "0");
         assert_eq!(numeric_text(&numeric(&[], 0, 0xC000, 0)).unwrap(), "NaN");
         assert!(numeric_text(&numeric(&[12], 0, 0, 0)[..9]).is_err());
         assert!(numeric_text(&numeric(&[10000], 0, 0, 0)).is_err());
-        assert!(numeric_text(&numeric(&[1], i16::MAX, 0, 0)).is_err());
+        assert!(numeric_text(&numeric(&[1], 0, 0, 0x4000)).is_err());
+        assert_eq!(numeric_text(&numeric(&[1], i16::MAX, 0, 0)).unwrap().len(), 4 * 32_767 + 1);
         assert_eq!(numeric_json("12.30"), json!(12.3));
         assert_eq!(numeric_json("-9223372036854775808"), json!(i64::MIN));
-        assert_eq!(numeric_json("12345678901234567.5"), json!("12345678901234567.5"));
+        assert_eq!(
+            numeric_json("12345678901234567.5"),
+            json!("12345678901234567.5")
+        );
         assert_eq!(numeric_json("0.000000000000001"), json!(1e-15));
         assert_eq!(numeric_json("NaN"), json!("NaN"));
     }
@@ -536,7 +584,11 @@ mod tests {
             decoder_for(&Type::TEXT_ARRAY).unwrap(),
             Decoder::Array(Box::new(Decoder::Text))
         );
-        assert!(decoder_for(&Type::INTERVAL).unwrap_err().contains("interval"));
+        assert!(
+            decoder_for(&Type::INTERVAL)
+                .unwrap_err()
+                .contains("interval")
+        );
         assert!(decoder_for(&Type::INET).is_err());
     }
 
@@ -547,7 +599,12 @@ mod tests {
         let one = 1i32.to_be_bytes();
         let row = row_object(&names, &decoders, &[Some(&one), None], TimeFormat::Rfc3339).unwrap();
         assert_eq!(Value::Object(row), json!({"id": 1, "note": null}));
-        let bad = row_object(&names, &decoders, &[Some(&one[..2]), None], TimeFormat::Rfc3339);
+        let bad = row_object(
+            &names,
+            &decoders,
+            &[Some(&one[..2]), None],
+            TimeFormat::Rfc3339,
+        );
         assert!(bad.unwrap_err().contains("column \"id\""));
     }
 }

@@ -50,7 +50,10 @@ pub(crate) trait Reader: Send {
     /// What a done record moves the checkpoint to.
     type Token: Send;
     /// Up to `max` (>= 1) records. An error is logged and the read tried again later.
-    fn read(&mut self, max: usize) -> impl Future<Output = Result<Read<Self::Token>, String>> + Send;
+    fn read(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Read<Self::Token>, String>> + Send;
     /// `token`'s record and every one before it are done (called for each, in order).
     fn done(&mut self, token: Self::Token);
     /// The checkpoint as it stands (JSON, written atomically by the loop).
@@ -75,7 +78,9 @@ pub(crate) fn load_checkpoint(path: &Path) -> Option<Value> {
         if text.len() as u64 > MAX_CHECKPOINT_BYTES {
             return Err(format!("larger than {MAX_CHECKPOINT_BYTES} bytes"));
         }
-        serde_json::from_str(&text).map(Some).map_err(|e| e.to_string())
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| e.to_string())
     };
     read().unwrap_or_else(|error| {
         tracing::warn!(checkpoint = %path.display(), %error, "unreadable checkpoint: reading from the start");

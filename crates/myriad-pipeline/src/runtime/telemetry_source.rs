@@ -130,7 +130,7 @@ fn valid_metric(name: &str) -> bool {
 pub fn parse_time(s: &str) -> Option<i64> {
     s.parse::<i64>()
         .ok()
-        .or_else(|| super::postgres::parse_rfc3339(s))
+        .or_else(|| super::postgres::parse_rfc3339(s).map(|us| us.div_euclid(1000)))
 }
 
 impl TelemetrySourceConfig {
@@ -581,7 +581,8 @@ mod tests {
 
     #[test]
     fn payload_has_the_metric_as_a_field_too() {
-        let p: Value = serde_json::from_slice(&payload("d1", "temp", 5, &Value::from(21.5))).unwrap();
+        let p: Value =
+            serde_json::from_slice(&payload("d1", "temp", 5, &Value::from(21.5))).unwrap();
         assert_eq!(
             p,
             serde_json::json!({"device": "d1", "metric": "temp", "ts": 5, "value": 21.5, "temp": 21.5})
@@ -606,7 +607,9 @@ mod tests {
         );
         assert!(bad(&|c| c.devices[1] = "a/b".into()).starts_with("devices[1]:"));
         assert!(bad(&|c| c.devices[1] = "d1".into()).starts_with("devices[1]:"));
-        assert!(bad(&|c| c.devices[0] = "d".repeat(MAX_DEVICE_BYTES + 1)).starts_with("devices[0]:"));
+        assert!(
+            bad(&|c| c.devices[0] = "d".repeat(MAX_DEVICE_BYTES + 1)).starts_with("devices[0]:")
+        );
         assert!(bad(&|c| c.metrics = vec!["te mp".into()]).starts_with("metrics[0]:"));
         assert!(
             bad(&|c| c.metrics = (0..=MAX_METRICS).map(|i| format!("m{i}")).collect())
@@ -622,7 +625,10 @@ mod tests {
         );
         assert!(bad(&|c| c.poll_ms = MAX_POLL_MS + 1).starts_with("poll_ms:"));
         assert_eq!(parse_time("1764936000123"), Some(1_764_936_000_123));
-        assert_eq!(parse_time("2025-12-05T12:00:00.123Z"), Some(1_764_936_000_123));
+        assert_eq!(
+            parse_time("2025-12-05T12:00:00.123Z"),
+            Some(1_764_936_000_123)
+        );
         assert_eq!(parse_time("yesterday"), None);
     }
 }
