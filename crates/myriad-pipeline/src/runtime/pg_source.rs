@@ -345,9 +345,8 @@ impl QueryReader {
             PgSourceMode::Follow { .. } => String::new(),
         };
         let fingerprint = config.fingerprint();
-        let already = load_checkpoint(&config.checkpoint).is_some_and(|c| {
-            c["fingerprint"] == Value::from(fingerprint.as_str()) && c["finished"] == true
-        });
+        let already = load_checkpoint(&config.checkpoint)
+            .is_some_and(|c| c["fingerprint"] == fingerprint.as_str() && c["finished"] == true);
         QueryReader {
             config,
             query,
@@ -473,6 +472,16 @@ impl Reader for QueryReader {
     }
 }
 
+/// The follow mode's statements and the record's columns.
+struct Prepared {
+    /// The first read (no key yet).
+    first: Statement,
+    /// The next reads (`key > $1`).
+    next: Statement,
+    names: Vec<String>,
+    decoders: Vec<Decoder>,
+}
+
 /// The follow mode (see the module docs). Token: the row's key (raw, and as JSON).
 pub(crate) struct FollowReader {
     config: PostgresSourceConfig,
@@ -480,7 +489,7 @@ pub(crate) struct FollowReader {
     conn: Option<Conn>,
     /// The first read (no key yet), the next reads (`key > $1`), the key's type, the
     /// record's columns.
-    statements: Option<(Statement, Statement, Type, Vec<String>, Vec<Decoder>)>,
+    statements: Option<Prepared>,
     key_decoder: Option<Decoder>,
     buffer: VecDeque<Row>,
     /// The key of the last row handed out.
@@ -501,7 +510,7 @@ impl FollowReader {
             let last = c["last"]
                 .as_str()
                 .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
-            if c["fingerprint"] == Value::from(fingerprint.as_str())
+            if c["fingerprint"] == fingerprint.as_str()
                 && let Some(last) = last
             {
                 checkpoint_type = c["key_type"].as_u64().and_then(|t| u32::try_from(t).ok());
@@ -575,7 +584,12 @@ impl FollowReader {
         self.checkpoint_type = Some(key_type.oid());
         let (names, decoders) = shape(&first, 1)?;
         self.key_decoder = Some(key_decoder);
-        self.statements = Some((first, next, key_type, names, decoders));
+        self.statements = Some(Prepared {
+            first,
+            next,
+            names,
+            decoders,
+        });
         self.conn = Some(conn);
         Ok(())
     }
@@ -586,13 +600,14 @@ impl Reader for FollowReader {
 
     async fn read(&mut self, max: usize) -> Result<Read<Self::Token>, String> {
         if self.buffer.is_empty() {
-            if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-                if let Err(e) = self.open().await {
-                    self.conn = None;
-                    return Err(e);
-                }
+            if self.conn.as_ref().is_none_or(|c| c.client.is_closed())
+                && let Err(e) = self.open().await
+            {
+                self.conn = None;
+                return Err(e);
             }
-            let (Some(conn), Some((first, next, _, _, _))) = (&self.conn, &self.statements) else {
+            let (Some(conn), Some(Prepared { first, next, .. })) = (&self.conn, &self.statements)
+            else {
                 return Err("not connected".to_owned());
             };
             let rows = match &self.read {
@@ -611,8 +626,12 @@ impl Reader for FollowReader {
                 }
             }
         }
-        let (Some((_, _, _, names, decoders)), Some(key_decoder)) =
-            (&self.statements, &self.key_decoder)
+        let (
+            Some(Prepared {
+                names, decoders, ..
+            }),
+            Some(key_decoder),
+        ) = (&self.statements, &self.key_decoder)
         else {
             return Err("not connected".to_owned());
         };

@@ -523,7 +523,10 @@ mod tests {
         assert!(numeric_text(&numeric(&[12], 0, 0, 0)[..9]).is_err());
         assert!(numeric_text(&numeric(&[10000], 0, 0, 0)).is_err());
         assert!(numeric_text(&numeric(&[1], 0, 0, 0x4000)).is_err());
-        assert_eq!(numeric_text(&numeric(&[1], i16::MAX, 0, 0)).unwrap().len(), 4 * 32_767 + 1);
+        assert_eq!(
+            numeric_text(&numeric(&[1], i16::MAX, 0, 0)).unwrap().len(),
+            4 * 32_767 + 1
+        );
         assert_eq!(numeric_json("12.30"), json!(12.3));
         assert_eq!(numeric_json("-9223372036854775808"), json!(i64::MIN));
         assert_eq!(

@@ -239,7 +239,7 @@ impl TelemetryReader {
         let mut done = BTreeMap::new();
         let mut already = false;
         if let Some(c) = load_checkpoint(&config.checkpoint) {
-            if c["fingerprint"] == Value::from(fingerprint.as_str()) {
+            if c["fingerprint"] == fingerprint.as_str() {
                 already = !config.follow && c["finished"] == true;
                 if let Some(devices) = c["next"].as_object() {
                     for (device, metrics) in devices {
