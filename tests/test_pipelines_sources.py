@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -216,6 +217,10 @@ def telemetry_source(devices: list[str], **kw) -> str:
     return "{ " + ", ".join(parts) + " }"
 
 
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
 def publish_points(port: int, dev: str, pw: str, points: list[dict]) -> None:
     with Client(port, dev, V5, username=dev, password=pw) as c:
         assert c.publish(f"devices/{dev}/telemetry", json.dumps({"points": points}), qos=1) == 0
@@ -236,7 +241,7 @@ def test_telemetry_range_and_follow_from_points_published_over_mqtt(serve, tmp_p
     # The range: temp only, [base + 2 s, base + 8 s) of d1, all of d2's temp.
     toml = with_source(
         pipeline_toml("range", TELEMETRY_ROWS, file_sink(rows), tmp_path / "d1.jsonl"),
-        telemetry_source([d1, d2], metrics=["temp"], **{"from": base + 2000, "to": base + 8000}),
+        telemetry_source([d1, d2], metrics=["temp"], **{"from": base + 2000, "to": rfc3339(base + 8000)}),
     ) + with_source(
         # The rule written for MQTT telemetry, on stored points (every metric, RFC 3339 from).
         pipeline_toml("hot", HOT, file_sink(hot), tmp_path / "d2.jsonl"),
