@@ -413,76 +413,92 @@ pub async fn run_with_status(
     };
     let worker = tokio::spawn(worker.run(items_rx));
     let counters = Counters::new(&name, status.clone());
-    let outcome = match (&mut source, config.source) {
-        (Some(client), _) => run_source(client, items_tx, done_rx, &shutdown, &hard, counters)
+    let outcome = 'source: {
+        match (&mut source, config.source) {
+            (Some(client), _) => run_source(client, items_tx, done_rx, &shutdown, &hard, counters)
+                .await
+                .map(|()| Ended::Stopped),
+            (None, SourceConfig::Files(files)) => files::run_source(
+                files, capacity, items_tx, done_rx, &shutdown, &hard, counters,
+            )
             .await
             .map(|()| Ended::Stopped),
-        (None, SourceConfig::Files(files)) => files::run_source(
-            files, capacity, items_tx, done_rx, &shutdown, &hard, counters,
-        )
-        .await
-        .map(|()| Ended::Stopped),
-        (None, SourceConfig::Postgres(pg)) => {
-            let (checkpoint, poll) = (pg.checkpoint.clone(), Duration::from_millis(pg.poll_ms));
-            let channels = (items_tx, done_rx);
-            match &pg.mode {
-                pg_source::PgSourceMode::Query { .. } => {
-                    let reader = pg_source::QueryReader::new(pg);
-                    let (items, done) = channels;
-                    reader::run(
-                        reader,
-                        "postgres",
-                        &checkpoint,
-                        poll,
-                        capacity,
-                        items,
-                        done,
-                        &shutdown,
-                        &hard,
-                        counters,
-                    )
-                    .await
-                }
-                pg_source::PgSourceMode::Follow { .. } => {
-                    let reader = pg_source::FollowReader::new(pg);
-                    let (items, done) = channels;
-                    reader::run(
-                        reader,
-                        "postgres",
-                        &checkpoint,
-                        poll,
-                        capacity,
-                        items,
-                        done,
-                        &shutdown,
-                        &hard,
-                        counters,
-                    )
-                    .await
+            (None, SourceConfig::Postgres(pg)) => {
+                let (checkpoint, poll) = (pg.checkpoint.clone(), Duration::from_millis(pg.poll_ms));
+                let channels = (items_tx, done_rx);
+                match &pg.mode {
+                    pg_source::PgSourceMode::Query { .. } => {
+                        let reader = match off_loop(move || pg_source::QueryReader::new(pg)).await {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                        let (items, done) = channels;
+                        reader::run(
+                            reader,
+                            "postgres",
+                            &checkpoint,
+                            poll,
+                            capacity,
+                            items,
+                            done,
+                            &shutdown,
+                            &hard,
+                            counters,
+                        )
+                        .await
+                    }
+                    pg_source::PgSourceMode::Follow { .. } => {
+                        let reader = match off_loop(move || pg_source::FollowReader::new(pg)).await
+                        {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                        let (items, done) = channels;
+                        reader::run(
+                            reader,
+                            "postgres",
+                            &checkpoint,
+                            poll,
+                            capacity,
+                            items,
+                            done,
+                            &shutdown,
+                            &hard,
+                            counters,
+                        )
+                        .await
+                    }
                 }
             }
+            (None, SourceConfig::Telemetry(t)) => match telemetry {
+                Some(store) => {
+                    let (checkpoint, poll) =
+                        (t.checkpoint.clone(), Duration::from_millis(t.poll_ms));
+                    let reader =
+                        match off_loop(move || telemetry_source::TelemetryReader::new(t, store))
+                            .await
+                        {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                    reader::run(
+                        reader,
+                        "telemetry",
+                        &checkpoint,
+                        poll,
+                        capacity,
+                        items_tx,
+                        done_rx,
+                        &shutdown,
+                        &hard,
+                        counters,
+                    )
+                    .await
+                }
+                None => Err(RuntimeError::NoTelemetry),
+            },
+            (None, SourceConfig::Mqtt) => Ok(Ended::Stopped),
         }
-        (None, SourceConfig::Telemetry(t)) => match telemetry {
-            Some(store) => {
-                let (checkpoint, poll) = (t.checkpoint.clone(), Duration::from_millis(t.poll_ms));
-                let reader = telemetry_source::TelemetryReader::new(t, store);
-                reader::run(
-                    reader,
-                    "telemetry",
-                    &checkpoint,
-                    poll,
-                    capacity,
-                    items_tx,
-                    done_rx,
-                    &shutdown,
-                    &hard,
-                    counters,
-                )
-                .await
-            }
-            None => Err(RuntimeError::NoTelemetry),
-        },
-        (None, SourceConfig::Mqtt) => Ok(Ended::Stopped),
     };
     let _ = worker.await;
     timer.abort();
@@ -497,6 +513,15 @@ pub async fn run_with_status(
         client.disconnect().await;
     }
     outcome
+}
+
+/// Runs `f` (blocking: a source reading its checkpoint file) on the blocking pool.
+async fn off_loop<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::SourceEnded(e.to_string()))
 }
 
 /// Hands messages to the worker and acknowledges them, in arrival order, as the worker

@@ -338,7 +338,8 @@ pub(crate) struct QueryReader {
 }
 
 impl QueryReader {
-    /// A reader for `config` (query mode), resuming its checkpoint.
+    /// A reader for `config` (query mode), resuming its checkpoint. Blocking: reads the
+    /// checkpoint file.
     pub(crate) fn new(config: PostgresSourceConfig) -> QueryReader {
         let query = match &config.mode {
             PgSourceMode::Query { query } => query.clone(),
@@ -501,7 +502,8 @@ pub(crate) struct FollowReader {
 }
 
 impl FollowReader {
-    /// A reader for `config` (follow mode), resuming its checkpoint.
+    /// A reader for `config` (follow mode), resuming its checkpoint. Blocking: reads the
+    /// checkpoint file.
     pub(crate) fn new(config: PostgresSourceConfig) -> FollowReader {
         let fingerprint = config.fingerprint();
         let mut done = None;

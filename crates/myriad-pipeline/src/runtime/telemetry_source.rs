@@ -230,7 +230,8 @@ pub(crate) struct TelemetryReader {
 }
 
 impl TelemetryReader {
-    /// A reader for `config` over `store`, resuming its checkpoint.
+    /// A reader for `config` over `store`, resuming its checkpoint. Blocking: reads the
+    /// checkpoint file.
     pub(crate) fn new(
         config: TelemetrySourceConfig,
         store: Arc<dyn TelemetryStore>,
