@@ -18,7 +18,8 @@
 //! finished and the pipeline's state becomes `finished`; it is not run again (also not after a
 //! restart) unless the query text changes or the checkpoint file is deleted. A failure
 //! mid-stream (the connection lost) ends the run as failed; the restart runs the query again
-//! from its first row: at least once (with a PostgreSQL sink and a `key`, exactly once).
+//! from its first row: at least once (with a PostgreSQL sink and a `key`, exactly once). The
+//! transaction stays open while the query is read (a stalled sink holds back vacuum).
 //!
 //! # Follow
 //!
