@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use myriad_broker::shell::BrokerHandle;
 use myriad_fleet::service::telemetry::TelemetryService;
 use myriad_fleet::telemetry::Sample;
@@ -715,17 +715,26 @@ pub const RESTART_MIN: Duration = Duration::from_secs(1);
 /// The longest delay before a failed pipeline is started again.
 pub const RESTART_MAX: Duration = Duration::from_secs(60);
 
+/// Worker threads of the pipelines' own runtime, at most (fewer on fewer cores).
+pub const PIPELINE_THREADS: usize = 2;
+
 /// Starts each pipeline as a task bound to `shutdown` (a pipeline that fails is started
 /// again after a delay, see [`RESTART_MIN`]), and returns the token that stops the broker
 /// (cancelled once `shutdown` is and every pipeline has drained, at most [`STOP_GRACE`] and
 /// a second, so the last acknowledgements still reach the broker; with no pipelines,
 /// `shutdown` itself) and each pipeline's live status, in config order.
+///
+/// Pipelines run on a tokio runtime of their own (threads `myriad-pipelines`, at most
+/// [`PIPELINE_THREADS`]): on the broker's runtime a pipeline's tasks take their turn among
+/// every connection task, so with 10,000 devices publishing its source got one poll in
+/// 10,000 and fell behind until publishing stopped. On their own threads the operating
+/// system shares the CPU between the broker and the pipelines instead.
 pub fn spawn(
     pipelines: Vec<PipelineConfig>,
     broker: &BrokerHandle,
     telemetry: Option<Arc<TelemetryService>>,
     shutdown: &CancellationToken,
-) -> (CancellationToken, Arc<[Arc<PipelineStatus>]>) {
+) -> Result<(CancellationToken, Arc<[Arc<PipelineStatus>]>)> {
     let telemetry: Option<Arc<dyn TelemetryStore>> =
         telemetry.map(|t| Arc::new(TelemetryStoreAdapter(t)) as Arc<dyn TelemetryStore>);
     let statuses: Arc<[Arc<PipelineStatus>]> = pipelines
@@ -740,32 +749,50 @@ pub fn spawn(
         })
         .collect();
     if pipelines.is_empty() {
-        return (shutdown.clone(), statuses);
+        return Ok((shutdown.clone(), statuses));
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    for (pipeline, status) in pipelines.into_iter().zip(statuses.iter().cloned()) {
-        tasks.spawn(supervise(
-            pipeline,
-            broker.clone(),
-            telemetry.clone(),
-            shutdown.clone(),
-            status,
-        ));
-    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(PIPELINE_THREADS);
+    let pipeline_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("myriad-pipelines")
+        .enable_all()
+        .build()
+        .context("cannot start the pipelines' runtime")?;
     let broker_stop = CancellationToken::new();
-    let (shutdown, stop) = (shutdown.clone(), broker_stop.clone());
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        let drained = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), drained)
-            .await
-            .is_err()
-        {
-            tracing::warn!("pipelines did not drain in time");
+    let run_all = {
+        let (broker, shutdown, stop) = (broker.clone(), shutdown.clone(), broker_stop.clone());
+        let statuses = statuses.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (pipeline, status) in pipelines.into_iter().zip(statuses.iter().cloned()) {
+                tasks.spawn(supervise(
+                    pipeline,
+                    broker.clone(),
+                    telemetry.clone(),
+                    shutdown.clone(),
+                    status,
+                ));
+            }
+            shutdown.cancelled().await;
+            let drained = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), drained)
+                .await
+                .is_err()
+            {
+                tracing::warn!("pipelines did not drain in time");
+            }
+            stop.cancel();
         }
-        stop.cancel();
-    });
-    (broker_stop, statuses)
+    };
+    // The runtime is dropped on its own thread once every pipeline is done (dropping it
+    // on the broker's runtime would block an async context).
+    std::thread::Builder::new()
+        .name("myriad-pipelines-main".into())
+        .spawn(move || pipeline_runtime.block_on(run_all))
+        .context("cannot start the pipelines' thread")?;
+    Ok((broker_stop, statuses))
 }
 
 /// Runs `pipeline` until `shutdown`, starting it again with backoff whenever it ends first

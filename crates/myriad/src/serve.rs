@@ -129,7 +129,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         )?;
         // The broker stops after the pipelines drained (their last acknowledgements).
         let (broker_shutdown, pipeline_status) =
-            crate::pipelines::spawn(pipelines, &handle, telemetry.clone(), &shutdown);
+            crate::pipelines::spawn(pipelines, &handle, telemetry.clone(), &shutdown)?;
         let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;

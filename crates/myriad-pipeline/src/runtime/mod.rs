@@ -381,7 +381,10 @@ pub async fn run_with_status(
         }
         _ => None,
     };
-    let sink = Sink::open(&config.sink, &name, &broker).await?;
+    let mut sink = Sink::open(&config.sink, &name, &broker).await?;
+    if config.source == SourceConfig::Mqtt {
+        sink.guard_loops(config.rule.topic_filter());
+    }
     tracing::info!(pipeline = %name, filter = config.rule.topic_filter().as_str(), "pipeline started");
     status.set_state(PipelineState::Running, None, now_ms());
     // Cancelled `grace` after `shutdown`: retries and the drain give up then.

@@ -22,6 +22,7 @@ use super::http::HttpSink;
 use super::nats::NatsSink;
 use super::postgres::PostgresSink;
 use super::template::TopicTemplate;
+use crate::topic::TopicFilter;
 
 /// An output waiting in the batcher, then in a sink's batch.
 pub(crate) struct Pending {
@@ -80,6 +81,7 @@ impl Sink {
                     .connect_internal(&format!("pipeline/{name}/sink"))
                     .await?,
                 topic: topic.clone(),
+                source_filter: None,
             }),
             SinkConfig::Postgres(pg) => Sink::Postgres(Box::new(PostgresSink::new(pg))),
             SinkConfig::Nats(nats) => Sink::Nats(NatsSink::new(nats, name)),
@@ -95,6 +97,14 @@ impl Sink {
             Sink::Postgres(sink) => sink.write(batch).await,
             Sink::Nats(sink) => sink.write(batch).await,
             Sink::Http(sink) => sink.write(batch).await,
+        }
+    }
+
+    /// Refuses outputs whose topic `filter` (the rule's FROM) matches, when this is an
+    /// MQTT republish sink (a loop); other sinks are unaffected.
+    pub(crate) fn guard_loops(&mut self, filter: &TopicFilter) {
+        if let Sink::Mqtt(sink) = self {
+            sink.source_filter = Some(filter.clone());
         }
     }
 
@@ -141,24 +151,40 @@ impl FileSink {
     }
 }
 
-/// Republishes each output on this broker at QoS 1, to the topic its template renders.
+/// Republishes each output on this broker at QoS 1, to the topic its template renders: the
+/// whole batch at once, then every PUBACK awaited (one store commit covers many).
 pub(crate) struct MqttSink {
     client: InternalClient,
     topic: TopicTemplate,
+    /// The rule's FROM filter: an output whose topic it matches is refused, since
+    /// republishing it would feed the pipeline its own output without end.
+    source_filter: Option<TopicFilter>,
 }
 
 impl MqttSink {
     async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError> {
         let mut verdicts = Vec::with_capacity(batch.len());
+        let mut publishes = Vec::with_capacity(batch.len());
         for item in batch {
             let target = match self.topic.render(&item.output) {
                 Ok(target) => target,
                 Err(reason) => {
-                    verdicts.push(Verdict::Refused(format!("sink: {reason}")));
+                    verdicts.push(Some(Verdict::Refused(format!("sink: {reason}"))));
                     continue;
                 }
             };
-            let publish = Publish {
+            if let Some(filter) = &self.source_filter
+                && filter.matches(&target)
+            {
+                verdicts.push(Some(Verdict::Refused(format!(
+                    "sink: topic {target:?} matches the rule's FROM filter {:?}: \
+                     republishing it would loop",
+                    filter.as_str()
+                ))));
+                continue;
+            }
+            verdicts.push(None);
+            publishes.push(Publish {
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
@@ -166,16 +192,25 @@ impl MqttSink {
                 packet_id: 0,
                 payload: Bytes::from(item.output.to_string()),
                 properties: PacketProperties::new(),
-            };
-            match self.client.publish_confirmed(publish).await {
-                Ok(ack) if !ack.reason_code.is_error() => verdicts.push(Verdict::Committed),
-                Ok(ack) => verdicts.push(Verdict::Refused(format!(
-                    "sink: the broker refused the message ({:?})",
-                    ack.reason_code
-                ))),
-                Err(BrokerStopped) => return Err(SinkError::Stopped),
-            }
+            });
         }
-        Ok(verdicts)
+        let acks = match self.client.publish_confirmed_many(publishes).await {
+            Ok(acks) => acks,
+            Err(BrokerStopped) => return Err(SinkError::Stopped),
+        };
+        let mut acks = acks.into_iter();
+        Ok(verdicts
+            .into_iter()
+            .map(|verdict| {
+                verdict.unwrap_or_else(|| match acks.next() {
+                    Some(ack) if !ack.reason_code.is_error() => Verdict::Committed,
+                    Some(ack) => Verdict::Refused(format!(
+                        "sink: the broker refused the message ({:?})",
+                        ack.reason_code
+                    )),
+                    None => Verdict::Refused("sink: no acknowledgement".to_owned()),
+                })
+            })
+            .collect())
     }
 }
