@@ -309,6 +309,37 @@ impl runtime::BatchTracer for Spans {
     }
 }
 
+/// A telemetry store of one device's `temp` points at ts 0..n, value ts.
+struct Points(i64);
+
+impl runtime::telemetry_source::TelemetryStore for Points {
+    fn metrics<'a>(
+        &'a self,
+        _device: &'a str,
+    ) -> runtime::telemetry_source::StoreFuture<'a, Vec<String>> {
+        Box::pin(async { Ok(vec!["temp".to_owned()]) })
+    }
+    fn export<'a>(
+        &'a self,
+        device: &'a str,
+        _metric: &'a str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> runtime::telemetry_source::StoreFuture<'a, runtime::telemetry_source::TelemetryChunk> {
+        let n = if device == "d1" { self.0 } else { 0 };
+        let points: Vec<_> = (from.max(0)..to.min(n))
+            .take(limit)
+            .map(|t| (t, serde_json::Value::from(t)))
+            .collect();
+        let next = points
+            .last()
+            .map(|p| p.0 + 1)
+            .filter(|&next| next < to.min(n));
+        Box::pin(async move { Ok(runtime::telemetry_source::TelemetryChunk { points, next }) })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_carry_user_properties_and_each_batch_reports_a_span_linked_to_their_traces() {
     let dir = temp_dir("trace");
@@ -379,4 +410,71 @@ async fn records_carry_user_properties_and_each_batch_reports_a_span_linked_to_t
     broker.shutdown.cancel();
     let _ = broker.task.await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_range_is_read_whole_then_the_pipeline_is_finished_and_stays_so() {
+    let dir = temp_dir("telemetry-range");
+    let out = dir.join("out.jsonl");
+    let broker = broker().await;
+    let mut config = config(&dir, SinkConfig::File(FileSinkConfig::new(&out)));
+    // Fewer in flight than points: the range is read in pieces as records are done.
+    config.in_flight = 7;
+    config.source =
+        runtime::SourceConfig::Telemetry(runtime::telemetry_source::TelemetrySourceConfig {
+            devices: vec!["d1".into(), "d2".into()],
+            metrics: vec![],
+            from: 10,
+            to: Some(90),
+            follow: false,
+            poll_ms: 10,
+            checkpoint: dir.join("range.checkpoint"),
+        });
+    let store: std::sync::Arc<dyn runtime::telemetry_source::TelemetryStore> =
+        std::sync::Arc::new(Points(100));
+    let run = |config: PipelineConfig| {
+        let status = std::sync::Arc::new(myriad_pipeline::status::PipelineStatus::new(
+            "hot", "x", "file", 0,
+        ));
+        let fut = runtime::run_with_status(
+            config,
+            broker.handle.clone(),
+            CancellationToken::new(),
+            Duration::from_secs(5),
+            status.clone(),
+            Some(store.clone()),
+        );
+        async move {
+            (
+                tokio::time::timeout(Duration::from_secs(20), fut).await,
+                status,
+            )
+        }
+    };
+    let (ended, status) = run(config.clone()).await;
+    assert_eq!(
+        ended.expect("finishes").expect("no error"),
+        runtime::Ended::Finished
+    );
+    assert_eq!(
+        status.snapshot().state,
+        myriad_pipeline::status::PipelineState::Finished
+    );
+    // WHERE temp > 30: points 31..89 of d1, in order.
+    let got: Vec<i64> = lines(&out)
+        .iter()
+        .map(|l| l["t"].as_i64().expect("t"))
+        .collect();
+    assert_eq!(got, (31..90).collect::<Vec<_>>());
+    assert_eq!(status.snapshot().records[0], 80, "received");
+    // Run again: the checkpoint says it is done; nothing is read.
+    let (ended, status) = run(config).await;
+    assert_eq!(
+        ended.expect("finishes").expect("no error"),
+        runtime::Ended::Finished
+    );
+    assert_eq!(status.snapshot().records[0], 0);
+    assert_eq!(lines(&out).len(), 59);
+    broker.shutdown.cancel();
+    let _ = broker.task.await;
 }

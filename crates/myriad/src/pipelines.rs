@@ -8,12 +8,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use myriad_broker::shell::BrokerHandle;
-use myriad_pipeline::runtime::SourceConfig;
+use myriad_fleet::service::telemetry::TelemetryService;
+use myriad_fleet::telemetry::Sample;
 use myriad_pipeline::runtime::files::{FileFormat, FilesSourceConfig};
+use myriad_pipeline::runtime::pg_source::{PgSourceMode, PostgresSourceConfig};
+use myriad_pipeline::runtime::pg_value::TimeFormat;
+use myriad_pipeline::runtime::telemetry_source::{
+    self, StoreFuture, TelemetryChunk, TelemetrySourceConfig, TelemetryStore,
+};
 use myriad_pipeline::runtime::{
     self, FileSinkConfig, HttpSinkConfig, KeyFields, NatsSinkConfig, OutputFormat, PipelineConfig,
     PostgresSinkConfig, SinkConfig, TopicTemplate,
 };
+use myriad_pipeline::runtime::{Ended, SourceConfig};
 use myriad_pipeline::sql::Rule;
 use myriad_pipeline::status::{PipelineState, PipelineStatus};
 use myriad_pipeline::transform::BatchConfig;
@@ -76,6 +83,207 @@ pub enum SourceEntry {
         #[serde(default)]
         delete_done: bool,
     },
+    /// A PostgreSQL query or followed table (docs/pipelines.md, "PostgreSQL source").
+    Postgres(PostgresSourceEntry),
+    /// The telemetry store (docs/pipelines.md, "Telemetry source").
+    Telemetry(TelemetrySourceEntry),
+}
+
+/// `source = { type = "postgres", url, query = "..." }` or `{ type = "postgres", url, table,
+/// key, columns }`, with `fetch_rows`, `poll_ms`, `max_row_bytes`, `timestamps`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceEntry {
+    /// `postgres://user[:password]@host[:port]/db`.
+    pub url: String,
+    /// A query streamed once (or `table` and `key`).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// A table followed by `key` (or `query`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The followed table's increasing key column.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The followed table's columns in each record (default: all).
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Rows per fetch (1 to 10,000; default 1000).
+    #[serde(default = "default_fetch_rows")]
+    pub fetch_rows: usize,
+    /// Follow: the wait when nothing is new (10 to 3,600,000 ms; default 1000).
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// A row with longer JSON is dead-lettered (1 to 16 MiB; default 1 MiB).
+    #[serde(default = "default_max_line_bytes")]
+    pub max_row_bytes: usize,
+    /// Timestamps as `rfc3339` strings (default) or unix `ms`.
+    #[serde(default)]
+    pub timestamps: TimestampsEntry,
+}
+
+/// `timestamps = "rfc3339" | "ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampsEntry {
+    /// RFC 3339 strings in UTC.
+    #[default]
+    Rfc3339,
+    /// Unix milliseconds.
+    Ms,
+}
+
+/// A time: unix milliseconds or an RFC 3339 string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TimeEntry {
+    /// Unix milliseconds.
+    Ms(i64),
+    /// RFC 3339.
+    Text(String),
+}
+
+/// `source = { type = "telemetry", devices, metrics, from, to, follow, poll_ms }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySourceEntry {
+    /// The device ids (1 to 1000).
+    pub devices: Vec<String>,
+    /// The metrics (default: all of each device's).
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// The first time read (default: 0, the beginning).
+    #[serde(default)]
+    pub from: Option<TimeEntry>,
+    /// The end of a range, excluded (default: none).
+    #[serde(default)]
+    pub to: Option<TimeEntry>,
+    /// Follow new points (default false: read the range once).
+    #[serde(default)]
+    pub follow: bool,
+    /// Follow: the wait when nothing is new (10 to 3,600,000 ms; default 1000).
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_fetch_rows() -> usize {
+    1000
+}
+
+/// A time entry as unix ms, or the problem.
+fn time_ms(entry: &TimeEntry) -> std::result::Result<i64, String> {
+    match entry {
+        TimeEntry::Ms(ms) => Ok(*ms),
+        TimeEntry::Text(text) => telemetry_source::parse_time(text)
+            .ok_or_else(|| format!("{text:?} is neither unix ms nor an RFC 3339 time")),
+    }
+}
+
+/// The PostgreSQL source's config, or the problem (starting with the key under `source`).
+fn postgres_source(
+    entry: &PostgresSourceEntry,
+    checkpoint: PathBuf,
+) -> std::result::Result<PostgresSourceConfig, String> {
+    let mode = match (&entry.query, &entry.table, &entry.key) {
+        (Some(query), None, None) => {
+            if !entry.columns.is_empty() {
+                return Err("columns: only with table (a query names its columns)".into());
+            }
+            PgSourceMode::Query {
+                query: query.clone(),
+            }
+        }
+        (None, Some(table), Some(key)) => PgSourceMode::Follow {
+            table: table.clone(),
+            key: key.clone(),
+            columns: entry.columns.clone(),
+        },
+        (None, Some(_), None) => return Err("key: a followed table needs its key column".into()),
+        (Some(_), _, _) => return Err("query: either query or table and key, not both".into()),
+        (None, None, _) => return Err("query: a query, or table and key".into()),
+    };
+    let config = PostgresSourceConfig {
+        url: entry.url.clone(),
+        mode,
+        fetch_rows: entry.fetch_rows,
+        poll_ms: entry.poll_ms,
+        max_row_bytes: entry.max_row_bytes,
+        timestamps: match entry.timestamps {
+            TimestampsEntry::Rfc3339 => TimeFormat::Rfc3339,
+            TimestampsEntry::Ms => TimeFormat::Millis,
+        },
+        checkpoint,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The telemetry source's config, or the problem (starting with the key under `source`).
+fn telemetry_source_config(
+    entry: &TelemetrySourceEntry,
+    checkpoint: PathBuf,
+) -> std::result::Result<TelemetrySourceConfig, String> {
+    let from = match &entry.from {
+        Some(t) => time_ms(t).map_err(|e| format!("from: {e}"))?,
+        None => 0,
+    };
+    let to = match &entry.to {
+        Some(t) => Some(time_ms(t).map_err(|e| format!("to: {e}"))?),
+        None => None,
+    };
+    let config = TelemetrySourceConfig {
+        devices: entry.devices.clone(),
+        metrics: entry.metrics.clone(),
+        from,
+        to,
+        follow: entry.follow,
+        poll_ms: entry.poll_ms,
+        checkpoint,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The telemetry store as a pipeline source reads it.
+struct TelemetryStoreAdapter(Arc<TelemetryService>);
+
+impl TelemetryStore for TelemetryStoreAdapter {
+    fn metrics<'a>(&'a self, device: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move { self.0.metrics(device).await.map_err(|e| e.to_string()) })
+    }
+
+    fn export<'a>(
+        &'a self,
+        device: &'a str,
+        metric: &'a str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreFuture<'a, TelemetryChunk> {
+        Box::pin(async move {
+            let chunk = self
+                .0
+                .export_chunk(device, metric, from, to, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let points = chunk
+                .points
+                .into_iter()
+                .map(|p| {
+                    let value = match p.value {
+                        Sample::Number(x) => serde_json::Number::from_f64(x)
+                            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                        Sample::Bool(b) => serde_json::Value::Bool(b),
+                    };
+                    (p.ts, value)
+                })
+                .collect();
+            Ok(TelemetryChunk {
+                points,
+                next: chunk.next,
+            })
+        })
+    }
 }
 
 /// `format = "jsonl" | "csv"`.
@@ -341,9 +549,14 @@ fn file(base: &Path, path: &Path, max_file_bytes: u64, keep_files: u32) -> FileS
     }
 }
 
-/// Checks `entries` and builds the runtime configs, relative paths under `base`. The
-/// error names the key: `invalid value for pipelines[0].sql: ...`.
-pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfig>> {
+/// Checks `entries` and builds the runtime configs, relative paths under `base`; a telemetry
+/// source needs `telemetry_enabled`. The error names the key: `invalid value for
+/// pipelines[0].sql: ...`.
+pub fn build(
+    entries: &[PipelineEntry],
+    base: &Path,
+    telemetry_enabled: bool,
+) -> Result<Vec<PipelineConfig>> {
     if entries.len() > MAX_PIPELINES {
         bail!("invalid value for pipelines: at most {MAX_PIPELINES} pipelines");
     }
@@ -351,6 +564,8 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
     // Every file (sink and dead letters) has one writer.
     let mut files = HashSet::new();
     let mut built = Vec::with_capacity(entries.len());
+    // A source's position: `{data_dir}/pipelines/{name}.checkpoint`.
+    let checkpoint = |name: &str| base.join("pipelines").join(format!("{name}.checkpoint"));
     for (i, entry) in entries.iter().enumerate() {
         let key = |k: &str| format!("invalid value for pipelines[{i}].{k}");
         if let Err(problem) = runtime::validate_name(&entry.name) {
@@ -454,15 +669,29 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
                     },
                     poll_ms: *poll_ms,
                     max_line_bytes: *max_line_bytes,
-                    checkpoint: base
-                        .join("pipelines")
-                        .join(format!("{}.checkpoint", entry.name)),
+                    checkpoint: checkpoint(&entry.name),
                     delete_done: *delete_done,
                 };
                 if let Err(problem) = config.validate() {
                     bail!("{}", key(&format!("source.{problem}")));
                 }
                 SourceConfig::Files(config)
+            }
+            Some(SourceEntry::Postgres(pg)) => match postgres_source(pg, checkpoint(&entry.name)) {
+                Ok(config) => SourceConfig::Postgres(config),
+                Err(problem) => bail!("{}", key(&format!("source.{problem}"))),
+            },
+            Some(SourceEntry::Telemetry(t)) => {
+                if !telemetry_enabled {
+                    bail!(
+                        "{}: the telemetry store is disabled (telemetry.enabled = false)",
+                        key("source.type")
+                    );
+                }
+                match telemetry_source_config(t, checkpoint(&entry.name)) {
+                    Ok(config) => SourceConfig::Telemetry(config),
+                    Err(problem) => bail!("{}", key(&format!("source.{problem}"))),
+                }
             }
         };
         let deadline_ms = entry.deadline_ms;
@@ -539,8 +768,11 @@ pub const PIPELINE_THREADS: usize = 2;
 pub fn spawn(
     pipelines: Vec<PipelineConfig>,
     broker: &BrokerHandle,
+    telemetry: Option<Arc<TelemetryService>>,
     shutdown: &CancellationToken,
 ) -> Result<(CancellationToken, Arc<[Arc<PipelineStatus>]>)> {
+    let telemetry: Option<Arc<dyn TelemetryStore>> =
+        telemetry.map(|t| Arc::new(TelemetryStoreAdapter(t)) as Arc<dyn TelemetryStore>);
     let statuses: Arc<[Arc<PipelineStatus>]> = pipelines
         .iter()
         .map(|p| {
@@ -574,6 +806,7 @@ pub fn spawn(
                 tasks.spawn(supervise(
                     pipeline,
                     broker.clone(),
+                    telemetry.clone(),
                     shutdown.clone(),
                     status,
                 ));
@@ -598,10 +831,12 @@ pub fn spawn(
     Ok((broker_stop, statuses))
 }
 
-/// Runs `pipeline` until `shutdown`, starting it again with backoff whenever it ends first.
+/// Runs `pipeline` until `shutdown`, starting it again with backoff whenever it ends first
+/// (except a one-shot source that finished: it stays `finished`).
 async fn supervise(
     pipeline: PipelineConfig,
     broker: BrokerHandle,
+    telemetry: Option<Arc<dyn TelemetryStore>>,
     shutdown: CancellationToken,
     status: Arc<PipelineStatus>,
 ) {
@@ -616,13 +851,18 @@ async fn supervise(
             shutdown.clone(),
             STOP_GRACE,
             status.clone(),
+            telemetry.clone(),
         )
         .await;
         if shutdown.is_cancelled() {
             return;
         }
         let error = match outcome {
-            Ok(()) => "ended before the shutdown".to_owned(),
+            Ok(Ended::Finished) => {
+                tracing::info!(pipeline = %name, "pipeline finished: its source was read whole");
+                return;
+            }
+            Ok(Ended::Stopped) => "ended before the shutdown".to_owned(),
             Err(error) => error.to_string(),
         };
         tracing::error!(pipeline = %name, %error, retry_in_secs = delay.as_secs(), "pipeline stopped; starting it again");

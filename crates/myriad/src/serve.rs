@@ -126,7 +126,11 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             observe::metrics::upkeep(prometheus.clone()),
         );
         observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
-        let mut pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
+        let mut pipelines = crate::pipelines::build(
+            &config.pipelines,
+            &config.store.data_dir,
+            config.telemetry.enabled,
+        )?;
         if let Some(tracer) = &batch_tracer {
             for pipeline in &mut pipelines {
                 pipeline.tracer = Some(tracer.clone());
@@ -134,7 +138,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         }
         // The broker stops after the pipelines drained (their last acknowledgements).
         let (broker_shutdown, pipeline_status) =
-            crate::pipelines::spawn(pipelines, &handle, &shutdown)?;
+            crate::pipelines::spawn(pipelines, &handle, telemetry.clone(), &shutdown)?;
         let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;

@@ -66,15 +66,23 @@
 //! | NATS / HTTP `key` | [`key::MAX_KEY_FIELDS`] fields, [`key::MAX_KEY_BYTES`] rendered |
 //! | NATS sink | [`nats::MAX_URL_BYTES`], `ack_timeout_ms` up to [`nats::MAX_ACK_TIMEOUT`] |
 //! | HTTP sink | [`http::MAX_URL_BYTES`], [`http::MAX_HEADERS`] headers, [`http::MAX_RESPONSE_BYTES`] read, [`http::MAX_CONCURRENCY`], [`http::MAX_TIMEOUT`] |
+//! | files source | see [`files`] |
+//! | PostgreSQL source | see [`pg_source`]: [`pg_source::MAX_QUERY_BYTES`] query, `fetch_rows` up to [`pg_source::MAX_FETCH_ROWS`], `poll_ms` [`pg_source::MIN_POLL_MS`] ..= [`pg_source::MAX_POLL_MS`], `max_row_bytes` up to [`pg_source::MAX_ROW_BYTES`] |
+//! | telemetry source | see [`telemetry_source`]: [`telemetry_source::MAX_DEVICES`] devices, [`telemetry_source::MAX_METRICS`] metrics, [`telemetry_source::MAX_SERIES`] series per pass |
+//! | a source's checkpoint file read at start-up | [`reader::MAX_CHECKPOINT_BYTES`] |
 
 pub mod file;
 pub mod files;
 pub mod http;
 pub mod key;
 pub mod nats;
+pub mod pg_source;
 pub mod pg_tls;
+pub mod pg_value;
 pub mod postgres;
+pub mod reader;
 mod sink;
+pub mod telemetry_source;
 pub mod template;
 pub mod trace;
 mod window;
@@ -172,6 +180,33 @@ pub enum SourceConfig {
     Mqtt,
     /// A directory of JSONL or CSV files (see [`files`]).
     Files(files::FilesSourceConfig),
+    /// A PostgreSQL query or followed table (see [`pg_source`]).
+    Postgres(pg_source::PostgresSourceConfig),
+    /// The telemetry store (see [`telemetry_source`]); needs a store passed to
+    /// [`run_with_status`].
+    Telemetry(telemetry_source::TelemetrySourceConfig),
+}
+
+impl SourceConfig {
+    /// The source's kind as configured: `mqtt`, `files`, `postgres`, `telemetry`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Mqtt => "mqtt",
+            SourceConfig::Files(_) => "files",
+            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Telemetry(_) => "telemetry",
+        }
+    }
+}
+
+/// How a pipeline ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Stopped by the shutdown token.
+    Stopped,
+    /// A one-shot source (a query, a telemetry range) was read to its end and every record is
+    /// done: the pipeline has nothing more to do and is not started again.
+    Finished,
 }
 
 /// One pipeline, validated.
@@ -218,6 +253,9 @@ pub enum RuntimeError {
     /// A source other than the broker ended before the shutdown.
     #[error("the source ended: {0}")]
     SourceEnded(String),
+    /// A telemetry source without a telemetry store to read.
+    #[error("the telemetry store is not available (telemetry disabled)")]
+    NoTelemetry,
 }
 
 /// The wall clock in unix milliseconds.
@@ -316,30 +354,36 @@ impl Counters {
 }
 
 /// Runs `config` on `broker` until `shutdown` is cancelled, then drains for at most `grace`.
-/// Returns `Ok` after a shutdown, an error if the broker went away first.
+/// Returns how it ended (a one-shot source: [`Ended::Finished`] once all of it is done), an
+/// error if the broker or the source went away first.
 pub async fn run(
     config: PipelineConfig,
     broker: BrokerHandle,
     shutdown: CancellationToken,
     grace: Duration,
-) -> Result<(), RuntimeError> {
+) -> Result<Ended, RuntimeError> {
     let status = Arc::new(PipelineStatus::new(
         &config.name,
         config.rule.topic_filter().as_str(),
         config.sink.kind(),
         now_ms(),
     ));
-    run_with_status(config, broker, shutdown, grace, status).await
+    run_with_status(config, broker, shutdown, grace, status, None).await
 }
 
-/// [`run`], reporting to `status` (state, counters, the last error) as it goes.
+/// [`run`], reporting to `status` (state, counters, the last error) as it goes; a telemetry
+/// source reads `telemetry`.
 pub async fn run_with_status(
     config: PipelineConfig,
     broker: BrokerHandle,
     shutdown: CancellationToken,
     grace: Duration,
     status: Arc<PipelineStatus>,
-) -> Result<(), RuntimeError> {
+    telemetry: Option<Arc<dyn telemetry_source::TelemetryStore>>,
+) -> Result<Ended, RuntimeError> {
+    if matches!(config.source, SourceConfig::Telemetry(_)) && telemetry.is_none() {
+        return Err(RuntimeError::NoTelemetry);
+    }
     let options = DurableOptions {
         receive_maximum: config.in_flight.max(1),
         session_expiry_secs: SESSION_EXPIRY_SECS,
@@ -355,7 +399,7 @@ pub async fn run_with_status(
                 .await?;
             Some(client)
         }
-        SourceConfig::Files(_) => None,
+        _ => None,
     };
     let mut sink = Sink::open(&config.sink, &name, &broker).await?;
     if config.source == SourceConfig::Mqtt {
@@ -393,23 +437,99 @@ pub async fn run_with_status(
     };
     let worker = tokio::spawn(worker.run(items_rx));
     let counters = Counters::new(&name, status.clone());
-    let outcome = match (&mut source, config.source) {
-        (Some(client), _) => {
-            run_source(client, items_tx, done_rx, &shutdown, &hard, counters).await
-        }
-        (None, SourceConfig::Files(files)) => {
-            files::run_source(
+    let outcome = 'source: {
+        match (&mut source, config.source) {
+            (Some(client), _) => run_source(client, items_tx, done_rx, &shutdown, &hard, counters)
+                .await
+                .map(|()| Ended::Stopped),
+            (None, SourceConfig::Files(files)) => files::run_source(
                 files, capacity, items_tx, done_rx, &shutdown, &hard, counters,
             )
             .await
+            .map(|()| Ended::Stopped),
+            (None, SourceConfig::Postgres(pg)) => {
+                let (checkpoint, poll) = (pg.checkpoint.clone(), Duration::from_millis(pg.poll_ms));
+                let channels = (items_tx, done_rx);
+                match &pg.mode {
+                    pg_source::PgSourceMode::Query { .. } => {
+                        let reader = match off_loop(move || pg_source::QueryReader::new(pg)).await {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                        let (items, done) = channels;
+                        reader::run(
+                            reader,
+                            "postgres",
+                            &checkpoint,
+                            poll,
+                            capacity,
+                            items,
+                            done,
+                            &shutdown,
+                            &hard,
+                            counters,
+                        )
+                        .await
+                    }
+                    pg_source::PgSourceMode::Follow { .. } => {
+                        let reader = match off_loop(move || pg_source::FollowReader::new(pg)).await
+                        {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                        let (items, done) = channels;
+                        reader::run(
+                            reader,
+                            "postgres",
+                            &checkpoint,
+                            poll,
+                            capacity,
+                            items,
+                            done,
+                            &shutdown,
+                            &hard,
+                            counters,
+                        )
+                        .await
+                    }
+                }
+            }
+            (None, SourceConfig::Telemetry(t)) => match telemetry {
+                Some(store) => {
+                    let (checkpoint, poll) =
+                        (t.checkpoint.clone(), Duration::from_millis(t.poll_ms));
+                    let reader =
+                        match off_loop(move || telemetry_source::TelemetryReader::new(t, store))
+                            .await
+                        {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                    reader::run(
+                        reader,
+                        "telemetry",
+                        &checkpoint,
+                        poll,
+                        capacity,
+                        items_tx,
+                        done_rx,
+                        &shutdown,
+                        &hard,
+                        counters,
+                    )
+                    .await
+                }
+                None => Err(RuntimeError::NoTelemetry),
+            },
+            (None, SourceConfig::Mqtt) => Ok(Ended::Stopped),
         }
-        (None, SourceConfig::Mqtt) => Ok(()),
     };
     let _ = worker.await;
     timer.abort();
     tracing::info!(pipeline = %name, "pipeline stopped");
     match &outcome {
-        Ok(()) => status.set_state(PipelineState::Stopped, None, now_ms()),
+        Ok(Ended::Stopped) => status.set_state(PipelineState::Stopped, None, now_ms()),
+        Ok(Ended::Finished) => status.set_state(PipelineState::Finished, None, now_ms()),
         Err(error) => status.set_state(PipelineState::Failed, Some(&error.to_string()), now_ms()),
     }
     // The session stays (clean start false): unacknowledged messages wait for the next run.
@@ -417,6 +537,15 @@ pub async fn run_with_status(
         client.disconnect().await;
     }
     outcome
+}
+
+/// Runs `f` (blocking: a source reading its checkpoint file) on the blocking pool.
+async fn off_loop<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::SourceEnded(e.to_string()))
 }
 
 /// Hands messages to the worker and acknowledges them, in arrival order, as the worker

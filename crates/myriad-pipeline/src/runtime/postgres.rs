@@ -126,7 +126,7 @@ impl fmt::Debug for PostgresSinkConfig {
 }
 
 /// Checks an identifier: 1 ..= [`MAX_IDENT_BYTES`] bytes, no NUL.
-fn check_ident(name: &str) -> Result<(), String> {
+pub(crate) fn check_ident(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_IDENT_BYTES || name.contains('\0') {
         return Err(format!(
             "{name:?} must be 1 to {MAX_IDENT_BYTES} bytes without NUL"
@@ -136,7 +136,7 @@ fn check_ident(name: &str) -> Result<(), String> {
 }
 
 /// `name` as a quoted SQL identifier.
-fn quote(name: &str) -> String {
+pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -179,27 +179,29 @@ impl PostgresSinkConfig {
     /// The connection settings: the URL with the default timeouts. The error never quotes
     /// the URL (it may hold a password).
     fn connect_config(&self) -> Result<tokio_postgres::Config, String> {
-        if self.url.len() > MAX_URL_BYTES {
-            return Err(format!(
-                "url: {} bytes, at most {MAX_URL_BYTES}",
-                self.url.len()
-            ));
-        }
-        let mut config: tokio_postgres::Config = self
-            .url
-            .parse()
-            .map_err(|e| format!("url: not a PostgreSQL connection string ({e})"))?;
-        if config.get_hosts().is_empty() {
-            return Err("url: no host".to_string());
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("myriad-pipeline");
-        }
-        Ok(config)
+        connect_config(&self.url)
     }
+}
+
+/// The connection settings of `url` with the default timeouts (the sink's and the source's).
+/// The error starts with `url:` and never quotes the URL (it may hold a password).
+pub(crate) fn connect_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(format!("url: {} bytes, at most {MAX_URL_BYTES}", url.len()));
+    }
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("url: not a PostgreSQL connection string ({e})"))?;
+    if config.get_hosts().is_empty() {
+        return Err("url: no host".to_string());
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("myriad-pipeline");
+    }
+    Ok(config)
 }
 
 /// How a column's values are encoded.
@@ -547,7 +549,7 @@ fn classify(error: tokio_postgres::Error) -> Failure {
 }
 
 /// The server's message (with its SQLSTATE) or the client error.
-fn describe(error: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
