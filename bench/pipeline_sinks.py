@@ -23,7 +23,16 @@ The load (`--load`):
 The rate is messages that arrived at the sink / seconds from the first publish to the last
 arrival; the JSON also says how fast they were published and how much CPU myriad used.
 
+With `--latency`, each sink then gets a second run (a fresh server and sink) at half the
+rate just measured (`--latency-rate` to choose), `myriad sim fanin` publishing at that pace
+for LATENCY_DURATION s, the rule adding `timestamp() AS ts` (when the rule evaluated the
+message: the broker has received and routed it). Each record's latency is its commit time
+minus `ts`: for NATS the stream's store time of the message (JetStream metadata, read back
+after the run), for HTTP the webhook's clock when the request arrived. p50/p99/max over the
+records after the first 3 s.
+
     MYRIAD_BIN=target/release/myriad python3 bench/pipeline_sinks.py --sink nats --sink http
+    MYRIAD_BIN=target/ci/myriad python3 bench/pipeline_sinks.py --latency
 """
 
 from __future__ import annotations
@@ -101,10 +110,12 @@ def publisher(port: int, first: int, count: int, devices: int, out) -> None:
 
 
 class Webhook:
-    def __init__(self):
+    def __init__(self, latencies: bool = False):
         self.count = 0
         self.last = 0.0
         self.lock = threading.Lock()
+        # (ts, arrival - ts) in ms per record, when measuring latency.
+        self.latencies: list[tuple[int, float]] | None = [] if latencies else None
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -115,10 +126,18 @@ class Webhook:
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                now_ms = time.time() * 1000
                 n = raw.count(b'"device"')
+                lat = None
+                if hook.latencies is not None:
+                    records = json.loads(raw)
+                    records = records if isinstance(records, list) else [records]
+                    lat = [(r["ts"], now_ms - r["ts"]) for r in records]
                 with hook.lock:
                     hook.count += n
                     hook.last = time.monotonic()
+                    if lat is not None and hook.latencies is not None:
+                        hook.latencies.extend(lat)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -170,6 +189,27 @@ class Nats:
 
         return asyncio.run(self._js(count))
 
+    def latencies(self) -> list[tuple[int, float]]:
+        """(ts, stored - ts) in ms of every message in the stream (its JetStream store time)."""
+
+        async def read(js):
+            from nats.js.api import AckPolicy, ConsumerConfig
+
+            # No acks: an ack-explicit consumer stops at 1000 unacknowledged messages.
+            sub = await js.pull_subscribe("bench.>", durable=None,
+                                          config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+            out: list[tuple[int, float]] = []
+            while True:
+                try:
+                    msgs = await sub.fetch(1000, timeout=2)
+                except Exception:
+                    return out
+                for m in msgs:
+                    ts = json.loads(m.data)["ts"]
+                    out.append((ts, m.metadata.timestamp.timestamp() * 1000 - ts))
+
+        return asyncio.run(self._js(read))
+
     def close(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(10)
@@ -178,15 +218,19 @@ class Nats:
 SIM_SQL = "SELECT encode(*, 'base64') AS raw, topic(3) AS device FROM 'bench/fanin/+'"
 
 
-def run(kind: str, args, workdir: Path) -> dict:
+def run(kind: str, args, workdir: Path, latency_rate: float = 0) -> dict:
+    """One run: as fast as possible, or with `latency_rate` > 0 (msgs/s of all publishers,
+    `sim` load) the latency run."""
     workdir.mkdir(parents=True, exist_ok=True)
     sql, key = (SIM_SQL, '["device", "raw"]') if args.load == "sim" else (SQL, '["device", "seq"]')
+    if latency_rate:
+        sql = SIM_SQL.replace(" FROM", ", timestamp() AS ts FROM")
     if kind == "nats":
         target = Nats(workdir)
         sink = (f'{{ type = "nats", url = "{target.url}", subject = "bench.${{device}}", '
                 f'key = {key} }}')
     else:
-        target = Webhook()
+        target = Webhook(latencies=bool(latency_rate))
         sink = (f'{{ type = "http", url = "http://{HOST}:{target.port}/hook", concurrency = 4, '
                 f'key = {key} }}')
     config = workdir / "myriad.toml"
@@ -215,6 +259,8 @@ def run(kind: str, args, workdir: Path) -> dict:
         out = multiprocessing.Queue()
         per = args.messages // args.publishers
         t0 = time.monotonic()
+        if latency_rate:
+            return latency_run(kind, args, target, binary, mqtt_port, serve.pid, latency_rate, env, workdir)
         if args.load == "sim":
             sim = subprocess.Popen(
                 [binary, "sim", "--broker", f"{HOST}:{mqtt_port}", "--prefix", "bench", "fanin",
@@ -263,6 +309,42 @@ def run(kind: str, args, workdir: Path) -> dict:
         target.close()
 
 
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def latency_run(kind: str, args, target, binary: str, mqtt_port: int, pid: int, rate: float, env,
+                workdir: Path) -> dict:
+    per_pub = rate / args.publishers
+    sim = subprocess.Popen(
+        [binary, "sim", "--broker", f"{HOST}:{mqtt_port}", "--prefix", "bench", "fanin",
+         "--publishers", str(args.publishers), "--subscribers", "0", "--rate", str(per_pub),
+         "--duration", str(args.latency_duration), "--drain", "60", "--qos", "1", "-q"],
+        stdout=subprocess.PIPE, stderr=open(workdir / "sim-latency.log", "wb"), stdin=subprocess.DEVNULL, env=env)
+    cpu0 = cpu_seconds(pid)
+    sim_out, _ = sim.communicate(timeout=args.latency_duration + 300)
+    report = json.loads(sim_out.decode().strip().splitlines()[-1]) if sim_out.strip() else {}
+    acked = int(report.get("acked") or 0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and target.arrived() < acked:
+        time.sleep(0.2)
+    cpu = cpu_seconds(pid) - cpu0
+    pairs = target.latencies() if kind == "nats" else list(target.latencies or [])
+    start = min((ts for ts, _ in pairs), default=0)
+    measured = sorted(lat for ts, lat in pairs if ts >= start + 3000)
+    return {
+        "sink": kind, "run": "latency", "target_rate": round(rate), "publishers": args.publishers,
+        "sim_acked": acked, "arrived": target.arrived(), "sim_sent_per_s": report.get("sent_per_sec"),
+        "records_measured": len(measured),
+        "p50_ms": round(percentile(measured, 0.5), 2) if measured else None,
+        "p99_ms": round(percentile(measured, 0.99), 2) if measured else None,
+        "max_ms": round(measured[-1], 2) if measured else None,
+        "myriad_cpu_s": round(cpu, 2),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sink", action="append", choices=["nats", "http"])
@@ -272,6 +354,9 @@ def main() -> int:
     ap.add_argument("--workdir", help="keep configs and logs here (default: a temporary dir)")
     ap.add_argument("--load", choices=["sim", "paho"], default="sim")
     ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--latency", action="store_true", help="then a run at half the rate: p50/p99")
+    ap.add_argument("--latency-rate", type=float, default=0, help="msgs/s for it (default: half the measured)")
+    ap.add_argument("--latency-duration", type=float, default=20)
     args = ap.parse_args()
     if args.publishers is None:
         args.publishers = 100 if args.load == "sim" else 2
@@ -283,6 +368,13 @@ def main() -> int:
             result["machine"] = f"{os.cpu_count()} cores, {platform.machine()}, {platform.release()}"
             result["myriad_bin"] = os.environ.get("MYRIAD_BIN", "target/release/myriad")
             print(json.dumps(result), flush=True)
+            if args.latency:
+                rate = args.latency_rate or max(1.0, result["msgs_per_s"] / 2)
+                lat = run(kind, args, Path(tmp) / f"{kind}-latency", latency_rate=rate)
+                lat["machine"] = result["machine"]
+                lat["myriad_bin"] = result["myriad_bin"]
+                lat["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                print(json.dumps(lat), flush=True)
     return 0
 
 

@@ -230,6 +230,30 @@ def test_mqtt_republish_sink_delivers_to_a_subscriber(serve, tmp_path):
         sub.expect_none(wait=0.7)
 
 
+def test_mqtt_republish_sink_sends_batches_whole_and_refuses_a_loop(serve, tmp_path):
+    # FROM 'sensors/#' matches both the input and the output topic of the second record kind:
+    # `sensors/loop/...` outputs would be fed back to the pipeline; they are dead-lettered.
+    sql = "SELECT payload.n AS n, topic(2) AS kind FROM 'sensors/#'"
+    sink = '{ type = "mqtt", topic = "${kind}/out/${n}" }'
+    dead = tmp_path / "dead.jsonl"
+    s = serve(pipeline_toml("fanout", sql, sink, dead, max_age_ms=100))
+    n = 2000
+    with Client(s.port) as sub, Client(s.port) as pub:
+        sub.subscribe("alerts/out/#", qos=1)
+        sub.subscribe("sensors/out/#", qos=1)
+        for i in range(n):
+            pub.publish(f"sensors/alerts/{i}", json.dumps({"n": i}), qos=1, wait=False)
+        pub.publish("sensors/sensors/x", json.dumps({"n": "looped"}), qos=1)
+        got = sub.get_many(n, timeout=30)
+        assert sorted(int(m.topic.rsplit("/", 1)[1]) for m in got) == list(range(n))
+        assert all(m.topic.startswith("alerts/out/") for m in got)
+        letters = wait_lines(dead, 1)
+        assert len(letters) == 1, letters
+        assert letters[0]["topic"] == "sensors/sensors/x"
+        assert "would loop" in letters[0]["reason"], letters[0]
+        sub.expect_none(wait=0.5)
+
+
 def test_failed_evaluation_goes_to_the_dead_letter_file(serve, tmp_path):
     out, dead = tmp_path / "hot.jsonl", tmp_path / "hot.dead.jsonl"
     s = serve(pipeline_toml("dl", SENSORS, file_sink(out), dead))

@@ -22,10 +22,14 @@ pub enum PipelineState {
     Failed,
     /// Stopped by a shutdown.
     Stopped,
+    /// A one-shot source (a query, a telemetry range) was read whole and every record is
+    /// done; not started again.
+    Finished,
 }
 
 impl PipelineState {
-    /// Its name in the API: `starting`, `running`, `retrying`, `failed`, `stopped`.
+    /// Its name in the API: `starting`, `running`, `retrying`, `failed`, `stopped`,
+    /// `finished`.
     pub fn as_str(self) -> &'static str {
         match self {
             PipelineState::Starting => "starting",
@@ -33,6 +37,7 @@ impl PipelineState {
             PipelineState::Retrying => "retrying",
             PipelineState::Failed => "failed",
             PipelineState::Stopped => "stopped",
+            PipelineState::Finished => "finished",
         }
     }
 }

@@ -62,6 +62,7 @@ fn config(dir: &Path, sink: SinkConfig) -> PipelineConfig {
         sink,
         dead_letter: FileSinkConfig::new(dir.join("dead.jsonl")),
         deadline_ms: None,
+        tracer: None,
     }
 }
 
@@ -337,4 +338,203 @@ async fn http_ingest_answers_once_every_line_is_committed_or_dead_lettered() {
     broker.shutdown.cancel();
     let _ = broker.task.await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Keeps every batch span reported.
+#[derive(Default)]
+struct Spans(std::sync::Mutex<Vec<Recorded>>);
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    sink: &'static str,
+    records: usize,
+    committed: usize,
+    outcome: runtime::BatchOutcome,
+    parent: Option<runtime::trace::TraceParent>,
+    links: Vec<runtime::trace::TraceParent>,
+}
+
+impl runtime::BatchTracer for Spans {
+    fn batch(&self, span: &runtime::BatchSpan<'_>) {
+        assert!(span.end >= span.start);
+        assert_eq!(span.pipeline, "hot");
+        self.0.lock().unwrap().push(Recorded {
+            sink: span.sink,
+            records: span.records,
+            committed: span.committed,
+            outcome: span.outcome,
+            parent: span.parent,
+            links: span.links.to_vec(),
+        });
+    }
+}
+
+/// A telemetry store of one device's `temp` points at ts 0..n, value ts.
+struct Points(i64);
+
+impl runtime::telemetry_source::TelemetryStore for Points {
+    fn metrics<'a>(
+        &'a self,
+        _device: &'a str,
+    ) -> runtime::telemetry_source::StoreFuture<'a, Vec<String>> {
+        Box::pin(async { Ok(vec!["temp".to_owned()]) })
+    }
+    fn export<'a>(
+        &'a self,
+        device: &'a str,
+        _metric: &'a str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> runtime::telemetry_source::StoreFuture<'a, runtime::telemetry_source::TelemetryChunk> {
+        let n = if device == "d1" { self.0 } else { 0 };
+        let points: Vec<_> = (from.max(0)..to.min(n))
+            .take(limit)
+            .map(|t| (t, serde_json::Value::from(t)))
+            .collect();
+        let next = points
+            .last()
+            .map(|p| p.0 + 1)
+            .filter(|&next| next < to.min(n));
+        Box::pin(async move { Ok(runtime::telemetry_source::TelemetryChunk { points, next }) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_carry_user_properties_and_each_batch_reports_a_span_linked_to_their_traces() {
+    let dir = temp_dir("trace");
+    let out = dir.join("hot.jsonl");
+    let broker = broker().await;
+    let spans = std::sync::Arc::new(Spans::default());
+    let mut config = config(&dir, SinkConfig::File(FileSinkConfig::new(&out)));
+    config.rule = Rule::compile(
+        "SELECT payload.temp AS t, get_user_property('site') AS site FROM 'devices/+/telemetry'",
+    )
+    .expect("rule");
+    // One batch for the three messages.
+    config.batch.max_records = 3;
+    config.batch.max_age_ms = 60_000;
+    config.tracer = Some(spans.clone());
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(runtime::run(
+        config,
+        broker.handle.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let traces = [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01",
+        // A malformed one is no context.
+        "00-zz-b7ad6b7169203331-01",
+    ];
+    for (i, trace) in traces.iter().enumerate() {
+        let mut properties = PacketProperties::new();
+        properties
+            .user_properties
+            .push(("site".into(), format!("s{i}").into()));
+        properties
+            .user_properties
+            .push(("traceparent".into(), (*trace).into()));
+        broker
+            .handle
+            .publish_at_least_once(
+                "devices/d1/telemetry".into(),
+                Bytes::from(format!("{{\"temp\": {i}}}")),
+                properties,
+            )
+            .await
+            .expect("publish");
+    }
+    let got = wait_lines(&out, 3).await;
+    assert_eq!(
+        got,
+        [
+            serde_json::json!({"t": 0, "site": "s0"}),
+            serde_json::json!({"t": 1, "site": "s1"}),
+            serde_json::json!({"t": 2, "site": "s2"}),
+        ]
+    );
+    stop.cancel();
+    pipeline.await.expect("join").expect("clean stop");
+    let recorded = spans.0.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let span = &recorded[0];
+    assert_eq!((span.sink, span.records, span.committed), ("file", 3, 3));
+    assert_eq!(span.outcome, runtime::BatchOutcome::Committed);
+    let parse = |s: &str| myriad_broker::trace::TraceParent::parse(s).unwrap();
+    // The sampled context is the parent, the other one a link.
+    assert_eq!(span.parent, Some(parse(traces[1])));
+    assert_eq!(span.links, vec![parse(traces[0])]);
+    broker.shutdown.cancel();
+    let _ = broker.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_range_is_read_whole_then_the_pipeline_is_finished_and_stays_so() {
+    let dir = temp_dir("telemetry-range");
+    let out = dir.join("out.jsonl");
+    let broker = broker().await;
+    let mut config = config(&dir, SinkConfig::File(FileSinkConfig::new(&out)));
+    // Fewer in flight than points: the range is read in pieces as records are done.
+    config.in_flight = 7;
+    config.source =
+        runtime::SourceConfig::Telemetry(runtime::telemetry_source::TelemetrySourceConfig {
+            devices: vec!["d1".into(), "d2".into()],
+            metrics: vec![],
+            from: 10,
+            to: Some(90),
+            follow: false,
+            poll_ms: 10,
+            checkpoint: dir.join("range.checkpoint"),
+        });
+    let store: std::sync::Arc<dyn runtime::telemetry_source::TelemetryStore> =
+        std::sync::Arc::new(Points(100));
+    let run = |config: PipelineConfig| {
+        let status = std::sync::Arc::new(myriad_pipeline::status::PipelineStatus::new(
+            "hot", "x", "file", 0,
+        ));
+        let fut = runtime::run_with_status(
+            config,
+            broker.handle.clone(),
+            CancellationToken::new(),
+            Duration::from_secs(5),
+            status.clone(),
+            Some(store.clone()),
+        );
+        async move {
+            (
+                tokio::time::timeout(Duration::from_secs(20), fut).await,
+                status,
+            )
+        }
+    };
+    let (ended, status) = run(config.clone()).await;
+    assert_eq!(
+        ended.expect("finishes").expect("no error"),
+        runtime::Ended::Finished
+    );
+    assert_eq!(
+        status.snapshot().state,
+        myriad_pipeline::status::PipelineState::Finished
+    );
+    // WHERE temp > 30: points 31..89 of d1, in order.
+    let got: Vec<i64> = lines(&out)
+        .iter()
+        .map(|l| l["t"].as_i64().expect("t"))
+        .collect();
+    assert_eq!(got, (31..90).collect::<Vec<_>>());
+    assert_eq!(status.snapshot().records[0], 80, "received");
+    // Run again: the checkpoint says it is done; nothing is read.
+    let (ended, status) = run(config).await;
+    assert_eq!(
+        ended.expect("finishes").expect("no error"),
+        runtime::Ended::Finished
+    );
+    assert_eq!(status.snapshot().records[0], 0);
+    assert_eq!(lines(&out).len(), 59);
+    broker.shutdown.cancel();
+    let _ = broker.task.await;
 }

@@ -495,7 +495,11 @@ impl Config {
         {
             bail!("invalid value for auth.certificate_uri_prefix: 1 to 256 bytes");
         }
-        crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
+        crate::pipelines::build(
+            &config.pipelines,
+            &config.store.data_dir,
+            config.telemetry.enabled,
+        )?;
         if config.store.group_window_ms > 1000 {
             bail!(
                 "invalid value for store.group_window_ms: at most 1000 (a window is milliseconds)"

@@ -68,6 +68,10 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         Arc::new(observe::otel::OtelPublishTracer::new(provider))
             as Arc<dyn myriad_broker::trace::PublishTracer>
     });
+    let batch_tracer = otel.as_ref().map(|provider| {
+        Arc::new(observe::otel::OtelBatchTracer::new(provider))
+            as Arc<dyn myriad_pipeline::runtime::BatchTracer>
+    });
     let outcome = runtime.block_on(async move {
         // Handlers are in place before anyone learns the server is up, so a
         // signal sent right after the listening line still shuts down cleanly.
@@ -122,13 +126,20 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             observe::metrics::upkeep(prometheus.clone()),
         );
         observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
-        let pipelines = crate::pipelines::build(&config.pipelines, &config.store.data_dir)?;
+        // The manager sets the batch tracer on each (and on those put over the API).
+        let pipelines = crate::pipelines::build(
+            &config.pipelines,
+            &config.store.data_dir,
+            config.telemetry.enabled,
+        )?;
         // The broker stops after the pipelines drained (their last acknowledgements).
         let (pipeline_manager, broker_shutdown) = crate::pipelines::manager::Manager::start(
             pipelines,
             &handle,
             platform.store.clone(),
             config.store.data_dir.clone(),
+            batch_tracer.clone(),
+            telemetry.clone(),
             &shutdown,
         )?;
         let listeners_bound = Arc::new(AtomicBool::new(false));

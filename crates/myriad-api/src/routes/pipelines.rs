@@ -32,7 +32,8 @@ pub struct PipelineStatusDto {
     /// `PUT /api/v1/pipelines/{name}`).
     pub origin: String,
     /// `starting`, `running`, `retrying` (a write failed; retried with backoff), `failed`
-    /// (ended with an error; restarted after a delay) or `stopped`.
+    /// (ended with an error; restarted after a delay), `stopped` or `finished` (a one-shot
+    /// source, a PostgreSQL query or a telemetry range, was read whole).
     pub state: String,
     /// Since when it is in that state (unix ms).
     pub state_since_ms: i64,

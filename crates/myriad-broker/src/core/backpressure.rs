@@ -12,7 +12,7 @@
 //! never hold anyone back (their queues drop as before), nor does the
 //! publisher's own session.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use myriad_mqtt::{QoS, ReasonCode};
@@ -37,6 +37,10 @@ pub(super) struct Backpressure {
     held: HashMap<ConnId, VecDeque<Held>>,
     /// Publishing connections waiting for each full session to drain.
     waiting: HashMap<SessionId, Vec<ConnId>>,
+    /// When each connection's oldest held publication was held, soonest first: the next
+    /// hold deadline without a scan over every holding connection (it is asked for after
+    /// every batch of events).
+    fronts: BTreeSet<(Instant, ConnId)>,
 }
 
 /// What routing a message did.
@@ -51,6 +55,33 @@ impl Backpressure {
     /// How many publications are held, over every connection.
     pub(super) fn held_count(&self) -> usize {
         self.held.values().map(VecDeque::len).sum()
+    }
+
+    /// When `conn`'s oldest held publication was held.
+    fn front(&self, conn: ConnId) -> Option<Instant> {
+        Some(self.held.get(&conn)?.front()?.since)
+    }
+
+    /// Brings `fronts` up to date for `conn`, whose oldest held publication was held at
+    /// `before` (`None`: it held nothing) before the change.
+    fn sync_front(&mut self, conn: ConnId, before: Option<Instant>) {
+        let after = self.front(conn);
+        if after == before {
+            return;
+        }
+        if let Some(since) = before {
+            self.fronts.remove(&(since, conn));
+        }
+        if let Some(since) = after {
+            self.fronts.insert((since, conn));
+        }
+    }
+
+    /// Drops everything `conn` holds.
+    fn drop_held(&mut self, conn: ConnId) {
+        let before = self.front(conn);
+        self.held.remove(&conn);
+        self.sync_front(conn, before);
     }
 }
 
@@ -108,6 +139,7 @@ impl Broker {
         blocker: SessionId,
     ) {
         self.stats.publishes_held += 1;
+        let before = self.backpressure.front(conn);
         self.backpressure
             .held
             .entry(conn)
@@ -117,6 +149,7 @@ impl Broker {
                 packet_id,
                 since: now,
             });
+        self.backpressure.sync_front(conn, before);
         self.wait_on(blocker, conn);
     }
 
@@ -167,10 +200,11 @@ impl Broker {
     /// again; those held longer than the limit are routed regardless.
     fn release(&mut self, now: Instant, conn: ConnId) {
         let Some(publisher) = self.session_of(conn) else {
-            self.backpressure.held.remove(&conn);
+            self.backpressure.drop_held(conn);
             return;
         };
         let limit = self.hold_limit().unwrap_or_default();
+        let before = self.backpressure.front(conn);
         loop {
             let Some(held) = self
                 .backpressure
@@ -196,30 +230,28 @@ impl Broker {
                     if let Some(queue) = self.backpressure.held.get_mut(&conn) {
                         queue.push_front(Held { message, ..held });
                     }
+                    self.backpressure.sync_front(conn, before);
                     self.wait_on(blocker, conn);
                     return;
                 }
             }
         }
         self.backpressure.held.remove(&conn);
+        self.backpressure.sync_front(conn, before);
     }
 
     /// A connection ended: what it had held is dropped unacknowledged (its
     /// client sends it again), and whoever waited on its session goes on.
     pub(super) fn forget_connection(&mut self, now: Instant, conn: ConnId, session: SessionId) {
-        self.backpressure.held.remove(&conn);
+        self.backpressure.drop_held(conn);
         self.release_waiters(now, session);
     }
 
     /// When the oldest held publication reaches the hold limit.
     pub(super) fn next_hold_deadline(&self) -> Option<Instant> {
         let limit = self.hold_limit()?;
-        self.backpressure
-            .held
-            .values()
-            .filter_map(|held| held.front())
-            .map(|held| held.since + limit)
-            .min()
+        let (since, _) = self.backpressure.fronts.first()?;
+        Some(*since + limit)
     }
 
     /// Routes publications held past the limit.
@@ -227,9 +259,9 @@ impl Broker {
         let Some(limit) = self.hold_limit() else {
             return;
         };
-        let overdue: Vec<ConnId> = (self.backpressure.held.iter())
-            .filter(|(_, held)| held.front().is_some_and(|h| h.since + limit <= now))
-            .map(|(conn, _)| *conn)
+        let overdue: Vec<ConnId> = (self.backpressure.fronts.iter())
+            .take_while(|(since, _)| *since + limit <= now)
+            .map(|(_, conn)| *conn)
             .collect();
         for conn in overdue {
             self.release(now, conn);

@@ -34,6 +34,9 @@ pub struct InternalClient {
     /// QoS 0 publications taken from the mailbox and not yet reported to
     /// the core (kept here so a receive cancelled mid-report loses nothing).
     unreported_qos0: usize,
+    /// The broker's Receive Maximum (from its CONNACK): QoS 1 publications
+    /// [`InternalClient::publish_confirmed_many`] keeps unacknowledged at once.
+    server_receive_maximum: u16,
 }
 
 /// How a durable internal client connects: see
@@ -129,9 +132,16 @@ impl BrokerHandle {
             next_packet_id: 1,
             closed: false,
             unreported_qos0: 0,
+            server_receive_maximum: u16::MAX,
         };
         match client.next_packet().await {
-            Some(Packet::ConnAck(connack)) if !connack.reason_code.is_error() => Ok(client),
+            Some(Packet::ConnAck(connack)) if !connack.reason_code.is_error() => {
+                client.server_receive_maximum = (connack.properties.get())
+                    .and_then(|p| p.receive_maximum)
+                    .unwrap_or(u16::MAX)
+                    .max(1);
+                Ok(client)
+            }
             _ => Err(BrokerStopped),
         }
     }
@@ -263,6 +273,55 @@ impl InternalClient {
         held.append(&mut self.received);
         self.received = held;
         outcome
+    }
+
+    /// Publishes each of `publishes` at QoS 1 as this client and waits for
+    /// every PUBACK: the acknowledgements, in the order given. Up to the
+    /// broker's Receive Maximum are outstanding at once (one store commit
+    /// covers many), instead of one commit's wait per message as with
+    /// [`InternalClient::publish_confirmed`]. Other packets arriving
+    /// meanwhile are kept for [`InternalClient::recv`].
+    pub async fn publish_confirmed_many(
+        &mut self,
+        publishes: Vec<Publish>,
+    ) -> Result<Vec<PublishAck>, BrokerStopped> {
+        let window = usize::from(self.server_receive_maximum);
+        let mut acks: Vec<Option<PublishAck>> = vec![None; publishes.len()];
+        let mut publishes = publishes.into_iter().enumerate().peekable();
+        let mut held = VecDeque::new();
+        let outcome = loop {
+            // Packet id -> position of the publications of this round.
+            let mut waiting = std::collections::HashMap::with_capacity(window.min(acks.len()));
+            while waiting.len() < window {
+                let Some((index, mut publish)) = publishes.next() else {
+                    break;
+                };
+                publish.qos = QoS::AtLeastOnce;
+                publish.packet_id = self.packet_id();
+                waiting.insert(publish.packet_id, index);
+                if self.send(Packet::Publish(publish)).await.is_err() {
+                    return Err(BrokerStopped);
+                }
+            }
+            if waiting.is_empty() {
+                break Ok(());
+            }
+            while !waiting.is_empty() {
+                match self.next_packet().await {
+                    Some(Packet::PubAck(ack)) if waiting.contains_key(&ack.packet_id) => {
+                        if let Some(index) = waiting.remove(&ack.packet_id) {
+                            acks[index] = Some(ack);
+                        }
+                    }
+                    Some(packet) => held.push_back(packet),
+                    None => return Err(BrokerStopped),
+                }
+            }
+        };
+        held.append(&mut self.received);
+        self.received = held;
+        outcome?;
+        Ok(acks.into_iter().flatten().collect())
     }
 
     /// Detaches the client from the broker.

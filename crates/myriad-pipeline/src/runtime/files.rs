@@ -403,7 +403,7 @@ pub(super) async fn run_source(
 
 /// A slot on the worker's channel (`None`: the worker is gone); never ready without a
 /// channel.
-async fn reserve(items: &Option<mpsc::Sender<Item>>) -> Option<mpsc::Permit<'_, Item>> {
+pub(super) async fn reserve(items: &Option<mpsc::Sender<Item>>) -> Option<mpsc::Permit<'_, Item>> {
     match items {
         Some(sender) => sender.reserve().await.ok(),
         None => std::future::pending().await,
@@ -493,6 +493,8 @@ async fn next_lines(
                 topic: topic.clone(),
                 payload: Bytes::from(payload),
                 qos: record::QoS::AtLeastOnce,
+                user_properties: record::UserProperties::new(),
+                trace: None,
                 error,
             });
         }

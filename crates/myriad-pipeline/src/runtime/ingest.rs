@@ -328,6 +328,8 @@ pub(super) async fn run_source(
                     topic: topic.clone(),
                     payload: line.payload,
                     qos: record::QoS::AtLeastOnce,
+                    user_properties: record::UserProperties::new(),
+                    trace: None,
                     error: line.error,
                 };
                 if sender.send(item).await.is_err() {

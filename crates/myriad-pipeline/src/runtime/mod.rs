@@ -31,6 +31,12 @@
 //!   the worker flushes and commits what it holds, and acknowledgements are sent; after the
 //!   grace period whatever is still uncommitted is left to redelivery.
 //!
+//! # Record metadata and tracing
+//!
+//! A record from the MQTT source carries the message's MQTT 5 user properties (for
+//! `get_user_property`) and its W3C trace context; each batch commit is reported to the
+//! pipeline's [`BatchTracer`] (if any) with those contexts as parent and links: see [`trace`].
+//!
 //! # Metrics
 //!
 //! `myriad_pipeline_records_total{pipeline,stage,outcome}` (source/received,
@@ -51,6 +57,10 @@
 //! | `in_flight` | 1 ..= 65535 ([`MAX_IN_FLIGHT`]) |
 //! | file `max_file_bytes` | [`file::MIN_FILE_BYTES`] ..= [`file::MAX_FILE_BYTES`] |
 //! | file `keep_files` | 0 ..= [`file::MAX_KEEP_FILES`] |
+//! | file `max_file_age_ms` | [`file::MIN_FILE_AGE_MS`] ..= [`file::MAX_FILE_AGE_MS`] |
+//! | file CSV `columns` | [`file::MAX_CSV_COLUMNS`] names of [`file::MAX_CSV_COLUMN_BYTES`] |
+//! | user properties kept per record | [`record::MAX_USER_PROPERTIES`], [`record::MAX_USER_PROPERTY_BYTES`] (the rest are left out) |
+//! | links per batch span | [`trace::MAX_BATCH_LINKS`] |
 //! | topic template | [`template::MAX_TOPIC_BYTES`], [`template::MAX_PLACEHOLDERS`] |
 //! | PostgreSQL sink | see [`postgres`] |
 //! | NATS / HTTP `key` | [`key::MAX_KEY_FIELDS`] fields, [`key::MAX_KEY_BYTES`] rendered |
@@ -59,11 +69,15 @@
 //! | files source | see [`files`] |
 //! | HTTP ingest source | see [`ingest`]: `max_line_bytes`, [`ingest::MAX_BODY_BYTES`], [`ingest::QUEUE_LINES`] |
 //! | HTTP polling source | see [`poll`]: [`poll::MAX_RESPONSE_BYTES`], [`poll::MIN_INTERVAL_MS`] |
+//! | PostgreSQL source | see [`pg_source`]: [`pg_source::MAX_QUERY_BYTES`] query, `fetch_rows` up to [`pg_source::MAX_FETCH_ROWS`], `poll_ms` [`pg_source::MIN_POLL_MS`] ..= [`pg_source::MAX_POLL_MS`], `max_row_bytes` up to [`pg_source::MAX_ROW_BYTES`] |
+//! | telemetry source | see [`telemetry_source`]: [`telemetry_source::MAX_DEVICES`] devices, [`telemetry_source::MAX_METRICS`] metrics, [`telemetry_source::MAX_SERIES`] series per pass |
+//! | a source's checkpoint file read at start-up | [`reader::MAX_CHECKPOINT_BYTES`] |
 //!
 //! # Other sources
 //!
 //! Instead of the broker: a directory of files ([`files`]), request bodies POSTed to the API
-//! ([`ingest`]) or a URL polled ([`poll`]). Each keeps the same window (at most `in_flight`
+//! ([`ingest`]), a URL polled ([`poll`]), a PostgreSQL query or table ([`pg_source`]) or the
+//! telemetry store ([`telemetry_source`]). Each keeps the same window (at most `in_flight`
 //! records handed out and not done) and learns which records are done from the worker.
 
 pub mod file;
@@ -72,10 +86,16 @@ pub mod http;
 pub mod ingest;
 pub mod key;
 pub mod nats;
+pub mod pg_source;
+pub mod pg_tls;
+pub mod pg_value;
 pub mod poll;
 pub mod postgres;
+pub mod reader;
 mod sink;
+pub mod telemetry_source;
 pub mod template;
+pub mod trace;
 mod window;
 
 use std::hash::BuildHasher;
@@ -91,12 +111,13 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use file::{FileSinkConfig, RotatingFile};
+pub use file::{FileSinkConfig, OutputFormat, RotatingFile};
 pub use http::HttpSinkConfig;
 pub use key::KeyFields;
 pub use nats::NatsSinkConfig;
 pub use postgres::PostgresSinkConfig;
 pub use template::{TemplateError, TopicTemplate};
+pub use trace::{BatchOutcome, BatchSpan, BatchTracer};
 
 use crate::record::{self, Record};
 use crate::sql::{EvalContext, Rule};
@@ -174,17 +195,48 @@ pub enum SourceConfig {
     Http(ingest::HttpSourceConfig),
     /// A URL polled with GET (see [`poll`]); topic `http/{name}`.
     HttpPoll(poll::HttpPollConfig),
+    /// A PostgreSQL query or followed table (see [`pg_source`]).
+    Postgres(pg_source::PostgresSourceConfig),
+    /// The telemetry store (see [`telemetry_source`]); needs a store passed to
+    /// [`run_with_status`].
+    Telemetry(telemetry_source::TelemetrySourceConfig),
 }
 
 impl SourceConfig {
+    /// The source's kind as configured: `mqtt`, `files`, `http`, `http_poll`, `postgres`,
+    /// `telemetry`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Mqtt => "mqtt",
+            SourceConfig::Files(_) => "files",
+            SourceConfig::Http(_) => "http",
+            SourceConfig::HttpPoll(_) => "http_poll",
+            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Telemetry(_) => "telemetry",
+        }
+    }
+
     /// The topic of the records of pipeline `name` from this source, when the source sets
-    /// one (`http/{name}` for the HTTP sources; MQTT and files: `None`).
+    /// one for all of them (`http/{name}` for the HTTP sources; the others: `None`).
     pub fn topic(&self, name: &str) -> Option<String> {
         match self {
             SourceConfig::Http(_) | SourceConfig::HttpPoll(_) => Some(format!("http/{name}")),
-            SourceConfig::Mqtt | SourceConfig::Files(_) => None,
+            SourceConfig::Mqtt
+            | SourceConfig::Files(_)
+            | SourceConfig::Postgres(_)
+            | SourceConfig::Telemetry(_) => None,
         }
     }
+}
+
+/// How a pipeline ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Stopped by the shutdown token.
+    Stopped,
+    /// A one-shot source (a query, a telemetry range) was read to its end and every record is
+    /// done: the pipeline has nothing more to do and is not started again.
+    Finished,
 }
 
 /// One pipeline, validated.
@@ -211,6 +263,8 @@ pub struct PipelineConfig {
     /// retried further, so the stream moves on. `None`: retried until committed (the sink
     /// slows the source instead). [`MIN_DEADLINE_MS`] ..= [`MAX_DEADLINE_MS`].
     pub deadline_ms: Option<u64>,
+    /// Where a span per batch commit goes (see [`trace`]); `None`: no spans.
+    pub tracer: Option<Arc<dyn BatchTracer>>,
 }
 
 /// The shortest per-record deadline.
@@ -230,6 +284,9 @@ pub enum RuntimeError {
     /// A source other than the broker ended before the shutdown.
     #[error("the source ended: {0}")]
     SourceEnded(String),
+    /// A telemetry source without a telemetry store to read.
+    #[error("the telemetry store is not available (telemetry disabled)")]
+    NoTelemetry,
 }
 
 /// The wall clock in unix milliseconds.
@@ -247,6 +304,11 @@ struct Item {
     topic: String,
     payload: Bytes,
     qos: record::QoS,
+    /// MQTT 5 user properties, the first ones within [`record::MAX_USER_PROPERTIES`] and
+    /// [`record::MAX_USER_PROPERTY_BYTES`] (the rest are not kept).
+    user_properties: record::UserProperties,
+    /// The valid W3C `traceparent` among the user properties.
+    trace: Option<trace::TraceParent>,
     /// Set when the source could not take the record as it is (a file line too long): it
     /// goes to the dead-letter file with this reason.
     error: Option<String>,
@@ -323,30 +385,36 @@ impl Counters {
 }
 
 /// Runs `config` on `broker` until `shutdown` is cancelled, then drains for at most `grace`.
-/// Returns `Ok` after a shutdown, an error if the broker went away first.
+/// Returns how it ended (a one-shot source: [`Ended::Finished`] once all of it is done), an
+/// error if the broker or the source went away first.
 pub async fn run(
     config: PipelineConfig,
     broker: BrokerHandle,
     shutdown: CancellationToken,
     grace: Duration,
-) -> Result<(), RuntimeError> {
+) -> Result<Ended, RuntimeError> {
     let status = Arc::new(PipelineStatus::new(
         &config.name,
         config.rule.topic_filter().as_str(),
         config.sink.kind(),
         now_ms(),
     ));
-    run_with_status(config, broker, shutdown, grace, status).await
+    run_with_status(config, broker, shutdown, grace, status, None).await
 }
 
-/// [`run`], reporting to `status` (state, counters, the last error) as it goes.
+/// [`run`], reporting to `status` (state, counters, the last error) as it goes; a telemetry
+/// source reads `telemetry`.
 pub async fn run_with_status(
     config: PipelineConfig,
     broker: BrokerHandle,
     shutdown: CancellationToken,
     grace: Duration,
     status: Arc<PipelineStatus>,
-) -> Result<(), RuntimeError> {
+    telemetry: Option<Arc<dyn telemetry_source::TelemetryStore>>,
+) -> Result<Ended, RuntimeError> {
+    if matches!(config.source, SourceConfig::Telemetry(_)) && telemetry.is_none() {
+        return Err(RuntimeError::NoTelemetry);
+    }
     let options = DurableOptions {
         receive_maximum: config.in_flight.max(1),
         session_expiry_secs: SESSION_EXPIRY_SECS,
@@ -362,9 +430,16 @@ pub async fn run_with_status(
                 .await?;
             Some(client)
         }
-        SourceConfig::Files(_) | SourceConfig::Http(_) | SourceConfig::HttpPoll(_) => None,
+        SourceConfig::Files(_)
+        | SourceConfig::Http(_)
+        | SourceConfig::HttpPoll(_)
+        | SourceConfig::Postgres(_)
+        | SourceConfig::Telemetry(_) => None,
     };
-    let sink = Sink::open(&config.sink, &name, &broker).await?;
+    let mut sink = Sink::open(&config.sink, &name, &broker).await?;
+    if config.source == SourceConfig::Mqtt {
+        sink.guard_loops(config.rule.topic_filter());
+    }
     tracing::info!(pipeline = %name, filter = config.rule.topic_filter().as_str(), "pipeline started");
     status.set_state(PipelineState::Running, None, now_ms());
     // Cancelled `grace` after `shutdown`: retries and the drain give up then.
@@ -397,38 +472,113 @@ pub async fn run_with_status(
         dead: matches!(config.source, SourceConfig::Http(_)).then_some(dead_tx),
         hard: hard.clone(),
         seed: std::collections::hash_map::RandomState::new(),
+        tracer: config.tracer,
     };
     let worker = tokio::spawn(worker.run(items_rx));
     let counters = Counters::new(&name, status.clone());
-    let outcome = match (&mut source, config.source) {
-        (Some(client), _) => {
-            run_source(client, items_tx, done_rx, &shutdown, &hard, counters).await
-        }
-        (None, SourceConfig::Files(files)) => {
-            files::run_source(
+    let outcome = 'source: {
+        match (&mut source, config.source) {
+            (Some(client), _) => run_source(client, items_tx, done_rx, &shutdown, &hard, counters)
+                .await
+                .map(|()| Ended::Stopped),
+            (None, SourceConfig::Files(files)) => files::run_source(
                 files, capacity, items_tx, done_rx, &shutdown, &hard, counters,
             )
             .await
-        }
-        (None, SourceConfig::Http(http)) => {
-            ingest::run_source(
+            .map(|()| Ended::Stopped),
+            (None, SourceConfig::Postgres(pg)) => {
+                let (checkpoint, poll) = (pg.checkpoint.clone(), Duration::from_millis(pg.poll_ms));
+                let channels = (items_tx, done_rx);
+                match &pg.mode {
+                    pg_source::PgSourceMode::Query { .. } => {
+                        let reader = match off_loop(move || pg_source::QueryReader::new(pg)).await {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                        let (items, done) = channels;
+                        reader::run(
+                            reader,
+                            "postgres",
+                            &checkpoint,
+                            poll,
+                            capacity,
+                            items,
+                            done,
+                            &shutdown,
+                            &hard,
+                            counters,
+                        )
+                        .await
+                    }
+                    pg_source::PgSourceMode::Follow { .. } => {
+                        let reader = match off_loop(move || pg_source::FollowReader::new(pg)).await
+                        {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                        let (items, done) = channels;
+                        reader::run(
+                            reader,
+                            "postgres",
+                            &checkpoint,
+                            poll,
+                            capacity,
+                            items,
+                            done,
+                            &shutdown,
+                            &hard,
+                            counters,
+                        )
+                        .await
+                    }
+                }
+            }
+            (None, SourceConfig::Telemetry(t)) => match telemetry {
+                Some(store) => {
+                    let (checkpoint, poll) =
+                        (t.checkpoint.clone(), Duration::from_millis(t.poll_ms));
+                    let reader =
+                        match off_loop(move || telemetry_source::TelemetryReader::new(t, store))
+                            .await
+                        {
+                            Ok(reader) => reader,
+                            Err(e) => break 'source Err(e),
+                        };
+                    reader::run(
+                        reader,
+                        "telemetry",
+                        &checkpoint,
+                        poll,
+                        capacity,
+                        items_tx,
+                        done_rx,
+                        &shutdown,
+                        &hard,
+                        counters,
+                    )
+                    .await
+                }
+                None => Err(RuntimeError::NoTelemetry),
+            },
+            (None, SourceConfig::Http(http)) => ingest::run_source(
                 http.queue, topic, capacity, items_tx, done_rx, dead_rx, &shutdown, &hard, counters,
             )
             .await
-        }
-        (None, SourceConfig::HttpPoll(poll)) => {
-            poll::run_source(
+            .map(|()| Ended::Stopped),
+            (None, SourceConfig::HttpPoll(poll)) => poll::run_source(
                 poll, &name, topic, capacity, items_tx, done_rx, &shutdown, &hard, counters,
             )
             .await
+            .map(|()| Ended::Stopped),
+            (None, SourceConfig::Mqtt) => Ok(Ended::Stopped),
         }
-        (None, SourceConfig::Mqtt) => Ok(()),
     };
     let _ = worker.await;
     timer.abort();
     tracing::info!(pipeline = %name, "pipeline stopped");
     match &outcome {
-        Ok(()) => status.set_state(PipelineState::Stopped, None, now_ms()),
+        Ok(Ended::Stopped) => status.set_state(PipelineState::Stopped, None, now_ms()),
+        Ok(Ended::Finished) => status.set_state(PipelineState::Finished, None, now_ms()),
         Err(error) => status.set_state(PipelineState::Failed, Some(&error.to_string()), now_ms()),
     }
     // The session stays (clean start false): unacknowledged messages wait for the next run.
@@ -436,6 +586,15 @@ pub async fn run_with_status(
         client.disconnect().await;
     }
     outcome
+}
+
+/// Runs `f` (blocking: a source reading its checkpoint file) on the blocking pool.
+async fn off_loop<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::SourceEnded(e.to_string()))
 }
 
 /// Hands messages to the worker and acknowledges them, in arrival order, as the worker
@@ -484,6 +643,7 @@ async fn run_source(
                 counters.lag(window.len());
                 let Some(sender) = &items else { continue };
                 let publish = delivery.publish;
+                let (user_properties, trace) = metadata(&publish.properties);
                 let item = Item {
                     seq,
                     topic: publish.topic.to_string(),
@@ -492,6 +652,8 @@ async fn run_source(
                         QoS::AtMostOnce => record::QoS::AtMostOnce,
                         _ => record::QoS::AtLeastOnce,
                     },
+                    user_properties,
+                    trace,
                     error: None,
                 };
                 if sender.send(item).await.is_err() {
@@ -500,6 +662,24 @@ async fn run_source(
             }
         }
     }
+}
+
+/// A message's user properties as a record keeps them (the first ones within the record's
+/// bounds; the rest are left out) and its valid `traceparent`.
+fn metadata(
+    properties: &myriad_mqtt::PacketProperties,
+) -> (record::UserProperties, Option<trace::TraceParent>) {
+    let mut kept = record::UserProperties::new();
+    let Some(properties) = properties.get() else {
+        return (kept, None);
+    };
+    for (name, value) in &properties.user_properties {
+        if kept.push(&**name, &**value).is_err() {
+            break;
+        }
+    }
+    let trace = myriad_broker::trace::find_traceparent(&properties.user_properties);
+    (kept, trace)
 }
 
 struct Worker {
@@ -516,6 +696,7 @@ struct Worker {
     dead: Option<mpsc::UnboundedSender<u64>>,
     hard: CancellationToken,
     seed: std::collections::hash_map::RandomState,
+    tracer: Option<Arc<dyn BatchTracer>>,
 }
 
 impl Worker {
@@ -605,6 +786,8 @@ impl Worker {
             topic,
             payload,
             qos,
+            user_properties,
+            trace,
             error,
         } = item;
         if let Some(reason) = error {
@@ -620,6 +803,7 @@ impl Worker {
         let now = now_ms();
         let record = Record::new(topic.clone(), payload.clone(), ())
             .with_qos(qos)
+            .with_user_properties(user_properties)
             .with_publish_time_ms(now);
         let ctx = EvalContext::new(now).with_random(self.seed.hash_one(seq));
         match self.rule.apply(&record, &ctx) {
@@ -642,6 +826,7 @@ impl Worker {
                     output,
                     topic,
                     payload,
+                    trace,
                 };
                 match self.batcher.push(pending, bytes, now) {
                     Some(batch) => self.commit(batch).await,
@@ -652,11 +837,42 @@ impl Worker {
     }
 
     /// Commits `batch` to the sink (retrying transient errors), dead-letters what it
-    /// refused, then reports its records done. `false`: the grace period ended or the sink
-    /// stopped first (nothing more reported).
+    /// refused, then reports its records done, and its span to the tracer. `false`: the
+    /// grace period ended or the sink stopped first (nothing more reported).
     async fn commit(&mut self, batch: Batch<Pending>) -> bool {
+        let start = SystemTime::now();
+        let mut report = CommitReport {
+            attempts: 0,
+            committed: 0,
+            error: None,
+            outcome: BatchOutcome::Abandoned,
+        };
+        let carried_on = self.commit_batch(&batch, &mut report).await;
+        if let Some(tracer) = &self.tracer {
+            let (parent, links, dropped_links) =
+                trace::parent_and_links(batch.items.iter().filter_map(|p| p.trace.as_ref()));
+            tracer.batch(&BatchSpan {
+                pipeline: &self.name,
+                sink: self.sink.config_kind(),
+                records: batch.items.len(),
+                committed: report.committed,
+                attempts: report.attempts,
+                outcome: report.outcome,
+                error: report.error.as_deref(),
+                start,
+                end: SystemTime::now(),
+                parent,
+                links: &links,
+                dropped_links,
+            });
+        }
+        carried_on
+    }
+
+    async fn commit_batch(&mut self, batch: &Batch<Pending>, report: &mut CommitReport) -> bool {
         let mut delay = RETRY_MIN;
         let verdicts = loop {
+            report.attempts += 1;
             let written = tokio::select! {
                 written = self.sink.write(&batch.items) => written,
                 () = self.hard.cancelled() => return false,
@@ -665,6 +881,7 @@ impl Worker {
                 Ok(verdicts) => break verdicts,
                 Err(SinkError::Transient(error)) => {
                     let what = format!("{} write", self.sink.kind());
+                    report.error = Some(error.clone());
                     if let Some(deadline) = self.deadline_ms {
                         let oldest = batch.items.iter().map(|p| p.received_ms).min();
                         if oldest.is_some_and(|t| now_ms().saturating_sub(t) >= deadline as i64) {
@@ -679,6 +896,7 @@ impl Worker {
                                     return false;
                                 }
                             }
+                            report.outcome = BatchOutcome::DeadLettered;
                             return true;
                         }
                     }
@@ -692,14 +910,17 @@ impl Worker {
                 }
             }
         };
+        let mut refused = 0usize;
         for (item, verdict) in batch.items.iter().zip(verdicts) {
             match verdict {
                 Verdict::Committed => {
                     self.counters.records(Outcome::Committed, 1);
+                    report.committed += 1;
                     let _ = self.done.send(item.seq);
                 }
                 Verdict::Refused(reason) => {
                     self.counters.records(Outcome::Refused, 1);
+                    refused += 1;
                     if !self
                         .dead_letter(item.seq, &item.topic, &item.payload, &reason)
                         .await
@@ -709,9 +930,22 @@ impl Worker {
                 }
             }
         }
+        report.outcome = if refused == 0 {
+            BatchOutcome::Committed
+        } else {
+            BatchOutcome::Partial
+        };
         self.counters.batch();
         true
     }
+}
+
+/// What became of one batch commit, for its span.
+struct CommitReport {
+    attempts: u32,
+    committed: usize,
+    error: Option<String>,
+    outcome: BatchOutcome,
 }
 
 #[cfg(test)]

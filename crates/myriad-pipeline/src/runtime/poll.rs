@@ -232,6 +232,8 @@ pub(super) async fn run_source(
                     topic: topic.clone(),
                     payload,
                     qos: record::QoS::AtLeastOnce,
+                    user_properties: record::UserProperties::new(),
+                    trace: None,
                     error,
                 });
                 if pending.is_empty() {

@@ -53,7 +53,7 @@
 //!
 //! | bound | value |
 //! |---|---|
-//! | `url` | [`MAX_URL_BYTES`]; no TLS (`sslmode=require` is refused) |
+//! | `url` | [`MAX_URL_BYTES`]; `sslmode=require`: TLS, verified (see [`super::pg_tls`]) |
 //! | `table`, each column | 1 ..= [`MAX_IDENT_BYTES`] bytes, no NUL (quoted, so any other character) |
 //! | `columns` | at most [`MAX_COLUMNS`] |
 //! | `key` | 1 ..= [`MAX_KEY_COLUMNS`] columns, each in `columns` when that is set |
@@ -65,13 +65,15 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::future::join_all;
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
+use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::pg_tls;
 use super::sink::{Pending, SinkError, Verdict};
 
 /// The longest `url`, in bytes.
@@ -106,6 +108,9 @@ pub struct PostgresSinkConfig {
     /// Idempotency key columns (a unique index on exactly these); empty: none (at least
     /// once).
     pub key: Vec<String>,
+    /// Certificates trusted beside the Mozilla roots when the URL says `sslmode=require`
+    /// (read from `ca_file` by [`super::pg_tls::load_ca_file`]).
+    pub ca_certs: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for PostgresSinkConfig {
@@ -121,7 +126,7 @@ impl fmt::Debug for PostgresSinkConfig {
 }
 
 /// Checks an identifier: 1 ..= [`MAX_IDENT_BYTES`] bytes, no NUL.
-fn check_ident(name: &str) -> Result<(), String> {
+pub(crate) fn check_ident(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_IDENT_BYTES || name.contains('\0') {
         return Err(format!(
             "{name:?} must be 1 to {MAX_IDENT_BYTES} bytes without NUL"
@@ -131,14 +136,15 @@ fn check_ident(name: &str) -> Result<(), String> {
 }
 
 /// `name` as a quoted SQL identifier.
-fn quote(name: &str) -> String {
+pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 impl PostgresSinkConfig {
     /// Checks the URL, names and counts; the error starts with the key (`table: ...`).
     pub fn validate(&self) -> Result<(), String> {
-        self.connect_config()?;
+        let settings = self.connect_config()?;
+        pg_tls::connector(&settings, &self.ca_certs)?;
         check_ident(&self.table).map_err(|e| format!("table: {e}"))?;
         if self.columns.len() > MAX_COLUMNS {
             return Err(format!(
@@ -173,30 +179,29 @@ impl PostgresSinkConfig {
     /// The connection settings: the URL with the default timeouts. The error never quotes
     /// the URL (it may hold a password).
     fn connect_config(&self) -> Result<tokio_postgres::Config, String> {
-        if self.url.len() > MAX_URL_BYTES {
-            return Err(format!(
-                "url: {} bytes, at most {MAX_URL_BYTES}",
-                self.url.len()
-            ));
-        }
-        let mut config: tokio_postgres::Config = self
-            .url
-            .parse()
-            .map_err(|e| format!("url: not a PostgreSQL connection string ({e})"))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err("url: sslmode=require: TLS is not supported yet".to_string());
-        }
-        if config.get_hosts().is_empty() {
-            return Err("url: no host".to_string());
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("myriad-pipeline");
-        }
-        Ok(config)
+        connect_config(&self.url)
     }
+}
+
+/// The connection settings of `url` with the default timeouts (the sink's and the source's).
+/// The error starts with `url:` and never quotes the URL (it may hold a password).
+pub(crate) fn connect_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(format!("url: {} bytes, at most {MAX_URL_BYTES}", url.len()));
+    }
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("url: not a PostgreSQL connection string ({e})"))?;
+    if config.get_hosts().is_empty() {
+        return Err("url: no host".to_string());
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("myriad-pipeline");
+    }
+    Ok(config)
 }
 
 /// How a column's values are encoded.
@@ -544,7 +549,7 @@ fn classify(error: tokio_postgres::Error) -> Failure {
 }
 
 /// The server's message (with its SQLSTATE) or the client error.
-fn describe(error: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
             let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
@@ -554,7 +559,20 @@ fn describe(error: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => error.to_string(),
+        None => {
+            // The cause (a refused certificate, a reset connection) is in the source chain.
+            let mut s = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !s.ends_with(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                source = cause.source();
+            }
+            s
+        }
     }
 }
 
@@ -562,6 +580,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
 pub(crate) struct PostgresSink {
     config: PostgresSinkConfig,
     connect: Result<tokio_postgres::Config, String>,
+    tls: Result<Option<MakeRustlsConnect>, String>,
     conn: Option<Conn>,
     target: String,
 }
@@ -569,8 +588,12 @@ pub(crate) struct PostgresSink {
 impl PostgresSink {
     /// A sink for `config`; it connects on the first write.
     pub(crate) fn new(config: &PostgresSinkConfig) -> PostgresSink {
+        let connect = config.connect_config();
         PostgresSink {
-            connect: config.connect_config(),
+            tls: (connect.as_ref())
+                .map_err(Clone::clone)
+                .and_then(|settings| pg_tls::connector(settings, &config.ca_certs)),
+            connect,
             target: quote(&config.table),
             config: config.clone(),
             conn: None,
@@ -597,12 +620,10 @@ impl PostgresSink {
 
     async fn open(&self) -> Result<Conn, String> {
         let config = self.connect.clone()?;
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
-        let driver = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "PostgreSQL connection ended");
-            }
-        });
+        let tls = self.tls.clone()?;
+        let (client, driver) = pg_tls::connect(&config, tls.as_ref())
+            .await
+            .map_err(|e| describe(&e))?;
         let ms = STATEMENT_TIMEOUT.as_millis();
         client
             .batch_execute(&format!("SET statement_timeout = {ms}"))
@@ -872,6 +893,7 @@ mod tests {
             table: "readings".into(),
             columns: vec![],
             key: vec![],
+            ca_certs: vec![],
         }
     }
 
@@ -892,9 +914,12 @@ mod tests {
         check(&|c| c.table = "a\0b".into(), "table:");
         check(&|c| c.url = "nope://".into(), "url:");
         check(&|c| c.url = "x".repeat(MAX_URL_BYTES + 1), "url:");
+        let mut tls = config();
+        tls.url = "postgres://u@h/db?sslmode=require".into();
+        assert_eq!(tls.validate(), Ok(()));
         check(
-            &|c| c.url = "postgres://u@h/db?sslmode=require".into(),
-            "url:",
+            &|c| c.ca_certs = vec![CertificateDer::from(vec![1u8, 2, 3])],
+            "ca_file:",
         );
         check(
             &|c| c.columns = (0..=MAX_COLUMNS).map(|i| format!("c{i}")).collect(),

@@ -17,11 +17,12 @@ use myriad_mqtt::{PacketProperties, Publish, QoS};
 use serde_json::Value;
 
 use super::SinkConfig;
-use super::file::RotatingFile;
+use super::file::{OutputFormat, RotatingFile};
 use super::http::HttpSink;
 use super::nats::NatsSink;
 use super::postgres::PostgresSink;
 use super::template::TopicTemplate;
+use crate::topic::TopicFilter;
 
 /// An output waiting in the batcher, then in a sink's batch.
 pub(crate) struct Pending {
@@ -35,6 +36,8 @@ pub(crate) struct Pending {
     pub topic: String,
     /// The source message's payload (for dead letters).
     pub payload: Bytes,
+    /// The trace context the source message carried (for the batch span).
+    pub trace: Option<super::trace::TraceParent>,
 }
 
 /// What became of one record of a batch the sink wrote.
@@ -74,12 +77,14 @@ impl Sink {
         Ok(match config {
             SinkConfig::File(file) => Sink::File(FileSink {
                 file: Arc::new(Mutex::new(RotatingFile::new(file.clone()))),
+                format: file.format.clone(),
             }),
             SinkConfig::Mqtt { topic } => Sink::Mqtt(MqttSink {
                 client: broker
                     .connect_internal(&format!("pipeline/{name}/sink"))
                     .await?,
                 topic: topic.clone(),
+                source_filter: None,
             }),
             SinkConfig::Postgres(pg) => Sink::Postgres(Box::new(PostgresSink::new(pg))),
             SinkConfig::Nats(nats) => Sink::Nats(NatsSink::new(nats, name)),
@@ -95,6 +100,25 @@ impl Sink {
             Sink::Postgres(sink) => sink.write(batch).await,
             Sink::Nats(sink) => sink.write(batch).await,
             Sink::Http(sink) => sink.write(batch).await,
+        }
+    }
+
+    /// Refuses outputs whose topic `filter` (the rule's FROM) matches, when this is an
+    /// MQTT republish sink (a loop); other sinks are unaffected.
+    pub(crate) fn guard_loops(&mut self, filter: &TopicFilter) {
+        if let Sink::Mqtt(sink) = self {
+            sink.source_filter = Some(filter.clone());
+        }
+    }
+
+    /// The sink's kind as configured (`file`, `mqtt`, `postgres`, `nats`, `http`).
+    pub(crate) fn config_kind(&self) -> &'static str {
+        match self {
+            Sink::File(_) => "file",
+            Sink::Mqtt(_) => "mqtt",
+            Sink::Postgres(_) => "postgres",
+            Sink::Nats(_) => "nats",
+            Sink::Http(_) => "http",
         }
     }
 
@@ -122,43 +146,68 @@ pub(crate) async fn append(file: &Arc<Mutex<RotatingFile>>, bytes: Vec<u8>) -> s
     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
-/// JSON lines appended to a rotating file, fsynced per batch.
+/// JSON lines or CSV rows appended to a rotating file, fsynced per batch.
 pub(crate) struct FileSink {
     file: Arc<Mutex<RotatingFile>>,
+    format: OutputFormat,
 }
 
 impl FileSink {
     async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError> {
         let mut bytes = Vec::new();
+        let mut verdicts = Vec::with_capacity(batch.len());
         for item in batch {
-            bytes.extend_from_slice(item.output.to_string().as_bytes());
-            bytes.push(b'\n');
+            match self.format.encode(&item.output) {
+                Ok(line) => {
+                    bytes.extend_from_slice(&line);
+                    verdicts.push(Verdict::Committed);
+                }
+                Err(reason) => verdicts.push(Verdict::Refused(format!("sink: {reason}"))),
+            }
         }
-        append(&self.file, bytes)
-            .await
-            .map_err(|error| SinkError::Transient(error.to_string()))?;
-        Ok(vec![Verdict::Committed; batch.len()])
+        if !bytes.is_empty() {
+            append(&self.file, bytes)
+                .await
+                .map_err(|error| SinkError::Transient(error.to_string()))?;
+        }
+        Ok(verdicts)
     }
 }
 
-/// Republishes each output on this broker at QoS 1, to the topic its template renders.
+/// Republishes each output on this broker at QoS 1, to the topic its template renders: the
+/// whole batch at once, then every PUBACK awaited (one store commit covers many).
 pub(crate) struct MqttSink {
     client: InternalClient,
     topic: TopicTemplate,
+    /// The rule's FROM filter: an output whose topic it matches is refused, since
+    /// republishing it would feed the pipeline its own output without end.
+    source_filter: Option<TopicFilter>,
 }
 
 impl MqttSink {
     async fn write(&mut self, batch: &[Pending]) -> Result<Vec<Verdict>, SinkError> {
         let mut verdicts = Vec::with_capacity(batch.len());
+        let mut publishes = Vec::with_capacity(batch.len());
         for item in batch {
             let target = match self.topic.render(&item.output) {
                 Ok(target) => target,
                 Err(reason) => {
-                    verdicts.push(Verdict::Refused(format!("sink: {reason}")));
+                    verdicts.push(Some(Verdict::Refused(format!("sink: {reason}"))));
                     continue;
                 }
             };
-            let publish = Publish {
+            if let Some(filter) = &self.source_filter
+                && filter.matches(&target)
+            {
+                verdicts.push(Some(Verdict::Refused(format!(
+                    "sink: topic {target:?} matches the rule's FROM filter {:?}: \
+                     republishing it would loop",
+                    filter.as_str()
+                ))));
+                continue;
+            }
+            verdicts.push(None);
+            publishes.push(Publish {
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
@@ -166,16 +215,25 @@ impl MqttSink {
                 packet_id: 0,
                 payload: Bytes::from(item.output.to_string()),
                 properties: PacketProperties::new(),
-            };
-            match self.client.publish_confirmed(publish).await {
-                Ok(ack) if !ack.reason_code.is_error() => verdicts.push(Verdict::Committed),
-                Ok(ack) => verdicts.push(Verdict::Refused(format!(
-                    "sink: the broker refused the message ({:?})",
-                    ack.reason_code
-                ))),
-                Err(BrokerStopped) => return Err(SinkError::Stopped),
-            }
+            });
         }
-        Ok(verdicts)
+        let acks = match self.client.publish_confirmed_many(publishes).await {
+            Ok(acks) => acks,
+            Err(BrokerStopped) => return Err(SinkError::Stopped),
+        };
+        let mut acks = acks.into_iter();
+        Ok(verdicts
+            .into_iter()
+            .map(|verdict| {
+                verdict.unwrap_or_else(|| match acks.next() {
+                    Some(ack) if !ack.reason_code.is_error() => Verdict::Committed,
+                    Some(ack) => Verdict::Refused(format!(
+                        "sink: the broker refused the message ({:?})",
+                        ack.reason_code
+                    )),
+                    None => Verdict::Refused("sink: no acknowledgement".to_owned()),
+                })
+            })
+            .collect())
     }
 }

@@ -8,11 +8,14 @@
 //! (child of the publisher's span), and every copy delivered to
 //! subscribers carries `traceparent` = (same trace, the route span as
 //! parent). Messages without one start a new trace with probability
-//! `sample_ratio` (default 0). `tracing` spans of the rest of the platform
+//! `sample_ratio` (default 0). Each pipeline batch commit is a
+//! `pipeline.batch` span ([`OtelBatchTracer`]) whose parent and links are
+//! the trace contexts its records carried. `tracing` spans of the rest of the platform
 //! (HTTP API requests, ...) are exported through the same provider.
 
 use anyhow::{Context as _, Result};
 use myriad_broker::trace::{PublishTracer, TraceParent};
+use myriad_pipeline::runtime::trace::{BATCH_SPAN, BatchOutcome, BatchSpan, BatchTracer};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
     Tracer as _, TracerProvider as _,
@@ -122,6 +125,80 @@ impl PublishTracer for OtelPublishTracer {
             parent_id: context.span_id().to_bytes(),
             flags: context.trace_flags().to_u8(),
         })
+    }
+}
+
+/// Turns each pipeline batch commit into a `pipeline.batch` span (see
+/// `myriad_pipeline::runtime::trace`): child of the first sampled trace
+/// context its records carried (the broker's `mqtt.route` span when
+/// tracing is on), linked to the others; a root span (sampled by
+/// `sample_ratio`) when they carried none.
+pub struct OtelBatchTracer {
+    tracer: Tracer,
+}
+
+impl OtelBatchTracer {
+    /// A batch tracer making its spans with `provider`.
+    pub fn new(provider: &SdkTracerProvider) -> OtelBatchTracer {
+        OtelBatchTracer {
+            tracer: provider.tracer("myriad-pipeline"),
+        }
+    }
+}
+
+fn span_context(context: &TraceParent) -> SpanContext {
+    SpanContext::new(
+        TraceId::from_bytes(context.trace_id),
+        SpanId::from_bytes(context.parent_id),
+        TraceFlags::new(context.flags),
+        true,
+        TraceState::default(),
+    )
+}
+
+impl BatchTracer for OtelBatchTracer {
+    fn batch(&self, batch: &BatchSpan<'_>) {
+        let parent = match &batch.parent {
+            Some(parent) => remote_parent(parent, None),
+            None => Context::new(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("myriad.pipeline.name", batch.pipeline.to_string()),
+            KeyValue::new("myriad.pipeline.sink", batch.sink),
+            KeyValue::new("myriad.pipeline.outcome", batch.outcome.as_str()),
+            KeyValue::new("myriad.pipeline.committed", batch.committed as i64),
+            KeyValue::new("myriad.pipeline.attempts", i64::from(batch.attempts)),
+            KeyValue::new("messaging.batch.message_count", batch.records as i64),
+        ];
+        if batch.dropped_links > 0 {
+            attributes.push(KeyValue::new(
+                "myriad.pipeline.dropped_links",
+                batch.dropped_links as i64,
+            ));
+        }
+        if let Some(error) = batch.error {
+            attributes.push(KeyValue::new("error.message", error.to_string()));
+        }
+        let links = batch
+            .links
+            .iter()
+            .map(|context| opentelemetry::trace::Link::with_context(span_context(context)))
+            .collect();
+        let mut span = self
+            .tracer
+            .span_builder(BATCH_SPAN)
+            .with_kind(SpanKind::Consumer)
+            .with_start_time(batch.start)
+            .with_attributes(attributes)
+            .with_links(links)
+            .start_with_context(&self.tracer, &parent);
+        if !matches!(
+            batch.outcome,
+            BatchOutcome::Committed | BatchOutcome::Partial
+        ) {
+            span.set_status(opentelemetry::trace::Status::error(batch.outcome.as_str()));
+        }
+        span.end_with_timestamp(batch.end);
     }
 }
 

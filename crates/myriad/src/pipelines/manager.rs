@@ -3,7 +3,9 @@
 //! Implements the API's [`PipelineControl`].
 //!
 //! - Each pipeline runs as one supervised task ([`super::supervise`]) with its own
-//!   cancellation token, a child of the server's shutdown token.
+//!   cancellation token, a child of the server's shutdown token, on the pipelines' own
+//!   runtime ([`super::pipelines_runtime`]), never on the broker's: config-file and API
+//!   pipelines alike get the batch tracer and the telemetry store.
 //! - Changes (PUT, DELETE) are serialised; a replaced or deleted pipeline drains (at most
 //!   [`STOP_GRACE`]) before the change returns, so the same name never runs twice at once.
 //! - A definition stored over the API is checked again at every start; one that no longer
@@ -15,21 +17,26 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use myriad_api::BoxFuture;
 use myriad_api::pipelines::{
     BodyStream, IngestCounts, PipelineControl, PipelineControlError, PipelineEntryView,
     PipelineOrigin, PutOutcome, not_found,
 };
 use myriad_broker::shell::BrokerHandle;
+use myriad_fleet::service::telemetry::TelemetryService;
 use myriad_fleet::store::{FleetStore, StoredPipeline};
 use myriad_pipeline::runtime::ingest::{IngestError, IngestHandle};
-use myriad_pipeline::runtime::{self, PipelineConfig, SourceConfig};
+use myriad_pipeline::runtime::telemetry_source::TelemetryStore;
+use myriad_pipeline::runtime::{self, BatchTracer, PipelineConfig, SourceConfig};
 use myriad_pipeline::status::PipelineStatus;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{MAX_PIPELINES, PipelineEntry, STOP_GRACE, build_entry, supervise, written_files};
+use super::{
+    MAX_PIPELINES, PipelineEntry, STOP_GRACE, TelemetryStoreAdapter, build_entry,
+    pipelines_runtime, supervise, written_files,
+};
 
 /// One running pipeline.
 struct Running {
@@ -81,31 +88,78 @@ pub struct Manager {
     /// Relative paths of definitions are under it (`store.data_dir`).
     base: PathBuf,
     shutdown: CancellationToken,
+    /// The pipelines' own runtime: every pipeline task is spawned on it.
+    runtime: tokio::runtime::Handle,
+    /// Set on every pipeline (the config file's and the API's) when tracing is on.
+    tracer: Option<Arc<dyn BatchTracer>>,
+    /// The telemetry store a telemetry source reads; `None`: telemetry is disabled.
+    telemetry: Option<Arc<dyn TelemetryStore>>,
     table: Mutex<Table>,
     /// Serialises PUT and DELETE.
     changes: tokio::sync::Mutex<()>,
 }
 
 impl Manager {
-    /// Starts the config file's `pipelines` and the API's stored ones; returns the manager
-    /// and the token that stops the broker: cancelled once `shutdown` is and every pipeline
-    /// has drained (at most [`STOP_GRACE`] and a second), so the last acknowledgements still
-    /// reach the broker.
+    /// Starts the pipelines' runtime, the config file's `pipelines` and the API's stored
+    /// ones; returns the manager and the token that stops the broker: cancelled once
+    /// `shutdown` is and every pipeline has drained (at most [`STOP_GRACE`] and a second),
+    /// so the last acknowledgements still reach the broker.
     pub fn start(
         pipelines: Vec<PipelineConfig>,
         broker: &BrokerHandle,
         store: Arc<FleetStore>,
         base: PathBuf,
+        tracer: Option<Arc<dyn BatchTracer>>,
+        telemetry: Option<Arc<TelemetryService>>,
         shutdown: &CancellationToken,
     ) -> Result<(Arc<Manager>, CancellationToken)> {
+        let pipeline_runtime = pipelines_runtime()?;
+        let telemetry =
+            telemetry.map(|t| Arc::new(TelemetryStoreAdapter(t)) as Arc<dyn TelemetryStore>);
         let manager = Arc::new(Manager {
             broker: broker.clone(),
             store,
             base,
             shutdown: shutdown.clone(),
+            runtime: pipeline_runtime.handle().clone(),
+            tracer,
+            telemetry,
             table: Mutex::new(Table::default()),
             changes: tokio::sync::Mutex::new(()),
         });
+        let broker_stop = CancellationToken::new();
+        // Spawned first: the runtime is never dropped here, on an async context, even when
+        // reading the stored pipelines fails below.
+        let (waiting, stop, shutdown) = (manager.clone(), broker_stop.clone(), shutdown.clone());
+        let drain_all = async move {
+            shutdown.cancelled().await;
+            let tasks: Vec<JoinHandle<()>> = {
+                let mut table = waiting.lock();
+                let config = std::mem::take(&mut table.config)
+                    .into_iter()
+                    .map(|(_, r)| r);
+                let api = std::mem::take(&mut table.api).into_values();
+                config.chain(api).map(|r| r.task).collect()
+            };
+            let drained = async {
+                for task in tasks {
+                    let _ = task.await;
+                }
+            };
+            if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), drained)
+                .await
+                .is_err()
+            {
+                tracing::warn!("pipelines did not drain in time");
+            }
+            stop.cancel();
+        };
+        // The runtime is dropped on its own thread once every pipeline is done (dropping it
+        // on the broker's runtime would block an async context).
+        std::thread::Builder::new()
+            .name("myriad-pipelines-main".into())
+            .spawn(move || pipeline_runtime.block_on(drain_all))
+            .context("cannot start the pipelines' thread")?;
         {
             let mut table = manager.lock();
             for config in pipelines {
@@ -133,31 +187,6 @@ impl Manager {
                 }
             }
         }
-        let broker_stop = CancellationToken::new();
-        let (waiting, stop, shutdown) = (manager.clone(), broker_stop.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            let tasks: Vec<JoinHandle<()>> = {
-                let mut table = waiting.lock();
-                let config = std::mem::take(&mut table.config)
-                    .into_iter()
-                    .map(|(_, r)| r);
-                let api = std::mem::take(&mut table.api).into_values();
-                config.chain(api).map(|r| r.task).collect()
-            };
-            let drained = async {
-                for task in tasks {
-                    let _ = task.await;
-                }
-            };
-            if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), drained)
-                .await
-                .is_err()
-            {
-                tracing::warn!("pipelines did not drain in time");
-            }
-            stop.cancel();
-        });
         Ok((manager, broker_stop))
     }
 
@@ -165,8 +194,11 @@ impl Manager {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts `config` as a supervised task.
-    fn run(&self, config: PipelineConfig) -> Running {
+    /// Starts `config` as a supervised task on the pipelines' runtime.
+    fn run(&self, mut config: PipelineConfig) -> Running {
+        if config.tracer.is_none() {
+            config.tracer = self.tracer.clone();
+        }
         let status = Arc::new(PipelineStatus::new(
             &config.name,
             config.rule.topic_filter().as_str(),
@@ -179,9 +211,10 @@ impl Manager {
         };
         let files = written_files(&config).into_iter().map(|(_, p)| p).collect();
         let cancel = self.shutdown.child_token();
-        let task = tokio::spawn(supervise(
+        let task = self.runtime.spawn(supervise(
             config,
             self.broker.clone(),
+            self.telemetry.clone(),
             cancel.clone(),
             status.clone(),
         ));
@@ -209,7 +242,7 @@ impl Manager {
         }
         let entry = entry?;
         let key = |k: &str| format!("invalid value for {k}");
-        let config = build_entry(&entry, &self.base, &key)
+        let config = build_entry(&entry, &self.base, self.telemetry.is_some(), &key)
             .map_err(|e| PipelineControlError::Invalid(e.to_string()))?;
         let mut taken = table.files_but(name);
         for (field, path) in written_files(&config) {

@@ -9,16 +9,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use myriad_broker::shell::BrokerHandle;
-use myriad_pipeline::runtime::SourceConfig;
+use myriad_fleet::service::telemetry::TelemetryService;
+use myriad_fleet::telemetry::Sample;
 use myriad_pipeline::runtime::files::{FileFormat, FilesSourceConfig};
 use myriad_pipeline::runtime::ingest::HttpSourceConfig;
+use myriad_pipeline::runtime::pg_source::{PgSourceMode, PostgresSourceConfig};
+use myriad_pipeline::runtime::pg_value::TimeFormat;
 use myriad_pipeline::runtime::poll::HttpPollConfig;
+use myriad_pipeline::runtime::telemetry_source::{
+    self, StoreFuture, TelemetryChunk, TelemetrySourceConfig, TelemetryStore,
+};
 use myriad_pipeline::runtime::{
-    self, FileSinkConfig, HttpSinkConfig, KeyFields, NatsSinkConfig, PipelineConfig,
+    self, FileSinkConfig, HttpSinkConfig, KeyFields, NatsSinkConfig, OutputFormat, PipelineConfig,
     PostgresSinkConfig, SinkConfig, TopicTemplate,
 };
+use myriad_pipeline::runtime::{Ended, SourceConfig};
 use myriad_pipeline::sql::Rule;
 use myriad_pipeline::status::{PipelineState, PipelineStatus};
 use myriad_pipeline::transform::BatchConfig;
@@ -108,6 +115,10 @@ pub enum SourceEntry {
         #[serde(default = "default_max_response_bytes")]
         max_response_bytes: usize,
     },
+    /// A PostgreSQL query or followed table (docs/pipelines.md, "PostgreSQL source").
+    Postgres(PostgresSourceEntry),
+    /// The telemetry store (docs/pipelines.md, "Telemetry source").
+    Telemetry(TelemetrySourceEntry),
 }
 
 fn default_max_body_bytes() -> u64 {
@@ -120,6 +131,203 @@ fn default_interval_ms() -> u64 {
 
 fn default_max_response_bytes() -> usize {
     16 * 1024 * 1024
+}
+
+/// `source = { type = "postgres", url, query = "..." }` or `{ type = "postgres", url, table,
+/// key, columns }`, with `fetch_rows`, `poll_ms`, `max_row_bytes`, `timestamps`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceEntry {
+    /// `postgres://user[:password]@host[:port]/db`.
+    pub url: String,
+    /// A query streamed once (or `table` and `key`).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// A table followed by `key` (or `query`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The followed table's increasing key column.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The followed table's columns in each record (default: all).
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Rows per fetch (1 to 10,000; default 1000).
+    #[serde(default = "default_fetch_rows")]
+    pub fetch_rows: usize,
+    /// Follow: the wait when nothing is new (10 to 3,600,000 ms; default 1000).
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// A row with longer JSON is dead-lettered (1 to 16 MiB; default 1 MiB).
+    #[serde(default = "default_max_line_bytes")]
+    pub max_row_bytes: usize,
+    /// Timestamps as `rfc3339` strings (default) or unix `ms`.
+    #[serde(default)]
+    pub timestamps: TimestampsEntry,
+}
+
+/// `timestamps = "rfc3339" | "ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampsEntry {
+    /// RFC 3339 strings in UTC.
+    #[default]
+    Rfc3339,
+    /// Unix milliseconds.
+    Ms,
+}
+
+/// A time: unix milliseconds or an RFC 3339 string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TimeEntry {
+    /// Unix milliseconds.
+    Ms(i64),
+    /// RFC 3339.
+    Text(String),
+}
+
+/// `source = { type = "telemetry", devices, metrics, from, to, follow, poll_ms }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySourceEntry {
+    /// The device ids (1 to 1000).
+    pub devices: Vec<String>,
+    /// The metrics (default: all of each device's).
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// The first time read (default: 0, the beginning).
+    #[serde(default)]
+    pub from: Option<TimeEntry>,
+    /// The end of a range, excluded (default: none).
+    #[serde(default)]
+    pub to: Option<TimeEntry>,
+    /// Follow new points (default false: read the range once).
+    #[serde(default)]
+    pub follow: bool,
+    /// Follow: the wait when nothing is new (10 to 3,600,000 ms; default 1000).
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_fetch_rows() -> usize {
+    1000
+}
+
+/// A time entry as unix ms, or the problem.
+fn time_ms(entry: &TimeEntry) -> std::result::Result<i64, String> {
+    match entry {
+        TimeEntry::Ms(ms) => Ok(*ms),
+        TimeEntry::Text(text) => telemetry_source::parse_time(text)
+            .ok_or_else(|| format!("{text:?} is neither unix ms nor an RFC 3339 time")),
+    }
+}
+
+/// The PostgreSQL source's config, or the problem (starting with the key under `source`).
+fn postgres_source(
+    entry: &PostgresSourceEntry,
+    checkpoint: PathBuf,
+) -> std::result::Result<PostgresSourceConfig, String> {
+    let mode = match (&entry.query, &entry.table, &entry.key) {
+        (Some(query), None, None) => {
+            if !entry.columns.is_empty() {
+                return Err("columns: only with table (a query names its columns)".into());
+            }
+            PgSourceMode::Query {
+                query: query.clone(),
+            }
+        }
+        (None, Some(table), Some(key)) => PgSourceMode::Follow {
+            table: table.clone(),
+            key: key.clone(),
+            columns: entry.columns.clone(),
+        },
+        (None, Some(_), None) => return Err("key: a followed table needs its key column".into()),
+        (Some(_), _, _) => return Err("query: either query or table and key, not both".into()),
+        (None, None, _) => return Err("query: a query, or table and key".into()),
+    };
+    let config = PostgresSourceConfig {
+        url: entry.url.clone(),
+        mode,
+        fetch_rows: entry.fetch_rows,
+        poll_ms: entry.poll_ms,
+        max_row_bytes: entry.max_row_bytes,
+        timestamps: match entry.timestamps {
+            TimestampsEntry::Rfc3339 => TimeFormat::Rfc3339,
+            TimestampsEntry::Ms => TimeFormat::Millis,
+        },
+        checkpoint,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The telemetry source's config, or the problem (starting with the key under `source`).
+fn telemetry_source_config(
+    entry: &TelemetrySourceEntry,
+    checkpoint: PathBuf,
+) -> std::result::Result<TelemetrySourceConfig, String> {
+    let from = match &entry.from {
+        Some(t) => time_ms(t).map_err(|e| format!("from: {e}"))?,
+        None => 0,
+    };
+    let to = match &entry.to {
+        Some(t) => Some(time_ms(t).map_err(|e| format!("to: {e}"))?),
+        None => None,
+    };
+    let config = TelemetrySourceConfig {
+        devices: entry.devices.clone(),
+        metrics: entry.metrics.clone(),
+        from,
+        to,
+        follow: entry.follow,
+        poll_ms: entry.poll_ms,
+        checkpoint,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The telemetry store as a pipeline source reads it.
+pub(crate) struct TelemetryStoreAdapter(pub(crate) Arc<TelemetryService>);
+
+impl TelemetryStore for TelemetryStoreAdapter {
+    fn metrics<'a>(&'a self, device: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move { self.0.metrics(device).await.map_err(|e| e.to_string()) })
+    }
+
+    fn export<'a>(
+        &'a self,
+        device: &'a str,
+        metric: &'a str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreFuture<'a, TelemetryChunk> {
+        Box::pin(async move {
+            let chunk = self
+                .0
+                .export_chunk(device, metric, from, to, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let points = chunk
+                .points
+                .into_iter()
+                .map(|p| {
+                    let value = match p.value {
+                        Sample::Number(x) => serde_json::Number::from_f64(x)
+                            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                        Sample::Bool(b) => serde_json::Value::Bool(b),
+                    };
+                    (p.ts, value)
+                })
+                .collect();
+            Ok(TelemetryChunk {
+                points,
+                next: chunk.next,
+            })
+        })
+    }
 }
 
 /// `format = "jsonl" | "csv"`.
@@ -195,7 +403,7 @@ fn default_keep_files() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkEntry {
-    /// JSON lines in a rotating file.
+    /// JSON lines or CSV rows in a rotating file.
     File {
         /// The file; relative paths are under `store.data_dir`.
         path: PathBuf,
@@ -205,6 +413,16 @@ pub enum SinkEntry {
         /// Rotated files kept.
         #[serde(default = "default_keep_files")]
         keep_files: u32,
+        /// Rotate once the current file has been written for this long (1 s to 30 days;
+        /// default: by size only).
+        #[serde(default)]
+        max_file_age_ms: Option<u64>,
+        /// `jsonl` (default) or `csv` (then `columns` is required).
+        #[serde(default)]
+        format: FileFormatEntry,
+        /// The CSV columns: output fields, in order (1 to 256).
+        #[serde(default)]
+        columns: Vec<String>,
     },
     /// Republish on this broker.
     Mqtt {
@@ -223,6 +441,10 @@ pub enum SinkEntry {
         /// Idempotency key columns (default: none, at least once).
         #[serde(default)]
         key: Vec<String>,
+        /// PEM certificates trusted beside the Mozilla roots with `sslmode=require`;
+        /// relative paths are under `store.data_dir`.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
     },
     /// Publish to NATS JetStream.
     Nats(NatsEntry),
@@ -367,12 +589,18 @@ fn file(base: &Path, path: &Path, max_file_bytes: u64, keep_files: u32) -> FileS
         path: base.join(path),
         max_file_bytes,
         keep_files,
+        ..FileSinkConfig::new(path)
     }
 }
 
-/// Checks `entries` and builds the runtime configs, relative paths under `base`. The
-/// error names the key: `invalid value for pipelines[0].sql: ...`.
-pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfig>> {
+/// Checks `entries` and builds the runtime configs, relative paths under `base`; a telemetry
+/// source needs `telemetry_enabled`. The error names the key: `invalid value for
+/// pipelines[0].sql: ...`.
+pub fn build(
+    entries: &[PipelineEntry],
+    base: &Path,
+    telemetry_enabled: bool,
+) -> Result<Vec<PipelineConfig>> {
     if entries.len() > MAX_PIPELINES {
         bail!("invalid value for pipelines: at most {MAX_PIPELINES} pipelines");
     }
@@ -382,7 +610,7 @@ pub fn build(entries: &[PipelineEntry], base: &Path) -> Result<Vec<PipelineConfi
     let mut built = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let key = |k: &str| format!("invalid value for pipelines[{i}].{k}");
-        let config = build_entry(entry, base, &key)?;
+        let config = build_entry(entry, base, telemetry_enabled, &key)?;
         if !names.insert(entry.name.as_str()) {
             bail!("{}: {:?} is used twice", key("name"), entry.name);
         }
@@ -410,11 +638,12 @@ pub fn written_files(config: &PipelineConfig) -> Vec<(&'static str, PathBuf)> {
     files
 }
 
-/// Checks one entry and builds its runtime config; `key("sink.path")` is the start of an
-/// error about that field.
+/// Checks one entry and builds its runtime config (a telemetry source needs
+/// `telemetry_enabled`); `key("sink.path")` is the start of an error about that field.
 pub fn build_entry(
     entry: &PipelineEntry,
     base: &Path,
+    telemetry_enabled: bool,
     key: &dyn Fn(&str) -> String,
 ) -> Result<PipelineConfig> {
     if let Err(problem) = runtime::validate_name(&entry.name) {
@@ -439,7 +668,7 @@ pub fn build_entry(
         bail!("{}: between 1 and 65535", key("in_flight"));
     }
     let sink = build_sink(&entry.sink, base, key)?;
-    let source = build_source(entry, base, key)?;
+    let source = build_source(entry, base, telemetry_enabled, key)?;
     if let Some(topic) = source.topic(&entry.name)
         && !rule.matches_topic(&topic)
     {
@@ -478,6 +707,7 @@ pub fn build_entry(
         sink,
         dead_letter,
         deadline_ms,
+        tracer: None,
     })
 }
 
@@ -488,8 +718,21 @@ fn build_sink(sink: &SinkEntry, base: &Path, key: &dyn Fn(&str) -> String) -> Re
             path,
             max_file_bytes,
             keep_files,
+            max_file_age_ms,
+            format,
+            columns,
         } => {
-            let config = file(base, path, *max_file_bytes, *keep_files);
+            let mut config = file(base, path, *max_file_bytes, *keep_files);
+            config.max_file_age_ms = *max_file_age_ms;
+            config.format = match format {
+                FileFormatEntry::Jsonl if !columns.is_empty() => {
+                    bail!("{}: only with format = \"csv\"", key("sink.columns"))
+                }
+                FileFormatEntry::Jsonl => OutputFormat::Jsonl,
+                FileFormatEntry::Csv => OutputFormat::Csv {
+                    columns: columns.clone(),
+                },
+            };
             if let Err(problem) = config.validate() {
                 bail!("{}", key(&format!("sink.{problem}")));
             }
@@ -504,12 +747,19 @@ fn build_sink(sink: &SinkEntry, base: &Path, key: &dyn Fn(&str) -> String) -> Re
             table,
             columns,
             key: key_columns,
+            ca_file,
         } => {
+            let ca_certs = match ca_file {
+                Some(path) => runtime::pg_tls::load_ca_file(&base.join(path))
+                    .or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?,
+                None => Vec::new(),
+            };
             let config = PostgresSinkConfig {
                 url: url.clone(),
                 table: table.clone(),
                 columns: columns.clone(),
                 key: key_columns.clone(),
+                ca_certs,
             };
             if let Err(problem) = config.validate() {
                 bail!("{}", key(&format!("sink.{problem}")));
@@ -529,8 +779,14 @@ fn build_sink(sink: &SinkEntry, base: &Path, key: &dyn Fn(&str) -> String) -> Re
 fn build_source(
     entry: &PipelineEntry,
     base: &Path,
+    telemetry_enabled: bool,
     key: &dyn Fn(&str) -> String,
 ) -> Result<SourceConfig> {
+    // A source's position: `{data_dir}/pipelines/{name}.checkpoint`.
+    let checkpoint = || {
+        base.join("pipelines")
+            .join(format!("{}.checkpoint", entry.name))
+    };
     let source = match &entry.source {
         None | Some(SourceEntry::Mqtt) => SourceConfig::Mqtt,
         Some(SourceEntry::Files {
@@ -548,9 +804,7 @@ fn build_source(
                 },
                 poll_ms: *poll_ms,
                 max_line_bytes: *max_line_bytes,
-                checkpoint: base
-                    .join("pipelines")
-                    .join(format!("{}.checkpoint", entry.name)),
+                checkpoint: checkpoint(),
                 delete_done: *delete_done,
             };
             if let Err(problem) = config.validate() {
@@ -587,6 +841,22 @@ fn build_source(
             }
             SourceConfig::HttpPoll(config)
         }
+        Some(SourceEntry::Postgres(pg)) => match postgres_source(pg, checkpoint()) {
+            Ok(config) => SourceConfig::Postgres(config),
+            Err(problem) => bail!("{}", key(&format!("source.{problem}"))),
+        },
+        Some(SourceEntry::Telemetry(t)) => {
+            if !telemetry_enabled {
+                bail!(
+                    "{}: the telemetry store is disabled (telemetry.enabled = false)",
+                    key("source.type")
+                );
+            }
+            match telemetry_source_config(t, checkpoint()) {
+                Ok(config) => SourceConfig::Telemetry(config),
+                Err(problem) => bail!("{}", key(&format!("source.{problem}"))),
+            }
+        }
     };
     Ok(source)
 }
@@ -597,10 +867,35 @@ pub const RESTART_MIN: Duration = Duration::from_secs(1);
 /// The longest delay before a failed pipeline is started again.
 pub const RESTART_MAX: Duration = Duration::from_secs(60);
 
-/// Runs `pipeline` until `shutdown`, starting it again with backoff whenever it ends first.
+/// Worker threads of the pipelines' own runtime, at most (fewer on fewer cores).
+pub const PIPELINE_THREADS: usize = 2;
+
+/// The pipelines' own tokio runtime (threads `myriad-pipelines`, at most
+/// [`PIPELINE_THREADS`]), on which [`manager::Manager`] runs every pipeline.
+///
+/// On the broker's runtime a pipeline's tasks take their turn among every connection task,
+/// so with 10,000 devices publishing its source got one poll in 10,000 and fell behind until
+/// publishing stopped. On their own threads the operating system shares the CPU between the
+/// broker and the pipelines instead. The runtime must be dropped off any async context (the
+/// manager drops it on a thread of its own once every pipeline drained).
+pub fn pipelines_runtime() -> Result<tokio::runtime::Runtime> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(PIPELINE_THREADS);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("myriad-pipelines")
+        .enable_all()
+        .build()
+        .context("cannot start the pipelines' runtime")
+}
+
+/// Runs `pipeline` until `shutdown`, starting it again with backoff whenever it ends first
+/// (except a one-shot source that finished: it stays `finished`).
 pub(crate) async fn supervise(
     pipeline: PipelineConfig,
     broker: BrokerHandle,
+    telemetry: Option<Arc<dyn TelemetryStore>>,
     shutdown: CancellationToken,
     status: Arc<PipelineStatus>,
 ) {
@@ -615,13 +910,18 @@ pub(crate) async fn supervise(
             shutdown.clone(),
             STOP_GRACE,
             status.clone(),
+            telemetry.clone(),
         )
         .await;
         if shutdown.is_cancelled() {
             return;
         }
         let error = match outcome {
-            Ok(()) => "ended before the shutdown".to_owned(),
+            Ok(Ended::Finished) => {
+                tracing::info!(pipeline = %name, "pipeline finished: its source was read whole");
+                return;
+            }
+            Ok(Ended::Stopped) => "ended before the shutdown".to_owned(),
             Err(error) => error.to_string(),
         };
         tracing::error!(pipeline = %name, %error, retry_in_secs = delay.as_secs(), "pipeline stopped; starting it again");

@@ -122,3 +122,34 @@ fn a_publisher_that_goes_away_loses_only_unacknowledged_publications() {
     }
     assert_eq!(received, vec!["a1", "a2", "a3", "a4"]);
 }
+
+#[test]
+fn the_hold_deadline_is_the_oldest_held_publication_of_any_publisher() {
+    let (mut h, _sub, first) = full_subscriber(2000);
+    let second = h.connect(v311("p2"));
+    let third = h.connect(v311("p3"));
+    assert_eq!(h.broker.next_hold_deadline(), None);
+    h.publish(first, msg_q("t", "f0", QoS::AtLeastOnce, 10));
+    h.advance(1);
+    h.publish(second, msg_q("t", "s0", QoS::AtLeastOnce, 20));
+    h.publish(first, msg_q("t", "f1", QoS::AtLeastOnce, 11));
+    h.publish(third, msg_q("t", "t0", QoS::AtLeastOnce, 30));
+    assert_eq!(h.broker.held_publications(), 4);
+    // The first publisher's oldest (held at 0 s) is due first, at 2 s.
+    assert_eq!(h.broker.next_hold_deadline(), Some(h.at(2)));
+    // It goes away: the others' (held at 1 s) are next.
+    h.lose(first);
+    assert_eq!(h.broker.next_hold_deadline(), Some(h.at(3)));
+    // At 3 s both are routed regardless of the full queue: nothing is held any more.
+    h.tick_at(3);
+    assert_eq!(h.broker.held_publications(), 0);
+    assert_eq!(h.broker.next_hold_deadline(), None);
+    assert_eq!(
+        h.packets(second),
+        vec![Packet::PubAck(PublishAck::success(20))]
+    );
+    assert_eq!(
+        h.packets(third),
+        vec![Packet::PubAck(PublishAck::success(30))]
+    );
+}

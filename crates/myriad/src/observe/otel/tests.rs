@@ -252,3 +252,74 @@ async fn a_message_without_context_can_start_a_sampled_trace() {
     })
     .await;
 }
+
+#[test]
+fn a_batch_span_continues_the_sampled_context_and_links_the_others() {
+    use myriad_pipeline::runtime::trace::{BATCH_SPAN, BatchOutcome, BatchSpan, BatchTracer};
+
+    use super::OtelBatchTracer;
+
+    let (provider, exporter) = provider(0.0);
+    let tracer = OtelBatchTracer::new(&provider);
+    let parent = TraceParent::parse("00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01")
+        .expect("valid");
+    let link = TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+        .expect("valid");
+    let start = std::time::SystemTime::now();
+    fn span(
+        start: std::time::SystemTime,
+        parent: Option<TraceParent>,
+        links: &[TraceParent],
+        outcome: BatchOutcome,
+    ) -> BatchSpan<'_> {
+        BatchSpan {
+            pipeline: "hot",
+            sink: "http",
+            records: 3,
+            committed: 2,
+            attempts: 2,
+            outcome,
+            error: Some("503"),
+            start,
+            end: start + Duration::from_millis(5),
+            parent,
+            links,
+            dropped_links: 0,
+        }
+    }
+    tracer.batch(&span(start, Some(parent), &[link], BatchOutcome::Partial));
+    // Without a carried context and with ratio 0: not sampled, not exported.
+    tracer.batch(&span(start, None, &[], BatchOutcome::Committed));
+    provider.force_flush().expect("flush");
+    let spans = exporter.get_finished_spans().expect("spans");
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span.name, BATCH_SPAN);
+    assert_eq!(span.span_context.trace_id().to_bytes(), parent.trace_id);
+    assert_eq!(span.parent_span_id, SpanId::from_bytes(parent.parent_id));
+    assert_eq!(span.links.links.len(), 1);
+    assert_eq!(
+        span.links.links[0].span_context.trace_id().to_bytes(),
+        link.trace_id
+    );
+    assert_eq!(span.start_time, start);
+    assert_eq!(span.end_time, start + Duration::from_millis(5));
+    let attribute = |key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    assert_eq!(attribute("myriad.pipeline.name").as_deref(), Some("hot"));
+    assert_eq!(attribute("myriad.pipeline.sink").as_deref(), Some("http"));
+    assert_eq!(
+        attribute("myriad.pipeline.outcome").as_deref(),
+        Some("partial")
+    );
+    assert_eq!(
+        attribute("messaging.batch.message_count").as_deref(),
+        Some("3")
+    );
+    assert_eq!(attribute("myriad.pipeline.attempts").as_deref(), Some("2"));
+    assert_eq!(attribute("error.message").as_deref(), Some("503"));
+}
