@@ -108,16 +108,33 @@ def test_checkpoint_survives_kill9_and_done_files_are_deleted(serve, tmp_path):
     s.proc.wait(10)
     first = len(read_lines(out))
     assert 10000 <= first < total, first
+    # What the checkpoint says is done: per file, the byte offset of the first line not done.
+    checkpoint = s.workdir / "data" / "pipelines" / "fk.checkpoint"
+    offsets = json.loads(checkpoint.read_text()) if checkpoint.exists() else {}
+
+    # The byte offset just past each line in its file.
+    line_end: list[int] = []
+    for seq in range(total):
+        start = 0 if seq % 20000 == 0 else line_end[-1]
+        line_end.append(start + len(json.dumps({"seq": seq}) + "\n"))
+
+    def done(seq: int) -> bool:
+        return line_end[seq] <= offsets.get(f"p{seq // 20000}.jsonl", 0)
+
     s.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len({r["seq"] for r in read_lines(out)}) < total:
         time.sleep(0.1)
     seqs = [r["seq"] for r in read_lines(out)]
     assert sorted(set(seqs)) == list(range(total))
-    # The checkpoint kept the restart from reading everything again: only what was in flight
-    # or done since the last checkpoint write (every 200 ms) repeats.
-    print(f"killed after {first} lines; {len(seqs) - total} read again")
-    assert len(seqs) - total < first // 2, (len(seqs) - total, first)
+    # The restart reads again exactly what the checkpoint did not cover: no line it covers
+    # repeats, and the checkpoint covered some of the first run (it is written every 200 ms).
+    before_kill = set(seqs[:first])
+    repeated = [seq for seq in seqs[first:] if seq in before_kill]
+    print(f"killed after {first} lines; {len(repeated)} read again; checkpoint {offsets}")
+    assert offsets, "no checkpoint written before the kill"
+    assert not [seq for seq in repeated if done(seq)], "lines the checkpoint covers were read again"
+    assert len(repeated) < first, (len(repeated), first)
     s.stop()
     # Again with delete_done: every file goes once all of it is done.
     out2 = tmp_path / "out2.jsonl"
