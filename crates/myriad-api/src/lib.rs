@@ -20,6 +20,8 @@
 //! | `GET /api/v1/presence/count` | online and registered counts |
 //! | `GET, PATCH, DELETE /api/v1/devices/{id}/shadow` | a device's shadow |
 //! | `POST, GET /api/v1/apps`, `GET, DELETE /api/v1/apps/{id}` | app clients |
+//! | `GET /api/v1/pipelines`, `GET, PUT, DELETE /api/v1/pipelines/{name}` | pipelines' status; pipelines defined over the API ([`pipelines::PipelineControl`]) |
+//! | `POST /api/v1/pipelines/{name}/records` | NDJSON records streamed into a pipeline with an `http` source |
 //! | `POST /api/v1/tls/reload` | read every TLS listener's certificate, key and CAs again (as SIGHUP) |
 //!
 //! Every route under `/api/v1` needs `Authorization: Bearer {token}`
@@ -61,6 +63,7 @@ mod error;
 mod extract;
 mod observe;
 mod openapi;
+pub mod pipelines;
 mod routes;
 mod schema;
 mod serve;

@@ -28,7 +28,7 @@ const BEARER: &str = "bearer";
         (name = "health", description = "Liveness and this document"),
         (name = "devices", description = "The device registry and credentials"),
         (name = "presence", description = "Who is online"),
-        (name = "pipelines", description = "Data pipelines: state and counters"),
+        (name = "pipelines", description = "Data pipelines: state and counters, pipelines defined over the API, records streamed in"),
         (name = "telemetry", description = "Device telemetry: raw and aggregated points, latest values"),
         (name = "shadows", description = "Device shadows: desired and reported state"),
         (name = "apps", description = "Application clients"),

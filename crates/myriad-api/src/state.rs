@@ -13,7 +13,7 @@ use myriad_fleet::service::shadows::ShadowService;
 use myriad_fleet::service::telemetry::TelemetryService;
 use myriad_fleet::store::FleetStore;
 
-use myriad_pipeline::status::PipelineStatus;
+use crate::pipelines::PipelineControl;
 
 use crate::routes::tls::TlsReloader;
 
@@ -48,8 +48,8 @@ pub struct ApiState {
     pub token: String,
     /// Reloads every TLS listener's files (`POST /api/v1/tls/reload`).
     pub tls_reload: TlsReloader,
-    /// The configured pipelines' live status, in config order.
-    pub pipelines: Arc<[Arc<PipelineStatus>]>,
+    /// The pipelines: their status, and changes over the API.
+    pub pipelines: Arc<dyn PipelineControl>,
 }
 
 impl std::fmt::Debug for ApiState {

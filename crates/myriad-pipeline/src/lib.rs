@@ -43,6 +43,7 @@
 //! Compile errors name the place (line and column) and, for functions, the name; evaluation
 //! errors are per record and never panic.
 
+pub mod lines;
 pub mod record;
 pub mod sql;
 pub mod status;

@@ -280,6 +280,66 @@ async fn mqtt_sink_republishes_and_refuses_records_without_a_topic() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ingest_answers_once_every_line_is_committed_or_dead_lettered() {
+    use myriad_pipeline::runtime::ingest::{HttpSourceConfig, IngestError};
+    let dir = temp_dir("ingest");
+    let out = dir.join("in.jsonl");
+    let broker = broker().await;
+    let http = HttpSourceConfig::new(64, 1 << 20);
+    let handle = http.handle();
+    let mut config = config(&dir, SinkConfig::File(FileSinkConfig::new(&out)));
+    config.name = "in".into();
+    config.rule =
+        Rule::compile("SELECT payload.n AS n FROM 'http/in' WHERE payload.n <> 3").expect("rule");
+    config.source = runtime::SourceConfig::Http(http);
+    config.in_flight = 7;
+    let stop = CancellationToken::new();
+    let pipeline = tokio::spawn(runtime::run(
+        config,
+        broker.handle.clone(),
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    // 500 lines in chunks of 13 bytes (lines cut across chunks), one too long, one not JSON.
+    let mut body = String::new();
+    for n in 0..500 {
+        body.push_str(&format!("{{\"n\": {n}}}\n"));
+    }
+    body.push_str(&format!("{{\"n\": \"{}\"}}\nnope\n", "x".repeat(100)));
+    let chunks: Vec<Result<Bytes, std::convert::Infallible>> = body
+        .as_bytes()
+        .chunks(13)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let report = handle
+        .ingest(futures_util::stream::iter(chunks))
+        .await
+        .expect("ingested");
+    assert_eq!((report.accepted, report.dead_lettered), (500, 2));
+    // Committed before the answer: 499 (n = 3 filtered out).
+    let got = lines(&out);
+    assert_eq!(got.len(), 499);
+    assert_eq!(lines(&dir.join("dead.jsonl")).len(), 2);
+    // Past max_body_bytes.
+    let small = HttpSourceConfig::new(64, 10);
+    let too_large = small
+        .handle()
+        .ingest(futures_util::stream::iter(vec![Ok::<_, String>(
+            Bytes::from_static(b"{}\n{}\n{}\n{}\n"),
+        )]))
+        .await;
+    assert!(matches!(
+        too_large,
+        Err(IngestError::TooLarge { limit: 10 })
+    ));
+    stop.cancel();
+    pipeline.await.expect("joined").expect("stopped cleanly");
+    broker.shutdown.cancel();
+    let _ = broker.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Keeps every batch span reported.
 #[derive(Default)]
 struct Spans(std::sync::Mutex<Vec<Recorded>>);

@@ -55,7 +55,7 @@ impl Platform {
         &self,
         token: String,
         tls_reload: myriad_api::TlsReloader,
-        pipelines: Arc<[Arc<myriad_pipeline::status::PipelineStatus>]>,
+        pipelines: Arc<dyn myriad_api::pipelines::PipelineControl>,
     ) -> myriad_api::ApiState {
         myriad_api::ApiState {
             store: self.store.clone(),

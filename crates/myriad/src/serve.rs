@@ -126,19 +126,22 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             observe::metrics::upkeep(prometheus.clone()),
         );
         observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
-        let mut pipelines = crate::pipelines::build(
+        // The manager sets the batch tracer on each (and on those put over the API).
+        let pipelines = crate::pipelines::build(
             &config.pipelines,
             &config.store.data_dir,
             config.telemetry.enabled,
         )?;
-        if let Some(tracer) = &batch_tracer {
-            for pipeline in &mut pipelines {
-                pipeline.tracer = Some(tracer.clone());
-            }
-        }
         // The broker stops after the pipelines drained (their last acknowledgements).
-        let (broker_shutdown, pipeline_status) =
-            crate::pipelines::spawn(pipelines, &handle, telemetry.clone(), &shutdown)?;
+        let (pipeline_manager, broker_shutdown) = crate::pipelines::manager::Manager::start(
+            pipelines,
+            &handle,
+            platform.store.clone(),
+            config.store.data_dir.clone(),
+            batch_tracer.clone(),
+            telemetry.clone(),
+            &shutdown,
+        )?;
         let listeners_bound = Arc::new(AtomicBool::new(false));
         if config.api.enabled {
             let token = api_token(&config)?;
@@ -167,7 +170,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             let tls_reload: myriad_api::TlsReloader =
                 Arc::new(move || reload_tls(&reload_settings));
             let router = myriad_api::observed_router(
-                platform.api_state(token, tls_reload, pipeline_status),
+                platform.api_state(token, tls_reload, pipeline_manager),
                 Arc::new(observer),
                 myriad_api::ObserveOptions {
                     metrics_require_token: config.metrics.require_token,

@@ -104,7 +104,11 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(ota::resume_rollout))
         .routes(routes!(ota::cancel_rollout))
         .routes(routes!(pipelines::list_pipelines))
-        .routes(routes!(pipelines::get_pipeline))
+        .routes(routes!(
+            pipelines::get_pipeline,
+            pipelines::put_pipeline,
+            pipelines::delete_pipeline
+        ))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)
@@ -118,6 +122,8 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(ota::upload_artifact))
         // Reads its body with its own limit (`WRITE_BODY_LIMIT`).
         .routes(routes!(telemetry_bulk::write_telemetry))
+        // Streams its body with the pipeline source's limit (`max_body_bytes`).
+        .routes(routes!(pipelines::ingest_records))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // InfluxDB compatible writes: the token also as `Token` or a Basic password.
     let influx = OpenApiRouter::new()

@@ -101,6 +101,9 @@ async fn every_route_is_documented() {
         ("/api/v1/ota/rollouts/{id}/cancel", "post"),
         ("/api/v1/pipelines", "get"),
         ("/api/v1/pipelines/{name}", "get"),
+        ("/api/v1/pipelines/{name}", "put"),
+        ("/api/v1/pipelines/{name}", "delete"),
+        ("/api/v1/pipelines/{name}/records", "post"),
         ("/ota/v1/download/{artifact}", "get"),
     ];
     let mut documented = BTreeSet::new();

@@ -99,7 +99,7 @@ impl Harness {
             hash_params: HashParams::INSECURE_FAST,
             token: TOKEN.into(),
             tls_reload: std::sync::Arc::new(Vec::new),
-            pipelines: std::sync::Arc::new([]),
+            pipelines: std::sync::Arc::new(myriad_api::pipelines::FixedPipelines::default()),
         };
         Harness { state, _dir: dir }
     }

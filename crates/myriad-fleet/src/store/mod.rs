@@ -18,6 +18,7 @@
 //! | `meta` | `format`; `device_indexes` | the layout version; `1` once the two device indexes are complete |
 //! | `commands`, `commands_by_device`, `commands_active`, `command_batches` | see `store/commands.rs` | command records (JSON) |
 //! | `ota_artifacts`, `ota_rollouts`, `ota_rollout_devices` | see [`ota`] | firmware artifacts and rollouts |
+//! | `pipelines` | pipeline name | [`StoredPipeline`] (a pipeline defined over the API) |
 //!
 //! Keys are the ids' UTF-8 bytes, so every table iterates in id order and
 //! an id prefix is one range scan. Values (but shadows) start with a
@@ -59,6 +60,7 @@ mod error;
 mod index;
 mod login;
 pub mod ota;
+mod pipelines;
 mod records;
 mod tables;
 
@@ -71,6 +73,7 @@ pub use devices::{LIST_SCAN_BUDGET, Upserted};
 pub use error::FleetStoreError;
 pub use index::{IdPage, MAX_INDEX_PAGE};
 pub use login::LoginRecord;
+pub use pipelines::StoredPipeline;
 
 #[cfg(doc)]
 use crate::{presence::PresenceRecord, registry::AppClient, registry::Device};

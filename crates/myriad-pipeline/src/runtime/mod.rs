@@ -67,18 +67,29 @@
 //! | NATS sink | [`nats::MAX_URL_BYTES`], `ack_timeout_ms` up to [`nats::MAX_ACK_TIMEOUT`] |
 //! | HTTP sink | [`http::MAX_URL_BYTES`], [`http::MAX_HEADERS`] headers, [`http::MAX_RESPONSE_BYTES`] read, [`http::MAX_CONCURRENCY`], [`http::MAX_TIMEOUT`] |
 //! | files source | see [`files`] |
+//! | HTTP ingest source | see [`ingest`]: `max_line_bytes`, [`ingest::MAX_BODY_BYTES`], [`ingest::QUEUE_LINES`] |
+//! | HTTP polling source | see [`poll`]: [`poll::MAX_RESPONSE_BYTES`], [`poll::MIN_INTERVAL_MS`] |
 //! | PostgreSQL source | see [`pg_source`]: [`pg_source::MAX_QUERY_BYTES`] query, `fetch_rows` up to [`pg_source::MAX_FETCH_ROWS`], `poll_ms` [`pg_source::MIN_POLL_MS`] ..= [`pg_source::MAX_POLL_MS`], `max_row_bytes` up to [`pg_source::MAX_ROW_BYTES`] |
 //! | telemetry source | see [`telemetry_source`]: [`telemetry_source::MAX_DEVICES`] devices, [`telemetry_source::MAX_METRICS`] metrics, [`telemetry_source::MAX_SERIES`] series per pass |
 //! | a source's checkpoint file read at start-up | [`reader::MAX_CHECKPOINT_BYTES`] |
+//!
+//! # Other sources
+//!
+//! Instead of the broker: a directory of files ([`files`]), request bodies POSTed to the API
+//! ([`ingest`]), a URL polled ([`poll`]), a PostgreSQL query or table ([`pg_source`]) or the
+//! telemetry store ([`telemetry_source`]). Each keeps the same window (at most `in_flight`
+//! records handed out and not done) and learns which records are done from the worker.
 
 pub mod file;
 pub mod files;
 pub mod http;
+pub mod ingest;
 pub mod key;
 pub mod nats;
 pub mod pg_source;
 pub mod pg_tls;
 pub mod pg_value;
+pub mod poll;
 pub mod postgres;
 pub mod reader;
 mod sink;
@@ -180,6 +191,10 @@ pub enum SourceConfig {
     Mqtt,
     /// A directory of JSONL or CSV files (see [`files`]).
     Files(files::FilesSourceConfig),
+    /// Request bodies streamed in over the HTTP API (see [`ingest`]); topic `http/{name}`.
+    Http(ingest::HttpSourceConfig),
+    /// A URL polled with GET (see [`poll`]); topic `http/{name}`.
+    HttpPoll(poll::HttpPollConfig),
     /// A PostgreSQL query or followed table (see [`pg_source`]).
     Postgres(pg_source::PostgresSourceConfig),
     /// The telemetry store (see [`telemetry_source`]); needs a store passed to
@@ -188,13 +203,28 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
-    /// The source's kind as configured: `mqtt`, `files`, `postgres`, `telemetry`.
+    /// The source's kind as configured: `mqtt`, `files`, `http`, `http_poll`, `postgres`,
+    /// `telemetry`.
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Mqtt => "mqtt",
             SourceConfig::Files(_) => "files",
+            SourceConfig::Http(_) => "http",
+            SourceConfig::HttpPoll(_) => "http_poll",
             SourceConfig::Postgres(_) => "postgres",
             SourceConfig::Telemetry(_) => "telemetry",
+        }
+    }
+
+    /// The topic of the records of pipeline `name` from this source, when the source sets
+    /// one for all of them (`http/{name}` for the HTTP sources; the others: `None`).
+    pub fn topic(&self, name: &str) -> Option<String> {
+        match self {
+            SourceConfig::Http(_) | SourceConfig::HttpPoll(_) => Some(format!("http/{name}")),
+            SourceConfig::Mqtt
+            | SourceConfig::Files(_)
+            | SourceConfig::Postgres(_)
+            | SourceConfig::Telemetry(_) => None,
         }
     }
 }
@@ -215,7 +245,8 @@ pub struct PipelineConfig {
     /// Its name (see [`validate_name`]); its source session is `$myriad/pipeline/{name}`.
     pub name: String,
     /// The rule: its FROM filter is the source's subscription (a files source: it selects
-    /// the files, whose records have the topic `files/{file name}`).
+    /// the files, whose records have the topic `files/{file name}`; the HTTP sources' records
+    /// have the topic `http/{name}`).
     pub rule: Rule,
     /// Where records come from.
     pub source: SourceConfig,
@@ -399,7 +430,11 @@ pub async fn run_with_status(
                 .await?;
             Some(client)
         }
-        _ => None,
+        SourceConfig::Files(_)
+        | SourceConfig::Http(_)
+        | SourceConfig::HttpPoll(_)
+        | SourceConfig::Postgres(_)
+        | SourceConfig::Telemetry(_) => None,
     };
     let mut sink = Sink::open(&config.sink, &name, &broker).await?;
     if config.source == SourceConfig::Mqtt {
@@ -422,6 +457,9 @@ pub async fn run_with_status(
     // Unbounded in type only: the worker sends at most one entry per item, and at most
     // `in_flight` items are outstanding.
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    // Dead letters reported to the source (the HTTP ingest source counts them per request).
+    let (dead_tx, dead_rx) = mpsc::unbounded_channel();
+    let topic = config.source.topic(&name).unwrap_or_default();
     let worker = Worker {
         counters: Counters::new(&name, status.clone()),
         name: name.clone(),
@@ -431,6 +469,7 @@ pub async fn run_with_status(
         sink,
         dead_letter: Arc::new(Mutex::new(RotatingFile::new(config.dead_letter))),
         done: done_tx,
+        dead: matches!(config.source, SourceConfig::Http(_)).then_some(dead_tx),
         hard: hard.clone(),
         seed: std::collections::hash_map::RandomState::new(),
         tracer: config.tracer,
@@ -521,6 +560,16 @@ pub async fn run_with_status(
                 }
                 None => Err(RuntimeError::NoTelemetry),
             },
+            (None, SourceConfig::Http(http)) => ingest::run_source(
+                http.queue, topic, capacity, items_tx, done_rx, dead_rx, &shutdown, &hard, counters,
+            )
+            .await
+            .map(|()| Ended::Stopped),
+            (None, SourceConfig::HttpPoll(poll)) => poll::run_source(
+                poll, &name, topic, capacity, items_tx, done_rx, &shutdown, &hard, counters,
+            )
+            .await
+            .map(|()| Ended::Stopped),
             (None, SourceConfig::Mqtt) => Ok(Ended::Stopped),
         }
     };
@@ -642,6 +691,9 @@ struct Worker {
     sink: Sink,
     dead_letter: Arc<Mutex<RotatingFile>>,
     done: mpsc::UnboundedSender<u64>,
+    /// Where dead-lettered sequence numbers are reported too (before `done`), if the source
+    /// wants them.
+    dead: Option<mpsc::UnboundedSender<u64>>,
     hard: CancellationToken,
     seed: std::collections::hash_map::RandomState,
     tracer: Option<Arc<dyn BatchTracer>>,
@@ -721,6 +773,9 @@ impl Worker {
         }
         tracing::debug!(pipeline = %self.name, topic, reason, "dead letter");
         self.counters.dead_letter();
+        if let Some(dead) = &self.dead {
+            let _ = dead.send(seq);
+        }
         let _ = self.done.send(seq);
         true
     }

@@ -32,6 +32,13 @@ impl<T> Window<T> {
         seq
     }
 
+    /// The token of `seq` if it is in the window.
+    pub(crate) fn get_mut(&mut self, seq: u64) -> Option<&mut T> {
+        let &(first, _, _) = self.entries.front()?;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.entries.get_mut(i).map(|entry| &mut entry.1)
+    }
+
     /// Marks `seq` done (unknown or already acknowledged numbers are ignored).
     pub(crate) fn mark_done(&mut self, seq: u64) {
         let Some(&(first, _, _)) = self.entries.front() else {

@@ -54,7 +54,7 @@ pub enum ApiCommand {
     /// Device telemetry: query, latest, export, bulk write.
     #[command(subcommand)]
     Telemetry(super::telemetry::TelemetryCommand),
-    /// Data pipelines: state, last error and counters.
+    /// Data pipelines: state, last error and counters; apply and delete API pipelines.
     #[command(subcommand)]
     Pipelines(super::pipelines::PipelinesCommand),
 }

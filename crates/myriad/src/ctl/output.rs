@@ -74,6 +74,9 @@ pub fn shape(command: &ApiCommand) -> Shape {
         ApiCommand::Pipelines(super::pipelines::PipelinesCommand::Status { name: None }) => {
             Shape::PipelineList
         }
+        ApiCommand::Pipelines(super::pipelines::PipelinesCommand::Delete { .. }) => {
+            Shape::NoContent
+        }
         ApiCommand::Pipelines(_) => Shape::Object,
     }
 }

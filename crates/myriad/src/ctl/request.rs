@@ -156,7 +156,7 @@ pub fn request(command: &ApiCommand) -> Result<ApiRequest> {
         ApiCommand::DeviceCerts(cmd) => super::registry_certs::device_certs_request(cmd)?,
         ApiCommand::Cas(cmd) => super::registry_certs::cas_request(cmd)?,
         ApiCommand::Telemetry(cmd) => super::telemetry::request(cmd)?,
-        ApiCommand::Pipelines(cmd) => super::pipelines::request(cmd),
+        ApiCommand::Pipelines(cmd) => super::pipelines::request(cmd)?,
         ApiCommand::Tls(TlsCommand::Reload) => {
             ApiRequest::new(Method::Post, format!("{API_PREFIX}/tls/reload"))
         }

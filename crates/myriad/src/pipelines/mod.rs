@@ -1,5 +1,8 @@
-//! `[[pipelines]]` in the config file, and starting them with `myriad serve`.
-//! See docs/pipelines.md ("Running pipelines").
+//! `[[pipelines]]` in the config file (and the same entries as JSON over the API), and
+//! running them with `myriad serve` ([`manager`]). See docs/pipelines.md ("Running
+//! pipelines", "Pipelines over the API").
+
+pub mod manager;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -11,8 +14,10 @@ use myriad_broker::shell::BrokerHandle;
 use myriad_fleet::service::telemetry::TelemetryService;
 use myriad_fleet::telemetry::Sample;
 use myriad_pipeline::runtime::files::{FileFormat, FilesSourceConfig};
+use myriad_pipeline::runtime::ingest::HttpSourceConfig;
 use myriad_pipeline::runtime::pg_source::{PgSourceMode, PostgresSourceConfig};
 use myriad_pipeline::runtime::pg_value::TimeFormat;
+use myriad_pipeline::runtime::poll::HttpPollConfig;
 use myriad_pipeline::runtime::telemetry_source::{
     self, StoreFuture, TelemetryChunk, TelemetrySourceConfig, TelemetryStore,
 };
@@ -29,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a stopping pipeline may take to commit and acknowledge what it holds.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
-/// The most pipelines in one config file.
+/// The most pipelines: in the config file, and in all (config file and API).
 pub const MAX_PIPELINES: usize = 256;
 
 /// One `[[pipelines]]` entry.
@@ -83,10 +88,49 @@ pub enum SourceEntry {
         #[serde(default)]
         delete_done: bool,
     },
+    /// NDJSON bodies POSTed to `/api/v1/pipelines/{name}/records` (docs/pipelines.md,
+    /// "HTTP sources"); records have the topic `http/{name}`.
+    Http {
+        /// Longer lines are dead-lettered (1 to 16 MiB; default 1 MiB).
+        #[serde(default = "default_max_line_bytes")]
+        max_line_bytes: usize,
+        /// The most bytes of one request body (1 to 1 GiB; default 64 MiB).
+        #[serde(default = "default_max_body_bytes")]
+        max_body_bytes: u64,
+    },
+    /// A URL polled with GET (a JSON array or NDJSON); records have the topic `http/{name}`.
+    HttpPoll {
+        /// `http://` or `https://` URL.
+        url: String,
+        /// Time between polls (10 to 86,400,000 ms; default 10,000).
+        #[serde(default = "default_interval_ms")]
+        interval_ms: u64,
+        /// Extra request headers.
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// One request's whole exchange at most (1 to 300,000 ms; default 10,000).
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        /// The most bytes of a response (1 to 256 MiB; default 16 MiB).
+        #[serde(default = "default_max_response_bytes")]
+        max_response_bytes: usize,
+    },
     /// A PostgreSQL query or followed table (docs/pipelines.md, "PostgreSQL source").
     Postgres(PostgresSourceEntry),
     /// The telemetry store (docs/pipelines.md, "Telemetry source").
     Telemetry(TelemetrySourceEntry),
+}
+
+fn default_max_body_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_interval_ms() -> u64 {
+    10_000
+}
+
+fn default_max_response_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 /// `source = { type = "postgres", url, query = "..." }` or `{ type = "postgres", url, table,
@@ -245,7 +289,7 @@ fn telemetry_source_config(
 }
 
 /// The telemetry store as a pipeline source reads it.
-struct TelemetryStoreAdapter(Arc<TelemetryService>);
+pub(crate) struct TelemetryStoreAdapter(pub(crate) Arc<TelemetryService>);
 
 impl TelemetryStore for TelemetryStoreAdapter {
     fn metrics<'a>(&'a self, device: &'a str) -> StoreFuture<'a, Vec<String>> {
@@ -564,185 +608,257 @@ pub fn build(
     // Every file (sink and dead letters) has one writer.
     let mut files = HashSet::new();
     let mut built = Vec::with_capacity(entries.len());
-    // A source's position: `{data_dir}/pipelines/{name}.checkpoint`.
-    let checkpoint = |name: &str| base.join("pipelines").join(format!("{name}.checkpoint"));
     for (i, entry) in entries.iter().enumerate() {
         let key = |k: &str| format!("invalid value for pipelines[{i}].{k}");
-        if let Err(problem) = runtime::validate_name(&entry.name) {
-            bail!("{}: {problem}", key("name"));
-        }
+        let config = build_entry(entry, base, telemetry_enabled, &key)?;
         if !names.insert(entry.name.as_str()) {
             bail!("{}: {:?} is used twice", key("name"), entry.name);
         }
-        let rule = match Rule::compile(&entry.sql) {
-            Ok(rule) => rule,
-            Err(error) => bail!("{}: {error}", key("sql")),
-        };
-        let batch = BatchConfig {
-            max_records: entry.batch.max_records,
-            max_bytes: entry.batch.max_bytes,
-            max_age_ms: entry.batch.max_age_ms,
-        };
-        if let Err(error) = batch.validate() {
-            bail!("{}: {error}", key(&format!("batch.{}", error.key)));
-        }
-        let Ok(in_flight) = u16::try_from(entry.in_flight) else {
-            bail!("{}: between 1 and 65535", key("in_flight"));
-        };
-        if in_flight == 0 {
-            bail!("{}: between 1 and 65535", key("in_flight"));
-        }
-        let sink = match &entry.sink {
-            SinkEntry::File {
-                path,
-                max_file_bytes,
-                keep_files,
-                max_file_age_ms,
-                format,
-                columns,
-            } => {
-                let mut config = file(base, path, *max_file_bytes, *keep_files);
-                config.max_file_age_ms = *max_file_age_ms;
-                config.format = match format {
-                    FileFormatEntry::Jsonl if !columns.is_empty() => {
-                        bail!("{}: only with format = \"csv\"", key("sink.columns"))
-                    }
-                    FileFormatEntry::Jsonl => OutputFormat::Jsonl,
-                    FileFormatEntry::Csv => OutputFormat::Csv {
-                        columns: columns.clone(),
-                    },
-                };
-                if let Err(problem) = config.validate() {
-                    bail!("{}", key(&format!("sink.{problem}")));
-                }
-                SinkConfig::File(config)
+        for (field, path) in written_files(&config) {
+            if !files.insert(path.clone()) {
+                bail!(
+                    "{}: {} is written by another sink or pipeline",
+                    key(field),
+                    path.display()
+                );
             }
-            SinkEntry::Mqtt { topic } => match TopicTemplate::parse(topic) {
-                Ok(topic) => SinkConfig::Mqtt { topic },
-                Err(error) => bail!("{}: {error}", key("sink.topic")),
-            },
-            SinkEntry::Postgres {
-                url,
-                table,
-                columns,
-                key: key_columns,
-                ca_file,
-            } => {
-                let ca_certs = match ca_file {
-                    Some(path) => runtime::pg_tls::load_ca_file(&base.join(path))
-                        .or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?,
-                    None => Vec::new(),
-                };
-                let config = PostgresSinkConfig {
-                    url: url.clone(),
-                    table: table.clone(),
-                    columns: columns.clone(),
-                    key: key_columns.clone(),
-                    ca_certs,
-                };
-                if let Err(problem) = config.validate() {
-                    bail!("{}", key(&format!("sink.{problem}")));
-                }
-                SinkConfig::Postgres(config)
-            }
-            SinkEntry::Nats(nats) => {
-                nats_sink(nats).or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?
-            }
-            SinkEntry::Http(http) => {
-                http_sink(http).or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?
-            }
-        };
-        let source = match &entry.source {
-            None | Some(SourceEntry::Mqtt) => SourceConfig::Mqtt,
-            Some(SourceEntry::Files {
-                dir,
-                format,
-                poll_ms,
-                max_line_bytes,
-                delete_done,
-            }) => {
-                let config = FilesSourceConfig {
-                    dir: base.join(dir),
-                    format: match format {
-                        FileFormatEntry::Jsonl => FileFormat::Jsonl,
-                        FileFormatEntry::Csv => FileFormat::Csv,
-                    },
-                    poll_ms: *poll_ms,
-                    max_line_bytes: *max_line_bytes,
-                    checkpoint: checkpoint(&entry.name),
-                    delete_done: *delete_done,
-                };
-                if let Err(problem) = config.validate() {
-                    bail!("{}", key(&format!("source.{problem}")));
-                }
-                SourceConfig::Files(config)
-            }
-            Some(SourceEntry::Postgres(pg)) => match postgres_source(pg, checkpoint(&entry.name)) {
-                Ok(config) => SourceConfig::Postgres(config),
-                Err(problem) => bail!("{}", key(&format!("source.{problem}"))),
-            },
-            Some(SourceEntry::Telemetry(t)) => {
-                if !telemetry_enabled {
-                    bail!(
-                        "{}: the telemetry store is disabled (telemetry.enabled = false)",
-                        key("source.type")
-                    );
-                }
-                match telemetry_source_config(t, checkpoint(&entry.name)) {
-                    Ok(config) => SourceConfig::Telemetry(config),
-                    Err(problem) => bail!("{}", key(&format!("source.{problem}"))),
-                }
-            }
-        };
-        let deadline_ms = entry.deadline_ms;
-        if let Some(ms) = deadline_ms
-            && !(runtime::MIN_DEADLINE_MS..=runtime::MAX_DEADLINE_MS).contains(&ms)
-        {
-            bail!(
-                "{}: between {} and {} ms",
-                key("deadline_ms"),
-                runtime::MIN_DEADLINE_MS,
-                runtime::MAX_DEADLINE_MS
-            );
         }
-        let dead_letter = file(
-            base,
-            &entry.dead_letter.path,
-            entry.dead_letter.max_file_bytes,
-            entry.dead_letter.keep_files,
-        );
-        if let Err(problem) = dead_letter.validate() {
-            bail!("{}", key(&format!("dead_letter.{problem}")));
-        }
-        if let SinkConfig::File(sink) = &sink
-            && !files.insert(sink.path.clone())
-        {
-            bail!(
-                "{}: {} is written by another pipeline",
-                key("sink.path"),
-                sink.path.display()
-            );
-        }
-        if !files.insert(dead_letter.path.clone()) {
-            bail!(
-                "{}: {} is written by another sink or pipeline",
-                key("dead_letter.path"),
-                dead_letter.path.display()
-            );
-        }
-        built.push(PipelineConfig {
-            source,
-            name: entry.name.clone(),
-            rule,
-            batch,
-            in_flight,
-            sink,
-            dead_letter,
-            deadline_ms,
-            tracer: None,
-        });
+        built.push(config);
     }
     Ok(built)
+}
+
+/// The files `config` writes, each with its key: the file sink's and the dead-letter file.
+pub fn written_files(config: &PipelineConfig) -> Vec<(&'static str, PathBuf)> {
+    let mut files = Vec::with_capacity(2);
+    if let SinkConfig::File(sink) = &config.sink {
+        files.push(("sink.path", sink.path.clone()));
+    }
+    files.push(("dead_letter.path", config.dead_letter.path.clone()));
+    files
+}
+
+/// Checks one entry and builds its runtime config (a telemetry source needs
+/// `telemetry_enabled`); `key("sink.path")` is the start of an error about that field.
+pub fn build_entry(
+    entry: &PipelineEntry,
+    base: &Path,
+    telemetry_enabled: bool,
+    key: &dyn Fn(&str) -> String,
+) -> Result<PipelineConfig> {
+    if let Err(problem) = runtime::validate_name(&entry.name) {
+        bail!("{}: {problem}", key("name"));
+    }
+    let rule = match Rule::compile(&entry.sql) {
+        Ok(rule) => rule,
+        Err(error) => bail!("{}: {error}", key("sql")),
+    };
+    let batch = BatchConfig {
+        max_records: entry.batch.max_records,
+        max_bytes: entry.batch.max_bytes,
+        max_age_ms: entry.batch.max_age_ms,
+    };
+    if let Err(error) = batch.validate() {
+        bail!("{}: {error}", key(&format!("batch.{}", error.key)));
+    }
+    let Ok(in_flight) = u16::try_from(entry.in_flight) else {
+        bail!("{}: between 1 and 65535", key("in_flight"));
+    };
+    if in_flight == 0 {
+        bail!("{}: between 1 and 65535", key("in_flight"));
+    }
+    let sink = build_sink(&entry.sink, base, key)?;
+    let source = build_source(entry, base, telemetry_enabled, key)?;
+    if let Some(topic) = source.topic(&entry.name)
+        && !rule.matches_topic(&topic)
+    {
+        bail!(
+            "{}: FROM '{}' does not match the source's topic {topic:?}",
+            key("sql"),
+            rule.topic_filter().as_str()
+        );
+    }
+    let deadline_ms = entry.deadline_ms;
+    if let Some(ms) = deadline_ms
+        && !(runtime::MIN_DEADLINE_MS..=runtime::MAX_DEADLINE_MS).contains(&ms)
+    {
+        bail!(
+            "{}: between {} and {} ms",
+            key("deadline_ms"),
+            runtime::MIN_DEADLINE_MS,
+            runtime::MAX_DEADLINE_MS
+        );
+    }
+    let dead_letter = file(
+        base,
+        &entry.dead_letter.path,
+        entry.dead_letter.max_file_bytes,
+        entry.dead_letter.keep_files,
+    );
+    if let Err(problem) = dead_letter.validate() {
+        bail!("{}", key(&format!("dead_letter.{problem}")));
+    }
+    Ok(PipelineConfig {
+        source,
+        name: entry.name.clone(),
+        rule,
+        batch,
+        in_flight,
+        sink,
+        dead_letter,
+        deadline_ms,
+        tracer: None,
+    })
+}
+
+/// The sink of an entry.
+fn build_sink(sink: &SinkEntry, base: &Path, key: &dyn Fn(&str) -> String) -> Result<SinkConfig> {
+    Ok(match sink {
+        SinkEntry::File {
+            path,
+            max_file_bytes,
+            keep_files,
+            max_file_age_ms,
+            format,
+            columns,
+        } => {
+            let mut config = file(base, path, *max_file_bytes, *keep_files);
+            config.max_file_age_ms = *max_file_age_ms;
+            config.format = match format {
+                FileFormatEntry::Jsonl if !columns.is_empty() => {
+                    bail!("{}: only with format = \"csv\"", key("sink.columns"))
+                }
+                FileFormatEntry::Jsonl => OutputFormat::Jsonl,
+                FileFormatEntry::Csv => OutputFormat::Csv {
+                    columns: columns.clone(),
+                },
+            };
+            if let Err(problem) = config.validate() {
+                bail!("{}", key(&format!("sink.{problem}")));
+            }
+            SinkConfig::File(config)
+        }
+        SinkEntry::Mqtt { topic } => match TopicTemplate::parse(topic) {
+            Ok(topic) => SinkConfig::Mqtt { topic },
+            Err(error) => bail!("{}: {error}", key("sink.topic")),
+        },
+        SinkEntry::Postgres {
+            url,
+            table,
+            columns,
+            key: key_columns,
+            ca_file,
+        } => {
+            let ca_certs = match ca_file {
+                Some(path) => runtime::pg_tls::load_ca_file(&base.join(path))
+                    .or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?,
+                None => Vec::new(),
+            };
+            let config = PostgresSinkConfig {
+                url: url.clone(),
+                table: table.clone(),
+                columns: columns.clone(),
+                key: key_columns.clone(),
+                ca_certs,
+            };
+            if let Err(problem) = config.validate() {
+                bail!("{}", key(&format!("sink.{problem}")));
+            }
+            SinkConfig::Postgres(config)
+        }
+        SinkEntry::Nats(nats) => {
+            nats_sink(nats).or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?
+        }
+        SinkEntry::Http(http) => {
+            http_sink(http).or_else(|p| bail!("{}", key(&format!("sink.{p}"))))?
+        }
+    })
+}
+
+/// The source of an entry.
+fn build_source(
+    entry: &PipelineEntry,
+    base: &Path,
+    telemetry_enabled: bool,
+    key: &dyn Fn(&str) -> String,
+) -> Result<SourceConfig> {
+    // A source's position: `{data_dir}/pipelines/{name}.checkpoint`.
+    let checkpoint = || {
+        base.join("pipelines")
+            .join(format!("{}.checkpoint", entry.name))
+    };
+    let source = match &entry.source {
+        None | Some(SourceEntry::Mqtt) => SourceConfig::Mqtt,
+        Some(SourceEntry::Files {
+            dir,
+            format,
+            poll_ms,
+            max_line_bytes,
+            delete_done,
+        }) => {
+            let config = FilesSourceConfig {
+                dir: base.join(dir),
+                format: match format {
+                    FileFormatEntry::Jsonl => FileFormat::Jsonl,
+                    FileFormatEntry::Csv => FileFormat::Csv,
+                },
+                poll_ms: *poll_ms,
+                max_line_bytes: *max_line_bytes,
+                checkpoint: checkpoint(),
+                delete_done: *delete_done,
+            };
+            if let Err(problem) = config.validate() {
+                bail!("{}", key(&format!("source.{problem}")));
+            }
+            SourceConfig::Files(config)
+        }
+        Some(SourceEntry::Http {
+            max_line_bytes,
+            max_body_bytes,
+        }) => {
+            let config = HttpSourceConfig::new(*max_line_bytes, *max_body_bytes);
+            if let Err(problem) = config.validate() {
+                bail!("{}", key(&format!("source.{problem}")));
+            }
+            SourceConfig::Http(config)
+        }
+        Some(SourceEntry::HttpPoll {
+            url,
+            interval_ms,
+            headers,
+            timeout_ms,
+            max_response_bytes,
+        }) => {
+            let config = HttpPollConfig {
+                url: url.clone(),
+                interval_ms: *interval_ms,
+                headers: headers.clone().into_iter().collect(),
+                timeout: Duration::from_millis(*timeout_ms),
+                max_response_bytes: *max_response_bytes,
+            };
+            if let Err(problem) = config.validate() {
+                bail!("{}", key(&format!("source.{problem}")));
+            }
+            SourceConfig::HttpPoll(config)
+        }
+        Some(SourceEntry::Postgres(pg)) => match postgres_source(pg, checkpoint()) {
+            Ok(config) => SourceConfig::Postgres(config),
+            Err(problem) => bail!("{}", key(&format!("source.{problem}"))),
+        },
+        Some(SourceEntry::Telemetry(t)) => {
+            if !telemetry_enabled {
+                bail!(
+                    "{}: the telemetry store is disabled (telemetry.enabled = false)",
+                    key("source.type")
+                );
+            }
+            match telemetry_source_config(t, checkpoint()) {
+                Ok(config) => SourceConfig::Telemetry(config),
+                Err(problem) => bail!("{}", key(&format!("source.{problem}"))),
+            }
+        }
+    };
+    Ok(source)
 }
 
 /// The first delay before a failed pipeline is started again; it doubles per failure in a
@@ -754,86 +870,29 @@ pub const RESTART_MAX: Duration = Duration::from_secs(60);
 /// Worker threads of the pipelines' own runtime, at most (fewer on fewer cores).
 pub const PIPELINE_THREADS: usize = 2;
 
-/// Starts each pipeline as a task bound to `shutdown` (a pipeline that fails is started
-/// again after a delay, see [`RESTART_MIN`]), and returns the token that stops the broker
-/// (cancelled once `shutdown` is and every pipeline has drained, at most [`STOP_GRACE`] and
-/// a second, so the last acknowledgements still reach the broker; with no pipelines,
-/// `shutdown` itself) and each pipeline's live status, in config order.
+/// The pipelines' own tokio runtime (threads `myriad-pipelines`, at most
+/// [`PIPELINE_THREADS`]), on which [`manager::Manager`] runs every pipeline.
 ///
-/// Pipelines run on a tokio runtime of their own (threads `myriad-pipelines`, at most
-/// [`PIPELINE_THREADS`]): on the broker's runtime a pipeline's tasks take their turn among
-/// every connection task, so with 10,000 devices publishing its source got one poll in
-/// 10,000 and fell behind until publishing stopped. On their own threads the operating
-/// system shares the CPU between the broker and the pipelines instead.
-pub fn spawn(
-    pipelines: Vec<PipelineConfig>,
-    broker: &BrokerHandle,
-    telemetry: Option<Arc<TelemetryService>>,
-    shutdown: &CancellationToken,
-) -> Result<(CancellationToken, Arc<[Arc<PipelineStatus>]>)> {
-    let telemetry: Option<Arc<dyn TelemetryStore>> =
-        telemetry.map(|t| Arc::new(TelemetryStoreAdapter(t)) as Arc<dyn TelemetryStore>);
-    let statuses: Arc<[Arc<PipelineStatus>]> = pipelines
-        .iter()
-        .map(|p| {
-            Arc::new(PipelineStatus::new(
-                &p.name,
-                p.rule.topic_filter().as_str(),
-                p.sink.kind(),
-                runtime::now_ms(),
-            ))
-        })
-        .collect();
-    if pipelines.is_empty() {
-        return Ok((shutdown.clone(), statuses));
-    }
+/// On the broker's runtime a pipeline's tasks take their turn among every connection task,
+/// so with 10,000 devices publishing its source got one poll in 10,000 and fell behind until
+/// publishing stopped. On their own threads the operating system shares the CPU between the
+/// broker and the pipelines instead. The runtime must be dropped off any async context (the
+/// manager drops it on a thread of its own once every pipeline drained).
+pub fn pipelines_runtime() -> Result<tokio::runtime::Runtime> {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(PIPELINE_THREADS);
-    let pipeline_runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("myriad-pipelines")
         .enable_all()
         .build()
-        .context("cannot start the pipelines' runtime")?;
-    let broker_stop = CancellationToken::new();
-    let run_all = {
-        let (broker, shutdown, stop) = (broker.clone(), shutdown.clone(), broker_stop.clone());
-        let statuses = statuses.clone();
-        async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (pipeline, status) in pipelines.into_iter().zip(statuses.iter().cloned()) {
-                tasks.spawn(supervise(
-                    pipeline,
-                    broker.clone(),
-                    telemetry.clone(),
-                    shutdown.clone(),
-                    status,
-                ));
-            }
-            shutdown.cancelled().await;
-            let drained = async { while tasks.join_next().await.is_some() {} };
-            if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), drained)
-                .await
-                .is_err()
-            {
-                tracing::warn!("pipelines did not drain in time");
-            }
-            stop.cancel();
-        }
-    };
-    // The runtime is dropped on its own thread once every pipeline is done (dropping it
-    // on the broker's runtime would block an async context).
-    std::thread::Builder::new()
-        .name("myriad-pipelines-main".into())
-        .spawn(move || pipeline_runtime.block_on(run_all))
-        .context("cannot start the pipelines' thread")?;
-    Ok((broker_stop, statuses))
+        .context("cannot start the pipelines' runtime")
 }
 
 /// Runs `pipeline` until `shutdown`, starting it again with backoff whenever it ends first
 /// (except a one-shot source that finished: it stays `finished`).
-async fn supervise(
+pub(crate) async fn supervise(
     pipeline: PipelineConfig,
     broker: BrokerHandle,
     telemetry: Option<Arc<dyn TelemetryStore>>,
