@@ -476,7 +476,7 @@ pub async fn run_with_status(
     };
     let worker = tokio::spawn(worker.run(items_rx));
     let counters = Counters::new(&name, status.clone());
-    let outcome = 'source: {
+    let outcome = {
         match (&mut source, config.source) {
             (Some(client), _) => run_source(client, items_tx, done_rx, &shutdown, &hard, counters)
                 .await
@@ -488,64 +488,45 @@ pub async fn run_with_status(
             .map(|()| Ended::Stopped),
             (None, SourceConfig::Postgres(pg)) => {
                 let (checkpoint, poll) = (pg.checkpoint.clone(), Duration::from_millis(pg.poll_ms));
-                let channels = (items_tx, done_rx);
-                match &pg.mode {
-                    pg_source::PgSourceMode::Query { .. } => {
-                        let reader = match off_loop(move || pg_source::QueryReader::new(pg)).await {
-                            Ok(reader) => reader,
-                            Err(e) => break 'source Err(e),
-                        };
-                        let (items, done) = channels;
-                        reader::run(
-                            reader,
-                            "postgres",
-                            &checkpoint,
-                            poll,
-                            capacity,
-                            items,
-                            done,
-                            &shutdown,
-                            &hard,
-                            counters,
-                        )
-                        .await
-                    }
-                    pg_source::PgSourceMode::Follow { .. } => {
-                        let reader = match off_loop(move || pg_source::FollowReader::new(pg)).await
-                        {
-                            Ok(reader) => reader,
-                            Err(e) => break 'source Err(e),
-                        };
-                        let (items, done) = channels;
-                        reader::run(
-                            reader,
-                            "postgres",
-                            &checkpoint,
-                            poll,
-                            capacity,
-                            items,
-                            done,
-                            &shutdown,
-                            &hard,
-                            counters,
-                        )
-                        .await
-                    }
+                if matches!(pg.mode, pg_source::PgSourceMode::Query { .. }) {
+                    let open = move || pg_source::QueryReader::new(pg);
+                    reader::run(
+                        open,
+                        "postgres",
+                        &checkpoint,
+                        poll,
+                        capacity,
+                        items_tx,
+                        done_rx,
+                        &shutdown,
+                        &hard,
+                        counters,
+                    )
+                    .await
+                } else {
+                    let open = move || pg_source::FollowReader::new(pg);
+                    reader::run(
+                        open,
+                        "postgres",
+                        &checkpoint,
+                        poll,
+                        capacity,
+                        items_tx,
+                        done_rx,
+                        &shutdown,
+                        &hard,
+                        counters,
+                    )
+                    .await
                 }
             }
             (None, SourceConfig::Telemetry(t)) => match telemetry {
                 Some(store) => {
                     let (checkpoint, poll) =
                         (t.checkpoint.clone(), Duration::from_millis(t.poll_ms));
-                    let reader =
-                        match off_loop(move || telemetry_source::TelemetryReader::new(t, store))
-                            .await
-                        {
-                            Ok(reader) => reader,
-                            Err(e) => break 'source Err(e),
-                        };
+                    let open = move || telemetry_source::TelemetryReader::new(t, store);
                     reader::run(
-                        reader,
+                        open,
                         "telemetry",
                         &checkpoint,
                         poll,

@@ -123,11 +123,12 @@ async fn save(path: &Path, value: Value) {
     }
 }
 
-/// Runs `reader` into the worker until it is finished and drained (`Ended::Finished`),
+/// Opens the reader with `open` (on the blocking pool: it reads its checkpoint), then runs it
+/// into the worker until it is finished and drained (`Ended::Finished`),
 /// `shutdown` (the worker drains; `Ended::Stopped`) or `hard`.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn run<R: Reader>(
-    mut reader: R,
+pub(super) async fn run<R: Reader + 'static>(
+    open: impl FnOnce() -> R + Send + 'static,
     what: &str,
     checkpoint: &Path,
     poll: Duration,
@@ -138,6 +139,8 @@ pub(super) async fn run<R: Reader>(
     hard: &CancellationToken,
     counters: Counters,
 ) -> Result<Ended, RuntimeError> {
+    // Opening reads its checkpoint: on the blocking pool.
+    let mut reader = super::off_loop(open).await?;
     let mut window: Window<R::Token> = Window::new();
     let mut items = Some(items);
     let mut pending: std::collections::VecDeque<Item> = std::collections::VecDeque::new();
