@@ -95,10 +95,13 @@ def test_csv_rows_become_objects_and_bad_lines_are_dead_lettered(serve, tmp_path
 def test_checkpoint_survives_kill9_and_done_files_are_deleted(serve, tmp_path):
     inbox, out, dead = tmp_path / "in", tmp_path / "out.jsonl", tmp_path / "dead.jsonl"
     inbox.mkdir()
-    total = 60000
+    # Enough lines that the kill lands mid-stream even when the test process is descheduled
+    # for a second or two on a loaded machine (60,000 lines were once all done first).
+    per_file = 100_000
+    total = 3 * per_file
     for part in range(3):
         (inbox / f"p{part}.jsonl").write_text(
-            "".join(json.dumps({"seq": i}) + "\n" for i in range(part * 20000, (part + 1) * 20000)))
+            "".join(json.dumps({"seq": i}) + "\n" for i in range(part * per_file, (part + 1) * per_file)))
     sql = "SELECT payload.seq AS seq FROM 'files/+'"
     s = serve(files_pipeline("fk", sql, inbox, out, dead, in_flight=200))
     wait_until_some = time.monotonic() + 20
@@ -115,16 +118,16 @@ def test_checkpoint_survives_kill9_and_done_files_are_deleted(serve, tmp_path):
     # The byte offset just past each line in its file.
     line_end: list[int] = []
     for seq in range(total):
-        start = 0 if seq % 20000 == 0 else line_end[-1]
+        start = 0 if seq % per_file == 0 else line_end[-1]
         line_end.append(start + len(json.dumps({"seq": seq}) + "\n"))
 
     def done(seq: int) -> bool:
-        return line_end[seq] <= offsets.get(f"p{seq // 20000}.jsonl", 0)
+        return line_end[seq] <= offsets.get(f"p{seq // per_file}.jsonl", 0)
 
     s.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len({r["seq"] for r in read_lines(out)}) < total:
-        time.sleep(0.1)
+        time.sleep(0.2)
     seqs = [r["seq"] for r in read_lines(out)]
     assert sorted(set(seqs)) == list(range(total))
     # The restart reads again exactly what the checkpoint did not cover: no line it covers
