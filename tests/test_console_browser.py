@@ -127,13 +127,15 @@ def go(page, hash_path: str, heading: str) -> None:
 
 class Device:
     """A paho MQTT 5 device: records shadow deltas, answers commands (succeeded, echoing the
-    payload), follows OTA notifications through every step to SUCCEEDED, publishes telemetry."""
+    payload), follows OTA notifications (DOWNLOADING at once, then every further step to SUCCEEDED
+    once `ota_go` is set), publishes telemetry."""
 
     def __init__(self, port: int, dev_id: str, password: str):
         self.id = dev_id
         self.deltas: list[dict] = []
         self.commands: list[dict] = []
         self.notes: list[dict] = []
+        self.ota_go = threading.Event()
         self.lock = threading.Lock()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev_id, protocol=mqtt.MQTTv5,
                              reconnect_on_failure=False)
@@ -166,11 +168,19 @@ class Device:
                 self.notes.append(body)
             if body.get("cancel"):
                 return
-            for state in OTA_STEPS:
-                report = {"rollout": body["rollout"], "state": state}
-                if state == "DOWNLOADING":
-                    report.update(done=body["artifact"]["size"], total=body["artifact"]["size"])
-                client.publish(f"$ota/{self.id}/progress", json.dumps(report), 1)
+            size = body["artifact"]["size"]
+            first = {"rollout": body["rollout"], "state": "DOWNLOADING", "done": size // 2, "total": size}
+            client.publish(f"$ota/{self.id}/progress", json.dumps(first), 1)
+            threading.Thread(target=self._finish_update, args=(body, size), daemon=True).start()
+
+    def _finish_update(self, note: dict, size: int) -> None:
+        if not self.ota_go.wait(60):
+            return
+        for state in OTA_STEPS:
+            report = {"rollout": note["rollout"], "state": state}
+            if state == "DOWNLOADING":
+                report.update(done=size, total=size)
+            self.c.publish(f"$ota/{self.id}/progress", json.dumps(report), 1)
 
     def telemetry(self, points: list[dict]) -> None:
         info = self.c.publish(f"devices/{self.id}/telemetry", json.dumps({"points": points}), 1)
@@ -321,22 +331,39 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
         image = os.urandom(4096)
         up.get_by_label("Image file").set_input_files({"name": "fw.bin", "mimeType": "application/octet-stream", "buffer": image})
         up.get_by_label("Version").fill("2.0.0")
-        up.get_by_label("Hardware type").fill("board-web")
+        hw = unique("board")
+        up.get_by_label("Hardware type").fill(hw)
         up.get_by_role("button", name="Upload").click()
-        expect(page.get_by_role("cell", name="board-web")).to_be_visible()
+        expect(page.get_by_role("cell", name=hw)).to_be_visible()
         arts = api.ok("GET", "/api/v1/ota/artifacts")["artifacts"]
-        assert [a["sha256"] for a in arts if a["hardware_type"] == "board-web"] == [hashlib.sha256(image).hexdigest()]
+        assert [a["sha256"] for a in arts if a["hardware_type"] == hw] == [hashlib.sha256(image).hexdigest()]
         create = page.get_by_role("form", name="Create a rollout")
+        art = next(a for a in arts if a["hardware_type"] == hw)
+        create.get_by_label("Artifact").select_option(label=f"2.0.0 · {hw} · {art['id']}")
         create.get_by_label("Name").fill("web-rollout")
         create.get_by_label("Devices, group or key=value").fill(dev_id)
         create.get_by_role("button", name="Create rollout").click()
-        expect(page.get_by_role("heading", name="Rollout web-rollout")).to_be_visible()
+        expect(page.get_by_role("heading", name="Rollout web-rollout RUNNING")).to_be_visible()
+        # The device's first report shows up live, then pause (asked first) and resume.
+        expect(page.locator('[data-state="DOWNLOADING"]')).to_have_text("1", timeout=LIVE)
+        page.get_by_role("button", name="Pause").click()
+        dialog = page.locator("#confirm-dialog")
+        expect(dialog).to_contain_text("Pause rollout web-rollout?")
+        dialog.get_by_role("button", name="Pause").click()
+        expect(page.locator("#rollout-status")).to_have_text("PAUSED")
+        rid = page.locator(".facts dd").first.inner_text()
+        assert api.ok("GET", f"/api/v1/ota/rollouts/{rid}")["status"] == "PAUSED"
+        page.get_by_role("button", name="Resume").click()
+        expect(page.locator("#rollout-status")).to_have_text("RUNNING")
+        shot(page, "rollout")
+        # The device finishes: the page follows to COMPLETED without a reload.
+        device.ota_go.set()
         expect(page.locator("#rollout-status")).to_have_text("COMPLETED", timeout=LIVE)
         expect(page.locator('[data-state="SUCCEEDED"]')).to_have_text("1")
+        expect(page.locator('[data-state="DOWNLOADING"]')).to_have_text("0")
         assert len(device.seen("notes")) >= 1
-        shot(page, "rollout")
         go(page, "/rollouts", "OTA rollouts")
-        expect(page.get_by_role("row").filter(has_text="web-rollout")).to_contain_text("SUCCEEDED: 1")
+        expect(page.get_by_role("row").filter(has_text=rid)).to_contain_text("SUCCEEDED: 1")
         shot(page, "rollouts")
     finally:
         device.close()

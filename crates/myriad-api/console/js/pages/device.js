@@ -267,13 +267,11 @@ export async function render(main, ctx, id) {
   }
 
   const parts = [head,
-    section('Presence', presenceBox),
-    section('Session', sessionBox),
+    h('div', { class: 'two' }, section('Presence', presenceBox), section('Session', sessionBox)),
     section('Shadow', shadowBox, can('operate') ? shadowForm : null),
     section('Commands', can('operate') ? cmdForm : null, cmdRows, cmdPager.el),
     section('Telemetry', telForm, telErr, chartBox, latestBox),
-    section('OTA', otaBox),
-    section('Recent events', eventsBox, eventsPager.el)];
+    h('div', { class: 'two' }, section('OTA', otaBox), section('Recent events', eventsBox, eventsPager.el))];
   replace(main, parts);
   drawHead();
   const soft = (p) => p.catch((err) => toast(err.message, 'error'));

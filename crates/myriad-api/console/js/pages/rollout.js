@@ -49,8 +49,8 @@ export async function render(main, ctx, id) {
         h('dt', null, 'Created'), h('dd', null, fmtTime(r.created_at)),
         h('dt', null, 'Updated'), h('dd', null, fmtTime(r.updated_at))),
       h('div', { class: 'actions' }, buttons), err);
-    replace(countsBox, table('Devices per state', ['State', 'Devices'],
-      Object.entries(r.counts || {}).map(([s, n]) => [s, h('span', { dataset: { state: s } }, String(n))])));
+    replace(countsBox, h('dl', { class: 'counts' }, Object.entries(r.counts || {}).map(([s, n]) => h('div', { class: n ? null : 'zero' },
+      h('dt', null, s), h('dd', { dataset: { state: s } }, String(n))))));
   }
 
   const devBox = h('div');
