@@ -20,7 +20,8 @@
 # Prerequisites (.ci/run installs them): a Rust toolchain with rustfmt and clippy,
 # Python 3 with tests/requirements.txt (a .venv/ at the repo root is used when
 # present), mosquitto_pub/mosquitto_sub (Debian package mosquitto-clients), and
-# Node with MQTT.js for the WebSocket tests (`npm ci --prefix tests/node`).
+# Node with MQTT.js for the WebSocket tests (`npm ci --prefix tests/node`), and Chromium at
+# /usr/bin/chromium (Debian package chromium) for the console browser tests.
 # Exits non-zero on the first failing step.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -8,6 +8,7 @@ use utoipa::openapi::{Content, OpenApi as OpenApiDoc, Ref, RefOr, ResponseBuilde
 use utoipa::{Modify, OpenApi};
 
 use crate::dto::ErrorBody;
+use crate::routes::console;
 
 /// The name of the security scheme in the document.
 const BEARER: &str = "bearer";
@@ -23,9 +24,11 @@ const BEARER: &str = "bearer";
                        `{\"status\": <u16>, \"message\": \"..\"}`. Timestamps are unix ms."
     ),
     components(schemas(ErrorBody)),
+    paths(console::root, console::index, console::asset),
     modifiers(&SecuredApi),
     tags(
         (name = "health", description = "Liveness and this document"),
+        (name = "console", description = "The web console's embedded assets (no auth; data comes from the API)"),
         (name = "devices", description = "The device registry and credentials"),
         (name = "presence", description = "Who is online"),
         (name = "pipelines", description = "Data pipelines: state and counters, pipelines defined over the API, records streamed in"),

@@ -3,6 +3,7 @@
 mod apps;
 mod certs;
 mod commands;
+pub(crate) mod console;
 mod devices;
 mod health;
 mod import;
@@ -141,6 +142,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(protected)
         .merge(influx)
         .split_for_parts();
+    // The console's assets: no auth (documented in `ApiDoc`'s paths).
+    let router = router.merge(console::router());
     secure_api_paths(&mut doc);
     let doc = doc.to_json().unwrap_or_else(|error| {
         tracing::error!(%error, "cannot serialize the OpenAPI document");
