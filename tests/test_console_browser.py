@@ -446,6 +446,10 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
     go(page, f"/devices/{dev_id}", f"Device {dev_id} offline")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shot(page, "device-phone")
+    # Log out: back to the form, and the cookie no longer opens the API.
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="Myriad console")).to_be_visible()
+    assert page.evaluate("async () => (await fetch('/api/v1/session', {credentials: 'same-origin'})).status") == 401
     assert problems.unexpected() == [], problems.items
     ctx.close()
 
