@@ -307,6 +307,9 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
         expect(page.locator("span.status.succeeded").first).to_be_visible(timeout=LIVE)
         assert device.seen("commands") == [{"delay_s": 1}]
 
+        # A retained status message, browsed and deleted further down.
+        device.c.publish(f"devices/{dev_id}/status", '{"fw": "1.0.0"}', 1, retain=True).wait_for_publish(5)
+
         # Telemetry the device published, charted.
         now = int(time.time() * 1000)
         device.telemetry([{"ts": now - (60 - i) * 30_000, "temp": 20 + (i % 7) * 0.5} for i in range(60)])
@@ -402,11 +405,22 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
     assert wait_until(lambda: api.call("GET", f"/api/v1/devices/{good}")[0] == 404, 10)
     expect(page.get_by_role("row").filter(has_text=good)).to_have_count(0)
 
+    # Retained messages by prefix; delete one through the dialog.
+    go(page, "/retained", "Retained messages")
+    page.get_by_label("Topic prefix").fill(f"devices/{dev_id}/")
+    page.get_by_role("button", name="Show").click()
+    row = page.get_by_role("row").filter(has_text=f"devices/{dev_id}/status")
+    expect(row).to_contain_text('{"fw": "1.0.0"}')
+    shot(page, "retained")
+    row.get_by_role("button", name="Delete").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Delete").click()
+    expect(row).to_have_count(0)
+    assert api.ok("GET", f"/api/v1/retained?prefix=devices/{dev_id}/")["items"] == []
+
     # Every other page renders (screenshots), the overview last, with its charts.
     api.ok("POST", "/api/v1/apps", {"id": unique("app"), "publish": ["data/#"], "subscribe": ["cmd/#"],
                                     "password": "app-pw-123"}, expect=201)
     for hash_path, heading, name in [("/commands", "Commands and batches", "commands"),
-                                     ("/retained", "Retained messages", "retained"),
                                      ("/apps", "Apps and ACLs", "apps"),
                                      ("/users", "Users", "users"),
                                      ("/audit", "Audit log", "audit"),
