@@ -4,7 +4,7 @@
 // refetches.
 
 /**
- * Opens the event stream. handlers: {presence, command, rollout, shadow, overview, resync}.
+ * Opens the event stream. handlers: {presence, command, rollout, shadow, overview, ota, resync}.
  * Returns a close function.
  */
 export function liveEvents({ types, device, handlers, poll, pollMs = 5000 }) {

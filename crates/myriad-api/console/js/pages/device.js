@@ -282,7 +282,7 @@ export async function render(main, ctx, id) {
     soft(loadPresence()); soft(loadSession()); soft(loadShadow()); soft(cmdPager.reload()); soft(loadOta()); soft(loadEvents());
   };
   ctx.live({
-    types: ['presence', 'command', 'shadow', 'rollout'],
+    types: ['presence', 'command', 'shadow', 'ota'],
     device: id,
     handlers: {
       presence(p) {
@@ -293,7 +293,7 @@ export async function render(main, ctx, id) {
       },
       command() { soft(cmdPager.reload()); soft(loadEvents()); },
       shadow() { soft(loadShadow()); soft(loadEvents()); },
-      rollout() { soft(loadOta()); },
+      ota() { soft(loadOta()); soft(loadEvents()); },
       resync: refreshAll,
     },
     poll: refreshAll,
