@@ -107,14 +107,23 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def login(page, username: str, password: str) -> None:
+def login(page, username: str, password: str, keyboard: bool = False) -> None:
+    """Logs in through the form (`keyboard`: typing only, Tab to the next field, Enter)."""
     from playwright.sync_api import expect
 
     page.goto("/")
     expect(page.get_by_role("heading", name="Myriad console")).to_be_visible()
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
+    if keyboard:
+        expect(page.get_by_label("Username")).to_be_focused()
+        page.keyboard.type(username)
+        page.keyboard.press("Tab")
+        expect(page.get_by_label("Password")).to_be_focused()
+        page.keyboard.type(password)
+        page.keyboard.press("Enter")
+    else:
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
 
 
@@ -474,7 +483,7 @@ def test_viewer_has_no_state_changing_buttons_and_the_api_refuses(server, api, u
 
     dev_id, _ = api.create_device("view")
     ctx, page, problems = new_page(browser, server)
-    login(page, VIEWER, VIEWER_PW)
+    login(page, VIEWER, VIEWER_PW, keyboard=True)
     expect(page.get_by_role("link", name="Users")).to_have_count(0)
     expect(page.get_by_role("link", name="Audit log")).to_have_count(0)
     forbidden = ["Create", "Delete", "Disable", "Enable", "Kick", "Rotate", "Send", "Import", "Upload",
