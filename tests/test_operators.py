@@ -462,3 +462,49 @@ def test_bad_account_config_stops_start_up_naming_the_key(tmp_path):
             b.start()
         log = b.log_path.read_text()
         assert f"invalid value for api.{key}" in log, log[:400]
+
+
+# ---- ctl
+
+
+def test_ctl_users_and_audit_round_trip(broker, api):
+    port = broker.api_port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYRIAD_")}
+    env["MYRIAD_API"] = f"http://127.0.0.1:{port}"
+    env["MYRIAD_API_TOKEN"] = TOKEN
+
+    def ctl(*args: str, stdin: str | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(myriad_bin()), "ctl", "--output", "json", *args], input=stdin,
+                              capture_output=True, text=True, env=env, timeout=60)
+        if ok:
+            assert proc.returncode == 0, (args, proc.stderr)
+        return proc
+
+    name = unique("ctl")
+    added = json.loads(ctl("users", "add", name, "--role", "operator", "--password-stdin",
+                           stdin=PASSWORD + "\n").stdout)
+    assert (added["username"], added["role"], added["disabled"]) == (name, "operator", False)
+    assert name in [u["username"] for u in json.loads(ctl("users", "list").stdout)["items"]]
+    assert json.loads(ctl("users", "set-role", name, "viewer").stdout)["role"] == "viewer"
+    s = Session(port, name)
+    assert s.call("GET", "/api/v1/session")[2]["role"] == "viewer"
+    assert json.loads(ctl("users", "disable", name).stdout)["disabled"] is True
+    assert s.call("GET", "/api/v1/session")[0] == 401
+    ctl("users", "enable", name)
+    ctl("users", "set-password", name, "--password-stdin", stdin="new-password-2\n")
+    Session(port, name, "new-password-2")
+    created = json.loads(ctl("users", "token-add", name, "ci").stdout)
+    assert created["token"].startswith("myr_")
+    assert bearer(port, created["token"], "GET", "/api/v1/session")[2]["username"] == name
+    [listed] = json.loads(ctl("users", "tokens", name).stdout)["items"]
+    assert listed["id"] == created["id"] and listed["name"] == "ci"
+    ctl("users", "token-revoke", name, created["id"])
+    assert bearer(port, created["token"], "GET", "/api/v1/session")[0] == 401
+    entries = json.loads(ctl("audit", "--actor", "bootstrap", "--limit", "3").stdout)["items"]
+    assert len(entries) == 3
+    assert (entries[0]["method"], entries[0]["path"], entries[0]["status"]) == \
+        ("DELETE", f"/api/v1/users/{name}/tokens/{created['id']}", 204)
+    ctl("users", "delete", name)
+    assert api.call("GET", f"/api/v1/users/{name}")[0] == 404
+    bad = ctl("users", "add", unique("x"), "--role", "root", "--password-stdin", stdin=PASSWORD, ok=False)
+    assert bad.returncode == 1 and "400" in bad.stderr and "role" in bad.stderr
