@@ -508,3 +508,28 @@ def test_ctl_users_and_audit_round_trip(broker, api):
     assert api.call("GET", f"/api/v1/users/{name}")[0] == 404
     bad = ctl("users", "add", unique("x"), "--role", "root", "--password-stdin", stdin=PASSWORD, ok=False)
     assert bad.returncode == 1 and "400" in bad.stderr and "role" in bad.stderr
+
+
+def test_session_cookie_is_secure_over_tls(broker_factory, tmp_path):
+    from test_api_tls import api_tls_config, api_tls_port
+    from test_api_tls import TOKEN as TLS_TOKEN
+    from test_tls import context, make_certs
+
+    certs = make_certs(tmp_path / "pki")
+    b = broker_factory(raw_config=api_tls_config(certs))
+    port = api_tls_port(b)
+    ctx = context(certs)
+
+    def call(path: str, body: dict, headers: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(f"https://localhost:{port}{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json", **headers})
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}
+
+    name = unique("tls")
+    status, _ = call("/api/v1/users", {"username": name, "role": "viewer", "password": PASSWORD},
+                     {"Authorization": f"Bearer {TLS_TOKEN}"})
+    assert status == 201
+    status, headers = call("/api/v1/login", {"username": name, "password": PASSWORD}, {})
+    flags = [part.strip() for part in headers["set-cookie"].split(";")]
+    assert status == 200 and "Secure" in flags and "HttpOnly" in flags and "SameSite=Strict" in flags
