@@ -6,6 +6,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use myriad_fleet::credentials::CredentialError;
+use myriad_fleet::operators::OperatorError;
 use myriad_fleet::registry::ValidationError;
 use myriad_fleet::service::commands::CommandError;
 use myriad_fleet::service::shadows::ShadowServiceError;
@@ -146,6 +147,25 @@ impl From<FleetStoreError> for ApiError {
             | FleetStoreError::Corrupt { .. }
             | FleetStoreError::Engine { .. }
             | FleetStoreError::Encode(_) => ApiError::Internal(format!("store: {message}")),
+        }
+    }
+}
+
+impl From<OperatorError> for ApiError {
+    fn from(error: OperatorError) -> Self {
+        let message = error.to_string();
+        match error {
+            OperatorError::Invalid(_) => ApiError::BadRequest(message),
+            OperatorError::UserExists(_) | OperatorError::Limit(_) => ApiError::Conflict(message),
+            OperatorError::UserNotFound(_) | OperatorError::TokenNotFound(_) => {
+                ApiError::NotFound(message)
+            }
+            OperatorError::WrongPassword => ApiError::Other {
+                status: StatusCode::FORBIDDEN,
+                message,
+            },
+            OperatorError::Store(error) => error.into(),
+            OperatorError::Internal(_) => ApiError::Internal(message),
         }
     }
 }

@@ -64,6 +64,7 @@ mod extract;
 mod observe;
 mod openapi;
 pub mod pipelines;
+mod policy;
 mod routes;
 mod schema;
 mod serve;

@@ -19,8 +19,10 @@ const BEARER: &str = "bearer";
     info(
         title = "Myriad API",
         description = "Devices, credentials, presence, shadows, app clients and bulk import \
-                       of a Myriad IoT platform. Every `/api/v1` route needs \
-                       `Authorization: Bearer {token}`. Errors are \
+                       of a Myriad IoT platform. Every `/api/v1` route but login needs \
+                       `Authorization: Bearer {token}` (the bootstrap token or a user's \
+                       `myr_` API token) or the `myriad_session` cookie (then state-changing \
+                       requests need `X-CSRF-Token`). Errors are \
                        `{\"status\": <u16>, \"message\": \"..\"}`. Timestamps are unix ms."
     ),
     components(schemas(ErrorBody)),
@@ -29,6 +31,7 @@ const BEARER: &str = "bearer";
     tags(
         (name = "health", description = "Liveness and this document"),
         (name = "console", description = "The web console's embedded assets (no auth; data comes from the API)"),
+        (name = "accounts", description = "Operator accounts: login sessions (cookie + CSRF token), users and roles, API tokens, the audit log"),
         (name = "devices", description = "The device registry and credentials"),
         (name = "presence", description = "Who is online"),
         (name = "pipelines", description = "Data pipelines: state and counters, pipelines defined over the API, records streamed in"),
@@ -60,7 +63,7 @@ impl Modify for SecuredApi {
 /// requirement and the 401 and 500 answers.
 pub(crate) fn secure_api_paths(openapi: &mut OpenApiDoc) {
     for (path, item) in openapi.paths.paths.iter_mut() {
-        if !path.starts_with("/api/v1") {
+        if !path.starts_with("/api/v1") || path == "/api/v1/login" {
             continue;
         }
         for operation in [

@@ -222,8 +222,8 @@ async fn serve_listener(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors or a connection reset before
                 // accept: wait a little rather than spin.
@@ -244,7 +244,7 @@ async fn serve_listener(
         let tls = tls.clone();
         tasks.spawn(async move {
             match tls {
-                None => serve_connection(stream, conn, router, shutdown, limits).await,
+                None => serve_connection(stream, peer, conn, router, shutdown, limits).await,
                 Some(tls) => {
                     let handshake = handshake(stream, &tls, limits.header_timeout);
                     let stream = tokio::select! {
@@ -254,7 +254,7 @@ async fn serve_listener(
                     };
                     if let Some(stream) = stream {
                         conn.touch();
-                        serve_connection(stream, conn, router, shutdown, limits).await;
+                        serve_connection(stream, peer, conn, router, shutdown, limits).await;
                     }
                 }
             }
@@ -294,6 +294,7 @@ async fn handshake(
 /// Serves one connection until it ends, times out or is evicted.
 async fn serve_connection<S>(
     stream: S,
+    peer: std::net::SocketAddr,
     conn: Arc<Conn>,
     router: axum::Router,
     shutdown: CancellationToken,
@@ -309,7 +310,11 @@ async fn serve_connection<S>(
     let body_timeout = limits.body_timeout;
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let guard = InFlight::new(service_conn.clone());
-        let request = request.map(|body| Body::new(TimedBody::new(body, body_timeout)));
+        let mut request = request.map(|body| Body::new(TimedBody::new(body, body_timeout)));
+        // The client's address, for the audit log and login throttling.
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let mut router = router.clone();
         // axum's Router is always ready.
         let response = router.call(request);

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use myriad_fleet::credentials::HashParams;
+use myriad_fleet::operators::{AuditLog, Operators};
 use myriad_fleet::service::auth::FleetAuthenticator;
 use myriad_fleet::service::certs::CertificateService;
 use myriad_fleet::service::commands::CommandService;
@@ -17,7 +18,7 @@ use crate::pipelines::PipelineControl;
 
 use crate::routes::tls::TlsReloader;
 
-/// The services the API works on, and its bearer token. Cheap to clone
+/// The services the API works on, its bootstrap bearer token and the operator accounts. Cheap to clone
 /// (every service is behind an `Arc`).
 #[derive(Clone)]
 pub struct ApiState {
@@ -50,6 +51,12 @@ pub struct ApiState {
     pub tls_reload: TlsReloader,
     /// The pipelines: their status, and changes over the API.
     pub pipelines: Arc<dyn PipelineControl>,
+    /// Operator users, login sessions and API tokens.
+    pub operators: Arc<Operators>,
+    /// The audit log's writer.
+    pub audit: AuditLog,
+    /// Whether the session cookie is marked `Secure` (the API is served over TLS).
+    pub secure_cookies: bool,
 }
 
 impl std::fmt::Debug for ApiState {

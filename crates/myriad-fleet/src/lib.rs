@@ -11,6 +11,7 @@
 //! - [`commands`]: cloud-to-device commands (classes, breakers, limits);
 //! - [`import`]: streaming bulk provisioning from CSV or JSON lines;
 //! - [`telemetry`]: parsing device telemetry messages (JSON, CBOR) into samples;
+//! - [`operators`]: operator users, roles, sessions, API tokens, login throttling, audit log;
 //! - [`lineproto`]: InfluxDB line protocol for bulk telemetry writes;
 //! - [`store`]: the embedded (redb) store for all of the above;
 //! - `fuzz` (feature `fuzz`): the fuzz harness of the telemetry parsers (`fuzz/`, replayed by
@@ -25,6 +26,7 @@ pub mod fuzz;
 pub mod import;
 pub mod lineproto;
 pub mod metrics;
+pub mod operators;
 pub mod presence;
 pub mod registry;
 pub mod service;

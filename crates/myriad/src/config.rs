@@ -262,6 +262,16 @@ pub struct ApiConfig {
     /// Serve the API over TLS instead of plain HTTP (`[api.tls]`; absent:
     /// plain HTTP). See docs/tls.md.
     pub tls: Option<ApiTlsConfig>,
+    /// How long an operator's login session lasts, seconds. Default 43,200
+    /// (12 h), between 60 and 2,592,000 (30 days).
+    pub session_ttl_secs: u64,
+    /// Most entries kept in the audit log (the oldest are trimmed). Default
+    /// 100,000, between 100 and 10,000,000.
+    pub audit_max_entries: u64,
+    /// Failed logins in a row that lock a user name out (1 s, doubling per
+    /// further failure up to 15 min); an address is locked after four
+    /// times as many. Default 5, between 1 and 100.
+    pub login_max_failures: u32,
 }
 
 /// The `[api.tls]` table: the API's certificate and, optionally, the CAs
@@ -328,11 +338,32 @@ impl Default for ApiConfig {
             idle_timeout_secs: limits.idle_timeout.as_secs(),
             body_timeout_secs: limits.body_timeout.as_secs(),
             tls: None,
+            session_ttl_secs: 12 * 3600,
+            audit_max_entries: 100_000,
+            login_max_failures: 5,
         }
     }
 }
 
 impl ApiConfig {
+    /// The operator accounts' settings (`hash_params`: Argon2 costs of new passwords).
+    pub fn operators(
+        &self,
+        hash_params: myriad_fleet::credentials::HashParams,
+    ) -> myriad_fleet::operators::OperatorsConfig {
+        let defaults = myriad_fleet::operators::LoginLimits::default();
+        myriad_fleet::operators::OperatorsConfig {
+            session_ttl_ms: self.session_ttl_secs.saturating_mul(1000),
+            audit_max_entries: self.audit_max_entries,
+            login: myriad_fleet::operators::LoginLimits {
+                max_failures: self.login_max_failures,
+                max_failures_per_ip: self.login_max_failures.saturating_mul(4),
+                ..defaults
+            },
+            hash_params,
+        }
+    }
+
     /// The HTTP server's limits.
     pub fn limits(&self) -> myriad_api::HttpLimits {
         myriad_api::HttpLimits {
@@ -483,6 +514,15 @@ impl Config {
         }
         if let Some(tls) = &config.api.tls {
             tls.validate()?;
+        }
+        if !(60..=2_592_000).contains(&config.api.session_ttl_secs) {
+            bail!("invalid value for api.session_ttl_secs: between 60 and 2592000 seconds");
+        }
+        if !(100..=10_000_000).contains(&config.api.audit_max_entries) {
+            bail!("invalid value for api.audit_max_entries: between 100 and 10000000");
+        }
+        if !(1..=100).contains(&config.api.login_max_failures) {
+            bail!("invalid value for api.login_max_failures: between 1 and 100");
         }
         if !(1..=1024).contains(&config.auth.max_concurrent_password_checks) {
             bail!("invalid value for auth.max_concurrent_password_checks: between 1 and 1024");
@@ -690,6 +730,9 @@ mod tests {
                 "api.idle_timeout_secs",
             ),
             ("[api]\nbody_timeout_secs = 0\n", "api.body_timeout_secs"),
+            ("[api]\nsession_ttl_secs = 59\n", "api.session_ttl_secs"),
+            ("[api]\naudit_max_entries = 99\n", "api.audit_max_entries"),
+            ("[api]\nlogin_max_failures = 0\n", "api.login_max_failures"),
             (
                 "[api.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_certs = \"require\"\n",
                 "api.tls.client_ca",

@@ -49,15 +49,27 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// What the HTTP API needs, with the operators' `token` and what
-    /// reloads the TLS listeners' files (`tls_reload`).
+    /// What the HTTP API needs, with the bootstrap `token`, what
+    /// reloads the TLS listeners' files (`tls_reload`) and the operator
+    /// accounts (loaded from the store here; `secure_cookies` when the API
+    /// is served over TLS). Starts the audit log's writer task.
     pub fn api_state(
         &self,
         token: String,
         tls_reload: myriad_api::TlsReloader,
         pipelines: Arc<dyn myriad_api::pipelines::PipelineControl>,
-    ) -> myriad_api::ApiState {
-        myriad_api::ApiState {
+        operators: myriad_fleet::operators::OperatorsConfig,
+        secure_cookies: bool,
+    ) -> Result<myriad_api::ApiState> {
+        let audit = myriad_fleet::operators::AuditLog::start(
+            self.store.clone(),
+            operators.audit_max_entries,
+        );
+        let operators = Arc::new(
+            myriad_fleet::operators::Operators::open(self.store.clone(), operators)
+                .context("cannot load the operator accounts from the fleet store")?,
+        );
+        Ok(myriad_api::ApiState {
             store: self.store.clone(),
             shadows: self.shadows.clone(),
             presence: self.presence.clone(),
@@ -71,7 +83,10 @@ impl Platform {
             token,
             tls_reload,
             pipelines,
-        }
+            operators,
+            audit,
+            secure_cookies,
+        })
     }
 
     /// Opens the device layer's store and builds its services (their tasks

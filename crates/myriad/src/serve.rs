@@ -170,7 +170,15 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             let tls_reload: myriad_api::TlsReloader =
                 Arc::new(move || reload_tls(&reload_settings));
             let router = myriad_api::observed_router(
-                platform.api_state(token, tls_reload, pipeline_manager),
+                platform.api_state(
+                    token,
+                    tls_reload,
+                    pipeline_manager,
+                    config
+                        .api
+                        .operators(myriad_fleet::credentials::HashParams::OWASP),
+                    api_tls.is_some(),
+                )?,
                 Arc::new(observer),
                 myriad_api::ObserveOptions {
                     metrics_require_token: config.metrics.require_token,

@@ -1,6 +1,7 @@
 //! Request and response bodies and query strings of the API that are not
 //! the fleet's own types (those are documented by [`crate::schema`]).
 
+mod accounts;
 mod app;
 mod command;
 mod device;
@@ -9,6 +10,10 @@ mod paging;
 mod presence;
 mod shadow;
 
+pub(crate) use accounts::{
+    AuditPageBody, AuditParams, CreateToken, CreateUser, CreatedToken, LoginBody, SessionBody,
+    SetPassword, TokenList, UpdateUser, UserBody, UserListParams, UserPage,
+};
 pub(crate) use app::{AppList, CreateApp, UpdateApp};
 pub(crate) use command::{BatchAccepted, CommandListParams, CommandPage, SendBatch, SendCommand};
 pub(crate) use device::{

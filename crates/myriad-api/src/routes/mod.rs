@@ -1,5 +1,6 @@
 //! The router: every route, its OpenAPI description, auth and body limits.
 
+mod accounts;
 mod apps;
 mod certs;
 mod commands;
@@ -29,7 +30,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{require_influx_token, require_token};
+use crate::auth::{authorize, authorize_influx};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::openapi::{ApiDoc, secure_api_paths};
@@ -39,11 +40,22 @@ use health::OpenApiJson;
 /// Largest JSON body, 1 MiB.
 pub(crate) const JSON_BODY_LIMIT: usize = 1024 * 1024;
 
-/// The whole API as an axum router, with `state` applied: `/healthz` and
-/// `/openapi.json` open, everything under `/api/v1` behind the bearer
-/// token (see the [crate documentation](crate)).
-pub fn router(state: ApiState) -> Router {
-    let protected = OpenApiRouter::new()
+/// Every route behind [`authorize`] (without the layer): each must have
+/// an entry in [`crate::policy::POLICY`].
+pub(crate) fn protected_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(accounts::get_session))
+        .routes(routes!(accounts::logout))
+        .routes(routes!(accounts::list_users, accounts::create_user))
+        .routes(routes!(
+            accounts::get_user,
+            accounts::update_user,
+            accounts::delete_user
+        ))
+        .routes(routes!(accounts::set_password))
+        .routes(routes!(accounts::list_tokens, accounts::create_token))
+        .routes(routes!(accounts::revoke_token))
+        .routes(routes!(accounts::list_audit))
         .routes(routes!(devices::create_device, devices::list_devices))
         .routes(routes!(
             devices::get_device,
@@ -125,20 +137,34 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(telemetry_bulk::write_telemetry))
         // Streams its body with the pipeline source's limit (`max_body_bytes`).
         .routes(routes!(pipelines::ingest_records))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    // InfluxDB compatible writes: the token also as `Token` or a Basic password.
-    let influx = OpenApiRouter::new()
+}
+
+/// The InfluxDB compatible write routes (the token also as `Token` or a Basic password).
+pub(crate) fn influx_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
         .routes(routes!(telemetry_bulk::write_influx_v1))
         .routes(routes!(telemetry_bulk::write_influx_v2))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_influx_token,
-        ));
+}
+
+/// The whole API as an axum router, with `state` applied: `/healthz`,
+/// `/openapi.json` and `/api/v1/login` open, everything else under `/api/v1`
+/// behind [`authorize`] (see the [crate documentation](crate)).
+pub fn router(state: ApiState) -> Router {
+    let protected =
+        protected_routes().route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let influx = influx_routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        authorize_influx,
+    ));
+    let login = OpenApiRouter::new()
+        .routes(routes!(accounts::login))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::openapi_json))
         // Signed per device: no bearer token.
         .routes(routes!(ota::device_download))
+        .merge(login)
         .merge(protected)
         .merge(influx)
         .split_for_parts();

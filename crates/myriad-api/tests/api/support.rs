@@ -86,6 +86,7 @@ impl Harness {
             )
             .expect("ota"),
         );
+        let store_for_operators = store.clone();
         let state = ApiState {
             ota,
             certs,
@@ -100,6 +101,18 @@ impl Harness {
             token: TOKEN.into(),
             tls_reload: std::sync::Arc::new(Vec::new),
             pipelines: std::sync::Arc::new(myriad_api::pipelines::FixedPipelines::default()),
+            operators: Arc::new(
+                myriad_fleet::operators::Operators::open(
+                    store_for_operators.clone(),
+                    myriad_fleet::operators::OperatorsConfig {
+                        hash_params: HashParams::INSECURE_FAST,
+                        ..Default::default()
+                    },
+                )
+                .expect("operators"),
+            ),
+            audit: myriad_fleet::operators::AuditLog::start(store_for_operators, 1_000),
+            secure_cookies: false,
         };
         Harness { state, _dir: dir }
     }

@@ -423,6 +423,22 @@ impl FleetAuthenticator {
             .collect()
     }
 
+    /// A slot for one Argon2 run, shared with device logins (at most
+    /// `auth.max_concurrent_password_checks` at once): waits in the bounded
+    /// queue (`auth.password_check_queue`), `None` when it is full. Hold the
+    /// permit until the hash is done (move it into the blocking task).
+    pub async fn password_check_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let _queued = Queued(&self.waiting);
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
     /// Forgets cached verifications of `principal` (its password changed or it was removed).
     pub fn forget(&self, principal: &str) {
         self.state().cache.forget(principal);
@@ -518,19 +534,8 @@ impl FleetAuthenticator {
         if self.state().cache.check(principal, phc, &password) {
             return Verified::Yes;
         }
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Verified::Busy;
-                }
-                let _queued = Queued(&self.waiting);
-                match self.slots.clone().acquire_owned().await {
-                    Ok(permit) => permit,
-                    Err(_) => return Verified::Busy,
-                }
-            }
+        let Some(permit) = self.password_check_slot().await else {
+            return Verified::Busy;
         };
         self.state().stats.hashed += 1;
         let owned_phc = phc.to_owned();

@@ -19,6 +19,7 @@
 //! | `commands`, `commands_by_device`, `commands_active`, `command_batches` | see `store/commands.rs` | command records (JSON) |
 //! | `ota_artifacts`, `ota_rollouts`, `ota_rollout_devices` | see [`ota`] | firmware artifacts and rollouts |
 //! | `pipelines` | pipeline name | [`StoredPipeline`] (a pipeline defined over the API) |
+//! | `operator_users`, `operator_sessions`, `operator_tokens`, `operator_audit` | see `store/operators.rs` | operator accounts and the audit log |
 //!
 //! Keys are the ids' UTF-8 bytes, so every table iterates in id order and
 //! an id prefix is one range scan. Values (but shadows) start with a
@@ -59,6 +60,7 @@ mod devices;
 mod error;
 mod index;
 mod login;
+mod operators;
 pub mod ota;
 mod pipelines;
 mod records;
@@ -73,6 +75,7 @@ pub use devices::{LIST_SCAN_BUDGET, Upserted};
 pub use error::FleetStoreError;
 pub use index::{IdPage, MAX_INDEX_PAGE};
 pub use login::LoginRecord;
+pub use operators::{AUDIT_SCAN_BUDGET, AuditPage, OperatorChange, OperatorRecords};
 pub use pipelines::StoredPipeline;
 
 #[cfg(doc)]

@@ -57,6 +57,11 @@ pub enum ApiCommand {
     /// Data pipelines: state, last error and counters; apply and delete API pipelines.
     #[command(subcommand)]
     Pipelines(super::pipelines::PipelinesCommand),
+    /// Operator users (roles, passwords, API tokens) of the API and console.
+    #[command(subcommand)]
+    Users(super::users::UsersCommand),
+    /// The audit log of operator actions, newest first.
+    Audit(super::users::AuditArgs),
 }
 
 /// `ctl tls ...`

@@ -7,6 +7,7 @@
 //! - [`client`]: sends requests (blocking, `ureq`);
 //! - [`output`], [`lists`], [`table`]: what is printed;
 //! - [`token`], [`password`]: credentials of the operator and of devices;
+//! - [`users`]: operator users and API tokens, the audit log;
 //! - [`ota`]: `ctl ota keygen`, development signing keys (offline);
 //! - [`error`]: error lines and exit codes (0 ok, 1 API or local error,
 //!   2 API unreachable).
@@ -27,6 +28,7 @@ mod request;
 mod table;
 mod telemetry;
 mod token;
+mod users;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -129,6 +131,9 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         CtlCommand::Api(command) => command,
     };
     password::fill_from_stdin(&mut command, io::stdin().lock())?;
+    if let ApiCommand::Users(cmd) = &mut command {
+        users::fill_password(cmd, io::stdin().lock())?;
+    }
     if let ApiCommand::Telemetry(cmd) = &mut command {
         telemetry::fill_from_stdin(cmd, io::stdin().lock())?;
     }

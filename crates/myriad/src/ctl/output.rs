@@ -78,6 +78,8 @@ pub fn shape(command: &ApiCommand) -> Shape {
             Shape::NoContent
         }
         ApiCommand::Pipelines(_) => Shape::Object,
+        ApiCommand::Users(cmd) if super::users::no_content(cmd) => Shape::NoContent,
+        ApiCommand::Users(_) | ApiCommand::Audit(_) => Shape::Object,
     }
 }
 

@@ -157,6 +157,8 @@ pub fn request(command: &ApiCommand) -> Result<ApiRequest> {
         ApiCommand::Cas(cmd) => super::registry_certs::cas_request(cmd)?,
         ApiCommand::Telemetry(cmd) => super::telemetry::request(cmd)?,
         ApiCommand::Pipelines(cmd) => super::pipelines::request(cmd)?,
+        ApiCommand::Users(cmd) => super::users::request(cmd)?,
+        ApiCommand::Audit(args) => super::users::audit_request(args),
         ApiCommand::Tls(TlsCommand::Reload) => {
             ApiRequest::new(Method::Post, format!("{API_PREFIX}/tls/reload"))
         }
