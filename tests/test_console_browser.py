@@ -416,7 +416,7 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
 
     # Retained messages by prefix; delete one through the dialog.
     go(page, "/retained", "Retained messages")
-    page.get_by_label("Topic prefix").fill(f"devices/{dev_id}/")
+    page.get_by_label("Topic prefix", exact=True).fill(f"devices/{dev_id}/")
     page.get_by_role("button", name="Show").click()
     row = page.get_by_role("row").filter(has_text=f"devices/{dev_id}/status")
     expect(row).to_contain_text('{"fw": "1.0.0"}')
