@@ -48,6 +48,7 @@ use tracing::{debug, warn};
 
 use super::throttle::Throttle;
 use super::{OtaError, OtaService, hex, new_id};
+use crate::events::{FleetEvent, OtaChange, RolloutChange};
 use crate::registry::DeviceId;
 use crate::service::now_ms;
 use crate::store::ota::{ArtifactRecord, RolloutDelta, RolloutTarget, StoredRollout};
@@ -581,6 +582,8 @@ impl OtaService {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         type Changed = (StoredRollout, Vec<(u32, String, DeviceRecord)>);
+        let listened = self.events.is_listened();
+        let mut changes: Vec<FleetEvent> = Vec::new();
         let batch: Vec<Changed> = {
             let mut rollouts = self.lock();
             rollouts
@@ -591,6 +594,9 @@ impl OtaService {
                         return None;
                     }
                     entry.stored.planner = entry.planner.record().clone();
+                    if listened {
+                        changes.extend(change_events(entry, &dirty.devices));
+                    }
                     let devices = dirty
                         .devices
                         .iter()
@@ -612,6 +618,9 @@ impl OtaService {
                 .map(|(i, id, r)| (*i, id.as_str(), r))
                 .collect();
             self.store.put_rollout(stored, &refs)?;
+        }
+        for change in changes {
+            self.events.emit(|| change);
         }
         self.settle();
         Ok(())
@@ -825,6 +834,35 @@ impl OtaService {
             done = rounds => done,
         }
     }
+}
+
+/// The events of a rollout whose planner changed: the rollout's state and counts, and each
+/// changed device's state.
+fn change_events(entry: &Entry, devices: &[u32]) -> Vec<FleetEvent> {
+    let at_ms = now_ms();
+    let id = &entry.stored.id;
+    let mut events = Vec::with_capacity(devices.len() + 1);
+    events.push(FleetEvent::Rollout(RolloutChange {
+        id: id.clone(),
+        state: entry.planner.status().as_str().to_owned(),
+        counts: entry
+            .planner
+            .counts()
+            .iter()
+            .map(|(state, n)| (state.as_str().to_owned(), n))
+            .collect(),
+        at_ms,
+    }));
+    events.extend(devices.iter().map(|&i| {
+        FleetEvent::Ota(OtaChange {
+            device: entry.planner.device_id(i).to_owned(),
+            rollout: id.clone(),
+            state: entry.planner.device(i).state.as_str().to_owned(),
+            version: entry.artifact.version.clone(),
+            at_ms,
+        })
+    }));
+    events
 }
 
 /// An operator's action on a rollout.
