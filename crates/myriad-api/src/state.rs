@@ -50,6 +50,8 @@ pub struct ApiState {
     pub tls_reload: TlsReloader,
     /// The pipelines: their status, and changes over the API.
     pub pipelines: Arc<dyn PipelineControl>,
+    /// The console's data routes: event bus, device journal, overview, broker queries.
+    pub console: crate::console::Console,
 }
 
 impl std::fmt::Debug for ApiState {

@@ -3,13 +3,17 @@
 mod apps;
 mod certs;
 mod commands;
+mod device_console;
 mod devices;
+mod events;
 mod health;
 mod import;
 mod ota;
+mod overview;
 mod pipelines;
 mod presence;
 mod prometheus;
+mod retained;
 mod shadows;
 mod telemetry;
 mod telemetry_bulk;
@@ -109,6 +113,13 @@ pub fn router(state: ApiState) -> Router {
             pipelines::put_pipeline,
             pipelines::delete_pipeline
         ))
+        // The console's data routes (docs/console.md).
+        .routes(routes!(events::events))
+        .routes(routes!(overview::overview))
+        .routes(routes!(device_console::device_session))
+        .routes(routes!(device_console::device_events))
+        .routes(routes!(device_console::device_ota))
+        .routes(routes!(retained::list_retained, retained::delete_retained))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)

@@ -100,6 +100,11 @@ impl Harness {
             token: TOKEN.into(),
             tls_reload: std::sync::Arc::new(Vec::new),
             pipelines: std::sync::Arc::new(myriad_api::pipelines::FixedPipelines::default()),
+            console: myriad_api::Console::new(
+                myriad_fleet::events::EventBus::default(),
+                Arc::default(),
+                broker.clone(),
+            ),
         };
         Harness { state, _dir: dir }
     }

@@ -109,6 +109,19 @@ pub struct RolloutView {
     pub counts: Vec<(DeviceState, u32)>,
 }
 
+/// Where one device stands in a rollout ([`OtaService::device_ota`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceOta {
+    /// The rollout.
+    pub rollout: String,
+    /// The version it installs.
+    pub version: String,
+    /// The device's state in it.
+    pub state: DeviceState,
+    /// When the device entered that state or last reported (unix ms).
+    pub since_ms: u64,
+}
+
 /// One rollout in memory.
 pub(super) struct Entry {
     stored: StoredRollout,
@@ -697,6 +710,24 @@ impl OtaService {
                     .is_some_and(|i| entry.planner.device(i).state.is_active())
             })
             .map(f)
+    }
+
+    /// Where `device` stands in the rollout in memory (live, or finished and not yet
+    /// settled) in which it changed state last; `None` if it is in none.
+    pub fn device_ota(&self, device: &str) -> Option<DeviceOta> {
+        let rollouts = self.lock();
+        rollouts
+            .values()
+            .filter_map(|entry| {
+                let record = entry.planner.device(entry.planner.find(device)?);
+                Some(DeviceOta {
+                    rollout: entry.stored.id.clone(),
+                    version: entry.artifact.version.clone(),
+                    state: record.state,
+                    since_ms: record.since_ms,
+                })
+            })
+            .max_by_key(|ota| ota.since_ms)
     }
 
     /// The notifications of every rollout in which `device` was notified and has not finished.
