@@ -104,38 +104,52 @@ impl EventFilter {
     }
 }
 
+/// What a stream sends next.
+#[derive(Debug, Clone, PartialEq)]
+enum Next {
+    /// An event the filter accepts.
+    Event(Arc<FleetEvent>),
+    /// The stream fell behind and lost this many events.
+    Lagged(u64),
+}
+
+impl Next {
+    /// As a Server-Sent Event.
+    fn to_sse(&self) -> Event {
+        match self {
+            Next::Event(event) => Event::default()
+                .event(event.kind().as_str())
+                .data(event.to_json()),
+            Next::Lagged(missed) => Event::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{missed}}}")),
+        }
+    }
+}
+
 /// A stream's state between events.
 struct Feed {
     events: broadcast::Receiver<Arc<FleetEvent>>,
     filter: EventFilter,
     shutdown: CancellationToken,
     /// Held while the stream lives.
-    _slot: StreamSlot,
+    _slot: Option<StreamSlot>,
 }
 
 impl Feed {
-    /// The next event to send; `None` ends the stream (shutdown, bus gone).
-    async fn next(&mut self) -> Option<Event> {
+    /// What to send next; `None` ends the stream (shutdown, bus gone).
+    async fn next(&mut self) -> Option<Next> {
         loop {
             let received = tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return None,
                 received = self.events.recv() => received,
             };
             match received {
-                Ok(event) if self.filter.accepts(&event) => {
-                    return Some(
-                        Event::default()
-                            .event(event.kind().as_str())
-                            .data(event.to_json()),
-                    );
-                }
+                Ok(event) if self.filter.accepts(&event) => return Some(Next::Event(event)),
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    return Some(
-                        Event::default()
-                            .event("lagged")
-                            .data(format!("{{\"missed\":{missed}}}")),
-                    );
+                    return Some(Next::Lagged(missed));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -179,11 +193,11 @@ pub(crate) async fn events(
         events: console.bus.subscribe(),
         filter,
         shutdown: console.shutdown.clone(),
-        _slot: slot,
+        _slot: Some(slot),
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
-        let event = feed.next().await?;
-        Some((Ok(event), feed))
+        let next = feed.next().await?;
+        Some((Ok(next.to_sse()), feed))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
 }
@@ -251,6 +265,54 @@ mod tests {
         let rollouts = EventFilter::parse(Some("rollout"), None).expect("filter");
         assert!(rollouts.accepts(&rollout()));
         assert!(!rollouts.accepts(&presence("a")));
+    }
+
+    fn feed(
+        bus: &myriad_fleet::events::EventBus,
+        filter: EventFilter,
+    ) -> (Feed, CancellationToken) {
+        let shutdown = CancellationToken::new();
+        let feed = Feed {
+            events: bus.subscribe(),
+            filter,
+            shutdown: shutdown.clone(),
+            _slot: None,
+        };
+        (feed, shutdown)
+    }
+
+    #[tokio::test]
+    async fn a_feed_skips_filtered_events_reports_lag_and_ends_at_shutdown() {
+        let bus = myriad_fleet::events::EventBus::new(4);
+        let filter = EventFilter::parse(Some("shadow"), None).expect("filter");
+        let (mut feed, shutdown) = feed(&bus, filter);
+        bus.publish(presence("a"));
+        bus.publish(shadow("a"));
+        assert_eq!(feed.next().await, Some(Next::Event(Arc::new(shadow("a")))));
+        // Ten more than the bus holds: the feed is told how many it lost.
+        for _ in 0..10 {
+            bus.publish(shadow("b"));
+        }
+        assert_eq!(feed.next().await, Some(Next::Lagged(6)));
+        assert_eq!(feed.next().await, Some(Next::Event(Arc::new(shadow("b")))));
+        shutdown.cancel();
+        // Ended at shutdown even with events waiting.
+        assert_eq!(feed.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_feed_ends_when_the_bus_goes() {
+        let bus = myriad_fleet::events::EventBus::new(4);
+        let (mut feed, _shutdown) = feed(&bus, EventFilter::parse(None, None).expect("filter"));
+        drop(bus);
+        assert_eq!(feed.next().await, None);
+    }
+
+    #[test]
+    fn lag_is_sent_as_a_lagged_event() {
+        let text = format!("{:?}", Next::Lagged(7).to_sse());
+        assert!(text.contains("event: lagged"), "{text}");
+        assert!(text.contains(r#"data: {\"missed\":7}"#), "{text}");
     }
 
     #[test]

@@ -104,6 +104,13 @@ async fn every_route_is_documented() {
         ("/api/v1/pipelines/{name}", "put"),
         ("/api/v1/pipelines/{name}", "delete"),
         ("/api/v1/pipelines/{name}/records", "post"),
+        ("/api/v1/events", "get"),
+        ("/api/v1/overview", "get"),
+        ("/api/v1/devices/{id}/session", "get"),
+        ("/api/v1/devices/{id}/events", "get"),
+        ("/api/v1/devices/{id}/ota", "get"),
+        ("/api/v1/retained", "get"),
+        ("/api/v1/retained", "delete"),
         ("/ota/v1/download/{artifact}", "get"),
     ];
     let mut documented = BTreeSet::new();
