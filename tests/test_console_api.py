@@ -275,8 +275,12 @@ def test_overview_moves_when_clients_connect_and_publish(broker, api):
     stop = threading.Event()
 
     def load():
+        n = 0
         while not stop.is_set():
             others[0].publish(topic + "/x", b"1", qos=0, wait=False)
+            n += 1
+            if n % 50 == 0:  # retained QoS 1: a store commit each
+                others[1].publish(f"{topic}/r/{n}", b"kept", qos=1, retain=True, wait=False)
             time.sleep(0.002)
 
     threading.Thread(target=load, daemon=True).start()
@@ -301,6 +305,7 @@ def test_overview_moves_when_clients_connect_and_publish(broker, api):
         assert len(history) <= 720
         assert [h["at_ms"] for h in history] == sorted(h["at_ms"] for h in history)
         assert history[-1]["messages_in_per_sec"] > 10
+        assert any(h["store_commit_p99_ms"] > 0 for h in history[-2:]), history[-2:]
         recent = last["recent_presence"]
         assert recent[0]["device"] == dev_id and recent[0]["online"] is True, recent[:3]
         assert len(recent) <= 50
@@ -384,11 +389,51 @@ def test_device_events_ring(broker, api):
     assert api.call("GET", f"/api/v1/devices/{unique('none')}/events")[0] == 404
 
 
-def test_device_ota_state_of_a_device_without_rollouts(broker, api):
-    dev_id, _ = device(api, "ota")
+def test_device_ota_state_and_rollout_events(broker, api):
+    dev_id, pw = device(api, "ota")
     assert api.ok("GET", f"/api/v1/devices/{dev_id}/ota") == {}
     status, body = api.call("GET", f"/api/v1/devices/{unique('none')}/ota")
     assert status == 404 and body["status"] == 404
+    version = unique("v")
+    art = api.ok("POST", f"/api/v1/ota/artifacts?version={version}&hardware_type=board-c",
+                 raw=b"firmware image " * 100, expect=201)
+    dev = connect_device(broker, dev_id, pw)
+    dev.subscribe(f"$ota/{dev_id}/notify", 1)
+    stream = Sse(broker.api_port, "?types=rollout,ota")
+    try:
+        time.sleep(0.2)
+        rollout = api.ok("POST", "/api/v1/ota/rollouts", {"artifact": art["id"], "targets": {"devices": [dev_id]}},
+                         expect=201)
+        note = json.loads(dev.get(timeout=10).payload)
+        assert note["rollout"] == rollout["id"]
+        _, ota = stream.next(lambda n, d: n == "ota" and d["device"] == dev_id)
+        assert (ota["rollout"], ota["state"], ota["version"]) == (rollout["id"], "NOTIFIED", version)
+        mid = api.ok("GET", f"/api/v1/devices/{dev_id}/ota")
+        assert (mid["rollout"], mid["state"]) == (rollout["id"], "NOTIFIED")
+        assert "installed_version" not in mid
+        for state in ["DOWNLOADING", "VERIFYING", "INSTALLING", "REBOOTING", "SUCCEEDED"]:
+            report = {"rollout": rollout["id"], "state": state}
+            if state == "DOWNLOADING":
+                report.update(done=art["size"], total=art["size"])
+            dev.publish(f"$ota/{dev_id}/progress", json.dumps(report), qos=1)
+        _, done = stream.next(lambda n, d: n == "rollout" and d["id"] == rollout["id"]
+                              and d["state"] == "COMPLETED", timeout=15)
+        assert done["counts"]["SUCCEEDED"] == 1, done
+        state = {}
+
+        def finished():
+            nonlocal state
+            state = api.ok("GET", f"/api/v1/devices/{dev_id}/ota")
+            return state.get("state") == "SUCCEEDED"
+
+        assert wait_until(finished, 10), state
+        assert state["installed_version"] == version and state["rollout"] == rollout["id"]
+        assert state["updated_ms"] <= time.time() * 1000 + 1000
+        kinds = [i["kind"] for i in api.ok("GET", f"/api/v1/devices/{dev_id}/events")["items"]]
+        assert "ota" in kinds and "presence" in kinds, kinds
+    finally:
+        stream.close()
+        dev.c.disconnect()
 
 
 # ------------------------------------------------------------------ retained
