@@ -491,3 +491,29 @@ def test_routes_are_in_the_openapi_document(broker, api):
                  "/api/v1/devices/{id}/events", "/api/v1/devices/{id}/ota", "/api/v1/retained"]:
         assert path in paths, path
     assert "delete" in paths["/api/v1/retained"]
+
+
+def test_retained_delete_persists_and_quiet_streams_get_keep_alives(tmp_path):
+    b = Broker(tmp_path, raw_config=CONFIG).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        stream = Sse(b.api_port, "?types=rollout")
+        pub = Client(b.port)
+        pub.publish("keep/me", b"1", qos=1, retain=True)
+        pub.publish("drop/me", b"2", qos=1, retain=True)
+        pub.c.disconnect()
+        assert api.call("DELETE", "/api/v1/retained?topic=drop/me")[0] == 204
+        # Nothing happens on a rollout stream: a keep-alive comment comes every 15 s.
+        comment = stream.comments.get(timeout=17)
+        assert comment == "keep-alive"
+        assert stream.events.empty()
+        stream.close()
+    finally:
+        assert b.stop() == 0
+    b = Broker(tmp_path, raw_config=CONFIG).start()
+    try:
+        api = Api(b.api_port, TOKEN)
+        topics = [i["topic"] for i in api.ok("GET", "/api/v1/retained")["items"]]
+        assert "keep/me" in topics and "drop/me" not in topics, topics
+    finally:
+        b.stop()
