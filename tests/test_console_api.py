@@ -14,6 +14,8 @@ import pytest
 
 from helpers import HOST, Api, Broker, Client, unique, wait_until
 
+pytestmark = [pytest.mark.myriad_only, pytest.mark.timeout(90)]
+
 TOKEN = "console-api-test-token-0123"
 CONFIG = f"""
 [auth]
