@@ -22,6 +22,10 @@
 //! | `POST, GET /api/v1/apps`, `GET, DELETE /api/v1/apps/{id}` | app clients |
 //! | `GET /api/v1/pipelines`, `GET, PUT, DELETE /api/v1/pipelines/{name}` | pipelines' status; pipelines defined over the API ([`pipelines::PipelineControl`]) |
 //! | `POST /api/v1/pipelines/{name}/records` | NDJSON records streamed into a pipeline with an `http` source |
+//! | `GET /api/v1/events` | live change events (Server-Sent Events) for the console ([`Console`]) |
+//! | `GET /api/v1/overview` | the numbers now, the last hour, recent presence changes ([`OverviewSource`]) |
+//! | `GET /api/v1/devices/{id}/session`, `/events`, `/ota` | a device's session, recent events, OTA state |
+//! | `GET, DELETE /api/v1/retained` | retained messages by topic prefix; delete one |
 //! | `POST /api/v1/tls/reload` | read every TLS listener's certificate, key and CAs again (as SIGHUP) |
 //!
 //! Every route under `/api/v1` needs `Authorization: Bearer {token}`
@@ -58,6 +62,7 @@
 mod auth;
 mod blocking;
 mod body_reader;
+pub mod console;
 mod dto;
 mod error;
 mod extract;
@@ -70,6 +75,10 @@ mod schema;
 mod serve;
 mod state;
 
+pub use console::{
+    Console, NoOverview, OverviewNow, OverviewPoint, OverviewReport, OverviewSource,
+    WatchdogAlertView,
+};
 pub use dto::ErrorBody;
 pub use error::ApiError;
 pub use observe::{

@@ -41,6 +41,7 @@ const BEARER: &str = "bearer";
         (name = "commands", description = "Cloud-to-device commands: send, fan out, follow, cancel; breakers"),
         (name = "certificates", description = "Device certificates (pinned by fingerprint) and the CAs whose certificates identify devices"),
         (name = "tls", description = "TLS listeners: reload certificates, keys and CAs"),
+        (name = "console", description = "The web console's data: live events (SSE), overview, a device's session, events and OTA state, retained messages"),
         (name = "ota", description = "Firmware updates: artifacts (upload, download with Range) and rollouts in waves"),
     )
 )]

@@ -57,6 +57,8 @@ pub struct ApiState {
     pub audit: AuditLog,
     /// Whether the session cookie is marked `Secure` (the API is served over TLS).
     pub secure_cookies: bool,
+    /// The console's data routes: event bus, device journal, overview, broker queries.
+    pub console: crate::console::Console,
 }
 
 impl std::fmt::Debug for ApiState {

@@ -13,6 +13,7 @@
 //! - [`telemetry`]: parsing device telemetry messages (JSON, CBOR) into samples;
 //! - [`operators`]: operator users, roles, sessions, API tokens, login throttling, audit log;
 //! - [`lineproto`]: InfluxDB line protocol for bulk telemetry writes;
+//! - [`events`]: live change events for the web console (a broadcast bus, per-device rings);
 //! - [`store`]: the embedded (redb) store for all of the above;
 //! - `fuzz` (feature `fuzz`): the fuzz harness of the telemetry parsers (`fuzz/`, replayed by
 //!   `tests/fuzz_corpus.rs`).
@@ -21,6 +22,7 @@ pub mod acl;
 pub mod certs;
 pub mod commands;
 pub mod credentials;
+pub mod events;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod import;

@@ -259,6 +259,10 @@ pub struct ApiConfig {
     /// Seconds a request body may stall without data before the request
     /// fails and the connection is closed. Default 30, between 1 and 3,600.
     pub body_timeout_secs: u64,
+    /// Server-Sent Event streams (`GET /api/v1/events`) open at once; one
+    /// more is refused with 503. Default 256, between 1 and 100,000; in
+    /// force at most `api.max_connections - 1` (see [`ApiConfig::event_streams`]).
+    pub max_event_streams: usize,
     /// Serve the API over TLS instead of plain HTTP (`[api.tls]`; absent:
     /// plain HTTP). See docs/tls.md.
     pub tls: Option<ApiTlsConfig>,
@@ -337,6 +341,7 @@ impl Default for ApiConfig {
             header_timeout_secs: limits.header_timeout.as_secs(),
             idle_timeout_secs: limits.idle_timeout.as_secs(),
             body_timeout_secs: limits.body_timeout.as_secs(),
+            max_event_streams: myriad_api::console::DEFAULT_MAX_EVENT_STREAMS,
             tls: None,
             session_ttl_secs: 12 * 3600,
             audit_max_entries: 100_000,
@@ -362,6 +367,15 @@ impl ApiConfig {
             },
             hash_params,
         }
+    }
+
+    /// Event streams allowed at once: `max_event_streams`, but fewer than
+    /// `max_connections` (at least 1), so streams never hold every
+    /// connection and an operator can always get in.
+    pub fn event_streams(&self) -> usize {
+        self.max_event_streams
+            .min(self.max_connections.saturating_sub(1))
+            .max(1)
     }
 
     /// The HTTP server's limits.
@@ -502,6 +516,9 @@ impl Config {
         }
         if !(1..=100_000).contains(&config.api.max_connections) {
             bail!("invalid value for api.max_connections: between 1 and 100000");
+        }
+        if !(1..=100_000).contains(&config.api.max_event_streams) {
+            bail!("invalid value for api.max_event_streams: between 1 and 100000");
         }
         for (key, value) in [
             ("header_timeout_secs", config.api.header_timeout_secs),
@@ -721,6 +738,11 @@ mod tests {
                 "auth.password_check_queue",
             ),
             ("[api]\nmax_connections = 0\n", "api.max_connections"),
+            ("[api]\nmax_event_streams = 0\n", "api.max_event_streams"),
+            (
+                "[api]\nmax_event_streams = 100001\n",
+                "api.max_event_streams",
+            ),
             (
                 "[api]\nheader_timeout_secs = 0\n",
                 "api.header_timeout_secs",

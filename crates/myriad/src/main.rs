@@ -1,6 +1,7 @@
 //! `myriad`: the Myriad IoT device platform in one binary.
 
 mod config;
+mod console;
 mod ctl;
 mod observe;
 mod pipelines;

@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 use myriad_broker::hooks::Lifecycle;
 use myriad_broker::shell::{BrokerHandle, Hooks, ReceiptHook};
 use myriad_fleet::credentials::{DEFAULT_CACHE_CAPACITY, ThrottleConfig, VerifiedCache};
+use myriad_fleet::events::EventBus;
+use myriad_fleet::events::journal::DeviceJournal;
 use myriad_fleet::service::auth::FleetAuthenticator;
 use myriad_fleet::service::certs::CertificateService;
 use myriad_fleet::service::commands::CommandService;
@@ -44,6 +46,10 @@ pub struct Platform {
     pub telemetry: Option<Arc<TelemetryService>>,
     /// Firmware artifacts and rollouts.
     pub ota: Arc<OtaService>,
+    /// The services' change events (the console's live updates).
+    pub events: EventBus,
+    /// Recent events per device and recent presence changes, fed from `events`.
+    pub journal: Arc<DeviceJournal>,
     /// Kept alive while the platform runs (memory backend only).
     _scratch: Option<tempfile::TempDir>,
 }
@@ -60,6 +66,7 @@ impl Platform {
         pipelines: Arc<dyn myriad_api::pipelines::PipelineControl>,
         operators: myriad_fleet::operators::OperatorsConfig,
         secure_cookies: bool,
+        console: myriad_api::Console,
     ) -> Result<myriad_api::ApiState> {
         let audit = myriad_fleet::operators::AuditLog::start(
             self.store.clone(),
@@ -86,6 +93,7 @@ impl Platform {
             operators,
             audit,
             secure_cookies,
+            console,
         })
     }
 
@@ -197,6 +205,14 @@ impl Platform {
                 info!("OTA service stopped with the broker");
             }
         });
+        // Live change events for the console; the journal listens from the start.
+        let events = EventBus::default();
+        let journal = Arc::new(DeviceJournal::default());
+        essential.spawn("console journal", journal.clone().run(events.subscribe()));
+        presence.events().attach(events.clone());
+        shadows.events().attach(events.clone());
+        commands.events().attach(events.clone());
+        ota.events().attach(events.clone());
         let hooks = Hooks {
             authenticator: Some(auth.clone()),
             lifecycle: Some(lifecycle_tx),
@@ -231,6 +247,8 @@ impl Platform {
             certs,
             telemetry,
             ota,
+            events,
+            journal,
             _scratch: scratch,
         };
         Ok((platform, hooks))

@@ -125,7 +125,8 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             "metrics upkeep",
             observe::metrics::upkeep(prometheus.clone()),
         );
-        observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
+        let watchdog =
+            observe::spawn_watchdog(&config.watchdog, &handle, &shutdown, &mut essential);
         // The manager sets the batch tracer on each (and on those put over the API).
         let pipelines = crate::pipelines::build(
             &config.pipelines,
@@ -156,7 +157,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                 writeln!(stdout, "HTTP API listening on {api_address}")?;
             }
             let observer = observe::metrics::Observer::new(
-                prometheus,
+                prometheus.clone(),
                 observe::metrics::Sources {
                     broker: handle.clone(),
                     auth: platform.auth.clone(),
@@ -169,6 +170,29 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             let reload_settings = tls_settings.clone();
             let tls_reload: myriad_api::TlsReloader =
                 Arc::new(move || reload_tls(&reload_settings));
+            let sampler = Arc::new(crate::console::Sampler::default());
+            essential.spawn(
+                "overview sampler",
+                sampler.clone().run(
+                    crate::console::Sources {
+                        broker: handle.clone(),
+                        presence: platform.presence.clone(),
+                        store: platform.store.clone(),
+                        watchdog: watchdog.clone(),
+                        metrics: prometheus.clone(),
+                        bus: platform.events.clone(),
+                    },
+                    shutdown.clone(),
+                ),
+            );
+            let console = myriad_api::Console::new(
+                platform.events.clone(),
+                platform.journal.clone(),
+                handle.clone(),
+            )
+            .with_overview(sampler)
+            .with_max_event_streams(config.api.event_streams())
+            .with_shutdown(shutdown.clone());
             let router = myriad_api::observed_router(
                 platform.api_state(
                     token,
@@ -178,6 +202,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                         .api
                         .operators(myriad_fleet::credentials::HashParams::OWASP),
                     api_tls.is_some(),
+                    console,
                 )?,
                 Arc::new(observer),
                 myriad_api::ObserveOptions {

@@ -5,13 +5,17 @@ mod apps;
 mod certs;
 mod commands;
 pub(crate) mod console;
+mod device_console;
 mod devices;
+mod events;
 mod health;
 mod import;
 mod ota;
+mod overview;
 mod pipelines;
 mod presence;
 mod prometheus;
+mod retained;
 mod shadows;
 mod telemetry;
 mod telemetry_bulk;
@@ -122,6 +126,13 @@ pub(crate) fn protected_routes() -> OpenApiRouter<ApiState> {
             pipelines::put_pipeline,
             pipelines::delete_pipeline
         ))
+        // The console's data routes (docs/console.md).
+        .routes(routes!(events::events))
+        .routes(routes!(overview::overview))
+        .routes(routes!(device_console::device_session))
+        .routes(routes!(device_console::device_events))
+        .routes(routes!(device_console::device_ota))
+        .routes(routes!(retained::list_retained, retained::delete_retained))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)

@@ -113,6 +113,11 @@ impl Harness {
             ),
             audit: myriad_fleet::operators::AuditLog::start(store_for_operators, 1_000),
             secure_cookies: false,
+            console: myriad_api::Console::new(
+                myriad_fleet::events::EventBus::default(),
+                Arc::default(),
+                broker.clone(),
+            ),
         };
         Harness { state, _dir: dir }
     }

@@ -161,7 +161,7 @@ impl Broker {
                 .min(self.config.max_outbound_aliases),
             keep_alive,
             protocol: connect.protocol,
-            connect_expiry_was_zero: asked_expiry == 0,
+            flags: Connection::flags(asked_expiry == 0, connect.clean_start),
         };
         self.filtering_connections += usize::from(connection.filters_deliveries());
         self.sessions.attach(session_id, Box::new(connection));
@@ -290,7 +290,7 @@ impl Broker {
             return;
         }
         if let Some(new_expiry) = disconnect.properties.session_expiry_interval {
-            if connection.connect_expiry_was_zero && new_expiry != 0 {
+            if connection.connect_expiry_was_zero() && new_expiry != 0 {
                 self.disconnect_with(now, conn, ReasonCode::ProtocolError);
                 return;
             }

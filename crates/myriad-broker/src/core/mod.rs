@@ -9,6 +9,7 @@ pub mod activity;
 mod audit;
 mod backpressure;
 pub mod connect;
+pub mod console;
 mod deep_drop;
 mod detach;
 pub mod evict;
@@ -124,11 +125,36 @@ struct Connection {
     /// Keep alive in force, in seconds (0: none).
     keep_alive: u16,
     protocol: ProtocolVersion,
-    /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
-    connect_expiry_was_zero: bool,
+    /// [`Connection::EXPIRY_WAS_ZERO`] and [`Connection::CLEAN_START`]
+    /// (one byte: the struct is full).
+    flags: u8,
 }
 
 impl Connection {
+    /// Session Expiry Interval given in CONNECT was 0 (5.0 forbids raising it at DISCONNECT).
+    const EXPIRY_WAS_ZERO: u8 = 1;
+    /// The CONNECT's Clean Start (3.1.1: Clean Session) flag.
+    const CLEAN_START: u8 = 2;
+
+    /// The flags of a CONNECT.
+    fn flags(expiry_was_zero: bool, clean_start: bool) -> u8 {
+        (if expiry_was_zero {
+            Self::EXPIRY_WAS_ZERO
+        } else {
+            0
+        }) | (if clean_start { Self::CLEAN_START } else { 0 })
+    }
+
+    /// Whether the Session Expiry Interval given in CONNECT was 0.
+    fn connect_expiry_was_zero(&self) -> bool {
+        self.flags & Self::EXPIRY_WAS_ZERO != 0
+    }
+
+    /// Whether CONNECT had Clean Start (Clean Session) set.
+    fn clean_start(&self) -> bool {
+        self.flags & Self::CLEAN_START != 0
+    }
+
     /// Whether the connection's ACL withholds topics at delivery
     /// ([`Acl::filters_deliveries`]). Not a field: `Connection` is full.
     fn filters_deliveries(&self) -> bool {

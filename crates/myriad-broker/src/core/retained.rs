@@ -129,6 +129,51 @@ impl RetainedStore {
         out
     }
 
+    /// Whether `topic` (taken literally) has a retained message.
+    pub fn contains(&self, topic: &str) -> bool {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        node.message.is_some()
+    }
+
+    /// Calls `f` with every retained message whose topic may start with
+    /// `prefix` (a string prefix, not a filter), in no particular order: the
+    /// walk descends the prefix's complete levels and visits the subtrees of
+    /// the children whose name starts with its last, partial level. The
+    /// caller checks the topic. The walk keeps its own stack.
+    pub fn visit_prefix(&self, prefix: &str, mut f: impl FnMut(&Arc<Message>)) {
+        let (complete, partial) = match prefix.rsplit_once('/') {
+            Some((complete, partial)) => (Some(complete), partial),
+            None => (None, prefix),
+        };
+        let mut node = &self.root;
+        if let Some(complete) = complete {
+            for level in complete.split('/') {
+                match node.children.get(level) {
+                    Some(child) => node = child,
+                    None => return,
+                }
+            }
+        }
+        let mut stack: Vec<&Node> = node
+            .children
+            .iter()
+            .filter(|(name, _)| name.starts_with(partial))
+            .map(|(_, child)| child)
+            .collect();
+        while let Some(node) = stack.pop() {
+            if let Some(message) = &node.message {
+                f(message);
+            }
+            stack.extend(node.children.values());
+        }
+    }
+
     /// Every retained message, expired or not, in no particular order. The
     /// walk keeps its own stack: topics may be as deep as a peer makes them.
     pub fn all(&self) -> Vec<Arc<Message>> {

@@ -270,7 +270,7 @@ mod tests {
             topic_alias_maximum: 0,
             keep_alive: 0,
             protocol: myriad_mqtt::ProtocolVersion::V5,
-            connect_expiry_was_zero: true,
+            flags: Connection::flags(true, true),
         })
     }
 

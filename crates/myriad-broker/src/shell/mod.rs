@@ -13,6 +13,7 @@ pub mod census;
 pub mod client_trust;
 mod commit;
 mod connection;
+mod console;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod ingest;
@@ -97,6 +98,8 @@ pub(crate) enum Event {
         Option<std::time::Instant>,
         tokio::sync::oneshot::Sender<Vec<crate::core::activity::Activity>>,
     ),
+    /// A query of the operators' console.
+    Console(console::Query),
 }
 
 /// State every connection task reads.
@@ -689,6 +692,7 @@ fn apply(broker: &mut Broker, links: &mut Links, event: Event, now: std::time::I
         Event::Activity(since, reply) => {
             let _ = reply.send(broker.activity(since));
         }
+        Event::Console(query) => console::answer(broker, query, now),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::now_ms;
+use crate::events::{EventSink, FleetEvent, PresenceChange};
 use crate::presence::{
     ConnectInfo, DisconnectReason, PresenceEvent, PresenceRecord, PresenceTracker,
 };
@@ -27,6 +28,7 @@ use crate::store::FleetStore;
 pub struct PresenceService {
     store: Arc<FleetStore>,
     tracker: Mutex<PresenceTracker>,
+    events: EventSink,
 }
 
 impl PresenceService {
@@ -41,11 +43,29 @@ impl PresenceService {
         let service = PresenceService {
             store,
             tracker: Mutex::new(tracker),
+            events: EventSink::default(),
         };
         for event in &events {
             service.save(&event.device);
         }
         Ok((service, events))
+    }
+
+    /// Where presence changes are reported live (the console's event bus).
+    pub fn events(&self) -> &EventSink {
+        &self.events
+    }
+
+    /// Reports `event` on the event bus.
+    fn emit(&self, event: &PresenceEvent) {
+        self.events.emit(|| {
+            FleetEvent::Presence(PresenceChange {
+                device: event.device.to_string(),
+                online: event.online,
+                at_ms: event.at,
+                reason: event.reason.map(|r| r.as_str().to_owned()),
+            })
+        });
     }
 
     fn tracker(&self) -> MutexGuard<'_, PresenceTracker> {
@@ -86,8 +106,10 @@ impl PresenceService {
                 tracker.disconnected(device, conn, now_ms(), DisconnectReason::Disabled)
             });
         tracker.forget(device);
-        if event.is_some() {
+        drop(tracker);
+        if let Some(event) = &event {
             crate::metrics::presence_changed(false);
+            self.emit(event);
         }
         event
     }
@@ -137,6 +159,7 @@ impl PresenceService {
             }
         };
         crate::metrics::presence_changed(event.online);
+        self.emit(&event);
         Some(event)
     }
 

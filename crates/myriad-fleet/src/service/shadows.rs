@@ -54,6 +54,7 @@ use tracing::warn;
 
 use super::now_ms;
 use crate::commands::limits::{KeyedBuckets, RateLimit};
+use crate::events::{EventSink, FleetEvent, ShadowChange};
 use crate::registry::DeviceId;
 use crate::shadow::{
     GetRequest, Shadow, ShadowLimits, UpdateAccepted, UpdateRejected, UpdateRequest,
@@ -396,6 +397,8 @@ pub struct ShadowService {
     counters: Arc<Counters>,
     /// Per-device request buckets for MQTT requests.
     throttle: Mutex<KeyedBuckets<DeviceId>>,
+    /// New versions, live (the console's event bus).
+    events: EventSink,
 }
 
 impl ShadowService {
@@ -429,6 +432,30 @@ impl ShadowService {
             throttle: Mutex::new(KeyedBuckets::new(
                 ShadowConfig::default().requests_per_device,
             )),
+            events: EventSink::default(),
+        }
+    }
+
+    /// Where new shadow versions are reported live (the console's event bus).
+    pub fn events(&self) -> &EventSink {
+        &self.events
+    }
+
+    /// Reports that `device`'s shadow is now at `version`.
+    fn emit(&self, device: &DeviceId, version: u64) {
+        self.events.emit(|| {
+            FleetEvent::Shadow(ShadowChange {
+                device: device.to_string(),
+                version,
+                at_ms: now_ms(),
+            })
+        });
+    }
+
+    /// Reports a deletion (its document carries the new version).
+    fn emit_deleted(&self, device: &DeviceId, document: &Value) {
+        if let Some(version) = document.get("version").and_then(Value::as_u64) {
+            self.emit(device, version);
         }
     }
 
@@ -514,6 +541,7 @@ impl ShadowService {
             .await;
         let deleted = rx.await.map_err(|_| ShadowServiceError::Stopped)??;
         if let Some(document) = &deleted {
+            self.emit_deleted(device, document);
             let topic = format!("$shadow/{}/delete/accepted", device.as_str());
             let _ = self.send_traced(&topic, document, &[]).await;
         }
@@ -522,6 +550,7 @@ impl ShadowService {
 
     /// Publishes what an accepted update tells the device and applications.
     async fn announce(&self, device: &DeviceId, accepted: &UpdateAccepted, trace: &[UserProperty]) {
+        self.emit(device, accepted.version);
         let base = format!("$shadow/{}/update", device.as_str());
         let _ = self
             .send_traced(&format!("{base}/accepted"), &accepted.accepted, trace)
@@ -677,7 +706,10 @@ impl ShadowService {
                 Err(_) => Err(ShadowServiceError::Stopped),
             },
             Waiting::Delete(rx) => match rx.await {
-                Ok(Ok(Some(document))) => Ok(document),
+                Ok(Ok(Some(document))) => {
+                    self.emit_deleted(&device, &document);
+                    Ok(document)
+                }
                 Ok(Ok(None)) => Err(ShadowServiceError::NoShadow(id.to_string())),
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(ShadowServiceError::Stopped),

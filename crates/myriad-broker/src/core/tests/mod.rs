@@ -8,6 +8,7 @@ mod activity;
 mod alias;
 mod backpressure;
 mod connect;
+mod console;
 mod evict;
 mod expiry;
 mod hooks;

@@ -39,6 +39,7 @@ use crate::commands::{
     BatchId, BatchJob, BatchProgress, BatchTargets, Command, CommandId, CommandsConfig, Effect,
     Engine, EngineStats, Refused, Reply, ShadowReader,
 };
+use crate::events::{CommandChange, EventSink, FleetEvent};
 use crate::registry::{DeviceId, DeviceQuery};
 use crate::store::{FleetStore, FleetStoreError};
 use log::CommandLog;
@@ -94,6 +95,8 @@ pub struct CommandService {
     recovered: Mutex<Vec<Effect>>,
     /// Itself, for tasks started from `&self` (fan-outs requested over MQTT).
     this: Weak<CommandService>,
+    /// Status changes, live (the console's event bus).
+    events: EventSink,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -143,7 +146,13 @@ impl CommandService {
             timers: Notify::new(),
             recovered: Mutex::new(recovered),
             this: this.clone(),
+            events: EventSink::default(),
         }))
+    }
+
+    /// Where status changes are reported live (the console's event bus).
+    pub fn events(&self) -> &EventSink {
+        &self.events
     }
 
     fn self_arc(&self) -> Option<Arc<CommandService>> {
@@ -673,6 +682,18 @@ impl CommandService {
             let outcome = match effect {
                 Effect::Changed(command) => {
                     crate::metrics::command_changed(&command);
+                    self.events.emit(|| {
+                        FleetEvent::Command(CommandChange {
+                            id: command.id.to_string(),
+                            device: command.device.clone(),
+                            status: command.status.as_str().to_owned(),
+                            at_ms: command
+                                .timestamps
+                                .get(&command.status)
+                                .copied()
+                                .unwrap_or_else(now_ms),
+                        })
+                    });
                     let event = event_body(&command);
                     let topic = format!("$events/commands/{}/{}", command.device, command.id);
                     seq = self.log.write(command);

@@ -194,6 +194,8 @@ pub struct OtaService {
     /// Held while changes are taken from the planners and committed, so commits keep order.
     writer: Mutex<()>,
     wake: Notify,
+    /// Rollout and per-device changes, live (the console's event bus).
+    events: crate::events::EventSink,
 }
 
 impl std::fmt::Debug for OtaService {
@@ -250,8 +252,14 @@ impl OtaService {
             resend: Mutex::new(restored.resend),
             writer: Mutex::new(()),
             wake: Notify::new(),
+            events: crate::events::EventSink::default(),
         })
         .inspect(|service| service.settle())
+    }
+
+    /// Where rollout and per-device OTA changes are reported live (the console's event bus).
+    pub fn events(&self) -> &crate::events::EventSink {
+        &self.events
     }
 
     /// The service's limits.

@@ -48,6 +48,7 @@ use tracing::{debug, warn};
 
 use super::throttle::Throttle;
 use super::{OtaError, OtaService, hex, new_id};
+use crate::events::{FleetEvent, OtaChange, RolloutChange};
 use crate::registry::DeviceId;
 use crate::service::now_ms;
 use crate::store::ota::{ArtifactRecord, RolloutDelta, RolloutTarget, StoredRollout};
@@ -106,6 +107,19 @@ pub struct RolloutView {
     pub devices: u32,
     /// Devices per state, in lifecycle order.
     pub counts: Vec<(DeviceState, u32)>,
+}
+
+/// Where one device stands in a rollout ([`OtaService::device_ota`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceOta {
+    /// The rollout.
+    pub rollout: String,
+    /// The version it installs.
+    pub version: String,
+    /// The device's state in it.
+    pub state: DeviceState,
+    /// When the device entered that state or last reported (unix ms).
+    pub since_ms: u64,
 }
 
 /// One rollout in memory.
@@ -581,6 +595,8 @@ impl OtaService {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         type Changed = (StoredRollout, Vec<(u32, String, DeviceRecord)>);
+        let listened = self.events.is_listened();
+        let mut changes: Vec<FleetEvent> = Vec::new();
         let batch: Vec<Changed> = {
             let mut rollouts = self.lock();
             rollouts
@@ -591,6 +607,9 @@ impl OtaService {
                         return None;
                     }
                     entry.stored.planner = entry.planner.record().clone();
+                    if listened {
+                        changes.extend(change_events(entry, &dirty.devices));
+                    }
                     let devices = dirty
                         .devices
                         .iter()
@@ -612,6 +631,9 @@ impl OtaService {
                 .map(|(i, id, r)| (*i, id.as_str(), r))
                 .collect();
             self.store.put_rollout(stored, &refs)?;
+        }
+        for change in changes {
+            self.events.emit(|| change);
         }
         self.settle();
         Ok(())
@@ -688,6 +710,24 @@ impl OtaService {
                     .is_some_and(|i| entry.planner.device(i).state.is_active())
             })
             .map(f)
+    }
+
+    /// Where `device` stands in the rollout in memory (live, or finished and not yet
+    /// settled) in which it changed state last; `None` if it is in none.
+    pub fn device_ota(&self, device: &str) -> Option<DeviceOta> {
+        let rollouts = self.lock();
+        rollouts
+            .values()
+            .filter_map(|entry| {
+                let record = entry.planner.device(entry.planner.find(device)?);
+                Some(DeviceOta {
+                    rollout: entry.stored.id.clone(),
+                    version: entry.artifact.version.clone(),
+                    state: record.state,
+                    since_ms: record.since_ms,
+                })
+            })
+            .max_by_key(|ota| ota.since_ms)
     }
 
     /// The notifications of every rollout in which `device` was notified and has not finished.
@@ -825,6 +865,35 @@ impl OtaService {
             done = rounds => done,
         }
     }
+}
+
+/// The events of a rollout whose planner changed: the rollout's state and counts, and each
+/// changed device's state.
+fn change_events(entry: &Entry, devices: &[u32]) -> Vec<FleetEvent> {
+    let at_ms = now_ms();
+    let id = &entry.stored.id;
+    let mut events = Vec::with_capacity(devices.len() + 1);
+    events.push(FleetEvent::Rollout(RolloutChange {
+        id: id.clone(),
+        state: entry.planner.status().as_str().to_owned(),
+        counts: entry
+            .planner
+            .counts()
+            .iter()
+            .map(|(state, n)| (state.as_str().to_owned(), n))
+            .collect(),
+        at_ms,
+    }));
+    events.extend(devices.iter().map(|&i| {
+        FleetEvent::Ota(OtaChange {
+            device: entry.planner.device_id(i).to_owned(),
+            rollout: id.clone(),
+            state: entry.planner.device(i).state.as_str().to_owned(),
+            version: entry.artifact.version.clone(),
+            at_ms,
+        })
+    }));
+    events
 }
 
 /// An operator's action on a rollout.
