@@ -335,6 +335,9 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
         tel.get_by_role("button", name="Show").click()
         expect(chart.locator(".u-title")).to_contain_text("temp (max per")
         assert 0 < int(chart.get_attribute("data-points")) <= 60
+        # The session the broker holds, and the recent events of the device.
+        expect(page.get_by_role("cell", name=f"$commands/{dev_id}/+", exact=True)).to_be_visible()
+        expect(page.get_by_role("region", name="Recent events")).to_contain_text("succeeded")
         shot(page, "device")
 
         # A small rollout to the device: artifact uploaded and rollout made from the pages.
@@ -374,6 +377,9 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
         expect(page.locator('[data-state="SUCCEEDED"]')).to_have_text("1")
         expect(page.locator('[data-state="DOWNLOADING"]')).to_have_text("0")
         assert len(device.seen("notes")) >= 1
+        # The device's own page shows its OTA state.
+        page.get_by_role("link", name=dev_id).first.click()
+        expect(page.locator("#ota-state")).to_have_text("SUCCEEDED")
         go(page, "/rollouts", "OTA rollouts")
         expect(page.get_by_role("row").filter(has_text=rid)).to_contain_text("SUCCEEDED: 1")
         shot(page, "rollouts")
