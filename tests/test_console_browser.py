@@ -298,9 +298,12 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
             device.seen("deltas")
         expect(page.locator("#shadow-delta")).to_contain_text('"interval": 30')
         version = int(page.locator("#shadow-current-version").inner_text())
-        # Someone else updates the shadow; the editor still holds the old version: 409 shown.
-        api.ok("PATCH", f"/api/v1/devices/{dev_id}/shadow", {"desired": {"led": "off"}})
+        # While an edit is open someone else updates the shadow: the page shows the new version
+        # live but the edit keeps the version it was based on, and sending it is a 409, shown.
         editor.fill('{"led": "blink"}')
+        api.ok("PATCH", f"/api/v1/devices/{dev_id}/shadow", {"desired": {"led": "off"}})
+        expect(page.locator("#shadow-current-version")).to_have_text(str(version + 1))
+        expect(editor).to_have_value('{"led": "blink"}')
         page.get_by_role("button", name="Send desired state").click()
         conflict = page.locator(".error.conflict")
         expect(conflict).to_contain_text("Version conflict")
@@ -508,7 +511,7 @@ def test_viewer_has_no_state_changing_buttons_and_the_api_refuses(server, api, u
         assert bad == [], f"{hash_path}: a viewer sees {bad}"
         expect(page.locator("main form[aria-label^='Create'], main form[aria-label^='Send'], "
                             "main form[aria-label='Bulk import'], main #shadow-editor")).to_have_count(0)
-        shot(page, f"viewer{hash_path.replace('/', '-')}")
+        shot(page, "viewer-" + ("device" if heading is None else hash_path.strip("/")))
     # The page's own cookie and CSRF token: the server refuses every state change with 403.
     results = page.evaluate(
         """async (dev) => {
