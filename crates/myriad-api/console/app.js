@@ -69,6 +69,8 @@ function showHeader() {
 
 async function route() {
   endPage();
+  // Notes about the last page go with it; errors stay until dismissed.
+  for (const note of document.querySelectorAll('#toasts .toast:not(.error)')) note.remove();
   const path = location.hash.replace(/^#/, '') || '/overview';
   if (path === '/login' || !session.current) {
     if (path !== '/login') wanted = `#${path}`;
