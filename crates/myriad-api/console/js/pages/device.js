@@ -227,7 +227,8 @@ export async function render(main, ctx, id) {
     replace(select, metrics.map((m) => h('option', { value: m }, m)));
     if (metrics.includes(keep)) select.value = keep;
     replace(latestBox, table('Latest values', ['Metric', 'Value', 'At'],
-      Object.entries((latest && latest.metrics) || {}).map(([m, p]) => [m, String(p.value), fmtTime(p.ts)]), 'No telemetry yet.'));
+      Object.entries((latest && latest.metrics) || {}).map(([m, p]) => [m,
+        typeof p.value === 'number' ? String(Number(p.value.toPrecision(6))) : String(p.value), fmtTime(p.ts)]), 'No telemetry yet.'));
     return metrics;
   }
   async function loadChart() {
