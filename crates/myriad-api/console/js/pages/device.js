@@ -100,8 +100,8 @@ export async function render(main, ctx, id) {
     const block = (title, value, hid) => h('div', { class: 'json-block' }, h('h3', null, title),
       h('pre', { id: hid, class: 'code' }, value === undefined ? '—' : pretty(value)));
     replace(shadowBox,
-      h('p', null, 'Version ', h('strong', { id: 'shadow-current-version' }, shadow ? String(shadow.version) : 'none (no shadow yet)'),
-        shadow ? ` · updated ${fmtTime(shadow.timestamp)}` : ''),
+      h('p', null, 'Version ', h('strong', { id: 'shadow-current-version' }, shadow ? String(shadow.version) : '0'),
+        shadow && shadow.version ? ` · updated ${fmtTime(shadow.timestamp)}` : ' (nothing set yet)'),
       h('div', { class: 'json-grid' },
         block('Desired', state.desired, 'shadow-desired'),
         block('Reported', state.reported, 'shadow-reported'),
