@@ -107,14 +107,23 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def login(page, username: str, password: str) -> None:
+def login(page, username: str, password: str, keyboard: bool = False) -> None:
+    """Logs in through the form (`keyboard`: typing only, Tab to the next field, Enter)."""
     from playwright.sync_api import expect
 
     page.goto("/")
     expect(page.get_by_role("heading", name="Myriad console")).to_be_visible()
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
+    if keyboard:
+        expect(page.get_by_label("Username")).to_be_focused()
+        page.keyboard.type(username)
+        page.keyboard.press("Tab")
+        expect(page.get_by_label("Password")).to_be_focused()
+        page.keyboard.type(password)
+        page.keyboard.press("Enter")
+    else:
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
 
 
@@ -289,9 +298,12 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
             device.seen("deltas")
         expect(page.locator("#shadow-delta")).to_contain_text('"interval": 30')
         version = int(page.locator("#shadow-current-version").inner_text())
-        # Someone else updates the shadow; the editor still holds the old version: 409 shown.
-        api.ok("PATCH", f"/api/v1/devices/{dev_id}/shadow", {"desired": {"led": "off"}})
+        # While an edit is open someone else updates the shadow: the page shows the new version
+        # live but the edit keeps the version it was based on, and sending it is a 409, shown.
         editor.fill('{"led": "blink"}')
+        api.ok("PATCH", f"/api/v1/devices/{dev_id}/shadow", {"desired": {"led": "off"}})
+        expect(page.locator("#shadow-current-version")).to_have_text(str(version + 1))
+        expect(editor).to_have_value('{"led": "blink"}')
         page.get_by_role("button", name="Send desired state").click()
         conflict = page.locator(".error.conflict")
         expect(conflict).to_contain_text("Version conflict")
@@ -306,6 +318,9 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
         cmd_form.get_by_role("button", name="Send command").click()
         expect(page.locator("span.status.succeeded").first).to_be_visible(timeout=LIVE)
         assert device.seen("commands") == [{"delay_s": 1}]
+
+        # A retained status message, browsed and deleted further down.
+        device.c.publish(f"devices/{dev_id}/status", '{"fw": "1.0.0"}', 1, retain=True).wait_for_publish(5)
 
         # Telemetry the device published, charted.
         now = int(time.time() * 1000)
@@ -323,6 +338,9 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
         tel.get_by_role("button", name="Show").click()
         expect(chart.locator(".u-title")).to_contain_text("temp (max per")
         assert 0 < int(chart.get_attribute("data-points")) <= 60
+        # The session the broker holds, and the recent events of the device.
+        expect(page.get_by_role("cell", name=f"$commands/{dev_id}/+", exact=True)).to_be_visible()
+        expect(page.get_by_role("region", name="Recent events")).to_contain_text("succeeded")
         shot(page, "device")
 
         # A small rollout to the device: artifact uploaded and rollout made from the pages.
@@ -362,6 +380,9 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
         expect(page.locator('[data-state="SUCCEEDED"]')).to_have_text("1")
         expect(page.locator('[data-state="DOWNLOADING"]')).to_have_text("0")
         assert len(device.seen("notes")) >= 1
+        # The device's own page shows its OTA state.
+        page.get_by_role("link", name=dev_id).first.click()
+        expect(page.locator("#ota-state")).to_have_text("SUCCEEDED")
         go(page, "/rollouts", "OTA rollouts")
         expect(page.get_by_role("row").filter(has_text=rid)).to_contain_text("SUCCEEDED: 1")
         shot(page, "rollouts")
@@ -402,11 +423,22 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
     assert wait_until(lambda: api.call("GET", f"/api/v1/devices/{good}")[0] == 404, 10)
     expect(page.get_by_role("row").filter(has_text=good)).to_have_count(0)
 
+    # Retained messages by prefix; delete one through the dialog.
+    go(page, "/retained", "Retained messages")
+    page.get_by_label("Topic prefix", exact=True).fill(f"devices/{dev_id}/")
+    page.get_by_role("button", name="Show").click()
+    row = page.get_by_role("row").filter(has_text=f"devices/{dev_id}/status")
+    expect(row).to_contain_text('{"fw": "1.0.0"}')
+    shot(page, "retained")
+    row.get_by_role("button", name="Delete").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Delete").click()
+    expect(row).to_have_count(0)
+    assert api.ok("GET", f"/api/v1/retained?prefix=devices/{dev_id}/")["items"] == []
+
     # Every other page renders (screenshots), the overview last, with its charts.
     api.ok("POST", "/api/v1/apps", {"id": unique("app"), "publish": ["data/#"], "subscribe": ["cmd/#"],
                                     "password": "app-pw-123"}, expect=201)
     for hash_path, heading, name in [("/commands", "Commands and batches", "commands"),
-                                     ("/retained", "Retained messages", "retained"),
                                      ("/apps", "Apps and ACLs", "apps"),
                                      ("/users", "Users", "users"),
                                      ("/audit", "Audit log", "audit"),
@@ -414,7 +446,27 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
         go(page, hash_path, heading)
         expect(page.locator(".error:visible")).to_have_count(0)
         shot(page, name)
-    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    # My account: a token made on the page (shown once) works as a bearer token for this user.
+    tok_form = page.get_by_role("form", name=f"New token for {ADMIN}")
+    tok_form.get_by_label("Token name").fill("ci-token")
+    tok_form.get_by_role("button", name="Create token").click()
+    secret = page.locator("#secret-value")
+    expect(secret).to_contain_text("myr_")
+    token = secret.inner_text().strip()
+    page.locator("#secret-dialog").get_by_role("button", name="Done").click()
+    expect(page.get_by_role("cell", name="ci-token")).to_be_visible()
+    me = Api(server.api_port, token).ok("GET", "/api/v1/session")
+    assert (me["username"], me["role"], me["via"]) == (ADMIN, "admin", "token")
+    # Users: an operator made with the form can log in with the password given.
+    go(page, "/users", "Users")
+    uform = page.get_by_role("form", name="Create a user")
+    uform.get_by_label("Username").fill("olga")
+    uform.get_by_label("Role").select_option("operator")
+    uform.get_by_label("Password (8 to 256 bytes; empty: generate one)").fill("olga-password-1")
+    uform.get_by_role("button", name="Create user").click()
+    expect(page.get_by_role("row").filter(has_text="olga")).to_contain_text("enabled")
+    status, body = api.call("POST", "/api/v1/login", {"username": "olga", "password": "olga-password-1"}, token=None)
+    assert status == 200 and body["role"] == "operator", (status, body)
     go(page, "/audit", "Audit log")
     expect(page.get_by_role("cell", name=f"POST /api/v1/devices/{dev_id}/commands").first).to_be_visible()
     go(page, "/overview", "Overview")
@@ -426,6 +478,10 @@ def test_admin_runs_a_device_from_the_console(server, api, users, browser):
     go(page, f"/devices/{dev_id}", f"Device {dev_id} offline")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shot(page, "device-phone")
+    # Log out: back to the form, and the cookie no longer opens the API.
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="Myriad console")).to_be_visible()
+    assert page.evaluate("async () => (await fetch('/api/v1/session', {credentials: 'same-origin'})).status") == 401
     assert problems.unexpected() == [], problems.items
     ctx.close()
 
@@ -436,7 +492,7 @@ def test_viewer_has_no_state_changing_buttons_and_the_api_refuses(server, api, u
 
     dev_id, _ = api.create_device("view")
     ctx, page, problems = new_page(browser, server)
-    login(page, VIEWER, VIEWER_PW)
+    login(page, VIEWER, VIEWER_PW, keyboard=True)
     expect(page.get_by_role("link", name="Users")).to_have_count(0)
     expect(page.get_by_role("link", name="Audit log")).to_have_count(0)
     forbidden = ["Create", "Delete", "Disable", "Enable", "Kick", "Rotate", "Send", "Import", "Upload",
@@ -455,7 +511,7 @@ def test_viewer_has_no_state_changing_buttons_and_the_api_refuses(server, api, u
         assert bad == [], f"{hash_path}: a viewer sees {bad}"
         expect(page.locator("main form[aria-label^='Create'], main form[aria-label^='Send'], "
                             "main form[aria-label='Bulk import'], main #shadow-editor")).to_have_count(0)
-        shot(page, f"viewer{hash_path.replace('/', '-')}")
+        shot(page, "viewer-" + ("device" if heading is None else hash_path.strip("/")))
     # The page's own cookie and CSRF token: the server refuses every state change with 403.
     results = page.evaluate(
         """async (dev) => {

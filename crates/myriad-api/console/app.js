@@ -18,17 +18,17 @@ import * as audit from './js/pages/audit.js';
 import * as account from './js/pages/account.js';
 
 const ROUTES = [
-  [/^\/overview$/, overview],
-  [/^\/devices$/, devices],
-  [/^\/devices\/(.+)$/, device],
-  [/^\/commands$/, commands],
-  [/^\/rollouts$/, rollouts],
-  [/^\/rollouts\/(.+)$/, rollout],
-  [/^\/retained$/, retained],
-  [/^\/apps$/, apps],
-  [/^\/users$/, users],
-  [/^\/audit$/, audit],
-  [/^\/account$/, account],
+  [/^\/overview$/, overview, 'Overview'],
+  [/^\/devices$/, devices, 'Devices'],
+  [/^\/devices\/(.+)$/, device, 'Device'],
+  [/^\/commands$/, commands, 'Commands and batches'],
+  [/^\/rollouts$/, rollouts, 'OTA rollouts'],
+  [/^\/rollouts\/(.+)$/, rollout, 'Rollout'],
+  [/^\/retained$/, retained, 'Retained messages'],
+  [/^\/apps$/, apps, 'Apps and ACLs'],
+  [/^\/users$/, users, 'Users'],
+  [/^\/audit$/, audit, 'Audit log'],
+  [/^\/account$/, account, 'My account'],
 ];
 
 const main = document.getElementById('main');
@@ -69,6 +69,8 @@ function showHeader() {
 
 async function route() {
   endPage();
+  // Notes about the last page go with it; errors stay until dismissed.
+  for (const note of document.querySelectorAll('#toasts .toast:not(.error)')) note.remove();
   const path = location.hash.replace(/^#/, '') || '/overview';
   if (path === '/login' || !session.current) {
     if (path !== '/login') wanted = `#${path}`;
@@ -82,14 +84,20 @@ async function route() {
     return;
   }
   showHeader();
-  for (const [pattern, page] of ROUTES) {
+  for (const [pattern, page, title] of ROUTES) {
     const m = path.match(pattern);
     if (m) {
       const params = m.slice(1).map(decodeURIComponent);
+      document.title = `${title} · Myriad`;
+      // Each page draws into its own element: a page still loading when the user moves on
+      // draws into a detached one.
+      const view = h('div', { class: 'view' });
+      replace(main, view);
       try {
-        await page.render(main, context(), ...params);
+        await page.render(view, context(), ...params);
       } catch (err) {
-        replace(main, h('p', { class: 'error', role: 'alert' }, err.message || String(err)));
+        // The page could not load what it shows: say why, as the API words it.
+        replace(view, h('h1', null, title), h('p', { class: 'error', role: 'alert' }, err.message || String(err)));
       }
       main.focus({ preventScroll: true });
       return;

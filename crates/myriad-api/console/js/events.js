@@ -1,9 +1,10 @@
 // Live updates: Server-Sent Events from GET /api/v1/events (cookie auth). When the stream
 // cannot be opened (or is refused), `poll` runs every few seconds instead so the page still
-// follows the fleet; a `lagged` event means events were missed: `resync` refetches.
+// follows the fleet; a `lagged` event or a reconnect means events were missed: `resync`
+// refetches.
 
 /**
- * Opens the event stream. handlers: {presence, command, rollout, shadow, overview, resync}.
+ * Opens the event stream. handlers: {presence, command, rollout, shadow, overview, ota, resync}.
  * Returns a close function.
  */
 export function liveEvents({ types, device, handlers, poll, pollMs = 5000 }) {
@@ -21,9 +22,13 @@ export function liveEvents({ types, device, handlers, poll, pollMs = 5000 }) {
     });
   }
   source.addEventListener('lagged', () => { if (handlers.resync) handlers.resync(); });
+  let opened = false;
   source.addEventListener('open', () => {
     document.body.dataset.live = 'sse';
     if (timer) { clearInterval(timer); timer = null; }
+    // A reconnect: events of the gap are lost, fetch what the page shows again.
+    if (opened && handlers.resync) handlers.resync();
+    opened = true;
   });
   source.addEventListener('error', () => {
     if (closed) return;

@@ -111,7 +111,7 @@ export function toast(message, kind = 'info') {
 export function errorLine() {
   const el = h('p', { class: 'error', role: 'alert', hidden: true });
   el.show = (err) => { el.textContent = err && err.message ? err.message : String(err); el.hidden = false; };
-  el.clear = () => { el.textContent = ''; el.hidden = true; };
+  el.clear = () => { el.textContent = ''; el.hidden = true; el.classList.remove('conflict'); };
   return el;
 }
 

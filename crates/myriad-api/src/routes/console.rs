@@ -231,6 +231,62 @@ mod tests {
         assert_eq!(INDEX["index.html"].cache_control, "no-cache");
     }
 
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// One GET through the console's router.
+    async fn get(path: &str, if_none_match: Option<&str>) -> Response {
+        let mut request = Request::get(path);
+        if let Some(tag) = if_none_match {
+            request = request.header(header::IF_NONE_MATCH, tag);
+        }
+        router::<()>()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible")
+    }
+
+    #[tokio::test]
+    async fn answers_carry_the_security_headers_and_revalidate() {
+        let root = get("/", None).await;
+        assert_eq!(root.status(), StatusCode::SEE_OTHER);
+        assert_eq!(root.headers()[header::LOCATION], "/console/");
+        let page = get("/console/", None).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        let h = page.headers();
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let etag = h[header::ETAG].to_str().expect("ascii").to_string();
+        let again = get("/console/", Some(&etag)).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(again.headers()[header::X_FRAME_OPTIONS], "DENY");
+        let other = get("/console/", Some("\"nope\"")).await;
+        assert_eq!(other.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn unknown_and_overlong_paths_are_404() {
+        let at_limit = format!("/console/{}", "a".repeat(MAX_ASSET_PATH));
+        let past_limit = format!("/console/{}", "a".repeat(MAX_ASSET_PATH + 1));
+        for path in [
+            "/console/nope.js",
+            "/console/js",
+            at_limit.as_str(),
+            past_limit.as_str(),
+        ] {
+            let reply = get(path, None).await;
+            assert_eq!(reply.status(), StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(reply.headers()[header::X_FRAME_OPTIONS], "DENY");
+        }
+        assert_eq!(
+            get("/console/js/ui.js", None).await.status(),
+            StatusCode::OK
+        );
+    }
+
     /// Whether `line` has an attribute like ` onclick=`.
     fn has_inline_handler(line: &str) -> bool {
         line.match_indices(" on").any(|(at, _)| {

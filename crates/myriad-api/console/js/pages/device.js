@@ -16,6 +16,11 @@ const RANGES = [['900000', 'last 15 minutes'], ['3600000', 'last hour'], ['21600
 const AGGS = [['', 'raw points'], ['avg', 'average'], ['min', 'minimum'], ['max', 'maximum'],
   ['sum', 'sum'], ['count', 'count'], ['last', 'last'], ['rate', 'rate']];
 
+/** MQTT protocol level as its version name. */
+function mqttVersion(level) {
+  return { 3: 'MQTT 3.1', 4: 'MQTT 3.1.1', 5: 'MQTT 5.0' }[level] || '—';
+}
+
 async function maybe(path) {
   try {
     return await api('GET', path);
@@ -61,7 +66,7 @@ export async function render(main, ctx, id) {
       h('dt', null, 'Last disconnected'), h('dd', null, fmtTime(p.last_disconnected_at)),
       h('dt', null, 'Disconnect reason'), h('dd', null, p.disconnect_reason || '—'),
       h('dt', null, 'Address'), h('dd', null, p.address || '—'),
-      h('dt', null, 'Protocol'), h('dd', null, p.protocol ? `MQTT ${p.protocol === 5 ? '5.0' : '3.1.1'}` : '—')));
+      h('dt', null, 'Protocol'), h('dd', null, mqttVersion(p.protocol))));
   }
   async function loadPresence() {
     presence = await maybe(`${base}/presence`);
@@ -74,12 +79,13 @@ export async function render(main, ctx, id) {
       h('dl', { class: 'facts' },
         h('dt', null, 'Connected'), h('dd', null, s.connected ? 'yes' : 'no'),
         h('dt', null, 'Client id'), h('dd', null, s.client_id),
-        h('dt', null, 'Protocol'), h('dd', null, String(s.protocol)),
-        h('dt', null, 'Clean start'), h('dd', null, s.clean_start ? 'yes' : 'no'),
-        h('dt', null, 'Expiry'), h('dd', null, `${s.expiry_secs} s`),
+        h('dt', null, 'Protocol'), h('dd', null, mqttVersion(s.protocol)),
+        h('dt', null, 'Clean start'), h('dd', null, s.clean_start === null || s.clean_start === undefined ? '—' : s.clean_start ? 'yes' : 'no'),
+        h('dt', null, 'Session expiry'), h('dd', null, s.expiry_secs >= 4294967295 ? 'never' : `${s.expiry_secs} s`),
         h('dt', null, 'Queued'), h('dd', null, `${s.queued_messages} messages, ${s.queued_bytes} bytes`),
         h('dt', null, 'In flight'), h('dd', null, String(s.inflight))),
-      table('Subscriptions', ['Filter', 'QoS'], (s.subscriptions || []).map((x) => [h('code', null, x.filter), String(x.qos)]), 'No subscriptions.'));
+      table('Subscriptions', ['Filter', 'QoS'], (s.subscriptions || []).map((x) => [h('code', null, x.filter), String(x.qos)]), 'No subscriptions.'),
+      s.subscriptions_truncated ? h('p', { class: 'muted' }, 'More subscriptions than listed (the first 1,000 are shown).') : null);
   }
 
   // --- shadow ----------------------------------------------------------------------------
@@ -255,6 +261,7 @@ export async function render(main, ctx, id) {
     replace(otaBox, h('dl', { class: 'facts' },
       h('dt', null, 'Installed version'), h('dd', null, o.installed_version || '—'),
       h('dt', null, 'Rollout'), h('dd', null, o.rollout ? h('a', { href: `#/rollouts/${encodeURIComponent(o.rollout)}` }, o.rollout) : '—'),
+      h('dt', null, 'Target version'), h('dd', null, o.target_version || '—'),
       h('dt', null, 'State'), h('dd', { id: 'ota-state' }, o.state || '—'),
       h('dt', null, 'Updated'), h('dd', null, fmtTime(o.updated_ms))));
   }
@@ -282,7 +289,7 @@ export async function render(main, ctx, id) {
     soft(loadPresence()); soft(loadSession()); soft(loadShadow()); soft(cmdPager.reload()); soft(loadOta()); soft(loadEvents());
   };
   ctx.live({
-    types: ['presence', 'command', 'shadow', 'rollout'],
+    types: ['presence', 'command', 'shadow', 'ota'],
     device: id,
     handlers: {
       presence(p) {
@@ -293,7 +300,7 @@ export async function render(main, ctx, id) {
       },
       command() { soft(cmdPager.reload()); soft(loadEvents()); },
       shadow() { soft(loadShadow()); soft(loadEvents()); },
-      rollout() { soft(loadOta()); },
+      ota() { soft(loadOta()); soft(loadEvents()); },
       resync: refreshAll,
     },
     poll: refreshAll,

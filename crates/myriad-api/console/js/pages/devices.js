@@ -213,22 +213,33 @@ export async function render(main, ctx) {
   const pager = cursorPager('Devices', loadPage);
   filters.addEventListener('submit', (e) => { e.preventDefault(); pager.first(); });
 
-  const parts = [h('h1', null, 'Devices'), section('Find devices', filters, err, rowsBox, pager.el)];
+  const counts = h('p', { class: 'muted', id: 'device-counts', 'aria-live': 'polite' });
+  const loadCounts = async () => {
+    try {
+      const c = await api('GET', '/api/v1/presence/count');
+      counts.textContent = `${c.online.toLocaleString()} online of ${c.devices.toLocaleString()} registered`;
+    } catch (_) { /* the list still works */ }
+  };
+  const parts = [h('h1', null, 'Devices'), counts, section('Find devices', filters, err, rowsBox, pager.el)];
   if (can('operate')) {
     parts.push(section('Create a device', createForm(() => pager.reload())));
     parts.push(section('Bulk import', importForm(() => pager.reload())));
   }
   replace(main, parts);
-  await pager.first();
+  await Promise.all([pager.first(), loadCounts()]);
+  let pending = null;
+  ctx.onCleanup(() => clearTimeout(pending));
   ctx.live({
     types: ['presence'],
     handlers: {
       presence(p) {
         const cell = badges.get(p.device);
         if (cell) replace(cell, badge(p.online));
+        clearTimeout(pending);
+        pending = setTimeout(loadCounts, 1000);
       },
-      resync: () => pager.reload(),
+      resync: () => { pager.reload(); loadCounts(); },
     },
-    poll: () => pager.reload(),
+    poll: () => { pager.reload(); loadCounts(); },
   });
 }

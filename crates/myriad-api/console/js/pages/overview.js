@@ -7,10 +7,10 @@ import { arrayPager, badge, fmtTime, h, num, replace, section, table } from '../
 const HOUR_MS = 3600 * 1000;
 
 const CHARTS = [
-  ['Connections and sessions', ['connections', 'sessions']],
-  ['Messages per second', ['messages_in_per_sec', 'messages_out_per_sec']],
-  ['Dropped per second', ['dropped_per_sec']],
-  ['Store commit p99 (ms)', ['store_commit_p99_ms']],
+  ['Connections and sessions', ['connections', 'sessions'], ['connections', 'sessions']],
+  ['Messages per second', ['messages_in_per_sec', 'messages_out_per_sec'], ['in', 'out']],
+  ['Dropped messages per second', ['dropped_per_sec'], ['dropped']],
+  ['Store commit p99 (ms)', ['store_commit_p99_ms'], ['p99 ms']],
 ];
 
 function stat(label, value, key) {
@@ -60,7 +60,7 @@ export async function render(main, ctx) {
     section('Recent presence changes', presenceBox, presence.el));
   drawNow();
   presence.set(data.recent_presence || []);
-  const charts = CHARTS.map(([title, keys], i) => lineChart(chartBoxes[i], title, keys, series(keys)));
+  const charts = CHARTS.map(([title, keys, labels], i) => lineChart(chartBoxes[i], title, labels, series(keys)));
   ctx.onCleanup(() => charts.forEach((c) => c.destroy()));
 
   const redrawCharts = () => CHARTS.forEach(([, keys], i) => charts[i].setData(series(keys)));

@@ -27,11 +27,14 @@ export async function render(main) {
     const path = `/api/v1/users/${encodeURIComponent(u.username)}`;
     const roleSel = h('select', { 'aria-label': `Role of ${u.username}` }, ROLES.map(([v, t]) => h('option', { value: v }, t)));
     roleSel.value = u.role;
-    roleSel.addEventListener('change', () => busy(roleSel, async () => {
-      await api('PATCH', path, { role: roleSel.value });
-      toast(`${u.username} is now ${roleSel.value}`);
+    roleSel.addEventListener('change', async () => {
+      if (!await confirmAction(`Make ${u.username} ${roleSel.value}?`, 'Change role')) { roleSel.value = u.role; return; }
+      await busy(roleSel, async () => {
+        await api('PATCH', path, { role: roleSel.value });
+        toast(`${u.username} is now ${roleSel.value}`);
+      }, err);
       pager.reload();
-    }, err));
+    });
     const toggle = h('button', {
       type: 'button',
       onclick: async () => {
@@ -63,6 +66,7 @@ export async function render(main) {
       },
     }, 'Delete');
     const self = session.current && session.current.username === u.username;
+    if (self) roleSel.disabled = true;
     return [u.username, roleSel, u.disabled ? 'disabled' : 'enabled', fmtTime(u.created_ms), fmtTime(u.last_login_ms),
       h('span', { class: 'row-actions' }, self ? null : toggle, pw, tokens, self ? null : del)];
   }
