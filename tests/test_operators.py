@@ -259,6 +259,18 @@ def test_passwords_own_and_admin(broker, api):
     Session(port, name, "admin-set-pw-1")
 
 
+def test_wrong_current_passwords_are_throttled_like_logins(broker, api):
+    name = make_user(api, "viewer")
+    s = Session(broker.api_port, name)
+    path = f"/api/v1/users/{name}/password"
+    for _ in range(5):
+        assert s.call("PUT", path, {"current_password": "guess-guess", "password": "new-password-1"})[0] == 403
+    status, headers, answer = s.call("PUT", path, {"current_password": PASSWORD, "password": "new-password-1"})
+    assert status == 429 and headers["retry-after"] == "1", answer
+    status, _, _ = http(broker.api_port, "POST", "/api/v1/login", {"username": name, "password": PASSWORD})
+    assert status == 429, "the user name is locked for logins too"
+
+
 def test_disabling_a_user_ends_its_session_and_tokens(broker, api):
     port = broker.api_port
     name = make_user(api, "operator")

@@ -63,6 +63,9 @@ pub enum OperatorError {
     /// The current password given to change one's own password is wrong.
     #[error("the current password is wrong")]
     WrongPassword,
+    /// Too many wrong passwords for this user: locked out for this many ms.
+    #[error("too many failed password checks; retry in {} s", .0.div_ceil(1000).max(1))]
+    Locked(u64),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] FleetStoreError),
@@ -400,10 +403,16 @@ impl Operators {
         let Some(stored) = lock(&self.state).users.get(name).cloned() else {
             return Err(OperatorError::UserNotFound(name.into()));
         };
-        if let Some(current) = current
-            && !verify_password(&stored.password_hash, current).unwrap_or(false)
-        {
-            return Err(OperatorError::WrongPassword);
+        if let Some(current) = current {
+            // Wrong current passwords count as failed logins (and are refused while locked out).
+            let now = crate::service::now_ms();
+            if let Some(wait) = lock(&self.throttle).check(name, None, now) {
+                return Err(OperatorError::Locked(wait));
+            }
+            if !verify_password(&stored.password_hash, current).unwrap_or(false) {
+                lock(&self.throttle).failure(name, None, now);
+                return Err(OperatorError::WrongPassword);
+            }
         }
         let password_hash = hash_password(password, &self.config.hash_params)?;
         let _writes = lock(&self.writes);
