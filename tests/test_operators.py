@@ -416,6 +416,38 @@ def test_login_throttling_per_user_and_per_address(broker_factory):
     assert {e["actor"] for e in failed if not e["actor"].startswith("ghost")} == {name}
 
 
+def test_password_checks_share_the_bounded_argon2_slots(broker_factory):
+    """With one check slot and no queue, simultaneous logins past the one being
+    hashed are answered 503 at once (no Argon2, not counted as failures)."""
+    import threading
+
+    b = broker_factory({"api": {"token": TOKEN},
+                        "auth": {"max_concurrent_password_checks": 1, "password_check_queue": 0}})
+    assert wait_until(lambda: b.api_port is not None, 10)
+    api, port = Api(b.api_port, TOKEN), b.api_port
+    name = make_user(api, "viewer")
+    results: list[tuple[int, object]] = []
+    start = threading.Barrier(16)
+
+    def attempt() -> None:
+        start.wait()
+        status, _, body = http(port, "POST", "/api/v1/login", {"username": name, "password": PASSWORD})
+        results.append((status, body))
+
+    threads = [threading.Thread(target=attempt) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    statuses = sorted(status for status, _ in results)
+    assert len(statuses) == 16 and set(statuses) <= {200, 503}, statuses
+    assert 200 in statuses and 503 in statuses, statuses
+    busy = [body for status, body in results if status == 503]
+    assert busy[0]["message"] == "too many password checks at once; retry later"
+    # Busy answers are not failures: the user is not locked out.
+    assert http(port, "POST", "/api/v1/login", {"username": name, "password": PASSWORD})[0] == 200
+
+
 # ---- restart, cap
 
 
