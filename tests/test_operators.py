@@ -548,6 +548,15 @@ def test_ctl_users_and_audit_round_trip(broker, api):
     assert len(entries) == 3
     assert (entries[0]["method"], entries[0]["path"], entries[0]["status"]) == \
         ("DELETE", f"/api/v1/users/{name}/tokens/{created['id']}", 204)
+    # Without --output json the lists are tables.
+    table = subprocess.run([str(myriad_bin()), "ctl", "audit", "--limit", "2"], capture_output=True,
+                           text=True, env=env, timeout=60)
+    lines = table.stdout.splitlines()
+    assert table.returncode == 0 and lines[0].split()[:3] == ["SEQ", "AT_MS", "ACTOR"] and len(lines) == 3, lines
+    table = subprocess.run([str(myriad_bin()), "ctl", "users", "list"], capture_output=True, text=True,
+                           env=env, timeout=60)
+    row = next(line for line in table.stdout.splitlines() if line.startswith(name + " "))
+    assert row.split()[1:3] == ["viewer", "false"], row
     ctl("users", "delete", name)
     assert api.call("GET", f"/api/v1/users/{name}")[0] == 404
     bad = ctl("users", "add", unique("x"), "--role", "root", "--password-stdin", stdin=PASSWORD, ok=False)
