@@ -259,6 +259,15 @@ def test_stream_cap_and_shutdown_ends_streams(tmp_path):
         b.stop()
 
 
+@pytest.mark.parametrize("value", [0, 100001])
+def test_a_bad_max_event_streams_stops_startup_naming_it(tmp_path, value):
+    b = Broker(tmp_path, raw_config=CONFIG + f"max_event_streams = {value}\n")
+    with pytest.raises(RuntimeError):
+        b.start()
+    assert not b.alive() and b.proc.returncode != 0
+    assert "invalid value for api.max_event_streams" in b.log_path.read_text()
+
+
 # ------------------------------------------------------------------ overview
 
 
