@@ -492,6 +492,12 @@ def test_retained_list_by_prefix_with_paging_and_delete(broker, api):
     assert len(api.ok("GET", "/api/v1/retained?limit=1000")["items"]) <= 1000
     status, body = api.call("DELETE", "/api/v1/retained")
     assert status == 400 and body["message"] == "topic is required"
+    for name in ["prefix", "after"]:
+        status, body = api.call("GET", f"/api/v1/retained?{name}={'a' * 16385}")
+        assert status == 400 and body["message"] == f"{name} is longer than 16384 bytes", body
+    assert api.call("GET", f"/api/v1/retained?prefix={'a' * 16384}")[0] == 200
+    status, body = api.call("DELETE", f"/api/v1/retained?topic={'t' * 16385}")
+    assert status == 400 and body["message"] == "topic is longer than 16384 bytes"
     for c in (pub, sub):
         c.c.disconnect()
 
