@@ -259,6 +259,15 @@ def test_stream_cap_and_shutdown_ends_streams(tmp_path):
         b.stop()
 
 
+@pytest.mark.parametrize("value", [0, 100001])
+def test_a_bad_max_event_streams_stops_startup_naming_it(tmp_path, value):
+    b = Broker(tmp_path, raw_config=CONFIG + f"max_event_streams = {value}\n")
+    with pytest.raises(RuntimeError):
+        b.start()
+    assert not b.alive() and b.proc.returncode != 0
+    assert "invalid value for api.max_event_streams" in b.log_path.read_text()
+
+
 # ------------------------------------------------------------------ overview
 
 
@@ -483,6 +492,12 @@ def test_retained_list_by_prefix_with_paging_and_delete(broker, api):
     assert len(api.ok("GET", "/api/v1/retained?limit=1000")["items"]) <= 1000
     status, body = api.call("DELETE", "/api/v1/retained")
     assert status == 400 and body["message"] == "topic is required"
+    for name in ["prefix", "after"]:
+        status, body = api.call("GET", f"/api/v1/retained?{name}={'a' * 16385}")
+        assert status == 400 and body["message"] == f"{name} is longer than 16384 bytes", body
+    assert api.call("GET", f"/api/v1/retained?prefix={'a' * 16384}")[0] == 200
+    status, body = api.call("DELETE", f"/api/v1/retained?topic={'t' * 16385}")
+    assert status == 400 and body["message"] == "topic is longer than 16384 bytes"
     for c in (pub, sub):
         c.c.disconnect()
 

@@ -259,6 +259,18 @@ def test_passwords_own_and_admin(broker, api):
     Session(port, name, "admin-set-pw-1")
 
 
+def test_wrong_current_passwords_are_throttled_like_logins(broker, api):
+    name = make_user(api, "viewer")
+    s = Session(broker.api_port, name)
+    path = f"/api/v1/users/{name}/password"
+    for _ in range(5):
+        assert s.call("PUT", path, {"current_password": "guess-guess", "password": "new-password-1"})[0] == 403
+    status, headers, answer = s.call("PUT", path, {"current_password": PASSWORD, "password": "new-password-1"})
+    assert status == 429 and headers["retry-after"] == "1", answer
+    status, _, _ = http(broker.api_port, "POST", "/api/v1/login", {"username": name, "password": PASSWORD})
+    assert status == 429, "the user name is locked for logins too"
+
+
 def test_disabling_a_user_ends_its_session_and_tokens(broker, api):
     port = broker.api_port
     name = make_user(api, "operator")
@@ -404,6 +416,38 @@ def test_login_throttling_per_user_and_per_address(broker_factory):
     assert {e["actor"] for e in failed if not e["actor"].startswith("ghost")} == {name}
 
 
+def test_password_checks_share_the_bounded_argon2_slots(broker_factory):
+    """With one check slot and no queue, simultaneous logins past the one being
+    hashed are answered 503 at once (no Argon2, not counted as failures)."""
+    import threading
+
+    b = broker_factory({"api": {"token": TOKEN},
+                        "auth": {"max_concurrent_password_checks": 1, "password_check_queue": 0}})
+    assert wait_until(lambda: b.api_port is not None, 10)
+    api, port = Api(b.api_port, TOKEN), b.api_port
+    name = make_user(api, "viewer")
+    results: list[tuple[int, object]] = []
+    start = threading.Barrier(16)
+
+    def attempt() -> None:
+        start.wait()
+        status, _, body = http(port, "POST", "/api/v1/login", {"username": name, "password": PASSWORD})
+        results.append((status, body))
+
+    threads = [threading.Thread(target=attempt) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    statuses = sorted(status for status, _ in results)
+    assert len(statuses) == 16 and set(statuses) <= {200, 503}, statuses
+    assert 200 in statuses and 503 in statuses, statuses
+    busy = [body for status, body in results if status == 503]
+    assert busy[0]["message"] == "too many password checks at once; retry later"
+    # Busy answers are not failures: the user is not locked out.
+    assert http(port, "POST", "/api/v1/login", {"username": name, "password": PASSWORD})[0] == 200
+
+
 # ---- restart, cap
 
 
@@ -504,6 +548,15 @@ def test_ctl_users_and_audit_round_trip(broker, api):
     assert len(entries) == 3
     assert (entries[0]["method"], entries[0]["path"], entries[0]["status"]) == \
         ("DELETE", f"/api/v1/users/{name}/tokens/{created['id']}", 204)
+    # Without --output json the lists are tables.
+    table = subprocess.run([str(myriad_bin()), "ctl", "audit", "--limit", "2"], capture_output=True,
+                           text=True, env=env, timeout=60)
+    lines = table.stdout.splitlines()
+    assert table.returncode == 0 and lines[0].split()[:3] == ["SEQ", "AT_MS", "ACTOR"] and len(lines) == 3, lines
+    table = subprocess.run([str(myriad_bin()), "ctl", "users", "list"], capture_output=True, text=True,
+                           env=env, timeout=60)
+    row = next(line for line in table.stdout.splitlines() if line.startswith(name + " "))
+    assert row.split()[1:3] == ["viewer", "false"], row
     ctl("users", "delete", name)
     assert api.call("GET", f"/api/v1/users/{name}")[0] == 404
     bad = ctl("users", "add", unique("x"), "--role", "root", "--password-stdin", stdin=PASSWORD, ok=False)

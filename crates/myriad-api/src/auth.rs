@@ -392,6 +392,30 @@ mod tests {
     }
 
     #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; myriad_session=abc; b=2"),
+        );
+        assert_eq!(session_cookie(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("x=1"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("myriad_session=\"q\""),
+        );
+        assert_eq!(session_cookie(&h), Some("q"));
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("my_myriad_session=z"),
+        );
+        assert_eq!(session_cookie(&h), None);
+        assert_eq!(session_cookie(&HeaderMap::new()), None);
+    }
+
+    #[test]
     fn influx_schemes() {
         assert!(influx_token_matches(&headers("Token s3cret"), "s3cret"));
         // "u:s3cret"

@@ -164,6 +164,10 @@ impl From<OperatorError> for ApiError {
                 status: StatusCode::FORBIDDEN,
                 message,
             },
+            OperatorError::Locked(wait_ms) => ApiError::TooManyRequests {
+                message,
+                retry_after_secs: wait_ms.div_ceil(1000).max(1),
+            },
             OperatorError::Store(error) => error.into(),
             OperatorError::Internal(_) => ApiError::Internal(message),
         }

@@ -27,10 +27,17 @@
 //! | `GET /api/v1/devices/{id}/session`, `/events`, `/ota` | a device's session, recent events, OTA state |
 //! | `GET, DELETE /api/v1/retained` | retained messages by topic prefix; delete one |
 //! | `POST /api/v1/tls/reload` | read every TLS listener's certificate, key and CAs again (as SIGHUP) |
+//! | `POST /api/v1/login`, `GET /api/v1/session`, `POST /api/v1/logout` | operator login sessions (cookie `myriad_session` + CSRF token) |
+//! | `GET, POST /api/v1/users`, `GET, PATCH, DELETE /api/v1/users/{name}`, `PUT .../password` | operator users |
+//! | `GET, POST /api/v1/users/{name}/tokens`, `DELETE .../tokens/{id}` | users' `myr_` API tokens |
+//! | `GET /api/v1/audit` | the audit log of state-changing requests |
 //!
-//! Every route under `/api/v1` needs `Authorization: Bearer {token}`
-//! ([`ApiState::token`], compared in constant time; an empty configured
-//! token refuses every request). Every error is
+//! Every route under `/api/v1` but the login needs `Authorization: Bearer {token}`
+//! ([`ApiState::token`], the bootstrap admin, compared in constant time; an empty
+//! configured token matches nothing), a user's `myr_` API token, or the session
+//! cookie (then state-changing requests need `X-CSRF-Token`); each route's least
+//! role is in one policy table (`policy.rs`), and every state-changing request is
+//! written to the audit log (see `auth.rs` and docs/console.md). Every error is
 //! `{"status": <u16>, "message": ".."}` with that HTTP status, including
 //! axum's own rejections (bad JSON, bad query, body too large, unknown
 //! route, wrong method). Timestamps are unix milliseconds.

@@ -366,6 +366,7 @@ impl ApiConfig {
                 ..defaults
             },
             hash_params,
+            max_sessions: myriad_fleet::operators::MAX_SESSIONS,
         }
     }
 

@@ -57,12 +57,14 @@ fn role_of(text: &str) -> Result<Role, ApiError> {
 
 /// A slot for one Argon2 run (shared with device logins), or 503.
 async fn password_slot(state: &ApiState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    state.auth.password_check_slot().await.ok_or_else(|| {
-        ApiError::with_status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many password checks at once; retry later",
-        )
-    })
+    state
+        .auth
+        .password_check_slot()
+        .await
+        .ok_or_else(|| ApiError::Other {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "too many password checks at once; retry later".into(),
+        })
 }
 
 /// Logs in with a user name and password: sets the session cookie.

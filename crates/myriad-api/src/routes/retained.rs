@@ -16,8 +16,9 @@ use crate::state::ApiState;
 pub(crate) const MAX_RETAINED_LIMIT: usize = 1000;
 /// Page size without `limit`.
 const DEFAULT_RETAINED_LIMIT: usize = 100;
-/// Longest `prefix`, `after` or `topic`: the longest MQTT topic (bytes).
-pub(crate) const MAX_TOPIC_BYTES: usize = 65_535;
+/// Longest `prefix`, `after` or `topic` (bytes): four times the broker's default
+/// `mqtt.max_topic_length`, and short enough that the percent-encoded query fits a URI.
+pub(crate) const MAX_TOPIC_BYTES: usize = 16_384;
 /// Characters of a UTF-8 payload shown.
 const UTF8_SHOWN_CHARS: usize = 256;
 /// Bytes of a binary payload shown (base64).
@@ -163,7 +164,7 @@ pub(crate) async fn list_retained(
     params(RetainedTopic),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "No topic, or longer than 65,535 bytes", body = ErrorBody),
+        (status = 400, description = "No topic, or longer than 16,384 bytes", body = ErrorBody),
         (status = 404, description = "No retained message on that topic", body = ErrorBody),
         (status = 503, description = "The broker has stopped", body = ErrorBody),
     )

@@ -1,6 +1,7 @@
 //! The API through `tower::ServiceExt::oneshot` on `router(state)`, over a
 //! temporary fleet store.
 
+mod accounts;
 mod apps;
 mod auth;
 mod commands;

@@ -133,6 +133,13 @@ impl Broker {
                 self.pending_wills.len()
             ));
         }
+        if self.retained.indexed() != self.retained.len() {
+            return Err(format!(
+                "{} retained messages counted, {} topics indexed",
+                self.retained.len(),
+                self.retained.indexed()
+            ));
+        }
         if self.retained.all().len() != self.retained.len() {
             return Err(format!(
                 "{} retained messages counted, {} held",

@@ -3,10 +3,10 @@
 //! ([`Broker::retained_page`]) and deleting one ([`Broker::delete_retained`]).
 //!
 //! Answers are bounded: a session lists at most the subscriptions asked for
-//! (with a flag when it has more), a retained page at most its limit.
+//! (with a flag when it has more), a retained page at most its limit (read
+//! from the retained store's topic index, so a page costs the same in a store
+//! of any size).
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -91,9 +91,8 @@ impl Broker {
     }
 
     /// Up to `limit` retained messages whose topics start with `prefix`
-    /// and sort after `after`, in topic order (expired ones left out). Walks
-    /// only the subtree under the prefix's complete levels, keeping `limit`
-    /// candidates at a time.
+    /// and sort after `after`, in topic order (expired ones left out), read
+    /// from the retained topic index: O(log n + limit) whatever the store holds.
     pub fn retained_page(
         &self,
         prefix: &str,
@@ -101,29 +100,7 @@ impl Broker {
         limit: usize,
         now: Instant,
     ) -> RetainedPage {
-        let mut heap: BinaryHeap<ByTopic> = BinaryHeap::new();
-        let keep = limit.saturating_add(1);
-        self.retained.visit_prefix(prefix, |message| {
-            if !message.topic.starts_with(prefix)
-                || after.is_some_and(|after| &*message.topic <= after)
-                || message.is_expired(now)
-            {
-                return;
-            }
-            if heap.len() < keep {
-                heap.push(ByTopic(message.clone()));
-            } else if heap
-                .peek()
-                .is_some_and(|largest| message.topic < largest.0.topic)
-            {
-                heap.pop();
-                heap.push(ByTopic(message.clone()));
-            }
-        });
-        let mut items: Vec<Arc<Message>> =
-            heap.into_sorted_vec().into_iter().map(|m| m.0).collect();
-        let more = items.len() > limit;
-        items.truncate(limit);
+        let (items, more) = self.retained.page(prefix, after, limit, now);
         RetainedPage { items, more }
     }
 
@@ -141,28 +118,5 @@ impl Broker {
             });
         }
         true
-    }
-}
-
-/// Orders retained messages by topic (a max-heap keeps the largest on top).
-struct ByTopic(Arc<Message>);
-
-impl PartialEq for ByTopic {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.topic == other.0.topic
-    }
-}
-
-impl Eq for ByTopic {}
-
-impl PartialOrd for ByTopic {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ByTopic {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.topic.cmp(&other.0.topic)
     }
 }

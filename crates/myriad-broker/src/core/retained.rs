@@ -4,11 +4,14 @@
 //! or path and dropping a node is iterative: a topic's depth is the
 //! publisher's choice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::deep_drop::{Subtree, drop_children};
+use myriad_mqtt::ByteString;
+
 use super::message::Message;
 
 #[derive(Default)]
@@ -41,6 +44,9 @@ impl Drop for Node {
 pub struct RetainedStore {
     root: Node,
     count: usize,
+    /// Every topic with a message, in topic order (for paging through them:
+    /// [`RetainedStore::page`]). Shares each message's topic buffer.
+    topics: BTreeSet<ByteString>,
 }
 
 impl std::fmt::Debug for RetainedStore {
@@ -78,8 +84,10 @@ impl RetainedStore {
         for level in message.topic.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
+        let topic = message.topic.clone();
         if node.message.replace(message).is_none() {
             self.count += 1;
+            self.topics.insert(topic);
         }
     }
 
@@ -101,6 +109,7 @@ impl RetainedStore {
             return;
         }
         self.count -= 1;
+        self.topics.remove(topic);
         if !node.children.is_empty() {
             return;
         }
@@ -129,49 +138,55 @@ impl RetainedStore {
         out
     }
 
-    /// Whether `topic` (taken literally) has a retained message.
-    pub fn contains(&self, topic: &str) -> bool {
+    /// The retained message of exactly `topic` (wildcards are plain characters here).
+    pub fn get(&self, topic: &str) -> Option<&Arc<Message>> {
         let mut node = &self.root;
         for level in topic.split('/') {
-            match node.children.get(level) {
-                Some(child) => node = child,
-                None => return false,
-            }
+            node = node.children.get(level)?;
         }
-        node.message.is_some()
+        node.message.as_ref()
     }
 
-    /// Calls `f` with every retained message whose topic may start with
-    /// `prefix` (a string prefix, not a filter), in no particular order: the
-    /// walk descends the prefix's complete levels and visits the subtrees of
-    /// the children whose name starts with its last, partial level. The
-    /// caller checks the topic. The walk keeps its own stack.
-    pub fn visit_prefix(&self, prefix: &str, mut f: impl FnMut(&Arc<Message>)) {
-        let (complete, partial) = match prefix.rsplit_once('/') {
-            Some((complete, partial)) => (Some(complete), partial),
-            None => (None, prefix),
+    /// Whether `topic` (taken literally) has a retained message.
+    pub fn contains(&self, topic: &str) -> bool {
+        self.get(topic).is_some()
+    }
+
+    /// Up to `limit` messages whose topics start with `prefix` (a string
+    /// prefix, not a filter) and sort after `after`, in topic order, skipping
+    /// expired ones; and whether more follow. Reads the topic index from the
+    /// first candidate on: O(log n + limit x depth), whatever the store holds.
+    pub fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now: Instant,
+    ) -> (Vec<Arc<Message>>, bool) {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
         };
-        let mut node = &self.root;
-        if let Some(complete) = complete {
-            for level in complete.split('/') {
-                match node.children.get(level) {
-                    Some(child) => node = child,
-                    None => return,
-                }
+        let mut items = Vec::new();
+        let range = self.topics.range::<str, _>((start, Bound::Unbounded));
+        for topic in range.take_while(|topic| topic.starts_with(prefix)) {
+            let Some(message) = self.get(topic) else {
+                continue;
+            };
+            if message.is_expired(now) {
+                continue;
             }
-        }
-        let mut stack: Vec<&Node> = node
-            .children
-            .iter()
-            .filter(|(name, _)| name.starts_with(partial))
-            .map(|(_, child)| child)
-            .collect();
-        while let Some(node) = stack.pop() {
-            if let Some(message) = &node.message {
-                f(message);
+            if items.len() == limit {
+                return (items, true);
             }
-            stack.extend(node.children.values());
+            items.push(message.clone());
         }
+        (items, false)
+    }
+
+    /// Topics in the index (equal to [`RetainedStore::len`]; for the audit).
+    pub fn indexed(&self) -> usize {
+        self.topics.len()
     }
 
     /// Every retained message, expired or not, in no particular order. The

@@ -11,8 +11,10 @@
 //! - [`journal::DeviceJournal`]: the recent events of each device and the
 //!   last presence changes, kept in bounded rings.
 //!
-//! Emitting never blocks and never fails: a change is reported after the
-//! service stored it, and a slow listener only loses events.
+//! Emitting never blocks and never fails: a change is reported once the
+//! service applied it (shadows and rollouts after their commit, commands
+//! once handed to the command log, presence as the tracker changes), and a
+//! slow listener only loses events.
 
 pub mod journal;
 

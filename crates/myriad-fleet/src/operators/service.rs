@@ -29,6 +29,8 @@ pub struct OperatorsConfig {
     pub login: LoginLimits,
     /// Argon2 costs of new passwords.
     pub hash_params: HashParams,
+    /// Most login sessions in total (default [`MAX_SESSIONS`]); the oldest end past it.
+    pub max_sessions: usize,
 }
 
 impl Default for OperatorsConfig {
@@ -38,6 +40,7 @@ impl Default for OperatorsConfig {
             audit_max_entries: 100_000,
             login: LoginLimits::default(),
             hash_params: HashParams::OWASP,
+            max_sessions: MAX_SESSIONS,
         }
     }
 }
@@ -63,6 +66,9 @@ pub enum OperatorError {
     /// The current password given to change one's own password is wrong.
     #[error("the current password is wrong")]
     WrongPassword,
+    /// Too many wrong passwords for this user: locked out for this many ms.
+    #[error("too many failed password checks; retry in {} s", .0.div_ceil(1000).max(1))]
+    Locked(u64),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] FleetStoreError),
@@ -400,10 +406,16 @@ impl Operators {
         let Some(stored) = lock(&self.state).users.get(name).cloned() else {
             return Err(OperatorError::UserNotFound(name.into()));
         };
-        if let Some(current) = current
-            && !verify_password(&stored.password_hash, current).unwrap_or(false)
-        {
-            return Err(OperatorError::WrongPassword);
+        if let Some(current) = current {
+            // Wrong current passwords count as failed logins (and are refused while locked out).
+            let now = crate::service::now_ms();
+            if let Some(wait) = lock(&self.throttle).check(name, None, now) {
+                return Err(OperatorError::Locked(wait));
+            }
+            if !verify_password(&stored.password_hash, current).unwrap_or(false) {
+                lock(&self.throttle).failure(name, None, now);
+                return Err(OperatorError::WrongPassword);
+            }
         }
         let password_hash = hash_password(password, &self.config.hash_params)?;
         let _writes = lock(&self.writes);
@@ -473,7 +485,8 @@ impl Operators {
 
     /// Begins a session for `username` after a successful login (blocks: a
     /// store write). Ends the user's oldest sessions past
-    /// [`MAX_SESSIONS_PER_USER`] and the oldest of all past [`MAX_SESSIONS`].
+    /// [`MAX_SESSIONS_PER_USER`] and the oldest of all past
+    /// [`OperatorsConfig::max_sessions`].
     pub fn begin_session(&self, username: &str, now: u64) -> Result<NewSession, OperatorError> {
         let id = b64(&random_bytes()?);
         let csrf_token = b64(&random_bytes()?);
@@ -508,7 +521,8 @@ impl Operators {
             let excess = (own.len() + 1).saturating_sub(MAX_SESSIONS_PER_USER);
             evicted.extend(own.iter().take(excess).map(|(k, _)| *k));
             let left = state.sessions.len().saturating_sub(evicted.len());
-            if left + 1 > MAX_SESSIONS {
+            let max_sessions = self.config.max_sessions.max(1);
+            if left + 1 > max_sessions {
                 let mut all: Vec<_> = state
                     .sessions
                     .iter()
@@ -516,7 +530,7 @@ impl Operators {
                     .map(|(k, s)| (*k, s.created_ms))
                     .collect();
                 all.sort_by_key(|(_, created)| *created);
-                evicted.extend(all.iter().take(left + 1 - MAX_SESSIONS).map(|(k, _)| *k));
+                evicted.extend(all.iter().take(left + 1 - max_sessions).map(|(k, _)| *k));
             }
             (user, evicted)
         };
@@ -757,6 +771,36 @@ mod tests {
             ops.session(&ops.begin_session("bob", 50).unwrap().id, late)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn sessions_in_total_are_capped_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FleetStore::open(dir.path()).unwrap());
+        let ops = Operators::open(
+            store.clone(),
+            OperatorsConfig {
+                max_sessions: 3,
+                ..config()
+            },
+        )
+        .unwrap();
+        let now = crate::service::now_ms();
+        let mut ids = Vec::new();
+        for (n, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            ops.create_user(name, Role::Viewer, "password1", 0).unwrap();
+            ids.push(ops.begin_session(name, now + n as u64).unwrap().id);
+        }
+        assert_eq!(ops.session_count(), 3);
+        assert!(ops.session(&ids[0], now + 10).is_none(), "the oldest ended");
+        assert!(
+            ids[1..]
+                .iter()
+                .all(|id| ops.session(id, now + 10).is_some())
+        );
+        // Also in the store: a restart finds the same three.
+        let ops = Operators::open(store, config()).unwrap();
+        assert_eq!(ops.session_count(), 3);
     }
 
     #[test]

@@ -155,6 +155,14 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
         return Ok(0);
     }
     let bodies = fetch(&client, request, &command)?;
+    if let (Some(columns), [body], None | Some(output::OutputFormat::Table)) = (
+        users::columns(&command),
+        bodies.as_slice(),
+        args.global.output,
+    ) {
+        print_out(&users::table(columns, body)?)?;
+        return Ok(0);
+    }
     let rendered = output::render(output::shape(&command), args.global.output, &bodies)?;
     print_out(&rendered.stdout)?;
     for note in &rendered.notes {

@@ -7,9 +7,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use serde_json::Value;
+
 use super::encode::percent_encode;
 use super::password::read_password;
 use super::request::{API_PREFIX, ApiRequest, Method};
+use super::table::Table;
 
 /// `ctl users ...`
 #[derive(Debug, Subcommand)]
@@ -208,6 +211,46 @@ pub fn request(command: &UsersCommand) -> Result<ApiRequest> {
     })
 }
 
+/// The columns of the list commands' tables: `users list`, `users tokens`, `audit`.
+pub fn columns(command: &super::args::ApiCommand) -> Option<&'static [&'static str]> {
+    use super::args::ApiCommand;
+    match command {
+        ApiCommand::Users(UsersCommand::List) => Some(&[
+            "username",
+            "role",
+            "disabled",
+            "created_ms",
+            "last_login_ms",
+        ]),
+        ApiCommand::Users(UsersCommand::Tokens { .. }) => {
+            Some(&["id", "name", "created_ms", "last_used_ms"])
+        }
+        ApiCommand::Audit(_) => Some(&[
+            "seq", "at_ms", "actor", "via", "role", "method", "path", "status", "remote",
+        ]),
+        _ => None,
+    }
+}
+
+/// `{"items":[..]}` as a table of `columns`.
+pub fn table(columns: &[&str], body: &str) -> Result<String> {
+    let list: Value = serde_json::from_str(body).context("the API answered with invalid JSON")?;
+    let mut table = Table::new(columns);
+    for item in list["items"].as_array().into_iter().flatten() {
+        table.row(
+            columns
+                .iter()
+                .map(|column| match &item[*column] {
+                    Value::Null => String::new(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        );
+    }
+    Ok(table.render())
+}
+
 /// The request of `ctl audit`.
 pub fn audit_request(args: &AuditArgs) -> ApiRequest {
     ApiRequest::new(Method::Get, format!("{API_PREFIX}/audit"))
@@ -220,6 +263,21 @@ pub fn audit_request(args: &AuditArgs) -> ApiRequest {
 mod tests {
     use super::*;
     use crate::ctl::request::ApiBody;
+
+    #[test]
+    fn list_tables() {
+        let out = table(
+            &["username", "role", "last_login_ms"],
+            r#"{"items":[{"username":"al","role":"admin","last_login_ms":null}],"next":null}"#,
+        )
+        .unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines[1].contains("al") && lines[1].contains("admin"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn requests() {

@@ -89,3 +89,27 @@ fn deleting_a_retained_message_takes_its_topic_literally() {
     h.subscribe(c, "r/#", QoS::AtMostOnce);
     assert_eq!(h.payloads(c), vec!["two"]);
 }
+
+#[test]
+fn the_topic_index_follows_sets_clears_and_evictions() {
+    let mut h = H::new();
+    for topic in ["x/1", "x/2", "x/3/deep", "y"] {
+        h.inject(retained(topic, "v"));
+    }
+    h.inject(retained("x/1", "replaced"));
+    h.inject(retained("x/2", ""));
+    assert!(h.broker.delete_retained("y"));
+    let evicted = h.broker.evict(
+        h.now,
+        &crate::core::evict::Eviction {
+            clear_retained: vec!["x/3/#".into()],
+            ..crate::core::evict::Eviction::disconnect("nobody", ReasonCode::NotAuthorized)
+        },
+    );
+    assert_eq!(evicted.retained_cleared, 1);
+    let now = h.now;
+    let page = h.broker.retained_page("", None, 10, now);
+    assert_eq!(topics(&page), ["x/1"]);
+    assert_eq!(&page.items[0].payload[..], b"replaced");
+    assert_eq!(h.broker.retained_count(), 1);
+}

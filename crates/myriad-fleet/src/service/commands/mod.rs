@@ -682,21 +682,22 @@ impl CommandService {
             let outcome = match effect {
                 Effect::Changed(command) => {
                     crate::metrics::command_changed(&command);
-                    self.events.emit(|| {
-                        FleetEvent::Command(CommandChange {
-                            id: command.id.to_string(),
-                            device: command.device.clone(),
-                            status: command.status.as_str().to_owned(),
-                            at_ms: command
-                                .timestamps
-                                .get(&command.status)
-                                .copied()
-                                .unwrap_or_else(now_ms),
-                        })
+                    let change = self.events.is_listened().then(|| CommandChange {
+                        id: command.id.to_string(),
+                        device: command.device.clone(),
+                        status: command.status.as_str().to_owned(),
+                        at_ms: command
+                            .timestamps
+                            .get(&command.status)
+                            .copied()
+                            .unwrap_or_else(now_ms),
                     });
                     let event = event_body(&command);
                     let topic = format!("$events/commands/{}/{}", command.device, command.id);
                     seq = self.log.write(command);
+                    if let Some(change) = change {
+                        self.events.emit(|| FleetEvent::Command(change));
+                    }
                     self.publish(topic, event, PacketProperties::new()).await
                 }
                 Effect::Publish(command) => self.publish_command(&command).await,
