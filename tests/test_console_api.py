@@ -399,6 +399,17 @@ def test_device_events_ring(broker, api):
     assert len(api.ok("GET", f"/api/v1/devices/{dev_id}/events")["items"]) == 50
     assert api.call("GET", f"/api/v1/devices/{unique('none')}/events")[0] == 404
 
+    # A deleted device's history goes with it, even events still on their way (its
+    # connection is closed as it is deleted): the same id created again starts empty.
+    again = connect_device(broker, dev_id, pw)
+    assert wait_until(lambda: api.ok("GET", f"/api/v1/devices/{dev_id}/events")["items"][0]["detail"]
+                      == "online", 5)
+    api.ok("DELETE", f"/api/v1/devices/{dev_id}", expect=204)
+    assert again.disconnects.get(timeout=5)
+    api.ok("POST", "/api/v1/devices", {"id": dev_id, "password": pw}, expect=201)
+    time.sleep(0.5)
+    assert api.ok("GET", f"/api/v1/devices/{dev_id}/events") == {"items": []}
+
 
 def test_device_ota_state_and_rollout_events(broker, api):
     dev_id, pw = device(api, "ota")

@@ -10,8 +10,9 @@
 //! otherwise). Then the route's rule in [`crate::policy`] decides (403
 //! `role R may not METHOD PATH`). After the handler answers, every
 //! state-changing request is appended to the audit log (waiting for the
-//! commit). Requests refused with 401 are not logged (no actor; failed
-//! logins are, by the login route).
+//! commit), but the data plane's ingest POSTs and the query POSTs
+//! ([`crate::policy::audited`]). Requests refused with 401 are not logged
+//! (no actor; failed logins are, by the login route).
 
 use std::net::SocketAddr;
 

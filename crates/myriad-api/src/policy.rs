@@ -155,13 +155,20 @@ pub(crate) const POLICY: &[(&str, &str, Rule)] = &[
     ("DELETE", "/api/v1/retained", AtLeast(Operator)),
 ];
 
-/// POST routes that only read (query forms of the Prometheus API): not
-/// written to the audit log.
-const READ_ONLY_POSTS: &[&str] = &[
+/// POST routes not written to the audit log: those that only read (query
+/// forms of the Prometheus API), and the data plane's ingest routes
+/// (telemetry writes, records into a pipeline), which a busy writer calls
+/// many times a second: logging them would trim every operator action out
+/// of the capped log within hours. Who may call them is still checked.
+const UNAUDITED_POSTS: &[&str] = &[
     "/api/v1/query_range",
     "/api/v1/query",
     "/api/v1/series",
     "/api/v1/labels",
+    "/api/v1/telemetry/write",
+    "/write",
+    "/api/v2/write",
+    "/api/v1/pipelines/{name}/records",
 ];
 
 /// The rule for `method` on route `pattern`; `None`: no entry (refuse).
@@ -182,11 +189,11 @@ pub(crate) fn changes_state(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Whether a request goes to the audit log: it changes state and is not a
-/// read-only POST.
+/// Whether a request goes to the audit log: it changes state and is not
+/// one of [`UNAUDITED_POSTS`].
 pub(crate) fn audited(method: &Method, pattern: Option<&str>) -> bool {
     changes_state(method)
-        && !(method == Method::POST && pattern.is_some_and(|p| READ_ONLY_POSTS.contains(&p)))
+        && !(method == Method::POST && pattern.is_some_and(|p| UNAUDITED_POSTS.contains(&p)))
 }
 
 /// Whether `role` (of user `username`) may call a route with `rule`, where
@@ -265,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn no_duplicate_entries_and_audit_skips_only_query_posts() {
+    fn no_duplicate_entries_and_audit_skips_queries_and_ingest() {
         for (i, (m, p, _)) in POLICY.iter().enumerate() {
             assert!(
                 !POLICY[i + 1..].iter().any(|(m2, p2, _)| m2 == m && p2 == p),
@@ -273,6 +280,8 @@ mod tests {
             );
         }
         assert!(!audited(&Method::POST, Some("/api/v1/query")));
+        assert!(!audited(&Method::POST, Some("/api/v2/write")));
+        assert!(audited(&Method::PUT, Some("/api/v1/pipelines/{name}")));
         assert!(audited(&Method::POST, Some("/api/v1/devices")));
         assert!(audited(&Method::DELETE, None));
         assert!(!audited(&Method::GET, Some("/api/v1/devices")));

@@ -220,6 +220,8 @@ pub(crate) async fn delete_device(
 /// Deletes device `id` and forgets it everywhere.
 pub(crate) async fn remove_device(state: ApiState, id: DeviceId) -> Result<StatusCode, ApiError> {
     state.devices.delete(&id).await.map_err(admin_error)?;
+    // Its recent events go too (the console's device events).
+    state.console.journal.forget(id.as_str(), now_ms());
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -68,6 +68,10 @@ struct Inner {
     total: usize,
     /// Newest last.
     presence: VecDeque<PresenceChange>,
+    /// Deleted devices and when: their events up to then are not recorded
+    /// (some are still on their way from the bus). Oldest first, bounded.
+    forgotten: HashMap<Box<str>, u64>,
+    forgotten_order: VecDeque<Box<str>>,
 }
 
 /// Recent events per device and recent presence changes (see the module docs).
@@ -125,6 +129,13 @@ impl DeviceJournal {
         let Some(device) = event.device() else {
             return;
         };
+        if inner
+            .forgotten
+            .get(device)
+            .is_some_and(|&until| event.at_ms() <= until)
+        {
+            return;
+        }
         let inner = &mut *inner;
         let stamp = inner.next;
         inner.next += 1;
@@ -159,6 +170,27 @@ impl DeviceJournal {
         }
         while inner.total > self.limits.events {
             evict_least_recent(inner, 1);
+        }
+    }
+
+    /// Drops the events of `device` (deleted at `at_ms`), and any of its
+    /// events up to then that arrive later; a device created again with the
+    /// same id starts with no history. Remembers the last [`MAX_DEVICES`]
+    /// deletions.
+    pub fn forget(&self, device: &str, at_ms: u64) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if let Some(ring) = inner.devices.remove(device) {
+            inner.order.remove(&ring.touched);
+            inner.total -= ring.events.len();
+        }
+        if inner.forgotten.insert(device.into(), at_ms).is_none() {
+            inner.forgotten_order.push_back(device.into());
+        }
+        while inner.forgotten_order.len() > self.limits.devices {
+            if let Some(old) = inner.forgotten_order.pop_front() {
+                inner.forgotten.remove(&old);
+            }
         }
     }
 
@@ -361,6 +393,21 @@ mod tests {
             ("r1", "NOTIFIED")
         );
         assert!(journal.last_ota("b").is_none());
+    }
+
+    #[test]
+    fn a_forgotten_device_loses_its_events_and_late_ones_are_dropped() {
+        let journal = small();
+        journal.record(&shadow("a", 1));
+        journal.record(&shadow("b", 2));
+        journal.forget("a", 5);
+        assert!(versions(&journal, "a").is_empty());
+        assert_eq!(journal.size(), (1, 1));
+        // An event from before the deletion arriving late is dropped; later ones are kept.
+        journal.record(&shadow("a", 4));
+        assert!(versions(&journal, "a").is_empty());
+        journal.record(&shadow("a", 6));
+        assert_eq!(versions(&journal, "a"), [6]);
     }
 
     #[tokio::test]
