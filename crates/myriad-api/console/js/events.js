@@ -1,7 +1,7 @@
 // Live updates: Server-Sent Events from GET /api/v1/events (cookie auth). When the stream
 // cannot be opened (or is refused), `poll` runs every few seconds instead so the page still
-// follows the fleet; a `lagged` event or a reconnect means events were missed: `resync`
-// refetches.
+// follows the fleet; `resync` refetches what the page shows once the stream is open (changes
+// before it came as no event), after a reconnect, and on a `lagged` event.
 
 /**
  * Opens the event stream. handlers: {presence, command, rollout, shadow, overview, ota, resync}.
@@ -22,13 +22,12 @@ export function liveEvents({ types, device, handlers, poll, pollMs = 5000 }) {
     });
   }
   source.addEventListener('lagged', () => { if (handlers.resync) handlers.resync(); });
-  let opened = false;
   source.addEventListener('open', () => {
     document.body.dataset.live = 'sse';
     if (timer) { clearInterval(timer); timer = null; }
-    // A reconnect: events of the gap are lost, fetch what the page shows again.
-    if (opened && handlers.resync) handlers.resync();
-    opened = true;
+    // Changes between the page's first fetch and the stream's start (or, after a reconnect,
+    // during the gap) came as no event: fetch what the page shows once more.
+    if (handlers.resync) handlers.resync();
   });
   source.addEventListener('error', () => {
     if (closed) return;

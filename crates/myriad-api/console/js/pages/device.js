@@ -100,8 +100,8 @@ export async function render(main, ctx, id) {
     const block = (title, value, hid) => h('div', { class: 'json-block' }, h('h3', null, title),
       h('pre', { id: hid, class: 'code' }, value === undefined ? '—' : pretty(value)));
     replace(shadowBox,
-      h('p', null, 'Version ', h('strong', { id: 'shadow-current-version' }, shadow ? String(shadow.version) : 'none (no shadow yet)'),
-        shadow ? ` · updated ${fmtTime(shadow.timestamp)}` : ''),
+      h('p', null, 'Version ', h('strong', { id: 'shadow-current-version' }, shadow ? String(shadow.version) : '0'),
+        shadow && shadow.version ? ` · updated ${fmtTime(shadow.timestamp)}` : ' (nothing set yet)'),
       h('div', { class: 'json-grid' },
         block('Desired', state.desired, 'shadow-desired'),
         block('Reported', state.reported, 'shadow-reported'),
@@ -227,7 +227,8 @@ export async function render(main, ctx, id) {
     replace(select, metrics.map((m) => h('option', { value: m }, m)));
     if (metrics.includes(keep)) select.value = keep;
     replace(latestBox, table('Latest values', ['Metric', 'Value', 'At'],
-      Object.entries((latest && latest.metrics) || {}).map(([m, p]) => [m, String(p.value), fmtTime(p.ts)]), 'No telemetry yet.'));
+      Object.entries((latest && latest.metrics) || {}).map(([m, p]) => [m,
+        typeof p.value === 'number' ? String(Number(p.value.toPrecision(6))) : String(p.value), fmtTime(p.ts)]), 'No telemetry yet.'));
     return metrics;
   }
   async function loadChart() {
