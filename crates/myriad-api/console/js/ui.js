@@ -158,6 +158,34 @@ export function pretty(value) {
 }
 
 /**
+ * `fn` (async, no arguments) run one call at a time: a call made while one runs (live events
+ * come in bursts) makes it run once more after, and waits for that. So what `fn` draws always
+ * comes from a fetch that started after the last call; overlapping fetches could answer out of
+ * order and draw a stale state last.
+ */
+export function coalesce(fn) {
+  let running = null;
+  let again = false;
+  return function run() {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await fn();
+        } while (again);
+      } finally {
+        running = null;
+      }
+    })();
+    return running;
+  };
+}
+
+/**
  * Cursor pager: `load(cursor)` returns {rows, next}; renders Prev/Next with the cursor stack.
  * Returns {el, reload(), first()}.
  */
@@ -168,7 +196,7 @@ export function cursorPager(label, load) {
   const prev = h('button', { type: 'button', onclick: () => { stack.pop(); go(); } }, '← Previous');
   const nextBtn = h('button', { type: 'button', onclick: () => { stack.push(next); go(); } }, 'Next →');
   const el = h('nav', { class: 'pager', 'aria-label': `${label} pages` }, prev, status, nextBtn);
-  async function go() {
+  async function loadOnce() {
     prev.disabled = true; nextBtn.disabled = true;
     const result = await load(stack[stack.length - 1]);
     next = result ? result.next : null;
@@ -176,6 +204,7 @@ export function cursorPager(label, load) {
     nextBtn.disabled = !next;
     status.textContent = `Page ${stack.length}`;
   }
+  const go = coalesce(loadOnce);
   return { el, reload: go, first: () => { stack.length = 1; return go(); } };
 }
 

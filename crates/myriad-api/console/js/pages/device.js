@@ -5,7 +5,7 @@ import { ApiError, api, withQuery } from '../api.js';
 import { lineChart } from '../chart.js';
 import { can } from '../session.js';
 import {
-  ago, arrayPager, badge, busy, confirmAction, cursorPager, errorLine, field, fmtTime, h, pretty,
+  ago, arrayPager, badge, busy, coalesce, confirmAction, cursorPager, errorLine, field, fmtTime, h, pretty,
   replace, section, table, toast,
 } from '../ui.js';
 import { deviceActions } from './devices.js';
@@ -273,6 +273,14 @@ export async function render(main, ctx, id) {
     const r = await maybe(withQuery(`${base}/events`, { limit: 50 }));
     eventsPager.set(r ? r.items : []);
   }
+
+  // Live events come in bursts: each loader runs one fetch at a time, so a slow answer never
+  // draws over a newer one.
+  loadPresence = coalesce(loadPresence);
+  loadSession = coalesce(loadSession);
+  loadShadow = coalesce(loadShadow);
+  loadOta = coalesce(loadOta);
+  loadEvents = coalesce(loadEvents);
 
   const parts = [head,
     h('div', { class: 'two' }, section('Presence', presenceBox), section('Session', sessionBox)),

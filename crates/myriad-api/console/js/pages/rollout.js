@@ -2,7 +2,7 @@
 // state, a page at a time.
 import { api, withQuery } from '../api.js';
 import { can } from '../session.js';
-import { busy, confirmAction, cursorPager, errorLine, field, fmtTime, h, replace, section, table, toast } from '../ui.js';
+import { busy, coalesce, confirmAction, cursorPager, errorLine, field, fmtTime, h, replace, section, table, toast } from '../ui.js';
 
 const DONE = new Set(['COMPLETED', 'ABORTED', 'CANCELED']);
 const PAGE = 25;
@@ -71,7 +71,8 @@ export async function render(main, ctx, id) {
   replace(main, head, section('Devices per state', countsBox), section('Devices', filter, devBox, devPager.el));
   draw();
   await devPager.first();
-  const refetch = async () => { r = await api('GET', base); draw(); devPager.reload(); };
+  // One fetch at a time (events come in bursts): a slow answer never draws over a newer one.
+  const refetch = coalesce(async () => { r = await api('GET', base); draw(); devPager.reload(); });
   ctx.live({
     types: ['rollout'],
     handlers: {
