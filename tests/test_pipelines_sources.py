@@ -160,7 +160,9 @@ def test_row_size_limit_and_unsupported_types(serve, db, tmp_path):
 @pytest.mark.parametrize("mode", ["follow", "query"])
 def test_kill9_mid_stream_then_restart_every_row_exactly_once(serve, db, tmp_path, mode):
     url, conn = db
-    n = 30_000
+    # Enough rows that the kill lands mid-stream even when the test process is descheduled on a
+    # loaded machine (30,000 were once all copied before the check saw 3,000).
+    n = 150_000
     conn.execute("CREATE TABLE src (id int8 PRIMARY KEY, v float8)")
     conn.execute(f"INSERT INTO src SELECT g, g / 2.0 FROM generate_series(0, {n - 1}) g")
     conn.execute("CREATE TABLE dst (id int8 PRIMARY KEY, v float8)")
