@@ -67,6 +67,7 @@ impl Platform {
         operators: myriad_fleet::operators::OperatorsConfig,
         secure_cookies: bool,
         console: myriad_api::Console,
+        debug: Arc<dyn myriad_api::debug::Debugging>,
     ) -> Result<myriad_api::ApiState> {
         let audit = myriad_fleet::operators::AuditLog::start(
             self.store.clone(),
@@ -94,6 +95,7 @@ impl Platform {
             audit,
             secure_cookies,
             console,
+            debug: Some(debug),
         })
     }
 

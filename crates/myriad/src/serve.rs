@@ -100,6 +100,11 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         for tls in &tls_settings {
             record_certificate_expiry(tls);
         }
+        if config.debug.heap_profiling {
+            observe::profiling::set_heap_profiling(true)
+                .await
+                .context("cannot switch the heap profiler on (debug.heap_profiling)")?;
+        }
         let shutdown = CancellationToken::new();
         let mut essential = Essential::default();
         essential.spawn("signal handler", signals.cancel_on_signal(shutdown.clone()));
@@ -193,6 +198,12 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             .with_overview(sampler)
             .with_max_event_streams(config.api.event_streams())
             .with_shutdown(shutdown.clone());
+            let profiler = observe::profiling::Profiler::new(observe::profiling::TaskSources {
+                broker: handle.clone(),
+                presence: platform.presence.clone(),
+                services: essential.census(),
+                pipelines: pipeline_manager.clone(),
+            });
             let router = myriad_api::observed_router(
                 platform.api_state(
                     token,
@@ -203,6 +214,7 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                         .operators(myriad_fleet::credentials::HashParams::OWASP),
                     api_tls.is_some(),
                     console,
+                    Arc::new(profiler),
                 )?,
                 Arc::new(observer),
                 myriad_api::ObserveOptions {
