@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use crate::debug::{
 };
 use crate::dto::ErrorBody;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiQuery};
 use crate::state::ApiState;
 
 /// The content type of a gzip-compressed pprof protobuf.
@@ -146,7 +146,7 @@ pub(crate) struct CpuProfileQuery {
 )]
 pub(crate) async fn cpu_profile(
     State(state): State<ApiState>,
-    Query(query): Query<CpuProfileQuery>,
+    ApiQuery(query): ApiQuery<CpuProfileQuery>,
 ) -> Result<Response, ApiError> {
     let seconds = query.seconds.unwrap_or(10);
     if !(CPU_PROFILE_MIN_SECONDS..=CPU_PROFILE_MAX_SECONDS).contains(&seconds) {
