@@ -67,7 +67,6 @@ impl Platform {
         operators: myriad_fleet::operators::OperatorsConfig,
         secure_cookies: bool,
         console: myriad_api::Console,
-        debug: Arc<dyn myriad_api::debug::Debugging>,
     ) -> Result<myriad_api::ApiState> {
         let audit = myriad_fleet::operators::AuditLog::start(
             self.store.clone(),
@@ -95,7 +94,7 @@ impl Platform {
             audit,
             secure_cookies,
             console,
-            debug: Some(debug),
+            debug: None,
         })
     }
 

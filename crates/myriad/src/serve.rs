@@ -204,18 +204,19 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
                 services: essential.census(),
                 pipelines: pipeline_manager.clone(),
             });
+            let mut api_state = platform.api_state(
+                token,
+                tls_reload,
+                pipeline_manager,
+                config
+                    .api
+                    .operators(myriad_fleet::credentials::HashParams::OWASP),
+                api_tls.is_some(),
+                console,
+            )?;
+            api_state.debug = Some(Arc::new(profiler));
             let router = myriad_api::observed_router(
-                platform.api_state(
-                    token,
-                    tls_reload,
-                    pipeline_manager,
-                    config
-                        .api
-                        .operators(myriad_fleet::credentials::HashParams::OWASP),
-                    api_tls.is_some(),
-                    console,
-                    Arc::new(profiler),
-                )?,
+                api_state,
                 Arc::new(observer),
                 myriad_api::ObserveOptions {
                     metrics_require_token: config.metrics.require_token,

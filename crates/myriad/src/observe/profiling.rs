@@ -160,11 +160,15 @@ impl Debugging for Profiler {
                 .map_err(|e| DebugError::Internal(format!("cannot start the CPU profiler: {e}")))?;
             // The profiler's own timer samples; this task only waits.
             tokio::time::sleep(Duration::from_secs(u64::from(seconds))).await;
-            let report = tokio::task::spawn_blocking(move || cpu_report(guard, format))
-                .await
-                .map_err(|e| DebugError::Internal(format!("CPU profile: {e}")))?;
-            drop(slot);
-            report
+            // The slot goes with the report: a caller that gives up while it is built does
+            // not let a second profile start before this one's guard is gone.
+            tokio::task::spawn_blocking(move || {
+                let report = cpu_report(guard, format);
+                drop(slot);
+                report
+            })
+            .await
+            .map_err(|e| DebugError::Internal(format!("CPU profile: {e}")))?
         })
     }
 
@@ -173,7 +177,7 @@ impl Debugging for Profiler {
             let census = self.tasks.broker.census().counts();
             let sessions_online =
                 match tokio::time::timeout(SNAPSHOT_TIMEOUT, self.tasks.broker.snapshot()).await {
-                    Ok(Ok(snapshot)) => snapshot.levels.sessions_online as u64,
+                    Ok(Ok(snapshot)) => snapshot.levels.sessions_online,
                     _ => 0,
                 };
             let pipelines_running = self
