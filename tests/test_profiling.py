@@ -279,3 +279,26 @@ def test_ctl_debug_heap_writes_a_pprof_file(broker, api, tmp_path):
         assert ctl("debug", "heap-profiling", "off").returncode == 0
     tasks = ctl("--output", "json", "debug", "tasks")
     assert tasks.returncode == 0 and b"connection_tasks" in tasks.stdout, tasks
+
+
+def test_heap_profiling_on_from_the_config(tmp_path):
+    b = Broker(tmp_path / "on", {"api": {"token": TOKEN}, "debug": {"heap_profiling": True}}).start()
+    try:
+        assert Api(b.api_port, TOKEN).ok("GET", "/debug/pprof/heap/active") == {"active": True}
+        status, _, body = fetch(b.api_port, "/debug/pprof/heap")
+        assert status == 200 and parse_profile(gzip.decompress(body))["samples"]
+    finally:
+        b.stop()
+
+
+def test_bad_debug_key_stops_start_up_naming_it(tmp_path):
+    import subprocess
+
+    from helpers import myriad_bin
+
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[debug]\nheap_profilng = true\n')
+    done = subprocess.run([str(myriad_bin()), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0",
+                           "--api-listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "heap_profilng" in done.stderr, done.stderr[-500:]
