@@ -31,6 +31,9 @@
 //! | `GET, POST /api/v1/users`, `GET, PATCH, DELETE /api/v1/users/{name}`, `PUT .../password` | operator users |
 //! | `GET, POST /api/v1/users/{name}/tokens`, `DELETE .../tokens/{id}` | users' `myr_` API tokens |
 //! | `GET /api/v1/audit` | the audit log of state-changing requests |
+//! | `GET /debug/pprof/heap`, `GET, PUT /debug/pprof/heap/active` | heap profile (pprof), heap profiler on/off ([`debug::Debugging`]; admin) |
+//! | `GET /debug/pprof/profile?seconds=N&format=pprof\|flamegraph` | CPU profile (admin) |
+//! | `GET /debug/tasks` | live tasks by kind beside online sessions (admin) |
 //!
 //! Every route under `/api/v1` but the login needs `Authorization: Bearer {token}`
 //! ([`ApiState::token`], the bootstrap admin, compared in constant time; an empty
@@ -70,6 +73,7 @@ mod auth;
 mod blocking;
 mod body_reader;
 pub mod console;
+pub mod debug;
 mod dto;
 mod error;
 mod extract;

@@ -43,6 +43,7 @@ const BEARER: &str = "bearer";
         (name = "tls", description = "TLS listeners: reload certificates, keys and CAs"),
         (name = "console", description = "The web console's data: live events (SSE), overview, a device's session, events and OTA state, retained messages"),
         (name = "ota", description = "Firmware updates: artifacts (upload, download with Range) and rollouts in waves"),
+        (name = "debug", description = "Heap and CPU profiles on demand (pprof), live task counts; admin only"),
     )
 )]
 pub(crate) struct ApiDoc;
@@ -64,7 +65,8 @@ impl Modify for SecuredApi {
 /// requirement and the 401 and 500 answers.
 pub(crate) fn secure_api_paths(openapi: &mut OpenApiDoc) {
     for (path, item) in openapi.paths.paths.iter_mut() {
-        if !path.starts_with("/api/v1") || path == "/api/v1/login" {
+        if !(path.starts_with("/api/v1") || path.starts_with("/debug/")) || path == "/api/v1/login"
+        {
             continue;
         }
         for operation in [

@@ -34,6 +34,13 @@ pub(crate) const POLICY: &[(&str, &str, Rule)] = &[
     ("POST", "/api/v1/users/{name}/tokens", SelfOrAdmin),
     ("DELETE", "/api/v1/users/{name}/tokens/{id}", SelfOrAdmin),
     ("GET", "/api/v1/audit", AtLeast(Admin)),
+    // Profiles and task counts: what they reveal (allocation sites, code paths) and cost
+    // (sampling) is for admins only.
+    ("GET", "/debug/pprof/heap", AtLeast(Admin)),
+    ("GET", "/debug/pprof/heap/active", AtLeast(Admin)),
+    ("PUT", "/debug/pprof/heap/active", AtLeast(Admin)),
+    ("GET", "/debug/pprof/profile", AtLeast(Admin)),
+    ("GET", "/debug/tasks", AtLeast(Admin)),
     // Devices.
     ("GET", "/api/v1/devices", AtLeast(Viewer)),
     ("POST", "/api/v1/devices", AtLeast(Operator)),

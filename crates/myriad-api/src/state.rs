@@ -59,6 +59,8 @@ pub struct ApiState {
     pub secure_cookies: bool,
     /// The console's data routes: event bus, device journal, overview, broker queries.
     pub console: crate::console::Console,
+    /// Heap and CPU profilers and task counts for `/debug` (`None`: those routes answer 503).
+    pub debug: Option<std::sync::Arc<dyn crate::debug::Debugging>>,
 }
 
 impl std::fmt::Debug for ApiState {

@@ -33,6 +33,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The leak watchdog.
     pub watchdog: WatchdogConfig,
+    /// Profiling (`/debug`): see docs/observability.md.
+    pub debug: DebugConfig,
     /// Distributed tracing (OpenTelemetry over OTLP).
     pub tracing: TracingConfig,
     /// Device telemetry storage (`devices/{id}/telemetry`), in `{store.data_dir}/telemetry`.
@@ -90,6 +92,15 @@ impl Default for DevicesConfig {
 pub struct MetricsConfig {
     /// Whether `GET /metrics` needs the API token (off: scrapers send none).
     pub require_token: bool,
+}
+
+/// The `[debug]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Switch jemalloc's heap profiler on at start (default off; it is compiled in either way
+    /// and `PUT /debug/pprof/heap/active` switches it at run time).
+    pub heap_profiling: bool,
 }
 
 /// The `[watchdog]` table: see docs/observability.md.

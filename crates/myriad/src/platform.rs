@@ -94,6 +94,7 @@ impl Platform {
             audit,
             secure_cookies,
             console,
+            debug: None,
         })
     }
 

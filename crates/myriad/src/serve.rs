@@ -100,6 +100,11 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
         for tls in &tls_settings {
             record_certificate_expiry(tls);
         }
+        if config.debug.heap_profiling {
+            observe::profiling::set_heap_profiling(true)
+                .await
+                .context("cannot switch the heap profiler on (debug.heap_profiling)")?;
+        }
         let shutdown = CancellationToken::new();
         let mut essential = Essential::default();
         essential.spawn("signal handler", signals.cancel_on_signal(shutdown.clone()));
@@ -193,17 +198,25 @@ pub fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<()> {
             .with_overview(sampler)
             .with_max_event_streams(config.api.event_streams())
             .with_shutdown(shutdown.clone());
+            let profiler = observe::profiling::Profiler::new(observe::profiling::TaskSources {
+                broker: handle.clone(),
+                presence: platform.presence.clone(),
+                services: essential.census(),
+                pipelines: pipeline_manager.clone(),
+            });
+            let mut api_state = platform.api_state(
+                token,
+                tls_reload,
+                pipeline_manager,
+                config
+                    .api
+                    .operators(myriad_fleet::credentials::HashParams::OWASP),
+                api_tls.is_some(),
+                console,
+            )?;
+            api_state.debug = Some(Arc::new(profiler));
             let router = myriad_api::observed_router(
-                platform.api_state(
-                    token,
-                    tls_reload,
-                    pipeline_manager,
-                    config
-                        .api
-                        .operators(myriad_fleet::credentials::HashParams::OWASP),
-                    api_tls.is_some(),
-                    console,
-                )?,
+                api_state,
                 Arc::new(observer),
                 myriad_api::ObserveOptions {
                     metrics_require_token: config.metrics.require_token,

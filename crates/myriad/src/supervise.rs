@@ -5,8 +5,9 @@
 //! of it running on half-dead. A panic in one connection's task ends only
 //! that connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use tokio::task::{Id, JoinSet};
 
@@ -31,7 +32,36 @@ pub fn log_panics() {
 #[derive(Default)]
 pub struct Essential {
     tasks: JoinSet<()>,
-    names: HashMap<Id, &'static str>,
+    names: ServiceCensus,
+}
+
+/// The essential tasks alive now, by name (shared with `/debug/tasks`).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceCensus(Arc<Mutex<HashMap<Id, &'static str>>>);
+
+impl ServiceCensus {
+    fn insert(&self, id: Id, name: &'static str) {
+        self.lock().insert(id, name);
+    }
+
+    fn remove(&self, id: &Id) -> Option<&'static str> {
+        self.lock().remove(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Id, &'static str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many essential tasks of each name are alive.
+    pub fn by_name(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for name in self.lock().values() {
+            *counts.entry((*name).to_owned()).or_insert(0) += 1;
+        }
+        counts
+    }
 }
 
 impl Essential {
@@ -42,6 +72,11 @@ impl Essential {
     {
         let handle = self.tasks.spawn(task);
         self.names.insert(handle.id(), name);
+    }
+
+    /// The essential tasks alive now, by name (a shared view).
+    pub fn census(&self) -> ServiceCensus {
+        self.names.clone()
     }
 
     /// Waits until an essential task panics and returns its name and the

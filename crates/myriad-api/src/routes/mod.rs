@@ -5,6 +5,7 @@ mod apps;
 mod certs;
 mod commands;
 pub(crate) mod console;
+mod debug;
 mod device_console;
 mod devices;
 mod events;
@@ -133,6 +134,14 @@ pub(crate) fn protected_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(device_console::device_events))
         .routes(routes!(device_console::device_ota))
         .routes(routes!(retained::list_retained, retained::delete_retained))
+        // Profiles and task counts (admin only).
+        .routes(routes!(debug::heap_profile))
+        .routes(routes!(
+            debug::get_heap_profiling,
+            debug::set_heap_profiling
+        ))
+        .routes(routes!(debug::cpu_profile))
+        .routes(routes!(debug::tasks))
         .route(
             "/api/v1/devices/import",
             get(import_device_get)

@@ -113,6 +113,7 @@ impl Harness {
             ),
             audit: myriad_fleet::operators::AuditLog::start(store_for_operators, 1_000),
             secure_cookies: false,
+            debug: None,
             console: myriad_api::Console::new(
                 myriad_fleet::events::EventBus::default(),
                 Arc::default(),

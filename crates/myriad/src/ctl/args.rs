@@ -62,6 +62,9 @@ pub enum ApiCommand {
     Users(super::users::UsersCommand),
     /// The audit log of operator actions, newest first.
     Audit(super::users::AuditArgs),
+    /// Profiles and task counts (admin): heap and CPU profiles to standard output.
+    #[command(subcommand)]
+    Debug(super::debug::DebugCommand),
 }
 
 /// `ctl tls ...`

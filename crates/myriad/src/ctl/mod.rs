@@ -16,6 +16,7 @@ mod args;
 mod certs;
 mod client;
 mod commands;
+mod debug;
 mod encode;
 mod error;
 mod lists;
@@ -139,7 +140,12 @@ fn execute(args: CtlArgs) -> Result<i32, CtlError> {
     }
     let request = request::request(&command)?;
     let client = client(&args.global)?;
-    if let ApiCommand::Telemetry(telemetry::TelemetryCommand::Export(_)) = &command {
+    let streamed = match &command {
+        ApiCommand::Telemetry(telemetry::TelemetryCommand::Export(_)) => true,
+        ApiCommand::Debug(cmd) => cmd.streams(),
+        _ => false,
+    };
+    if streamed {
         let mut stdout = io::stdout().lock();
         match client.stream_to(&request, &mut stdout) {
             Err(CtlError::Other(e))

@@ -79,7 +79,7 @@ pub fn shape(command: &ApiCommand) -> Shape {
         }
         ApiCommand::Pipelines(_) => Shape::Object,
         ApiCommand::Users(cmd) if super::users::no_content(cmd) => Shape::NoContent,
-        ApiCommand::Users(_) | ApiCommand::Audit(_) => Shape::Object,
+        ApiCommand::Users(_) | ApiCommand::Audit(_) | ApiCommand::Debug(_) => Shape::Object,
     }
 }
 

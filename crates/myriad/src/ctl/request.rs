@@ -159,6 +159,7 @@ pub fn request(command: &ApiCommand) -> Result<ApiRequest> {
         ApiCommand::Pipelines(cmd) => super::pipelines::request(cmd)?,
         ApiCommand::Users(cmd) => super::users::request(cmd)?,
         ApiCommand::Audit(args) => super::users::audit_request(args),
+        ApiCommand::Debug(cmd) => super::debug::request(cmd),
         ApiCommand::Tls(TlsCommand::Reload) => {
             ApiRequest::new(Method::Post, format!("{API_PREFIX}/tls/reload"))
         }

@@ -7,6 +7,7 @@ pub mod logging;
 pub mod metrics;
 pub mod otel;
 pub mod process;
+pub mod profiling;
 
 use std::time::Duration;
 
