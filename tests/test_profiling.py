@@ -284,7 +284,13 @@ def test_ctl_debug_heap_writes_a_pprof_file(broker, api, tmp_path):
 def test_heap_profiling_on_from_the_config(tmp_path):
     b = Broker(tmp_path / "on", {"api": {"token": TOKEN}, "debug": {"heap_profiling": True}}).start()
     try:
-        assert Api(b.api_port, TOKEN).ok("GET", "/debug/pprof/heap/active") == {"active": True}
+        api = Api(b.api_port, TOKEN)
+        assert api.ok("GET", "/debug/pprof/heap/active") == {"active": True}
+        # Something kept allocated to sample (one sample per ~512 KiB): start-up alone may not
+        # reach a sample (the test once found none on a loaded machine).
+        with Load(b, api, payload=8192, retain=True) as load:
+            time.sleep(2)
+        assert load.sent > 50
         status, _, body = fetch(b.api_port, "/debug/pprof/heap")
         assert status == 200 and parse_profile(gzip.decompress(body))["samples"]
     finally:
