@@ -115,6 +115,11 @@ async fn every_route_is_documented() {
         ("/", "get"),
         ("/console/", "get"),
         ("/console/{path}", "get"),
+        ("/debug/pprof/heap", "get"),
+        ("/debug/pprof/heap/active", "get"),
+        ("/debug/pprof/heap/active", "put"),
+        ("/debug/pprof/profile", "get"),
+        ("/debug/tasks", "get"),
         ("/api/v1/login", "post"),
         ("/api/v1/session", "get"),
         ("/api/v1/logout", "post"),
@@ -142,10 +147,10 @@ async fn every_route_is_documented() {
         );
         let operation = &doc["paths"][path][method];
         let secured = operation["security"][0].get("bearer").is_some();
-        // Everything under /api/v1 but the login itself needs a token or session.
+        // Everything under /api/v1 but the login itself, and /debug, needs a token or session.
         assert_eq!(
             secured,
-            path.starts_with("/api/v1") && path != "/api/v1/login",
+            (path.starts_with("/api/v1") && path != "/api/v1/login") || path.starts_with("/debug/"),
             "{method} {path}"
         );
         if secured {
