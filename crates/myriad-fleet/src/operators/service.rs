@@ -121,6 +121,9 @@ struct TokenState {
     last_used_ms: Option<u64>,
 }
 
+/// A user's sessions: (stored key, created at ms).
+type UserSessions = Vec<([u8; 32], u64)>;
+
 #[derive(Default)]
 struct State {
     users: BTreeMap<String, StoredUser>,
@@ -129,7 +132,17 @@ struct State {
 }
 
 impl State {
-    fn sessions_of(&self, username: &str) -> Vec<([u8; 32], u64)> {
+    /// A copy of user `name` and its sessions, or `UserNotFound`.
+    fn user_with_sessions(&self, name: &str) -> Result<(StoredUser, UserSessions), OperatorError> {
+        let user = self
+            .users
+            .get(name)
+            .cloned()
+            .ok_or_else(|| OperatorError::UserNotFound(name.into()))?;
+        Ok((user, self.sessions_of(name)))
+    }
+
+    fn sessions_of(&self, username: &str) -> UserSessions {
         self.sessions
             .iter()
             .filter(|(_, s)| s.username == username)
@@ -329,15 +342,7 @@ impl Operators {
         disabled: Option<bool>,
     ) -> Result<UserView, OperatorError> {
         let _writes = lock(&self.writes);
-        let (mut user, sessions) = {
-            let state = lock(&self.state);
-            let user = state
-                .users
-                .get(name)
-                .cloned()
-                .ok_or_else(|| OperatorError::UserNotFound(name.into()))?;
-            (user, state.sessions_of(name))
-        };
+        let (mut user, sessions) = lock(&self.state).user_with_sessions(name)?;
         if let Some(role) = role {
             user.role = role;
         }
@@ -419,15 +424,7 @@ impl Operators {
         }
         let password_hash = hash_password(password, &self.config.hash_params)?;
         let _writes = lock(&self.writes);
-        let (mut user, sessions) = {
-            let state = lock(&self.state);
-            let user = state
-                .users
-                .get(name)
-                .cloned()
-                .ok_or_else(|| OperatorError::UserNotFound(name.into()))?;
-            (user, state.sessions_of(name))
-        };
+        let (mut user, sessions) = lock(&self.state).user_with_sessions(name)?;
         user.password_hash = password_hash;
         let mut changes: Vec<_> = sessions
             .iter()
